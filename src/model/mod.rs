@@ -1,0 +1,3 @@
+//! Models: arch params from config.json, safetensors loading, the layer stack.
+
+pub mod weights;
