@@ -2,10 +2,16 @@
 //! of GPT-J, GPT-NeoX, Phi, Falcon, Cohere and Cohere2, with a CPU reference path that matches
 //! HF transformers and (feature `cuda`) CUDA kernels.
 
+pub mod cpu;
 pub mod error;
-pub mod tensor;
 pub mod model;
+pub mod stream;
+pub mod tensor;
 
 pub use error::{Error, Result};
 pub use model::weights::Weights;
+pub use stream::Stream;
 pub use tensor::{DType, Device, HostData, Tensor};
+
+#[cfg(feature = "cuda")]
+pub mod cuda;

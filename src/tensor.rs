@@ -137,15 +137,19 @@ impl HostData {
             DType::BF16 => {
                 HostData::BF16(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
             }
-            DType::F32 => {
-                HostData::F32(chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-            }
+            DType::F32 => HostData::F32(
+                chunks
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
             DType::I8 => HostData::I8(bytes.iter().map(|&b| b as i8).collect()),
             DType::U8 => HostData::U8(bytes.to_vec()),
             DType::I16 => HostData::I16(chunks.map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
-            DType::I32 => {
-                HostData::I32(chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-            }
+            DType::I32 => HostData::I32(
+                chunks
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
             DType::I64 => HostData::I64(
                 chunks
                     .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -199,7 +203,11 @@ impl Tensor {
                 data.len()
             )));
         }
-        Ok(Tensor { dtype: data.dtype(), shape: shape.to_vec(), storage: Storage::Host(data) })
+        Ok(Tensor {
+            dtype: data.dtype(),
+            shape: shape.to_vec(),
+            storage: Storage::Host(data),
+        })
     }
     pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
         Self::from_host(HostData::F32(data), shape)
@@ -211,7 +219,9 @@ impl Tensor {
             DType::F16 => HostData::F16(data.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::BF16 => HostData::BF16(data.iter().map(|&x| bf16::from_f32(x)).collect()),
             other => {
-                return Err(Error::bad_input(format!("cannot build a {other} tensor from floats")))
+                return Err(Error::bad_input(format!(
+                    "cannot build a {other} tensor from floats"
+                )))
             }
         };
         Self::from_host(host, shape)
@@ -295,25 +305,37 @@ impl Tensor {
     pub fn as_f32(&self) -> Result<&[f32]> {
         match self.host()? {
             HostData::F32(v) => Ok(v),
-            other => Err(Error::bad_input(format!("expected f32, got {}", other.dtype()))),
+            other => Err(Error::bad_input(format!(
+                "expected f32, got {}",
+                other.dtype()
+            ))),
         }
     }
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
         match self.host_mut()? {
             HostData::F32(v) => Ok(v),
-            other => Err(Error::bad_input(format!("expected f32, got {}", other.dtype()))),
+            other => Err(Error::bad_input(format!(
+                "expected f32, got {}",
+                other.dtype()
+            ))),
         }
     }
     pub fn as_i32(&self) -> Result<&[i32]> {
         match self.host()? {
             HostData::I32(v) => Ok(v),
-            other => Err(Error::bad_input(format!("expected i32, got {}", other.dtype()))),
+            other => Err(Error::bad_input(format!(
+                "expected i32, got {}",
+                other.dtype()
+            ))),
         }
     }
     pub fn as_i64(&self) -> Result<&[i64]> {
         match self.host()? {
             HostData::I64(v) => Ok(v),
-            other => Err(Error::bad_input(format!("expected i64, got {}", other.dtype()))),
+            other => Err(Error::bad_input(format!(
+                "expected i64, got {}",
+                other.dtype()
+            ))),
         }
     }
 
@@ -342,8 +364,14 @@ impl Tensor {
         }
         match self.host_mut()? {
             HostData::F32(v) => v.copy_from_slice(values),
-            HostData::F16(v) => v.iter_mut().zip(values).for_each(|(d, &s)| *d = f16::from_f32(s)),
-            HostData::BF16(v) => v.iter_mut().zip(values).for_each(|(d, &s)| *d = bf16::from_f32(s)),
+            HostData::F16(v) => v
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, &s)| *d = f16::from_f32(s)),
+            HostData::BF16(v) => v
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, &s)| *d = bf16::from_f32(s)),
             other => {
                 return Err(Error::bad_input(format!(
                     "expected a float tensor, got {}",
@@ -368,20 +396,30 @@ impl Tensor {
     /// A copy on the given device.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         match (&self.storage, device) {
-            (Storage::Host(h), Device::Cpu) => {
-                Ok(Tensor { dtype: self.dtype, shape: self.shape.clone(), storage: Storage::Host(h.clone()) })
-            }
+            (Storage::Host(h), Device::Cpu) => Ok(Tensor {
+                dtype: self.dtype,
+                shape: self.shape.clone(),
+                storage: Storage::Host(h.clone()),
+            }),
             #[cfg(feature = "cuda")]
             (Storage::Host(h), Device::Cuda(ord)) => {
                 let buf = crate::cuda::DeviceBuffer::from_host(ord, &h.to_le_bytes())?;
-                Ok(Tensor { dtype: self.dtype, shape: self.shape.clone(), storage: Storage::Cuda(buf) })
+                Ok(Tensor {
+                    dtype: self.dtype,
+                    shape: self.shape.clone(),
+                    storage: Storage::Cuda(buf),
+                })
             }
             #[cfg(feature = "cuda")]
             (Storage::Cuda(_), Device::Cpu) => self.to_host(),
             #[cfg(feature = "cuda")]
             (Storage::Cuda(b), Device::Cuda(ord)) => {
                 let buf = b.copy_to(ord)?;
-                Ok(Tensor { dtype: self.dtype, shape: self.shape.clone(), storage: Storage::Cuda(buf) })
+                Ok(Tensor {
+                    dtype: self.dtype,
+                    shape: self.shape.clone(),
+                    storage: Storage::Cuda(buf),
+                })
             }
             #[cfg(not(feature = "cuda"))]
             (_, Device::Cuda(_)) => Err(Error::NoDevice(
@@ -433,7 +471,16 @@ mod tests {
 
     #[test]
     fn bytes_round_trip_every_dtype() {
-        for dt in [DType::F16, DType::BF16, DType::F32, DType::I8, DType::U8, DType::I16, DType::I32, DType::I64] {
+        for dt in [
+            DType::F16,
+            DType::BF16,
+            DType::F32,
+            DType::I8,
+            DType::U8,
+            DType::I16,
+            DType::I32,
+            DType::I64,
+        ] {
             let bytes: Vec<u8> = (0..dt.size() * 5).map(|i| (i * 37 + 11) as u8).collect();
             let h = HostData::from_le_bytes(dt, &bytes).unwrap();
             assert_eq!(h.len(), 5);
@@ -447,7 +494,11 @@ mod tests {
         let e = Tensor::from_f32(vec![1.0; 5], &[2, 3]).unwrap_err();
         assert!(e.to_string().contains("[2, 3]"), "{e}");
         let t = Tensor::from_f32(vec![1.0; 6], &[2, 3]).unwrap();
-        assert!(t.check("w", Some(DType::F16), &[2, 3]).unwrap_err().to_string().contains("w: expected dtype f16"));
+        assert!(t
+            .check("w", Some(DType::F16), &[2, 3])
+            .unwrap_err()
+            .to_string()
+            .contains("w: expected dtype f16"));
         assert!(t.reshape(&[4, 2]).is_err());
     }
 

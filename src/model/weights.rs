@@ -43,7 +43,9 @@ fn convert_dtype(name: &str, dt: safetensors::Dtype) -> Result<DType> {
         S::I32 => DType::I32,
         S::I64 => DType::I64,
         other => {
-            return Err(Error::unsupported(format!("tensor {name}: dtype {other:?} is not supported")))
+            return Err(Error::unsupported(format!(
+                "tensor {name}: dtype {other:?} is not supported"
+            )))
         }
     })
 }
@@ -58,13 +60,22 @@ impl Weights {
                 .map_err(|e| Error::Io(format!("{}: {e}", index_path.display())))?;
             let json: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::bad_format(format!("{}: {e}", index_path.display())))?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::bad_format(format!("{}: no \"weight_map\" object", index_path.display()))
-            })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::bad_format(format!(
+                        "{}: no \"weight_map\" object",
+                        index_path.display()
+                    ))
+                })?;
             let mut names: Vec<String> = Vec::new();
             for (tensor, file) in map {
                 let f = file.as_str().ok_or_else(|| {
-                    Error::bad_format(format!("{}: weight_map[{tensor}] is not a string", index_path.display()))
+                    Error::bad_format(format!(
+                        "{}: weight_map[{tensor}] is not a string",
+                        index_path.display()
+                    ))
                 })?;
                 if f.contains('/') || f.contains('\\') || f.contains("..") {
                     return Err(Error::bad_format(format!(
@@ -79,15 +90,22 @@ impl Weights {
             names.sort();
             names.into_iter().map(|f| dir.join(f)).collect()
         } else {
-            let rd = std::fs::read_dir(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+            let rd =
+                std::fs::read_dir(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
             let mut v: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("adapter_")))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("adapter_"))
+                })
                 .collect();
             v.sort();
             if v.is_empty() {
-                return Err(Error::not_found(format!("no *.safetensors files in {}", dir.display())));
+                return Err(Error::not_found(format!(
+                    "no *.safetensors files in {}",
+                    dir.display()
+                )));
             }
             v
         };
@@ -99,7 +117,8 @@ impl Weights {
         let mut shards = Vec::new();
         let mut index = HashMap::new();
         for (si, path) in paths.iter().enumerate() {
-            let file = File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+            let file =
+                File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
             // SAFETY: the file is opened read-only and the map is never written through. paradec
             // assumes, as every safetensors reader does, that model files are not truncated or
             // rewritten by another process while mapped.
@@ -118,14 +137,20 @@ impl Weights {
                         path.display()
                     )));
                 }
-                if index.insert(name.clone(), (si, dtype, info.shape.clone(), range)).is_some() {
+                if index
+                    .insert(name.clone(), (si, dtype, info.shape.clone(), range))
+                    .is_some()
+                {
                     return Err(Error::bad_format(format!(
                         "tensor {name} appears in more than one file (second: {})",
                         path.display()
                     )));
                 }
             }
-            shards.push(Shard { path: path.clone(), mmap });
+            shards.push(Shard {
+                path: path.clone(),
+                mmap,
+            });
         }
         Ok(Weights { shards, index })
     }
@@ -141,20 +166,29 @@ impl Weights {
     }
     /// The file a tensor lives in (for error messages).
     pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.index.get(name).map(|(si, ..)| self.shards[*si].path.as_path())
+        self.index
+            .get(name)
+            .map(|(si, ..)| self.shards[*si].path.as_path())
     }
 
     /// A borrowed view of a tensor, or `NotFound` naming it.
     pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        let (si, dtype, shape, range) =
-            self.index.get(name).ok_or_else(|| Error::not_found(format!("tensor {name}")))?;
-        Ok(TensorView { dtype: *dtype, shape, data: &self.shards[*si].mmap[range.clone()] })
+        let (si, dtype, shape, range) = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("tensor {name}")))?;
+        Ok(TensorView {
+            dtype: *dtype,
+            shape,
+            data: &self.shards[*si].mmap[range.clone()],
+        })
     }
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let v = self.view(name)?;
         let data = HostData::from_le_bytes(v.dtype, v.data)
             .map_err(|e| Error::bad_format(format!("tensor {name}: {e}")))?;
-        Tensor::from_host(data, v.shape).map_err(|e| Error::bad_format(format!("tensor {name}: {e}")))
+        Tensor::from_host(data, v.shape)
+            .map_err(|e| Error::bad_format(format!("tensor {name}: {e}")))
     }
     pub fn get_opt(&self, name: &str) -> Result<Option<Tensor>> {
         if self.contains(name) {
@@ -193,7 +227,12 @@ pub fn save_safetensors(
     use safetensors::tensor::TensorView as StView;
     let mut bufs = Vec::new();
     for (name, t) in tensors {
-        bufs.push((name.clone(), t.to_host()?.host()?.to_le_bytes(), t.dtype(), t.shape().to_vec()));
+        bufs.push((
+            name.clone(),
+            t.to_host()?.host()?.to_le_bytes(),
+            t.dtype(),
+            t.shape().to_vec(),
+        ));
     }
     let views: Vec<(String, StView<'_>)> = bufs
         .iter()
