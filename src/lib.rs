@@ -2,11 +2,15 @@
 //! of GPT-J, GPT-NeoX, Phi, Falcon, Cohere and Cohere2, with a CPU reference path that matches
 //! HF transformers and (feature `cuda`) CUDA kernels.
 
+pub mod cache;
 pub mod cpu;
 pub mod error;
+pub mod layers;
 pub mod model;
+pub mod ops;
 pub mod stream;
 pub mod tensor;
+pub mod workspace;
 
 pub use error::{Error, Result};
 pub use model::weights::Weights;
@@ -15,3 +19,10 @@ pub use tensor::{DType, Device, HostData, Tensor};
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+pub use cache::KvCache;
+pub use layers::parallel_decoder::{Intermediates, ParallelDecoder};
+pub use layers::params::AttnParams;
+pub use model::arch::ArchParams;
+pub use model::stack::Model;
+pub use workspace::Workspace;

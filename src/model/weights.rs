@@ -51,7 +51,8 @@ fn convert_dtype(name: &str, dt: safetensors::Dtype) -> Result<DType> {
 }
 
 impl Weights {
-    /// Maps a directory: `model.safetensors.index.json` if present, else every `*.safetensors`.
+    /// Maps a directory: the shards of `model.safetensors.index.json` if present, else
+    /// `model.safetensors`, else every `*.safetensors` but PEFT's `adapter_*` files.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let index_path = dir.join("model.safetensors.index.json");
@@ -89,6 +90,8 @@ impl Weights {
             }
             names.sort();
             names.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
         } else {
             let rd =
                 std::fs::read_dir(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;

@@ -1,0 +1,62 @@
+//! `Norm`: a LayerNorm or RMSNorm with its weights, loaded from `{prefix}.weight` / `.bias`.
+
+use crate::cpu::norm::NormKind;
+use crate::ops::{self, Affine};
+use crate::tensor::{Device, Tensor};
+use crate::{Result, Stream, Weights};
+
+#[derive(Debug)]
+pub struct Norm {
+    pub kind: NormKind,
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+    pub eps: f32,
+}
+
+impl Norm {
+    /// Loads a norm of width `dim` (or `shape` for per-head norms). The weight is required;
+    /// the bias is required when `bias` is true.
+    pub fn load(
+        weights: &Weights,
+        prefix: &str,
+        kind: NormKind,
+        shape: &[usize],
+        bias: bool,
+        eps: f32,
+    ) -> Result<Self> {
+        let weight = Some(weights.get_float(&format!("{prefix}.weight"), shape)?);
+        let bias = if bias {
+            Some(weights.get_float(&format!("{prefix}.bias"), shape)?)
+        } else {
+            None
+        };
+        Ok(Norm {
+            kind,
+            weight,
+            bias,
+            eps,
+        })
+    }
+
+    pub fn affine(&self) -> Affine<'_> {
+        Affine {
+            weight: self.weight.as_ref(),
+            bias: self.bias.as_ref(),
+        }
+    }
+
+    pub fn forward(&self, s: &Stream, x: &Tensor, out: &mut Tensor) -> Result<()> {
+        ops::norm(s, self.kind, x, &self.affine(), self.eps, out)
+    }
+
+    pub fn numel(&self) -> usize {
+        self.weight.as_ref().map_or(0, Tensor::numel) + self.bias.as_ref().map_or(0, Tensor::numel)
+    }
+
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for t in [&mut self.weight, &mut self.bias].into_iter().flatten() {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,572 @@
+//! `ParallelDecoder`: one parallel-residual block, `x += Attn(norm_a(x)) + Mlp(norm_m(x))`,
+//! for every supported family (see shared/FAMILIES.md for how HF computes each).
+
+use crate::cache::KvCache;
+use crate::cpu::attention::{AttnMasking, AttnShape};
+use crate::cpu::norm::NormKind;
+use crate::cpu::rope::RotaryArgs;
+use crate::layers::linear::Linear;
+use crate::layers::norm::Norm;
+use crate::layers::params::AttnParams;
+use crate::model::arch::{ArchParams, MlpKind, QkNorm, QkvLayout, Rotary, SumOrder};
+use crate::ops;
+use crate::tensor::{Device, Tensor};
+use crate::workspace::Workspace;
+use crate::{Error, Result, Stream, Weights};
+
+/// The q/k/v projection(s): three Linears, or one fused Linear whose output is split.
+#[derive(Debug)]
+pub enum QkvProj {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused { qkv: Linear, layout: QkvLayout },
+}
+
+/// The MLP branch.
+#[derive(Debug)]
+pub enum Mlp {
+    Plain {
+        fc_in: Linear,
+        fc_out: Linear,
+    },
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+}
+
+/// What `forward_interm` returns, each [tokens, features] (tokens = batch · q_len).
+#[derive(Debug)]
+pub struct Intermediates {
+    /// The norm output feeding attention (and the MLP, for one-norm families).
+    pub post_norm: Tensor,
+    /// The MLP's norm output, for two-norm families.
+    pub post_norm_mlp: Option<Tensor>,
+    /// Attention context before the output projection, heads concatenated.
+    pub attn_output: Tensor,
+    /// The input of the MLP's last projection.
+    pub pre_down: Tensor,
+    /// The attention branch's output (bias included, no residual).
+    pub hidden_states_attn: Tensor,
+    /// The MLP branch's output (bias included, no residual).
+    pub hidden_states_mlp: Tensor,
+    /// The block's output.
+    pub hidden_states: Tensor,
+}
+
+#[derive(Debug)]
+pub struct ParallelDecoder {
+    arch: ArchParams,
+    layer_idx: usize,
+    sliding_window: usize,
+    rotary: Rotary,
+    norm_attn: Norm,
+    norm_mlp: Option<Norm>,
+    qkv: QkvProj,
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
+    o_proj: Linear,
+    mlp: Mlp,
+    device: Device,
+}
+
+impl ParallelDecoder {
+    /// Builds layer `layer_idx` from the tensors under `key` (e.g. "model.layers.3").
+    /// `sliding_window` (0 = none) and `rope_index` (into `params.rotary`) are what the model
+    /// loader derives from config.json.
+    pub fn new(
+        params: &ArchParams,
+        weights: &Weights,
+        key: &str,
+        layer_idx: usize,
+        sliding_window: usize,
+        rope_index: usize,
+    ) -> Result<Self> {
+        let a = params;
+        let rotary = a.rotary.get(rope_index).cloned().ok_or_else(|| {
+            Error::bad_input(format!(
+                "rope_index {rope_index}: the model has {} rotary tables",
+                a.rotary.len()
+            ))
+        })?;
+        let n = &a.names;
+        let name = |s: &str| format!("{key}.{s}");
+        let norm = |s: &str| {
+            Norm::load(
+                weights,
+                &name(s),
+                a.norm,
+                &[a.hidden],
+                a.norm_bias,
+                a.norm_eps,
+            )
+        };
+        let norm_attn = norm(n.norm_attn)?;
+        let norm_mlp = match (a.two_norms, n.norm_mlp) {
+            (true, Some(m)) => Some(norm(m)?),
+            _ => None,
+        };
+        let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+        let qkv = if a.qkv_layout == QkvLayout::Separate {
+            QkvProj::Separate {
+                q: Linear::load(weights, &name(n.qkv[0]), a.hidden, qd, a.qkv_bias)?,
+                k: Linear::load(weights, &name(n.qkv[1]), a.hidden, kvd, a.qkv_bias)?,
+                v: Linear::load(weights, &name(n.qkv[2]), a.hidden, kvd, a.qkv_bias)?,
+            }
+        } else {
+            QkvProj::Fused {
+                qkv: Linear::load(
+                    weights,
+                    &name(n.qkv[0]),
+                    a.hidden,
+                    a.qkv_width(),
+                    a.qkv_bias,
+                )?,
+                layout: a.qkv_layout,
+            }
+        };
+        let (q_norm, k_norm) = match (a.qk_norm, n.q_norm, n.k_norm) {
+            (QkNorm::SharedLayerNorm, Some(qn), Some(kn)) => (
+                Some(Norm::load(
+                    weights,
+                    &name(qn),
+                    NormKind::LayerNorm,
+                    &[a.head_dim],
+                    true,
+                    a.norm_eps,
+                )?),
+                Some(Norm::load(
+                    weights,
+                    &name(kn),
+                    NormKind::LayerNorm,
+                    &[a.head_dim],
+                    true,
+                    a.norm_eps,
+                )?),
+            ),
+            (QkNorm::PerHead, Some(qn), Some(kn)) => (
+                Some(Norm::load(
+                    weights,
+                    &name(qn),
+                    NormKind::LayerNorm,
+                    &[a.heads, a.head_dim],
+                    false,
+                    a.norm_eps,
+                )?),
+                Some(Norm::load(
+                    weights,
+                    &name(kn),
+                    NormKind::LayerNorm,
+                    &[a.kv_heads, a.head_dim],
+                    false,
+                    a.norm_eps,
+                )?),
+            ),
+            _ => (None, None),
+        };
+        let o_proj = Linear::load(weights, &name(n.out_proj), qd, a.hidden, a.out_bias)?;
+        let mlp = match a.mlp {
+            MlpKind::Plain(_) => Mlp::Plain {
+                fc_in: Linear::load(
+                    weights,
+                    &name(n.mlp[0]),
+                    a.hidden,
+                    a.intermediate,
+                    a.mlp_bias,
+                )?,
+                fc_out: Linear::load(
+                    weights,
+                    &name(n.mlp[1]),
+                    a.intermediate,
+                    a.hidden,
+                    a.mlp_bias,
+                )?,
+            },
+            MlpKind::Gated(_) => Mlp::Gated {
+                gate: Linear::load(
+                    weights,
+                    &name(n.mlp[0]),
+                    a.hidden,
+                    a.intermediate,
+                    a.mlp_bias,
+                )?,
+                up: Linear::load(
+                    weights,
+                    &name(n.mlp[1]),
+                    a.hidden,
+                    a.intermediate,
+                    a.mlp_bias,
+                )?,
+                down: Linear::load(
+                    weights,
+                    &name(n.mlp[2]),
+                    a.intermediate,
+                    a.hidden,
+                    a.mlp_bias,
+                )?,
+            },
+        };
+        Ok(ParallelDecoder {
+            arch: a.clone(),
+            layer_idx,
+            sliding_window,
+            rotary,
+            norm_attn,
+            norm_mlp,
+            qkv,
+            q_norm,
+            k_norm,
+            o_proj,
+            mlp,
+            device: Device::Cpu,
+        })
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = match &mut self.qkv {
+            QkvProj::Separate { q, k, v } => vec![q, k, v],
+            QkvProj::Fused { qkv, .. } => vec![qkv],
+        };
+        v.push(&mut self.o_proj);
+        match &mut self.mlp {
+            Mlp::Plain { fc_in, fc_out } => v.extend([fc_in, fc_out]),
+            Mlp::Gated { gate, up, down } => v.extend([gate, up, down]),
+        }
+        v
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        let mut v: Vec<&Linear> = match &self.qkv {
+            QkvProj::Separate { q, k, v } => vec![q, k, v],
+            QkvProj::Fused { qkv, .. } => vec![qkv],
+        };
+        v.push(&self.o_proj);
+        match &self.mlp {
+            Mlp::Plain { fc_in, fc_out } => v.extend([fc_in, fc_out]),
+            Mlp::Gated { gate, up, down } => v.extend([gate, up, down]),
+        }
+        v
+    }
+
+    fn norms(&self) -> impl Iterator<Item = &Norm> {
+        [
+            Some(&self.norm_attn),
+            self.norm_mlp.as_ref(),
+            self.q_norm.as_ref(),
+            self.k_norm.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Places the weights on `device`. On failure the layer stays where it was.
+    pub fn load(&mut self, device: Device) -> Result<()> {
+        if device == self.device {
+            return Ok(());
+        }
+        let from = self.device;
+        let r = self.move_to(device);
+        if r.is_err() {
+            // Best effort back to where the layer was, so a failed load leaves it usable.
+            let _ = self.move_to(from);
+        }
+        r
+    }
+
+    fn move_to(&mut self, device: Device) -> Result<()> {
+        for l in self.linears_mut() {
+            l.to_device(device)?;
+        }
+        for n in [
+            Some(&mut self.norm_attn),
+            self.norm_mlp.as_mut(),
+            self.q_norm.as_mut(),
+            self.k_norm.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            n.to_device(device)?;
+        }
+        self.device = device;
+        Ok(())
+    }
+
+    /// Moves the weights back to host memory, freeing device memory.
+    pub fn unload(&mut self) {
+        if self.move_to(Device::Cpu).is_err() {
+            // Copying back failed (device lost): the layer keeps whatever was moved; the
+            // device tensors left are freed with the layer.
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+    pub fn layer_idx(&self) -> usize {
+        self.layer_idx
+    }
+    pub fn sliding_window(&self) -> usize {
+        self.sliding_window
+    }
+
+    /// Parameters of the layer (logical elements: quantized weights count as K·N).
+    pub fn numel(&self) -> usize {
+        self.linears().iter().map(|l| l.numel()).sum::<usize>()
+            + self.norms().map(Norm::numel).sum::<usize>()
+    }
+
+    pub fn is_quant(&self) -> bool {
+        self.linears().iter().any(|l| l.is_quant())
+    }
+
+    /// `hidden += attn + mlp` in the family's summation order. `hidden` is [batch, q_len,
+    /// hidden] (or [tokens, hidden]); with a cache, new K/V go to each sequence's next slots.
+    pub fn forward(
+        &self,
+        hidden: &mut Tensor,
+        cache: Option<&mut KvCache>,
+        params: &AttnParams,
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        self.run(&Stream::Host, hidden, cache, params, ws, false)
+            .map(|_| ())
+    }
+
+    /// As `forward`, and returns the intermediates (see `Intermediates`).
+    pub fn forward_interm(
+        &self,
+        hidden: &mut Tensor,
+        cache: Option<&mut KvCache>,
+        params: &AttnParams,
+        ws: &mut Workspace,
+    ) -> Result<Intermediates> {
+        self.run(&Stream::Host, hidden, cache, params, ws, true)?
+            .ok_or_else(|| Error::bad_input("intermediates were not captured"))
+    }
+
+    fn run(
+        &self,
+        s: &Stream,
+        hidden: &mut Tensor,
+        cache: Option<&mut KvCache>,
+        p: &AttnParams,
+        ws: &mut Workspace,
+        capture: bool,
+    ) -> Result<Option<Intermediates>> {
+        let a = &self.arch;
+        p.validate()?;
+        let t = p.tokens();
+        if hidden.numel() != t * a.hidden {
+            return Err(Error::bad_input(format!(
+                "hidden: expected {} tokens × {} features, got shape {:?}",
+                t,
+                a.hidden,
+                hidden.shape()
+            )));
+        }
+        if hidden.device() != self.device || ws.device() != self.device {
+            return Err(Error::bad_input(format!(
+                "layer {} is on {}, hidden on {}, workspace on {}",
+                self.layer_idx,
+                self.device,
+                hidden.device(),
+                ws.device()
+            )));
+        }
+        let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+
+        // Norms: one, or two over the same x.
+        let mut n_a = ws.tensor(&[t, a.hidden])?;
+        self.norm_attn.forward(s, hidden, &mut n_a)?;
+        let n_m = match &self.norm_mlp {
+            Some(nm) => {
+                let mut o = ws.tensor(&[t, a.hidden])?;
+                nm.forward(s, hidden, &mut o)?;
+                Some(o)
+            }
+            None => None,
+        };
+
+        // q, k, v.
+        let (mut q, mut k, mut v) = (
+            ws.tensor(&[t, qd])?,
+            ws.tensor(&[t, kvd])?,
+            ws.tensor(&[t, kvd])?,
+        );
+        match &self.qkv {
+            QkvProj::Separate {
+                q: lq,
+                k: lk,
+                v: lv,
+            } => {
+                lq.forward(s, &n_a, &mut q, false)?;
+                lk.forward(s, &n_a, &mut k, false)?;
+                lv.forward(s, &n_a, &mut v, false)?;
+            }
+            QkvProj::Fused { qkv, layout } => {
+                let mut f = ws.tensor(&[t, a.qkv_width()])?;
+                qkv.forward(s, &n_a, &mut f, false)?;
+                ops::split_qkv(
+                    s, *layout, &f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
+                )?;
+            }
+        }
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            ops::head_norm(
+                s,
+                qn.kind,
+                &mut q,
+                a.heads,
+                a.head_dim,
+                &qn.affine(),
+                qn.eps,
+            )?;
+            ops::head_norm(
+                s,
+                kn.kind,
+                &mut k,
+                a.kv_heads,
+                a.head_dim,
+                &kn.affine(),
+                kn.eps,
+            )?;
+        }
+
+        // Rotary + cache write, then attention over the cache.
+        let positions = p.positions();
+        let freqs = match &self.rotary {
+            Rotary::Rope(rc) => Some((rc, rc.freqs(positions.iter().copied().max().unwrap_or(0)))),
+            Rotary::None => None,
+        };
+        let rot_args = freqs.as_ref().map(|(rc, f)| RotaryArgs {
+            style: rc.style,
+            rot_dim: rc.rot_dim,
+            inv_freq: &f.inv_freq,
+            attn_factor: f.attn_factor,
+        });
+        let mut own_cache;
+        let (ck, cv, capacity) = match cache {
+            Some(c) => {
+                if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
+                    return Err(Error::bad_input(format!(
+                        "KV cache is for batch {} × {} kv heads × {}, the call has batch {} and the layer {} × {}",
+                        c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
+                    )));
+                }
+                let cap = c.capacity;
+                let (ck, cv) = c.layer_mut(self.layer_idx)?;
+                (ck, cv, cap)
+            }
+            None => {
+                if p.past_len.iter().any(|&l| l > 0) {
+                    return Err(Error::bad_input(
+                        "past_len > 0 needs a KV cache holding the past",
+                    ));
+                }
+                own_cache = (
+                    ws.tensor(&[p.batch, p.q_len, kvd])?,
+                    ws.tensor(&[p.batch, p.q_len, kvd])?,
+                );
+                (&mut own_cache.0, &mut own_cache.1, p.q_len)
+            }
+        };
+        let at = ops::KvWrite {
+            batch: p.batch,
+            q_len: p.q_len,
+            capacity,
+            past_len: &p.past_len,
+        };
+        ops::rotary_and_cache_write(
+            s,
+            &mut q,
+            &mut k,
+            &v,
+            a.heads,
+            a.kv_heads,
+            a.head_dim,
+            &positions,
+            rot_args.as_ref(),
+            &at,
+            ck,
+            cv,
+        )?;
+        let shape = AttnShape {
+            batch: p.batch,
+            q_len: p.q_len,
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            capacity,
+        };
+        let masking = AttnMasking {
+            past_len: &p.past_len,
+            window: self.sliding_window,
+            mask: p.mask.as_deref(),
+            mask_stride: p.mask_stride,
+        };
+        let mut ctx = ws.tensor(&[t, qd])?;
+        ops::attention(
+            s,
+            &q,
+            ck,
+            cv,
+            &shape,
+            &masking,
+            1.0 / (a.head_dim as f32).sqrt(),
+            &mut ctx,
+        )?;
+        let mut attn_out = ws.tensor(&[t, a.hidden])?;
+        self.o_proj.forward(s, &ctx, &mut attn_out, false)?;
+
+        // MLP.
+        let mlp_in = n_m.as_ref().unwrap_or(&n_a);
+        let mut pre_down = ws.tensor(&[t, a.intermediate])?;
+        let mut mlp_out = ws.tensor(&[t, a.hidden])?;
+        match (&self.mlp, a.mlp) {
+            (Mlp::Plain { fc_in, fc_out }, MlpKind::Plain(act)) => {
+                fc_in.forward(s, mlp_in, &mut pre_down, false)?;
+                ops::activate(s, act, &mut pre_down)?;
+                fc_out.forward(s, &pre_down, &mut mlp_out, false)?;
+            }
+            (Mlp::Gated { gate, up, down }, MlpKind::Gated(act)) => {
+                let mut g = ws.tensor(&[t, a.intermediate])?;
+                let mut u = ws.tensor(&[t, a.intermediate])?;
+                gate.forward(s, mlp_in, &mut g, false)?;
+                up.forward(s, mlp_in, &mut u, false)?;
+                ops::act_mul(s, act, &g, &u, &mut pre_down)?;
+                down.forward(s, &pre_down, &mut mlp_out, false)?;
+            }
+            _ => {
+                return Err(Error::bad_input(
+                    "MLP weights do not match the architecture's MLP kind",
+                ))
+            }
+        }
+
+        // Residual, in HF's order.
+        match a.sum_order {
+            SumOrder::BranchesFirst => {
+                let mut branches = attn_out.try_clone()?;
+                ops::add_inplace(s, &mut branches, &mlp_out)?;
+                ops::add_inplace(s, hidden, &branches)?;
+            }
+            SumOrder::ResidualFirst => {
+                ops::add_inplace(s, hidden, &attn_out)?;
+                ops::add_inplace(s, hidden, &mlp_out)?;
+            }
+        }
+        if !capture {
+            return Ok(None);
+        }
+        Ok(Some(Intermediates {
+            post_norm: n_a,
+            post_norm_mlp: n_m,
+            attn_output: ctx,
+            pre_down,
+            hidden_states_attn: attn_out,
+            hidden_states_mlp: mlp_out,
+            hidden_states: hidden.try_clone()?.reshape(&[t, a.hidden])?,
+        }))
+    }
+}

@@ -1,0 +1,148 @@
+//! `AttnParams`: the per-call description of a batch — sizes, past length and position offset
+//! per sequence, and an optional padding mask over cache slots.
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttnParams {
+    pub batch: usize,
+    pub q_len: usize,
+    /// Tokens already in the cache, per sequence; new tokens go to slots past_len[b]..+q_len.
+    pub past_len: Vec<usize>,
+    /// Position of sequence b's query t is past_len[b] + t + position_offset[b] (negative
+    /// offsets skip left padding, as HF's `cumsum(mask) − 1`).
+    pub position_offset: Vec<i64>,
+    /// Additive mask over cache slots, [batch, mask_stride]: 0 to attend, −∞ to hide.
+    pub mask: Option<Vec<f32>>,
+    pub mask_stride: usize,
+}
+
+impl AttnParams {
+    /// A batch with nothing cached yet and no padding.
+    pub fn new(batch: usize, q_len: usize) -> Self {
+        Self::with_past(batch, q_len, vec![0; batch])
+    }
+
+    pub fn with_past(batch: usize, q_len: usize, past_len: Vec<usize>) -> Self {
+        AttnParams {
+            batch,
+            q_len,
+            past_len,
+            position_offset: vec![0; batch],
+            mask: None,
+            mask_stride: 0,
+        }
+    }
+
+    /// Sets a padding mask from a 0/1 attention mask over cache slots, [batch, slots]
+    /// (HF's `attention_mask`), and position offsets that skip each sequence's left padding.
+    pub fn with_attention_mask(mut self, mask01: &[i64], slots: usize) -> Result<Self> {
+        if slots == 0 || mask01.len() != self.batch * slots {
+            return Err(Error::bad_input(format!(
+                "attention mask: expected {} × {slots} values, got {}",
+                self.batch,
+                mask01.len()
+            )));
+        }
+        if let Some(&bad) = mask01.iter().find(|&&m| m != 0 && m != 1) {
+            return Err(Error::bad_input(format!(
+                "attention mask values must be 0 or 1, got {bad}"
+            )));
+        }
+        self.mask = Some(
+            mask01
+                .iter()
+                .map(|&m| if m == 1 { 0.0 } else { f32::NEG_INFINITY })
+                .collect(),
+        );
+        self.mask_stride = slots;
+        // Left padding: the pads before a sequence's first attended slot shift its positions.
+        for b in 0..self.batch {
+            let row = &mask01[b * slots..(b + 1) * slots];
+            let pads = row.iter().take_while(|&&m| m == 0).count();
+            self.position_offset[b] = -(pads as i64);
+        }
+        Ok(self)
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.batch * self.q_len
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.q_len == 0 {
+            return Err(Error::bad_input(format!(
+                "batch {} and query length {} must be positive",
+                self.batch, self.q_len
+            )));
+        }
+        if self.past_len.len() != self.batch || self.position_offset.len() != self.batch {
+            return Err(Error::bad_input(format!(
+                "past_len ({}) and position_offset ({}) need one entry per sequence ({})",
+                self.past_len.len(),
+                self.position_offset.len(),
+                self.batch
+            )));
+        }
+        if let Some(m) = &self.mask {
+            let need = self
+                .past_len
+                .iter()
+                .map(|p| p + self.q_len)
+                .max()
+                .unwrap_or(0);
+            if self.mask_stride < need || m.len() != self.batch * self.mask_stride {
+                return Err(Error::bad_input(format!(
+                    "padding mask: needs {} rows of at least {need} slots, got {} values with stride {}",
+                    self.batch,
+                    m.len(),
+                    self.mask_stride
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The position of every query token, [batch · q_len].
+    pub fn positions(&self) -> Vec<i64> {
+        let mut v = Vec::with_capacity(self.tokens());
+        for b in 0..self.batch {
+            for t in 0..self.q_len {
+                v.push((self.past_len[b] + t) as i64 + self.position_offset[b]);
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn left_padding_shifts_positions() {
+        // Sequence 1 has two pads: its first real token gets position 0.
+        let p = AttnParams::new(2, 4)
+            .with_attention_mask(&[1, 1, 1, 1, 0, 0, 1, 1], 4)
+            .unwrap();
+        assert_eq!(p.positions(), vec![0, 1, 2, 3, -2, -1, 0, 1]);
+        assert_eq!(p.mask.as_ref().unwrap()[4], f32::NEG_INFINITY);
+        p.validate().unwrap();
+        // A decode step after it: past 4, one token, mask of 5 slots.
+        let d = AttnParams::with_past(2, 1, vec![4, 4])
+            .with_attention_mask(&[1, 1, 1, 1, 1, 0, 0, 1, 1, 1], 5)
+            .unwrap();
+        assert_eq!(d.positions(), vec![4, 2]);
+        assert!(AttnParams::new(2, 1)
+            .with_attention_mask(&[1, 2], 1)
+            .is_err());
+        let short = AttnParams::with_past(1, 2, vec![3])
+            .with_attention_mask(&[1, 1, 1, 1], 4)
+            .unwrap();
+        assert!(short
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 5 slots"));
+    }
+}

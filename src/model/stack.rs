@@ -1,0 +1,190 @@
+//! `Model`: token embedding, the parallel decoder layers, the final norm and the LM head
+//! (bias, tied weights, logit scale), loaded from a directory of config.json + safetensors.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cache::KvCache;
+use crate::layers::linear::Linear;
+use crate::layers::norm::Norm;
+use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
+use crate::layers::params::AttnParams;
+use crate::model::arch::ArchParams;
+use crate::ops;
+use crate::tensor::{Device, Tensor};
+use crate::workspace::Workspace;
+use crate::{Error, Result, Stream, Weights};
+
+#[derive(Debug)]
+pub struct Model {
+    pub arch: ArchParams,
+    embed: Tensor,
+    layers: Vec<ParallelDecoder>,
+    final_norm: Norm,
+    /// None: tied to the embedding.
+    head: Option<Linear>,
+}
+
+/// What a model forward reports per layer, for tests and timing.
+pub struct LayerReport<'a> {
+    pub layer: usize,
+    pub elapsed: Duration,
+    pub interm: Option<&'a Intermediates>,
+}
+
+impl Model {
+    /// Loads config.json and the safetensors of `dir` (one file or shards with an index).
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let arch = ArchParams::from_dir(dir)?;
+        let weights = Weights::from_dir(dir)?;
+        Self::from_weights(arch, &weights)
+    }
+
+    pub fn from_weights(arch: ArchParams, weights: &Weights) -> Result<Self> {
+        let n = &arch.names;
+        let embed =
+            weights.get_float(&format!("{}.weight", n.embed), &[arch.vocab, arch.hidden])?;
+        let layers = arch
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                ParallelDecoder::new(
+                    &arch,
+                    weights,
+                    &format!("{}.{i}", n.layer_prefix),
+                    i,
+                    spec.sliding_window,
+                    spec.rope_index,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = Norm::load(
+            weights,
+            n.final_norm,
+            arch.norm,
+            &[arch.hidden],
+            arch.norm_bias,
+            arch.norm_eps,
+        )?;
+        let head = if arch.tie_embeddings {
+            None
+        } else {
+            Some(Linear::load(
+                weights,
+                n.head,
+                arch.hidden,
+                arch.vocab,
+                arch.head_bias,
+            )?)
+        };
+        Ok(Model {
+            arch,
+            embed,
+            layers,
+            final_norm,
+            head,
+        })
+    }
+
+    pub fn layers(&self) -> &[ParallelDecoder] {
+        &self.layers
+    }
+
+    /// Places every weight on `device`.
+    pub fn load_to(&mut self, device: Device) -> Result<()> {
+        for l in &mut self.layers {
+            l.load(device)?;
+        }
+        self.embed = self.embed.to_device(device)?;
+        self.final_norm.to_device(device)?;
+        if let Some(h) = &mut self.head {
+            h.to_device(device)?;
+        }
+        Ok(())
+    }
+
+    /// Logits [batch, q_len, vocab] for token ids [batch · q_len].
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        params: &AttnParams,
+        cache: Option<&mut KvCache>,
+        ws: &mut Workspace,
+    ) -> Result<Tensor> {
+        self.forward_inspect(ids, params, cache, ws, false, &mut |_| {})
+    }
+
+    /// As `forward`; calls `report` after each layer with its time and (when `capture`) its
+    /// intermediates. Layer 0's input is `embed_tokens`.
+    pub fn forward_inspect(
+        &self,
+        ids: &[u32],
+        params: &AttnParams,
+        mut cache: Option<&mut KvCache>,
+        ws: &mut Workspace,
+        capture: bool,
+        report: &mut dyn FnMut(LayerReport<'_>),
+    ) -> Result<Tensor> {
+        let a = &self.arch;
+        params.validate()?;
+        if ids.len() != params.tokens() {
+            return Err(Error::bad_input(format!(
+                "token ids: expected batch {} × q_len {} = {}, got {}",
+                params.batch,
+                params.q_len,
+                params.tokens(),
+                ids.len()
+            )));
+        }
+        if let Some(c) = &cache {
+            if c.num_layers() != self.layers.len() {
+                return Err(Error::bad_input(format!(
+                    "KV cache has {} layers, the model {}",
+                    c.num_layers(),
+                    self.layers.len()
+                )));
+            }
+        }
+        let s = Stream::Host;
+        let mut hidden = self.embed_tokens(ids, ws)?;
+        for layer in &self.layers {
+            let start = Instant::now();
+            let c = cache.as_deref_mut();
+            if capture {
+                let i = layer.forward_interm(&mut hidden, c, params, ws)?;
+                report(LayerReport {
+                    layer: layer.layer_idx(),
+                    elapsed: start.elapsed(),
+                    interm: Some(&i),
+                });
+            } else {
+                layer.forward(&mut hidden, c, params, ws)?;
+                report(LayerReport {
+                    layer: layer.layer_idx(),
+                    elapsed: start.elapsed(),
+                    interm: None,
+                });
+            }
+        }
+        let mut normed = ws.tensor(&[params.tokens(), a.hidden])?;
+        self.final_norm.forward(&s, &hidden, &mut normed)?;
+        let mut logits = ws.tensor(&[params.batch, params.q_len, a.vocab])?;
+        match &self.head {
+            Some(h) => h.forward(&s, &normed, &mut logits, false)?,
+            None => ops::linear(&s, &normed, &self.embed, None, &mut logits, false)?,
+        }
+        if a.logit_scale != 1.0 {
+            ops::scale_inplace(&s, &mut logits, a.logit_scale)?;
+        }
+        Ok(logits)
+    }
+
+    /// The embeddings of `ids`, [tokens, hidden].
+    pub fn embed_tokens(&self, ids: &[u32], ws: &mut Workspace) -> Result<Tensor> {
+        let mut out = ws.tensor(&[ids.len(), self.arch.hidden])?;
+        ops::embedding(&Stream::Host, &self.embed, ids, &mut out)?;
+        Ok(out)
+    }
+}
