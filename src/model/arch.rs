@@ -293,10 +293,12 @@ fn parse_scaling(v: Option<&Value>, max_positions: usize) -> Result<RopeScaling>
                 truncate: s.get("truncate").and_then(|t| t.as_bool()).unwrap_or(true),
             }
         }
-        other => return Err(Error::unsupported(format!(
+        other => {
+            return Err(Error::unsupported(format!(
             "config.json: rope type {other:?} (rope_scaling / rope_parameters) is not supported; \
                  paradec runs default, linear, dynamic and yarn"
-        ))),
+        )))
+        }
     })
 }
 
