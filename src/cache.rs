@@ -15,7 +15,6 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         num_layers: usize,
         batch: usize,

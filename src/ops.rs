@@ -292,7 +292,6 @@ pub fn add_inplace(_s: &Stream, x: &mut Tensor, y: &Tensor) -> Result<()> {
 
 /// Splits a fused QKV projection output [tokens, (heads + 2·kv_heads)·head_dim] into q, k, v
 /// ([tokens, heads·head_dim], [tokens, kv_heads·head_dim] ×2) following `layout`.
-#[allow(clippy::too_many_arguments)]
 pub fn split_qkv(
     _s: &Stream,
     layout: QkvLayout,
@@ -381,7 +380,6 @@ pub struct KvWrite<'a> {
 
 /// Rotates q [tokens, heads·D] and k [tokens, kv_heads·D] at `positions` (when `rotary` is
 /// given) and writes k, v into the cache tensors [batch, capacity, kv_heads·D].
-#[allow(clippy::too_many_arguments)]
 pub fn rotary_and_cache_write(
     _s: &Stream,
     q: &mut Tensor,
@@ -473,7 +471,6 @@ pub fn rotary_and_cache_write(
 }
 
 /// Attention of q [batch, q_len, heads·D] over the cache; writes [batch, q_len, heads·D].
-#[allow(clippy::too_many_arguments)]
 pub fn attention(
     _s: &Stream,
     q: &Tensor,

@@ -43,7 +43,6 @@ fn dot<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
 }
 
 /// `out[m, N] (+)= x[m, K] · w[N, K]ᵀ + bias`. With `accumulate`, adds into `out`.
-#[allow(clippy::too_many_arguments)]
 pub fn linear<W: WeightElem>(
     x: &[f32],
     m: usize,

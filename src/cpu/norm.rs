@@ -59,7 +59,6 @@ pub fn norm(
 
 /// Two norms of the same rows (GPT-NeoX, Falcon with two input norms): the same statistics,
 /// two affine transforms, two outputs.
-#[allow(clippy::too_many_arguments)]
 pub fn norm2(
     kind: NormKind,
     x: &[f32],
@@ -76,7 +75,6 @@ pub fn norm2(
 }
 
 /// Fused residual add then norm: `x += residual; out = norm(x)`.
-#[allow(clippy::too_many_arguments)]
 pub fn add_norm(
     kind: NormKind,
     x: &mut [f32],

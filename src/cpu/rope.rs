@@ -86,7 +86,6 @@ pub fn write_kv(
 
 /// The fused step the CUDA kernel performs in one pass: rotate q and k (at `positions`, one
 /// per token of [batch, q_len]) and write k and v into the cache.
-#[allow(clippy::too_many_arguments)]
 pub fn rotary_and_cache_write(
     q: &mut [f32],
     k: &mut [f32],

@@ -15,6 +15,8 @@ use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
 /// The q/k/v projection(s): three Linears, or one fused Linear whose output is split.
+/// (One per layer: the size difference between the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum QkvProj {
     Separate { q: Linear, k: Linear, v: Linear },
