@@ -586,3 +586,150 @@ pub fn scale_inplace(_s: &Stream, x: &mut Tensor, factor: f32) -> Result<()> {
         Device::Cuda(_) => Err(gpu_missing("scale_inplace")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32], shape: &[usize]) -> Tensor {
+        Tensor::from_f32(v.to_vec(), shape).unwrap()
+    }
+
+    #[test]
+    fn split_qkv_layouts_by_hand() {
+        // head_dim 1; feature values name their role: 10+h = q of head h, 20+g = k, 30+g = v.
+        let s = Stream::Host;
+        let run = |layout, fused: &[f32], heads, kv| {
+            let (mut q, mut k, mut v) = (
+                t(&vec![0.0; heads], &[1, heads]),
+                t(&vec![0.0; kv], &[1, kv]),
+                t(&vec![0.0; kv], &[1, kv]),
+            );
+            split_qkv(
+                &s,
+                layout,
+                &t(fused, &[1, fused.len()]),
+                heads,
+                kv,
+                1,
+                &mut q,
+                &mut k,
+                &mut v,
+            )
+            .unwrap();
+            (
+                q.as_f32().unwrap().to_vec(),
+                k.as_f32().unwrap().to_vec(),
+                v.as_f32().unwrap().to_vec(),
+            )
+        };
+        // NeoX per head [q0 k0 v0 | q1 k1 v1].
+        let (q, k, v) = run(
+            QkvLayout::FusedPerHead,
+            &[10., 20., 30., 11., 21., 31.],
+            2,
+            2,
+        );
+        assert_eq!((q, k, v), (vec![10., 11.], vec![20., 21.], vec![30., 31.]));
+        // Falcon-7B [q0 q1 q2 q3 | k | v].
+        let (q, k, v) = run(
+            QkvLayout::FusedQueriesFirst,
+            &[10., 11., 12., 13., 20., 30.],
+            4,
+            1,
+        );
+        assert_eq!((q, k, v), (vec![10., 11., 12., 13.], vec![20.], vec![30.]));
+        // Falcon new architecture, 4 heads in 2 groups: [q0 q1 k0 v0 | q2 q3 k1 v1].
+        let (q, k, v) = run(
+            QkvLayout::FusedGrouped,
+            &[10., 11., 20., 30., 12., 13., 21., 31.],
+            4,
+            2,
+        );
+        assert_eq!(
+            (q, k, v),
+            (vec![10., 11., 12., 13.], vec![20., 21.], vec![30., 31.])
+        );
+    }
+
+    #[test]
+    fn head_norm_per_head_and_shared_by_hand() {
+        // Two heads of [1, 3] (mean 2, var 1 → normalized [-1, 1] with eps 0).
+        let s = Stream::Host;
+        let mut x = t(&[1., 3., 1., 3.], &[1, 4]);
+        let per_head = t(&[1., 2., 10., 20.], &[2, 2]);
+        head_norm(
+            &s,
+            NormKind::LayerNorm,
+            &mut x,
+            2,
+            2,
+            &Affine {
+                weight: Some(&per_head),
+                bias: None,
+            },
+            0.0,
+        )
+        .unwrap();
+        assert_eq!(x.as_f32().unwrap(), &[-1., 2., -10., 20.]);
+        let mut x = t(&[1., 3., 1., 3.], &[1, 4]);
+        let (w, b) = (t(&[2., 2.], &[2]), t(&[0.5, -0.5], &[2]));
+        head_norm(
+            &s,
+            NormKind::LayerNorm,
+            &mut x,
+            2,
+            2,
+            &Affine {
+                weight: Some(&w),
+                bias: Some(&b),
+            },
+            0.0,
+        )
+        .unwrap();
+        assert_eq!(x.as_f32().unwrap(), &[-1.5, 1.5, -1.5, 1.5]);
+        let bad = t(&[1., 2., 3.], &[3]);
+        assert!(head_norm(
+            &s,
+            NormKind::LayerNorm,
+            &mut x,
+            2,
+            2,
+            &Affine {
+                weight: Some(&bad),
+                bias: None
+            },
+            0.0
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn ops_reject_mismatched_shapes() {
+        let s = Stream::Host;
+        let x = t(&[1.; 6], &[2, 3]);
+        let w = t(&[1.; 8], &[2, 4]);
+        let mut out = t(&[0.; 4], &[2, 2]);
+        let e = linear(&s, &x, &w, None, &mut out, false).unwrap_err();
+        assert!(e.to_string().contains("K = 4"), "{e}");
+        let mut small = t(&[0.; 5], &[5]);
+        assert!(norm(
+            &s,
+            NormKind::RmsNorm,
+            &x,
+            &Affine {
+                weight: None,
+                bias: None
+            },
+            1e-5,
+            &mut small
+        )
+        .is_err());
+        let table = t(&[0.; 6], &[3, 2]);
+        let mut emb = t(&[0.; 2], &[1, 2]);
+        assert!(embedding(&s, &table, &[3], &mut emb)
+            .unwrap_err()
+            .to_string()
+            .contains("token id 3"));
+    }
+}

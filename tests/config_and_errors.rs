@@ -433,3 +433,30 @@ fn cache_capacity_and_call_shapes_are_checked() {
         Err(Error::NoDevice(_))
     ));
 }
+
+#[test]
+fn sizes_before_loading() {
+    let model = Model::load(fixture("gptj")).unwrap();
+    let file = std::fs::metadata(fixture("gptj").join("model.safetensors"))
+        .unwrap()
+        .len() as usize;
+    // Every stored tensor is a weight of the model (fp32); the header is the only difference.
+    assert!(
+        model.weight_bytes() <= file && model.weight_bytes() > file - 16 * 1024,
+        "{} vs {file}",
+        model.weight_bytes()
+    );
+    let l = &model.layers()[0];
+    let a = &model.arch;
+    let want = 4 * a.hidden * a.hidden
+        + 2 * a.hidden * a.intermediate
+        + a.intermediate
+        + a.hidden
+        + 2 * a.hidden;
+    assert_eq!(l.numel(), want);
+    assert!(!l.is_quant());
+    assert_eq!(
+        KvCache::bytes_needed(2, 1, 10, 4, 16, DType::F16),
+        2 * 2 * 10 * 4 * 16 * 2
+    );
+}

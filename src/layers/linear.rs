@@ -84,6 +84,14 @@ impl Linear {
         self.in_features * self.out_features + self.bias.as_ref().map_or(0, Tensor::numel)
     }
 
+    /// Bytes the weights take where they are stored (for memory budgeting before a load).
+    pub fn weight_bytes(&self) -> usize {
+        let w = match &self.weight {
+            LinearWeight::Dense(w) => w.size_bytes(),
+        };
+        w + self.bias.as_ref().map_or(0, Tensor::size_bytes)
+    }
+
     pub fn is_quant(&self) -> bool {
         !matches!(self.weight, LinearWeight::Dense(_))
     }

@@ -53,6 +53,11 @@ impl Norm {
         self.weight.as_ref().map_or(0, Tensor::numel) + self.bias.as_ref().map_or(0, Tensor::numel)
     }
 
+    pub fn weight_bytes(&self) -> usize {
+        self.weight.as_ref().map_or(0, Tensor::size_bytes)
+            + self.bias.as_ref().map_or(0, Tensor::size_bytes)
+    }
+
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         for t in [&mut self.weight, &mut self.bias].into_iter().flatten() {
             *t = t.to_device(device)?;

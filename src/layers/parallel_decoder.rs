@@ -318,6 +318,15 @@ impl ParallelDecoder {
             + self.norms().map(Norm::numel).sum::<usize>()
     }
 
+    /// Bytes the layer's weights take on a device (ask before `load`).
+    pub fn weight_bytes(&self) -> usize {
+        self.linears()
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum::<usize>()
+            + self.norms().map(Norm::weight_bytes).sum::<usize>()
+    }
+
     pub fn is_quant(&self) -> bool {
         self.linears().iter().any(|l| l.is_quant())
     }

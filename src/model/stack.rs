@@ -92,6 +92,17 @@ impl Model {
         &self.layers
     }
 
+    /// Bytes every weight takes on a device (ask before `load_to`).
+    pub fn weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(ParallelDecoder::weight_bytes)
+            .sum::<usize>()
+            + self.embed.size_bytes()
+            + self.final_norm.weight_bytes()
+            + self.head.as_ref().map_or(0, Linear::weight_bytes)
+    }
+
     /// Places every weight on `device`.
     pub fn load_to(&mut self, device: Device) -> Result<()> {
         for l in &mut self.layers {
