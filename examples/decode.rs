@@ -87,12 +87,19 @@ fn run(dir: &Path, steps: usize) -> Result<bool> {
         let slots = s0 + step;
         let params = AttnParams::with_past(batch, q, vec![slots - q; batch])
             .with_attention_mask(&mask_now, slots)?;
-        let logits =
-            model.forward_inspect(&ids, &params, Some(&mut cache), &mut ws, false, &mut |r| {
+        let logits = model.forward_inspect(
+            &ids,
+            &params,
+            Some(&mut cache),
+            &[],
+            &mut ws,
+            false,
+            &mut |r| {
                 if step == 0 {
                     layer_time[r.layer] = r.elapsed;
                 }
-            })?;
+            },
+        )?;
         let lv = logits.f32_values()?;
         let v = a.vocab;
         if let Some(want) = reference

@@ -74,6 +74,7 @@ fn check_variant(variant: &str) {
                 &st.ids,
                 &params,
                 Some(&mut cache),
+                &[],
                 &mut ws,
                 true,
                 &mut |rep| {

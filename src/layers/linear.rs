@@ -1,6 +1,7 @@
 //! `Linear`: a projection `y = x · Wᵀ + b` with W in PyTorch layout [out, in]. The weight is
 //! dense (f32, f16, bf16); quantized kinds slot in beside `Dense`.
 
+use crate::layers::lora::LoraAdapter;
 use crate::ops;
 use crate::tensor::{Device, Tensor};
 use crate::{Error, Result, Stream, Weights};
@@ -18,6 +19,8 @@ pub struct Linear {
     pub out_features: usize,
     pub weight: LinearWeight,
     pub bias: Option<Tensor>,
+    /// LoRA adapters registered on this projection, by `Lora::id`.
+    loras: Vec<(u64, LoraAdapter)>,
 }
 
 impl Linear {
@@ -41,6 +44,7 @@ impl Linear {
             out_features,
             weight: LinearWeight::Dense(w),
             bias,
+            loras: Vec::new(),
         })
     }
 
@@ -63,20 +67,86 @@ impl Linear {
             out_features,
             weight: LinearWeight::Dense(weight),
             bias,
+            loras: Vec::new(),
         })
     }
 
-    /// `out (+)= x · Wᵀ + b` for x [.., in]; out has the same rows and `out_features` columns.
+    /// `out (+)= x · Wᵀ + b + Σ B(A(x))·scale` for x [.., in], over the registered adapters whose
+    /// id is in `active`; out has the same rows and `out_features` columns.
     pub fn forward(
         &self,
         s: &Stream,
         x: &Tensor,
         out: &mut Tensor,
         accumulate: bool,
+        active: &[u64],
     ) -> Result<()> {
+        let r = match &self.weight {
+            LinearWeight::Dense(w) => ops::linear(s, x, w, self.bias.as_ref(), out, accumulate),
+        };
+        r.and_then(|_| self.apply_loras(s, x, out, active))
+            .map_err(|e| prefix_error(&self.name, e))
+    }
+
+    fn apply_loras(&self, s: &Stream, x: &Tensor, out: &mut Tensor, active: &[u64]) -> Result<()> {
+        for (id, ad) in &self.loras {
+            if !active.contains(id) {
+                continue;
+            }
+            // As PEFT: lora_B(lora_A(x)) * scaling, then added to the base output.
+            let rows = x.rows();
+            let mut down = Tensor::zeros(&[rows, ad.rank()], out.dtype(), out.device())?;
+            ops::linear(s, x, &ad.a, None, &mut down, false)?;
+            let mut up = Tensor::zeros(&[rows, self.out_features], out.dtype(), out.device())?;
+            ops::linear(s, &down, &ad.b, None, &mut up, false)?;
+            ops::scale_inplace(s, &mut up, ad.scale)?;
+            ops::add_inplace(s, out, &up)?;
+        }
+        Ok(())
+    }
+
+    /// Registers an adapter (a copy on this layer's device) under `id`, replacing one with the same id.
+    pub fn add_lora(&mut self, id: u64, adapter: &LoraAdapter) -> Result<()> {
+        let (a, b) = (adapter.a.shape(), adapter.b.shape());
+        if a.len() != 2
+            || b.len() != 2
+            || a[1] != self.in_features
+            || b[0] != self.out_features
+            || a[0] != b[1]
+        {
+            return Err(Error::bad_input(format!(
+                "LoRA for {}: lora_A {a:?} and lora_B {b:?} do not fit a {} → {} projection",
+                self.name, self.in_features, self.out_features
+            )));
+        }
+        let copy = adapter.to_device(self.device())?;
+        self.loras.retain(|(i, _)| *i != id);
+        self.loras.push((id, copy));
+        Ok(())
+    }
+
+    pub fn remove_lora(&mut self, id: u64) {
+        self.loras.retain(|(i, _)| *i != id);
+    }
+
+    pub fn lora_ids(&self) -> Vec<u64> {
+        self.loras.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// Moves registered adapters to the weights' device (after a load or unload).
+    pub fn update_loras(&mut self) -> Result<()> {
+        let dev = self.device();
+        for (_, ad) in &mut self.loras {
+            if ad.a.device() != dev {
+                *ad = ad.to_device(dev)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn device(&self) -> Device {
         match &self.weight {
-            LinearWeight::Dense(w) => ops::linear(s, x, w, self.bias.as_ref(), out, accumulate)
-                .map_err(|e| prefix_error(&self.name, e)),
+            LinearWeight::Dense(w) => w.device(),
         }
     }
 

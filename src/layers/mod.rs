@@ -1,6 +1,7 @@
 //! Layers: norm, linear, rope, attention parameters and the parallel decoder block.
 
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod parallel_decoder;
 pub mod params;

@@ -6,6 +6,7 @@ use crate::cpu::attention::{AttnMasking, AttnShape};
 use crate::cpu::norm::NormKind;
 use crate::cpu::rope::RotaryArgs;
 use crate::layers::linear::Linear;
+use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
 use crate::layers::params::AttnParams;
 use crate::model::arch::{ArchParams, MlpKind, QkNorm, QkvLayout, Rotary, SumOrder};
@@ -261,6 +262,38 @@ impl ParallelDecoder {
         .flatten()
     }
 
+    /// Registers the adapters of `lora` that target this layer's projections; returns how many.
+    pub fn add_lora(&mut self, lora: &Lora) -> Result<usize> {
+        let mut n = 0;
+        for l in self.linears_mut() {
+            if let Some(ad) = lora.modules.get(&l.name) {
+                l.add_lora(lora.id(), ad)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn remove_lora(&mut self, lora: &Lora) {
+        for l in self.linears_mut() {
+            l.remove_lora(lora.id());
+        }
+    }
+
+    /// Names of this layer's projections (the module names LoRA adapters target).
+    pub fn linear_names(&self) -> Vec<&str> {
+        self.linears().iter().map(|l| l.name.as_str()).collect()
+    }
+
+    /// Re-syncs registered LoRA adapters with the layer: moves them to the device the weights
+    /// are on. `load` and `unload` call it; call it after changing adapters by hand.
+    pub fn update_loras(&mut self) -> Result<()> {
+        for l in self.linears_mut() {
+            l.update_loras()?;
+        }
+        Ok(())
+    }
+
     /// Places the weights on `device`. On failure the layer stays where it was.
     pub fn load(&mut self, device: Device) -> Result<()> {
         if device == self.device {
@@ -291,7 +324,7 @@ impl ParallelDecoder {
             n.to_device(device)?;
         }
         self.device = device;
-        Ok(())
+        self.update_loras()
     }
 
     /// Moves the weights back to host memory, freeing device memory.
@@ -338,9 +371,10 @@ impl ParallelDecoder {
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         params: &AttnParams,
+        loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<()> {
-        self.run(&Stream::Host, hidden, cache, params, ws, false)
+        self.run(&Stream::Host, hidden, cache, params, loras, ws, false)
             .map(|_| ())
     }
 
@@ -350,9 +384,10 @@ impl ParallelDecoder {
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         params: &AttnParams,
+        loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<Intermediates> {
-        self.run(&Stream::Host, hidden, cache, params, ws, true)?
+        self.run(&Stream::Host, hidden, cache, params, loras, ws, true)?
             .ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
@@ -362,10 +397,13 @@ impl ParallelDecoder {
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         p: &AttnParams,
+        loras: &[&Lora],
         ws: &mut Workspace,
         capture: bool,
     ) -> Result<Option<Intermediates>> {
         let a = &self.arch;
+        let ids: Vec<u64> = loras.iter().map(|l| l.id()).collect();
+        let ids = ids.as_slice();
         p.validate()?;
         let t = p.tokens();
         if hidden.numel() != t * a.hidden {
@@ -411,13 +449,13 @@ impl ParallelDecoder {
                 k: lk,
                 v: lv,
             } => {
-                lq.forward(s, &n_a, &mut q, false)?;
-                lk.forward(s, &n_a, &mut k, false)?;
-                lv.forward(s, &n_a, &mut v, false)?;
+                lq.forward(s, &n_a, &mut q, false, ids)?;
+                lk.forward(s, &n_a, &mut k, false, ids)?;
+                lv.forward(s, &n_a, &mut v, false, ids)?;
             }
             QkvProj::Fused { qkv, layout } => {
                 let mut f = ws.tensor(&[t, a.qkv_width()])?;
-                qkv.forward(s, &n_a, &mut f, false)?;
+                qkv.forward(s, &n_a, &mut f, false, ids)?;
                 ops::split_qkv(
                     s, *layout, &f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
                 )?;
@@ -528,7 +566,7 @@ impl ParallelDecoder {
             &mut ctx,
         )?;
         let mut attn_out = ws.tensor(&[t, a.hidden])?;
-        self.o_proj.forward(s, &ctx, &mut attn_out, false)?;
+        self.o_proj.forward(s, &ctx, &mut attn_out, false, ids)?;
 
         // MLP.
         let mlp_in = n_m.as_ref().unwrap_or(&n_a);
@@ -536,17 +574,17 @@ impl ParallelDecoder {
         let mut mlp_out = ws.tensor(&[t, a.hidden])?;
         match (&self.mlp, a.mlp) {
             (Mlp::Plain { fc_in, fc_out }, MlpKind::Plain(act)) => {
-                fc_in.forward(s, mlp_in, &mut pre_down, false)?;
+                fc_in.forward(s, mlp_in, &mut pre_down, false, ids)?;
                 ops::activate(s, act, &mut pre_down)?;
-                fc_out.forward(s, &pre_down, &mut mlp_out, false)?;
+                fc_out.forward(s, &pre_down, &mut mlp_out, false, ids)?;
             }
             (Mlp::Gated { gate, up, down }, MlpKind::Gated(act)) => {
                 let mut g = ws.tensor(&[t, a.intermediate])?;
                 let mut u = ws.tensor(&[t, a.intermediate])?;
-                gate.forward(s, mlp_in, &mut g, false)?;
-                up.forward(s, mlp_in, &mut u, false)?;
+                gate.forward(s, mlp_in, &mut g, false, ids)?;
+                up.forward(s, mlp_in, &mut u, false, ids)?;
                 ops::act_mul(s, act, &g, &u, &mut pre_down)?;
-                down.forward(s, &pre_down, &mut mlp_out, false)?;
+                down.forward(s, &pre_down, &mut mlp_out, false, ids)?;
             }
             _ => {
                 return Err(Error::bad_input(

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::KvCache;
 use crate::layers::linear::Linear;
+use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
 use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
 use crate::layers::params::AttnParams;
@@ -124,7 +125,46 @@ impl Model {
         cache: Option<&mut KvCache>,
         ws: &mut Workspace,
     ) -> Result<Tensor> {
-        self.forward_inspect(ids, params, cache, ws, false, &mut |_| {})
+        self.forward_inspect(ids, params, cache, &[], ws, false, &mut |_| {})
+    }
+
+    /// Registers a LoRA adapter on the layers it targets. Every module of the adapter must be
+    /// a projection of this model; nothing is registered otherwise.
+    pub fn add_lora(&mut self, lora: &Lora) -> Result<()> {
+        let known: std::collections::HashSet<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.linear_names())
+            .map(str::to_string)
+            .collect();
+        let mut unknown: Vec<&str> = lora
+            .modules
+            .keys()
+            .filter(|m| !known.contains(*m))
+            .map(String::as_str)
+            .collect();
+        unknown.sort();
+        if let Some(m) = unknown.first() {
+            return Err(Error::unsupported(format!(
+                "LoRA {}: module {m} is not a decoder-layer projection of this model",
+                lora.name
+            )));
+        }
+        for i in 0..self.layers.len() {
+            if let Err(e) = self.layers[i].add_lora(lora) {
+                for l in &mut self.layers[..=i] {
+                    l.remove_lora(lora);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn remove_lora(&mut self, lora: &Lora) {
+        for l in &mut self.layers {
+            l.remove_lora(lora);
+        }
     }
 
     /// As `forward`; calls `report` after each layer with its time and (when `capture`) its
@@ -134,6 +174,7 @@ impl Model {
         ids: &[u32],
         params: &AttnParams,
         mut cache: Option<&mut KvCache>,
+        loras: &[&Lora],
         ws: &mut Workspace,
         capture: bool,
         report: &mut dyn FnMut(LayerReport<'_>),
@@ -164,14 +205,14 @@ impl Model {
             let start = Instant::now();
             let c = cache.as_deref_mut();
             if capture {
-                let i = layer.forward_interm(&mut hidden, c, params, ws)?;
+                let i = layer.forward_interm(&mut hidden, c, params, loras, ws)?;
                 report(LayerReport {
                     layer: layer.layer_idx(),
                     elapsed: start.elapsed(),
                     interm: Some(&i),
                 });
             } else {
-                layer.forward(&mut hidden, c, params, ws)?;
+                layer.forward(&mut hidden, c, params, loras, ws)?;
                 report(LayerReport {
                     layer: layer.layer_idx(),
                     elapsed: start.elapsed(),
@@ -183,7 +224,7 @@ impl Model {
         self.final_norm.forward(&s, &hidden, &mut normed)?;
         let mut logits = ws.tensor(&[params.batch, params.q_len, a.vocab])?;
         match &self.head {
-            Some(h) => h.forward(&s, &normed, &mut logits, false)?,
+            Some(h) => h.forward(&s, &normed, &mut logits, false, &[])?,
             None => ops::linear(&s, &normed, &self.embed, None, &mut logits, false)?,
         }
         if a.logit_scale != 1.0 {
