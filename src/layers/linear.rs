@@ -144,6 +144,28 @@ impl Linear {
         Ok(())
     }
 
+    /// Replaces the dense weight by its best rank-⌊k·min(in, out)⌋ approximation (truncated
+    /// SVD), kept dense in its dtype and on its device. Quantized weights are refused.
+    pub fn rank_reduce(&mut self, k: f32) -> Result<()> {
+        let rank = crate::layers::rank_reduce::kept_rank(k, self.out_features, self.in_features)?;
+        match &mut self.weight {
+            LinearWeight::Dense(w) => {
+                let host = w.to_host()?;
+                let mut v = host.f32_values()?.into_owned();
+                crate::layers::rank_reduce::truncate_svd(
+                    &mut v,
+                    self.out_features,
+                    self.in_features,
+                    rank,
+                )?;
+                let reduced =
+                    Tensor::from_f32_as(&v, w.shape(), w.dtype())?.to_device(w.device())?;
+                *w = reduced;
+                Ok(())
+            }
+        }
+    }
+
     pub fn device(&self) -> Device {
         match &self.weight {
             LinearWeight::Dense(w) => w.device(),

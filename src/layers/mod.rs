@@ -5,4 +5,5 @@ pub mod lora;
 pub mod norm;
 pub mod parallel_decoder;
 pub mod params;
+pub mod rank_reduce;
 pub mod rope;

@@ -360,6 +360,22 @@ impl ParallelDecoder {
             + self.norms().map(Norm::weight_bytes).sum::<usize>()
     }
 
+    /// Replaces every projection's weight by its truncated SVD of rank ⌊k·min(in, out)⌋.
+    /// Refused, with nothing changed, when any projection is quantized.
+    pub fn rank_reduce(&mut self, k: f32) -> Result<()> {
+        if let Some(q) = self.linears().iter().find(|l| l.is_quant()) {
+            return Err(Error::unsupported(format!(
+                "rank_reduce: {} is quantized; truncated SVD needs dense weights",
+                q.name
+            )));
+        }
+        crate::layers::rank_reduce::kept_rank(k, 1, 1)?;
+        for l in self.linears_mut() {
+            l.rank_reduce(k)?;
+        }
+        Ok(())
+    }
+
     pub fn is_quant(&self) -> bool {
         self.linears().iter().any(|l| l.is_quant())
     }

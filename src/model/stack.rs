@@ -93,6 +93,18 @@ impl Model {
         &self.layers
     }
 
+    /// `ParallelDecoder::rank_reduce` on every layer.
+    pub fn rank_reduce(&mut self, k: f32) -> Result<()> {
+        for l in &mut self.layers {
+            l.rank_reduce(k)?;
+        }
+        Ok(())
+    }
+
+    pub fn layers_mut(&mut self) -> &mut [ParallelDecoder] {
+        &mut self.layers
+    }
+
     /// Bytes every weight takes on a device (ask before `load_to`).
     pub fn weight_bytes(&self) -> usize {
         self.layers
