@@ -140,7 +140,7 @@ pub fn head_norm(
     eps: f32,
 ) -> Result<()> {
     float("head norm input", x)?;
-    if heads == 0 || head_dim == 0 || x.numel() % (heads * head_dim) != 0 {
+    if heads == 0 || head_dim == 0 || !x.numel().is_multiple_of(heads * head_dim) {
         return Err(Error::bad_input(format!(
             "head norm: shape {:?} is not a whole number of {heads} heads × {head_dim}",
             x.shape()
@@ -482,7 +482,7 @@ pub fn attention(
     out: &mut Tensor,
 ) -> Result<()> {
     let s = shape;
-    if s.kv_heads == 0 || s.heads % s.kv_heads != 0 {
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(Error::bad_input(format!(
             "attention: {} heads over {} kv heads",
             s.heads, s.kv_heads

@@ -125,7 +125,7 @@ impl HostData {
     /// Decodes little-endian bytes of `dtype` (as stored in safetensors files).
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<Self> {
         let size = dtype.size();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(Error::bad_format(format!(
                 "{} bytes is not a whole number of {dtype} elements",
                 bytes.len()

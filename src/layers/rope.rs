@@ -56,7 +56,7 @@ fn default_inv_freq(theta: f32, dim: usize) -> Vec<f32> {
 
 impl RopeConfig {
     pub fn validate(&self, head_dim: usize) -> Result<()> {
-        if self.rot_dim == 0 || self.rot_dim % 2 != 0 || self.rot_dim > head_dim {
+        if self.rot_dim == 0 || !self.rot_dim.is_multiple_of(2) || self.rot_dim > head_dim {
             return Err(Error::bad_input(format!(
                 "rotary width {} must be even, positive and at most head_dim {head_dim}",
                 self.rot_dim

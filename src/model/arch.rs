@@ -412,12 +412,12 @@ const COHERE_NAMES: WeightNames = WeightNames {
 };
 
 fn check_heads(hidden: usize, heads: usize, kv_heads: usize) -> Result<usize> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(Error::bad_format(format!(
             "config.json: hidden size {hidden} is not a multiple of num_attention_heads {heads}"
         )));
     }
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(Error::bad_format(format!(
             "config.json: num_attention_heads {heads} is not a multiple of the kv head count {kv_heads}"
         )));
