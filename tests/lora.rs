@@ -88,22 +88,7 @@ fn check_variant(variant: &str) {
     }
 }
 
-macro_rules! variants {
-    ($($name:ident),*) => { $( #[test] fn $name() { check_variant(stringify!($name)); } )* };
-}
-
-variants!(
-    gptj,
-    gpt_neox,
-    gpt_neox_gelu_fast,
-    phi,
-    phi_qk_layernorm,
-    falcon_7b_mqa,
-    falcon_new_2ln_gqa,
-    falcon_new_1ln,
-    cohere,
-    cohere2
-);
+fixture_tests!(check_variant);
 
 #[test]
 fn two_adapters_add_up_and_removal_restores() {

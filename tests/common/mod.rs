@@ -77,3 +77,15 @@ impl Rng {
         (0..n).map(|_| self.uniform()).collect()
     }
 }
+
+/// One `#[test]` per fixture model, each calling `$check(variant_name)`.
+#[macro_export]
+macro_rules! fixture_tests {
+    ($check:ident) => {
+        $crate::fixture_tests!($check: gptj, gpt_neox, gpt_neox_gelu_fast, phi, phi_qk_layernorm,
+            falcon_7b_mqa, falcon_new_2ln_gqa, falcon_new_1ln, cohere, cohere2);
+    };
+    ($check:ident: $($name:ident),*) => {
+        $( #[test] fn $name() { $check(stringify!($name)); } )*
+    };
+}
