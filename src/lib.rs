@@ -5,6 +5,7 @@
 pub mod error;
 pub mod tensor;
 pub mod model;
+pub mod quant;
 
 pub use error::{Error, Result};
 pub use model::weights::Weights;

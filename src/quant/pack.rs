@@ -1,0 +1,1 @@
+//! Round-to-nearest packers for GPTQ and EXL2 (in progress).
