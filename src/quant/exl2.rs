@@ -228,11 +228,11 @@ impl Exl2Weight {
         packed_rows: usize,
     ) -> Result<Vec<Exl2Group>> {
         let ng = q_groups.len() / 2;
-        let mut out = Vec::with_capacity(ng);
-        let mut first_row = 0usize;
+        let bits_of = |g: usize| q_groups[2 * g] as u16 as u32;
+        let off_of = |g: usize| q_groups[2 * g + 1] as u16 as usize;
+        // Pass 1: widths, their order, and the offsets (start at 0, increase, inside q_weight).
         for g in 0..ng {
-            let bits = q_groups[2 * g] as u16 as u32;
-            let off = q_groups[2 * g + 1] as u16 as usize;
+            let (bits, off) = (bits_of(g), off_of(g));
             if !EXL2_BITS.contains(&bits) {
                 return Err(Error::bad_format(format!(
                     "tensor {gn}: group {g} has width {bits} bits; allowed widths are 2, 3, 4, 5, 6, 8"
@@ -243,29 +243,36 @@ impl Exl2Weight {
                     "tensor {gn}: group 0 must start at packed row 0, starts at {off}"
                 )));
             }
-            if let Some(prev) = out.last().map(|p: &Exl2Group| p.bits) {
-                if bits > prev {
-                    return Err(Error::bad_format(format!(
-                        "tensor {gn}: groups must appear in descending width; group {g} has {bits} bits after {prev}"
-                    )));
-                }
+            if g > 0 && bits > bits_of(g - 1) {
+                return Err(Error::bad_format(format!(
+                    "tensor {gn}: groups must appear in descending width; group {g} has {bits} bits after {}",
+                    bits_of(g - 1)
+                )));
             }
             if off >= packed_rows {
                 return Err(Error::bad_format(format!(
                     "tensor {gn}: group {g} starts at packed row {off}, beyond the {packed_rows} rows of {wn}"
                 )));
             }
+            if g > 0 && off <= off_of(g - 1) {
+                return Err(Error::bad_format(format!(
+                    "tensor {gn}: group offsets must increase; group {g} starts at packed row {off}, group {} at {}",
+                    g - 1,
+                    off_of(g - 1)
+                )));
+            }
+        }
+        // Pass 2: rows per group, which must add up to K.
+        let mut out = Vec::with_capacity(ng);
+        let mut first_row = 0usize;
+        for g in 0..ng {
+            let (bits, off) = (bits_of(g), off_of(g));
+            let b = bits as usize;
             let end = if g + 1 < ng {
-                q_groups[2 * g + 3] as u16 as usize
+                off_of(g + 1)
             } else {
                 packed_rows
             };
-            if end <= off {
-                return Err(Error::bad_format(format!(
-                    "tensor {gn}: group offsets must increase; group {} starts at packed row {end}, group {g} at {off}",
-                    g + 1
-                )));
-            }
             let span = end - off;
             if first_row >= k {
                 return Err(Error::bad_format(format!(
@@ -273,19 +280,19 @@ impl Exl2Weight {
                 )));
             }
             let rows = if g + 1 < ng {
-                if (span * 32) % bits as usize != 0 {
+                if (span * 32) % b != 0 {
                     return Err(Error::bad_format(format!(
                         "tensor {gn}: group {g} spans {span} packed rows, not a whole number of {bits}-bit rows"
                     )));
                 }
-                span * 32 / bits as usize
+                span * 32 / b
             } else {
                 let rows = k - first_row;
-                let min_span = (rows * bits as usize).div_ceil(32);
-                let max_span = rows.div_ceil(32) * bits as usize;
+                let min_span = (rows * b).div_ceil(32);
+                let max_span = rows.div_ceil(32) * b;
                 if span < min_span || span > max_span {
                     return Err(Error::bad_format(format!(
-                        "tensor {gn}: the last group ({rows} rows at {bits} bits) needs {min_span} packed rows of {wn}, has {span}"
+                        "tensor {gn}: the last group ({rows} rows at {bits} bits) needs {min_span}..={max_span} packed rows of {wn}, has {span}"
                     )));
                 }
                 rows
