@@ -161,3 +161,10 @@ configs = {
 }
 for name, c in configs.items():
     write("quant_config", name, json.dumps(c).encode())
+
+# Regression seed: offsets summing to 2^64 - 8 (overflowed inside safetensors 0.8's read_metadata).
+sz = (1 << 61) - 1
+hdr = {f"t{i}": {"dtype": "U8", "shape": [sz], "data_offsets": [i * sz, (i + 1) * sz]} for i in range(8)}
+h = json.dumps(hdr, separators=(",", ":")).encode()
+h += b" " * (-len(h) % 8)
+write("safetensors_load", "offsets_overflow", struct.pack("<Q", len(h)) + h)

@@ -657,3 +657,38 @@ fn forward_argument_lengths() {
     ));
     assert!(g.forward(&[], 0, &mut [], false).is_ok());
 }
+
+#[test]
+fn safetensors_offsets_that_overflow() {
+    // Eight U8 tensors of 2^61 − 1 bytes each: the offsets pass safetensors' per-tensor checks and
+    // sum to 2^64 − 8; adding the header length then overflows (a panic in debug builds of
+    // safetensors 0.8). `Weights` must reject the file first.
+    let sz: u64 = (1 << 61) - 1;
+    let mut header = String::from("{");
+    for i in 0..8u64 {
+        if i > 0 {
+            header.push(',');
+        }
+        header += &format!(
+            r#""t{i}":{{"dtype":"U8","shape":[{sz}],"data_offsets":[{},{}]}}"#,
+            i * sz,
+            (i + 1) * sz
+        );
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    let dir = TempDir::new("overflow");
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Weights::from_files(std::slice::from_ref(&path))
+        .err()
+        .expect("must not load");
+    assert!(
+        matches!(&e, Error::BadFormat(m) if m.contains("past the end")),
+        "{e:?}"
+    );
+}
