@@ -53,11 +53,19 @@ fn convert_dtype(name: &str, dt: safetensors::Dtype) -> Result<DType> {
 /// unchecked, which overflows (a panic in debug builds) for crafted offsets near 2^64. Anything
 /// else malformed is left for `read_metadata` to report.
 fn check_offsets(path: &Path, bytes: &[u8]) -> Result<()> {
-    let Some(len8) = bytes.get(..8) else { return Ok(()) };
-    let n = u64::from_le_bytes([len8[0], len8[1], len8[2], len8[3], len8[4], len8[5], len8[6], len8[7]]);
-    let header = usize::try_from(n).ok().and_then(|n| n.checked_add(8)).and_then(|end| bytes.get(8..end));
+    let Some(len8) = bytes.get(..8) else {
+        return Ok(());
+    };
+    let n = u64::from_le_bytes([
+        len8[0], len8[1], len8[2], len8[3], len8[4], len8[5], len8[6], len8[7],
+    ]);
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .and_then(|end| bytes.get(8..end));
     let Some(header) = header else { return Ok(()) };
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header) else {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header)
+    else {
         return Ok(());
     };
     let data_len = (bytes.len() - 8 - header.len()) as u64;
