@@ -66,6 +66,26 @@ pub fn exercise(q: &paradec::quant::QuantWeight) {
     let x: Vec<f32> = (0..2 * k).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
     let mut out = vec![0f32; 2 * n];
     q.forward(&x, 2, &mut out, false).unwrap();
+    // Oracle: forward must equal the dense product of the dequantized weight (+ bias).
+    for m in 0..2 {
+        for c in 0..n {
+            let (mut want, mut mag) = (0f64, 0f64);
+            for j in 0..k {
+                let t = x[m * k + j] as f64 * d[c * k + j] as f64;
+                want += t;
+                mag += t.abs();
+            }
+            if let Some(b) = q.bias() {
+                want += b[c] as f64;
+                mag += (b[c] as f64).abs();
+            }
+            let got = out[m * n + c] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * mag + 1e-30,
+                "forward[{m},{c}] = {got}, dense {want}"
+            );
+        }
+    }
     q.forward(&x, 2, &mut out, true).unwrap();
     let _ = (q.numel(), q.storage_bytes(), q.bias());
 }
