@@ -11,6 +11,7 @@ pub mod error;
 pub mod layers;
 pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod stream;
 pub mod tensor;
 pub mod workspace;

@@ -50,6 +50,41 @@ fn convert_dtype(name: &str, dt: safetensors::Dtype) -> Result<DType> {
     })
 }
 
+/// Rejects a header whose data offsets point past the end of the file before the safetensors
+/// crate sees it: safetensors 0.8's `read_metadata` adds the last offset to the header length
+/// unchecked, which overflows (a panic in debug builds) for crafted offsets near 2^64. Anything
+/// else malformed is left for `read_metadata` to report.
+fn check_offsets(path: &Path, bytes: &[u8]) -> Result<()> {
+    let Some(len8) = bytes.get(..8) else {
+        return Ok(());
+    };
+    let n = u64::from_le_bytes([
+        len8[0], len8[1], len8[2], len8[3], len8[4], len8[5], len8[6], len8[7],
+    ]);
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .and_then(|end| bytes.get(8..end));
+    let Some(header) = header else { return Ok(()) };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header)
+    else {
+        return Ok(());
+    };
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    for (name, info) in &map {
+        let offsets = info.get("data_offsets").and_then(|v| v.as_array());
+        for o in offsets.into_iter().flatten().filter_map(|o| o.as_u64()) {
+            if o > data_len {
+                return Err(Error::bad_format(format!(
+                    "{}: tensor {name}: data offset {o} is past the end of the file's {data_len} data bytes",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Weights {
     /// Maps a directory: the shards of `model.safetensors.index.json` if present, else
     /// `model.safetensors`, else every `*.safetensors` but PEFT's `adapter_*` files.
@@ -127,6 +162,7 @@ impl Weights {
             // rewritten by another process while mapped.
             let mmap = unsafe { Mmap::map(&file) }
                 .map_err(|e| Error::Io(format!("{}: cannot map: {e}", path.display())))?;
+            check_offsets(path, &mmap)?;
             let (header_len, meta) = SafeTensors::read_metadata(&mmap)
                 .map_err(|e| Error::bad_format(format!("{}: {e}", path.display())))?;
             let base = 8 + header_len;

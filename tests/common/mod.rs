@@ -1,9 +1,127 @@
-//! Helpers shared by the integration tests: fixture lookup, HF reference loading, error norms.
+//! Helpers shared by the integration tests: fixture lookup, HF references, temp dirs, a seeded
+//! PRNG, error norms.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use paradec::quant::pack::save_tensors;
 use paradec::{Tensor, Weights};
+
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "paradec-it-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// xorshift64* — small, seeded, deterministic.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    /// Weights with a spread of magnitudes per column and a few outliers.
+    pub fn weights(&mut self, n: usize, k: usize) -> Vec<f32> {
+        let col_scale: Vec<f32> = (0..n).map(|_| 0.05 + self.uniform().abs()).collect();
+        (0..n * k)
+            .map(|i| {
+                let outlier = if self.below(50) == 0 { 4.0 } else { 1.0 };
+                self.uniform() * col_scale[i / k] * outlier
+            })
+            .collect()
+    }
+    pub fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.uniform()).collect()
+    }
+    pub fn perm(&mut self, k: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..k).collect();
+        for i in (1..k).rev() {
+            p.swap(i, self.below(i + 1));
+        }
+        p
+    }
+}
+
+/// Saves named tensors to `dir/model.safetensors` and maps the file.
+pub fn save_and_map(dir: &TempDir, tensors: &[(String, Tensor)]) -> Weights {
+    let path = dir.path().join("model.safetensors");
+    save_tensors(&path, tensors).unwrap();
+    Weights::from_files(&[path]).unwrap()
+}
+
+/// `x[m, K] · Wᵀ + bias` with f64 accumulation; `w` is `[N, K]`.
+pub fn dense_ref(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        for c in 0..n {
+            let mut s = 0f64;
+            for j in 0..k {
+                s += x[i * k + j] as f64 * w[c * k + j] as f64;
+            }
+            if let Some(b) = bias {
+                s += b[c] as f64;
+            }
+            out[i * n + c] = s as f32;
+        }
+    }
+    out
+}
+
+/// max |a − b| / max |b| (b the reference).
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
+    let den = b
+        .iter()
+        .map(|y| y.abs() as f64)
+        .fold(0.0, f64::max)
+        .max(1e-30);
+    num / den
+}
 
 /// The fixtures folder: `PARADEC_FIXTURES`, else `tests/fixtures` under the crate root (from
 /// cargo's runtime `CARGO_MANIFEST_DIR`), else relative to the working directory.
@@ -55,27 +173,6 @@ pub fn rel_err_rows(a: &[f32], b: &[f32], cols: usize, keep: &[bool]) -> f64 {
 
 pub fn values(t: &Tensor) -> Vec<f32> {
     t.to_host().unwrap().f32_values().unwrap().into_owned()
-}
-
-/// A small deterministic PRNG (xorshift64*) for random test inputs.
-pub struct Rng(u64);
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.uniform()).collect()
-    }
 }
 
 /// One `#[test]` per fixture model, each calling `$check(variant_name)`.
