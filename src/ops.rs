@@ -246,6 +246,33 @@ pub fn linear(
     }
 }
 
+/// Quantized linear: `out[m, N] (+)= x[m, K] · Wᵀ + bias` straight from GPTQ / EXL2 data.
+pub fn quant_linear(
+    _s: &Stream,
+    x: &Tensor,
+    w: &crate::quant::QuantWeight,
+    out: &mut Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    float("linear input", x)?;
+    let (k, n) = (w.in_features(), w.out_features());
+    if x.cols() != k {
+        return Err(Error::bad_input(format!(
+            "linear input: last dimension {} does not match the weight's K = {k}",
+            x.cols()
+        )));
+    }
+    let m = x.rows();
+    numel("linear output", out, m * n)?;
+    match same_device(&[("linear input", x), ("linear output", out)])? {
+        Device::Cpu => {
+            let xv = x.f32_values()?;
+            with_f32_mut(out, |o| w.forward(&xv, m, o, accumulate))?
+        }
+        Device::Cuda(_) => Err(gpu_missing("quant_linear")),
+    }
+}
+
 /// `x = act(x)` in place.
 pub fn activate(_s: &Stream, act: Activation, x: &mut Tensor) -> Result<()> {
     float("activation input", x)?;

@@ -42,8 +42,7 @@ fn error_matches_discarded_singular_values() {
         )
         .unwrap();
         lin.rank_reduce(k).unwrap();
-        let paradec::layers::linear::LinearWeight::Dense(reduced) = &lin.weight;
-        let r = values(reduced);
+        let r = values(&lin.dense_weight().unwrap());
         let rank = (k as f64 * rows.min(cols) as f64).floor() as usize;
         let err: f64 = w
             .iter()

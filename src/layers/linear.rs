@@ -1,14 +1,17 @@
 //! `Linear`: a projection `y = x · Wᵀ + b` with W in PyTorch layout [out, in]. The weight is
-//! dense (f32, f16, bf16); quantized kinds slot in beside `Dense`.
+//! dense (f32, f16, bf16) or quantized (GPTQ, EXL2); LoRA adapters add to the output.
 
 use crate::layers::lora::LoraAdapter;
 use crate::ops;
+use crate::quant::{QuantConfig, QuantWeight};
 use crate::tensor::{Device, Tensor};
 use crate::{Error, Result, Stream, Weights};
 
 #[derive(Debug)]
 pub enum LinearWeight {
     Dense(Tensor),
+    /// Packed GPTQ / EXL2 weights (host memory; the bias, if any, lives inside).
+    Quant(Box<QuantWeight>),
 }
 
 #[derive(Debug)]
@@ -24,25 +27,44 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` [out, in] and, when `bias`, `{prefix}.bias` [out].
+    /// Loads `{prefix}.weight` [out, in] (and, when `bias`, `{prefix}.bias` [out]); or, when
+    /// the checkpoint holds no dense weight there and `quant` is given, the packed tensors under
+    /// `{prefix}` (whose bias is optional: quantizers drop all-zero biases).
     pub fn load(
         weights: &Weights,
         prefix: &str,
         in_features: usize,
         out_features: usize,
         bias: bool,
+        quant: Option<&QuantConfig>,
     ) -> Result<Self> {
-        let w = weights.get_float(&format!("{prefix}.weight"), &[out_features, in_features])?;
-        let bias = if bias {
-            Some(weights.get_float(&format!("{prefix}.bias"), &[out_features])?)
-        } else {
-            None
+        let dense_name = format!("{prefix}.weight");
+        let (weight, bias) = match quant {
+            Some(qc) if !weights.contains(&dense_name) => (
+                LinearWeight::Quant(Box::new(QuantWeight::load(
+                    weights,
+                    prefix,
+                    in_features,
+                    out_features,
+                    qc,
+                )?)),
+                None,
+            ),
+            _ => {
+                let w = weights.get_float(&dense_name, &[out_features, in_features])?;
+                let b = if bias {
+                    Some(weights.get_float(&format!("{prefix}.bias"), &[out_features])?)
+                } else {
+                    None
+                };
+                (LinearWeight::Dense(w), b)
+            }
         };
         Ok(Linear {
             name: prefix.to_string(),
             in_features,
             out_features,
-            weight: LinearWeight::Dense(w),
+            weight,
             bias,
             loras: Vec::new(),
         })
@@ -83,6 +105,7 @@ impl Linear {
     ) -> Result<()> {
         let r = match &self.weight {
             LinearWeight::Dense(w) => ops::linear(s, x, w, self.bias.as_ref(), out, accumulate),
+            LinearWeight::Quant(q) => ops::quant_linear(s, x, q, out, accumulate),
         };
         r.and_then(|_| self.apply_loras(s, x, out, active))
             .map_err(|e| prefix_error(&self.name, e))
@@ -163,23 +186,56 @@ impl Linear {
                 *w = reduced;
                 Ok(())
             }
+            LinearWeight::Quant(_) => Err(Error::unsupported(format!(
+                "rank_reduce: {} is quantized; truncated SVD needs dense weights",
+                self.name
+            ))),
         }
     }
 
     pub fn device(&self) -> Device {
         match &self.weight {
             LinearWeight::Dense(w) => w.device(),
+            LinearWeight::Quant(_) => Device::Cpu,
         }
     }
 
+    /// Logical parameters (a quantized weight counts K·N, plus its bias).
     pub fn numel(&self) -> usize {
-        self.in_features * self.out_features + self.bias.as_ref().map_or(0, Tensor::numel)
+        let bias = match &self.weight {
+            LinearWeight::Quant(q) => q.bias().map_or(0, <[f32]>::len),
+            LinearWeight::Dense(_) => self.bias.as_ref().map_or(0, Tensor::numel),
+        };
+        self.in_features * self.out_features + bias
+    }
+
+    /// The weight as a dense [out, in] f32 tensor (dequantized when packed).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.to_host()?.to_dtype(crate::DType::F32),
+            LinearWeight::Quant(q) => {
+                Tensor::from_f32(q.dequantize(), &[self.out_features, self.in_features])
+            }
+        }
+    }
+
+    /// The bias as f32 values, wherever it is stored.
+    pub fn bias_values(&self) -> Result<Option<Vec<f32>>> {
+        match &self.weight {
+            LinearWeight::Quant(q) => Ok(q.bias().map(<[f32]>::to_vec)),
+            LinearWeight::Dense(_) => self
+                .bias
+                .as_ref()
+                .map(|b| Ok(b.to_host()?.f32_values()?.into_owned()))
+                .transpose(),
+        }
     }
 
     /// Bytes the weights take where they are stored (for memory budgeting before a load).
     pub fn weight_bytes(&self) -> usize {
         let w = match &self.weight {
             LinearWeight::Dense(w) => w.size_bytes(),
+            LinearWeight::Quant(q) => q.storage_bytes(),
         };
         w + self.bias.as_ref().map_or(0, Tensor::size_bytes)
     }
@@ -191,6 +247,13 @@ impl Linear {
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         match &mut self.weight {
             LinearWeight::Dense(w) => *w = w.to_device(device)?,
+            LinearWeight::Quant(_) if device != Device::Cpu => {
+                return Err(Error::unsupported(format!(
+                    "{}: quantized weights run on the CPU only until the GPU matmul lands",
+                    self.name
+                )))
+            }
+            LinearWeight::Quant(_) => {}
         }
         if let Some(b) = &mut self.bias {
             *b = b.to_device(device)?;

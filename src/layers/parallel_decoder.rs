@@ -112,9 +112,30 @@ impl ParallelDecoder {
         let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
         let qkv = if a.qkv_layout == QkvLayout::Separate {
             QkvProj::Separate {
-                q: Linear::load(weights, &name(n.qkv[0]), a.hidden, qd, a.qkv_bias)?,
-                k: Linear::load(weights, &name(n.qkv[1]), a.hidden, kvd, a.qkv_bias)?,
-                v: Linear::load(weights, &name(n.qkv[2]), a.hidden, kvd, a.qkv_bias)?,
+                q: Linear::load(
+                    weights,
+                    &name(n.qkv[0]),
+                    a.hidden,
+                    qd,
+                    a.qkv_bias,
+                    a.quant.as_ref(),
+                )?,
+                k: Linear::load(
+                    weights,
+                    &name(n.qkv[1]),
+                    a.hidden,
+                    kvd,
+                    a.qkv_bias,
+                    a.quant.as_ref(),
+                )?,
+                v: Linear::load(
+                    weights,
+                    &name(n.qkv[2]),
+                    a.hidden,
+                    kvd,
+                    a.qkv_bias,
+                    a.quant.as_ref(),
+                )?,
             }
         } else {
             QkvProj::Fused {
@@ -124,6 +145,7 @@ impl ParallelDecoder {
                     a.hidden,
                     a.qkv_width(),
                     a.qkv_bias,
+                    a.quant.as_ref(),
                 )?,
                 layout: a.qkv_layout,
             }
@@ -167,7 +189,14 @@ impl ParallelDecoder {
             ),
             _ => (None, None),
         };
-        let o_proj = Linear::load(weights, &name(n.out_proj), qd, a.hidden, a.out_bias)?;
+        let o_proj = Linear::load(
+            weights,
+            &name(n.out_proj),
+            qd,
+            a.hidden,
+            a.out_bias,
+            a.quant.as_ref(),
+        )?;
         let mlp = match a.mlp {
             MlpKind::Plain(_) => Mlp::Plain {
                 fc_in: Linear::load(
@@ -176,6 +205,7 @@ impl ParallelDecoder {
                     a.hidden,
                     a.intermediate,
                     a.mlp_bias,
+                    a.quant.as_ref(),
                 )?,
                 fc_out: Linear::load(
                     weights,
@@ -183,6 +213,7 @@ impl ParallelDecoder {
                     a.intermediate,
                     a.hidden,
                     a.mlp_bias,
+                    a.quant.as_ref(),
                 )?,
             },
             MlpKind::Gated(_) => Mlp::Gated {
@@ -192,6 +223,7 @@ impl ParallelDecoder {
                     a.hidden,
                     a.intermediate,
                     a.mlp_bias,
+                    a.quant.as_ref(),
                 )?,
                 up: Linear::load(
                     weights,
@@ -199,6 +231,7 @@ impl ParallelDecoder {
                     a.hidden,
                     a.intermediate,
                     a.mlp_bias,
+                    a.quant.as_ref(),
                 )?,
                 down: Linear::load(
                     weights,
@@ -206,6 +239,7 @@ impl ParallelDecoder {
                     a.intermediate,
                     a.hidden,
                     a.mlp_bias,
+                    a.quant.as_ref(),
                 )?,
             },
         };

@@ -10,6 +10,7 @@ use crate::cpu::activation::Activation;
 use crate::cpu::norm::NormKind;
 use crate::cpu::rope::RopeStyle;
 use crate::layers::rope::{RopeConfig, RopeScaling};
+use crate::quant::QuantConfig;
 use crate::{Error, Result};
 
 /// The supported model families (HF `model_type`).
@@ -145,6 +146,8 @@ pub struct ArchParams {
     pub logit_scale: f32,
     pub max_positions: usize,
     pub names: WeightNames,
+    /// The checkpoint's quantization (GPTQ or EXL2), if any.
+    pub quant: Option<QuantConfig>,
 }
 
 // ---- JSON field access with errors that name the field ----
@@ -431,7 +434,12 @@ impl ArchParams {
         let path = dir.as_ref().join("config.json");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        Self::from_json_str(&text)
+        let mut arch = Self::from_json_str(&text)?;
+        if arch.quant.is_none() {
+            // quantize_config.json, or the tensor names, when config.json says nothing.
+            arch.quant = QuantConfig::from_model_dir(dir.as_ref())?;
+        }
+        Ok(arch)
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
@@ -458,6 +466,8 @@ impl ArchParams {
             Family::Falcon => Self::falcon(&c)?,
             Family::Cohere | Family::Cohere2 => Self::cohere(&c, family)?,
         };
+        let mut arch = arch;
+        arch.quant = QuantConfig::from_config_json(v)?;
         if arch.vocab == 0 || arch.num_layers == 0 || arch.intermediate == 0 {
             return Err(Error::bad_format(
                 "config.json: vocab_size, layer count and MLP width must be positive",
@@ -519,6 +529,7 @@ impl ArchParams {
             logit_scale: 1.0,
             max_positions,
             names: GPTJ_NAMES,
+            quant: None,
         })
     }
 
@@ -579,6 +590,7 @@ impl ArchParams {
             logit_scale: 1.0,
             max_positions,
             names: NEOX_NAMES,
+            quant: None,
         })
     }
 
@@ -638,6 +650,7 @@ impl ArchParams {
             logit_scale: 1.0,
             max_positions,
             names: PHI_NAMES,
+            quant: None,
         })
     }
 
@@ -719,6 +732,7 @@ impl ArchParams {
             logit_scale: 1.0,
             max_positions,
             names,
+            quant: None,
         })
     }
 
@@ -872,6 +886,7 @@ impl ArchParams {
             logit_scale: c.f64_opt("logit_scale")?.unwrap_or(0.0625) as f32,
             max_positions,
             names,
+            quant: None,
         })
     }
 

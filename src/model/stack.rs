@@ -78,6 +78,7 @@ impl Model {
                 arch.hidden,
                 arch.vocab,
                 arch.head_bias,
+                arch.quant.as_ref(),
             )?)
         };
         Ok(Model {
