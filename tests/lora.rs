@@ -6,47 +6,9 @@ mod common;
 
 use common::*;
 use paradec::layers::lora::Lora;
-use paradec::{AttnParams, DType, Device, Error, KvCache, Model, Workspace};
+use paradec::{Error, Model};
 
 const TOL: f64 = 1e-4;
-
-/// One step's logits, per-layer hidden states and which query rows are not padding.
-type StepOut = (Vec<f32>, Vec<Vec<f32>>, Vec<bool>);
-
-/// Runs the fixture's 4 steps with `loras` active; returns per step (logits, per-layer hidden).
-fn run_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<StepOut> {
-    let r = reference(variant);
-    let mut cache = KvCache::for_model(&model.arch, 2, 10, DType::F32, Device::Cpu).unwrap();
-    let mut ws = Workspace::cpu();
-    (0..4)
-        .map(|t| {
-            let (ids, shape) = i64s(&r, &format!("step{t}.input_ids"));
-            let (mask, mshape) = i64s(&r, &format!("step{t}.attention_mask"));
-            let (q, slots) = (shape[1], mshape[1]);
-            let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-            let p = AttnParams::with_past(2, q, vec![slots - q; 2])
-                .with_attention_mask(&mask, slots)
-                .unwrap();
-            let keep: Vec<bool> = (0..2)
-                .flat_map(|b| (0..q).map(move |i| (b, i)))
-                .map(|(b, i)| mask[b * slots + slots - q + i] == 1)
-                .collect();
-            let mut hidden = Vec::new();
-            let logits = model
-                .forward_inspect(
-                    &ids,
-                    &p,
-                    Some(&mut cache),
-                    loras,
-                    &mut ws,
-                    true,
-                    &mut |rep| hidden.push(values(&rep.interm.unwrap().hidden_states)),
-                )
-                .unwrap();
-            (values(&logits), hidden, keep)
-        })
-        .collect()
-}
 
 fn check_variant(variant: &str) {
     let mut model = Model::load(fixture(variant)).unwrap();
@@ -57,7 +19,9 @@ fn check_variant(variant: &str) {
         .unwrap();
     let base = reference(variant);
     let (h, v) = (model.arch.hidden, model.arch.vocab);
-    for (t, (logits, hidden, keep)) in run_steps(&model, variant, &[&lora]).into_iter().enumerate()
+    for (t, (logits, hidden, keep)) in run_fixture_steps(&model, variant, &[&lora])
+        .into_iter()
+        .enumerate()
     {
         for (l, hs) in hidden.iter().enumerate() {
             let want = r.get(&format!("step{t}.layer{l}.hidden_states")).unwrap();
@@ -78,7 +42,10 @@ fn check_variant(variant: &str) {
         assert!(rel_err_rows(&logits, b.as_f32().unwrap(), v, &keep) > 0.05);
     }
     // Registered but not active: the base model's outputs.
-    for (t, (logits, _, keep)) in run_steps(&model, variant, &[]).into_iter().enumerate() {
+    for (t, (logits, _, keep)) in run_fixture_steps(&model, variant, &[])
+        .into_iter()
+        .enumerate()
+    {
         let want = base.get(&format!("step{t}.logits")).unwrap();
         let e = rel_err_rows(&logits, want.as_f32().unwrap(), v, &keep);
         assert!(
@@ -114,8 +81,8 @@ fn two_adapters_add_up_and_removal_restores() {
     let double = Lora::load(tmp.path()).unwrap();
     let mut model2 = Model::load(fixture(variant)).unwrap();
     model2.add_lora(&double).unwrap();
-    let both = run_steps(&model, variant, &[&a, &b]);
-    let one = run_steps(&model2, variant, &[&double]);
+    let both = run_fixture_steps(&model, variant, &[&a, &b]);
+    let one = run_fixture_steps(&model2, variant, &[&double]);
     for ((x, _, keep), (y, _, _)) in both.iter().zip(&one) {
         assert!(rel_err_rows(x, y, model.arch.vocab, keep) < 1e-5);
     }
@@ -123,7 +90,10 @@ fn two_adapters_add_up_and_removal_restores() {
     model.remove_lora(&a);
     model.remove_lora(&b);
     let base = reference(variant);
-    for (t, (x, _, keep)) in run_steps(&model, variant, &[&a, &b]).iter().enumerate() {
+    for (t, (x, _, keep)) in run_fixture_steps(&model, variant, &[&a, &b])
+        .iter()
+        .enumerate()
+    {
         let want = base.get(&format!("step{t}.logits")).unwrap();
         assert!(rel_err_rows(x, want.as_f32().unwrap(), model.arch.vocab, keep) < TOL);
     }

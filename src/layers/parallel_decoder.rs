@@ -272,7 +272,8 @@ impl ParallelDecoder {
         v
     }
 
-    fn linears(&self) -> Vec<&Linear> {
+    /// The projections of the layer: q, k, v (or the fused qkv), the output projection, the MLP.
+    pub fn linears(&self) -> Vec<&Linear> {
         let mut v: Vec<&Linear> = match &self.qkv {
             QkvProj::Separate { q, k, v } => vec![q, k, v],
             QkvProj::Fused { qkv, .. } => vec![qkv],

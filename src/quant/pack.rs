@@ -591,11 +591,17 @@ pub fn quantize_model_dir(
             src.display()
         )));
     };
-    if obj.get("quantization_config").is_some_and(|v| !v.is_null()) {
-        return Err(Error::bad_input(format!(
-            "{}: the model is already quantized",
-            src.display()
-        )));
+    // EXL2 stores its layout per tensor, so a further EXL2 pass over other tensors is fine
+    // (that is how one model gets different mixes); GPTQ has one config per model.
+    if let Some(existing) = obj.get("quantization_config").filter(|v| !v.is_null()) {
+        let both_exl2 = matches!(spec, QuantSpec::Exl2(_))
+            && existing.get("quant_method").and_then(Value::as_str) == Some("exl2");
+        if !both_exl2 {
+            return Err(Error::bad_input(format!(
+                "{}: the model is already quantized",
+                src.display()
+            )));
+        }
     }
     let weights = Weights::from_dir(src)?;
     let mut out: NamedTensors = Vec::new();

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use paradec::layers::lora::Lora;
 use paradec::quant::pack::save_tensors;
+use paradec::{AttnParams, DType, Device, KvCache, Model, Workspace};
 use paradec::{Tensor, Weights};
 
 pub struct TempDir(PathBuf);
@@ -185,4 +187,42 @@ macro_rules! fixture_tests {
     ($check:ident: $($name:ident),*) => {
         $( #[test] fn $name() { $check(stringify!($name)); } )*
     };
+}
+
+/// One step's logits, per-layer hidden states and which query rows are not padding.
+pub type StepOut = (Vec<f32>, Vec<Vec<f32>>, Vec<bool>);
+
+/// Runs the fixture's 4 steps with `loras` active; returns per step (logits, per-layer hidden).
+pub fn run_fixture_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<StepOut> {
+    let r = reference(variant);
+    let mut cache = KvCache::for_model(&model.arch, 2, 10, DType::F32, Device::Cpu).unwrap();
+    let mut ws = Workspace::cpu();
+    (0..4)
+        .map(|t| {
+            let (ids, shape) = i64s(&r, &format!("step{t}.input_ids"));
+            let (mask, mshape) = i64s(&r, &format!("step{t}.attention_mask"));
+            let (q, slots) = (shape[1], mshape[1]);
+            let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+            let p = AttnParams::with_past(2, q, vec![slots - q; 2])
+                .with_attention_mask(&mask, slots)
+                .unwrap();
+            let keep: Vec<bool> = (0..2)
+                .flat_map(|b| (0..q).map(move |i| (b, i)))
+                .map(|(b, i)| mask[b * slots + slots - q + i] == 1)
+                .collect();
+            let mut hidden = Vec::new();
+            let logits = model
+                .forward_inspect(
+                    &ids,
+                    &p,
+                    Some(&mut cache),
+                    loras,
+                    &mut ws,
+                    true,
+                    &mut |rep| hidden.push(values(&rep.interm.unwrap().hidden_states)),
+                )
+                .unwrap();
+            (values(&logits), hidden, keep)
+        })
+        .collect()
 }
