@@ -5,8 +5,9 @@
 // Fast path (cols % 8 == 0, every pointer 16-byte aligned): a row is spread over `tpr` threads
 // (32..1024, one warp or a whole block), each holding VPT 16-byte vectors of the row in
 // registers, so x is read from memory once: load (+ residual, written back), row statistics by
-// warp shuffles (+ shared memory across warps), then normalize from registers. LayerNorm takes
-// the mean first and then the variance of the deviations (two reductions, no cancellation).
+// warp shuffles (+ shared memory across warps), then normalize from registers. LayerNorm's
+// statistics take one reduction: each thread's count, mean and sum of squared deviations,
+// merged pairwise (Chan et al.), as stable as a two-pass variance.
 // Other shapes take a scalar path: one row per block, x re-read from L1/L2.
 #include <climits>
 
@@ -44,6 +45,57 @@ __device__ __forceinline__ float row_sum(float v, float *red) {
     return warp_sum(lane < wpr ? red[base + lane] : 0.f);
 }
 
+// Chan et al.'s merge of two partial (count, mean, M2) statistics into the first.
+__device__ __forceinline__ void chan_merge(float &n, float &mean, float &m2, float nb, float meanb,
+                                           float m2b) {
+    const float nn = n + nb;
+    if (nb == 0.f) return;
+    const float delta = meanb - mean;
+    const float fb = nb / nn;
+    mean += delta * fb;
+    m2 += m2b + delta * delta * n * fb;
+    n = nn;
+}
+
+// Mean and variance of one row from per-thread (count, mean, M2): one reduction (warp shuffles,
+// then shared memory across the row's warps), numerically as stable as two passes. `red` is
+// 3×32 floats of shared memory that only this reduction uses.
+__device__ __forceinline__ void row_stats(float n, float mean, float m2, float *red, float &out_mean,
+                                          float &out_var) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float nb = __shfl_xor_sync(0xffffffffu, n, o);
+        const float mb = __shfl_xor_sync(0xffffffffu, mean, o);
+        const float qb = __shfl_xor_sync(0xffffffffu, m2, o);
+        chan_merge(n, mean, m2, nb, mb, qb);
+    }
+    const int wpr = blockDim.x >> 5;
+    if (wpr > 1) {
+        const int lane = threadIdx.x & 31;
+        const int base = threadIdx.y * wpr;
+        if (lane == 0) {
+            const int w = base + (threadIdx.x >> 5);
+            red[w] = n;
+            red[32 + w] = mean;
+            red[64 + w] = m2;
+        }
+        __syncthreads();
+        const bool has = lane < wpr;
+        n = has ? red[base + lane] : 0.f;
+        mean = has ? red[32 + base + lane] : 0.f;
+        m2 = has ? red[64 + base + lane] : 0.f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float nb = __shfl_xor_sync(0xffffffffu, n, o);
+            const float mb = __shfl_xor_sync(0xffffffffu, mean, o);
+            const float qb = __shfl_xor_sync(0xffffffffu, m2, o);
+            chan_merge(n, mean, m2, nb, mb, qb);
+        }
+    }
+    out_mean = mean;
+    out_var = m2 / n;
+}
+
 template <typename T>
 __device__ __forceinline__ void affine_store(const float (&y)[kVec], const void *w, const void *b,
                                              void *out, int64_t elem) {
@@ -67,8 +119,7 @@ __device__ __forceinline__ void affine_store(const float (&y)[kVec], const void 
 
 template <typename T, int VPT>
 __global__ void __launch_bounds__(1024) norm_vec_kernel(NormArgs a) {
-    __shared__ float red0[32];
-    __shared__ float red1[32];
+    __shared__ float red[96];
     const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
     const bool live = row < a.rows;
     const int nv = a.cols / kVec;
@@ -103,24 +154,27 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(NormArgs a) {
         }
     }
 
+    // Per-thread statistics over its own values, then one reduction over the row.
+    float mean = 0.f;
+    float var;
     float s = 0.f;
+    int cnt = 0;
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int c = threadIdx.x + i * blockDim.x;
         if (live && c < nv) {
             float f[kVec];
             unpack8<T>(v[i], f);
+            cnt += kVec;
 #pragma unroll
             for (int e = 0; e < kVec; ++e) s += a.rms ? f[e] * f[e] : f[e];
         }
     }
-    float mean = 0.f;
-    float var;
     if (a.rms) {
-        var = row_sum(s, red0) / a.cols;
+        var = row_sum(s, red) / a.cols;
     } else {
-        mean = row_sum(s, red0) / a.cols;
-        float ss = 0.f;
+        const float lmean = cnt ? s / cnt : 0.f;
+        float m2 = 0.f;
 #pragma unroll
         for (int i = 0; i < VPT; ++i) {
             const int c = threadIdx.x + i * blockDim.x;
@@ -129,12 +183,12 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(NormArgs a) {
                 unpack8<T>(v[i], f);
 #pragma unroll
                 for (int e = 0; e < kVec; ++e) {
-                    const float d = f[e] - mean;
-                    ss += d * d;
+                    const float d = f[e] - lmean;
+                    m2 += d * d;
                 }
             }
         }
-        var = row_sum(ss, red1) / a.cols;
+        row_stats(static_cast<float>(cnt), lmean, m2, red, mean, var);
     }
     const float inv = rsqrtf(var + a.eps);
 
@@ -265,7 +319,7 @@ extern "C" int paradec_norm_fused(int kind, int dtype, void *x, const void *resi
                                   const void *weight_a, const void *bias_a, void *out_a,
                                   const void *weight_b, const void *bias_b, void *out_b,
                                   size_t rows, size_t cols, float eps, paradec_stream_t stream) {
-    return guarded([&] {
+    return guarded([&]() -> int {
         NormArgs a{x, residual, weight_a, bias_a, out_a, weight_b, bias_b, out_b, 0, 0, 0.f, false};
         return paradec::launch_norm(kind, dtype, a, rows, cols, eps, stream);
     });

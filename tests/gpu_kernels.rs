@@ -10,10 +10,13 @@
 
 use std::ffi::c_void;
 use std::ptr;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use paradec::cpu;
+use paradec::cpu::activation::Activation;
 use paradec::cpu::norm::NormKind;
-use paradec::cuda::kernels::{self, NormAffine};
+use paradec::cpu::rope::RopeStyle;
+use paradec::cuda::kernels::{self, CacheSlots, NormAffine, RotaryArgs};
 use paradec::cuda::{self, ffi, CudaEvent, CudaGraph, CudaStream, DeviceBuffer};
 use paradec::tensor::Storage;
 use paradec::{DType, Device, Error, Tensor};
@@ -28,8 +31,33 @@ fn small() -> bool {
     std::env::var("PARADEC_GPU_SMALL").as_deref() == Ok("1")
 }
 
+/// Graph capture and device-wide synchronization (which the synchronous copies do) must not
+/// overlap: capturing tests hold this exclusively, every other test shares it.
+static CAPTURE: RwLock<()> = RwLock::new(());
+
+/// A GPU test's context: its stream, and its share of the capture lock.
+struct Gpu {
+    stream: CudaStream,
+    _shared: RwLockReadGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Gpu {
+    type Target = CudaStream;
+    fn deref(&self) -> &CudaStream {
+        &self.stream
+    }
+}
+
 /// A stream on device 0, or None (printing why) where there is no device.
-fn gpu(test: &str) -> Option<CudaStream> {
+fn gpu(test: &str) -> Option<Gpu> {
+    let shared = CAPTURE.read().unwrap_or_else(|e| e.into_inner());
+    gpu_stream(test).map(|stream| Gpu {
+        stream,
+        _shared: shared,
+    })
+}
+
+fn gpu_stream(test: &str) -> Option<CudaStream> {
     match cuda::device_count() {
         Ok(_) => Some(CudaStream::new(0).expect("creating a stream")),
         Err(e) => {
@@ -76,10 +104,6 @@ fn upload(vals: &[f32], shape: &[usize], dtype: DType) -> (Tensor, Vec<f32>) {
     (host.to_device(Device::Cuda(0)).unwrap(), rounded)
 }
 
-fn upload_raw(t: Tensor) -> Tensor {
-    t.to_device(Device::Cuda(0)).unwrap()
-}
-
 /// A device tensor whose bytes are all 0xFF (NaN for f16, bf16 and f32).
 fn poisoned(shape: &[usize], dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
@@ -105,6 +129,34 @@ fn rel_err(out: &[f32], reference: &[f32]) -> f64 {
         return if num == 0.0 { 0.0 } else { f64::INFINITY };
     }
     (num / den).sqrt()
+}
+
+/// Like `assert_close`, but where the reference is NaN (memory the kernel must not write) the
+/// output must be NaN too.
+#[track_caller]
+fn assert_close_masked(what: &str, dtype: DType, out: &[f32], reference: &[f32]) {
+    let (mut o, mut r) = (Vec::new(), Vec::new());
+    for (i, (&a, &b)) in out.iter().zip(reference).enumerate() {
+        if b.is_nan() {
+            assert!(
+                a.is_nan(),
+                "{what}: element {i} was written ({a}) but should not be"
+            );
+        } else {
+            o.push(a);
+            r.push(b);
+        }
+    }
+    assert!(!r.is_empty(), "{what}: nothing to compare");
+    assert_close(what, dtype, &o, &r);
+}
+
+fn dtype_code(dtype: DType) -> i32 {
+    (if dtype == DType::F16 {
+        ffi::paradec_dtype::PARADEC_F16
+    } else {
+        ffi::paradec_dtype::PARADEC_BF16
+    }) as i32
 }
 
 fn budget(dtype: DType) -> f64 {
@@ -727,7 +779,8 @@ fn norm_rejects_bad_arguments() {
 /// A captured graph replays the same kernels.
 #[test]
 fn graph_capture_replays_kernels() {
-    let Some(s) = gpu("graph_capture_replays_kernels") else {
+    let _exclusive = CAPTURE.write().unwrap_or_else(|e| e.into_inner());
+    let Some(s) = gpu_stream("graph_capture_replays_kernels") else {
         return;
     };
     let mut rng = Rng::new(15);
@@ -773,5 +826,609 @@ fn graph_capture_replays_kernels() {
     assert_close("graph replay", DType::F16, &download(&out), &want);
     let legacy = CudaStream::legacy_default(0);
     assert!(CudaGraph::capture(&legacy, |_| Ok(())).is_err());
-    let _ = upload_raw;
+}
+
+// ---- rotary + cache write ----------------------------------------------------------------------
+
+struct RopeCase {
+    style: Option<RopeStyle>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    rot_dim: usize,
+    batch: usize,
+    q_len: usize,
+    dtype: DType,
+}
+
+fn rope_cases() -> Vec<RopeCase> {
+    // (heads, kv_heads, head_dim, rot_dim): MHA, GQA, MQA with partial rotary, Phi-like partial
+    // (80/32), a tiny odd layout (scalar path), rot 24 (vector for interleaved, scalar for half),
+    // head_dim 256.
+    let heads_sets: &[(usize, usize, usize, usize)] = if small() {
+        &[(4, 2, 64, 64), (6, 1, 64, 32), (2, 2, 6, 4), (4, 2, 96, 24)]
+    } else {
+        &[
+            (4, 4, 64, 64),
+            (8, 2, 128, 128),
+            (6, 1, 64, 32),
+            (4, 2, 80, 32),
+            (2, 2, 6, 4),
+            (4, 2, 96, 24),
+            (3, 3, 256, 64),
+        ]
+    };
+    let bq: &[(usize, usize)] = if small() {
+        &[(2, 3)]
+    } else {
+        &[(1, 1), (3, 1), (2, 7), (1, 33)]
+    };
+    let mut v = Vec::new();
+    for style in [Some(RopeStyle::Interleaved), Some(RopeStyle::Half), None] {
+        for &(heads, kv_heads, head_dim, rot_dim) in heads_sets {
+            for &(batch, q_len) in bq {
+                for dtype in DTYPES {
+                    v.push(RopeCase {
+                        style,
+                        heads,
+                        kv_heads,
+                        head_dim,
+                        rot_dim,
+                        batch,
+                        q_len,
+                        dtype,
+                    });
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn rotary_cache_write_matches_cpu() {
+    let Some(s) = gpu("rotary_cache_write_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(21);
+    let cases = rope_cases();
+    for c in &cases {
+        let tokens = c.batch * c.q_len;
+        let kv_dim = c.kv_heads * c.head_dim;
+        let capacity = c.q_len + 4 + rng.below(5) as usize;
+        let tag = format!(
+            "rope {:?} {} b{}×{} h{}/{} d{} rot{}",
+            c.style, c.dtype, c.batch, c.q_len, c.heads, c.kv_heads, c.head_dim, c.rot_dim
+        );
+        let (mut q, qv) = upload(
+            &rng.vec(tokens * c.heads * c.head_dim, -2.0, 2.0),
+            &[c.batch, c.q_len, c.heads, c.head_dim],
+            c.dtype,
+        );
+        let kshape = [c.batch, c.q_len, c.kv_heads, c.head_dim];
+        let (mut k, kv) = upload(&rng.vec(tokens * kv_dim, -2.0, 2.0), &kshape, c.dtype);
+        let (v, vv) = upload(&rng.vec(tokens * kv_dim, -2.0, 2.0), &kshape, c.dtype);
+        // Per-token positions (as with left padding they need not be past + t).
+        let positions: Vec<i64> = (0..tokens).map(|_| rng.below(8192) as i64).collect();
+        let past: Vec<usize> = (0..c.batch)
+            .map(|_| rng.below((capacity - c.q_len + 1) as u64) as usize)
+            .collect();
+        let base = 10000f32;
+        let inv_freq: Vec<f32> = (0..c.rot_dim / 2)
+            .map(|j| 1.0 / base.powf(2.0 * j as f32 / c.rot_dim as f32))
+            .collect();
+        let attn_factor = if c.heads % 2 == 0 { 1.0 } else { 1.25 };
+        let pos_d = Tensor::from_host(paradec::HostData::I64(positions.clone()), &[tokens])
+            .unwrap()
+            .to_device(Device::Cuda(0))
+            .unwrap();
+        let past_d = Tensor::from_host(
+            paradec::HostData::I64(past.iter().map(|&p| p as i64).collect()),
+            &[c.batch],
+        )
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+        let inv_d = Tensor::from_f32(inv_freq.clone(), &[inv_freq.len()])
+            .unwrap()
+            .to_device(Device::Cuda(0))
+            .unwrap();
+        let cshape = [c.batch, capacity, kv_dim];
+        let mut ck = poisoned(&cshape, c.dtype);
+        let mut cv = poisoned(&cshape, c.dtype);
+        let rot_d = c.style.map(|style| RotaryArgs {
+            style,
+            rot_dim: c.rot_dim,
+            inv_freq: &inv_d,
+            attn_factor,
+        });
+        let slots_d = CacheSlots {
+            batch: c.batch,
+            q_len: c.q_len,
+            capacity,
+            past_len: &past_d,
+        };
+        kernels::rotary_and_cache_write(
+            &mut q,
+            &mut k,
+            &v,
+            c.heads,
+            c.kv_heads,
+            c.head_dim,
+            &pos_d,
+            rot_d.as_ref(),
+            &slots_d,
+            &mut ck,
+            &mut cv,
+            &s,
+        )
+        .unwrap();
+        stream_sync(&s);
+
+        let (mut q_ref, mut k_ref) = (qv.clone(), kv.clone());
+        let cache_n = c.batch * capacity * kv_dim;
+        let (mut ck_ref, mut cv_ref) = (vec![f32::NAN; cache_n], vec![f32::NAN; cache_n]);
+        let rot_c = c.style.map(|style| cpu::rope::RotaryArgs {
+            style,
+            rot_dim: c.rot_dim,
+            inv_freq: &inv_freq,
+            attn_factor,
+        });
+        let slots_c = cpu::rope::CacheSlots {
+            batch: c.batch,
+            q_len: c.q_len,
+            capacity,
+            past_len: &past,
+        };
+        cpu::rope::rotary_and_cache_write(
+            &mut q_ref,
+            &mut k_ref,
+            &vv,
+            c.heads,
+            c.kv_heads,
+            c.head_dim,
+            &positions,
+            rot_c.as_ref(),
+            &slots_c,
+            &mut ck_ref,
+            &mut cv_ref,
+        );
+        assert_close(&format!("{tag} q"), c.dtype, &download(&q), &q_ref);
+        assert_close(&format!("{tag} k"), c.dtype, &download(&k), &k_ref);
+        assert_close_masked(&format!("{tag} cache k"), c.dtype, &download(&ck), &ck_ref);
+        assert_close_masked(&format!("{tag} cache v"), c.dtype, &download(&cv), &cv_ref);
+        assert_eq!(download(&v), vv, "{tag}: v changed");
+    }
+    eprintln!("rotary_cache_write_matches_cpu: {} cases", cases.len());
+}
+
+#[test]
+fn rotary_rejects_bad_arguments() {
+    let Some(s) = gpu("rotary_rejects_bad_arguments") else {
+        return;
+    };
+    use ffi::paradec_kstatus as k;
+    let (b, t, h, kvh, d, cap) = (1usize, 2usize, 2usize, 1usize, 8usize, 4usize);
+    let mut q = upload(&vec![0.5; b * t * h * d], &[b * t * h * d], DType::F16).0;
+    let mut kk = upload(&vec![0.5; b * t * kvh * d], &[b * t * kvh * d], DType::F16).0;
+    let v = upload(&vec![0.5; b * t * kvh * d], &[b * t * kvh * d], DType::F16).0;
+    let mut ck = poisoned(&[b * cap * kvh * d], DType::F16);
+    let mut cv = poisoned(&[b * cap * kvh * d], DType::F16);
+    let pos = Tensor::from_host(paradec::HostData::I64(vec![0, 1]), &[2])
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+    let past = Tensor::from_host(paradec::HostData::I64(vec![0]), &[1])
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+    let inv = Tensor::from_f32(vec![1.0, 0.5, 0.25, 0.125], &[4])
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+    let (qp, kp, vp) = (dptr_mut(&mut q), dptr_mut(&mut kk), dptr(&v));
+    let (ckp, cvp) = (dptr_mut(&mut ck), dptr_mut(&mut cv));
+    let (pp, lp, ip) = (
+        dptr(&pos) as *const i64,
+        dptr(&past) as *const i64,
+        dptr(&inv) as *const f32,
+    );
+    let f16 = dtype_code(DType::F16);
+    let half = ffi::paradec_rope_style::PARADEC_ROPE_HALF as i32;
+    #[allow(clippy::too_many_arguments)]
+    let call = |dtype: i32,
+                q: *mut c_void,
+                batch: usize,
+                head_dim: usize,
+                style: i32,
+                rot: usize,
+                ckp: *mut c_void,
+                cvp: *mut c_void| {
+        // SAFETY: pointers are NULL or live device buffers sized for the accepted shapes;
+        // rejected calls launch nothing.
+        unsafe {
+            ffi::paradec_rotary_cache_write(
+                dtype,
+                q,
+                kp,
+                vp,
+                batch,
+                t,
+                h,
+                kvh,
+                head_dim,
+                pp,
+                style,
+                rot,
+                ip,
+                1.0,
+                lp,
+                cap,
+                ckp,
+                cvp,
+                s.raw(),
+            )
+        }
+    };
+    assert_eq!(call(f16, qp, b, d, half, d, ckp, cvp), k::PARADEC_K_OK);
+    assert_eq!(
+        call(f16, ptr::null_mut(), b, d, half, d, ckp, cvp),
+        k::PARADEC_K_NULL_POINTER
+    );
+    assert_eq!(
+        call(f16, qp, b, d, half, d, ckp, ptr::null_mut()),
+        k::PARADEC_K_NULL_POINTER
+    );
+    assert_eq!(call(f16, qp, b, d, 5, d, ckp, cvp), k::PARADEC_K_BAD_ENUM);
+    assert_eq!(call(3, qp, b, d, half, d, ckp, cvp), k::PARADEC_K_BAD_DTYPE);
+    assert_eq!(
+        call(f16, qp, 0, d, half, d, ckp, cvp),
+        k::PARADEC_K_ZERO_DIM
+    );
+    assert_eq!(
+        call(f16, qp, b, d, half, 0, ckp, cvp),
+        k::PARADEC_K_ZERO_DIM
+    );
+    assert_eq!(
+        call(f16, qp, b, 2048, half, d, ckp, cvp),
+        k::PARADEC_K_DIM_TOO_LARGE
+    );
+    assert_eq!(
+        call(f16, qp, b, d, half, 5, ckp, cvp),
+        k::PARADEC_K_BAD_SHAPE
+    );
+    assert_eq!(
+        call(f16, qp, b, d, half, 10, ckp, cvp),
+        k::PARADEC_K_BAD_SHAPE
+    );
+
+    // The safe layer.
+    let slots = CacheSlots {
+        batch: b,
+        q_len: t,
+        capacity: cap,
+        past_len: &past,
+    };
+    let rot = RotaryArgs {
+        style: RopeStyle::Half,
+        rot_dim: 6,
+        inv_freq: &inv,
+        attn_factor: 1.0,
+    };
+    let e = kernels::rotary_and_cache_write(
+        &mut q,
+        &mut kk,
+        &v,
+        h,
+        kvh,
+        d,
+        &pos,
+        Some(&rot),
+        &slots,
+        &mut ck,
+        &mut cv,
+        &s,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::BadInput(_)), "{e:?}");
+    let rot = RotaryArgs { rot_dim: 12, ..rot };
+    let e = kernels::rotary_and_cache_write(
+        &mut q,
+        &mut kk,
+        &v,
+        h,
+        kvh,
+        d,
+        &pos,
+        Some(&rot),
+        &slots,
+        &mut ck,
+        &mut cv,
+        &s,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("inv_freq"), "{e}");
+    let e = kernels::rotary_and_cache_write(
+        &mut q,
+        &mut kk,
+        &v,
+        h + 1,
+        kvh,
+        d,
+        &pos,
+        None,
+        &slots,
+        &mut ck,
+        &mut cv,
+        &s,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("rotary q"), "{e}");
+    stream_sync(&s);
+}
+
+// ---- elementwise -------------------------------------------------------------------------------
+
+const ACTS: [Activation; 5] = [
+    Activation::GeluErf,
+    Activation::GeluNew,
+    Activation::GeluFast,
+    Activation::Silu,
+    Activation::Relu,
+];
+
+fn ew_sizes() -> Vec<usize> {
+    if small() {
+        vec![7, 4096 + 3]
+    } else {
+        vec![1, 7, 8, 1000, 4095, 65536 + 3, 1 << 20]
+    }
+}
+
+#[test]
+fn activations_match_cpu() {
+    let Some(s) = gpu("activations_match_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(31);
+    let mut count = 0;
+    for act in ACTS {
+        for dtype in DTYPES {
+            for n in ew_sizes() {
+                let tag = format!("{act:?} {dtype} n={n}");
+                // activate in place
+                let (mut x, xv) = upload(&rng.vec(n, -6.0, 6.0), &[n], dtype);
+                kernels::activate(act, &mut x, &s).unwrap();
+                let mut want = xv.clone();
+                cpu::activation::activate(act, &mut want);
+                stream_sync(&s);
+                assert_close(&format!("activate {tag}"), dtype, &download(&x), &want);
+                // gated
+                let (g, gv) = upload(&rng.vec(n, -6.0, 6.0), &[n], dtype);
+                let (u, uv) = upload(&rng.vec(n, -2.0, 2.0), &[n], dtype);
+                let mut out = poisoned(&[n], dtype);
+                kernels::act_mul(act, &g, &u, &mut out, &s).unwrap();
+                let mut want = vec![0f32; n];
+                cpu::activation::act_mul(act, &gv, &uv, &mut want);
+                stream_sync(&s);
+                assert_close(&format!("act_mul {tag}"), dtype, &download(&out), &want);
+                count += 2;
+            }
+        }
+    }
+    eprintln!("activations_match_cpu: {count} cases");
+}
+
+#[test]
+fn add_inplace_matches_cpu() {
+    let Some(s) = gpu("add_inplace_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(32);
+    for dtype in DTYPES {
+        for n in ew_sizes() {
+            let (mut x, xv) = upload(&rng.vec(n, -2.0, 2.0), &[n], dtype);
+            let (y, yv) = upload(&rng.vec(n, -2.0, 2.0), &[n], dtype);
+            kernels::add_inplace(&mut x, &y, &s).unwrap();
+            let mut want = xv.clone();
+            cpu::activation::add_inplace(&mut want, &yv);
+            stream_sync(&s);
+            assert_close(&format!("add {dtype} n={n}"), dtype, &download(&x), &want);
+        }
+    }
+}
+
+/// Misaligned pointers take the scalar path everywhere.
+#[test]
+fn elementwise_misaligned() {
+    let Some(s) = gpu("elementwise_misaligned") else {
+        return;
+    };
+    let mut rng = Rng::new(33);
+    let n = 1003;
+    for dtype in DTYPES {
+        let code = dtype_code(dtype);
+        let (g, gv) = upload(&rng.vec(n + 1, -4.0, 4.0), &[n + 1], dtype);
+        let (u, uv) = upload(&rng.vec(n + 1, -2.0, 2.0), &[n + 1], dtype);
+        let mut out = poisoned(&[n + 1], dtype);
+        // SAFETY: offsets of one element stay inside buffers of n + 1 elements.
+        let st = unsafe {
+            ffi::paradec_act_mul(
+                ffi::paradec_activation::PARADEC_SILU as i32,
+                code,
+                (dptr(&g) as *const u16).add(1).cast(),
+                (dptr(&u) as *const u16).add(1).cast(),
+                (dptr_mut(&mut out) as *mut u16).add(1).cast(),
+                n,
+                s.raw(),
+            )
+        };
+        assert_eq!(st, 0);
+        stream_sync(&s);
+        let mut want = vec![0f32; n];
+        cpu::activation::act_mul(Activation::Silu, &gv[1..], &uv[1..], &mut want);
+        let got = download(&out);
+        assert!(got[0].is_nan(), "wrote before the output");
+        assert_close("misaligned act_mul", dtype, &got[1..], &want);
+    }
+}
+
+#[test]
+fn elementwise_rejects_bad_arguments() {
+    let Some(s) = gpu("elementwise_rejects_bad_arguments") else {
+        return;
+    };
+    use ffi::paradec_kstatus as k;
+    let mut x = upload(&[0.5; 16], &[16], DType::F16).0;
+    let xp = dptr_mut(&mut x);
+    let f16 = dtype_code(DType::F16);
+    let silu = ffi::paradec_activation::PARADEC_SILU as i32;
+    // SAFETY: pointers are NULL or a live buffer of 16 elements; rejected calls launch nothing.
+    unsafe {
+        assert_eq!(
+            ffi::paradec_activate(silu, f16, xp, 16, s.raw()),
+            k::PARADEC_K_OK
+        );
+        assert_eq!(
+            ffi::paradec_activate(silu, f16, ptr::null_mut(), 16, s.raw()),
+            k::PARADEC_K_NULL_POINTER
+        );
+        assert_eq!(
+            ffi::paradec_activate(9, f16, xp, 16, s.raw()),
+            k::PARADEC_K_BAD_ENUM
+        );
+        assert_eq!(
+            ffi::paradec_activate(silu, 2, xp, 16, s.raw()),
+            k::PARADEC_K_BAD_DTYPE
+        );
+        assert_eq!(
+            ffi::paradec_activate(silu, f16, xp, 0, s.raw()),
+            k::PARADEC_K_ZERO_DIM
+        );
+        assert_eq!(
+            ffi::paradec_activate(silu, f16, xp, usize::MAX, s.raw()),
+            k::PARADEC_K_DIM_TOO_LARGE
+        );
+        assert_eq!(
+            ffi::paradec_act_mul(silu, f16, xp, ptr::null(), xp, 16, s.raw()),
+            k::PARADEC_K_NULL_POINTER
+        );
+        assert_eq!(
+            ffi::paradec_add_inplace(f16, xp, ptr::null(), 16, s.raw()),
+            k::PARADEC_K_NULL_POINTER
+        );
+        assert_eq!(
+            ffi::paradec_add_inplace(f16, xp, xp, 0, s.raw()),
+            k::PARADEC_K_ZERO_DIM
+        );
+    }
+    let y = upload(&[0.5; 15], &[15], DType::F16).0;
+    let e = kernels::add_inplace(&mut x, &y, &s).unwrap_err();
+    assert!(e.to_string().contains("add_inplace y"), "{e}");
+    let yb = upload(&[0.5; 16], &[16], DType::BF16).0;
+    let e = kernels::add_inplace(&mut x, &yb, &s).unwrap_err();
+    assert!(e.to_string().contains("dtype"), "{e}");
+    let mut x32 = upload(&[0.5; 16], &[16], DType::F32).0;
+    let e = kernels::activate(Activation::Silu, &mut x32, &s).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+    stream_sync(&s);
+}
+
+// ---- embedding ---------------------------------------------------------------------------------
+
+fn ids_tensor(ids: &[i32]) -> Tensor {
+    Tensor::from_host(paradec::HostData::I32(ids.to_vec()), &[ids.len()])
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap()
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    let Some(s) = gpu("embedding_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::new(41);
+    let vocab = 1000;
+    let hiddens: &[usize] = if small() {
+        &[7, 64]
+    } else {
+        &[1, 7, 64, 1000, 4096]
+    };
+    let counts: &[usize] = if small() { &[5] } else { &[1, 5, 300] };
+    for dtype in DTYPES {
+        for &hidden in hiddens {
+            for &n in counts {
+                let (table, tv) =
+                    upload(&rng.vec(vocab * hidden, -1.0, 1.0), &[vocab, hidden], dtype);
+                let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+                kernels::check_ids(&ids, vocab).unwrap();
+                let ids_d = ids_tensor(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>());
+                let mut out = poisoned(&[n, hidden], dtype);
+                kernels::embedding(&table, hidden, &ids_d, &mut out, &s).unwrap();
+                stream_sync(&s);
+                let mut want = vec![0f32; n * hidden];
+                cpu::embedding::embedding(&tv, hidden, &ids, &mut want);
+                // A gather copies values: exact.
+                assert_eq!(
+                    download(&out),
+                    want,
+                    "embedding {dtype} hidden={hidden} n={n}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_bad_ids() {
+    let Some(s) = gpu("embedding_bad_ids") else {
+        return;
+    };
+    let (vocab, hidden) = (10, 16);
+    let tv: Vec<f32> = (0..vocab * hidden).map(|i| 1.0 + i as f32).collect();
+    let (table, _) = upload(&tv, &[vocab, hidden], DType::F16);
+    // Device ids outside the vocabulary give zero rows, and no out-of-bounds read.
+    let ids = ids_tensor(&[-1, vocab as i32, 5, i32::MAX]);
+    let mut out = poisoned(&[4, hidden], DType::F16);
+    kernels::embedding(&table, hidden, &ids, &mut out, &s).unwrap();
+    stream_sync(&s);
+    let got = download(&out);
+    assert!(got[..2 * hidden].iter().all(|&v| v == 0.0));
+    assert!(got[3 * hidden..].iter().all(|&v| v == 0.0));
+    assert_eq!(got[2 * hidden], tv[5 * hidden]);
+    // Host ids are checked, naming the bad one.
+    let e = kernels::check_ids(&[1, 2, 10], vocab).unwrap_err();
+    assert!(e.to_string().contains("token id 10 at position 2"), "{e}");
+
+    use ffi::paradec_kstatus as k;
+    let f16 = dtype_code(DType::F16);
+    let i32t = ffi::paradec_id_type::PARADEC_IDS_I32 as i32;
+    let (tp, ip, op) = (dptr(&table), dptr(&ids), dptr_mut(&mut out));
+    // SAFETY: pointers are NULL or live buffers; rejected calls launch nothing.
+    unsafe {
+        assert_eq!(
+            ffi::paradec_embedding(f16, tp, vocab, hidden, ptr::null(), i32t, 4, op, s.raw()),
+            k::PARADEC_K_NULL_POINTER
+        );
+        assert_eq!(
+            ffi::paradec_embedding(f16, tp, vocab, hidden, ip, 7, 4, op, s.raw()),
+            k::PARADEC_K_BAD_ENUM
+        );
+        assert_eq!(
+            ffi::paradec_embedding(f16, tp, 0, hidden, ip, i32t, 4, op, s.raw()),
+            k::PARADEC_K_ZERO_DIM
+        );
+        assert_eq!(
+            ffi::paradec_embedding(f16, tp, vocab, 1usize << 33, ip, i32t, 4, op, s.raw()),
+            k::PARADEC_K_DIM_TOO_LARGE
+        );
+    }
+    let ids64 = Tensor::from_host(paradec::HostData::I64(vec![1]), &[1])
+        .unwrap()
+        .to_device(Device::Cuda(0))
+        .unwrap();
+    let e = kernels::embedding(&table, hidden, &ids64, &mut out, &s).unwrap_err();
+    assert!(e.to_string().contains("ids"), "{e}");
+    stream_sync(&s);
 }
