@@ -1,7 +1,8 @@
 // Token embedding gather: out[t] = table[ids[t]], the CUDA twin of cpu::embedding::embedding.
-// One block per token, 16-byte vectors when hidden and the pointers allow. An id outside
+// One block per token and 128-thread slice of its row, 16-byte vectors when hidden and the pointers allow. An id outside
 // [0, vocab) gives a row of zeros: the kernel never reads outside the table (ids from the host
 // should be checked there, where the bad one can be named).
+#include <algorithm>
 #include <climits>
 
 #include "common.cuh"
@@ -19,10 +20,12 @@ __global__ void __launch_bounds__(128) embedding_kernel(const T *table, int64_t 
     const T *src = table + (ok ? id : 0) * hidden;
     T *dst = out + token * hidden;
     if (VEC) {
-        for (int c = threadIdx.x; c < hidden / kVec; c += blockDim.x)
+        for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < hidden / kVec;
+             c += blockDim.x * gridDim.y)
             st(dst + c * kVec, ok ? ld_ro(src + c * kVec) : make_uint4(0, 0, 0, 0));
     } else {
-        for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+        for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < hidden;
+             c += blockDim.x * gridDim.y)
             dst[c] = ok ? src[c] : Num<T>::from_f(0.f);
     }
 }
@@ -35,7 +38,11 @@ int launch_t(const void *table, size_t vocab, size_t hidden, const void *ids, bo
     auto *o = static_cast<T *>(out);
     const auto v = static_cast<int64_t>(vocab);
     const int h = static_cast<int>(hidden);
-    const dim3 grid(static_cast<unsigned>(n_ids));
+    // A row is split over blocks (grid.y) so that even one token's row is copied by many
+    // threads at once.
+    const int64_t per_row = vec ? static_cast<int64_t>(hidden / kVec) : static_cast<int64_t>(hidden);
+    const unsigned split = static_cast<unsigned>(std::min<int64_t>(65535, (per_row + 127) / 128));
+    const dim3 grid(static_cast<unsigned>(n_ids), split);
     if (vec && is_signed) embedding_kernel<T, true, true><<<grid, 128, 0, stream>>>(tb, v, h, ids, o);
     else if (vec) embedding_kernel<T, true, false><<<grid, 128, 0, stream>>>(tb, v, h, ids, o);
     else if (is_signed) embedding_kernel<T, false, true><<<grid, 128, 0, stream>>>(tb, v, h, ids, o);

@@ -45,55 +45,46 @@ __device__ __forceinline__ float row_sum(float v, float *red) {
     return warp_sum(lane < wpr ? red[base + lane] : 0.f);
 }
 
-// Chan et al.'s merge of two partial (count, mean, M2) statistics into the first.
-__device__ __forceinline__ void chan_merge(float &n, float &mean, float &m2, float nb, float meanb,
-                                           float m2b) {
-    const float nn = n + nb;
-    if (nb == 0.f) return;
-    const float delta = meanb - mean;
-    const float fb = nb / nn;
-    mean += delta * fb;
-    m2 += m2b + delta * delta * n * fb;
-    n = nn;
-}
-
-// Mean and variance of one row from per-thread (count, mean, M2): one reduction (warp shuffles,
-// then shared memory across the row's warps), numerically as stable as two passes. `red` is
-// 3×32 floats of shared memory that only this reduction uses.
-__device__ __forceinline__ void row_stats(float n, float mean, float m2, float *red, float &out_mean,
-                                          float &out_var) {
+// LayerNorm statistics of one row in one pass over registers. Each warp shifts its values by
+// one of them (`shift`, the same for the whole warp), so that Σ(x−shift) and Σ(x−shift)² stay
+// well conditioned, and turns its sums into (count, mean, M2). The row's warps are merged
+// exactly through shared memory: mean = Σ nᵢ·meanᵢ / n, M2 = Σ (M2ᵢ + nᵢ·(meanᵢ − mean)²).
+// `red` is 3×32 floats that only this reduction uses; every thread of the block must call it.
+__device__ __forceinline__ void row_mean_var(float s1, float s2, float cnt, float shift, float *red,
+                                             float &out_mean, float &out_var) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-        const float nb = __shfl_xor_sync(0xffffffffu, n, o);
-        const float mb = __shfl_xor_sync(0xffffffffu, mean, o);
-        const float qb = __shfl_xor_sync(0xffffffffu, m2, o);
-        chan_merge(n, mean, m2, nb, mb, qb);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+        cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
     }
+    const float rel = cnt > 0.f ? s1 / cnt : 0.f;
+    const float m2_w = cnt > 0.f ? fmaxf(s2 - s1 * rel, 0.f) : 0.f;
+    const float mean_w = shift + rel;
     const int wpr = blockDim.x >> 5;
-    if (wpr > 1) {
-        const int lane = threadIdx.x & 31;
-        const int base = threadIdx.y * wpr;
-        if (lane == 0) {
-            const int w = base + (threadIdx.x >> 5);
-            red[w] = n;
-            red[32 + w] = mean;
-            red[64 + w] = m2;
-        }
-        __syncthreads();
-        const bool has = lane < wpr;
-        n = has ? red[base + lane] : 0.f;
-        mean = has ? red[32 + base + lane] : 0.f;
-        m2 = has ? red[64 + base + lane] : 0.f;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float nb = __shfl_xor_sync(0xffffffffu, n, o);
-            const float mb = __shfl_xor_sync(0xffffffffu, mean, o);
-            const float qb = __shfl_xor_sync(0xffffffffu, m2, o);
-            chan_merge(n, mean, m2, nb, mb, qb);
-        }
+    if (wpr == 1) {
+        out_mean = mean_w;
+        out_var = m2_w / cnt;
+        return;
     }
+    const int lane = threadIdx.x & 31;
+    const int base = threadIdx.y * wpr;
+    if (lane == 0) {
+        const int w = base + (threadIdx.x >> 5);
+        red[w] = cnt;
+        red[32 + w] = mean_w;
+        red[64 + w] = m2_w;
+    }
+    __syncthreads();
+    const bool has = lane < wpr;
+    const float n_i = has ? red[base + lane] : 0.f;
+    const float mean_i = has ? red[32 + base + lane] : 0.f;
+    const float m2_i = has ? red[64 + base + lane] : 0.f;
+    const float n = warp_sum(n_i);
+    const float mean = warp_sum(n_i * mean_i) / n;
+    const float d = mean_i - mean;
     out_mean = mean;
-    out_var = m2 / n;
+    out_var = warp_sum(m2_i + n_i * d * d) / n;
 }
 
 template <typename T>
@@ -154,27 +145,11 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(NormArgs a) {
         }
     }
 
-    // Per-thread statistics over its own values, then one reduction over the row.
+    // Statistics of the row from registers, with one reduction.
     float mean = 0.f;
     float var;
-    float s = 0.f;
-    int cnt = 0;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const int c = threadIdx.x + i * blockDim.x;
-        if (live && c < nv) {
-            float f[kVec];
-            unpack8<T>(v[i], f);
-            cnt += kVec;
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) s += a.rms ? f[e] * f[e] : f[e];
-        }
-    }
     if (a.rms) {
-        var = row_sum(s, red) / a.cols;
-    } else {
-        const float lmean = cnt ? s / cnt : 0.f;
-        float m2 = 0.f;
+        float s = 0.f;
 #pragma unroll
         for (int i = 0; i < VPT; ++i) {
             const int c = threadIdx.x + i * blockDim.x;
@@ -182,13 +157,37 @@ __global__ void __launch_bounds__(1024) norm_vec_kernel(NormArgs a) {
                 float f[kVec];
                 unpack8<T>(v[i], f);
 #pragma unroll
+                for (int e = 0; e < kVec; ++e) s += f[e] * f[e];
+            }
+        }
+        var = row_sum(s, red) / a.cols;
+    } else {
+        // The warp's shift: lane 0's first value (always one of the row's values when the row
+        // is live: lane 0 of every warp holds vector index < nv by the launch configuration).
+        float k0 = 0.f;
+        if (live && threadIdx.x < static_cast<unsigned>(nv)) {
+            float f[kVec];
+            unpack8<T>(v[0], f);
+            k0 = f[0];
+        }
+        const float shift = __shfl_sync(0xffffffffu, k0, 0);
+        float s1 = 0.f, s2 = 0.f, cnt = 0.f;
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+            const int c = threadIdx.x + i * blockDim.x;
+            if (live && c < nv) {
+                float f[kVec];
+                unpack8<T>(v[i], f);
+                cnt += kVec;
+#pragma unroll
                 for (int e = 0; e < kVec; ++e) {
-                    const float d = f[e] - lmean;
-                    m2 += d * d;
+                    const float d = f[e] - shift;
+                    s1 += d;
+                    s2 += d * d;
                 }
             }
         }
-        row_stats(static_cast<float>(cnt), lmean, m2, red, mean, var);
+        row_mean_var(s1, s2, cnt, shift, red, mean, var);
     }
     const float inv = rsqrtf(var + a.eps);
 

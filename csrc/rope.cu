@@ -1,11 +1,12 @@
 // Rotary position embedding of q and k fused with writing k and v into the KV cache: the CUDA
 // twin of cpu::rope::rotary_and_cache_write.
 //
-// One block per token. Its rot_dim/2 angles float(position)·inv_freq[j] get accurate sincosf
+// One block per token (a few per token when there are few tokens). Its rot_dim/2 angles float(position)·inv_freq[j] get accurate sincosf
 // (not __sinf: positions reach tens of thousands of radians) once, into shared memory; then the
 // block's threads rotate every head of q and k in place (16-byte vectors when the shapes and
 // pointers allow, else one pair at a time), writing rotated k straight into the cache slot
 // past_len[b] + t, and copy k's unrotated tail and v into the cache.
+#include <algorithm>
 #include <climits>
 
 #include "common.cuh"
@@ -39,11 +40,13 @@ template <typename T, bool VEC>
 __device__ __forceinline__ void rotate_heads(T *x, T *cache, int heads, int hd, int rot_dim,
                                              bool half_style, const float *cs, const float *sn) {
     const int half = rot_dim / 2;
+    const int first = blockIdx.y * blockDim.x + threadIdx.x;
+    const int stride = blockDim.x * gridDim.y;
     if (VEC) {
         if (half_style) {
             // Pairs (j, j + half): a vector at d and its partner at d + half.
             const int cph = half / kVec;
-            for (int idx = threadIdx.x; idx < heads * cph; idx += blockDim.x) {
+            for (int idx = first; idx < heads * cph; idx += stride) {
                 const int h = idx / cph;
                 const int d = (idx % cph) * kVec;
                 T *p = x + h * hd + d;
@@ -68,7 +71,7 @@ __device__ __forceinline__ void rotate_heads(T *x, T *cache, int heads, int hd, 
         } else {
             // Adjacent pairs (2j, 2j + 1): four pairs per vector.
             const int cph = rot_dim / kVec;
-            for (int idx = threadIdx.x; idx < heads * cph; idx += blockDim.x) {
+            for (int idx = first; idx < heads * cph; idx += stride) {
                 const int h = idx / cph;
                 const int d = (idx % cph) * kVec;
                 T *p = x + h * hd + d;
@@ -88,7 +91,7 @@ __device__ __forceinline__ void rotate_heads(T *x, T *cache, int heads, int hd, 
             }
         }
     } else {
-        for (int idx = threadIdx.x; idx < heads * half; idx += blockDim.x) {
+        for (int idx = first; idx < heads * half; idx += stride) {
             const int h = idx / half;
             const int j = idx % half;
             const int i0 = half_style ? j : 2 * j;
@@ -152,15 +155,17 @@ __global__ void __launch_bounds__(128) rope_cache_kernel(RopeArgs a) {
         // k's features the rotation did not touch (all of them without rotary), and all of v.
         const T *v = static_cast<const T *>(a.v) + token * kv_dim;
         const int rd = rot ? a.rot_dim : 0;
+        const int first = blockIdx.y * blockDim.x + threadIdx.x;
+        const int stride = blockDim.x * gridDim.y;
         if (VEC) {
             const int cph = hd / kVec;
-            for (int idx = threadIdx.x; idx < a.kv_heads * cph; idx += blockDim.x) {
+            for (int idx = first; idx < a.kv_heads * cph; idx += stride) {
                 const int64_t e = static_cast<int64_t>(idx / cph) * hd + (idx % cph) * kVec;
                 if ((idx % cph) * kVec >= rd) st(ck + e, ld(k + e));
                 st(cv + e, ld_ro(v + e));
             }
         } else {
-            for (int64_t e = threadIdx.x; e < kv_dim; e += blockDim.x) {
+            for (int64_t e = first; e < kv_dim; e += stride) {
                 if (e % hd >= rd) ck[e] = k[e];
                 cv[e] = v[e];
             }
@@ -177,7 +182,11 @@ int launch_rope_t(const RopeArgs &a, cudaStream_t stream) {
                      aligned16(a.q) && aligned16(a.k) && (!a.cache_k || (aligned16(a.v) &&
                      aligned16(a.cache_k) && aligned16(a.cache_v)));
     const size_t smem = rot ? sizeof(float) * a.rot_dim : 0;
-    const dim3 grid(static_cast<unsigned>(a.tokens));
+    // Few tokens (decode): split each token's heads over several blocks to fill the GPU.
+    const int64_t items = (static_cast<int64_t>(a.heads) + 3 * a.kv_heads) * a.head_dim / kVec;
+    int split = 1;
+    if (a.tokens < 512) split = static_cast<int>(std::min<int64_t>(16, std::max<int64_t>(1, items / 128)));
+    const dim3 grid(static_cast<unsigned>(a.tokens), split);
     if (vec)
         rope_cache_kernel<T, true><<<grid, 128, smem, stream>>>(a);
     else
