@@ -1,5 +1,5 @@
 // Token embedding gather: out[t] = table[ids[t]], the CUDA twin of cpu::embedding::embedding.
-// One block per token and 128-thread slice of its row, 16-byte vectors when hidden and the pointers allow. An id outside
+// One block per token (per 128-vector slice of its row for few tokens), 16-byte vectors when hidden and the pointers allow. An id outside
 // [0, vocab) gives a row of zeros: the kernel never reads outside the table (ids from the host
 // should be checked there, where the bad one can be named).
 #include <algorithm>
@@ -38,10 +38,11 @@ int launch_t(const void *table, size_t vocab, size_t hidden, const void *ids, bo
     auto *o = static_cast<T *>(out);
     const auto v = static_cast<int64_t>(vocab);
     const int h = static_cast<int>(hidden);
-    // A row is split over blocks (grid.y) so that even one token's row is copied by many
-    // threads at once.
+    // With few tokens (decode), a row is split over blocks (grid.y) so that even one token's
+    // row is copied by many threads at once; with many, one block copies a whole row.
     const int64_t per_row = vec ? static_cast<int64_t>(hidden / kVec) : static_cast<int64_t>(hidden);
-    const unsigned split = static_cast<unsigned>(std::min<int64_t>(65535, (per_row + 127) / 128));
+    const unsigned split =
+        n_ids >= 1024 ? 1u : static_cast<unsigned>(std::min<int64_t>(65535, (per_row + 127) / 128));
     const dim3 grid(static_cast<unsigned>(n_ids), split);
     if (vec && is_signed) embedding_kernel<T, true, true><<<grid, 128, 0, stream>>>(tb, v, h, ids, o);
     else if (vec) embedding_kernel<T, true, false><<<grid, 128, 0, stream>>>(tb, v, h, ids, o);
