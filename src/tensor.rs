@@ -226,6 +226,27 @@ impl Tensor {
         };
         Self::from_host(host, shape)
     }
+    /// Wraps a device buffer holding exactly `shape`'s elements of `dtype` (row-major).
+    #[cfg(feature = "cuda")]
+    pub fn from_device_buffer(
+        buf: crate::cuda::DeviceBuffer,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<Self> {
+        let bytes = shape.iter().product::<usize>() * dtype.size();
+        if bytes != buf.len() {
+            return Err(Error::bad_input(format!(
+                "shape {} of {dtype} needs {bytes} bytes, the device buffer has {}",
+                shape_str(shape),
+                buf.len()
+            )));
+        }
+        Ok(Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            storage: Storage::Cuda(buf),
+        })
+    }
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Self> {
         let n = shape.iter().product();
         let host = Tensor {

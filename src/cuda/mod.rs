@@ -1,31 +1,23 @@
-//! CUDA backend (feature `cuda`): runtime wrappers and safe kernel launchers.
-//! Placeholder: the CUDA foundation fills this in.
+//! CUDA backend (feature `cuda`): safe wrappers over the CUDA runtime and the kernel launchers.
+//!
+//! Layers, from the bottom: [`ffi`] (bindgen's declarations of `csrc/paradec_kernels.h` and
+//! of the runtime calls used), [`error`] (CUDA codes → [`crate::Error`]), RAII types
+//! ([`CudaStream`], [`DeviceBuffer`], [`CudaEvent`], [`CudaGraph`]), device queries
+//! ([`device`]), and [`kernels`]: safe launchers over device tensors, each the twin of a
+//! `cpu::` function with the same arguments. The CUDA runtime is linked statically; a machine
+//! without a driver or device gets `Error::NoDevice`.
 
-/// A CUDA stream.
-#[derive(Debug)]
-pub struct CudaStream;
+pub mod buffer;
+pub mod device;
+pub mod error;
+pub mod event;
+pub mod ffi;
+pub mod graph;
+pub mod kernels;
+pub mod stream;
 
-/// A device allocation.
-#[derive(Debug)]
-pub struct DeviceBuffer;
-
-impl DeviceBuffer {
-    pub fn device(&self) -> usize {
-        0
-    }
-    pub fn from_host(_ordinal: usize, _bytes: &[u8]) -> crate::Result<Self> {
-        Err(crate::Error::NoDevice(
-            "CUDA backend not implemented yet".into(),
-        ))
-    }
-    pub fn copy_to(&self, _ordinal: usize) -> crate::Result<Self> {
-        Err(crate::Error::NoDevice(
-            "CUDA backend not implemented yet".into(),
-        ))
-    }
-    pub fn to_host_bytes(&self) -> crate::Result<Vec<u8>> {
-        Err(crate::Error::NoDevice(
-            "CUDA backend not implemented yet".into(),
-        ))
-    }
-}
+pub use buffer::DeviceBuffer;
+pub use device::{device_count, is_available, properties, DeviceProperties};
+pub use event::CudaEvent;
+pub use graph::CudaGraph;
+pub use stream::CudaStream;

@@ -1,0 +1,108 @@
+// Helpers shared by paradec's kernel files: dtype traits, 16-byte vector pack/unpack, warp
+// reductions, and the launcher boundary (status from the launch, exceptions caught).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "paradec_kernels.h"
+
+namespace paradec {
+
+// Conversions between a 16-bit storage type and f32 (round to nearest even on the way back).
+template <typename T>
+struct Num;
+
+template <>
+struct Num<__half> {
+    using T2 = __half2;
+    static __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+    static __device__ __forceinline__ __half from_f(float x) { return __float2half_rn(x); }
+    static __device__ __forceinline__ float2 to_f2(__half2 v) { return __half22float2(v); }
+    static __device__ __forceinline__ __half2 from_f2(float2 v) { return __float22half2_rn(v); }
+};
+
+template <>
+struct Num<__nv_bfloat16> {
+    using T2 = __nv_bfloat162;
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float x) {
+        return __float2bfloat16_rn(x);
+    }
+    static __device__ __forceinline__ float2 to_f2(__nv_bfloat162 v) {
+        return __bfloat1622float2(v);
+    }
+    static __device__ __forceinline__ __nv_bfloat162 from_f2(float2 v) {
+        return __float22bfloat162_rn(v);
+    }
+};
+
+// Eight 16-bit elements travel as one 16-byte vector.
+constexpr int kVec = 8;
+
+template <typename T>
+__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[kVec]) {
+    const typename Num<T>::T2 *p = reinterpret_cast<const typename Num<T>::T2 *>(&v);
+#pragma unroll
+    for (int i = 0; i < kVec / 2; ++i) {
+        float2 t = Num<T>::to_f2(p[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ uint4 pack8(const float (&f)[kVec]) {
+    uint4 v;
+    typename Num<T>::T2 *p = reinterpret_cast<typename Num<T>::T2 *>(&v);
+#pragma unroll
+    for (int i = 0; i < kVec / 2; ++i) p[i] = Num<T>::from_f2(make_float2(f[2 * i], f[2 * i + 1]));
+    return v;
+}
+
+// Loads of 16 bytes: `ld_ro` through the read-only path (inputs nobody writes during the
+// kernel), `ld` plain (data the kernel also writes).
+__device__ __forceinline__ uint4 ld_ro(const void *p) {
+    return __ldg(reinterpret_cast<const uint4 *>(p));
+}
+__device__ __forceinline__ uint4 ld(const void *p) { return *reinterpret_cast<const uint4 *>(p); }
+__device__ __forceinline__ void st(void *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+inline bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// The status of the launch just made (0, or the cudaError_t it raised; clears it).
+inline int launch_status() {
+    cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? PARADEC_K_OK : static_cast<int>(e);
+}
+
+inline bool valid_dtype(int dtype) { return dtype == PARADEC_F16 || dtype == PARADEC_BF16; }
+
+// Calls f<__half>() or f<__nv_bfloat16>() by dtype code (checked by the caller).
+template <typename F>
+inline int dispatch_dtype(int dtype, F &&f) {
+    if (dtype == PARADEC_F16) return f(__half{});
+    return f(__nv_bfloat16{});
+}
+
+// Runs a launcher body; no C++ exception crosses the C boundary.
+template <typename F>
+inline int guarded(F &&body) noexcept {
+    try {
+        return body();
+    } catch (...) {
+        return PARADEC_K_INTERNAL;
+    }
+}
+
+}  // namespace paradec

@@ -1,0 +1,245 @@
+// Rotary position embedding of q and k fused with writing k and v into the KV cache: the CUDA
+// twin of cpu::rope::rotary_and_cache_write.
+//
+// One block per token (a few per token when there are few tokens). Its rot_dim/2 angles float(position)·inv_freq[j] get accurate sincosf
+// (not __sinf: positions reach tens of thousands of radians) once, into shared memory; then the
+// block's threads rotate every head of q and k in place (16-byte vectors when the shapes and
+// pointers allow, else one pair at a time), writing rotated k straight into the cache slot
+// past_len[b] + t, and copy k's unrotated tail and v into the cache.
+#include <algorithm>
+#include <climits>
+
+#include "common.cuh"
+
+namespace paradec {
+namespace {
+
+struct RopeArgs {
+    void *q;  // [tokens, heads, head_dim]
+    void *k;  // [tokens, kv_heads, head_dim]
+    const void *v;
+    int64_t tokens;
+    int64_t q_len;
+    int heads;
+    int kv_heads;
+    int head_dim;
+    const int64_t *positions;  // [tokens]
+    bool half_style;
+    int rot_dim;
+    const float *inv_freq;  // [rot_dim / 2] or null: no rotary
+    float attn_factor;
+    const int64_t *past_len;  // [batch]
+    int64_t capacity;
+    void *cache_k;  // [batch, capacity, kv_heads * head_dim] or null: no cache write
+    void *cache_v;
+};
+
+// Rotates the first rot_dim features of `heads` heads at x (in place); when `cache` is set, the
+// rotated values are also stored there (same layout as x).
+template <typename T, bool VEC>
+__device__ __forceinline__ void rotate_heads(T *x, T *cache, int heads, int hd, int rot_dim,
+                                             bool half_style, const float *cs, const float *sn) {
+    const int half = rot_dim / 2;
+    const int first = blockIdx.y * blockDim.x + threadIdx.x;
+    const int stride = blockDim.x * gridDim.y;
+    if (VEC) {
+        if (half_style) {
+            // Pairs (j, j + half): a vector at d and its partner at d + half.
+            const int cph = half / kVec;
+            for (int idx = first; idx < heads * cph; idx += stride) {
+                const int h = idx / cph;
+                const int d = (idx % cph) * kVec;
+                T *p = x + h * hd + d;
+                float x1[kVec], x2[kVec];
+                unpack8<T>(ld(p), x1);
+                unpack8<T>(ld(p + half), x2);
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) {
+                    const float c = cs[d + e], s = sn[d + e];
+                    const float a = x1[e], b = x2[e];
+                    x1[e] = a * c - b * s;
+                    x2[e] = b * c + a * s;
+                }
+                const uint4 v1 = pack8<T>(x1), v2 = pack8<T>(x2);
+                st(p, v1);
+                st(p + half, v2);
+                if (cache) {
+                    st(cache + h * hd + d, v1);
+                    st(cache + h * hd + d + half, v2);
+                }
+            }
+        } else {
+            // Adjacent pairs (2j, 2j + 1): four pairs per vector.
+            const int cph = rot_dim / kVec;
+            for (int idx = first; idx < heads * cph; idx += stride) {
+                const int h = idx / cph;
+                const int d = (idx % cph) * kVec;
+                T *p = x + h * hd + d;
+                float f[kVec];
+                unpack8<T>(ld(p), f);
+#pragma unroll
+                for (int e = 0; e < kVec / 2; ++e) {
+                    const int j = d / 2 + e;
+                    const float c = cs[j], s = sn[j];
+                    const float a = f[2 * e], b = f[2 * e + 1];
+                    f[2 * e] = a * c - b * s;
+                    f[2 * e + 1] = b * c + a * s;
+                }
+                const uint4 o = pack8<T>(f);
+                st(p, o);
+                if (cache) st(cache + h * hd + d, o);
+            }
+        }
+    } else {
+        for (int idx = first; idx < heads * half; idx += stride) {
+            const int h = idx / half;
+            const int j = idx % half;
+            const int i0 = half_style ? j : 2 * j;
+            const int i1 = half_style ? j + half : 2 * j + 1;
+            T *row = x + h * hd;
+            const float a = Num<T>::to_f(row[i0]), b = Num<T>::to_f(row[i1]);
+            const float c = cs[j], s = sn[j];
+            const T o0 = Num<T>::from_f(a * c - b * s);
+            const T o1 = Num<T>::from_f(b * c + a * s);
+            row[i0] = o0;
+            row[i1] = o1;
+            if (cache) {
+                cache[h * hd + i0] = o0;
+                cache[h * hd + i1] = o1;
+            }
+        }
+    }
+}
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(128) rope_cache_kernel(RopeArgs a) {
+    extern __shared__ float sm[];  // cos[half], sin[half]
+    const int64_t token = blockIdx.x;
+    const bool rot = a.inv_freq != nullptr;
+    const int half = rot ? a.rot_dim / 2 : 0;
+    float *cs = sm;
+    float *sn = sm + half;
+    if (rot) {
+        // As HF and the CPU twin: angle = float(position) · inv_freq in f32, accurate sin/cos.
+        const float p = static_cast<float>(a.positions[token]);
+        for (int j = threadIdx.x; j < half; j += blockDim.x) {
+            float s, c;
+            sincosf(p * a.inv_freq[j], &s, &c);
+            cs[j] = c * a.attn_factor;
+            sn[j] = s * a.attn_factor;
+        }
+    }
+    __syncthreads();
+
+    const int hd = a.head_dim;
+    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * hd;
+    const int64_t b = token / a.q_len;
+    const int64_t t = token % a.q_len;
+    T *q = static_cast<T *>(a.q) + token * a.heads * hd;
+    T *k = static_cast<T *>(a.k) + token * kv_dim;
+    T *ck = nullptr;
+    T *cv = nullptr;
+    if (a.cache_k) {
+        const int64_t slot = a.past_len[b] + t;
+        // A slot outside the cache is not written (the host checks capacity; see the header).
+        if (slot >= 0 && slot < a.capacity) {
+            ck = static_cast<T *>(a.cache_k) + (b * a.capacity + slot) * kv_dim;
+            cv = static_cast<T *>(a.cache_v) + (b * a.capacity + slot) * kv_dim;
+        }
+    }
+    if (rot) {
+        rotate_heads<T, VEC>(q, nullptr, a.heads, hd, a.rot_dim, a.half_style, cs, sn);
+        rotate_heads<T, VEC>(k, ck, a.kv_heads, hd, a.rot_dim, a.half_style, cs, sn);
+    }
+    if (ck) {
+        // k's features the rotation did not touch (all of them without rotary), and all of v.
+        const T *v = static_cast<const T *>(a.v) + token * kv_dim;
+        const int rd = rot ? a.rot_dim : 0;
+        const int first = blockIdx.y * blockDim.x + threadIdx.x;
+        const int stride = blockDim.x * gridDim.y;
+        if (VEC) {
+            const int cph = hd / kVec;
+            for (int idx = first; idx < a.kv_heads * cph; idx += stride) {
+                const int64_t e = static_cast<int64_t>(idx / cph) * hd + (idx % cph) * kVec;
+                if ((idx % cph) * kVec >= rd) st(ck + e, ld(k + e));
+                st(cv + e, ld_ro(v + e));
+            }
+        } else {
+            for (int64_t e = first; e < kv_dim; e += stride) {
+                if (e % hd >= rd) ck[e] = k[e];
+                cv[e] = v[e];
+            }
+        }
+    }
+}
+
+template <typename T>
+int launch_rope_t(const RopeArgs &a, cudaStream_t stream) {
+    const bool rot = a.inv_freq != nullptr;
+    const bool vec = a.head_dim % kVec == 0 &&
+                     (!rot || (a.half_style ? a.rot_dim % (2 * kVec) == 0
+                                            : a.rot_dim % kVec == 0)) &&
+                     aligned16(a.q) && aligned16(a.k) && (!a.cache_k || (aligned16(a.v) &&
+                     aligned16(a.cache_k) && aligned16(a.cache_v)));
+    const size_t smem = rot ? sizeof(float) * a.rot_dim : 0;
+    // Few tokens (decode): split each token's heads over several blocks to fill the GPU.
+    const int64_t items = (static_cast<int64_t>(a.heads) + 3 * a.kv_heads) * a.head_dim / kVec;
+    int split = 1;
+    if (a.tokens < 512) split = static_cast<int>(std::min<int64_t>(16, std::max<int64_t>(1, items / 128)));
+    const dim3 grid(static_cast<unsigned>(a.tokens), split);
+    if (vec)
+        rope_cache_kernel<T, true><<<grid, 128, smem, stream>>>(a);
+    else
+        rope_cache_kernel<T, false><<<grid, 128, smem, stream>>>(a);
+    return launch_status();
+}
+
+}  // namespace
+}  // namespace paradec
+
+extern "C" int paradec_rotary_cache_write(int dtype, void *q, void *k, const void *v,
+                                          size_t batch, size_t q_len, size_t heads,
+                                          size_t kv_heads, size_t head_dim,
+                                          const int64_t *positions, int style, size_t rot_dim,
+                                          const float *inv_freq, float attn_factor,
+                                          const int64_t *past_len, size_t capacity, void *cache_k,
+                                          void *cache_v, paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        const bool rot = inv_freq != nullptr;
+        const bool cache = cache_k != nullptr || cache_v != nullptr;
+        if (!q || !k) return PARADEC_K_NULL_POINTER;
+        if (rot && !positions) return PARADEC_K_NULL_POINTER;
+        if (cache && (!cache_k || !cache_v || !v || !past_len)) return PARADEC_K_NULL_POINTER;
+        if (rot && style != PARADEC_ROPE_INTERLEAVED && style != PARADEC_ROPE_HALF)
+            return PARADEC_K_BAD_ENUM;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (batch == 0 || q_len == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 ||
+            (cache && capacity == 0) || (rot && rot_dim == 0))
+            return PARADEC_K_ZERO_DIM;
+        if (head_dim > PARADEC_ROPE_MAX_HEAD_DIM || heads > static_cast<size_t>(INT_MAX) / head_dim ||
+            kv_heads > static_cast<size_t>(INT_MAX) / head_dim ||
+            batch > static_cast<size_t>(INT_MAX) / q_len || capacity > (size_t{1} << 40))
+            return PARADEC_K_DIM_TOO_LARGE;
+        if (rot && (rot_dim % 2 != 0 || rot_dim > head_dim)) return PARADEC_K_BAD_SHAPE;
+        paradec::RopeArgs a{q,
+                            k,
+                            v,
+                            static_cast<int64_t>(batch * q_len),
+                            static_cast<int64_t>(q_len),
+                            static_cast<int>(heads),
+                            static_cast<int>(kv_heads),
+                            static_cast<int>(head_dim),
+                            positions,
+                            style == PARADEC_ROPE_HALF,
+                            static_cast<int>(rot ? rot_dim : 0),
+                            inv_freq,
+                            attn_factor,
+                            past_len,
+                            static_cast<int64_t>(capacity),
+                            cache ? cache_k : nullptr,
+                            cache ? cache_v : nullptr};
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::launch_rope_t<decltype(tag)>(a, stream);
+        });
+    });
+}

@@ -1,0 +1,609 @@
+//! GPU bench (feature `cuda`): every kernel at prefill (16384×4096) and decode sizes (1, 8, 64
+//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of shared/GPU.md:
+//! warm up; time R back-to-back launches between two CUDA events and divide; median of many such
+//! samples; inputs rotated through sets larger than the L2 cache. The same launches replayed from
+//! a CUDA graph give a second time without launch gaps. Floors come from the same run: the
+//! streaming bandwidth is (bytes read + written) / time of a large device-to-device copy.
+//!
+//! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
+//! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
+
+use std::ffi::c_void;
+use std::io::Write;
+use std::ptr;
+
+use paradec::cuda::{self, ffi, CudaEvent, CudaGraph, CudaStream, DeviceBuffer};
+use paradec::{Error, Result};
+
+// ---- helpers -----------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dt {
+    F16,
+    Bf16,
+}
+
+impl Dt {
+    fn code(self) -> i32 {
+        match self {
+            Dt::F16 => ffi::paradec_dtype::PARADEC_F16 as i32,
+            Dt::Bf16 => ffi::paradec_dtype::PARADEC_BF16 as i32,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Dt::F16 => "f16",
+            Dt::Bf16 => "bf16",
+        }
+    }
+    fn bits(self, v: f32) -> u16 {
+        match self {
+            Dt::F16 => half::f16::from_f32(v).to_bits(),
+            Dt::Bf16 => half::bf16::from_f32(v).to_bits(),
+        }
+    }
+}
+
+fn status(s: i32, what: &str) -> Result<()> {
+    cuda::error::check_status(s, what)
+}
+
+/// `sets` equally sized slices of one device allocation, each `set_bytes` (rounded up to 256).
+struct Pool {
+    buf: DeviceBuffer,
+    stride: usize,
+}
+
+impl Pool {
+    fn new(set_bytes: usize, sets: usize) -> Result<Self> {
+        let stride = set_bytes.div_ceil(256) * 256;
+        Ok(Pool {
+            buf: DeviceBuffer::alloc(0, stride * sets)?,
+            stride,
+        })
+    }
+    /// Fills with random 16-bit floats in [lo, hi) (a 1 MiB pattern, tiled).
+    fn fill_float(&mut self, dt: Dt, lo: f32, hi: f32, seed: u64) -> Result<()> {
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pattern: Vec<u8> = (0..(1 << 19))
+            .flat_map(|_| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = (rng >> 40) as f32 / (1u64 << 24) as f32;
+                dt.bits(lo + (hi - lo) * u).to_le_bytes()
+            })
+            .collect();
+        let host: Vec<u8> = pattern
+            .iter()
+            .copied()
+            .cycle()
+            .take(self.buf.len())
+            .collect();
+        self.buf.copy_from_host(&host)
+    }
+    fn fill_bytes(&mut self, bytes_of_set: &[u8]) -> Result<()> {
+        let sets = self.buf.len() / self.stride;
+        let mut host = vec![0u8; self.buf.len()];
+        for s in 0..sets {
+            host[s * self.stride..s * self.stride + bytes_of_set.len()]
+                .copy_from_slice(bytes_of_set);
+        }
+        self.buf.copy_from_host(&host)
+    }
+    fn ptr(&self, set: usize) -> *mut c_void {
+        // Pointer arithmetic inside our allocation: set < sets.
+        (self.buf.as_ptr() as *mut u8).wrapping_add(set * self.stride) as *mut c_void
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+struct Bench {
+    stream: CudaStream,
+    l2: usize,
+    samples: usize,
+    /// Streaming bandwidth (read + write bytes per second) of a large device-to-device copy.
+    stream_bw: f64,
+}
+
+struct Timing {
+    b2b_us: f64,
+    graph_us: f64,
+}
+
+impl Bench {
+    /// Number of input sets so that all sets together exceed 3× the L2 cache (at least 2).
+    fn sets_for(&self, bytes_per_set: usize) -> usize {
+        (3 * self.l2).div_ceil(bytes_per_set.max(1)).clamp(2, 4096)
+    }
+
+    /// Median µs per launch, back-to-back and from a CUDA graph.
+    fn time(
+        &self,
+        sets: usize,
+        launch: &mut dyn FnMut(usize, &CudaStream) -> Result<()>,
+    ) -> Result<Timing> {
+        let s = &self.stream;
+        let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
+        for i in 0..3 {
+            launch(i % sets, s)?;
+        }
+        s.synchronize()?;
+        // Estimate one launch, then pick R so a sample lasts about 1.5 ms.
+        e0.record(s)?;
+        for i in 0..10 {
+            launch(i % sets, s)?;
+        }
+        e1.record(s)?;
+        e1.synchronize()?;
+        let est_us = (e0.elapsed_ms(&e1)? as f64 * 1e3 / 10.0).max(0.5);
+        let reps = ((1500.0 / est_us) as usize).clamp(5, 2000);
+        let mut b2b = Vec::with_capacity(self.samples);
+        let mut k = 0usize;
+        for _ in 0..self.samples {
+            e0.record(s)?;
+            for _ in 0..reps {
+                launch(k % sets, s)?;
+                k += 1;
+            }
+            e1.record(s)?;
+            e1.synchronize()?;
+            b2b.push(e0.elapsed_ms(&e1)? as f64 * 1e3 / reps as f64);
+        }
+        // The same launches captured into one graph.
+        let greps = reps.min(256);
+        let g = CudaGraph::capture(s, |st| {
+            for i in 0..greps {
+                launch(i % sets, st)?;
+            }
+            Ok(())
+        })?;
+        g.launch(s)?;
+        s.synchronize()?;
+        let mut gr = Vec::with_capacity(self.samples);
+        for _ in 0..self.samples {
+            e0.record(s)?;
+            g.launch(s)?;
+            e1.record(s)?;
+            e1.synchronize()?;
+            gr.push(e0.elapsed_ms(&e1)? as f64 * 1e3 / greps as f64);
+        }
+        Ok(Timing {
+            b2b_us: median(b2b),
+            graph_us: median(gr),
+        })
+    }
+}
+
+/// Streaming bandwidth: (read + write) bytes / time of a 256 MiB device-to-device copy.
+fn measure_stream_bw(stream: &CudaStream, samples: usize) -> Result<f64> {
+    let n = 256usize << 20;
+    let a = DeviceBuffer::zeroed(0, n)?;
+    let mut b = DeviceBuffer::zeroed(0, n)?;
+    let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
+    for _ in 0..3 {
+        b.copy_from_device_async(&a, stream)?;
+    }
+    let reps = 10;
+    let mut t = Vec::new();
+    for _ in 0..samples {
+        e0.record(stream)?;
+        for _ in 0..reps {
+            b.copy_from_device_async(&a, stream)?;
+        }
+        e1.record(stream)?;
+        e1.synchronize()?;
+        t.push(e0.elapsed_ms(&e1)? as f64 * 1e-3 / reps as f64);
+    }
+    Ok(2.0 * n as f64 / median(t))
+}
+
+// ---- cases -------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kernel {
+    RmsNorm,
+    LayerNorm,
+    AddRmsNorm,
+    LayerNorm2,
+    RopeCache,
+    Gelu,
+    SiluMul,
+    Add,
+    Embedding,
+}
+
+impl Kernel {
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::LayerNorm => "layer_norm",
+            Kernel::AddRmsNorm => "add_rms_norm",
+            Kernel::LayerNorm2 => "layer_norm2",
+            Kernel::RopeCache => "rope_cache",
+            Kernel::Gelu => "gelu",
+            Kernel::SiluMul => "silu_mul",
+            Kernel::Add => "add",
+            Kernel::Embedding => "embedding",
+        }
+    }
+    const ALL: [Kernel; 9] = [
+        Kernel::RmsNorm,
+        Kernel::LayerNorm,
+        Kernel::AddRmsNorm,
+        Kernel::LayerNorm2,
+        Kernel::RopeCache,
+        Kernel::Gelu,
+        Kernel::SiluMul,
+        Kernel::Add,
+        Kernel::Embedding,
+    ];
+}
+
+struct Row {
+    kernel: &'static str,
+    dtype: &'static str,
+    shape: String,
+    bytes: usize,
+    t: Timing,
+}
+
+fn run_case(b: &Bench, k: Kernel, dt: Dt, rows: usize, cols: usize) -> Result<Row> {
+    let n = rows * cols;
+    let eb = 2usize; // bytes per element
+    let mat = n * eb;
+    let vecb = cols * eb;
+    let rms = ffi::paradec_norm_kind::PARADEC_RMS_NORM as i32;
+    let ln = ffi::paradec_norm_kind::PARADEC_LAYER_NORM as i32;
+    let shape = format!("{rows}x{cols}");
+    match k {
+        Kernel::RmsNorm | Kernel::LayerNorm | Kernel::AddRmsNorm | Kernel::LayerNorm2 => {
+            let (ins, outs) = match k {
+                Kernel::AddRmsNorm => (2, 2), // x, residual in; x, out written
+                Kernel::LayerNorm2 => (1, 2),
+                _ => (1, 1),
+            };
+            let per_set = (ins + outs) * mat;
+            let sets = b.sets_for(per_set);
+            let mut x = Pool::new(mat, sets)?;
+            x.fill_float(dt, -2.0, 2.0, 1)?;
+            let mut r = Pool::new(if k == Kernel::AddRmsNorm { mat } else { 0 }, sets)?;
+            if k == Kernel::AddRmsNorm {
+                // Small residuals keep x bounded over thousands of in-place adds.
+                r.fill_float(dt, -1e-3, 1e-3, 2)?;
+            }
+            let out = Pool::new(mat, sets)?;
+            let out2 = Pool::new(if k == Kernel::LayerNorm2 { mat } else { 0 }, sets)?;
+            let mut w = Pool::new(vecb, 2)?;
+            w.fill_float(dt, 0.5, 1.5, 3)?;
+            let mut bias = Pool::new(vecb, 2)?;
+            bias.fill_float(dt, -0.5, 0.5, 4)?;
+            let kind = if matches!(k, Kernel::RmsNorm | Kernel::AddRmsNorm) {
+                rms
+            } else {
+                ln
+            };
+            let with_bias = kind == ln;
+            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+                // SAFETY: every pointer is a set of a live pool sized for rows×cols (or cols).
+                let code = unsafe {
+                    ffi::paradec_norm_fused(
+                        kind,
+                        dt.code(),
+                        x.ptr(i),
+                        if k == Kernel::AddRmsNorm {
+                            r.ptr(i)
+                        } else {
+                            ptr::null_mut()
+                        },
+                        w.ptr(0),
+                        if with_bias {
+                            bias.ptr(0)
+                        } else {
+                            ptr::null_mut()
+                        },
+                        out.ptr(i),
+                        if k == Kernel::LayerNorm2 {
+                            w.ptr(1)
+                        } else {
+                            ptr::null_mut()
+                        },
+                        if k == Kernel::LayerNorm2 {
+                            bias.ptr(1)
+                        } else {
+                            ptr::null_mut()
+                        },
+                        if k == Kernel::LayerNorm2 {
+                            out2.ptr(i)
+                        } else {
+                            ptr::null_mut()
+                        },
+                        rows,
+                        cols,
+                        1e-5,
+                        st.raw(),
+                    )
+                };
+                status(code, "paradec_norm_fused")
+            };
+            let t = b.time(sets, &mut launch)?;
+            Ok(Row {
+                kernel: k.name(),
+                dtype: dt.name(),
+                shape,
+                bytes: per_set,
+                t,
+            })
+        }
+        Kernel::RopeCache => {
+            // Heads of 128, GQA 4:1, NeoX-style full rotary. Prefill: one sequence of `rows`
+            // tokens into an empty cache; decode: `rows` sequences of one token at past 1000.
+            let head_dim = 128;
+            let heads = cols / head_dim;
+            let kv = (heads / 4).max(1);
+            let (batch, q_len, past) = if rows >= 1024 {
+                (1, rows, 0)
+            } else {
+                (rows, 1, 1000)
+            };
+            let capacity = past + q_len;
+            let tokens = batch * q_len;
+            let qb = tokens * heads * head_dim * eb;
+            let kb = tokens * kv * head_dim * eb;
+            // q and k read + written, v read, k and v written to the cache, positions read.
+            let per_set = 2 * qb + 2 * kb + kb + 2 * kb + tokens * 8;
+            let sets = b.sets_for(per_set);
+            let mut q = Pool::new(qb, sets)?;
+            q.fill_float(dt, -2.0, 2.0, 5)?;
+            let mut kp = Pool::new(kb, sets)?;
+            kp.fill_float(dt, -2.0, 2.0, 6)?;
+            let mut v = Pool::new(kb, sets)?;
+            v.fill_float(dt, -2.0, 2.0, 7)?;
+            let pos: Vec<u8> = (0..batch)
+                .flat_map(|_| (0..q_len).map(|t| (past + t) as i64))
+                .flat_map(|p| p.to_le_bytes())
+                .collect();
+            let mut positions = Pool::new(pos.len(), sets)?;
+            positions.fill_bytes(&pos)?;
+            let past_b: Vec<u8> = (0..batch)
+                .flat_map(|_| (past as i64).to_le_bytes())
+                .collect();
+            let mut past_len = Pool::new(past_b.len(), 1)?;
+            past_len.fill_bytes(&past_b)?;
+            let inv: Vec<u8> = (0..head_dim / 2)
+                .map(|j| 1.0f32 / 10000f32.powf(2.0 * j as f32 / head_dim as f32))
+                .flat_map(|f| f.to_le_bytes())
+                .collect();
+            let mut inv_freq = Pool::new(inv.len(), 1)?;
+            inv_freq.fill_bytes(&inv)?;
+            let cache_bytes = batch * capacity * kv * head_dim * eb;
+            let ck = Pool::new(cache_bytes, 1)?;
+            let cv = Pool::new(cache_bytes, 1)?;
+            let half = ffi::paradec_rope_style::PARADEC_ROPE_HALF as i32;
+            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+                // SAFETY: pool sets sized for these shapes; past + q_len ≤ capacity.
+                let code = unsafe {
+                    ffi::paradec_rotary_cache_write(
+                        dt.code(),
+                        q.ptr(i),
+                        kp.ptr(i),
+                        v.ptr(i),
+                        batch,
+                        q_len,
+                        heads,
+                        kv,
+                        head_dim,
+                        positions.ptr(i) as *const i64,
+                        half,
+                        head_dim,
+                        inv_freq.ptr(0) as *const f32,
+                        1.0,
+                        past_len.ptr(0) as *const i64,
+                        capacity,
+                        ck.ptr(0),
+                        cv.ptr(0),
+                        st.raw(),
+                    )
+                };
+                status(code, "paradec_rotary_cache_write")
+            };
+            let t = b.time(sets, &mut launch)?;
+            Ok(Row {
+                kernel: k.name(),
+                dtype: dt.name(),
+                shape,
+                bytes: per_set,
+                t,
+            })
+        }
+        Kernel::Gelu | Kernel::SiluMul | Kernel::Add => {
+            let per_set = if k == Kernel::Gelu { 2 * mat } else { 3 * mat };
+            let sets = b.sets_for(per_set);
+            let mut x = Pool::new(mat, sets)?;
+            x.fill_float(dt, -2.0, 2.0, 8)?;
+            let mut y = Pool::new(if k == Kernel::Gelu { 0 } else { mat }, sets)?;
+            if k != Kernel::Gelu {
+                y.fill_float(dt, -1e-3, 1e-3, 9)?;
+            }
+            let out = Pool::new(if k == Kernel::SiluMul { mat } else { 0 }, sets)?;
+            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+                // SAFETY: pool sets of n elements each.
+                let code = unsafe {
+                    match k {
+                        Kernel::Gelu => ffi::paradec_activate(
+                            ffi::paradec_activation::PARADEC_GELU_ERF as i32,
+                            dt.code(),
+                            x.ptr(i),
+                            n,
+                            st.raw(),
+                        ),
+                        Kernel::SiluMul => ffi::paradec_act_mul(
+                            ffi::paradec_activation::PARADEC_SILU as i32,
+                            dt.code(),
+                            x.ptr(i),
+                            y.ptr(i),
+                            out.ptr(i),
+                            n,
+                            st.raw(),
+                        ),
+                        _ => ffi::paradec_add_inplace(dt.code(), x.ptr(i), y.ptr(i), n, st.raw()),
+                    }
+                };
+                status(code, k.name())
+            };
+            let t = b.time(sets, &mut launch)?;
+            Ok(Row {
+                kernel: k.name(),
+                dtype: dt.name(),
+                shape,
+                bytes: per_set,
+                t,
+            })
+        }
+        Kernel::Embedding => {
+            let vocab = 32000usize;
+            let per_set = 2 * mat + rows * 4;
+            let sets = b.sets_for(per_set);
+            let mut table = Pool::new(vocab * vecb, 1)?;
+            table.fill_float(dt, -1.0, 1.0, 10)?;
+            let mut ids = Pool::new(rows * 4, sets)?;
+            let ids_b: Vec<u8> = (0..rows)
+                .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as i32)
+                .flat_map(|i| i.to_le_bytes())
+                .collect();
+            ids.fill_bytes(&ids_b)?;
+            let out = Pool::new(mat, sets)?;
+            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+                // SAFETY: ids within the vocabulary; pool sets sized for rows×cols.
+                let code = unsafe {
+                    ffi::paradec_embedding(
+                        dt.code(),
+                        table.ptr(0),
+                        vocab,
+                        cols,
+                        ids.ptr(i),
+                        ffi::paradec_id_type::PARADEC_IDS_I32 as i32,
+                        rows,
+                        out.ptr(i),
+                        st.raw(),
+                    )
+                };
+                status(code, "paradec_embedding")
+            };
+            let t = b.time(sets, &mut launch)?;
+            Ok(Row {
+                kernel: k.name(),
+                dtype: dt.name(),
+                shape,
+                bytes: per_set,
+                t,
+            })
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let csv = args
+        .iter()
+        .position(|a| a == "--csv")
+        .and_then(|i| args.get(i + 1).cloned());
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+
+    let props = match cuda::properties(0) {
+        Ok(p) => p,
+        Err(Error::NoDevice(m)) => {
+            eprintln!("gpu_bench: no CUDA device ({m})");
+            std::process::exit(2);
+        }
+        Err(e) => return Err(e),
+    };
+    let stream = CudaStream::new(0)?;
+    let samples = if quick { 7 } else { 15 };
+    let stream_bw = measure_stream_bw(&stream, samples)?;
+    let b = Bench {
+        stream,
+        l2: props.l2_cache_bytes,
+        samples,
+        stream_bw,
+    };
+    println!(
+        "# {} (sm_{}{}, {} SMs, L2 {} MiB); streaming bandwidth (256 MiB d2d copy, read+write): {:.0} GB/s",
+        props.name,
+        props.compute_capability.0,
+        props.compute_capability.1,
+        props.multiprocessors,
+        props.l2_cache_bytes >> 20,
+        stream_bw / 1e9
+    );
+    let shapes: Vec<(usize, usize)> = if quick {
+        vec![(16384, 4096), (1, 4096), (64, 8192)]
+    } else {
+        vec![
+            (16384, 4096),
+            (1, 4096),
+            (8, 4096),
+            (64, 4096),
+            (1, 8192),
+            (8, 8192),
+            (64, 8192),
+        ]
+    };
+    let mut rows = Vec::new();
+    for k in Kernel::ALL {
+        if let Some(o) = &only {
+            if !k.name().contains(o.as_str()) {
+                continue;
+            }
+        }
+        for dt in [Dt::F16, Dt::Bf16] {
+            for &(r, c) in &shapes {
+                let row = run_case(&b, k, dt, r, c)?;
+                rows.push(row);
+            }
+        }
+    }
+
+    let mut out = String::new();
+    out.push_str("kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_stream\n");
+    println!(
+        "\n| kernel | dtype | shape | µs (b2b) | µs (graph) | GB/s | % of stream BW |\n|---|---|---|---|---|---|---|"
+    );
+    for r in &rows {
+        let best = r.t.b2b_us.min(r.t.graph_us);
+        let gbps = r.bytes as f64 / (best * 1e-6) / 1e9;
+        let pct = 100.0 * gbps * 1e9 / b.stream_bw;
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0}% |",
+            r.kernel, r.dtype, r.shape, r.t.b2b_us, r.t.graph_us, gbps, pct
+        );
+        out.push_str(&format!(
+            "{},{},{},{:.3},{:.3},{},{:.1},{:.1}\n",
+            r.kernel, r.dtype, r.shape, r.t.b2b_us, r.t.graph_us, r.bytes, gbps, pct
+        ));
+    }
+    println!("(GB/s and % from the faster of the two times; % of the copy's read+write bandwidth)");
+    if let Some(path) = csv {
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        writeln!(
+            f,
+            "# device,{},stream_gbps,{:.1}",
+            props.name,
+            b.stream_bw / 1e9
+        )
+        .map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        f.write_all(out.as_bytes())
+            .map_err(|e| Error::Io(format!("{path}: {e}")))?;
+    }
+    Ok(())
+}

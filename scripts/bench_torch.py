@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""PyTorch's versions of paradec's kernels, timed exactly as examples/gpu_bench.rs times them
+(shared/GPU.md's protocol): warm up; R back-to-back calls between two CUDA events, divided by R;
+the median of several samples; inputs rotated through sets larger than 3x the L2 cache; and the
+same calls replayed from a CUDA graph. Prints the same table and writes the same CSV columns, so
+scripts/bench_join.py can put the two side by side.
+
+    python3 scripts/bench_torch.py [--quick] [--csv FILE] [--only SUBSTRING]
+"""
+import argparse
+import math
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-5
+
+
+def median(v):
+    return statistics.median(v)
+
+
+class Bench:
+    def __init__(self, samples):
+        self.samples = samples
+        props = torch.cuda.get_device_properties(0)
+        self.l2 = getattr(props, "L2_cache_size", 50 << 20)
+        self.name = props.name
+
+    def sets_for(self, bytes_per_set):
+        return max(2, min(4096, math.ceil(3 * self.l2 / max(1, bytes_per_set))))
+
+    def time(self, sets, fn):
+        """Median µs per call, back-to-back and from a CUDA graph; fn(i) runs on set i."""
+        e0 = torch.cuda.Event(enable_timing=True)
+        e1 = torch.cuda.Event(enable_timing=True)
+        for i in range(3):
+            fn(i % sets)
+        torch.cuda.synchronize()
+        e0.record()
+        for i in range(10):
+            fn(i % sets)
+        e1.record()
+        e1.synchronize()
+        est_us = max(0.5, e0.elapsed_time(e1) * 1e3 / 10)
+        reps = int(min(2000, max(5, 1500 / est_us)))
+        b2b = []
+        k = 0
+        for _ in range(self.samples):
+            e0.record()
+            for _ in range(reps):
+                fn(k % sets)
+                k += 1
+            e1.record()
+            e1.synchronize()
+            b2b.append(e0.elapsed_time(e1) * 1e3 / reps)
+        greps = min(reps, 256)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for i in range(3):
+                fn(i % sets)
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(greps):
+                fn(i % sets)
+        g.replay()
+        torch.cuda.synchronize()
+        gr = []
+        for _ in range(self.samples):
+            e0.record()
+            g.replay()
+            e1.record()
+            e1.synchronize()
+            gr.append(e0.elapsed_time(e1) * 1e3 / greps)
+        del g
+        return median(b2b), median(gr)
+
+
+def rand(shape, dtype, lo=-2.0, hi=2.0):
+    return torch.empty(shape, dtype=dtype, device="cuda").uniform_(lo, hi)
+
+
+def case(b, kernel, dtype, rows, cols):
+    """(bytes moved per call, b2b µs, graph µs) for one kernel and shape, or None."""
+    eb = 2
+    n = rows * cols
+    mat = n * eb
+    if kernel in ("rms_norm", "layer_norm", "add_rms_norm", "layer_norm2"):
+        ins, outs = {"add_rms_norm": (2, 2), "layer_norm2": (1, 2)}.get(kernel, (1, 1))
+        per = (ins + outs) * mat
+        sets = b.sets_for(per)
+        xs = [rand((rows, cols), dtype) for _ in range(sets)]
+        rs = [rand((rows, cols), dtype, -1e-3, 1e-3) for _ in range(sets)] if kernel == "add_rms_norm" else None
+        w = [rand((cols,), dtype, 0.5, 1.5) for _ in range(2)]
+        bias = [rand((cols,), dtype, -0.5, 0.5) for _ in range(2)]
+        if kernel == "rms_norm":
+            fn = lambda i: F.rms_norm(xs[i], (cols,), w[0], EPS)
+        elif kernel == "layer_norm":
+            fn = lambda i: F.layer_norm(xs[i], (cols,), w[0], bias[0], EPS)
+        elif kernel == "add_rms_norm":
+            def fn(i):
+                xs[i].add_(rs[i])
+                return F.rms_norm(xs[i], (cols,), w[0], EPS)
+        else:
+            def fn(i):
+                return (F.layer_norm(xs[i], (cols,), w[0], bias[0], EPS),
+                        F.layer_norm(xs[i], (cols,), w[1], bias[1], EPS))
+        return (per,) + b.time(sets, fn)
+    if kernel == "rope_cache":
+        head_dim = 128
+        heads = cols // head_dim
+        kv = max(1, heads // 4)
+        if rows >= 1024:
+            batch, q_len, past = 1, rows, 0
+        else:
+            batch, q_len, past = rows, 1, 1000
+        capacity = past + q_len
+        tok = batch * q_len
+        qb, kb = tok * heads * head_dim * eb, tok * kv * head_dim * eb
+        per = 2 * qb + 2 * kb + kb + 2 * kb + tok * 8
+        sets = b.sets_for(per)
+        qs = [rand((batch, q_len, heads, head_dim), dtype) for _ in range(sets)]
+        ks = [rand((batch, q_len, kv, head_dim), dtype) for _ in range(sets)]
+        vs = [rand((batch, q_len, kv, head_dim), dtype) for _ in range(sets)]
+        pos = (torch.arange(q_len, device="cuda") + past).repeat(batch, 1)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cuda").float() / head_dim))
+        cache_k = rand((batch, capacity, kv, head_dim), dtype)
+        cache_v = rand((batch, capacity, kv, head_dim), dtype)
+        bidx = torch.arange(batch, device="cuda")[:, None]
+        slots = pos  # past + t
+
+        def rotate_half(x):
+            x1, x2 = x[..., : head_dim // 2], x[..., head_dim // 2:]
+            return torch.cat((-x2, x1), dim=-1)
+
+        def fn(i):
+            # As HF: cos/sin from positions, q·cos + rotate_half(q)·sin, then the cache write.
+            freqs = pos[..., None].float() * inv_freq
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos = emb.cos().to(dtype)[:, :, None, :]
+            sin = emb.sin().to(dtype)[:, :, None, :]
+            q, k = qs[i], ks[i]
+            q.copy_(q * cos + rotate_half(q) * sin)
+            k.copy_(k * cos + rotate_half(k) * sin)
+            cache_k[bidx, slots] = k
+            cache_v[bidx, slots] = vs[i]
+        return (per,) + b.time(sets, fn)
+    if kernel in ("gelu", "silu_mul", "add"):
+        per = (2 if kernel == "gelu" else 3) * mat
+        sets = b.sets_for(per)
+        xs = [rand((rows, cols), dtype) for _ in range(sets)]
+        ys = [rand((rows, cols), dtype, -1e-3, 1e-3) for _ in range(sets)] if kernel != "gelu" else None
+        if kernel == "gelu":
+            fn = lambda i: F.gelu(xs[i])
+        elif kernel == "silu_mul":
+            fn = lambda i: F.silu(xs[i]) * ys[i]
+        else:
+            fn = lambda i: xs[i].add_(ys[i])
+        return (per,) + b.time(sets, fn)
+    if kernel == "embedding":
+        vocab = 32000
+        per = 2 * mat + rows * 4
+        sets = b.sets_for(per)
+        table = rand((vocab, cols), dtype)
+        ids = [torch.randint(0, vocab, (rows,), device="cuda", dtype=torch.int32) for _ in range(sets)]
+        fn = lambda i: F.embedding(ids[i], table)
+        return (per,) + b.time(sets, fn)
+    return None
+
+
+KERNELS = ["rms_norm", "layer_norm", "add_rms_norm", "layer_norm2", "rope_cache", "gelu",
+           "silu_mul", "add", "embedding"]
+
+
+def stream_bw(samples):
+    n = 256 << 20
+    a = torch.zeros(n, dtype=torch.uint8, device="cuda")
+    c = torch.zeros_like(a)
+    e0 = torch.cuda.Event(enable_timing=True)
+    e1 = torch.cuda.Event(enable_timing=True)
+    for _ in range(3):
+        c.copy_(a)
+    t = []
+    for _ in range(samples):
+        e0.record()
+        for _ in range(10):
+            c.copy_(a)
+        e1.record()
+        e1.synchronize()
+        t.append(e0.elapsed_time(e1) * 1e-3 / 10)
+    return 2 * n / median(t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--csv")
+    ap.add_argument("--only")
+    a = ap.parse_args()
+    b = Bench(7 if a.quick else 15)
+    bw = stream_bw(b.samples)
+    print(f"# PyTorch {torch.__version__} on {b.name}; streaming bandwidth (256 MiB copy): {bw / 1e9:.0f} GB/s")
+    shapes = ([(16384, 4096), (1, 4096), (64, 8192)] if a.quick else
+              [(16384, 4096), (1, 4096), (8, 4096), (64, 4096), (1, 8192), (8, 8192), (64, 8192)])
+    rows_out = []
+    for k in KERNELS:
+        if a.only and a.only not in k:
+            continue
+        for dt, dn in ((torch.float16, "f16"), (torch.bfloat16, "bf16")):
+            for r, c in shapes:
+                res = case(b, k, dt, r, c)
+                if res is None:
+                    continue
+                per, us_b2b, us_graph = res
+                rows_out.append((k, dn, f"{r}x{c}", us_b2b, us_graph, per))
+                torch.cuda.empty_cache()
+    lines = ["kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_stream"]
+    print("\n| kernel | dtype | shape | µs (b2b) | µs (graph) | GB/s | % of stream BW |")
+    print("|---|---|---|---|---|---|---|")
+    for k, dn, sh, ub, ug, per in rows_out:
+        best = min(ub, ug)
+        gbps = per / (best * 1e-6) / 1e9
+        pct = 100 * gbps * 1e9 / bw
+        print(f"| {k} | {dn} | {sh} | {ub:.2f} | {ug:.2f} | {gbps:.0f} | {pct:.0f}% |")
+        lines.append(f"{k},{dn},{sh},{ub:.3f},{ug:.3f},{per},{gbps:.1f},{pct:.1f}")
+    if a.csv:
+        with open(a.csv, "w") as f:
+            f.write(f"# device,{b.name},stream_gbps,{bw / 1e9:.1f},torch,{torch.__version__}\n")
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
