@@ -550,7 +550,7 @@ pub fn embedding(
 ) -> Result<()> {
     let dtype = table.dtype();
     let code = dtype_code(dtype, "embedding table")?;
-    if hidden == 0 || table.numel() % hidden != 0 {
+    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
         return Err(Error::bad_input(format!(
             "embedding table: shape {:?} is not [vocab, {hidden}]",
             table.shape()
