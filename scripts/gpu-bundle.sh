@@ -27,7 +27,7 @@ for line in sys.stdin:
 }
 
 {
-  cargo test --release --features cuda --no-run --test gpu_kernels --message-format=json
+  cargo test --release --features cuda --no-run --test gpu_kernels --test gpu_ops --message-format=json
   cargo bench --features cuda --no-run --bench gpu_smoke --message-format=json
   cargo build --release --features cuda --example gpu_bench --message-format=json
 } | executables | while read -r name exe; do
@@ -38,6 +38,8 @@ done
 
 cp scripts/gpu-run.sh "$B/run.sh"
 cp scripts/bench_torch.py scripts/bench_join.py "$B/"
+# The fixture models the ops tests load (PARADEC_FIXTURES points there).
+mkdir -p "$B/fixtures" && cp -r tests/fixtures/cohere "$B/fixtures/"
 size=$(du -sm "$B" | cut -f1)
 echo "gpu-bundle: ${size} MiB" >&2
 if (( size >= 64 )); then

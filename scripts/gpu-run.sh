@@ -28,6 +28,11 @@ if want tests; then
   "$D/bin/gpu_kernels" --nocapture >> "$OUT/tests.log" 2>&1
   rc=$?
   SUMMARY+=("tests (rc=$rc): $(grep -E '^test result' "$OUT/tests.log" | tail -n1)")
+  if [[ -x "$D/bin/gpu_ops" ]]; then
+    (cd "$D/.." && PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu_ops" --nocapture) >> "$OUT/tests.log" 2>&1
+    rc=$?
+    SUMMARY+=("ops tests (rc=$rc): $(grep -E '^test result' "$OUT/tests.log" | tail -n1)")
+  fi
   grep -E 'FAILED|panicked|relative error' "$OUT/tests.log" | head -n 20
 fi
 
@@ -36,8 +41,10 @@ if want sanitize; then
     export PARADEC_GPU_SMALL=1
     compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 99 \
       "$D/bin/gpu_kernels" --test-threads=1 > "$OUT/memcheck.log" 2>&1
+    [[ -x "$D/bin/gpu_ops" ]] && PARADEC_FIXTURES="$D/fixtures" compute-sanitizer --tool memcheck \
+      --report-api-errors no --error-exitcode 99 "$D/bin/gpu_ops" --test-threads=1 >> "$OUT/memcheck.log" 2>&1
     rc=$?
-    SUMMARY+=("memcheck (rc=$rc): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -n1) / $(grep -E '^test result' "$OUT/memcheck.log" | tail -n1)")
+    SUMMARY+=("memcheck (rc of the last=$rc): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$OUT/memcheck.log" | tr '\n' ' ')")
     # Kernels with shared memory: norms and rotary.
     compute-sanitizer --tool racecheck --error-exitcode 99 \
       "$D/bin/gpu_kernels" --test-threads=1 norm rotary > "$OUT/racecheck.log" 2>&1

@@ -51,6 +51,45 @@ fn gpu_missing(op: &str) -> Error {
     Error::unsupported(format!("{op} has no CUDA kernel yet; run it on the CPU"))
 }
 
+/// The CUDA stream of a call on device tensors.
+#[cfg(feature = "cuda")]
+fn cuda_stream(s: &Stream) -> Result<&crate::cuda::CudaStream> {
+    match s {
+        Stream::Cuda(c) => Ok(c),
+        Stream::Host => Err(Error::bad_input(
+            "an op on CUDA tensors needs a CUDA stream, got the host stream",
+        )),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn device_affine<'a>(a: &Affine<'a>) -> crate::cuda::kernels::NormAffine<'a> {
+    crate::cuda::kernels::NormAffine {
+        weight: a.weight,
+        bias: a.bias,
+    }
+}
+
+/// Runs a CUDA launcher in builds with the `cuda` feature; without it no tensor can be on a
+/// device, so the arm only reports that.
+macro_rules! on_cuda {
+    ($s:ident => $call:expr) => {{
+        #[cfg(feature = "cuda")]
+        let r: Result<()> = {
+            let $s = cuda_stream($s)?;
+            $call
+        };
+        #[cfg(not(feature = "cuda"))]
+        let r: Result<()> = {
+            let _ = $s;
+            Err(Error::NoDevice(
+                "paradec was built without the `cuda` feature".into(),
+            ))
+        };
+        r
+    }};
+}
+
 /// Runs `f` on the f32 values of a host tensor and writes them back (in place for f32).
 fn with_f32_mut<R>(t: &mut Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<R> {
     if let Ok(s) = t.as_f32_mut() {
@@ -86,7 +125,7 @@ impl Affine<'_> {
 
 /// `out = norm(x)` over rows of `x.cols()`.
 pub fn norm(
-    _s: &Stream,
+    s: &Stream,
     kind: NormKind,
     x: &Tensor,
     affine: &Affine<'_>,
@@ -109,7 +148,16 @@ pub fn norm(
                 cpu::norm::norm(kind, &xv, x.rows(), cols, a, eps, o)
             })
         }
-        Device::Cuda(_) => Err(gpu_missing("norm")),
+        Device::Cuda(_) => on_cuda!(s => crate::cuda::kernels::norm(
+            kind,
+            x,
+            x.rows(),
+            cols,
+            device_affine(affine),
+            eps,
+            out,
+            s
+        )),
     }
 }
 
@@ -124,8 +172,29 @@ pub fn norm2(
     out_a: &mut Tensor,
     out_b: &mut Tensor,
 ) -> Result<()> {
-    norm(s, kind, x, affine_a, eps, out_a)?;
-    norm(s, kind, x, affine_b, eps, out_b)
+    if x.device() == Device::Cpu {
+        norm(s, kind, x, affine_a, eps, out_a)?;
+        return norm(s, kind, x, affine_b, eps, out_b);
+    }
+    float("norm input", x)?;
+    let cols = x.cols();
+    affine_a.check("first norm", cols)?;
+    affine_b.check("second norm", cols)?;
+    numel("first norm output", out_a, x.numel())?;
+    numel("second norm output", out_b, x.numel())?;
+    // One read of x for both outputs.
+    on_cuda!(s => crate::cuda::kernels::norm2(
+        kind,
+        x,
+        x.rows(),
+        cols,
+        device_affine(affine_a),
+        device_affine(affine_b),
+        eps,
+        out_a,
+        out_b,
+        s
+    ))
 }
 
 /// Norm of each head's `head_dim` features; `weight`/`bias` hold either one row shared by all
@@ -274,17 +343,17 @@ pub fn quant_linear(
 }
 
 /// `x = act(x)` in place.
-pub fn activate(_s: &Stream, act: Activation, x: &mut Tensor) -> Result<()> {
+pub fn activate(s: &Stream, act: Activation, x: &mut Tensor) -> Result<()> {
     float("activation input", x)?;
     match x.device() {
         Device::Cpu => with_f32_mut(x, |v| cpu::activation::activate(act, v)),
-        Device::Cuda(_) => Err(gpu_missing("activate")),
+        Device::Cuda(_) => on_cuda!(s => crate::cuda::kernels::activate(act, x, s)),
     }
 }
 
 /// `out = act(gate) · up`.
 pub fn act_mul(
-    _s: &Stream,
+    s: &Stream,
     act: Activation,
     gate: &Tensor,
     up: &Tensor,
@@ -299,12 +368,18 @@ pub fn act_mul(
             let (g, u) = (gate.f32_values()?, up.f32_values()?);
             with_f32_mut(out, |o| cpu::activation::act_mul(act, &g, &u, o))
         }
-        Device::Cuda(_) => Err(gpu_missing("act_mul")),
+        Device::Cuda(_) => on_cuda!(s => crate::cuda::kernels::act_mul(
+            act,
+            gate,
+            up,
+            out,
+            s
+        )),
     }
 }
 
 /// `x += y`.
-pub fn add_inplace(_s: &Stream, x: &mut Tensor, y: &Tensor) -> Result<()> {
+pub fn add_inplace(s: &Stream, x: &mut Tensor, y: &Tensor) -> Result<()> {
     float("sum", x)?;
     float("addend", y)?;
     numel("addend", y, x.numel())?;
@@ -313,7 +388,7 @@ pub fn add_inplace(_s: &Stream, x: &mut Tensor, y: &Tensor) -> Result<()> {
             let yv = y.f32_values()?;
             with_f32_mut(x, |xv| cpu::activation::add_inplace(xv, &yv))
         }
-        Device::Cuda(_) => Err(gpu_missing("add_inplace")),
+        Device::Cuda(_) => on_cuda!(s => crate::cuda::kernels::add_inplace(x, y, s)),
     }
 }
 
