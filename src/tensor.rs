@@ -110,17 +110,26 @@ impl HostData {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn zeros(dtype: DType, n: usize) -> Self {
-        match dtype {
-            DType::F16 => HostData::F16(vec![f16::ZERO; n]),
-            DType::BF16 => HostData::BF16(vec![bf16::ZERO; n]),
-            DType::F32 => HostData::F32(vec![0.0; n]),
-            DType::I8 => HostData::I8(vec![0; n]),
-            DType::U8 => HostData::U8(vec![0; n]),
-            DType::I16 => HostData::I16(vec![0; n]),
-            DType::I32 => HostData::I32(vec![0; n]),
-            DType::I64 => HostData::I64(vec![0; n]),
+    /// `n` zeros of `dtype`; an allocation the host cannot make is `Error::OutOfMemory`, not
+    /// an abort.
+    pub fn zeros(dtype: DType, n: usize) -> Result<Self> {
+        fn filled<T: Clone>(v: T, n: usize, dtype: DType) -> Result<Vec<T>> {
+            let mut x = Vec::new();
+            x.try_reserve_exact(n)
+                .map_err(|_| Error::OutOfMemory(format!("host: {n} elements of {dtype}")))?;
+            x.resize(n, v);
+            Ok(x)
         }
+        Ok(match dtype {
+            DType::F16 => HostData::F16(filled(f16::ZERO, n, dtype)?),
+            DType::BF16 => HostData::BF16(filled(bf16::ZERO, n, dtype)?),
+            DType::F32 => HostData::F32(filled(0.0, n, dtype)?),
+            DType::I8 => HostData::I8(filled(0, n, dtype)?),
+            DType::U8 => HostData::U8(filled(0, n, dtype)?),
+            DType::I16 => HostData::I16(filled(0, n, dtype)?),
+            DType::I32 => HostData::I32(filled(0, n, dtype)?),
+            DType::I64 => HostData::I64(filled(0, n, dtype)?),
+        })
     }
     /// Decodes little-endian bytes of `dtype` (as stored in safetensors files).
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<Self> {
@@ -247,14 +256,31 @@ impl Tensor {
             storage: Storage::Cuda(buf),
         })
     }
+    /// A zero-filled tensor, allocated directly where it lives.
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Result<Self> {
-        let n = shape.iter().product();
-        let host = Tensor {
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .filter(|n| n.checked_mul(dtype.size()).is_some())
+            .ok_or_else(|| Error::bad_input(format!("shape {} overflows", shape_str(shape))))?;
+        let storage = match device {
+            Device::Cpu => Storage::Host(HostData::zeros(dtype, n)?),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ord) => {
+                Storage::Cuda(crate::cuda::DeviceBuffer::zeroed(ord, n * dtype.size())?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => {
+                return Err(Error::NoDevice(
+                    "paradec was built without the `cuda` feature".into(),
+                ))
+            }
+        };
+        Ok(Tensor {
             dtype,
             shape: shape.to_vec(),
-            storage: Storage::Host(HostData::zeros(dtype, n)),
-        };
-        host.to_device(device)
+            storage,
+        })
     }
 
     pub fn dtype(&self) -> DType {

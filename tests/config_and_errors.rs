@@ -460,3 +460,19 @@ fn sizes_before_loading() {
         2 * 2 * 10 * 4 * 16 * 2
     );
 }
+
+#[test]
+fn impossible_allocations_are_errors_not_aborts() {
+    // 2^55 bytes of cache: the host refuses, paradec reports it.
+    let e = KvCache::new(1, 1 << 20, 1 << 20, 64, 128, DType::F32, Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&e, Error::OutOfMemory(m) if m.contains("host")),
+        "{e}"
+    );
+    // A shape whose element count overflows.
+    let e = Tensor::zeros(&[usize::MAX, 3], DType::F16, Device::Cpu).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("overflows")),
+        "{e}"
+    );
+}
