@@ -1,45 +1,51 @@
 //! Dense linear layer `out = x · Wᵀ (+ bias)` with W in PyTorch layout [N, K] and f32
 //! accumulation; weights may be f32, f16 or bf16.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
-/// Weight element types the dense CPU linear reads directly.
+/// Weight element types the dense CPU linear reads: each row is widened to f32 once (with the
+/// `half` crate's vectorized conversion) and reused for every input row.
 pub trait WeightElem: Copy + Send + Sync {
-    fn to_f32(self) -> f32;
+    /// The row as f32: borrowed when it already is, else converted into `buf`.
+    fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
 }
 impl WeightElem for f32 {
     #[inline]
-    fn to_f32(self) -> f32 {
-        self
+    fn row_f32<'a>(row: &'a [f32], _buf: &'a mut [f32]) -> &'a [f32] {
+        row
     }
 }
 impl WeightElem for f16 {
     #[inline]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
+    fn row_f32<'a>(row: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
+        row.convert_to_f32_slice(buf);
+        buf
     }
 }
 impl WeightElem for bf16 {
     #[inline]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
+    fn row_f32<'a>(row: &'a [bf16], buf: &'a mut [f32]) -> &'a [f32] {
+        row.convert_to_f32_slice(buf);
+        buf
     }
 }
 
 #[inline]
-fn dot<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
-    // Four partial sums: independent chains the CPU can overlap.
-    let mut acc = [0.0f32; 4];
-    let chunks = x.len() / 4;
-    for c in 0..chunks {
-        for l in 0..4 {
-            acc[l] += x[4 * c + l] * w[4 * c + l].to_f32();
+fn dot(x: &[f32], w: &[f32]) -> f32 {
+    // Eight partial sums: independent chains the compiler vectorizes.
+    let mut acc = [0.0f32; 8];
+    let (xc, xr) = x.split_at(x.len() / 8 * 8);
+    let (wc, wr) = w.split_at(xc.len());
+    for (xs, ws) in xc.chunks_exact(8).zip(wc.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += xs[l] * ws[l];
         }
     }
-    for i in chunks * 4..x.len() {
-        acc[0] += x[i] * w[i].to_f32();
+    for (a, b) in xr.iter().zip(wr) {
+        acc[0] += a * b;
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3])
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 /// `out[m, N] (+)= x[m, K] · w[N, K]ᵀ + bias`. With `accumulate`, adds into `out`.
@@ -53,14 +59,13 @@ pub fn linear<W: WeightElem>(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    for r in 0..m {
-        let xr = &x[r * k..(r + 1) * k];
-        let or = &mut out[r * n..(r + 1) * n];
-        for (c, o) in or.iter_mut().enumerate() {
-            let mut v = dot(xr, &w[c * k..(c + 1) * k]);
-            if let Some(b) = bias {
-                v += b[c];
-            }
+    let mut buf = vec![0.0f32; k];
+    for c in 0..n {
+        let wc = W::row_f32(&w[c * k..(c + 1) * k], &mut buf);
+        let b = bias.map_or(0.0, |b| b[c]);
+        for r in 0..m {
+            let v = dot(&x[r * k..(r + 1) * k], wc) + b;
+            let o = &mut out[r * n + c];
             if accumulate {
                 *o += v;
             } else {
