@@ -259,6 +259,19 @@ fn head_row(v: Option<&[f32]>, h: usize, head_dim: usize) -> Option<&[f32]> {
     })
 }
 
+/// Checks a linear's input against K and its output against [m, N]; returns m.
+fn linear_rows(x: &Tensor, k: usize, n: usize, out: &Tensor) -> Result<usize> {
+    if x.cols() != k {
+        return Err(Error::bad_input(format!(
+            "linear input: last dimension {} does not match the weight's K = {k}",
+            x.cols()
+        )));
+    }
+    let m = x.rows();
+    numel("linear output", out, m * n)?;
+    Ok(m)
+}
+
 /// Dense linear: `out[m, N] (+)= x[m, K] · w[N, K]ᵀ + bias`.
 pub fn linear(
     _s: &Stream,
@@ -277,14 +290,7 @@ pub fn linear(
         )));
     }
     let (n, k) = (w.shape()[0], w.shape()[1]);
-    if x.cols() != k {
-        return Err(Error::bad_input(format!(
-            "linear input: last dimension {} does not match the weight's K = {k}",
-            x.cols()
-        )));
-    }
-    let m = x.rows();
-    numel("linear output", out, m * n)?;
+    let m = linear_rows(x, k, n, out)?;
     if let Some(b) = bias {
         float("linear bias", b)?;
         numel("linear bias", b, n)?;
@@ -324,15 +330,7 @@ pub fn quant_linear(
     accumulate: bool,
 ) -> Result<()> {
     float("linear input", x)?;
-    let (k, n) = (w.in_features(), w.out_features());
-    if x.cols() != k {
-        return Err(Error::bad_input(format!(
-            "linear input: last dimension {} does not match the weight's K = {k}",
-            x.cols()
-        )));
-    }
-    let m = x.rows();
-    numel("linear output", out, m * n)?;
+    let m = linear_rows(x, w.in_features(), w.out_features(), out)?;
     match same_device(&[("linear input", x), ("linear output", out)])? {
         Device::Cpu => {
             let xv = x.f32_values()?;

@@ -110,137 +110,54 @@ impl ParallelDecoder {
             _ => None,
         };
         let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+        let lin = |s: &str, in_f: usize, out_f: usize, bias: bool| {
+            Linear::load(weights, &name(s), in_f, out_f, bias, a.quant.as_ref())
+        };
         let qkv = if a.qkv_layout == QkvLayout::Separate {
             QkvProj::Separate {
-                q: Linear::load(
-                    weights,
-                    &name(n.qkv[0]),
-                    a.hidden,
-                    qd,
-                    a.qkv_bias,
-                    a.quant.as_ref(),
-                )?,
-                k: Linear::load(
-                    weights,
-                    &name(n.qkv[1]),
-                    a.hidden,
-                    kvd,
-                    a.qkv_bias,
-                    a.quant.as_ref(),
-                )?,
-                v: Linear::load(
-                    weights,
-                    &name(n.qkv[2]),
-                    a.hidden,
-                    kvd,
-                    a.qkv_bias,
-                    a.quant.as_ref(),
-                )?,
+                q: lin(n.qkv[0], a.hidden, qd, a.qkv_bias)?,
+                k: lin(n.qkv[1], a.hidden, kvd, a.qkv_bias)?,
+                v: lin(n.qkv[2], a.hidden, kvd, a.qkv_bias)?,
             }
         } else {
             QkvProj::Fused {
-                qkv: Linear::load(
-                    weights,
-                    &name(n.qkv[0]),
-                    a.hidden,
-                    a.qkv_width(),
-                    a.qkv_bias,
-                    a.quant.as_ref(),
-                )?,
+                qkv: lin(n.qkv[0], a.hidden, a.qkv_width(), a.qkv_bias)?,
                 layout: a.qkv_layout,
             }
         };
+        // q/k norms are mean-subtracting LayerNorms over head_dim (Phi: shared, with bias;
+        // Cohere: one weight row per head).
+        let head_norm = |s: &str, shape: &[usize], bias: bool| {
+            Norm::load(
+                weights,
+                &name(s),
+                NormKind::LayerNorm,
+                shape,
+                bias,
+                a.norm_eps,
+            )
+        };
         let (q_norm, k_norm) = match (a.qk_norm, n.q_norm, n.k_norm) {
             (QkNorm::SharedLayerNorm, Some(qn), Some(kn)) => (
-                Some(Norm::load(
-                    weights,
-                    &name(qn),
-                    NormKind::LayerNorm,
-                    &[a.head_dim],
-                    true,
-                    a.norm_eps,
-                )?),
-                Some(Norm::load(
-                    weights,
-                    &name(kn),
-                    NormKind::LayerNorm,
-                    &[a.head_dim],
-                    true,
-                    a.norm_eps,
-                )?),
+                Some(head_norm(qn, &[a.head_dim], true)?),
+                Some(head_norm(kn, &[a.head_dim], true)?),
             ),
             (QkNorm::PerHead, Some(qn), Some(kn)) => (
-                Some(Norm::load(
-                    weights,
-                    &name(qn),
-                    NormKind::LayerNorm,
-                    &[a.heads, a.head_dim],
-                    false,
-                    a.norm_eps,
-                )?),
-                Some(Norm::load(
-                    weights,
-                    &name(kn),
-                    NormKind::LayerNorm,
-                    &[a.kv_heads, a.head_dim],
-                    false,
-                    a.norm_eps,
-                )?),
+                Some(head_norm(qn, &[a.heads, a.head_dim], false)?),
+                Some(head_norm(kn, &[a.kv_heads, a.head_dim], false)?),
             ),
             _ => (None, None),
         };
-        let o_proj = Linear::load(
-            weights,
-            &name(n.out_proj),
-            qd,
-            a.hidden,
-            a.out_bias,
-            a.quant.as_ref(),
-        )?;
+        let o_proj = lin(n.out_proj, qd, a.hidden, a.out_bias)?;
         let mlp = match a.mlp {
             MlpKind::Plain(_) => Mlp::Plain {
-                fc_in: Linear::load(
-                    weights,
-                    &name(n.mlp[0]),
-                    a.hidden,
-                    a.intermediate,
-                    a.mlp_bias,
-                    a.quant.as_ref(),
-                )?,
-                fc_out: Linear::load(
-                    weights,
-                    &name(n.mlp[1]),
-                    a.intermediate,
-                    a.hidden,
-                    a.mlp_bias,
-                    a.quant.as_ref(),
-                )?,
+                fc_in: lin(n.mlp[0], a.hidden, a.intermediate, a.mlp_bias)?,
+                fc_out: lin(n.mlp[1], a.intermediate, a.hidden, a.mlp_bias)?,
             },
             MlpKind::Gated(_) => Mlp::Gated {
-                gate: Linear::load(
-                    weights,
-                    &name(n.mlp[0]),
-                    a.hidden,
-                    a.intermediate,
-                    a.mlp_bias,
-                    a.quant.as_ref(),
-                )?,
-                up: Linear::load(
-                    weights,
-                    &name(n.mlp[1]),
-                    a.hidden,
-                    a.intermediate,
-                    a.mlp_bias,
-                    a.quant.as_ref(),
-                )?,
-                down: Linear::load(
-                    weights,
-                    &name(n.mlp[2]),
-                    a.intermediate,
-                    a.hidden,
-                    a.mlp_bias,
-                    a.quant.as_ref(),
-                )?,
+                gate: lin(n.mlp[0], a.hidden, a.intermediate, a.mlp_bias)?,
+                up: lin(n.mlp[1], a.hidden, a.intermediate, a.mlp_bias)?,
+                down: lin(n.mlp[2], a.intermediate, a.hidden, a.mlp_bias)?,
             },
         };
         Ok(ParallelDecoder {
