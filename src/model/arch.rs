@@ -278,15 +278,10 @@ fn parse_scaling(v: Option<&Value>, max_positions: usize) -> Result<RopeScaling>
             original_max: original.unwrap_or(max_positions),
         },
         "yarn" => {
-            let mut factor = factor()?;
-            // HF: a given original_max_position_embeddings makes the factor max_pos / original.
-            if let Some(o) = original {
-                if o > 0 {
-                    factor = max_positions as f32 / o as f32;
-                }
-            }
+            // As transformers 5.x: the configured factor is used as is (5.x writes
+            // original_max_position_embeddings = max_position_embeddings when absent).
             RopeScaling::Yarn {
-                factor,
+                factor: factor()?,
                 original_max: original.unwrap_or(max_positions),
                 attention_factor: s.f64_opt("attention_factor")?.map(|x| x as f32),
                 beta_fast: s.f64_opt("beta_fast")?.unwrap_or(32.0) as f32,
