@@ -552,19 +552,21 @@ pub fn rotary_and_cache_write(
                 capacity: at.capacity,
                 past_len: at.past_len,
             };
+            // In place on f32 tensors: the cache is written, never copied whole per call.
             let vv = v.f32_values()?;
-            let mut kv = k.f32_values()?.into_owned();
-            let mut ckv = cache_k.f32_values()?.into_owned();
-            let mut cvv = cache_v.f32_values()?.into_owned();
-            with_f32_mut(q, |qv| {
-                cpu::rope::rotary_and_cache_write(
-                    qv, &mut kv, &vv, heads, kv_heads, head_dim, positions, rotary, &slots,
-                    &mut ckv, &mut cvv,
-                )
-            })?;
-            k.set_f32_values(&kv)?;
-            cache_k.set_f32_values(&ckv)?;
-            cache_v.set_f32_values(&cvv)
+            with_f32_mut(cache_k, |ck| {
+                with_f32_mut(cache_v, |cv| {
+                    with_f32_mut(k, |kk| {
+                        with_f32_mut(q, |qq| {
+                            cpu::rope::rotary_and_cache_write(
+                                qq, kk, &vv, heads, kv_heads, head_dim, positions, rotary, &slots,
+                                ck, cv,
+                            )
+                        })
+                    })
+                })
+            })????;
+            Ok(())
         }
         Device::Cuda(_) => Err(gpu_missing("rotary_and_cache_write")),
     }

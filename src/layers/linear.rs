@@ -152,10 +152,6 @@ impl Linear {
         self.loras.retain(|(i, _)| *i != id);
     }
 
-    pub fn lora_ids(&self) -> Vec<u64> {
-        self.loras.iter().map(|(i, _)| *i).collect()
-    }
-
     /// Moves registered adapters to the weights' device (after a load or unload).
     pub fn update_loras(&mut self) -> Result<()> {
         let dev = self.device();
