@@ -204,6 +204,10 @@ fn a_model_on_the_gpu_fails_cleanly_until_the_gpu_decoder_lands() {
     if stream("a_model_on_the_gpu").is_none() {
         return;
     }
+    // Zeros are allocated and cleared on the device itself.
+    let z = Tensor::zeros(&[3, 5], DType::BF16, Device::Cuda(0)).unwrap();
+    assert_eq!(z.device(), Device::Cuda(0));
+    assert_eq!(values(&z), vec![0.0; 15]);
     let mut model = Model::load(fixture("cohere")).unwrap();
     model.load_to(Device::Cuda(0)).unwrap();
     let p = paradec::AttnParams::new(1, 2);
