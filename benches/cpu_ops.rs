@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use paradec::cpu::activation::{act_mul, Activation};
-use paradec::cpu::attention::{attention, AttnMasking, AttnShape};
+use paradec::cpu::activation::act_mul;
+use paradec::cpu::attention::attention;
 use paradec::cpu::linear::linear;
-use paradec::cpu::norm::{norm, NormAffine, NormKind};
-use paradec::cpu::rope::{apply_rotary, RopeStyle, RotaryArgs};
+use paradec::cpu::norm::{norm, NormAffine};
+use paradec::cpu::rope::apply_rotary;
+use paradec::vocab::{Activation, AttnMasking, AttnShape, NormKind, RopeStyle, RotaryArgs};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use paradec::cpu::activation::Activation;
-use paradec::cpu::norm::NormKind;
-use paradec::cuda::kernels::{self, NormAffine};
+use paradec::cuda::kernels;
 use paradec::cuda::{self, CudaStream};
+use paradec::vocab::Activation;
+use paradec::vocab::Affine;
+use paradec::vocab::NormKind;
 use paradec::{DType, Device, Tensor};
 
 fn dev(vals: &[f32], shape: &[usize]) -> Tensor {
@@ -37,7 +38,7 @@ fn smoke(c: &mut Criterion) {
     let mut out = dev(&vals, &[rows, cols]);
     g.bench_function("rms_norm_64x4096_f16", |b| {
         b.iter(|| {
-            let aff = NormAffine {
+            let aff = Affine {
                 weight: Some(&w),
                 bias: None,
             };

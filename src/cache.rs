@@ -1,7 +1,7 @@
 //! `KvCache`: per-layer K and V storage with a capacity, laid out
 //! [batch, capacity, kv_heads · head_dim] so one token's keys are contiguous.
 
-use crate::model::arch::ArchParams;
+use crate::arch::ArchParams;
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 

@@ -5,6 +5,7 @@
 // Kernel-style functions take many plain arguments (pointers, sizes, settings) by design.
 #![allow(clippy::too_many_arguments)]
 
+pub mod arch;
 pub mod cache;
 pub mod cpu;
 pub mod error;
@@ -14,19 +15,21 @@ pub mod ops;
 pub mod quant;
 pub mod stream;
 pub mod tensor;
+pub mod vocab;
+pub mod weights;
 pub mod workspace;
 
 pub use error::{Error, Result};
-pub use model::weights::Weights;
 pub use stream::Stream;
 pub use tensor::{DType, Device, HostData, Tensor};
+pub use weights::Weights;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+pub use arch::ArchParams;
 pub use cache::KvCache;
 pub use layers::parallel_decoder::{Intermediates, ParallelDecoder};
 pub use layers::params::AttnParams;
-pub use model::arch::ArchParams;
 pub use model::stack::Model;
 pub use workspace::Workspace;

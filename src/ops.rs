@@ -5,12 +5,11 @@
 //! Tensors are row-major; "rows × cols" ops view a tensor as [numel / cols, cols].
 
 use crate::cpu;
-use crate::cpu::activation::Activation;
-use crate::cpu::attention::{AttnMasking, AttnShape};
-use crate::cpu::norm::{NormAffine, NormKind};
-use crate::cpu::rope::{CacheSlots, RotaryArgs};
-use crate::model::arch::QkvLayout;
+use crate::cpu::norm::NormAffine;
 use crate::tensor::{Device, HostData, Tensor};
+use crate::vocab::{
+    Activation, Affine, AttnMasking, AttnShape, CacheSlots, NormKind, QkvLayout, RotaryArgs,
+};
 use crate::{Error, Result, Stream};
 
 fn float(name: &str, t: &Tensor) -> Result<()> {
@@ -62,14 +61,6 @@ fn cuda_stream(s: &Stream) -> Result<&crate::cuda::CudaStream> {
     }
 }
 
-#[cfg(feature = "cuda")]
-fn device_affine<'a>(a: &Affine<'a>) -> crate::cuda::kernels::NormAffine<'a> {
-    crate::cuda::kernels::NormAffine {
-        weight: a.weight,
-        bias: a.bias,
-    }
-}
-
 /// Runs a CUDA launcher in builds with the `cuda` feature; without it no tensor can be on a
 /// device, so the arm only reports that.
 macro_rules! on_cuda {
@@ -105,22 +96,15 @@ fn opt_values(t: Option<&Tensor>) -> Result<Option<std::borrow::Cow<'_, [f32]>>>
     t.map(|t| t.f32_values()).transpose()
 }
 
-/// A norm's affine tensors, checked against the row width.
-pub struct Affine<'a> {
-    pub weight: Option<&'a Tensor>,
-    pub bias: Option<&'a Tensor>,
-}
-
-impl Affine<'_> {
-    fn check(&self, what: &str, cols: usize) -> Result<()> {
-        for (n, t) in [("weight", self.weight), ("bias", self.bias)] {
-            if let Some(t) = t {
-                float(&format!("{what} {n}"), t)?;
-                numel(&format!("{what} {n}"), t, cols)?;
-            }
+/// Checks a norm's affine tensors against the row width.
+fn check_affine(a: &Affine<'_>, what: &str, cols: usize) -> Result<()> {
+    for (n, t) in [("weight", a.weight), ("bias", a.bias)] {
+        if let Some(t) = t {
+            float(&format!("{what} {n}"), t)?;
+            numel(&format!("{what} {n}"), t, cols)?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `out = norm(x)` over rows of `x.cols()`.
@@ -134,7 +118,7 @@ pub fn norm(
 ) -> Result<()> {
     float("norm input", x)?;
     let cols = x.cols();
-    affine.check("norm", cols)?;
+    check_affine(affine, "norm", cols)?;
     numel("norm output", out, x.numel())?;
     match same_device(&[("norm input", x), ("norm output", out)])? {
         Device::Cpu => {
@@ -153,7 +137,7 @@ pub fn norm(
             x,
             x.rows(),
             cols,
-            device_affine(affine),
+            *affine,
             eps,
             out,
             s
@@ -178,8 +162,8 @@ pub fn norm2(
     }
     float("norm input", x)?;
     let cols = x.cols();
-    affine_a.check("first norm", cols)?;
-    affine_b.check("second norm", cols)?;
+    check_affine(affine_a, "first norm", cols)?;
+    check_affine(affine_b, "second norm", cols)?;
     numel("first norm output", out_a, x.numel())?;
     numel("second norm output", out_b, x.numel())?;
     // One read of x for both outputs.
@@ -188,8 +172,8 @@ pub fn norm2(
         x,
         x.rows(),
         cols,
-        device_affine(affine_a),
-        device_affine(affine_b),
+        *affine_a,
+        *affine_b,
         eps,
         out_a,
         out_b,
@@ -470,14 +454,6 @@ pub fn split_qkv(
     }
 }
 
-/// The per-call description of where tokens sit: shape of the batch and the cache.
-pub struct KvWrite<'a> {
-    pub batch: usize,
-    pub q_len: usize,
-    pub capacity: usize,
-    pub past_len: &'a [usize],
-}
-
 /// Rotates q [tokens, heads·D] and k [tokens, kv_heads·D] at `positions` (when `rotary` is
 /// given) and writes k, v into the cache tensors [batch, capacity, kv_heads·D].
 pub fn rotary_and_cache_write(
@@ -490,7 +466,7 @@ pub fn rotary_and_cache_write(
     head_dim: usize,
     positions: &[i64],
     rotary: Option<&RotaryArgs<'_>>,
-    at: &KvWrite<'_>,
+    at: &CacheSlots<'_>,
     cache_k: &mut Tensor,
     cache_v: &mut Tensor,
 ) -> Result<()> {
@@ -546,12 +522,6 @@ pub fn rotary_and_cache_write(
         ("cache v", cache_v),
     ])? {
         Device::Cpu => {
-            let slots = CacheSlots {
-                batch: at.batch,
-                q_len: at.q_len,
-                capacity: at.capacity,
-                past_len: at.past_len,
-            };
             // In place on f32 tensors: the cache is written, never copied whole per call.
             let vv = v.f32_values()?;
             with_f32_mut(cache_k, |ck| {
@@ -559,8 +529,8 @@ pub fn rotary_and_cache_write(
                     with_f32_mut(k, |kk| {
                         with_f32_mut(q, |qq| {
                             cpu::rope::rotary_and_cache_write(
-                                qq, kk, &vv, heads, kv_heads, head_dim, positions, rotary, &slots,
-                                ck, cv,
+                                qq, kk, &vv, heads, kv_heads, head_dim, positions, rotary, at, ck,
+                                cv,
                             )
                         })
                     })

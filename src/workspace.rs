@@ -2,7 +2,7 @@
 //! out the temporaries of a forward on its device and dtype and says how large they get, so
 //! a caller can budget memory before loading.
 
-use crate::model::arch::ArchParams;
+use crate::arch::ArchParams;
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 

@@ -6,9 +6,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use paradec::layers::rope::RopeScaling;
-use paradec::model::arch::{Family, Rotary};
-use paradec::model::weights::save_safetensors;
+use paradec::arch::rope::RopeScaling;
+use paradec::arch::{Family, Rotary};
+use paradec::weights::save_safetensors;
 use paradec::{
     ArchParams, AttnParams, DType, Device, Error, KvCache, Model, Tensor, Weights, Workspace,
 };

@@ -13,12 +13,13 @@ use std::ptr;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use paradec::cpu;
-use paradec::cpu::activation::Activation;
-use paradec::cpu::norm::NormKind;
-use paradec::cpu::rope::RopeStyle;
-use paradec::cuda::kernels::{self, CacheSlots, NormAffine, RotaryArgs};
+use paradec::cuda::kernels::{self, CacheSlots, RotaryArgs};
 use paradec::cuda::{self, ffi, CudaEvent, CudaGraph, CudaStream, DeviceBuffer};
 use paradec::tensor::Storage;
+use paradec::vocab::Activation;
+use paradec::vocab::Affine as DevAffine;
+use paradec::vocab::NormKind;
+use paradec::vocab::RopeStyle;
 use paradec::{DType, Device, Error, Tensor};
 
 // ---- harness -----------------------------------------------------------------------------------
@@ -403,8 +404,8 @@ impl Affine {
             .then(|| upload(&rng.vec(c.cols, -0.5, 0.5), &[c.cols], c.dtype));
         Affine { w, b }
     }
-    fn dev(&self) -> NormAffine<'_> {
-        NormAffine {
+    fn dev(&self) -> DevAffine<'_> {
+        DevAffine {
             weight: self.w.as_ref().map(|x| &x.0),
             bias: self.b.as_ref().map(|x| &x.0),
         }
@@ -751,7 +752,7 @@ fn norm_rejects_bad_arguments() {
 
     // The safe layer: dtypes, element counts, devices.
     let kind = NormKind::LayerNorm;
-    let none = NormAffine::NONE;
+    let none = DevAffine::NONE;
     let e = kernels::norm(kind, &x, rows, cols + 1, none, 1e-5, &mut out, &s).unwrap_err();
     assert!(matches!(e, Error::BadInput(_)), "{e:?}");
     let x32 = upload(&[0.5; 256], &[rows, cols], DType::F32).0;
@@ -765,7 +766,7 @@ fn norm_rejects_bad_arguments() {
     let e = kernels::norm(kind, &xh, rows, cols, none, 1e-5, &mut out, &s).unwrap_err();
     assert!(e.to_string().contains("cpu"), "{e}");
     let w_bad = upload(&[1.0; 63], &[63], DType::F16).0;
-    let aff = NormAffine {
+    let aff = DevAffine {
         weight: Some(&w_bad),
         bias: None,
     };
@@ -797,7 +798,7 @@ fn graph_capture_replays_kernels() {
             &x,
             rows,
             cols,
-            NormAffine::NONE,
+            DevAffine::NONE,
             1e-5,
             &mut out,
             st,
@@ -968,13 +969,13 @@ fn rotary_cache_write_matches_cpu() {
         let (mut q_ref, mut k_ref) = (qv.clone(), kv.clone());
         let cache_n = c.batch * capacity * kv_dim;
         let (mut ck_ref, mut cv_ref) = (vec![f32::NAN; cache_n], vec![f32::NAN; cache_n]);
-        let rot_c = c.style.map(|style| cpu::rope::RotaryArgs {
+        let rot_c = c.style.map(|style| paradec::vocab::RotaryArgs {
             style,
             rot_dim: c.rot_dim,
             inv_freq: &inv_freq,
             attn_factor,
         });
-        let slots_c = cpu::rope::CacheSlots {
+        let slots_c = paradec::vocab::CacheSlots {
             batch: c.batch,
             q_len: c.q_len,
             capacity,

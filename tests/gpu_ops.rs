@@ -8,10 +8,11 @@
 mod common;
 
 use common::*;
-use paradec::cpu::activation::Activation;
-use paradec::cpu::norm::NormKind;
 use paradec::cuda::{self, CudaStream};
-use paradec::ops::{self, Affine};
+use paradec::ops;
+use paradec::vocab::Activation;
+use paradec::vocab::Affine;
+use paradec::vocab::NormKind;
 use paradec::{DType, Device, Error, Model, Stream, Tensor};
 
 fn stream(test: &str) -> Option<Stream> {

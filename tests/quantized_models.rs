@@ -9,9 +9,9 @@ use std::path::Path;
 
 use common::*;
 use paradec::layers::lora::Lora;
-use paradec::model::weights::save_safetensors;
 use paradec::quant::pack::{quantize_model_dir, Exl2Recipe, QuantSpec};
 use paradec::quant::GptqConfig;
+use paradec::weights::save_safetensors;
 use paradec::{DType, Model, Tensor, Weights};
 
 const TOL: f64 = 1e-4;

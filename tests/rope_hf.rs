@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use paradec::model::arch::Rotary;
+use paradec::arch::Rotary;
 use paradec::ArchParams;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 //! 5.x conventions). A config that parses must be self-consistent.
 
 use libfuzzer_sys::fuzz_target;
-use paradec::model::arch::Rotary;
+use paradec::arch::Rotary;
 use paradec::ArchParams;
 
 #[path = "common.rs"]

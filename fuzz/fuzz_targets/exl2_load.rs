@@ -7,7 +7,7 @@
 //! A successful load must dequantize and multiply without panicking.
 
 use libfuzzer_sys::fuzz_target;
-use paradec::model::weights::save_safetensors;
+use paradec::weights::save_safetensors;
 use paradec::quant::{Exl2Weight, QuantWeight};
 use paradec::{HostData, Tensor};
 

@@ -8,7 +8,7 @@
 //! A successful load must dequantize and multiply without panicking.
 
 use libfuzzer_sys::fuzz_target;
-use paradec::model::weights::save_safetensors;
+use paradec::weights::save_safetensors;
 use paradec::quant::{GptqConfig, GptqWeight, QuantWeight};
 use paradec::{HostData, Tensor};
 

@@ -1,29 +1,7 @@
 //! Causal scaled-dot-product attention over a KV cache: multi-head, grouped-query and
 //! multi-query; optional sliding window; optional additive mask over cache slots; f32 softmax.
 
-/// Sizes of one attention call. The cache is [batch, capacity, kv_heads, head_dim]; q and the
-/// output are [batch, q_len, heads, head_dim]. `heads` is a multiple of `kv_heads`; query head
-/// h reads kv head h / (heads / kv_heads), as HF's `repeat_kv` arranges.
-#[derive(Debug, Clone, Copy)]
-pub struct AttnShape {
-    pub batch: usize,
-    pub q_len: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub capacity: usize,
-}
-
-/// Masking of one call: sequence b's query t sits in cache slot p = past_len[b] + t and sees
-/// slots j with j ≤ p and, when `window` > 0, p − window < j. `mask`, when given, is added to
-/// the scores: `mask[b * mask_stride + j]` (0 to attend, −∞ or a large negative to hide).
-#[derive(Debug, Clone, Copy)]
-pub struct AttnMasking<'a> {
-    pub past_len: &'a [usize],
-    pub window: usize,
-    pub mask: Option<&'a [f32]>,
-    pub mask_stride: usize,
-}
+use crate::vocab::{AttnMasking, AttnShape};
 
 pub fn attention(
     q: &[f32],

@@ -1,13 +1,6 @@
 //! LayerNorm (with or without weight / bias) and RMSNorm over the last dimension, in f32.
 
-/// Which normalization a layer uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormKind {
-    /// Mean-subtracting LayerNorm: (x − mean) / √(var + eps) · w + b.
-    LayerNorm,
-    /// RMSNorm: x / √(mean(x²) + eps) · w.
-    RmsNorm,
-}
+use crate::vocab::NormKind;
 
 /// The affine part of a norm: optional weight and bias, each of length `cols`.
 #[derive(Debug, Clone, Copy)]

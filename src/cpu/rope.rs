@@ -1,23 +1,6 @@
 //! Rotary position embedding applied in place, and its fusion with the KV-cache write.
 
-/// How rotary pairs the features of a head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Adjacent pairs (2j, 2j+1), angle j (GPT-J, Cohere).
-    Interleaved,
-    /// Pairs (j, j + r/2), angle j, where r is the rotary width (NeoX, Phi, Falcon).
-    Half,
-}
-
-/// What a rotary application needs: pairing, width, per-pair inverse frequencies (r/2 of them)
-/// and the factor cos and sin are scaled by (YaRN's attention factor; 1 otherwise).
-#[derive(Debug, Clone, Copy)]
-pub struct RotaryArgs<'a> {
-    pub style: RopeStyle,
-    pub rot_dim: usize,
-    pub inv_freq: &'a [f32],
-    pub attn_factor: f32,
-}
+use crate::vocab::{CacheSlots, RopeStyle, RotaryArgs};
 
 /// Rotates the first `rot_dim` features of every head of `tokens` rows laid out as
 /// [tokens, heads, head_dim]; token t is at position `positions[t]`.
@@ -53,16 +36,6 @@ pub fn apply_rotary(
             }
         }
     }
-}
-
-/// Where new tokens go in a KV cache laid out [batch, capacity, kv_heads·head_dim]: sequence b's
-/// query token t lands in slot `past_len[b] + t`.
-#[derive(Debug, Clone, Copy)]
-pub struct CacheSlots<'a> {
-    pub batch: usize,
-    pub q_len: usize,
-    pub capacity: usize,
-    pub past_len: &'a [usize],
 }
 
 /// Copies k and v ([batch, q_len, kv_dim]) into the cache at each sequence's next slots.

@@ -11,25 +11,9 @@ use super::device::ensure_device;
 use super::error::check_status;
 use super::ffi;
 use super::stream::CudaStream;
-use crate::cpu::activation::Activation;
-use crate::cpu::norm::NormKind;
-use crate::cpu::rope::RopeStyle;
 use crate::tensor::Storage;
+use crate::vocab::{Activation, Affine, NormKind, RopeStyle};
 use crate::{DType, Device, Error, Result, Tensor};
-
-/// The affine part of a norm on the device: optional weight and bias, each `[cols]`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NormAffine<'a> {
-    pub weight: Option<&'a Tensor>,
-    pub bias: Option<&'a Tensor>,
-}
-
-impl NormAffine<'_> {
-    pub const NONE: NormAffine<'static> = NormAffine {
-        weight: None,
-        bias: None,
-    };
-}
 
 /// The dtype code of a float tensor the kernels accept.
 fn dtype_code(dtype: DType, name: &str) -> Result<i32> {
@@ -99,7 +83,7 @@ fn opt_ptr(t: Option<&Tensor>) -> *const c_void {
 
 /// Checks an optional `[cols]` affine tensor.
 fn check_affine(
-    a: &NormAffine<'_>,
+    a: &Affine<'_>,
     name: &str,
     dtype: DType,
     cols: usize,
@@ -130,9 +114,9 @@ fn norm_fused(
     residual: Option<&Tensor>,
     rows: usize,
     cols: usize,
-    affine_a: NormAffine<'_>,
+    affine_a: Affine<'_>,
     out_a: &mut Tensor,
-    second: Option<(NormAffine<'_>, &mut Tensor)>,
+    second: Option<(Affine<'_>, &mut Tensor)>,
     eps: f32,
     stream: &CudaStream,
 ) -> Result<()> {
@@ -190,7 +174,7 @@ pub fn norm(
     x: &Tensor,
     rows: usize,
     cols: usize,
-    affine: NormAffine<'_>,
+    affine: Affine<'_>,
     eps: f32,
     out: &mut Tensor,
     stream: &CudaStream,
@@ -211,7 +195,7 @@ pub fn add_norm(
     residual: &Tensor,
     rows: usize,
     cols: usize,
-    affine: NormAffine<'_>,
+    affine: Affine<'_>,
     eps: f32,
     out: &mut Tensor,
     stream: &CudaStream,
@@ -239,8 +223,8 @@ pub fn norm2(
     x: &Tensor,
     rows: usize,
     cols: usize,
-    affine_a: NormAffine<'_>,
-    affine_b: NormAffine<'_>,
+    affine_a: Affine<'_>,
+    affine_b: Affine<'_>,
     eps: f32,
     out_a: &mut Tensor,
     out_b: &mut Tensor,
@@ -271,8 +255,8 @@ pub fn add_norm2(
     residual: &Tensor,
     rows: usize,
     cols: usize,
-    affine_a: NormAffine<'_>,
-    affine_b: NormAffine<'_>,
+    affine_a: Affine<'_>,
+    affine_b: Affine<'_>,
     eps: f32,
     out_a: &mut Tensor,
     out_b: &mut Tensor,

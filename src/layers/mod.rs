@@ -1,4 +1,4 @@
-//! Layers: norm, linear, rope, attention parameters and the parallel decoder block.
+//! Layers: norm, linear (+ LoRA, rank reduction), attention parameters and the parallel decoder block.
 
 pub mod linear;
 pub mod lora;
@@ -6,4 +6,3 @@ pub mod norm;
 pub mod parallel_decoder;
 pub mod params;
 pub mod rank_reduce;
-pub mod rope;

@@ -1,8 +1,8 @@
 //! `Norm`: a LayerNorm or RMSNorm with its weights, loaded from `{prefix}.weight` / `.bias`.
 
-use crate::cpu::norm::NormKind;
-use crate::ops::{self, Affine};
+use crate::ops;
 use crate::tensor::{Device, Tensor};
+use crate::vocab::{Affine, NormKind};
 use crate::{Result, Stream, Weights};
 
 #[derive(Debug)]

@@ -1,17 +1,15 @@
 //! `ParallelDecoder`: one parallel-residual block, `x += Attn(norm_a(x)) + Mlp(norm_m(x))`,
 //! for every supported family (see shared/FAMILIES.md for how HF computes each).
 
+use crate::arch::{ArchParams, MlpKind, QkNorm, Rotary, SumOrder};
 use crate::cache::KvCache;
-use crate::cpu::attention::{AttnMasking, AttnShape};
-use crate::cpu::norm::NormKind;
-use crate::cpu::rope::RotaryArgs;
 use crate::layers::linear::Linear;
 use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
 use crate::layers::params::AttnParams;
-use crate::model::arch::{ArchParams, MlpKind, QkNorm, QkvLayout, Rotary, SumOrder};
 use crate::ops;
 use crate::tensor::{Device, Tensor};
+use crate::vocab::{AttnMasking, AttnShape, CacheSlots, NormKind, QkvLayout, RotaryArgs};
 use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
@@ -486,7 +484,7 @@ impl ParallelDecoder {
                 (&mut own_cache.0, &mut own_cache.1, p.q_len)
             }
         };
-        let at = ops::KvWrite {
+        let at = CacheSlots {
             batch: p.batch,
             q_len: p.q_len,
             capacity,

@@ -1,5 +1,4 @@
-//! Models: arch params from config.json, safetensors loading, the layer stack.
+//! Models: config.json parsing into [`crate::ArchParams`] and the layer stack.
 
-pub mod arch;
+pub mod config;
 pub mod stack;
-pub mod weights;

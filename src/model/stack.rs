@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::arch::ArchParams;
 use crate::cache::KvCache;
 use crate::layers::linear::Linear;
 use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
 use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
 use crate::layers::params::AttnParams;
-use crate::model::arch::ArchParams;
 use crate::ops;
 use crate::tensor::{Device, Tensor};
 use crate::workspace::Workspace;

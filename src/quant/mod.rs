@@ -18,8 +18,8 @@ use std::path::Path;
 use half::{bf16, f16};
 use serde_json::Value;
 
-use crate::model::weights::TensorView;
 use crate::tensor::DType;
+use crate::weights::TensorView;
 use crate::{Error, Result, Weights};
 
 pub use exl2::{Exl2Config, Exl2Group, Exl2Weight};

@@ -20,8 +20,8 @@ use serde_json::Value;
 use super::exl2::{exl2_scale, EXL2_BITS};
 use super::gptq::{GptqConfig, GPTQ_BITS};
 use super::{mul, packed_words, read_json_opt, stream_or};
-use crate::model::weights::save_safetensors;
 use crate::tensor::{DType, HostData, Tensor};
+use crate::weights::save_safetensors;
 use crate::{Error, Result, Weights};
 
 /// Tensors with their full names, ready for `save_tensors` / `save_safetensors`.

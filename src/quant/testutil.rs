@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::f16;
 
-use crate::model::weights::save_safetensors;
+use crate::weights::save_safetensors;
 use crate::{HostData, Tensor, Weights};
 
 pub struct TempDir(PathBuf);

@@ -1,7 +1,7 @@
 //! Rotary tables: the inverse frequencies and attention factor of each rope type, computed as
 //! HF transformers' `modeling_rope_utils` does (default, linear, dynamic NTK, YaRN).
 
-use crate::cpu::rope::RopeStyle;
+use crate::vocab::RopeStyle;
 use crate::{Error, Result};
 
 /// How a rope type rescales the default frequencies.

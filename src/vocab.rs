@@ -1,0 +1,125 @@
+//! The op vocabulary: the enums and argument structs that name what an op does — norm kind,
+//! activation, rotary pairing and arguments, attention shape and masking, where new K/V go in a
+//! cache, the fused QKV layouts. `ops`, both backends, the layers and the C ABI all speak it;
+//! it imports nothing but `tensor`, so no backend depends on another's types.
+
+use crate::tensor::Tensor;
+
+/// Which normalization a layer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// Mean-subtracting LayerNorm: (x − mean) / √(var + eps) · w + b.
+    LayerNorm,
+    /// RMSNorm: x / √(mean(x²) + eps) · w.
+    RmsNorm,
+}
+
+/// A norm's affine tensors (each of the row's width, or absent).
+#[derive(Debug, Clone, Copy)]
+pub struct Affine<'a> {
+    pub weight: Option<&'a Tensor>,
+    pub bias: Option<&'a Tensor>,
+}
+
+impl Affine<'_> {
+    /// Neither weight nor bias.
+    pub const NONE: Affine<'static> = Affine {
+        weight: None,
+        bias: None,
+    };
+}
+
+/// The activation of a non-gated MLP (or the gate of a gated one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU: 0.5·x·(1 + erf(x/√2)) (HF "gelu").
+    GeluErf,
+    /// Tanh GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (HF "gelu_new", "gelu_pytorch_tanh").
+    GeluNew,
+    /// HF "gelu_fast": 0.5·x·(1 + tanh(x·0.7978845608·(1 + 0.044715·x²))).
+    GeluFast,
+    /// SiLU: x·σ(x).
+    Silu,
+    /// ReLU.
+    Relu,
+}
+
+impl Activation {
+    /// Parses an HF `hidden_act` name.
+    pub fn from_hf(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu" => Activation::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluNew,
+            "gelu_fast" => Activation::GeluFast,
+            "silu" | "swish" => Activation::Silu,
+            "relu" => Activation::Relu,
+            _ => return None,
+        })
+    }
+}
+
+/// How rotary pairs the features of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (2j, 2j+1), angle j (GPT-J, Cohere).
+    Interleaved,
+    /// Pairs (j, j + r/2), angle j, where r is the rotary width (NeoX, Phi, Falcon).
+    Half,
+}
+
+/// What a rotary application needs: pairing, width, per-pair inverse frequencies (r/2 of them)
+/// and the factor cos and sin are scaled by (YaRN's attention factor; 1 otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct RotaryArgs<'a> {
+    pub style: RopeStyle,
+    pub rot_dim: usize,
+    pub inv_freq: &'a [f32],
+    pub attn_factor: f32,
+}
+
+/// Where new tokens go in a KV cache laid out [batch, capacity, kv_heads·head_dim]: sequence b's
+/// query token t lands in slot `past_len[b] + t`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSlots<'a> {
+    pub batch: usize,
+    pub q_len: usize,
+    pub capacity: usize,
+    pub past_len: &'a [usize],
+}
+
+/// Sizes of one attention call. The cache is [batch, capacity, kv_heads, head_dim]; q and the
+/// output are [batch, q_len, heads, head_dim]. `heads` is a multiple of `kv_heads`; query head
+/// h reads kv head h / (heads / kv_heads), as HF's `repeat_kv` arranges.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub q_len: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+}
+
+/// Masking of one call: sequence b's query t sits in cache slot p = past_len[b] + t and sees
+/// slots j with j ≤ p and, when `window` > 0, p − window < j. `mask`, when given, is added to
+/// the scores: `mask[b * mask_stride + j]` (0 to attend, −∞ or a large negative to hide).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnMasking<'a> {
+    pub past_len: &'a [usize],
+    pub window: usize,
+    pub mask: Option<&'a [f32]>,
+    pub mask_stride: usize,
+}
+
+/// How the fused `query_key_value` output is laid out (features of one token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvLayout {
+    /// Separate q, k, v projections.
+    Separate,
+    /// Per head [q_h | k_h | v_h] (GPT-NeoX, Falcon multi-head).
+    FusedPerHead,
+    /// [all q heads | k | v] (Falcon-7B multi-query).
+    FusedQueriesFirst,
+    /// Per kv group [q heads of the group | k | v] (Falcon new architecture).
+    FusedGrouped,
+}
