@@ -10,6 +10,7 @@ pub mod cache;
 pub mod cpu;
 pub mod error;
 pub mod layers;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod quant;

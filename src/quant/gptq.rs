@@ -215,18 +215,23 @@ impl GptqConfig {
             Some(g) => decode_i32(g.data).windows(2).any(|p| p[0] > p[1]),
             None => false,
         };
-        Ok(GptqConfig {
+        let cfg = GptqConfig {
             bits,
             group_size,
             desc_act,
             sym: true,
             checkpoint_format_v2: false,
-        })
+        };
+        cfg.check_group_size(&format!("{zn}: inferred group_size"))?;
+        Ok(cfg)
     }
 
     fn check_group_size(&self, what: &str) -> Result<()> {
-        if self.group_size == -1 || self.group_size > 0 {
+        if self.group_size == -1 {
             Ok(())
+        } else if self.group_size > 0 {
+            let gs = usize::try_from(self.group_size).unwrap_or(usize::MAX);
+            crate::limits::check(what, gs, crate::limits::GROUP_SIZE).map(|_| ())
         } else {
             Err(Error::bad_format(format!(
                 "{what}: {} is not a group size (−1 or positive)",

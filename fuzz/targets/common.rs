@@ -1,13 +1,17 @@
-//! Helpers shared by the fuzz targets (included with `#[path]`).
-#![allow(dead_code)]
+//! Helpers shared by the fuzz target bodies.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use paradec::Weights;
 
-/// A per-process scratch directory (fuzzing runs one input at a time per process).
+/// A scratch directory per process and thread (one input at a time per thread; the regression
+/// test replays inputs on several threads).
 pub fn scratch_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("paradec-fuzz-{tag}-{}", std::process::id()));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static ID: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    let id = ID.with(|i| *i);
+    let d = std::env::temp_dir().join(format!("paradec-fuzz-{tag}-{}-{id}", std::process::id()));
     let _ = std::fs::create_dir_all(&d);
     d
 }
