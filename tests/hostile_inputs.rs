@@ -101,7 +101,8 @@ fn derived_sizes_are_bounded() {
 
 #[test]
 fn non_finite_and_nonsensical_scalars_are_refused() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "phi",
             Box::new(|c| c["rope_parameters"]["rope_theta"] = json!(1e39)),
@@ -229,7 +230,7 @@ fn lora_alpha_and_rank_are_checked() {
 fn header_only(name: &str, shape: Value) -> Vec<u8> {
     let h = json!({name: {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).to_string();
     let mut h = h.into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

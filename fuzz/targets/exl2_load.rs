@@ -3,6 +3,7 @@
 //! - odd mode: a group table is built from the bytes (widths sorted descending, group sizes
 //!   16/32/64/128, the last group taking the remaining rows), then optionally corrupted, and the
 //!   tensors are filled from the rest of the input.
+//!
 //! A successful load must dequantize and multiply without panicking.
 
 use paradec::quant::{Exl2Weight, QuantWeight};
@@ -36,7 +37,7 @@ pub fn run(data: &[u8]) {
                 )
             })
             .collect();
-        specs.sort_by(|a, b| b.0.cmp(&a.0));
+        specs.sort_by_key(|s| std::cmp::Reverse(s.0));
         let mut q_groups: Vec<i16> = Vec::new();
         let (mut rows_left, mut packed) = (k, 0usize);
         for (i, &(bits, gs)) in specs.iter().enumerate() {

@@ -4,6 +4,7 @@
 //! - even mode: the rest is a safetensors file holding `l.qweight`, `l.qzeros`, ...
 //! - odd mode: tensors of the expected shapes (one possibly perturbed, dtype possibly wrong)
 //!   are filled from the rest of the input and written with `save_safetensors`.
+//!
 //! A successful load must dequantize and multiply without panicking.
 
 use paradec::quant::{GptqConfig, GptqWeight, QuantWeight};

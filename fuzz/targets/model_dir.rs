@@ -122,14 +122,14 @@ fn base_config(family: u8, s: &Sizes, variant: bool, bias: bool, tie: bool) -> V
             "model_type": "gpt_neox", "hidden_size": hidden, "num_attention_heads": s.heads,
             "num_hidden_layers": s.layers, "intermediate_size": s.inter,
             "max_position_embeddings": 64, "use_parallel_residual": true,
-            "rotary_pct": if variant && s.head_dim % 4 == 0 { 0.5 } else { 1.0 },
+            "rotary_pct": if variant && s.head_dim.is_multiple_of(4) { 0.5 } else { 1.0 },
             "attention_bias": bias,
         }),
         2 => json!({
             "model_type": "phi", "hidden_size": hidden, "num_attention_heads": s.heads,
             "num_key_value_heads": s.kv_heads, "num_hidden_layers": s.layers,
             "intermediate_size": s.inter, "max_position_embeddings": 64,
-            "partial_rotary_factor": if s.head_dim % 4 == 0 { 0.5 } else { 1.0 },
+            "partial_rotary_factor": if s.head_dim.is_multiple_of(4) { 0.5 } else { 1.0 },
             "qk_layernorm": variant,
         }),
         3 => json!({
@@ -356,7 +356,7 @@ pub fn run(data: &[u8]) {
     let flags2 = b.u8();
     let heads = 1 + b.u8() as usize % 4;
     let kv_sel = b.u8() as usize;
-    let divisors: Vec<usize> = (1..=heads).filter(|d| heads % d == 0).collect();
+    let divisors: Vec<usize> = (1..=heads).filter(|d| heads.is_multiple_of(*d)).collect();
     let kv_heads = divisors[kv_sel % divisors.len()];
     let sizes = Sizes {
         heads,
@@ -574,6 +574,7 @@ pub fn run(data: &[u8]) {
         None => None,
     };
     let loras: Vec<&Lora> = lora.iter().collect();
+    let sane = edit_list.is_empty() && flags & 128 == 0;
     let vocab = model.arch.vocab;
     let Ok(mut cache) = KvCache::for_model(&model.arch, 1, 8, DType::F32, Device::Cpu) else {
         return;
@@ -607,7 +608,14 @@ pub fn run(data: &[u8]) {
         );
         common::debug(&out);
         match out {
-            Ok(logits) => assert_eq!(logits.shape(), &[1, ids.len(), vocab]),
+            Ok(logits) => {
+                assert_eq!(logits.shape(), &[1, ids.len(), vocab]);
+                // An unedited config with intact weights (all in [-1, 2]) gives finite logits.
+                if sane {
+                    let v = logits.f32_values().unwrap_or_default();
+                    assert!(v.iter().all(|x| x.is_finite()), "non-finite logits");
+                }
+            }
             Err(_) => return,
         }
     }
