@@ -12,4 +12,4 @@ export PARADEC_CUDA_ARCHS=compute_90a
 cargo build --features cuda --all-targets
 cargo clippy --features cuda --all-targets -- -D warnings
 # Without a device every GPU test must skip cleanly (and the no-device test must pass).
-cargo test --features cuda --test gpu_kernels
+cargo test --features cuda --test gpu

@@ -27,7 +27,7 @@ for line in sys.stdin:
 }
 
 {
-  cargo test --release --features cuda --no-run --test gpu_kernels --test gpu_ops --message-format=json
+  cargo test --release --features cuda --no-run --test gpu --message-format=json
   cargo bench --features cuda --no-run --bench gpu_smoke --message-format=json
   cargo build --release --features cuda --example gpu_bench --message-format=json
 } | executables | while read -r name exe; do

@@ -25,29 +25,22 @@ GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1)
 SUMMARY+=("card: $GPU")
 
 if want tests; then
-  "$D/bin/gpu_kernels" --nocapture >> "$OUT/tests.log" 2>&1
+  PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --nocapture >> "$OUT/tests.log" 2>&1
   rc=$?
   SUMMARY+=("tests (rc=$rc): $(grep -E '^test result' "$OUT/tests.log" | tail -n1)")
-  if [[ -x "$D/bin/gpu_ops" ]]; then
-    (cd "$D/.." && PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu_ops" --nocapture) >> "$OUT/tests.log" 2>&1
-    rc=$?
-    SUMMARY+=("ops tests (rc=$rc): $(grep -E '^test result' "$OUT/tests.log" | tail -n1)")
-  fi
   grep -E 'FAILED|panicked|relative error' "$OUT/tests.log" | head -n 20
 fi
 
 if want sanitize; then
   if command -v compute-sanitizer >/dev/null; then
     export PARADEC_GPU_SMALL=1
-    compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 99 \
-      "$D/bin/gpu_kernels" --test-threads=1 > "$OUT/memcheck.log" 2>&1
-    [[ -x "$D/bin/gpu_ops" ]] && PARADEC_FIXTURES="$D/fixtures" compute-sanitizer --tool memcheck \
-      --report-api-errors no --error-exitcode 99 "$D/bin/gpu_ops" --test-threads=1 >> "$OUT/memcheck.log" 2>&1
+    PARADEC_FIXTURES="$D/fixtures" compute-sanitizer --tool memcheck --report-api-errors no \
+      --error-exitcode 99 "$D/bin/gpu" --test-threads=1 > "$OUT/memcheck.log" 2>&1
     rc=$?
-    SUMMARY+=("memcheck (rc of the last=$rc): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$OUT/memcheck.log" | tr '\n' ' ')")
+    SUMMARY+=("memcheck (rc=$rc): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$OUT/memcheck.log" | tr '\n' ' ')")
     # Kernels with shared memory: norms and rotary.
     compute-sanitizer --tool racecheck --error-exitcode 99 \
-      "$D/bin/gpu_kernels" --test-threads=1 norm rotary > "$OUT/racecheck.log" 2>&1
+      "$D/bin/gpu" --test-threads=1 norm:: rope:: > "$OUT/racecheck.log" 2>&1
     rc=$?
     SUMMARY+=("racecheck (rc=$rc): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -n1) / $(grep -E '^test result' "$OUT/racecheck.log" | tail -n1)")
     unset PARADEC_GPU_SMALL

@@ -3,12 +3,8 @@
 //! model moved to the GPU — fail with a clear error instead of crashing.
 //!
 //! Skips without a device unless `PARADEC_REQUIRE_GPU=1`.
-#![cfg(feature = "cuda")]
-
-mod common;
-
-use common::*;
-use paradec::cuda::{self, CudaStream};
+use super::common::*;
+use super::gpu_stream;
 use paradec::ops;
 use paradec::vocab::Activation;
 use paradec::vocab::Affine;
@@ -16,17 +12,7 @@ use paradec::vocab::NormKind;
 use paradec::{DType, Device, Error, Model, Stream, Tensor};
 
 fn stream(test: &str) -> Option<Stream> {
-    match cuda::device_count() {
-        Ok(_) => Some(Stream::Cuda(CudaStream::new(0).expect("stream"))),
-        Err(e) => {
-            assert!(
-                std::env::var("PARADEC_REQUIRE_GPU").as_deref() != Ok("1"),
-                "{test}: no CUDA device: {e}"
-            );
-            eprintln!("{test}: skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    gpu_stream(test).map(Stream::Cuda)
 }
 
 /// A host tensor of `dtype` with random values, and its device copy.
