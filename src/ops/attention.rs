@@ -145,8 +145,11 @@ pub fn split_qkv(
 }
 
 /// Attention of q [batch, q_len, heads·D] over the cache; writes [batch, q_len, heads·D].
+///
+/// Device scratch (split-KV partials) comes from `ws`; the CPU reference needs none.
 pub fn attention(
     _s: &Stream,
+    _ws: &mut Workspace,
     q: &Tensor,
     cache_k: &Tensor,
     cache_v: &Tensor,

@@ -16,8 +16,11 @@ fn linear_rows(x: &Tensor, k: usize, n: usize, out: &Tensor) -> Result<usize> {
 }
 
 /// Dense linear: `out[m, N] (+)= x[m, K] · w[N, K]ᵀ + bias`.
+///
+/// Device scratch (split-K partials) comes from `ws`; the CPU reference needs none.
 pub fn linear(
     _s: &Stream,
+    _ws: &mut Workspace,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -65,8 +68,11 @@ pub fn linear(
 }
 
 /// Quantized linear: `out[m, N] (+)= x[m, K] · Wᵀ + bias` straight from GPTQ / EXL2 data.
+///
+/// Device scratch (split-K partials, permuted activations) comes from `ws`.
 pub fn quant_linear(
     _s: &Stream,
+    _ws: &mut Workspace,
     x: &Tensor,
     w: &crate::quant::QuantWeight,
     out: &mut Tensor,

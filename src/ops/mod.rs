@@ -13,6 +13,7 @@ use crate::tensor::{Device, HostData, Tensor};
 use crate::vocab::{
     Activation, Affine, AttnMasking, AttnShape, CacheSlots, NormKind, QkvLayout, RotaryArgs,
 };
+use crate::workspace::Workspace;
 use crate::{Error, Result, Stream};
 
 fn float(name: &str, t: &Tensor) -> Result<()> {
@@ -247,7 +248,8 @@ mod tests {
         let x = t(&[1.; 6], &[2, 3]);
         let w = t(&[1.; 8], &[2, 4]);
         let mut out = t(&[0.; 4], &[2, 2]);
-        let e = linear(&s, &x, &w, None, &mut out, false).unwrap_err();
+        let mut ws = Workspace::cpu();
+        let e = linear(&s, &mut ws, &x, &w, None, &mut out, false).unwrap_err();
         assert!(e.to_string().contains("K = 4"), "{e}");
         let mut small = t(&[0.; 5], &[5]);
         assert!(norm(
