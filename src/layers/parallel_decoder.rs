@@ -1,5 +1,5 @@
 //! `ParallelDecoder`: one parallel-residual block, `x += Attn(norm_a(x)) + Mlp(norm_m(x))`,
-//! for every supported family (see shared/FAMILIES.md for how HF computes each).
+//! for every supported family (docs/families.md says how HF computes each).
 
 use crate::arch::{ArchParams, MlpKind, QkNorm, Rotary, SumOrder};
 use crate::cache::KvCache;
