@@ -460,8 +460,9 @@ impl ParallelDecoder {
             inv_freq: &f.inv_freq,
             attn_factor: f.attn_factor,
         });
+        let mut cache = cache;
         let mut own_cache;
-        let (ck, cv, capacity) = match cache {
+        let (ck, cv, capacity) = match cache.as_deref_mut() {
             Some(c) => {
                 if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
                     return Err(Error::bad_input(format!(
@@ -469,6 +470,9 @@ impl ParallelDecoder {
                         c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
                     )));
                 }
+                // Reads of never-written slots and writes past the capacity are refused here,
+                // before anything is written.
+                c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
                 let cap = c.capacity;
                 let (ck, cv) = c.layer_mut(self.layer_idx)?;
                 (ck, cv, cap)
@@ -532,6 +536,9 @@ impl ParallelDecoder {
             1.0 / (a.head_dim as f32).sqrt(),
             &mut ctx,
         )?;
+        if let Some(c) = cache {
+            c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
+        }
         let mut attn_out = ws.tensor(&[t, a.hidden])?;
         self.o_proj
             .forward(s, ws, &ctx, &mut attn_out, false, ids)?;
