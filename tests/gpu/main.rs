@@ -13,7 +13,12 @@
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn skipped_without_the_cuda_feature() {
-    eprintln!("gpu: skipped: built without the `cuda` feature (cargo test --features cuda)");
+    use std::io::Write;
+    // Straight to stderr: the harness shows a passing test's eprintln! only with --nocapture.
+    let _ = writeln!(
+        std::io::stderr(),
+        "gpu: skipped: built without the `cuda` feature (cargo test --features cuda)"
+    );
 }
 
 /// Keeps the items below out of builds without the `cuda` feature.
@@ -94,7 +99,15 @@ fn gpu_stream(test: &str) -> Option<CudaStream> {
             );
             // One line for the whole binary, not one per test.
             static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| eprintln!("gpu: skipped (first: {test}): no CUDA device ({e})"));
+            // Straight to stderr: the test harness shows a passing test's eprintln! only with
+            // --nocapture.
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "gpu: skipped (first: {test}): no CUDA device ({e})"
+                );
+            });
             None
         }
     }
