@@ -10,7 +10,8 @@ use paradec::arch::rope::RopeScaling;
 use paradec::arch::{Family, Rotary};
 use paradec::weights::save_safetensors;
 use paradec::{
-    ArchParams, AttnParams, DType, Device, Error, KvCache, Model, Tensor, Weights, Workspace,
+    ArchParams, AttnParams, DType, Device, Error, KvCache, Model, Stream, Tensor, Weights,
+    Workspace,
 };
 use serde_json::{json, Value};
 
@@ -98,7 +99,7 @@ fn a_4x_neox_checkpoint_runs_and_matches_hf() {
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let p = AttnParams::new(2, q).with_attention_mask(&mask, q).unwrap();
     let logits = model
-        .forward(&ids, &p, None, &mut Workspace::cpu())
+        .forward(&Stream::Host, &ids, &p, None, &mut Workspace::cpu())
         .unwrap();
     let keep: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
     let e = rel_err_rows(
@@ -374,8 +375,16 @@ fn sharded_checkpoint_with_index_loads() {
     let p = AttnParams::new(1, 4);
     let mut ws = Workspace::cpu();
     assert_eq!(
-        values(&sharded.forward(&ids, &p, None, &mut ws).unwrap()),
-        values(&whole.forward(&ids, &p, None, &mut ws).unwrap())
+        values(
+            &sharded
+                .forward(&Stream::Host, &ids, &p, None, &mut ws)
+                .unwrap()
+        ),
+        values(
+            &whole
+                .forward(&Stream::Host, &ids, &p, None, &mut ws)
+                .unwrap()
+        )
     );
     // An index naming a shard outside the directory is refused.
     std::fs::write(
@@ -391,10 +400,19 @@ fn cache_capacity_and_call_shapes_are_checked() {
     let model = Model::load(fixture("cohere2")).unwrap();
     let mut ws = Workspace::cpu();
     let mut cache = KvCache::for_model(&model.arch, 1, 4, DType::F32, Device::Cpu).unwrap();
+    model
+        .forward(
+            &Stream::Host,
+            &[4, 5, 6],
+            &AttnParams::new(1, 3),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap();
     // 3 cached + 2 new > capacity 4.
     let p = AttnParams::with_past(1, 2, vec![3]);
     let e = model
-        .forward(&[1, 2], &p, Some(&mut cache), &mut ws)
+        .forward(&Stream::Host, &[1, 2], &p, Some(&mut cache), &mut ws)
         .unwrap_err();
     assert!(
         matches!(&e, Error::CapacityExceeded(m) if m.contains("capacity 4")),
@@ -403,6 +421,7 @@ fn cache_capacity_and_call_shapes_are_checked() {
     // Exactly full is fine.
     model
         .forward(
+            &Stream::Host,
             &[1],
             &AttnParams::with_past(1, 1, vec![3]),
             Some(&mut cache),
@@ -411,18 +430,24 @@ fn cache_capacity_and_call_shapes_are_checked() {
         .unwrap();
     // Past without a cache, wrong id count, ids outside the vocabulary, batch mismatch.
     assert!(matches!(
-        model.forward(&[1], &AttnParams::with_past(1, 1, vec![2]), None, &mut ws),
+        model.forward(
+            &Stream::Host,
+            &[1],
+            &AttnParams::with_past(1, 1, vec![2]),
+            None,
+            &mut ws
+        ),
         Err(Error::BadInput(_))
     ));
     assert!(
-        matches!(model.forward(&[1, 2, 3], &AttnParams::new(1, 2), None, &mut ws), Err(Error::BadInput(m)) if m.contains("token ids"))
+        matches!(model.forward(&Stream::Host, &[1, 2, 3], &AttnParams::new(1, 2), None, &mut ws), Err(Error::BadInput(m)) if m.contains("token ids"))
     );
     assert!(
-        matches!(model.forward(&[100_000], &AttnParams::new(1, 1), None, &mut ws), Err(Error::BadInput(m)) if m.contains("100000"))
+        matches!(model.forward(&Stream::Host, &[100_000], &AttnParams::new(1, 1), None, &mut ws), Err(Error::BadInput(m)) if m.contains("100000"))
     );
     let mut two = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
     assert!(
-        matches!(model.forward(&[1], &AttnParams::new(1, 1), Some(&mut two), &mut ws), Err(Error::BadInput(m)) if m.contains("batch"))
+        matches!(model.forward(&Stream::Host, &[1], &AttnParams::new(1, 1), Some(&mut two), &mut ws), Err(Error::BadInput(m)) if m.contains("batch"))
     );
     assert!(KvCache::new(2, 0, 4, 2, 16, DType::F32, Device::Cpu).is_err());
     assert!(KvCache::new(2, 1, 4, 2, 16, DType::I32, Device::Cpu).is_err());
@@ -475,4 +500,109 @@ fn impossible_allocations_are_errors_not_aborts() {
         matches!(&e, Error::BadInput(m) if m.contains("overflows")),
         "{e}"
     );
+}
+
+#[test]
+fn a_cache_cannot_be_read_past_what_was_written_but_can_rewind() {
+    let model = Model::load(fixture("gpt_neox")).unwrap();
+    let mut ws = Workspace::cpu();
+    let s = Stream::Host;
+    let mut cache = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
+    // Nothing written yet: a decode step claiming 2 past positions is refused, naming them.
+    let e = model
+        .forward(
+            &s,
+            &[1, 2],
+            &AttnParams::with_past(2, 1, vec![2, 2]),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("sequence 0") && m.contains("reads 2") && m.contains("only 0")),
+        "{e}"
+    );
+    assert_eq!(
+        cache.held(0).unwrap(),
+        &[0, 0],
+        "a refused call records nothing"
+    );
+    model
+        .forward(
+            &s,
+            &[1, 2, 3, 4, 5, 6],
+            &AttnParams::new(2, 3),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap();
+    for l in 0..model.arch.num_layers {
+        assert_eq!(cache.held(l).unwrap(), &[3, 3]);
+    }
+    // One sequence claiming more than it holds is named.
+    let e = model
+        .forward(
+            &s,
+            &[1, 2],
+            &AttnParams::with_past(2, 1, vec![3, 4]),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("sequence 1") && m.contains("reads 4")),
+        "{e}"
+    );
+    // Rewinding (a shorter past, as when drafted tokens are rejected) is allowed and equals a
+    // fresh cache fed the same tokens.
+    let rewound = model
+        .forward(
+            &s,
+            &[7, 8],
+            &AttnParams::with_past(2, 1, vec![2, 2]),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap();
+    assert_eq!(cache.held(0).unwrap(), &[3, 3]);
+    let mut fresh = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
+    model
+        .forward(
+            &s,
+            &[1, 2, 4, 5],
+            &AttnParams::new(2, 2),
+            Some(&mut fresh),
+            &mut ws,
+        )
+        .unwrap();
+    let direct = model
+        .forward(
+            &s,
+            &[7, 8],
+            &AttnParams::with_past(2, 1, vec![2, 2]),
+            Some(&mut fresh),
+            &mut ws,
+        )
+        .unwrap();
+    assert_eq!(rewound.f32_values().unwrap(), direct.f32_values().unwrap());
+    // A single layer called directly is checked the same way.
+    let layer = &model.layers()[1];
+    let mut hidden = Tensor::zeros(&[2, model.arch.hidden], DType::F32, Device::Cpu).unwrap();
+    let mut small = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
+    let e = layer
+        .forward(
+            &s,
+            &mut hidden,
+            Some(&mut small),
+            &AttnParams::with_past(2, 1, vec![0, 1]),
+            &[],
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("layer 1") && m.contains("sequence 1")),
+        "{e}"
+    );
+    small.clear();
+    assert_eq!(small.held(1).unwrap(), &[0, 0]);
 }

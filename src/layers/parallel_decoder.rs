@@ -1,5 +1,5 @@
 //! `ParallelDecoder`: one parallel-residual block, `x += Attn(norm_a(x)) + Mlp(norm_m(x))`,
-//! for every supported family (see shared/FAMILIES.md for how HF computes each).
+//! for every supported family (docs/families.md says how HF computes each).
 
 use crate::arch::{ArchParams, MlpKind, QkNorm, Rotary, SumOrder};
 use crate::cache::KvCache;
@@ -332,26 +332,28 @@ impl ParallelDecoder {
     /// hidden] (or [tokens, hidden]); with a cache, new K/V go to each sequence's next slots.
     pub fn forward(
         &self,
+        s: &Stream,
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         params: &AttnParams,
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<()> {
-        self.run(&Stream::Host, hidden, cache, params, loras, ws, false)
+        self.run(s, hidden, cache, params, loras, ws, false)
             .map(|_| ())
     }
 
     /// As `forward`, and returns the intermediates (see `Intermediates`).
     pub fn forward_interm(
         &self,
+        s: &Stream,
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         params: &AttnParams,
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<Intermediates> {
-        self.run(&Stream::Host, hidden, cache, params, loras, ws, true)?
+        self.run(s, hidden, cache, params, loras, ws, true)?
             .ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
@@ -413,13 +415,13 @@ impl ParallelDecoder {
                 k: lk,
                 v: lv,
             } => {
-                lq.forward(s, &n_a, &mut q, false, ids)?;
-                lk.forward(s, &n_a, &mut k, false, ids)?;
-                lv.forward(s, &n_a, &mut v, false, ids)?;
+                lq.forward(s, ws, &n_a, &mut q, false, ids)?;
+                lk.forward(s, ws, &n_a, &mut k, false, ids)?;
+                lv.forward(s, ws, &n_a, &mut v, false, ids)?;
             }
             QkvProj::Fused { qkv, layout } => {
                 let mut f = ws.tensor(&[t, a.qkv_width()])?;
-                qkv.forward(s, &n_a, &mut f, false, ids)?;
+                qkv.forward(s, ws, &n_a, &mut f, false, ids)?;
                 ops::split_qkv(
                     s, *layout, &f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
                 )?;
@@ -458,8 +460,9 @@ impl ParallelDecoder {
             inv_freq: &f.inv_freq,
             attn_factor: f.attn_factor,
         });
+        let mut cache = cache;
         let mut own_cache;
-        let (ck, cv, capacity) = match cache {
+        let (ck, cv, capacity) = match cache.as_deref_mut() {
             Some(c) => {
                 if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
                     return Err(Error::bad_input(format!(
@@ -467,6 +470,9 @@ impl ParallelDecoder {
                         c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
                     )));
                 }
+                // Reads of never-written slots and writes past the capacity are refused here,
+                // before anything is written.
+                c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
                 let cap = c.capacity;
                 let (ck, cv) = c.layer_mut(self.layer_idx)?;
                 (ck, cv, cap)
@@ -521,6 +527,7 @@ impl ParallelDecoder {
         let mut ctx = ws.tensor(&[t, qd])?;
         ops::attention(
             s,
+            ws,
             &q,
             ck,
             cv,
@@ -529,8 +536,12 @@ impl ParallelDecoder {
             1.0 / (a.head_dim as f32).sqrt(),
             &mut ctx,
         )?;
+        if let Some(c) = cache {
+            c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
+        }
         let mut attn_out = ws.tensor(&[t, a.hidden])?;
-        self.o_proj.forward(s, &ctx, &mut attn_out, false, ids)?;
+        self.o_proj
+            .forward(s, ws, &ctx, &mut attn_out, false, ids)?;
 
         // MLP.
         let mlp_in = n_m.as_ref().unwrap_or(&n_a);
@@ -538,17 +549,17 @@ impl ParallelDecoder {
         let mut mlp_out = ws.tensor(&[t, a.hidden])?;
         match (&self.mlp, a.mlp) {
             (Mlp::Plain { fc_in, fc_out }, MlpKind::Plain(act)) => {
-                fc_in.forward(s, mlp_in, &mut pre_down, false, ids)?;
+                fc_in.forward(s, ws, mlp_in, &mut pre_down, false, ids)?;
                 ops::activate(s, act, &mut pre_down)?;
-                fc_out.forward(s, &pre_down, &mut mlp_out, false, ids)?;
+                fc_out.forward(s, ws, &pre_down, &mut mlp_out, false, ids)?;
             }
             (Mlp::Gated { gate, up, down }, MlpKind::Gated(act)) => {
                 let mut g = ws.tensor(&[t, a.intermediate])?;
                 let mut u = ws.tensor(&[t, a.intermediate])?;
-                gate.forward(s, mlp_in, &mut g, false, ids)?;
-                up.forward(s, mlp_in, &mut u, false, ids)?;
+                gate.forward(s, ws, mlp_in, &mut g, false, ids)?;
+                up.forward(s, ws, mlp_in, &mut u, false, ids)?;
                 ops::act_mul(s, act, &g, &u, &mut pre_down)?;
-                down.forward(s, &pre_down, &mut mlp_out, false, ids)?;
+                down.forward(s, ws, &pre_down, &mut mlp_out, false, ids)?;
             }
             _ => {
                 return Err(Error::bad_input(
