@@ -28,7 +28,9 @@ use paradec::quant::pack::{pack_exl2, pack_gptq, Exl2Recipe};
 use paradec::quant::GptqConfig;
 use paradec::vocab::QkvLayout;
 use paradec::weights::save_safetensors;
-use paradec::{AttnParams, DType, Device, HostData, KvCache, Model, Tensor, Weights, Workspace};
+use paradec::{
+    AttnParams, DType, Device, HostData, KvCache, Model, Stream, Tensor, Weights, Workspace,
+};
 use serde_json::{json, Value};
 
 use super::common::{self, Bytes};
@@ -598,6 +600,7 @@ pub fn run(data: &[u8]) {
     ];
     for (ids, p) in &steps {
         let out = model.forward_inspect(
+            &Stream::Host,
             ids,
             p,
             Some(&mut cache),
@@ -608,7 +611,8 @@ pub fn run(data: &[u8]) {
         );
         common::debug(&out);
         match out {
-            Ok(logits) => {
+            Ok(out) => {
+                let logits = out.logits;
                 assert_eq!(logits.shape(), &[1, ids.len(), vocab]);
                 // An unedited config with intact weights (all in [-1, 2]) gives finite logits.
                 if sane {
