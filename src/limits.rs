@@ -25,7 +25,9 @@
 //! | [`TENSOR_ELEMENTS`] | 2^40 | product of a tensor's dimensions, zero dimensions counted as 1 |
 //!
 //! Other integers a file carries (tensor data sizes, GPTQ/EXL2 packed rows, group tables) are
-//! bounded by the bytes of the file itself and checked against these sizes when loaded.
+//! bounded by the bytes of the file itself and checked against these sizes when loaded; the
+//! buffers decoded from a file are reserved fallibly ([`try_collect`], [`try_filled`]), so a
+//! file larger than memory gives `Error::OutOfMemory` instead of an abort.
 
 use crate::{Error, Result};
 
@@ -106,6 +108,29 @@ pub fn check_shape(what: &str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// An empty vector with room for `n` elements, or `Error::OutOfMemory` naming `what` (for
+/// buffers whose size comes from a file: a failed allocation is an error, not an abort).
+pub fn try_with_capacity<T>(n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::OutOfMemory(format!("host: {what}: {n} elements")))?;
+    Ok(v)
+}
+
+/// `n` copies of `value`, allocated fallibly (see [`try_with_capacity`]).
+pub fn try_filled<T: Clone>(value: T, n: usize, what: &str) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(n, what)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// Collects an iterator of known length, allocated fallibly (see [`try_with_capacity`]).
+pub fn try_collect<T>(it: impl ExactSizeIterator<Item = T>, what: &str) -> Result<Vec<T>> {
+    let mut v = try_with_capacity(it.len(), what)?;
+    v.extend(it);
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +145,15 @@ mod tests {
         assert!(check_shape("t", &[0, 1 << 20, 1 << 20]).is_ok());
         assert_eq!(config_field("vocab_size"), Some(VOCAB));
         assert_eq!(config_field("nope"), None);
+    }
+
+    #[test]
+    fn impossible_allocations_are_errors() {
+        let e = try_filled(0u64, usize::MAX / 4, "t").unwrap_err();
+        assert!(
+            matches!(&e, Error::OutOfMemory(m) if m.contains("t:")),
+            "{e}"
+        );
+        assert_eq!(try_collect([1, 2].into_iter(), "t").unwrap(), vec![1, 2]);
     }
 }
