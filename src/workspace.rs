@@ -56,6 +56,9 @@ impl Workspace {
         let qkv = 2 * arch.qkv_width(); // fused output and split copies
         let attn = arch.heads * arch.head_dim + 2 * arch.hidden; // context, both branch outputs
         let mlp = 2 * arch.intermediate;
-        tokens * (norms + qkv + attn + mlp + arch.hidden) * dtype.size()
+        // The per-token sum is bounded by `limits`; the caller's token count saturates.
+        tokens
+            .saturating_mul(norms + qkv + attn + mlp + arch.hidden)
+            .saturating_mul(dtype.size())
     }
 }
