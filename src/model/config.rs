@@ -220,9 +220,17 @@ fn rope_config(
         theta: theta.unwrap_or(default_theta) as f32,
         scaling,
     };
-    rc.validate(head_dim)
-        .map_err(|e| Error::bad_format(format!("config.json: {e}")))?;
+    rc.validate(head_dim).map_err(|e| in_config("", e))?;
     Ok(rc)
+}
+
+/// A rotary-table check's error as a config.json format error.
+fn in_config(what: &str, e: Error) -> Error {
+    let m = match e {
+        Error::BadInput(m) => m,
+        other => other.to_string(),
+    };
+    Error::bad_format(format!("config.json: {what}{m}"))
 }
 
 fn partial_width(head_dim: usize, factor: f64, field: &str) -> Result<usize> {
@@ -400,7 +408,7 @@ impl ArchParams {
             scaling: RopeScaling::None,
         };
         rope.validate(head_dim)
-            .map_err(|e| Error::bad_format(format!("config.json: rotary_dim: {e}")))?;
+            .map_err(|e| in_config("rotary_dim: ", e))?;
         Ok(ArchParams {
             family: Family::GptJ,
             hidden,
