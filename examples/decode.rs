@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use paradec::{AttnParams, DType, Device, KvCache, Model, Result, Weights, Workspace};
+use paradec::{AttnParams, DType, Device, KvCache, Model, Result, Stream, Weights, Workspace};
 
 fn argmax(row: &[f32]) -> u32 {
     let mut best = 0;
@@ -88,6 +88,7 @@ fn run(dir: &Path, steps: usize) -> Result<bool> {
         let params = AttnParams::with_past(batch, q, vec![slots - q; batch])
             .with_attention_mask(&mask_now, slots)?;
         let logits = model.forward_inspect(
+            &Stream::Host,
             &ids,
             &params,
             Some(&mut cache),
@@ -100,7 +101,7 @@ fn run(dir: &Path, steps: usize) -> Result<bool> {
                 }
             },
         )?;
-        let lv = logits.f32_values()?;
+        let lv = logits.logits.f32_values()?;
         let v = a.vocab;
         if let Some(want) = reference
             .as_ref()

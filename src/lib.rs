@@ -32,5 +32,5 @@ pub use arch::ArchParams;
 pub use cache::KvCache;
 pub use layers::parallel_decoder::{Intermediates, ParallelDecoder};
 pub use layers::params::AttnParams;
-pub use model::stack::Model;
+pub use model::stack::{Model, ModelOutput};
 pub use workspace::Workspace;

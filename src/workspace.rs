@@ -42,6 +42,13 @@ impl Workspace {
         Tensor::zeros(shape, self.dtype, self.device)
     }
 
+    /// A zero-filled temporary of another dtype on the workspace's device: the scratch an op
+    /// needs beside its inputs and outputs (f32 split-K or split-KV partials, index tables).
+    /// Ops take every such temporary from here, never allocating themselves.
+    pub fn scratch(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::zeros(shape, dtype, self.device)
+    }
+
     /// Peak bytes of temporaries one decoder layer's forward takes for `tokens` tokens with
     /// no cache (the temporary K/V then hold the call's own tokens).
     pub fn bytes_needed(arch: &ArchParams, tokens: usize, dtype: DType) -> usize {

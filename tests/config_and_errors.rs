@@ -10,7 +10,8 @@ use paradec::arch::rope::RopeScaling;
 use paradec::arch::{Family, Rotary};
 use paradec::weights::save_safetensors;
 use paradec::{
-    ArchParams, AttnParams, DType, Device, Error, KvCache, Model, Tensor, Weights, Workspace,
+    ArchParams, AttnParams, DType, Device, Error, KvCache, Model, Stream, Tensor, Weights,
+    Workspace,
 };
 use serde_json::{json, Value};
 
@@ -98,7 +99,7 @@ fn a_4x_neox_checkpoint_runs_and_matches_hf() {
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let p = AttnParams::new(2, q).with_attention_mask(&mask, q).unwrap();
     let logits = model
-        .forward(&ids, &p, None, &mut Workspace::cpu())
+        .forward(&Stream::Host, &ids, &p, None, &mut Workspace::cpu())
         .unwrap();
     let keep: Vec<bool> = mask.iter().map(|&m| m == 1).collect();
     let e = rel_err_rows(
@@ -374,8 +375,16 @@ fn sharded_checkpoint_with_index_loads() {
     let p = AttnParams::new(1, 4);
     let mut ws = Workspace::cpu();
     assert_eq!(
-        values(&sharded.forward(&ids, &p, None, &mut ws).unwrap()),
-        values(&whole.forward(&ids, &p, None, &mut ws).unwrap())
+        values(
+            &sharded
+                .forward(&Stream::Host, &ids, &p, None, &mut ws)
+                .unwrap()
+        ),
+        values(
+            &whole
+                .forward(&Stream::Host, &ids, &p, None, &mut ws)
+                .unwrap()
+        )
     );
     // An index naming a shard outside the directory is refused.
     std::fs::write(
@@ -394,7 +403,7 @@ fn cache_capacity_and_call_shapes_are_checked() {
     // 3 cached + 2 new > capacity 4.
     let p = AttnParams::with_past(1, 2, vec![3]);
     let e = model
-        .forward(&[1, 2], &p, Some(&mut cache), &mut ws)
+        .forward(&Stream::Host, &[1, 2], &p, Some(&mut cache), &mut ws)
         .unwrap_err();
     assert!(
         matches!(&e, Error::CapacityExceeded(m) if m.contains("capacity 4")),
@@ -403,6 +412,7 @@ fn cache_capacity_and_call_shapes_are_checked() {
     // Exactly full is fine.
     model
         .forward(
+            &Stream::Host,
             &[1],
             &AttnParams::with_past(1, 1, vec![3]),
             Some(&mut cache),
@@ -411,18 +421,24 @@ fn cache_capacity_and_call_shapes_are_checked() {
         .unwrap();
     // Past without a cache, wrong id count, ids outside the vocabulary, batch mismatch.
     assert!(matches!(
-        model.forward(&[1], &AttnParams::with_past(1, 1, vec![2]), None, &mut ws),
+        model.forward(
+            &Stream::Host,
+            &[1],
+            &AttnParams::with_past(1, 1, vec![2]),
+            None,
+            &mut ws
+        ),
         Err(Error::BadInput(_))
     ));
     assert!(
-        matches!(model.forward(&[1, 2, 3], &AttnParams::new(1, 2), None, &mut ws), Err(Error::BadInput(m)) if m.contains("token ids"))
+        matches!(model.forward(&Stream::Host, &[1, 2, 3], &AttnParams::new(1, 2), None, &mut ws), Err(Error::BadInput(m)) if m.contains("token ids"))
     );
     assert!(
-        matches!(model.forward(&[100_000], &AttnParams::new(1, 1), None, &mut ws), Err(Error::BadInput(m)) if m.contains("100000"))
+        matches!(model.forward(&Stream::Host, &[100_000], &AttnParams::new(1, 1), None, &mut ws), Err(Error::BadInput(m)) if m.contains("100000"))
     );
     let mut two = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
     assert!(
-        matches!(model.forward(&[1], &AttnParams::new(1, 1), Some(&mut two), &mut ws), Err(Error::BadInput(m)) if m.contains("batch"))
+        matches!(model.forward(&Stream::Host, &[1], &AttnParams::new(1, 1), Some(&mut two), &mut ws), Err(Error::BadInput(m)) if m.contains("batch"))
     );
     assert!(KvCache::new(2, 0, 4, 2, 16, DType::F32, Device::Cpu).is_err());
     assert!(KvCache::new(2, 1, 4, 2, 16, DType::I32, Device::Cpu).is_err());

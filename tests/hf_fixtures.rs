@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use paradec::{AttnParams, DType, Device, KvCache, Model, Workspace};
+use paradec::layers::norm::Norm;
+use paradec::{AttnParams, DType, Device, KvCache, Model, Stream, Tensor, Workspace};
 
 const TOL: f64 = 1e-4;
 
@@ -34,6 +35,7 @@ fn load_steps(r: &paradec::Weights) -> Vec<Step> {
 fn check_variant(variant: &str) {
     let dir = fixture(variant);
     let model = Model::load(&dir).unwrap_or_else(|e| panic!("{variant}: {e}"));
+    let weights = paradec::Weights::from_dir(&dir).unwrap();
     let r = reference(variant);
     let steps = load_steps(&r);
     let batch = 2;
@@ -58,7 +60,7 @@ fn check_variant(variant: &str) {
                 assert_eq!(ours, theirs, "{variant} step {t}: position of token {i}");
             }
         }
-        let emb = model.embed_tokens(&st.ids, &mut ws).unwrap();
+        let emb = model.embed_tokens(&Stream::Host, &st.ids, &mut ws).unwrap();
         let want = r.get(&format!("step{t}.embeddings")).unwrap();
         let e = rel_err_rows(
             &values(&emb),
@@ -69,8 +71,10 @@ fn check_variant(variant: &str) {
         assert!(e <= TOL, "{variant} step {t} embeddings: rel err {e:.3e}");
 
         let mut failures = Vec::new();
-        let logits = model
+        let mut last_layer_out = None;
+        let out = model
             .forward_inspect(
+                &Stream::Host,
                 &st.ids,
                 &params,
                 Some(&mut cache),
@@ -108,10 +112,35 @@ fn check_variant(variant: &str) {
                     check("hidden_states_attn", Some(&i.hidden_states_attn));
                     check("hidden_states_mlp", Some(&i.hidden_states_mlp));
                     check("hidden_states", Some(&i.hidden_states));
+                    last_layer_out = Some(values(&i.hidden_states));
                 },
             )
             .unwrap_or_else(|e| panic!("{variant} step {t}: {e}"));
         assert!(failures.is_empty(), "{variant}:\n{}", failures.join("\n"));
+        // The returned hidden states are the final norm of the last layer's output.
+        let a = &model.arch;
+        let final_norm = Norm::load(
+            &weights,
+            a.names.final_norm,
+            a.norm,
+            &[a.hidden],
+            a.norm_bias,
+            a.norm_eps,
+        )
+        .unwrap();
+        let last =
+            Tensor::from_f32(last_layer_out.take().unwrap(), &[st.ids.len(), a.hidden]).unwrap();
+        let mut want_final =
+            Tensor::zeros(&[st.ids.len(), a.hidden], DType::F32, Device::Cpu).unwrap();
+        final_norm
+            .forward(&Stream::Host, &last, &mut want_final)
+            .unwrap();
+        assert_eq!(
+            values(&out.hidden_states),
+            values(&want_final),
+            "{variant} step {t}: final-norm hidden states"
+        );
+        let logits = out.logits;
         let want = r.get(&format!("step{t}.logits")).unwrap();
         let e = rel_err_rows(
             &values(&logits),
@@ -140,7 +169,11 @@ fn check_variant(variant: &str) {
     let params = AttnParams::new(batch, total)
         .with_attention_mask(&last.mask, total)
         .unwrap();
-    let full = values(&model.forward(&ids, &params, None, &mut ws).unwrap());
+    let full = values(
+        &model
+            .forward(&Stream::Host, &ids, &params, None, &mut ws)
+            .unwrap(),
+    );
     let want = r.get("step3.logits").unwrap();
     let vocab = model.arch.vocab;
     for b in 0..batch {

@@ -80,14 +80,26 @@ fn full_rank_changes_nothing() {
     let ids = [5u32, 9, 77, 3, 12];
     let p = AttnParams::new(1, 5);
     let mut ws = Workspace::cpu();
-    let before = values(&model.forward(&ids, &p, None, &mut ws).unwrap());
+    let before = values(
+        &model
+            .forward(&Stream::Host, &ids, &p, None, &mut ws)
+            .unwrap(),
+    );
     model.rank_reduce(1.0).unwrap();
-    let after = values(&model.forward(&ids, &p, None, &mut ws).unwrap());
+    let after = values(
+        &model
+            .forward(&Stream::Host, &ids, &p, None, &mut ws)
+            .unwrap(),
+    );
     let e = rel_err_rows(&after, &before, model.arch.vocab, &[true; 5]);
     assert!(e < 1e-5, "{e}");
     // A real reduction does change them.
     model.rank_reduce(0.25).unwrap();
-    let reduced = values(&model.forward(&ids, &p, None, &mut ws).unwrap());
+    let reduced = values(
+        &model
+            .forward(&Stream::Host, &ids, &p, None, &mut ws)
+            .unwrap(),
+    );
     assert!(rel_err_rows(&reduced, &before, model.arch.vocab, &[true; 5]) > 1e-3);
 }
 
@@ -104,7 +116,14 @@ fn bad_fractions_are_refused() {
     let lin =
         Linear::from_tensors("p", Tensor::from_f32(vec![1.0; 8], &[2, 4]).unwrap(), None).unwrap();
     let mut out = Tensor::from_f32(vec![0.0; 2], &[1, 2]).unwrap();
-    lin.forward(&Stream::Host, &x, &mut out, false, &[])
-        .unwrap();
+    lin.forward(
+        &Stream::Host,
+        &mut Workspace::cpu(),
+        &x,
+        &mut out,
+        false,
+        &[],
+    )
+    .unwrap();
     assert_eq!(values(&out), vec![4.0, 4.0]);
 }

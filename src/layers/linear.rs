@@ -5,6 +5,7 @@ use crate::layers::lora::LoraAdapter;
 use crate::ops;
 use crate::quant::{QuantConfig, QuantWeight};
 use crate::tensor::{Device, Tensor};
+use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
 #[derive(Debug)]
@@ -94,34 +95,43 @@ impl Linear {
     }
 
     /// `out (+)= x · Wᵀ + b + Σ B(A(x))·scale` for x [.., in], over the registered adapters whose
-    /// id is in `active`; out has the same rows and `out_features` columns.
+    /// id is in `active`; out has the same rows and `out_features` columns. Temporaries (the
+    /// adapters' x·A, the kernels' scratch) come from `ws`.
     pub fn forward(
         &self,
         s: &Stream,
+        ws: &mut Workspace,
         x: &Tensor,
         out: &mut Tensor,
         accumulate: bool,
         active: &[u64],
     ) -> Result<()> {
         let r = match &self.weight {
-            LinearWeight::Dense(w) => ops::linear(s, x, w, self.bias.as_ref(), out, accumulate),
-            LinearWeight::Quant(q) => ops::quant_linear(s, x, q, out, accumulate),
+            LinearWeight::Dense(w) => ops::linear(s, ws, x, w, self.bias.as_ref(), out, accumulate),
+            LinearWeight::Quant(q) => ops::quant_linear(s, ws, x, q, out, accumulate),
         };
-        r.and_then(|_| self.apply_loras(s, x, out, active))
+        r.and_then(|_| self.apply_loras(s, ws, x, out, active))
             .map_err(|e| prefix_error(&self.name, e))
     }
 
-    fn apply_loras(&self, s: &Stream, x: &Tensor, out: &mut Tensor, active: &[u64]) -> Result<()> {
+    fn apply_loras(
+        &self,
+        s: &Stream,
+        ws: &mut Workspace,
+        x: &Tensor,
+        out: &mut Tensor,
+        active: &[u64],
+    ) -> Result<()> {
         for (id, ad) in &self.loras {
             if !active.contains(id) {
                 continue;
             }
             // As PEFT: lora_B(lora_A(x)) * scaling, then added to the base output.
             let rows = x.rows();
-            let mut down = Tensor::zeros(&[rows, ad.rank()], out.dtype(), out.device())?;
-            ops::linear(s, x, &ad.a, None, &mut down, false)?;
-            let mut up = Tensor::zeros(&[rows, self.out_features], out.dtype(), out.device())?;
-            ops::linear(s, &down, &ad.b, None, &mut up, false)?;
+            let mut down = ws.scratch(&[rows, ad.rank()], out.dtype())?;
+            ops::linear(s, ws, x, &ad.a, None, &mut down, false)?;
+            let mut up = ws.scratch(&[rows, self.out_features], out.dtype())?;
+            ops::linear(s, ws, &down, &ad.b, None, &mut up, false)?;
             ops::scale_inplace(s, &mut up, ad.scale)?;
             ops::add_inplace(s, out, &up)?;
         }

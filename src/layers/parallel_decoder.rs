@@ -1,5 +1,5 @@
 //! `ParallelDecoder`: one parallel-residual block, `x += Attn(norm_a(x)) + Mlp(norm_m(x))`,
-//! for every supported family (see shared/FAMILIES.md for how HF computes each).
+//! for every supported family (docs/families.md says how HF computes each).
 
 use crate::arch::{ArchParams, MlpKind, QkNorm, Rotary, SumOrder};
 use crate::cache::KvCache;
@@ -332,26 +332,28 @@ impl ParallelDecoder {
     /// hidden] (or [tokens, hidden]); with a cache, new K/V go to each sequence's next slots.
     pub fn forward(
         &self,
+        s: &Stream,
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         params: &AttnParams,
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<()> {
-        self.run(&Stream::Host, hidden, cache, params, loras, ws, false)
+        self.run(s, hidden, cache, params, loras, ws, false)
             .map(|_| ())
     }
 
     /// As `forward`, and returns the intermediates (see `Intermediates`).
     pub fn forward_interm(
         &self,
+        s: &Stream,
         hidden: &mut Tensor,
         cache: Option<&mut KvCache>,
         params: &AttnParams,
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<Intermediates> {
-        self.run(&Stream::Host, hidden, cache, params, loras, ws, true)?
+        self.run(s, hidden, cache, params, loras, ws, true)?
             .ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
@@ -413,13 +415,13 @@ impl ParallelDecoder {
                 k: lk,
                 v: lv,
             } => {
-                lq.forward(s, &n_a, &mut q, false, ids)?;
-                lk.forward(s, &n_a, &mut k, false, ids)?;
-                lv.forward(s, &n_a, &mut v, false, ids)?;
+                lq.forward(s, ws, &n_a, &mut q, false, ids)?;
+                lk.forward(s, ws, &n_a, &mut k, false, ids)?;
+                lv.forward(s, ws, &n_a, &mut v, false, ids)?;
             }
             QkvProj::Fused { qkv, layout } => {
                 let mut f = ws.tensor(&[t, a.qkv_width()])?;
-                qkv.forward(s, &n_a, &mut f, false, ids)?;
+                qkv.forward(s, ws, &n_a, &mut f, false, ids)?;
                 ops::split_qkv(
                     s, *layout, &f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
                 )?;
@@ -521,6 +523,7 @@ impl ParallelDecoder {
         let mut ctx = ws.tensor(&[t, qd])?;
         ops::attention(
             s,
+            ws,
             &q,
             ck,
             cv,
@@ -530,7 +533,8 @@ impl ParallelDecoder {
             &mut ctx,
         )?;
         let mut attn_out = ws.tensor(&[t, a.hidden])?;
-        self.o_proj.forward(s, &ctx, &mut attn_out, false, ids)?;
+        self.o_proj
+            .forward(s, ws, &ctx, &mut attn_out, false, ids)?;
 
         // MLP.
         let mlp_in = n_m.as_ref().unwrap_or(&n_a);
@@ -538,17 +542,17 @@ impl ParallelDecoder {
         let mut mlp_out = ws.tensor(&[t, a.hidden])?;
         match (&self.mlp, a.mlp) {
             (Mlp::Plain { fc_in, fc_out }, MlpKind::Plain(act)) => {
-                fc_in.forward(s, mlp_in, &mut pre_down, false, ids)?;
+                fc_in.forward(s, ws, mlp_in, &mut pre_down, false, ids)?;
                 ops::activate(s, act, &mut pre_down)?;
-                fc_out.forward(s, &pre_down, &mut mlp_out, false, ids)?;
+                fc_out.forward(s, ws, &pre_down, &mut mlp_out, false, ids)?;
             }
             (Mlp::Gated { gate, up, down }, MlpKind::Gated(act)) => {
                 let mut g = ws.tensor(&[t, a.intermediate])?;
                 let mut u = ws.tensor(&[t, a.intermediate])?;
-                gate.forward(s, mlp_in, &mut g, false, ids)?;
-                up.forward(s, mlp_in, &mut u, false, ids)?;
+                gate.forward(s, ws, mlp_in, &mut g, false, ids)?;
+                up.forward(s, ws, mlp_in, &mut u, false, ids)?;
                 ops::act_mul(s, act, &g, &u, &mut pre_down)?;
-                down.forward(s, &pre_down, &mut mlp_out, false, ids)?;
+                down.forward(s, ws, &pre_down, &mut mlp_out, false, ids)?;
             }
             _ => {
                 return Err(Error::bad_input(

@@ -26,6 +26,16 @@ pub struct Model {
     head: Option<Linear>,
 }
 
+/// What a model forward returns.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// The last layer's output after the final norm, [tokens, hidden] (HF's last
+    /// `hidden_states` entry).
+    pub hidden_states: Tensor,
+    /// [batch, q_len, vocab], `logit_scale` applied.
+    pub logits: Tensor,
+}
+
 /// What a model forward reports per layer, for tests and timing.
 pub struct LayerReport<'a> {
     pub layer: usize,
@@ -130,15 +140,17 @@ impl Model {
         Ok(())
     }
 
-    /// Logits [batch, q_len, vocab] for token ids [batch · q_len].
+    /// Logits [batch, q_len, vocab] for token ids [batch · q_len], queued on `s`.
     pub fn forward(
         &self,
+        s: &Stream,
         ids: &[u32],
         params: &AttnParams,
         cache: Option<&mut KvCache>,
         ws: &mut Workspace,
     ) -> Result<Tensor> {
-        self.forward_inspect(ids, params, cache, &[], ws, false, &mut |_| {})
+        self.forward_inspect(s, ids, params, cache, &[], ws, false, &mut |_| {})
+            .map(|o| o.logits)
     }
 
     /// Registers a LoRA adapter on the layers it targets. Every module of the adapter must be
@@ -180,10 +192,12 @@ impl Model {
         }
     }
 
-    /// As `forward`; calls `report` after each layer with its time and (when `capture`) its
-    /// intermediates. Layer 0's input is `embed_tokens`.
+    /// As `forward`, with the adapters `loras` active, and returns the final-norm hidden states
+    /// beside the logits; calls `report` after each layer with its time and (when `capture`)
+    /// its intermediates. Layer 0's input is `embed_tokens`.
     pub fn forward_inspect(
         &self,
+        s: &Stream,
         ids: &[u32],
         params: &AttnParams,
         mut cache: Option<&mut KvCache>,
@@ -191,7 +205,7 @@ impl Model {
         ws: &mut Workspace,
         capture: bool,
         report: &mut dyn FnMut(LayerReport<'_>),
-    ) -> Result<Tensor> {
+    ) -> Result<ModelOutput> {
         let a = &self.arch;
         params.validate()?;
         if ids.len() != params.tokens() {
@@ -212,20 +226,19 @@ impl Model {
                 )));
             }
         }
-        let s = Stream::Host;
-        let mut hidden = self.embed_tokens(ids, ws)?;
+        let mut hidden = self.embed_tokens(s, ids, ws)?;
         for layer in &self.layers {
             let start = Instant::now();
             let c = cache.as_deref_mut();
             if capture {
-                let i = layer.forward_interm(&mut hidden, c, params, loras, ws)?;
+                let i = layer.forward_interm(s, &mut hidden, c, params, loras, ws)?;
                 report(LayerReport {
                     layer: layer.layer_idx(),
                     elapsed: start.elapsed(),
                     interm: Some(&i),
                 });
             } else {
-                layer.forward(&mut hidden, c, params, loras, ws)?;
+                layer.forward(s, &mut hidden, c, params, loras, ws)?;
                 report(LayerReport {
                     layer: layer.layer_idx(),
                     elapsed: start.elapsed(),
@@ -234,22 +247,25 @@ impl Model {
             }
         }
         let mut normed = ws.tensor(&[params.tokens(), a.hidden])?;
-        self.final_norm.forward(&s, &hidden, &mut normed)?;
+        self.final_norm.forward(s, &hidden, &mut normed)?;
         let mut logits = ws.tensor(&[params.batch, params.q_len, a.vocab])?;
         match &self.head {
-            Some(h) => h.forward(&s, &normed, &mut logits, false, &[])?,
-            None => ops::linear(&s, &normed, &self.embed, None, &mut logits, false)?,
+            Some(h) => h.forward(s, ws, &normed, &mut logits, false, &[])?,
+            None => ops::linear(s, ws, &normed, &self.embed, None, &mut logits, false)?,
         }
         if a.logit_scale != 1.0 {
-            ops::scale_inplace(&s, &mut logits, a.logit_scale)?;
+            ops::scale_inplace(s, &mut logits, a.logit_scale)?;
         }
-        Ok(logits)
+        Ok(ModelOutput {
+            hidden_states: normed,
+            logits,
+        })
     }
 
     /// The embeddings of `ids`, [tokens, hidden].
-    pub fn embed_tokens(&self, ids: &[u32], ws: &mut Workspace) -> Result<Tensor> {
+    pub fn embed_tokens(&self, s: &Stream, ids: &[u32], ws: &mut Workspace) -> Result<Tensor> {
         let mut out = ws.tensor(&[ids.len(), self.arch.hidden])?;
-        ops::embedding(&Stream::Host, &self.embed, ids, &mut out)?;
+        ops::embedding(s, &self.embed, ids, &mut out)?;
         Ok(out)
     }
 }

@@ -1,7 +1,7 @@
 //! Quantized linear weights: GPTQ and EXL2 tensors — load, validate, dequantize and multiply on
 //! the CPU (the reference the CUDA kernels are checked against), and pack (for tests and tools).
 //!
-//! Layout conventions (see `shared/FORMATS.md`): K = `in_features`, N = `out_features`; the dense
+//! Layout conventions (docs/formats.md): K = `in_features`, N = `out_features`; the dense
 //! weight a quantized tensor stands for is PyTorch's `nn.Linear` layout, `[N, K]` row-major, and
 //! `forward` computes `out[m, N] (+)= x[m, K] · Wᵀ + bias`.
 //!

@@ -1,6 +1,6 @@
 //! Round-to-nearest packers: dense `[N, K]` weights → GPTQ or EXL2 tensors (for tests, tools and
 //! making quantized copies of small dense models). They write exactly the layouts `gptq` and
-//! `exl2` read (see those modules and `shared/FORMATS.md`).
+//! `exl2` read (see those modules and docs/formats.md).
 //!
 //! Both quantizers keep every element within half a quantization step of the original:
 //! scales are rounded *up* to f16 and chosen so that the clamped code range covers the group.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use paradec::layers::lora::Lora;
 use paradec::quant::pack::save_tensors;
-use paradec::{AttnParams, DType, Device, KvCache, Model, Workspace};
+use paradec::{AttnParams, DType, Device, KvCache, Model, Stream, Workspace};
 use paradec::{Tensor, Weights};
 
 pub struct TempDir(PathBuf);
@@ -213,6 +213,7 @@ pub fn run_fixture_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<S
             let mut hidden = Vec::new();
             let logits = model
                 .forward_inspect(
+                    &Stream::Host,
                     &ids,
                     &p,
                     Some(&mut cache),
@@ -222,7 +223,7 @@ pub fn run_fixture_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<S
                     &mut |rep| hidden.push(values(&rep.interm.unwrap().hidden_states)),
                 )
                 .unwrap();
-            (values(&logits), hidden, keep)
+            (values(&logits.logits), hidden, keep)
         })
         .collect()
 }

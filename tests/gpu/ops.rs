@@ -3,12 +3,8 @@
 //! model moved to the GPU — fail with a clear error instead of crashing.
 //!
 //! Skips without a device unless `PARADEC_REQUIRE_GPU=1`.
-#![cfg(feature = "cuda")]
-
-mod common;
-
-use common::*;
-use paradec::cuda::{self, CudaStream};
+use super::common::*;
+use super::gpu_stream;
 use paradec::ops;
 use paradec::vocab::Activation;
 use paradec::vocab::Affine;
@@ -16,17 +12,7 @@ use paradec::vocab::NormKind;
 use paradec::{DType, Device, Error, Model, Stream, Tensor};
 
 fn stream(test: &str) -> Option<Stream> {
-    match cuda::device_count() {
-        Ok(_) => Some(Stream::Cuda(CudaStream::new(0).expect("stream"))),
-        Err(e) => {
-            assert!(
-                std::env::var("PARADEC_REQUIRE_GPU").as_deref() != Ok("1"),
-                "{test}: no CUDA device: {e}"
-            );
-            eprintln!("{test}: skipped: no CUDA device ({e})");
-            None
-        }
-    }
+    gpu_stream(test).map(Stream::Cuda)
 }
 
 /// A host tensor of `dtype` with random values, and its device copy.
@@ -193,7 +179,8 @@ fn device_ops_need_a_cuda_stream_and_missing_kernels_say_so() {
     // A dense linear has no CUDA kernel yet: a clear Unsupported.
     let (_, wd) = pair(&mut rng, &[8, 64], DType::F16);
     let mut y = poisoned(&[4, 8], DType::F16);
-    let e = ops::linear(&s, &xd, &wd, None, &mut y, false).unwrap_err();
+    let mut ws = paradec::Workspace::new(Device::Cuda(0), DType::F16).unwrap();
+    let e = ops::linear(&s, &mut ws, &xd, &wd, None, &mut y, false).unwrap_err();
     assert!(
         matches!(&e, Error::Unsupported(m) if m.contains("linear")),
         "{e}"
@@ -213,10 +200,18 @@ fn a_model_on_the_gpu_fails_cleanly_until_the_gpu_decoder_lands() {
     model.load_to(Device::Cuda(0)).unwrap();
     let p = paradec::AttnParams::new(1, 2);
     let mut ws = paradec::Workspace::new(Device::Cuda(0), DType::F16).unwrap();
-    assert!(model.forward(&[1, 2], &p, None, &mut ws).is_err());
+    assert!(model
+        .forward(&Stream::Host, &[1, 2], &p, None, &mut ws)
+        .is_err());
     // Back on the host it runs and still matches itself.
     model.load_to(Device::Cpu).unwrap();
     model
-        .forward(&[1, 2], &p, None, &mut paradec::Workspace::cpu())
+        .forward(
+            &Stream::Host,
+            &[1, 2],
+            &p,
+            None,
+            &mut paradec::Workspace::cpu(),
+        )
         .unwrap();
 }

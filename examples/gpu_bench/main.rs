@@ -1,5 +1,5 @@
 //! GPU bench (feature `cuda`): every kernel at prefill (16384×4096) and decode sizes (1, 8, 64
-//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of shared/GPU.md:
+//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of docs/GPU.md:
 //! warm up; time R back-to-back launches between two CUDA events and divide; median of many such
 //! samples; inputs rotated through sets larger than the L2 cache. The same launches replayed from
 //! a CUDA graph give a second time without launch gaps. Floors come from the same run: the
@@ -14,6 +14,13 @@ use std::ptr;
 
 use paradec::cuda::{self, ffi, CudaEvent, CudaGraph, CudaStream, DeviceBuffer};
 use paradec::{Error, Result};
+
+mod activation;
+mod attention;
+mod embedding;
+mod linear;
+mod norm;
+mod rope;
 
 // ---- helpers -----------------------------------------------------------------------------------
 
@@ -254,257 +261,15 @@ struct Row {
     t: Timing,
 }
 
+/// Times one kernel case, in the module of its family.
 fn run_case(b: &Bench, k: Kernel, dt: Dt, rows: usize, cols: usize) -> Result<Row> {
-    let n = rows * cols;
-    let eb = 2usize; // bytes per element
-    let mat = n * eb;
-    let vecb = cols * eb;
-    let rms = ffi::paradec_norm_kind::PARADEC_RMS_NORM as i32;
-    let ln = ffi::paradec_norm_kind::PARADEC_LAYER_NORM as i32;
-    let shape = format!("{rows}x{cols}");
     match k {
         Kernel::RmsNorm | Kernel::LayerNorm | Kernel::AddRmsNorm | Kernel::LayerNorm2 => {
-            let (ins, outs) = match k {
-                Kernel::AddRmsNorm => (2, 2), // x, residual in; x, out written
-                Kernel::LayerNorm2 => (1, 2),
-                _ => (1, 1),
-            };
-            let per_set = (ins + outs) * mat;
-            let sets = b.sets_for(per_set);
-            let mut x = Pool::new(mat, sets)?;
-            x.fill_float(dt, -2.0, 2.0, 1)?;
-            let mut r = Pool::new(if k == Kernel::AddRmsNorm { mat } else { 0 }, sets)?;
-            if k == Kernel::AddRmsNorm {
-                // Small residuals keep x bounded over thousands of in-place adds.
-                r.fill_float(dt, -1e-3, 1e-3, 2)?;
-            }
-            let out = Pool::new(mat, sets)?;
-            let out2 = Pool::new(if k == Kernel::LayerNorm2 { mat } else { 0 }, sets)?;
-            let mut w = Pool::new(vecb, 2)?;
-            w.fill_float(dt, 0.5, 1.5, 3)?;
-            let mut bias = Pool::new(vecb, 2)?;
-            bias.fill_float(dt, -0.5, 0.5, 4)?;
-            let kind = if matches!(k, Kernel::RmsNorm | Kernel::AddRmsNorm) {
-                rms
-            } else {
-                ln
-            };
-            let with_bias = kind == ln;
-            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
-                // SAFETY: every pointer is a set of a live pool sized for rows×cols (or cols).
-                let code = unsafe {
-                    ffi::paradec_norm_fused(
-                        kind,
-                        dt.code(),
-                        x.ptr(i),
-                        if k == Kernel::AddRmsNorm {
-                            r.ptr(i)
-                        } else {
-                            ptr::null_mut()
-                        },
-                        w.ptr(0),
-                        if with_bias {
-                            bias.ptr(0)
-                        } else {
-                            ptr::null_mut()
-                        },
-                        out.ptr(i),
-                        if k == Kernel::LayerNorm2 {
-                            w.ptr(1)
-                        } else {
-                            ptr::null_mut()
-                        },
-                        if k == Kernel::LayerNorm2 {
-                            bias.ptr(1)
-                        } else {
-                            ptr::null_mut()
-                        },
-                        if k == Kernel::LayerNorm2 {
-                            out2.ptr(i)
-                        } else {
-                            ptr::null_mut()
-                        },
-                        rows,
-                        cols,
-                        1e-5,
-                        st.raw(),
-                    )
-                };
-                status(code, "paradec_norm_fused")
-            };
-            let t = b.time(sets, &mut launch)?;
-            Ok(Row {
-                kernel: k.name(),
-                dtype: dt.name(),
-                shape,
-                bytes: per_set,
-                t,
-            })
+            norm::run(b, k, dt, rows, cols)
         }
-        Kernel::RopeCache => {
-            // Heads of 128, GQA 4:1, NeoX-style full rotary. Prefill: one sequence of `rows`
-            // tokens into an empty cache; decode: `rows` sequences of one token at past 1000.
-            let head_dim = 128;
-            let heads = cols / head_dim;
-            let kv = (heads / 4).max(1);
-            let (batch, q_len, past) = if rows >= 1024 {
-                (1, rows, 0)
-            } else {
-                (rows, 1, 1000)
-            };
-            let capacity = past + q_len;
-            let tokens = batch * q_len;
-            let qb = tokens * heads * head_dim * eb;
-            let kb = tokens * kv * head_dim * eb;
-            // q and k read + written, v read, k and v written to the cache, positions read.
-            let per_set = 2 * qb + 2 * kb + kb + 2 * kb + tokens * 8;
-            let sets = b.sets_for(per_set);
-            let mut q = Pool::new(qb, sets)?;
-            q.fill_float(dt, -2.0, 2.0, 5)?;
-            let mut kp = Pool::new(kb, sets)?;
-            kp.fill_float(dt, -2.0, 2.0, 6)?;
-            let mut v = Pool::new(kb, sets)?;
-            v.fill_float(dt, -2.0, 2.0, 7)?;
-            let pos: Vec<u8> = (0..batch)
-                .flat_map(|_| (0..q_len).map(|t| (past + t) as i64))
-                .flat_map(|p| p.to_le_bytes())
-                .collect();
-            let mut positions = Pool::new(pos.len(), sets)?;
-            positions.fill_bytes(&pos)?;
-            let past_b: Vec<u8> = (0..batch)
-                .flat_map(|_| (past as i64).to_le_bytes())
-                .collect();
-            let mut past_len = Pool::new(past_b.len(), 1)?;
-            past_len.fill_bytes(&past_b)?;
-            let inv: Vec<u8> = (0..head_dim / 2)
-                .map(|j| 1.0f32 / 10000f32.powf(2.0 * j as f32 / head_dim as f32))
-                .flat_map(|f| f.to_le_bytes())
-                .collect();
-            let mut inv_freq = Pool::new(inv.len(), 1)?;
-            inv_freq.fill_bytes(&inv)?;
-            let cache_bytes = batch * capacity * kv * head_dim * eb;
-            let ck = Pool::new(cache_bytes, 1)?;
-            let cv = Pool::new(cache_bytes, 1)?;
-            let half = ffi::paradec_rope_style::PARADEC_ROPE_HALF as i32;
-            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
-                // SAFETY: pool sets sized for these shapes; past + q_len ≤ capacity.
-                let code = unsafe {
-                    ffi::paradec_rotary_cache_write(
-                        dt.code(),
-                        q.ptr(i),
-                        kp.ptr(i),
-                        v.ptr(i),
-                        batch,
-                        q_len,
-                        heads,
-                        kv,
-                        head_dim,
-                        positions.ptr(i) as *const i64,
-                        half,
-                        head_dim,
-                        inv_freq.ptr(0) as *const f32,
-                        1.0,
-                        past_len.ptr(0) as *const i64,
-                        capacity,
-                        ck.ptr(0),
-                        cv.ptr(0),
-                        st.raw(),
-                    )
-                };
-                status(code, "paradec_rotary_cache_write")
-            };
-            let t = b.time(sets, &mut launch)?;
-            Ok(Row {
-                kernel: k.name(),
-                dtype: dt.name(),
-                shape,
-                bytes: per_set,
-                t,
-            })
-        }
-        Kernel::Gelu | Kernel::SiluMul | Kernel::Add => {
-            let per_set = if k == Kernel::Gelu { 2 * mat } else { 3 * mat };
-            let sets = b.sets_for(per_set);
-            let mut x = Pool::new(mat, sets)?;
-            x.fill_float(dt, -2.0, 2.0, 8)?;
-            let mut y = Pool::new(if k == Kernel::Gelu { 0 } else { mat }, sets)?;
-            if k != Kernel::Gelu {
-                y.fill_float(dt, -1e-3, 1e-3, 9)?;
-            }
-            let out = Pool::new(if k == Kernel::SiluMul { mat } else { 0 }, sets)?;
-            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
-                // SAFETY: pool sets of n elements each.
-                let code = unsafe {
-                    match k {
-                        Kernel::Gelu => ffi::paradec_activate(
-                            ffi::paradec_activation::PARADEC_GELU_ERF as i32,
-                            dt.code(),
-                            x.ptr(i),
-                            n,
-                            st.raw(),
-                        ),
-                        Kernel::SiluMul => ffi::paradec_act_mul(
-                            ffi::paradec_activation::PARADEC_SILU as i32,
-                            dt.code(),
-                            x.ptr(i),
-                            y.ptr(i),
-                            out.ptr(i),
-                            n,
-                            st.raw(),
-                        ),
-                        _ => ffi::paradec_add_inplace(dt.code(), x.ptr(i), y.ptr(i), n, st.raw()),
-                    }
-                };
-                status(code, k.name())
-            };
-            let t = b.time(sets, &mut launch)?;
-            Ok(Row {
-                kernel: k.name(),
-                dtype: dt.name(),
-                shape,
-                bytes: per_set,
-                t,
-            })
-        }
-        Kernel::Embedding => {
-            let vocab = 32000usize;
-            let per_set = 2 * mat + rows * 4;
-            let sets = b.sets_for(per_set);
-            let mut table = Pool::new(vocab * vecb, 1)?;
-            table.fill_float(dt, -1.0, 1.0, 10)?;
-            let mut ids = Pool::new(rows * 4, sets)?;
-            let ids_b: Vec<u8> = (0..rows)
-                .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as i32)
-                .flat_map(|i| i.to_le_bytes())
-                .collect();
-            ids.fill_bytes(&ids_b)?;
-            let out = Pool::new(mat, sets)?;
-            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
-                // SAFETY: ids within the vocabulary; pool sets sized for rows×cols.
-                let code = unsafe {
-                    ffi::paradec_embedding(
-                        dt.code(),
-                        table.ptr(0),
-                        vocab,
-                        cols,
-                        ids.ptr(i),
-                        ffi::paradec_id_type::PARADEC_IDS_I32 as i32,
-                        rows,
-                        out.ptr(i),
-                        st.raw(),
-                    )
-                };
-                status(code, "paradec_embedding")
-            };
-            let t = b.time(sets, &mut launch)?;
-            Ok(Row {
-                kernel: k.name(),
-                dtype: dt.name(),
-                shape,
-                bytes: per_set,
-                t,
-            })
-        }
+        Kernel::RopeCache => rope::run(b, k, dt, rows, cols),
+        Kernel::Gelu | Kernel::SiluMul | Kernel::Add => activation::run(b, k, dt, rows, cols),
+        Kernel::Embedding => embedding::run(b, k, dt, rows, cols),
     }
 }
 

@@ -1,0 +1,34 @@
+/* kernels/rope.h — rotary embedding fused with the KV-cache write.
+ * Included by paradec_kernels.h. */
+#ifndef PARADEC_KERNELS_ROPE_H
+#define PARADEC_KERNELS_ROPE_H
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- rotary embedding + KV-cache write ----------------------------------------------------------
+ * q: [batch, q_len, heads, head_dim], k and v: [batch, q_len, kv_heads, head_dim].
+ * With inv_freq != NULL, rotates the first rot_dim features of every head of q and k in place,
+ * token i at angle float(positions[i])·inv_freq[j] (inv_freq: rot_dim/2 f32 values), cos and sin
+ * scaled by attn_factor; positions: [batch·q_len] int64. With inv_freq == NULL nothing is rotated
+ * (positions, style, rot_dim ignored).
+ * With cache_k != NULL, writes k (rotated) and v into cache_k / cache_v, laid out
+ * [batch, capacity, kv_heads·head_dim], sequence b's token t at slot past_len[b] + t
+ * (past_len: [batch] int64, on the device). A slot outside [0, capacity) is not written: the
+ * caller checks capacity (the device values cannot be checked here).
+ * head_dim ≤ PARADEC_ROPE_MAX_HEAD_DIM; rot_dim even, 0 < rot_dim ≤ head_dim. */
+int paradec_rotary_cache_write(int dtype, void *q, void *k, const void *v, size_t batch,
+                               size_t q_len, size_t heads, size_t kv_heads, size_t head_dim,
+                               const int64_t *positions, int style, size_t rot_dim,
+                               const float *inv_freq, float attn_factor, const int64_t *past_len,
+                               size_t capacity, void *cache_k, void *cache_v,
+                               paradec_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PARADEC_KERNELS_ROPE_H */

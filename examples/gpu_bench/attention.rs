@@ -1,0 +1,1 @@
+//! Attention kernels: land with the GPU attention work.

@@ -1,0 +1,1 @@
+//! Linear kernels (dense, GPTQ, EXL2): land with the GPU linear work.

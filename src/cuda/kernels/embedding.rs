@@ -1,0 +1,68 @@
+//! The token-embedding gather (csrc/embedding.cu).
+
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code};
+use crate::cuda::device::ensure_device;
+use crate::cuda::error::check_status;
+use crate::cuda::ffi;
+use crate::cuda::stream::CudaStream;
+use crate::{DType, Error, Result, Tensor};
+
+/// Checks host token ids against the vocabulary, naming the first bad one.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().position(|&id| id as usize >= vocab) {
+        Some(i) => Err(Error::bad_input(format!(
+            "token id {} at position {i} is outside the vocabulary of {vocab}",
+            ids[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `out[t] = table[ids[t]]`: table [vocab, hidden], ids an i32 device tensor, out
+/// [ids, hidden]. Twin of `cpu::embedding::embedding`. The ids are on the device and cannot be
+/// checked here: an id outside `0..vocab` gives a row of zeros (never a read outside the
+/// table). Ids that come from the host should go through [`check_ids`] first.
+pub fn embedding(
+    table: &Tensor,
+    hidden: usize,
+    ids: &Tensor,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let dtype = table.dtype();
+    let code = dtype_code(dtype, "embedding table")?;
+    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
+        return Err(Error::bad_input(format!(
+            "embedding table: shape {:?} is not [vocab, {hidden}]",
+            table.shape()
+        )));
+    }
+    let vocab = table.numel() / hidden;
+    check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
+    let n = ids.numel();
+    check_tensor(ids, "embedding ids", Some(DType::I32), n, stream)?;
+    check_tensor(out, "embedding out", Some(dtype), n * hidden, stream)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if vocab == 0 {
+        return Err(Error::bad_input("embedding table: empty vocabulary"));
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: live device allocations of the checked sizes; the kernel reads only rows of ids
+    // inside 0..vocab.
+    let status = unsafe {
+        ffi::paradec_embedding(
+            code,
+            dev_ptr(table),
+            vocab,
+            hidden,
+            dev_ptr(ids),
+            ffi::paradec_id_type::PARADEC_IDS_I32 as i32,
+            n,
+            dev_ptr_mut(out),
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_embedding")
+}

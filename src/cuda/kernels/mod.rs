@@ -1,0 +1,94 @@
+//! Safe launchers of paradec's CUDA kernels over device tensors. Each is the twin of a `cpu::`
+//! function and takes the same arguments (device tensors where the CPU takes slices), plus the
+//! stream it queues on. They check dtypes, element counts and devices, launch, and return
+//! without synchronizing. Float tensors are f16 or bf16, all of one dtype per call; f32 gives
+//! `Error::Unsupported`. A call with nothing to do (zero elements) is a no-op, as on the CPU.
+//!
+//! One file per kernel family (norm, rope, activation, embedding, linear, attention), each the
+//! twin of `csrc/kernels/<family>.h`; this file holds the argument checks they share.
+
+use std::ffi::c_void;
+use std::ptr;
+
+use super::ffi;
+use super::stream::CudaStream;
+mod activation;
+mod attention;
+mod embedding;
+mod linear;
+mod norm;
+mod rope;
+
+pub use activation::{act_mul, activate, add_inplace};
+pub use embedding::{check_ids, embedding};
+pub use norm::{add_norm, add_norm2, norm, norm2};
+pub use rope::{rotary_and_cache_write, CacheSlots, RotaryArgs};
+
+use crate::tensor::Storage;
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// The dtype code of a float tensor the kernels accept.
+pub(super) fn dtype_code(dtype: DType, name: &str) -> Result<i32> {
+    match dtype {
+        DType::F16 => Ok(ffi::paradec_dtype::PARADEC_F16 as i32),
+        DType::BF16 => Ok(ffi::paradec_dtype::PARADEC_BF16 as i32),
+        DType::F32 => Err(Error::unsupported(format!(
+            "{name}: the CUDA kernels take f16 or bf16 tensors, not f32"
+        ))),
+        other => Err(Error::bad_input(format!(
+            "{name}: expected an f16 or bf16 tensor, got {other}"
+        ))),
+    }
+}
+
+/// Checks one tensor argument: on the stream's device, of `dtype` (when given), with `numel`
+/// elements.
+pub(super) fn check_tensor(
+    t: &Tensor,
+    name: &str,
+    dtype: Option<DType>,
+    numel: usize,
+    stream: &CudaStream,
+) -> Result<()> {
+    if t.device() != Device::Cuda(stream.device()) {
+        return Err(Error::bad_input(format!(
+            "{name}: on {}, but the stream is on cuda:{}",
+            t.device(),
+            stream.device()
+        )));
+    }
+    if let Some(dt) = dtype {
+        if t.dtype() != dt {
+            return Err(Error::bad_input(format!(
+                "{name}: expected dtype {dt}, got {}",
+                t.dtype()
+            )));
+        }
+    }
+    if t.numel() != numel {
+        return Err(Error::bad_input(format!(
+            "{name}: expected {numel} elements, got shape {:?}",
+            t.shape()
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn dev_ptr(t: &Tensor) -> *const c_void {
+    match t.storage() {
+        Storage::Cuda(b) => b.as_ptr(),
+        // Unreachable after check_tensor; a NULL makes the launcher reject the call.
+        Storage::Host(_) => ptr::null(),
+    }
+}
+
+pub(super) fn dev_ptr_mut(t: &mut Tensor) -> *mut c_void {
+    match t.storage_mut() {
+        Storage::Cuda(b) => b.as_mut_ptr(),
+        Storage::Host(_) => ptr::null_mut(),
+    }
+}
+
+pub(super) fn opt_ptr(t: Option<&Tensor>) -> *const c_void {
+    t.map_or(ptr::null(), dev_ptr)
+}

@@ -1,0 +1,231 @@
+//! The attention branch around the cache: QKV split, per-head q/k norms, attention.
+
+use super::*;
+
+/// Norm of each head's `head_dim` features; `weight`/`bias` hold either one row shared by all
+/// heads ([head_dim]) or one row per head ([heads, head_dim]). In place on x [tokens, heads·head_dim].
+pub fn head_norm(
+    _s: &Stream,
+    kind: NormKind,
+    x: &mut Tensor,
+    heads: usize,
+    head_dim: usize,
+    affine: &Affine<'_>,
+    eps: f32,
+) -> Result<()> {
+    float("head norm input", x)?;
+    if heads == 0 || head_dim == 0 || !x.numel().is_multiple_of(heads * head_dim) {
+        return Err(Error::bad_input(format!(
+            "head norm: shape {:?} is not a whole number of {heads} heads × {head_dim}",
+            x.shape()
+        )));
+    }
+    for (n, t) in [("weight", affine.weight), ("bias", affine.bias)] {
+        if let Some(t) = t {
+            float(&format!("head norm {n}"), t)?;
+            if t.numel() != head_dim && t.numel() != heads * head_dim {
+                return Err(Error::bad_input(format!(
+                    "head norm {n}: expected [{head_dim}] or [{heads}, {head_dim}], got {:?}",
+                    t.shape()
+                )));
+            }
+        }
+    }
+    match x.device() {
+        Device::Cpu => {
+            let (w, b) = (opt_values(affine.weight)?, opt_values(affine.bias)?);
+            let rows = x.numel() / head_dim;
+            with_f32_mut(x, |xv| {
+                let mut tmp = vec![0.0f32; head_dim];
+                for r in 0..rows {
+                    let h = r % heads;
+                    let a = NormAffine {
+                        weight: head_row(w.as_deref(), h, head_dim),
+                        bias: head_row(b.as_deref(), h, head_dim),
+                    };
+                    let row = &mut xv[r * head_dim..(r + 1) * head_dim];
+                    cpu::norm::norm(kind, row, 1, head_dim, a, eps, &mut tmp);
+                    row.copy_from_slice(&tmp);
+                }
+            })
+        }
+        Device::Cuda(_) => Err(gpu_missing("head_norm")),
+    }
+}
+
+/// Head `h`'s row of a per-head parameter, or the shared row.
+fn head_row(v: Option<&[f32]>, h: usize, head_dim: usize) -> Option<&[f32]> {
+    v.map(|v| {
+        if v.len() == head_dim {
+            v
+        } else {
+            &v[h * head_dim..(h + 1) * head_dim]
+        }
+    })
+}
+
+/// Splits a fused QKV projection output [tokens, (heads + 2·kv_heads)·head_dim] into q, k, v
+/// ([tokens, heads·head_dim], [tokens, kv_heads·head_dim] ×2) following `layout`.
+pub fn split_qkv(
+    _s: &Stream,
+    layout: QkvLayout,
+    fused: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &mut Tensor,
+) -> Result<()> {
+    let width = (heads + 2 * kv_heads) * head_dim;
+    if fused.cols() != width {
+        return Err(Error::bad_input(format!(
+            "fused qkv: expected {width} features per token, got shape {:?}",
+            fused.shape()
+        )));
+    }
+    let t = fused.rows();
+    numel("q", q, t * heads * head_dim)?;
+    numel("k", k, t * kv_heads * head_dim)?;
+    numel("v", v, t * kv_heads * head_dim)?;
+    if layout == QkvLayout::FusedPerHead && heads != kv_heads {
+        return Err(Error::bad_input(
+            "fused per-head qkv needs as many kv heads as heads",
+        ));
+    }
+    let d = head_dim;
+    match fused.device() {
+        Device::Cpu => {
+            let f = fused.f32_values()?;
+            let (mut qv, mut kv, mut vv) = (
+                vec![0.0; t * heads * d],
+                vec![0.0; t * kv_heads * d],
+                vec![0.0; t * kv_heads * d],
+            );
+            for r in 0..t {
+                let row = &f[r * width..(r + 1) * width];
+                let qr = &mut qv[r * heads * d..(r + 1) * heads * d];
+                let kr = &mut kv[r * kv_heads * d..(r + 1) * kv_heads * d];
+                let vr = &mut vv[r * kv_heads * d..(r + 1) * kv_heads * d];
+                match layout {
+                    QkvLayout::Separate => {
+                        return Err(Error::bad_input("split_qkv on separate projections"))
+                    }
+                    QkvLayout::FusedPerHead => {
+                        for h in 0..heads {
+                            let src = &row[h * 3 * d..(h + 1) * 3 * d];
+                            qr[h * d..(h + 1) * d].copy_from_slice(&src[..d]);
+                            kr[h * d..(h + 1) * d].copy_from_slice(&src[d..2 * d]);
+                            vr[h * d..(h + 1) * d].copy_from_slice(&src[2 * d..]);
+                        }
+                    }
+                    QkvLayout::FusedQueriesFirst => {
+                        qr.copy_from_slice(&row[..heads * d]);
+                        kr.copy_from_slice(&row[heads * d..(heads + kv_heads) * d]);
+                        vr.copy_from_slice(&row[(heads + kv_heads) * d..]);
+                    }
+                    QkvLayout::FusedGrouped => {
+                        let per = heads / kv_heads;
+                        let gw = (per + 2) * d;
+                        for g in 0..kv_heads {
+                            let src = &row[g * gw..(g + 1) * gw];
+                            qr[g * per * d..(g + 1) * per * d].copy_from_slice(&src[..per * d]);
+                            kr[g * d..(g + 1) * d].copy_from_slice(&src[per * d..(per + 1) * d]);
+                            vr[g * d..(g + 1) * d].copy_from_slice(&src[(per + 1) * d..]);
+                        }
+                    }
+                }
+            }
+            q.set_f32_values(&qv)?;
+            k.set_f32_values(&kv)?;
+            v.set_f32_values(&vv)
+        }
+        Device::Cuda(_) => Err(gpu_missing("split_qkv")),
+    }
+}
+
+/// Attention of q [batch, q_len, heads·D] over the cache; writes [batch, q_len, heads·D].
+///
+/// Device scratch (split-KV partials) comes from `ws`; the CPU reference needs none.
+pub fn attention(
+    _s: &Stream,
+    _ws: &mut Workspace,
+    q: &Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    shape: &AttnShape,
+    masking: &AttnMasking<'_>,
+    scale: f32,
+    out: &mut Tensor,
+) -> Result<()> {
+    let s = shape;
+    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+        return Err(Error::bad_input(format!(
+            "attention: {} heads over {} kv heads",
+            s.heads, s.kv_heads
+        )));
+    }
+    numel("attention q", q, s.batch * s.q_len * s.heads * s.head_dim)?;
+    numel(
+        "attention output",
+        out,
+        s.batch * s.q_len * s.heads * s.head_dim,
+    )?;
+    numel(
+        "cache k",
+        cache_k,
+        s.batch * s.capacity * s.kv_heads * s.head_dim,
+    )?;
+    numel(
+        "cache v",
+        cache_v,
+        s.batch * s.capacity * s.kv_heads * s.head_dim,
+    )?;
+    if masking.past_len.len() != s.batch {
+        return Err(Error::bad_input(format!(
+            "past lengths: expected {}, got {}",
+            s.batch,
+            masking.past_len.len()
+        )));
+    }
+    let max_kv = masking
+        .past_len
+        .iter()
+        .map(|p| p + s.q_len)
+        .max()
+        .unwrap_or(0);
+    if max_kv > s.capacity {
+        return Err(Error::CapacityExceeded(format!(
+            "attention over {max_kv} cache slots exceeds the capacity {}",
+            s.capacity
+        )));
+    }
+    if let Some(m) = masking.mask {
+        if masking.mask_stride < max_kv || m.len() < s.batch * masking.mask_stride {
+            return Err(Error::bad_input(format!(
+                "attention mask: needs [{}, ≥{max_kv}] values, got {} with row stride {}",
+                s.batch,
+                m.len(),
+                masking.mask_stride
+            )));
+        }
+    }
+    match same_device(&[
+        ("attention q", q),
+        ("cache k", cache_k),
+        ("cache v", cache_v),
+        ("attention output", out),
+    ])? {
+        Device::Cpu => {
+            let (qv, kv, vv) = (
+                q.f32_values()?,
+                cache_k.f32_values()?,
+                cache_v.f32_values()?,
+            );
+            with_f32_mut(out, |o| {
+                cpu::attention::attention(&qv, &kv, &vv, s, masking, scale, o)
+            })
+        }
+        Device::Cuda(_) => Err(gpu_missing("attention")),
+    }
+}

@@ -1,0 +1,28 @@
+//! The token-embedding gather.
+
+use super::*;
+
+/// `out[t] = table[ids[t]]`; every id must be below the table's row count.
+pub fn embedding(_s: &Stream, table: &Tensor, ids: &[u32], out: &mut Tensor) -> Result<()> {
+    float("embedding table", table)?;
+    if table.shape().len() != 2 {
+        return Err(Error::bad_input(format!(
+            "embedding table: expected [vocab, hidden], got {:?}",
+            table.shape()
+        )));
+    }
+    let (vocab, hidden) = (table.shape()[0], table.shape()[1]);
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::bad_input(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    numel("embedding output", out, ids.len() * hidden)?;
+    match same_device(&[("embedding table", table), ("embedding output", out)])? {
+        Device::Cpu => {
+            let tv = table.f32_values()?;
+            with_f32_mut(out, |o| cpu::embedding::embedding(&tv, hidden, ids, o))
+        }
+        Device::Cuda(_) => Err(gpu_missing("embedding")),
+    }
+}

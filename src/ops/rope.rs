@@ -1,0 +1,91 @@
+//! Rotary embedding fused with the KV-cache write.
+
+use super::*;
+
+/// Rotates q [tokens, heads·D] and k [tokens, kv_heads·D] at `positions` (when `rotary` is
+/// given) and writes k, v into the cache tensors [batch, capacity, kv_heads·D].
+pub fn rotary_and_cache_write(
+    _s: &Stream,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    at: &CacheSlots<'_>,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+) -> Result<()> {
+    let tokens = at.batch * at.q_len;
+    numel("q", q, tokens * heads * head_dim)?;
+    numel("k", k, tokens * kv_heads * head_dim)?;
+    numel("v", v, tokens * kv_heads * head_dim)?;
+    numel(
+        "cache k",
+        cache_k,
+        at.batch * at.capacity * kv_heads * head_dim,
+    )?;
+    numel(
+        "cache v",
+        cache_v,
+        at.batch * at.capacity * kv_heads * head_dim,
+    )?;
+    if positions.len() != tokens {
+        return Err(Error::bad_input(format!(
+            "positions: expected {tokens}, got {}",
+            positions.len()
+        )));
+    }
+    if at.past_len.len() != at.batch {
+        return Err(Error::bad_input(format!(
+            "past lengths: expected {}, got {}",
+            at.batch,
+            at.past_len.len()
+        )));
+    }
+    for (b, &p) in at.past_len.iter().enumerate() {
+        if p + at.q_len > at.capacity {
+            return Err(Error::CapacityExceeded(format!(
+                "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
+                at.q_len, at.capacity
+            )));
+        }
+    }
+    if let Some(r) = rotary {
+        if r.rot_dim > head_dim || r.rot_dim % 2 != 0 || r.inv_freq.len() != r.rot_dim / 2 {
+            return Err(Error::bad_input(format!(
+                "rotary: width {} with {} frequencies does not fit head_dim {head_dim}",
+                r.rot_dim,
+                r.inv_freq.len()
+            )));
+        }
+    }
+    match same_device(&[
+        ("q", q),
+        ("k", k),
+        ("v", v),
+        ("cache k", cache_k),
+        ("cache v", cache_v),
+    ])? {
+        Device::Cpu => {
+            // In place on f32 tensors: the cache is written, never copied whole per call.
+            let vv = v.f32_values()?;
+            with_f32_mut(cache_k, |ck| {
+                with_f32_mut(cache_v, |cv| {
+                    with_f32_mut(k, |kk| {
+                        with_f32_mut(q, |qq| {
+                            cpu::rope::rotary_and_cache_write(
+                                qq, kk, &vv, heads, kv_heads, head_dim, positions, rotary, at, ck,
+                                cv,
+                            )
+                        })
+                    })
+                })
+            })????;
+            Ok(())
+        }
+        Device::Cuda(_) => Err(gpu_missing("rotary_and_cache_write")),
+    }
+}

@@ -1,0 +1,1 @@
+//! GPU attention-branch ops against the CPU reference: lands with the GPU attention work.
