@@ -187,7 +187,9 @@ fn rust_decode(dir: &Path) -> Vec<String> {
         let p = AttnParams::with_past(batch, q, vec![slots - q; batch])
             .with_attention_mask(&mask_now, slots)
             .unwrap();
-        let lv = model.forward(&ids, &p, Some(&mut cache), &mut ws).unwrap();
+        let lv = model
+            .forward(&paradec::Stream::Host, &ids, &p, Some(&mut cache), &mut ws)
+            .unwrap();
         let lv = lv.f32_values().unwrap();
         ids = (0..batch)
             .map(|b| {

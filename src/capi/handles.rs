@@ -20,7 +20,7 @@ use crate::layers::params::AttnParams;
 use crate::quant::{QuantConfig, QuantWeight};
 use crate::tensor::{DType, Device, Storage, Tensor};
 use crate::workspace::Workspace;
-use crate::{Model, Weights};
+use crate::{Model, Stream, Weights};
 
 // ---- handles ------------------------------------------------------------------------------
 
@@ -377,6 +377,30 @@ fn tensor_ptr(t: &Tensor) -> *mut c_void {
     }
 }
 
+/// The stream a layer or model call runs on: the host for host work; for device work the
+/// caller's `cudaStream_t` (NULL = the legacy default stream), borrowed, never destroyed.
+fn stream_for(device: Device, raw: *mut c_void) -> CResult<Stream> {
+    match device {
+        Device::Cpu => Ok(Stream::Host),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            // SAFETY: the caller promises (each call's contract) that `stream` is NULL or a
+            // live stream of the workspace's device that outlives the queued work; the
+            // borrowed handle is never destroyed here.
+            let s = unsafe { crate::cuda::CudaStream::from_raw(raw as _, d) };
+            Ok(Stream::Cuda(s))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {
+            let _ = raw;
+            Err(cerr(
+                PARADEC_ERR_NO_DEVICE,
+                "the workspace is on a CUDA device, but paradec was built without CUDA",
+            ))
+        }
+    }
+}
+
 fn family_code(f: Family) -> i32 {
     match f {
         Family::GptJ => PARADEC_FAMILY_GPTJ,
@@ -637,7 +661,6 @@ pub extern "C" fn paradec_model_forward(
     n_loras: usize,
     logits: *const paradec_tensor,
 ) -> paradec_status {
-    let _ = stream;
     guard(|| {
         let m = req(model, "model")?;
         let ws = &mut req_mut(workspace, "workspace")?.inner;
@@ -705,8 +728,9 @@ pub extern "C" fn paradec_model_forward(
         if let Some(c) = &cache {
             check_cache(c, &p)?;
         }
-        let out = m.forward_inspect(&idv, &p, cache, &loras, ws, false, &mut |_| {})?;
-        let host = out.to_host()?;
+        let s = stream_for(ws.device(), stream)?;
+        let out = m.forward_inspect(&s, &idv, &p, cache, &loras, ws, false, &mut |_| {})?;
+        let host = out.logits.to_host()?;
         logits.store_floats(&host.f32_values()?);
         Ok(())
     })
@@ -1017,6 +1041,7 @@ fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
 
 fn layer_forward(
     layer: *const paradec_layer,
+    stream: *mut c_void,
     workspace: *mut paradec_workspace,
     hidden: *const paradec_tensor,
     params: *const paradec_attn_params,
@@ -1035,15 +1060,16 @@ fn layer_forward(
         Some(&mut req_mut(cache, "cache")?.inner)
     };
     let loras = loras_arg(loras, n_loras)?;
+    let s = stream_for(ws.device(), stream)?;
     l.with(|d, a| {
         let mut x = hidden_in(&h, &p, a.hidden)?;
         if let Some(c) = &cache {
             check_cache(c, &p)?;
         }
         let r = if capture {
-            Some(d.forward_interm(&mut x, cache, &p, &loras, ws)?)
+            Some(d.forward_interm(&s, &mut x, cache, &p, &loras, ws)?)
         } else {
-            d.forward(&mut x, cache, &p, &loras, ws)?;
+            d.forward(&s, &mut x, cache, &p, &loras, ws)?;
             None
         };
         h.store_floats(&x.f32_values()?);
@@ -1073,10 +1099,9 @@ pub extern "C" fn paradec_layer_forward(
     loras: *const *const paradec_lora,
     n_loras: usize,
 ) -> paradec_status {
-    let _ = stream;
     guard(|| {
         layer_forward(
-            layer, workspace, hidden, params, cache, loras, n_loras, false,
+            layer, stream, workspace, hidden, params, cache, loras, n_loras, false,
         )
         .map(|_| ())
     })
@@ -1098,11 +1123,10 @@ pub extern "C" fn paradec_layer_forward_interm(
     n_loras: usize,
     out: *mut *mut paradec_interm,
 ) -> paradec_status {
-    let _ = stream;
     guard(|| {
         let out = out_ptr(out, "out")?;
         let i = layer_forward(
-            layer, workspace, hidden, params, cache, loras, n_loras, true,
+            layer, stream, workspace, hidden, params, cache, loras, n_loras, true,
         )?
         .ok_or_else(|| cerr(PARADEC_ERR_PANIC, "intermediates were not captured"))?;
         let shape = |t: &Tensor| t.shape().iter().map(|&d| d as i64).collect::<Vec<i64>>();

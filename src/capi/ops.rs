@@ -1110,3 +1110,43 @@ pub extern "C" fn paradec_op_head_norm(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cpu::qkv::split_qkv;
+    use crate::vocab::QkvLayout;
+    use crate::{ops, Stream, Tensor};
+
+    #[test]
+    fn cpu_split_qkv_agrees_with_ops_split_qkv() {
+        let (t, heads, kv, d) = (3, 4, 2, 2);
+        let width = (heads + 2 * kv) * d;
+        let fused: Vec<f32> = (0..t * width).map(|i| i as f32).collect();
+        for layout in [QkvLayout::FusedQueriesFirst, QkvLayout::FusedGrouped] {
+            let (mut q, mut k, mut v) = (
+                vec![0.0; t * heads * d],
+                vec![0.0; t * kv * d],
+                vec![0.0; t * kv * d],
+            );
+            split_qkv(layout, &fused, t, heads, kv, d, &mut q, &mut k, &mut v);
+            let f = Tensor::from_f32(fused.clone(), &[t, width]).unwrap();
+            let z = |n| Tensor::from_f32(vec![0.0; n], &[n]).unwrap();
+            let (mut tq, mut tk, mut tv) = (z(t * heads * d), z(t * kv * d), z(t * kv * d));
+            ops::split_qkv(
+                &Stream::Host,
+                layout,
+                &f,
+                heads,
+                kv,
+                d,
+                &mut tq,
+                &mut tk,
+                &mut tv,
+            )
+            .unwrap();
+            assert_eq!(tq.as_f32().unwrap(), q.as_slice());
+            assert_eq!(tk.as_f32().unwrap(), k.as_slice());
+            assert_eq!(tv.as_f32().unwrap(), v.as_slice());
+        }
+    }
+}
