@@ -367,7 +367,7 @@ fn error_program_is_clean_under_asan_and_valgrind() {
 fn cuda_include() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .map(|d| PathBuf::from(d).join("include"))
         .collect();
     candidates.push("/usr/local/cuda/include".into());

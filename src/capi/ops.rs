@@ -193,7 +193,7 @@ fn norm_impl(
         ));
     }
     let cols = *x.shape.last().unwrap_or(&1);
-    let rows = if cols == 0 { 0 } else { x.numel / cols };
+    let rows = x.numel.checked_div(cols).unwrap_or(0);
     let residual = opt_view(residual, "residual")?;
     let out_a = view(out_a, if second.is_some() { "out_a" } else { "out" })?;
     let aff_a = affine(
@@ -846,7 +846,7 @@ fn linear_rows(x: &View, k: usize, n: usize, out: &View) -> CResult<usize> {
             ),
         ));
     }
-    let m = if k == 0 { 0 } else { x.numel / k };
+    let m = x.numel.checked_div(k).unwrap_or(0);
     if out.shape.last() != Some(&n) || out.numel != m * n {
         return Err(cerr(
             PARADEC_ERR_SHAPE,
