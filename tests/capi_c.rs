@@ -489,3 +489,64 @@ fn every_exported_function_is_called_by_a_c_program() {
         "exported but called by no program in examples/c: {missing:?}"
     );
 }
+
+#[test]
+fn installed_prefix_links_through_pkg_config() {
+    let Some(b) = Build::new() else { return };
+    let Some(pc) = tool("PKG_CONFIG", "pkg-config") else {
+        skip::<()>("no pkg-config was found");
+        return;
+    };
+    let prefix = b.out.path().join("prefix");
+    run_ok(
+        Command::new("bash")
+            .arg(format!("{ROOT}/scripts/install-capi.sh"))
+            .args(["--no-build", "--libdir"])
+            .arg(&b.lib)
+            .arg("--prefix")
+            .arg(&prefix),
+        "scripts/install-capi.sh",
+    );
+    let pc_path = prefix.join("lib/pkgconfig");
+    let query = |args: &[&str]| {
+        run_ok(
+            Command::new(&pc).args(args).env("PKG_CONFIG_PATH", &pc_path),
+            "pkg-config",
+        )
+    };
+    assert_eq!(
+        query(&["--modversion", "paradec"]).trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(prefix
+        .join("lib/cmake/paradec/paradecConfig.cmake")
+        .exists());
+    // The README's shared link line: pkg-config's flags.
+    let flags = query(&["--cflags", "--libs", "paradec"]);
+    let exe = b.out.path().join("kernels-pkg-config");
+    run_ok(
+        Command::new(&b.cc)
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
+            .arg(format!("{ROOT}/examples/c/kernels.c"))
+            .args(flags.split_whitespace())
+            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+            .args(["-lm", "-o"])
+            .arg(&exe),
+        "linking kernels.c through pkg-config",
+    );
+    assert!(run_ok(&mut Command::new(&exe), "kernels (pkg-config)").contains("all ok"));
+    // The README's static link line.
+    let exe = b.out.path().join("kernels-static-prefix");
+    run_ok(
+        Command::new(&b.cc)
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror"])
+            .arg(format!("-I{}", prefix.join("include").display()))
+            .arg(format!("{ROOT}/examples/c/kernels.c"))
+            .arg(prefix.join("lib/libparadec.a"))
+            .args(STATIC_LIBS)
+            .arg("-o")
+            .arg(&exe),
+        "linking kernels.c statically from the prefix",
+    );
+    assert!(run_ok(&mut Command::new(&exe), "kernels (static)").contains("all ok"));
+}
