@@ -38,18 +38,38 @@ fn tool(var: &str, default: &str) -> Option<String> {
     ok.then_some(cc)
 }
 
-/// The directory holding libparadec.a / libparadec.so of this build (target/<profile>).
+/// The directory holding libparadec.a / libparadec.so of this build: `target/<profile>/deps`,
+/// where cargo writes every crate type of the lib next to the test binaries (the copies one
+/// level up are refreshed only when the lib itself is a requested target).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let deps = exe.parent().unwrap().to_path_buf();
     for f in ["libparadec.a", "libparadec.so"] {
         assert!(
-            dir.join(f).exists(),
+            deps.join(f).exists(),
             "{} is missing: the lib target builds it (crate-type staticlib + cdylib)",
-            dir.join(f).display()
+            deps.join(f).display()
         );
     }
-    dir
+    deps
+}
+
+/// The newest build of the Rust example `decode` (`examples/decode` or a hashed sibling).
+fn rust_example() -> Option<PathBuf> {
+    let dir = lib_dir().parent()?.join("examples");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            (name == "decode" || name.starts_with("decode-")) && p.extension().is_none()
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
 }
 
 struct Build {
@@ -148,8 +168,7 @@ const STEPS: usize = 3;
 
 /// The Rust example's tokens: its binary when `cargo test` built it, else the same loop here.
 fn rust_tokens(dir: &Path) -> Vec<String> {
-    let example = lib_dir().join("examples/decode");
-    if example.exists() {
+    if let Some(example) = rust_example() {
         let out = Command::new(&example)
             .args([
                 "--model",
@@ -161,10 +180,7 @@ fn rust_tokens(dir: &Path) -> Vec<String> {
             .unwrap();
         return greedy_lines(&String::from_utf8_lossy(&out.stdout));
     }
-    eprintln!(
-        "{} not built (cargo test builds examples): decoding with the same loop here",
-        example.display()
-    );
+    eprintln!("the decode example is not built (cargo test builds it): the same loop here");
     rust_decode(dir)
 }
 
@@ -510,7 +526,9 @@ fn installed_prefix_links_through_pkg_config() {
     let pc_path = prefix.join("lib/pkgconfig");
     let query = |args: &[&str]| {
         run_ok(
-            Command::new(&pc).args(args).env("PKG_CONFIG_PATH", &pc_path),
+            Command::new(&pc)
+                .args(args)
+                .env("PKG_CONFIG_PATH", &pc_path),
             "pkg-config",
         )
     };

@@ -486,7 +486,7 @@ pub extern "C" fn paradec_op_rotary_cache_write(
                     })
                     .collect::<CResult<_>>()?;
                 let positions = rot.as_ref().map(|r| r.4.ints()).unwrap_or_default();
-                let inv = rot.as_ref().map(|r| r.2.floats(&[]));
+                let inv = rot.as_ref().map(|r| r.2.floats(&outs));
                 let args = rot.as_ref().map(|r| RotaryArgs {
                     style: r.0,
                     rot_dim: r.1,
@@ -898,6 +898,7 @@ pub extern "C" fn paradec_op_linear(
             return Err(gpu_missing("linear"));
         }
         disjoint(&[&out, &x])?;
+        disjoint(&[&out, &w])?;
         let outs = [&out];
         let xv = x.floats(&outs);
         let bv = bias.as_ref().map(|b| b.floats(&outs));
