@@ -41,6 +41,7 @@
 
 // Kernel-style functions take many plain arguments (pointers, sizes, settings) by design.
 #![allow(clippy::too_many_arguments)]
+#![warn(missing_docs)]
 
 pub mod arch;
 pub mod cache;
