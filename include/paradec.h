@@ -322,6 +322,9 @@ typedef struct paradec_device {
  * can add fields without breaking callers built against this one.
  */
 typedef struct paradec_model_options {
+  /**
+   * `sizeof(paradec_model_options)`.
+   */
   size_t struct_size;
   /**
    * Where the weights go after loading (default: the CPU).
@@ -382,12 +385,33 @@ typedef struct paradec_model_info {
    * A `PARADEC_FAMILY_*` value.
    */
   int32_t family;
+  /**
+   * Decoder layers.
+   */
   size_t num_layers;
+  /**
+   * Hidden size.
+   */
   size_t hidden;
+  /**
+   * Attention (query) heads.
+   */
   size_t heads;
+  /**
+   * Key / value heads.
+   */
   size_t kv_heads;
+  /**
+   * Features per head.
+   */
   size_t head_dim;
+  /**
+   * MLP width.
+   */
   size_t intermediate;
+  /**
+   * Vocabulary size (the logits' last dimension).
+   */
   size_t vocab;
   /**
    * Bytes the weights take where they are.
@@ -420,8 +444,17 @@ typedef struct paradec_tensor {
    * Start of the allocation (host or device pointer, by `device`).
    */
   void *data;
+  /**
+   * Where `data` lives.
+   */
   struct paradec_device device;
+  /**
+   * Number of dimensions (0 to 16).
+   */
   int32_t ndim;
+  /**
+   * The element type.
+   */
   struct paradec_dtype dtype;
   /**
    * `ndim` sizes.
@@ -445,6 +478,9 @@ typedef struct paradec_attn_params {
    * `sizeof(paradec_attn_params)`.
    */
   size_t struct_size;
+  /**
+   * Sequences in the call.
+   */
   size_t batch;
   /**
    * New tokens per sequence in this call.
@@ -452,7 +488,7 @@ typedef struct paradec_attn_params {
   size_t q_len;
   /**
    * NULL (nothing cached) or `batch` values: tokens already in the cache per sequence; the
-   * new ones go to slots past_len[b] .. past_len[b] + q_len.
+   * new ones go to slots `past_len[b] .. past_len[b] + q_len`.
    */
   const int64_t *past_len;
   /**
@@ -460,6 +496,9 @@ typedef struct paradec_attn_params {
    * `attention_mask`, 1 = attend). Leading zeros of a row are that sequence's left padding.
    */
   const int64_t *attention_mask;
+  /**
+   * Slots per row of `attention_mask` (≥ `past_len[b] + q_len`).
+   */
   size_t mask_slots;
   /**
    * NULL (derived: minus each row's left padding, as HF's `cumsum(mask) − 1`) or `batch`
@@ -472,7 +511,13 @@ typedef struct paradec_attn_params {
  * A named tensor: a checkpoint name and the caller's descriptor.
  */
 typedef struct paradec_named_tensor {
+  /**
+   * The tensor's name (NUL-terminated UTF-8).
+   */
   const char *name;
+  /**
+   * The caller's tensor.
+   */
   const struct paradec_tensor *tensor;
 } paradec_named_tensor;
 
@@ -480,7 +525,13 @@ typedef struct paradec_named_tensor {
  * A norm's optional scale and shift, each a `[cols]` tensor of the input's dtype or NULL.
  */
 typedef struct paradec_affine {
+  /**
+   * Scale `[cols]`, or NULL.
+   */
   const struct paradec_tensor *weight;
+  /**
+   * Shift `[cols]`, or NULL.
+   */
   const struct paradec_tensor *bias;
 } paradec_affine;
 
@@ -501,6 +552,9 @@ typedef struct paradec_rotary {
    * `[rot_dim / 2]` f32 on the tensors' device.
    */
   const struct paradec_tensor *inv_freq;
+  /**
+   * Factor on cos and sin (1 unless YaRN).
+   */
   float attn_factor;
 } paradec_rotary;
 

@@ -14,8 +14,11 @@ use crate::{Error, Result};
 /// One tensor's header facts and its bytes inside a mapped file.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {
+    /// Element type.
     pub dtype: DType,
+    /// Shape.
     pub shape: &'a [usize],
+    /// The raw little-endian bytes (memory-mapped).
     pub data: &'a [u8],
 }
 
@@ -237,6 +240,7 @@ impl Weights {
         })
     }
 
+    /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -265,6 +269,7 @@ impl Weights {
             data: &self.shards[*si].mmap[range.clone()],
         })
     }
+    /// A tensor by name, copied to host memory in its stored dtype.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let v = self.view(name)?;
         let data = HostData::from_le_bytes(v.dtype, v.data)
@@ -272,6 +277,7 @@ impl Weights {
         Tensor::from_host(data, v.shape)
             .map_err(|e| Error::bad_format(format!("tensor {name}: {e}")))
     }
+    /// A tensor by name, or None when absent.
     pub fn get_opt(&self, name: &str) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.get(name).map(Some)
@@ -291,6 +297,7 @@ impl Weights {
         t.check(&format!("tensor {name}"), None, shape)?;
         Ok(t)
     }
+    /// As `get_float`, or None when absent.
     pub fn get_float_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.get_float(name, shape).map(Some)

@@ -1,6 +1,6 @@
 //! The C programs of `examples/c/`, compiled with `cc -std=c11 -Wall -Wextra -Werror` against
 //! `include/paradec.h` and both the static and the shared library, and run:
-//! - `decode.c` on every fixture: its tokens must equal the Rust example's (`examples/decode.rs`);
+//! - `decode.c` on every fixture: its tokens must equal the Rust main job's (`src/bin/decode.rs`);
 //! - `kernels.c` (host pointers) and `layer.c` (layer / model level) check their own results;
 //! - `errors.c` walks every error path, also under AddressSanitizer and (where installed)
 //!   valgrind;
@@ -52,24 +52,6 @@ fn lib_dir() -> PathBuf {
         );
     }
     deps
-}
-
-/// The newest build of the Rust example `decode` (`examples/decode` or a hashed sibling).
-fn rust_example() -> Option<PathBuf> {
-    let dir = lib_dir().parent()?.join("examples");
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            (name == "decode" || name.starts_with("decode-")) && p.extension().is_none()
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
 }
 
 struct Build {
@@ -166,66 +148,18 @@ fn join(v: &[i64]) -> String {
 
 const STEPS: usize = 3;
 
-/// The Rust example's tokens: its binary when `cargo test` built it, else the same loop here.
+/// The Rust main job's tokens: `src/bin/decode.rs`, which cargo builds for these tests.
 fn rust_tokens(dir: &Path) -> Vec<String> {
-    if let Some(example) = rust_example() {
-        let out = Command::new(&example)
-            .args([
-                "--model",
-                dir.to_str().unwrap(),
-                "--steps",
-                &STEPS.to_string(),
-            ])
-            .output()
-            .unwrap();
-        return greedy_lines(&String::from_utf8_lossy(&out.stdout));
-    }
-    eprintln!("the decode example is not built (cargo test builds it): the same loop here");
-    rust_decode(dir)
-}
-
-/// examples/decode.rs's loop (prompt and mask from reference.safetensors, greedy, through the
-/// cache), for runs where the example binary was not built.
-fn rust_decode(dir: &Path) -> Vec<String> {
-    use paradec::{AttnParams, DType, Device, KvCache, Model, Workspace};
-    let model = Model::load(dir).unwrap();
-    let (batch, prompt, mask) = reference_prompt(dir);
-    let s0 = prompt.len() / batch;
-    let mut cache =
-        KvCache::for_model(&model.arch, batch, s0 + STEPS, DType::F32, Device::Cpu).unwrap();
-    let mut ws = Workspace::cpu();
-    let (mut mask_now, mut ids) = (mask, prompt.iter().map(|&i| i as u32).collect::<Vec<_>>());
-    let mut gen = vec![Vec::new(); batch];
-    let v = model.arch.vocab;
-    for step in 0..=STEPS {
-        let q = if step == 0 { s0 } else { 1 };
-        let slots = s0 + step;
-        let p = AttnParams::with_past(batch, q, vec![slots - q; batch])
-            .with_attention_mask(&mask_now, slots)
-            .unwrap();
-        let lv = model
-            .forward(&paradec::Stream::Host, &ids, &p, Some(&mut cache), &mut ws)
-            .unwrap();
-        let lv = lv.f32_values().unwrap();
-        ids = (0..batch)
-            .map(|b| {
-                let row = &lv[(b * q + q - 1) * v..(b * q + q) * v];
-                (0..v).fold(0, |best, i| if row[i] > row[best] { i } else { best }) as u32
-            })
-            .collect();
-        for b in 0..batch {
-            gen[b].push(ids[b] as i64);
-        }
-        mask_now = (0..batch)
-            .flat_map(|b| {
-                mask_now[b * slots..(b + 1) * slots]
-                    .iter()
-                    .copied()
-                    .chain([1])
-            })
-            .collect();
-    }
-    gen.iter().map(|g| format!("{g:?}")).collect()
+    let out = Command::new(env!("CARGO_BIN_EXE_decode"))
+        .args([
+            "--model",
+            dir.to_str().unwrap(),
+            "--steps",
+            &STEPS.to_string(),
+        ])
+        .output()
+        .unwrap();
+    greedy_lines(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn reference_prompt(dir: &Path) -> (usize, Vec<i64>, Vec<i64>) {
@@ -235,7 +169,7 @@ fn reference_prompt(dir: &Path) -> (usize, Vec<i64>, Vec<i64>) {
 }
 
 #[test]
-fn decode_program_matches_the_rust_example_on_every_fixture() {
+fn decode_program_matches_the_rust_decode_on_every_fixture() {
     let Some(b) = Build::new() else { return };
     let exes = [
         b.program("decode", Link::Static, &[]),
@@ -248,7 +182,7 @@ fn decode_program_matches_the_rust_example_on_every_fixture() {
         assert_eq!(
             want.len(),
             2,
-            "{}: Rust example tokens {want:?}",
+            "{}: Rust decode tokens {want:?}",
             dir.display()
         );
         let (batch, prompt, mask) = reference_prompt(dir);
@@ -269,13 +203,13 @@ fn decode_program_matches_the_rust_example_on_every_fixture() {
             assert_eq!(
                 greedy_lines(&out),
                 want,
-                "{}: C tokens differ from the Rust example's\n{out}",
+                "{}: C tokens differ from the Rust decode binary's\n{out}",
                 dir.display()
             );
         }
         eprintln!("{}: C tokens = Rust tokens {want:?}", dir.display());
     }
-    // Without --ids the C program uses the Rust example's fixed prompt.
+    // Without --ids the C program uses the Rust decode binary's fixed prompt.
     let out = run_ok(
         Command::new(&exes[0]).arg(&dirs[0]),
         "decode with the built-in prompt",

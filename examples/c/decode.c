@@ -1,11 +1,11 @@
 /*
- * decode.c — the C twin of examples/decode.rs: loads a model directory through the C ABI,
+ * decode.c — the C twin of src/bin/decode.rs: loads a model directory through the C ABI,
  * runs a (left-padded) prefill and greedy decoding through a KV cache on the CPU, and prints
- * the tokens in the Rust example's format ("sequence B: prompt [...] → greedy [...]").
+ * the tokens in the Rust decode binary's format ("sequence B: prompt [...] → greedy [...]").
  *
  *     decode MODEL_DIR [--steps N] [--batch B --ids 1,2,3,... [--mask 0,1,1,...]]
  *
- * Without --ids it uses the Rust example's fixed prompt: batch 1, ids (7·i + 3) mod vocab for
+ * Without --ids it uses the Rust decode binary's fixed prompt: batch 1, ids (7·i + 3) mod vocab for
  * i < 8. --mask is the [batch, prompt] 0/1 attention mask (left padding = leading zeros).
  */
 #include <stdint.h>

@@ -72,7 +72,9 @@ pub struct paradec_quant_weight {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct paradec_named_tensor {
+    /// The tensor's name (NUL-terminated UTF-8).
     pub name: *const c_char,
+    /// The caller's tensor.
     pub tensor: *const paradec_tensor,
 }
 
@@ -82,6 +84,7 @@ pub struct paradec_named_tensor {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct paradec_model_options {
+    /// `sizeof(paradec_model_options)`.
     pub struct_size: usize,
     /// Where the weights go after loading (default: the CPU).
     pub device: paradec_device,
@@ -93,15 +96,17 @@ pub struct paradec_model_options {
 pub struct paradec_attn_params {
     /// `sizeof(paradec_attn_params)`.
     pub struct_size: usize,
+    /// Sequences in the call.
     pub batch: usize,
     /// New tokens per sequence in this call.
     pub q_len: usize,
     /// NULL (nothing cached) or `batch` values: tokens already in the cache per sequence; the
-    /// new ones go to slots past_len[b] .. past_len[b] + q_len.
+    /// new ones go to slots `past_len[b] .. past_len[b] + q_len`.
     pub past_len: *const i64,
     /// NULL (no padding) or `[batch, mask_slots]` 0/1 values over cache slots (HF's
     /// `attention_mask`, 1 = attend). Leading zeros of a row are that sequence's left padding.
     pub attention_mask: *const i64,
+    /// Slots per row of `attention_mask` (≥ `past_len[b] + q_len`).
     pub mask_slots: usize,
     /// NULL (derived: minus each row's left padding, as HF's `cumsum(mask) − 1`) or `batch`
     /// values added to each sequence's positions.
@@ -143,12 +148,19 @@ pub struct paradec_model_info {
     pub struct_size: usize,
     /// A `PARADEC_FAMILY_*` value.
     pub family: i32,
+    /// Decoder layers.
     pub num_layers: usize,
+    /// Hidden size.
     pub hidden: usize,
+    /// Attention (query) heads.
     pub heads: usize,
+    /// Key / value heads.
     pub kv_heads: usize,
+    /// Features per head.
     pub head_dim: usize,
+    /// MLP width.
     pub intermediate: usize,
+    /// Vocabulary size (the logits' last dimension).
     pub vocab: usize,
     /// Bytes the weights take where they are.
     pub weight_bytes: usize,

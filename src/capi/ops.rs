@@ -55,7 +55,9 @@ pub const PARADEC_QKV_FUSED_GROUPED: i32 = 3;
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct paradec_affine {
+    /// Scale `[cols]`, or NULL.
     pub weight: *const paradec_tensor,
+    /// Shift `[cols]`, or NULL.
     pub bias: *const paradec_tensor,
 }
 
@@ -70,6 +72,7 @@ pub struct paradec_rotary {
     pub rot_dim: usize,
     /// `[rot_dim / 2]` f32 on the tensors' device.
     pub inv_freq: *const paradec_tensor,
+    /// Factor on cos and sin (1 unless YaRN).
     pub attn_factor: f32,
 }
 

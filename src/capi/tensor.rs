@@ -66,8 +66,11 @@ pub struct paradec_dtype {
 pub struct paradec_tensor {
     /// Start of the allocation (host or device pointer, by `device`).
     pub data: *mut c_void,
+    /// Where `data` lives.
     pub device: paradec_device,
+    /// Number of dimensions (0 to 16).
     pub ndim: i32,
+    /// The element type.
     pub dtype: paradec_dtype,
     /// `ndim` sizes.
     pub shape: *mut i64,

@@ -28,7 +28,9 @@ pub use gptq::{GptqConfig, GptqWeight};
 /// Which quantized layout a model directory holds, with its settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuantConfig {
+    /// GPTQ settings.
     Gptq(GptqConfig),
+    /// EXL2 settings.
     Exl2(Exl2Config),
 }
 
@@ -112,7 +114,9 @@ impl QuantConfig {
 /// A quantized linear weight of either layout.
 #[derive(Debug, Clone)]
 pub enum QuantWeight {
+    /// A GPTQ weight.
     Gptq(GptqWeight),
+    /// An EXL2 weight.
     Exl2(Exl2Weight),
 }
 
@@ -142,18 +146,21 @@ impl QuantWeight {
             )?),
         })
     }
+    /// K.
     pub fn in_features(&self) -> usize {
         match self {
             QuantWeight::Gptq(w) => w.in_features(),
             QuantWeight::Exl2(w) => w.in_features(),
         }
     }
+    /// N.
     pub fn out_features(&self) -> usize {
         match self {
             QuantWeight::Gptq(w) => w.out_features(),
             QuantWeight::Exl2(w) => w.out_features(),
         }
     }
+    /// The bias, if the checkpoint has one.
     pub fn bias(&self) -> Option<&[f32]> {
         match self {
             QuantWeight::Gptq(w) => w.bias(),
