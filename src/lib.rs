@@ -45,6 +45,7 @@
 
 pub mod arch;
 pub mod cache;
+pub mod capi;
 pub mod cpu;
 pub mod error;
 pub mod layers;
