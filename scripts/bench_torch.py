@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch's versions of paradec's kernels, timed exactly as examples/gpu_bench.rs times them
-(shared/GPU.md's protocol): warm up; R back-to-back calls between two CUDA events, divided by R;
+(docs/GPU.md's timing protocol): warm up; R back-to-back calls between two CUDA events, divided by R;
 the median of several samples; inputs rotated through sets larger than 3x the L2 cache; and the
 same calls replayed from a CUDA graph. Prints the same table and writes the same CSV columns, so
 scripts/bench_join.py can put the two side by side.

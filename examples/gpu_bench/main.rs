@@ -1,5 +1,5 @@
 //! GPU bench (feature `cuda`): every kernel at prefill (16384×4096) and decode sizes (1, 8, 64
-//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of shared/GPU.md:
+//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of docs/GPU.md:
 //! warm up; time R back-to-back launches between two CUDA events and divide; median of many such
 //! samples; inputs rotated through sets larger than the L2 cache. The same launches replayed from
 //! a CUDA graph give a second time without launch gaps. Floors come from the same run: the

@@ -9,7 +9,9 @@ use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
 #[derive(Debug)]
+/// What a projection multiplies by.
 pub enum LinearWeight {
+    /// A dense [out, in] matrix (f32, f16 or bf16).
     Dense(Tensor),
     /// Packed GPTQ / EXL2 weights (host memory; the bias, if any, lives inside).
     Quant(Box<QuantWeight>),
@@ -19,19 +21,24 @@ pub enum LinearWeight {
 }
 
 #[derive(Debug)]
+/// One projection (see the module docs).
 pub struct Linear {
     /// The module's name in the checkpoint (for messages).
     pub name: String,
+    /// K: the input width.
     pub in_features: usize,
+    /// N: the output width.
     pub out_features: usize,
+    /// The weight, dense or packed.
     pub weight: LinearWeight,
+    /// The bias of a dense weight (a packed weight keeps its own).
     pub bias: Option<Tensor>,
     /// LoRA adapters registered on this projection, by `Lora::id`.
     loras: Vec<(u64, LoraAdapter)>,
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` [out, in] (and, when `bias`, `{prefix}.bias` [out]); or, when
+    /// Loads `{prefix}.weight` [out, in] (and, when `bias`, `{prefix}.bias` `[out]`); or, when
     /// the checkpoint holds no dense weight there and `quant` is given, the packed tensors under
     /// `{prefix}` (whose bias is optional: quantizers drop all-zero biases).
     pub fn load(
@@ -162,6 +169,7 @@ impl Linear {
         Ok(())
     }
 
+    /// Drops the adapter registered under `id` (nothing when there is none).
     pub fn remove_lora(&mut self, id: u64) {
         self.loras.retain(|(i, _)| *i != id);
     }
@@ -210,6 +218,7 @@ impl Linear {
         }
     }
 
+    /// Where the weight lives.
     pub fn device(&self) -> Device {
         match &self.weight {
             LinearWeight::Dense(w) => w.device(),
@@ -264,6 +273,7 @@ impl Linear {
         w + self.bias.as_ref().map_or(0, Tensor::size_bytes)
     }
 
+    /// Whether the weight is packed (GPTQ or EXL2).
     pub fn is_quant(&self) -> bool {
         !matches!(self.weight, LinearWeight::Dense(_))
     }

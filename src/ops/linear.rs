@@ -12,13 +12,18 @@ pub enum LinearFormat {
     /// Dense f16 / bf16.
     Dense,
     /// Quantized in the device layout; `bits` is the width of every tile, 0 when mixed.
-    Quant { bits: u32 },
+    Quant {
+        /// The width of every tile, 0 when mixed.
+        bits: u32,
+    },
 }
 
 /// A kernel choice: the path and, for the quantized GEMV, how many ways K is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinearPlan {
+    /// The kernel path.
     pub path: LinearPath,
+    /// Ways K is split (quantized GEMV only; 1 otherwise).
     pub split: usize,
 }
 

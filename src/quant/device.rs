@@ -21,13 +21,17 @@ pub const TILE_ROWS: usize = 32;
 /// A quantized weight in the device layout, in host memory.
 #[derive(Debug, Clone)]
 pub struct QuantLayout {
+    /// K, the input features.
     pub k: usize,
+    /// N, the output features.
     pub n: usize,
     /// N rounded up to 8.
     pub np: usize,
     /// Stored rows: `ntiles · 32`.
     pub kp: usize,
+    /// Tiles of 32 stored rows.
     pub ntiles: usize,
+    /// Groups (one scale and zero per group and column).
     pub groups: usize,
     /// Total packed word rows.
     pub word_rows: usize,
@@ -265,13 +269,21 @@ impl QuantLayout {
 /// A quantized weight prepared on a device for one compute dtype (f16 or bf16).
 #[derive(Debug)]
 pub struct PreparedQuant {
+    /// K, the input features.
     pub k: usize,
+    /// N, the output features.
     pub n: usize,
+    /// N rounded up to 8 (the stored width).
     pub np: usize,
+    /// Stored rows: `ntiles · 32`.
     pub kp: usize,
+    /// Tiles of 32 stored rows.
     pub ntiles: usize,
+    /// Groups (one scale and zero per group and column).
     pub groups: usize,
+    /// Packed word rows.
     pub word_rows: usize,
+    /// The width of every tile, 0 when they mix.
     pub bits: u32,
     /// I32 `[word_rows, np]`.
     pub words: Tensor,
@@ -283,6 +295,7 @@ pub struct PreparedQuant {
     pub row_src: Option<Tensor>,
     /// `[N]` of the compute dtype.
     pub bias: Option<Tensor>,
+    /// The compute dtype (f16 or bf16).
     pub dtype: DType,
     /// The source weight (host memory), for moving back and dequantizing.
     pub host: QuantWeight,
@@ -334,6 +347,7 @@ impl PreparedQuant {
         })
     }
 
+    /// The device the arrays live on.
     pub fn device(&self) -> Device {
         self.words.device()
     }

@@ -1,6 +1,6 @@
 //! Round-to-nearest packers: dense `[N, K]` weights → GPTQ or EXL2 tensors (for tests, tools and
 //! making quantized copies of small dense models). They write exactly the layouts `gptq` and
-//! `exl2` read (see those modules and `shared/FORMATS.md`).
+//! `exl2` read (see those modules and docs/formats.md).
 //!
 //! Both quantizers keep every element within half a quantization step of the original:
 //! scales are rounded *up* to f16 and chosen so that the clamped code range covers the group.
@@ -293,8 +293,11 @@ pub struct Exl2Layout {
 /// may be shorter — only valid for the very last group unless `rows·bits` stays a multiple of 32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exl2Part {
+    /// Bits per weight of the part.
     pub bits: u32,
+    /// Rows per group.
     pub group_size: usize,
+    /// Input rows the part covers.
     pub rows: usize,
 }
 
@@ -356,6 +359,7 @@ impl Exl2Layout {
     pub fn groups(&self) -> &[(u32, usize)] {
         &self.groups
     }
+    /// K.
     pub fn in_features(&self) -> usize {
         self.groups.iter().map(|g| g.1).sum()
     }
@@ -516,6 +520,7 @@ pub fn pack_exl2(
 /// takes the remaining rows (its last group may be shorter). Empty runs are skipped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exl2Recipe {
+    /// (bits, group size, share of the rows) per part, widest first.
     pub parts: Vec<(u32, usize, f64)>,
     /// Store rows by importance (`importance_perm`) instead of in feature order.
     pub permute: bool,
@@ -567,6 +572,7 @@ impl Exl2Recipe {
 pub enum QuantSpec {
     /// GPTQ with these settings; `desc_act` stores rows quantized in `importance_perm` order.
     Gptq(GptqConfig),
+    /// An EXL2 mix.
     Exl2(Exl2Recipe),
 }
 
