@@ -16,7 +16,7 @@ use crate::tensor::{DType, Device, HostData, Tensor};
 use crate::{Error, Result};
 
 /// Rows per tile.
-pub const TILE_ROWS: usize = 32;
+pub(crate) const TILE_ROWS: usize = 32;
 
 /// A quantized weight in the device layout, in host memory.
 #[derive(Debug, Clone)]
@@ -97,7 +97,9 @@ impl QuantLayout {
                 code: Box::new(move |i, c| {
                     stream_get(|wi| q[wi * n + c] as u32, (a + i) * bits as usize, bits)
                 }),
-                aligned: ((a * bits as usize) % 32 == 0).then_some((a * bits as usize / 32, n)),
+                aligned: (a * bits as usize)
+                    .is_multiple_of(32)
+                    .then_some((a * bits as usize / 32, n)),
                 scale: Box::new(move |c| zs[c]),
             });
         }
@@ -424,7 +426,7 @@ mod tests {
             check(&w);
             let l = QuantLayout::new(&w).unwrap();
             // Aligned groups without act-order need no gather at all.
-            if !act && gs > 0 && gs % 32 == 0 && k % 32 == 0 {
+            if !act && gs > 0 && gs % 32 == 0 && k.is_multiple_of(32) {
                 assert!(l.row_src.is_none());
                 assert_eq!(l.bits, bits);
             }
