@@ -107,8 +107,9 @@ fn env_override() -> Option<(LinearPath, Option<usize>)> {
 /// The plan for a call: the override if any, else `select_linear` with the device's properties.
 #[cfg(feature = "cuda")]
 fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> Result<LinearPlan> {
-    static PROPS: std::sync::Mutex<Vec<(usize, usize, (u32, u32))>> =
-        std::sync::Mutex::new(Vec::new());
+    /// Per device ordinal: SM count and compute capability.
+    type Props = Vec<(usize, usize, (u32, u32))>;
+    static PROPS: std::sync::Mutex<Props> = std::sync::Mutex::new(Vec::new());
     let (sms, cc) = {
         let mut g = PROPS.lock().unwrap_or_else(|e| e.into_inner());
         match g.iter().find(|p| p.0 == dev) {

@@ -90,7 +90,7 @@ fn gptq(bits: u32, gs: i64, act: bool, v2: bool, n: usize, k: usize, seed: u64) 
         sym: false,
         checkpoint_format_v2: v2,
     };
-    gptq_weight(&wv, n, k, &cfg, (seed % 2 == 0).then_some(&bias[..])).unwrap()
+    gptq_weight(&wv, n, k, &cfg, seed.is_multiple_of(2).then_some(&bias[..])).unwrap()
 }
 
 #[test]
@@ -126,7 +126,8 @@ fn gptq_every_width_group_and_zero_convention() {
 
 #[test]
 fn exl2_uniform_and_mixed_widths_with_permutation() {
-    let recipes: Vec<(Vec<(u32, usize, f64)>, bool, usize, usize)> = vec![
+    type Recipe = (Vec<(u32, usize, f64)>, bool, usize, usize);
+    let recipes: Vec<Recipe> = vec![
         (vec![(4, 128, 1.0)], false, 64, 256),
         (vec![(3, 128, 1.0)], true, 67, 384),
         (vec![(6, 128, 1.0)], true, 40, 256),
@@ -247,7 +248,8 @@ fn lora_on_dense_gptq_and_exl2_bases() {
     let (k, n, r) = (256usize, 72usize, 8usize);
     let mut rng = Rng::new(11);
     let wv = rng.vec(n * k, -1.0, 1.0);
-    let bases: Vec<(&str, Box<dyn Fn() -> Linear>)> = vec![
+    type Make<'a> = Box<dyn Fn() -> Linear + 'a>;
+    let bases: Vec<(&str, Make)> = vec![
         (
             "dense",
             Box::new(|| {

@@ -29,12 +29,19 @@ pub struct QuantWeightArgs<'a> {
     pub sz: &'a Tensor,
     /// I32 `[kp]`.
     pub row_src: Option<&'a Tensor>,
+    /// K, the input features.
     pub k: usize,
+    /// N, the output features.
     pub n: usize,
+    /// N rounded up to 8 (the stored width).
     pub np: usize,
+    /// Stored rows: `ntiles · 32`.
     pub kp: usize,
+    /// Tiles of 32 stored rows.
     pub ntiles: usize,
+    /// Groups (one scale and zero per group and column).
     pub groups: usize,
+    /// Packed word rows.
     pub word_rows: usize,
     /// Width of every tile, 0 when mixed.
     pub bits: u32,
