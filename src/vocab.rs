@@ -143,3 +143,13 @@ pub enum QkvLayout {
     /// Per kv group [q heads of the group | k | v] (Falcon new architecture).
     FusedGrouped,
 }
+
+/// The kernel a linear runs on a device: CUDA-core GEMV (small M, bandwidth-bound) or the
+/// tensor-core tiles (mma.sync). Chosen by `ops::select_linear`; tests force each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearPath {
+    /// CUDA-core GEMV for small M.
+    Gemv,
+    /// Tensor-core (mma.sync) tiles.
+    Mma,
+}

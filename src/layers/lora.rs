@@ -35,9 +35,19 @@ impl LoraAdapter {
     }
     /// A copy on `device`.
     pub fn to_device(&self, device: Device) -> Result<LoraAdapter> {
+        self.to_device_as(device, None)
+    }
+    /// A copy on `device`, converted to `dtype` when given.
+    pub fn to_device_as(&self, device: Device, dtype: Option<crate::DType>) -> Result<LoraAdapter> {
+        let mv = |t: &Tensor| -> Result<Tensor> {
+            match dtype {
+                Some(d) if d != t.dtype() => t.to_dtype(d)?.to_device(device),
+                _ => t.to_device(device),
+            }
+        };
         Ok(LoraAdapter {
-            a: self.a.to_device(device)?,
-            b: self.b.to_device(device)?,
+            a: mv(&self.a)?,
+            b: mv(&self.b)?,
             scale: self.scale,
         })
     }

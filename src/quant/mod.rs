@@ -9,6 +9,7 @@
 //! whose message names the full tensor name and the rule it breaks; loading never panics, never
 //! reads out of bounds, and checks all size arithmetic.
 
+pub mod device;
 pub mod exl2;
 pub mod gptq;
 pub mod pack;
@@ -22,6 +23,7 @@ use crate::tensor::DType;
 use crate::weights::TensorView;
 use crate::{Error, Result, Weights};
 
+pub use device::{PreparedQuant, QuantLayout};
 pub use exl2::{Exl2Config, Exl2Group, Exl2Weight};
 pub use gptq::{GptqConfig, GptqWeight};
 
@@ -145,6 +147,13 @@ impl QuantWeight {
                 out_features,
             )?),
         })
+    }
+    /// The tensors' name prefix in the checkpoint.
+    pub fn prefix(&self) -> &str {
+        match self {
+            QuantWeight::Gptq(w) => w.prefix(),
+            QuantWeight::Exl2(w) => w.prefix(),
+        }
     }
     /// K.
     pub fn in_features(&self) -> usize {
