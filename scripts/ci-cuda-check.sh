@@ -11,5 +11,6 @@ eval "$(bash scripts/install-cuda-toolchain.sh)"
 export PARADEC_CUDA_ARCHS=compute_80,compute_90a
 cargo build --features cuda --all-targets
 cargo clippy --features cuda --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features cuda
 # Without a device every GPU test must skip cleanly (and the no-device test must pass).
 cargo test --features cuda --test gpu

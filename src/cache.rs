@@ -12,10 +12,15 @@ use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 
 #[derive(Debug)]
+/// A KV cache: K and V of every layer, with what each sequence holds (see the module docs).
 pub struct KvCache {
+    /// Sequences.
     pub batch: usize,
+    /// Positions each sequence can hold.
     pub capacity: usize,
+    /// Key/value heads per position.
     pub kv_heads: usize,
+    /// Features per head.
     pub head_dim: usize,
     layers: Vec<(Tensor, Tensor)>,
     /// Positions held, per layer and sequence.
@@ -23,6 +28,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// A cache of `num_layers` layers, each K and V [batch, capacity, kv_heads·head_dim] of `dtype` on `device`, zero-filled and holding nothing.
     pub fn new(
         num_layers: usize,
         batch: usize,
@@ -109,6 +115,7 @@ impl KvCache {
         .fold(1usize, |a, &b| a.saturating_mul(b))
     }
 
+    /// Layers in the cache.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -176,6 +183,7 @@ impl KvCache {
         }
     }
 
+    /// K and V of one layer.
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         let n = self.layers.len();
         self.layers.get(layer).map(|(k, v)| (k, v)).ok_or_else(|| {

@@ -41,9 +41,11 @@
 
 // Kernel-style functions take many plain arguments (pointers, sizes, settings) by design.
 #![allow(clippy::too_many_arguments)]
+#![warn(missing_docs)]
 
 pub mod arch;
 pub mod cache;
+pub mod capi;
 pub mod cpu;
 pub mod error;
 pub mod layers;

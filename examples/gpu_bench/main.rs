@@ -6,6 +6,7 @@
 //! streaming bandwidth is (bytes read + written) / time of a large device-to-device copy.
 //!
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
+//! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table.
 //! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
 
 use std::ffi::c_void;
@@ -311,6 +312,24 @@ fn main() -> Result<()> {
         props.l2_cache_bytes >> 20,
         stream_bw / 1e9
     );
+    // Linears have their own shapes, table and floor (the read bandwidth of this run).
+    if only.as_deref().is_some_and(|o| o.contains("linear")) {
+        let read_bw = linear::measure_read_bw(&b.stream, samples)?;
+        println!(
+            "# read bandwidth (read-only reduction over 2 GiB): {:.0} GB/s",
+            read_bw / 1e9
+        );
+        let lines = linear::run_all(&b, quick, read_bw)?;
+        if let Some(path) = csv {
+            let text = format!(
+                "# device,{},read_gbps,{:.1}\n{lines}",
+                props.name,
+                read_bw / 1e9
+            );
+            std::fs::write(&path, text).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        }
+        return Ok(());
+    }
     let shapes: Vec<(usize, usize)> = if quick {
         vec![(16384, 4096), (1, 4096), (64, 8192)]
     } else {

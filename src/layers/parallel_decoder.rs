@@ -18,20 +18,41 @@ use crate::{Error, Result, Stream, Weights};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum QkvProj {
-    Separate { q: Linear, k: Linear, v: Linear },
-    Fused { qkv: Linear, layout: QkvLayout },
+    /// Three projections.
+    Separate {
+        /// The query projection.
+        q: Linear,
+        /// The key projection.
+        k: Linear,
+        /// The value projection.
+        v: Linear,
+    },
+    /// One projection whose output `layout` splits into q, k and v.
+    Fused {
+        /// The fused projection.
+        qkv: Linear,
+        /// How its output features are arranged.
+        layout: QkvLayout,
+    },
 }
 
 /// The MLP branch.
 #[derive(Debug)]
 pub enum Mlp {
+    /// `fc_out(act(fc_in(x)))`.
     Plain {
+        /// hidden → intermediate.
         fc_in: Linear,
+        /// intermediate → hidden.
         fc_out: Linear,
     },
+    /// `down(act(gate(x)) · up(x))`.
     Gated {
+        /// hidden → intermediate, through the activation.
         gate: Linear,
+        /// hidden → intermediate.
         up: Linear,
+        /// intermediate → hidden.
         down: Linear,
     },
 }
@@ -56,6 +77,7 @@ pub struct Intermediates {
 }
 
 #[derive(Debug)]
+/// One parallel-residual decoder layer (see the module docs): norms, projections, rotary, attention and MLP, on the CPU or a device.
 pub struct ParallelDecoder {
     arch: ArchParams,
     layer_idx: usize,
@@ -224,6 +246,7 @@ impl ParallelDecoder {
         Ok(n)
     }
 
+    /// Drops `lora`'s adapters from this layer's projections.
     pub fn remove_lora(&mut self, lora: &Lora) {
         for l in self.linears_mut() {
             l.remove_lora(lora.id());
@@ -283,12 +306,15 @@ impl ParallelDecoder {
         let _ = self.move_to(Device::Cpu);
     }
 
+    /// Where the weights live.
     pub fn device(&self) -> Device {
         self.device
     }
+    /// The layer's index in its model.
     pub fn layer_idx(&self) -> usize {
         self.layer_idx
     }
+    /// Keys a query sees, counting itself; 0 for no window.
     pub fn sliding_window(&self) -> usize {
         self.sliding_window
     }
@@ -324,6 +350,7 @@ impl ParallelDecoder {
         Ok(())
     }
 
+    /// Whether any projection is quantized.
     pub fn is_quant(&self) -> bool {
         self.linears().iter().any(|l| l.is_quant())
     }

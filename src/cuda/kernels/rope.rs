@@ -14,9 +14,13 @@ use crate::{DType, Error, Result, Tensor};
 /// device tensor of at least `rot_dim / 2` values.
 #[derive(Debug, Clone, Copy)]
 pub struct RotaryArgs<'a> {
+    /// How features are paired.
     pub style: RopeStyle,
+    /// Rotated features per head (even, ≤ head_dim).
     pub rot_dim: usize,
+    /// rot_dim / 2 inverse frequencies (f32, on the device).
     pub inv_freq: &'a Tensor,
+    /// The factor on cos and sin.
     pub attn_factor: f32,
 }
 
@@ -26,9 +30,13 @@ pub struct RotaryArgs<'a> {
 /// a slot outside the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSlots<'a> {
+    /// Sequences.
     pub batch: usize,
+    /// New tokens per sequence.
     pub q_len: usize,
+    /// Slots per sequence in the cache.
     pub capacity: usize,
+    /// Tokens each sequence already holds (i64, on the device).
     pub past_len: &'a Tensor,
 }
 
