@@ -31,18 +31,31 @@
 
 use crate::{Error, Result};
 
+/// Decoder layers (and `sliding_window_pattern`).
 pub const LAYERS: usize = 1024;
+/// Hidden size.
 pub const HIDDEN: usize = 65_536;
+/// Attention heads, and KV heads.
 pub const HEADS: usize = 1024;
+/// Features per head (`head_dim`, derived or given; `rotary_dim`).
 pub const HEAD_DIM: usize = 1024;
+/// Output features of the q/k/v projections together, (heads + 2 · kv heads) · head_dim.
 pub const ATTN_WIDTH: usize = 1 << 18;
+/// MLP width.
 pub const INTERMEDIATE: usize = 1 << 19;
+/// Vocabulary size.
 pub const VOCAB: usize = 1 << 21;
+/// Positions (`max_position_embeddings`, the rope's original length, `sliding_window`).
 pub const POSITIONS: usize = 1 << 24;
+/// Small structural counts (`num_ln_in_parallel_attn`).
 pub const SMALL_COUNT: usize = 16;
+/// GPTQ rows per group.
 pub const GROUP_SIZE: usize = 1 << 20;
+/// LoRA rank `r`.
 pub const LORA_RANK: usize = 1 << 14;
+/// Dimensions of one tensor in a safetensors header.
 pub const TENSOR_RANK: usize = 8;
+/// Product of a tensor's dimensions, zero dimensions counted as 1.
 pub const TENSOR_ELEMENTS: usize = 1 << 40;
 
 /// The bound of every integer field of config.json that paradec reads.
