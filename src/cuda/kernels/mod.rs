@@ -20,7 +20,7 @@ mod norm;
 mod rope;
 
 pub use activation::{act_mul, activate, add_inplace};
-pub use embedding::{check_ids, embedding};
+pub use embedding::{check_ids, embedding, embedding_host_ids};
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{rotary_and_cache_write, CacheSlots, RotaryArgs};
