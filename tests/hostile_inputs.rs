@@ -83,6 +83,23 @@ fn every_size_field_is_bounded() {
 }
 
 #[test]
+fn zero_hidden_size_is_refused() {
+    // Found by the model_dir fuzzer: Cohere2 with an explicit head_dim took hidden_size 0, and
+    // packing its 0-input projections as EXL2 underflowed.
+    let mut c = config("cohere2");
+    c["hidden_size"] = json!(0);
+    c["head_dim"] = json!(16);
+    let m = format_err(&c);
+    assert!(m.contains("hidden size (0)"), "{m}");
+    let recipe = paradec::quant::pack::Exl2Recipe {
+        parts: vec![(4, 16, 0.5), (3, 32, 1.0)],
+        permute: false,
+    };
+    let e = recipe.layout(0).unwrap_err().to_string();
+    assert!(e.contains("in_features"), "{e}");
+}
+
+#[test]
 fn derived_sizes_are_bounded() {
     // head_dim = hidden / heads.
     let mut c = config("gpt_neox");

@@ -13,7 +13,7 @@ pub fn run(data: &[u8]) {
     };
     if let Ok(a) = ArchParams::from_json_str(text) {
         assert_eq!(a.layers.len(), a.num_layers);
-        assert!(a.heads % a.kv_heads == 0 && a.head_dim > 0);
+        assert!(a.heads % a.kv_heads == 0 && a.head_dim > 0 && a.hidden > 0);
         // Every size within paradec::limits, every scalar finite.
         assert!(a.num_layers <= limits::LAYERS && a.hidden <= limits::HIDDEN);
         assert!(a.heads <= limits::HEADS && a.head_dim <= limits::HEAD_DIM);

@@ -365,10 +365,11 @@ impl ArchParams {
         };
         let mut arch = arch;
         arch.quant = QuantConfig::from_config_json(v)?;
-        if arch.vocab == 0 || arch.num_layers == 0 || arch.intermediate == 0 {
-            return Err(Error::bad_format(
-                "config.json: vocab_size, layer count and MLP width must be positive",
-            ));
+        if arch.vocab == 0 || arch.num_layers == 0 || arch.intermediate == 0 || arch.hidden == 0 {
+            return Err(Error::bad_format(format!(
+                "config.json: vocab_size ({}), layer count ({}), MLP width ({}) and hidden size ({}) must be positive",
+                arch.vocab, arch.num_layers, arch.intermediate, arch.hidden
+            )));
         }
         // Derived sizes (hidden / heads, the q/k/v width) are bounded like the fields.
         limits::check("config.json: head_dim", arch.head_dim, limits::HEAD_DIM)?;
