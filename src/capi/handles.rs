@@ -504,7 +504,7 @@ pub extern "C" fn paradec_model_memory(
             .sum::<crate::Result<usize>>()?;
         let ws_dtype = if dev == Device::Cpu { DType::F32 } else { dt };
         let tokens = batch.saturating_mul(capacity);
-        let workspace_bytes = Workspace::bytes_needed(&arch, tokens, ws_dtype)
+        let workspace_bytes = Workspace::bytes_needed(&arch, tokens, capacity, ws_dtype)?
             + tokens * (arch.vocab + 2 * arch.hidden) * ws_dtype.size();
         write_out(
             out,

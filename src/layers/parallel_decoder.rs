@@ -38,6 +38,7 @@ pub enum QkvProj {
 
 /// The MLP branch.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Mlp {
     /// `fc_out(act(fc_in(x)))`.
     Plain {
@@ -403,8 +404,10 @@ impl ParallelDecoder {
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<()> {
-        self.run(s, hidden, cache, params, loras, ws, false)
-            .map(|_| ())
+        let mark = ws.mark();
+        let r = self.run(s, hidden, cache, params, loras, ws, false);
+        ws.release(mark);
+        r.map(|_| ())
     }
 
     /// As `forward`, and returns the intermediates (see `Intermediates`).
@@ -417,8 +420,10 @@ impl ParallelDecoder {
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<Intermediates> {
-        self.run(s, hidden, cache, params, loras, ws, true)?
-            .ok_or_else(|| Error::bad_input("intermediates were not captured"))
+        let mark = ws.mark();
+        let r = self.run(s, hidden, cache, params, loras, ws, true);
+        ws.release(mark);
+        r?.ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
     fn run(
@@ -657,13 +662,14 @@ impl ParallelDecoder {
         if !capture {
             return Ok(None);
         }
+        // Owned copies: the temporaries go back to the workspace when the forward returns.
         Ok(Some(Intermediates {
-            post_norm: n_a,
-            post_norm_mlp: n_m,
-            attn_output: ctx,
-            pre_down,
-            hidden_states_attn: attn_out,
-            hidden_states_mlp: mlp_out,
+            post_norm: n_a.try_clone()?,
+            post_norm_mlp: n_m.as_ref().map(Tensor::try_clone).transpose()?,
+            attn_output: ctx.try_clone()?,
+            pre_down: pre_down.try_clone()?,
+            hidden_states_attn: attn_out.try_clone()?,
+            hidden_states_mlp: mlp_out.try_clone()?,
             hidden_states: hidden.try_clone()?.reshape(&[t, a.hidden])?,
         }))
     }

@@ -209,7 +209,8 @@ pub fn run_fixture_steps_on(
     let r = reference(variant);
     let (dev, dt) = (model.device(), model.dtype());
     let mut cache = KvCache::for_model(&model.arch, 2, 10, dt, dev).unwrap();
-    let mut ws = Workspace::new(dev, dt).unwrap();
+    // A planned workspace on a device (the fixtures' steps hold at most 2 × 16 tokens).
+    let mut ws = Workspace::for_model(&model.arch, 32, 10, dev, dt).unwrap();
     (0..4)
         .map(|t| {
             let (ids, shape) = i64s(&r, &format!("step{t}.input_ids"));

@@ -79,6 +79,30 @@ fn check(variant: &str) {
     eprintln!("{}", report.join("\n"));
 }
 
+/// A planned workspace serves a whole model forward from its arena (no allocation), and gives
+/// what an unplanned one (plain allocations) gives, to the bit.
+#[test]
+fn planned_workspace_allocates_nothing_and_changes_nothing() {
+    let Some(stream) = gpu_stream("planned_workspace") else {
+        return;
+    };
+    let s = Stream::Cuda(stream);
+    let mut model = Model::load(fixture("cohere2")).unwrap();
+    model.load_as(Device::Cuda(0), DType::F16).unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 64).collect();
+    let p = paradec::AttnParams::new(2, 6);
+    let mut planned = paradec::Workspace::for_model(&model.arch, 12, 6, Device::Cuda(0), DType::F16).unwrap();
+    let mut plain = paradec::Workspace::new(Device::Cuda(0), DType::F16).unwrap();
+    let a = model.forward(&s, &ids, &p, None, &mut planned).unwrap();
+    let a2 = model.forward(&s, &ids, &p, None, &mut planned).unwrap();
+    let b = model.forward(&s, &ids, &p, None, &mut plain).unwrap();
+    assert_eq!(planned.overflow_bytes(), 0, "the plan was too small");
+    assert!(planned.high_water() > 0 && planned.high_water() <= planned.capacity());
+    assert!(plain.overflow_bytes() > 0);
+    assert_eq!(values(&a), values(&b));
+    assert_eq!(values(&a), values(&a2));
+}
+
 macro_rules! per_fixture {
     ($($name:ident),*) => { $( #[test] fn $name() { check(stringify!($name)); } )* };
 }
