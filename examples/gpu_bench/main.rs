@@ -6,6 +6,7 @@
 //! streaming bandwidth is (bytes read + written) / time of a large device-to-device copy.
 //!
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
+//!        gpu_bench --attention [--quick] [--csv FILE]   (attention: TFLOP/s and KV GB/s)
 //! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
 
 use std::ffi::c_void;
@@ -311,6 +312,10 @@ fn main() -> Result<()> {
         props.l2_cache_bytes >> 20,
         stream_bw / 1e9
     );
+    if args.iter().any(|a| a == "--attention") {
+        // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).
+        return attention::main_bench(&b, quick, csv, &props.name);
+    }
     let shapes: Vec<(usize, usize)> = if quick {
         vec![(16384, 4096), (1, 4096), (64, 8192)]
     } else {

@@ -1,0 +1,577 @@
+// The attention branch around the KV cache: QKV split, per-head norms, and attention — the
+// split-KV decode kernel and its combine here, the tensor-core kernel in attention_prefill.cu.
+// CUDA twins of ops::split_qkv, ops::head_norm and cpu::attention::attention.
+//
+// Decode (q_len ≤ 16): one block per (split of the KV length, sequence, KV head, chunk of up to
+// 8 query rows). The query rows of a GQA/MQA group — every query head of the KV head, for every
+// query token — sit in the same block, so each K/V element is read once per chunk (once in all
+// when the group has at most 8 rows). A key's head_dim features are spread over L lanes, one
+// 16-byte vector each; a warp holds 32/L keys at a time and U of those steps in flight. Each
+// lane group keeps an online softmax (max, sum, unnormalized output) in f32; the block merges
+// its groups in shared memory in a fixed order, and with several splits writes f32 partials
+// that a second kernel merges over the splits, again in a fixed order: the result does not
+// depend on timing.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "attention.cuh"
+
+namespace paradec {
+namespace {
+
+// ---- QKV split -----------------------------------------------------------------------------------
+
+template <typename T, int W>
+__global__ void split_qkv_kernel(const T *__restrict__ fused, int64_t tokens, int heads,
+                                 int kv_heads, int d, int layout, T *q, T *k, T *v) {
+    const int64_t width = static_cast<int64_t>(heads + 2 * kv_heads) * d;
+    const int64_t per_tok = width / W;
+    const int64_t total = tokens * per_tok;
+    const int per = heads / kv_heads;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t tok = i / per_tok;
+        const int f = static_cast<int>((i % per_tok) * W);
+        T *dst;
+        int off;
+        if (layout == PARADEC_QKV_PER_HEAD) {
+            const int h = f / (3 * d), r = f % (3 * d), part = r / d;
+            off = h * d + r % d;
+            dst = part == 0 ? q + tok * heads * d : (part == 1 ? k : v) + tok * kv_heads * d;
+        } else if (layout == PARADEC_QKV_QUERIES_FIRST) {
+            if (f < heads * d) {
+                off = f;
+                dst = q + tok * heads * d;
+            } else if (f < (heads + kv_heads) * d) {
+                off = f - heads * d;
+                dst = k + tok * kv_heads * d;
+            } else {
+                off = f - (heads + kv_heads) * d;
+                dst = v + tok * kv_heads * d;
+            }
+        } else {
+            const int gw = (per + 2) * d, g = f / gw, r = f % gw;
+            if (r < per * d) {
+                off = g * per * d + r;
+                dst = q + tok * heads * d;
+            } else if (r < (per + 1) * d) {
+                off = g * d + r - per * d;
+                dst = k + tok * kv_heads * d;
+            } else {
+                off = g * d + r - (per + 1) * d;
+                dst = v + tok * kv_heads * d;
+            }
+        }
+        const T *src = fused + tok * width + f;
+        if (W == kVec)
+            st(dst + off, ld_ro(src));
+        else
+            dst[off] = src[0];
+    }
+}
+
+// ---- per-head norm ---------------------------------------------------------------------------------
+
+// One warp per (token, head) row; the row stays in L1 between the passes.
+template <typename T>
+__global__ void __launch_bounds__(128)
+    head_norm_kernel(T *x, int64_t rows, int heads, int d, bool layer_norm, const T *w,
+                     bool w_per_head, const T *bias, bool b_per_head, float eps) {
+    const int64_t row = blockIdx.x * 4 + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    T *p = x + row * d;
+    const int h = static_cast<int>(row % heads);
+    float mean = 0.f;
+    if (layer_norm) {
+        float s = 0.f;
+        for (int j = lane; j < d; j += 32) s += Num<T>::to_f(p[j]);
+        mean = warp_sum(s) / d;
+    }
+    float s2 = 0.f;
+    for (int j = lane; j < d; j += 32) {
+        const float c = Num<T>::to_f(p[j]) - mean;
+        s2 += c * c;
+    }
+    const float inv = 1.0f / sqrtf(warp_sum(s2) / d + eps);
+    const T *wr = w ? w + (w_per_head ? h * d : 0) : nullptr;
+    const T *br = bias ? bias + (b_per_head ? h * d : 0) : nullptr;
+    for (int j = lane; j < d; j += 32) {
+        float o = (Num<T>::to_f(p[j]) - mean) * inv;
+        if (wr) o *= Num<T>::to_f(wr[j]);
+        if (br) o += Num<T>::to_f(br[j]);
+        p[j] = Num<T>::from_f(o);
+    }
+}
+
+// ---- decode attention ------------------------------------------------------------------------------
+
+constexpr int kDecodeWarps = 4;
+constexpr int kMaxRows = 8;  // query rows per block
+constexpr int kMaxSplits = 256;
+
+// Key steps in flight per lane group: fewer with more rows (their registers).
+template <int R>
+constexpr int decode_unroll() {
+    return R <= 2 ? 8 : (R <= 4 ? 4 : 2);
+}
+
+template <typename T, int L, int R>
+__global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
+    constexpr int KW = 32 / L;              // keys per warp step
+    constexpr int G = kDecodeWarps * KW;    // lane groups per block
+    constexpr int U = decode_unroll<R>();
+    extern __shared__ float sm[];  // m [G][R], l [G][R], o [G][R][D]
+    const int D = a.head_dim;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane % L, kg = lane / L;
+    const int group = a.heads / a.kv_heads;
+    const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
+    const int rows_total = a.q_len * group;
+    const int row0 = blockIdx.z * R;
+    const int nrows = min(R, rows_total - row0);
+    const int split = blockIdx.x;
+    const int64_t past = clamped_past(a, b);
+    const int64_t kv_len = past + a.q_len;
+    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
+
+    // The keys any row of this block sees, within this split.
+    const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
+    int64_t k_begin = static_cast<int64_t>(split) * a.split_len;
+    int64_t k_end = min(k_begin + a.split_len, kv_len);
+    k_end = min(k_end, past + t_last + 1);
+    if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
+
+    const bool dim_ok = sub * kVec < D;
+    const float qscale = a.scale * kLog2e;
+    float qr[R][kVec];
+    int64_t pos[R], lo[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int row = row0 + r;
+        const int t = row / group, h = kvh * group + row % group;
+        pos[r] = past + t;
+        lo[r] = a.window > 0 ? past + t + 1 - a.window : 0;
+        if (r < nrows && dim_ok) {
+            const T *qp =
+                static_cast<const T *>(a.q) + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + sub * kVec;
+            unpack8<T>(ld_ro(qp), qr[r]);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) qr[r][e] *= qscale;
+        } else {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) qr[r][e] = 0.f;
+        }
+    }
+    float m[R], l[R], o[R][kVec];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) o[r][e] = 0.f;
+    }
+    const T *kb = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
+                  kvh * D + sub * kVec;
+    const T *vb = static_cast<const T *>(a.v) + static_cast<int64_t>(b) * a.capacity * kv_dim +
+                  kvh * D + sub * kVec;
+    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+
+    for (int64_t j0 = k_begin + warp * (KW * U); j0 < k_end; j0 += kDecodeWarps * KW * U) {
+        uint4 kv[U], vv[U];
+        int64_t j[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            j[u] = j0 + u * KW + kg;
+            const bool ok = j[u] < k_end && dim_ok;
+            kv[u] = ok ? ld_ro(kb + j[u] * kv_dim) : make_uint4(0, 0, 0, 0);
+            vv[u] = ok ? ld_ro(vb + j[u] * kv_dim) : make_uint4(0, 0, 0, 0);
+        }
+        float madd[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            madd[u] = (mrow && j[u] < k_end) ? mrow[j[u]] * kLog2e : 0.f;
+        float vf[U][kVec];
+#pragma unroll
+        for (int u = 0; u < U; ++u) unpack8<T>(vv[u], vf[u]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float s[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                float kf[kVec];
+                unpack8<T>(kv[u], kf);
+                float dot = 0.f;
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) dot = fmaf(qr[r][e], kf[e], dot);
+#pragma unroll
+                for (int off = L / 2; off > 0; off >>= 1)
+                    dot += __shfl_xor_sync(0xffffffffu, dot, off);
+                const bool vis = j[u] < k_end && j[u] <= pos[r] && j[u] >= lo[r];
+                s[u] = vis ? dot + madd[u] : -INFINITY;
+            }
+            float mx = s[0];
+#pragma unroll
+            for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[u]);
+            const float mn = fmaxf(m[r], mx);
+            if (mn == -INFINITY) continue;  // nothing visible yet
+            const float alpha = exp2f(m[r] - mn);
+            m[r] = mn;
+            l[r] *= alpha;
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) o[r][e] *= alpha;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const float p = exp2f(s[u] - mn);
+                l[r] += p;
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) o[r][e] = fmaf(p, vf[u][e], o[r][e]);
+            }
+        }
+    }
+
+    // Merge the lane groups of the block (fixed order).
+    float *sm_m = sm;
+    float *sm_l = sm + G * R;
+    float *sm_o = sm + 2 * G * R;
+    const int g = warp * KW + kg;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (sub == 0) {
+            sm_m[g * R + r] = m[r];
+            sm_l[g * R + r] = l[r];
+        }
+        if (dim_ok) {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) sm_o[(g * R + r) * D + sub * kVec + e] = o[r][e];
+        }
+    }
+    __syncthreads();
+    const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
+    for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
+        const int r = idx / D, dd = idx % D;
+        const int row = row0 + r;
+        const int t = row / group, h = kvh * group + row % group;
+        const int64_t grow = (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
+        float M = -INFINITY;
+        for (int gg = 0; gg < G; ++gg) M = fmaxf(M, sm_m[gg * R + r]);
+        float S = 0.f, O = 0.f;
+        if (M != -INFINITY) {
+            for (int gg = 0; gg < G; ++gg) {
+                const float w = exp2f(sm_m[gg * R + r] - M);
+                S += sm_l[gg * R + r] * w;
+                O += sm_o[(gg * R + r) * D + dd] * w;
+            }
+        }
+        if (a.splits == 1) {
+            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(S > 0.f ? O / S : 0.f);
+        } else {
+            const int64_t pr = static_cast<int64_t>(split) * rows_all + grow;
+            a.part_o[pr * D + dd] = O;
+            if (dd == 0) {
+                a.part_ml[2 * pr] = M;
+                a.part_ml[2 * pr + 1] = S;
+            }
+        }
+    }
+}
+
+// Merges the splits' partials of every output row, in split order. One warp per row.
+template <typename T>
+__global__ void __launch_bounds__(128) combine_kernel(AttnArgs a, int64_t rows_all) {
+    const int64_t row = blockIdx.x * 4 + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= rows_all) return;
+    const int D = a.head_dim;
+    float M = -INFINITY;
+    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, a.part_ml[2 * (s * rows_all + row)]);
+    float S = 0.f;
+    if (M != -INFINITY)
+        for (int s = 0; s < a.splits; ++s) {
+            const int64_t pr = s * rows_all + row;
+            S += a.part_ml[2 * pr + 1] * exp2f(a.part_ml[2 * pr] - M);
+        }
+    const float inv = S > 0.f ? 1.0f / S : 0.f;
+    for (int dd = lane; dd < D; dd += 32) {
+        float O = 0.f;
+        if (M != -INFINITY)
+            for (int s = 0; s < a.splits; ++s) {
+                const int64_t pr = s * rows_all + row;
+                O += a.part_o[pr * D + dd] * exp2f(a.part_ml[2 * pr] - M);
+            }
+        static_cast<T *>(a.out)[row * D + dd] = Num<T>::from_f(O * inv);
+    }
+}
+
+// Read-only XOR reduction: 4 independent 16-byte loads per thread in flight.
+__global__ void __launch_bounds__(512) read_probe_kernel(const uint4 *src, int64_t n, uint32_t *sink) {
+    uint32_t acc = 0;
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        const uint4 a = ld_ro(src + i), b = ld_ro(src + i + stride), c = ld_ro(src + i + 2 * stride),
+                    d = ld_ro(src + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^
+               d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        const uint4 a = ld_ro(src + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
+    __shared__ uint32_t part[16];
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        uint32_t t = 0;
+        for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) t ^= part[w];
+        sink[blockIdx.x] = t;
+    }
+}
+
+// How a decode call is cut: rows per block, row chunks, splits of the KV length.
+struct DecodePlan {
+    int rows;  // R
+    int chunks;
+    int splits;
+    int64_t split_len;
+};
+
+int sm_count() {
+    int dev = 0, n = 132;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        n = 132;
+    }
+    return n;
+}
+
+DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
+                       int64_t max_past) {
+    DecodePlan p{};
+    const int64_t rows = q_len * (heads / kv_heads);
+    p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : kMaxRows;
+    p.chunks = static_cast<int>((rows + p.rows - 1) / p.rows);
+    const int64_t units = batch * kv_heads * p.chunks;
+    const int64_t max_kv = max_past + q_len;
+    // Enough blocks for several waves; at least 128 keys per split.
+    const int64_t target = 8 * static_cast<int64_t>(sm_count());
+    int64_t splits = units >= target ? 1 : (target + units - 1) / units;
+    splits = std::min<int64_t>(splits, (max_kv + 127) / 128);
+    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxSplits));
+    p.split_len = (max_kv + splits - 1) / splits;
+    p.splits = static_cast<int>((max_kv + p.split_len - 1) / p.split_len);
+    return p;
+}
+
+template <typename T, int L, int R>
+int launch_decode_lr(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream) {
+    constexpr int G = kDecodeWarps * (32 / L);
+    const size_t smem = sizeof(float) * G * R * (2 + a.head_dim);
+    const dim3 grid(p.splits, a.batch * a.kv_heads, p.chunks);
+    decode_kernel<T, L, R><<<grid, kDecodeWarps * 32, smem, stream>>>(a);
+    return launch_status();
+}
+
+template <typename T, int L>
+int launch_decode_l(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream) {
+    switch (p.rows) {
+        case 1: return launch_decode_lr<T, L, 1>(a, p, stream);
+        case 2: return launch_decode_lr<T, L, 2>(a, p, stream);
+        case 4: return launch_decode_lr<T, L, 4>(a, p, stream);
+        default: return launch_decode_lr<T, L, kMaxRows>(a, p, stream);
+    }
+}
+
+template <typename T>
+int launch_decode(AttnArgs a, const DecodePlan &p, cudaStream_t stream) {
+    a.splits = p.splits;
+    a.split_len = p.split_len;
+    const int vecs = a.head_dim / kVec;
+    int st;
+    if (vecs <= 1)
+        st = launch_decode_l<T, 1>(a, p, stream);
+    else if (vecs <= 2)
+        st = launch_decode_l<T, 2>(a, p, stream);
+    else if (vecs <= 4)
+        st = launch_decode_l<T, 4>(a, p, stream);
+    else if (vecs <= 8)
+        st = launch_decode_l<T, 8>(a, p, stream);
+    else if (vecs <= 16)
+        st = launch_decode_l<T, 16>(a, p, stream);
+    else
+        st = launch_decode_l<T, 32>(a, p, stream);
+    if (st != PARADEC_K_OK || p.splits == 1) return st;
+    const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
+    combine_kernel<T><<<static_cast<unsigned>((rows_all + 3) / 4), 128, 0, stream>>>(a, rows_all);
+    return launch_status();
+}
+
+constexpr int64_t kDecodeMaxQ = 16;
+
+size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, size_t head_dim,
+                     size_t max_past) {
+    if (q_len == 0 || q_len > static_cast<size_t>(kDecodeMaxQ) || kv_heads == 0 ||
+        heads % kv_heads != 0 || batch == 0)
+        return 0;
+    const DecodePlan p = plan_decode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
+                                     static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
+                                     static_cast<int64_t>(max_past));
+    if (p.splits == 1) return 0;
+    const size_t rows = batch * q_len * heads;
+    return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
+}
+
+}  // namespace
+}  // namespace paradec
+
+extern "C" int paradec_split_qkv(int dtype, int layout, const void *fused, size_t tokens,
+                                 size_t heads, size_t kv_heads, size_t head_dim, void *q, void *k,
+                                 void *v, paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!fused || !q || !k || !v) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (layout != PARADEC_QKV_PER_HEAD && layout != PARADEC_QKV_QUERIES_FIRST &&
+            layout != PARADEC_QKV_GROUPED)
+            return PARADEC_K_BAD_ENUM;
+        if (tokens == 0 || heads == 0 || kv_heads == 0 || head_dim == 0) return PARADEC_K_ZERO_DIM;
+        if (heads > (1u << 20) || kv_heads > (1u << 20) || head_dim > (1u << 20) ||
+            (heads + 2 * kv_heads) * head_dim > static_cast<size_t>(INT_MAX) ||
+            tokens > (size_t{1} << 40))
+            return PARADEC_K_DIM_TOO_LARGE;
+        if (heads % kv_heads != 0 || (layout == PARADEC_QKV_PER_HEAD && heads != kv_heads))
+            return PARADEC_K_BAD_SHAPE;
+        const bool vec = head_dim % paradec::kVec == 0 && paradec::aligned16(fused) &&
+                         paradec::aligned16(q) && paradec::aligned16(k) && paradec::aligned16(v);
+        const int64_t total = static_cast<int64_t>(tokens * (heads + 2 * kv_heads) * head_dim) /
+                              (vec ? paradec::kVec : 1);
+        const unsigned blocks =
+            static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, int64_t{1} << 16));
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            using T = decltype(tag);
+            if (vec)
+                paradec::split_qkv_kernel<T, paradec::kVec><<<blocks, 256, 0, stream>>>(
+                    static_cast<const T *>(fused), static_cast<int64_t>(tokens),
+                    static_cast<int>(heads), static_cast<int>(kv_heads),
+                    static_cast<int>(head_dim), layout, static_cast<T *>(q), static_cast<T *>(k),
+                    static_cast<T *>(v));
+            else
+                paradec::split_qkv_kernel<T, 1><<<blocks, 256, 0, stream>>>(
+                    static_cast<const T *>(fused), static_cast<int64_t>(tokens),
+                    static_cast<int>(heads), static_cast<int>(kv_heads),
+                    static_cast<int>(head_dim), layout, static_cast<T *>(q), static_cast<T *>(k),
+                    static_cast<T *>(v));
+            return paradec::launch_status();
+        });
+    });
+}
+
+extern "C" int paradec_head_norm(int dtype, int kind, void *x, size_t tokens, size_t heads,
+                                 size_t head_dim, const void *weight, int weight_per_head,
+                                 const void *bias, int bias_per_head, float eps,
+                                 paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!x) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (kind != PARADEC_LAYER_NORM && kind != PARADEC_RMS_NORM) return PARADEC_K_BAD_ENUM;
+        if (tokens == 0 || heads == 0 || head_dim == 0) return PARADEC_K_ZERO_DIM;
+        if (head_dim > PARADEC_HEAD_NORM_MAX_DIM || heads > (1u << 20) ||
+            tokens > (size_t{1} << 36))
+            return PARADEC_K_DIM_TOO_LARGE;
+        const int64_t rows = static_cast<int64_t>(tokens * heads);
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            using T = decltype(tag);
+            paradec::head_norm_kernel<T><<<static_cast<unsigned>((rows + 3) / 4), 128, 0, stream>>>(
+                static_cast<T *>(x), rows, static_cast<int>(heads), static_cast<int>(head_dim),
+                kind == PARADEC_LAYER_NORM, static_cast<const T *>(weight), weight_per_head != 0,
+                static_cast<const T *>(bias), bias_per_head != 0, eps);
+            return paradec::launch_status();
+        });
+    });
+}
+
+extern "C" size_t paradec_attention_scratch_bytes(size_t batch, size_t q_len, size_t heads,
+                                                  size_t kv_heads, size_t head_dim,
+                                                  size_t max_past) {
+    try {
+        return paradec::scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);
+    } catch (...) {
+        return 0;
+    }
+}
+
+extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
+                                 const void *cache_v, void *out, size_t batch, size_t q_len,
+                                 size_t heads, size_t kv_heads, size_t head_dim, size_t capacity,
+                                 const int64_t *past_len, size_t max_past, size_t window,
+                                 const float *mask, size_t mask_stride, float scale, void *scratch,
+                                 size_t scratch_bytes, paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!q || !cache_k || !cache_v || !out || !past_len) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (batch == 0 || q_len == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 ||
+            capacity == 0)
+            return PARADEC_K_ZERO_DIM;
+        if (head_dim > PARADEC_ATTN_MAX_HEAD_DIM || heads > 65535 || batch > 65535 ||
+            batch * kv_heads > static_cast<size_t>(INT_MAX) || q_len > (size_t{1} << 30) ||
+            capacity > (size_t{1} << 40))
+            return PARADEC_K_DIM_TOO_LARGE;
+        if (head_dim % paradec::kVec != 0 || heads % kv_heads != 0 ||
+            max_past + q_len > capacity || (mask && mask_stride < max_past + q_len))
+            return PARADEC_K_BAD_SHAPE;
+        if (!paradec::aligned16(q) || !paradec::aligned16(cache_k) ||
+            !paradec::aligned16(cache_v) || !paradec::aligned16(out))
+            return PARADEC_K_BAD_SHAPE;
+        paradec::AttnArgs a{};
+        a.q = q;
+        a.k = cache_k;
+        a.v = cache_v;
+        a.out = out;
+        a.batch = static_cast<int>(batch);
+        a.q_len = static_cast<int>(q_len);
+        a.heads = static_cast<int>(heads);
+        a.kv_heads = static_cast<int>(kv_heads);
+        a.head_dim = static_cast<int>(head_dim);
+        a.capacity = static_cast<int64_t>(capacity);
+        a.past_len = past_len;
+        a.max_past = static_cast<int64_t>(max_past);
+        a.window = static_cast<int64_t>(window);
+        a.mask = mask;
+        a.mask_stride = static_cast<int64_t>(mask_stride);
+        a.scale = scale;
+        a.splits = 1;
+        a.split_len = a.max_past + a.q_len;
+        if (static_cast<int64_t>(q_len) > paradec::kDecodeMaxQ)
+            return paradec::launch_prefill(dtype, a, stream);
+        const paradec::DecodePlan p = paradec::plan_decode(
+            a.batch, a.q_len, a.heads, a.kv_heads, a.max_past);
+        if (p.splits > 1) {
+            const size_t need =
+                paradec::scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);
+            if (!scratch) return PARADEC_K_NULL_POINTER;
+            if (scratch_bytes < need || !paradec::aligned16(scratch)) return PARADEC_K_BAD_SHAPE;
+            const size_t rows = batch * q_len * heads;
+            a.part_o = static_cast<float *>(scratch);
+            a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
+        }
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::launch_decode<decltype(tag)>(a, p, stream);
+        });
+    });
+}
+
+extern "C" int paradec_attn_read_probe(const void *src, size_t bytes, uint32_t *sink,
+                                       unsigned *blocks, paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!src || !sink || !blocks) return PARADEC_K_NULL_POINTER;
+        if (bytes == 0) return PARADEC_K_ZERO_DIM;
+        if (bytes % 16 != 0 || !paradec::aligned16(src)) return PARADEC_K_BAD_SHAPE;
+        const unsigned g = static_cast<unsigned>(std::min(4096, 4 * paradec::sm_count()));
+        *blocks = g;
+        paradec::read_probe_kernel<<<g, 512, 0, stream>>>(static_cast<const uint4 *>(src),
+                                                         static_cast<int64_t>(bytes / 16), sink);
+        return paradec::launch_status();
+    });
+}

@@ -1,0 +1,343 @@
+// Attention over the KV cache on tensor cores (mma.sync m16n8k16, ldmatrix, cp.async): the kernel
+// for query lengths above the decode kernel's, prefill and chunked prefill alike. CUDA twin of
+// cpu::attention::attention.
+//
+// One block per (64 query tokens, query head, sequence), heaviest (latest) query tiles first.
+// The block's 4 warps own 16 query rows each; Q stays in registers as mma A fragments. K and V
+// tiles (BN keys) stream through shared memory, double-buffered with cp.async: tile i+1 loads
+// while tile i is in use. Per tile: S = Q·Kᵀ on tensor cores (f32 accumulators), scaled to log2
+// units; masking (causal with the sequence's past length, sliding window, the additive mask, the
+// cache end) only on tiles that need it; an online softmax in f32 (running max and sum per row,
+// exp2); P rounded to the input dtype as the A operand of O += P·V (V through ldmatrix.trans).
+// Shared-memory rows are padded by 16 bytes, so the 8 row addresses of an ldmatrix fall in
+// distinct banks for every head dim. Head dims are padded to a tile width (16, 32, 64, 80, 96,
+// 128, 160, 192, 256) with zero columns, so any multiple of 8 up to 256 runs.
+//
+// Next steps on sm_90a (what FlashAttention-3 shows pays): wgmma from shared memory, TMA loads
+// completing on mbarriers, and producer/consumer warp specialization with two consumer
+// warpgroups ping-ponging softmax against the matrix products.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+#include "attention.cuh"
+
+namespace paradec {
+namespace {
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    const int n = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_group 0;\n" ::);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void *smem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void *smem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1);
+
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const unsigned (&a)[4],
+                                                 unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const unsigned (&a)[4],
+                                                        unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename T>
+__device__ __forceinline__ unsigned pack2(float x, float y) {
+    const typename Num<T>::T2 v = Num<T>::from_f2(make_float2(x, y));
+    return *reinterpret_cast<const unsigned *>(&v);
+}
+
+constexpr int kWarps = 4;
+constexpr int kBM = 16 * kWarps;
+
+template <int DP>
+constexpr int tile_n() {
+    return DP <= 128 ? 64 : 32;
+}
+
+template <int DP>
+constexpr size_t prefill_smem() {
+    return sizeof(__half) * static_cast<size_t>(kBM + 4 * tile_n<DP>()) * (DP + 8);
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
+    constexpr int BN = tile_n<DP>();
+    constexpr int SD = DP + 8;  // padded smem row (elements)
+    constexpr int KT = DP / 16;  // k steps of Q·Kᵀ
+    constexpr int NT = BN / 8;   // n tiles of S
+    constexpr int DT = DP / 8;   // n tiles of O
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *Qs = reinterpret_cast<T *>(smem_raw);
+    T *Ks = Qs + kBM * SD;     // [2][BN][SD]
+    T *Vs = Ks + 2 * BN * SD;  // [2][BN][SD]
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int mblk = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (a.heads / a.kv_heads);
+    const int D = a.head_dim;
+    const int CH = D / kVec;  // 16-byte chunks of a row that hold data
+    const int64_t t0 = static_cast<int64_t>(mblk) * kBM;
+    const int64_t past = clamped_past(a, b);
+    const int64_t t_end = min(t0 + kBM, static_cast<int64_t>(a.q_len));
+    const int64_t hi = past + t_end - 1;  // last key any row sees
+    const int64_t lo = a.window > 0 ? max(int64_t{0}, past + t0 + 1 - a.window) : 0;
+    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
+    const T *kbase = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
+                     kvh * D;
+    const T *vbase = static_cast<const T *>(a.v) + static_cast<int64_t>(b) * a.capacity * kv_dim +
+                     kvh * D;
+
+    // Zero the pad columns once (cp.async never writes them).
+    if (CH < DP / kVec) {
+        const int pc = DP / kVec - CH;
+        for (int i = tid; i < (kBM + 4 * BN) * pc; i += blockDim.x) {
+            const int r = i / pc, c = CH + i % pc;
+            st(Qs + r * SD + c * kVec, make_uint4(0, 0, 0, 0));
+        }
+    }
+    // Q tile.
+    {
+        const T *qb = static_cast<const T *>(a.q);
+        for (int i = tid; i < kBM * CH; i += blockDim.x) {
+            const int r = i / CH, c = i % CH;
+            const int64_t t = t0 + r;
+            const bool ok = t < a.q_len;
+            const T *src = ok ? qb + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D +
+                                    c * kVec
+                              : qb;
+            cp_async16(Qs + r * SD + c * kVec, src, ok);
+        }
+    }
+    const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
+    auto load_kv = [&](int n, int buf) {
+        T *ks = Ks + buf * BN * SD;
+        T *vs = Vs + buf * BN * SD;
+        for (int i = tid; i < BN * CH; i += blockDim.x) {
+            const int r = i / CH, c = i % CH;
+            const int64_t j = static_cast<int64_t>(n) * BN + r;
+            const bool ok = j >= lo && j <= hi;
+            const int64_t off = ok ? j * kv_dim + c * kVec : 0;
+            cp_async16(ks + r * SD + c * kVec, kbase + off, ok);
+            cp_async16(vs + r * SD + c * kVec, vbase + off, ok);
+        }
+    };
+    load_kv(n_first, 0);
+    cp_async_commit();
+
+    const float sl2 = a.scale * kLog2e;
+    const int wr = warp * 16;  // the warp's first row in the tile
+    const int g = lane >> 2, c2 = (lane & 3) * 2;
+    // Positions of the thread's two rows (g and g + 8).
+    const int64_t p0 = past + t0 + wr + g, p1 = p0 + 8;
+    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+
+    unsigned qf[KT][4];
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    for (int n = n_first; n <= n_last; ++n) {
+        const int buf = (n - n_first) & 1;
+        cp_async_wait_all();
+        __syncthreads();  // tile n in; every warp done with the buffer loaded next
+        if (n == n_first) {
+#pragma unroll
+            for (int kk = 0; kk < KT; ++kk) {
+                const int mi = lane >> 3;
+                ldmatrix_x4(qf[kk], Qs + (wr + (mi & 1) * 8 + (lane & 7)) * SD + kk * 16 +
+                                        (mi >> 1) * 8);
+            }
+        }
+        if (n < n_last) load_kv(n + 1, buf ^ 1);
+        cp_async_commit();
+        const T *ks = Ks + buf * BN * SD;
+        const T *vs = Vs + buf * BN * SD;
+
+        float s[NT][4];
+#pragma unroll
+        for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned bf[4];
+                const int mi = lane >> 3;
+                ldmatrix_x4(bf, ks + (np * 16 + (mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 +
+                                    (mi & 1) * 8);
+                mma16816<T>(s[2 * np], qf[kk], bf[0], bf[1]);
+                mma16816<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+            }
+        }
+        // Scale to log2 units; mask where the tile needs it.
+        const int64_t j0 = static_cast<int64_t>(n) * BN;
+        const int64_t pmin = past + t0, pmax = past + t0 + kBM - 1;
+        const bool need = mrow != nullptr || j0 + BN - 1 > pmin ||
+                          (a.window > 0 && j0 <= pmax - a.window);
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[i][e] *= sl2;
+        if (need) {
+#pragma unroll
+            for (int i = 0; i < NT; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int64_t j = j0 + i * 8 + c2 + (e & 1);
+                    const int64_t p = (e < 2) ? p0 : p1;
+                    bool vis = j <= p && j <= hi && j >= lo;
+                    if (a.window > 0) vis = vis && j > p - a.window;
+                    s[i][e] = vis ? (mrow ? s[i][e] + mrow[j] * kLog2e : s[i][e]) : -INFINITY;
+                }
+        }
+        // Online softmax over the tile.
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < NT; ++i) {
+            mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+        m0 = mn0;
+        m1 = mn1;
+        l0 *= al0;
+        l1 *= al1;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) {
+            o[i][0] *= al0;
+            o[i][1] *= al0;
+            o[i][2] *= al1;
+            o[i][3] *= al1;
+        }
+#pragma unroll
+        for (int i = 0; i < NT; ++i) {
+            s[i][0] = exp2f(s[i][0] - mu0);
+            s[i][1] = exp2f(s[i][1] - mu0);
+            s[i][2] = exp2f(s[i][2] - mu1);
+            s[i][3] = exp2f(s[i][3] - mu1);
+            l0 += s[i][0] + s[i][1];
+            l1 += s[i][2] + s[i][3];
+        }
+        // O += P·V.
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            unsigned pa[4];
+            pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+            pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+            pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int dp = 0; dp < DT / 2; ++dp) {
+                unsigned bf[4];
+                const int mi = lane >> 3;
+                ldmatrix_x4_trans(bf, vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * SD + dp * 16 +
+                                          (mi >> 1) * 8);
+                mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
+                mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+            }
+        }
+    }
+    cp_async_wait_all();
+
+    // Normalize and store.
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+    const int64_t ta = t0 + wr + g, tb = ta + 8;
+    T *ob = static_cast<T *>(a.out);
+#pragma unroll
+    for (int i = 0; i < DT; ++i) {
+        const int col = i * 8 + c2;
+        if (col >= D) continue;
+        if (ta < a.q_len) {
+            T *p = ob + ((static_cast<int64_t>(b) * a.q_len + ta) * a.heads + h) * D + col;
+            *reinterpret_cast<typename Num<T>::T2 *>(p) =
+                Num<T>::from_f2(make_float2(o[i][0] * i0, o[i][1] * i0));
+        }
+        if (tb < a.q_len) {
+            T *p = ob + ((static_cast<int64_t>(b) * a.q_len + tb) * a.heads + h) * D + col;
+            *reinterpret_cast<typename Num<T>::T2 *>(p) =
+                Num<T>::from_f2(make_float2(o[i][2] * i1, o[i][3] * i1));
+        }
+    }
+}
+
+template <typename T, int DP>
+int launch_dp(const AttnArgs &a, cudaStream_t stream) {
+    constexpr size_t smem = prefill_smem<DP>();
+    static const cudaError_t attr = cudaFuncSetAttribute(
+        prefill_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    const dim3 grid(static_cast<unsigned>((a.q_len + kBM - 1) / kBM), a.heads, a.batch);
+    prefill_kernel<T, DP><<<grid, kWarps * 32, smem, stream>>>(a);
+    return launch_status();
+}
+
+template <typename T>
+int launch_prefill_t(const AttnArgs &a, cudaStream_t stream) {
+    const int d = a.head_dim;
+    if (d <= 16) return launch_dp<T, 16>(a, stream);
+    if (d <= 32) return launch_dp<T, 32>(a, stream);
+    if (d <= 64) return launch_dp<T, 64>(a, stream);
+    if (d <= 80) return launch_dp<T, 80>(a, stream);
+    if (d <= 96) return launch_dp<T, 96>(a, stream);
+    if (d <= 128) return launch_dp<T, 128>(a, stream);
+    if (d <= 160) return launch_dp<T, 160>(a, stream);
+    if (d <= 192) return launch_dp<T, 192>(a, stream);
+    return launch_dp<T, 256>(a, stream);
+}
+
+}  // namespace
+
+int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream) {
+    if (a.q_len > 65535 * kBM) return PARADEC_K_DIM_TOO_LARGE;
+    return dispatch_dtype(dtype, [&](auto tag) { return launch_prefill_t<decltype(tag)>(a, stream); });
+}
+
+}  // namespace paradec
