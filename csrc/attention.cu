@@ -111,19 +111,36 @@ constexpr int kDecodeWarps = 4;
 constexpr int kMaxRows = 8;  // query rows per block
 constexpr int kMaxSplits = 256;
 
-// Key steps in flight per lane group: fewer with more rows (their registers).
-template <int R>
-constexpr int decode_unroll() {
-    return R <= 2 ? 8 : (R <= 4 ? 4 : 2);
+constexpr int kStages = 4;      // per-warp cp.async ring depth
+constexpr int kStageElems = 1024;  // K (and V) elements per stage: 2 KiB each
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+template <int L>
+constexpr size_t decode_ring_bytes() {
+    return sizeof(__half) * 2 * kStageElems * kStages * kDecodeWarps;
+}
+
+// Each warp streams its chunks of TK keys (K and V rows of its KV head) through its own ring
+// of kStages shared-memory stages with cp.async, kStages − 1 chunks ahead of the one in use.
 template <typename T, int L, int R>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
-    constexpr int KW = 32 / L;              // keys per warp step
-    constexpr int G = kDecodeWarps * KW;    // lane groups per block
-    constexpr int U = decode_unroll<R>();
-    extern __shared__ float sm[];  // m [G][R], l [G][R], o [G][R][D]
+    constexpr int KW = 32 / L;            // keys per warp step
+    constexpr int G = kDecodeWarps * KW;  // lane groups per block
+    constexpr int TK = kStageElems / (8 * L);  // keys per chunk (a stage)
+    constexpr int U = TK / KW;                 // warp steps per chunk
+    extern __shared__ __align__(16) unsigned char dsm[];
     const int D = a.head_dim;
+    const int CH = D / kVec;  // 16-byte chunks of a row
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % L, kg = lane / L;
     const int group = a.heads / a.kv_heads;
@@ -142,6 +159,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     int64_t k_end = min(k_begin + a.split_len, kv_len);
     k_end = min(k_end, past + t_last + 1);
     if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
+    const int64_t pos_min = past + t_first;
+    const bool plain = a.mask == nullptr && a.window == 0;
 
     const bool dim_ok = sub * kVec < D;
     const float qscale = a.scale * kLog2e;
@@ -154,8 +173,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
         pos[r] = past + t;
         lo[r] = a.window > 0 ? past + t + 1 - a.window : 0;
         if (r < nrows && dim_ok) {
-            const T *qp =
-                static_cast<const T *>(a.q) + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + sub * kVec;
+            const T *qp = static_cast<const T *>(a.q) +
+                          ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + sub * kVec;
             unpack8<T>(ld_ro(qp), qr[r]);
 #pragma unroll
             for (int e = 0; e < kVec; ++e) qr[r][e] *= qscale;
@@ -173,68 +192,102 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
         for (int e = 0; e < kVec; ++e) o[r][e] = 0.f;
     }
     const T *kb = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
-                  kvh * D + sub * kVec;
+                  kvh * D;
     const T *vb = static_cast<const T *>(a.v) + static_cast<int64_t>(b) * a.capacity * kv_dim +
-                  kvh * D + sub * kVec;
+                  kvh * D;
     const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+    T *ring = reinterpret_cast<T *>(dsm) + warp * (2 * kStageElems * kStages);
 
-    for (int64_t j0 = k_begin + warp * (KW * U); j0 < k_end; j0 += kDecodeWarps * KW * U) {
-        uint4 kv[U], vv[U];
-        int64_t j[U];
+    const int64_t nkeys = k_end > k_begin ? k_end - k_begin : 0;
+    // Chunk i of this warp: keys k_begin + (warp + kDecodeWarps·i)·TK …, into stage i % kStages.
+    auto issue = [&](int i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kDecodeWarps * i) * TK;
+        if (base < k_end) {
+            T *ks = ring + (i % kStages) * 2 * kStageElems;
+            T *vs = ks + kStageElems;
+            for (int c = lane; c < TK * CH; c += 32) {
+                const int r = c / CH, cc = c % CH;
+                const int64_t j = base + r;
+                const bool ok = j < k_end;
+                const int64_t off = ok ? j * kv_dim + cc * kVec : 0;
+                cp_async16(ks + r * D + cc * kVec, kb + off, ok);
+                cp_async16(vs + r * D + cc * kVec, vb + off, ok);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < kStages - 1; ++i) issue(i);
+
+    for (int i = 0;; ++i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kDecodeWarps * i) * TK;
+        if (base >= k_begin + nkeys) break;
+        issue(i + kStages - 1);
+        cp_async_wait<kStages - 1>();
+        __syncwarp();
+        const T *ks = ring + (i % kStages) * 2 * kStageElems;
+        const T *vs = ks + kStageElems;
+        const bool full = plain && base + TK <= k_end && base + TK - 1 <= pos_min;
+        float s[R][U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            j[u] = j0 + u * KW + kg;
-            const bool ok = j[u] < k_end && dim_ok;
-            kv[u] = ok ? ld_ro(kb + j[u] * kv_dim) : make_uint4(0, 0, 0, 0);
-            vv[u] = ok ? ld_ro(vb + j[u] * kv_dim) : make_uint4(0, 0, 0, 0);
-        }
-        float madd[U];
+            const int kr = u * KW + kg;
+            const int64_t j = base + kr;
+            float kf[kVec];
+            unpack8<T>(dim_ok ? ld(ks + kr * D + sub * kVec) : make_uint4(0, 0, 0, 0), kf);
+            const float madd = (mrow && j < k_end) ? mrow[j] * kLog2e : 0.f;
 #pragma unroll
-        for (int u = 0; u < U; ++u)
-            madd[u] = (mrow && j[u] < k_end) ? mrow[j[u]] * kLog2e : 0.f;
-        float vf[U][kVec];
-#pragma unroll
-        for (int u = 0; u < U; ++u) unpack8<T>(vv[u], vf[u]);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            float s[U];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                float kf[kVec];
-                unpack8<T>(kv[u], kf);
+            for (int r = 0; r < R; ++r) {
                 float dot = 0.f;
 #pragma unroll
                 for (int e = 0; e < kVec; ++e) dot = fmaf(qr[r][e], kf[e], dot);
 #pragma unroll
                 for (int off = L / 2; off > 0; off >>= 1)
                     dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                const bool vis = j[u] < k_end && j[u] <= pos[r] && j[u] >= lo[r];
-                s[u] = vis ? dot + madd[u] : -INFINITY;
+                if (full) {
+                    s[r][u] = dot;
+                } else {
+                    const bool vis = j < k_end && j <= pos[r] && j >= lo[r];
+                    s[r][u] = vis ? dot + madd : -INFINITY;
+                }
             }
-            float mx = s[0];
+        }
 #pragma unroll
-            for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[u]);
+        for (int r = 0; r < R; ++r) {
+            float mx = s[r][0];
+#pragma unroll
+            for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[r][u]);
             const float mn = fmaxf(m[r], mx);
-            if (mn == -INFINITY) continue;  // nothing visible yet
-            const float alpha = exp2f(m[r] - mn);
+            const float mu = mn == -INFINITY ? 0.f : mn;
+            const float alpha = exp2f(m[r] - mu);
             m[r] = mn;
             l[r] *= alpha;
 #pragma unroll
             for (int e = 0; e < kVec; ++e) o[r][e] *= alpha;
 #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const float p = exp2f(s[u] - mn);
-                l[r] += p;
+            for (int u = 0; u < U; ++u) s[r][u] = exp2f(s[r][u] - mu);
+        }
 #pragma unroll
-                for (int e = 0; e < kVec; ++e) o[r][e] = fmaf(p, vf[u][e], o[r][e]);
+        for (int u = 0; u < U; ++u) {
+            float vf[kVec];
+            unpack8<T>(dim_ok ? ld(vs + (u * KW + kg) * D + sub * kVec) : make_uint4(0, 0, 0, 0),
+                       vf);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                l[r] += s[r][u];
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) o[r][e] = fmaf(s[r][u], vf[e], o[r][e]);
             }
         }
+        __syncwarp();  // the stage is refilled next
     }
+    cp_async_wait<0>();
+    __syncthreads();  // the rings are reused below
 
     // Merge the lane groups of the block (fixed order).
-    float *sm_m = sm;
-    float *sm_l = sm + G * R;
-    float *sm_o = sm + 2 * G * R;
+    float *sm_m = reinterpret_cast<float *>(dsm);
+    float *sm_l = sm_m + G * R;
+    float *sm_o = sm_m + 2 * G * R;
     const int g = warp * KW + kg;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -369,7 +422,14 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
 template <typename T, int L, int R>
 int launch_decode_lr(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream) {
     constexpr int G = kDecodeWarps * (32 / L);
-    const size_t smem = sizeof(float) * G * R * (2 + a.head_dim);
+    const size_t smem =
+        std::max(sizeof(float) * G * R * (2 + a.head_dim), decode_ring_bytes<L>());
+    const cudaError_t attr = cudaFuncSetAttribute(
+        decode_kernel<T, L, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
     const dim3 grid(p.splits, a.batch * a.kv_heads, p.chunks);
     decode_kernel<T, L, R><<<grid, kDecodeWarps * 32, smem, stream>>>(a);
     return launch_status();

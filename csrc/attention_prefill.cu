@@ -2,8 +2,9 @@
 // for query lengths above the decode kernel's, prefill and chunked prefill alike. CUDA twin of
 // cpu::attention::attention.
 //
-// One block per (64 query tokens, query head, sequence), heaviest (latest) query tiles first.
-// The block's 4 warps own 16 query rows each; Q stays in registers as mma A fragments. K and V
+// One block per (128 query tokens — 64 for head dims over 128 —, query head, sequence), heaviest
+// (latest) query tiles first. The block's 4 warps own 32 query rows each (two m-tiles sharing
+// every K/V fragment; 16 rows with Q kept in registers for head dims over 128). K and V
 // tiles (BN keys) stream through shared memory, double-buffered with cp.async: tile i+1 loads
 // while tile i is in use. Per tile: S = Q·Kᵀ on tensor cores (f32 accumulators), scaled to log2
 // units; masking (causal with the sequence's past length, sliding window, the additive mask, the
@@ -79,28 +80,40 @@ __device__ __forceinline__ unsigned pack2(float x, float y) {
 }
 
 constexpr int kWarps = 4;
-constexpr int kBM = 16 * kWarps;
 
+// Tile shape per head dim: BN keys per K/V tile; MT m-tiles of 16 query rows per warp (two
+// m-tiles share each K/V fragment read from shared memory: half the ldmatrix traffic per mma
+// and two independent accumulator chains).
 template <int DP>
 constexpr int tile_n() {
     return DP <= 128 ? 64 : 32;
 }
+template <int DP>
+constexpr int m_tiles() {
+    return DP <= 128 ? 2 : 1;
+}
+template <int DP>
+constexpr int block_m() {
+    return 16 * kWarps * m_tiles<DP>();
+}
 
 template <int DP>
 constexpr size_t prefill_smem() {
-    return sizeof(__half) * static_cast<size_t>(kBM + 4 * tile_n<DP>()) * (DP + 8);
+    return sizeof(__half) * static_cast<size_t>(block_m<DP>() + 4 * tile_n<DP>()) * (DP + 8);
 }
 
 template <typename T, int DP>
 __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
     constexpr int BN = tile_n<DP>();
-    constexpr int SD = DP + 8;  // padded smem row (elements)
+    constexpr int MT = m_tiles<DP>();
+    constexpr int BM = block_m<DP>();
+    constexpr int SD = DP + 8;   // padded smem row (elements)
     constexpr int KT = DP / 16;  // k steps of Q·Kᵀ
     constexpr int NT = BN / 8;   // n tiles of S
     constexpr int DT = DP / 8;   // n tiles of O
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *Qs = reinterpret_cast<T *>(smem_raw);
-    T *Ks = Qs + kBM * SD;     // [2][BN][SD]
+    T *Ks = Qs + BM * SD;      // [2][BN][SD]
     T *Vs = Ks + 2 * BN * SD;  // [2][BN][SD]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -109,9 +122,9 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
     const int kvh = h / (a.heads / a.kv_heads);
     const int D = a.head_dim;
     const int CH = D / kVec;  // 16-byte chunks of a row that hold data
-    const int64_t t0 = static_cast<int64_t>(mblk) * kBM;
+    const int64_t t0 = static_cast<int64_t>(mblk) * BM;
     const int64_t past = clamped_past(a, b);
-    const int64_t t_end = min(t0 + kBM, static_cast<int64_t>(a.q_len));
+    const int64_t t_end = min(t0 + BM, static_cast<int64_t>(a.q_len));
     const int64_t hi = past + t_end - 1;  // last key any row sees
     const int64_t lo = a.window > 0 ? max(int64_t{0}, past + t0 + 1 - a.window) : 0;
     const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
@@ -123,7 +136,7 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
     // Zero the pad columns once (cp.async never writes them).
     if (CH < DP / kVec) {
         const int pc = DP / kVec - CH;
-        for (int i = tid; i < (kBM + 4 * BN) * pc; i += blockDim.x) {
+        for (int i = tid; i < (BM + 4 * BN) * pc; i += blockDim.x) {
             const int r = i / pc, c = CH + i % pc;
             st(Qs + r * SD + c * kVec, make_uint4(0, 0, 0, 0));
         }
@@ -131,7 +144,7 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
     // Q tile.
     {
         const T *qb = static_cast<const T *>(a.q);
-        for (int i = tid; i < kBM * CH; i += blockDim.x) {
+        for (int i = tid; i < BM * CH; i += blockDim.x) {
             const int r = i / CH, c = i % CH;
             const int64_t t = t0 + r;
             const bool ok = t < a.q_len;
@@ -158,149 +171,181 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
     cp_async_commit();
 
     const float sl2 = a.scale * kLog2e;
-    const int wr = warp * 16;  // the warp's first row in the tile
+    const int wr = warp * 16 * MT;  // the warp's first row in the tile
     const int g = lane >> 2, c2 = (lane & 3) * 2;
-    // Positions of the thread's two rows (g and g + 8).
-    const int64_t p0 = past + t0 + wr + g, p1 = p0 + 8;
+    const int mi = lane >> 3;
     const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
 
-    unsigned qf[KT][4];
-    float o[DT][4];
+    // With one m-tile Q stays in registers; with two it is re-read per k step (registers).
+    unsigned qf[MT == 1 ? KT : 1][4];
+    float o[MT][DT][4];
+    float m[MT][2], l[MT][2];
 #pragma unroll
-    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int i = 0; i < DT; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.f;
+    }
 
     for (int n = n_first; n <= n_last; ++n) {
         const int buf = (n - n_first) & 1;
         cp_async_wait_all();
         __syncthreads();  // tile n in; every warp done with the buffer loaded next
-        if (n == n_first) {
+        if (MT == 1 && n == n_first) {
 #pragma unroll
-            for (int kk = 0; kk < KT; ++kk) {
-                const int mi = lane >> 3;
+            for (int kk = 0; kk < (MT == 1 ? KT : 0); ++kk)
                 ldmatrix_x4(qf[kk], Qs + (wr + (mi & 1) * 8 + (lane & 7)) * SD + kk * 16 +
                                         (mi >> 1) * 8);
-            }
         }
         if (n < n_last) load_kv(n + 1, buf ^ 1);
         cp_async_commit();
         const T *ks = Ks + buf * BN * SD;
         const T *vs = Vs + buf * BN * SD;
 
-        float s[NT][4];
+        float s[MT][NT][4];
 #pragma unroll
-        for (int i = 0; i < NT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < NT; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk) {
+            unsigned af[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                if (MT == 1) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) af[mt][e] = qf[MT == 1 ? kk : 0][e];
+                } else {
+                    ldmatrix_x4(af[mt], Qs + (wr + mt * 16 + (mi & 1) * 8 + (lane & 7)) * SD +
+                                            kk * 16 + (mi >> 1) * 8);
+                }
+            }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned bf[4];
-                const int mi = lane >> 3;
                 ldmatrix_x4(bf, ks + (np * 16 + (mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 +
                                     (mi & 1) * 8);
-                mma16816<T>(s[2 * np], qf[kk], bf[0], bf[1]);
-                mma16816<T>(s[2 * np + 1], qf[kk], bf[2], bf[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<T>(s[mt][2 * np], af[mt], bf[0], bf[1]);
+                    mma16816<T>(s[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+                }
             }
         }
         // Scale to log2 units; mask where the tile needs it.
         const int64_t j0 = static_cast<int64_t>(n) * BN;
-        const int64_t pmin = past + t0, pmax = past + t0 + kBM - 1;
+        const int64_t pmin = past + t0, pmax = past + t0 + BM - 1;
         const bool need = mrow != nullptr || j0 + BN - 1 > pmin ||
                           (a.window > 0 && j0 <= pmax - a.window);
+        unsigned pa[MT][BN / 16][4];
 #pragma unroll
-        for (int i = 0; i < NT; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[i][e] *= sl2;
-        if (need) {
+        for (int mt = 0; mt < MT; ++mt) {
+            const int64_t p0 = past + t0 + wr + mt * 16 + g, p1 = p0 + 8;
 #pragma unroll
             for (int i = 0; i < NT; ++i)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int64_t j = j0 + i * 8 + c2 + (e & 1);
-                    const int64_t p = (e < 2) ? p0 : p1;
-                    bool vis = j <= p && j <= hi && j >= lo;
-                    if (a.window > 0) vis = vis && j > p - a.window;
-                    s[i][e] = vis ? (mrow ? s[i][e] + mrow[j] * kLog2e : s[i][e]) : -INFINITY;
-                }
-        }
-        // Online softmax over the tile.
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+                for (int e = 0; e < 4; ++e) s[mt][i][e] *= sl2;
+            if (need) {
 #pragma unroll
-        for (int i = 0; i < NT; ++i) {
-            mx0 = fmaxf(mx0, fmaxf(s[i][0], s[i][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[i][2], s[i][3]));
-        }
+                for (int i = 0; i < NT; ++i)
 #pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-        }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
-        l0 *= al0;
-        l1 *= al1;
+                    for (int e = 0; e < 4; ++e) {
+                        const int64_t j = j0 + i * 8 + c2 + (e & 1);
+                        const int64_t p = (e < 2) ? p0 : p1;
+                        bool vis = j <= p && j <= hi && j >= lo;
+                        if (a.window > 0) vis = vis && j > p - a.window;
+                        s[mt][i][e] =
+                            vis ? (mrow ? s[mt][i][e] + mrow[j] * kLog2e : s[mt][i][e]) : -INFINITY;
+                    }
+            }
+            // Online softmax over the tile.
+            float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < DT; ++i) {
-            o[i][0] *= al0;
-            o[i][1] *= al0;
-            o[i][2] *= al1;
-            o[i][3] *= al1;
-        }
+            for (int i = 0; i < NT; ++i) {
+                mx0 = fmaxf(mx0, fmaxf(s[mt][i][0], s[mt][i][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[mt][i][2], s[mt][i][3]));
+            }
 #pragma unroll
-        for (int i = 0; i < NT; ++i) {
-            s[i][0] = exp2f(s[i][0] - mu0);
-            s[i][1] = exp2f(s[i][1] - mu0);
-            s[i][2] = exp2f(s[i][2] - mu1);
-            s[i][3] = exp2f(s[i][3] - mu1);
-            l0 += s[i][0] + s[i][1];
-            l1 += s[i][2] + s[i][3];
+            for (int off = 1; off < 4; off <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+            }
+            const float mn0 = fmaxf(m[mt][0], mx0), mn1 = fmaxf(m[mt][1], mx1);
+            const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+            const float al0 = exp2f(m[mt][0] - mu0), al1 = exp2f(m[mt][1] - mu1);
+            m[mt][0] = mn0;
+            m[mt][1] = mn1;
+            l[mt][0] *= al0;
+            l[mt][1] *= al1;
+#pragma unroll
+            for (int i = 0; i < DT; ++i) {
+                o[mt][i][0] *= al0;
+                o[mt][i][1] *= al0;
+                o[mt][i][2] *= al1;
+                o[mt][i][3] *= al1;
+            }
+#pragma unroll
+            for (int i = 0; i < NT; ++i) {
+                s[mt][i][0] = exp2f(s[mt][i][0] - mu0);
+                s[mt][i][1] = exp2f(s[mt][i][1] - mu0);
+                s[mt][i][2] = exp2f(s[mt][i][2] - mu1);
+                s[mt][i][3] = exp2f(s[mt][i][3] - mu1);
+                l[mt][0] += s[mt][i][0] + s[mt][i][1];
+                l[mt][1] += s[mt][i][2] + s[mt][i][3];
+            }
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                pa[mt][kk][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][kk][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][kk][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][kk][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
         }
         // O += P·V.
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
-            unsigned pa[4];
-            pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-            pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-            pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
             for (int dp = 0; dp < DT / 2; ++dp) {
                 unsigned bf[4];
-                const int mi = lane >> 3;
                 ldmatrix_x4_trans(bf, vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * SD + dp * 16 +
                                           (mi >> 1) * 8);
-                mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
-                mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<T>(o[mt][2 * dp], pa[mt][kk], bf[0], bf[1]);
+                    mma16816<T>(o[mt][2 * dp + 1], pa[mt][kk], bf[2], bf[3]);
+                }
             }
         }
     }
     cp_async_wait_all();
 
     // Normalize and store.
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
-    const int64_t ta = t0 + wr + g, tb = ta + 8;
     T *ob = static_cast<T *>(a.out);
 #pragma unroll
-    for (int i = 0; i < DT; ++i) {
-        const int col = i * 8 + c2;
-        if (col >= D) continue;
-        if (ta < a.q_len) {
-            T *p = ob + ((static_cast<int64_t>(b) * a.q_len + ta) * a.heads + h) * D + col;
-            *reinterpret_cast<typename Num<T>::T2 *>(p) =
-                Num<T>::from_f2(make_float2(o[i][0] * i0, o[i][1] * i0));
+    for (int mt = 0; mt < MT; ++mt) {
+        float l0 = l[mt][0], l1 = l[mt][1];
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, off);
         }
-        if (tb < a.q_len) {
-            T *p = ob + ((static_cast<int64_t>(b) * a.q_len + tb) * a.heads + h) * D + col;
-            *reinterpret_cast<typename Num<T>::T2 *>(p) =
-                Num<T>::from_f2(make_float2(o[i][2] * i1, o[i][3] * i1));
+        const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+        const int64_t ta = t0 + wr + mt * 16 + g, tb = ta + 8;
+#pragma unroll
+        for (int i = 0; i < DT; ++i) {
+            const int col = i * 8 + c2;
+            if (col >= D) continue;
+            if (ta < a.q_len) {
+                T *p = ob + ((static_cast<int64_t>(b) * a.q_len + ta) * a.heads + h) * D + col;
+                *reinterpret_cast<typename Num<T>::T2 *>(p) =
+                    Num<T>::from_f2(make_float2(o[mt][i][0] * i0, o[mt][i][1] * i0));
+            }
+            if (tb < a.q_len) {
+                T *p = ob + ((static_cast<int64_t>(b) * a.q_len + tb) * a.heads + h) * D + col;
+                *reinterpret_cast<typename Num<T>::T2 *>(p) =
+                    Num<T>::from_f2(make_float2(o[mt][i][2] * i1, o[mt][i][3] * i1));
+            }
         }
     }
 }
@@ -308,13 +353,14 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
 template <typename T, int DP>
 int launch_dp(const AttnArgs &a, cudaStream_t stream) {
     constexpr size_t smem = prefill_smem<DP>();
-    static const cudaError_t attr = cudaFuncSetAttribute(
+    constexpr int BM = block_m<DP>();
+    const cudaError_t attr = cudaFuncSetAttribute(
         prefill_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (attr != cudaSuccess) {
         cudaGetLastError();
         return static_cast<int>(attr);
     }
-    const dim3 grid(static_cast<unsigned>((a.q_len + kBM - 1) / kBM), a.heads, a.batch);
+    const dim3 grid(static_cast<unsigned>((a.q_len + BM - 1) / BM), a.heads, a.batch);
     prefill_kernel<T, DP><<<grid, kWarps * 32, smem, stream>>>(a);
     return launch_status();
 }
@@ -336,7 +382,7 @@ int launch_prefill_t(const AttnArgs &a, cudaStream_t stream) {
 }  // namespace
 
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream) {
-    if (a.q_len > 65535 * kBM) return PARADEC_K_DIM_TOO_LARGE;
+    if (a.q_len > 65535 * 16 * kWarps) return PARADEC_K_DIM_TOO_LARGE;
     return dispatch_dtype(dtype, [&](auto tag) { return launch_prefill_t<decltype(tag)>(a, stream); });
 }
 
