@@ -2,13 +2,15 @@
 // split-KV decode kernel and its combine here, the tensor-core kernel in attention_prefill.cu.
 // CUDA twins of ops::split_qkv, ops::head_norm and cpu::attention::attention.
 //
-// Decode (q_len ≤ 16): one block per (split of the KV length, sequence, KV head, chunk of up to
-// 8 query rows). The query rows of a GQA/MQA group — every query head of the KV head, for every
-// query token — sit in the same block, so each K/V element is read once per chunk (once in all
-// when the group has at most 8 rows). A key's head_dim features are spread over L lanes, one
-// 16-byte vector each; a warp holds 32/L keys at a time and U of those steps in flight. Each
-// lane group keeps an online softmax (max, sum, unnormalized output) in f32; the block merges
-// its groups in shared memory in a fixed order, and with several splits writes f32 partials
+// Decode (q_len ≤ 16), split over the KV length (flash-decoding): one block per (split,
+// sequence, KV head, chunk of query rows). The query rows of a KV head — every query head of its
+// GQA/MQA group, for every query token — sit in the same block, so each K/V element is read once
+// per chunk. With one or two such rows the CUDA-core kernel here runs: a key's head_dim features
+// spread over L lanes, one 16-byte vector each; each warp streams its chunks of keys through
+// its own ring of shared-memory stages (cp.async, several chunks ahead). With more rows (up to
+// 16 per chunk) the tensor-core decode kernel of attention_prefill.cu runs instead. Each lane
+// group or warp keeps an online softmax (max, sum, unnormalized output) in f32; the block
+// merges them in shared memory in a fixed order, and with several splits writes f32 partials
 // that a second kernel merges over the splits, again in a fixed order: the result does not
 // depend on timing.
 #include <algorithm>
@@ -108,7 +110,6 @@ __global__ void __launch_bounds__(128)
 // ---- decode attention ------------------------------------------------------------------------------
 
 constexpr int kDecodeWarps = 4;
-constexpr int kMaxRows = 8;  // query rows per block
 constexpr int kMaxSplits = 256;
 
 constexpr int kStages = 4;      // per-warp cp.async ring depth
@@ -132,12 +133,14 @@ constexpr size_t decode_ring_bytes() {
 
 // Each warp streams its chunks of TK keys (K and V rows of its KV head) through its own ring
 // of kStages shared-memory stages with cp.async, kStages − 1 chunks ahead of the one in use.
-template <typename T, int L, int R>
+// A key's features are spread over L lanes of NV 16-byte vectors each (NV = 2 for 4 query rows:
+// fewer lanes per key, fewer shuffles per dot product).
+template <typename T, int L, int R, int NV>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     constexpr int KW = 32 / L;            // keys per warp step
     constexpr int G = kDecodeWarps * KW;  // lane groups per block
-    constexpr int TK = kStageElems / (8 * L);  // keys per chunk (a stage)
-    constexpr int U = TK / KW;                 // warp steps per chunk
+    constexpr int TK = kStageElems / (8 * L * NV);  // keys per chunk (a stage)
+    constexpr int U = TK / KW;                      // warp steps per chunk
     extern __shared__ __align__(16) unsigned char dsm[];
     const int D = a.head_dim;
     const int CH = D / kVec;  // 16-byte chunks of a row
@@ -162,9 +165,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     const int64_t pos_min = past + t_first;
     const bool plain = a.mask == nullptr && a.window == 0;
 
-    const bool dim_ok = sub * kVec < D;
+    bool dim_ok[NV];
+#pragma unroll
+    for (int v = 0; v < NV; ++v) dim_ok[v] = (sub + v * L) * kVec < D;
     const float qscale = a.scale * kLog2e;
-    float qr[R][kVec];
+    float qr[R][NV][kVec];
     int64_t pos[R], lo[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -172,24 +177,30 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
         const int t = row / group, h = kvh * group + row % group;
         pos[r] = past + t;
         lo[r] = a.window > 0 ? past + t + 1 - a.window : 0;
-        if (r < nrows && dim_ok) {
-            const T *qp = static_cast<const T *>(a.q) +
-                          ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + sub * kVec;
-            unpack8<T>(ld_ro(qp), qr[r]);
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) qr[r][e] *= qscale;
-        } else {
+        for (int v = 0; v < NV; ++v) {
+            if (r < nrows && dim_ok[v]) {
+                const T *qp = static_cast<const T *>(a.q) +
+                              ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D +
+                              (sub + v * L) * kVec;
+                unpack8<T>(ld_ro(qp), qr[r][v]);
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) qr[r][e] = 0.f;
+                for (int e = 0; e < kVec; ++e) qr[r][v][e] *= qscale;
+            } else {
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) qr[r][v][e] = 0.f;
+            }
         }
     }
-    float m[R], l[R], o[R][kVec];
+    float m[R], l[R], o[R][NV][kVec];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
         m[r] = -INFINITY;
         l[r] = 0.f;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) o[r][e] = 0.f;
+        for (int v = 0; v < NV; ++v)
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) o[r][v][e] = 0.f;
     }
     const T *kb = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
                   kvh * D;
@@ -233,14 +244,19 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
         for (int u = 0; u < U; ++u) {
             const int kr = u * KW + kg;
             const int64_t j = base + kr;
-            float kf[kVec];
-            unpack8<T>(dim_ok ? ld(ks + kr * D + sub * kVec) : make_uint4(0, 0, 0, 0), kf);
+            float kf[NV][kVec];
+#pragma unroll
+            for (int v = 0; v < NV; ++v)
+                unpack8<T>(dim_ok[v] ? ld(ks + kr * D + (sub + v * L) * kVec) : make_uint4(0, 0, 0, 0),
+                           kf[v]);
             const float madd = (mrow && j < k_end) ? mrow[j] * kLog2e : 0.f;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 float dot = 0.f;
 #pragma unroll
-                for (int e = 0; e < kVec; ++e) dot = fmaf(qr[r][e], kf[e], dot);
+                for (int v = 0; v < NV; ++v)
+#pragma unroll
+                    for (int e = 0; e < kVec; ++e) dot = fmaf(qr[r][v][e], kf[v][e], dot);
 #pragma unroll
                 for (int off = L / 2; off > 0; off >>= 1)
                     dot += __shfl_xor_sync(0xffffffffu, dot, off);
@@ -263,20 +279,27 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
             m[r] = mn;
             l[r] *= alpha;
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) o[r][e] *= alpha;
+            for (int v = 0; v < NV; ++v)
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) o[r][v][e] *= alpha;
 #pragma unroll
             for (int u = 0; u < U; ++u) s[r][u] = exp2f(s[r][u] - mu);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            float vf[kVec];
-            unpack8<T>(dim_ok ? ld(vs + (u * KW + kg) * D + sub * kVec) : make_uint4(0, 0, 0, 0),
-                       vf);
+            float vf[NV][kVec];
+#pragma unroll
+            for (int v = 0; v < NV; ++v)
+                unpack8<T>(dim_ok[v] ? ld(vs + (u * KW + kg) * D + (sub + v * L) * kVec)
+                                     : make_uint4(0, 0, 0, 0),
+                           vf[v]);
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 l[r] += s[r][u];
 #pragma unroll
-                for (int e = 0; e < kVec; ++e) o[r][e] = fmaf(s[r][u], vf[e], o[r][e]);
+                for (int v = 0; v < NV; ++v)
+#pragma unroll
+                    for (int e = 0; e < kVec; ++e) o[r][v][e] = fmaf(s[r][u], vf[v][e], o[r][v][e]);
             }
         }
         __syncwarp();  // the stage is refilled next
@@ -295,10 +318,13 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
             sm_m[g * R + r] = m[r];
             sm_l[g * R + r] = l[r];
         }
-        if (dim_ok) {
 #pragma unroll
-            for (int e = 0; e < kVec; ++e) sm_o[(g * R + r) * D + sub * kVec + e] = o[r][e];
-        }
+        for (int v = 0; v < NV; ++v)
+            if (dim_ok[v]) {
+#pragma unroll
+                for (int e = 0; e < kVec; ++e)
+                    sm_o[(g * R + r) * D + (sub + v * L) * kVec + e] = o[r][v][e];
+            }
     }
     __syncthreads();
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
@@ -330,30 +356,58 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     }
 }
 
-// Merges the splits' partials of every output row, in split order. One warp per row.
+// Merges the splits' partials of every output row, in split order. One block per row: the
+// threads first find the row's max and weights over the splits, then each output feature sums
+// its splits (split groups of threads, merged in a fixed order).
 template <typename T>
-__global__ void __launch_bounds__(128) combine_kernel(AttnArgs a, int64_t rows_all) {
-    const int64_t row = blockIdx.x * 4 + threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (row >= rows_all) return;
-    const int D = a.head_dim;
-    float M = -INFINITY;
-    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, a.part_ml[2 * (s * rows_all + row)]);
-    float S = 0.f;
-    if (M != -INFINITY)
-        for (int s = 0; s < a.splits; ++s) {
-            const int64_t pr = s * rows_all + row;
-            S += a.part_ml[2 * pr + 1] * exp2f(a.part_ml[2 * pr] - M);
+__global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_all) {
+    __shared__ float w[kMaxSplits];
+    __shared__ float red[8];
+    __shared__ float part[256];
+    const int64_t row = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int D = a.head_dim, S = a.splits;
+    float mv = -INFINITY;
+    for (int s = tid; s < S; s += 256) mv = fmaxf(mv, a.part_ml[2 * (s * rows_all + row)]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mv = fmaxf(mv, __shfl_xor_sync(0xffffffffu, mv, o));
+    if (lane == 0) red[warp] = mv;
+    __syncthreads();
+    float M = red[0];
+    for (int i = 1; i < 8; ++i) M = fmaxf(M, red[i]);
+    __syncthreads();
+    float sum = 0.f;
+    for (int s = tid; s < S; s += 256) {
+        const int64_t pr = s * rows_all + row;
+        const float ws = M == -INFINITY ? 0.f : exp2f(a.part_ml[2 * pr] - M);
+        w[s] = ws;
+        sum += a.part_ml[2 * pr + 1] * ws;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < 8; ++i) tot += red[i];
+    const float inv = tot > 0.f ? 1.0f / tot : 0.f;
+    // Thread (group sg, feature dd): splits sg, sg + SG, ...
+    const int SG = D >= 256 ? 1 : 256 / D;
+    const int sg = tid / D, dd = tid % D;
+    float O = 0.f;
+    if (sg < SG && tid < SG * D) {
+#pragma unroll 8
+        for (int s = sg; s < S; s += SG) O += a.part_o[(s * rows_all + row) * D + dd] * w[s];
+    }
+    part[tid] = O;
+    __syncthreads();
+    for (int d2 = tid; d2 < D; d2 += 256) {
+        float t = 0.f;
+        if (D >= 256) {
+            // One group: each thread sums every split of its features.
+            for (int s = 0; s < S; ++s) t += a.part_o[(s * rows_all + row) * D + d2] * w[s];
+        } else {
+            for (int g = 0; g < SG; ++g) t += part[g * D + d2];
         }
-    const float inv = S > 0.f ? 1.0f / S : 0.f;
-    for (int dd = lane; dd < D; dd += 32) {
-        float O = 0.f;
-        if (M != -INFINITY)
-            for (int s = 0; s < a.splits; ++s) {
-                const int64_t pr = s * rows_all + row;
-                O += a.part_o[pr * D + dd] * exp2f(a.part_ml[2 * pr] - M);
-            }
-        static_cast<T *>(a.out)[row * D + dd] = Num<T>::from_f(O * inv);
+        static_cast<T *>(a.out)[row * D + d2] = Num<T>::from_f(t * inv);
     }
 }
 
@@ -401,57 +455,73 @@ int sm_count() {
     return n;
 }
 
+// One or two query rows per KV head take the CUDA-core kernel; more (GQA/MQA groups, several
+// query tokens) the tensor-core kernel, 16 rows per block.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
-                       int64_t max_past) {
+                       int64_t head_dim, int64_t max_past) {
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
-    p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : kMaxRows;
+    p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : kDecodeMmaRows;
     p.chunks = static_cast<int>((rows + p.rows - 1) / p.rows);
     const int64_t units = batch * kv_heads * p.chunks;
     const int64_t max_kv = max_past + q_len;
-    // Enough blocks for several waves; at least 128 keys per split.
-    const int64_t target = 8 * static_cast<int64_t>(sm_count());
-    int64_t splits = units >= target ? 1 : (target + units - 1) / units;
-    splits = std::min<int64_t>(splits, (max_kv + 127) / 128);
-    splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxSplits));
+    // Blocks in whole waves of the resident slots (blocks per SM: 3 on CUDA cores; on tensor
+    // cores 2, 1 past head dim 128), at least 128 keys per split: the fewest splits whose last
+    // wave is at least 90% full (else the fullest).
+    const int per_sm = p.rows != kDecodeMmaRows ? 3 : (head_dim <= 128 ? 2 : 1);
+    const int64_t slots = per_sm * static_cast<int64_t>(sm_count());
+    const int64_t cap = std::max<int64_t>(
+        1, std::min<int64_t>(kMaxSplits, std::min<int64_t>((max_kv + 127) / 128, slots)));
+    int64_t splits = 1;
+    double best = 0.0;
+    for (int64_t sp = 1; sp <= cap; ++sp) {
+        const int64_t blocks = units * sp;
+        const double eff = static_cast<double>(blocks) / (((blocks + slots - 1) / slots) * slots);
+        if (eff > best + 1e-9) {
+            best = eff;
+            splits = sp;
+        }
+        if (eff >= 0.9) break;
+    }
     p.split_len = (max_kv + splits - 1) / splits;
     p.splits = static_cast<int>((max_kv + p.split_len - 1) / p.split_len);
     return p;
 }
 
-template <typename T, int L, int R>
+template <typename T, int L, int R, int NV>
 int launch_decode_lr(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream) {
     constexpr int G = kDecodeWarps * (32 / L);
     const size_t smem =
         std::max(sizeof(float) * G * R * (2 + a.head_dim), decode_ring_bytes<L>());
     const cudaError_t attr = cudaFuncSetAttribute(
-        decode_kernel<T, L, R>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        decode_kernel<T, L, R, NV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(smem));
     if (attr != cudaSuccess) {
         cudaGetLastError();
         return static_cast<int>(attr);
     }
     const dim3 grid(p.splits, a.batch * a.kv_heads, p.chunks);
-    decode_kernel<T, L, R><<<grid, kDecodeWarps * 32, smem, stream>>>(a);
+    decode_kernel<T, L, R, NV><<<grid, kDecodeWarps * 32, smem, stream>>>(a);
     return launch_status();
 }
 
 template <typename T, int L>
 int launch_decode_l(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream) {
     switch (p.rows) {
-        case 1: return launch_decode_lr<T, L, 1>(a, p, stream);
-        case 2: return launch_decode_lr<T, L, 2>(a, p, stream);
-        case 4: return launch_decode_lr<T, L, 4>(a, p, stream);
-        default: return launch_decode_lr<T, L, kMaxRows>(a, p, stream);
+        case 1: return launch_decode_lr<T, L, 1, 1>(a, p, stream);
+        default: return launch_decode_lr<T, L, 2, 1>(a, p, stream);
     }
 }
 
 template <typename T>
-int launch_decode(AttnArgs a, const DecodePlan &p, cudaStream_t stream) {
+int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t stream) {
     a.splits = p.splits;
     a.split_len = p.split_len;
     const int vecs = a.head_dim / kVec;
     int st;
-    if (vecs <= 1)
+    if (p.rows == kDecodeMmaRows)
+        st = launch_decode_mma(dtype, a, p.chunks, stream);
+    else if (vecs <= 1)
         st = launch_decode_l<T, 1>(a, p, stream);
     else if (vecs <= 2)
         st = launch_decode_l<T, 2>(a, p, stream);
@@ -465,7 +535,7 @@ int launch_decode(AttnArgs a, const DecodePlan &p, cudaStream_t stream) {
         st = launch_decode_l<T, 32>(a, p, stream);
     if (st != PARADEC_K_OK || p.splits == 1) return st;
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
-    combine_kernel<T><<<static_cast<unsigned>((rows_all + 3) / 4), 128, 0, stream>>>(a, rows_all);
+    combine_kernel<T><<<static_cast<unsigned>(rows_all), 256, 0, stream>>>(a, rows_all);
     return launch_status();
 }
 
@@ -478,7 +548,7 @@ size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, 
         return 0;
     const DecodePlan p = plan_decode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
                                      static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
-                                     static_cast<int64_t>(max_past));
+                                     static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past));
     if (p.splits == 1) return 0;
     const size_t rows = batch * q_len * heads;
     return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
@@ -605,8 +675,8 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
         a.split_len = a.max_past + a.q_len;
         if (static_cast<int64_t>(q_len) > paradec::kDecodeMaxQ)
             return paradec::launch_prefill(dtype, a, stream);
-        const paradec::DecodePlan p = paradec::plan_decode(
-            a.batch, a.q_len, a.heads, a.kv_heads, a.max_past);
+        const paradec::DecodePlan p = paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads,
+                                                           a.head_dim, a.max_past);
         if (p.splits > 1) {
             const size_t need =
                 paradec::scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);
@@ -617,7 +687,7 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
             a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
-            return paradec::launch_decode<decltype(tag)>(a, p, stream);
+            return paradec::launch_decode<decltype(tag)>(dtype, a, p, stream);
         });
     });
 }

@@ -37,6 +37,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // The tensor-core kernel over any q_len (attention_prefill.cu).
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream);
 
+// Decode on tensor cores: chunks of 16 query rows of one KV head per block, a.splits splits of
+// a.split_len keys (attention_prefill.cu); partials as the decode kernel writes them.
+int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t stream);
+constexpr int kDecodeMmaRows = 16;
+
 // The query position's past length, clamped so that no slot beyond the planned bound is read.
 __device__ __forceinline__ int64_t clamped_past(const AttnArgs &a, int b) {
     int64_t p = a.past_len[b];

@@ -365,6 +365,279 @@ int launch_dp(const AttnArgs &a, cudaStream_t stream) {
     return launch_status();
 }
 
+// ---- decode on tensor cores ----------------------------------------------------------------------
+// Decode of a GQA/MQA group (or several query tokens): the up to 16 query rows of one KV head —
+// every query head of the group for every query token — form one mma A tile, so each K/V element
+// is read once for all of them, and Q·Kᵀ and P·V run on tensor cores. One block per (split of
+// the KV length, sequence, KV head, chunk of 16 rows); each of its 4 warps streams chunks of 16
+// keys through its own ring of shared-memory stages (cp.async, padded rows for ldmatrix), keeps
+// an online softmax over its keys, and the warps merge in a fixed order (then, with several
+// splits, the combine kernel merges the splits).
+constexpr int kDecRows = 16;
+constexpr int kDecKeys = 16;  // keys per stage
+
+template <int DP>
+constexpr int dec_stages() {
+    return DP <= 128 ? 3 : 2;
+}
+template <int DP>
+constexpr size_t decode_mma_smem() {
+    const size_t ring = sizeof(__half) * 2 * kDecKeys * (DP + 8) * dec_stages<DP>() * kWarps;
+    const size_t merge = sizeof(float) * kWarps * kDecRows * (DP + 2);
+    return ring > merge ? ring : merge;
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
+    constexpr int SD = DP + 8;
+    constexpr int NS = dec_stages<DP>();
+    constexpr int KT = DP / 16;
+    constexpr int DT = DP / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, c2 = (lane & 3) * 2, mi = lane >> 3;
+    const int D = a.head_dim, CH = D / kVec;
+    const int group = a.heads / a.kv_heads;
+    const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
+    const int rows_total = a.q_len * group;
+    const int row0 = blockIdx.z * kDecRows;
+    const int nrows = min(kDecRows, rows_total - row0);
+    const int split = blockIdx.x;
+    const int64_t past = clamped_past(a, b);
+    const int64_t kv_len = past + a.q_len;
+    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
+    const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
+    int64_t k_begin = static_cast<int64_t>(split) * a.split_len;
+    int64_t k_end = min(k_begin + a.split_len, kv_len);
+    k_end = min(k_end, past + t_last + 1);
+    if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
+    const int64_t pos_min = past + t_first;
+    const bool plain = a.mask == nullptr && a.window == 0;
+    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+
+    T *ring = reinterpret_cast<T *>(smem_raw) + warp * (NS * 2 * kDecKeys * SD);
+    // Zero the ring's pad columns (cp.async never writes them; K's meet Q's zero padding).
+    if (CH < DP / kVec) {
+        const int pc = DP / kVec - CH;
+        for (int i = lane; i < NS * 2 * kDecKeys * pc; i += 32) {
+            const int r = i / pc, c = CH + i % pc;
+            st(ring + r * SD + c * kVec, make_uint4(0, 0, 0, 0));
+        }
+    }
+
+    // Q as mma A fragments (rows beyond the group's and columns beyond D are zero).
+    const int ra = g, rb = g + 8;
+    const bool va = ra < nrows, vb = rb < nrows;
+    const int64_t qoff_a =
+        va ? ((static_cast<int64_t>(b) * a.q_len + (row0 + ra) / group) * a.heads + kvh * group +
+              (row0 + ra) % group) * D
+           : 0;
+    const int64_t qoff_b =
+        vb ? ((static_cast<int64_t>(b) * a.q_len + (row0 + rb) / group) * a.heads + kvh * group +
+              (row0 + rb) % group) * D
+           : 0;
+    const int64_t pos_a = past + (row0 + ra) / group, pos_b = past + (row0 + rb) / group;
+    const int64_t lo_a = a.window > 0 ? pos_a + 1 - a.window : 0;
+    const int64_t lo_b = a.window > 0 ? pos_b + 1 - a.window : 0;
+    const unsigned *q32 = static_cast<const unsigned *>(a.q);
+    unsigned qa[KT][4];
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        const int c0 = kk * 16 + c2, c1 = c0 + 8;
+        qa[kk][0] = (va && c0 < D) ? q32[(qoff_a + c0) / 2] : 0u;
+        qa[kk][1] = (vb && c0 < D) ? q32[(qoff_b + c0) / 2] : 0u;
+        qa[kk][2] = (va && c1 < D) ? q32[(qoff_a + c1) / 2] : 0u;
+        qa[kk][3] = (vb && c1 < D) ? q32[(qoff_b + c1) / 2] : 0u;
+    }
+
+    const T *kb = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
+                  kvh * D;
+    const T *vb_ = static_cast<const T *>(a.v) + static_cast<int64_t>(b) * a.capacity * kv_dim +
+                   kvh * D;
+    auto issue = [&](int i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kWarps * i) * kDecKeys;
+        if (base < k_end) {
+            T *ks = ring + (i % NS) * 2 * kDecKeys * SD;
+            T *vs = ks + kDecKeys * SD;
+            for (int c = lane; c < kDecKeys * CH; c += 32) {
+                const int r = c / CH, cc = c % CH;
+                const int64_t j = base + r;
+                const bool ok = j < k_end;
+                const int64_t off = ok ? j * kv_dim + cc * kVec : 0;
+                cp_async16(ks + r * SD + cc * kVec, kb + off, ok);
+                cp_async16(vs + r * SD + cc * kVec, vb_ + off, ok);
+            }
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (int i = 0; i < NS - 1; ++i) issue(i);
+
+    const float sl2 = a.scale * kLog2e;
+    float o[DT][4];
+#pragma unroll
+    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    for (int i = 0;; ++i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kWarps * i) * kDecKeys;
+        if (base >= k_end) break;
+        issue(i + NS - 1);
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(NS - 1));
+        __syncwarp();
+        const T *ks = ring + (i % NS) * 2 * kDecKeys * SD;
+        const T *vs = ks + kDecKeys * SD;
+        float s[2][4];
+#pragma unroll
+        for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            unsigned bf[4];
+            ldmatrix_x4(bf, ks + ((mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 + (mi & 1) * 8);
+            mma16816<T>(s[0], qa[kk], bf[0], bf[1]);
+            mma16816<T>(s[1], qa[kk], bf[2], bf[3]);
+        }
+        const bool full = plain && base + kDecKeys <= k_end && base + kDecKeys - 1 <= pos_min;
+#pragma unroll
+        for (int n = 0; n < 2; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[n][e] *= sl2;
+                if (!full) {
+                    const int64_t j = base + n * 8 + c2 + (e & 1);
+                    const int64_t p = e < 2 ? pos_a : pos_b;
+                    const int64_t lo = e < 2 ? lo_a : lo_b;
+                    const bool vis = j < k_end && j <= p && j >= lo;
+                    s[n][e] = vis ? (mrow ? s[n][e] + mrow[j] * kLog2e : s[n][e]) : -INFINITY;
+                }
+            }
+        float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+        float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+        m0 = mn0;
+        m1 = mn1;
+        l0 *= al0;
+        l1 *= al1;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+            s[n][0] = exp2f(s[n][0] - mu0);
+            s[n][1] = exp2f(s[n][1] - mu0);
+            s[n][2] = exp2f(s[n][2] - mu1);
+            s[n][3] = exp2f(s[n][3] - mu1);
+            l0 += s[n][0] + s[n][1];
+            l1 += s[n][2] + s[n][3];
+        }
+        unsigned pa[4];
+        pa[0] = pack2<T>(s[0][0], s[0][1]);
+        pa[1] = pack2<T>(s[0][2], s[0][3]);
+        pa[2] = pack2<T>(s[1][0], s[1][1]);
+        pa[3] = pack2<T>(s[1][2], s[1][3]);
+#pragma unroll
+        for (int dp = 0; dp < DT / 2; ++dp) {
+            unsigned bf[4];
+            ldmatrix_x4_trans(bf, vs + ((mi & 1) * 8 + (lane & 7)) * SD + dp * 16 + (mi >> 1) * 8);
+            o[2 * dp][0] *= al0;
+            o[2 * dp][1] *= al0;
+            o[2 * dp][2] *= al1;
+            o[2 * dp][3] *= al1;
+            o[2 * dp + 1][0] *= al0;
+            o[2 * dp + 1][1] *= al0;
+            o[2 * dp + 1][2] *= al1;
+            o[2 * dp + 1][3] *= al1;
+            mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
+            mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+        }
+        __syncwarp();  // the stage is refilled next
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    __syncthreads();  // the rings become the merge area
+    float *sm_m = reinterpret_cast<float *>(smem_raw);
+    float *sm_l = sm_m + kWarps * kDecRows;
+    float *sm_o = sm_l + kWarps * kDecRows;  // [warp][row][DP]
+    if ((lane & 3) == 0) {
+        sm_m[warp * kDecRows + ra] = m0;
+        sm_m[warp * kDecRows + rb] = m1;
+        sm_l[warp * kDecRows + ra] = l0;
+        sm_l[warp * kDecRows + rb] = l1;
+    }
+#pragma unroll
+    for (int i = 0; i < DT; ++i) {
+        float *pa_ = sm_o + (warp * kDecRows + ra) * DP + i * 8 + c2;
+        float *pb_ = sm_o + (warp * kDecRows + rb) * DP + i * 8 + c2;
+        pa_[0] = o[i][0];
+        pa_[1] = o[i][1];
+        pb_[0] = o[i][2];
+        pb_[1] = o[i][3];
+    }
+    __syncthreads();
+    const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
+    for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
+        const int r = idx / D, dd = idx % D;
+        const int row = row0 + r;
+        const int t = row / group, h = kvh * group + row % group;
+        const int64_t grow = (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
+        float M = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w * kDecRows + r]);
+        float S = 0.f, O = 0.f;
+        if (M != -INFINITY) {
+            for (int w = 0; w < kWarps; ++w) {
+                const float wt = exp2f(sm_m[w * kDecRows + r] - M);
+                S += sm_l[w * kDecRows + r] * wt;
+                O += sm_o[(w * kDecRows + r) * DP + dd] * wt;
+            }
+        }
+        if (a.splits == 1) {
+            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(S > 0.f ? O / S : 0.f);
+        } else {
+            const int64_t pr = static_cast<int64_t>(split) * rows_all + grow;
+            a.part_o[pr * D + dd] = O;
+            if (dd == 0) {
+                a.part_ml[2 * pr] = M;
+                a.part_ml[2 * pr + 1] = S;
+            }
+        }
+    }
+}
+
+template <typename T, int DP>
+int launch_dec_dp(const AttnArgs &a, int chunks, cudaStream_t stream) {
+    constexpr size_t smem = decode_mma_smem<DP>();
+    const cudaError_t attr = cudaFuncSetAttribute(
+        decode_mma_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    const dim3 grid(a.splits, a.batch * a.kv_heads, chunks);
+    decode_mma_kernel<T, DP><<<grid, kWarps * 32, smem, stream>>>(a);
+    return launch_status();
+}
+
+template <typename T>
+int launch_decode_mma_t(const AttnArgs &a, int chunks, cudaStream_t stream) {
+    const int d = a.head_dim;
+    if (d <= 16) return launch_dec_dp<T, 16>(a, chunks, stream);
+    if (d <= 32) return launch_dec_dp<T, 32>(a, chunks, stream);
+    if (d <= 64) return launch_dec_dp<T, 64>(a, chunks, stream);
+    if (d <= 80) return launch_dec_dp<T, 80>(a, chunks, stream);
+    if (d <= 96) return launch_dec_dp<T, 96>(a, chunks, stream);
+    if (d <= 128) return launch_dec_dp<T, 128>(a, chunks, stream);
+    if (d <= 160) return launch_dec_dp<T, 160>(a, chunks, stream);
+    if (d <= 192) return launch_dec_dp<T, 192>(a, chunks, stream);
+    return launch_dec_dp<T, 256>(a, chunks, stream);
+}
+
 template <typename T>
 int launch_prefill_t(const AttnArgs &a, cudaStream_t stream) {
     const int d = a.head_dim;
@@ -380,6 +653,11 @@ int launch_prefill_t(const AttnArgs &a, cudaStream_t stream) {
 }
 
 }  // namespace
+
+int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t stream) {
+    return dispatch_dtype(dtype,
+                          [&](auto tag) { return launch_decode_mma_t<decltype(tag)>(a, chunks, stream); });
+}
 
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream) {
     if (a.q_len > 65535 * 16 * kWarps) return PARADEC_K_DIM_TOO_LARGE;

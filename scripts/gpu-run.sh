@@ -4,6 +4,7 @@
 #                  PyTorch bench, joined table
 #   quick:         tests, sanitizer, a short bench (fewer shapes) and PyTorch's
 #   tests | sanitize | bench: one part
+#   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
 # Logs go under $OUT (at most 8 files: that is what comes back). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -38,9 +39,9 @@ if want sanitize; then
       --error-exitcode 99 "$D/bin/gpu" --test-threads=1 > "$OUT/memcheck.log" 2>&1
     rc=$?
     SUMMARY+=("memcheck (rc=$rc): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$OUT/memcheck.log" | tr '\n' ' ')")
-    # Kernels with shared memory: norms and rotary.
+    # Kernels with shared memory: norms, rotary and attention.
     compute-sanitizer --tool racecheck --error-exitcode 99 \
-      "$D/bin/gpu" --test-threads=1 norm:: rope:: > "$OUT/racecheck.log" 2>&1
+      "$D/bin/gpu" --test-threads=1 norm:: rope:: attention:: > "$OUT/racecheck.log" 2>&1
     rc=$?
     SUMMARY+=("racecheck (rc=$rc): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -n1) / $(grep -E '^test result' "$OUT/racecheck.log" | tail -n1)")
     unset PARADEC_GPU_SMALL
@@ -59,6 +60,14 @@ if want bench; then
     "$D/bin/gpu_smoke" --bench >> "$OUT/bench.log" 2>&1
     SUMMARY+=("criterion gpu_smoke rc=$?: $(grep -A1 -E '^gpu_smoke/' "$OUT/bench.log" | grep -oE 'time: +\[[^]]*\]' | tr '\n' ' ')")
   fi
+fi
+
+if [[ "$MODE" == attn ]]; then
+  "$D/bin/gpu_bench" --attention --csv "$OUT/attn_paradec.csv" > "$OUT/attn_bench.log" 2>&1
+  SUMMARY+=("paradec attention bench rc=$?")
+  PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --attention --csv "$OUT/attn_torch.csv" >> "$OUT/attn_bench.log" 2>&1
+  SUMMARY+=("torch attention bench rc=$?")
+  python3 "$D/bench_join.py" "$OUT/attn_paradec.csv" "$OUT/attn_torch.csv" > "$OUT/joined.md" 2>&1
 fi
 
 echo "==== summary"

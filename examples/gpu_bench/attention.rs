@@ -1,7 +1,7 @@
 //! Attention: prefill TFLOP/s (causal, FLOPs counted as half: 4·s²·d·heads/2 per sequence) and
 //! decode µs and KV-read GB/s, against a read-only bandwidth floor measured here.
 //!
-//!     gpu_bench --attention [--quick] [--csv FILE]
+//!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode] [--csv FILE]
 
 use super::*;
 
@@ -135,8 +135,9 @@ fn time_attention(
     b.time(sets, &mut launch)
 }
 
-pub fn run_all(b: &Bench, quick: bool) -> Result<Vec<AttnRow>> {
+pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow>> {
     let mut rows = Vec::new();
+    let want = |k: &str| only.is_none_or(|o| k.contains(o));
     // Prefill: 16k tokens per call (batch = 16384 / s), heads·d = 2048, causal, MHA.
     let ss: &[usize] = if quick {
         &[2048, 8192]
@@ -144,6 +145,9 @@ pub fn run_all(b: &Bench, quick: bool) -> Result<Vec<AttnRow>> {
         &[512, 2048, 8192, 16384]
     };
     for dt in [Dt::Bf16, Dt::F16] {
+        if !want("attn_prefill") {
+            break;
+        }
         for &d in &[64usize, 128, 256] {
             for &s in ss {
                 let (batch, heads) = (16384 / s, 2048 / d);
@@ -173,6 +177,9 @@ pub fn run_all(b: &Bench, quick: bool) -> Result<Vec<AttnRow>> {
         &[1024, 8192, 32768, 131072]
     };
     for &kv in &[32usize, 8] {
+        if !want("attn_decode") {
+            break;
+        }
         for &batch in &[1usize, 8, 32] {
             for &l in ls {
                 let kv_bytes = 2.0 * (batch * l * kv * 128 * 2) as f64;
@@ -205,13 +212,19 @@ pub fn run_all(b: &Bench, quick: bool) -> Result<Vec<AttnRow>> {
 }
 
 /// Runs the attention table; prints markdown and writes the CSV.
-pub fn main_bench(b: &Bench, quick: bool, csv: Option<String>, device: &str) -> Result<()> {
+pub fn main_bench(
+    b: &Bench,
+    quick: bool,
+    only: Option<&str>,
+    csv: Option<String>,
+    device: &str,
+) -> Result<()> {
     let read_bw = measure_read_bw(b)?;
     println!(
         "# read-only bandwidth (2 GiB XOR reduction): {:.0} GB/s",
         read_bw / 1e9
     );
-    let rows = run_all(b, quick)?;
+    let rows = run_all(b, quick, only)?;
     let mut out =
         String::from("kernel,dtype,shape,us_b2b,us_graph,flops,bytes,tflops,gbps,pct_read\n");
     println!("\n| kernel | dtype | shape | µs (b2b) | µs (graph) | TFLOP/s | KV GB/s | % of read BW |\n|---|---|---|---|---|---|---|---|");

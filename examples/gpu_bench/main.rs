@@ -314,7 +314,7 @@ fn main() -> Result<()> {
     );
     if args.iter().any(|a| a == "--attention") {
         // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).
-        return attention::main_bench(&b, quick, csv, &props.name);
+        return attention::main_bench(&b, quick, only.as_deref(), csv, &props.name);
     }
     let shapes: Vec<(usize, usize)> = if quick {
         vec![(16384, 4096), (1, 4096), (64, 8192)]

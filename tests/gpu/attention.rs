@@ -301,12 +301,15 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
         }
     };
     if small() {
-        // Decode: one split and several, 1/2/4/8 rows per block and row chunks; generic dims.
+        // Decode: one split and several; 1 or 2 rows per KV head (CUDA cores) and more (tensor
+        // cores, chunks of 16 rows); generic dims.
         add(2, 1, 4, 4, 64, vec![5, 300], 0, None);
         add(1, 1, 8, 2, 128, vec![700], 0, Some(vec![3]));
         add(1, 3, 8, 1, 40, vec![130], 50, None);
         add(2, 2, 4, 2, 256, vec![0, 9], 0, None);
         add(1, 16, 2, 2, 16, vec![40], 0, None);
+        add(1, 2, 4, 4, 32, vec![77], 0, None);
+        add(1, 1, 4, 4, 80, vec![200], 30, Some(vec![3]));
         // Tensor cores: prefill, chunked prefill over a past, padding, window, padded dims.
         add(2, 70, 4, 2, 64, vec![0, 0], 0, Some(vec![0, 5]));
         add(1, 33, 2, 1, 80, vec![100], 20, None);
