@@ -1,7 +1,9 @@
 //! Build script. Without the `cuda` feature it does nothing. With it:
 //! - finds nvcc (NVCC, CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda) and the toolkit around it;
 //! - compiles each `csrc/*.cu` in a build of its own with the `cc` crate's CUDA mode (each file
-//!   is self-contained, so no relocatable device code and no device-link step across files);
+//!   is self-contained, so no relocatable device code and no device-link step across files),
+//!   caching objects in `OUT_DIR` by content and flags so that editing one file rebuilds one
+//!   object;
 //! - targets sm_80, sm_86, sm_89, sm_90a machine code and compute_90 PTX, or the list in
 //!   `PARADEC_CUDA_ARCHS` (e.g. `90a` for the GPU machine, `compute_90a` — PTX only, no ptxas —
 //!   for CI's compile check);
@@ -172,60 +174,179 @@ mod cuda {
         }
     }
 
-    /// One `cc` build per .cu file (self-contained files: no `--device-c`, so no cross-file
-    /// device link). The builds run on parallel threads: nvcc/ptxas are single-threaded.
+    /// Compiles each `.cu` file to an object with the `cc` crate's CUDA mode (self-contained
+    /// files: no `--device-c`, so no cross-file device link) and archives them into one static
+    /// library. Objects are cached in `OUT_DIR` under a key of the file's content, every header's
+    /// content, nvcc's path and the flags: a change to one `.cu` file rebuilds that object only
+    /// (a header change rebuilds all). Changed files compile on parallel threads: nvcc and ptxas
+    /// are single-threaded.
     fn compile_kernels(nvcc: &Path, include: &Path, gencode: &[String]) {
-        let mut files: Vec<PathBuf> = std::fs::read_dir("csrc")
-            .expect("csrc/ is missing")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-            .collect();
-        files.sort();
+        let files = files_with(Path::new("csrc"), &["cu"]);
+        let headers = files_with(Path::new("csrc"), &["h", "cuh"]);
         let extra: Vec<String> = env::var("PARADEC_NVCC_FLAGS")
             .map(|s| s.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default();
         // cc reads the compiler from NVCC for CUDA builds.
         env::set_var("NVCC", nvcc);
-        let results: Vec<(PathBuf, Result<(), cc::Error>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = files
+        let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+        let cache = out.join("cuda-objects");
+        std::fs::create_dir_all(&cache).expect("creating the object cache");
+
+        // What every object depends on besides its own source.
+        let mut common = Fnv::new();
+        for h in &headers {
+            common.add(h.to_string_lossy().as_bytes());
+            common.add(&std::fs::read(h).unwrap_or_else(|e| panic!("{}: {e}", h.display())));
+        }
+        common.add(nvcc.to_string_lossy().as_bytes());
+        for f in gencode.iter().chain(&extra) {
+            common.add(f.as_bytes());
+        }
+        common.add(BUILD_FLAGS.join(" ").as_bytes());
+
+        let objects: Vec<(PathBuf, PathBuf)> = files
+            .iter()
+            .map(|file| {
+                let mut key = common.clone();
+                key.add(&std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display())));
+                let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+                (
+                    file.clone(),
+                    cache.join(format!("{stem}-{:016x}.o", key.finish())),
+                )
+            })
+            .collect();
+        let stale: Vec<&(PathBuf, PathBuf)> =
+            objects.iter().filter(|(_, o)| !o.is_file()).collect();
+        if !stale.is_empty() {
+            println!(
+                "cargo:warning=paradec: compiling {} of {} CUDA files (the rest are cached)",
+                stale.len(),
+                objects.len()
+            );
+        }
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = stale
                 .iter()
-                .map(|file| {
-                    let extra = &extra;
-                    s.spawn(move || {
-                        let stem = file.file_stem().unwrap().to_string_lossy().to_string();
-                        let mut b = cc::Build::new();
-                        b.cuda(true)
-                            // cc would add -G (device debug: slow code, slower ptxas) with debug info.
-                            .debug(false)
-                            .opt_level(3)
-                            // cudart is linked below, from the toolkit's lib/ or lib64/.
-                            .cudart("none")
-                            .include(include)
-                            .include("csrc")
-                            .flag("-std=c++17")
-                            .flag("-O3")
-                            .flag("-lineinfo")
-                            .flag("--expt-relaxed-constexpr")
-                            .flag("-Xcompiler=-Wall")
-                            .warnings(false)
-                            .file(file);
-                        for g in gencode {
-                            b.flag(g);
-                        }
-                        for f in extra {
-                            b.flag(f);
-                        }
-                        let r = b.try_compile(&format!("paradec_{stem}"));
-                        (file.clone(), r)
-                    })
+                .map(|(file, obj)| {
+                    let (extra, out) = (&extra, &out);
+                    s.spawn(move || compile_one(file, obj, include, gencode, extra, out))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap().err())
+                .collect()
         });
-        for (file, r) in results {
-            if let Err(e) = r {
-                panic!("nvcc failed on {}: {e}", file.display());
+        if !failures.is_empty() {
+            panic!("{}", failures.join("\n"));
+        }
+        // Objects of older versions of each file are never needed again.
+        let current: Vec<&PathBuf> = objects.iter().map(|(_, o)| o).collect();
+        for e in std::fs::read_dir(&cache)
+            .expect("reading the object cache")
+            .flatten()
+        {
+            let p = e.path();
+            if !current.contains(&&p) {
+                let _ = std::fs::remove_file(&p);
             }
+        }
+        // Archive (cc runs `ar` and prints the link lines); no sources, only the objects.
+        cc::Build::new()
+            .objects(objects.iter().map(|(_, o)| o))
+            .try_compile("paradec_cuda")
+            .unwrap_or_else(|e| panic!("archiving the CUDA objects: {e}"));
+    }
+
+    /// Flags of every CUDA compile (besides -gencode and PARADEC_NVCC_FLAGS).
+    const BUILD_FLAGS: &[&str] = &[
+        "-std=c++17",
+        "-O3",
+        "-lineinfo",
+        "--expt-relaxed-constexpr",
+        "-Xcompiler=-Wall",
+    ];
+
+    /// Compiles one `.cu` file into `obj`.
+    fn compile_one(
+        file: &Path,
+        obj: &Path,
+        include: &Path,
+        gencode: &[String],
+        extra: &[String],
+        out: &Path,
+    ) -> Result<(), String> {
+        let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+        let mut b = cc::Build::new();
+        b.cuda(true)
+            // cc would add -G (device debug: slow code, slower ptxas) with debug info.
+            .debug(false)
+            .opt_level(3)
+            // cudart is linked below, from the toolkit's lib/ or lib64/.
+            .cudart("none")
+            .include(include)
+            .include("csrc")
+            .warnings(false)
+            .out_dir(out.join("cuda-build").join(&stem))
+            .file(file);
+        for f in BUILD_FLAGS
+            .iter()
+            .copied()
+            .chain(gencode.iter().map(String::as_str))
+        {
+            b.flag(f);
+        }
+        for f in extra {
+            b.flag(f);
+        }
+        let built = b
+            .try_compile_intermediates()
+            .map_err(|e| format!("nvcc failed on {}: {e}", file.display()))?;
+        let first = built
+            .first()
+            .ok_or_else(|| format!("nvcc produced no object for {}", file.display()))?;
+        std::fs::copy(first, obj)
+            .map(|_| ())
+            .map_err(|e| format!("caching {}: {e}", obj.display()))
+    }
+
+    /// Files under `dir` (recursively) with one of these extensions, sorted.
+    fn files_with(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d)
+                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+                .flatten()
+            {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.extension().is_some_and(|x| exts.iter().any(|e| x == *e)) {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// FNV-1a, 64-bit: a stable content key (std's hasher may change between Rust versions).
+    #[derive(Clone)]
+    struct Fnv(u64);
+
+    impl Fnv {
+        fn new() -> Self {
+            Fnv(0xcbf2_9ce4_8422_2325)
+        }
+        fn add(&mut self, bytes: &[u8]) {
+            for &b in bytes.iter().chain(&[0xff]) {
+                self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        fn finish(&self) -> u64 {
+            self.0
         }
     }
 

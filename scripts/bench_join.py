@@ -5,6 +5,7 @@ PyTorch (PyTorch µs / paradec µs), back-to-back and from CUDA graphs. Attentio
 flops column) join against SDPA's flash and cuDNN rows.
 
     python3 scripts/bench_join.py paradec_bench.csv torch_bench.csv
+    python3 scripts/bench_join.py --linear paradec_linear.csv torch_linear.csv
 """
 import csv
 import sys
@@ -50,9 +51,32 @@ def attention(pm, ours, tm, theirs):
                 ratios.append("– | –")
         print(f"| {key[0]} | {key[1]} | {key[2]} | {ub:.2f} | {ug:.2f} | {rate} | {pct} | "
               f"{cols[0]} | {cols[1]} | {ratios[0]} | {ratios[1]} |")
+def main_linear(ours_path, torch_path):
+    """Linears: paradec per format against PyTorch fp16 F.linear and int4pack on the same shape."""
+    pm, ours = load(ours_path)
+    tm, theirs = load(torch_path)
+    print(f"card: {pm.get('device', '?')}; read bandwidth (paradec's read-only reduction): {pm.get('read_gbps', '?')} GB/s; "
+          f"PyTorch {tm.get('torch', '?')} on {tm.get('device', '?')}")
+    print()
+    print("| format | M×K×N | path | paradec µs b2b | graph | × floor | torch fp16 µs (best) | vs fp16 | torch int4 µs (best) | vs int4 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, r in ours.items():
+        ub, ug = float(r["us_b2b"]), float(r["us_graph"])
+        best = min(ub, ug)
+        cols = []
+        for tk, dt in (("linear_torch_f16", "f16"), ("linear_torch_int4", "bf16")):
+            t = theirs.get((tk, dt, key[2]))
+            if t:
+                tb = min(float(t["us_b2b"]), float(t["us_graph"]))
+                cols.append(f"{tb:.2f} | {tb / best:.2f}x")
+            else:
+                cols.append("– | –")
+        print(f"| {key[0][7:]} | {key[2]} | {r.get('path', '')} | {ub:.2f} | {ug:.2f} | {float(r['x_floor']):.2f} | {cols[0]} | {cols[1]} |")
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--linear":
+        return main_linear(sys.argv[2], sys.argv[3])
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     pm, ours = load(sys.argv[1])

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch's versions of paradec's kernels, timed exactly as examples/gpu_bench.rs times them
-(shared/GPU.md's protocol): warm up; R back-to-back calls between two CUDA events, divided by R;
+(docs/GPU.md's timing protocol): warm up; R back-to-back calls between two CUDA events, divided by R;
 the median of several samples; inputs rotated through sets larger than 3x the L2 cache; and the
 same calls replayed from a CUDA graph. Prints the same table and writes the same CSV columns, so
 scripts/bench_join.py can put the two side by side.
@@ -275,6 +275,48 @@ def main_attention(a):
             f.write("\n".join(lines) + "\n")
 
 
+LINEAR_SHAPES = [(4096, 4096), (4096, 12288), (4096, 16384), (16384, 4096), (8192, 8192), (8192, 28672)]
+LINEAR_MS = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048]
+
+
+def linear_cases(b, quick):
+    """F.linear fp16 and aten._weight_int4pack_mm (4-bit, groups of 128, bf16) on the shapes of
+    gpu_bench's linears; rows keyed as gpu_bench's linear CSV (shape MxKxN)."""
+    out = []
+    shapes = [(4096, 12288), (8192, 28672)] if quick else LINEAR_SHAPES
+    for k, n in shapes:
+        wbytes = n * k * 2
+        sets = b.sets_for(wbytes)
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.05 for _ in range(sets)]
+        xs = torch.randn(max(LINEAR_MS), k, device="cuda", dtype=torch.float16)
+        for m in LINEAR_MS:
+            x = xs[:m]
+            ub, ug = b.time(sets, lambda i: F.linear(x, ws[i]))
+            out.append(("linear_torch_f16", "f16", f"{m}x{k}x{n}", ub, ug, wbytes + m * (k + n) * 2))
+        del ws
+        torch.cuda.empty_cache()
+        # int4 with bf16 activations (the op's dtype); packed once per set.
+        try:
+            qbytes = n * k // 2 + (k // 128) * n * 4
+            sets = b.sets_for(qbytes)
+            codes = torch.randint(0, 16, (n, k), device="cuda", dtype=torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                ((codes[:, 1::2] << 4) | codes[:, ::2]).to(torch.uint8), 8)
+            sz = (torch.rand(k // 128, n, 2, device="cuda", dtype=torch.bfloat16) * 0.01)
+            ps = [packed.clone() for _ in range(sets)]
+            zs = [sz.clone() for _ in range(sets)]
+            xb = xs.to(torch.bfloat16)
+            for m in LINEAR_MS:
+                x = xb[:m]
+                ub, ug = b.time(sets, lambda i: torch.ops.aten._weight_int4pack_mm(x, ps[i], 128, zs[i]))
+                out.append(("linear_torch_int4", "bf16", f"{m}x{k}x{n}", ub, ug, qbytes + m * (k + n) * 2))
+            del ps, zs
+        except Exception as e:  # an op missing in this build: say so, keep the fp16 rows
+            print(f"# _weight_int4pack_mm unavailable: {e}")
+        torch.cuda.empty_cache()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--attention", action="store_true")
@@ -287,6 +329,18 @@ def main():
     b = Bench(7 if a.quick else 15)
     bw = stream_bw(b.samples)
     print(f"# PyTorch {torch.__version__} on {b.name}; streaming bandwidth (256 MiB copy): {bw / 1e9:.0f} GB/s")
+    if a.only and "linear" in a.only:
+        rows = linear_cases(b, a.quick)
+        lines = ["kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_stream"]
+        for k, dn, sh, ub, ug, per in rows:
+            gbps = per / (min(ub, ug) * 1e-6) / 1e9
+            print(f"| {k} | {dn} | {sh} | {ub:.2f} | {ug:.2f} | {gbps:.0f} |")
+            lines.append(f"{k},{dn},{sh},{ub:.3f},{ug:.3f},{per},{gbps:.1f},{100 * gbps * 1e9 / bw:.1f}")
+        if a.csv:
+            with open(a.csv, "w") as f:
+                f.write(f"# device,{b.name},stream_gbps,{bw / 1e9:.1f},torch,{torch.__version__}\n")
+                f.write("\n".join(lines) + "\n")
+        return
     shapes = ([(16384, 4096), (1, 4096), (64, 8192)] if a.quick else
               [(16384, 4096), (1, 4096), (8, 4096), (64, 4096), (1, 8192), (8, 8192), (64, 8192)])
     rows_out = []

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine, from the repository root: bash gpu-bundle/run.sh [MODE]
+# Runs on a machine with an NVIDIA GPU, from the bundle's parent folder:
+#     bash gpu-bundle/run.sh [MODE] [--out DIR]
 #   all (default): tests, compute-sanitizer (memcheck + racecheck, small shapes), paradec bench,
 #                  PyTorch bench, joined table
 #   quick:         tests, sanitizer, a short bench (fewer shapes) and PyTorch's
 #   tests | sanitize | bench: one part
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
-# Logs go under $OUT (at most 8 files: that is what comes back). The summary prints last.
+# Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
-OUT=${OUT:-/tmp/paradec-gpu-out}
-mkdir -p "$OUT"
-MODE=${1:-all}
+RESULTS="$D/../gpu-results"
+MODE=all
+while (( $# )); do
+  case "$1" in
+    --out) RESULTS=${2:?--out needs a folder}; shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    all|quick|tests|sanitize|bench|attn) MODE=$1; shift ;;
+    *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$RESULTS"
 BENCH_ARGS=()
 [[ "$MODE" == quick ]] && BENCH_ARGS=(--quick)
 [[ -n "${PARADEC_BENCH_ONLY:-}" ]] && BENCH_ARGS+=(--only "$PARADEC_BENCH_ONLY")
@@ -21,29 +30,29 @@ want() { [[ "$MODE" == all || "$MODE" == quick || "$MODE" == "$1" ]]; }
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw --format=csv
   echo
-} > "$OUT/tests.log" 2>&1
+} > "$RESULTS/tests.log" 2>&1
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1)
 SUMMARY+=("card: $GPU")
 
 if want tests; then
-  PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --nocapture >> "$OUT/tests.log" 2>&1
+  PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --nocapture >> "$RESULTS/tests.log" 2>&1
   rc=$?
-  SUMMARY+=("tests (rc=$rc): $(grep -E '^test result' "$OUT/tests.log" | tail -n1)")
-  grep -E 'FAILED|panicked|relative error' "$OUT/tests.log" | head -n 20
+  SUMMARY+=("tests (rc=$rc): $(grep -E '^test result' "$RESULTS/tests.log" | tail -n1)")
+  grep -E 'FAILED|panicked|relative error' "$RESULTS/tests.log" | head -n 20
 fi
 
 if want sanitize; then
   if command -v compute-sanitizer >/dev/null; then
     export PARADEC_GPU_SMALL=1
     PARADEC_FIXTURES="$D/fixtures" compute-sanitizer --tool memcheck --report-api-errors no \
-      --error-exitcode 99 "$D/bin/gpu" --test-threads=1 > "$OUT/memcheck.log" 2>&1
+      --error-exitcode 99 "$D/bin/gpu" --test-threads=1 > "$RESULTS/memcheck.log" 2>&1
     rc=$?
-    SUMMARY+=("memcheck (rc=$rc): $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$OUT/memcheck.log" | tr '\n' ' ')")
+    SUMMARY+=("memcheck (rc=$rc): $(grep -E 'ERROR SUMMARY' "$RESULTS/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$RESULTS/memcheck.log" | tr '\n' ' ')")
     # Kernels with shared memory: norms, rotary and attention.
     compute-sanitizer --tool racecheck --error-exitcode 99 \
-      "$D/bin/gpu" --test-threads=1 norm:: rope:: attention:: > "$OUT/racecheck.log" 2>&1
+      "$D/bin/gpu" --test-threads=1 norm:: rope:: attention:: > "$RESULTS/racecheck.log" 2>&1
     rc=$?
-    SUMMARY+=("racecheck (rc=$rc): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -n1) / $(grep -E '^test result' "$OUT/racecheck.log" | tail -n1)")
+    SUMMARY+=("racecheck (rc=$rc): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$RESULTS/racecheck.log" | tail -n1) / $(grep -E '^test result' "$RESULTS/racecheck.log" | tail -n1)")
     unset PARADEC_GPU_SMALL
   else
     SUMMARY+=("sanitizer: compute-sanitizer not found")
@@ -51,27 +60,27 @@ if want sanitize; then
 fi
 
 if want bench; then
-  "$D/bin/gpu_bench" "${BENCH_ARGS[@]}" --csv "$OUT/paradec_bench.csv" > "$OUT/bench.log" 2>&1
+  "$D/bin/gpu_bench" "${BENCH_ARGS[@]}" --csv "$RESULTS/paradec_bench.csv" > "$RESULTS/bench.log" 2>&1
   SUMMARY+=("paradec bench rc=$?")
-  PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" "${BENCH_ARGS[@]}" --csv "$OUT/torch_bench.csv" >> "$OUT/bench.log" 2>&1
+  PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" "${BENCH_ARGS[@]}" --csv "$RESULTS/torch_bench.csv" >> "$RESULTS/bench.log" 2>&1
   SUMMARY+=("torch bench rc=$?")
-  python3 "$D/bench_join.py" "$OUT/paradec_bench.csv" "$OUT/torch_bench.csv" > "$OUT/joined.md" 2>&1
+  python3 "$D/bench_join.py" "$RESULTS/paradec_bench.csv" "$RESULTS/torch_bench.csv" > "$RESULTS/joined.md" 2>&1
   if [[ "$MODE" == all && -x "$D/bin/gpu_smoke" ]]; then
-    "$D/bin/gpu_smoke" --bench >> "$OUT/bench.log" 2>&1
-    SUMMARY+=("criterion gpu_smoke rc=$?: $(grep -A1 -E '^gpu_smoke/' "$OUT/bench.log" | grep -oE 'time: +\[[^]]*\]' | tr '\n' ' ')")
+    "$D/bin/gpu_smoke" --bench >> "$RESULTS/bench.log" 2>&1
+    SUMMARY+=("criterion gpu_smoke rc=$?: $(grep -A1 -E '^gpu_smoke/' "$RESULTS/bench.log" | grep -oE 'time: +\[[^]]*\]' | tr '\n' ' ')")
   fi
 fi
 
 if [[ "$MODE" == attn ]]; then
-  "$D/bin/gpu_bench" --attention --csv "$OUT/attn_paradec.csv" > "$OUT/attn_bench.log" 2>&1
+  "$D/bin/gpu_bench" --attention --csv "$RESULTS/attn_paradec.csv" > "$RESULTS/attn_bench.log" 2>&1
   SUMMARY+=("paradec attention bench rc=$?")
-  PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --attention --csv "$OUT/attn_torch.csv" >> "$OUT/attn_bench.log" 2>&1
+  PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --attention --csv "$RESULTS/attn_torch.csv" >> "$RESULTS/attn_bench.log" 2>&1
   SUMMARY+=("torch attention bench rc=$?")
-  python3 "$D/bench_join.py" "$OUT/attn_paradec.csv" "$OUT/attn_torch.csv" > "$OUT/joined.md" 2>&1
+  python3 "$D/bench_join.py" "$RESULTS/attn_paradec.csv" "$RESULTS/attn_torch.csv" > "$RESULTS/joined.md" 2>&1
 fi
 
 echo "==== summary"
 printf '%s\n' "${SUMMARY[@]}"
-if [[ -f "$OUT/joined.md" ]]; then
-  cat "$OUT/joined.md"
+if [[ -f "$RESULTS/joined.md" ]]; then
+  cat "$RESULTS/joined.md"
 fi

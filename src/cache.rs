@@ -1,20 +1,34 @@
 //! `KvCache`: per-layer K and V storage with a capacity, laid out
 //! [batch, capacity, kv_heads · head_dim] so one token's keys are contiguous.
+//!
+//! The cache records, per layer and sequence, how many positions it holds. A forward whose
+//! `past_len` would read slots never written is an error naming the sequence and lengths.
+//! Rewinding is allowed: a `past_len` shorter than what is held (as speculative decoding does
+//! when it rejects drafted tokens) reads the first `past_len` slots and overwrites the rest,
+//! and the layer then holds `past_len + q_len`.
 
 use crate::arch::ArchParams;
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 
 #[derive(Debug)]
+/// A KV cache: K and V of every layer, with what each sequence holds (see the module docs).
 pub struct KvCache {
+    /// Sequences.
     pub batch: usize,
+    /// Positions each sequence can hold.
     pub capacity: usize,
+    /// Key/value heads per position.
     pub kv_heads: usize,
+    /// Features per head.
     pub head_dim: usize,
     layers: Vec<(Tensor, Tensor)>,
+    /// Positions held, per layer and sequence.
+    held: Vec<Vec<usize>>,
 }
 
 impl KvCache {
+    /// A cache of `num_layers` layers, each K and V [batch, capacity, kv_heads·head_dim] of `dtype` on `device`, zero-filled and holding nothing.
     pub fn new(
         num_layers: usize,
         batch: usize,
@@ -41,7 +55,7 @@ impl KvCache {
                 "KV cache: shape {shape:?} overflows"
             )));
         }
-        let layers = (0..num_layers)
+        let layers: Vec<(Tensor, Tensor)> = (0..num_layers)
             .map(|_| {
                 Ok((
                     Tensor::zeros(&shape, dtype, device)?,
@@ -54,6 +68,7 @@ impl KvCache {
             capacity,
             kv_heads,
             head_dim,
+            held: vec![vec![0; batch]; layers.len()],
             layers,
         })
     }
@@ -89,6 +104,7 @@ impl KvCache {
         2 * num_layers * batch * capacity * kv_heads * head_dim * dtype.size()
     }
 
+    /// Layers in the cache.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -104,6 +120,59 @@ impl KvCache {
             })
     }
 
+    /// How many positions each sequence holds in `layer`.
+    pub fn held(&self, layer: usize) -> Result<&[usize]> {
+        let n = self.held.len();
+        self.held.get(layer).map(Vec::as_slice).ok_or_else(|| {
+            Error::bad_input(format!("KV cache has {n} layers, layer {layer} requested"))
+        })
+    }
+
+    /// Checks that a call reading `past_len[b]` positions of each sequence from `layer` and
+    /// writing `q_len` after them stays within what was written and the capacity.
+    pub fn check_positions(&self, layer: usize, past_len: &[usize], q_len: usize) -> Result<()> {
+        let held = self.held(layer)?;
+        if past_len.len() != self.batch {
+            return Err(Error::bad_input(format!(
+                "KV cache is for batch {}, the call gives {} past lengths",
+                self.batch,
+                past_len.len()
+            )));
+        }
+        for (b, (&p, &h)) in past_len.iter().zip(held).enumerate() {
+            if p > h {
+                return Err(Error::bad_input(format!(
+                    "KV cache layer {layer}, sequence {b}: the call reads {p} past positions but                      only {h} were written"
+                )));
+            }
+            if p.checked_add(q_len).is_none_or(|end| end > self.capacity) {
+                return Err(Error::CapacityExceeded(format!(
+                    "KV cache layer {layer}, sequence {b}: past length {p} + {q_len} new tokens                      exceeds the capacity {}",
+                    self.capacity
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `layer` now holds `past_len[b] + q_len` positions of each sequence (after
+    /// a call wrote them; a shorter past length rewinds).
+    pub fn record_written(&mut self, layer: usize, past_len: &[usize], q_len: usize) -> Result<()> {
+        self.check_positions(layer, past_len, q_len)?;
+        for (h, &p) in self.held[layer].iter_mut().zip(past_len) {
+            *h = p + q_len;
+        }
+        Ok(())
+    }
+
+    /// Forgets every position (the storage is kept and overwritten by the next calls).
+    pub fn clear(&mut self) {
+        for h in &mut self.held {
+            h.fill(0);
+        }
+    }
+
+    /// K and V of one layer.
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         let n = self.layers.len();
         self.layers.get(layer).map(|(k, v)| (k, v)).ok_or_else(|| {

@@ -22,23 +22,32 @@ pub enum Error {
     /// A KV cache or workspace is too small for the request.
     CapacityExceeded(String),
     /// A CUDA call failed: the error name and the operation that failed.
-    Cuda { op: String, name: String },
-    /// Device memory could not be allocated.
+    Cuda {
+        /// The operation, with its arguments where they help (e.g. `cudaMalloc(4096 bytes)`).
+        op: String,
+        /// The CUDA error's name (e.g. `cudaErrorMemoryAllocation`).
+        name: String,
+    },
+    /// Memory (device or host) could not be allocated.
     OutOfMemory(String),
     /// No usable CUDA driver or device (or the crate was built without the `cuda` feature).
     NoDevice(String),
 }
 
 impl Error {
+    /// A `BadInput` error.
     pub fn bad_input(msg: impl Into<String>) -> Self {
         Error::BadInput(msg.into())
     }
+    /// A `BadFormat` error.
     pub fn bad_format(msg: impl Into<String>) -> Self {
         Error::BadFormat(msg.into())
     }
+    /// An `Unsupported` error.
     pub fn unsupported(msg: impl Into<String>) -> Self {
         Error::Unsupported(msg.into())
     }
+    /// A `NotFound` error.
     pub fn not_found(msg: impl Into<String>) -> Self {
         Error::NotFound(msg.into())
     }
@@ -54,20 +63,10 @@ impl fmt::Display for Error {
             Error::Io(m) => write!(f, "I/O error: {m}"),
             Error::CapacityExceeded(m) => write!(f, "capacity exceeded: {m}"),
             Error::Cuda { op, name } => write!(f, "CUDA error {name} in {op}"),
-            Error::OutOfMemory(m) => write!(f, "out of device memory: {m}"),
+            Error::OutOfMemory(m) => write!(f, "out of memory: {m}"),
             Error::NoDevice(m) => write!(f, "no CUDA device: {m}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
-
-/// Returns `Err(BadInput)` with the formatted message unless the condition holds.
-#[macro_export]
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)+) => {
-        if !$cond {
-            return Err($crate::Error::BadInput(format!($($arg)+)));
-        }
-    };
-}

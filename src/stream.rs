@@ -13,6 +13,7 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The host stream (the CPU reference).
     pub fn host() -> Self {
         Stream::Host
     }

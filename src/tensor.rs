@@ -9,6 +9,7 @@ use crate::{Error, Result};
 /// Where a tensor's storage lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
+    /// Host memory.
     Cpu,
     /// A CUDA device by ordinal.
     Cuda(usize),
@@ -27,17 +28,26 @@ impl std::fmt::Display for Device {
 /// packed quantized weights, indices and token ids need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
+    /// f32.
     F32,
+    /// i8.
     I8,
+    /// u8.
     U8,
+    /// i16.
     I16,
+    /// i32.
     I32,
+    /// i64.
     I64,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             DType::I8 | DType::U8 => 1,
@@ -46,9 +56,11 @@ impl DType {
             DType::I64 => 8,
         }
     }
+    /// Whether the type is f16, bf16 or f32.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::BF16 | DType::F32)
     }
+    /// The short name (`f16`, `bf16`, `i32`, ...).
     pub fn name(self) -> &'static str {
         match self {
             DType::F16 => "f16",
@@ -72,17 +84,26 @@ impl std::fmt::Display for DType {
 /// Host storage, typed so that slices are always correctly aligned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostData {
+    /// f16 values.
     F16(Vec<f16>),
+    /// bf16 values.
     BF16(Vec<bf16>),
+    /// f32 values.
     F32(Vec<f32>),
+    /// i8 values.
     I8(Vec<i8>),
+    /// u8 values.
     U8(Vec<u8>),
+    /// i16 values.
     I16(Vec<i16>),
+    /// i32 values.
     I32(Vec<i32>),
+    /// i64 values.
     I64(Vec<i64>),
 }
 
 impl HostData {
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
             HostData::F16(_) => DType::F16,
@@ -95,6 +116,7 @@ impl HostData {
             HostData::I64(_) => DType::I64,
         }
     }
+    /// Elements held.
     pub fn len(&self) -> usize {
         match self {
             HostData::F16(v) => v.len(),
@@ -107,6 +129,7 @@ impl HostData {
             HostData::I64(v) => v.len(),
         }
     }
+    /// Whether no element is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -184,8 +207,10 @@ impl HostData {
 /// Storage of a tensor: host memory, or (with the `cuda` feature) a device buffer.
 #[derive(Debug)]
 pub enum Storage {
+    /// Host memory.
     Host(HostData),
     #[cfg(feature = "cuda")]
+    /// A CUDA device buffer.
     Cuda(crate::cuda::DeviceBuffer),
 }
 
@@ -218,6 +243,7 @@ impl Tensor {
             storage: Storage::Host(data),
         })
     }
+    /// A host f32 tensor; `shape` must account for every value.
     pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
         Self::from_host(HostData::F32(data), shape)
     }
@@ -283,18 +309,23 @@ impl Tensor {
         })
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// The shape, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Bytes of the elements.
     pub fn size_bytes(&self) -> usize {
         self.numel() * self.dtype.size()
     }
+    /// Where the storage lives.
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Host(_) => Device::Cpu,
@@ -302,9 +333,11 @@ impl Tensor {
             Storage::Cuda(b) => Device::Cuda(b.device()),
         }
     }
+    /// The storage.
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
+    /// The storage, mutably.
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
     }
@@ -334,6 +367,7 @@ impl Tensor {
         Ok(self)
     }
 
+    /// The host data (an error for a device tensor).
     pub fn host(&self) -> Result<&HostData> {
         match &self.storage {
             Storage::Host(h) => Ok(h),
@@ -341,6 +375,7 @@ impl Tensor {
             Storage::Cuda(_) => Err(Error::bad_input("tensor is on a CUDA device, not the host")),
         }
     }
+    /// The host data, mutably (an error for a device tensor).
     pub fn host_mut(&mut self) -> Result<&mut HostData> {
         match &mut self.storage {
             Storage::Host(h) => Ok(h),
@@ -349,6 +384,7 @@ impl Tensor {
         }
     }
 
+    /// The values of a host f32 tensor.
     pub fn as_f32(&self) -> Result<&[f32]> {
         match self.host()? {
             HostData::F32(v) => Ok(v),
@@ -358,6 +394,7 @@ impl Tensor {
             ))),
         }
     }
+    /// The values of a host f32 tensor, mutably.
     pub fn as_f32_mut(&mut self) -> Result<&mut [f32]> {
         match self.host_mut()? {
             HostData::F32(v) => Ok(v),
@@ -367,6 +404,7 @@ impl Tensor {
             ))),
         }
     }
+    /// The values of a host i32 tensor.
     pub fn as_i32(&self) -> Result<&[i32]> {
         match self.host()? {
             HostData::I32(v) => Ok(v),
@@ -376,6 +414,7 @@ impl Tensor {
             ))),
         }
     }
+    /// The values of a host i64 tensor.
     pub fn as_i64(&self) -> Result<&[i64]> {
         match self.host()? {
             HostData::I64(v) => Ok(v),

@@ -17,7 +17,9 @@ pub enum NormKind {
 /// A norm's affine tensors (each of the row's width, or absent).
 #[derive(Debug, Clone, Copy)]
 pub struct Affine<'a> {
+    /// Scale per column, or none.
     pub weight: Option<&'a Tensor>,
+    /// Shift per column, or none.
     pub bias: Option<&'a Tensor>,
 }
 
@@ -71,9 +73,13 @@ pub enum RopeStyle {
 /// and the factor cos and sin are scaled by (YaRN's attention factor; 1 otherwise).
 #[derive(Debug, Clone, Copy)]
 pub struct RotaryArgs<'a> {
+    /// How features are paired.
     pub style: RopeStyle,
+    /// Rotated features per head (even, ≤ head_dim).
     pub rot_dim: usize,
+    /// rot_dim / 2 inverse frequencies.
     pub inv_freq: &'a [f32],
+    /// The factor on cos and sin.
     pub attn_factor: f32,
 }
 
@@ -81,9 +87,13 @@ pub struct RotaryArgs<'a> {
 /// query token t lands in slot `past_len[b] + t`.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSlots<'a> {
+    /// Sequences.
     pub batch: usize,
+    /// New tokens per sequence.
     pub q_len: usize,
+    /// Slots per sequence in the cache.
     pub capacity: usize,
+    /// Tokens each sequence already holds.
     pub past_len: &'a [usize],
 }
 
@@ -92,22 +102,32 @@ pub struct CacheSlots<'a> {
 /// h reads kv head h / (heads / kv_heads), as HF's `repeat_kv` arranges.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
+    /// Sequences.
     pub batch: usize,
+    /// Query tokens per sequence.
     pub q_len: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (divides `heads`).
     pub kv_heads: usize,
+    /// Features per head.
     pub head_dim: usize,
+    /// Slots per sequence in the cache.
     pub capacity: usize,
 }
 
-/// Masking of one call: sequence b's query t sits in cache slot p = past_len[b] + t and sees
+/// Masking of one call: sequence b's query t sits in cache slot p = `past_len[b]` + t and sees
 /// slots j with j ≤ p and, when `window` > 0, p − window < j. `mask`, when given, is added to
 /// the scores: `mask[b * mask_stride + j]` (0 to attend, −∞ or a large negative to hide).
 #[derive(Debug, Clone, Copy)]
 pub struct AttnMasking<'a> {
+    /// Tokens each sequence held before this call.
     pub past_len: &'a [usize],
+    /// Keys a query sees counting itself; 0 for no window.
     pub window: usize,
+    /// Additive mask over cache slots, [batch, mask_stride], or none.
     pub mask: Option<&'a [f32]>,
+    /// Values per mask row.
     pub mask_stride: usize,
 }
 
@@ -122,4 +142,14 @@ pub enum QkvLayout {
     FusedQueriesFirst,
     /// Per kv group [q heads of the group | k | v] (Falcon new architecture).
     FusedGrouped,
+}
+
+/// The kernel a linear runs on a device: CUDA-core GEMV (small M, bandwidth-bound) or the
+/// tensor-core tiles (mma.sync). Chosen by `ops::select_linear`; tests force each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearPath {
+    /// CUDA-core GEMV for small M.
+    Gemv,
+    /// Tensor-core (mma.sync) tiles.
+    Mma,
 }

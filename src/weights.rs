@@ -14,8 +14,11 @@ use crate::{Error, Result};
 /// One tensor's header facts and its bytes inside a mapped file.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {
+    /// Element type.
     pub dtype: DType,
+    /// Shape.
     pub shape: &'a [usize],
+    /// The raw little-endian bytes (memory-mapped).
     pub data: &'a [u8],
 }
 
@@ -194,6 +197,50 @@ impl Weights {
         Ok(Weights { shards, index })
     }
 
+    /// Tensors held in memory (e.g. a C caller's), copied once into one anonymous map so they
+    /// are looked up like a file's: each entry is (name, dtype, shape, little-endian bytes).
+    pub fn from_memory(entries: &[(&str, DType, &[usize], &[u8])]) -> Result<Self> {
+        let total = entries
+            .iter()
+            .try_fold(0usize, |a, e| a.checked_add(e.3.len()));
+        let total = total.ok_or_else(|| Error::bad_input("tensor bytes overflow"))?;
+        let mut map = memmap2::MmapMut::map_anon(total.max(1))
+            .map_err(|e| Error::OutOfMemory(format!("host: {total} bytes of tensors: {e}")))?;
+        let mut index = HashMap::new();
+        let mut at = 0;
+        for &(name, dtype, shape, bytes) in entries {
+            let n = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+            if n.and_then(|n| n.checked_mul(dtype.size())) != Some(bytes.len()) {
+                return Err(Error::bad_input(format!(
+                    "tensor {name}: {} bytes do not hold shape {shape:?} of {dtype}",
+                    bytes.len()
+                )));
+            }
+            map[at..at + bytes.len()].copy_from_slice(bytes);
+            if index
+                .insert(
+                    name.to_string(),
+                    (0, dtype, shape.to_vec(), at..at + bytes.len()),
+                )
+                .is_some()
+            {
+                return Err(Error::bad_input(format!("tensor {name} is given twice")));
+            }
+            at += bytes.len();
+        }
+        let mmap = map
+            .make_read_only()
+            .map_err(|e| Error::Io(format!("anonymous map: {e}")))?;
+        Ok(Weights {
+            shards: vec![Shard {
+                path: PathBuf::from("<memory>"),
+                mmap,
+            }],
+            index,
+        })
+    }
+
+    /// Whether a tensor of this name exists.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -222,6 +269,7 @@ impl Weights {
             data: &self.shards[*si].mmap[range.clone()],
         })
     }
+    /// A tensor by name, copied to host memory in its stored dtype.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         let v = self.view(name)?;
         let data = HostData::from_le_bytes(v.dtype, v.data)
@@ -229,6 +277,7 @@ impl Weights {
         Tensor::from_host(data, v.shape)
             .map_err(|e| Error::bad_format(format!("tensor {name}: {e}")))
     }
+    /// A tensor by name, or None when absent.
     pub fn get_opt(&self, name: &str) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.get(name).map(Some)
@@ -248,6 +297,7 @@ impl Weights {
         t.check(&format!("tensor {name}"), None, shape)?;
         Ok(t)
     }
+    /// As `get_float`, or None when absent.
     pub fn get_float_opt(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
         if self.contains(name) {
             self.get_float(name, shape).map(Some)

@@ -7,12 +7,14 @@ use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 
 #[derive(Debug)]
+/// The scratch a forward needs (see the module docs).
 pub struct Workspace {
     device: Device,
     dtype: DType,
 }
 
 impl Workspace {
+    /// A workspace for `device` computing in `dtype` (a float type).
     pub fn new(device: Device, dtype: DType) -> Result<Self> {
         if !dtype.is_float() {
             return Err(Error::bad_input(format!(
@@ -30,9 +32,11 @@ impl Workspace {
         }
     }
 
+    /// Where the temporaries live.
     pub fn device(&self) -> Device {
         self.device
     }
+    /// The dtype of `tensor`'s temporaries.
     pub fn dtype(&self) -> DType {
         self.dtype
     }

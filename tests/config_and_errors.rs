@@ -400,6 +400,15 @@ fn cache_capacity_and_call_shapes_are_checked() {
     let model = Model::load(fixture("cohere2")).unwrap();
     let mut ws = Workspace::cpu();
     let mut cache = KvCache::for_model(&model.arch, 1, 4, DType::F32, Device::Cpu).unwrap();
+    model
+        .forward(
+            &Stream::Host,
+            &[4, 5, 6],
+            &AttnParams::new(1, 3),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap();
     // 3 cached + 2 new > capacity 4.
     let p = AttnParams::with_past(1, 2, vec![3]);
     let e = model
@@ -491,4 +500,109 @@ fn impossible_allocations_are_errors_not_aborts() {
         matches!(&e, Error::BadInput(m) if m.contains("overflows")),
         "{e}"
     );
+}
+
+#[test]
+fn a_cache_cannot_be_read_past_what_was_written_but_can_rewind() {
+    let model = Model::load(fixture("gpt_neox")).unwrap();
+    let mut ws = Workspace::cpu();
+    let s = Stream::Host;
+    let mut cache = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
+    // Nothing written yet: a decode step claiming 2 past positions is refused, naming them.
+    let e = model
+        .forward(
+            &s,
+            &[1, 2],
+            &AttnParams::with_past(2, 1, vec![2, 2]),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("sequence 0") && m.contains("reads 2") && m.contains("only 0")),
+        "{e}"
+    );
+    assert_eq!(
+        cache.held(0).unwrap(),
+        &[0, 0],
+        "a refused call records nothing"
+    );
+    model
+        .forward(
+            &s,
+            &[1, 2, 3, 4, 5, 6],
+            &AttnParams::new(2, 3),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap();
+    for l in 0..model.arch.num_layers {
+        assert_eq!(cache.held(l).unwrap(), &[3, 3]);
+    }
+    // One sequence claiming more than it holds is named.
+    let e = model
+        .forward(
+            &s,
+            &[1, 2],
+            &AttnParams::with_past(2, 1, vec![3, 4]),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("sequence 1") && m.contains("reads 4")),
+        "{e}"
+    );
+    // Rewinding (a shorter past, as when drafted tokens are rejected) is allowed and equals a
+    // fresh cache fed the same tokens.
+    let rewound = model
+        .forward(
+            &s,
+            &[7, 8],
+            &AttnParams::with_past(2, 1, vec![2, 2]),
+            Some(&mut cache),
+            &mut ws,
+        )
+        .unwrap();
+    assert_eq!(cache.held(0).unwrap(), &[3, 3]);
+    let mut fresh = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
+    model
+        .forward(
+            &s,
+            &[1, 2, 4, 5],
+            &AttnParams::new(2, 2),
+            Some(&mut fresh),
+            &mut ws,
+        )
+        .unwrap();
+    let direct = model
+        .forward(
+            &s,
+            &[7, 8],
+            &AttnParams::with_past(2, 1, vec![2, 2]),
+            Some(&mut fresh),
+            &mut ws,
+        )
+        .unwrap();
+    assert_eq!(rewound.f32_values().unwrap(), direct.f32_values().unwrap());
+    // A single layer called directly is checked the same way.
+    let layer = &model.layers()[1];
+    let mut hidden = Tensor::zeros(&[2, model.arch.hidden], DType::F32, Device::Cpu).unwrap();
+    let mut small = KvCache::for_model(&model.arch, 2, 8, DType::F32, Device::Cpu).unwrap();
+    let e = layer
+        .forward(
+            &s,
+            &mut hidden,
+            Some(&mut small),
+            &AttnParams::with_past(2, 1, vec![0, 1]),
+            &[],
+            &mut ws,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("layer 1") && m.contains("sequence 1")),
+        "{e}"
+    );
+    small.clear();
+    assert_eq!(small.held(1).unwrap(), &[0, 0]);
 }

@@ -1,5 +1,8 @@
-/* kernels/linear.h — dense and quantized (GPTQ, EXL2) matrix multiplication.
- * Included by paradec_kernels.h. */
+/* kernels/linear.h — dense and quantized (GPTQ, EXL2) matrix multiplication, and the in-place
+ * scale LoRA uses. Included by paradec_kernels.h.
+ *
+ * Every linear computes out[m, N] (+)= x[m, K] · Wᵀ + bias with f32 accumulation; results do not
+ * depend on timing (split-K partials are summed in a fixed order by a second kernel). */
 #ifndef PARADEC_KERNELS_LINEAR_H
 #define PARADEC_KERNELS_LINEAR_H
 
@@ -9,7 +12,55 @@
 extern "C" {
 #endif
 
-/* (launchers land with the GPU linear work) */
+/* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape). */
+enum paradec_linear_path {
+    PARADEC_PATH_AUTO = 0,
+    PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
+    PARADEC_PATH_MMA = 2   /* tensor cores (mma.sync m16n8k16), 64×64 output tiles */
+};
+
+/* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
+ * weight). Stored rows j = 0..kp are grouped in tiles of 32 rows; tile t has one bit width b
+ * (2, 3, 4, 5, 6 or 8) and belongs to one group g. Tile t of column c is a little-endian bit
+ * stream of b 32-bit words, words[(word_row[t] + i)·np + c] for i < b, row r of the tile at
+ * bits [r·b, r·b + b). The weight of stored row j = 32t + r, column c is
+ *   w = q·sz[g·np + c].x + sz[g·np + c].y        (sz = (scale, −zero·scale), f32)
+ * and stored row j multiplies input feature row_src[j] (−1: a padding row, x = 0); row_src is
+ * NULL when j is the input feature itself (kp == k). np = N rounded up to 8. */
+typedef struct paradec_qweight {
+    const uint32_t *words;   /* [word_rows, np] */
+    const uint32_t *tiles;   /* [ntiles, 2]: word_row, group | bits << 24 */
+    const float *sz;         /* [groups, np, 2] */
+    const int32_t *row_src;  /* [kp] or NULL */
+    size_t k, n, np, kp, ntiles, groups, word_rows;
+    int bits; /* the width of every tile, or 0 when the tiles mix widths */
+} paradec_qweight;
+
+/* Bytes of scratch paradec_quant_linear needs for m rows split `split` ways (split ≥ 1). */
+size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t m, int path,
+                                    int split);
+
+/* out[m, n] (+)= x[m, k] · Wᵀ + bias[n] (bias may be NULL); x, bias, out of `dtype`.
+ * `path` picks the kernel (AUTO: GEMV for m ≤ 8, else MMA); `split` (≥ 1) splits K across
+ * blocks on the GEMV path (ignored by MMA). scratch holds at least
+ * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0). */
+int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
+                         const void *bias, void *out, int accumulate, int path, int split,
+                         void *scratch, size_t scratch_bytes, paradec_stream_t stream);
+
+/* Dense: out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias[n]; all of `dtype`. GEMV path for small m,
+ * MMA otherwise; no scratch. */
+int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w, size_t n,
+                   const void *bias, void *out, int accumulate, int path,
+                   paradec_stream_t stream);
+
+/* Reads `bytes` (16-byte aligned) once and folds them into out[blocks] (u32; an XOR per block,
+ * bit-exact regardless of timing): the read-bandwidth probe of the GPU bench. */
+int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
+                       paradec_stream_t stream);
+
+/* x *= factor over n elements. */
+int paradec_scale_inplace(int dtype, void *x, size_t n, float factor, paradec_stream_t stream);
 
 #ifdef __cplusplus
 }

@@ -1,1 +1,364 @@
-//! Linear kernels (dense, GPTQ, EXL2): land with the GPU linear work.
+//! Linears: GPTQ-4 g128 act-order, GPTQ-8 g128, EXL2 uniform 3/4/6-bit g128 and an all-widths
+//! mix, dense f16; the weights' random codes are generated here on the host (never carried) in
+//! paradec's device layout. The floor of a case is its bytes (packed weights, scales, x, out) /
+//! the read bandwidth measured in the same run (`measure_read_bw`).
+
+use super::*;
+
+/// Read bandwidth: bytes / time of a read-only reduction over a 2 GiB buffer.
+pub fn measure_read_bw(stream: &CudaStream, samples: usize) -> Result<f64> {
+    let n = 2usize << 30;
+    let a = DeviceBuffer::zeroed(0, n)?;
+    let blocks = 132 * 8;
+    let out = DeviceBuffer::zeroed(0, blocks * 4)?;
+    let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
+    let go = || -> Result<()> {
+        // SAFETY: a is a live 2 GiB allocation, out holds `blocks` u32.
+        status(
+            unsafe {
+                ffi::paradec_read_bytes(
+                    a.as_ptr(),
+                    n,
+                    out.as_ptr() as *mut c_void,
+                    blocks as u32,
+                    stream.raw(),
+                )
+            },
+            "paradec_read_bytes",
+        )
+    };
+    for _ in 0..3 {
+        go()?;
+    }
+    let mut t = Vec::new();
+    for _ in 0..samples {
+        e0.record(stream)?;
+        for _ in 0..5 {
+            go()?;
+        }
+        e1.record(stream)?;
+        e1.synchronize()?;
+        t.push(e0.elapsed_ms(&e1)? as f64 * 1e-3 / 5.0);
+    }
+    Ok(n as f64 / median(t))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Fmt {
+    Gptq4Act,
+    Gptq8,
+    Exl2(u32),
+    Exl2Mix,
+    Dense,
+}
+
+impl Fmt {
+    pub fn name(self) -> String {
+        match self {
+            Fmt::Gptq4Act => "gptq4_g128_act".into(),
+            Fmt::Gptq8 => "gptq8_g128".into(),
+            Fmt::Exl2(b) => format!("exl2_{b}b_g128"),
+            Fmt::Exl2Mix => "exl2_mix".into(),
+            Fmt::Dense => "dense_f16".into(),
+        }
+    }
+    pub const ALL: [Fmt; 7] = [
+        Fmt::Gptq4Act,
+        Fmt::Gptq8,
+        Fmt::Exl2(3),
+        Fmt::Exl2(4),
+        Fmt::Exl2(6),
+        Fmt::Exl2Mix,
+        Fmt::Dense,
+    ];
+    /// Width of each 128-row group of K.
+    fn group_bits(self, groups: usize) -> Vec<u32> {
+        match self {
+            Fmt::Gptq4Act => vec![4; groups],
+            Fmt::Gptq8 => vec![8; groups],
+            Fmt::Exl2(b) => vec![b; groups],
+            // Non-increasing widths, every width present (as EXL2 orders them).
+            Fmt::Exl2Mix | Fmt::Dense => {
+                let w = [8u32, 6, 5, 4, 3, 2];
+                let share = [1usize, 2, 3, 6, 3, 1]; // of 16
+                let mut v = Vec::new();
+                for (i, &b) in w.iter().enumerate() {
+                    let c = groups * share[i] / 16;
+                    v.extend(std::iter::repeat_n(b, c));
+                }
+                while v.len() < groups {
+                    v.push(2);
+                }
+                v
+            }
+        }
+    }
+    fn permuted(self) -> bool {
+        !matches!(self, Fmt::Gptq8 | Fmt::Dense)
+    }
+}
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+pub struct LinRow {
+    pub fmt: String,
+    pub k: usize,
+    pub n: usize,
+    pub m: usize,
+    pub bytes: usize,
+    pub t: Timing,
+    pub path: &'static str,
+}
+
+/// Times one format and shape at every M.
+pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result<Vec<LinRow>> {
+    let dt = Dt::F16;
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (k * 31 + n) as u64);
+    let max_m = *ms_list.iter().max().unwrap_or(&1);
+    let mut rows = Vec::new();
+    if fmt == Fmt::Dense {
+        let wbytes = n * k * 2;
+        let sets = b.sets_for(wbytes);
+        let mut w = Pool::new(wbytes, sets)?;
+        w.fill_float(dt, -0.05, 0.05, 5)?;
+        let mut x = Pool::new(max_m * k * 2, 2)?;
+        x.fill_float(dt, -1.0, 1.0, 6)?;
+        let out = Pool::new(max_m * n * 2, 2)?;
+        for &m in ms_list {
+            let path = if m <= 8 { 1 } else { 2 };
+            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+                // SAFETY: pool sets sized for [n, k] weights, [max_m, k] x and [max_m, n] out.
+                status(
+                    unsafe {
+                        ffi::paradec_linear(
+                            dt.code(),
+                            x.ptr(i % 2),
+                            m,
+                            k,
+                            w.ptr(i),
+                            n,
+                            ptr::null(),
+                            out.ptr(i % 2),
+                            0,
+                            path,
+                            st.raw(),
+                        )
+                    },
+                    "paradec_linear",
+                )
+            };
+            let t = b.time(sets, &mut launch)?;
+            rows.push(LinRow {
+                fmt: fmt.name(),
+                k,
+                n,
+                m,
+                bytes: wbytes + m * (k + n) * 2,
+                t,
+                path: if path == 1 { "gemv" } else { "mma" },
+            });
+        }
+        return Ok(rows);
+    }
+    // Quantized: groups of 128 rows = 4 tiles each.
+    let np = n.div_ceil(8) * 8;
+    let groups = k / 128;
+    let gb = fmt.group_bits(groups);
+    let ntiles = groups * 4;
+    let mut tiles = Vec::with_capacity(ntiles * 2);
+    let mut wr = 0u32;
+    for (g, &bits) in gb.iter().enumerate() {
+        for _ in 0..4 {
+            tiles.push(wr);
+            tiles.push(g as u32 | (bits << 24));
+            wr += bits;
+        }
+    }
+    let word_rows = wr as usize;
+    let uniform = if gb.iter().all(|&x| x == gb[0]) {
+        gb[0] as i32
+    } else {
+        0
+    };
+    let wbytes = word_rows * np * 4;
+    let words: Vec<u8> = (0..wbytes / 8)
+        .flat_map(|_| rng.next().to_le_bytes())
+        .collect();
+    let sz: Vec<u8> = (0..groups * np)
+        .flat_map(|i| {
+            let s = 0.001 + (i % 7) as f32 * 1e-4;
+            let z = -(((i % 5) + 6) as f32) * s;
+            [s.to_le_bytes(), z.to_le_bytes()].concat()
+        })
+        .collect();
+    let perm: Option<Vec<u8>> = fmt.permuted().then(|| {
+        let mut p: Vec<i32> = (0..k as i32).collect();
+        for i in (1..k).rev() {
+            p.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+        p.iter().flat_map(|v| v.to_le_bytes()).collect()
+    });
+    let per_set = wbytes + sz.len();
+    let sets = b.sets_for(per_set);
+    let mut wp = Pool::new(wbytes, sets)?;
+    wp.fill_bytes(&words)?;
+    let mut szp = Pool::new(sz.len(), sets)?;
+    szp.fill_bytes(&sz)?;
+    let tb: Vec<u8> = tiles.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut tp = Pool::new(tb.len(), 1)?;
+    tp.fill_bytes(&tb)?;
+    let rp = match &perm {
+        Some(p) => {
+            let mut r = Pool::new(p.len(), 1)?;
+            r.fill_bytes(p)?;
+            Some(r)
+        }
+        None => None,
+    };
+    let mut x = Pool::new(max_m * k * 2, 2)?;
+    x.fill_float(dt, -1.0, 1.0, 6)?;
+    let out = Pool::new(max_m * n * 2, 2)?;
+    let qw = |i: usize| ffi::paradec_qweight {
+        words: wp.ptr(i) as *const u32,
+        tiles: tp.ptr(0) as *const u32,
+        sz: szp.ptr(i) as *const f32,
+        row_src: rp.as_ref().map_or(ptr::null(), |r| r.ptr(0) as *const i32),
+        k,
+        n,
+        np,
+        kp: k,
+        ntiles,
+        groups,
+        word_rows,
+        bits: uniform,
+    };
+    let props = cuda::properties(0)?;
+    for &m in ms_list {
+        let plan = paradec::ops::select_linear(
+            m,
+            k,
+            n,
+            paradec::ops::LinearFormat::Quant {
+                bits: uniform as u32,
+            },
+            props.multiprocessors as usize,
+            props.compute_capability,
+        );
+        let path = match plan.path {
+            paradec::vocab::LinearPath::Gemv => 1,
+            paradec::vocab::LinearPath::Mma => 2,
+        };
+        let q0 = qw(0);
+        // SAFETY: a size computation on the host.
+        let need = unsafe {
+            ffi::paradec_quant_linear_scratch(dt.code(), &q0, m, path, plan.split as i32)
+        };
+        let scratch = DeviceBuffer::zeroed(0, need.max(256))?;
+        let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+            let q = qw(i);
+            // SAFETY: every array of q is a live pool set of the layout's size; x, out and the
+            // scratch are sized for m rows.
+            status(
+                unsafe {
+                    ffi::paradec_quant_linear(
+                        dt.code(),
+                        x.ptr(i % 2),
+                        m,
+                        &q,
+                        ptr::null(),
+                        out.ptr(i % 2),
+                        0,
+                        path,
+                        plan.split as i32,
+                        scratch.as_ptr() as *mut c_void,
+                        scratch.len(),
+                        st.raw(),
+                    )
+                },
+                "paradec_quant_linear",
+            )
+        };
+        let t = b.time(sets, &mut launch)?;
+        rows.push(LinRow {
+            fmt: fmt.name(),
+            k,
+            n,
+            m,
+            bytes: per_set + m * (k + n) * 2 + perm.as_ref().map_or(0, Vec::len),
+            t,
+            path: if path == 1 { "gemv" } else { "mma" },
+        });
+    }
+    Ok(rows)
+}
+
+/// Every format × shape × M; prints the table and returns CSV lines.
+pub fn run_all(b: &Bench, quick: bool, read_bw: f64) -> Result<String> {
+    let shapes: Vec<(usize, usize)> = if quick {
+        vec![(4096, 12288), (8192, 28672)]
+    } else {
+        vec![
+            (4096, 4096),
+            (4096, 12288),
+            (4096, 16384),
+            (16384, 4096),
+            (8192, 8192),
+            (8192, 28672),
+        ]
+    };
+    let ms = [1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048];
+    let mut csv = String::from(
+        "kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_read,floor_us,x_floor,path\n",
+    );
+    println!(
+        "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for fmt in Fmt::ALL {
+        for &(k, n) in &shapes {
+            for r in run(b, fmt, k, n, &ms)? {
+                let best = r.t.b2b_us.min(r.t.graph_us);
+                let gbps = r.bytes as f64 / (best * 1e-6) / 1e9;
+                let floor = r.bytes as f64 / read_bw * 1e6;
+                let tflops = 2.0 * (r.m * r.k * r.n) as f64 / (best * 1e-6) / 1e12;
+                println!(
+                    "| {} | {}x{} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                    r.fmt,
+                    r.k,
+                    r.n,
+                    r.m,
+                    r.path,
+                    r.t.b2b_us,
+                    r.t.graph_us,
+                    gbps,
+                    floor,
+                    best / floor,
+                    tflops
+                );
+                csv.push_str(&format!(
+                    "linear_{},f16,{}x{}x{},{:.3},{:.3},{},{:.1},{:.1},{:.3},{:.3},{}\n",
+                    r.fmt,
+                    r.m,
+                    r.k,
+                    r.n,
+                    r.t.b2b_us,
+                    r.t.graph_us,
+                    r.bytes,
+                    gbps,
+                    100.0 * gbps * 1e9 / read_bw,
+                    floor,
+                    best / floor,
+                    r.path
+                ));
+            }
+        }
+    }
+    Ok(csv)
+}

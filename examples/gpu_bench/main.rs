@@ -1,12 +1,13 @@
 //! GPU bench (feature `cuda`): every kernel at prefill (16384×4096) and decode sizes (1, 8, 64
-//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of shared/GPU.md:
+//! rows × 4096 / 8192), fp16 and bf16, timed by the protocol of docs/GPU.md:
 //! warm up; time R back-to-back launches between two CUDA events and divide; median of many such
 //! samples; inputs rotated through sets larger than the L2 cache. The same launches replayed from
 //! a CUDA graph give a second time without launch gaps. Floors come from the same run: the
 //! streaming bandwidth is (bytes read + written) / time of a large device-to-device copy.
 //!
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
-//!        gpu_bench --attention [--quick] [--csv FILE]   (attention: TFLOP/s and KV GB/s)
+//! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table;
+//! `--attention` the attention family (examples/gpu_bench/attention.rs: TFLOP/s and KV GB/s).
 //! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
 
 use std::ffi::c_void;
@@ -315,6 +316,24 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--attention") {
         // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).
         return attention::main_bench(&b, quick, only.as_deref(), csv, &props.name);
+    }
+    // Linears have their own shapes, table and floor (the read bandwidth of this run).
+    if only.as_deref().is_some_and(|o| o.contains("linear")) {
+        let read_bw = linear::measure_read_bw(&b.stream, samples)?;
+        println!(
+            "# read bandwidth (read-only reduction over 2 GiB): {:.0} GB/s",
+            read_bw / 1e9
+        );
+        let lines = linear::run_all(&b, quick, read_bw)?;
+        if let Some(path) = csv {
+            let text = format!(
+                "# device,{},read_gbps,{:.1}\n{lines}",
+                props.name,
+                read_bw / 1e9
+            );
+            std::fs::write(&path, text).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        }
+        return Ok(());
     }
     let shapes: Vec<(usize, usize)> = if quick {
         vec![(16384, 4096), (1, 4096), (64, 8192)]

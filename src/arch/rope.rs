@@ -7,25 +7,37 @@ use crate::{Error, Result};
 /// How a rope type rescales the default frequencies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
+    /// The default frequencies.
     None,
     /// Positions divided by `factor` (inv_freq / factor).
     Linear {
+        /// Divisor of the frequencies.
         factor: f32,
     },
     /// Dynamic NTK: θ grows with the current length once it exceeds `original_max`.
     Dynamic {
+        /// Growth of θ beyond the original length.
         factor: f32,
+        /// The length the model was trained at.
         original_max: usize,
     },
     /// YaRN: blended interpolation/extrapolation and an attention factor on cos and sin.
     Yarn {
+        /// Context extension factor.
         factor: f32,
+        /// The length the model was trained at.
         original_max: usize,
+        /// The factor on cos and sin, when given; derived from `factor` otherwise.
         attention_factor: Option<f32>,
+        /// Rotations below which dimensions extrapolate.
         beta_fast: f32,
+        /// Rotations above which dimensions interpolate.
         beta_slow: f32,
+        /// DeepSeek-style mscale, when given.
         mscale: Option<f32>,
+        /// DeepSeek-style mscale over all dimensions, when given.
         mscale_all_dim: Option<f32>,
+        /// Whether the correction range is truncated to whole dimensions.
         truncate: bool,
     },
 }
@@ -33,17 +45,22 @@ pub enum RopeScaling {
 /// One rotary table of a model: pairing style, width, θ and scaling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
+    /// How pairs of features are rotated.
     pub style: RopeStyle,
     /// Rotated features per head (even, ≤ head_dim).
     pub rot_dim: usize,
+    /// The base θ of the frequencies.
     pub theta: f32,
+    /// The rope type's rescaling.
     pub scaling: RopeScaling,
 }
 
 /// The frequencies of one forward call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeFreqs {
+    /// The rot_dim / 2 inverse frequencies.
     pub inv_freq: Vec<f32>,
+    /// The factor on cos and sin (YaRN's attention factor; 1 otherwise).
     pub attn_factor: f32,
 }
 
@@ -55,6 +72,7 @@ fn default_inv_freq(theta: f32, dim: usize) -> Vec<f32> {
 }
 
 impl RopeConfig {
+    /// Checks the width against `head_dim` and every scalar for finiteness and range.
     pub fn validate(&self, head_dim: usize) -> Result<()> {
         if self.rot_dim == 0 || !self.rot_dim.is_multiple_of(2) || self.rot_dim > head_dim {
             return Err(Error::bad_input(format!(

@@ -3,6 +3,7 @@
 
 use crate::vocab::{AttnMasking, AttnShape};
 
+/// `out = softmax(q·kᵀ·scale + mask) · v` per query over the cache slots it sees (module docs).
 pub fn attention(
     q: &[f32],
     cache_k: &[f32],

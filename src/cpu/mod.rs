@@ -8,4 +8,5 @@ pub mod attention;
 pub mod embedding;
 pub mod linear;
 pub mod norm;
+pub mod qkv;
 pub mod rope;

@@ -5,7 +5,9 @@ use crate::vocab::NormKind;
 /// The affine part of a norm: optional weight and bias, each of length `cols`.
 #[derive(Debug, Clone, Copy)]
 pub struct NormAffine<'a> {
+    /// Scale per column, or none.
     pub weight: Option<&'a [f32]>,
+    /// Shift per column, or none.
     pub bias: Option<&'a [f32]>,
 }
 

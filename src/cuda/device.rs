@@ -99,15 +99,21 @@ pub fn runtime_version() -> Result<i32> {
 /// What a device is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceProperties {
+    /// The device ordinal.
     pub ordinal: usize,
+    /// The marketing name (e.g. "NVIDIA H200").
     pub name: String,
     /// (major, minor), e.g. (9, 0) for Hopper.
     pub compute_capability: (u32, u32),
+    /// Streaming multiprocessors.
     pub multiprocessors: u32,
+    /// Device memory in bytes.
     pub total_memory: usize,
+    /// L2 cache in bytes.
     pub l2_cache_bytes: usize,
     /// Shared memory a block may opt into (beyond the default 48 KiB).
     pub shared_memory_per_block_optin: usize,
+    /// Memory bus width in bits.
     pub memory_bus_width_bits: u32,
 }
 

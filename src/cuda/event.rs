@@ -21,6 +21,7 @@ unsafe impl Send for CudaEvent {}
 unsafe impl Sync for CudaEvent {}
 
 impl CudaEvent {
+    /// An event on `device` that records timing.
     pub fn new(device: usize) -> Result<Self> {
         ensure_device(device)?;
         let mut raw: ffi::cudaEvent_t = ptr::null_mut();
@@ -32,9 +33,11 @@ impl CudaEvent {
         Ok(CudaEvent { raw, device })
     }
 
+    /// The raw handle, for FFI calls.
     pub fn raw(&self) -> ffi::cudaEvent_t {
         self.raw
     }
+    /// The device the event belongs to.
     pub fn device(&self) -> usize {
         self.device
     }

@@ -65,6 +65,7 @@ impl CudaStream {
     pub fn raw(&self) -> ffi::cudaStream_t {
         self.raw
     }
+    /// The device the stream belongs to.
     pub fn device(&self) -> usize {
         self.device
     }

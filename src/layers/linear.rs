@@ -3,32 +3,42 @@
 
 use crate::layers::lora::LoraAdapter;
 use crate::ops;
-use crate::quant::{QuantConfig, QuantWeight};
-use crate::tensor::{Device, Tensor};
+use crate::quant::{PreparedQuant, QuantConfig, QuantWeight};
+use crate::tensor::{DType, Device, Tensor};
 use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
 #[derive(Debug)]
+/// What a projection multiplies by.
 pub enum LinearWeight {
+    /// A dense [out, in] matrix (f32, f16 or bf16).
     Dense(Tensor),
     /// Packed GPTQ / EXL2 weights (host memory; the bias, if any, lives inside).
     Quant(Box<QuantWeight>),
+    /// Packed weights in the device layout for one compute dtype (with their bias), plus the
+    /// host copy they came from.
+    Prepared(Box<PreparedQuant>),
 }
 
 #[derive(Debug)]
+/// One projection (see the module docs).
 pub struct Linear {
     /// The module's name in the checkpoint (for messages).
     pub name: String,
+    /// K: the input width.
     pub in_features: usize,
+    /// N: the output width.
     pub out_features: usize,
+    /// The weight, dense or packed.
     pub weight: LinearWeight,
+    /// The bias of a dense weight (a packed weight keeps its own).
     pub bias: Option<Tensor>,
     /// LoRA adapters registered on this projection, by `Lora::id`.
     loras: Vec<(u64, LoraAdapter)>,
 }
 
 impl Linear {
-    /// Loads `{prefix}.weight` [out, in] (and, when `bias`, `{prefix}.bias` [out]); or, when
+    /// Loads `{prefix}.weight` [out, in] (and, when `bias`, `{prefix}.bias` `[out]`); or, when
     /// the checkpoint holds no dense weight there and `quant` is given, the packed tensors under
     /// `{prefix}` (whose bias is optional: quantizers drop all-zero biases).
     pub fn load(
@@ -109,6 +119,7 @@ impl Linear {
         let r = match &self.weight {
             LinearWeight::Dense(w) => ops::linear(s, ws, x, w, self.bias.as_ref(), out, accumulate),
             LinearWeight::Quant(q) => ops::quant_linear(s, ws, x, q, out, accumulate),
+            LinearWeight::Prepared(q) => ops::prepared_linear(s, ws, x, q, out, accumulate),
         };
         r.and_then(|_| self.apply_loras(s, ws, x, out, active))
             .map_err(|e| prefix_error(&self.name, e))
@@ -152,22 +163,30 @@ impl Linear {
                 self.name, self.in_features, self.out_features
             )));
         }
-        let copy = adapter.to_device(self.device())?;
+        let copy = adapter.to_device_as(self.device(), self.lora_dtype())?;
         self.loras.retain(|(i, _)| *i != id);
         self.loras.push((id, copy));
         Ok(())
     }
 
+    /// Drops the adapter registered under `id` (nothing when there is none).
     pub fn remove_lora(&mut self, id: u64) {
         self.loras.retain(|(i, _)| *i != id);
     }
 
-    /// Moves registered adapters to the weights' device (after a load or unload).
+    /// The dtype adapters take: the layer's compute dtype on a device; on the CPU, as given.
+    fn lora_dtype(&self) -> Option<DType> {
+        (self.device() != Device::Cpu).then(|| self.compute_dtype())
+    }
+
+    /// Moves registered adapters to the weights' device and compute dtype (after a load or
+    /// unload).
     pub fn update_loras(&mut self) -> Result<()> {
         let dev = self.device();
+        let dt = self.lora_dtype();
         for (_, ad) in &mut self.loras {
-            if ad.a.device() != dev {
-                *ad = ad.to_device(dev)?;
+            if ad.a.device() != dev || dt.is_some_and(|d| ad.a.dtype() != d) {
+                *ad = ad.to_device_as(dev, dt)?;
             }
         }
         Ok(())
@@ -192,17 +211,19 @@ impl Linear {
                 *w = reduced;
                 Ok(())
             }
-            LinearWeight::Quant(_) => Err(Error::unsupported(format!(
+            LinearWeight::Quant(_) | LinearWeight::Prepared(_) => Err(Error::unsupported(format!(
                 "rank_reduce: {} is quantized; truncated SVD needs dense weights",
                 self.name
             ))),
         }
     }
 
+    /// Where the weight lives.
     pub fn device(&self) -> Device {
         match &self.weight {
             LinearWeight::Dense(w) => w.device(),
             LinearWeight::Quant(_) => Device::Cpu,
+            LinearWeight::Prepared(q) => q.device(),
         }
     }
 
@@ -210,6 +231,7 @@ impl Linear {
     pub fn numel(&self) -> usize {
         let bias = match &self.weight {
             LinearWeight::Quant(q) => q.bias().map_or(0, <[f32]>::len),
+            LinearWeight::Prepared(q) => q.host.bias().map_or(0, <[f32]>::len),
             LinearWeight::Dense(_) => self.bias.as_ref().map_or(0, Tensor::numel),
         };
         self.in_features * self.out_features + bias
@@ -222,6 +244,9 @@ impl Linear {
             LinearWeight::Quant(q) => {
                 Tensor::from_f32(q.dequantize(), &[self.out_features, self.in_features])
             }
+            LinearWeight::Prepared(q) => {
+                Tensor::from_f32(q.host.dequantize(), &[self.out_features, self.in_features])
+            }
         }
     }
 
@@ -229,6 +254,7 @@ impl Linear {
     pub fn bias_values(&self) -> Result<Option<Vec<f32>>> {
         match &self.weight {
             LinearWeight::Quant(q) => Ok(q.bias().map(<[f32]>::to_vec)),
+            LinearWeight::Prepared(q) => Ok(q.host.bias().map(<[f32]>::to_vec)),
             LinearWeight::Dense(_) => self
                 .bias
                 .as_ref()
@@ -242,30 +268,91 @@ impl Linear {
         let w = match &self.weight {
             LinearWeight::Dense(w) => w.size_bytes(),
             LinearWeight::Quant(q) => q.storage_bytes(),
+            LinearWeight::Prepared(q) => q.device_bytes(),
         };
         w + self.bias.as_ref().map_or(0, Tensor::size_bytes)
     }
 
+    /// Whether the weight is packed (GPTQ or EXL2).
     pub fn is_quant(&self) -> bool {
         !matches!(self.weight, LinearWeight::Dense(_))
     }
 
-    pub fn to_device(&mut self, device: Device) -> Result<()> {
-        match &mut self.weight {
-            LinearWeight::Dense(w) => *w = w.to_device(device)?,
-            LinearWeight::Quant(_) if device != Device::Cpu => {
-                return Err(Error::unsupported(format!(
-                    "{}: quantized weights run on the CPU only until the GPU matmul lands",
-                    self.name
-                )))
-            }
-            LinearWeight::Quant(_) => {}
+    /// The dtype the layer computes in where it lives: the dense weight's dtype, f32 for
+    /// quantized weights on the CPU, the prepared dtype on a device.
+    pub fn compute_dtype(&self) -> DType {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.dtype(),
+            LinearWeight::Quant(_) => DType::F32,
+            LinearWeight::Prepared(q) => q.dtype,
         }
-        if let Some(b) = &mut self.bias {
-            *b = b.to_device(device)?;
-        }
-        Ok(())
     }
+
+    /// Moves the layer to `device`, keeping its dtype where the device computes in it: dense
+    /// weights keep theirs on the CPU; on a device f16 and bf16 stay, f32 becomes f16 (see
+    /// `to_device_as`).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        let dtype = match (device, self.compute_dtype()) {
+            (Device::Cpu, d) => d,
+            (_, d @ (DType::F16 | DType::BF16)) => d,
+            _ => DType::F16,
+        };
+        self.to_device_as(device, dtype)
+    }
+
+    /// Moves the layer to `device`, computing in `dtype` there. On a device `dtype` is f16 or
+    /// bf16: dense weights (and the bias, and registered LoRA adapters) are converted, quantized
+    /// weights are prepared in the device layout (built once on the host; the packed codes,
+    /// scales and zeros stay the loader's). On the CPU quantized weights return to their packed
+    /// host form and dense ones take `dtype`.
+    pub fn to_device_as(&mut self, device: Device, dtype: DType) -> Result<()> {
+        if !dtype.is_float() {
+            return Err(Error::bad_input(format!(
+                "{}: compute dtype {dtype} is not a float type",
+                self.name
+            )));
+        }
+        if device != Device::Cpu && dtype == DType::F32 {
+            return Err(Error::unsupported(format!(
+                "{}: device linears compute in f16 or bf16, not f32",
+                self.name
+            )));
+        }
+        let weight = match &self.weight {
+            LinearWeight::Dense(w) => LinearWeight::Dense(convert(w, device, dtype)?),
+            LinearWeight::Quant(q) if device == Device::Cpu => LinearWeight::Quant(q.clone()),
+            LinearWeight::Quant(q) => {
+                LinearWeight::Prepared(Box::new(PreparedQuant::new(q, device, dtype)?))
+            }
+            LinearWeight::Prepared(q) if device == Device::Cpu => {
+                LinearWeight::Quant(Box::new(q.host.clone()))
+            }
+            LinearWeight::Prepared(q) if q.device() == device && q.dtype == dtype => {
+                return self.update_loras();
+            }
+            LinearWeight::Prepared(q) => {
+                LinearWeight::Prepared(Box::new(PreparedQuant::new(&q.host, device, dtype)?))
+            }
+        };
+        let bias = match &self.bias {
+            Some(b) => Some(convert(b, device, dtype)?),
+            None => None,
+        };
+        self.weight = weight;
+        self.bias = bias;
+        self.update_loras()
+    }
+}
+
+/// A copy of `t` on `device` in `dtype` (converted on the host when the dtype changes).
+fn convert(t: &Tensor, device: Device, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        if t.device() == device {
+            return t.try_clone();
+        }
+        return t.to_device(device);
+    }
+    t.to_dtype(dtype)?.to_device(device)
 }
 
 /// Prefixes a bad-input message with the module name, so errors say which projection failed.

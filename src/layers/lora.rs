@@ -20,19 +20,34 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// One module's adapter: A [r, in], B [out, r], and the scale.
 #[derive(Debug)]
 pub struct LoraAdapter {
+    /// lora_A: [rank, in].
     pub a: Tensor,
+    /// lora_B: [out, rank].
     pub b: Tensor,
+    /// alpha / rank (alpha / √rank with rsLoRA).
     pub scale: f32,
 }
 
 impl LoraAdapter {
+    /// The adapter's rank.
     pub fn rank(&self) -> usize {
         self.a.shape()[0]
     }
+    /// A copy on `device`.
     pub fn to_device(&self, device: Device) -> Result<LoraAdapter> {
+        self.to_device_as(device, None)
+    }
+    /// A copy on `device`, converted to `dtype` when given.
+    pub fn to_device_as(&self, device: Device, dtype: Option<crate::DType>) -> Result<LoraAdapter> {
+        let mv = |t: &Tensor| -> Result<Tensor> {
+            match dtype {
+                Some(d) if d != t.dtype() => t.to_dtype(d)?.to_device(device),
+                _ => t.to_device(device),
+            }
+        };
         Ok(LoraAdapter {
-            a: self.a.to_device(device)?,
-            b: self.b.to_device(device)?,
+            a: mv(&self.a)?,
+            b: mv(&self.b)?,
             scale: self.scale,
         })
     }
@@ -43,10 +58,15 @@ impl LoraAdapter {
 #[derive(Debug)]
 pub struct Lora {
     id: u64,
+    /// The adapter's name (its directory).
     pub name: String,
+    /// `r`.
     pub rank: usize,
+    /// `lora_alpha`.
     pub alpha: f32,
+    /// Whether rsLoRA scaling (alpha / √r) applies.
     pub rslora: bool,
+    /// The adapters by module name (e.g. `model.layers.0.self_attn.q_proj`).
     pub modules: HashMap<String, LoraAdapter>,
 }
 

@@ -6,10 +6,15 @@ use crate::vocab::{Affine, NormKind};
 use crate::{Result, Stream, Weights};
 
 #[derive(Debug)]
+/// A norm with its affine weights.
 pub struct Norm {
+    /// LayerNorm or RMSNorm.
     pub kind: NormKind,
+    /// Scale per column (`[hidden]`, or [heads, head_dim] for per-head q/k norms).
     pub weight: Option<Tensor>,
+    /// Shift per column, when the norm has one.
     pub bias: Option<Tensor>,
+    /// Epsilon.
     pub eps: f32,
 }
 
@@ -38,6 +43,7 @@ impl Norm {
         })
     }
 
+    /// The weight and bias as op arguments.
     pub fn affine(&self) -> Affine<'_> {
         Affine {
             weight: self.weight.as_ref(),
@@ -45,19 +51,23 @@ impl Norm {
         }
     }
 
+    /// `out = norm(x)` over rows of x, queued on `s`.
     pub fn forward(&self, s: &Stream, x: &Tensor, out: &mut Tensor) -> Result<()> {
         ops::norm(s, self.kind, x, &self.affine(), self.eps, out)
     }
 
+    /// Parameters (weight and bias elements).
     pub fn numel(&self) -> usize {
         self.weight.as_ref().map_or(0, Tensor::numel) + self.bias.as_ref().map_or(0, Tensor::numel)
     }
 
+    /// Bytes of the weight and bias.
     pub fn weight_bytes(&self) -> usize {
         self.weight.as_ref().map_or(0, Tensor::size_bytes)
             + self.bias.as_ref().map_or(0, Tensor::size_bytes)
     }
 
+    /// Moves the weight and bias to `device`.
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         for t in [&mut self.weight, &mut self.bias].into_iter().flatten() {
             *t = t.to_device(device)?;

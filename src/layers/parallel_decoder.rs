@@ -1,5 +1,5 @@
 //! `ParallelDecoder`: one parallel-residual block, `x += Attn(norm_a(x)) + Mlp(norm_m(x))`,
-//! for every supported family (see shared/FAMILIES.md for how HF computes each).
+//! for every supported family (docs/families.md says how HF computes each).
 
 use crate::arch::{ArchParams, MlpKind, QkNorm, Rotary, SumOrder};
 use crate::cache::KvCache;
@@ -18,20 +18,41 @@ use crate::{Error, Result, Stream, Weights};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum QkvProj {
-    Separate { q: Linear, k: Linear, v: Linear },
-    Fused { qkv: Linear, layout: QkvLayout },
+    /// Three projections.
+    Separate {
+        /// The query projection.
+        q: Linear,
+        /// The key projection.
+        k: Linear,
+        /// The value projection.
+        v: Linear,
+    },
+    /// One projection whose output `layout` splits into q, k and v.
+    Fused {
+        /// The fused projection.
+        qkv: Linear,
+        /// How its output features are arranged.
+        layout: QkvLayout,
+    },
 }
 
 /// The MLP branch.
 #[derive(Debug)]
 pub enum Mlp {
+    /// `fc_out(act(fc_in(x)))`.
     Plain {
+        /// hidden → intermediate.
         fc_in: Linear,
+        /// intermediate → hidden.
         fc_out: Linear,
     },
+    /// `down(act(gate(x)) · up(x))`.
     Gated {
+        /// hidden → intermediate, through the activation.
         gate: Linear,
+        /// hidden → intermediate.
         up: Linear,
+        /// intermediate → hidden.
         down: Linear,
     },
 }
@@ -56,6 +77,7 @@ pub struct Intermediates {
 }
 
 #[derive(Debug)]
+/// One parallel-residual decoder layer (see the module docs): norms, projections, rotary, attention and MLP, on the CPU or a device.
 pub struct ParallelDecoder {
     arch: ArchParams,
     layer_idx: usize,
@@ -224,6 +246,7 @@ impl ParallelDecoder {
         Ok(n)
     }
 
+    /// Drops `lora`'s adapters from this layer's projections.
     pub fn remove_lora(&mut self, lora: &Lora) {
         for l in self.linears_mut() {
             l.remove_lora(lora.id());
@@ -283,12 +306,15 @@ impl ParallelDecoder {
         let _ = self.move_to(Device::Cpu);
     }
 
+    /// Where the weights live.
     pub fn device(&self) -> Device {
         self.device
     }
+    /// The layer's index in its model.
     pub fn layer_idx(&self) -> usize {
         self.layer_idx
     }
+    /// Keys a query sees, counting itself; 0 for no window.
     pub fn sliding_window(&self) -> usize {
         self.sliding_window
     }
@@ -324,6 +350,7 @@ impl ParallelDecoder {
         Ok(())
     }
 
+    /// Whether any projection is quantized.
     pub fn is_quant(&self) -> bool {
         self.linears().iter().any(|l| l.is_quant())
     }
@@ -460,8 +487,9 @@ impl ParallelDecoder {
             inv_freq: &f.inv_freq,
             attn_factor: f.attn_factor,
         });
+        let mut cache = cache;
         let mut own_cache;
-        let (ck, cv, capacity) = match cache {
+        let (ck, cv, capacity) = match cache.as_deref_mut() {
             Some(c) => {
                 if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
                     return Err(Error::bad_input(format!(
@@ -469,6 +497,9 @@ impl ParallelDecoder {
                         c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
                     )));
                 }
+                // Reads of never-written slots and writes past the capacity are refused here,
+                // before anything is written.
+                c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
                 let cap = c.capacity;
                 let (ck, cv) = c.layer_mut(self.layer_idx)?;
                 (ck, cv, cap)
@@ -533,6 +564,9 @@ impl ParallelDecoder {
             1.0 / (a.head_dim as f32).sqrt(),
             &mut ctx,
         )?;
+        if let Some(c) = cache {
+            c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
+        }
         let mut attn_out = ws.tensor(&[t, a.hidden])?;
         self.o_proj
             .forward(s, ws, &ctx, &mut attn_out, false, ids)?;

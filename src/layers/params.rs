@@ -4,16 +4,20 @@
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
+/// Where the tokens of one forward sit: batch, query length, each sequence's past length in the cache, positions and an optional padding mask.
 pub struct AttnParams {
+    /// Sequences.
     pub batch: usize,
+    /// New tokens per sequence.
     pub q_len: usize,
-    /// Tokens already in the cache, per sequence; new tokens go to slots past_len[b]..+q_len.
+    /// Tokens already in the cache, per sequence; new tokens go to slots `past_len[b]`..+q_len.
     pub past_len: Vec<usize>,
-    /// Position of sequence b's query t is past_len[b] + t + position_offset[b] (negative
+    /// Position of sequence b's query t is `past_len[b]` + t + `position_offset[b]` (negative
     /// offsets skip left padding, as HF's `cumsum(mask) − 1`).
     pub position_offset: Vec<i64>,
     /// Additive mask over cache slots, [batch, mask_stride]: 0 to attend, −∞ to hide.
     pub mask: Option<Vec<f32>>,
+    /// Slots per mask row (≥ each sequence's past + q_len).
     pub mask_stride: usize,
 }
 
@@ -23,6 +27,7 @@ impl AttnParams {
         Self::with_past(batch, q_len, vec![0; batch])
     }
 
+    /// `batch` sequences of `q_len` new tokens after `past_len[b]` cached ones, at positions `past_len[b]` + t, with no mask.
     pub fn with_past(batch: usize, q_len: usize, past_len: Vec<usize>) -> Self {
         AttnParams {
             batch,
@@ -65,10 +70,12 @@ impl AttnParams {
         Ok(self)
     }
 
+    /// batch · q_len.
     pub fn tokens(&self) -> usize {
         self.batch * self.q_len
     }
 
+    /// Checks lengths, positions and the mask against each other.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.q_len == 0 {
             return Err(Error::bad_input(format!(

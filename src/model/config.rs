@@ -298,12 +298,14 @@ impl ArchParams {
         Ok(arch)
     }
 
+    /// Parses a config.json text.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::bad_format(format!("config.json: {e}")))?;
         Self::from_json(&v)
     }
 
+    /// Reads a parsed config.json.
     pub fn from_json(v: &Value) -> Result<Self> {
         if !v.is_object() {
             return Err(Error::bad_format(

@@ -17,7 +17,9 @@ use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
 #[derive(Debug)]
+/// A whole model: embedding, parallel decoder layers, final norm and LM head.
 pub struct Model {
+    /// What the model is, from its config.json.
     pub arch: ArchParams,
     embed: Tensor,
     layers: Vec<ParallelDecoder>,
@@ -38,8 +40,11 @@ pub struct ModelOutput {
 
 /// What a model forward reports per layer, for tests and timing.
 pub struct LayerReport<'a> {
+    /// The layer's index.
     pub layer: usize,
+    /// Wall time of the layer (on the CPU; on a device, the time to queue it).
     pub elapsed: Duration,
+    /// The layer's intermediates, when asked for.
     pub interm: Option<&'a Intermediates>,
 }
 
@@ -52,6 +57,7 @@ impl Model {
         Self::from_weights(arch, &weights)
     }
 
+    /// Builds the model from `arch` and the tensors in `weights`.
     pub fn from_weights(arch: ArchParams, weights: &Weights) -> Result<Self> {
         let n = &arch.names;
         let embed =
@@ -100,6 +106,7 @@ impl Model {
         })
     }
 
+    /// The decoder layers.
     pub fn layers(&self) -> &[ParallelDecoder] {
         &self.layers
     }
@@ -112,6 +119,7 @@ impl Model {
         Ok(())
     }
 
+    /// The decoder layers, mutably (to load, add adapters, rank-reduce one).
     pub fn layers_mut(&mut self) -> &mut [ParallelDecoder] {
         &mut self.layers
     }
@@ -186,6 +194,7 @@ impl Model {
         Ok(())
     }
 
+    /// Drops `lora` from every layer.
     pub fn remove_lora(&mut self, lora: &Lora) {
         for l in &mut self.layers {
             l.remove_lora(lora);

@@ -53,10 +53,10 @@ pub fn add_inplace(s: &Stream, x: &mut Tensor, y: &Tensor) -> Result<()> {
 }
 
 /// `x *= factor`.
-pub fn scale_inplace(_s: &Stream, x: &mut Tensor, factor: f32) -> Result<()> {
+pub fn scale_inplace(s: &Stream, x: &mut Tensor, factor: f32) -> Result<()> {
     float("scaled tensor", x)?;
     match x.device() {
         Device::Cpu => with_f32_mut(x, |v| v.iter_mut().for_each(|a| *a *= factor)),
-        Device::Cuda(_) => Err(gpu_missing("scale_inplace")),
+        Device::Cuda(_) => on_cuda!(s => crate::cuda::kernels::scale_inplace(x, factor, s)),
     }
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Norm of each head's `head_dim` features; `weight`/`bias` hold either one row shared by all
-/// heads ([head_dim]) or one row per head ([heads, head_dim]). In place on x [tokens, heads·head_dim].
+/// heads (`[head_dim]`) or one row per head ([heads, head_dim]). In place on x [tokens, heads·head_dim].
 pub fn head_norm(
     s: &Stream,
     kind: NormKind,

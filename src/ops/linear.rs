@@ -1,6 +1,140 @@
 //! Linear layers: dense and quantized (GPTQ / EXL2) `out (+)= x · Wᵀ + b`.
 
+use std::cell::Cell;
+
 use super::*;
+use crate::quant::PreparedQuant;
+use crate::vocab::LinearPath;
+
+/// What a linear multiplies by, for kernel selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearFormat {
+    /// Dense f16 / bf16.
+    Dense,
+    /// Quantized in the device layout; `bits` is the width of every tile, 0 when mixed.
+    Quant {
+        /// The width of every tile, 0 when mixed.
+        bits: u32,
+    },
+}
+
+/// A kernel choice: the path and, for the quantized GEMV, how many ways K is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearPlan {
+    /// The kernel path.
+    pub path: LinearPath,
+    /// Ways K is split (quantized GEMV only; 1 otherwise).
+    pub split: usize,
+}
+
+/// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
+/// compute capability `cc`. Small m streams the weights on CUDA cores (a bandwidth-bound
+/// GEMV; K is split so that at least two blocks per SM run); larger m, on sm_80 and later, runs
+/// on tensor cores. The GEMV aims at eight blocks of 4 warps per SM, so that enough 16-byte loads
+/// are in flight to cover the memory latency.
+pub fn select_linear(
+    m: usize,
+    k: usize,
+    n: usize,
+    format: LinearFormat,
+    sms: usize,
+    cc: (u32, u32),
+) -> LinearPlan {
+    let gemv_max = 8;
+    if m <= gemv_max || cc.0 < 8 {
+        let split = match format {
+            LinearFormat::Dense => 1,
+            LinearFormat::Quant { .. } => {
+                let mt = match m {
+                    0..=1 => 1,
+                    2 => 2,
+                    3..=4 => 4,
+                    _ => 8,
+                };
+                let blocks = n.div_ceil(128).max(1) * m.div_ceil(mt).max(1);
+                let tiles = k.div_ceil(32);
+                let want = (8 * sms.max(1)).div_ceil(blocks);
+                // Keep at least 8 tiles (two per warp) in each block's share of K.
+                want.min((tiles / 8).max(1)).clamp(1, 64)
+            }
+        };
+        return LinearPlan {
+            path: LinearPath::Gemv,
+            split,
+        };
+    }
+    LinearPlan {
+        path: LinearPath::Mma,
+        split: 1,
+    }
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<(LinearPath, Option<usize>)>> = const { Cell::new(None) };
+}
+
+/// Forces the path (and the quantized GEMV's split, when given) of this thread's linears on a
+/// device; `None` returns to `select_linear`. The environment variable `PARADEC_LINEAR_PATH`
+/// (`gemv` or `mma`, optionally `gemv:SPLIT`) does the same for every thread.
+pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
+    OVERRIDE.with(|c| c.set(o));
+}
+
+/// Parses `PARADEC_LINEAR_PATH`'s value.
+pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
+    let (p, s) = match v.split_once(':') {
+        Some((p, s)) => (p, s.trim().parse().ok()),
+        None => (v, None),
+    };
+    match p.trim().to_ascii_lowercase().as_str() {
+        "gemv" => Some((LinearPath::Gemv, s)),
+        "mma" => Some((LinearPath::Mma, s)),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn env_override() -> Option<(LinearPath, Option<usize>)> {
+    static ENV: std::sync::OnceLock<Option<(LinearPath, Option<usize>)>> =
+        std::sync::OnceLock::new();
+    *ENV.get_or_init(|| {
+        std::env::var("PARADEC_LINEAR_PATH")
+            .ok()
+            .and_then(|v| parse_linear_override(&v))
+    })
+}
+
+/// The plan for a call: the override if any, else `select_linear` with the device's properties.
+#[cfg(feature = "cuda")]
+fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> Result<LinearPlan> {
+    /// Per device ordinal: SM count and compute capability.
+    type Props = Vec<(usize, usize, (u32, u32))>;
+    static PROPS: std::sync::Mutex<Props> = std::sync::Mutex::new(Vec::new());
+    let (sms, cc) = {
+        let mut g = PROPS.lock().unwrap_or_else(|e| e.into_inner());
+        match g.iter().find(|p| p.0 == dev) {
+            Some(p) => (p.1, p.2),
+            None => {
+                let p = crate::cuda::properties(dev)?;
+                let e = (dev, p.multiprocessors as usize, p.compute_capability);
+                g.push(e);
+                (e.1, e.2)
+            }
+        }
+    };
+    let auto = select_linear(m, k, n, format, sms, cc);
+    Ok(match OVERRIDE.with(Cell::get).or_else(env_override) {
+        Some((path, split)) => LinearPlan {
+            path,
+            split: if path == LinearPath::Gemv {
+                split.unwrap_or(auto.split).max(1)
+            } else {
+                1
+            },
+        },
+        None => auto,
+    })
+}
 
 /// Checks a linear's input against K and its output against [m, N]; returns m.
 fn linear_rows(x: &Tensor, k: usize, n: usize, out: &Tensor) -> Result<usize> {
@@ -16,10 +150,11 @@ fn linear_rows(x: &Tensor, k: usize, n: usize, out: &Tensor) -> Result<usize> {
 }
 
 /// Dense linear: `out[m, N] (+)= x[m, K] · w[N, K]ᵀ + bias`.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 ///
 /// Device scratch (split-K partials) comes from `ws`; the CPU reference needs none.
 pub fn linear(
-    _s: &Stream,
+    s: &Stream,
     _ws: &mut Workspace,
     x: &Tensor,
     w: &Tensor,
@@ -63,7 +198,10 @@ pub fn linear(
                 _ => unreachable!("checked float above"),
             })
         }
-        Device::Cuda(_) => Err(gpu_missing("linear")),
+        Device::Cuda(dev) => on_cuda!(s => {
+            let plan = plan_for(dev, m, k, n, LinearFormat::Dense)?;
+            crate::cuda::kernels::linear(x, m, k, w, n, bias, out, accumulate, plan.path, s)
+        }),
     }
 }
 
@@ -85,6 +223,164 @@ pub fn quant_linear(
             let xv = x.f32_values()?;
             with_f32_mut(out, |o| w.forward(&xv, m, o, accumulate))?
         }
-        Device::Cuda(_) => Err(gpu_missing("quant_linear")),
+        Device::Cuda(_) => Err(Error::bad_input(format!(
+            "quant_linear: the weight {} is in host memory; prepare it for the device first \
+             (Linear::to_device_as)",
+            w.prefix()
+        ))),
+    }
+}
+
+/// Quantized linear on a device: `out[m, N] (+)= x[m, K] · Wᵀ + bias` from a weight in the
+/// device layout (`Linear::to_device_as` builds it). Scratch (gathered x, split-K partials)
+/// comes from `ws`.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn prepared_linear(
+    s: &Stream,
+    ws: &mut Workspace,
+    x: &Tensor,
+    w: &PreparedQuant,
+    out: &mut Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    float("linear input", x)?;
+    let m = linear_rows(x, w.k, w.n, out)?;
+    if x.dtype() != w.dtype {
+        return Err(Error::bad_input(format!(
+            "linear input: dtype {} but the weight was prepared for {}",
+            x.dtype(),
+            w.dtype
+        )));
+    }
+    match same_device(&[("linear input", x), ("linear output", out)])? {
+        Device::Cpu => Err(Error::bad_input(
+            "linear input: on the CPU, but the quantized weight is prepared on a device",
+        )),
+        Device::Cuda(dev) => on_cuda!(s => prepared_cuda(s, ws, dev, x, m, w, out, accumulate)),
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn prepared_cuda(
+    s: &crate::cuda::CudaStream,
+    ws: &mut Workspace,
+    dev: usize,
+    x: &Tensor,
+    m: usize,
+    w: &PreparedQuant,
+    out: &mut Tensor,
+    accumulate: bool,
+) -> Result<()> {
+    if w.device() != Device::Cuda(dev) {
+        return Err(Error::bad_input(format!(
+            "linear weight is on {}, the input on cuda:{dev}",
+            w.device()
+        )));
+    }
+    let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
+    let args = crate::cuda::kernels::QuantWeightArgs {
+        words: &w.words,
+        tiles: &w.tiles,
+        sz: &w.sz,
+        row_src: w.row_src.as_ref(),
+        k: w.k,
+        n: w.n,
+        np: w.np,
+        kp: w.kp,
+        ntiles: w.ntiles,
+        groups: w.groups,
+        word_rows: w.word_rows,
+        bits: w.bits,
+    };
+    let need = args.scratch_bytes(x.dtype(), m, plan.path, plan.split);
+    let mut scratch = if need > 0 {
+        Some(ws.scratch(&[need], crate::DType::U8)?)
+    } else {
+        None
+    };
+    crate::cuda::kernels::quant_linear(
+        x,
+        m,
+        &args,
+        w.bias.as_ref(),
+        out,
+        accumulate,
+        plan.path,
+        plan.split,
+        scratch.as_mut(),
+        s,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H200: (usize, (u32, u32)) = (132, (9, 0));
+
+    #[test]
+    fn small_m_streams_large_m_uses_tensor_cores() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        for m in 1..=8 {
+            let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
+            assert_eq!(p.path, LinearPath::Gemv, "m = {m}");
+        }
+        for m in [9, 16, 64, 2048] {
+            assert_eq!(
+                select_linear(m, 4096, 4096, q4, H200.0, H200.1).path,
+                LinearPath::Mma
+            );
+            assert_eq!(
+                select_linear(m, 4096, 4096, LinearFormat::Dense, H200.0, H200.1).path,
+                LinearPath::Mma
+            );
+        }
+        // Before sm_80 there are no mma.sync tiles: always the GEMV.
+        assert_eq!(
+            select_linear(512, 4096, 4096, q4, 80, (7, 5)).path,
+            LinearPath::Gemv
+        );
+    }
+
+    #[test]
+    fn split_fills_the_gpu_at_decode() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        for (k, n) in [
+            (1024, 1024),
+            (4096, 4096),
+            (16384, 4096),
+            (32768, 1024),
+            (4096, 32768),
+        ] {
+            let p = select_linear(1, k, n, q4, H200.0, H200.1);
+            let blocks = n.div_ceil(128) * p.split;
+            let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
+            assert!(
+                blocks >= H200.0 || tiles_per_block <= 15,
+                "{k}×{n}: {blocks} blocks of {tiles_per_block} tiles"
+            );
+            assert!(tiles_per_block >= 8 || p.split == 1, "{k}×{n}: {p:?}");
+        }
+        // Wide N needs little split; dense never splits.
+        assert!(select_linear(1, 4096, 32768, q4, 132, (9, 0)).split <= 8);
+        assert_eq!(
+            select_linear(1, 32768, 1024, LinearFormat::Dense, 132, (9, 0)).split,
+            1
+        );
+    }
+
+    #[test]
+    fn override_parses() {
+        assert_eq!(
+            parse_linear_override("gemv"),
+            Some((LinearPath::Gemv, None))
+        );
+        assert_eq!(parse_linear_override("MMA"), Some((LinearPath::Mma, None)));
+        assert_eq!(
+            parse_linear_override("gemv:4"),
+            Some((LinearPath::Gemv, Some(4)))
+        );
+        assert_eq!(parse_linear_override("cublas"), None);
     }
 }

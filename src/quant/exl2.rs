@@ -35,6 +35,7 @@ pub struct Exl2Config {
 }
 
 impl Exl2Config {
+    /// Reads `quantization_config` (`bits`, `head_bits`, ...) of an EXL2 checkpoint.
     pub fn from_json(qc: &Value) -> Result<Self> {
         if !qc.is_object() {
             return Err(Error::bad_format(
@@ -314,9 +315,11 @@ impl Exl2Weight {
         Ok(out)
     }
 
+    /// K.
     pub fn in_features(&self) -> usize {
         self.k
     }
+    /// N.
     pub fn out_features(&self) -> usize {
         self.n
     }
@@ -324,6 +327,7 @@ impl Exl2Weight {
     pub fn padded_out_features(&self) -> usize {
         self.n_pad
     }
+    /// The bias, if the checkpoint has one.
     pub fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()
     }
@@ -341,6 +345,7 @@ impl Exl2Weight {
             + self.q_groups.len() * 2
             + self.bias.as_ref().map_or(0, |b| b.len() * 4)
     }
+    /// The module name the tensors were loaded from.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -348,6 +353,7 @@ impl Exl2Weight {
     pub fn q_weight(&self) -> &[i32] {
         &self.q_weight
     }
+    /// The stored `q_invperm`.
     pub fn q_invperm(&self) -> &[u32] {
         &self.q_invperm
     }
@@ -359,6 +365,7 @@ impl Exl2Weight {
     pub fn q_scale(&self) -> &[i32] {
         &self.q_scale
     }
+    /// The per-group maximum scales.
     pub fn q_scale_max(&self) -> &[f16] {
         &self.q_scale_max
     }
@@ -366,6 +373,7 @@ impl Exl2Weight {
     pub fn q_groups(&self) -> &[i16] {
         &self.q_groups
     }
+    /// The decoded groups (width, rows, packed rows).
     pub fn groups(&self) -> &[Exl2Group] {
         &self.groups
     }

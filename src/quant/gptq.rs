@@ -392,12 +392,15 @@ impl GptqWeight {
         })
     }
 
+    /// K.
     pub fn in_features(&self) -> usize {
         self.k
     }
+    /// N.
     pub fn out_features(&self) -> usize {
         self.n
     }
+    /// The bias, if the checkpoint has one.
     pub fn bias(&self) -> Option<&[f32]> {
         self.bias.as_deref()
     }
@@ -413,15 +416,19 @@ impl GptqWeight {
             + self.perm.as_ref().map_or(0, |p| p.len() * 4)
             + self.bias.as_ref().map_or(0, |b| b.len() * 4)
     }
+    /// The quantization settings.
     pub fn config(&self) -> &GptqConfig {
         &self.cfg
     }
+    /// The module name the tensors were loaded from.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+    /// Bits per weight.
     pub fn bits(&self) -> u32 {
         self.cfg.bits
     }
+    /// Groups along K.
     pub fn groups(&self) -> usize {
         self.group_start.len() - 1
     }

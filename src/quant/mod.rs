@@ -1,7 +1,7 @@
 //! Quantized linear weights: GPTQ and EXL2 tensors — load, validate, dequantize and multiply on
 //! the CPU (the reference the CUDA kernels are checked against), and pack (for tests and tools).
 //!
-//! Layout conventions (see `shared/FORMATS.md`): K = `in_features`, N = `out_features`; the dense
+//! Layout conventions (docs/formats.md): K = `in_features`, N = `out_features`; the dense
 //! weight a quantized tensor stands for is PyTorch's `nn.Linear` layout, `[N, K]` row-major, and
 //! `forward` computes `out[m, N] (+)= x[m, K] · Wᵀ + bias`.
 //!
@@ -9,6 +9,7 @@
 //! whose message names the full tensor name and the rule it breaks; loading never panics, never
 //! reads out of bounds, and checks all size arithmetic.
 
+pub mod device;
 pub mod exl2;
 pub mod gptq;
 pub mod pack;
@@ -22,13 +23,16 @@ use crate::tensor::DType;
 use crate::weights::TensorView;
 use crate::{Error, Result, Weights};
 
+pub use device::{PreparedQuant, QuantLayout};
 pub use exl2::{Exl2Config, Exl2Group, Exl2Weight};
 pub use gptq::{GptqConfig, GptqWeight};
 
 /// Which quantized layout a model directory holds, with its settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QuantConfig {
+    /// GPTQ settings.
     Gptq(GptqConfig),
+    /// EXL2 settings.
     Exl2(Exl2Config),
 }
 
@@ -112,7 +116,9 @@ impl QuantConfig {
 /// A quantized linear weight of either layout.
 #[derive(Debug, Clone)]
 pub enum QuantWeight {
+    /// A GPTQ weight.
     Gptq(GptqWeight),
+    /// An EXL2 weight.
     Exl2(Exl2Weight),
 }
 
@@ -142,18 +148,28 @@ impl QuantWeight {
             )?),
         })
     }
+    /// The tensors' name prefix in the checkpoint.
+    pub fn prefix(&self) -> &str {
+        match self {
+            QuantWeight::Gptq(w) => w.prefix(),
+            QuantWeight::Exl2(w) => w.prefix(),
+        }
+    }
+    /// K.
     pub fn in_features(&self) -> usize {
         match self {
             QuantWeight::Gptq(w) => w.in_features(),
             QuantWeight::Exl2(w) => w.in_features(),
         }
     }
+    /// N.
     pub fn out_features(&self) -> usize {
         match self {
             QuantWeight::Gptq(w) => w.out_features(),
             QuantWeight::Exl2(w) => w.out_features(),
         }
     }
+    /// The bias, if the checkpoint has one.
     pub fn bias(&self) -> Option<&[f32]> {
         match self {
             QuantWeight::Gptq(w) => w.bias(),

@@ -1,6 +1,6 @@
 //! Round-to-nearest packers: dense `[N, K]` weights → GPTQ or EXL2 tensors (for tests, tools and
 //! making quantized copies of small dense models). They write exactly the layouts `gptq` and
-//! `exl2` read (see those modules and `shared/FORMATS.md`).
+//! `exl2` read (see those modules and docs/formats.md).
 //!
 //! Both quantizers keep every element within half a quantization step of the original:
 //! scales are rounded *up* to f16 and chosen so that the clamped code range covers the group.
@@ -293,8 +293,11 @@ pub struct Exl2Layout {
 /// may be shorter — only valid for the very last group unless `rows·bits` stays a multiple of 32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exl2Part {
+    /// Bits per weight of the part.
     pub bits: u32,
+    /// Rows per group.
     pub group_size: usize,
+    /// Input rows the part covers.
     pub rows: usize,
 }
 
@@ -356,6 +359,7 @@ impl Exl2Layout {
     pub fn groups(&self) -> &[(u32, usize)] {
         &self.groups
     }
+    /// K.
     pub fn in_features(&self) -> usize {
         self.groups.iter().map(|g| g.1).sum()
     }
@@ -516,6 +520,7 @@ pub fn pack_exl2(
 /// takes the remaining rows (its last group may be shorter). Empty runs are skipped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exl2Recipe {
+    /// (bits, group size, share of the rows) per part, widest first.
     pub parts: Vec<(u32, usize, f64)>,
     /// Store rows by importance (`importance_perm`) instead of in feature order.
     pub permute: bool,
@@ -567,6 +572,7 @@ impl Exl2Recipe {
 pub enum QuantSpec {
     /// GPTQ with these settings; `desc_act` stores rows quantized in `importance_perm` order.
     Gptq(GptqConfig),
+    /// An EXL2 mix.
     Exl2(Exl2Recipe),
 }
 
@@ -682,4 +688,90 @@ pub fn quantize_model_dir(
     let refs: Vec<(String, &Tensor)> = out.iter().map(|(n, t)| (n.clone(), t)).collect();
     save_safetensors(dst.join("model.safetensors"), &refs, Some(meta))?;
     Ok(done)
+}
+
+/// Packs nothing itself: loads tensors a packer made (`pack_gptq` / `pack_exl2` output) back as
+/// a `QuantWeight`, through a temporary safetensors file (for tests and benches).
+pub fn load_packed(
+    tensors: &[(String, Tensor)],
+    prefix: &str,
+    in_features: usize,
+    out_features: usize,
+    config: &super::QuantConfig,
+) -> Result<super::QuantWeight> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "paradec-packed-{}-{}.safetensors",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    save_tensors(&path, tensors)?;
+    let r = Weights::from_files(std::slice::from_ref(&path))
+        .and_then(|w| super::QuantWeight::load(&w, prefix, in_features, out_features, config));
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
+/// A dense `[N, K]` weight quantized to a loaded GPTQ weight (act-order by `importance_perm`
+/// when `cfg.desc_act`).
+pub fn gptq_weight(
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+    cfg: &GptqConfig,
+    bias: Option<&[f32]>,
+) -> Result<super::QuantWeight> {
+    let g_idx = if cfg.desc_act {
+        let perm = importance_perm(weight, out_features, in_features);
+        Some(act_order_g_idx(&perm, cfg.group_size)?)
+    } else {
+        None
+    };
+    let t = pack_gptq(
+        weight,
+        out_features,
+        in_features,
+        cfg,
+        g_idx.as_deref(),
+        bias,
+        "w",
+    )?;
+    load_packed(
+        &t,
+        "w",
+        in_features,
+        out_features,
+        &super::QuantConfig::Gptq(*cfg),
+    )
+}
+
+/// A dense `[N, K]` weight quantized to a loaded EXL2 weight by `recipe`.
+pub fn exl2_weight(
+    weight: &[f32],
+    out_features: usize,
+    in_features: usize,
+    recipe: &Exl2Recipe,
+    bias: Option<&[f32]>,
+) -> Result<super::QuantWeight> {
+    let layout = recipe.layout(in_features)?;
+    let perm = recipe
+        .permute
+        .then(|| importance_perm(weight, out_features, in_features));
+    let t = pack_exl2(
+        weight,
+        out_features,
+        in_features,
+        &layout,
+        perm.as_deref(),
+        bias,
+        "w",
+    )?;
+    load_packed(
+        &t,
+        "w",
+        in_features,
+        out_features,
+        &super::QuantConfig::Exl2(super::Exl2Config::default()),
+    )
 }

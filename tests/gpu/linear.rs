@@ -1,1 +1,466 @@
-//! GPU linear (dense, GPTQ, EXL2, LoRA) against the CPU reference: lands with the GPU linear work.
+//! GPU linears (dense, GPTQ, EXL2, LoRA) against the CPU reference, on every kernel path.
+
+use super::*;
+use paradec::layers::linear::Linear;
+use paradec::layers::lora::LoraAdapter;
+use paradec::ops;
+use paradec::quant::pack::{exl2_weight, gptq_weight, Exl2Recipe};
+use paradec::quant::{GptqConfig, PreparedQuant, QuantWeight};
+use paradec::vocab::LinearPath;
+use paradec::{Stream, Workspace};
+
+const MS: [usize; 12] = [1, 2, 3, 7, 8, 16, 31, 32, 33, 64, 257, 2048];
+
+fn ms() -> Vec<usize> {
+    if small() {
+        vec![1, 3, 8, 33]
+    } else {
+        MS.to_vec()
+    }
+}
+
+/// The paths a test runs: each forced (GEMV unsplit and split) and the automatic choice.
+fn paths() -> Vec<Option<(LinearPath, Option<usize>)>> {
+    vec![
+        Some((LinearPath::Gemv, Some(1))),
+        Some((LinearPath::Gemv, Some(3))),
+        Some((LinearPath::Mma, None)),
+        None,
+    ]
+}
+
+fn path_name(p: Option<(LinearPath, Option<usize>)>) -> String {
+    match p {
+        Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
+        Some((LinearPath::Mma, _)) => "mma".into(),
+        None => "auto".into(),
+    }
+}
+
+/// Runs `x · Wᵀ (+ bias)` of a quantized weight on the GPU for every path and M and compares
+/// with `QuantWeight::forward` on the same (rounded) inputs; accumulate mode adds onto a random
+/// existing output exactly once.
+fn check_quant(what: &str, w: &QuantWeight, dtype: DType, seed: u64) {
+    let Some(s) = gpu_stream(what) else {
+        return;
+    };
+    let s = Stream::Cuda(s);
+    let (k, n) = (w.in_features(), w.out_features());
+    let pw = PreparedQuant::new(w, Device::Cuda(0), dtype).unwrap();
+    let mut ws = Workspace::new(Device::Cuda(0), dtype).unwrap();
+    let mut rng = Rng::new(seed);
+    for m in ms() {
+        // The GEMV is the small-M path: at large M only the tensor cores and auto run.
+        let (xd, xr) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dtype);
+        for p in paths() {
+            if m > 64 && matches!(p, Some((LinearPath::Gemv, _))) {
+                continue;
+            }
+            ops::set_linear_override(p);
+            for accumulate in [false, true] {
+                let (mut out, mut want) = if accumulate {
+                    let (o, r) = upload(&rng.vec(m * n, -1.0, 1.0), &[m, n], dtype);
+                    (o, r)
+                } else {
+                    (poisoned(&[m, n], dtype), vec![0.0; m * n])
+                };
+                w.forward(&xr, m, &mut want, accumulate).unwrap();
+                ops::prepared_linear(&s, &mut ws, &xd, &pw, &mut out, accumulate).unwrap();
+                let got = download(&out);
+                assert_close(
+                    &format!("{what} m={m} {} acc={accumulate}", path_name(p)),
+                    dtype,
+                    &got,
+                    &want,
+                );
+            }
+            ops::set_linear_override(None);
+        }
+    }
+}
+
+fn gptq(bits: u32, gs: i64, act: bool, v2: bool, n: usize, k: usize, seed: u64) -> QuantWeight {
+    let mut rng = Rng::new(seed);
+    let wv = rng.vec(n * k, -1.0, 1.0);
+    let bias = rng.vec(n, -0.5, 0.5);
+    let cfg = GptqConfig {
+        bits,
+        group_size: gs,
+        desc_act: act,
+        sym: false,
+        checkpoint_format_v2: v2,
+    };
+    gptq_weight(&wv, n, k, &cfg, seed.is_multiple_of(2).then_some(&bias[..])).unwrap()
+}
+
+#[test]
+fn gptq_every_width_group_and_zero_convention() {
+    let cases: Vec<(u32, i64, bool, bool, usize, usize)> = if small() {
+        vec![(4, 128, true, false, 72, 256), (3, 32, false, true, 67, 96)]
+    } else {
+        vec![
+            (4, 128, false, false, 136, 256),
+            (4, 128, true, false, 67, 512),
+            (4, 32, false, true, 40, 200),
+            (3, 128, false, false, 72, 384),
+            (3, 48, true, true, 67, 150),
+            (2, 64, true, false, 64, 256),
+            (2, -1, false, true, 9, 100),
+            (8, 128, false, false, 130, 256),
+            (8, 128, true, true, 33, 384),
+            (8, -1, false, false, 16, 37),
+        ]
+    };
+    for (i, &(bits, gs, act, v2, n, k)) in cases.iter().enumerate() {
+        let w = gptq(bits, gs, act, v2, n, k, i as u64);
+        for dt in DTYPES {
+            check_quant(
+                &format!("gptq{bits} g{gs} act={act} v2={v2} {k}x{n}"),
+                &w,
+                dt,
+                100 + i as u64,
+            );
+        }
+    }
+}
+
+#[test]
+fn exl2_uniform_and_mixed_widths_with_permutation() {
+    type Recipe = (Vec<(u32, usize, f64)>, bool, usize, usize);
+    let recipes: Vec<Recipe> = vec![
+        (vec![(4, 128, 1.0)], false, 64, 256),
+        (vec![(3, 128, 1.0)], true, 67, 384),
+        (vec![(6, 128, 1.0)], true, 40, 256),
+        (
+            vec![
+                (8, 32, 0.1),
+                (6, 64, 0.2),
+                (5, 32, 0.2),
+                (4, 64, 0.2),
+                (3, 32, 0.2),
+                (2, 32, 1.0),
+            ],
+            true,
+            72,
+            512,
+        ),
+        (vec![(6, 16, 0.5), (2, 32, 1.0)], true, 33, 200),
+    ];
+    let recipes = if small() {
+        recipes.into_iter().skip(3).collect()
+    } else {
+        recipes
+    };
+    for (i, (parts, permute, n, k)) in recipes.into_iter().enumerate() {
+        let mut rng = Rng::new(40 + i as u64);
+        let wv = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -0.5, 0.5);
+        let r = Exl2Recipe {
+            parts: parts.clone(),
+            permute,
+        };
+        let w = exl2_weight(&wv, n, k, &r, (i % 2 == 1).then_some(&bias[..])).unwrap();
+        for dt in DTYPES {
+            check_quant(&format!("exl2 {parts:?} {k}x{n}"), &w, dt, 200 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn dense_f16_bf16_every_path() {
+    let Some(s) = gpu_stream("dense_f16_bf16_every_path") else {
+        return;
+    };
+    let s = Stream::Cuda(s);
+    let mut rng = Rng::new(7);
+    let shapes: &[(usize, usize)] = if small() {
+        &[(64, 72), (37, 9)]
+    } else {
+        &[(256, 136), (37, 9), (512, 67), (100, 256)]
+    };
+    for &(k, n) in shapes {
+        for dt in DTYPES {
+            let (wd, wr) = upload(&rng.vec(n * k, -1.0, 1.0), &[n, k], dt);
+            let (bd, br) = upload(&rng.vec(n, -0.5, 0.5), &[n], dt);
+            let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+            for m in ms() {
+                let (xd, xr) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt);
+                for p in [
+                    Some((LinearPath::Gemv, None)),
+                    Some((LinearPath::Mma, None)),
+                    None,
+                ] {
+                    if m > 64 && matches!(p, Some((LinearPath::Gemv, _))) {
+                        continue;
+                    }
+                    ops::set_linear_override(p);
+                    for (accumulate, bias) in [(false, true), (true, false), (true, true)] {
+                        let (mut out, mut want) = if accumulate {
+                            upload(&rng.vec(m * n, -1.0, 1.0), &[m, n], dt)
+                        } else {
+                            (poisoned(&[m, n], dt), vec![0.0; m * n])
+                        };
+                        cpu::linear::linear(
+                            &xr,
+                            m,
+                            k,
+                            &wr[..],
+                            n,
+                            bias.then_some(&br[..]),
+                            &mut want,
+                            accumulate,
+                        );
+                        ops::linear(
+                            &s,
+                            &mut ws,
+                            &xd,
+                            &wd,
+                            bias.then_some(&bd),
+                            &mut out,
+                            accumulate,
+                        )
+                        .unwrap();
+                        assert_close(
+                            &format!(
+                                "dense {k}x{n} m={m} {} acc={accumulate} bias={bias}",
+                                path_name(p)
+                            ),
+                            dt,
+                            &download(&out),
+                            &want,
+                        );
+                    }
+                    ops::set_linear_override(None);
+                }
+            }
+        }
+    }
+}
+
+/// A Linear with LoRA adapters on a dense, a GPTQ and an EXL2 base: moved to the GPU with a
+/// compute dtype, its forward equals the CPU's (several adapters at once, accumulate mode too).
+#[test]
+fn lora_on_dense_gptq_and_exl2_bases() {
+    let Some(cs) = gpu_stream("lora_on_dense_gptq_and_exl2_bases") else {
+        return;
+    };
+    let s = Stream::Cuda(cs);
+    let (k, n, r) = (256usize, 72usize, 8usize);
+    let mut rng = Rng::new(11);
+    let wv = rng.vec(n * k, -1.0, 1.0);
+    type Make<'a> = Box<dyn Fn() -> Linear + 'a>;
+    let bases: Vec<(&str, Make)> = vec![
+        (
+            "dense",
+            Box::new(|| {
+                Linear::from_tensors(
+                    "dense",
+                    Tensor::from_f32(wv.clone(), &[n, k]).unwrap(),
+                    Some(Tensor::from_f32(vec![0.25; n], &[n]).unwrap()),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "gptq",
+            Box::new(|| {
+                let q = gptq(4, 128, true, false, n, k, 3);
+                let mut l = Linear::from_tensors(
+                    "gptq",
+                    Tensor::from_f32(vec![0.0; n * k], &[n, k]).unwrap(),
+                    None,
+                )
+                .unwrap();
+                l.weight = paradec::layers::linear::LinearWeight::Quant(Box::new(q));
+                l
+            }),
+        ),
+        (
+            "exl2",
+            Box::new(|| {
+                let rcp = Exl2Recipe {
+                    parts: vec![(6, 64, 0.5), (3, 32, 1.0)],
+                    permute: true,
+                };
+                let q = exl2_weight(&wv, n, k, &rcp, None).unwrap();
+                let mut l = Linear::from_tensors(
+                    "exl2",
+                    Tensor::from_f32(vec![0.0; n * k], &[n, k]).unwrap(),
+                    None,
+                )
+                .unwrap();
+                l.weight = paradec::layers::linear::LinearWeight::Quant(Box::new(q));
+                l
+            }),
+        ),
+    ];
+    let adapters: Vec<LoraAdapter> = (0..2)
+        .map(|i| LoraAdapter {
+            a: Tensor::from_f32(rng.vec(r * k, -0.2, 0.2), &[r, k]).unwrap(),
+            b: Tensor::from_f32(rng.vec(n * r, -0.2, 0.2), &[n, r]).unwrap(),
+            scale: 0.5 + i as f32,
+        })
+        .collect();
+    for (name, make) in &bases {
+        for dt in DTYPES {
+            for m in [1usize, 5, 33] {
+                let x = rng.vec(m * k, -1.0, 1.0);
+                let xh = Tensor::from_f32_as(&x, &[m, k], dt).unwrap();
+                let xr = xh.f32_values().unwrap().into_owned();
+                let init = rng.vec(m * n, -1.0, 1.0);
+                let inh = Tensor::from_f32_as(&init, &[m, n], dt).unwrap();
+                let init_r = inh.f32_values().unwrap().into_owned();
+                // CPU reference: f32 everywhere, weights as the device will hold them.
+                let mut cpu_l = make();
+                for (i, a) in adapters.iter().enumerate() {
+                    let ad = LoraAdapter {
+                        a: a.a.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap(),
+                        b: a.b.to_dtype(dt).unwrap().to_dtype(DType::F32).unwrap(),
+                        scale: a.scale,
+                    };
+                    cpu_l.add_lora(i as u64 + 1, &ad).unwrap();
+                }
+                if *name == "dense" {
+                    let w16 = Tensor::from_f32_as(&wv, &[n, k], dt)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap();
+                    cpu_l.weight = paradec::layers::linear::LinearWeight::Dense(w16);
+                }
+                let mut want = Tensor::from_f32(init_r.clone(), &[m, n]).unwrap();
+                cpu_l
+                    .forward(
+                        &Stream::Host,
+                        &mut Workspace::cpu(),
+                        &Tensor::from_f32(xr.clone(), &[m, k]).unwrap(),
+                        &mut want,
+                        true,
+                        &[1, 2],
+                    )
+                    .unwrap();
+                let mut gl = make();
+                for (i, a) in adapters.iter().enumerate() {
+                    gl.add_lora(i as u64 + 1, a).unwrap();
+                }
+                gl.to_device_as(Device::Cuda(0), dt).unwrap();
+                assert_eq!(gl.compute_dtype(), dt);
+                let mut out = inh.to_device(Device::Cuda(0)).unwrap();
+                let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+                gl.forward(
+                    &s,
+                    &mut ws,
+                    &xh.to_device(Device::Cuda(0)).unwrap(),
+                    &mut out,
+                    true,
+                    &[1, 2],
+                )
+                .unwrap();
+                assert_close(
+                    &format!("lora on {name} m={m}"),
+                    dt,
+                    &download(&out),
+                    want.as_f32().unwrap(),
+                );
+                // And back on the host it is the packed weight again.
+                gl.to_device(Device::Cpu).unwrap();
+                assert_eq!(gl.device(), Device::Cpu);
+            }
+        }
+    }
+}
+
+/// Every quantized projection of the fixture models (their dense weights packed as GPTQ-4
+/// act-order and an EXL2 mix) gives the CPU's output on the GPU.
+#[test]
+fn fixture_projections_quantized() {
+    let Some(cs) = gpu_stream("fixture_projections_quantized") else {
+        return;
+    };
+    let s = Stream::Cuda(cs);
+    let variants = if small() {
+        vec!["gpt_neox"]
+    } else {
+        vec!["gpt_neox", "falcon_new_2ln_gqa", "phi", "cohere"]
+    };
+    let mut count = 0;
+    for v in variants {
+        let w = paradec::Weights::from_dir(common::fixture(v)).unwrap();
+        let names: Vec<String> = w
+            .names()
+            .iter()
+            .filter(|n| n.ends_with(".weight") && n.contains(".0."))
+            .map(|n| n.to_string())
+            .collect();
+        for name in names {
+            let t = w.get(&name).unwrap();
+            if t.shape().len() != 2 {
+                continue;
+            }
+            let (n, k) = (t.shape()[0], t.shape()[1]);
+            let vals = t.f32_values().unwrap().into_owned();
+            let cfg = GptqConfig {
+                bits: 4,
+                group_size: 32,
+                desc_act: true,
+                sym: true,
+                checkpoint_format_v2: false,
+            };
+            let recipe = Exl2Recipe {
+                parts: vec![(8, 32, 0.25), (4, 32, 0.5), (3, 32, 1.0)],
+                permute: true,
+            };
+            let qs = [
+                gptq_weight(&vals, n, k, &cfg, None).unwrap(),
+                exl2_weight(&vals, n, k, &recipe, None).unwrap(),
+            ];
+            for q in &qs {
+                let pw = PreparedQuant::new(q, Device::Cuda(0), DType::F16).unwrap();
+                let mut ws = Workspace::new(Device::Cuda(0), DType::F16).unwrap();
+                let mut rng = Rng::new(count as u64);
+                for m in [1usize, 7, 40] {
+                    let (xd, xr) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], DType::F16);
+                    let mut want = vec![0.0; m * n];
+                    q.forward(&xr, m, &mut want, false).unwrap();
+                    let mut out = poisoned(&[m, n], DType::F16);
+                    ops::prepared_linear(&s, &mut ws, &xd, &pw, &mut out, false).unwrap();
+                    assert_close(
+                        &format!("{v} {name} m={m}"),
+                        DType::F16,
+                        &download(&out),
+                        &want,
+                    );
+                }
+                count += 1;
+            }
+        }
+    }
+    assert!(count > 0, "no projections found");
+    eprintln!("fixture_projections_quantized: {count} quantized projections match");
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let Some(cs) = gpu_stream("linear bad_arguments") else {
+        return;
+    };
+    let s = Stream::Cuda(cs);
+    let q = gptq(4, 128, false, false, 16, 128, 1);
+    let pw = PreparedQuant::new(&q, Device::Cuda(0), DType::F16).unwrap();
+    let mut ws = Workspace::new(Device::Cuda(0), DType::F16).unwrap();
+    let (xd, _) = upload(&[0.5; 2 * 96], &[2, 96], DType::F16);
+    let mut out = poisoned(&[2, 16], DType::F16);
+    let e = ops::prepared_linear(&s, &mut ws, &xd, &pw, &mut out, false).unwrap_err();
+    assert!(matches!(&e, Error::BadInput(m) if m.contains("K = 128")), "{e}");
+    let (xb, _) = upload(&[0.5; 2 * 128], &[2, 128], DType::BF16);
+    let e = ops::prepared_linear(&s, &mut ws, &xb, &pw, &mut out, false).unwrap_err();
+    assert!(matches!(&e, Error::BadInput(m) if m.contains("prepared for f16")), "{e}");
+    // A host QuantWeight with device tensors asks for preparation.
+    let (xh, _) = upload(&[0.5; 2 * 128], &[2, 128], DType::F16);
+    let e = ops::quant_linear(&s, &mut ws, &xh, &q, &mut out, false).unwrap_err();
+    assert!(matches!(&e, Error::BadInput(m) if m.contains("prepare")), "{e}");
+    // scale_inplace on the device.
+    let (mut t, r) = upload(&[1.0, -2.0, 3.5], &[3], DType::F16);
+    ops::scale_inplace(&s, &mut t, 0.5).unwrap();
+    let want: Vec<f32> = r.iter().map(|v| v * 0.5).collect();
+    assert_eq!(download(&t), want);
+}

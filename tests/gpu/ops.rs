@@ -177,13 +177,15 @@ fn device_ops_need_a_cuda_stream_and_missing_kernels_say_so() {
         matches!(&e, Error::BadInput(m) if m.contains("cuda:0")),
         "{e}"
     );
-    // A dense linear has no CUDA kernel yet: a clear Unsupported.
+    // A dense linear runs on the device; a weight of another dtype is named.
     let (_, wd) = pair(&mut rng, &[8, 64], DType::F16);
     let mut y = poisoned(&[4, 8], DType::F16);
     let mut ws = paradec::Workspace::new(Device::Cuda(0), DType::F16).unwrap();
-    let e = ops::linear(&s, &mut ws, &xd, &wd, None, &mut y, false).unwrap_err();
+    ops::linear(&s, &mut ws, &xd, &wd, None, &mut y, false).unwrap();
+    let (_, wb) = pair(&mut rng, &[8, 64], DType::BF16);
+    let e = ops::linear(&s, &mut ws, &xd, &wb, None, &mut y, false).unwrap_err();
     assert!(
-        matches!(&e, Error::Unsupported(m) if m.contains("linear")),
+        matches!(&e, Error::BadInput(m) if m.contains("linear weight")),
         "{e}"
     );
 }

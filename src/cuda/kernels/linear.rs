@@ -1,1 +1,279 @@
-//! Dense and quantized matrix multiplication (csrc/kernels/linear.h): lands with the GPU linear work.
+//! Dense and quantized linears and the in-place scale (csrc/linear.cu, csrc/kernels/linear.h).
+//! Twins of `cpu::linear::linear` and `quant::QuantWeight::forward`.
+
+use std::ptr;
+
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr};
+use crate::cuda::device::ensure_device;
+use crate::cuda::error::check_status;
+use crate::cuda::ffi;
+use crate::cuda::stream::CudaStream;
+use crate::vocab::LinearPath;
+use crate::{DType, Error, Result, Tensor};
+
+fn path_code(p: LinearPath) -> i32 {
+    (match p {
+        LinearPath::Gemv => ffi::paradec_linear_path::PARADEC_PATH_GEMV,
+        LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
+    }) as i32
+}
+
+/// A quantized weight in the device layout (see `csrc/kernels/linear.h`): the tensors and sizes
+/// of `paradec_qweight`.
+pub struct QuantWeightArgs<'a> {
+    /// I32 `[word_rows, np]`.
+    pub words: &'a Tensor,
+    /// I32 `[ntiles, 2]`.
+    pub tiles: &'a Tensor,
+    /// F32 `[groups, np, 2]`.
+    pub sz: &'a Tensor,
+    /// I32 `[kp]`.
+    pub row_src: Option<&'a Tensor>,
+    /// K, the input features.
+    pub k: usize,
+    /// N, the output features.
+    pub n: usize,
+    /// N rounded up to 8 (the stored width).
+    pub np: usize,
+    /// Stored rows: `ntiles · 32`.
+    pub kp: usize,
+    /// Tiles of 32 stored rows.
+    pub ntiles: usize,
+    /// Groups (one scale and zero per group and column).
+    pub groups: usize,
+    /// Packed word rows.
+    pub word_rows: usize,
+    /// Width of every tile, 0 when mixed.
+    pub bits: u32,
+}
+
+impl QuantWeightArgs<'_> {
+    fn check(&self, stream: &CudaStream) -> Result<ffi::paradec_qweight> {
+        check_tensor(
+            self.words,
+            "quantized weight words",
+            Some(DType::I32),
+            self.word_rows * self.np,
+            stream,
+        )?;
+        check_tensor(
+            self.tiles,
+            "quantized weight tiles",
+            Some(DType::I32),
+            self.ntiles * 2,
+            stream,
+        )?;
+        check_tensor(
+            self.sz,
+            "quantized weight scales",
+            Some(DType::F32),
+            self.groups * self.np * 2,
+            stream,
+        )?;
+        if let Some(r) = self.row_src {
+            check_tensor(
+                r,
+                "quantized weight row map",
+                Some(DType::I32),
+                self.kp,
+                stream,
+            )?;
+        }
+        Ok(ffi::paradec_qweight {
+            words: dev_ptr(self.words) as *const u32,
+            tiles: dev_ptr(self.tiles) as *const u32,
+            sz: dev_ptr(self.sz) as *const f32,
+            row_src: opt_ptr(self.row_src) as *const i32,
+            k: self.k,
+            n: self.n,
+            np: self.np,
+            kp: self.kp,
+            ntiles: self.ntiles,
+            groups: self.groups,
+            word_rows: self.word_rows,
+            bits: self.bits as i32,
+        })
+    }
+
+    /// Bytes of scratch `quant_linear` needs for m rows.
+    pub fn scratch_bytes(&self, dtype: DType, m: usize, path: LinearPath, split: usize) -> usize {
+        let q = ffi::paradec_qweight {
+            words: ptr::null(),
+            tiles: ptr::null(),
+            sz: ptr::null(),
+            row_src: if self.row_src.is_some() {
+                ptr::NonNull::<i32>::dangling().as_ptr()
+            } else {
+                ptr::null()
+            },
+            k: self.k,
+            n: self.n,
+            np: self.np,
+            kp: self.kp,
+            ntiles: self.ntiles,
+            groups: self.groups,
+            word_rows: self.word_rows,
+            bits: self.bits as i32,
+        };
+        let code = dtype_code(dtype, "x").unwrap_or(0);
+        // SAFETY: a pure size computation that reads only the struct's sizes and whether
+        // row_src is NULL; nothing is dereferenced on the device.
+        unsafe {
+            ffi::paradec_quant_linear_scratch(code, &q, m, path_code(path), split.max(1) as i32)
+        }
+    }
+}
+
+/// `out[m, N] (+)= x[m, K] · Wᵀ + bias` for a quantized weight in the device layout. Twin of
+/// `quant::QuantWeight::forward`. `scratch` (U8, at least `w.scratch_bytes(..)` bytes) holds the
+/// gathered x and the split-K partials.
+#[allow(clippy::too_many_arguments)]
+pub fn quant_linear(
+    x: &Tensor,
+    m: usize,
+    w: &QuantWeightArgs<'_>,
+    bias: Option<&Tensor>,
+    out: &mut Tensor,
+    accumulate: bool,
+    path: LinearPath,
+    split: usize,
+    scratch: Option<&mut Tensor>,
+    stream: &CudaStream,
+) -> Result<()> {
+    let dtype = x.dtype();
+    let code = dtype_code(dtype, "linear x")?;
+    let mk = m
+        .checked_mul(w.k)
+        .ok_or_else(|| Error::bad_input(format!("linear: {m} × {} overflows", w.k)))?;
+    check_tensor(x, "linear x", None, mk, stream)?;
+    check_tensor(out, "linear out", Some(dtype), m * w.n, stream)?;
+    if let Some(b) = bias {
+        check_tensor(b, "linear bias", Some(dtype), w.n, stream)?;
+    }
+    let q = w.check(stream)?;
+    let need = w.scratch_bytes(dtype, m, path, split);
+    let (sp, sbytes) = match scratch {
+        Some(t) => {
+            if t.size_bytes() < need {
+                return Err(Error::bad_input(format!(
+                    "linear scratch: {} bytes, the kernel needs {need}",
+                    t.size_bytes()
+                )));
+            }
+            check_tensor(t, "linear scratch", None, t.numel(), stream)?;
+            (dev_ptr_mut(t), t.size_bytes())
+        }
+        None if need > 0 => {
+            return Err(Error::bad_input(format!(
+                "linear scratch: none given, the kernel needs {need} bytes"
+            )))
+        }
+        None => (ptr::null_mut(), 0),
+    };
+    if m == 0 {
+        return Ok(());
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: x, out, bias and the weight's arrays are live device allocations of the checked
+    // sizes and dtypes on the stream's device; scratch holds at least `need` bytes. The struct
+    // is read on the host during the call only.
+    let status = unsafe {
+        ffi::paradec_quant_linear(
+            code,
+            dev_ptr(x),
+            m,
+            &q,
+            opt_ptr(bias),
+            dev_ptr_mut(out),
+            accumulate as i32,
+            path_code(path),
+            split.max(1) as i32,
+            sp,
+            sbytes,
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_quant_linear")
+}
+
+/// `out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias`, all of one dtype. Twin of `cpu::linear::linear`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    x: &Tensor,
+    m: usize,
+    k: usize,
+    w: &Tensor,
+    n: usize,
+    bias: Option<&Tensor>,
+    out: &mut Tensor,
+    accumulate: bool,
+    path: LinearPath,
+    stream: &CudaStream,
+) -> Result<()> {
+    let dtype = x.dtype();
+    let code = dtype_code(dtype, "linear x")?;
+    let bad = || Error::bad_input(format!("linear: {m} × {k} × {n} overflows"));
+    check_tensor(
+        x,
+        "linear x",
+        None,
+        m.checked_mul(k).ok_or_else(bad)?,
+        stream,
+    )?;
+    check_tensor(
+        w,
+        "linear weight",
+        Some(dtype),
+        n.checked_mul(k).ok_or_else(bad)?,
+        stream,
+    )?;
+    check_tensor(
+        out,
+        "linear out",
+        Some(dtype),
+        m.checked_mul(n).ok_or_else(bad)?,
+        stream,
+    )?;
+    if let Some(b) = bias {
+        check_tensor(b, "linear bias", Some(dtype), n, stream)?;
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        return Err(Error::bad_input("linear: K = 0"));
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: live device allocations of the checked element counts and dtype.
+    let status = unsafe {
+        ffi::paradec_linear(
+            code,
+            dev_ptr(x),
+            m,
+            k,
+            dev_ptr(w),
+            n,
+            opt_ptr(bias),
+            dev_ptr_mut(out),
+            accumulate as i32,
+            path_code(path),
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_linear")
+}
+
+/// `x *= factor`. Twin of the CPU arm of `ops::scale_inplace`.
+pub fn scale_inplace(x: &mut Tensor, factor: f32, stream: &CudaStream) -> Result<()> {
+    let code = dtype_code(x.dtype(), "scale_inplace x")?;
+    let n = x.numel();
+    check_tensor(x, "scale_inplace x", None, n, stream)?;
+    if n == 0 {
+        return Ok(());
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: a live device allocation of n elements of the given dtype.
+    let status =
+        unsafe { ffi::paradec_scale_inplace(code, dev_ptr_mut(x), n, factor, stream.raw()) };
+    check_status(status, "paradec_scale_inplace")
+}

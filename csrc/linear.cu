@@ -1,0 +1,755 @@
+// Dense and quantized (GPTQ / EXL2 in paradec's device layout) linears, out (+)= x·Wᵀ + bias:
+// the CUDA twins of cpu::linear::linear and quant::QuantWeight::forward.
+//
+// Paths (kernels/linear.h):
+// - GEMV (small m): CUDA cores, f32 FMA. A lane owns 4 output columns (one 16-byte load per
+//   packed word row of a 32-row tile), a block's 4 warps take interleaved tiles of its K range and
+//   are summed through shared memory in warp order; K is split over gridDim.y when the columns
+//   alone cannot fill the GPU, the f32 partials summed in split order by a second kernel. Codes
+//   are decoded in registers (funnel shifts for widths that straddle words; float conversion by
+//   the 2^23 trick) and dequantized as q·scale + (−zero·scale) in one FMA, exactly (q−zero)·scale.
+// - MMA (larger m): 64×64 output tiles of 4 warps, mma.sync m16n8k16 with f32 accumulators; the
+//   32-row weight tile is dequantized straight into shared memory (never the whole matrix).
+// - Dense GEMV: a warp per output column, 16-byte loads along K, shuffles to finish.
+// Act-order / EXL2 permutations and padding rows are handled by gathering x once into the
+// scratch (x_g[m, kp]); the weight codes are never permuted at run time.
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace paradec {
+namespace {
+
+constexpr int kTile = 32;  // stored rows per tile
+constexpr size_t kAlign = 256;
+
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+// ---- decoding ----------------------------------------------------------------------------------
+
+// Code of row r (0..31) in a B-bit stream over w[0..B). Constant-folds when r is constant.
+template <int B>
+__device__ __forceinline__ uint32_t code_at(const uint32_t *w, int r) {
+    const int bit = r * B;
+    const int wi = bit >> 5;
+    const int sh = bit & 31;
+    uint32_t v;
+    if (sh + B <= 32) {
+        v = w[wi] >> sh;
+    } else {
+        v = __funnelshift_r(w[wi], w[wi + 1], sh);
+    }
+    return v & ((1u << B) - 1u);
+}
+
+// Exact float of a code < 2^23.
+__device__ __forceinline__ float code_f(uint32_t q) {
+    return __uint_as_float(0x4B000000u | q) - 8388608.f;
+}
+
+// ---- x gather ----------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(256) gather_kernel(const T *x, const int32_t *row_src, T *xg,
+                                                     int64_t m, int64_t k, int64_t kp) {
+    const int64_t total = m * kp;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t row = i / kp;
+        const int64_t j = i - row * kp;
+        const int32_t src = row_src[j];
+        xg[i] = src >= 0 ? x[row * k + src] : Num<T>::from_f(0.f);
+    }
+}
+
+// ---- epilogue ------------------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void store_out(T *out, const T *bias, int64_t row, int64_t n, int64_t c,
+                                          float v, bool accumulate) {
+    if (bias) v += Num<T>::to_f(bias[c]);
+    T *p = out + row * n + c;
+    if (accumulate) v += Num<T>::to_f(*p);
+    *p = Num<T>::from_f(v);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) splitk_reduce_kernel(const float *part, int split,
+                                                            const T *bias, T *out, int64_t m,
+                                                            int64_t n, int64_t np,
+                                                            bool accumulate) {
+    const int64_t total = m * n;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t row = i / n;
+        const int64_t c = i - row * n;
+        float s = 0.f;
+        for (int p = 0; p < split; ++p) s += part[(p * m + row) * np + c];
+        store_out<T>(out, bias, row, n, c, s, accumulate);
+    }
+}
+
+// ---- quantized GEMV ----------------------------------------------------------------------------
+
+struct QArgs {
+    const void *x;  // [m, ldx]: x itself (ldx = k = kp) or the gathered x_g (ldx = kp)
+    int64_t ldx;
+    const uint32_t *words;
+    const uint2 *tiles;
+    const float2 *sz;
+    const void *bias;
+    void *out;
+    float *part;  // [split, m, np] or null (then the kernel writes out)
+    int64_t m, n, np;
+    int ntiles, tiles_per_split;
+    bool accumulate;
+};
+
+constexpr int kGemvWarps = 4;
+
+// One tile for one lane: 4 columns × 32 rows, MT rows of x.
+template <typename T, int MT, int B>
+__device__ __forceinline__ void gemv_tile(const uint32_t (&wq)[4][8], const float2 (&s)[4],
+                                          const T *xt, int64_t ldx, int rows,
+                                          float (&acc)[MT][4]) {
+#pragma unroll
+    for (int r8 = 0; r8 < 4; ++r8) {
+        float xv[MT][kVec];
+#pragma unroll
+        for (int mm = 0; mm < MT; ++mm) {
+            if (mm < rows) {
+                unpack8<T>(ld_ro(xt + mm * ldx + r8 * kVec), xv[mm]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < kVec; ++e) xv[mm][e] = 0.f;
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < kVec; ++rr) {
+            const int r = r8 * kVec + rr;
+#pragma unroll
+            for (int col = 0; col < 4; ++col) {
+                const float w = fmaf(code_f(code_at<B>(wq[col], r)), s[col].x, s[col].y);
+#pragma unroll
+                for (int mm = 0; mm < MT; ++mm) acc[mm][col] = fmaf(xv[mm][rr], w, acc[mm][col]);
+            }
+        }
+    }
+}
+
+template <int B>
+__device__ __forceinline__ void load_words(const uint32_t *words, int64_t np, int64_t wr,
+                                           int64_t c0, uint32_t (&wq)[4][8]) {
+#pragma unroll
+    for (int i = 0; i < B; ++i) {
+        const uint4 v = ld_ro(words + (wr + i) * np + c0);
+        wq[0][i] = v.x;
+        wq[1][i] = v.y;
+        wq[2][i] = v.z;
+        wq[3][i] = v.w;
+    }
+}
+
+__device__ __forceinline__ void load_sz(const float2 *sz, int64_t np, int g, int64_t c0,
+                                        float2 (&s)[4]) {
+    const float4 a = __ldg(reinterpret_cast<const float4 *>(sz + g * np + c0));
+    const float4 b = __ldg(reinterpret_cast<const float4 *>(sz + g * np + c0 + 2));
+    s[0] = make_float2(a.x, a.y);
+    s[1] = make_float2(a.z, a.w);
+    s[2] = make_float2(b.x, b.y);
+    s[3] = make_float2(b.z, b.w);
+}
+
+template <typename T, int MT, int B>
+__device__ __forceinline__ void gemv_one(const QArgs &a, int t, int64_t c0, const T *x0, int rows,
+                                         float (&acc)[MT][4]) {
+    const uint2 meta = __ldg(a.tiles + t);
+    uint32_t wq[4][8];
+    float2 s[4];
+    load_words<B>(a.words, a.np, meta.x, c0, wq);
+    load_sz(a.sz, a.np, static_cast<int>(meta.y & 0xFFFFFFu), c0, s);
+    gemv_tile<T, MT, B>(wq, s, x0 + static_cast<int64_t>(t) * kTile, a.ldx, rows, acc);
+}
+
+template <typename T, int MT>
+__device__ __forceinline__ void gemv_mixed(const QArgs &a, int t, int64_t c0, const T *x0,
+                                           int rows, float (&acc)[MT][4]) {
+    const int bits = static_cast<int>(__ldg(a.tiles + t).y >> 24);
+    switch (bits) {
+        case 2: gemv_one<T, MT, 2>(a, t, c0, x0, rows, acc); break;
+        case 3: gemv_one<T, MT, 3>(a, t, c0, x0, rows, acc); break;
+        case 4: gemv_one<T, MT, 4>(a, t, c0, x0, rows, acc); break;
+        case 5: gemv_one<T, MT, 5>(a, t, c0, x0, rows, acc); break;
+        case 6: gemv_one<T, MT, 6>(a, t, c0, x0, rows, acc); break;
+        default: gemv_one<T, MT, 8>(a, t, c0, x0, rows, acc); break;
+    }
+}
+
+// BITS = 0: tiles of mixed widths (a switch per tile).
+template <typename T, int MT, int BITS>
+__global__ void __launch_bounds__(128) qgemv_kernel(QArgs a) {
+    __shared__ float red[kGemvWarps][MT][128];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + lane) * 4;
+    const bool live = c0 < a.np;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.z) * MT;
+    const int rows = static_cast<int>((a.m - m0 < MT ? a.m - m0 : MT));
+    const int t0 = blockIdx.y * a.tiles_per_split;
+    const int t1 = min(a.ntiles, t0 + a.tiles_per_split);
+    const T *x0 = static_cast<const T *>(a.x) + m0 * a.ldx;
+
+    float acc[MT][4];
+#pragma unroll
+    for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+        for (int col = 0; col < 4; ++col) acc[mm][col] = 0.f;
+
+    if (live) {
+        if constexpr (BITS == 0) {
+            for (int t = t0 + warp; t < t1; t += kGemvWarps) gemv_mixed<T, MT>(a, t, c0, x0, rows, acc);
+        } else {
+            constexpr int B = BITS == 0 ? 4 : BITS;
+            int t = t0 + warp;
+            // Two tiles per step: both tiles' loads are issued before either is decoded.
+            for (; t + kGemvWarps < t1; t += 2 * kGemvWarps) {
+                const uint2 ma = __ldg(a.tiles + t);
+                const uint2 mb = __ldg(a.tiles + t + kGemvWarps);
+                uint32_t wa[4][8], wb[4][8];
+                float2 sa[4], sb[4];
+                load_words<B>(a.words, a.np, ma.x, c0, wa);
+                load_words<B>(a.words, a.np, mb.x, c0, wb);
+                load_sz(a.sz, a.np, static_cast<int>(ma.y & 0xFFFFFFu), c0, sa);
+                load_sz(a.sz, a.np, static_cast<int>(mb.y & 0xFFFFFFu), c0, sb);
+                gemv_tile<T, MT, B>(wa, sa, x0 + static_cast<int64_t>(t) * kTile, a.ldx, rows, acc);
+                gemv_tile<T, MT, B>(wb, sb, x0 + static_cast<int64_t>(t + kGemvWarps) * kTile,
+                                    a.ldx, rows, acc);
+            }
+            if (t < t1) gemv_one<T, MT, B>(a, t, c0, x0, rows, acc);
+        }
+    }
+#pragma unroll
+    for (int mm = 0; mm < MT; ++mm)
+#pragma unroll
+        for (int col = 0; col < 4; ++col) red[warp][mm][lane * 4 + col] = acc[mm][col];
+    __syncthreads();
+    const int cl = threadIdx.x;  // 0..127: the block's column
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * 128 + cl;
+    for (int mm = 0; mm < rows; ++mm) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < kGemvWarps; ++w) v += red[w][mm][cl];
+        if (a.part) {
+            if (c < a.np) a.part[(blockIdx.y * a.m + m0 + mm) * a.np + c] = v;
+        } else if (c < a.n) {
+            store_out<T>(static_cast<T *>(a.out), static_cast<const T *>(a.bias), m0 + mm, a.n, c,
+                         v, a.accumulate);
+        }
+    }
+}
+
+// ---- dense GEMV --------------------------------------------------------------------------------
+
+template <typename T, int MT>
+__global__ void __launch_bounds__(256) dgemv_kernel(const T *x, const T *w, const T *bias, T *out,
+                                                    int64_t m, int64_t k, int64_t n,
+                                                    bool accumulate, bool vec) {
+    const int lane = threadIdx.x & 31;
+    const int64_t col = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
+    if (col >= n) return;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.z) * MT;
+    const int rows = static_cast<int>((m - m0 < MT ? m - m0 : MT));
+    const T *wr = w + col * k;
+    const T *xr = x + m0 * k;
+    float acc[MT];
+#pragma unroll
+    for (int mm = 0; mm < MT; ++mm) acc[mm] = 0.f;
+    if (vec) {
+#pragma unroll 4
+        for (int64_t kk = lane * kVec; kk < k; kk += 32 * kVec) {
+            float wf[kVec];
+            unpack8<T>(ld_ro(wr + kk), wf);
+#pragma unroll
+            for (int mm = 0; mm < MT; ++mm) {
+                if (mm < rows) {
+                    float xf[kVec];
+                    unpack8<T>(ld_ro(xr + mm * k + kk), xf);
+#pragma unroll
+                    for (int e = 0; e < kVec; ++e) acc[mm] = fmaf(xf[e], wf[e], acc[mm]);
+                }
+            }
+        }
+    } else {
+        for (int64_t kk = lane; kk < k; kk += 32) {
+            const float wf = Num<T>::to_f(wr[kk]);
+#pragma unroll
+            for (int mm = 0; mm < MT; ++mm)
+                if (mm < rows) acc[mm] = fmaf(Num<T>::to_f(xr[mm * k + kk]), wf, acc[mm]);
+        }
+    }
+#pragma unroll
+    for (int mm = 0; mm < MT; ++mm) acc[mm] = warp_sum(acc[mm]);
+    if (lane == 0) {
+        for (int mm = 0; mm < rows; ++mm) store_out<T>(out, bias, m0 + mm, n, col, acc[mm], accumulate);
+    }
+}
+
+// ---- tensor-core tiles -------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+#endif
+}
+
+constexpr int kBM = 64, kBN = 64, kBK = 32, kLds = kBK + 8;  // shared row stride (elements)
+
+struct MArgs {
+    const void *x;  // [m, lda]
+    int64_t lda;
+    int64_t kdim;  // k (dense) or kp (quantized)
+    const void *w;  // dense [n, k]
+    const uint32_t *words;
+    const uint2 *tiles;
+    const float2 *sz;
+    const void *bias;
+    void *out;
+    int64_t m, n, np;
+    bool accumulate, vec_a, vec_w;
+};
+
+// Rows [row0, row0 + 64) × k [k0, k0 + 32) of a [rows, ld] matrix into s (zeros outside).
+template <typename T>
+__device__ __forceinline__ void load_tile(const T *g, int64_t ld, int64_t rows, int64_t kdim,
+                                          int64_t row0, int64_t k0, bool vec, T (*s)[kLds]) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int idx = threadIdx.x + i * 128;
+        const int r = idx >> 2;
+        const int kq = (idx & 3) * kVec;
+        const int64_t gr = row0 + r;
+        const int64_t gk = k0 + kq;
+        if (vec && gr < rows && gk + kVec <= kdim) {
+            st(&s[r][kq], ld_ro(g + gr * ld + gk));
+        } else {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e)
+                s[r][kq + e] = (gr < rows && gk + e < kdim) ? g[gr * ld + gk + e]
+                                                            : Num<T>::from_f(0.f);
+        }
+    }
+}
+
+// Dequantizes 16 rows (h·16 ..) of one column of a B-bit tile into s[c][...].
+template <typename T, int B>
+__device__ __forceinline__ void dequant_col(const uint32_t *words, int64_t np, int64_t wr,
+                                            int64_t gc, float2 sz, int h, T *dst) {
+    uint32_t wq[8];
+#pragma unroll
+    for (int i = 0; i < B; ++i) wq[i] = __ldg(words + (wr + i) * np + gc);
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        if (hh != h) continue;
+#pragma unroll
+        for (int r = 0; r < 16; r += 2) {
+            const float w0 = fmaf(code_f(code_at<B>(wq, hh * 16 + r)), sz.x, sz.y);
+            const float w1 = fmaf(code_f(code_at<B>(wq, hh * 16 + r + 1)), sz.x, sz.y);
+            *reinterpret_cast<typename Num<T>::T2 *>(dst + r) =
+                Num<T>::from_f2(make_float2(w0, w1));
+        }
+    }
+}
+
+template <typename T, int BITS>
+__device__ __forceinline__ void load_qtile(const MArgs &a, int t, int64_t n0, T (*s)[kLds]) {
+    const int c = threadIdx.x >> 1;
+    const int h = threadIdx.x & 1;
+    const int64_t gc = n0 + c;
+    T *dst = &s[c][h * 16];
+    if (gc >= a.np) {
+#pragma unroll
+        for (int r = 0; r < 16; ++r) dst[r] = Num<T>::from_f(0.f);
+        return;
+    }
+    const uint2 meta = __ldg(a.tiles + t);
+    const int g = static_cast<int>(meta.y & 0xFFFFFFu);
+    const float2 sz = __ldg(a.sz + g * a.np + gc);
+    const int bits = BITS ? BITS : static_cast<int>(meta.y >> 24);
+    switch (bits) {
+        case 2: dequant_col<T, 2>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 3: dequant_col<T, 3>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 4: dequant_col<T, 4>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 5: dequant_col<T, 5>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 6: dequant_col<T, 6>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        default: dequant_col<T, 8>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+    }
+}
+
+// QUANT: B from the packed tiles (BITS as in qgemv_kernel); else dense w.
+template <typename T, bool QUANT, int BITS>
+__global__ void __launch_bounds__(128) mma_kernel(MArgs a) {
+    __shared__ __align__(16) T sA[kBM][kLds];
+    __shared__ __align__(16) T sB[kBN][kLds];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int g = lane >> 2, tq = lane & 3;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kBM;
+    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+    const T *x = static_cast<const T *>(a.x);
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    for (int64_t k0 = 0; k0 < a.kdim; k0 += kBK) {
+        load_tile<T>(x, a.lda, a.m, a.kdim, m0, k0, a.vec_a, sA);
+        if (QUANT) {
+            load_qtile<T, BITS>(a, static_cast<int>(k0 / kTile), n0, sB);
+        } else {
+            load_tile<T>(static_cast<const T *>(a.w), a.kdim, a.n, a.kdim, n0, k0, a.vec_w, sB);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < kBK; ks += 16) {
+            uint32_t af[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = wm * 32 + i * 16 + g;
+                af[i][0] = *reinterpret_cast<const uint32_t *>(&sA[r][ks + 2 * tq]);
+                af[i][1] = *reinterpret_cast<const uint32_t *>(&sA[r + 8][ks + 2 * tq]);
+                af[i][2] = *reinterpret_cast<const uint32_t *>(&sA[r][ks + 2 * tq + 8]);
+                af[i][3] = *reinterpret_cast<const uint32_t *>(&sA[r + 8][ks + 2 * tq + 8]);
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int cn = wn * 32 + j * 8 + g;
+                const uint32_t b0 = *reinterpret_cast<const uint32_t *>(&sB[cn][ks + 2 * tq]);
+                const uint32_t b1 = *reinterpret_cast<const uint32_t *>(&sB[cn][ks + 2 * tq + 8]);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) mma16816<T>(acc[i][j], af[i], b0, b1);
+            }
+        }
+        __syncthreads();
+    }
+    T *out = static_cast<T *>(a.out);
+    const T *bias = static_cast<const T *>(a.bias);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t row = m0 + wm * 32 + i * 16 + g + (e >= 2 ? 8 : 0);
+                const int64_t col = n0 + wn * 32 + j * 8 + 2 * tq + (e & 1);
+                if (row < a.m && col < a.n) store_out<T>(out, bias, row, a.n, col, acc[i][j][e], a.accumulate);
+            }
+}
+
+// ---- scale -------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(256) scale_kernel(T *x, int64_t n, float f) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        x[i] = Num<T>::from_f(Num<T>::to_f(x[i]) * f);
+}
+
+// ---- launch helpers ----------------------------------------------------------------------------
+
+unsigned grid_for(int64_t work, int64_t per_block) {
+    int64_t b = (work + per_block - 1) / per_block;
+    if (b > (1 << 20)) b = 1 << 20;
+    if (b < 1) b = 1;
+    return static_cast<unsigned>(b);
+}
+
+constexpr size_t kMaxDim = size_t{1} << 31;
+
+int choose_path(int path, size_t m) {
+    if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
+    return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
+}
+
+int mt_for(size_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
+
+size_t gather_bytes(const paradec_qweight *w, size_t m) {
+    return w->row_src ? round_up(m * w->kp * 2, kAlign) : 0;
+}
+
+size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
+    return (path == PARADEC_PATH_GEMV && split > 1) ? round_up(split * m * w->np * 4, kAlign) : 0;
+}
+
+bool valid_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 5 || b == 6 || b == 8; }
+
+template <typename T, int MT>
+void launch_qgemv(const QArgs &a, int bits, dim3 grid, cudaStream_t stream) {
+    switch (bits) {
+        case 2: qgemv_kernel<T, MT, 2><<<grid, 128, 0, stream>>>(a); break;
+        case 3: qgemv_kernel<T, MT, 3><<<grid, 128, 0, stream>>>(a); break;
+        case 4: qgemv_kernel<T, MT, 4><<<grid, 128, 0, stream>>>(a); break;
+        case 5: qgemv_kernel<T, MT, 5><<<grid, 128, 0, stream>>>(a); break;
+        case 6: qgemv_kernel<T, MT, 6><<<grid, 128, 0, stream>>>(a); break;
+        case 8: qgemv_kernel<T, MT, 8><<<grid, 128, 0, stream>>>(a); break;
+        default: qgemv_kernel<T, MT, 0><<<grid, 128, 0, stream>>>(a); break;
+    }
+}
+
+template <typename T>
+void launch_qmma(const MArgs &a, int bits, dim3 grid, cudaStream_t stream) {
+    switch (bits) {
+        case 2: mma_kernel<T, true, 2><<<grid, 128, 0, stream>>>(a); break;
+        case 3: mma_kernel<T, true, 3><<<grid, 128, 0, stream>>>(a); break;
+        case 4: mma_kernel<T, true, 4><<<grid, 128, 0, stream>>>(a); break;
+        case 5: mma_kernel<T, true, 5><<<grid, 128, 0, stream>>>(a); break;
+        case 6: mma_kernel<T, true, 6><<<grid, 128, 0, stream>>>(a); break;
+        case 8: mma_kernel<T, true, 8><<<grid, 128, 0, stream>>>(a); break;
+        default: mma_kernel<T, true, 0><<<grid, 128, 0, stream>>>(a); break;
+    }
+}
+
+template <typename T>
+int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
+                   bool accumulate, int path, int split, void *scratch, cudaStream_t stream) {
+    char *sp = static_cast<char *>(scratch);
+    const void *xa = x;
+    int64_t ldx = static_cast<int64_t>(w->k);
+    if (w->row_src) {
+        T *xg = reinterpret_cast<T *>(sp);
+        sp += gather_bytes(w, m);
+        gather_kernel<T><<<grid_for(m * w->kp, 256), 256, 0, stream>>>(
+            static_cast<const T *>(x), w->row_src, xg, m, w->k, w->kp);
+        const int st = launch_status();
+        if (st != PARADEC_K_OK) return st;
+        xa = xg;
+        ldx = static_cast<int64_t>(w->kp);
+    }
+    if (path == PARADEC_PATH_GEMV) {
+        QArgs a;
+        a.x = xa;
+        a.ldx = ldx;
+        a.words = w->words;
+        a.tiles = reinterpret_cast<const uint2 *>(w->tiles);
+        a.sz = reinterpret_cast<const float2 *>(w->sz);
+        a.bias = bias;
+        a.out = out;
+        a.part = split > 1 ? reinterpret_cast<float *>(sp) : nullptr;
+        a.m = m;
+        a.n = w->n;
+        a.np = w->np;
+        a.ntiles = static_cast<int>(w->ntiles);
+        a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
+        a.accumulate = accumulate;
+        const int mt = mt_for(m);
+        const dim3 grid(static_cast<unsigned>((w->np + 127) / 128), static_cast<unsigned>(split),
+                        static_cast<unsigned>((m + mt - 1) / mt));
+        switch (mt) {
+            case 1: launch_qgemv<T, 1>(a, w->bits, grid, stream); break;
+            case 2: launch_qgemv<T, 2>(a, w->bits, grid, stream); break;
+            case 4: launch_qgemv<T, 4>(a, w->bits, grid, stream); break;
+            default: launch_qgemv<T, 8>(a, w->bits, grid, stream); break;
+        }
+        int st = launch_status();
+        if (st != PARADEC_K_OK || split <= 1) return st;
+        splitk_reduce_kernel<T><<<grid_for(m * w->n, 256), 256, 0, stream>>>(
+            a.part, split, static_cast<const T *>(bias), static_cast<T *>(out), m, w->n, w->np,
+            accumulate);
+        return launch_status();
+    }
+    MArgs a;
+    a.x = xa;
+    a.lda = ldx;
+    a.kdim = static_cast<int64_t>(w->kp);
+    a.w = nullptr;
+    a.words = w->words;
+    a.tiles = reinterpret_cast<const uint2 *>(w->tiles);
+    a.sz = reinterpret_cast<const float2 *>(w->sz);
+    a.bias = bias;
+    a.out = out;
+    a.m = m;
+    a.n = w->n;
+    a.np = w->np;
+    a.accumulate = accumulate;
+    a.vec_a = aligned16(xa) && ldx % kVec == 0;
+    a.vec_w = false;
+    const dim3 grid(static_cast<unsigned>((w->n + kBN - 1) / kBN),
+                    static_cast<unsigned>((m + kBM - 1) / kBM));
+    launch_qmma<T>(a, w->bits, grid, stream);
+    return launch_status();
+}
+
+template <typename T>
+int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const void *bias,
+             void *out, bool accumulate, int path, cudaStream_t stream) {
+    if (path == PARADEC_PATH_GEMV) {
+        const bool vec = k % kVec == 0 && aligned16(x) && aligned16(w);
+        const int mt = mt_for(m);
+        const dim3 grid(static_cast<unsigned>((n + 7) / 8), 1, static_cast<unsigned>((m + mt - 1) / mt));
+        const T *xt = static_cast<const T *>(x);
+        const T *wt = static_cast<const T *>(w);
+        const T *bt = static_cast<const T *>(bias);
+        T *ot = static_cast<T *>(out);
+        switch (mt) {
+            case 1: dgemv_kernel<T, 1><<<grid, 256, 0, stream>>>(xt, wt, bt, ot, m, k, n, accumulate, vec); break;
+            case 2: dgemv_kernel<T, 2><<<grid, 256, 0, stream>>>(xt, wt, bt, ot, m, k, n, accumulate, vec); break;
+            case 4: dgemv_kernel<T, 4><<<grid, 256, 0, stream>>>(xt, wt, bt, ot, m, k, n, accumulate, vec); break;
+            default: dgemv_kernel<T, 8><<<grid, 256, 0, stream>>>(xt, wt, bt, ot, m, k, n, accumulate, vec); break;
+        }
+        return launch_status();
+    }
+    MArgs a;
+    a.x = x;
+    a.lda = static_cast<int64_t>(k);
+    a.kdim = static_cast<int64_t>(k);
+    a.w = w;
+    a.words = nullptr;
+    a.tiles = nullptr;
+    a.sz = nullptr;
+    a.bias = bias;
+    a.out = out;
+    a.m = m;
+    a.n = n;
+    a.np = n;
+    a.accumulate = accumulate;
+    a.vec_a = aligned16(x) && k % kVec == 0;
+    a.vec_w = aligned16(w) && k % kVec == 0;
+    const dim3 grid(static_cast<unsigned>((n + kBN - 1) / kBN), static_cast<unsigned>((m + kBM - 1) / kBM));
+    mma_kernel<T, false, 0><<<grid, 128, 0, stream>>>(a);
+    return launch_status();
+}
+
+int check_qweight(const paradec_qweight *w) {
+    if (!w->words || !w->tiles || !w->sz) return PARADEC_K_NULL_POINTER;
+    if (w->k == 0 || w->n == 0 || w->ntiles == 0 || w->groups == 0 || w->word_rows == 0)
+        return PARADEC_K_ZERO_DIM;
+    if (w->k > kMaxDim || w->n > kMaxDim || w->kp > kMaxDim || w->groups > (1u << 24) ||
+        w->word_rows > kMaxDim)
+        return PARADEC_K_DIM_TOO_LARGE;
+    if (w->np % 8 != 0 || w->np < w->n || w->np > w->n + 7) return PARADEC_K_BAD_SHAPE;
+    if (w->kp != w->ntiles * kTile || w->kp < w->k) return PARADEC_K_BAD_SHAPE;
+    if (!w->row_src && w->kp != w->k) return PARADEC_K_BAD_SHAPE;
+    if (w->bits != 0 && !valid_bits(w->bits)) return PARADEC_K_BAD_SHAPE;
+    if (!aligned16(w->words) || !aligned16(w->sz)) return PARADEC_K_BAD_SHAPE;
+    return PARADEC_K_OK;
+}
+
+}  // namespace
+}  // namespace paradec
+
+extern "C" size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t m,
+                                               int path, int split) {
+    (void)dtype;
+    if (!w || split < 1) return 0;
+    const int p = paradec::choose_path(path, m);
+    return paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, split);
+}
+
+extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
+                                    const void *bias, void *out, int accumulate, int path,
+                                    int split, void *scratch, size_t scratch_bytes,
+                                    paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_MMA) return PARADEC_K_BAD_ENUM;
+        if (m == 0) return PARADEC_K_ZERO_DIM;
+        if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
+        if (split < 1 || split > 1024) return PARADEC_K_BAD_SHAPE;
+        const int st = paradec::check_qweight(w);
+        if (st != PARADEC_K_OK) return st;
+        const int p = paradec::choose_path(path, m);
+        const int sp = p == PARADEC_PATH_GEMV ? split : 1;
+        const size_t need = paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, sp);
+        if (need > 0 && (!scratch || scratch_bytes < need)) return PARADEC_K_BAD_SHAPE;
+        if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
+        // The GEMV path reads x (or x_g) in 16-byte vectors of 32-row tiles.
+        if (!w->row_src && (w->k % 32 != 0 || !paradec::aligned16(x))) {
+            if (p == PARADEC_PATH_GEMV) return PARADEC_K_BAD_SHAPE;
+        }
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::quant_linear_t<decltype(tag)>(x, m, w, bias, out, accumulate != 0, p,
+                                                          sp, scratch, stream);
+        });
+    });
+}
+
+extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w,
+                              size_t n, const void *bias, void *out, int accumulate, int path,
+                              paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_MMA) return PARADEC_K_BAD_ENUM;
+        if (m == 0 || k == 0 || n == 0) return PARADEC_K_ZERO_DIM;
+        if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
+            return PARADEC_K_DIM_TOO_LARGE;
+        const int p = paradec::choose_path(path, m);
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::linear_t<decltype(tag)>(x, m, k, w, n, bias, out, accumulate != 0, p,
+                                                    stream);
+        });
+    });
+}
+
+extern "C" int paradec_scale_inplace(int dtype, void *x, size_t n, float factor,
+                                     paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!x) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (n == 0) return PARADEC_K_ZERO_DIM;
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            using T = decltype(tag);
+            paradec::scale_kernel<T><<<paradec::grid_for(static_cast<int64_t>(n), 256), 256, 0,
+                                       stream>>>(static_cast<T *>(x), static_cast<int64_t>(n),
+                                                 factor);
+            return paradec::launch_status();
+        });
+    });
+}
+
+namespace paradec {
+namespace {
+// Read-only reduction (for measuring read bandwidth): XOR of 16-byte words, one per block.
+__global__ void __launch_bounds__(256) read_kernel(const uint4 *p, size_t n, uint32_t *out) {
+    uint32_t acc = 0;
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const uint4 v = __ldg(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) atomicXor(out + blockIdx.x, acc);
+}
+}  // namespace
+}  // namespace paradec
+
+extern "C" int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
+                                  paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!p || !out) return PARADEC_K_NULL_POINTER;
+        if (bytes < 16 || blocks == 0) return PARADEC_K_ZERO_DIM;
+        if (!paradec::aligned16(p)) return PARADEC_K_BAD_SHAPE;
+        paradec::read_kernel<<<blocks, 256, 0, stream>>>(static_cast<const uint4 *>(p), bytes / 16,
+                                                          static_cast<uint32_t *>(out));
+        return paradec::launch_status();
+    });
+}

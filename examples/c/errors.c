@@ -1,0 +1,431 @@
+/*
+ * errors.c — walks the error paths of the C ABI: NULL arguments, wrong dtype / shape / device,
+ * non-contiguous and misaligned tensors, bad enum values, overlapping outputs, bad struct
+ * sizes, bad model directories, an exhausted cache, freed (NULLed) handles. Each call must
+ * return its documented status, leave its outputs untouched, and leave a message in
+ * paradec_last_error() that names what was wrong. Run under AddressSanitizer and valgrind by
+ * the test suite.
+ *
+ *     errors MODEL_DIR       (any fixture model directory)
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util.h"
+
+static int failures = 0, checks = 0;
+
+static void expect_status(const char *call, paradec_status got, paradec_status want,
+                          const char *needle) {
+    const char *msg = paradec_last_error();
+    int ok = got == want && (needle == NULL || strstr(msg, needle) != NULL);
+    checks++;
+    if (ok) {
+        printf("ok   %-18s %s\n", paradec_status_str((int)got), msg);
+    } else {
+        printf("FAIL %s: got %d (%s) \"%s\", want %d (%s) mentioning \"%s\"\n", call, (int)got,
+               paradec_status_str((int)got), msg, (int)want, paradec_status_str((int)want),
+               needle ? needle : "");
+        failures++;
+    }
+}
+
+#define EXPECT(call, want, needle) expect_status(#call, (call), (want), (needle))
+
+static void expect_true(int cond, const char *what) {
+    checks++;
+    if (!cond) {
+        printf("FAIL %s\n", what);
+        failures++;
+    } else {
+        printf("ok   %s\n", what);
+    }
+}
+
+static void write_file(const char *dir, const char *name, const char *text) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        perror(path);
+        exit(2);
+    }
+    fputs(text, f);
+    fclose(f);
+}
+
+static void remove_file(const char *dir, const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    unlink(path);
+}
+
+static void kernel_errors(void) {
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8}, out[8], out2[8];
+    int32_t xi[8] = {0};
+    int64_t shape[2] = {2, 4}, wrong[2] = {4, 2}, negative[2] = {2, -4}, strides[2] = {1, 2};
+    paradec_tensor xt = pd_host(x, PD_F32, 2, shape), ot = pd_host(out, PD_F32, 2, shape);
+    float sentinel = 12345.0f;
+    for (int i = 0; i < 8; i++) out[i] = sentinel;
+
+    /* NULL arguments. */
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, NULL, NULL, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`x`");
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, NULL, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    EXPECT(paradec_op_add_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, NULL, NULL, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`residual`");
+    paradec_tensor no_shape = xt;
+    no_shape.shape = NULL;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &no_shape), PARADEC_ERR_NULL_ARGUMENT,
+           "x.shape");
+    paradec_tensor no_data = xt;
+    no_data.data = NULL;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &no_data), PARADEC_ERR_NULL_ARGUMENT,
+           "x: data is NULL");
+    EXPECT(paradec_op_add(NULL, &xt, NULL), PARADEC_ERR_NULL_ARGUMENT, "`y`");
+    EXPECT(paradec_op_act_mul(NULL, PARADEC_ACT_SILU, &xt, NULL, &ot), PARADEC_ERR_NULL_ARGUMENT,
+           "`up`");
+    EXPECT(paradec_op_scale(NULL, NULL, 2.0f), PARADEC_ERR_NULL_ARGUMENT, "`x`");
+    EXPECT(paradec_op_embedding(NULL, NULL, &xt, &ot), PARADEC_ERR_NULL_ARGUMENT, "`table`");
+    EXPECT(paradec_op_linear(NULL, &xt, NULL, NULL, &ot, false), PARADEC_ERR_NULL_ARGUMENT,
+           "`weight`");
+    EXPECT(paradec_op_quant_linear(NULL, &xt, NULL, &ot, false), PARADEC_ERR_NULL_ARGUMENT,
+           "`weight`");
+    EXPECT(paradec_op_split_qkv(NULL, PARADEC_QKV_FUSED_PER_HEAD, &xt, NULL, &ot, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`q`");
+    EXPECT(paradec_op_head_norm(NULL, PARADEC_NORM_LAYER, 1e-5f, NULL, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`x`");
+    EXPECT(paradec_op_rotary_cache_write(NULL, &xt, &xt, &xt, NULL, NULL, NULL, &ot, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`past_len`");
+    EXPECT(paradec_op_attention(NULL, NULL, &xt, &xt, &xt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`q`");
+
+    /* Wrong dtype. */
+    paradec_tensor xit = pd_host(xi, PD_I32, 2, shape);
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xit, NULL, &ot), PARADEC_ERR_DTYPE,
+           "x: expected f32, f16 or bf16, got i32");
+    paradec_tensor f64 = xt;
+    f64.dtype.bits = 64;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &f64), PARADEC_ERR_DTYPE,
+           "is not one paradec takes");
+    paradec_tensor lanes = xt;
+    lanes.dtype.lanes = 4;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &lanes), PARADEC_ERR_DTYPE, "lanes 4");
+    paradec_tensor o16 = pd_host(out, PD_F16, 2, shape);
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, NULL, &o16), PARADEC_ERR_DTYPE,
+           "out: expected f32, got f16");
+    float table[6] = {0};
+    int64_t ts[2] = {3, 2}, is[1] = {2}, es[2] = {2, 2};
+    float fid[2] = {0, 1}, emb[4];
+    paradec_tensor tt = pd_host(table, PD_F32, 2, ts), fidt = pd_host(fid, PD_F32, 1, is),
+                   et = pd_host(emb, PD_F32, 2, es);
+    EXPECT(paradec_op_embedding(NULL, &tt, &fidt, &et), PARADEC_ERR_DTYPE,
+           "ids: expected int32 or int64");
+
+    /* Wrong shape. */
+    paradec_tensor owrong = pd_host(out, PD_F32, 2, wrong);
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, NULL, &owrong), PARADEC_ERR_SHAPE,
+           "out: expected shape [2, 4], got [4, 2]");
+    paradec_tensor neg = pd_host(x, PD_F32, 2, negative);
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &neg), PARADEC_ERR_SHAPE,
+           "shape[1] = -4 is negative");
+    paradec_tensor deep = xt;
+    deep.ndim = 17;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &deep), PARADEC_ERR_SHAPE, "ndim 17");
+    float wsmall[4 * 3];
+    int64_t w43[2] = {4, 3};
+    paradec_tensor wt = pd_host(wsmall, PD_F32, 2, w43);
+    EXPECT(paradec_op_linear(NULL, &xt, &wt, NULL, &ot, false), PARADEC_ERR_SHAPE,
+           "the weight's K");
+    float wn[4] = {1, 1, 1, 1};
+    int64_t s3[1] = {3};
+    paradec_tensor w3 = pd_host(wn, PD_F32, 1, s3);
+    paradec_affine bad_affine = {&w3, NULL};
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, &bad_affine, &ot),
+           PARADEC_ERR_SHAPE, "affine.weight: expected [4]");
+
+    /* Wrong device. */
+    paradec_tensor opencl = xt;
+    opencl.device.device_type = 4;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &opencl), PARADEC_ERR_DEVICE,
+           "device type 4");
+    paradec_tensor on_gpu = ot;
+    on_gpu.device.device_type = PARADEC_DEVICE_CUDA;
+    EXPECT(paradec_op_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, NULL, &on_gpu), PARADEC_ERR_DEVICE,
+           "out is on cuda:0 but x is on cpu");
+    if (!paradec_has_cuda()) {
+        paradec_tensor gpu_x = xt;
+        gpu_x.device.device_type = PARADEC_DEVICE_CUDA;
+        EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &gpu_x), PARADEC_ERR_NO_DEVICE,
+               "built without CUDA");
+    }
+
+    /* Non-contiguous, misaligned. */
+    paradec_tensor strided = xt;
+    strided.strides = strides;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &strided), PARADEC_ERR_NOT_CONTIGUOUS,
+           "not compact row-major");
+    paradec_tensor misaligned = xt;
+    misaligned.byte_offset = 2;
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &misaligned),
+           PARADEC_ERR_INVALID_ARGUMENT, "not aligned");
+
+    /* Bad enum values, overlapping outputs, ids outside the vocabulary. */
+    EXPECT(paradec_op_norm(NULL, 7, 1e-5f, &xt, NULL, &ot), PARADEC_ERR_INVALID_ARGUMENT,
+           "kind: 7");
+    EXPECT(paradec_op_activate(NULL, 99, &xt), PARADEC_ERR_INVALID_ARGUMENT, "act: 99");
+    EXPECT(paradec_op_split_qkv(NULL, 0, &xt, &ot, &ot, &ot), PARADEC_ERR_INVALID_ARGUMENT,
+           "layout: 0");
+    EXPECT(paradec_op_norm2(NULL, PARADEC_NORM_RMS, 1e-5f, &xt, NULL, NULL, &ot, NULL, &ot),
+           PARADEC_ERR_INVALID_ARGUMENT, "overlap");
+    int32_t ids[2] = {0, 7};
+    paradec_tensor idt = pd_host(ids, PD_I32, 1, is);
+    EXPECT(paradec_op_embedding(NULL, &tt, &idt, &et), PARADEC_ERR_INVALID_ARGUMENT,
+           "ids[1] = 7 is outside the vocabulary of 3");
+
+    /* Rotary + cache: a cache too small for the write. */
+    float q[4] = {0}, k[4] = {0}, ck[4] = {0};
+    int64_t q4[4] = {1, 2, 1, 2}, c4[4] = {1, 2, 1, 2}, past[1] = {1}, pls[1] = {1};
+    paradec_tensor qt = pd_host(q, PD_F32, 4, q4), kt = pd_host(k, PD_F32, 4, q4),
+                   vt = pd_host(k, PD_F32, 4, q4), ckt = pd_host(ck, PD_F32, 4, c4),
+                   cvt = pd_host(out2, PD_F32, 4, c4), pt = pd_host(past, PD_I64, 1, pls);
+    EXPECT(paradec_op_rotary_cache_write(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &ckt, &cvt),
+           PARADEC_ERR_CAPACITY, "past_len[0] = 1");
+    paradec_rotary bad_rot = {9, 2, NULL, 1.0f};
+    past[0] = 0;
+    EXPECT(paradec_op_rotary_cache_write(NULL, &qt, &kt, &vt, NULL, &bad_rot, &pt, &ckt, &cvt),
+           PARADEC_ERR_INVALID_ARGUMENT, "rotary.style: 9");
+    EXPECT(paradec_op_attention(NULL, &qt, &ckt, &cvt, &pt, NULL, 0, 1.0f, &xt),
+           PARADEC_ERR_SHAPE, "out: expected shape");
+
+    /* A quantized weight from a malformed config, a NULL name, a CUDA target. */
+    paradec_quant_weight *qw = (paradec_quant_weight *)&sentinel;
+    paradec_named_tensor unnamed = {NULL, &xt};
+    EXPECT(paradec_quant_weight_create("{\"bits\": 4}", &unnamed, 1, 8, 8, PD_CPU, &qw),
+           PARADEC_ERR_NULL_ARGUMENT, "tensors[0].name");
+    EXPECT(paradec_quant_weight_create("{bits", NULL, 0, 8, 8, PD_CPU, &qw),
+           PARADEC_ERR_BAD_FORMAT, "quant_config_json");
+    EXPECT(paradec_quant_weight_create("{\"bits\": 5}", NULL, 0, 8, 8, PD_CPU, &qw),
+           PARADEC_ERR_BAD_FORMAT, "bits: 5");
+    paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
+    EXPECT(paradec_quant_weight_create("{\"bits\": 4}", NULL, 0, 8, 8, gpu, &qw),
+           PARADEC_ERR_UNSUPPORTED, "device");
+    EXPECT(paradec_quant_weight_create("{\"bits\": 4}", NULL, 0, 8, 8, PD_CPU, &qw),
+           PARADEC_ERR_NOT_FOUND, "linear.qweight");
+    expect_true(qw == (paradec_quant_weight *)&sentinel, "failed creates leave *out untouched");
+
+    int untouched = 1;
+    for (int i = 0; i < 8; i++) untouched &= out[i] == sentinel;
+    expect_true(untouched, "failed kernel calls wrote nothing to their outputs");
+    EXPECT(paradec_op_activate(NULL, PARADEC_ACT_RELU, &xt), PARADEC_OK, NULL);
+    expect_true(paradec_last_error()[0] == '\0', "a successful call clears the last error");
+}
+
+static void model_errors(const char *model_dir) {
+    char tmp[] = "/tmp/paradec-errors-XXXXXX";
+    if (!mkdtemp(tmp)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    int sentinel_storage = 0;
+    paradec_model *const sentinel = (paradec_model *)&sentinel_storage;
+    paradec_model *m = sentinel;
+
+    /* Bad model directories. */
+    EXPECT(paradec_model_load(NULL, NULL, &m), PARADEC_ERR_NULL_ARGUMENT, "`dir`");
+    EXPECT(paradec_model_load(model_dir, NULL, NULL), PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    EXPECT(paradec_model_load("/nonexistent/model", NULL, &m), PARADEC_ERR_IO,
+           "/nonexistent/model/config.json");
+    write_file(tmp, "config.json", "{not json");
+    EXPECT(paradec_model_load(tmp, NULL, &m), PARADEC_ERR_BAD_FORMAT, "config.json");
+    write_file(tmp, "config.json", "{\"model_type\": \"llama\"}");
+    EXPECT(paradec_model_load(tmp, NULL, &m), PARADEC_ERR_UNSUPPORTED, "llama");
+    write_file(tmp, "config.json",
+               "{\"model_type\": \"gpt_neox\", \"hidden_size\": 8, \"num_attention_heads\": 2, "
+               "\"num_hidden_layers\": 1, \"intermediate_size\": 16, \"vocab_size\": 10, "
+               "\"rotary_pct\": 0.5}");
+    EXPECT(paradec_model_load(tmp, NULL, &m), PARADEC_ERR_NOT_FOUND, "no *.safetensors");
+    write_file(tmp, "model.safetensors", "garbage");
+    EXPECT(paradec_model_load(tmp, NULL, &m), PARADEC_ERR_BAD_FORMAT, "model.safetensors");
+    expect_true(m == sentinel, "failed loads leave *out untouched");
+    paradec_memory mem;
+    mem.struct_size = 0;
+    EXPECT(paradec_model_memory(model_dir, NULL, 1, 8, PD_F32, &mem), PARADEC_ERR_STRUCT_SIZE,
+           "paradec_memory.struct_size is 0");
+    paradec_lora *lora = NULL;
+    EXPECT(paradec_lora_load(tmp, &lora), PARADEC_ERR_IO, "adapter_config.json");
+    remove_file(tmp, "config.json");
+    remove_file(tmp, "model.safetensors");
+    rmdir(tmp);
+
+    /* Options whose size is wrong. */
+    paradec_model_options opts;
+    CHECK(paradec_model_options_init(&opts));
+    opts.struct_size = 4;
+    EXPECT(paradec_model_load(model_dir, &opts, &m), PARADEC_ERR_STRUCT_SIZE,
+           "paradec_model_options.struct_size is 4");
+    struct {
+        paradec_model_options v1;
+        uint64_t future_field;
+    } newer;
+    memset(&newer, 0, sizeof newer);
+    CHECK(paradec_model_options_init(&newer.v1));
+    newer.v1.struct_size = sizeof newer;
+    newer.future_field = 1;
+    EXPECT(paradec_model_load(model_dir, &newer.v1, &m), PARADEC_ERR_STRUCT_SIZE,
+           "a newer header's field");
+    newer.future_field = 0; /* A larger struct whose unknown fields are zero is fine. */
+    EXPECT(paradec_model_load(model_dir, &newer.v1, &m), PARADEC_OK, NULL);
+
+    paradec_model_info info;
+    info.struct_size = sizeof info;
+    CHECK(paradec_model_describe(m, &info));
+    EXPECT(paradec_model_describe(NULL, &info), PARADEC_ERR_NULL_ARGUMENT, "`model`");
+
+    /* An exhausted cache, and calls that do not fit it. */
+    paradec_cache *cache = NULL;
+    paradec_workspace *ws = NULL;
+    EXPECT(paradec_cache_create(m, 1, 4, PD_I32, PD_CPU, &cache), PARADEC_ERR_DTYPE,
+           "cache dtype: expected f32");
+    EXPECT(paradec_cache_create(m, 0, 4, PD_F32, PD_CPU, &cache), PARADEC_ERR_INVALID_ARGUMENT,
+           "must all be positive");
+    CHECK(paradec_cache_create(m, 1, 4, PD_F32, PD_CPU, &cache));
+    EXPECT(paradec_workspace_create(PD_CPU, PD_F32, NULL), PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &ws));
+    int64_t ids[4] = {1, 2, 3, 4}, ids_shape[2] = {1, 4}, lg_shape[3] = {1, 4, 0};
+    lg_shape[2] = (int64_t)info.vocab;
+    float *logits = malloc(4 * info.vocab * sizeof *logits);
+    paradec_tensor idt = pd_host(ids, PD_I64, 2, ids_shape);
+    paradec_tensor lgt = pd_host(logits, PD_F32, 3, lg_shape);
+    paradec_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.batch = 1;
+    p.q_len = 4;
+    CHECK(paradec_model_forward(m, NULL, ws, &idt, &p, cache, NULL, 0, &lgt));
+    int64_t past[1] = {4};
+    p.q_len = 1;
+    p.past_len = past;
+    int64_t one_shape[2] = {1, 1}, lg1_shape[3] = {1, 1, 0};
+    lg1_shape[2] = (int64_t)info.vocab;
+    paradec_tensor id1 = pd_host(ids, PD_I64, 2, one_shape);
+    paradec_tensor lg1 = pd_host(logits, PD_F32, 3, lg1_shape);
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, cache, NULL, 0, &lg1),
+           PARADEC_ERR_CAPACITY, "exceed its capacity 4");
+    past[0] = -1;
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, cache, NULL, 0, &lg1),
+           PARADEC_ERR_INVALID_ARGUMENT, "params.past_len[0] = -1");
+    past[0] = 1;
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 0, &lg1),
+           PARADEC_ERR_INVALID_ARGUMENT, "needs a KV cache");
+    p.past_len = NULL;
+    p.batch = 2;
+    int64_t two[2] = {2, 1}, lg2_shape[3] = {2, 1, 0};
+    lg2_shape[2] = (int64_t)info.vocab;
+    paradec_tensor id2 = pd_host(ids, PD_I64, 2, two);
+    paradec_tensor lg2 = pd_host(logits, PD_F32, 3, lg2_shape);
+    EXPECT(paradec_model_forward(m, NULL, ws, &id2, &p, cache, NULL, 0, &lg2), PARADEC_ERR_SHAPE,
+           "made for batch 1");
+    p.batch = 1;
+    int64_t bad_mask[1] = {2};
+    p.attention_mask = bad_mask;
+    p.mask_slots = 1;
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 0, &lg1),
+           PARADEC_ERR_INVALID_ARGUMENT, "must be 0 or 1, got 2");
+    p.attention_mask = NULL;
+    p.struct_size = 0;
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 0, &lg1),
+           PARADEC_ERR_STRUCT_SIZE, "paradec_attn_params.struct_size is 0");
+    p.struct_size = sizeof p;
+    ids[0] = (int64_t)info.vocab;
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 0, &lg1),
+           PARADEC_ERR_INVALID_ARGUMENT, "ids[0]");
+    ids[0] = 1;
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 0, &lgt), PARADEC_ERR_SHAPE,
+           "logits: expected");
+    paradec_tensor fids = pd_host(logits, PD_F32, 2, one_shape);
+    EXPECT(paradec_model_forward(m, NULL, ws, &fids, &p, NULL, NULL, 0, &lg1), PARADEC_ERR_DTYPE,
+           "ids: expected int32 or int64");
+    EXPECT(paradec_model_forward(m, NULL, NULL, &id1, &p, NULL, NULL, 0, &lg1),
+           PARADEC_ERR_NULL_ARGUMENT, "`workspace`");
+    EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 1, &lg1),
+           PARADEC_ERR_NULL_ARGUMENT, "`loras`");
+
+    /* Layers. */
+    paradec_layer *layer = NULL;
+    EXPECT(paradec_model_layer(m, 99, &layer), PARADEC_ERR_INVALID_ARGUMENT, "index: 99");
+    CHECK(paradec_model_layer(m, 0, &layer));
+    EXPECT(paradec_layer_rank_reduce(layer, 0.0f), PARADEC_ERR_INVALID_ARGUMENT,
+           "fraction 0 must be in (0, 1]");
+    EXPECT(paradec_model_rank_reduce(m, 2.0f), PARADEC_ERR_INVALID_ARGUMENT, "fraction 2");
+    EXPECT(paradec_layer_numel(layer, NULL), PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    float hidden[4 * 512];
+    int64_t hs[2] = {4, 3};
+    paradec_tensor ht = pd_host(hidden, PD_F32, 2, hs);
+    p.q_len = 4;
+    EXPECT(paradec_layer_forward(layer, NULL, ws, &ht, &p, NULL, NULL, 0), PARADEC_ERR_SHAPE,
+           "hidden: expected");
+    paradec_interm *im = NULL;
+    EXPECT(paradec_layer_forward_interm(layer, NULL, ws, &ht, &p, NULL, NULL, 0, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    EXPECT(paradec_interm_get(NULL, 0, &ht), PARADEC_ERR_NULL_ARGUMENT, "`interm`");
+    hs[1] = (int64_t)info.hidden;
+    memset(hidden, 0, sizeof hidden);
+    CHECK(paradec_layer_forward_interm(layer, NULL, ws, &ht, &p, NULL, NULL, 0, &im));
+    EXPECT(paradec_interm_get(im, 9, &ht), PARADEC_ERR_INVALID_ARGUMENT, "which: 9");
+    paradec_interm_free(im);
+    const char *cfg = "{\"model_type\": \"gpt_neox\", \"hidden_size\": 8, "
+                      "\"num_attention_heads\": 2, \"num_hidden_layers\": 1, "
+                      "\"intermediate_size\": 16, \"vocab_size\": 10, \"rotary_pct\": 0.5}";
+    paradec_layer *built = NULL;
+    EXPECT(paradec_layer_create(cfg, 0, NULL, 0, &built), PARADEC_ERR_NOT_FOUND,
+           "gpt_neox.layers.0.input_layernorm.weight");
+    EXPECT(paradec_layer_create(cfg, 3, NULL, 0, &built), PARADEC_ERR_INVALID_ARGUMENT,
+           "layer_index: 3");
+    EXPECT(paradec_layer_create(cfg, 0, NULL, 2, &built), PARADEC_ERR_NULL_ARGUMENT,
+           "`tensors`");
+    expect_true(built == NULL, "failed layer_create leaves *out untouched");
+
+    /* Freed handles: free accepts NULL; a handle set to NULL after its free is refused. */
+    paradec_cache_free(cache);
+    cache = NULL;
+    EXPECT(paradec_cache_create_for_layer(NULL, 1, 4, PD_F32, PD_CPU, &cache),
+           PARADEC_ERR_NULL_ARGUMENT, "`layer`");
+    paradec_layer_free(layer);
+    layer = NULL;
+    EXPECT(paradec_layer_is_quant(layer, (bool *)&sentinel_storage), PARADEC_ERR_NULL_ARGUMENT,
+           "`layer`");
+    paradec_model_free(m);
+    m = NULL;
+    EXPECT(paradec_model_forward(m, NULL, ws, &idt, &p, NULL, NULL, 0, &lgt),
+           PARADEC_ERR_NULL_ARGUMENT, "`model`");
+    EXPECT(paradec_model_lora_apply(m, NULL), PARADEC_ERR_NULL_ARGUMENT, "`model`");
+    paradec_workspace_free(ws);
+    paradec_model_free(NULL);
+    paradec_layer_free(NULL);
+    paradec_cache_free(NULL);
+    paradec_workspace_free(NULL);
+    paradec_lora_free(NULL);
+    paradec_interm_free(NULL);
+    paradec_quant_weight_free(NULL);
+    expect_true(1, "every free accepts NULL");
+    expect_true(strcmp(paradec_status_str(999), "unknown status") == 0,
+                "paradec_status_str of an unknown number");
+    free(logits);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
+        return 2;
+    }
+    kernel_errors();
+    model_errors(argv[1]);
+    printf("%d checks: %s\n", checks, failures ? "ERRORS: FAIL" : "ERRORS: all ok");
+    return failures ? 1 : 0;
+}

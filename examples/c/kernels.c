@@ -1,0 +1,216 @@
+/*
+ * kernels.c — the kernel level on host pointers: every paradec_op_* on arrays this program
+ * owns (used in place, never copied), checked against values computed here by hand. Also
+ * shows that a DLPack DLTensor is passed as it is (its definition is transcribed below; an
+ * engine includes dlpack.h instead).
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* DLPack's DLTensor, as dlpack.h defines it. */
+typedef struct { int32_t device_type; int32_t device_id; } DLDevice;
+typedef struct { uint8_t code; uint8_t bits; uint16_t lanes; } DLDataType;
+typedef struct {
+    void *data;
+    DLDevice device;
+    int32_t ndim;
+    DLDataType dtype;
+    int64_t *shape;
+    int64_t *strides;
+    uint64_t byte_offset;
+} DLTensor;
+
+_Static_assert(sizeof(DLTensor) == sizeof(paradec_tensor), "DLTensor size");
+_Static_assert(offsetof(DLTensor, data) == offsetof(paradec_tensor, data), "data");
+_Static_assert(offsetof(DLTensor, device) == offsetof(paradec_tensor, device), "device");
+_Static_assert(offsetof(DLTensor, ndim) == offsetof(paradec_tensor, ndim), "ndim");
+_Static_assert(offsetof(DLTensor, dtype) == offsetof(paradec_tensor, dtype), "dtype");
+_Static_assert(offsetof(DLTensor, shape) == offsetof(paradec_tensor, shape), "shape");
+_Static_assert(offsetof(DLTensor, strides) == offsetof(paradec_tensor, strides), "strides");
+_Static_assert(offsetof(DLTensor, byte_offset) == offsetof(paradec_tensor, byte_offset),
+               "byte_offset");
+
+static int failures = 0;
+
+static void expect_close(const char *what, const float *got, const float *want, size_t n,
+                         float tol) {
+    for (size_t i = 0; i < n; i++) {
+        if (!(fabsf(got[i] - want[i]) <= tol)) {
+            printf("FAIL %s[%zu]: got %g, want %g\n", what, i, got[i], want[i]);
+            failures++;
+            return;
+        }
+    }
+    printf("ok   %s\n", what);
+}
+
+int main(void) {
+    /* ---- norms ---- */
+    float x[2 * 4] = {1, 2, 3, 6, -1, 0, 1, 0};
+    float w[4] = {1, 2, 3, 4}, bias[4] = {0.5f, 0, 0, -1};
+    float out[8], out_b[8];
+    int64_t xs[2] = {2, 4}, cs[1] = {4};
+    /* The input as a DLPack tensor, passed as is. */
+    DLTensor x_dl = {x, {1, 0}, 2, {2, 32, 1}, xs, NULL, 0};
+    paradec_tensor wt = pd_host(w, PD_F32, 1, cs), bt = pd_host(bias, PD_F32, 1, cs);
+    paradec_tensor ot = pd_host(out, PD_F32, 2, xs), obt = pd_host(out_b, PD_F32, 2, xs);
+    paradec_affine aff = {&wt, &bt}, none = {NULL, NULL};
+    CHECK(paradec_op_norm(NULL, PARADEC_NORM_LAYER, 0.5f, (const paradec_tensor *)&x_dl, &aff,
+                          &ot));
+    float want[8];
+    for (int r = 0; r < 2; r++) {
+        float mean = 0, var = 0;
+        for (int c = 0; c < 4; c++) mean += x[r * 4 + c] / 4;
+        for (int c = 0; c < 4; c++) var += (x[r * 4 + c] - mean) * (x[r * 4 + c] - mean) / 4;
+        for (int c = 0; c < 4; c++)
+            want[r * 4 + c] = (x[r * 4 + c] - mean) / sqrtf(var + 0.5f) * w[c] + bias[c];
+    }
+    expect_close("norm (LayerNorm, weight + bias, DLTensor input)", out, want, 8, 1e-5f);
+
+    CHECK(paradec_op_norm2(NULL, PARADEC_NORM_RMS, 1e-6f, (const paradec_tensor *)&x_dl, NULL,
+                           &aff, &ot, &none, &obt));
+    for (int r = 0; r < 2; r++) {
+        float ms = 0;
+        for (int c = 0; c < 4; c++) ms += x[r * 4 + c] * x[r * 4 + c] / 4;
+        for (int c = 0; c < 4; c++) want[r * 4 + c] = x[r * 4 + c] / sqrtf(ms + 1e-6f);
+    }
+    expect_close("norm2 second output (RMSNorm, no affine)", out_b, want, 8, 1e-5f);
+    for (int i = 0; i < 8; i++) want[i] = want[i] * w[i % 4] + bias[i % 4];
+    expect_close("norm2 first output (RMSNorm, weight + bias)", out, want, 8, 1e-5f);
+
+    float res[8] = {1, 1, 1, 1, 2, 2, 2, 2}, x2[8];
+    memcpy(x2, x, sizeof x);
+    paradec_tensor x2t = pd_host(x2, PD_F32, 2, xs), rt = pd_host(res, PD_F32, 2, xs);
+    CHECK(paradec_op_add_norm(NULL, PARADEC_NORM_RMS, 1e-6f, &x2t, &rt, NULL, &ot));
+    float summed[8];
+    for (int i = 0; i < 8; i++) summed[i] = x[i] + res[i];
+    expect_close("add_norm writes x + residual back", x2, summed, 8, 0);
+
+    /* ---- elementwise ---- */
+    float a[4] = {-1, 0, 1, 2}, b4[4] = {2, 2, 2, 2}, o4[4];
+    int64_t s4[1] = {4};
+    paradec_tensor at = pd_host(a, PD_F32, 1, s4), b4t = pd_host(b4, PD_F32, 1, s4),
+                   o4t = pd_host(o4, PD_F32, 1, s4);
+    CHECK(paradec_op_act_mul(NULL, PARADEC_ACT_RELU, &at, &b4t, &o4t));
+    float w_relu[4] = {0, 0, 2, 4};
+    expect_close("act_mul relu(gate)·up", o4, w_relu, 4, 0);
+    CHECK(paradec_op_activate(NULL, PARADEC_ACT_SILU, &at));
+    float w_silu[4];
+    float a0[4] = {-1, 0, 1, 2};
+    for (int i = 0; i < 4; i++) w_silu[i] = a0[i] / (1 + expf(-a0[i]));
+    expect_close("activate silu in place", a, w_silu, 4, 1e-6f);
+    CHECK(paradec_op_add(NULL, &at, &b4t));
+    for (int i = 0; i < 4; i++) w_silu[i] += 2;
+    expect_close("add", a, w_silu, 4, 1e-6f);
+    CHECK(paradec_op_scale(NULL, &at, 0.5f));
+    for (int i = 0; i < 4; i++) w_silu[i] *= 0.5f;
+    expect_close("scale", a, w_silu, 4, 1e-6f);
+
+    /* ---- embedding ---- */
+    float table[3 * 2] = {0, 1, 10, 11, 20, 21}, emb[3 * 2];
+    int32_t ids[3] = {2, 0, 2};
+    int64_t ts[2] = {3, 2}, is[1] = {3};
+    paradec_tensor tt = pd_host(table, PD_F32, 2, ts), it = pd_host(ids, PD_I32, 1, is),
+                   et = pd_host(emb, PD_F32, 2, ts);
+    CHECK(paradec_op_embedding(NULL, &tt, &it, &et));
+    float w_emb[6] = {20, 21, 0, 1, 20, 21};
+    expect_close("embedding", emb, w_emb, 6, 0);
+
+    /* ---- dense linear: out[2, 3] = x[2, 4] · W[3, 4]ᵀ + b ---- */
+    float W[3 * 4], lb[3] = {1, -1, 0.5f}, lo[2 * 3], lw[2 * 3];
+    for (int i = 0; i < 12; i++) W[i] = (float)(i % 5) - 2;
+    int64_t ws_[2] = {3, 4}, bs[1] = {3}, los[2] = {2, 3};
+    paradec_tensor Wt = pd_host(W, PD_F32, 2, ws_), lbt = pd_host(lb, PD_F32, 1, bs),
+                   lot = pd_host(lo, PD_F32, 2, los);
+    CHECK(paradec_op_linear(NULL, (const paradec_tensor *)&x_dl, &Wt, &lbt, &lot, false));
+    for (int r = 0; r < 2; r++)
+        for (int n = 0; n < 3; n++) {
+            float s = lb[n];
+            for (int k = 0; k < 4; k++) s += x[r * 4 + k] * W[n * 4 + k];
+            lw[r * 3 + n] = s;
+        }
+    expect_close("linear", lo, lw, 6, 1e-5f);
+
+    /* ---- GPTQ 4-bit linear: K = N = 8, one group, q(j, c) = (j + c) mod 16, zero 8,
+     *      scale 0.5, so W[c][j] = ((j + c) mod 16 − 8) · 0.5 ---- */
+    int32_t qweight[8], qzeros[1] = {0x77777777}; /* classic GPTQ stores zero − 1 */
+    uint16_t scales[8];
+    for (int c = 0; c < 8; c++) {
+        uint32_t word = 0;
+        for (int j = 0; j < 8; j++) word |= (uint32_t)((j + c) % 16) << (4 * j);
+        qweight[c] = (int32_t)word;
+        scales[c] = 0x3800; /* 0.5 in f16 */
+    }
+    int64_t qws[2] = {1, 8}, qzs[2] = {1, 1}, scs[2] = {1, 8};
+    paradec_tensor qwt = pd_host(qweight, PD_I32, 2, qws), qzt = pd_host(qzeros, PD_I32, 2, qzs),
+                   sct = pd_host(scales, PD_F16, 2, scs);
+    paradec_named_tensor packed[3] = {{"qweight", &qwt}, {"qzeros", &qzt}, {"scales", &sct}};
+    paradec_quant_weight *qw = NULL;
+    CHECK(paradec_quant_weight_create("{\"quant_method\": \"gptq\", \"bits\": 4, "
+                                      "\"group_size\": -1, \"desc_act\": false}",
+                                      packed, 3, 8, 8, PD_CPU, &qw));
+    float qx[8], qo[8], qwant[8];
+    for (int k = 0; k < 8; k++) qx[k] = (float)k * 0.25f - 1;
+    for (int n = 0; n < 8; n++) {
+        float s = 0;
+        for (int k = 0; k < 8; k++) s += qx[k] * ((float)((k + n) % 16) - 8) * 0.5f;
+        qwant[n] = s;
+    }
+    int64_t q1[2] = {1, 8};
+    paradec_tensor qxt = pd_host(qx, PD_F32, 2, q1), qot = pd_host(qo, PD_F32, 2, q1);
+    CHECK(paradec_op_quant_linear(NULL, &qxt, qw, &qot, false));
+    expect_close("quant_linear (GPTQ 4-bit)", qo, qwant, 8, 1e-5f);
+    paradec_quant_weight_free(qw);
+
+    /* ---- split_qkv, Falcon-7B layout [q0 q1 q2 q3 | k | v], head_dim 1 ---- */
+    float fused[6] = {10, 11, 12, 13, 20, 30}, q[4], k[1], v[1];
+    int64_t fs[2] = {1, 6}, qs3[3] = {1, 4, 1}, ks3[3] = {1, 1, 1};
+    paradec_tensor ft = pd_host(fused, PD_F32, 2, fs), qt = pd_host(q, PD_F32, 3, qs3),
+                   kt = pd_host(k, PD_F32, 3, ks3), vt = pd_host(v, PD_F32, 3, ks3);
+    CHECK(paradec_op_split_qkv(NULL, PARADEC_QKV_FUSED_QUERIES_FIRST, &ft, &qt, &kt, &vt));
+    float wq[4] = {10, 11, 12, 13};
+    expect_close("split_qkv q", q, wq, 4, 0);
+    expect_close("split_qkv v", v, (float[]){30}, 1, 0);
+
+    /* ---- head_norm: two heads of [1, 3] → [-1, 1] · per-head weight ---- */
+    float hx[4] = {1, 3, 1, 3}, hw[4] = {1, 2, 10, 20};
+    int64_t hs[3] = {1, 2, 2}, hws[2] = {2, 2};
+    paradec_tensor hxt = pd_host(hx, PD_F32, 3, hs), hwt = pd_host(hw, PD_F32, 2, hws);
+    paradec_affine haff = {&hwt, NULL};
+    CHECK(paradec_op_head_norm(NULL, PARADEC_NORM_LAYER, 0.0f, &hxt, &haff));
+    expect_close("head_norm per-head weights", hx, (float[]){-1, 2, -10, 20}, 4, 1e-6f);
+
+    /* ---- rotary + cache write, then attention over the cache ----
+     * batch 1, q_len 2, 1 head, head_dim 2, capacity 4, half rotary of width 2. */
+    float rq[4] = {1, 0, 1, 0}, rk[4] = {1, 0, 0, 1}, rv[4] = {1, 2, 3, 4};
+    float ck[8] = {0}, cv[8] = {0}, inv_freq[1] = {1.0f}, ao[4];
+    int64_t pos[2] = {0, 1}, past[1] = {0};
+    int64_t q4[4] = {1, 2, 1, 2}, c4[4] = {1, 4, 1, 2}, ps[1] = {2}, pls[1] = {1}, fs1[1] = {1};
+    paradec_tensor rqt = pd_host(rq, PD_F32, 4, q4), rkt = pd_host(rk, PD_F32, 4, q4),
+                   rvt = pd_host(rv, PD_F32, 4, q4), ckt = pd_host(ck, PD_F32, 4, c4),
+                   cvt = pd_host(cv, PD_F32, 4, c4), post = pd_host(pos, PD_I64, 1, ps),
+                   pastt = pd_host(past, PD_I64, 1, pls), ift = pd_host(inv_freq, PD_F32, 1, fs1),
+                   aot = pd_host(ao, PD_F32, 4, q4);
+    paradec_rotary rot = {PARADEC_ROPE_STYLE_HALF, 2, &ift, 1.0f};
+    CHECK(paradec_op_rotary_cache_write(NULL, &rqt, &rkt, &rvt, &post, &rot, &pastt, &ckt,
+                                        &cvt));
+    /* Token 1 is rotated by angle 1: (1, 0) → (cos 1, sin 1); (0, 1) → (−sin 1, cos 1). */
+    expect_close("rotary q", rq, (float[]){1, 0, cosf(1), sinf(1)}, 4, 1e-6f);
+    expect_close("cache k slots", ck, (float[]){1, 0, -sinf(1), cosf(1), 0, 0, 0, 0}, 8, 1e-6f);
+    expect_close("cache v slots", cv, (float[]){1, 2, 3, 4, 0, 0, 0, 0}, 8, 0);
+    CHECK(paradec_op_attention(NULL, &rqt, &ckt, &cvt, &pastt, NULL, 0, 1.0f, &aot));
+    /* Query 0 sees slot 0 only; query 1 mixes slots 0 and 1 by softmax of q·k. */
+    float s0 = rq[2] * ck[0] + rq[3] * ck[1], s1 = rq[2] * ck[2] + rq[3] * ck[3];
+    float e0 = expf(s0 - fmaxf(s0, s1)), e1 = expf(s1 - fmaxf(s0, s1));
+    float p0 = e0 / (e0 + e1), p1 = e1 / (e0 + e1);
+    expect_close("attention", ao, (float[]){1, 2, p0 * 1 + p1 * 3, p0 * 2 + p1 * 4}, 4, 1e-5f);
+
+    printf("%s\n", failures ? "KERNELS: FAIL" : "KERNELS: all ok");
+    return failures ? 1 : 0;
+}

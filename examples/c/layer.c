@@ -1,0 +1,229 @@
+/*
+ * layer.c — the layer and model level beyond decoding: a model's layer as a handle, forward
+ * and forward_interm (every intermediate), a cache for one layer, LoRA apply / remove on a
+ * layer and on the model, load / unload, numel / weight bytes / is_quant, rank_reduce, and a
+ * decoder layer built from tensors this program holds plus a config.json text.
+ *
+ *     layer MODEL_DIR        (a GPT-NeoX directory with a PEFT adapter in MODEL_DIR/lora)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static int failures = 0;
+
+static void expect(int cond, const char *what) {
+    printf("%s %s\n", cond ? "ok  " : "FAIL", what);
+    failures += !cond;
+}
+
+static float max_diff(const float *a, const float *b, size_t n) {
+    float m = 0;
+    for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+    return m;
+}
+
+static float frand(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return (float)((*s >> 9) & 0xffff) / 65536.0f - 0.5f;
+}
+
+static paradec_attn_params params(size_t batch, size_t q_len, const int64_t *past) {
+    paradec_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.batch = batch;
+    p.q_len = q_len;
+    p.past_len = past;
+    return p;
+}
+
+/* A layer built from tensors held here: a small GPT-NeoX layer with random weights. */
+static void layer_from_tensors(paradec_workspace *ws) {
+    const char *config =
+        "{\"model_type\": \"gpt_neox\", \"hidden_size\": 8, \"num_attention_heads\": 2, "
+        "\"num_hidden_layers\": 1, \"intermediate_size\": 16, \"vocab_size\": 10, "
+        "\"rotary_pct\": 0.5, \"rotary_emb_base\": 10000, \"max_position_embeddings\": 32, "
+        "\"layer_norm_eps\": 1e-5, \"hidden_act\": \"gelu\", \"use_parallel_residual\": true}";
+    enum { H = 8, I = 16 };
+    static float ln[4][H], qkv_w[3 * H * H], qkv_b[3 * H], o_w[H * H], o_b[H], up_w[I * H],
+        up_b[I], down_w[H * I], down_b[H];
+    unsigned seed = 7;
+    for (int i = 0; i < H; i++) {
+        ln[0][i] = ln[2][i] = 1 + frand(&seed);
+        ln[1][i] = ln[3][i] = frand(&seed);
+    }
+    float *all[] = {qkv_w, qkv_b, o_w, o_b, up_w, up_b, down_w, down_b};
+    size_t lens[] = {3 * H * H, 3 * H, H * H, H, I * H, I, H * I, H};
+    for (int t = 0; t < 8; t++)
+        for (size_t i = 0; i < lens[t]; i++) all[t][i] = frand(&seed);
+    int64_t sh[] = {H}, s_qkv[] = {3 * H, H}, s_qkvb[] = {3 * H}, s_o[] = {H, H}, s_up[] = {I, H},
+            s_upb[] = {I}, s_down[] = {H, I};
+    paradec_tensor t[12] = {
+        pd_host(ln[0], PD_F32, 1, sh),   pd_host(ln[1], PD_F32, 1, sh),
+        pd_host(ln[2], PD_F32, 1, sh),   pd_host(ln[3], PD_F32, 1, sh),
+        pd_host(qkv_w, PD_F32, 2, s_qkv), pd_host(qkv_b, PD_F32, 1, s_qkvb),
+        pd_host(o_w, PD_F32, 2, s_o),    pd_host(o_b, PD_F32, 1, sh),
+        pd_host(up_w, PD_F32, 2, s_up),  pd_host(up_b, PD_F32, 1, s_upb),
+        pd_host(down_w, PD_F32, 2, s_down), pd_host(down_b, PD_F32, 1, sh)};
+    paradec_named_tensor named[12] = {
+        {"input_layernorm.weight", &t[0]},           {"input_layernorm.bias", &t[1]},
+        {"post_attention_layernorm.weight", &t[2]},  {"post_attention_layernorm.bias", &t[3]},
+        {"attention.query_key_value.weight", &t[4]}, {"attention.query_key_value.bias", &t[5]},
+        {"attention.dense.weight", &t[6]},           {"attention.dense.bias", &t[7]},
+        {"mlp.dense_h_to_4h.weight", &t[8]},         {"mlp.dense_h_to_4h.bias", &t[9]},
+        {"mlp.dense_4h_to_h.weight", &t[10]},        {"mlp.dense_4h_to_h.bias", &t[11]}};
+    paradec_layer *layer = NULL;
+    CHECK(paradec_layer_create(config, 0, named, 12, &layer));
+    /* The layer copied the weights: scribbling over ours changes nothing. */
+    memset(qkv_w, 0, sizeof qkv_w);
+    size_t numel = 0;
+    CHECK(paradec_layer_numel(layer, &numel));
+    expect(numel == 4 * H + 3 * H * H + 3 * H + H * H + H + I * H + I + H * I + H,
+           "layer_create: numel counts every weight and bias");
+    float x[3 * H], y[3 * H];
+    for (int i = 0; i < 3 * H; i++) x[i] = frand(&seed);
+    memcpy(y, x, sizeof x);
+    int64_t hs[2] = {3, H};
+    paradec_tensor xt = pd_host(x, PD_F32, 2, hs), yt = pd_host(y, PD_F32, 2, hs);
+    paradec_attn_params p = params(1, 3, NULL);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &xt, &p, NULL, NULL, 0));
+    CHECK(paradec_layer_rank_reduce(layer, 0.25f));
+    CHECK(paradec_layer_forward(layer, NULL, ws, &yt, &p, NULL, NULL, 0));
+    expect(max_diff(x, y, 3 * H) > 1e-4f, "rank_reduce(0.25) changes the layer's output");
+    paradec_layer_free(layer);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s GPT_NEOX_MODEL_DIR\n", argv[0]);
+        return 2;
+    }
+    char lora_dir[4096];
+    snprintf(lora_dir, sizeof lora_dir, "%s/lora", argv[1]);
+    paradec_model *model = NULL;
+    CHECK(paradec_model_load(argv[1], NULL, &model));
+    paradec_model_info info;
+    info.struct_size = sizeof info;
+    CHECK(paradec_model_describe(model, &info));
+    paradec_workspace *ws = NULL;
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &ws));
+
+    paradec_layer *layer = NULL;
+    CHECK(paradec_model_layer(model, 0, &layer));
+    size_t numel = 0, bytes = 0;
+    bool quant = true;
+    CHECK(paradec_layer_numel(layer, &numel));
+    CHECK(paradec_layer_weight_bytes(layer, &bytes));
+    CHECK(paradec_layer_is_quant(layer, &quant));
+    expect(numel > 0 && bytes == 4 * numel && !quant, "numel, weight bytes (f32), not quantized");
+
+    /* forward and forward_interm agree; every intermediate is there. */
+    size_t T = 4, H = info.hidden, n = T * H;
+    float *x0 = malloc(n * sizeof *x0), *x1 = malloc(n * sizeof *x1),
+          *x2 = malloc(n * sizeof *x2), *x3 = malloc(n * sizeof *x3);
+    unsigned seed = 1;
+    for (size_t i = 0; i < n; i++) x0[i] = frand(&seed);
+    memcpy(x1, x0, n * sizeof *x0);
+    memcpy(x2, x0, n * sizeof *x0);
+    memcpy(x3, x0, n * sizeof *x0);
+    int64_t hs[3] = {1, (int64_t)T, (int64_t)H};
+    paradec_tensor t1 = pd_host(x1, PD_F32, 3, hs), t2 = pd_host(x2, PD_F32, 3, hs),
+                   t3 = pd_host(x3, PD_F32, 3, hs);
+    paradec_attn_params p = params(1, T, NULL);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t1, &p, NULL, NULL, 0));
+    paradec_interm *im = NULL;
+    CHECK(paradec_layer_forward_interm(layer, NULL, ws, &t2, &p, NULL, NULL, 0, &im));
+    expect(max_diff(x1, x2, n) == 0, "forward_interm updates hidden as forward does");
+    int got_all = 1;
+    for (int which = PARADEC_INTERM_POST_NORM; which <= PARADEC_INTERM_HIDDEN_STATES; which++) {
+        paradec_tensor v;
+        CHECK(paradec_interm_get(im, which, &v));
+        got_all &= v.ndim == 2 && v.shape[0] == (int64_t)T && v.data != NULL;
+        if (which == PARADEC_INTERM_HIDDEN_STATES)
+            expect(max_diff((const float *)v.data, x1, n) == 0,
+                   "interm hidden_states equals the forward's output");
+    }
+    expect(got_all, "interm: all seven intermediates of a two-norm family");
+    paradec_interm_free(im);
+
+    /* Through a cache made for this layer: the same output. */
+    paradec_cache *cache = NULL;
+    CHECK(paradec_cache_create_for_layer(layer, 1, T + 1, PD_F32, PD_CPU, &cache));
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t3, &p, cache, NULL, 0));
+    expect(max_diff(x1, x3, n) < 1e-6f, "forward through a cache equals forward without");
+    int64_t past[1] = {(int64_t)T};
+    paradec_attn_params step = params(1, 1, past);
+    int64_t hs1[3] = {1, 1, (int64_t)H};
+    float *next = malloc(H * sizeof *next);
+    memcpy(next, x0, H * sizeof *next);
+    paradec_tensor one = pd_host(next, PD_F32, 3, hs1);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &one, &step, cache, NULL, 0));
+    free(next);
+    paradec_cache_free(cache);
+
+    /* LoRA on the layer: changes the output only while listed, and goes away on remove. */
+    paradec_lora *lora = NULL;
+    CHECK(paradec_lora_load(lora_dir, &lora));
+    size_t modules = 0;
+    CHECK(paradec_layer_lora_apply(layer, lora, &modules));
+    expect(modules > 0, "layer_lora_apply registers the adapter's modules of layer 0");
+    const paradec_lora *active[1] = {lora};
+    memcpy(x2, x0, n * sizeof *x0);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t2, &p, NULL, active, 1));
+    expect(max_diff(x1, x2, n) > 1e-6f, "an active LoRA changes the output");
+    CHECK(paradec_layer_lora_remove(layer, lora));
+    memcpy(x2, x0, n * sizeof *x0);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t2, &p, NULL, active, 1));
+    expect(max_diff(x1, x2, n) == 0, "after layer_lora_remove the output is the base one");
+
+    /* LoRA on the model: logits move. */
+    int64_t ids[4] = {1, 2, 3, 4}, ids_shape[2] = {1, 4};
+    int64_t lg_shape[3] = {1, 4, (int64_t)info.vocab};
+    size_t nl = 4 * info.vocab;
+    float *base = malloc(nl * sizeof *base), *with = malloc(nl * sizeof *with);
+    paradec_tensor ids_t = pd_host(ids, PD_I64, 2, ids_shape);
+    paradec_tensor base_t = pd_host(base, PD_F32, 3, lg_shape),
+                   with_t = pd_host(with, PD_F32, 3, lg_shape);
+    CHECK(paradec_model_forward(model, NULL, ws, &ids_t, &p, NULL, NULL, 0, &base_t));
+    CHECK(paradec_model_lora_apply(model, lora));
+    CHECK(paradec_model_forward(model, NULL, ws, &ids_t, &p, NULL, active, 1, &with_t));
+    expect(max_diff(base, with, nl) > 1e-6f, "model_lora_apply: an active adapter moves logits");
+    CHECK(paradec_model_lora_remove(model, lora));
+    CHECK(paradec_model_forward(model, NULL, ws, &ids_t, &p, NULL, active, 1, &with_t));
+    expect(max_diff(base, with, nl) == 0, "model_lora_remove: logits back to the base ones");
+    paradec_lora_free(lora);
+
+    /* load / unload: to the CPU (where the weights are) and back. */
+    CHECK(paradec_layer_load(layer, PD_CPU));
+    CHECK(paradec_layer_unload(layer));
+    CHECK(paradec_model_load_to(model, PD_CPU));
+    CHECK(paradec_model_unload(model));
+
+    /* rank_reduce at full rank keeps the logits (up to SVD rounding). */
+    CHECK(paradec_model_rank_reduce(model, 1.0f));
+    CHECK(paradec_model_forward(model, NULL, ws, &ids_t, &p, NULL, NULL, 0, &with_t));
+    expect(max_diff(base, with, nl) < 1e-3f, "model_rank_reduce(1.0) keeps the logits");
+
+    /* The layer keeps the model alive after the model handle is freed. */
+    paradec_model_free(model);
+    memcpy(x2, x0, n * sizeof *x0);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t2, &p, NULL, NULL, 0));
+    expect(1, "a model's layer outlives the model handle");
+    paradec_layer_free(layer);
+
+    layer_from_tensors(ws);
+    paradec_workspace_free(ws);
+    free(x0);
+    free(x1);
+    free(x2);
+    free(x3);
+    free(base);
+    free(with);
+    printf("%s\n", failures ? "LAYER: FAIL" : "LAYER: all ok");
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,279 @@
+//! The CUDA arm of the kernel level: the raw launchers of `csrc/` called on the caller's device
+//! pointers and stream. This is the only file of the C ABI that names a launcher, so renaming
+//! the internal launchers (see docs/capi.md) touches only it.
+
+use std::ffi::c_void;
+use std::ptr;
+
+use super::tensor::View;
+use super::{cerr, paradec_status::*, CResult};
+use crate::cuda::device::{current_device, set_device};
+use crate::cuda::error::check_status;
+use crate::cuda::ffi;
+use crate::tensor::DType;
+use crate::vocab::{Activation, NormKind, RopeStyle};
+
+/// Makes the tensors' device current for the launch and restores the caller's afterwards.
+struct OnDevice(Option<usize>);
+
+fn on_device(dev: usize) -> CResult<OnDevice> {
+    let prev = current_device()?;
+    if prev != dev {
+        set_device(dev)?;
+        return Ok(OnDevice(Some(prev)));
+    }
+    Ok(OnDevice(None))
+}
+
+impl Drop for OnDevice {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            // Nowhere to report a failure from a destructor; the launch's status stands.
+            let _ = set_device(p);
+        }
+    }
+}
+
+fn dtype_code(v: &View) -> CResult<i32> {
+    match v.dtype {
+        DType::F16 => Ok(ffi::paradec_dtype::PARADEC_F16 as i32),
+        DType::BF16 => Ok(ffi::paradec_dtype::PARADEC_BF16 as i32),
+        DType::F32 => Err(cerr(
+            PARADEC_ERR_UNSUPPORTED,
+            format!(
+                "{}: the CUDA kernels take f16 or bf16 tensors, not f32",
+                v.name
+            ),
+        )),
+        other => Err(cerr(
+            PARADEC_ERR_DTYPE,
+            format!("{}: expected f16 or bf16, got {other}", v.name),
+        )),
+    }
+}
+
+fn raw_stream(s: *mut c_void) -> ffi::cudaStream_t {
+    s as ffi::cudaStream_t
+}
+
+fn p(v: Option<&View>) -> *const c_void {
+    v.map_or(ptr::null(), |v| v.ptr as *const c_void)
+}
+
+fn act_code(act: Activation) -> i32 {
+    use ffi::paradec_activation as a;
+    (match act {
+        Activation::GeluErf => a::PARADEC_GELU_ERF,
+        Activation::GeluNew => a::PARADEC_GELU_NEW,
+        Activation::GeluFast => a::PARADEC_GELU_FAST,
+        Activation::Silu => a::PARADEC_SILU,
+        Activation::Relu => a::PARADEC_RELU,
+    }) as i32
+}
+
+type Second<'a> = (Option<&'a View>, Option<&'a View>, &'a View);
+
+pub(crate) fn norm_fused(
+    dev: usize,
+    stream: *mut c_void,
+    kind: NormKind,
+    x: &View,
+    residual: Option<&View>,
+    (wa, ba): (Option<&View>, Option<&View>),
+    out_a: &View,
+    second: Option<Second<'_>>,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> CResult<()> {
+    let code = dtype_code(x)?;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    let kind = match kind {
+        NormKind::LayerNorm => ffi::paradec_norm_kind::PARADEC_LAYER_NORM,
+        NormKind::RmsNorm => ffi::paradec_norm_kind::PARADEC_RMS_NORM,
+    } as i32;
+    let (wb, bb, ob) = match second {
+        Some((w, b, o)) => (p(w), p(b), o.ptr as *mut c_void),
+        None => (ptr::null(), ptr::null(), ptr::null_mut()),
+    };
+    let _d = on_device(dev)?;
+    // SAFETY: every pointer is NULL (optional) or the caller's device memory of the checked
+    // shape and dtype on device `dev`, which the caller keeps alive until the stream has run
+    // the kernel (the descriptor contract); the launcher checks the sizes again and never
+    // synchronizes.
+    let status = unsafe {
+        ffi::paradec_norm_fused(
+            kind,
+            code,
+            x.ptr as *mut c_void,
+            p(residual),
+            p(wa),
+            p(ba),
+            out_a.ptr as *mut c_void,
+            wb,
+            bb,
+            ob,
+            rows,
+            cols,
+            eps,
+            raw_stream(stream),
+        )
+    };
+    Ok(check_status(status, "norm kernel")?)
+}
+
+pub(crate) fn rotary_cache_write(
+    dev: usize,
+    stream: *mut c_void,
+    q: &View,
+    k: &View,
+    v: &View,
+    [batch, q_len, heads, kvh, d, capacity]: [usize; 6],
+    rot: Option<(RopeStyle, usize, &View, f32, &View)>,
+    past: &View,
+    ck: &View,
+    cv: &View,
+) -> CResult<()> {
+    let code = dtype_code(q)?;
+    if batch * q_len * kvh * d == 0 {
+        return Ok(());
+    }
+    let (style, rot_dim, inv, factor, pos) = match rot {
+        Some((s, r, f, a, pos)) => {
+            let s = match s {
+                RopeStyle::Interleaved => ffi::paradec_rope_style::PARADEC_ROPE_INTERLEAVED,
+                RopeStyle::Half => ffi::paradec_rope_style::PARADEC_ROPE_HALF,
+            } as i32;
+            (s, r, f.ptr as *const f32, a, pos.ptr as *const i64)
+        }
+        None => (0, 0, ptr::null(), 1.0, ptr::null()),
+    };
+    let _d = on_device(dev)?;
+    // SAFETY: as in `norm_fused`: the caller's device memory of the checked shapes on `dev`.
+    let status = unsafe {
+        ffi::paradec_rotary_cache_write(
+            code,
+            q.ptr as *mut c_void,
+            k.ptr as *mut c_void,
+            v.ptr as *const c_void,
+            batch,
+            q_len,
+            heads,
+            kvh,
+            d,
+            pos,
+            style,
+            rot_dim,
+            inv,
+            factor,
+            past.ptr as *const i64,
+            capacity,
+            ck.ptr as *mut c_void,
+            cv.ptr as *mut c_void,
+            raw_stream(stream),
+        )
+    };
+    Ok(check_status(status, "rotary + cache write kernel")?)
+}
+
+pub(crate) fn activate(dev: usize, stream: *mut c_void, act: Activation, x: &View) -> CResult<()> {
+    let code = dtype_code(x)?;
+    if x.numel == 0 {
+        return Ok(());
+    }
+    let _d = on_device(dev)?;
+    // SAFETY: as in `norm_fused`.
+    let status = unsafe {
+        ffi::paradec_activate(
+            act_code(act),
+            code,
+            x.ptr as *mut c_void,
+            x.numel,
+            raw_stream(stream),
+        )
+    };
+    Ok(check_status(status, "activation kernel")?)
+}
+
+pub(crate) fn act_mul(
+    dev: usize,
+    stream: *mut c_void,
+    act: Activation,
+    gate: &View,
+    up: &View,
+    out: &View,
+) -> CResult<()> {
+    let code = dtype_code(gate)?;
+    if gate.numel == 0 {
+        return Ok(());
+    }
+    let _d = on_device(dev)?;
+    // SAFETY: as in `norm_fused`.
+    let status = unsafe {
+        ffi::paradec_act_mul(
+            act_code(act),
+            code,
+            gate.ptr as *const c_void,
+            up.ptr as *const c_void,
+            out.ptr as *mut c_void,
+            gate.numel,
+            raw_stream(stream),
+        )
+    };
+    Ok(check_status(status, "gated multiply kernel")?)
+}
+
+pub(crate) fn add(dev: usize, stream: *mut c_void, x: &View, y: &View) -> CResult<()> {
+    let code = dtype_code(x)?;
+    if x.numel == 0 {
+        return Ok(());
+    }
+    let _d = on_device(dev)?;
+    // SAFETY: as in `norm_fused`.
+    let status = unsafe {
+        ffi::paradec_add_inplace(
+            code,
+            x.ptr as *mut c_void,
+            y.ptr as *const c_void,
+            x.numel,
+            raw_stream(stream),
+        )
+    };
+    Ok(check_status(status, "add kernel")?)
+}
+
+pub(crate) fn embedding(
+    dev: usize,
+    stream: *mut c_void,
+    table: &View,
+    vocab: usize,
+    hidden: usize,
+    ids: &View,
+    out: &View,
+) -> CResult<()> {
+    let code = dtype_code(table)?;
+    if ids.numel == 0 || hidden == 0 {
+        return Ok(());
+    }
+    if vocab == 0 {
+        return Err(cerr(PARADEC_ERR_SHAPE, "table: empty vocabulary"));
+    }
+    let _d = on_device(dev)?;
+    // SAFETY: as in `norm_fused`; the kernel reads only table rows of ids inside 0..vocab.
+    let status = unsafe {
+        ffi::paradec_embedding(
+            code,
+            table.ptr as *const c_void,
+            vocab,
+            hidden,
+            ids.ptr as *const c_void,
+            ffi::paradec_id_type::PARADEC_IDS_I32 as i32,
+            ids.numel,
+            out.ptr as *mut c_void,
+            raw_stream(stream),
+        )
+    };
+    Ok(check_status(status, "embedding kernel")?)
+}

@@ -1,0 +1,1413 @@
+//! Layer and model level: opaque handles (model, layer, cache, workspace, LoRA adapter,
+//! intermediates, prepared quantized weight) with create / free pairs, and the calls on them.
+//!
+//! Threading: a handle passed as `const` may be used by several threads at once (a model or a
+//! layer runs concurrent forwards, each with its own cache and workspace); a call taking a
+//! non-`const` handle must not overlap any other call on that handle. A layer taken from a
+//! model shares the model (both stay valid until both are freed).
+
+use std::ffi::{c_char, c_void};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::paradec_status::{self, *};
+use super::tensor::*;
+use super::{cerr, cstr, guard, out_ptr, req, req_mut, slice_arg, write_out, CResult};
+use crate::arch::{ArchParams, Family};
+use crate::cache::KvCache;
+use crate::layers::lora::Lora;
+use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
+use crate::layers::params::AttnParams;
+use crate::quant::{QuantConfig, QuantWeight};
+use crate::tensor::{DType, Device, Storage, Tensor};
+use crate::workspace::Workspace;
+use crate::{Model, Stream, Weights};
+
+// ---- handles ------------------------------------------------------------------------------
+
+/// A loaded model (embedding, decoder layers, final norm, LM head).
+pub struct paradec_model {
+    inner: Arc<RwLock<Model>>,
+}
+
+enum LayerRef {
+    /// The layer and the architecture it was built with.
+    Own(Box<ParallelDecoder>, Box<ArchParams>),
+    OfModel(Arc<RwLock<Model>>, usize),
+}
+
+/// One parallel-residual decoder layer: built from caller tensors, or layer i of a model.
+pub struct paradec_layer {
+    inner: LayerRef,
+}
+
+/// A KV cache: per layer, K and V of [batch, capacity, kv_heads, head_dim].
+pub struct paradec_cache {
+    inner: KvCache,
+}
+
+/// The scratch of forwards on one device and dtype (one per stream / thread).
+pub struct paradec_workspace {
+    inner: Workspace,
+}
+
+/// A PEFT LoRA adapter read from its directory.
+pub struct paradec_lora {
+    inner: Lora,
+}
+
+/// The intermediates of one `paradec_layer_forward_interm` call.
+pub struct paradec_interm {
+    inner: Intermediates,
+    shapes: Vec<Vec<i64>>,
+}
+
+/// A quantized (GPTQ or EXL2) linear weight, prepared once from the caller's packed tensors.
+pub struct paradec_quant_weight {
+    pub(crate) inner: QuantWeight,
+}
+
+// ---- plain structs ------------------------------------------------------------------------
+
+/// A named tensor: a checkpoint name and the caller's descriptor.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct paradec_named_tensor {
+    /// The tensor's name (NUL-terminated UTF-8).
+    pub name: *const c_char,
+    /// The caller's tensor.
+    pub tensor: *const paradec_tensor,
+}
+
+/// Options of `paradec_model_load`. Begins with its own size: set `struct_size =
+/// sizeof(paradec_model_options)` (or call `paradec_model_options_init`), so later versions
+/// can add fields without breaking callers built against this one.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct paradec_model_options {
+    /// `sizeof(paradec_model_options)`.
+    pub struct_size: usize,
+    /// Where the weights go after loading (default: the CPU).
+    pub device: paradec_device,
+}
+
+/// One call's batch: sizes, what is already cached, padding.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct paradec_attn_params {
+    /// `sizeof(paradec_attn_params)`.
+    pub struct_size: usize,
+    /// Sequences in the call.
+    pub batch: usize,
+    /// New tokens per sequence in this call.
+    pub q_len: usize,
+    /// NULL (nothing cached) or `batch` values: tokens already in the cache per sequence; the
+    /// new ones go to slots `past_len[b] .. past_len[b] + q_len`.
+    pub past_len: *const i64,
+    /// NULL (no padding) or `[batch, mask_slots]` 0/1 values over cache slots (HF's
+    /// `attention_mask`, 1 = attend). Leading zeros of a row are that sequence's left padding.
+    pub attention_mask: *const i64,
+    /// Slots per row of `attention_mask` (≥ `past_len[b] + q_len`).
+    pub mask_slots: usize,
+    /// NULL (derived: minus each row's left padding, as HF's `cumsum(mask) − 1`) or `batch`
+    /// values added to each sequence's positions.
+    pub position_offset: *const i64,
+}
+
+/// What a model needs, in bytes, before loading it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct paradec_memory {
+    /// `sizeof(paradec_memory)`, set by the caller.
+    pub struct_size: usize,
+    /// The checkpoint's tensors as stored (an upper bound of what loading keeps).
+    pub weight_bytes: usize,
+    /// A KV cache of the asked batch and capacity, all layers, K and V.
+    pub cache_bytes: usize,
+    /// The workspace's peak for a prefill of batch × capacity tokens (logits included).
+    pub workspace_bytes: usize,
+}
+
+/// GPT-J.
+pub const PARADEC_FAMILY_GPTJ: i32 = 0;
+/// GPT-NeoX.
+pub const PARADEC_FAMILY_GPT_NEOX: i32 = 1;
+/// Phi.
+pub const PARADEC_FAMILY_PHI: i32 = 2;
+/// Falcon (all variants).
+pub const PARADEC_FAMILY_FALCON: i32 = 3;
+/// Cohere.
+pub const PARADEC_FAMILY_COHERE: i32 = 4;
+/// Cohere2.
+pub const PARADEC_FAMILY_COHERE2: i32 = 5;
+
+/// What a loaded model is.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct paradec_model_info {
+    /// `sizeof(paradec_model_info)`, set by the caller.
+    pub struct_size: usize,
+    /// A `PARADEC_FAMILY_*` value.
+    pub family: i32,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Attention (query) heads.
+    pub heads: usize,
+    /// Key / value heads.
+    pub kv_heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// MLP width.
+    pub intermediate: usize,
+    /// Vocabulary size (the logits' last dimension).
+    pub vocab: usize,
+    /// Bytes the weights take where they are.
+    pub weight_bytes: usize,
+    /// Parameters of the decoder layers (quantized weights count as K·N).
+    pub layer_numel: usize,
+    /// True when any projection is GPTQ or EXL2.
+    pub is_quant: bool,
+}
+
+/// `paradec_interm_get`'s `which`: the norm output feeding attention.
+pub const PARADEC_INTERM_POST_NORM: i32 = 0;
+/// The MLP's norm output (two-norm families only).
+pub const PARADEC_INTERM_POST_NORM_MLP: i32 = 1;
+/// Attention context before the output projection.
+pub const PARADEC_INTERM_ATTN_OUTPUT: i32 = 2;
+/// The input of the MLP's last projection.
+pub const PARADEC_INTERM_PRE_DOWN: i32 = 3;
+/// The attention branch's output (bias included, no residual).
+pub const PARADEC_INTERM_HIDDEN_STATES_ATTN: i32 = 4;
+/// The MLP branch's output (bias included, no residual).
+pub const PARADEC_INTERM_HIDDEN_STATES_MLP: i32 = 5;
+/// The block's output.
+pub const PARADEC_INTERM_HIDDEN_STATES: i32 = 6;
+
+// ---- sized structs ------------------------------------------------------------------------
+
+/// Reads a struct that begins with its size: smaller than this version's is refused; larger
+/// is accepted when the bytes this version does not know are zero.
+fn read_sized<T: Copy>(p: *const T, name: &str) -> CResult<T> {
+    let r = req(p, name)?;
+    let size = std::mem::size_of::<T>();
+    // SAFETY: every such struct begins with `size_t struct_size` (the caller initialized it).
+    let given = unsafe { *(p as *const usize) };
+    if given < size {
+        return Err(cerr(
+            PARADEC_ERR_STRUCT_SIZE,
+            format!("{name}.struct_size is {given}; this paradec needs {size} (sizeof({name}) of its header)"),
+        ));
+    }
+    if given > size {
+        // SAFETY: the caller promises `struct_size` readable bytes at `p`.
+        let extra = unsafe { std::slice::from_raw_parts((p as *const u8).add(size), given - size) };
+        if let Some(i) = extra.iter().position(|&b| b != 0) {
+            return Err(cerr(
+                PARADEC_ERR_STRUCT_SIZE,
+                format!(
+                    "{name}: byte {} is set, but this paradec knows only the first {size} bytes (a newer header's field?)",
+                    size + i
+                ),
+            ));
+        }
+    }
+    Ok(*r)
+}
+
+/// Checks an output struct's size before the work.
+fn sized_out<T>(p: *mut T, name: &str) -> CResult<*mut T> {
+    let p = out_ptr(p, name)?;
+    // SAFETY: non-NULL; the caller set `struct_size`, the struct's first field.
+    let given = unsafe { *(p as *const usize) };
+    if given < std::mem::size_of::<T>() {
+        return Err(cerr(
+            PARADEC_ERR_STRUCT_SIZE,
+            format!(
+                "{name}.struct_size is {given}; this paradec needs {}",
+                std::mem::size_of::<T>()
+            ),
+        ));
+    }
+    Ok(p)
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+fn read<'a, T>(l: &'a RwLock<T>) -> CResult<RwLockReadGuard<'a, T>> {
+    l.read().map_err(|_| {
+        cerr(
+            PARADEC_ERR_PANIC,
+            "the model was poisoned by an earlier panic",
+        )
+    })
+}
+
+fn write<'a, T>(l: &'a RwLock<T>) -> CResult<RwLockWriteGuard<'a, T>> {
+    l.write().map_err(|_| {
+        cerr(
+            PARADEC_ERR_PANIC,
+            "the model was poisoned by an earlier panic",
+        )
+    })
+}
+
+fn device_dtype(
+    device: paradec_device,
+    dtype: paradec_dtype,
+    what: &str,
+) -> CResult<(Device, DType)> {
+    let dev = device_arg(device, &format!("{what} device"))?;
+    let dt = dtype_of(dtype, &format!("{what} dtype"))?;
+    if !dt.is_float() {
+        return Err(cerr(
+            PARADEC_ERR_DTYPE,
+            format!("{what} dtype: expected f32, f16 or bf16, got {dt}"),
+        ));
+    }
+    Ok((dev, dt))
+}
+
+/// Host tensors with names (prefixed) as in-memory weights.
+fn weights_from(tensors: *const paradec_named_tensor, n: usize, prefix: &str) -> CResult<Weights> {
+    let list = slice_arg(tensors, n, "tensors")?;
+    let mut names = Vec::with_capacity(n);
+    let mut views = Vec::with_capacity(n);
+    for (i, t) in list.iter().enumerate() {
+        let name = cstr(t.name, &format!("tensors[{i}].name"))?;
+        let v = view(t.tensor, &format!("tensors[{i}] ({name})"))?;
+        if v.loc != Loc::Host {
+            return Err(cerr(
+                PARADEC_ERR_DEVICE,
+                format!("tensors[{i}] ({name}): weights are read from host memory; copy them to the host (device-resident building lands with the GPU decoder)"),
+            ));
+        }
+        names.push(format!("{prefix}{name}"));
+        views.push(v);
+    }
+    let entries: Vec<(&str, DType, &[usize], &[u8])> = names
+        .iter()
+        .zip(&views)
+        .map(|(n, v)| (n.as_str(), v.dtype, v.shape.as_slice(), v.host_bytes()))
+        .collect();
+    Ok(Weights::from_memory(&entries)?)
+}
+
+fn attn_params(p: *const paradec_attn_params) -> CResult<AttnParams> {
+    let p = read_sized(p, "paradec_attn_params")?;
+    if p.batch == 0 || p.q_len == 0 {
+        return Err(cerr(
+            PARADEC_ERR_INVALID_ARGUMENT,
+            format!(
+                "params: batch ({}) and q_len ({}) must be positive",
+                p.batch, p.q_len
+            ),
+        ));
+    }
+    let past = if p.past_len.is_null() {
+        vec![0; p.batch]
+    } else {
+        slice_arg(p.past_len, p.batch, "params.past_len")?
+            .iter()
+            .enumerate()
+            .map(|(b, &x)| {
+                usize::try_from(x).map_err(|_| {
+                    cerr(
+                        PARADEC_ERR_INVALID_ARGUMENT,
+                        format!("params.past_len[{b}] = {x} is negative"),
+                    )
+                })
+            })
+            .collect::<CResult<_>>()?
+    };
+    let mut a = AttnParams::with_past(p.batch, p.q_len, past);
+    if !p.attention_mask.is_null() {
+        let n = p
+            .batch
+            .checked_mul(p.mask_slots)
+            .ok_or_else(|| cerr(PARADEC_ERR_INVALID_ARGUMENT, "params.mask_slots overflows"))?;
+        let m = slice_arg(p.attention_mask, n, "params.attention_mask")?;
+        a = a.with_attention_mask(m, p.mask_slots)?;
+    }
+    if !p.position_offset.is_null() {
+        a.position_offset =
+            slice_arg(p.position_offset, p.batch, "params.position_offset")?.to_vec();
+    }
+    a.validate()?;
+    Ok(a)
+}
+
+fn loras_arg<'a>(loras: *const *const paradec_lora, n: usize) -> CResult<Vec<&'a Lora>> {
+    slice_arg(loras, n, "loras")?
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| req(l, &format!("loras[{i}]")).map(|l| &l.inner))
+        .collect()
+}
+
+/// Checks that the call fits the cache before anything runs.
+fn check_cache(c: &KvCache, p: &AttnParams) -> CResult<()> {
+    if c.batch != p.batch {
+        return Err(cerr(
+            PARADEC_ERR_SHAPE,
+            format!(
+                "cache: made for batch {}, the call has batch {}",
+                c.batch, p.batch
+            ),
+        ));
+    }
+    for (b, &past) in p.past_len.iter().enumerate() {
+        if past + p.q_len > c.capacity {
+            return Err(cerr(
+                PARADEC_ERR_CAPACITY,
+                format!(
+                    "cache: sequence {b} holds {past} tokens; {} more exceed its capacity {}",
+                    p.q_len, c.capacity
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tensor_ptr(t: &Tensor) -> *mut c_void {
+    use crate::tensor::HostData as H;
+    match t.storage() {
+        Storage::Host(h) => match h {
+            H::F16(v) => v.as_ptr() as *mut c_void,
+            H::BF16(v) => v.as_ptr() as *mut c_void,
+            H::F32(v) => v.as_ptr() as *mut c_void,
+            H::I8(v) => v.as_ptr() as *mut c_void,
+            H::U8(v) => v.as_ptr() as *mut c_void,
+            H::I16(v) => v.as_ptr() as *mut c_void,
+            H::I32(v) => v.as_ptr() as *mut c_void,
+            H::I64(v) => v.as_ptr() as *mut c_void,
+        },
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(b) => b.as_ptr() as *mut c_void,
+    }
+}
+
+/// The stream a layer or model call runs on: the host for host work; for device work the
+/// caller's `cudaStream_t` (NULL = the legacy default stream), borrowed, never destroyed.
+fn stream_for(device: Device, raw: *mut c_void) -> CResult<Stream> {
+    match device {
+        Device::Cpu => Ok(Stream::Host),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            // SAFETY: the caller promises (each call's contract) that `stream` is NULL or a
+            // live stream of the workspace's device that outlives the queued work; the
+            // borrowed handle is never destroyed here.
+            let s = unsafe { crate::cuda::CudaStream::from_raw(raw as _, d) };
+            Ok(Stream::Cuda(s))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {
+            let _ = raw;
+            Err(cerr(
+                PARADEC_ERR_NO_DEVICE,
+                "the workspace is on a CUDA device, but paradec was built without CUDA",
+            ))
+        }
+    }
+}
+
+fn family_code(f: Family) -> i32 {
+    match f {
+        Family::GptJ => PARADEC_FAMILY_GPTJ,
+        Family::GptNeoX => PARADEC_FAMILY_GPT_NEOX,
+        Family::Phi => PARADEC_FAMILY_PHI,
+        Family::Falcon => PARADEC_FAMILY_FALCON,
+        Family::Cohere => PARADEC_FAMILY_COHERE,
+        Family::Cohere2 => PARADEC_FAMILY_COHERE2,
+    }
+}
+
+/// Frees a boxed handle (NULL is a no-op).
+fn free_box<T>(p: *mut T) {
+    if !p.is_null() {
+        // SAFETY: non-NULL handles come from `Box::into_raw` in this module, and the caller
+        // promises not to use (or free) the handle again.
+        drop(unsafe { Box::from_raw(p) });
+    }
+}
+
+// ---- model --------------------------------------------------------------------------------
+
+/// Fills `options` with the defaults of this version: `struct_size` set, weights on the CPU.
+///
+/// Ownership: `options` is the caller's; written.
+#[no_mangle]
+pub extern "C" fn paradec_model_options_init(
+    options: *mut paradec_model_options,
+) -> paradec_status {
+    guard(|| {
+        let p = out_ptr(options, "options")?;
+        write_out(
+            p,
+            paradec_model_options {
+                struct_size: std::mem::size_of::<paradec_model_options>(),
+                device: paradec_device {
+                    device_type: PARADEC_DEVICE_CPU,
+                    device_id: 0,
+                },
+            },
+        );
+        Ok(())
+    })
+}
+
+fn load_device(p: *const paradec_model_options) -> CResult<Device> {
+    if p.is_null() {
+        return Ok(Device::Cpu);
+    }
+    let o = read_sized(p, "paradec_model_options")?;
+    device_arg(o.device, "options.device")
+}
+
+/// What a model directory needs, in bytes, before loading it: its weights, a KV cache of
+/// `batch` × `capacity` in `cache_dtype`, and the workspace of a prefill of that size. Reads
+/// config.json and the safetensors headers only.
+///
+/// - `dir`: the model directory (config.json + safetensors, one file or sharded).
+/// - `options`: NULL (defaults) or options as for `paradec_model_load`.
+/// - `out`: the caller's struct with `struct_size` set; written on success.
+///
+/// Ownership: nothing is kept; `out` is the caller's.
+#[no_mangle]
+pub extern "C" fn paradec_model_memory(
+    dir: *const c_char,
+    options: *const paradec_model_options,
+    batch: usize,
+    capacity: usize,
+    cache_dtype: paradec_dtype,
+    out: *mut paradec_memory,
+) -> paradec_status {
+    guard(|| {
+        let dir = cstr(dir, "dir")?;
+        let out = sized_out(out, "paradec_memory")?;
+        let dev = load_device(options)?;
+        let dt = dtype_of(cache_dtype, "cache_dtype")?;
+        if !dt.is_float() {
+            return Err(cerr(
+                PARADEC_ERR_DTYPE,
+                format!("cache_dtype: expected f32, f16 or bf16, got {dt}"),
+            ));
+        }
+        let arch = ArchParams::from_dir(dir)?;
+        let weights = Weights::from_dir(dir)?;
+        let weight_bytes = weights
+            .names()
+            .iter()
+            .map(|n| weights.view(n).map(|v| v.data.len()))
+            .sum::<crate::Result<usize>>()?;
+        let ws_dtype = if dev == Device::Cpu { DType::F32 } else { dt };
+        let tokens = batch.saturating_mul(capacity);
+        let workspace_bytes = Workspace::bytes_needed(&arch, tokens, ws_dtype)
+            + tokens * (arch.vocab + 2 * arch.hidden) * ws_dtype.size();
+        write_out(
+            out,
+            paradec_memory {
+                struct_size: std::mem::size_of::<paradec_memory>(),
+                weight_bytes,
+                cache_bytes: KvCache::bytes_needed(
+                    arch.num_layers,
+                    batch,
+                    capacity,
+                    arch.kv_heads,
+                    arch.head_dim,
+                    dt,
+                ),
+                workspace_bytes,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Loads a model directory: config.json and its safetensors (one file or shards with
+/// `model.safetensors.index.json`), dense or GPTQ / EXL2.
+///
+/// - `options`: NULL (defaults: weights on the CPU) or initialized options.
+/// - `out`: receives the new handle on success (untouched on failure).
+///
+/// Ownership: the caller owns `*out` and frees it with `paradec_model_free`.
+#[no_mangle]
+pub extern "C" fn paradec_model_load(
+    dir: *const c_char,
+    options: *const paradec_model_options,
+    out: *mut *mut paradec_model,
+) -> paradec_status {
+    guard(|| {
+        let dir = cstr(dir, "dir")?;
+        let out = out_ptr(out, "out")?;
+        let dev = load_device(options)?;
+        let mut m = Model::load(dir)?;
+        if dev != Device::Cpu {
+            m.load_to(dev)?;
+        }
+        let h = Box::new(paradec_model {
+            inner: Arc::new(RwLock::new(m)),
+        });
+        write_out(out, Box::into_raw(h));
+        Ok(())
+    })
+}
+
+/// Frees a model. NULL is a no-op. Layers taken from it stay valid (they share it).
+///
+/// Ownership: takes `model`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_model_free(model: *mut paradec_model) {
+    let _ = guard(|| {
+        free_box(model);
+        Ok(())
+    });
+}
+
+/// Describes a loaded model.
+///
+/// - `out`: the caller's struct with `struct_size` set; written on success.
+///
+/// Ownership: `model` is borrowed; `out` is the caller's.
+#[no_mangle]
+pub extern "C" fn paradec_model_describe(
+    model: *const paradec_model,
+    out: *mut paradec_model_info,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let out = sized_out(out, "paradec_model_info")?;
+        let m = read(&m.inner)?;
+        let a = &m.arch;
+        write_out(
+            out,
+            paradec_model_info {
+                struct_size: std::mem::size_of::<paradec_model_info>(),
+                family: family_code(a.family),
+                num_layers: a.num_layers,
+                hidden: a.hidden,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
+                intermediate: a.intermediate,
+                vocab: a.vocab,
+                weight_bytes: m.weight_bytes(),
+                layer_numel: m.layers().iter().map(ParallelDecoder::numel).sum(),
+                is_quant: m.layers().iter().any(ParallelDecoder::is_quant),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Moves every weight of the model to `device`.
+///
+/// Ownership: `model` is borrowed (and changed); not concurrently with other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_model_load_to(
+    model: *mut paradec_model,
+    device: paradec_device,
+) -> paradec_status {
+    guard(|| {
+        let m = req_mut(model, "model")?;
+        let dev = device_arg(device, "device")?;
+        write(&m.inner)?.load_to(dev)?;
+        Ok(())
+    })
+}
+
+/// Moves every weight of the model back to host memory, freeing device memory.
+///
+/// Ownership: `model` is borrowed (and changed); not concurrently with other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_model_unload(model: *mut paradec_model) -> paradec_status {
+    guard(|| {
+        let m = req_mut(model, "model")?;
+        write(&m.inner)?.load_to(Device::Cpu)?;
+        Ok(())
+    })
+}
+
+/// Replaces every projection weight of every layer by its truncated SVD of rank
+/// ⌊fraction·min(in, out)⌋; refused (nothing changed) for quantized models.
+///
+/// Ownership: `model` is borrowed (and changed); not concurrently with other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_model_rank_reduce(
+    model: *mut paradec_model,
+    fraction: f32,
+) -> paradec_status {
+    guard(|| {
+        let m = req_mut(model, "model")?;
+        write(&m.inner)?.rank_reduce(fraction)?;
+        Ok(())
+    })
+}
+
+/// Runs the whole model on one batch: embedding, every layer (through `cache` when given), the
+/// final norm and the LM head; writes the logits.
+///
+/// - `stream`: a `cudaStream_t` (NULL = default) for a model on a CUDA device; ignored on the
+///   host.
+/// - `workspace`: scratch on the model's device (see `paradec_workspace_create`).
+/// - `ids`: `[batch, q_len]` (or batch·q_len elements) int32 or int64 token ids, host memory.
+/// - `params`: the batch (sizes, past lengths, padding mask).
+/// - `cache`: NULL (no cache: past_len must be 0) or a cache of this model and batch; the new
+///   tokens' K/V are written into it.
+/// - `loras`, `n_loras`: the adapters active in this call (registered with
+///   `paradec_model_lora_apply`); `loras` may be NULL when `n_loras` is 0.
+/// - `logits`: `[batch, q_len, vocab]` float host tensor, written on success.
+///
+/// Ownership: all borrowed for the call; nothing is kept.
+#[no_mangle]
+pub extern "C" fn paradec_model_forward(
+    model: *const paradec_model,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    ids: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+    logits: *const paradec_tensor,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let ws = &mut req_mut(workspace, "workspace")?.inner;
+        let ids = view(ids, "ids")?;
+        let p = attn_params(params)?;
+        let cache = if cache.is_null() {
+            None
+        } else {
+            Some(&mut req_mut(cache, "cache")?.inner)
+        };
+        let loras = loras_arg(loras, n_loras)?;
+        let logits = view(logits, "logits")?;
+        let m = read(&m.inner)?;
+        let vocab = m.arch.vocab;
+        if ids.loc != Loc::Host {
+            return Err(cerr(
+                PARADEC_ERR_DEVICE,
+                "ids: token ids are read from host memory",
+            ));
+        }
+        if ids.dtype != DType::I32 && ids.dtype != DType::I64 {
+            return Err(cerr(
+                PARADEC_ERR_DTYPE,
+                format!("ids: expected int32 or int64, got {}", ids.dtype),
+            ));
+        }
+        if ids.numel != p.tokens() {
+            return Err(cerr(
+                PARADEC_ERR_SHAPE,
+                format!(
+                    "ids: expected batch {} × q_len {} ids, got shape {:?}",
+                    p.batch, p.q_len, ids.shape
+                ),
+            ));
+        }
+        let idv: Vec<u32> = ids
+            .ints()
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                u32::try_from(x)
+                    .ok()
+                    .filter(|&x| (x as usize) < vocab)
+                    .ok_or_else(|| {
+                        cerr(
+                            PARADEC_ERR_INVALID_ARGUMENT,
+                            format!("ids[{i}] = {x} is outside the vocabulary of {vocab}"),
+                        )
+                    })
+            })
+            .collect::<CResult<_>>()?;
+        want_float(&logits)?;
+        if logits.loc != Loc::Host {
+            return Err(cerr(PARADEC_ERR_DEVICE, "logits: must be host memory"));
+        }
+        if logits.numel != p.tokens() * vocab || logits.shape.last() != Some(&vocab) {
+            return Err(cerr(
+                PARADEC_ERR_SHAPE,
+                format!(
+                    "logits: expected [{}, {}, {vocab}], got shape {:?}",
+                    p.batch, p.q_len, logits.shape
+                ),
+            ));
+        }
+        if let Some(c) = &cache {
+            check_cache(c, &p)?;
+        }
+        let s = stream_for(ws.device(), stream)?;
+        let out = m.forward_inspect(&s, &idv, &p, cache, &loras, ws, false, &mut |_| {})?;
+        let host = out.logits.to_host()?;
+        logits.store_floats(&host.f32_values()?);
+        Ok(())
+    })
+}
+
+/// Takes layer `index` of a model as a layer handle. The layer is the model's own (not a copy):
+/// changes through either handle (LoRA, load / unload, rank_reduce) are seen by both.
+///
+/// Ownership: the caller owns `*out` (free it with `paradec_layer_free`); it keeps the model
+/// alive on its own, so the model handle may be freed first.
+#[no_mangle]
+pub extern "C" fn paradec_model_layer(
+    model: *const paradec_model,
+    index: usize,
+    out: *mut *mut paradec_layer,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let out = out_ptr(out, "out")?;
+        let n = read(&m.inner)?.layers().len();
+        if index >= n {
+            return Err(cerr(
+                PARADEC_ERR_INVALID_ARGUMENT,
+                format!("index: {index}, but the model has {n} layers"),
+            ));
+        }
+        let h = Box::new(paradec_layer {
+            inner: LayerRef::OfModel(m.inner.clone(), index),
+        });
+        write_out(out, Box::into_raw(h));
+        Ok(())
+    })
+}
+
+/// Registers a LoRA adapter on the model's projections it targets (on their device). Every
+/// module of the adapter must be one of the model's projections; otherwise nothing is
+/// registered. Forwards then apply it when it is listed in their `loras`.
+///
+/// Ownership: both borrowed; the model copies the adapter's tensors, so `lora` may be freed
+/// after (pass it to forwards only while it lives).
+#[no_mangle]
+pub extern "C" fn paradec_model_lora_apply(
+    model: *mut paradec_model,
+    lora: *const paradec_lora,
+) -> paradec_status {
+    guard(|| {
+        let m = req_mut(model, "model")?;
+        let l = &req(lora, "lora")?.inner;
+        write(&m.inner)?.add_lora(l)?;
+        Ok(())
+    })
+}
+
+/// Removes a LoRA adapter from every layer of the model (a no-op where it is not registered).
+///
+/// Ownership: both borrowed.
+#[no_mangle]
+pub extern "C" fn paradec_model_lora_remove(
+    model: *mut paradec_model,
+    lora: *const paradec_lora,
+) -> paradec_status {
+    guard(|| {
+        let m = req_mut(model, "model")?;
+        let l = &req(lora, "lora")?.inner;
+        write(&m.inner)?.remove_lora(l);
+        Ok(())
+    })
+}
+
+// ---- cache, workspace, LoRA ---------------------------------------------------------------
+
+/// Makes a KV cache for every layer of `model`: `batch` sequences of up to `capacity` tokens,
+/// in `dtype`, on `device` (zero-filled).
+///
+/// Ownership: `model` is borrowed; the caller owns `*out` (free with `paradec_cache_free`).
+#[no_mangle]
+pub extern "C" fn paradec_cache_create(
+    model: *const paradec_model,
+    batch: usize,
+    capacity: usize,
+    dtype: paradec_dtype,
+    device: paradec_device,
+    out: *mut *mut paradec_cache,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "cache")?;
+        let c = KvCache::for_model(&read(&m.inner)?.arch, batch, capacity, dt, dev)?;
+        write_out(out, Box::into_raw(Box::new(paradec_cache { inner: c })));
+        Ok(())
+    })
+}
+
+/// Makes a KV cache for one layer handle (built from tensors or taken from a model): it holds
+/// slots for layers 0 ..= the layer's index, so the same cache may serve the layers below it.
+///
+/// Ownership: `layer` is borrowed; the caller owns `*out` (free with `paradec_cache_free`).
+#[no_mangle]
+pub extern "C" fn paradec_cache_create_for_layer(
+    layer: *const paradec_layer,
+    batch: usize,
+    capacity: usize,
+    dtype: paradec_dtype,
+    device: paradec_device,
+    out: *mut *mut paradec_cache,
+) -> paradec_status {
+    guard(|| {
+        let l = req(layer, "layer")?;
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "cache")?;
+        let c = l.with(|d, a| {
+            Ok(KvCache::new(
+                d.layer_idx() + 1,
+                batch,
+                capacity,
+                a.kv_heads,
+                a.head_dim,
+                dt,
+                dev,
+            )?)
+        })?;
+        write_out(out, Box::into_raw(Box::new(paradec_cache { inner: c })));
+        Ok(())
+    })
+}
+
+/// Frees a cache. NULL is a no-op.
+///
+/// Ownership: takes `cache`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_cache_free(cache: *mut paradec_cache) {
+    let _ = guard(|| {
+        free_box(cache);
+        Ok(())
+    });
+}
+
+/// Makes a workspace: the scratch of forwards on `device`, computing in `dtype` (the CPU path
+/// computes in f32). One per stream or thread.
+///
+/// Ownership: the caller owns `*out` (free with `paradec_workspace_free`).
+#[no_mangle]
+pub extern "C" fn paradec_workspace_create(
+    device: paradec_device,
+    dtype: paradec_dtype,
+    out: *mut *mut paradec_workspace,
+) -> paradec_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "workspace")?;
+        let w = Workspace::new(dev, dt)?;
+        write_out(out, Box::into_raw(Box::new(paradec_workspace { inner: w })));
+        Ok(())
+    })
+}
+
+/// Frees a workspace. NULL is a no-op.
+///
+/// Ownership: takes `workspace`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_workspace_free(workspace: *mut paradec_workspace) {
+    let _ = guard(|| {
+        free_box(workspace);
+        Ok(())
+    });
+}
+
+/// Reads a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+///
+/// Ownership: the caller owns `*out` (free with `paradec_lora_free`).
+#[no_mangle]
+pub extern "C" fn paradec_lora_load(
+    dir: *const c_char,
+    out: *mut *mut paradec_lora,
+) -> paradec_status {
+    guard(|| {
+        let dir = cstr(dir, "dir")?;
+        let out = out_ptr(out, "out")?;
+        let l = Lora::load(dir)?;
+        write_out(out, Box::into_raw(Box::new(paradec_lora { inner: l })));
+        Ok(())
+    })
+}
+
+/// Frees an adapter. NULL is a no-op. Layers it was applied to keep their copy of its tensors
+/// (remove it from them first if it should stop counting).
+///
+/// Ownership: takes `lora`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_lora_free(lora: *mut paradec_lora) {
+    let _ = guard(|| {
+        free_box(lora);
+        Ok(())
+    });
+}
+
+// ---- layer --------------------------------------------------------------------------------
+
+impl paradec_layer {
+    fn with<R>(&self, f: impl FnOnce(&ParallelDecoder, &ArchParams) -> CResult<R>) -> CResult<R> {
+        match &self.inner {
+            LayerRef::Own(d, a) => f(d, a),
+            LayerRef::OfModel(m, i) => {
+                let m = read(m)?;
+                f(&m.layers()[*i], &m.arch)
+            }
+        }
+    }
+    fn with_mut<R>(&mut self, f: impl FnOnce(&mut ParallelDecoder) -> CResult<R>) -> CResult<R> {
+        match &mut self.inner {
+            LayerRef::Own(d, _) => f(d),
+            LayerRef::OfModel(m, i) => f(&mut write(m)?.layers_mut()[*i]),
+        }
+    }
+}
+
+/// Builds one decoder layer from tensors the caller holds plus an architecture description.
+///
+/// - `config_json`: the model's HF config.json text (its `model_type` picks the family; sizes,
+///   norms, rotary, MLP, quantization_config are read from it).
+/// - `layer_index`: which layer this is (its sliding window and rotary choice follow the
+///   config; LoRA modules match `<layer prefix>.<index>.<name>`).
+/// - `tensors`: the layer's weights named as in the checkpoint below the layer, e.g.
+///   `"input_layernorm.weight"`, `"attention.query_key_value.weight"` (GPT-NeoX) or the packed
+///   `"….qweight"` etc. of a quantized checkpoint. Host memory.
+///
+/// Ownership: the tensors are borrowed and copied into the layer (which owns its weights, so it
+/// can load / unload / rank-reduce them); the caller owns `*out` (free with
+/// `paradec_layer_free`).
+#[no_mangle]
+pub extern "C" fn paradec_layer_create(
+    config_json: *const c_char,
+    layer_index: usize,
+    tensors: *const paradec_named_tensor,
+    n_tensors: usize,
+    out: *mut *mut paradec_layer,
+) -> paradec_status {
+    guard(|| {
+        let cfg = cstr(config_json, "config_json")?;
+        let out = out_ptr(out, "out")?;
+        let arch = ArchParams::from_json_str(cfg)?;
+        let spec = *arch.layers.get(layer_index).ok_or_else(|| {
+            cerr(
+                PARADEC_ERR_INVALID_ARGUMENT,
+                format!(
+                    "layer_index: {layer_index}, but the config has {} layers",
+                    arch.layers.len()
+                ),
+            )
+        })?;
+        let key = format!("{}.{layer_index}", arch.names.layer_prefix);
+        let w = weights_from(tensors, n_tensors, &format!("{key}."))?;
+        let d = ParallelDecoder::new(
+            &arch,
+            &w,
+            &key,
+            layer_index,
+            spec.sliding_window,
+            spec.rope_index,
+        )?;
+        let h = Box::new(paradec_layer {
+            inner: LayerRef::Own(Box::new(d), Box::new(arch)),
+        });
+        write_out(out, Box::into_raw(h));
+        Ok(())
+    })
+}
+
+/// Frees a layer handle. NULL is a no-op. For a layer of a model, the model stays (it is freed
+/// when its last handle is).
+///
+/// Ownership: takes `layer`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_layer_free(layer: *mut paradec_layer) {
+    let _ = guard(|| {
+        free_box(layer);
+        Ok(())
+    });
+}
+
+/// Checks the hidden tensor of a layer call and reads it.
+fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
+    want_float(h)?;
+    if h.loc != Loc::Host {
+        return Err(cerr(
+            PARADEC_ERR_UNSUPPORTED,
+            "hidden: layer forwards on CUDA tensors land with the GPU decoder; pass host memory",
+        ));
+    }
+    if h.numel != p.tokens() * hidden || h.shape.last() != Some(&hidden) {
+        return Err(cerr(
+            PARADEC_ERR_SHAPE,
+            format!(
+                "hidden: expected [{}, {}, {hidden}] (or [{}, {hidden}]), got shape {:?}",
+                p.batch,
+                p.q_len,
+                p.tokens(),
+                h.shape
+            ),
+        ));
+    }
+    Ok(Tensor::from_f32(
+        h.floats(&[]).to_vec(),
+        &[p.tokens(), hidden],
+    )?)
+}
+
+fn layer_forward(
+    layer: *const paradec_layer,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    hidden: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+    capture: bool,
+) -> CResult<Option<Intermediates>> {
+    let l = req(layer, "layer")?;
+    let ws = &mut req_mut(workspace, "workspace")?.inner;
+    let h = view(hidden, "hidden")?;
+    let p = attn_params(params)?;
+    let cache = if cache.is_null() {
+        None
+    } else {
+        Some(&mut req_mut(cache, "cache")?.inner)
+    };
+    let loras = loras_arg(loras, n_loras)?;
+    let s = stream_for(ws.device(), stream)?;
+    l.with(|d, a| {
+        let mut x = hidden_in(&h, &p, a.hidden)?;
+        if let Some(c) = &cache {
+            check_cache(c, &p)?;
+        }
+        let r = if capture {
+            Some(d.forward_interm(&s, &mut x, cache, &p, &loras, ws)?)
+        } else {
+            d.forward(&s, &mut x, cache, &p, &loras, ws)?;
+            None
+        };
+        h.store_floats(&x.f32_values()?);
+        Ok(r)
+    })
+}
+
+/// One decoder layer's forward: `hidden += attn(norm(hidden)) + mlp(norm(hidden))`, in the
+/// family's summation order, through `cache` when given.
+///
+/// - `stream`: a `cudaStream_t` (NULL = default) for a layer on a CUDA device; ignored on the
+///   host.
+/// - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float host tensor, read
+///   and written (on success only).
+/// - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
+///   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
+///
+/// Ownership: all borrowed for the call; nothing is kept.
+#[no_mangle]
+pub extern "C" fn paradec_layer_forward(
+    layer: *const paradec_layer,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    hidden: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+) -> paradec_status {
+    guard(|| {
+        layer_forward(
+            layer, stream, workspace, hidden, params, cache, loras, n_loras, false,
+        )
+        .map(|_| ())
+    })
+}
+
+/// As `paradec_layer_forward`, and returns every intermediate (see `PARADEC_INTERM_*`).
+///
+/// Ownership: the caller owns `*out` (read it with `paradec_interm_get`, free it with
+/// `paradec_interm_free`).
+#[no_mangle]
+pub extern "C" fn paradec_layer_forward_interm(
+    layer: *const paradec_layer,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    hidden: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+    out: *mut *mut paradec_interm,
+) -> paradec_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let i = layer_forward(
+            layer, stream, workspace, hidden, params, cache, loras, n_loras, true,
+        )?
+        .ok_or_else(|| cerr(PARADEC_ERR_PANIC, "intermediates were not captured"))?;
+        let shape = |t: &Tensor| t.shape().iter().map(|&d| d as i64).collect::<Vec<i64>>();
+        let shapes = vec![
+            shape(&i.post_norm),
+            i.post_norm_mlp.as_ref().map(shape).unwrap_or_default(),
+            shape(&i.attn_output),
+            shape(&i.pre_down),
+            shape(&i.hidden_states_attn),
+            shape(&i.hidden_states_mlp),
+            shape(&i.hidden_states),
+        ];
+        let h = Box::new(paradec_interm { inner: i, shapes });
+        write_out(out, Box::into_raw(h));
+        Ok(())
+    })
+}
+
+/// A view of one intermediate: `which` is a `PARADEC_INTERM_*` value. The descriptor points
+/// into `interm` (data and shape), `[tokens, features]`, in the workspace's dtype and device.
+/// `PARADEC_INTERM_POST_NORM_MLP` of a one-norm family is `PARADEC_ERR_NOT_FOUND`.
+///
+/// Ownership: `*out` borrows from `interm`: valid until `paradec_interm_free(interm)`; never
+/// free its pointers.
+#[no_mangle]
+pub extern "C" fn paradec_interm_get(
+    interm: *const paradec_interm,
+    which: i32,
+    out: *mut paradec_tensor,
+) -> paradec_status {
+    guard(|| {
+        let h = req(interm, "interm")?;
+        let out = out_ptr(out, "out")?;
+        let i = &h.inner;
+        let t = match which {
+            PARADEC_INTERM_POST_NORM => &i.post_norm,
+            PARADEC_INTERM_POST_NORM_MLP => i.post_norm_mlp.as_ref().ok_or_else(|| {
+                cerr(
+                    PARADEC_ERR_NOT_FOUND,
+                    "which: PARADEC_INTERM_POST_NORM_MLP exists only for two-norm families",
+                )
+            })?,
+            PARADEC_INTERM_ATTN_OUTPUT => &i.attn_output,
+            PARADEC_INTERM_PRE_DOWN => &i.pre_down,
+            PARADEC_INTERM_HIDDEN_STATES_ATTN => &i.hidden_states_attn,
+            PARADEC_INTERM_HIDDEN_STATES_MLP => &i.hidden_states_mlp,
+            PARADEC_INTERM_HIDDEN_STATES => &i.hidden_states,
+            o => {
+                return Err(cerr(
+                    PARADEC_ERR_INVALID_ARGUMENT,
+                    format!("which: {o} is not a PARADEC_INTERM_* value (0 to 6)"),
+                ))
+            }
+        };
+        write_out(
+            out,
+            describe(
+                tensor_ptr(t),
+                t.dtype(),
+                t.device(),
+                &h.shapes[which as usize],
+            ),
+        );
+        Ok(())
+    })
+}
+
+/// Frees intermediates. NULL is a no-op. Views from `paradec_interm_get` die with it.
+///
+/// Ownership: takes `interm`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_interm_free(interm: *mut paradec_interm) {
+    let _ = guard(|| {
+        free_box(interm);
+        Ok(())
+    });
+}
+
+/// The layer's parameter count (quantized weights count as K·N).
+///
+/// Ownership: `layer` is borrowed; `*out` written on success.
+#[no_mangle]
+pub extern "C" fn paradec_layer_numel(
+    layer: *const paradec_layer,
+    out: *mut usize,
+) -> paradec_status {
+    guard(|| {
+        let l = req(layer, "layer")?;
+        let out = out_ptr(out, "out")?;
+        let n = l.with(|d, _| Ok(d.numel()))?;
+        write_out(out, n);
+        Ok(())
+    })
+}
+
+/// Bytes the layer's weights take on a device (ask before `paradec_layer_load`).
+///
+/// Ownership: `layer` is borrowed; `*out` written on success.
+#[no_mangle]
+pub extern "C" fn paradec_layer_weight_bytes(
+    layer: *const paradec_layer,
+    out: *mut usize,
+) -> paradec_status {
+    guard(|| {
+        let l = req(layer, "layer")?;
+        let out = out_ptr(out, "out")?;
+        let n = l.with(|d, _| Ok(d.weight_bytes()))?;
+        write_out(out, n);
+        Ok(())
+    })
+}
+
+/// Whether any projection of the layer is quantized (GPTQ or EXL2).
+///
+/// Ownership: `layer` is borrowed; `*out` written on success.
+#[no_mangle]
+pub extern "C" fn paradec_layer_is_quant(
+    layer: *const paradec_layer,
+    out: *mut bool,
+) -> paradec_status {
+    guard(|| {
+        let l = req(layer, "layer")?;
+        let out = out_ptr(out, "out")?;
+        let q = l.with(|d, _| Ok(d.is_quant()))?;
+        write_out(out, q);
+        Ok(())
+    })
+}
+
+/// Replaces every projection weight by its truncated SVD of rank ⌊fraction·min(in, out)⌋,
+/// fraction in (0, 1]. Refused (`PARADEC_ERR_UNSUPPORTED`, nothing changed) when a projection
+/// is quantized.
+///
+/// Ownership: `layer` is borrowed (and changed); not concurrently with other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_layer_rank_reduce(
+    layer: *mut paradec_layer,
+    fraction: f32,
+) -> paradec_status {
+    guard(|| {
+        let l = req_mut(layer, "layer")?;
+        l.with_mut(|d| Ok(d.rank_reduce(fraction)?))
+    })
+}
+
+/// Places the layer's weights (and its registered adapters) on `device`. On failure the layer
+/// stays where it was.
+///
+/// Ownership: `layer` is borrowed (and changed); not concurrently with other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_layer_load(
+    layer: *mut paradec_layer,
+    device: paradec_device,
+) -> paradec_status {
+    guard(|| {
+        let l = req_mut(layer, "layer")?;
+        let dev = device_arg(device, "device")?;
+        l.with_mut(|d| Ok(d.load(dev)?))
+    })
+}
+
+/// Moves the layer's weights back to host memory, freeing device memory.
+///
+/// Ownership: `layer` is borrowed (and changed); not concurrently with other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_layer_unload(layer: *mut paradec_layer) -> paradec_status {
+    guard(|| {
+        let l = req_mut(layer, "layer")?;
+        l.with_mut(|d| {
+            d.unload();
+            Ok(())
+        })
+    })
+}
+
+/// Registers the adapter's modules that target this layer's projections; `*n_modules`
+/// (optional: may be NULL) receives how many.
+///
+/// Ownership: both borrowed; the layer copies the adapter's tensors.
+#[no_mangle]
+pub extern "C" fn paradec_layer_lora_apply(
+    layer: *mut paradec_layer,
+    lora: *const paradec_lora,
+    n_modules: *mut usize,
+) -> paradec_status {
+    guard(|| {
+        let l = req_mut(layer, "layer")?;
+        let a = &req(lora, "lora")?.inner;
+        let n = l.with_mut(|d| Ok(d.add_lora(a)?))?;
+        if !n_modules.is_null() {
+            write_out(n_modules, n);
+        }
+        Ok(())
+    })
+}
+
+/// Removes the adapter from this layer (a no-op where it is not registered).
+///
+/// Ownership: both borrowed.
+#[no_mangle]
+pub extern "C" fn paradec_layer_lora_remove(
+    layer: *mut paradec_layer,
+    lora: *const paradec_lora,
+) -> paradec_status {
+    guard(|| {
+        let l = req_mut(layer, "layer")?;
+        let a = &req(lora, "lora")?.inner;
+        l.with_mut(|d| {
+            d.remove_lora(a);
+            Ok(())
+        })
+    })
+}
+
+// ---- prepared quantized weights -----------------------------------------------------------
+
+/// Prepares a quantized linear weight from the caller's packed tensors, once; linears then
+/// take the handle (`paradec_op_quant_linear`).
+///
+/// - `quant_config_json`: the checkpoint's `quantization_config` object as JSON text (GPTQ:
+///   `bits`, `group_size`, `desc_act`, `sym`, …; EXL2: `{"quant_method": "exl2", …}`).
+/// - `tensors`: the packed tensors by their suffix — GPTQ `qweight`, `qzeros`, `scales`,
+///   optional `g_idx`, `bias`; EXL2 `q_weight`, `q_invperm`, `q_scale`, `q_scale_max`,
+///   `q_groups`, optional `bias`. Host memory.
+/// - `in_features`, `out_features`: K and N of the dense weight it stands for.
+/// - `device`: where it will run: the CPU for now (the CUDA layout transform lands with the
+///   GPU quantized linear: `PARADEC_ERR_UNSUPPORTED` until then).
+///
+/// Ownership: the tensors are borrowed and copied; the caller owns `*out` (free with
+/// `paradec_quant_weight_free`).
+#[no_mangle]
+pub extern "C" fn paradec_quant_weight_create(
+    quant_config_json: *const c_char,
+    tensors: *const paradec_named_tensor,
+    n_tensors: usize,
+    in_features: usize,
+    out_features: usize,
+    device: paradec_device,
+    out: *mut *mut paradec_quant_weight,
+) -> paradec_status {
+    guard(|| {
+        let cfg = cstr(quant_config_json, "quant_config_json")?;
+        let out = out_ptr(out, "out")?;
+        if device_arg(device, "device")? != Device::Cpu {
+            return Err(cerr(
+                PARADEC_ERR_UNSUPPORTED,
+                "device: prepared quantized weights run on the CPU for now (the CUDA layout lands with the GPU quantized linear)",
+            ));
+        }
+        let json: serde_json::Value = serde_json::from_str(cfg)
+            .map_err(|e| cerr(PARADEC_ERR_BAD_FORMAT, format!("quant_config_json: {e}")))?;
+        let qc = QuantConfig::from_json(&json)?;
+        let w = weights_from(tensors, n_tensors, "linear.")?;
+        let q = QuantWeight::load(&w, "linear", in_features, out_features, &qc)?;
+        write_out(
+            out,
+            Box::into_raw(Box::new(paradec_quant_weight { inner: q })),
+        );
+        Ok(())
+    })
+}
+
+/// Frees a prepared quantized weight. NULL is a no-op.
+///
+/// Ownership: takes `weight`; do not use it again.
+#[no_mangle]
+pub extern "C" fn paradec_quant_weight_free(weight: *mut paradec_quant_weight) {
+    let _ = guard(|| {
+        free_box(weight);
+        Ok(())
+    });
+}
