@@ -188,3 +188,29 @@ fn check_variant(variant: &str) {
 }
 
 fixture_tests!(check_variant);
+
+/// A model placed in f16 or bf16 (`Model::load_as` on the CPU: weights rounded, arithmetic
+/// still f32) stays within those dtypes' budgets of HF's fp32 logits: the oracle the GPU tests
+/// compare against is itself close to HF.
+fn check_rounded(variant: &str) {
+    let r = reference(variant);
+    for (dtype, budget) in [(DType::F16, 1e-2), (DType::BF16, 4e-2)] {
+        let mut model = Model::load(fixture(variant)).unwrap();
+        model.load_as(Device::Cpu, dtype).unwrap();
+        assert_eq!(model.layers()[0].dtype(), dtype);
+        let steps = run_fixture_steps(&model, variant, &[]);
+        for (t, (logits, _, keep)) in steps.iter().enumerate() {
+            let want = r.get(&format!("step{t}.logits")).unwrap();
+            let e = rel_err_rows(logits, want.as_f32().unwrap(), model.arch.vocab, keep);
+            assert!(
+                e <= budget,
+                "{variant} {dtype} step {t}: logits rel err {e:.2e}"
+            );
+        }
+    }
+}
+
+mod rounded {
+    use super::*;
+    fixture_tests!(check_rounded);
+}

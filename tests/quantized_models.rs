@@ -9,88 +9,10 @@ use std::path::Path;
 
 use common::*;
 use paradec::layers::lora::Lora;
-use paradec::quant::pack::{quantize_model_dir, Exl2Recipe, QuantSpec};
-use paradec::quant::GptqConfig;
 use paradec::weights::save_safetensors;
 use paradec::{DType, Model, Tensor, Weights};
 
 const TOL: f64 = 1e-4;
-
-/// Decoder-layer projections only: not embeddings, heads, or Cohere's 2-D q/k norm weights.
-fn is_projection(name: &str) -> bool {
-    (name.contains(".layers.") || name.contains(".h.")) && !name.contains("norm")
-}
-
-fn gptq(bits: u32, group_size: i64, desc_act: bool, sym: bool, v2: bool) -> QuantSpec {
-    QuantSpec::Gptq(GptqConfig {
-        bits,
-        group_size,
-        desc_act,
-        sym,
-        checkpoint_format_v2: v2,
-    })
-}
-
-/// Quantizes a fixture into `dst`. EXL2 runs three passes so that attention, MLP-input and
-/// MLP-output projections get different mixes and the model uses every width.
-fn quantize(variant: &str, scheme: &str, dst: &Path) -> Vec<String> {
-    let src = fixture(variant);
-    let mut done = Vec::new();
-    let mut one = |src: &Path, dst: &Path, spec: &QuantSpec, which: &dyn Fn(&str) -> bool| {
-        done.extend(
-            quantize_model_dir(src, dst, spec, which)
-                .unwrap_or_else(|e| panic!("{variant} {scheme}: {e}")),
-        );
-    };
-    match scheme {
-        "gptq4_act_order" => one(&src, dst, &gptq(4, 32, true, false, false), &is_projection),
-        "gptq8" => one(&src, dst, &gptq(8, -1, false, true, true), &is_projection),
-        "gptq3" => one(&src, dst, &gptq(3, 32, false, false, true), &is_projection),
-        "exl2_mix" => {
-            let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-            let attn =
-                |n: &str| is_projection(n) && (n.contains("attn") || n.contains("attention"));
-            let mlp_in = |n: &str| {
-                is_projection(n)
-                    && ["fc_in", "fc1", "dense_h_to_4h", "gate_proj", "up_proj"]
-                        .iter()
-                        .any(|m| n.contains(m))
-            };
-            let mlp_out = |n: &str| {
-                is_projection(n)
-                    && ["fc_out", "fc2", "dense_4h_to_h", "down_proj"]
-                        .iter()
-                        .any(|m| n.contains(m))
-            };
-            let recipe = |parts: Vec<(u32, usize, f64)>| {
-                QuantSpec::Exl2(Exl2Recipe {
-                    parts,
-                    permute: true,
-                })
-            };
-            one(
-                &src,
-                t1.path(),
-                &recipe(vec![(8, 32, 0.5), (6, 32, 0.5)]),
-                &attn,
-            );
-            one(
-                t1.path(),
-                t2.path(),
-                &recipe(vec![(5, 32, 0.5), (4, 32, 0.5)]),
-                &mlp_in,
-            );
-            one(
-                t2.path(),
-                dst,
-                &recipe(vec![(3, 32, 0.5), (2, 16, 0.5)]),
-                &mlp_out,
-            );
-        }
-        other => panic!("unknown scheme {other}"),
-    }
-    done
-}
 
 /// The same model with every projection dequantized and stored dense in f32.
 fn dequantized_twin(qdir: &Path, model: &Model, dst: &Path) {
@@ -128,7 +50,7 @@ fn dequantized_twin(qdir: &Path, model: &Model, dst: &Path) {
 
 fn check(variant: &str, scheme: &str) {
     let qdir = tempfile::tempdir().unwrap();
-    let quantized = quantize(variant, scheme, qdir.path());
+    let quantized = quantize_fixture(variant, scheme, qdir.path());
     let mut qmodel = Model::load(qdir.path()).unwrap_or_else(|e| panic!("{variant} {scheme}: {e}"));
     let n_linears: usize = qmodel.layers().iter().map(|l| l.linears().len()).sum();
     assert_eq!(
@@ -200,7 +122,7 @@ fixture_tests!(check_all_schemes);
 #[test]
 fn exl2_mix_uses_every_width() {
     let dir = tempfile::tempdir().unwrap();
-    quantize("cohere", "exl2_mix", dir.path());
+    quantize_fixture("cohere", "exl2_mix", dir.path());
     let model = Model::load(dir.path()).unwrap();
     let mut widths = std::collections::BTreeSet::new();
     let w = Weights::from_dir(dir.path()).unwrap();

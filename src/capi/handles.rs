@@ -1307,10 +1307,7 @@ pub extern "C" fn paradec_layer_load(
 pub extern "C" fn paradec_layer_unload(layer: *mut paradec_layer) -> paradec_status {
     guard(|| {
         let l = req_mut(layer, "layer")?;
-        l.with_mut(|d| {
-            d.unload();
-            Ok(())
-        })
+        l.with_mut(|d| Ok(d.unload()?))
     })
 }
 

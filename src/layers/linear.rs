@@ -306,6 +306,18 @@ impl Linear {
     /// scales and zeros stay the loader's). On the CPU quantized weights return to their packed
     /// host form and dense ones take `dtype`.
     pub fn to_device_as(&mut self, device: Device, dtype: DType) -> Result<()> {
+        if let LinearWeight::Prepared(q) = &self.weight {
+            if q.device() == device && q.dtype == dtype {
+                return self.update_loras();
+            }
+        }
+        *self = self.placed(device, dtype)?;
+        Ok(())
+    }
+
+    /// A copy of this projection on `device` computing in `dtype` (see `to_device_as`), its
+    /// adapters included; `self` is left as it was, so a failure changes nothing.
+    pub fn placed(&self, device: Device, dtype: DType) -> Result<Linear> {
         if !dtype.is_float() {
             return Err(Error::bad_input(format!(
                 "{}: compute dtype {dtype} is not a float type",
@@ -327,9 +339,6 @@ impl Linear {
             LinearWeight::Prepared(q) if device == Device::Cpu => {
                 LinearWeight::Quant(Box::new(q.host.clone()))
             }
-            LinearWeight::Prepared(q) if q.device() == device && q.dtype == dtype => {
-                return self.update_loras();
-            }
             LinearWeight::Prepared(q) => {
                 LinearWeight::Prepared(Box::new(PreparedQuant::new(&q.host, device, dtype)?))
             }
@@ -338,9 +347,20 @@ impl Linear {
             Some(b) => Some(convert(b, device, dtype)?),
             None => None,
         };
-        self.weight = weight;
-        self.bias = bias;
-        self.update_loras()
+        let lora_dtype = (device != Device::Cpu).then_some(dtype);
+        let loras = self
+            .loras
+            .iter()
+            .map(|(id, ad)| Ok((*id, ad.to_device_as(device, lora_dtype)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Linear {
+            name: self.name.clone(),
+            in_features: self.in_features,
+            out_features: self.out_features,
+            weight,
+            bias,
+            loras,
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! `Norm`: a LayerNorm or RMSNorm with its weights, loaded from `{prefix}.weight` / `.bias`.
 
 use crate::ops;
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 use crate::vocab::{Affine, NormKind};
 use crate::{Result, Stream, Weights};
 
@@ -65,6 +65,27 @@ impl Norm {
     pub fn weight_bytes(&self) -> usize {
         self.weight.as_ref().map_or(0, Tensor::size_bytes)
             + self.bias.as_ref().map_or(0, Tensor::size_bytes)
+    }
+
+    /// A copy on `device` with weight and bias in `dtype`; `self` is left as it was.
+    pub fn placed(&self, device: Device, dtype: DType) -> Result<Norm> {
+        let mv = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            t.as_ref()
+                .map(|t| {
+                    if t.dtype() == dtype {
+                        t.to_device(device)
+                    } else {
+                        t.to_dtype(dtype)?.to_device(device)
+                    }
+                })
+                .transpose()
+        };
+        Ok(Norm {
+            kind: self.kind,
+            weight: mv(&self.weight)?,
+            bias: mv(&self.bias)?,
+            eps: self.eps,
+        })
     }
 
     /// Moves the weight and bias to `device`.

@@ -8,7 +8,7 @@ use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
 use crate::layers::params::AttnParams;
 use crate::ops;
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 use crate::vocab::{AttnMasking, AttnShape, CacheSlots, NormKind, QkvLayout, RotaryArgs};
 use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
@@ -91,6 +91,9 @@ pub struct ParallelDecoder {
     o_proj: Linear,
     mlp: Mlp,
     device: Device,
+    /// The dtype the weights were placed in (`load_as`); on the CPU, as loaded (the CPU
+    /// reference computes in f32 whatever the storage).
+    dtype: DType,
 }
 
 impl ParallelDecoder {
@@ -193,6 +196,7 @@ impl ParallelDecoder {
             o_proj,
             mlp,
             device: Device::Cpu,
+            dtype: DType::F32,
         })
     }
 
@@ -221,6 +225,18 @@ impl ParallelDecoder {
             Mlp::Gated { gate, up, down } => v.extend([gate, up, down]),
         }
         v
+    }
+
+    fn norms_mut(&mut self) -> Vec<&mut Norm> {
+        [
+            Some(&mut self.norm_attn),
+            self.norm_mlp.as_mut(),
+            self.q_norm.as_mut(),
+            self.k_norm.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn norms(&self) -> impl Iterator<Item = &Norm> {
@@ -267,43 +283,64 @@ impl ParallelDecoder {
         Ok(())
     }
 
-    /// Places the weights on `device`. On failure the layer stays where it was.
+    /// Places the weights on `device`: `load_as` with the device's natural dtype (on a GPU f16
+    /// or bf16 weights keep theirs and f32 checkpoints become f16; on the CPU the current one).
     pub fn load(&mut self, device: Device) -> Result<()> {
-        if device == self.device {
+        let dtype = match (device, self.dtype) {
+            (Device::Cpu, d) => d,
+            (_, d @ (DType::F16 | DType::BF16)) => d,
+            _ => match self.linears().first().map(|l| l.compute_dtype()) {
+                Some(d @ (DType::F16 | DType::BF16)) => d,
+                _ => DType::F16,
+            },
+        };
+        self.load_as(device, dtype)
+    }
+
+    /// Places the weights on `device`, computing in `dtype` there (f16 or bf16 on a GPU):
+    /// dense weights, biases, norms and registered LoRA adapters are converted, quantized
+    /// weights prepared in the device layout. Every piece is built first and swapped in only
+    /// when all succeeded: a failure (out of device memory, say) frees what it took and leaves
+    /// the layer as it was.
+    pub fn load_as(&mut self, device: Device, dtype: DType) -> Result<()> {
+        if device == self.device && dtype == self.dtype {
             return Ok(());
         }
-        let from = self.device;
-        let r = self.move_to(device);
-        if r.is_err() {
-            // Best effort back to where the layer was, so a failed load leaves it usable.
-            let _ = self.move_to(from);
+        if device != Device::Cpu && !matches!(dtype, DType::F16 | DType::BF16) {
+            return Err(Error::unsupported(format!(
+                "layer {}: a GPU layer computes in f16 or bf16, not {dtype}",
+                self.layer_idx
+            )));
         }
-        r
-    }
-
-    fn move_to(&mut self, device: Device) -> Result<()> {
-        for l in self.linears_mut() {
-            l.to_device(device)?;
+        let linears = self
+            .linears()
+            .iter()
+            .map(|l| l.placed(device, dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let norms = self
+            .norms()
+            .map(|n| n.placed(device, dtype))
+            .collect::<Result<Vec<_>>>()?;
+        for (slot, new) in self.linears_mut().into_iter().zip(linears) {
+            *slot = new;
         }
-        for n in [
-            Some(&mut self.norm_attn),
-            self.norm_mlp.as_mut(),
-            self.q_norm.as_mut(),
-            self.k_norm.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            n.to_device(device)?;
+        for (slot, new) in self.norms_mut().into_iter().zip(norms) {
+            *slot = new;
         }
         self.device = device;
-        self.update_loras()
+        self.dtype = dtype;
+        Ok(())
     }
 
-    /// Moves the weights back to host memory, freeing device memory. Copying back fails only
-    /// when the device is lost; the layer then keeps what did move, and frees the rest on drop.
-    pub fn unload(&mut self) {
-        let _ = self.move_to(Device::Cpu);
+    /// Moves the weights back to host memory (in the dtype they had on the device), freeing
+    /// device memory. On failure (a lost device) the layer stays where it was.
+    pub fn unload(&mut self) -> Result<()> {
+        self.load_as(Device::Cpu, self.dtype)
+    }
+
+    /// The dtype the weights are placed in (see `load_as`).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Where the weights live.
@@ -405,6 +442,16 @@ impl ParallelDecoder {
                 t,
                 a.hidden,
                 hidden.shape()
+            )));
+        }
+        if self.device != Device::Cpu && (hidden.dtype() != self.dtype || ws.dtype() != self.dtype)
+        {
+            return Err(Error::bad_input(format!(
+                "layer {} computes in {}, hidden is {} and the workspace {}",
+                self.layer_idx,
+                self.dtype,
+                hidden.dtype(),
+                ws.dtype()
             )));
         }
         if hidden.device() != self.device || ws.device() != self.device {

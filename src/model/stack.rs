@@ -12,7 +12,7 @@ use crate::layers::norm::Norm;
 use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
 use crate::layers::params::AttnParams;
 use crate::ops;
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{DType, Device, Tensor};
 use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
@@ -135,17 +135,62 @@ impl Model {
             + self.head.as_ref().map_or(0, Linear::weight_bytes)
     }
 
-    /// Places every weight on `device`.
+    /// Places every weight on `device` in the device's natural dtype (see
+    /// `ParallelDecoder::load`): f16 for an f32 checkpoint on a GPU.
     pub fn load_to(&mut self, device: Device) -> Result<()> {
+        let dtype = match device {
+            Device::Cpu => DType::F32,
+            _ => match self.embed.dtype() {
+                d @ (DType::F16 | DType::BF16) => d,
+                _ => DType::F16,
+            },
+        };
+        self.load_as(device, dtype)
+    }
+
+    /// Places every weight on `device`, computing in `dtype` there (f16 or bf16 on a GPU).
+    /// Layers move one by one, each all or nothing; when one fails, those already moved go
+    /// back where the model was, so the model stays usable where it was.
+    pub fn load_as(&mut self, device: Device, dtype: DType) -> Result<()> {
+        let from = (self.embed.device(), self.embed.dtype());
+        let r = self.try_load_as(device, dtype);
+        if r.is_err() {
+            let _ = self.try_load_as(from.0, from.1);
+        }
+        r
+    }
+
+    fn try_load_as(&mut self, device: Device, dtype: DType) -> Result<()> {
         for l in &mut self.layers {
-            l.load(device)?;
+            l.load_as(device, dtype)?;
         }
-        self.embed = self.embed.to_device(device)?;
-        self.final_norm.to_device(device)?;
-        if let Some(h) = &mut self.head {
-            h.to_device(device)?;
-        }
+        let embed = if self.embed.dtype() == dtype {
+            self.embed.to_device(device)?
+        } else {
+            self.embed.to_dtype(dtype)?.to_device(device)?
+        };
+        let final_norm = self.final_norm.placed(device, dtype)?;
+        let head = match &self.head {
+            Some(h) => Some(h.placed(device, dtype)?),
+            None => None,
+        };
+        self.embed = embed;
+        self.final_norm = final_norm;
+        self.head = head;
         Ok(())
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.embed.device()
+    }
+
+    /// The dtype the model computes in on its device (f32 on the CPU).
+    pub fn dtype(&self) -> DType {
+        match self.device() {
+            Device::Cpu => DType::F32,
+            _ => self.embed.dtype(),
+        }
     }
 
     /// Logits [batch, q_len, vocab] for token ids [batch · q_len], queued on `s`.
@@ -274,7 +319,7 @@ impl Model {
     /// The embeddings of `ids`, [tokens, hidden].
     pub fn embed_tokens(&self, s: &Stream, ids: &[u32], ws: &mut Workspace) -> Result<Tensor> {
         let mut out = ws.tensor(&[ids.len(), self.arch.hidden])?;
-        ops::embedding(s, &self.embed, ids, &mut out)?;
+        ops::embedding(s, ws, &self.embed, ids, &mut out)?;
         Ok(out)
     }
 }

@@ -2,8 +2,15 @@
 
 use super::*;
 
-/// `out[t] = table[ids[t]]`; every id must be below the table's row count.
-pub fn embedding(_s: &Stream, table: &Tensor, ids: &[u32], out: &mut Tensor) -> Result<()> {
+/// `out[t] = table[ids[t]]`; every id must be below the table's row count. On a device the ids
+/// travel through scratch from `ws`.
+pub fn embedding(
+    s: &Stream,
+    ws: &mut Workspace,
+    table: &Tensor,
+    ids: &[u32],
+    out: &mut Tensor,
+) -> Result<()> {
     float("embedding table", table)?;
     if table.shape().len() != 2 {
         return Err(Error::bad_input(format!(
@@ -23,6 +30,9 @@ pub fn embedding(_s: &Stream, table: &Tensor, ids: &[u32], out: &mut Tensor) -> 
             let tv = table.f32_values()?;
             with_f32_mut(out, |o| cpu::embedding::embedding(&tv, hidden, ids, o))
         }
-        Device::Cuda(_) => Err(gpu_missing("embedding")),
+        Device::Cuda(_) => on_cuda!(s, ws => {
+            let mut scratch = ws.scratch(&[4 * ids.len()], crate::DType::U8)?;
+            crate::cuda::kernels::embedding_host_ids(table, hidden, ids, &mut scratch, out, s)
+        }),
     }
 }

@@ -50,10 +50,6 @@ fn same_device(ts: &[(&str, &Tensor)]) -> Result<Device> {
     Ok(dev)
 }
 
-fn gpu_missing(op: &str) -> Error {
-    Error::unsupported(format!("{op} has no CUDA kernel yet; run it on the CPU"))
-}
-
 /// The CUDA stream of a call on device tensors.
 #[cfg(feature = "cuda")]
 fn cuda_stream(s: &Stream) -> Result<&crate::cuda::CudaStream> {
@@ -68,7 +64,7 @@ fn cuda_stream(s: &Stream) -> Result<&crate::cuda::CudaStream> {
 /// Runs a CUDA launcher in builds with the `cuda` feature; without it no tensor can be on a
 /// device, so the arm only reports that.
 macro_rules! on_cuda {
-    ($s:ident => $call:expr) => {{
+    ($s:ident $(, $uses:ident)* => $call:expr) => {{
         #[cfg(feature = "cuda")]
         let r: Result<()> = {
             let $s = cuda_stream($s)?;
@@ -76,7 +72,9 @@ macro_rules! on_cuda {
         };
         #[cfg(not(feature = "cuda"))]
         let r: Result<()> = {
+            // What only the CUDA arm reads (the stream, workspace scratch).
             let _ = $s;
+            $(let _ = &$uses;)*
             Err(Error::NoDevice(
                 "paradec was built without the `cuda` feature".into(),
             ))
@@ -269,7 +267,7 @@ mod tests {
         .is_err());
         let table = t(&[0.; 6], &[3, 2]);
         let mut emb = t(&[0.; 2], &[1, 2]);
-        assert!(embedding(&s, &table, &[3], &mut emb)
+        assert!(embedding(&s, &mut ws, &table, &[3], &mut emb)
             .unwrap_err()
             .to_string()
             .contains("token id 3"));

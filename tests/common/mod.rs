@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use paradec::layers::lora::Lora;
-use paradec::quant::pack::save_tensors;
-use paradec::{AttnParams, DType, Device, KvCache, Model, Stream, Workspace};
+use paradec::quant::pack::{quantize_model_dir, save_tensors, Exl2Recipe, QuantSpec};
+use paradec::quant::GptqConfig;
+use paradec::{AttnParams, KvCache, Model, Stream, Workspace};
 use paradec::{Tensor, Weights};
 
 pub struct TempDir(PathBuf);
@@ -194,9 +195,21 @@ pub type StepOut = (Vec<f32>, Vec<Vec<f32>>, Vec<bool>);
 
 /// Runs the fixture's 4 steps with `loras` active; returns per step (logits, per-layer hidden).
 pub fn run_fixture_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<StepOut> {
+    run_fixture_steps_on(model, variant, loras, &Stream::Host)
+}
+
+/// As `run_fixture_steps`, on the model's device and dtype (cache and workspace there too),
+/// queued on `s`.
+pub fn run_fixture_steps_on(
+    model: &Model,
+    variant: &str,
+    loras: &[&Lora],
+    s: &Stream,
+) -> Vec<StepOut> {
     let r = reference(variant);
-    let mut cache = KvCache::for_model(&model.arch, 2, 10, DType::F32, Device::Cpu).unwrap();
-    let mut ws = Workspace::cpu();
+    let (dev, dt) = (model.device(), model.dtype());
+    let mut cache = KvCache::for_model(&model.arch, 2, 10, dt, dev).unwrap();
+    let mut ws = Workspace::new(dev, dt).unwrap();
     (0..4)
         .map(|t| {
             let (ids, shape) = i64s(&r, &format!("step{t}.input_ids"));
@@ -213,7 +226,7 @@ pub fn run_fixture_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<S
             let mut hidden = Vec::new();
             let logits = model
                 .forward_inspect(
-                    &Stream::Host,
+                    s,
                     &ids,
                     &p,
                     Some(&mut cache),
@@ -222,8 +235,84 @@ pub fn run_fixture_steps(model: &Model, variant: &str, loras: &[&Lora]) -> Vec<S
                     true,
                     &mut |rep| hidden.push(values(&rep.interm.unwrap().hidden_states)),
                 )
-                .unwrap();
+                .unwrap_or_else(|e| panic!("{variant} step {t}: {e}"));
             (values(&logits.logits), hidden, keep)
         })
         .collect()
+}
+
+/// Decoder-layer projections only: not embeddings, heads, or Cohere's 2-D q/k norm weights.
+pub fn is_projection(name: &str) -> bool {
+    (name.contains(".layers.") || name.contains(".h.")) && !name.contains("norm")
+}
+
+pub fn gptq(bits: u32, group_size: i64, desc_act: bool, sym: bool, v2: bool) -> QuantSpec {
+    QuantSpec::Gptq(GptqConfig {
+        bits,
+        group_size,
+        desc_act,
+        sym,
+        checkpoint_format_v2: v2,
+    })
+}
+
+/// Quantizes a fixture into `dst` (schemes: gptq4_act_order, gptq8, gptq3, exl2_mix). EXL2 runs three passes so that attention, MLP-input and
+/// MLP-output projections get different mixes and the model uses every width.
+pub fn quantize_fixture(variant: &str, scheme: &str, dst: &Path) -> Vec<String> {
+    let src = fixture(variant);
+    let mut done = Vec::new();
+    let mut one = |src: &Path, dst: &Path, spec: &QuantSpec, which: &dyn Fn(&str) -> bool| {
+        done.extend(
+            quantize_model_dir(src, dst, spec, which)
+                .unwrap_or_else(|e| panic!("{variant} {scheme}: {e}")),
+        );
+    };
+    match scheme {
+        "gptq4_act_order" => one(&src, dst, &gptq(4, 32, true, false, false), &is_projection),
+        "gptq8" => one(&src, dst, &gptq(8, -1, false, true, true), &is_projection),
+        "gptq3" => one(&src, dst, &gptq(3, 32, false, false, true), &is_projection),
+        "exl2_mix" => {
+            let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let attn =
+                |n: &str| is_projection(n) && (n.contains("attn") || n.contains("attention"));
+            let mlp_in = |n: &str| {
+                is_projection(n)
+                    && ["fc_in", "fc1", "dense_h_to_4h", "gate_proj", "up_proj"]
+                        .iter()
+                        .any(|m| n.contains(m))
+            };
+            let mlp_out = |n: &str| {
+                is_projection(n)
+                    && ["fc_out", "fc2", "dense_4h_to_h", "down_proj"]
+                        .iter()
+                        .any(|m| n.contains(m))
+            };
+            let recipe = |parts: Vec<(u32, usize, f64)>| {
+                QuantSpec::Exl2(Exl2Recipe {
+                    parts,
+                    permute: true,
+                })
+            };
+            one(
+                &src,
+                t1.path(),
+                &recipe(vec![(8, 32, 0.5), (6, 32, 0.5)]),
+                &attn,
+            );
+            one(
+                t1.path(),
+                t2.path(),
+                &recipe(vec![(5, 32, 0.5), (4, 32, 0.5)]),
+                &mlp_in,
+            );
+            one(
+                t2.path(),
+                dst,
+                &recipe(vec![(3, 32, 0.5), (2, 16, 0.5)]),
+                &mlp_out,
+            );
+        }
+        other => panic!("unknown scheme {other}"),
+    }
+    done
 }

@@ -32,6 +32,7 @@ mod common;
 
 mod activation;
 mod attention;
+mod decoder;
 mod embedding;
 mod linear;
 mod norm;

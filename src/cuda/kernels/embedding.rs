@@ -5,6 +5,7 @@ use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
+use crate::tensor::Storage;
 use crate::{DType, Error, Result, Tensor};
 
 /// Checks host token ids against the vocabulary, naming the first bad one.
@@ -59,6 +60,70 @@ pub fn embedding(
             hidden,
             dev_ptr(ids),
             ffi::paradec_id_type::PARADEC_IDS_I32 as i32,
+            n,
+            dev_ptr_mut(out),
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_embedding")
+}
+
+/// As [`embedding`], for token ids held on the host: they are checked against the vocabulary
+/// here (naming the first bad one), then queued to the device through `ids_scratch`, a U8
+/// device tensor of 4 bytes per id (workspace scratch), with no synchronization.
+pub fn embedding_host_ids(
+    table: &Tensor,
+    hidden: usize,
+    ids: &[u32],
+    ids_scratch: &mut Tensor,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let dtype = table.dtype();
+    let code = dtype_code(dtype, "embedding table")?;
+    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
+        return Err(Error::bad_input(format!(
+            "embedding table: shape {:?} is not [vocab, {hidden}]",
+            table.shape()
+        )));
+    }
+    let vocab = table.numel() / hidden;
+    check_ids(ids, vocab)?;
+    let n = ids.len();
+    check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
+    check_tensor(
+        ids_scratch,
+        "embedding ids (scratch)",
+        Some(DType::U8),
+        4 * n,
+        stream,
+    )?;
+    check_tensor(out, "embedding out", Some(dtype), n * hidden, stream)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    match ids_scratch.storage_mut() {
+        // SAFETY: `bytes` is pageable host memory, which CUDA stages before cudaMemcpyAsync
+        // returns, so it may be dropped afterwards; the scratch outlives the queued copy
+        // (freeing device memory waits for queued work).
+        Storage::Cuda(b) => unsafe { b.copy_from_host_async(&bytes, stream)? },
+        Storage::Host(_) => {
+            return Err(Error::bad_input(
+                "embedding ids (scratch): not on the device",
+            ))
+        }
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: live device allocations of the checked sizes; every id was checked < vocab.
+    let status = unsafe {
+        ffi::paradec_embedding(
+            code,
+            dev_ptr(table),
+            vocab,
+            hidden,
+            dev_ptr(ids_scratch),
+            ffi::paradec_id_type::PARADEC_IDS_U32 as i32,
             n,
             dev_ptr_mut(out),
             stream.raw(),

@@ -21,7 +21,7 @@ mod rope;
 
 pub use activation::{act_mul, activate, add_inplace};
 pub use attention::{attention, attention_meta_bytes, attention_scratch_len, head_norm, split_qkv};
-pub use embedding::{check_ids, embedding};
+pub use embedding::{check_ids, embedding, embedding_host_ids};
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{rope_meta_bytes, rotary_and_cache_write};
