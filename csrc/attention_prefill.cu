@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "attention.cuh"
 
@@ -77,6 +78,14 @@ template <typename T>
 __device__ __forceinline__ unsigned pack2(float x, float y) {
     const typename Num<T>::T2 v = Num<T>::from_f2(make_float2(x, y));
     return *reinterpret_cast<const unsigned *>(&v);
+}
+
+// The rounding error of pack2 (x − round(x), y − round(y)), packed the same way: P = hi + lo
+// carries about twice the mantissa of one bf16.
+template <typename T>
+__device__ __forceinline__ unsigned pack2_lo(float x, float y, unsigned hi) {
+    const float2 r = Num<T>::to_f2(*reinterpret_cast<const typename Num<T>::T2 *>(&hi));
+    return pack2<T>(x - r.x, y - r.y);
 }
 
 constexpr int kWarps = 4;
@@ -533,11 +542,20 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
             l0 += s[n][0] + s[n][1];
             l1 += s[n][2] + s[n][3];
         }
-        unsigned pa[4];
+        unsigned pa[4], pl[4];
         pa[0] = pack2<T>(s[0][0], s[0][1]);
         pa[1] = pack2<T>(s[0][2], s[0][3]);
         pa[2] = pack2<T>(s[1][0], s[1][1]);
         pa[3] = pack2<T>(s[1][2], s[1][3]);
+        // bf16 keeps 8 bits of P: add the rounding remainder as a second product (decode is
+        // bound by memory, so the extra tensor-core work is free).
+        constexpr bool kSplitP = std::is_same<T, __nv_bfloat16>::value;
+        if (kSplitP) {
+            pl[0] = pack2_lo<T>(s[0][0], s[0][1], pa[0]);
+            pl[1] = pack2_lo<T>(s[0][2], s[0][3], pa[1]);
+            pl[2] = pack2_lo<T>(s[1][0], s[1][1], pa[2]);
+            pl[3] = pack2_lo<T>(s[1][2], s[1][3], pa[3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < DT / 2; ++dp) {
             unsigned bf[4];
@@ -550,6 +568,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
             o[2 * dp + 1][1] *= al0;
             o[2 * dp + 1][2] *= al1;
             o[2 * dp + 1][3] *= al1;
+            if (kSplitP) {
+                mma16816<T>(o[2 * dp], pl, bf[0], bf[1]);
+                mma16816<T>(o[2 * dp + 1], pl, bf[2], bf[3]);
+            }
             mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
             mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
         }
