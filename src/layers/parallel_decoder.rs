@@ -577,6 +577,7 @@ impl ParallelDecoder {
         };
         ops::rotary_and_cache_write(
             s,
+            ws,
             &mut q,
             &mut k,
             &v,
