@@ -98,46 +98,16 @@ pub fn split_qkv(
     let d = head_dim;
     match fused.device() {
         Device::Cpu => {
+            if layout == QkvLayout::Separate {
+                return Err(Error::bad_input("split_qkv on separate projections"));
+            }
             let f = fused.f32_values()?;
             let (mut qv, mut kv, mut vv) = (
                 vec![0.0; t * heads * d],
                 vec![0.0; t * kv_heads * d],
                 vec![0.0; t * kv_heads * d],
             );
-            for r in 0..t {
-                let row = &f[r * width..(r + 1) * width];
-                let qr = &mut qv[r * heads * d..(r + 1) * heads * d];
-                let kr = &mut kv[r * kv_heads * d..(r + 1) * kv_heads * d];
-                let vr = &mut vv[r * kv_heads * d..(r + 1) * kv_heads * d];
-                match layout {
-                    QkvLayout::Separate => {
-                        return Err(Error::bad_input("split_qkv on separate projections"))
-                    }
-                    QkvLayout::FusedPerHead => {
-                        for h in 0..heads {
-                            let src = &row[h * 3 * d..(h + 1) * 3 * d];
-                            qr[h * d..(h + 1) * d].copy_from_slice(&src[..d]);
-                            kr[h * d..(h + 1) * d].copy_from_slice(&src[d..2 * d]);
-                            vr[h * d..(h + 1) * d].copy_from_slice(&src[2 * d..]);
-                        }
-                    }
-                    QkvLayout::FusedQueriesFirst => {
-                        qr.copy_from_slice(&row[..heads * d]);
-                        kr.copy_from_slice(&row[heads * d..(heads + kv_heads) * d]);
-                        vr.copy_from_slice(&row[(heads + kv_heads) * d..]);
-                    }
-                    QkvLayout::FusedGrouped => {
-                        let per = heads / kv_heads;
-                        let gw = (per + 2) * d;
-                        for g in 0..kv_heads {
-                            let src = &row[g * gw..(g + 1) * gw];
-                            qr[g * per * d..(g + 1) * per * d].copy_from_slice(&src[..per * d]);
-                            kr[g * d..(g + 1) * d].copy_from_slice(&src[per * d..(per + 1) * d]);
-                            vr[g * d..(g + 1) * d].copy_from_slice(&src[(per + 1) * d..]);
-                        }
-                    }
-                }
-            }
+            cpu::qkv::split_qkv(layout, &f, t, heads, kv_heads, d, &mut qv, &mut kv, &mut vv);
             q.set_f32_values(&qv)?;
             k.set_f32_values(&kv)?;
             v.set_f32_values(&vv)

@@ -1,11 +1,10 @@
 //! The token-embedding gather (csrc/embedding.cu).
 
-use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code};
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, upload_bytes};
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
-use crate::tensor::Storage;
 use crate::{DType, Error, Result, Tensor};
 
 /// Checks host token ids against the vocabulary, naming the first bad one.
@@ -103,17 +102,7 @@ pub fn embedding_host_ids(
         return Ok(());
     }
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    match ids_scratch.storage_mut() {
-        // SAFETY: `bytes` is pageable host memory, which CUDA stages before cudaMemcpyAsync
-        // returns, so it may be dropped afterwards; the scratch outlives the queued copy
-        // (freeing device memory waits for queued work).
-        Storage::Cuda(b) => unsafe { b.copy_from_host_async(&bytes, stream)? },
-        Storage::Host(_) => {
-            return Err(Error::bad_input(
-                "embedding ids (scratch): not on the device",
-            ))
-        }
-    }
+    upload_bytes(ids_scratch, "embedding ids (scratch)", &bytes, stream)?;
     ensure_device(stream.device())?;
     // SAFETY: live device allocations of the checked sizes; every id was checked < vocab.
     let status = unsafe {
