@@ -11,10 +11,12 @@ use paradec::layers::lora::Lora;
 use paradec::{DType, Device, Model, Stream};
 
 /// Relative error budgets (max over non-pad rows of ‖a − b‖/‖b‖): (each layer's output, logits).
+/// Measured on an H200 over every case here (docs/gpu-decoder.md): f16 2.3e-3 / 2.7e-3, bf16
+/// 2.0e-2 / 2.0e-2 (an EXL2 mix with LoRA: bf16 keeps 8 bits of every activation it stores).
 fn budgets(dtype: DType) -> (f64, f64) {
     match dtype {
-        DType::F16 => (5e-3, 1e-2),
-        _ => (2e-2, 4e-2),
+        DType::F16 => (4e-3, 5e-3),
+        _ => (3e-2, 4e-2),
     }
 }
 
