@@ -345,6 +345,98 @@ pub fn model_bench(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// Median µs of `reps` calls of `f` queued back to back on `cs`, over `samples` samples.
+fn time_us(
+    cs: &CudaStream,
+    samples: usize,
+    reps: usize,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<f64> {
+    f()?;
+    let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
+    let mut v = Vec::new();
+    for _ in 0..samples {
+        e0.record(cs)?;
+        for _ in 0..reps {
+            f()?;
+        }
+        e1.record(cs)?;
+        e1.synchronize()?;
+        v.push(e0.elapsed_ms(&e1)? as f64 * 1e3 / reps as f64);
+    }
+    Ok(median(v))
+}
+
+/// A 2048-token prefill of one layer (batch 1, into an empty cache) against the sum of its
+/// projections and its attention, each timed alone on the same shapes.
+fn prefill_row(
+    s: &Stream,
+    arch: &ArchParams,
+    layer: &ParallelDecoder,
+    fmt: &str,
+    name: &str,
+) -> Result<()> {
+    let Stream::Cuda(cs) = s else { unreachable!() };
+    let t = 2048;
+    let dev = Device::Cuda(0);
+    let rand = |n: usize, seed: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + seed) % 101) as f32 - 50.0) * 2e-3)
+            .collect()
+    };
+    let mut ws = Workspace::for_model(arch, t, t, dev, DType::F16)?;
+    let mut cache = KvCache::new(1, 1, t, arch.kv_heads, arch.head_dim, DType::F16, dev)?;
+    let x = Tensor::from_f32_as(&rand(t * arch.hidden, 1), &[t, arch.hidden], DType::F16)?
+        .to_device(dev)?;
+    let mut hidden = x.try_clone()?;
+    let p = AttnParams::new(1, t);
+    let whole = time_us(cs, 5, 3, &mut || {
+        cache.clear();
+        layer.forward(s, &mut hidden, Some(&mut cache), &p, &[], &mut ws)
+    })?;
+    // The projections alone.
+    let mut parts = 0.0;
+    for l in layer.linears() {
+        let xin =
+            Tensor::from_f32_as(&rand(t * l.in_features, 2), &[t, l.in_features], DType::F16)?
+                .to_device(dev)?;
+        let mut out = Tensor::zeros(&[t, l.out_features], DType::F16, dev)?;
+        parts += time_us(cs, 5, 3, &mut || {
+            l.forward(s, &mut ws, &xin, &mut out, false, &[])
+        })?;
+    }
+    // The attention alone (causal over the 2048 new tokens).
+    let (qd, kvd) = (arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim);
+    let q = Tensor::from_f32_as(&rand(t * qd, 3), &[t, qd], DType::F16)?.to_device(dev)?;
+    let ck = Tensor::from_f32_as(&rand(t * kvd, 4), &[1, t, kvd], DType::F16)?.to_device(dev)?;
+    let cv = Tensor::from_f32_as(&rand(t * kvd, 5), &[1, t, kvd], DType::F16)?.to_device(dev)?;
+    let mut ctx = Tensor::zeros(&[t, qd], DType::F16, dev)?;
+    let shape = paradec::vocab::AttnShape {
+        batch: 1,
+        q_len: t,
+        heads: arch.heads,
+        kv_heads: arch.kv_heads,
+        head_dim: arch.head_dim,
+        capacity: t,
+    };
+    let past = [0usize];
+    let masking = paradec::vocab::AttnMasking {
+        past_len: &past,
+        window: 0,
+        mask: None,
+        mask_stride: 0,
+    };
+    let scale = 1.0 / (arch.head_dim as f32).sqrt();
+    parts += time_us(cs, 5, 3, &mut || {
+        paradec::ops::attention(s, &mut ws, &q, &ck, &cv, &shape, &masking, scale, &mut ctx)
+    })?;
+    println!(
+        "| {name} | {fmt} | prefill 2048 | {whole:.0} µs | projections + attention alone: {parts:.0} µs | {:.2}× |",
+        whole / parts
+    );
+    Ok(())
+}
+
 /// Times decode steps; prints a table.
 pub fn main_bench(quick: bool) -> Result<()> {
     let stream = CudaStream::new(0)?;
@@ -431,6 +523,7 @@ pub fn main_bench(quick: bool) -> Result<()> {
                     );
                 }
             }
+            prefill_row(&s, &arch, &layer, &fmt, shape.name)?;
         }
     }
     Ok(())
