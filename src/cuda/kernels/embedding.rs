@@ -18,6 +18,18 @@ pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
+/// The dtype code and vocabulary of an embedding table of rows of `hidden`.
+fn table_dims(table: &Tensor, hidden: usize) -> Result<(i32, usize)> {
+    let code = dtype_code(table.dtype(), "embedding table")?;
+    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
+        return Err(Error::bad_input(format!(
+            "embedding table: shape {:?} is not [vocab, {hidden}]",
+            table.shape()
+        )));
+    }
+    Ok((code, table.numel() / hidden))
+}
+
 /// `out[t] = table[ids[t]]`: table [vocab, hidden], ids an i32 device tensor, out
 /// [ids, hidden]. Twin of `cpu::embedding::embedding`. The ids are on the device and cannot be
 /// checked here: an id outside `0..vocab` gives a row of zeros (never a read outside the
@@ -29,15 +41,8 @@ pub fn embedding(
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
+    let (code, vocab) = table_dims(table, hidden)?;
     let dtype = table.dtype();
-    let code = dtype_code(dtype, "embedding table")?;
-    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
-        return Err(Error::bad_input(format!(
-            "embedding table: shape {:?} is not [vocab, {hidden}]",
-            table.shape()
-        )));
-    }
-    let vocab = table.numel() / hidden;
     check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
     let n = ids.numel();
     check_tensor(ids, "embedding ids", Some(DType::I32), n, stream)?;
@@ -78,15 +83,8 @@ pub fn embedding_host_ids(
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
+    let (code, vocab) = table_dims(table, hidden)?;
     let dtype = table.dtype();
-    let code = dtype_code(dtype, "embedding table")?;
-    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
-        return Err(Error::bad_input(format!(
-            "embedding table: shape {:?} is not [vocab, {hidden}]",
-            table.shape()
-        )));
-    }
-    let vocab = table.numel() / hidden;
     check_ids(ids, vocab)?;
     let n = ids.len();
     check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
