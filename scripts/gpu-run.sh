@@ -38,6 +38,10 @@ if want tests; then
   PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --nocapture >> "$RESULTS/tests.log" 2>&1
   rc=$?
   SUMMARY+=("tests (rc=$rc): $(grep -E '^test result' "$RESULTS/tests.log" | tail -n1)")
+  # The test that takes nearly all device memory runs alone.
+  PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --ignored --test-threads=1 out_of_memory >> "$RESULTS/tests.log" 2>&1
+  rc=$?
+  SUMMARY+=("out-of-memory test (rc=$rc): $(grep -E '^test result' "$RESULTS/tests.log" | tail -n1)")
   grep -E 'FAILED|panicked|relative error' "$RESULTS/tests.log" | head -n 20
 fi
 

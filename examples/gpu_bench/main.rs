@@ -8,7 +8,8 @@
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
 //! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table;
 //! `--attention` the attention family (examples/gpu_bench/attention.rs: TFLOP/s and KV GB/s);
-//! `--decoder` one decode step of whole layers (examples/gpu_bench/decoder.rs).
+//! `--decoder` one decode step of whole layers, `--model` a 32-layer model's decode tokens/s
+//! (examples/gpu_bench/decoder.rs).
 //! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
 
 use std::ffi::c_void;
@@ -315,6 +316,10 @@ fn main() -> Result<()> {
         props.l2_cache_bytes >> 20,
         stream_bw / 1e9
     );
+    if args.iter().any(|a| a == "--model") {
+        // Whole-model decode tokens/s (examples/gpu_bench/decoder.rs).
+        return decoder::model_bench(quick);
+    }
     if args.iter().any(|a| a == "--decoder") {
         // One decode step of whole layers (examples/gpu_bench/decoder.rs), its own table.
         return decoder::main_bench(quick);

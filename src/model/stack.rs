@@ -161,9 +161,28 @@ impl Model {
     }
 
     fn try_load_as(&mut self, device: Device, dtype: DType) -> Result<()> {
-        for l in &mut self.layers {
-            l.load_as(device, dtype)?;
-        }
+        // Layers load on all host cores: building the quantized weights' device layout is host
+        // work, a fraction of a second per layer of a 7B model.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.layers.len().div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = self
+                .layers
+                .chunks_mut(per)
+                .map(|chunk| {
+                    sc.spawn(move || -> Result<()> {
+                        for l in chunk {
+                            l.load_as(device, dtype)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::bad_input("a layer load panicked")))
+            })
+        })?;
         let embed = if self.embed.dtype() == dtype {
             self.embed.to_device(device)?
         } else {
