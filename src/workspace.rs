@@ -32,6 +32,9 @@ pub struct Workspace {
     overflow_now: usize,
     /// Bytes ever allocated outside the arena.
     overflow_total: usize,
+    /// When set, a device request the arena cannot hold is `CapacityExceeded` instead of an
+    /// allocation (the C ABI's kernel-level calls: an allocation would synchronize).
+    strict: bool,
 }
 
 /// A point to return the arena to (`Workspace::release`).
@@ -59,6 +62,7 @@ impl Workspace {
             high_water: 0,
             overflow_now: 0,
             overflow_total: 0,
+            strict: false,
         })
     }
 
@@ -161,6 +165,13 @@ impl Workspace {
         self.take(shape, dtype)
     }
 
+    /// Makes device requests that the arena cannot hold fail (`CapacityExceeded`, before
+    /// anything is allocated) instead of allocating; returns the previous setting.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn set_strict(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.strict, on)
+    }
+
     /// The current point, to `release` back to.
     pub(crate) fn mark(&self) -> Mark {
         Mark {
@@ -200,6 +211,14 @@ impl Workspace {
                 self.high_water = self.high_water.max(self.top + self.overflow_now);
                 return Tensor::from_device_buffer(view, dtype, shape);
             }
+        }
+        if self.strict && bytes > 0 && self.device != Device::Cpu {
+            return Err(Error::CapacityExceeded(format!(
+                "workspace: {bytes} bytes of scratch do not fit its arena ({} bytes, {} in use); \
+                 reserve a larger one (paradec_workspace_reserve)",
+                self.capacity(),
+                self.top
+            )));
         }
         let t = Tensor::zeros(shape, dtype, self.device)?;
         if self.device != Device::Cpu {
