@@ -868,8 +868,9 @@ void paradec_layer_free(struct paradec_layer *layer);
  *
  * - `stream`: a `cudaStream_t` (NULL = default) for a layer on a CUDA device; ignored on the
  *   host.
- * - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float host tensor, read
- *   and written (on success only).
+ * - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float tensor, read and
+ *   written: host memory on success only; CUDA memory (the layer's device and dtype) in place,
+ *   on the stream — every argument is checked before the first launch.
  * - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
  *   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
  *

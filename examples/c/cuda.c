@@ -7,8 +7,11 @@
  * rounding, and the refused calls (a slot past the cache, a missing arena, a weight not yet on
  * the device) fail before any launch with their status.
  *
+ * With a model directory as argument it also runs one of the model's layers on hidden states in
+ * device memory (in place, on the stream) against the same layer on the host.
+ *
  *     cc -std=c11 -I include -I $CUDA_HOME/include examples/c/cuda.c libparadec.a \
- *        -lstdc++ -lpthread -ldl -lrt -lm -o cuda && ./cuda
+ *        -lstdc++ -lpthread -ldl -lrt -lm -o cuda && ./cuda [MODEL_DIR]
  */
 #include <math.h>
 #include <stdint.h>
@@ -117,7 +120,55 @@ static void release(pair *p) {
     free(p->host);
 }
 
-int main(void) {
+/* Layer 1 of the model in `dir` on GPU 0 (f16), run on device hidden states in place, against
+ * the same layer on the host (f32), both through a cache holding nothing yet. */
+static void layer_on_device(const char *dir, cudaStream_t stream) {
+    paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
+    paradec_model *host_m = NULL, *dev_m = NULL;
+    CHECK(paradec_model_load(dir, NULL, &host_m));
+    CHECK(paradec_model_load(dir, NULL, &dev_m));
+    CHECK(paradec_model_load_to(dev_m, gpu));
+    paradec_model_info info;
+    info.struct_size = sizeof info;
+    CHECK(paradec_model_describe(host_m, &info));
+    paradec_layer *hl = NULL, *dl = NULL;
+    CHECK(paradec_model_layer(host_m, 1, &hl));
+    CHECK(paradec_model_layer(dev_m, 1, &dl));
+    paradec_cache *hc = NULL, *dc = NULL;
+    CHECK(paradec_cache_create(host_m, 1, 8, PD_F32, PD_CPU, &hc));
+    CHECK(paradec_cache_create(dev_m, 1, 8, PD_F16, gpu, &dc));
+    paradec_workspace *hws = NULL, *dws = NULL;
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &hws));
+    CHECK(paradec_workspace_create(gpu, PD_F16, &dws));
+    CHECK(paradec_workspace_reserve(dws, 64u << 20));
+    int64_t hs[3] = {1, 5, (int64_t)info.hidden};
+    pair h = make(3, hs, 11);
+    int64_t past[1] = {0};
+    paradec_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.batch = 1;
+    p.q_len = 5;
+    p.past_len = past;
+    paradec_tensor dh = dev_t(&h), hh = host_t(&h);
+    CHECK(paradec_layer_forward(dl, stream, dws, &dh, &p, dc, NULL, 0));
+    CHECK(paradec_layer_forward(hl, NULL, hws, &hh, &p, hc, NULL, 0));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    float scale = 0;
+    for (size_t i = 0; i < h.n; i++) scale = fmaxf(scale, fabsf(h.host[i]));
+    compare("layer forward on device hidden states, in place", &h, 1e-2f * scale + 1e-3f);
+    release(&h);
+    paradec_workspace_free(hws);
+    paradec_workspace_free(dws);
+    paradec_cache_free(hc);
+    paradec_cache_free(dc);
+    paradec_layer_free(hl);
+    paradec_layer_free(dl);
+    paradec_model_free(host_m);
+    paradec_model_free(dev_m);
+}
+
+int main(int argc, char **argv) {
     int n = 0;
     if (!paradec_has_cuda() || cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         printf("skipped: %s\n", paradec_has_cuda() ? "no CUDA device" : "paradec built without CUDA");
@@ -371,6 +422,7 @@ int main(void) {
     CUDA_CHECK(cudaFree(dfreq));
     CUDA_CHECK(cudaFree(dpos));
     CUDA_CHECK(cudaFree(dpast));
+    if (argc > 1) layer_on_device(argv[1], stream);
     CUDA_CHECK(cudaStreamDestroy(stream));
     printf("%s\n", failures ? "CUDA: FAIL" : "CUDA: all ok");
     return failures ? 1 : 0;

@@ -292,7 +292,7 @@ use crate::workspace::Workspace;
 use crate::{ops, Stream, Tensor};
 
 /// A tensor over the caller's device memory of `v` (never freed here).
-fn borrow(v: &View, dev: usize) -> CResult<Tensor> {
+pub(super) fn borrow(v: &View, dev: usize) -> CResult<Tensor> {
     // SAFETY: `v` is the caller's device memory of `v.bytes()` bytes on `dev` (the descriptor
     // contract), alive until the work queued on the stream has run; the borrowed buffer never
     // frees it, and the tensor lives only for this call.

@@ -1063,15 +1063,10 @@ pub extern "C" fn paradec_layer_free(layer: *mut paradec_layer) {
     });
 }
 
-/// Checks the hidden tensor of a layer call and reads it.
+/// Checks the hidden tensor of a layer call: host memory is read into a tensor (written back
+/// on success); device memory is borrowed, and the forward runs in place on it.
 fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
     want_float(h)?;
-    if h.loc != Loc::Host {
-        return Err(cerr(
-            PARADEC_ERR_UNSUPPORTED,
-            "hidden: layer forwards on CUDA tensors land with the GPU decoder; pass host memory",
-        ));
-    }
     if h.numel != p.tokens() * hidden || h.shape.last() != Some(&hidden) {
         return Err(cerr(
             PARADEC_ERR_SHAPE,
@@ -1084,10 +1079,19 @@ fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
             ),
         ));
     }
-    Ok(Tensor::from_f32(
-        h.floats(&[]).to_vec(),
-        &[p.tokens(), hidden],
-    )?)
+    match h.loc {
+        Loc::Host => Ok(Tensor::from_f32(
+            h.floats(&[]).to_vec(),
+            &[p.tokens(), hidden],
+        )?),
+        #[cfg(feature = "cuda")]
+        Loc::Cuda(dev) => Ok(super::cuda::borrow(h, dev)?.reshape(&[p.tokens(), hidden])?),
+        #[cfg(not(feature = "cuda"))]
+        Loc::Cuda(_) => Err(cerr(
+            PARADEC_ERR_DEVICE,
+            "hidden: CUDA memory, but paradec was built without the `cuda` feature",
+        )),
+    }
 }
 
 fn layer_forward(
@@ -1123,7 +1127,10 @@ fn layer_forward(
             d.forward(&s, &mut x, cache, &p, &loras, ws)?;
             None
         };
-        h.store_floats(&x.f32_values()?);
+        // Device memory was updated in place; host memory gets the result now.
+        if h.loc == Loc::Host {
+            h.store_floats(&x.f32_values()?);
+        }
         Ok(r)
     })
 }
@@ -1133,8 +1140,9 @@ fn layer_forward(
 ///
 /// - `stream`: a `cudaStream_t` (NULL = default) for a layer on a CUDA device; ignored on the
 ///   host.
-/// - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float host tensor, read
-///   and written (on success only).
+/// - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float tensor, read and
+///   written: host memory on success only; CUDA memory (the layer's device and dtype) in place,
+///   on the stream — every argument is checked before the first launch.
 /// - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
 ///   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
 ///
