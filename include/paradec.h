@@ -791,6 +791,27 @@ enum paradec_status paradec_workspace_create(struct paradec_device device,
                                              struct paradec_workspace **out);
 
 /**
+ * Reserves the workspace's device arena: `bytes` of scratch (nothing on the CPU). A larger
+ * arena replaces a smaller one; a smaller request keeps the current one. Synchronous (an
+ * allocation). Kernel-level calls on CUDA tensors (`paradec_op_*_ws`) take their scratch from
+ * this arena and fail with `PARADEC_ERR_CAPACITY` (naming the bytes, before any launch) when it
+ * is too small, rather than allocate (which would synchronize); a layer or model forward
+ * allocates past the arena instead (slow, never wrong).
+ *
+ * Ownership: `workspace` stays the caller's; the call must not overlap other calls on it.
+ */
+enum paradec_status paradec_workspace_reserve(struct paradec_workspace *workspace, size_t bytes);
+
+/**
+ * The bytes of the workspace's device arena (0 on the CPU, or before a reservation) into
+ * `*out_bytes`.
+ *
+ * Ownership: `workspace` is borrowed; `*out_bytes` is written on success.
+ */
+enum paradec_status paradec_workspace_capacity(const struct paradec_workspace *workspace,
+                                               size_t *out_bytes);
+
+/**
  * Frees a workspace. NULL is a no-op.
  *
  * Ownership: takes `workspace`; do not use it again.
@@ -847,8 +868,9 @@ void paradec_layer_free(struct paradec_layer *layer);
  *
  * - `stream`: a `cudaStream_t` (NULL = default) for a layer on a CUDA device; ignored on the
  *   host.
- * - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float host tensor, read
- *   and written (on success only).
+ * - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float tensor, read and
+ *   written: host memory on success only; CUDA memory (the layer's device and dtype) in place,
+ *   on the stream — every argument is checked before the first launch.
  * - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
  *   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
  *
@@ -971,8 +993,9 @@ enum paradec_status paradec_layer_lora_remove(struct paradec_layer *layer,
  *   optional `g_idx`, `bias`; EXL2 `q_weight`, `q_invperm`, `q_scale`, `q_scale_max`,
  *   `q_groups`, optional `bias`. Host memory.
  * - `in_features`, `out_features`: K and N of the dense weight it stands for.
- * - `device`: where it will run: the CPU for now (the CUDA layout transform lands with the
- *   GPU quantized linear: `PARADEC_ERR_UNSUPPORTED` until then).
+ * - `device`: the CPU (the handle is made in host memory; `PARADEC_ERR_UNSUPPORTED` for a
+ *   CUDA device: place it there afterwards with `paradec_quant_weight_to_device`, which takes
+ *   the compute dtype).
  *
  * Ownership: the tensors are borrowed and copied; the caller owns `*out` (free with
  * `paradec_quant_weight_free`).
@@ -984,6 +1007,23 @@ enum paradec_status paradec_quant_weight_create(const char *quant_config_json,
                                                 size_t out_features,
                                                 struct paradec_device device,
                                                 struct paradec_quant_weight **out);
+
+/**
+ * Places a prepared quantized weight on `device` for linears computing in `dtype`: on a CUDA
+ * device, the GPU layout (codes, scales and zeros reordered once, the same values) is built
+ * and copied there, so `paradec_op_quant_linear(_ws)` runs on CUDA tensors of `dtype` (f16 or
+ * bf16) on that device; on the CPU the device copy is dropped. The host copy is kept either
+ * way, so host tensors keep working with the handle. Synchronous: it returns when the copy is
+ * on the device. On failure the handle is unchanged.
+ *
+ * - `dtype`: f16 or bf16 for a CUDA device (f32: `PARADEC_ERR_UNSUPPORTED`); any float type
+ *   for the CPU (ignored: the host path computes in f32).
+ *
+ * Ownership: `weight` stays the caller's; the call must not overlap any other call on it.
+ */
+enum paradec_status paradec_quant_weight_to_device(struct paradec_quant_weight *weight,
+                                                   struct paradec_device device,
+                                                   struct paradec_dtype dtype);
 
 /**
  * Frees a prepared quantized weight. NULL is a no-op.
@@ -1077,6 +1117,34 @@ enum paradec_status paradec_op_rotary_cache_write(void *stream,
                                                   const struct paradec_tensor *cache_v);
 
 /**
+ * The checked form of `paradec_op_rotary_cache_write`, for tensors on either device: the small
+ * per-call tables — `positions`, `past_len` and `rotary->inv_freq` — are **host** tensors
+ * (CPU or pinned memory), so every cache slot is checked before anything runs (a slot past
+ * the capacity is `PARADEC_ERR_CAPACITY`, nothing written, on the GPU too); for CUDA tensors
+ * the tables are queued to the device in scratch from `workspace`, on `stream`.
+ *
+ * - `workspace`: a workspace on the tensors' CUDA device whose arena
+ *   (`paradec_workspace_reserve`) holds the tables (a few hundred bytes; too small:
+ *   `PARADEC_ERR_CAPACITY` naming the bytes); may be NULL for host tensors. Its scratch is
+ *   reused by the next call: use one workspace per stream.
+ * - the other arguments as in `paradec_op_rotary_cache_write`.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; `workspace` stays the caller's (the call must not overlap other calls
+ * on it).
+ */
+enum paradec_status paradec_op_rotary_cache_write_ws(void *stream,
+                                                     struct paradec_workspace *workspace,
+                                                     const struct paradec_tensor *q,
+                                                     const struct paradec_tensor *k,
+                                                     const struct paradec_tensor *v,
+                                                     const struct paradec_tensor *positions,
+                                                     const struct paradec_rotary *rotary,
+                                                     const struct paradec_tensor *past_len,
+                                                     const struct paradec_tensor *cache_k,
+                                                     const struct paradec_tensor *cache_v);
+
+/**
  * Causal scaled-dot-product attention of q over the cache (multi-head, grouped-query,
  * multi-query), with an optional sliding window and additive padding mask. Host tensors only
  * for now (`PARADEC_ERR_UNSUPPORTED` for CUDA ones until the GPU attention lands).
@@ -1100,6 +1168,34 @@ enum paradec_status paradec_op_attention(void *stream,
                                          size_t window,
                                          float scale,
                                          const struct paradec_tensor *out);
+
+/**
+ * Attention for tensors on either device: as `paradec_op_attention`, with the per-call tables
+ * — `past_len` and `mask` — in **host** memory (CPU or pinned), so every length is checked
+ * against the capacity (and the mask's width) before anything runs; for CUDA tensors they are
+ * queued to the device in scratch from `workspace` (with the split-KV partials), on `stream`.
+ * CUDA: f16 or bf16, head_dim a multiple of 8 up to 256; `out` must not overlap q or the cache.
+ *
+ * - `workspace`: a workspace on the tensors' CUDA device whose arena
+ *   (`paradec_workspace_reserve`) holds the tables and the partials — about
+ *   batch·heads·q_len·64·(head_dim + 2)·4 bytes plus the mask; too small:
+ *   `PARADEC_ERR_CAPACITY` naming the bytes, before any launch; may be NULL for host tensors.
+ *   Its scratch is reused by the next call: use one workspace per stream.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; `workspace` stays the caller's (the call must not overlap other calls
+ * on it).
+ */
+enum paradec_status paradec_op_attention_ws(void *stream,
+                                            struct paradec_workspace *workspace,
+                                            const struct paradec_tensor *q,
+                                            const struct paradec_tensor *cache_k,
+                                            const struct paradec_tensor *cache_v,
+                                            const struct paradec_tensor *past_len,
+                                            const struct paradec_tensor *mask,
+                                            size_t window,
+                                            float scale,
+                                            const struct paradec_tensor *out);
 
 /**
  * `x = act(x)` in place over every element.
@@ -1135,7 +1231,7 @@ enum paradec_status paradec_op_add(void *stream,
                                    const struct paradec_tensor *y);
 
 /**
- * `x *= factor`, elementwise (the LM head's logit scale). Host tensors only for now.
+ * `x *= factor`, elementwise (the LM head's logit scale).
  *
  * Ownership: `x` is the caller's and is used in place; nothing is kept.
  */
@@ -1159,11 +1255,12 @@ enum paradec_status paradec_op_embedding(void *stream,
 
 /**
  * Dense linear: `out[m, N] (+)= x[m, K] · weightᵀ + bias`, weight in PyTorch layout [N, K].
- * Host tensors only for now (the CUDA linear lands with the GPU linear issue).
  *
  * - `x`: `[..., K]` float; `out`: `[..., N]`, x's dtype, written (added to when
- *   `accumulate`). `out` must not overlap `x`.
- * - `weight`: `[N, K]`, f32, f16 or bf16 (may differ from x's dtype); `bias`: NULL or `[N]`.
+ *   `accumulate`). `out` must not overlap `x` (nor the weight or bias).
+ * - `weight`: `[N, K]`; `bias`: NULL or `[N]`. Host tensors: f32, f16 or bf16 (may differ
+ *   from x's dtype). CUDA tensors: f16 or bf16, all of x's dtype (f32 accumulation; a GEMV
+ *   for m ≤ 8, tensor cores above); no scratch.
  *
  * Ownership: every tensor is the caller's and is used in place; nothing is kept.
  */
@@ -1176,7 +1273,9 @@ enum paradec_status paradec_op_linear(void *stream,
 
 /**
  * Quantized linear: `out[m, N] (+)= x[m, K] · Wᵀ + bias` from a prepared quantized weight
- * (see `paradec_quant_weight_create`). Host tensors only for now.
+ * (see `paradec_quant_weight_create`), on host tensors. CUDA tensors take their scratch
+ * (gathered activations, split-K partials) from a workspace: `paradec_op_quant_linear_ws`
+ * (this call returns `PARADEC_ERR_UNSUPPORTED` naming it for CUDA tensors).
  *
  * - `x`: `[..., K]` float; `out`: `[..., N]`, x's dtype, written (added to when `accumulate`).
  * - `weight`: a prepared weight; borrowed for the call.
@@ -1190,7 +1289,30 @@ enum paradec_status paradec_op_quant_linear(void *stream,
                                             bool accumulate);
 
 /**
- * Splits a fused QKV projection output into q, k and v. Host tensors only for now.
+ * Quantized linear on tensors of either device: as `paradec_op_quant_linear`; for CUDA
+ * tensors the weight must have been placed on their device in their dtype
+ * (`paradec_quant_weight_to_device`; otherwise `PARADEC_ERR_DEVICE` / `PARADEC_ERR_DTYPE`),
+ * and the kernel (a split-K GEMV for m ≤ 8, tensor cores above; f32 accumulation) runs on
+ * `stream` with its scratch from `workspace`.
+ *
+ * - `workspace`: a workspace on the tensors' CUDA device whose arena
+ *   (`paradec_workspace_reserve`) holds the scratch — at most m·K·2 bytes of gathered
+ *   activations (act-order) plus split-K partials of up to 64·m·N·4 bytes; too small:
+ *   `PARADEC_ERR_CAPACITY` naming the bytes, before any launch. May be NULL for host tensors.
+ *   Its scratch is reused by the next call: use one workspace per stream.
+ *
+ * Ownership: the tensors are the caller's, used in place; `weight` stays the caller's;
+ * `workspace` stays the caller's (the call must not overlap other calls on it).
+ */
+enum paradec_status paradec_op_quant_linear_ws(void *stream,
+                                               struct paradec_workspace *workspace,
+                                               const struct paradec_tensor *x,
+                                               const struct paradec_quant_weight *weight,
+                                               const struct paradec_tensor *out,
+                                               bool accumulate);
+
+/**
+ * Splits a fused QKV projection output into q, k and v (on either device; no scratch).
  *
  * - `layout`: a `PARADEC_QKV_FUSED_*` value.
  * - `fused`: `[tokens, (heads + 2·kv_heads)·head_dim]` float.
@@ -1206,8 +1328,8 @@ enum paradec_status paradec_op_split_qkv(void *stream,
                                          const struct paradec_tensor *v);
 
 /**
- * Norm of each head's features in place (Phi's and Cohere's q/k norms). Host tensors only for
- * now.
+ * Norm of each head's features in place (Phi's and Cohere's q/k norms), on either device (no
+ * scratch).
  *
  * - `x`: `[tokens, heads, head_dim]` float, read and written.
  * - `affine`: NULL, or weight / bias each NULL, `[head_dim]` (shared by all heads) or

@@ -6,6 +6,11 @@ same calls replayed from a CUDA graph. Prints the same table and writes the same
 scripts/bench_join.py can put the two side by side.
 
     python3 scripts/bench_torch.py [--quick] [--csv FILE] [--only SUBSTRING]
+    python3 scripts/bench_torch.py --attention [--quick] [--csv FILE]
+
+--attention times F.scaled_dot_product_attention under its flash and its cuDNN backends on the
+shapes of `gpu_bench --attention` (prefill TFLOP/s with causal FLOPs counted as half; decode µs
+and KV GB/s); rows are named attn_prefill:flash, attn_decode:cudnn, ...
 """
 import argparse
 import math
@@ -194,6 +199,82 @@ def stream_bw(samples):
     return 2 * n / median(t)
 
 
+def attention_rows(b, quick):
+    """SDPA under each backend on gpu_bench's attention shapes."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backends = (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))
+    rows = []
+
+    def timed(name, sets, fn, backend):
+        def call(i):
+            with sdpa_kernel([backend]):
+                return fn(i)
+        try:
+            return b.time(sets, call)
+        except Exception as e:  # a backend that refuses a shape
+            print(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            return None
+
+    ss = [2048, 8192] if quick else [512, 2048, 8192, 16384]
+    for dt, dn in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
+        for d in (64, 128, 256):
+            for s in ss:
+                batch, heads = 16384 // s, 2048 // d
+                per = 4 * batch * heads * s * d * 2
+                sets = b.sets_for(per)
+                qs = [rand((batch, heads, s, d), dt) for _ in range(sets)]
+                ks = [rand((batch, heads, s, d), dt) for _ in range(sets)]
+                vs = [rand((batch, heads, s, d), dt) for _ in range(sets)]
+                flops = 4 * s * s * d * heads * batch / 2
+                shape = f"b{batch}_h{heads}_s{s}_d{d}"
+                for bn, be in backends:
+                    fn = lambda i: F.scaled_dot_product_attention(qs[i], ks[i], vs[i], is_causal=True)
+                    t = timed(f"prefill {bn} {dn} {shape}", sets, fn, be)
+                    if t:
+                        rows.append((f"attn_prefill:{bn}", dn, shape, t[0], t[1], flops, 0))
+                        print(f"prefill {bn} {dn} {shape}: {flops / min(t) / 1e6:.0f} TFLOP/s")
+                del qs, ks, vs
+                torch.cuda.empty_cache()
+    ls = [1024, 32768] if quick else [1024, 8192, 32768, 131072]
+    for kv in (32, 8):
+        for batch in (1, 8, 32):
+            for L in ls:
+                kv_bytes = 2 * batch * L * kv * 128 * 2
+                if kv_bytes > 40e9:
+                    print(f"decode b{batch} L{L} kv{kv}: skipped ({kv_bytes / 1e9:.0f} GB of KV)")
+                    continue
+                sets = b.sets_for(kv_bytes)
+                qs = [rand((batch, 32, 1, 128), torch.float16) for _ in range(sets)]
+                ks = [rand((batch, kv, L, 128), torch.float16) for _ in range(sets)]
+                vs = [rand((batch, kv, L, 128), torch.float16) for _ in range(sets)]
+                shape = f"b{batch}_L{L}_kv{kv}"
+                for bn, be in backends:
+                    fn = lambda i: F.scaled_dot_product_attention(qs[i], ks[i], vs[i], enable_gqa=(kv != 32))
+                    t = timed(f"decode {bn} {shape}", sets, fn, be)
+                    if t:
+                        rows.append((f"attn_decode:{bn}", "f16", shape, t[0], t[1], 0, kv_bytes))
+                        print(f"decode {bn} {shape}: {t[0]:.2f} µs b2b, {t[1]:.2f} µs graph")
+                del qs, ks, vs
+                torch.cuda.empty_cache()
+    return rows
+
+
+def main_attention(a):
+    b = Bench(7 if a.quick else 15)
+    print(f"# PyTorch {torch.__version__} on {b.name}")
+    rows = attention_rows(b, a.quick)
+    lines = ["kernel,dtype,shape,us_b2b,us_graph,flops,bytes,tflops,gbps,pct_read"]
+    for k, dn, sh, ub, ug, fl, by in rows:
+        best = min(ub, ug) * 1e-6
+        lines.append(f"{k},{dn},{sh},{ub:.3f},{ug:.3f},{fl:.0f},{by:.0f},{fl / best / 1e12:.1f},"
+                     f"{by / best / 1e9:.1f},0")
+    print("\n".join(lines))
+    if a.csv:
+        with open(a.csv, "w") as f:
+            f.write(f"# device,{b.name},torch,{torch.__version__}\n")
+            f.write("\n".join(lines) + "\n")
+
+
 LINEAR_SHAPES = [(4096, 4096), (4096, 12288), (4096, 16384), (16384, 4096), (8192, 8192), (8192, 28672)]
 LINEAR_MS = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048]
 
@@ -238,10 +319,13 @@ def linear_cases(b, quick):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--attention", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--csv")
     ap.add_argument("--only")
     a = ap.parse_args()
+    if a.attention:
+        return main_attention(a)
     b = Bench(7 if a.quick else 15)
     bw = stream_bw(b.samples)
     print(f"# PyTorch {torch.__version__} on {b.name}; streaming bandwidth (256 MiB copy): {bw / 1e9:.0f} GB/s")

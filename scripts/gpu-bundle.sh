@@ -48,8 +48,8 @@ done
 
 cp scripts/gpu-run.sh "$B/run.sh"
 cp scripts/bench_torch.py scripts/bench_join.py "$B/"
-# The fixture models the ops tests load (PARADEC_FIXTURES points there).
-mkdir -p "$B/fixtures" && cp -r tests/fixtures/cohere "$B/fixtures/"
+# The fixture models the ops and decoder tests load (PARADEC_FIXTURES points there).
+cp -r tests/fixtures "$B/fixtures"
 size=$(du -sm "$B" | cut -f1)
 echo "gpu-bundle: ${size} MiB" >&2
 if [[ -n "$MAX_MIB" ]] && (( size > MAX_MIB )); then

@@ -5,6 +5,7 @@
 #                  PyTorch bench, joined table
 #   quick:         tests, sanitizer, a short bench (fewer shapes) and PyTorch's
 #   tests | sanitize | bench: one part
+#   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -13,8 +14,8 @@ MODE=all
 while (( $# )); do
   case "$1" in
     --out) RESULTS=${2:?--out needs a folder}; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    all|quick|tests|sanitize|bench) MODE=$1; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    all|quick|tests|sanitize|bench|attn) MODE=$1; shift ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,6 +38,10 @@ if want tests; then
   PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --nocapture >> "$RESULTS/tests.log" 2>&1
   rc=$?
   SUMMARY+=("tests (rc=$rc): $(grep -E '^test result' "$RESULTS/tests.log" | tail -n1)")
+  # The test that takes nearly all device memory runs alone.
+  PARADEC_FIXTURES="$D/fixtures" "$D/bin/gpu" --ignored --test-threads=1 out_of_memory >> "$RESULTS/tests.log" 2>&1
+  rc=$?
+  SUMMARY+=("out-of-memory test (rc=$rc): $(grep -E '^test result' "$RESULTS/tests.log" | tail -n1)")
   grep -E 'FAILED|panicked|relative error' "$RESULTS/tests.log" | head -n 20
 fi
 
@@ -47,9 +52,9 @@ if want sanitize; then
       --error-exitcode 99 "$D/bin/gpu" --test-threads=1 > "$RESULTS/memcheck.log" 2>&1
     rc=$?
     SUMMARY+=("memcheck (rc=$rc): $(grep -E 'ERROR SUMMARY' "$RESULTS/memcheck.log" | tr '\n' ' ') / $(grep -E '^test result' "$RESULTS/memcheck.log" | tr '\n' ' ')")
-    # Kernels with shared memory: norms and rotary.
+    # Kernels with shared memory: norms, rotary and attention.
     compute-sanitizer --tool racecheck --error-exitcode 99 \
-      "$D/bin/gpu" --test-threads=1 norm:: rope:: > "$RESULTS/racecheck.log" 2>&1
+      "$D/bin/gpu" --test-threads=1 norm:: rope:: attention:: > "$RESULTS/racecheck.log" 2>&1
     rc=$?
     SUMMARY+=("racecheck (rc=$rc): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$RESULTS/racecheck.log" | tail -n1) / $(grep -E '^test result' "$RESULTS/racecheck.log" | tail -n1)")
     unset PARADEC_GPU_SMALL
@@ -68,6 +73,14 @@ if want bench; then
     "$D/bin/gpu_smoke" --bench >> "$RESULTS/bench.log" 2>&1
     SUMMARY+=("criterion gpu_smoke rc=$?: $(grep -A1 -E '^gpu_smoke/' "$RESULTS/bench.log" | grep -oE 'time: +\[[^]]*\]' | tr '\n' ' ')")
   fi
+fi
+
+if [[ "$MODE" == attn ]]; then
+  "$D/bin/gpu_bench" --attention --csv "$RESULTS/attn_paradec.csv" > "$RESULTS/attn_bench.log" 2>&1
+  SUMMARY+=("paradec attention bench rc=$?")
+  PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --attention --csv "$RESULTS/attn_torch.csv" >> "$RESULTS/attn_bench.log" 2>&1
+  SUMMARY+=("torch attention bench rc=$?")
+  python3 "$D/bench_join.py" "$RESULTS/attn_paradec.csv" "$RESULTS/attn_torch.csv" > "$RESULTS/joined.md" 2>&1
 fi
 
 echo "==== summary"

@@ -1,35 +1,98 @@
-//! `Workspace`: the scratch a forward needs, owned by the caller (one per stream). It hands
-//! out the temporaries of a forward on its device and dtype and says how large they get, so
-//! a caller can budget memory before loading.
+//! `Workspace`: the scratch a forward needs, owned by the caller (one per stream).
+//!
+//! On a device the workspace is an arena: one allocation, reserved up front (`with_capacity`,
+//! sized with `bytes_needed`), from which every temporary of a forward is carved by bumping an
+//! offset and given back when the forward returns — so a forward makes no device allocation,
+//! and the same forward takes the same addresses every time (what a captured CUDA graph needs).
+//! A request the arena cannot hold is served by a plain allocation and counted
+//! (`overflow_bytes`), so an undersized plan is slow, never wrong; `high_water` says how much
+//! a forward really took. Device temporaries are not zeroed (every op writes all of its
+//! output); host temporaries are zero-filled allocations (the CPU reference).
 
 use crate::arch::ArchParams;
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 
-#[derive(Debug)]
+/// Arena slices start on 256-byte boundaries: every kernel's vector loads stay aligned.
+const ALIGN: usize = 256;
+
 /// The scratch a forward needs (see the module docs).
+#[derive(Debug)]
 pub struct Workspace {
     device: Device,
     dtype: DType,
+    /// The device arena (none on the CPU, or before a reservation).
+    #[cfg(feature = "cuda")]
+    arena: Option<crate::cuda::DeviceBuffer>,
+    /// Bytes of the arena in use.
+    top: usize,
+    /// Most bytes in use at once (arena and overflow).
+    high_water: usize,
+    /// Bytes in use outside the arena.
+    overflow_now: usize,
+    /// Bytes ever allocated outside the arena.
+    overflow_total: usize,
+    /// When set, a device request the arena cannot hold is `CapacityExceeded` instead of an
+    /// allocation (the C ABI's kernel-level calls: an allocation would synchronize).
+    strict: bool,
+}
+
+/// A point to return the arena to (`Workspace::release`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    top: usize,
+    overflow: usize,
 }
 
 impl Workspace {
-    /// A workspace for `device` computing in `dtype` (a float type).
+    /// A workspace for `device` computing in `dtype` (a float type), with no arena reserved
+    /// yet: until one is (`reserve`), device temporaries are plain allocations.
     pub fn new(device: Device, dtype: DType) -> Result<Self> {
         if !dtype.is_float() {
             return Err(Error::bad_input(format!(
                 "workspace dtype {dtype} is not a float type"
             )));
         }
-        Ok(Workspace { device, dtype })
+        Ok(Workspace {
+            device,
+            dtype,
+            #[cfg(feature = "cuda")]
+            arena: None,
+            top: 0,
+            high_water: 0,
+            overflow_now: 0,
+            overflow_total: 0,
+            strict: false,
+        })
+    }
+
+    /// A workspace with an arena of `bytes` on `device` (nothing is reserved on the CPU).
+    pub fn with_capacity(device: Device, dtype: DType, bytes: usize) -> Result<Self> {
+        let mut ws = Self::new(device, dtype)?;
+        ws.reserve(bytes)?;
+        Ok(ws)
+    }
+
+    /// A workspace planned for `arch` forwards of up to `tokens` tokens (batch × query
+    /// length) over a cache of up to `kv_len` positions per sequence: `with_capacity` with
+    /// `bytes_needed`.
+    pub fn for_model(
+        arch: &ArchParams,
+        tokens: usize,
+        kv_len: usize,
+        device: Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Self::with_capacity(
+            device,
+            dtype,
+            Self::bytes_needed(arch, tokens, kv_len, dtype)?,
+        )
     }
 
     /// A CPU workspace computing in f32 (the reference path).
     pub fn cpu() -> Self {
-        Workspace {
-            device: Device::Cpu,
-            dtype: DType::F32,
-        }
+        Self::new(Device::Cpu, DType::F32).expect("f32 is a float type")
     }
 
     /// Where the temporaries live.
@@ -41,28 +104,170 @@ impl Workspace {
         self.dtype
     }
 
-    /// A zero-filled temporary of the workspace's dtype and device.
-    pub fn tensor(&mut self, shape: &[usize]) -> Result<Tensor> {
-        Tensor::zeros(shape, self.dtype, self.device)
+    /// Reserves an arena of `bytes` on the workspace's device (replacing a smaller one); on
+    /// the CPU it does nothing. Refused while temporaries are taken.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn reserve(&mut self, bytes: usize) -> Result<()> {
+        if self.top != 0 || self.overflow_now != 0 {
+            return Err(Error::bad_input(
+                "workspace: cannot reserve while a forward holds temporaries",
+            ));
+        }
+        match self.device {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ord) => {
+                if self.capacity() >= bytes {
+                    return Ok(());
+                }
+                // Free the old arena first: the new one may need its memory.
+                self.arena = None;
+                self.arena = Some(crate::cuda::DeviceBuffer::alloc(ord, bytes)?);
+                Ok(())
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::NoDevice(
+                "paradec was built without the `cuda` feature".into(),
+            )),
+        }
     }
 
-    /// A zero-filled temporary of another dtype on the workspace's device: the scratch an op
-    /// needs beside its inputs and outputs (f32 split-K or split-KV partials, index tables).
-    /// Ops take every such temporary from here, never allocating themselves.
-    pub fn scratch(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        Tensor::zeros(shape, dtype, self.device)
+    /// Bytes of the device arena.
+    pub fn capacity(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(a) = &self.arena {
+            return a.len();
+        }
+        0
     }
 
-    /// Peak bytes of temporaries one decoder layer's forward takes for `tokens` tokens with
-    /// no cache (the temporary K/V then hold the call's own tokens).
-    pub fn bytes_needed(arch: &ArchParams, tokens: usize, dtype: DType) -> usize {
+    /// Most bytes of temporaries one forward held at once since the workspace was made.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    /// Bytes of device temporaries that did not fit the arena and were allocated instead
+    /// (0 when the plan was large enough).
+    pub fn overflow_bytes(&self) -> usize {
+        self.overflow_total
+    }
+
+    /// A temporary of the workspace's dtype (see the module docs: zero-filled on the host,
+    /// uninitialized on a device).
+    pub(crate) fn tensor(&mut self, shape: &[usize]) -> Result<Tensor> {
+        self.take(shape, self.dtype)
+    }
+
+    /// A temporary of another dtype on the workspace's device: the scratch an op needs beside
+    /// its inputs and outputs (f32 split-K or split-KV partials, index tables). Ops take every
+    /// such temporary from here, never allocating themselves.
+    pub(crate) fn scratch(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.take(shape, dtype)
+    }
+
+    /// Makes device requests that the arena cannot hold fail (`CapacityExceeded`, before
+    /// anything is allocated) instead of allocating; returns the previous setting.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn set_strict(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.strict, on)
+    }
+
+    /// The current point, to `release` back to.
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            top: self.top,
+            overflow: self.overflow_now,
+        }
+    }
+
+    /// Gives back everything taken since `m`. Every tensor taken since must be dropped by now:
+    /// the arena hands its bytes out again.
+    pub(crate) fn release(&mut self, m: Mark) {
+        self.top = self.top.min(m.top);
+        self.overflow_now = self.overflow_now.min(m.overflow);
+    }
+
+    fn take(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = shape
+            .iter()
+            .try_fold(dtype.size(), |a, &b| a.checked_mul(b))
+            .ok_or_else(|| Error::bad_input(format!("workspace: shape {shape:?} overflows")))?;
+        #[cfg(feature = "cuda")]
+        if let (Some(arena), Device::Cuda(ord)) = (&mut self.arena, self.device) {
+            let start = self.top.next_multiple_of(ALIGN);
+            if let Some(end) = start.checked_add(bytes).filter(|&e| e <= arena.len()) {
+                // SAFETY: [start, end) lies inside the arena, which outlives every tensor taken
+                // from it (they are local to the forward that took them and dropped before it
+                // releases its mark), and no other live tensor covers these bytes: the offset
+                // only grows until a release.
+                let view = unsafe {
+                    crate::cuda::DeviceBuffer::borrowed(
+                        arena.as_mut_ptr().cast::<u8>().add(start).cast(),
+                        bytes,
+                        ord,
+                    )
+                };
+                self.top = end;
+                self.high_water = self.high_water.max(self.top + self.overflow_now);
+                return Tensor::from_device_buffer(view, dtype, shape);
+            }
+        }
+        if self.strict && bytes > 0 && self.device != Device::Cpu {
+            return Err(Error::CapacityExceeded(format!(
+                "workspace: {bytes} bytes of scratch do not fit its arena ({} bytes, {} in use); \
+                 reserve a larger one (paradec_workspace_reserve)",
+                self.capacity(),
+                self.top
+            )));
+        }
+        let t = Tensor::zeros(shape, dtype, self.device)?;
+        if self.device != Device::Cpu {
+            let aligned = bytes.next_multiple_of(ALIGN);
+            self.overflow_now += aligned;
+            self.overflow_total += aligned;
+        }
+        self.high_water = self.high_water.max(self.top + self.overflow_now);
+        Ok(t)
+    }
+
+    /// Device bytes a workspace needs for forwards of up to `tokens` tokens over up to
+    /// `kv_len` cached positions per sequence: one decoder layer's temporaries (norm outputs,
+    /// q/k/v and the fused projection, attention context, both branch outputs, the MLP's
+    /// inner activations), the model's hidden states, and the kernels' scratch (split-K and
+    /// split-KV partials in f32, per-call tables), each slice rounded up to the arena's
+    /// alignment. An estimate on the generous side; `high_water` after a forward says what
+    /// it took.
+    pub fn bytes_needed(
+        arch: &ArchParams,
+        tokens: usize,
+        kv_len: usize,
+        dtype: DType,
+    ) -> Result<usize> {
+        let overflow = || Error::bad_input("workspace size overflows");
         let norms = if arch.two_norms { 2 } else { 1 } * arch.hidden;
         let qkv = 2 * arch.qkv_width(); // fused output and split copies
-        let attn = arch.heads * arch.head_dim + 2 * arch.hidden; // context, both branch outputs
-        let mlp = 2 * arch.intermediate;
-        // The per-token sum is bounded by `limits`; the caller's token count saturates.
-        tokens
-            .saturating_mul(norms + qkv + attn + mlp + arch.hidden)
-            .saturating_mul(dtype.size())
+        let attn = arch.heads * arch.head_dim + 3 * arch.hidden; // context, branch outputs, sum
+        let mlp = 3 * arch.intermediate; // gate, up, gated product
+        let per_token = norms + qkv + attn + mlp + 2 * arch.hidden; // + model hidden, normed
+        let temps = tokens
+            .checked_mul(per_token)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(overflow)?;
+        // Split-K partials (f32, up to 32 splits of the widest output) and split-KV partials
+        // (f32 context and two statistics per split of up to 64 blocks per sequence and head).
+        let widest = arch.qkv_width().max(arch.intermediate).max(arch.hidden);
+        let split_k = tokens.min(64) * widest * 32 * 4;
+        let split_kv = tokens
+            .checked_mul(arch.heads)
+            .and_then(|n| n.checked_mul(64 * (arch.head_dim + 2) * 4))
+            .ok_or_else(overflow)?;
+        // Per-call tables: positions, lengths, masks over the cache, token ids.
+        let tables = tokens * (kv_len + 64) * 4 + 64 * 1024;
+        temps
+            .checked_add(split_k)
+            .and_then(|n| n.checked_add(split_kv))
+            .and_then(|n| n.checked_add(tables))
+            .and_then(|n| n.checked_add(64 * ALIGN))
+            .ok_or_else(overflow)
     }
 }

@@ -364,7 +364,8 @@ fn cuda_program_compiles_against_the_header() {
                 .arg(&exe),
             "linking cuda.c",
         );
-        let out = run_ok(&mut Command::new(&exe), "cuda");
+        let model = format!("{ROOT}/tests/fixtures/gpt_neox");
+        let out = run_ok(Command::new(&exe).arg(&model), "cuda");
         assert!(
             out.contains("CUDA: all ok") || out.contains("skipped"),
             "{out}"

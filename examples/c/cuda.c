@@ -1,11 +1,17 @@
 /*
  * cuda.c — the kernel level on CUDA pointers (for a machine with a GPU and paradec built with
  * the `cuda` feature): buffers from cudaMalloc, a stream of this program's, every CUDA-backed
- * paradec_op_* queued on it in f16, then one synchronization; each result is checked against
- * the same op run on host copies (the CPU twin) within f16 rounding.
+ * paradec_op_* queued on it in f16 (the calls with scratch take it from a workspace on the
+ * device, their per-call tables from host memory), with a synchronization per group; each
+ * result is checked against the same op run on host copies (the CPU twin) within f16
+ * rounding, and the refused calls (a slot past the cache, a missing arena, a weight not yet on
+ * the device) fail before any launch with their status.
+ *
+ * With a model directory as argument it also runs one of the model's layers on hidden states in
+ * device memory (in place, on the stream) against the same layer on the host.
  *
  *     cc -std=c11 -I include -I $CUDA_HOME/include examples/c/cuda.c libparadec.a \
- *        -lstdc++ -lpthread -ldl -lrt -lm -o cuda && ./cuda
+ *        -lstdc++ -lpthread -ldl -lrt -lm -o cuda && ./cuda [MODEL_DIR]
  */
 #include <math.h>
 #include <stdint.h>
@@ -101,12 +107,68 @@ static void compare(const char *what, pair *p, float tol) {
     free(h);
 }
 
+/* A call that must fail before any launch with `want`. */
+static void expect(paradec_status got, paradec_status want, const char *what) {
+    int ok = got == want;
+    printf("%s %s -> %s: %s\n", ok ? "ok  " : "FAIL", what, paradec_status_str((int)got),
+           paradec_last_error());
+    failures += !ok;
+}
+
 static void release(pair *p) {
     CUDA_CHECK(cudaFree(p->dev));
     free(p->host);
 }
 
-int main(void) {
+/* Layer 1 of the model in `dir` on GPU 0 (f16), run on device hidden states in place, against
+ * the same layer on the host (f32), both through a cache holding nothing yet. */
+static void layer_on_device(const char *dir, cudaStream_t stream) {
+    paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
+    paradec_model *host_m = NULL, *dev_m = NULL;
+    CHECK(paradec_model_load(dir, NULL, &host_m));
+    CHECK(paradec_model_load(dir, NULL, &dev_m));
+    CHECK(paradec_model_load_to(dev_m, gpu));
+    paradec_model_info info;
+    info.struct_size = sizeof info;
+    CHECK(paradec_model_describe(host_m, &info));
+    paradec_layer *hl = NULL, *dl = NULL;
+    CHECK(paradec_model_layer(host_m, 1, &hl));
+    CHECK(paradec_model_layer(dev_m, 1, &dl));
+    paradec_cache *hc = NULL, *dc = NULL;
+    CHECK(paradec_cache_create(host_m, 1, 8, PD_F32, PD_CPU, &hc));
+    CHECK(paradec_cache_create(dev_m, 1, 8, PD_F16, gpu, &dc));
+    paradec_workspace *hws = NULL, *dws = NULL;
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &hws));
+    CHECK(paradec_workspace_create(gpu, PD_F16, &dws));
+    CHECK(paradec_workspace_reserve(dws, 64u << 20));
+    int64_t hs[3] = {1, 5, (int64_t)info.hidden};
+    pair h = make(3, hs, 11);
+    int64_t past[1] = {0};
+    paradec_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.batch = 1;
+    p.q_len = 5;
+    p.past_len = past;
+    paradec_tensor dh = dev_t(&h), hh = host_t(&h);
+    CHECK(paradec_layer_forward(dl, stream, dws, &dh, &p, dc, NULL, 0));
+    CHECK(paradec_layer_forward(hl, NULL, hws, &hh, &p, hc, NULL, 0));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    float scale = 0;
+    for (size_t i = 0; i < h.n; i++) scale = fmaxf(scale, fabsf(h.host[i]));
+    compare("layer forward on device hidden states, in place", &h, 1e-2f * scale + 1e-3f);
+    release(&h);
+    paradec_workspace_free(hws);
+    paradec_workspace_free(dws);
+    paradec_cache_free(hc);
+    paradec_cache_free(dc);
+    paradec_layer_free(hl);
+    paradec_layer_free(dl);
+    paradec_model_free(host_m);
+    paradec_model_free(dev_m);
+}
+
+int main(int argc, char **argv) {
     int n = 0;
     if (!paradec_has_cuda() || cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         printf("skipped: %s\n", paradec_has_cuda() ? "no CUDA device" : "paradec built without CUDA");
@@ -194,12 +256,173 @@ int main(void) {
     compare("rotary cache k", &ck, 2e-2f);
     compare("cache v", &cv, 0);
 
+
+    /* ---- the calls that take scratch: a workspace on the device, its arena reserved ---- */
+    paradec_workspace *ws = NULL, *tiny = NULL, *host_ws = NULL;
+    CHECK(paradec_workspace_create(gpu, PD_F16, &ws));
+    CHECK(paradec_workspace_reserve(ws, (size_t)16 << 20));
+    size_t cap = 0;
+    CHECK(paradec_workspace_capacity(ws, &cap));
+    printf("%s workspace arena %zu bytes\n", cap >= ((size_t)16 << 20) ? "ok  " : "FAIL", cap);
+    failures += cap < ((size_t)16 << 20);
+    CHECK(paradec_workspace_create(gpu, PD_F16, &tiny)); /* no arena: every scratch misses */
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &host_ws));
+
+    /* Checked rotary + cache write: positions, past lengths and frequencies on the host. */
+    pair q2 = make(4, qs, 13), k2 = make(4, ks, 14), v2 = make(4, ks, 15);
+    pair ck2 = make(4, ccs, 16), cv2 = make(4, ccs, 17);
+    paradec_tensor dq2 = dev_t(&q2), dk2 = dev_t(&k2), dv2 = dev_t(&v2), dck2 = dev_t(&ck2),
+                   dcv2 = dev_t(&cv2);
+    paradec_tensor hq2 = host_t(&q2), hk2 = host_t(&k2), hv2 = host_t(&v2), hck2 = host_t(&ck2),
+                   hcv2 = host_t(&cv2);
+    int64_t past_far[1] = {3};
+    paradec_tensor hfar = pd_host(past_far, PD_I64, 1, pls);
+    /* Errors before any launch: a slot past the capacity, a device table, a missing arena. */
+    expect(paradec_op_rotary_cache_write_ws(stream, ws, &dq2, &dk2, &dv2, &hpt, &hrot, &hfar,
+                                            &dck2, &dcv2),
+           PARADEC_ERR_CAPACITY, "rotary_ws: past 3 + 2 tokens > capacity 4");
+    expect(paradec_op_rotary_cache_write_ws(stream, ws, &dq2, &dk2, &dv2, &hpt, &hrot, &dpl,
+                                            &dck2, &dcv2),
+           PARADEC_ERR_DEVICE, "rotary_ws: past_len on the device");
+    expect(paradec_op_rotary_cache_write_ws(stream, tiny, &dq2, &dk2, &dv2, &hpt, &hrot, &hpl,
+                                            &dck2, &dcv2),
+           PARADEC_ERR_CAPACITY, "rotary_ws: a workspace without an arena");
+    expect(paradec_op_rotary_cache_write_ws(stream, host_ws, &dq2, &dk2, &dv2, &hpt, &hrot,
+                                            &hpl, &dck2, &dcv2),
+           PARADEC_ERR_DEVICE, "rotary_ws: a host workspace for device tensors");
+    CHECK(paradec_op_rotary_cache_write_ws(stream, ws, &dq2, &dk2, &dv2, &hpt, &hrot, &hpl,
+                                           &dck2, &dcv2));
+    CHECK(paradec_op_rotary_cache_write_ws(NULL, NULL, &hq2, &hk2, &hv2, &hpt, &hrot, &hpl,
+                                           &hck2, &hcv2));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("rotary_ws q", &q2, 2e-2f);
+    compare("rotary_ws cache k (untouched by the refused calls)", &ck2, 2e-2f);
+    compare("rotary_ws cache v", &cv2, 0);
+
+    /* Attention over that cache (2 heads over 1 kv head, head_dim 8), with a host mask. */
+    pair ao = make(4, qs, 18);
+    paradec_tensor dao = dev_t(&ao), hao = host_t(&ao);
+    float mask[4] = {-INFINITY, 0, 0, 0};
+    int64_t ms[2] = {1, 4};
+    paradec_tensor hmask = pd_host(mask, PD_F32, 2, ms);
+    expect(paradec_op_attention(stream, &dq2, &dck2, &dcv2, &dpl, NULL, 0, 0.35f, &dao),
+           PARADEC_ERR_UNSUPPORTED, "attention without a workspace on CUDA");
+    expect(paradec_op_attention_ws(stream, tiny, &dq2, &dck2, &dcv2, &hpl, NULL, 0, 0.35f, &dao),
+           PARADEC_ERR_CAPACITY, "attention_ws: a workspace without an arena");
+    CHECK(paradec_op_attention_ws(stream, ws, &dq2, &dck2, &dcv2, &hpl, NULL, 0, 0.35f, &dao));
+    CHECK(paradec_op_attention_ws(NULL, NULL, &hq2, &hck2, &hcv2, &hpl, NULL, 0, 0.35f, &hao));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("attention_ws", &ao, 2e-2f);
+    CHECK(paradec_op_attention_ws(stream, ws, &dq2, &dck2, &dcv2, &hpl, &hmask, 2, 0.35f, &dao));
+    CHECK(paradec_op_attention_ws(NULL, host_ws, &hq2, &hck2, &hcv2, &hpl, &hmask, 2, 0.35f,
+                                  &hao));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("attention_ws (mask, window 2)", &ao, 2e-2f);
+
+    /* Dense linear, f16 weight [32, 64] + bias: m = 4 (GEMV) and m = 16 (tensor cores), then
+     * accumulate into the output; scale. */
+    int64_t lws[2] = {32, 64}, lbs[1] = {32}, lx4[2] = {4, 64}, lo4[2] = {4, 32},
+            lx16[2] = {16, 64}, lo16[2] = {16, 32};
+    pair lw = make(2, lws, 19), lb = make(1, lbs, 20), lx = make(2, lx4, 21),
+         lo = make(2, lo4, 22), lxx = make(2, lx16, 23), loo = make(2, lo16, 24);
+    paradec_tensor dlw = dev_t(&lw), dlb = dev_t(&lb), dlx = dev_t(&lx), dlo = dev_t(&lo),
+                   dlxx = dev_t(&lxx), dloo = dev_t(&loo);
+    paradec_tensor hlw = host_t(&lw), hlb = host_t(&lb), hlx = host_t(&lx), hlo = host_t(&lo),
+                   hlxx = host_t(&lxx), hloo = host_t(&loo);
+    CHECK(paradec_op_linear(stream, &dlx, &dlw, &dlb, &dlo, false));
+    CHECK(paradec_op_linear(NULL, &hlx, &hlw, &hlb, &hlo, false));
+    CHECK(paradec_op_linear(stream, &dlxx, &dlw, NULL, &dloo, false));
+    CHECK(paradec_op_linear(NULL, &hlxx, &hlw, NULL, &hloo, false));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("linear m=4", &lo, 2e-2f);
+    compare("linear m=16", &loo, 2e-2f);
+    CHECK(paradec_op_linear(stream, &dlx, &dlw, &dlb, &dlo, true));
+    CHECK(paradec_op_linear(NULL, &hlx, &hlw, &hlb, &hlo, true));
+    CHECK(paradec_op_scale(stream, &dlo, 0.5f));
+    CHECK(paradec_op_scale(NULL, &hlo, 0.5f));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("linear accumulate + scale", &lo, 2e-2f);
+
+    /* GPTQ 4-bit, K = 64, N = 32, groups of 32: one handle, placed on the device in f16. */
+    int32_t qweight[8 * 32], qzeros[2 * 4];
+    uint16_t scales[2 * 32];
+    unsigned seed = 99;
+    for (int i = 0; i < 8 * 32; i++) {
+        uint32_t word = 0;
+        for (int j = 0; j < 8; j++) {
+            seed = seed * 1103515245u + 12345u;
+            word |= ((seed >> 16) & 15u) << (4 * j);
+        }
+        qweight[i] = (int32_t)word;
+    }
+    for (int i = 0; i < 2 * 4; i++) qzeros[i] = 0x77777777;
+    for (int i = 0; i < 2 * 32; i++) scales[i] = to_half(0.02f + 0.001f * (float)(i % 7));
+    int64_t qws[2] = {8, 32}, qzs[2] = {2, 4}, scs[2] = {2, 32};
+    paradec_tensor qwt = pd_host(qweight, PD_I32, 2, qws), qzt = pd_host(qzeros, PD_I32, 2, qzs),
+                   sct = pd_host(scales, PD_F16, 2, scs);
+    paradec_named_tensor packed[3] = {{"qweight", &qwt}, {"qzeros", &qzt}, {"scales", &sct}};
+    paradec_quant_weight *qw = NULL;
+    CHECK(paradec_quant_weight_create("{\"quant_method\": \"gptq\", \"bits\": 4, "
+                                      "\"group_size\": 32, \"desc_act\": false}",
+                                      packed, 3, 64, 32, PD_CPU, &qw));
+    expect(paradec_op_quant_linear_ws(stream, ws, &dlx, qw, &dlo, false), PARADEC_ERR_DEVICE,
+           "quant_linear_ws before the weight is on the device");
+    CHECK(paradec_quant_weight_to_device(qw, gpu, PD_F16));
+    expect(paradec_op_quant_linear(stream, &dlx, qw, &dlo, false), PARADEC_ERR_UNSUPPORTED,
+           "quant_linear without a workspace on CUDA");
+    int64_t q1x[2] = {1, 64}, q1o[2] = {1, 32};
+    pair qx1 = make(2, q1x, 25), qo1 = make(2, q1o, 26);
+    paradec_tensor dqx1 = dev_t(&qx1), dqo1 = dev_t(&qo1), hqx1 = host_t(&qx1), hqo1 = host_t(&qo1);
+    CHECK(paradec_op_quant_linear_ws(stream, ws, &dqx1, qw, &dqo1, false));
+    CHECK(paradec_op_quant_linear_ws(NULL, NULL, &hqx1, qw, &hqo1, false));
+    CHECK(paradec_op_quant_linear_ws(stream, ws, &dlxx, qw, &dloo, false));
+    CHECK(paradec_op_quant_linear(NULL, &hlxx, qw, &hloo, false));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("quant_linear_ws m=1 (GEMV)", &qo1, 2e-2f);
+    compare("quant_linear_ws m=16 (tensor cores)", &loo, 2e-2f);
+    CHECK(paradec_op_quant_linear_ws(stream, ws, &dlx, qw, &dlo, true));
+    CHECK(paradec_op_quant_linear_ws(NULL, NULL, &hlx, qw, &hlo, true));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("quant_linear_ws m=4 accumulate", &lo, 3e-2f);
+    paradec_quant_weight_free(qw);
+
+    /* split_qkv (Falcon new architecture: 4 heads in 2 groups, head_dim 8) and head_norm. */
+    int64_t fqs[2] = {3, (4 + 2 * 2) * 8}, sq[3] = {3, 4, 8}, sk[3] = {3, 2, 8}, hw2[2] = {4, 8};
+    pair fq = make(2, fqs, 27), sqp = make(3, sq, 28), skp = make(3, sk, 29), svp = make(3, sk, 30);
+    pair hnw = make(2, hw2, 31);
+    paradec_tensor dfq = dev_t(&fq), dsq = dev_t(&sqp), dsk = dev_t(&skp), dsv = dev_t(&svp),
+                   dhnw = dev_t(&hnw);
+    paradec_tensor hfq = host_t(&fq), hsq = host_t(&sqp), hsk = host_t(&skp), hsv = host_t(&svp),
+                   hhnw = host_t(&hnw);
+    CHECK(paradec_op_split_qkv(stream, PARADEC_QKV_FUSED_GROUPED, &dfq, &dsq, &dsk, &dsv));
+    CHECK(paradec_op_split_qkv(NULL, PARADEC_QKV_FUSED_GROUPED, &hfq, &hsq, &hsk, &hsv));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("split_qkv q", &sqp, 0);
+    compare("split_qkv k", &skp, 0);
+    compare("split_qkv v", &svp, 0);
+    paradec_affine dhaff = {&dhnw, NULL}, hhaff = {&hhnw, NULL};
+    CHECK(paradec_op_head_norm(stream, PARADEC_NORM_LAYER, 1e-5f, &dsq, &dhaff));
+    CHECK(paradec_op_head_norm(NULL, PARADEC_NORM_LAYER, 1e-5f, &hsq, &hhaff));
+    CHECK(paradec_op_head_norm(stream, PARADEC_NORM_RMS, 1e-5f, &dsk, NULL));
+    CHECK(paradec_op_head_norm(NULL, PARADEC_NORM_RMS, 1e-5f, &hsk, NULL));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    compare("head_norm per-head weights", &sqp, 2e-2f);
+    compare("head_norm rms", &skp, 2e-2f);
+
+    paradec_workspace_free(ws);
+    paradec_workspace_free(tiny);
+    paradec_workspace_free(host_ws);
+    pair *more[] = {&q2, &k2, &v2, &ck2, &cv2, &ao, &lw, &lb, &lx, &lo, &lxx, &loo,
+                    &qx1, &qo1, &fq, &sqp, &skp, &svp, &hnw};
+    for (size_t i = 0; i < sizeof more / sizeof *more; i++) release(more[i]);
+
     pair *all[] = {&x, &res, &w, &b, &out, &out_b, &table, &q, &k, &v, &ck, &cv};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) release(all[i]);
     CUDA_CHECK(cudaFree(dids));
     CUDA_CHECK(cudaFree(dfreq));
     CUDA_CHECK(cudaFree(dpos));
     CUDA_CHECK(cudaFree(dpast));
+    if (argc > 1) layer_on_device(argv[1], stream);
     CUDA_CHECK(cudaStreamDestroy(stream));
     printf("%s\n", failures ? "CUDA: FAIL" : "CUDA: all ok");
     return failures ? 1 : 0;

@@ -1,9 +1,12 @@
 /*
  * decode.c — the C twin of src/bin/decode.rs: loads a model directory through the C ABI,
- * runs a (left-padded) prefill and greedy decoding through a KV cache on the CPU, and prints
- * the tokens in the Rust decode binary's format ("sequence B: prompt [...] → greedy [...]").
+ * runs a (left-padded) prefill and greedy decoding through a KV cache on the CPU (or, with
+ * --device cuda, on GPU 0 in f16: model, cache and workspace there, logits back in host
+ * memory), and prints the tokens in the Rust decode binary's format ("sequence B: prompt
+ * [...] → greedy [...]").
  *
  *     decode MODEL_DIR [--steps N] [--batch B --ids 1,2,3,... [--mask 0,1,1,...]]
+ *            [--device cpu|cuda]
  *
  * Without --ids it uses the Rust decode binary's fixed prompt: batch 1, ids (7·i + 3) mod vocab for
  * i < 8. --mask is the [batch, prompt] 0/1 attention mask (left padding = leading zeros).
@@ -50,11 +53,13 @@ int main(int argc, char **argv) {
     const char *dir = argv[1];
     size_t steps = 3, batch = 1, n_ids = 0, n_mask = 0;
     int64_t *prompt = NULL, *mask = NULL;
+    int on_gpu = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--steps")) steps = (size_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--batch")) batch = (size_t)atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--ids")) n_ids = parse_list(argv[i + 1], &prompt);
         else if (!strcmp(argv[i], "--mask")) n_mask = parse_list(argv[i + 1], &mask);
+        else if (!strcmp(argv[i], "--device")) on_gpu = !strcmp(argv[i + 1], "cuda");
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -72,6 +77,8 @@ int main(int argc, char **argv) {
     CHECK(paradec_model_memory(dir, &opts, batch, 64, PD_F32, &mem));
     paradec_model *model = NULL;
     CHECK(paradec_model_load(dir, &opts, &model));
+    const paradec_device gpu0 = {PARADEC_DEVICE_CUDA, 0};
+    if (on_gpu) CHECK(paradec_model_load_to(model, gpu0));
     paradec_model_info info;
     info.struct_size = sizeof info;
     CHECK(paradec_model_describe(model, &info));
@@ -96,9 +103,12 @@ int main(int argc, char **argv) {
     }
 
     paradec_cache *cache = NULL;
-    CHECK(paradec_cache_create(model, batch, s0 + steps, PD_F32, PD_CPU, &cache));
+    CHECK(paradec_cache_create(model, batch, s0 + steps, on_gpu ? PD_F16 : PD_F32,
+                               on_gpu ? gpu0 : PD_CPU, &cache));
     paradec_workspace *ws = NULL;
-    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &ws));
+    CHECK(paradec_workspace_create(on_gpu ? gpu0 : PD_CPU, on_gpu ? PD_F16 : PD_F32, &ws));
+    /* A planned arena: forwards then allocate nothing on the device. */
+    if (on_gpu) CHECK(paradec_workspace_reserve(ws, mem.workspace_bytes));
 
     size_t slots_max = s0 + steps + 1;
     int64_t *mask_now = malloc(batch * slots_max * sizeof *mask_now);

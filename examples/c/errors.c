@@ -104,6 +104,17 @@ static void kernel_errors(void) {
            PARADEC_ERR_NULL_ARGUMENT, "`past_len`");
     EXPECT(paradec_op_attention(NULL, NULL, &xt, &xt, &xt, NULL, 0, 1.0f, &ot),
            PARADEC_ERR_NULL_ARGUMENT, "`q`");
+    EXPECT(paradec_op_attention_ws(NULL, NULL, &xt, NULL, &xt, &xt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`cache_k`");
+    EXPECT(paradec_op_rotary_cache_write_ws(NULL, NULL, &xt, &xt, &xt, NULL, NULL, NULL, &ot,
+                                            &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`past_len`");
+    EXPECT(paradec_op_quant_linear_ws(NULL, NULL, &xt, NULL, &ot, false),
+           PARADEC_ERR_NULL_ARGUMENT, "`weight`");
+    EXPECT(paradec_quant_weight_to_device(NULL, PD_CPU, PD_F32), PARADEC_ERR_NULL_ARGUMENT,
+           "`weight`");
+    EXPECT(paradec_workspace_reserve(NULL, 1024), PARADEC_ERR_NULL_ARGUMENT, "`workspace`");
+    EXPECT(paradec_workspace_capacity(NULL, NULL), PARADEC_ERR_NULL_ARGUMENT, "`out_bytes`");
 
     /* Wrong dtype. */
     paradec_tensor xit = pd_host(xi, PD_I32, 2, shape);
@@ -202,6 +213,26 @@ static void kernel_errors(void) {
            PARADEC_ERR_INVALID_ARGUMENT, "rotary.style: 9");
     EXPECT(paradec_op_attention(NULL, &qt, &ckt, &cvt, &pt, NULL, 0, 1.0f, &xt),
            PARADEC_ERR_SHAPE, "out: expected shape");
+    /* The _ws forms check the same, and take their tables (past lengths, positions, mask,
+     * frequencies) from host memory only: the host checks every slot before a launch. */
+    past[0] = 1;
+    EXPECT(paradec_op_rotary_cache_write_ws(NULL, NULL, &qt, &kt, &vt, NULL, NULL, &pt, &ckt,
+                                            &cvt),
+           PARADEC_ERR_CAPACITY, "past_len[0] = 1");
+    past[0] = 0;
+    paradec_tensor pt_gpu = pt;
+    pt_gpu.device.device_type = PARADEC_DEVICE_CUDA;
+    EXPECT(paradec_op_rotary_cache_write_ws(NULL, NULL, &qt, &kt, &vt, NULL, NULL, &pt_gpu, &ckt,
+                                            &cvt),
+           PARADEC_ERR_DEVICE, "past_len: expected host memory");
+    EXPECT(paradec_op_attention_ws(NULL, NULL, &qt, &ckt, &cvt, &pt_gpu, NULL, 0, 1.0f, &qt),
+           PARADEC_ERR_DEVICE, "past_len: expected host memory");
+    float mask_small[1] = {0};
+    int64_t m11[2] = {1, 1};
+    paradec_tensor mt = pd_host(mask_small, PD_F32, 2, m11);
+    paradec_tensor ao = pd_host(out2, PD_F32, 4, q4);
+    EXPECT(paradec_op_attention_ws(NULL, NULL, &qt, &ckt, &cvt, &pt, &mt, 0, 1.0f, &ao),
+           PARADEC_ERR_SHAPE, "mask: expected [1, ≥2]");
 
     /* A quantized weight from a malformed config, a NULL name, a CUDA target. */
     paradec_quant_weight *qw = (paradec_quant_weight *)&sentinel;
@@ -214,7 +245,7 @@ static void kernel_errors(void) {
            PARADEC_ERR_BAD_FORMAT, "bits: 5");
     paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
     EXPECT(paradec_quant_weight_create("{\"bits\": 4}", NULL, 0, 8, 8, gpu, &qw),
-           PARADEC_ERR_UNSUPPORTED, "device");
+           PARADEC_ERR_UNSUPPORTED, "paradec_quant_weight_to_device");
     EXPECT(paradec_quant_weight_create("{\"bits\": 4}", NULL, 0, 8, 8, PD_CPU, &qw),
            PARADEC_ERR_NOT_FOUND, "linear.qweight");
     expect_true(qw == (paradec_quant_weight *)&sentinel, "failed creates leave *out untouched");
@@ -297,6 +328,12 @@ static void model_errors(const char *model_dir) {
     CHECK(paradec_cache_create(m, 1, 4, PD_F32, PD_CPU, &cache));
     EXPECT(paradec_workspace_create(PD_CPU, PD_F32, NULL), PARADEC_ERR_NULL_ARGUMENT, "`out`");
     CHECK(paradec_workspace_create(PD_CPU, PD_F32, &ws));
+    size_t cap = 7;
+    EXPECT(paradec_workspace_capacity(NULL, &cap), PARADEC_ERR_NULL_ARGUMENT, "`workspace`");
+    expect_true(cap == 7, "a failed capacity query leaves *out_bytes untouched");
+    CHECK(paradec_workspace_reserve(ws, (size_t)1 << 20));
+    CHECK(paradec_workspace_capacity(ws, &cap));
+    expect_true(cap == 0, "a CPU workspace reserves no arena");
     int64_t ids[4] = {1, 2, 3, 4}, ids_shape[2] = {1, 4}, lg_shape[3] = {1, 4, 0};
     lg_shape[2] = (int64_t)info.vocab;
     float *logits = malloc(4 * info.vocab * sizeof *logits);

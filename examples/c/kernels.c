@@ -166,6 +166,13 @@ int main(void) {
     paradec_tensor qxt = pd_host(qx, PD_F32, 2, q1), qot = pd_host(qo, PD_F32, 2, q1);
     CHECK(paradec_op_quant_linear(NULL, &qxt, qw, &qot, false));
     expect_close("quant_linear (GPTQ 4-bit)", qo, qwant, 8, 1e-5f);
+    /* Placing the handle on the CPU keeps it a host weight; the _ws form on host tensors needs
+     * no workspace. */
+    CHECK(paradec_quant_weight_to_device(qw, PD_CPU, PD_F32));
+    for (int n = 0; n < 8; n++) qo[n] = 1.0f;
+    CHECK(paradec_op_quant_linear_ws(NULL, NULL, &qxt, qw, &qot, true));
+    for (int n = 0; n < 8; n++) qwant[n] += 1.0f;
+    expect_close("quant_linear_ws accumulate (host)", qo, qwant, 8, 1e-5f);
     paradec_quant_weight_free(qw);
 
     /* ---- split_qkv, Falcon-7B layout [q0 q1 q2 q3 | k | v], head_dim 1 ---- */
@@ -210,6 +217,23 @@ int main(void) {
     float e0 = expf(s0 - fmaxf(s0, s1)), e1 = expf(s1 - fmaxf(s0, s1));
     float p0 = e0 / (e0 + e1), p1 = e1 / (e0 + e1);
     expect_close("attention", ao, (float[]){1, 2, p0 * 1 + p1 * 3, p0 * 2 + p1 * 4}, 4, 1e-5f);
+
+    /* The _ws forms on host tensors: the same results, the workspace optional (NULL here, a
+     * CPU one for attention). */
+    float rq2[4] = {1, 0, 1, 0}, rk2[4] = {1, 0, 0, 1}, ck2[8] = {0}, cv2[8] = {0}, ao2[4];
+    paradec_tensor rq2t = pd_host(rq2, PD_F32, 4, q4), rk2t = pd_host(rk2, PD_F32, 4, q4),
+                   ck2t = pd_host(ck2, PD_F32, 4, c4), cv2t = pd_host(cv2, PD_F32, 4, c4),
+                   ao2t = pd_host(ao2, PD_F32, 4, q4);
+    CHECK(paradec_op_rotary_cache_write_ws(NULL, NULL, &rq2t, &rk2t, &rvt, &post, &rot, &pastt,
+                                           &ck2t, &cv2t));
+    expect_close("rotary_ws q", rq2, rq, 4, 0);
+    expect_close("rotary_ws cache k", ck2, ck, 8, 0);
+    paradec_workspace *cpu_ws = NULL;
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &cpu_ws));
+    CHECK(paradec_op_attention_ws(NULL, cpu_ws, &rq2t, &ck2t, &cv2t, &pastt, NULL, 0, 1.0f,
+                                  &ao2t));
+    paradec_workspace_free(cpu_ws);
+    expect_close("attention_ws", ao2, ao, 4, 0);
 
     printf("%s\n", failures ? "KERNELS: FAIL" : "KERNELS: all ok");
     return failures ? 1 : 0;

@@ -1,1 +1,253 @@
-//! Attention kernels: land with the GPU attention work.
+//! Attention: prefill TFLOP/s (causal, FLOPs counted as half: 4·s²·d·heads/2 per sequence) and
+//! decode µs and KV-read GB/s, against a read-only bandwidth floor measured here.
+//!
+//!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode] [--csv FILE]
+
+use super::*;
+
+/// Bytes/s of a read-only XOR reduction over a 2 GiB buffer (the decode floor).
+pub fn measure_read_bw(b: &Bench) -> Result<f64> {
+    let n = 2usize << 30;
+    let mut src = DeviceBuffer::alloc(0, n)?;
+    src.memset(0x5A)?;
+    let mut sink = DeviceBuffer::zeroed(0, 4096 * 4)?;
+    let mut launch = |_: usize, st: &CudaStream| -> Result<()> {
+        let mut blocks = 0u32;
+        // SAFETY: src holds n bytes, sink 4096 words; the probe writes at most 4096.
+        let code = unsafe {
+            ffi::paradec_attn_read_probe(
+                src.as_ptr(),
+                n,
+                sink.as_mut_ptr() as *mut u32,
+                &mut blocks,
+                st.raw(),
+            )
+        };
+        status(code, "paradec_attn_read_probe")
+    };
+    let t = b.time(1, &mut launch)?;
+    Ok(n as f64 / (t.b2b_us.min(t.graph_us) * 1e-6))
+}
+
+/// Fills a device buffer with a random pattern of `dt` values: 64 MiB from the host, then
+/// device-to-device doubling (fast for buffers of tens of GB).
+fn fill_big(buf: &mut DeviceBuffer, dt: Dt, lo: f32, hi: f32, seed: u64) -> Result<()> {
+    let chunk = buf.len().min(64 << 20);
+    let mut p = Pool::new(chunk, 1)?;
+    p.fill_float(dt, lo, hi, seed)?;
+    let base = buf.as_mut_ptr() as *mut u8;
+    let mut done = 0usize;
+    let copy = |dst: *mut u8, src: *const u8, n: usize| -> Result<()> {
+        // SAFETY: both ranges lie inside live device allocations (checked by the callers' sizes).
+        let e = unsafe {
+            ffi::cudaMemcpy(
+                dst as *mut c_void,
+                src as *const c_void,
+                n,
+                ffi::cudaMemcpyKind::cudaMemcpyDeviceToDevice,
+            )
+        };
+        cuda::error::check(e, "cudaMemcpy (fill)")
+    };
+    copy(base, p.ptr(0) as *const u8, chunk)?;
+    done += chunk;
+    while done < buf.len() {
+        let n = done.min(buf.len() - done);
+        copy(base.wrapping_add(done), base, n)?;
+        done += n;
+    }
+    Ok(())
+}
+
+pub struct AttnRow {
+    pub kernel: &'static str,
+    pub dtype: &'static str,
+    pub shape: String,
+    pub t: Timing,
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn time_attention(
+    b: &Bench,
+    dt: Dt,
+    batch: usize,
+    q_len: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    past: usize,
+) -> Result<Timing> {
+    let capacity = past + q_len;
+    let qb = batch * q_len * heads * d * 2;
+    let cb = batch * capacity * kv_heads * d * 2;
+    let per_set = 2 * qb + 2 * cb;
+    let sets = b.sets_for(per_set);
+    let set_stride = |n: usize| n.div_ceil(256) * 256;
+    let mut q = DeviceBuffer::alloc(0, set_stride(qb) * sets)?;
+    fill_big(&mut q, dt, -2.0, 2.0, 1)?;
+    let out = DeviceBuffer::alloc(0, set_stride(qb) * sets)?;
+    let mut ck = DeviceBuffer::alloc(0, set_stride(cb) * sets)?;
+    fill_big(&mut ck, dt, -2.0, 2.0, 2)?;
+    let mut cv = DeviceBuffer::alloc(0, set_stride(cb) * sets)?;
+    fill_big(&mut cv, dt, -2.0, 2.0, 3)?;
+    let past_b: Vec<u8> = (0..batch)
+        .flat_map(|_| (past as i64).to_le_bytes())
+        .collect();
+    let past_d = DeviceBuffer::from_host(0, &past_b)?;
+    // SAFETY: a pure size query.
+    let scratch_bytes =
+        unsafe { ffi::paradec_attention_scratch_bytes(batch, q_len, heads, kv_heads, d, past) };
+    let scratch = DeviceBuffer::zeroed(0, scratch_bytes.max(16))?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let at = |buf: &DeviceBuffer, stride: usize, i: usize| {
+        (buf.as_ptr() as *mut u8).wrapping_add(i * set_stride(stride)) as *mut c_void
+    };
+    let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+        // SAFETY: every set holds the shapes above; past + q_len = capacity.
+        let code = unsafe {
+            ffi::paradec_attention(
+                dt.code(),
+                at(&q, qb, i),
+                at(&ck, cb, i),
+                at(&cv, cb, i),
+                at(&out, qb, i),
+                batch,
+                q_len,
+                heads,
+                kv_heads,
+                d,
+                capacity,
+                past_d.as_ptr() as *const i64,
+                past,
+                0,
+                ptr::null(),
+                0,
+                scale,
+                scratch.as_ptr() as *mut c_void,
+                scratch_bytes,
+                st.raw(),
+            )
+        };
+        status(code, "paradec_attention")
+    };
+    b.time(sets, &mut launch)
+}
+
+pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow>> {
+    let mut rows = Vec::new();
+    let want = |k: &str| only.is_none_or(|o| k.contains(o));
+    // Prefill: 16k tokens per call (batch = 16384 / s), heads·d = 2048, causal, MHA.
+    let ss: &[usize] = if quick {
+        &[2048, 8192]
+    } else {
+        &[512, 2048, 8192, 16384]
+    };
+    for dt in [Dt::Bf16, Dt::F16] {
+        if !want("attn_prefill") {
+            break;
+        }
+        for &d in &[64usize, 128, 256] {
+            for &s in ss {
+                let (batch, heads) = (16384 / s, 2048 / d);
+                let t = time_attention(b, dt, batch, s, heads, heads, d, 0)?;
+                let flops = 4.0 * (s * s) as f64 * d as f64 * (heads * batch) as f64 / 2.0;
+                eprintln!(
+                    "prefill {} d{d} s{s}: {:.1} µs, {:.0} TFLOP/s",
+                    dt.name(),
+                    t.b2b_us,
+                    flops / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e12
+                );
+                rows.push(AttnRow {
+                    kernel: "attn_prefill",
+                    dtype: dt.name(),
+                    shape: format!("b{batch}_h{heads}_s{s}_d{d}"),
+                    t,
+                    flops,
+                    bytes: 0.0,
+                });
+            }
+        }
+    }
+    // Decode: 32 query heads of 128, one new token over L cached ones.
+    let ls: &[usize] = if quick {
+        &[1024, 32768]
+    } else {
+        &[1024, 8192, 32768, 131072]
+    };
+    for &kv in &[32usize, 8] {
+        if !want("attn_decode") {
+            break;
+        }
+        for &batch in &[1usize, 8, 32] {
+            for &l in ls {
+                let kv_bytes = 2.0 * (batch * l * kv * 128 * 2) as f64;
+                if kv_bytes > 40e9 {
+                    eprintln!(
+                        "decode b{batch} L{l} kv{kv}: skipped ({:.0} GB of KV)",
+                        kv_bytes / 1e9
+                    );
+                    continue;
+                }
+                let t = time_attention(b, Dt::F16, batch, 1, 32, kv, 128, l - 1)?;
+                eprintln!(
+                    "decode b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
+                    t.b2b_us,
+                    t.graph_us,
+                    kv_bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
+                );
+                rows.push(AttnRow {
+                    kernel: "attn_decode",
+                    dtype: "f16",
+                    shape: format!("b{batch}_L{l}_kv{kv}"),
+                    t,
+                    flops: 0.0,
+                    bytes: kv_bytes,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs the attention table; prints markdown and writes the CSV.
+pub fn main_bench(
+    b: &Bench,
+    quick: bool,
+    only: Option<&str>,
+    csv: Option<String>,
+    device: &str,
+) -> Result<()> {
+    let read_bw = measure_read_bw(b)?;
+    println!(
+        "# read-only bandwidth (2 GiB XOR reduction): {:.0} GB/s",
+        read_bw / 1e9
+    );
+    let rows = run_all(b, quick, only)?;
+    let mut out =
+        String::from("kernel,dtype,shape,us_b2b,us_graph,flops,bytes,tflops,gbps,pct_read\n");
+    println!("\n| kernel | dtype | shape | µs (b2b) | µs (graph) | TFLOP/s | KV GB/s | % of read BW |\n|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let best = r.t.b2b_us.min(r.t.graph_us) * 1e-6;
+        let tf = r.flops / best / 1e12;
+        let gbps = r.bytes / best / 1e9;
+        let pct = 100.0 * gbps * 1e9 / read_bw;
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0}% |",
+            r.kernel, r.dtype, r.shape, r.t.b2b_us, r.t.graph_us, tf, gbps, pct
+        );
+        out.push_str(&format!(
+            "{},{},{},{:.3},{:.3},{:.0},{:.0},{:.1},{:.1},{:.1}\n",
+            r.kernel, r.dtype, r.shape, r.t.b2b_us, r.t.graph_us, r.flops, r.bytes, tf, gbps, pct
+        ));
+    }
+    if let Some(path) = csv {
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        writeln!(f, "# device,{device},read_gbps,{:.1}", read_bw / 1e9)
+            .map_err(|e| Error::Io(format!("{path}: {e}")))?;
+        f.write_all(out.as_bytes())
+            .map_err(|e| Error::Io(format!("{path}: {e}")))?;
+    }
+    Ok(())
+}

@@ -6,7 +6,10 @@
 //! streaming bandwidth is (bytes read + written) / time of a large device-to-device copy.
 //!
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
-//! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table.
+//! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table;
+//! `--attention` the attention family (examples/gpu_bench/attention.rs: TFLOP/s and KV GB/s);
+//! `--decoder` one decode step of whole layers, `--model` a 32-layer model's decode tokens/s
+//! (examples/gpu_bench/decoder.rs).
 //! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
 
 use std::ffi::c_void;
@@ -18,6 +21,7 @@ use paradec::{Error, Result};
 
 mod activation;
 mod attention;
+mod decoder;
 mod embedding;
 mod linear;
 mod norm;
@@ -312,6 +316,18 @@ fn main() -> Result<()> {
         props.l2_cache_bytes >> 20,
         stream_bw / 1e9
     );
+    if args.iter().any(|a| a == "--model") {
+        // Whole-model decode tokens/s (examples/gpu_bench/decoder.rs).
+        return decoder::model_bench(quick);
+    }
+    if args.iter().any(|a| a == "--decoder") {
+        // One decode step of whole layers (examples/gpu_bench/decoder.rs), its own table.
+        return decoder::main_bench(quick);
+    }
+    if args.iter().any(|a| a == "--attention") {
+        // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).
+        return attention::main_bench(&b, quick, only.as_deref(), csv, &props.name);
+    }
     // Linears have their own shapes, table and floor (the read bandwidth of this run).
     if only.as_deref().is_some_and(|o| o.contains("linear")) {
         let read_bw = linear::measure_read_bw(&b.stream, samples)?;

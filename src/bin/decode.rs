@@ -18,15 +18,20 @@ const HELP: &str = "\
 decode: prefill + greedy decoding of paradec's bundled tiny models (or one model directory),
 checked against the HF transformers reference stored beside each fixture.
 
-usage: decode [--model DIR] [--steps N] [--device cpu|cuda[:I]] [--show N]
+usage: decode [--model DIR] [--steps N] [--device cpu|cuda[:I]] [--dtype f16|bf16] [--show N]
 
   --model DIR     one model directory (config.json + safetensors; reference.safetensors, if
                   present, is compared). Default: every model under $PARADEC_FIXTURES, else
                   tests/fixtures in the current directory, else this crate's tests/fixtures.
   --steps N       greedy decode steps after the prefill (default 3). Refused when the prompt
                   plus N exceeds the model's max_position_embeddings.
-  --device D      cpu (default) or cuda / cuda:I. The GPU decoder has not landed yet: cuda
-                  reports that plainly.
+  --device D      cpu (default) or cuda / cuda:I (a build with the `cuda` feature:
+                  cargo run --release --features cuda --bin decode -- --device cuda). On a GPU
+                  the logits are compared against HF's fp32 reference within the dtype's
+                  budget (f16 1e-2, bf16 4e-2), the decode steps are fed HF's tokens, and a
+                  greedy token that parts from HF's where HF's top two logits are closer than
+                  that budget is reported as a near tie, not a mismatch.
+  --dtype T       the GPU's compute dtype: f16 (default) or bf16.
   --show N        tokens printed per list before it is shortened with … (default 16).
   -h, --help      this text.
 ";
@@ -37,6 +42,7 @@ struct Args {
     model: Option<PathBuf>,
     steps: usize,
     device: Device,
+    dtype: DType,
     show: usize,
 }
 
@@ -47,6 +53,7 @@ fn parse_args(args: &[String]) -> std::result::Result<Option<Args>, String> {
         model: None,
         steps: 3,
         device: Device::Cpu,
+        dtype: DType::F16,
         show: 16,
     };
     let mut it = args.iter();
@@ -61,6 +68,13 @@ fn parse_args(args: &[String]) -> std::result::Result<Option<Args>, String> {
             "--steps" => out.steps = count("--steps", value("--steps")?)?,
             "--show" => out.show = count("--show", value("--show")?)?,
             "--device" => out.device = device(value("--device")?)?,
+            "--dtype" => {
+                out.dtype = match value("--dtype")?.as_str() {
+                    "f16" => DType::F16,
+                    "bf16" => DType::BF16,
+                    v => return Err(format!("--dtype takes f16 or bf16, got {v:?}")),
+                }
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -138,6 +152,30 @@ impl Reference {
     }
 }
 
+/// The stream a run on `device` queues on.
+fn stream_for(device: Device) -> Result<Stream> {
+    match device {
+        Device::Cpu => Ok(Stream::Host),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => Ok(Stream::Cuda(paradec::cuda::CudaStream::new(i)?)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Error::NoDevice(
+            "this decode was built without the `cuda` feature: cargo run --release --features \
+             cuda --bin decode -- --device cuda"
+                .into(),
+        )),
+    }
+}
+
+/// The relative error the logits may show against HF's fp32 reference.
+fn logits_budget(model: &Model) -> f64 {
+    match (model.device(), model.dtype()) {
+        (Device::Cpu, _) => 1e-4,
+        (_, DType::BF16) => 4e-2,
+        _ => 1e-2,
+    }
+}
+
 /// How one model went.
 enum Outcome {
     /// Compared with a stored reference: tokens equal and logits within budget, or not.
@@ -171,8 +209,12 @@ fn run(dir: &Path, model: &Model, args: &Args) -> Result<Outcome> {
             limit.saturating_sub(s0)
         )));
     }
-    let mut cache = KvCache::for_model(a, batch, s0 + steps, DType::F32, Device::Cpu)?;
-    let mut ws = Workspace::cpu();
+    let (dev, dt) = (model.device(), model.dtype());
+    let s = stream_for(dev)?;
+    let budget = logits_budget(model);
+    let mut cache = KvCache::for_model(a, batch, s0 + steps, dt, dev)?;
+    let mut ws = Workspace::for_model(a, batch * s0, s0 + steps, dev, dt)?;
+    let mut near_ties = 0;
     let mut mask_now = mask.clone();
     let mut ids = prompt.clone();
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); batch];
@@ -188,7 +230,7 @@ fn run(dir: &Path, model: &Model, args: &Args) -> Result<Outcome> {
             .with_attention_mask(&mask_now, slots)?;
         let t = Instant::now();
         let out = model.forward_inspect(
-            &Stream::Host,
+            &s,
             &ids,
             &params,
             Some(&mut cache),
@@ -201,7 +243,7 @@ fn run(dir: &Path, model: &Model, args: &Args) -> Result<Outcome> {
                 }
             },
         )?;
-        let lv = out.logits.f32_values()?;
+        let lv = out.logits.to_host()?.f32_values()?.into_owned();
         if step == 0 {
             prefill = t.elapsed();
         } else {
@@ -224,21 +266,47 @@ fn run(dir: &Path, model: &Model, args: &Args) -> Result<Outcome> {
                 let den: f64 = exp.iter().map(|y| (*y as f64).powi(2)).sum();
                 let e = (num / den).sqrt();
                 worst = worst.max(e);
-                matched &= e <= 1e-4;
+                matched &= e <= budget;
             }
         }
-        ids = (0..batch)
+        let greedy: Vec<u32> = (0..batch)
             .map(|b| argmax(&lv[(b * q + q - 1) * v..(b * q + q) * v]))
             .collect();
-        for (b, &t) in ids.iter().enumerate() {
+        for (b, &t) in greedy.iter().enumerate() {
             generated[b].push(t);
         }
+        ids = greedy.clone();
         if let Some(want) = reference
             .as_ref()
             .and_then(|r| r.ints(&format!("step{}.input_ids", step + 1)))
         {
             let want: Vec<u32> = want.iter().map(|&i| i as u32).collect();
-            matched &= want == ids;
+            let hf_logits = reference
+                .as_ref()
+                .and_then(|r| r.floats(&format!("step{step}.logits")));
+            for b in 0..batch {
+                if greedy[b] == want[b] {
+                    continue;
+                }
+                // A token may part from HF's only where HF's own top two are closer than the
+                // budget allows the logits to move (never on the fp32 CPU path).
+                let row = hf_logits
+                    .as_ref()
+                    .map(|l| &l[(b * q + q - 1) * v..(b * q + q) * v]);
+                let tie = row.is_some_and(|r| {
+                    let mut sorted: Vec<f32> = r.to_vec();
+                    sorted.sort_by(|x, y| y.total_cmp(x));
+                    let scale = r.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                    ((sorted[0] - sorted[1]) as f64) < 2.0 * budget * scale
+                });
+                if tie && dev != Device::Cpu {
+                    near_ties += 1;
+                } else {
+                    matched = false;
+                }
+            }
+            // Later steps continue from HF's tokens, so one near tie does not derail them.
+            ids = want;
         }
         // Extend each sequence's mask by the new token.
         mask_now = (0..batch)
@@ -280,10 +348,17 @@ fn run(dir: &Path, model: &Model, args: &Args) -> Result<Outcome> {
     }
     Ok(match &reference {
         Some(_) => {
+            let tokens = match (matched, near_ties) {
+                (false, _) => "or logits differ".to_string(),
+                (true, 0) => "equal".to_string(),
+                (true, n) => format!(
+                    "equal but for {n} near tie(s): HF's top two logits closer than the budget"
+                ),
+            };
             println!(
-                "  HF reference: {} (worst logits relative error {worst:.2e}, tokens {})",
+                "  HF reference: {} (worst logits relative error {worst:.2e}, budget {budget:.0e} on {dev} {}, tokens {tokens})",
                 if matched { "MATCH" } else { "MISMATCH" },
-                if matched { "equal" } else { "or logits differ" }
+                if dev == Device::Cpu { DType::F32 } else { dt },
             );
             Outcome::Checked(matched)
         }
@@ -328,10 +403,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Device::Cuda(i) = args.device {
+    if cfg!(not(feature = "cuda")) && args.device != Device::Cpu {
         eprintln!(
-            "decode: device cuda:{i}: the GPU decoder has not landed yet (docs/GPU.md lists what \
-             runs on the GPU today); run with --device cpu"
+            "decode: --device {}: this decode was built without the `cuda` feature; build it with \
+             cargo run --release --features cuda --bin decode -- --device cuda",
+            args.device
         );
         return ExitCode::from(2);
     }
@@ -344,7 +420,12 @@ fn main() -> ExitCode {
     let (mut matched, mut mismatched, mut unchecked, mut failed) = (0, 0, 0, 0);
     for d in &dirs {
         let t0 = Instant::now();
-        let model = match Model::load(d) {
+        let model = match Model::load(d).and_then(|mut m| {
+            if args.device != Device::Cpu {
+                m.load_as(args.device, args.dtype)?;
+            }
+            Ok(m)
+        }) {
             Ok(m) => m,
             Err(e) => {
                 println!("== {}: failed to load: {e}", d.display());
@@ -420,6 +501,7 @@ mod tests {
                 model: Some(PathBuf::from("m")),
                 steps: 7,
                 device: Device::Cuda(1),
+                dtype: DType::F16,
                 show: 4
             }
         );
@@ -442,6 +524,7 @@ mod tests {
             model: None,
             steps: 1_000_000,
             device: Device::Cpu,
+            dtype: DType::F16,
             show: 16,
         };
         let e = run(&dir, &model, &args).err().unwrap().to_string();

@@ -277,3 +277,193 @@ pub(crate) fn embedding(
     };
     Ok(check_status(status, "embedding kernel")?)
 }
+
+// ---- ops on borrowed tensors --------------------------------------------------------------
+//
+// The calls below run the crate's `ops` (the same dispatch the layers use) on tensors that
+// borrow the caller's device memory and on the caller's stream: nothing is copied, nothing is
+// freed, nothing synchronizes. Scratch comes from the caller's workspace arena, strictly: a
+// request the arena cannot hold fails before any launch instead of allocating.
+
+use crate::cuda::{CudaStream, DeviceBuffer};
+use crate::quant::PreparedQuant;
+use crate::vocab::{Affine, AttnMasking, AttnShape, CacheSlots, QkvLayout, RotaryArgs};
+use crate::workspace::Workspace;
+use crate::{ops, Stream, Tensor};
+
+/// A tensor over the caller's device memory of `v` (never freed here).
+pub(super) fn borrow(v: &View, dev: usize) -> CResult<Tensor> {
+    // SAFETY: `v` is the caller's device memory of `v.bytes()` bytes on `dev` (the descriptor
+    // contract), alive until the work queued on the stream has run; the borrowed buffer never
+    // frees it, and the tensor lives only for this call.
+    let b = unsafe { DeviceBuffer::borrowed(v.ptr.cast(), v.bytes(), dev) };
+    Ok(Tensor::from_device_buffer(b, v.dtype, &v.shape)?)
+}
+
+fn borrow_opt(v: Option<&View>, dev: usize) -> CResult<Option<Tensor>> {
+    v.map(|v| borrow(v, dev)).transpose()
+}
+
+/// The caller's stream, borrowed (NULL = the legacy default stream); never destroyed here.
+fn stream_of(raw: *mut c_void, dev: usize) -> Stream {
+    // SAFETY: the caller promises (every kernel-level call's contract) that `stream` is NULL or
+    // a live stream of the tensors' device that outlives the queued work.
+    Stream::Cuda(unsafe { CudaStream::from_raw(raw as ffi::cudaStream_t, dev) })
+}
+
+/// Runs `f` with the workspace in strict mode and gives its scratch back afterwards (the next
+/// call on the same stream reuses it, ordered after this call's kernels).
+fn scratch<R>(
+    ws: &mut Workspace,
+    f: impl FnOnce(&mut Workspace) -> crate::Result<R>,
+) -> CResult<R> {
+    let prev = ws.set_strict(true);
+    let m = ws.mark();
+    let r = f(ws);
+    ws.release(m);
+    ws.set_strict(prev);
+    Ok(r?)
+}
+
+pub(crate) fn linear(
+    dev: usize,
+    stream: *mut c_void,
+    x: &View,
+    w: &View,
+    bias: Option<&View>,
+    out: &View,
+    accumulate: bool,
+) -> CResult<()> {
+    let (xt, wt, bt, mut ot) = (
+        borrow(x, dev)?,
+        borrow(w, dev)?,
+        borrow_opt(bias, dev)?,
+        borrow(out, dev)?,
+    );
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    // The dense path takes no scratch; a CPU workspace stands in for the argument.
+    let mut ws = Workspace::cpu();
+    Ok(ops::linear(
+        &s,
+        &mut ws,
+        &xt,
+        &wt,
+        bt.as_ref(),
+        &mut ot,
+        accumulate,
+    )?)
+}
+
+pub(crate) fn prepared_linear(
+    dev: usize,
+    stream: *mut c_void,
+    ws: &mut Workspace,
+    x: &View,
+    w: &PreparedQuant,
+    out: &View,
+    accumulate: bool,
+) -> CResult<()> {
+    let (xt, mut ot) = (borrow(x, dev)?, borrow(out, dev)?);
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    scratch(ws, |ws| {
+        ops::prepared_linear(&s, ws, &xt, w, &mut ot, accumulate)
+    })
+}
+
+pub(crate) fn split_qkv(
+    dev: usize,
+    stream: *mut c_void,
+    layout: QkvLayout,
+    f: &View,
+    [heads, kvh, d]: [usize; 3],
+    (q, k, v): (&View, &View, &View),
+) -> CResult<()> {
+    let ft = borrow(f, dev)?;
+    let (mut qt, mut kt, mut vt) = (borrow(q, dev)?, borrow(k, dev)?, borrow(v, dev)?);
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    Ok(ops::split_qkv(
+        &s, layout, &ft, heads, kvh, d, &mut qt, &mut kt, &mut vt,
+    )?)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head_norm(
+    dev: usize,
+    stream: *mut c_void,
+    kind: NormKind,
+    x: &View,
+    [heads, d]: [usize; 2],
+    w: Option<&View>,
+    b: Option<&View>,
+    eps: f32,
+) -> CResult<()> {
+    let mut xt = borrow(x, dev)?;
+    let (wt, bt) = (borrow_opt(w, dev)?, borrow_opt(b, dev)?);
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    let aff = Affine {
+        weight: wt.as_ref(),
+        bias: bt.as_ref(),
+    };
+    Ok(ops::head_norm(&s, kind, &mut xt, heads, d, &aff, eps)?)
+}
+
+pub(crate) fn scale(dev: usize, stream: *mut c_void, x: &View, factor: f32) -> CResult<()> {
+    let mut xt = borrow(x, dev)?;
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    Ok(ops::scale_inplace(&s, &mut xt, factor)?)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention(
+    dev: usize,
+    stream: *mut c_void,
+    ws: &mut Workspace,
+    q: &View,
+    ck: &View,
+    cv: &View,
+    shape: &AttnShape,
+    masking: &AttnMasking<'_>,
+    scale: f32,
+    out: &View,
+) -> CResult<()> {
+    let (qt, kt, vt, mut ot) = (
+        borrow(q, dev)?,
+        borrow(ck, dev)?,
+        borrow(cv, dev)?,
+        borrow(out, dev)?,
+    );
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    scratch(ws, |ws| {
+        ops::attention(&s, ws, &qt, &kt, &vt, shape, masking, scale, &mut ot)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotary_checked(
+    dev: usize,
+    stream: *mut c_void,
+    ws: &mut Workspace,
+    (q, k, v): (&View, &View, &View),
+    [heads, kvh, d]: [usize; 3],
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    (ck, cv): (&View, &View),
+) -> CResult<()> {
+    let (mut qt, mut kt, vt) = (borrow(q, dev)?, borrow(k, dev)?, borrow(v, dev)?);
+    let (mut ckt, mut cvt) = (borrow(ck, dev)?, borrow(cv, dev)?);
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    scratch(ws, |ws| {
+        ops::rotary_and_cache_write(
+            &s, ws, &mut qt, &mut kt, &vt, heads, kvh, d, positions, rotary, slots, &mut ckt,
+            &mut cvt,
+        )
+    })
+}

@@ -17,7 +17,7 @@ use crate::cache::KvCache;
 use crate::layers::lora::Lora;
 use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
 use crate::layers::params::AttnParams;
-use crate::quant::{QuantConfig, QuantWeight};
+use crate::quant::{PreparedQuant, QuantConfig, QuantWeight};
 use crate::tensor::{DType, Device, Storage, Tensor};
 use crate::workspace::Workspace;
 use crate::{Model, Stream, Weights};
@@ -47,7 +47,7 @@ pub struct paradec_cache {
 
 /// The scratch of forwards on one device and dtype (one per stream / thread).
 pub struct paradec_workspace {
-    inner: Workspace,
+    pub(crate) inner: Workspace,
 }
 
 /// A PEFT LoRA adapter read from its directory.
@@ -64,6 +64,8 @@ pub struct paradec_interm {
 /// A quantized (GPTQ or EXL2) linear weight, prepared once from the caller's packed tensors.
 pub struct paradec_quant_weight {
     pub(crate) inner: QuantWeight,
+    /// The device layout for one compute dtype (`paradec_quant_weight_to_device`), if placed.
+    pub(crate) prepared: Option<PreparedQuant>,
 }
 
 // ---- plain structs ------------------------------------------------------------------------
@@ -504,7 +506,7 @@ pub extern "C" fn paradec_model_memory(
             .sum::<crate::Result<usize>>()?;
         let ws_dtype = if dev == Device::Cpu { DType::F32 } else { dt };
         let tokens = batch.saturating_mul(capacity);
-        let workspace_bytes = Workspace::bytes_needed(&arch, tokens, ws_dtype)
+        let workspace_bytes = Workspace::bytes_needed(&arch, tokens, capacity, ws_dtype)?
             + tokens * (arch.vocab + 2 * arch.hidden) * ws_dtype.size();
         write_out(
             out,
@@ -900,6 +902,43 @@ pub extern "C" fn paradec_workspace_create(
     })
 }
 
+/// Reserves the workspace's device arena: `bytes` of scratch (nothing on the CPU). A larger
+/// arena replaces a smaller one; a smaller request keeps the current one. Synchronous (an
+/// allocation). Kernel-level calls on CUDA tensors (`paradec_op_*_ws`) take their scratch from
+/// this arena and fail with `PARADEC_ERR_CAPACITY` (naming the bytes, before any launch) when it
+/// is too small, rather than allocate (which would synchronize); a layer or model forward
+/// allocates past the arena instead (slow, never wrong).
+///
+/// Ownership: `workspace` stays the caller's; the call must not overlap other calls on it.
+#[no_mangle]
+pub extern "C" fn paradec_workspace_reserve(
+    workspace: *mut paradec_workspace,
+    bytes: usize,
+) -> paradec_status {
+    guard(|| {
+        let ws = &mut req_mut(workspace, "workspace")?.inner;
+        ws.reserve(bytes)?;
+        Ok(())
+    })
+}
+
+/// The bytes of the workspace's device arena (0 on the CPU, or before a reservation) into
+/// `*out_bytes`.
+///
+/// Ownership: `workspace` is borrowed; `*out_bytes` is written on success.
+#[no_mangle]
+pub extern "C" fn paradec_workspace_capacity(
+    workspace: *const paradec_workspace,
+    out_bytes: *mut usize,
+) -> paradec_status {
+    guard(|| {
+        let out = out_ptr(out_bytes, "out_bytes")?;
+        let ws = &req(workspace, "workspace")?.inner;
+        write_out(out, ws.capacity());
+        Ok(())
+    })
+}
+
 /// Frees a workspace. NULL is a no-op.
 ///
 /// Ownership: takes `workspace`; do not use it again.
@@ -1024,15 +1063,10 @@ pub extern "C" fn paradec_layer_free(layer: *mut paradec_layer) {
     });
 }
 
-/// Checks the hidden tensor of a layer call and reads it.
+/// Checks the hidden tensor of a layer call: host memory is read into a tensor (written back
+/// on success); device memory is borrowed, and the forward runs in place on it.
 fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
     want_float(h)?;
-    if h.loc != Loc::Host {
-        return Err(cerr(
-            PARADEC_ERR_UNSUPPORTED,
-            "hidden: layer forwards on CUDA tensors land with the GPU decoder; pass host memory",
-        ));
-    }
     if h.numel != p.tokens() * hidden || h.shape.last() != Some(&hidden) {
         return Err(cerr(
             PARADEC_ERR_SHAPE,
@@ -1045,10 +1079,19 @@ fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
             ),
         ));
     }
-    Ok(Tensor::from_f32(
-        h.floats(&[]).to_vec(),
-        &[p.tokens(), hidden],
-    )?)
+    match h.loc {
+        Loc::Host => Ok(Tensor::from_f32(
+            h.floats(&[]).to_vec(),
+            &[p.tokens(), hidden],
+        )?),
+        #[cfg(feature = "cuda")]
+        Loc::Cuda(dev) => Ok(super::cuda::borrow(h, dev)?.reshape(&[p.tokens(), hidden])?),
+        #[cfg(not(feature = "cuda"))]
+        Loc::Cuda(_) => Err(cerr(
+            PARADEC_ERR_DEVICE,
+            "hidden: CUDA memory, but paradec was built without the `cuda` feature",
+        )),
+    }
 }
 
 fn layer_forward(
@@ -1084,7 +1127,10 @@ fn layer_forward(
             d.forward(&s, &mut x, cache, &p, &loras, ws)?;
             None
         };
-        h.store_floats(&x.f32_values()?);
+        // Device memory was updated in place; host memory gets the result now.
+        if h.loc == Loc::Host {
+            h.store_floats(&x.f32_values()?);
+        }
         Ok(r)
     })
 }
@@ -1094,8 +1140,9 @@ fn layer_forward(
 ///
 /// - `stream`: a `cudaStream_t` (NULL = default) for a layer on a CUDA device; ignored on the
 ///   host.
-/// - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float host tensor, read
-///   and written (on success only).
+/// - `hidden`: `[batch, q_len, hidden]` (or `[batch·q_len, hidden]`) float tensor, read and
+///   written: host memory on success only; CUDA memory (the layer's device and dtype) in place,
+///   on the stream — every argument is checked before the first launch.
 /// - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
 ///   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
 ///
@@ -1361,8 +1408,9 @@ pub extern "C" fn paradec_layer_lora_remove(
 ///   optional `g_idx`, `bias`; EXL2 `q_weight`, `q_invperm`, `q_scale`, `q_scale_max`,
 ///   `q_groups`, optional `bias`. Host memory.
 /// - `in_features`, `out_features`: K and N of the dense weight it stands for.
-/// - `device`: where it will run: the CPU for now (the CUDA layout transform lands with the
-///   GPU quantized linear: `PARADEC_ERR_UNSUPPORTED` until then).
+/// - `device`: the CPU (the handle is made in host memory; `PARADEC_ERR_UNSUPPORTED` for a
+///   CUDA device: place it there afterwards with `paradec_quant_weight_to_device`, which takes
+///   the compute dtype).
 ///
 /// Ownership: the tensors are borrowed and copied; the caller owns `*out` (free with
 /// `paradec_quant_weight_free`).
@@ -1382,7 +1430,7 @@ pub extern "C" fn paradec_quant_weight_create(
         if device_arg(device, "device")? != Device::Cpu {
             return Err(cerr(
                 PARADEC_ERR_UNSUPPORTED,
-                "device: prepared quantized weights run on the CPU for now (the CUDA layout lands with the GPU quantized linear)",
+                "device: a prepared quantized weight is made on the CPU; place it on a CUDA device afterwards with paradec_quant_weight_to_device (which takes the compute dtype)",
             ));
         }
         let json: serde_json::Value = serde_json::from_str(cfg)
@@ -1392,9 +1440,65 @@ pub extern "C" fn paradec_quant_weight_create(
         let q = QuantWeight::load(&w, "linear", in_features, out_features, &qc)?;
         write_out(
             out,
-            Box::into_raw(Box::new(paradec_quant_weight { inner: q })),
+            Box::into_raw(Box::new(paradec_quant_weight {
+                inner: q,
+                prepared: None,
+            })),
         );
         Ok(())
+    })
+}
+
+/// Places a prepared quantized weight on `device` for linears computing in `dtype`: on a CUDA
+/// device, the GPU layout (codes, scales and zeros reordered once, the same values) is built
+/// and copied there, so `paradec_op_quant_linear(_ws)` runs on CUDA tensors of `dtype` (f16 or
+/// bf16) on that device; on the CPU the device copy is dropped. The host copy is kept either
+/// way, so host tensors keep working with the handle. Synchronous: it returns when the copy is
+/// on the device. On failure the handle is unchanged.
+///
+/// - `dtype`: f16 or bf16 for a CUDA device (f32: `PARADEC_ERR_UNSUPPORTED`); any float type
+///   for the CPU (ignored: the host path computes in f32).
+///
+/// Ownership: `weight` stays the caller's; the call must not overlap any other call on it.
+#[no_mangle]
+pub extern "C" fn paradec_quant_weight_to_device(
+    weight: *mut paradec_quant_weight,
+    device: paradec_device,
+    dtype: paradec_dtype,
+) -> paradec_status {
+    guard(|| {
+        let w = req_mut(weight, "weight")?;
+        let (dev, dt) = device_dtype(device, dtype, "weight")?;
+        match dev {
+            Device::Cpu => {
+                w.prepared = None;
+                Ok(())
+            }
+            Device::Cuda(_) => {
+                if dt == DType::F32 {
+                    return Err(cerr(
+                        PARADEC_ERR_UNSUPPORTED,
+                        "dtype: quantized linears on a CUDA device compute in f16 or bf16, not f32",
+                    ));
+                }
+                #[cfg(not(feature = "cuda"))]
+                return Err(cerr(
+                    PARADEC_ERR_NO_DEVICE,
+                    "device: a CUDA device, but paradec was built without CUDA (the `cuda` feature)",
+                ));
+                #[cfg(feature = "cuda")]
+                {
+                    if let Some(p) = &w.prepared {
+                        if p.device() == dev && p.dtype == dt {
+                            return Ok(());
+                        }
+                    }
+                    let p = PreparedQuant::new(&w.inner, dev, dt)?;
+                    w.prepared = Some(p);
+                    Ok(())
+                }
+            }
+        }
     })
 }
 

@@ -12,7 +12,9 @@ use std::ffi::c_void;
 
 use super::paradec_status::{self, *};
 use super::tensor::*;
-use super::{cerr, guard, req, CErr, CResult};
+#[cfg(not(feature = "cuda"))]
+use super::CErr;
+use super::{cerr, guard, req, req_mut, CResult};
 use crate::cpu;
 use crate::cpu::norm::NormAffine;
 use crate::tensor::DType;
@@ -98,11 +100,52 @@ macro_rules! on_cuda {
     }};
 }
 
-fn gpu_missing(op: &str) -> CErr {
-    cerr(
-        PARADEC_ERR_UNSUPPORTED,
-        format!("{op} has no CUDA kernel yet; pass host tensors (it lands with the GPU issues)"),
-    )
+/// The CUDA kernels compute in f16 or bf16: an f32 tensor on a device is refused by name.
+fn device_float(v: &View) -> CResult<()> {
+    if v.dtype == DType::F32 {
+        return Err(cerr(
+            PARADEC_ERR_UNSUPPORTED,
+            format!(
+                "{}: the CUDA kernels take f16 or bf16 tensors, not f32",
+                v.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the per-call tables of a `_ws` call are host memory (the host checks them).
+fn host_tables(tables: &[&View]) -> CResult<()> {
+    for t in tables {
+        if t.loc != Loc::Host {
+            return Err(cerr(
+                PARADEC_ERR_DEVICE,
+                format!(
+                    "{}: expected host memory (CPU or pinned): paradec checks it on the host before launching",
+                    t.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The workspace of a `_ws` call on CUDA tensors: required, and on their device.
+fn cuda_workspace<'a>(
+    ws: Option<*mut super::paradec_workspace>,
+    dev: usize,
+) -> CResult<&'a mut crate::workspace::Workspace> {
+    let w = &mut req_mut(ws.unwrap_or(std::ptr::null_mut()), "workspace")?.inner;
+    if w.device() != crate::Device::Cuda(dev) {
+        return Err(cerr(
+            PARADEC_ERR_DEVICE,
+            format!(
+                "workspace: on {}, but the tensors are on cuda:{dev}",
+                w.device()
+            ),
+        ));
+    }
+    Ok(w)
 }
 
 pub(crate) fn norm_kind(k: i32) -> CResult<NormKind> {
@@ -397,6 +440,71 @@ pub extern "C" fn paradec_op_rotary_cache_write(
     cache_v: *const paradec_tensor,
 ) -> paradec_status {
     guard(|| {
+        rotary_impl(
+            stream, None, q, k, v, positions, rotary, past_len, cache_k, cache_v,
+        )
+    })
+}
+
+/// The checked form of `paradec_op_rotary_cache_write`, for tensors on either device: the small
+/// per-call tables — `positions`, `past_len` and `rotary->inv_freq` — are **host** tensors
+/// (CPU or pinned memory), so every cache slot is checked before anything runs (a slot past
+/// the capacity is `PARADEC_ERR_CAPACITY`, nothing written, on the GPU too); for CUDA tensors
+/// the tables are queued to the device in scratch from `workspace`, on `stream`.
+///
+/// - `workspace`: a workspace on the tensors' CUDA device whose arena
+///   (`paradec_workspace_reserve`) holds the tables (a few hundred bytes; too small:
+///   `PARADEC_ERR_CAPACITY` naming the bytes); may be NULL for host tensors. Its scratch is
+///   reused by the next call: use one workspace per stream.
+/// - the other arguments as in `paradec_op_rotary_cache_write`.
+///
+/// Ownership: every tensor is the caller's and is used in place; the host tables are read
+/// during the call only; `workspace` stays the caller's (the call must not overlap other calls
+/// on it).
+#[no_mangle]
+pub extern "C" fn paradec_op_rotary_cache_write_ws(
+    stream: *mut c_void,
+    workspace: *mut super::paradec_workspace,
+    q: *const paradec_tensor,
+    k: *const paradec_tensor,
+    v: *const paradec_tensor,
+    positions: *const paradec_tensor,
+    rotary: *const paradec_rotary,
+    past_len: *const paradec_tensor,
+    cache_k: *const paradec_tensor,
+    cache_v: *const paradec_tensor,
+) -> paradec_status {
+    guard(|| {
+        rotary_impl(
+            stream,
+            Some(workspace),
+            q,
+            k,
+            v,
+            positions,
+            rotary,
+            past_len,
+            cache_k,
+            cache_v,
+        )
+    })
+}
+
+/// The engine of the two rotary exports: `ws` is `Some` for the checked form (host tables).
+#[allow(clippy::too_many_arguments, unused_variables)]
+fn rotary_impl(
+    stream: *mut c_void,
+    ws: Option<*mut super::paradec_workspace>,
+    q: *const paradec_tensor,
+    k: *const paradec_tensor,
+    v: *const paradec_tensor,
+    positions: *const paradec_tensor,
+    rotary: *const paradec_rotary,
+    past_len: *const paradec_tensor,
+    cache_k: *const paradec_tensor,
+    cache_v: *const paradec_tensor,
+) -> CResult<()> {
+    {
         let q = view(q, "q")?;
         let k = view(k, "k")?;
         let v = view(v, "v")?;
@@ -421,7 +529,8 @@ pub extern "C" fn paradec_op_rotary_cache_write(
         }
         want_dtype(&past, DType::I64)?;
         want_shape(&past, &[batch])?;
-        let mut all = vec![&q, &k, &v, &past, &ck, &cv];
+        let mut all = vec![&q, &k, &v, &ck, &cv];
+        let mut tables = vec![&past];
         let rot = if rotary.is_null() {
             None
         } else {
@@ -463,16 +572,20 @@ pub extern "C" fn paradec_op_rotary_cache_write(
             Some((style, r.rot_dim, f, r.attn_factor, p))
         };
         if let Some((.., f, _, p)) = &rot {
-            all.push(f);
-            all.push(p);
+            tables.push(f);
+            tables.push(p);
+        }
+        if ws.is_some() {
+            host_tables(&tables)?;
+        } else {
+            all.extend(tables);
         }
         let loc = one_device(&all)?;
         // k counts as written even without rotation (the CPU twin takes it mutably).
         let outs = vec![&q, &k, &ck, &cv];
         disjoint(&outs)?;
-        match loc {
-            Loc::Host => {
-                let past: Vec<usize> = past
+        let checked_past = || -> CResult<Vec<usize>> {
+            past
                     .ints()
                     .iter()
                     .enumerate()
@@ -487,7 +600,11 @@ pub extern "C" fn paradec_op_rotary_cache_write(
                                 )
                             })
                     })
-                    .collect::<CResult<_>>()?;
+                    .collect::<CResult<_>>()
+        };
+        match loc {
+            Loc::Host => {
+                let past = checked_past()?;
                 let positions = rot.as_ref().map(|r| r.4.ints()).unwrap_or_default();
                 let inv = rot.as_ref().map(|r| r.2.floats(&outs));
                 let args = rot.as_ref().map(|r| RotaryArgs {
@@ -531,6 +648,38 @@ pub extern "C" fn paradec_op_rotary_cache_write(
                 });
                 Ok(())
             }
+            Loc::Cuda(dev) if ws.is_some() => {
+                let ws = cuda_workspace(ws, dev)?;
+                let past = checked_past()?;
+                let positions = match &rot {
+                    Some(r) => r.4.ints(),
+                    None => vec![0; batch * q_len],
+                };
+                let inv = rot.as_ref().map(|r| r.2.floats(&[]));
+                let args = rot.as_ref().map(|r| RotaryArgs {
+                    style: r.0,
+                    rot_dim: r.1,
+                    inv_freq: inv.as_deref().unwrap_or(&[]),
+                    attn_factor: r.3,
+                });
+                let slots = CacheSlots {
+                    batch,
+                    q_len,
+                    capacity,
+                    past_len: &past,
+                };
+                on_cuda!([dev, stream, ws, positions, args, slots] cuda::rotary_checked(
+                    dev,
+                    stream,
+                    ws,
+                    (&q, &k, &v),
+                    [heads, kvh, d],
+                    &positions,
+                    args.as_ref(),
+                    &slots,
+                    (&ck, &cv),
+                ))
+            }
             Loc::Cuda(dev) => on_cuda!([dev, stream] cuda::rotary_cache_write(
                 dev,
                 stream,
@@ -544,7 +693,7 @@ pub extern "C" fn paradec_op_rotary_cache_write(
                 &cv,
             )),
         }
-    })
+    }
 }
 
 /// Causal scaled-dot-product attention of q over the cache (multi-head, grouped-query,
@@ -572,8 +721,72 @@ pub extern "C" fn paradec_op_attention(
     scale: f32,
     out: *const paradec_tensor,
 ) -> paradec_status {
-    let _ = stream;
     guard(|| {
+        attention_impl(
+            stream, None, q, cache_k, cache_v, past_len, mask, window, scale, out,
+        )
+    })
+}
+
+/// Attention for tensors on either device: as `paradec_op_attention`, with the per-call tables
+/// — `past_len` and `mask` — in **host** memory (CPU or pinned), so every length is checked
+/// against the capacity (and the mask's width) before anything runs; for CUDA tensors they are
+/// queued to the device in scratch from `workspace` (with the split-KV partials), on `stream`.
+/// CUDA: f16 or bf16, head_dim a multiple of 8 up to 256; `out` must not overlap q or the cache.
+///
+/// - `workspace`: a workspace on the tensors' CUDA device whose arena
+///   (`paradec_workspace_reserve`) holds the tables and the partials — about
+///   batch·heads·q_len·64·(head_dim + 2)·4 bytes plus the mask; too small:
+///   `PARADEC_ERR_CAPACITY` naming the bytes, before any launch; may be NULL for host tensors.
+///   Its scratch is reused by the next call: use one workspace per stream.
+///
+/// Ownership: every tensor is the caller's and is used in place; the host tables are read
+/// during the call only; `workspace` stays the caller's (the call must not overlap other calls
+/// on it).
+#[no_mangle]
+pub extern "C" fn paradec_op_attention_ws(
+    stream: *mut c_void,
+    workspace: *mut super::paradec_workspace,
+    q: *const paradec_tensor,
+    cache_k: *const paradec_tensor,
+    cache_v: *const paradec_tensor,
+    past_len: *const paradec_tensor,
+    mask: *const paradec_tensor,
+    window: usize,
+    scale: f32,
+    out: *const paradec_tensor,
+) -> paradec_status {
+    guard(|| {
+        attention_impl(
+            stream,
+            Some(workspace),
+            q,
+            cache_k,
+            cache_v,
+            past_len,
+            mask,
+            window,
+            scale,
+            out,
+        )
+    })
+}
+
+/// The engine of the two attention exports: `ws` is `Some` for the form with host tables.
+#[allow(clippy::too_many_arguments, unused_variables)]
+fn attention_impl(
+    stream: *mut c_void,
+    ws: Option<*mut super::paradec_workspace>,
+    q: *const paradec_tensor,
+    cache_k: *const paradec_tensor,
+    cache_v: *const paradec_tensor,
+    past_len: *const paradec_tensor,
+    mask: *const paradec_tensor,
+    window: usize,
+    scale: f32,
+    out: *const paradec_tensor,
+) -> CResult<()> {
+    {
         let q = view(q, "q")?;
         let ck = view(cache_k, "cache_k")?;
         let cv = view(cache_v, "cache_v")?;
@@ -599,15 +812,29 @@ pub extern "C" fn paradec_op_attention(
         }
         want_dtype(&past, DType::I64)?;
         want_shape(&past, &[batch])?;
-        let mut all = vec![&q, &ck, &cv, &past, &out];
+        let mut all = vec![&q, &ck, &cv, &out];
+        let mut tables = vec![&past];
         if let Some(m) = &mask {
             want_dtype(m, DType::F32)?;
             want_ndim(m, 2, "[batch, stride]")?;
-            all.push(m);
+            tables.push(m);
+        }
+        if ws.is_some() {
+            host_tables(&tables)?;
+        } else {
+            all.extend(tables);
         }
         let loc = one_device(&all)?;
         if let Loc::Cuda(_) = loc {
-            return Err(gpu_missing("attention"));
+            if ws.is_none() {
+                return Err(cerr(
+                    PARADEC_ERR_UNSUPPORTED,
+                    "attention on CUDA tensors takes host past lengths and scratch from a workspace: call paradec_op_attention_ws",
+                ));
+            }
+            disjoint(&[&out, &q])?;
+            disjoint(&[&out, &ck])?;
+            disjoint(&[&out, &cv])?;
         }
         let past: Vec<usize> = past
             .ints()
@@ -635,7 +862,6 @@ pub extern "C" fn paradec_op_attention(
             }
         }
         let outs = [&out];
-        let (qv, kv, vv) = (q.floats(&outs), ck.floats(&outs), cv.floats(&outs));
         let mv = mask.as_ref().map(|m| m.floats(&outs));
         let shape = AttnShape {
             batch,
@@ -651,11 +877,18 @@ pub extern "C" fn paradec_op_attention(
             mask: mv.as_deref(),
             mask_stride: mask.as_ref().map_or(0, |m| m.shape[1]),
         };
+        if let Loc::Cuda(dev) = loc {
+            let ws = cuda_workspace(ws, dev)?;
+            return on_cuda!([dev, stream, ws, shape, masking] cuda::attention(
+                dev, stream, ws, &q, &ck, &cv, &shape, &masking, scale, &out,
+            ));
+        }
+        let (qv, kv, vv) = (q.floats(&outs), ck.floats(&outs), cv.floats(&outs));
         out.with_floats_mut(|o| {
             cpu::attention::attention(&qv, &kv, &vv, &shape, &masking, scale, o)
         });
         Ok(())
-    })
+    }
 }
 
 /// `x = act(x)` in place over every element.
@@ -750,7 +983,7 @@ pub extern "C" fn paradec_op_add(
     })
 }
 
-/// `x *= factor`, elementwise (the LM head's logit scale). Host tensors only for now.
+/// `x *= factor`, elementwise (the LM head's logit scale).
 ///
 /// Ownership: `x` is the caller's and is used in place; nothing is kept.
 #[no_mangle]
@@ -763,8 +996,8 @@ pub extern "C" fn paradec_op_scale(
     guard(|| {
         let x = view(x, "x")?;
         want_float(&x)?;
-        if let Loc::Cuda(_) = x.loc {
-            return Err(gpu_missing("scale"));
+        if let Loc::Cuda(dev) = x.loc {
+            return on_cuda!([dev, stream] cuda::scale(dev, stream, &x, factor));
         }
         x.with_floats_mut(|v| v.iter_mut().for_each(|a| *a *= factor));
         Ok(())
@@ -863,11 +1096,12 @@ fn linear_rows(x: &View, k: usize, n: usize, out: &View) -> CResult<usize> {
 }
 
 /// Dense linear: `out[m, N] (+)= x[m, K] · weightᵀ + bias`, weight in PyTorch layout [N, K].
-/// Host tensors only for now (the CUDA linear lands with the GPU linear issue).
 ///
 /// - `x`: `[..., K]` float; `out`: `[..., N]`, x's dtype, written (added to when
-///   `accumulate`). `out` must not overlap `x`.
-/// - `weight`: `[N, K]`, f32, f16 or bf16 (may differ from x's dtype); `bias`: NULL or `[N]`.
+///   `accumulate`). `out` must not overlap `x` (nor the weight or bias).
+/// - `weight`: `[N, K]`; `bias`: NULL or `[N]`. Host tensors: f32, f16 or bf16 (may differ
+///   from x's dtype). CUDA tensors: f16 or bf16, all of x's dtype (f32 accumulation; a GEMV
+///   for m ≤ 8, tensor cores above); no scratch.
 ///
 /// Ownership: every tensor is the caller's and is used in place; nothing is kept.
 #[no_mangle]
@@ -897,11 +1131,28 @@ pub extern "C" fn paradec_op_linear(
             want_shape(b, &[n])?;
             all.push(b);
         }
-        if let Loc::Cuda(_) = one_device(&all)? {
-            return Err(gpu_missing("linear"));
-        }
+        let loc = one_device(&all)?;
         disjoint(&[&out, &x])?;
         disjoint(&[&out, &w])?;
+        if let Loc::Cuda(dev) = loc {
+            if let Some(b) = &bias {
+                disjoint(&[&out, b])?;
+            }
+            device_float(&x)?;
+            same_float(&w, x.dtype)?;
+            if let Some(b) = &bias {
+                same_float(b, x.dtype)?;
+            }
+            return on_cuda!([dev, stream, accumulate] cuda::linear(
+                dev,
+                stream,
+                &x,
+                &w,
+                bias.as_ref(),
+                &out,
+                accumulate,
+            ));
+        }
         let outs = [&out];
         let xv = x.floats(&outs);
         let bv = bias.as_ref().map(|b| b.floats(&outs));
@@ -932,7 +1183,9 @@ fn as_typed<T>(b: &[u8]) -> &[T] {
 }
 
 /// Quantized linear: `out[m, N] (+)= x[m, K] · Wᵀ + bias` from a prepared quantized weight
-/// (see `paradec_quant_weight_create`). Host tensors only for now.
+/// (see `paradec_quant_weight_create`), on host tensors. CUDA tensors take their scratch
+/// (gathered activations, split-K partials) from a workspace: `paradec_op_quant_linear_ws`
+/// (this call returns `PARADEC_ERR_UNSUPPORTED` naming it for CUDA tensors).
 ///
 /// - `x`: `[..., K]` float; `out`: `[..., N]`, x's dtype, written (added to when `accumulate`).
 /// - `weight`: a prepared weight; borrowed for the call.
@@ -946,25 +1199,102 @@ pub extern "C" fn paradec_op_quant_linear(
     out: *const paradec_tensor,
     accumulate: bool,
 ) -> paradec_status {
-    let _ = stream;
-    guard(|| {
-        let x = view(x, "x")?;
-        let w = &req(weight, "weight")?.inner;
-        let out = view(out, "out")?;
-        want_float(&x)?;
-        same_float(&out, x.dtype)?;
-        let m = linear_rows(&x, w.in_features(), w.out_features(), &out)?;
-        if let Loc::Cuda(_) = one_device(&[&x, &out])? {
-            return Err(gpu_missing("quant_linear"));
-        }
-        disjoint(&[&out, &x])?;
-        let xv = x.floats(&[&out]);
-        out.with_floats_mut(|o| w.forward(&xv, m, o, accumulate))?;
-        Ok(())
-    })
+    guard(|| quant_linear_impl(stream, None, x, weight, out, accumulate))
 }
 
-/// Splits a fused QKV projection output into q, k and v. Host tensors only for now.
+/// Quantized linear on tensors of either device: as `paradec_op_quant_linear`; for CUDA
+/// tensors the weight must have been placed on their device in their dtype
+/// (`paradec_quant_weight_to_device`; otherwise `PARADEC_ERR_DEVICE` / `PARADEC_ERR_DTYPE`),
+/// and the kernel (a split-K GEMV for m ≤ 8, tensor cores above; f32 accumulation) runs on
+/// `stream` with its scratch from `workspace`.
+///
+/// - `workspace`: a workspace on the tensors' CUDA device whose arena
+///   (`paradec_workspace_reserve`) holds the scratch — at most m·K·2 bytes of gathered
+///   activations (act-order) plus split-K partials of up to 64·m·N·4 bytes; too small:
+///   `PARADEC_ERR_CAPACITY` naming the bytes, before any launch. May be NULL for host tensors.
+///   Its scratch is reused by the next call: use one workspace per stream.
+///
+/// Ownership: the tensors are the caller's, used in place; `weight` stays the caller's;
+/// `workspace` stays the caller's (the call must not overlap other calls on it).
+#[no_mangle]
+pub extern "C" fn paradec_op_quant_linear_ws(
+    stream: *mut c_void,
+    workspace: *mut super::paradec_workspace,
+    x: *const paradec_tensor,
+    weight: *const super::paradec_quant_weight,
+    out: *const paradec_tensor,
+    accumulate: bool,
+) -> paradec_status {
+    guard(|| quant_linear_impl(stream, Some(workspace), x, weight, out, accumulate))
+}
+
+#[allow(unused_variables)]
+fn quant_linear_impl(
+    stream: *mut c_void,
+    ws: Option<*mut super::paradec_workspace>,
+    x: *const paradec_tensor,
+    weight: *const super::paradec_quant_weight,
+    out: *const paradec_tensor,
+    accumulate: bool,
+) -> CResult<()> {
+    let x = view(x, "x")?;
+    let handle = req(weight, "weight")?;
+    let w = &handle.inner;
+    let out = view(out, "out")?;
+    want_float(&x)?;
+    same_float(&out, x.dtype)?;
+    let m = linear_rows(&x, w.in_features(), w.out_features(), &out)?;
+    let loc = one_device(&[&x, &out])?;
+    disjoint(&[&out, &x])?;
+    if let Loc::Cuda(dev) = loc {
+        if ws.is_none() {
+            return Err(cerr(
+                PARADEC_ERR_UNSUPPORTED,
+                "quant_linear on CUDA tensors takes its scratch from a workspace: call paradec_op_quant_linear_ws",
+            ));
+        }
+        device_float(&x)?;
+        let p = match &handle.prepared {
+            Some(p) if p.device() == crate::Device::Cuda(dev) => p,
+            Some(p) => {
+                return Err(cerr(
+                    PARADEC_ERR_DEVICE,
+                    format!(
+                        "weight: placed on {}, but x is on cuda:{dev} (paradec_quant_weight_to_device)",
+                        p.device()
+                    ),
+                ))
+            }
+            None => {
+                return Err(cerr(
+                    PARADEC_ERR_DEVICE,
+                    format!(
+                        "weight: in host memory, but x is on cuda:{dev}; place it there first with paradec_quant_weight_to_device"
+                    ),
+                ))
+            }
+        };
+        if p.dtype != x.dtype {
+            return Err(cerr(
+                PARADEC_ERR_DTYPE,
+                format!(
+                    "x: {} but the weight was placed for {} (paradec_quant_weight_to_device)",
+                    x.dtype, p.dtype
+                ),
+            ));
+        }
+        let ws = cuda_workspace(ws, dev)?;
+        let _ = m;
+        return on_cuda!([dev, stream, ws, p, accumulate] cuda::prepared_linear(
+            dev, stream, ws, &x, p, &out, accumulate,
+        ));
+    }
+    let xv = x.floats(&[&out]);
+    out.with_floats_mut(|o| w.forward(&xv, m, o, accumulate))?;
+    Ok(())
+}
+
+/// Splits a fused QKV projection output into q, k and v (on either device; no scratch).
 ///
 /// - `layout`: a `PARADEC_QKV_FUSED_*` value.
 /// - `fused`: `[tokens, (heads + 2·kv_heads)·head_dim]` float.
@@ -1017,11 +1347,23 @@ pub extern "C" fn paradec_op_split_qkv(
                 format!("k: {kvh} kv heads do not fit {heads} heads in this layout"),
             ));
         }
-        if let Loc::Cuda(_) = one_device(&[&f, &q, &k, &v])? {
-            return Err(gpu_missing("split_qkv"));
-        }
+        let loc = one_device(&[&f, &q, &k, &v])?;
         let outs = [&q, &k, &v];
         disjoint(&outs)?;
+        if let Loc::Cuda(dev) = loc {
+            for o in outs {
+                disjoint(&[o, &f])?;
+            }
+            device_float(&f)?;
+            return on_cuda!([dev, stream, layout] cuda::split_qkv(
+                dev,
+                stream,
+                layout,
+                &f,
+                [heads, kvh, d],
+                (&q, &k, &v),
+            ));
+        }
         let fv = f.floats(&outs);
         q.with_floats_mut(|qq| {
             k.with_floats_mut(|kk| {
@@ -1034,8 +1376,8 @@ pub extern "C" fn paradec_op_split_qkv(
     })
 }
 
-/// Norm of each head's features in place (Phi's and Cohere's q/k norms). Host tensors only for
-/// now.
+/// Norm of each head's features in place (Phi's and Cohere's q/k norms), on either device (no
+/// scratch).
 ///
 /// - `x`: `[tokens, heads, head_dim]` float, read and written.
 /// - `affine`: NULL, or weight / bias each NULL, `[head_dim]` (shared by all heads) or
@@ -1080,8 +1422,21 @@ pub extern "C" fn paradec_op_head_norm(
             }
             all.push(t);
         }
-        if let Loc::Cuda(_) = one_device(&all)? {
-            return Err(gpu_missing("head_norm"));
+        if let Loc::Cuda(dev) = one_device(&all)? {
+            device_float(&x)?;
+            for t in w.iter().chain(b.iter()) {
+                disjoint(&[&x, t])?;
+            }
+            return on_cuda!([dev, stream, kind, eps] cuda::head_norm(
+                dev,
+                stream,
+                kind,
+                &x,
+                [heads, d],
+                w.as_ref(),
+                b.as_ref(),
+                eps,
+            ));
         }
         let (wv, bv) = (
             w.as_ref().map(|t| t.floats(&[&x])),
@@ -1113,44 +1468,4 @@ pub extern "C" fn paradec_op_head_norm(
         });
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::cpu::qkv::split_qkv;
-    use crate::vocab::QkvLayout;
-    use crate::{ops, Stream, Tensor};
-
-    #[test]
-    fn cpu_split_qkv_agrees_with_ops_split_qkv() {
-        let (t, heads, kv, d) = (3, 4, 2, 2);
-        let width = (heads + 2 * kv) * d;
-        let fused: Vec<f32> = (0..t * width).map(|i| i as f32).collect();
-        for layout in [QkvLayout::FusedQueriesFirst, QkvLayout::FusedGrouped] {
-            let (mut q, mut k, mut v) = (
-                vec![0.0; t * heads * d],
-                vec![0.0; t * kv * d],
-                vec![0.0; t * kv * d],
-            );
-            split_qkv(layout, &fused, t, heads, kv, d, &mut q, &mut k, &mut v);
-            let f = Tensor::from_f32(fused.clone(), &[t, width]).unwrap();
-            let z = |n| Tensor::from_f32(vec![0.0; n], &[n]).unwrap();
-            let (mut tq, mut tk, mut tv) = (z(t * heads * d), z(t * kv * d), z(t * kv * d));
-            ops::split_qkv(
-                &Stream::Host,
-                layout,
-                &f,
-                heads,
-                kv,
-                d,
-                &mut tq,
-                &mut tk,
-                &mut tv,
-            )
-            .unwrap();
-            assert_eq!(tq.as_f32().unwrap(), q.as_slice());
-            assert_eq!(tk.as_f32().unwrap(), k.as_slice());
-            assert_eq!(tv.as_f32().unwrap(), v.as_slice());
-        }
-    }
 }

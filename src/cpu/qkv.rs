@@ -1,7 +1,6 @@
 //! Splitting a fused QKV projection output into q, k and v, over f32 slices.
 //!
-//! `ops::split_qkv` still carries its own copy of this loop over tensors; the C ABI's host path
-//! runs this one on the caller's memory (a test in `capi::ops` checks the two agree).
+//! `ops::split_qkv` runs it on tensors, the C ABI's host path on the caller's memory.
 
 use crate::vocab::QkvLayout;
 

@@ -1,4 +1,5 @@
-//! `DeviceBuffer`: one device allocation, freed on drop.
+//! `DeviceBuffer`: one device allocation, freed on drop — or a borrowed range of one (a
+//! workspace arena's slice), which is never freed.
 //!
 //! The synchronous copies and `memset` wait for all work queued on the buffer's device (every
 //! stream) before and after, so they never race with kernels on non-blocking streams. The
@@ -23,10 +24,13 @@ pub struct DeviceBuffer {
     ptr: *mut c_void,
     len: usize,
     device: usize,
+    /// Whether this buffer frees its memory on drop (false for a borrowed range).
+    owned: bool,
 }
 
-// SAFETY: the buffer owns its allocation exclusively; a device pointer may be used from any host
-// thread, and mutation needs `&mut self`.
+// SAFETY: the buffer owns its allocation exclusively (or, borrowed, a range nothing else uses
+// while it lives); a device pointer may be used from any host thread, and mutation needs
+// `&mut self`.
 unsafe impl Send for DeviceBuffer {}
 // SAFETY: `&self` methods only read the allocation (or pass its address to CUDA for reading).
 unsafe impl Sync for DeviceBuffer {}
@@ -47,7 +51,23 @@ impl DeviceBuffer {
             ptr: p,
             len,
             device,
+            owned: true,
         })
+    }
+
+    /// A buffer over `len` bytes at `ptr` on `device` that someone else owns: dropping it frees
+    /// nothing.
+    ///
+    /// # Safety
+    /// The range must be device memory of `device` that stays allocated, and is not used for
+    /// anything else, for as long as the returned buffer (or a tensor holding it) is used.
+    pub(crate) unsafe fn borrowed(ptr: *mut c_void, len: usize, device: usize) -> Self {
+        DeviceBuffer {
+            ptr,
+            len,
+            device,
+            owned: false,
+        }
     }
 
     /// Allocates `len` bytes set to zero.
@@ -303,7 +323,7 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if !self.ptr.is_null() {
+        if self.owned && !self.ptr.is_null() {
             // SAFETY: we own this allocation and free it once. cudaFree waits for the device's
             // queued work, so kernels still using it finish first. Errors (e.g. a context
             // already torn down at exit) are ignored: nowhere to report them, and no panic.

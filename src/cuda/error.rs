@@ -56,6 +56,11 @@ pub fn check(code: ffi::cudaError_t, op: &str) -> Result<()> {
     if code == ffi::cudaError::cudaSuccess {
         Ok(())
     } else {
+        // The runtime also keeps a failure as the thread's "last error", which the next
+        // launch's status check (cudaGetLastError) would report as its own: it is reported
+        // here, so clear it (a sticky error stays, and every later call reports it anyway).
+        // SAFETY: cudaGetLastError takes no arguments and only reads and resets that state.
+        unsafe { ffi::cudaGetLastError() };
         Err(cuda_error(code, op))
     }
 }

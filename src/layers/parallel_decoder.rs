@@ -38,6 +38,7 @@ pub enum QkvProj {
 
 /// The MLP branch.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Mlp {
     /// `fc_out(act(fc_in(x)))`.
     Plain {
@@ -403,8 +404,10 @@ impl ParallelDecoder {
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<()> {
-        self.run(s, hidden, cache, params, loras, ws, false)
-            .map(|_| ())
+        let mark = ws.mark();
+        let r = self.run(s, hidden, cache, params, loras, ws, false);
+        ws.release(mark);
+        r.map(|_| ())
     }
 
     /// As `forward`, and returns the intermediates (see `Intermediates`).
@@ -417,8 +420,10 @@ impl ParallelDecoder {
         loras: &[&Lora],
         ws: &mut Workspace,
     ) -> Result<Intermediates> {
-        self.run(s, hidden, cache, params, loras, ws, true)?
-            .ok_or_else(|| Error::bad_input("intermediates were not captured"))
+        let mark = ws.mark();
+        let r = self.run(s, hidden, cache, params, loras, ws, true);
+        ws.release(mark);
+        r?.ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
     fn run(
@@ -572,6 +577,7 @@ impl ParallelDecoder {
         };
         ops::rotary_and_cache_write(
             s,
+            ws,
             &mut q,
             &mut k,
             &v,
@@ -613,19 +619,27 @@ impl ParallelDecoder {
         if let Some(c) = cache {
             c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
         }
-        let mut attn_out = ws.tensor(&[t, a.hidden])?;
-        self.o_proj
-            .forward(s, ws, &ctx, &mut attn_out, false, ids)?;
+        // On a device (and when no branch output is asked for) the output projections
+        // accumulate straight into the residual: x += ctx·W_oᵀ, then x += act·W_downᵀ — no
+        // branch outputs, no separate adds. The CPU reference keeps HF's summation order.
+        let fused = self.device != Device::Cpu && !capture;
+        let mut attn_out = None;
+        if fused {
+            self.o_proj.forward(s, ws, &ctx, hidden, true, ids)?;
+        } else {
+            let mut o = ws.tensor(&[t, a.hidden])?;
+            self.o_proj.forward(s, ws, &ctx, &mut o, false, ids)?;
+            attn_out = Some(o);
+        }
 
         // MLP.
         let mlp_in = n_m.as_ref().unwrap_or(&n_a);
         let mut pre_down = ws.tensor(&[t, a.intermediate])?;
-        let mut mlp_out = ws.tensor(&[t, a.hidden])?;
-        match (&self.mlp, a.mlp) {
+        let (last, pre) = match (&self.mlp, a.mlp) {
             (Mlp::Plain { fc_in, fc_out }, MlpKind::Plain(act)) => {
                 fc_in.forward(s, ws, mlp_in, &mut pre_down, false, ids)?;
                 ops::activate(s, act, &mut pre_down)?;
-                fc_out.forward(s, ws, &pre_down, &mut mlp_out, false, ids)?;
+                (fc_out, &pre_down)
             }
             (Mlp::Gated { gate, up, down }, MlpKind::Gated(act)) => {
                 let mut g = ws.tensor(&[t, a.intermediate])?;
@@ -633,21 +647,31 @@ impl ParallelDecoder {
                 gate.forward(s, ws, mlp_in, &mut g, false, ids)?;
                 up.forward(s, ws, mlp_in, &mut u, false, ids)?;
                 ops::act_mul(s, act, &g, &u, &mut pre_down)?;
-                down.forward(s, ws, &pre_down, &mut mlp_out, false, ids)?;
+                (down, &pre_down)
             }
             _ => {
                 return Err(Error::bad_input(
                     "MLP weights do not match the architecture's MLP kind",
                 ))
             }
-        }
+        };
+        let Some(mut attn_out) = attn_out else {
+            return last.forward(s, ws, pre, hidden, true, ids).map(|_| None);
+        };
+        let mut mlp_out = ws.tensor(&[t, a.hidden])?;
+        last.forward(s, ws, pre, &mut mlp_out, false, ids)?;
 
         // Residual, in HF's order.
+        let branch_attn = if capture {
+            Some(attn_out.try_clone()?)
+        } else {
+            None
+        };
         match a.sum_order {
             SumOrder::BranchesFirst => {
-                let mut branches = attn_out.try_clone()?;
-                ops::add_inplace(s, &mut branches, &mlp_out)?;
-                ops::add_inplace(s, hidden, &branches)?;
+                // attn_out becomes attn + mlp (its own value is kept above when asked for).
+                ops::add_inplace(s, &mut attn_out, &mlp_out)?;
+                ops::add_inplace(s, hidden, &attn_out)?;
             }
             SumOrder::ResidualFirst => {
                 ops::add_inplace(s, hidden, &attn_out)?;
@@ -657,13 +681,14 @@ impl ParallelDecoder {
         if !capture {
             return Ok(None);
         }
+        // Owned copies: the temporaries go back to the workspace when the forward returns.
         Ok(Some(Intermediates {
-            post_norm: n_a,
-            post_norm_mlp: n_m,
-            attn_output: ctx,
-            pre_down,
-            hidden_states_attn: attn_out,
-            hidden_states_mlp: mlp_out,
+            post_norm: n_a.try_clone()?,
+            post_norm_mlp: n_m.as_ref().map(Tensor::try_clone).transpose()?,
+            attn_output: ctx.try_clone()?,
+            pre_down: pre_down.try_clone()?,
+            hidden_states_attn: branch_attn.map_or_else(|| attn_out.try_clone(), Ok)?,
+            hidden_states_mlp: mlp_out.try_clone()?,
             hidden_states: hidden.try_clone()?.reshape(&[t, a.hidden])?,
         }))
     }

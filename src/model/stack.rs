@@ -161,9 +161,28 @@ impl Model {
     }
 
     fn try_load_as(&mut self, device: Device, dtype: DType) -> Result<()> {
-        for l in &mut self.layers {
-            l.load_as(device, dtype)?;
-        }
+        // Layers load on all host cores: building the quantized weights' device layout is host
+        // work, a fraction of a second per layer of a 7B model.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = self.layers.len().div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = self
+                .layers
+                .chunks_mut(per)
+                .map(|chunk| {
+                    sc.spawn(move || -> Result<()> {
+                        for l in chunk {
+                            l.load_as(device, dtype)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::bad_input("a layer load panicked")))
+            })
+        })?;
         let embed = if self.embed.dtype() == dtype {
             self.embed.to_device(device)?
         } else {
@@ -254,13 +273,12 @@ impl Model {
         s: &Stream,
         ids: &[u32],
         params: &AttnParams,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         loras: &[&Lora],
         ws: &mut Workspace,
         capture: bool,
         report: &mut dyn FnMut(LayerReport<'_>),
     ) -> Result<ModelOutput> {
-        let a = &self.arch;
         params.validate()?;
         if ids.len() != params.tokens() {
             return Err(Error::bad_input(format!(
@@ -280,7 +298,29 @@ impl Model {
                 )));
             }
         }
-        let mut hidden = self.embed_tokens(s, ids, ws)?;
+        let mark = ws.mark();
+        let r = self.run_layers(s, ids, params, cache, loras, ws, capture, report);
+        ws.release(mark);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_layers(
+        &self,
+        s: &Stream,
+        ids: &[u32],
+        params: &AttnParams,
+        mut cache: Option<&mut KvCache>,
+        loras: &[&Lora],
+        ws: &mut Workspace,
+        capture: bool,
+        report: &mut dyn FnMut(LayerReport<'_>),
+    ) -> Result<ModelOutput> {
+        let a = &self.arch;
+        // The hidden states live in the workspace across the layers; each layer takes its
+        // temporaries above them and gives them back.
+        let mut hidden = ws.tensor(&[ids.len(), a.hidden])?;
+        ops::embedding(s, ws, &self.embed, ids, &mut hidden)?;
         for layer in &self.layers {
             let start = Instant::now();
             let c = cache.as_deref_mut();
@@ -300,9 +340,15 @@ impl Model {
                 });
             }
         }
-        let mut normed = ws.tensor(&[params.tokens(), a.hidden])?;
+        // Owned: the outputs outlive the workspace's temporaries.
+        let mut normed =
+            Tensor::zeros(&[params.tokens(), a.hidden], hidden.dtype(), self.device())?;
         self.final_norm.forward(s, &hidden, &mut normed)?;
-        let mut logits = ws.tensor(&[params.batch, params.q_len, a.vocab])?;
+        let mut logits = Tensor::zeros(
+            &[params.batch, params.q_len, a.vocab],
+            hidden.dtype(),
+            self.device(),
+        )?;
         match &self.head {
             Some(h) => h.forward(s, ws, &normed, &mut logits, false, &[])?,
             None => ops::linear(s, ws, &normed, &self.embed, None, &mut logits, false)?,
@@ -318,7 +364,7 @@ impl Model {
 
     /// The embeddings of `ids`, [tokens, hidden].
     pub fn embed_tokens(&self, s: &Stream, ids: &[u32], ws: &mut Workspace) -> Result<Tensor> {
-        let mut out = ws.tensor(&[ids.len(), self.arch.hidden])?;
+        let mut out = Tensor::zeros(&[ids.len(), self.arch.hidden], ws.dtype(), ws.device())?;
         ops::embedding(s, ws, &self.embed, ids, &mut out)?;
         Ok(out)
     }

@@ -5,7 +5,7 @@ use super::*;
 /// Norm of each head's `head_dim` features; `weight`/`bias` hold either one row shared by all
 /// heads (`[head_dim]`) or one row per head ([heads, head_dim]). In place on x [tokens, heads·head_dim].
 pub fn head_norm(
-    _s: &Stream,
+    s: &Stream,
     kind: NormKind,
     x: &mut Tensor,
     heads: usize,
@@ -49,7 +49,9 @@ pub fn head_norm(
                 }
             })
         }
-        Device::Cuda(_) => Err(gpu_missing("head_norm")),
+        Device::Cuda(_) => on_cuda!(s => crate::cuda::kernels::head_norm(
+            kind, x, heads, head_dim, affine, eps, s
+        )),
     }
 }
 
@@ -67,7 +69,7 @@ fn head_row(v: Option<&[f32]>, h: usize, head_dim: usize) -> Option<&[f32]> {
 /// Splits a fused QKV projection output [tokens, (heads + 2·kv_heads)·head_dim] into q, k, v
 /// ([tokens, heads·head_dim], [tokens, kv_heads·head_dim] ×2) following `layout`.
 pub fn split_qkv(
-    _s: &Stream,
+    s: &Stream,
     layout: QkvLayout,
     fused: &Tensor,
     heads: usize,
@@ -96,51 +98,29 @@ pub fn split_qkv(
     let d = head_dim;
     match fused.device() {
         Device::Cpu => {
+            if layout == QkvLayout::Separate {
+                return Err(Error::bad_input("split_qkv on separate projections"));
+            }
             let f = fused.f32_values()?;
             let (mut qv, mut kv, mut vv) = (
                 vec![0.0; t * heads * d],
                 vec![0.0; t * kv_heads * d],
                 vec![0.0; t * kv_heads * d],
             );
-            for r in 0..t {
-                let row = &f[r * width..(r + 1) * width];
-                let qr = &mut qv[r * heads * d..(r + 1) * heads * d];
-                let kr = &mut kv[r * kv_heads * d..(r + 1) * kv_heads * d];
-                let vr = &mut vv[r * kv_heads * d..(r + 1) * kv_heads * d];
-                match layout {
-                    QkvLayout::Separate => {
-                        return Err(Error::bad_input("split_qkv on separate projections"))
-                    }
-                    QkvLayout::FusedPerHead => {
-                        for h in 0..heads {
-                            let src = &row[h * 3 * d..(h + 1) * 3 * d];
-                            qr[h * d..(h + 1) * d].copy_from_slice(&src[..d]);
-                            kr[h * d..(h + 1) * d].copy_from_slice(&src[d..2 * d]);
-                            vr[h * d..(h + 1) * d].copy_from_slice(&src[2 * d..]);
-                        }
-                    }
-                    QkvLayout::FusedQueriesFirst => {
-                        qr.copy_from_slice(&row[..heads * d]);
-                        kr.copy_from_slice(&row[heads * d..(heads + kv_heads) * d]);
-                        vr.copy_from_slice(&row[(heads + kv_heads) * d..]);
-                    }
-                    QkvLayout::FusedGrouped => {
-                        let per = heads / kv_heads;
-                        let gw = (per + 2) * d;
-                        for g in 0..kv_heads {
-                            let src = &row[g * gw..(g + 1) * gw];
-                            qr[g * per * d..(g + 1) * per * d].copy_from_slice(&src[..per * d]);
-                            kr[g * d..(g + 1) * d].copy_from_slice(&src[per * d..(per + 1) * d]);
-                            vr[g * d..(g + 1) * d].copy_from_slice(&src[(per + 1) * d..]);
-                        }
-                    }
-                }
-            }
+            cpu::qkv::split_qkv(layout, &f, t, heads, kv_heads, d, &mut qv, &mut kv, &mut vv);
             q.set_f32_values(&qv)?;
             k.set_f32_values(&kv)?;
             v.set_f32_values(&vv)
         }
-        Device::Cuda(_) => Err(gpu_missing("split_qkv")),
+        Device::Cuda(_) => {
+            if layout == QkvLayout::Separate {
+                return Err(Error::bad_input("split_qkv on separate projections"));
+            }
+            same_device(&[("fused qkv", fused), ("q", q), ("k", k), ("v", v)])?;
+            on_cuda!(s => crate::cuda::kernels::split_qkv(
+                layout, fused, t, heads, kv_heads, head_dim, q, k, v, s
+            ))
+        }
     }
 }
 
@@ -148,8 +128,8 @@ pub fn split_qkv(
 ///
 /// Device scratch (split-KV partials) comes from `ws`; the CPU reference needs none.
 pub fn attention(
-    _s: &Stream,
-    _ws: &mut Workspace,
+    st: &Stream,
+    ws: &mut Workspace,
     q: &Tensor,
     cache_k: &Tensor,
     cache_v: &Tensor,
@@ -158,6 +138,8 @@ pub fn attention(
     scale: f32,
     out: &mut Tensor,
 ) -> Result<()> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = &ws; // device scratch only
     let s = shape;
     if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(Error::bad_input(format!(
@@ -226,6 +208,17 @@ pub fn attention(
                 cpu::attention::attention(&qv, &kv, &vv, s, masking, scale, o)
             })
         }
-        Device::Cuda(_) => Err(gpu_missing("attention")),
+        Device::Cuda(_) => on_cuda!(st => {
+            use crate::cuda::kernels;
+            let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
+            let mut meta = ws.scratch(&[kernels::attention_meta_bytes(s, masking)], crate::tensor::DType::U8)?;
+            let mut partials = ws.scratch(
+                &[kernels::attention_scratch_len(s, max_past, st)?],
+                crate::tensor::DType::F32,
+            )?;
+            kernels::attention(
+                q, cache_k, cache_v, s, masking, scale, &mut meta, &mut partials, out, st,
+            )
+        }),
     }
 }

@@ -50,10 +50,6 @@ fn same_device(ts: &[(&str, &Tensor)]) -> Result<Device> {
     Ok(dev)
 }
 
-fn gpu_missing(op: &str) -> Error {
-    Error::unsupported(format!("{op} has no CUDA kernel yet; run it on the CPU"))
-}
-
 /// The CUDA stream of a call on device tensors.
 #[cfg(feature = "cuda")]
 fn cuda_stream(s: &Stream) -> Result<&crate::cuda::CudaStream> {

@@ -3,9 +3,11 @@
 use super::*;
 
 /// Rotates q [tokens, heads·D] and k [tokens, kv_heads·D] at `positions` (when `rotary` is
-/// given) and writes k, v into the cache tensors [batch, capacity, kv_heads·D].
+/// given) and writes k, v into the cache tensors [batch, capacity, kv_heads·D]. On CUDA the
+/// positions, past lengths and frequencies travel to the device in scratch from `ws`.
 pub fn rotary_and_cache_write(
-    _s: &Stream,
+    s: &Stream,
+    ws: &mut Workspace,
     q: &mut Tensor,
     k: &mut Tensor,
     v: &Tensor,
@@ -18,6 +20,8 @@ pub fn rotary_and_cache_write(
     cache_k: &mut Tensor,
     cache_v: &mut Tensor,
 ) -> Result<()> {
+    #[cfg(not(feature = "cuda"))]
+    let _ = &ws; // device scratch only
     let tokens = at.batch * at.q_len;
     numel("q", q, tokens * heads * head_dim)?;
     numel("k", k, tokens * kv_heads * head_dim)?;
@@ -86,6 +90,17 @@ pub fn rotary_and_cache_write(
             })????;
             Ok(())
         }
-        Device::Cuda(_) => Err(gpu_missing("rotary_and_cache_write")),
+        Device::Cuda(_) => on_cuda!(s => {
+            use crate::cuda::kernels;
+            let rot_dim = rotary.map_or(0, |r| r.rot_dim);
+            let mut meta = ws.scratch(
+                &[kernels::rope_meta_bytes(tokens, at.batch, rot_dim)],
+                crate::tensor::DType::U8,
+            )?;
+            kernels::rotary_and_cache_write(
+                q, k, v, heads, kv_heads, head_dim, positions, rotary, at, &mut meta, cache_k,
+                cache_v, s,
+            )
+        }),
     }
 }

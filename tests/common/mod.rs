@@ -206,10 +206,23 @@ pub fn run_fixture_steps_on(
     loras: &[&Lora],
     s: &Stream,
 ) -> Vec<StepOut> {
+    run_fixture_steps_with(model, variant, loras, s, true)
+}
+
+/// As `run_fixture_steps_on`; with `capture` false no intermediates are asked for (on a
+/// device the block then takes its fused path) and the per-layer lists stay empty.
+pub fn run_fixture_steps_with(
+    model: &Model,
+    variant: &str,
+    loras: &[&Lora],
+    s: &Stream,
+    capture: bool,
+) -> Vec<StepOut> {
     let r = reference(variant);
     let (dev, dt) = (model.device(), model.dtype());
     let mut cache = KvCache::for_model(&model.arch, 2, 10, dt, dev).unwrap();
-    let mut ws = Workspace::new(dev, dt).unwrap();
+    // A planned workspace on a device (the fixtures' steps hold at most 2 × 16 tokens).
+    let mut ws = Workspace::for_model(&model.arch, 32, 10, dev, dt).unwrap();
     (0..4)
         .map(|t| {
             let (ids, shape) = i64s(&r, &format!("step{t}.input_ids"));
@@ -232,8 +245,12 @@ pub fn run_fixture_steps_on(
                     Some(&mut cache),
                     loras,
                     &mut ws,
-                    true,
-                    &mut |rep| hidden.push(values(&rep.interm.unwrap().hidden_states)),
+                    capture,
+                    &mut |rep| {
+                        if let Some(i) = rep.interm {
+                            hidden.push(values(&i.hidden_states))
+                        }
+                    },
                 )
                 .unwrap_or_else(|e| panic!("{variant} step {t}: {e}"));
             (values(&logits.logits), hidden, keep)

@@ -11,10 +11,12 @@ use paradec::layers::lora::Lora;
 use paradec::{DType, Device, Model, Stream};
 
 /// Relative error budgets (max over non-pad rows of ‖a − b‖/‖b‖): (each layer's output, logits).
+/// Measured on an H200 over every case here (docs/gpu-decoder.md): f16 2.3e-3 / 2.7e-3, bf16
+/// 2.0e-2 / 2.0e-2 (an EXL2 mix with LoRA: bf16 keeps 8 bits of every activation it stores).
 fn budgets(dtype: DType) -> (f64, f64) {
     match dtype {
-        DType::F16 => (5e-3, 1e-2),
-        _ => (2e-2, 4e-2),
+        DType::F16 => (4e-3, 5e-3),
+        _ => (3e-2, 4e-2),
     }
 }
 
@@ -50,9 +52,13 @@ fn check(variant: &str) {
                 };
                 let active: Vec<&Lora> = lora.iter().filter(|_| with_lora).collect();
                 let want = run_fixture_steps(&load(Device::Cpu), variant, &active);
-                let got = run_fixture_steps_on(&load(Device::Cuda(0)), variant, &active, &s);
+                let gpu = load(Device::Cuda(0));
+                let got = run_fixture_steps_on(&gpu, variant, &active, &s);
+                // Without intermediates the block takes its fused path (the output projections
+                // accumulate into the residual): the same logits within the budget.
+                let fused = run_fixture_steps_with(&gpu, variant, &active, &s, false);
                 let (layer_budget, logit_budget) = budgets(dtype);
-                let (mut worst_layer, mut worst_logits) = (0.0f64, 0.0f64);
+                let (mut worst_layer, mut worst_logits, mut worst_fused) = (0.0f64, 0.0f64, 0.0f64);
                 let tag = format!("{variant} {scheme:?} {dtype} lora={with_lora}");
                 for (step, ((gl, gh, keep), (wl, wh, _))) in got.iter().zip(&want).enumerate() {
                     for (l, (g, w)) in gh.iter().zip(wh).enumerate() {
@@ -69,14 +75,109 @@ fn check(variant: &str) {
                         "{tag} step {step} logits: relative error {e:.2e} > {logit_budget:.0e}"
                     );
                     worst_logits = worst_logits.max(e);
+                    let (fl, _, _) = &fused[step];
+                    let e = rel_err_rows(fl, wl, fl.len() / keep.len(), keep);
+                    assert!(
+                        e <= logit_budget,
+                        "{tag} step {step} fused logits: relative error {e:.2e} > {logit_budget:.0e}"
+                    );
+                    worst_fused = worst_fused.max(e);
                 }
                 report.push(format!(
-                    "{tag}: worst layer {worst_layer:.1e}, logits {worst_logits:.1e}"
+                    "{tag}: worst layer {worst_layer:.1e}, logits {worst_logits:.1e}, fused logits {worst_fused:.1e}"
                 ));
             }
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// A planned workspace serves a whole model forward from its arena (no allocation), and gives
+/// what an unplanned one (plain allocations) gives, to the bit.
+#[test]
+fn planned_workspace_allocates_nothing_and_changes_nothing() {
+    let Some(stream) = gpu_stream("planned_workspace") else {
+        return;
+    };
+    let s = Stream::Cuda(stream);
+    let mut model = Model::load(fixture("cohere2")).unwrap();
+    model.load_as(Device::Cuda(0), DType::F16).unwrap();
+    let ids: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % 64).collect();
+    let p = paradec::AttnParams::new(2, 6);
+    let mut planned = paradec::Workspace::for_model(&model.arch, 12, 6, Device::Cuda(0), DType::F16).unwrap();
+    let mut plain = paradec::Workspace::new(Device::Cuda(0), DType::F16).unwrap();
+    let a = model.forward(&s, &ids, &p, None, &mut planned).unwrap();
+    let a2 = model.forward(&s, &ids, &p, None, &mut planned).unwrap();
+    let b = model.forward(&s, &ids, &p, None, &mut plain).unwrap();
+    assert_eq!(planned.overflow_bytes(), 0, "the plan was too small");
+    assert!(planned.high_water() > 0 && planned.high_water() <= planned.capacity());
+    assert!(plain.overflow_bytes() > 0);
+    assert_eq!(values(&a), values(&b));
+    assert_eq!(values(&a), values(&a2));
+}
+
+/// Two models on two streams at once, their launches interleaved, give what each gives alone.
+#[test]
+fn two_models_on_two_streams_at_once() {
+    let (Some(a), Some(b)) = (gpu_stream("two_streams"), gpu_stream("two_streams")) else {
+        return;
+    };
+    let (sa, sb) = (Stream::Cuda(a), Stream::Cuda(b));
+    let load = |v: &str| {
+        let mut m = Model::load(fixture(v)).unwrap();
+        m.load_as(Device::Cuda(0), DType::F16).unwrap();
+        m
+    };
+    let (ma, mb) = (load("cohere2"), load("falcon_new_2ln_gqa"));
+    let ids: Vec<u32> = (0..12).map(|i| (i * 7 + 2) % 60).collect();
+    let p = paradec::AttnParams::new(2, 6);
+    let ws = || paradec::Workspace::for_model(&ma.arch.clone(), 12, 6, Device::Cuda(0), DType::F16).unwrap();
+    let wsb = || paradec::Workspace::for_model(&mb.arch.clone(), 12, 6, Device::Cuda(0), DType::F16).unwrap();
+    let alone_a = values(&ma.forward(&sa, &ids, &p, None, &mut ws()).unwrap());
+    let alone_b = values(&mb.forward(&sb, &ids, &p, None, &mut wsb()).unwrap());
+    let (mut wa, mut wb) = (ws(), wsb());
+    for _ in 0..3 {
+        // Queued back to back on the two streams; the logits come back synchronously.
+        let la = ma.forward(&sa, &ids, &p, None, &mut wa).unwrap();
+        let lb = mb.forward(&sb, &ids, &p, None, &mut wb).unwrap();
+        assert_eq!(values(&la), alone_a);
+        assert_eq!(values(&lb), alone_b);
+    }
+}
+
+/// Out of device memory at load is an error that frees what it took and leaves the model
+/// usable where it was. It takes nearly all device memory for a moment, so it runs alone:
+/// `gpu --ignored --test-threads=1 out_of_memory` (the GPU run script does).
+#[test]
+#[ignore = "takes nearly all device memory: run alone with --ignored --test-threads=1"]
+fn out_of_memory_at_load_leaves_the_model_on_the_host() {
+    let Some(stream) = gpu_stream("oom_at_load") else {
+        return;
+    };
+    let mut model = Model::load(fixture("phi")).unwrap();
+    let ids: Vec<u32> = (0..6).map(|i| (i * 3 + 1) % 50).collect();
+    let p = paradec::AttnParams::new(1, 6);
+    let before = values(&model.forward(&Stream::Host, &ids, &p, None, &mut paradec::Workspace::cpu()).unwrap());
+    // Take the device's memory in shrinking chunks until nothing is left (one allocation of
+    // everything `mem_info` calls free does not succeed).
+    let mut hog = Vec::new();
+    for chunk in [1usize << 30, 1 << 26, 1 << 20, 1 << 16] {
+        while let Ok(b) = paradec::cuda::DeviceBuffer::alloc(0, chunk) {
+            hog.push(b);
+        }
+    }
+    let e = model.load_as(Device::Cuda(0), DType::F16).unwrap_err();
+    assert!(matches!(&e, paradec::Error::OutOfMemory(_)), "{e}");
+    assert_eq!(model.device(), Device::Cpu);
+    assert!(model.layers().iter().all(|l| l.device() == Device::Cpu));
+    drop(hog);
+    let after = values(&model.forward(&Stream::Host, &ids, &p, None, &mut paradec::Workspace::cpu()).unwrap());
+    assert_eq!(before, after, "the failed load changed the model");
+    // With the memory back, the same model loads and runs.
+    model.load_as(Device::Cuda(0), DType::F16).unwrap();
+    let s = Stream::Cuda(stream);
+    let mut ws = paradec::Workspace::for_model(&model.arch, 6, 6, Device::Cuda(0), DType::F16).unwrap();
+    model.forward(&s, &ids, &p, None, &mut ws).unwrap();
 }
 
 macro_rules! per_fixture {

@@ -45,13 +45,14 @@ use std::ptr;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use paradec::cpu;
-use paradec::cuda::kernels::{self, CacheSlots, RotaryArgs};
+use paradec::cuda::kernels;
 use paradec::cuda::{self, ffi, CudaEvent, CudaGraph, CudaStream, DeviceBuffer};
 use paradec::tensor::Storage;
 use paradec::vocab::Activation;
 use paradec::vocab::Affine as DevAffine;
 use paradec::vocab::NormKind;
 use paradec::vocab::RopeStyle;
+use paradec::vocab::{AttnMasking, AttnShape, CacheSlots, QkvLayout, RotaryArgs};
 use paradec::{DType, Device, Error, Tensor};
 
 // ---- harness -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The `ops` dispatch on CUDA tensors: each op wired to a kernel gives the CPU reference's
-//! result (same rounded inputs), needs a CUDA stream, and ops without a kernel yet — and a
-//! model moved to the GPU — fail with a clear error instead of crashing.
+//! result (same rounded inputs) — the attention branch included — needs a CUDA stream, and ops
+//! without a kernel yet — and a model moved to the GPU — fail with a clear error instead of
+//! crashing.
 //!
 //! Skips without a device unless `PARADEC_REQUIRE_GPU=1`.
 use super::common::*;
@@ -216,4 +217,136 @@ fn a_model_on_the_gpu_fails_cleanly_until_the_gpu_decoder_lands() {
             &mut paradec::Workspace::cpu(),
         )
         .unwrap();
+}
+
+/// The attention branch through `ops` on CUDA tensors — split, q/k norms, rotary + cache write,
+/// attention over a cache with a past — against the same calls on the host.
+#[test]
+fn attention_branch_ops_match_the_cpu() {
+    use paradec::vocab::{AttnMasking, AttnShape, CacheSlots, QkvLayout, RopeStyle, RotaryArgs};
+    let Some(s) = stream("attention_branch_ops_match_the_cpu") else {
+        return;
+    };
+    let host = Stream::Host;
+    let mut rng = Rng::new(7);
+    let (heads, kv, d) = (8usize, 2usize, 64usize);
+    for dtype in [DType::F16, DType::BF16] {
+        let budget = if dtype == DType::F16 { 4e-3 } else { 2.5e-2 };
+        for (batch, q_len, past) in [(2usize, 1usize, [9usize, 30]), (1, 40, [5, 5])] {
+            let past = &past[..batch];
+            let t = batch * q_len;
+            let cap = 48;
+            let width = (heads + 2 * kv) * d;
+            let (fh, fd) = pair(&mut rng, &[t, width], dtype);
+            let (wh, wd) = pair(&mut rng, &[heads, d], dtype);
+            let (bh, bd) = pair(&mut rng, &[d], dtype);
+            let (ckh0, ckd0) = pair(&mut rng, &[batch, cap, kv * d], dtype);
+            let (cvh0, cvd0) = pair(&mut rng, &[batch, cap, kv * d], dtype);
+            let inv: Vec<f32> = (0..d / 4)
+                .map(|j| 1.0 / 10000f32.powf(j as f32 / 16.0))
+                .collect();
+            let rot = RotaryArgs {
+                style: RopeStyle::Half,
+                rot_dim: d / 2,
+                inv_freq: &inv,
+                attn_factor: 1.0,
+            };
+            let positions: Vec<i64> = (0..batch)
+                .flat_map(|b| (0..q_len).map(move |i| (past[b] + i) as i64))
+                .collect();
+            let slots = CacheSlots {
+                batch,
+                q_len,
+                capacity: cap,
+                past_len: past,
+            };
+            let shape = AttnShape {
+                batch,
+                q_len,
+                heads,
+                kv_heads: kv,
+                head_dim: d,
+                capacity: cap,
+            };
+            let mask: Vec<f32> = (0..batch * cap)
+                .map(|i| if i % cap < 2 { f32::NEG_INFINITY } else { 0.0 })
+                .collect();
+            let masking = AttnMasking {
+                past_len: past,
+                window: 0,
+                mask: Some(&mask),
+                mask_stride: cap,
+            };
+            let mut outs = Vec::new();
+            for (st, dev) in [(&host, Device::Cpu), (&s, Device::Cuda(0))] {
+                let on = |x: &Tensor| x.to_device(dev).unwrap();
+                let f = if dev == Device::Cpu {
+                    fh.try_clone().unwrap()
+                } else {
+                    fd.try_clone().unwrap()
+                };
+                let (w, b) = if dev == Device::Cpu {
+                    (on(&wh), on(&bh))
+                } else {
+                    (on(&wd), on(&bd))
+                };
+                let (mut ck, mut cv) = if dev == Device::Cpu {
+                    (ckh0.try_clone().unwrap(), cvh0.try_clone().unwrap())
+                } else {
+                    (ckd0.try_clone().unwrap(), cvd0.try_clone().unwrap())
+                };
+                let z = |n: usize| Tensor::zeros(&[t, n], dtype, dev).unwrap();
+                let (mut q, mut k, mut v) = (z(heads * d), z(kv * d), z(kv * d));
+                let mut ws = paradec::Workspace::new(dev, dtype).unwrap();
+                ops::split_qkv(
+                    st,
+                    QkvLayout::FusedGrouped,
+                    &f,
+                    heads,
+                    kv,
+                    d,
+                    &mut q,
+                    &mut k,
+                    &mut v,
+                )
+                .unwrap();
+                let aff = Affine {
+                    weight: Some(&w),
+                    bias: None,
+                };
+                ops::head_norm(st, NormKind::LayerNorm, &mut q, heads, d, &aff, 1e-5).unwrap();
+                let aff = Affine {
+                    weight: None,
+                    bias: Some(&b),
+                };
+                ops::head_norm(st, NormKind::LayerNorm, &mut k, kv, d, &aff, 1e-5).unwrap();
+                ops::rotary_and_cache_write(
+                    st,
+                    &mut ws,
+                    &mut q,
+                    &mut k,
+                    &v,
+                    heads,
+                    kv,
+                    d,
+                    &positions,
+                    Some(&rot),
+                    &slots,
+                    &mut ck,
+                    &mut cv,
+                )
+                .unwrap();
+                let mut out = z(heads * d);
+                ops::attention(st, &mut ws, &q, &ck, &cv, &shape, &masking, 0.125, &mut out)
+                    .unwrap();
+                outs.push(out.to_host().unwrap());
+            }
+            close(
+                &outs[1],
+                &outs[0],
+                budget,
+                &format!("attention branch {dtype} b{batch} q{q_len}"),
+            );
+        }
+    }
 }

@@ -90,56 +90,9 @@ fn rotary_cache_write_matches_cpu() {
             .map(|j| 1.0 / base.powf(2.0 * j as f32 / c.rot_dim as f32))
             .collect();
         let attn_factor = if c.heads % 2 == 0 { 1.0 } else { 1.25 };
-        let pos_d = Tensor::from_host(paradec::HostData::I64(positions.clone()), &[tokens])
-            .unwrap()
-            .to_device(Device::Cuda(0))
-            .unwrap();
-        let past_d = Tensor::from_host(
-            paradec::HostData::I64(past.iter().map(|&p| p as i64).collect()),
-            &[c.batch],
-        )
-        .unwrap()
-        .to_device(Device::Cuda(0))
-        .unwrap();
-        let inv_d = Tensor::from_f32(inv_freq.clone(), &[inv_freq.len()])
-            .unwrap()
-            .to_device(Device::Cuda(0))
-            .unwrap();
         let cshape = [c.batch, capacity, kv_dim];
         let mut ck = poisoned(&cshape, c.dtype);
         let mut cv = poisoned(&cshape, c.dtype);
-        let rot_d = c.style.map(|style| RotaryArgs {
-            style,
-            rot_dim: c.rot_dim,
-            inv_freq: &inv_d,
-            attn_factor,
-        });
-        let slots_d = CacheSlots {
-            batch: c.batch,
-            q_len: c.q_len,
-            capacity,
-            past_len: &past_d,
-        };
-        kernels::rotary_and_cache_write(
-            &mut q,
-            &mut k,
-            &v,
-            c.heads,
-            c.kv_heads,
-            c.head_dim,
-            &pos_d,
-            rot_d.as_ref(),
-            &slots_d,
-            &mut ck,
-            &mut cv,
-            &s,
-        )
-        .unwrap();
-        stream_sync(&s);
-
-        let (mut q_ref, mut k_ref) = (qv.clone(), kv.clone());
-        let cache_n = c.batch * capacity * kv_dim;
-        let (mut ck_ref, mut cv_ref) = (vec![f32::NAN; cache_n], vec![f32::NAN; cache_n]);
         let rot_c = c.style.map(|style| paradec::vocab::RotaryArgs {
             style,
             rot_dim: c.rot_dim,
@@ -152,6 +105,34 @@ fn rotary_cache_write_matches_cpu() {
             capacity,
             past_len: &past,
         };
+        let rd = c.style.map_or(0, |_| c.rot_dim);
+        let mut meta = Tensor::zeros(
+            &[kernels::rope_meta_bytes(tokens, c.batch, rd)],
+            DType::U8,
+            Device::Cuda(0),
+        )
+        .unwrap();
+        kernels::rotary_and_cache_write(
+            &mut q,
+            &mut k,
+            &v,
+            c.heads,
+            c.kv_heads,
+            c.head_dim,
+            &positions,
+            rot_c.as_ref(),
+            &slots_c,
+            &mut meta,
+            &mut ck,
+            &mut cv,
+            &s,
+        )
+        .unwrap();
+        stream_sync(&s);
+
+        let (mut q_ref, mut k_ref) = (qv.clone(), kv.clone());
+        let cache_n = c.batch * capacity * kv_dim;
+        let (mut ck_ref, mut cv_ref) = (vec![f32::NAN; cache_n], vec![f32::NAN; cache_n]);
         cpu::rope::rotary_and_cache_write(
             &mut q_ref,
             &mut k_ref,
@@ -274,67 +255,49 @@ fn rotary_rejects_bad_arguments() {
         k::PARADEC_K_BAD_SHAPE
     );
 
-    // The safe layer.
+    // The safe layer (host positions, past lengths and frequencies; checked before launch).
+    let inv_h = [1.0f32, 0.5, 0.25, 0.125];
+    let pos_h = [0i64, 1];
+    let past_h = [0usize];
     let slots = CacheSlots {
         batch: b,
         q_len: t,
         capacity: cap,
-        past_len: &past,
+        past_len: &past_h,
     };
     let rot = RotaryArgs {
         style: RopeStyle::Half,
         rot_dim: 7,
-        inv_freq: &inv,
+        inv_freq: &inv_h,
         attn_factor: 1.0,
     };
-    let e = kernels::rotary_and_cache_write(
-        &mut q,
-        &mut kk,
-        &v,
-        h,
-        kvh,
-        d,
-        &pos,
-        Some(&rot),
-        &slots,
-        &mut ck,
-        &mut cv,
-        &s,
+    let mut meta = Tensor::zeros(
+        &[kernels::rope_meta_bytes(b * t, b, d)],
+        DType::U8,
+        Device::Cuda(0),
     )
-    .unwrap_err();
+    .unwrap();
+    let mut run = |heads: usize, rot: Option<&RotaryArgs<'_>>, slots: &CacheSlots<'_>| {
+        kernels::rotary_and_cache_write(
+            &mut q, &mut kk, &v, heads, kvh, d, &pos_h, rot, slots, &mut meta, &mut ck, &mut cv, &s,
+        )
+    };
+    let e = run(h, Some(&rot), &slots).unwrap_err();
     assert!(matches!(e, Error::BadInput(_)), "{e:?}");
     let rot = RotaryArgs { rot_dim: 12, ..rot };
-    let e = kernels::rotary_and_cache_write(
-        &mut q,
-        &mut kk,
-        &v,
-        h,
-        kvh,
-        d,
-        &pos,
-        Some(&rot),
-        &slots,
-        &mut ck,
-        &mut cv,
-        &s,
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("inv_freq"), "{e}");
-    let e = kernels::rotary_and_cache_write(
-        &mut q,
-        &mut kk,
-        &v,
-        h + 1,
-        kvh,
-        d,
-        &pos,
-        None,
-        &slots,
-        &mut ck,
-        &mut cv,
-        &s,
-    )
-    .unwrap_err();
+    let e = run(h, Some(&rot), &slots).unwrap_err();
+    assert!(e.to_string().contains("rot_dim"), "{e}");
+    let e = run(h + 1, None, &slots).unwrap_err();
     assert!(e.to_string().contains("rotary q"), "{e}");
+    // A write past the cache's end is an error before launch, never a silently dropped write.
+    let past_far = [3usize];
+    let far = CacheSlots {
+        past_len: &past_far,
+        ..slots
+    };
+    let e = run(h, None, &far).unwrap_err();
+    assert!(matches!(e, Error::CapacityExceeded(_)), "{e:?}");
+    let rot = RotaryArgs { rot_dim: 8, ..rot };
+    run(h, Some(&rot), &slots).unwrap();
     stream_sync(&s);
 }

@@ -1,11 +1,10 @@
 //! The token-embedding gather (csrc/embedding.cu).
 
-use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code};
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, upload_bytes};
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
-use crate::tensor::Storage;
 use crate::{DType, Error, Result, Tensor};
 
 /// Checks host token ids against the vocabulary, naming the first bad one.
@@ -19,6 +18,18 @@ pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
+/// The dtype code and vocabulary of an embedding table of rows of `hidden`.
+fn table_dims(table: &Tensor, hidden: usize) -> Result<(i32, usize)> {
+    let code = dtype_code(table.dtype(), "embedding table")?;
+    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
+        return Err(Error::bad_input(format!(
+            "embedding table: shape {:?} is not [vocab, {hidden}]",
+            table.shape()
+        )));
+    }
+    Ok((code, table.numel() / hidden))
+}
+
 /// `out[t] = table[ids[t]]`: table [vocab, hidden], ids an i32 device tensor, out
 /// [ids, hidden]. Twin of `cpu::embedding::embedding`. The ids are on the device and cannot be
 /// checked here: an id outside `0..vocab` gives a row of zeros (never a read outside the
@@ -30,15 +41,8 @@ pub fn embedding(
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
+    let (code, vocab) = table_dims(table, hidden)?;
     let dtype = table.dtype();
-    let code = dtype_code(dtype, "embedding table")?;
-    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
-        return Err(Error::bad_input(format!(
-            "embedding table: shape {:?} is not [vocab, {hidden}]",
-            table.shape()
-        )));
-    }
-    let vocab = table.numel() / hidden;
     check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
     let n = ids.numel();
     check_tensor(ids, "embedding ids", Some(DType::I32), n, stream)?;
@@ -79,15 +83,8 @@ pub fn embedding_host_ids(
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
+    let (code, vocab) = table_dims(table, hidden)?;
     let dtype = table.dtype();
-    let code = dtype_code(dtype, "embedding table")?;
-    if hidden == 0 || !table.numel().is_multiple_of(hidden) {
-        return Err(Error::bad_input(format!(
-            "embedding table: shape {:?} is not [vocab, {hidden}]",
-            table.shape()
-        )));
-    }
-    let vocab = table.numel() / hidden;
     check_ids(ids, vocab)?;
     let n = ids.len();
     check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
@@ -103,17 +100,7 @@ pub fn embedding_host_ids(
         return Ok(());
     }
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    match ids_scratch.storage_mut() {
-        // SAFETY: `bytes` is pageable host memory, which CUDA stages before cudaMemcpyAsync
-        // returns, so it may be dropped afterwards; the scratch outlives the queued copy
-        // (freeing device memory waits for queued work).
-        Storage::Cuda(b) => unsafe { b.copy_from_host_async(&bytes, stream)? },
-        Storage::Host(_) => {
-            return Err(Error::bad_input(
-                "embedding ids (scratch): not on the device",
-            ))
-        }
-    }
+    upload_bytes(ids_scratch, "embedding ids (scratch)", &bytes, stream)?;
     ensure_device(stream.device())?;
     // SAFETY: live device allocations of the checked sizes; every id was checked < vocab.
     let status = unsafe {

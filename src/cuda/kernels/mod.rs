@@ -20,10 +20,11 @@ mod norm;
 mod rope;
 
 pub use activation::{act_mul, activate, add_inplace};
+pub use attention::{attention, attention_meta_bytes, attention_scratch_len, head_norm, split_qkv};
 pub use embedding::{check_ids, embedding, embedding_host_ids};
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
-pub use rope::{rotary_and_cache_write, CacheSlots, RotaryArgs};
+pub use rope::{rope_meta_bytes, rotary_and_cache_write};
 
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -92,4 +93,22 @@ pub(super) fn dev_ptr_mut(t: &mut Tensor) -> *mut c_void {
 
 pub(super) fn opt_ptr(t: Option<&Tensor>) -> *const c_void {
     t.map_or(ptr::null(), dev_ptr)
+}
+
+/// Queues a copy of `bytes` into the U8 device tensor `t` (exactly `bytes.len()` elements):
+/// the small per-call tables (positions, past lengths, masks) the kernels read on the device.
+pub(super) fn upload_bytes(
+    t: &mut Tensor,
+    name: &str,
+    bytes: &[u8],
+    stream: &CudaStream,
+) -> Result<()> {
+    check_tensor(t, name, Some(DType::U8), bytes.len(), stream)?;
+    match t.storage_mut() {
+        // SAFETY: `bytes` is pageable host memory, which CUDA copies to a staging buffer before
+        // cudaMemcpyAsync returns, so it may be dropped afterwards; the device tensor outlives
+        // the copy (freeing device memory waits for queued work).
+        Storage::Cuda(b) => unsafe { b.copy_from_host_async(bytes, stream) },
+        Storage::Host(_) => Err(Error::bad_input(format!("{name}: not on the device"))),
+    }
 }
