@@ -168,3 +168,27 @@ hdr = {f"t{i}": {"dtype": "U8", "shape": [sz], "data_offsets": [i * sz, (i + 1) 
 h = json.dumps(hdr, separators=(",", ":")).encode()
 h += b" " * (-len(h) % 8)
 write("safetensors_load", "offsets_overflow", struct.pack("<Q", len(h)) + h)
+
+# model_dir: one seed per family × weights mode, and a few with shards, adapters, tied
+# embeddings, config edits and corruptions (see fuzz/targets/model_dir.rs for the layout).
+def model_seed(family, flags, flags2=0, heads=2, kv=0, hd=1, layers=1, inter=7, vocab=9,
+               quant=(2, 1, 0), rank=1, alpha=0, edits=(), corrupt=(0, 0), q_len=2):
+    head = [family, flags, flags2, heads - 1, kv, hd, layers - 1, inter - 1, vocab - 1]
+    head += list(quant) + [rank - 1, alpha, len(edits)]
+    for k, v in edits:
+        head += [k, v]
+    head += list(corrupt) + [q_len - 1] + [rng.randrange(250) for _ in range(q_len + 1)]
+    return bytes(head) + bytes(rng.randrange(256) for _ in range(64))
+
+
+for fam in range(6):
+    for mode, mname in [(0, "dense"), (1 | 4, "gptq_cfg"), (2 | 4, "exl2_cfg"), (3, "f16")]:
+        write("model_dir", f"f{fam}_{mname}", model_seed(fam, mode))
+    write("model_dir", f"f{fam}_variant_bias_lora", model_seed(fam, 64 | 16, flags2=1, heads=4, kv=1))
+    write("model_dir", f"f{fam}_gptq_infer_shards", model_seed(fam, 1 | 8, layers=2, quant=(4, 2, 0)))
+    write("model_dir", f"f{fam}_exl2_detect_tied", model_seed(fam, 2 | 32, quant=(0, 3, 1)))
+write("model_dir", "edits_rope", model_seed(1, 0, flags2=2, edits=[(12, 19), (8, 23)]))
+write("model_dir", "edits_layers", model_seed(4, 0, edits=[(0, 10)]))
+write("model_dir", "corrupt_nan", model_seed(0, 128, corrupt=(3, 3)))
+write("model_dir", "shards_dup", model_seed(2, 8, flags2=2 << 3))
+write("model_dir", "lora_alpha_inf", model_seed(3, 16, alpha=1))

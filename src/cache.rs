@@ -101,7 +101,18 @@ impl KvCache {
         head_dim: usize,
         dtype: DType,
     ) -> usize {
-        2 * num_layers * batch * capacity * kv_heads * head_dim * dtype.size()
+        // Saturating: a size that does not fit in usize cannot be allocated either.
+        [
+            2,
+            num_layers,
+            batch,
+            capacity,
+            kv_heads,
+            head_dim,
+            dtype.size(),
+        ]
+        .iter()
+        .fold(1usize, |a, &b| a.saturating_mul(b))
     }
 
     /// Layers in the cache.

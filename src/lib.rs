@@ -49,6 +49,7 @@ pub mod capi;
 pub mod cpu;
 pub mod error;
 pub mod layers;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod quant;

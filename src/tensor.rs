@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use half::{bf16, f16};
 
+use crate::limits::try_collect;
 use crate::{Error, Result};
 
 /// Where a tensor's storage lives.
@@ -164,29 +165,36 @@ impl HostData {
             )));
         }
         let chunks = bytes.chunks_exact(size);
+        let what = format!("decoding {dtype}");
+        let w = what.as_str();
         Ok(match dtype {
-            DType::F16 => HostData::F16(chunks.map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
-            DType::BF16 => {
-                HostData::BF16(chunks.map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
-            }
-            DType::F32 => HostData::F32(
+            DType::F16 => HostData::F16(try_collect(
+                chunks.map(|c| f16::from_le_bytes([c[0], c[1]])),
+                w,
+            )?),
+            DType::BF16 => HostData::BF16(try_collect(
+                chunks.map(|c| bf16::from_le_bytes([c[0], c[1]])),
+                w,
+            )?),
+            DType::F32 => HostData::F32(try_collect(
+                chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                w,
+            )?),
+            DType::I8 => HostData::I8(try_collect(bytes.iter().map(|&b| b as i8), w)?),
+            DType::U8 => HostData::U8(try_collect(bytes.iter().copied(), w)?),
+            DType::I16 => HostData::I16(try_collect(
+                chunks.map(|c| i16::from_le_bytes([c[0], c[1]])),
+                w,
+            )?),
+            DType::I32 => HostData::I32(try_collect(
+                chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                w,
+            )?),
+            DType::I64 => HostData::I64(try_collect(
                 chunks
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            DType::I8 => HostData::I8(bytes.iter().map(|&b| b as i8).collect()),
-            DType::U8 => HostData::U8(bytes.to_vec()),
-            DType::I16 => HostData::I16(chunks.map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
-            DType::I32 => HostData::I32(
-                chunks
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            DType::I64 => HostData::I64(
-                chunks
-                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                    .collect(),
-            ),
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+                w,
+            )?),
         })
     }
     /// Little-endian bytes of the elements (for device uploads and file writes).

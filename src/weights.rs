@@ -171,6 +171,10 @@ impl Weights {
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let dtype = convert_dtype(&name, info.dtype)?;
+                crate::limits::check_shape(
+                    &format!("{}: tensor {name}", path.display()),
+                    &info.shape,
+                )?;
                 let (start, end) = info.data_offsets;
                 let range = base + start..base + end;
                 if range.end > mmap.len() {

@@ -56,8 +56,26 @@ fn generate() -> String {
         ..Default::default()
     };
     config.parse.parse_deps = false;
-    // The op vocabulary's `Affine` is not part of the ABI (paradec_affine is).
-    config.export.exclude = vec!["Affine".into()];
+    // The op vocabulary's `Affine` is not part of the ABI (paradec_affine is), nor are the
+    // Rust-side bounds of `paradec::limits`.
+    config.export.exclude = [
+        "Affine",
+        "LAYERS",
+        "HIDDEN",
+        "HEADS",
+        "HEAD_DIM",
+        "ATTN_WIDTH",
+        "INTERMEDIATE",
+        "VOCAB",
+        "POSITIONS",
+        "SMALL_COUNT",
+        "GROUP_SIZE",
+        "LORA_RANK",
+        "TENSOR_RANK",
+        "TENSOR_ELEMENTS",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut out = Vec::new();
     Builder::new()
         .with_crate(root)

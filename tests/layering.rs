@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Layers from the bottom. `cuda_runtime` is the CUDA runtime wrappers (buffers, streams,
 /// events, graphs), which tensors and streams hold; `cuda_kernels` is the CUDA backend.
 const LAYERS: &[&[&str]] = &[
-    &["error", "cuda_runtime"],
+    &["error", "limits", "cuda_runtime"],
     &["tensor", "stream", "vocab"],
     &["weights"],
     &["quant"],

@@ -1,33 +1,7 @@
 #![no_main]
-//! Model config parsing: arbitrary bytes as config.json through `ArchParams` (both the 4.x and
-//! 5.x conventions). A config that parses must be self-consistent.
+//! See `targets/arch_config.rs` (the body, shared with the regression test `tests/fuzz_regressions.rs`).
 
-use libfuzzer_sys::fuzz_target;
-use paradec::arch::Rotary;
-use paradec::ArchParams;
+#[path = "../targets/mod.rs"]
+mod targets;
 
-#[path = "common.rs"]
-mod common;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(a) = ArchParams::from_json_str(text) {
-        assert_eq!(a.layers.len(), a.num_layers);
-        assert!(a.heads % a.kv_heads == 0 && a.head_dim > 0);
-        for l in &a.layers {
-            assert!(l.rope_index < a.rotary.len());
-        }
-        for r in &a.rotary {
-            if let Rotary::Rope(rc) = r {
-                assert!(rc.rot_dim > 0 && rc.rot_dim <= a.head_dim && rc.rot_dim % 2 == 0);
-                let f = rc.freqs(4096);
-                assert_eq!(f.inv_freq.len(), rc.rot_dim / 2);
-            }
-        }
-        let _ = a.qkv_width();
-    }
-    // The same bytes as a model directory's config.json.
-    let dir = common::scratch_dir("arch");
-    let _ = std::fs::write(dir.join("config.json"), data);
-    let _ = ArchParams::from_dir(&dir);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::arch_config::run(data));

@@ -1,29 +1,7 @@
 #![no_main]
-//! PEFT adapter loading: the input is split into adapter_config.json (length in the first two
-//! bytes) and adapter_model.safetensors (the rest). A loaded adapter must be rank-consistent.
+//! See `targets/lora_load.rs` (the body, shared with the regression test `tests/fuzz_regressions.rs`).
 
-use libfuzzer_sys::fuzz_target;
-use paradec::layers::lora::Lora;
+#[path = "../targets/mod.rs"]
+mod targets;
 
-#[path = "common.rs"]
-mod common;
-
-fuzz_target!(|data: &[u8]| {
-    let mut b = common::Bytes::new(data);
-    let n = b.u16() as usize;
-    let rest = b.rest();
-    let (cfg, tensors) = rest.split_at(n.min(rest.len()));
-    let dir = common::scratch_dir("lora");
-    if std::fs::write(dir.join("adapter_config.json"), cfg).is_err()
-        || std::fs::write(dir.join("adapter_model.safetensors"), tensors).is_err()
-    {
-        return;
-    }
-    if let Ok(l) = Lora::load(&dir) {
-        assert!(l.rank > 0);
-        for ad in l.modules.values() {
-            assert_eq!(ad.a.shape()[0], l.rank);
-            assert_eq!(ad.b.shape()[1], l.rank);
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::lora_load::run(data));

@@ -1,34 +1,7 @@
 #![no_main]
-//! Quant-config JSON parsing: `QuantConfig` / `GptqConfig` / `Exl2Config` from arbitrary JSON,
-//! and `QuantConfig::from_model_dir` on a directory holding the bytes as config.json.
+//! See `targets/quant_config.rs` (the body, shared with the regression test `tests/fuzz_regressions.rs`).
 
-use libfuzzer_sys::fuzz_target;
-use paradec::quant::{Exl2Config, GptqConfig, QuantConfig};
+#[path = "../targets/mod.rs"]
+mod targets;
 
-#[path = "common.rs"]
-mod common;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = QuantConfig::from_json(&v);
-        let _ = QuantConfig::from_config_json(&v);
-        if let Ok(c) = GptqConfig::from_json(&v) {
-            assert!([2, 3, 4, 8].contains(&c.bits));
-            assert!(c.group_size == -1 || c.group_size > 0);
-            let _ = c.groups(4096);
-        }
-        let _ = Exl2Config::from_json(&v);
-        if let Some(qc) = v.get("quantization_config") {
-            let _ = GptqConfig::from_json(qc);
-        }
-    }
-    // The same bytes as a model directory's config.json (and as quantize_config.json).
-    let dir = common::scratch_dir("cfg");
-    let _ = std::fs::write(dir.join("config.json"), data);
-    let _ = QuantConfig::from_model_dir(&dir);
-    let _ = GptqConfig::from_model_dir(&dir);
-    let _ = std::fs::remove_file(dir.join("config.json"));
-    let _ = std::fs::write(dir.join("quantize_config.json"), data);
-    let _ = QuantConfig::from_model_dir(&dir);
-    let _ = std::fs::remove_file(dir.join("quantize_config.json"));
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::quant_config::run(data));

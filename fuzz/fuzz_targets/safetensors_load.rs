@@ -1,26 +1,7 @@
 #![no_main]
-//! safetensors loading through `Weights`: arbitrary bytes written to a file, mapped, every
-//! tensor viewed and decoded.
+//! See `targets/safetensors_load.rs` (the body, shared with the regression test `tests/fuzz_regressions.rs`).
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../targets/mod.rs"]
+mod targets;
 
-#[path = "common.rs"]
-mod common;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(w) = common::weights_from_bytes("st", data) else {
-        return;
-    };
-    for name in w.names() {
-        let v = w.view(name).unwrap();
-        let n: usize = v.shape.iter().product();
-        assert_eq!(n * v.dtype.size(), v.data.len(), "{name}");
-        let t = w.get(name).unwrap();
-        assert_eq!(t.numel(), n);
-        if t.dtype().is_float() {
-            let _ = w.get_float(name, v.shape).unwrap();
-            let _ = t.f32_values().unwrap();
-        }
-        let _ = w.file_of(name);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::safetensors_load::run(data));

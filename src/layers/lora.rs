@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
+use crate::limits;
 use crate::tensor::{Device, Tensor};
 use crate::{Error, Result, Weights};
 
@@ -104,12 +105,22 @@ impl Lora {
         let rank = get("r")
             .and_then(Value::as_u64)
             .filter(|&r| r > 0)
-            .ok_or_else(|| cfg_err(cfg_path, "r must be a positive integer"))?
-            as usize;
+            .ok_or_else(|| cfg_err(cfg_path, "r must be a positive integer"))?;
+        let rank = limits::check(
+            &format!("{}: r", cfg_path.display()),
+            usize::try_from(rank).unwrap_or(usize::MAX),
+            limits::LORA_RANK,
+        )?;
         let alpha = get("lora_alpha")
             .and_then(Value::as_f64)
-            .ok_or_else(|| cfg_err(cfg_path, "lora_alpha must be a number"))?
-            as f32;
+            .ok_or_else(|| cfg_err(cfg_path, "lora_alpha must be a number"))?;
+        if !(alpha as f32).is_finite() {
+            return Err(cfg_err(
+                cfg_path,
+                format!("lora_alpha = {alpha} is not a finite 32-bit float"),
+            ));
+        }
+        let alpha = alpha as f32;
         let rslora = get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
         // Settings that change the math in ways paradec does not implement are refused.
         for (key, ok) in [
@@ -146,6 +157,7 @@ impl Lora {
                 )));
             }
         }
+        // Finite: |alpha| < f32::MAX and rank ≥ 1.
         let scale = if rslora {
             alpha / (rank as f32).sqrt()
         } else {

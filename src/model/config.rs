@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::arch::rope::{RopeConfig, RopeScaling};
 use crate::arch::{ArchParams, Family, LayerSpec, MlpKind, QkNorm, Rotary, SumOrder, WeightNames};
+use crate::limits;
 use crate::quant::QuantConfig;
 use crate::vocab::{Activation, NormKind, QkvLayout, RopeStyle};
 use crate::{Error, Result};
@@ -22,11 +23,18 @@ impl<'a> Cfg<'a> {
     fn usize_opt(&self, k: &str) -> Result<Option<usize>> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
-                Error::bad_format(format!(
-                    "config.json: {k} must be a non-negative integer, got {v}"
-                ))
-            }),
+            Some(v) => {
+                let x = v.as_u64().ok_or_else(|| {
+                    Error::bad_format(format!(
+                        "config.json: {k} must be a non-negative integer, got {v}"
+                    ))
+                })?;
+                let max = limits::config_field(k).ok_or_else(|| {
+                    Error::unsupported(format!("config.json: {k} has no size limit in paradec"))
+                })?;
+                let x = usize::try_from(x).unwrap_or(usize::MAX);
+                limits::check(&format!("config.json: {k}"), x, max).map(Some)
+            }
         }
     }
     fn usize(&self, k: &str) -> Result<usize> {
@@ -50,6 +58,26 @@ impl<'a> Cfg<'a> {
             Some(v) => v.as_f64().map(Some).ok_or_else(|| {
                 Error::bad_format(format!("config.json: {k} must be a number, got {v}"))
             }),
+        }
+    }
+    /// A number that is finite as an f32 (what paradec computes with).
+    fn f32_opt(&self, k: &str) -> Result<Option<f32>> {
+        match self.f64_opt(k)? {
+            None => Ok(None),
+            Some(x) if (x as f32).is_finite() => Ok(Some(x as f32)),
+            Some(x) => Err(Error::bad_format(format!(
+                "config.json: {k} = {x} is not a finite 32-bit float"
+            ))),
+        }
+    }
+    /// A finite, positive number (`default` when absent).
+    fn positive_f32(&self, k: &str, default: f32) -> Result<f32> {
+        match self.f32_opt(k)? {
+            None => Ok(default),
+            Some(x) if x > 0.0 => Ok(x),
+            Some(x) => Err(Error::bad_format(format!(
+                "config.json: {k} = {x} must be positive"
+            ))),
         }
     }
     fn bool_or(&self, k: &str, default: bool) -> Result<bool> {
@@ -126,7 +154,7 @@ fn parse_scaling(v: Option<&Value>, max_positions: usize) -> Result<RopeScaling>
         None => s.str_opt("type")?.unwrap_or("default"),
     };
     let factor = || -> Result<f32> {
-        s.f64_opt("factor")?.map(|x| x as f32).ok_or_else(|| {
+        s.f32_opt("factor")?.ok_or_else(|| {
             Error::bad_format(format!("config.json: rope type {ty:?} needs a factor"))
         })
     };
@@ -144,11 +172,14 @@ fn parse_scaling(v: Option<&Value>, max_positions: usize) -> Result<RopeScaling>
             RopeScaling::Yarn {
                 factor: factor()?,
                 original_max: original.unwrap_or(max_positions),
-                attention_factor: s.f64_opt("attention_factor")?.map(|x| x as f32),
-                beta_fast: s.f64_opt("beta_fast")?.unwrap_or(32.0) as f32,
-                beta_slow: s.f64_opt("beta_slow")?.unwrap_or(1.0) as f32,
-                mscale: s.f64_opt("mscale")?.map(|x| x as f32),
-                mscale_all_dim: s.f64_opt("mscale_all_dim")?.map(|x| x as f32),
+                attention_factor: match s.get("attention_factor") {
+                    None => None,
+                    Some(_) => Some(s.positive_f32("attention_factor", 1.0)?),
+                },
+                beta_fast: s.positive_f32("beta_fast", 32.0)?,
+                beta_slow: s.positive_f32("beta_slow", 1.0)?,
+                mscale: s.f32_opt("mscale")?,
+                mscale_all_dim: s.f32_opt("mscale_all_dim")?,
                 truncate: s.get("truncate").and_then(|t| t.as_bool()).unwrap_or(true),
             }
         }
@@ -189,9 +220,17 @@ fn rope_config(
         theta: theta.unwrap_or(default_theta) as f32,
         scaling,
     };
-    rc.validate(head_dim)
-        .map_err(|e| Error::bad_format(format!("config.json: {e}")))?;
+    rc.validate(head_dim).map_err(|e| in_config("", e))?;
     Ok(rc)
+}
+
+/// A rotary-table check's error as a config.json format error.
+fn in_config(what: &str, e: Error) -> Error {
+    let m = match e {
+        Error::BadInput(m) => m,
+        other => other.to_string(),
+    };
+    Error::bad_format(format!("config.json: {what}{m}"))
 }
 
 fn partial_width(head_dim: usize, factor: f64, field: &str) -> Result<usize> {
@@ -326,11 +365,24 @@ impl ArchParams {
         };
         let mut arch = arch;
         arch.quant = QuantConfig::from_config_json(v)?;
-        if arch.vocab == 0 || arch.num_layers == 0 || arch.intermediate == 0 {
-            return Err(Error::bad_format(
-                "config.json: vocab_size, layer count and MLP width must be positive",
-            ));
+        if arch.vocab == 0 || arch.num_layers == 0 || arch.intermediate == 0 || arch.hidden == 0 {
+            return Err(Error::bad_format(format!(
+                "config.json: vocab_size ({}), layer count ({}), MLP width ({}) and hidden size ({}) must be positive",
+                arch.vocab, arch.num_layers, arch.intermediate, arch.hidden
+            )));
         }
+        // Derived sizes (hidden / heads, the q/k/v width) are bounded like the fields.
+        limits::check("config.json: head_dim", arch.head_dim, limits::HEAD_DIM)?;
+        limits::check(
+            "config.json: (num_attention_heads + 2 · kv heads) · head_dim",
+            arch.qkv_width(),
+            limits::ATTN_WIDTH,
+        )?;
+        limits::check(
+            "config.json: MLP width",
+            arch.intermediate,
+            limits::INTERMEDIATE,
+        )?;
         Ok(arch)
     }
 
@@ -359,7 +411,7 @@ impl ArchParams {
             scaling: RopeScaling::None,
         };
         rope.validate(head_dim)
-            .map_err(|e| Error::bad_format(format!("config.json: rotary_dim: {e}")))?;
+            .map_err(|e| in_config("rotary_dim: ", e))?;
         Ok(ArchParams {
             family: Family::GptJ,
             hidden,
@@ -371,7 +423,7 @@ impl ArchParams {
             num_layers: layers,
             norm: NormKind::LayerNorm,
             norm_bias: true,
-            norm_eps: c.f64_opt("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
+            norm_eps: c.positive_f32("layer_norm_epsilon", 1e-5)?,
             two_norms: false,
             qkv_layout: QkvLayout::Separate,
             qkv_bias: false,
@@ -432,7 +484,7 @@ impl ArchParams {
             num_layers: layers,
             norm: NormKind::LayerNorm,
             norm_bias: true,
-            norm_eps: c.f64_opt("layer_norm_eps")?.unwrap_or(1e-5) as f32,
+            norm_eps: c.positive_f32("layer_norm_eps", 1e-5)?,
             two_norms: true,
             qkv_layout: QkvLayout::FusedPerHead,
             qkv_bias: bias,
@@ -488,7 +540,7 @@ impl ArchParams {
             num_layers: layers,
             norm: NormKind::LayerNorm,
             norm_bias: true,
-            norm_eps: c.f64_opt("layer_norm_eps")?.unwrap_or(1e-5) as f32,
+            norm_eps: c.positive_f32("layer_norm_eps", 1e-5)?,
             two_norms: false,
             qkv_layout: QkvLayout::Separate,
             qkv_bias: true,
@@ -574,7 +626,7 @@ impl ArchParams {
             num_layers: layers,
             norm: NormKind::LayerNorm,
             norm_bias: true,
-            norm_eps: c.f64_opt("layer_norm_epsilon")?.unwrap_or(1e-5) as f32,
+            norm_eps: c.positive_f32("layer_norm_epsilon", 1e-5)?,
             two_norms,
             qkv_layout: layout,
             qkv_bias: bias,
@@ -728,7 +780,7 @@ impl ArchParams {
             num_layers: layers,
             norm: NormKind::LayerNorm,
             norm_bias: false,
-            norm_eps: c.f64_opt("layer_norm_eps")?.unwrap_or(1e-5) as f32,
+            norm_eps: c.positive_f32("layer_norm_eps", 1e-5)?,
             two_norms: false,
             qkv_layout: QkvLayout::Separate,
             qkv_bias: bias,
@@ -741,7 +793,7 @@ impl ArchParams {
             sum_order: SumOrder::ResidualFirst,
             tie_embeddings: c.bool_or("tie_word_embeddings", true)?,
             head_bias: false,
-            logit_scale: c.f64_opt("logit_scale")?.unwrap_or(0.0625) as f32,
+            logit_scale: c.positive_f32("logit_scale", 0.0625)?,
             max_positions,
             names,
             quant: None,

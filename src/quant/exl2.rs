@@ -19,6 +19,7 @@ use super::{
     check_dims, check_finite, check_forward, check_shape, decode_f16, decode_i16, decode_i32,
     forward_rows, load_bias, stream_get, view_of, view_opt,
 };
+use crate::limits::try_filled;
 use crate::tensor::DType;
 use crate::{Error, Result, Weights};
 
@@ -166,8 +167,8 @@ impl Exl2Weight {
         let bias = load_bias(weights, prefix, n, Some(n_pad))?;
 
         // The permutation.
-        let invperm_raw = decode_i32(ipv.data);
-        let mut perm = vec![u32::MAX; k];
+        let invperm_raw = decode_i32(ipv.data)?;
+        let mut perm = try_filled(u32::MAX, k, "q_invperm inverse")?;
         for (j, &v) in invperm_raw.iter().enumerate() {
             if v < 0 || v as usize >= k {
                 return Err(Error::bad_format(format!(
@@ -186,7 +187,7 @@ impl Exl2Weight {
         let q_invperm: Vec<u32> = invperm_raw.iter().map(|&v| v as u32).collect();
         if let Some(pv) = view_opt(weights, &pn, &[DType::I32])? {
             check_shape(&pn, &pv, &[k], "in_features")?;
-            if let Some(j) = decode_i32(pv.data)
+            if let Some(j) = decode_i32(pv.data)?
                 .iter()
                 .zip(&perm)
                 .position(|(&a, &b)| a as i64 != b as i64)
@@ -199,20 +200,20 @@ impl Exl2Weight {
         }
 
         // The group table.
-        let q_groups = decode_i16(gv.data);
+        let q_groups = decode_i16(gv.data)?;
         let groups = Self::parse_groups(&gn, &wn, &q_groups, k, packed_rows)?;
 
-        let q_scale_max = decode_f16(mv.data);
+        let q_scale_max = decode_f16(mv.data)?;
         check_finite(&mn, q_scale_max.iter().map(|s| s.to_f32()))?;
         Ok(Exl2Weight {
             prefix: prefix.to_string(),
             k,
             n,
             n_pad,
-            q_weight: decode_i32(wv.data),
+            q_weight: decode_i32(wv.data)?,
             q_invperm,
             q_perm: perm,
-            q_scale: decode_i32(sv.data),
+            q_scale: decode_i32(sv.data)?,
             q_scale_max,
             q_groups,
             groups,

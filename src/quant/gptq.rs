@@ -24,6 +24,7 @@ use super::{
     check_dims, check_finite, check_forward, check_shape, decode_f16, decode_i32, forward_rows,
     load_bias, mul, packed_words, read_json_opt, stream_get, stream_or, view_of, view_opt,
 };
+use crate::limits::try_filled;
 use crate::tensor::DType;
 use crate::{Error, Result, Weights};
 
@@ -212,21 +213,26 @@ impl GptqConfig {
             )));
         }
         let desc_act = match g_idx {
-            Some(g) => decode_i32(g.data).windows(2).any(|p| p[0] > p[1]),
+            Some(g) => decode_i32(g.data)?.windows(2).any(|p| p[0] > p[1]),
             None => false,
         };
-        Ok(GptqConfig {
+        let cfg = GptqConfig {
             bits,
             group_size,
             desc_act,
             sym: true,
             checkpoint_format_v2: false,
-        })
+        };
+        cfg.check_group_size(&format!("{zn}: inferred group_size"))?;
+        Ok(cfg)
     }
 
     fn check_group_size(&self, what: &str) -> Result<()> {
-        if self.group_size == -1 || self.group_size > 0 {
+        if self.group_size == -1 {
             Ok(())
+        } else if self.group_size > 0 {
+            let gs = usize::try_from(self.group_size).unwrap_or(usize::MAX);
+            crate::limits::check(what, gs, crate::limits::GROUP_SIZE).map(|_| ())
         } else {
             Err(Error::bad_format(format!(
                 "{what}: {} is not a group size (−1 or positive)",
@@ -320,10 +326,10 @@ impl GptqWeight {
         }
         let bias = load_bias(weights, prefix, n, None)?;
 
-        let scales = decode_f16(sv.data);
+        let scales = decode_f16(sv.data)?;
         check_finite(&sn, scales.iter().map(|s| s.to_f32()))?;
-        let qzeros = decode_i32(zv.data);
-        let mut qweight = decode_i32(qv.data);
+        let qzeros = decode_i32(zv.data)?;
+        let mut qweight = decode_i32(qv.data)?;
 
         let (g_idx, perm, group_start) = match gv {
             None => {
@@ -335,9 +341,9 @@ impl GptqWeight {
                 (None, None, starts)
             }
             Some(gv) => {
-                let g_idx = decode_i32(gv.data);
+                let g_idx = decode_i32(gv.data)?;
                 // Stable counting sort of the rows by group.
-                let mut count = vec![0usize; groups + 1];
+                let mut count = try_filled(0usize, groups + 1, "g_idx group counts")?;
                 for (row, &g) in g_idx.iter().enumerate() {
                     if g < 0 || g as usize >= groups {
                         return Err(Error::bad_format(format!(
@@ -351,7 +357,7 @@ impl GptqWeight {
                 }
                 let group_start = count.clone();
                 let mut next = count;
-                let mut perm = vec![0u32; k];
+                let mut perm = try_filled(0u32, k, "g_idx permutation")?;
                 for (row, &g) in g_idx.iter().enumerate() {
                     perm[next[g as usize]] = row as u32;
                     next[g as usize] += 1;
@@ -360,7 +366,7 @@ impl GptqWeight {
                 let perm = if identity {
                     None
                 } else {
-                    let mut sorted = vec![0i32; qweight.len()];
+                    let mut sorted = try_filled(0i32, qweight.len(), "regrouped qweight")?;
                     for (j, &src) in perm.iter().enumerate() {
                         for c in 0..n {
                             let q = stream_get(

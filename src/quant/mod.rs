@@ -19,6 +19,7 @@ use std::path::Path;
 use half::{bf16, f16};
 use serde_json::Value;
 
+use crate::limits::try_collect;
 use crate::tensor::DType;
 use crate::weights::TensorView;
 use crate::{Error, Result, Weights};
@@ -311,43 +312,53 @@ pub(crate) fn check_shape(
     )))
 }
 
-pub(crate) fn decode_i32(data: &[u8]) -> Vec<i32> {
-    data.chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+pub(crate) fn decode_i32(data: &[u8]) -> Result<Vec<i32>> {
+    try_collect(
+        data.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        "decoding i32",
+    )
 }
 
-pub(crate) fn decode_i16(data: &[u8]) -> Vec<i16> {
-    data.chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect()
+pub(crate) fn decode_i16(data: &[u8]) -> Result<Vec<i16>> {
+    try_collect(
+        data.chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]])),
+        "decoding i16",
+    )
 }
 
-pub(crate) fn decode_f16(data: &[u8]) -> Vec<f16> {
-    data.chunks_exact(2)
-        .map(|c| f16::from_le_bytes([c[0], c[1]]))
-        .collect()
+pub(crate) fn decode_f16(data: &[u8]) -> Result<Vec<f16>> {
+    try_collect(
+        data.chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]])),
+        "decoding f16",
+    )
 }
 
 /// Decodes a float tensor (f16, bf16 or f32) to f32.
-pub(crate) fn decode_float(v: &TensorView<'_>) -> Vec<f32> {
+pub(crate) fn decode_float(v: &TensorView<'_>) -> Result<Vec<f32>> {
+    let what = "decoding floats";
     match v.dtype {
-        DType::F16 => v
-            .data
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::BF16 => v
-            .data
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::F32 => v
-            .data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        _ => Vec::new(),
+        DType::F16 => try_collect(
+            v.data
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            what,
+        ),
+        DType::BF16 => try_collect(
+            v.data
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            what,
+        ),
+        DType::F32 => try_collect(
+            v.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            what,
+        ),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -378,7 +389,7 @@ pub(crate) fn load_bias(
         Some(a) if v.shape == [a] && a != n => check_shape(&name, &v, &[a], "padded out_features")?,
         _ => check_shape(&name, &v, &[n], "out_features")?,
     }
-    let mut b = decode_float(&v);
+    let mut b = decode_float(&v)?;
     check_finite(&name, b.iter().copied())?;
     b.truncate(n);
     Ok(Some(b))

@@ -530,6 +530,9 @@ impl Exl2Recipe {
     /// The layout for K input features.
     pub fn layout(&self, in_features: usize) -> Result<Exl2Layout> {
         let k = in_features;
+        if k == 0 {
+            return Err(Error::bad_input("Exl2Recipe: in_features must be positive"));
+        }
         let Some((last, rest)) = self.parts.split_last() else {
             return Err(Error::bad_input("Exl2Recipe: no parts"));
         };
