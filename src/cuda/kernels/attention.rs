@@ -99,7 +99,7 @@ pub fn split_qkv(
 }
 
 /// Norm of each head's `head_dim` features, in place on x [tokens, heads·head_dim]; `affine`'s
-/// tensors hold one row per head ([heads, head_dim]) or one shared row ([head_dim]). Twin of the
+/// tensors hold one row per head ([heads, head_dim]) or one shared row (`[head_dim]`). Twin of the
 /// CPU arm of `ops::head_norm`.
 pub fn head_norm(
     kind: NormKind,
