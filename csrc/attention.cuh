@@ -42,6 +42,47 @@ int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream);
 int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t stream);
 constexpr int kDecodeMmaRows = 16;
 
+// The end of a decode block: merges the `parts` partial softmax states of each of its `nrows`
+// query rows — row r of part p has max sm_m[p·stride_rows + r] (base 2), sum sm_l[…] and
+// output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output
+// (one split) or its split partial (several). Rows are the block's (query token, head of the
+// KV head's group) pairs from row0.
+template <typename T>
+__device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *sm_m,
+                                                const float *sm_l, const float *sm_o, int parts,
+                                                int stride_rows, int o_stride, int nrows,
+                                                int row0, int b, int kvh, int split) {
+    const int D = a.head_dim;
+    const int group = a.heads / a.kv_heads;
+    const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
+    for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
+        const int r = idx / D, dd = idx % D;
+        const int row = row0 + r;
+        const int t = row / group, h = kvh * group + row % group;
+        const int64_t grow = (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
+        float M = -INFINITY;
+        for (int p = 0; p < parts; ++p) M = fmaxf(M, sm_m[p * stride_rows + r]);
+        float S = 0.f, O = 0.f;
+        if (M != -INFINITY) {
+            for (int p = 0; p < parts; ++p) {
+                const float w = exp2f(sm_m[p * stride_rows + r] - M);
+                S += sm_l[p * stride_rows + r] * w;
+                O += sm_o[(p * stride_rows + r) * o_stride + dd] * w;
+            }
+        }
+        if (a.splits == 1) {
+            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(S > 0.f ? O / S : 0.f);
+        } else {
+            const int64_t pr = static_cast<int64_t>(split) * rows_all + grow;
+            a.part_o[pr * D + dd] = O;
+            if (dd == 0) {
+                a.part_ml[2 * pr] = M;
+                a.part_ml[2 * pr + 1] = S;
+            }
+        }
+    }
+}
+
 // The query position's past length, clamped so that no slot beyond the planned bound is read.
 __device__ __forceinline__ int64_t clamped_past(const AttnArgs &a, int b) {
     int64_t p = a.past_len[b];

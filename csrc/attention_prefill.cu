@@ -603,33 +603,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
         pb_[1] = o[i][3];
     }
     __syncthreads();
-    const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
-    for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
-        const int r = idx / D, dd = idx % D;
-        const int row = row0 + r;
-        const int t = row / group, h = kvh * group + row % group;
-        const int64_t grow = (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
-        float M = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w * kDecRows + r]);
-        float S = 0.f, O = 0.f;
-        if (M != -INFINITY) {
-            for (int w = 0; w < kWarps; ++w) {
-                const float wt = exp2f(sm_m[w * kDecRows + r] - M);
-                S += sm_l[w * kDecRows + r] * wt;
-                O += sm_o[(w * kDecRows + r) * DP + dd] * wt;
-            }
-        }
-        if (a.splits == 1) {
-            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(S > 0.f ? O / S : 0.f);
-        } else {
-            const int64_t pr = static_cast<int64_t>(split) * rows_all + grow;
-            a.part_o[pr * D + dd] = O;
-            if (dd == 0) {
-                a.part_ml[2 * pr] = M;
-                a.part_ml[2 * pr + 1] = S;
-            }
-        }
-    }
+    merge_and_store<T>(a, sm_m, sm_l, sm_o, kWarps, kDecRows, DP, nrows, row0, b, kvh, split);
 }
 
 template <typename T, int DP>
