@@ -12,8 +12,10 @@
 // one dequantized A fragment.
 //
 // Fragments come straight from the device layout (no shuffled copy of the weights). A warp owns
-// 32 columns; per 32-row tile, lane l = 4g + q loads one 16-byte vector: word row q of columns
-// 4g .. 4g + 3, i.e. rows 8q .. 8q + 7 of each (row 8q + j in nibble j). For column half h, A rows
+// 32 columns, one panel of the layout (qlayout.cuh); per 32-row tile, lane l = 4g + q loads one
+// 16-byte vector: word row q of columns 4g .. 4g + 3, i.e. rows 8q .. 8q + 7 of each (row 8q + j
+// in nibble j). The warp's 32 vectors are one contiguous 512-byte span, and its tiles follow
+// each other in memory. For column half h, A rows
 // g and g + 8 are columns 4g + 2h and 4g + 2h + 1. The k order inside a tile is permuted, the same
 // way in A and B, so the dot products do not change: in k chunk c (0, 1) the k slots (2q, 2q + 1)
 // hold rows (8q + 2c, 8q + 2c + 4) and the slots (2q + 8, 2q + 9) rows (8q + 2c + 1, 8q + 2c + 5),
@@ -37,6 +39,7 @@
 
 #include "common.cuh"
 #include "linear_small.cuh"
+#include "qlayout.cuh"
 
 namespace paradec {
 namespace {
@@ -125,6 +128,12 @@ __device__ __forceinline__ void copy16_ca(void *smem, const void *gmem, bool val
                  "r"(valid ? 16 : 0)
                  : "memory");
 }
+__device__ __forceinline__ void copy8_ca(void *smem, const void *gmem, bool valid) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(s), "l"(gmem),
+                 "r"(valid ? 8 : 0)
+                 : "memory");
+}
 __device__ __forceinline__ void copy_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -147,6 +156,7 @@ template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     constexpr int S = stages<NT>();
     __shared__ uint4 ring[kWarps][S][1 + NT][32];
+    __shared__ float2 szring[kWarps][S][32];
     __shared__ int sum_here;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -158,37 +168,40 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
     const T *x = static_cast<const T *>(a.x);
 
-    // Queues tile i (of this block's range) into ring stage `stage`; always commits a group, so
-    // that "all but the newest S − 1 groups are done" means "tile i has landed".
-    auto issue = [&](int i, int stage) {
-        if (i < count) {
-            const int64_t t = t0 + i;
-            const uint32_t *wp = live ? a.words + (4 * t + q) * a.np + c0 : a.words;
-            copy16_cg(&ring[warp][stage][0][lane], wp, live);
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int64_t r = nt * 8 + g;
-                const bool ok = r < a.m;
-                copy16_ca(&ring[warp][stage][1 + nt][lane], ok ? x + r * a.ldx + t * 32 + 8 * q : x,
-                          ok);
-            }
-        }
-        copy_commit();
-    };
     // Groups of tiles b·32 .. b·32 + 31 of the range, one per lane (read with shuffles).
     auto group_batch = [&](int b) -> int {
         const int i = b * 32 + lane;
         return i < count ? static_cast<int>(__ldg(a.tiles + 2 * (t0 + i) + 1) & 0xFFFFFFu) : -1;
     };
-    // (scale, −zero·scale) of the lane's 4 columns in group grp.
-    auto load_sz = [&](int grp, float4 (&v)[2]) {
-        if (live) {
-            const float4 *p = reinterpret_cast<const float4 *>(a.sz + (grp * a.np + c0) * 2);
-            v[0] = __ldg(p);
-            v[1] = __ldg(p + 1);
-        } else {
-            v[0] = v[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // The groups of the batch of the tile in use (lo) and of the next batch (hi): tiles being
+    // queued are at most S − 1 < 32 ahead, so they are in one of the two.
+    int batch_lo = group_batch(0), batch_hi = group_batch(1);
+    auto group_of = [&](int j, int i) -> int {
+        return __shfl_sync(0xffffffffu, (j >> 5) == (i >> 5) ? batch_lo : batch_hi, j & 31);
+    };
+    // Queues the weights and x of tile j (of this block's range) into ring stage `stage`.
+    auto issue_data = [&](int j, int stage) {
+        if (j >= count) return;
+        const int64_t t = t0 + j;
+        const uint32_t *wp = live ? a.words + word_index(a.word_rows, 4 * t + q, c0) : a.words;
+        copy16_cg(&ring[warp][stage][0][lane], wp, live);
+        // x rows past m are not copied: what their stage holds only reaches the output
+        // columns of those rows (mma columns do not mix), which are never stored.
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int64_t r = nt * 8 + g;
+            if (r < a.m) copy16_ca(&ring[warp][stage][1 + nt][lane], x + r * a.ldx + t * 32 + 8 * q, true);
         }
+    };
+    // Queues the (scale, −zero·scale) of tile j's group when tile j starts it: lane (g, q)
+    // copies column c0 + q's, and the lanes of a column quad share them by shuffles. Fetched
+    // with the tile, S − 1 tiles ahead, a change of group costs no memory latency.
+    int queued_grp = -1;
+    auto issue_sz = [&](int j, int stage, int grp_j) {
+        if (j >= count || grp_j == queued_grp) return;
+        queued_grp = grp_j;
+        const float *sp = a.sz + (grp_j * a.np + c0 + q) * 2;
+        copy8_ca(&szring[warp][stage][lane], live ? sp : a.sz, live);
     };
 
     float acc[2][NT][4], accg[2][NT][4];
@@ -198,11 +211,10 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[h][nt][e] = accg[h][nt][e] = 0.f;
-    // The current group's scales and (magic + zero) pairs; the next group's sz, fetched early.
+    // The current group's scales and (magic + zero) pairs, per column c0 .. c0 + 3.
     float scale[4] = {0.f, 0.f, 0.f, 0.f};
     uint32_t zpair[4] = {0u, 0u, 0u, 0u};
-    float4 next_sz[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
-    int next_grp = -1, grp = -1;
+    int grp = -1;
     // acc += accg · scale (per column), accg = 0.
     auto fold = [&]() {
 #pragma unroll
@@ -216,49 +228,56 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
                 }
     };
 
-    int batch_next = group_batch(0), batch = -1;
+    // Prologue: the weights of tiles 0 .. S − 2 go out first (one commit group each), then,
+    // once the tiles' groups have arrived, their scales (one more group). Later tiles travel
+    // with their scales in one group each.
 #pragma unroll
-    for (int i = 0; i < S - 1; ++i) issue(i, i);
+    for (int j = 0; j < S - 1; ++j) {
+        issue_data(j, j);
+        copy_commit();
+    }
+#pragma unroll
+    for (int j = 0; j < S - 1; ++j) issue_sz(j, j, group_of(j, 0));
+    copy_commit();
     int stage = 0;  // ring stage of tile i
     for (int i = 0; i < count; ++i) {
-        // Stage of tile i + S − 1 = the stage tile i − 1 used (its registers are consumed).
-        issue(i + S - 1, stage == 0 ? S - 1 : stage - 1);
-        if ((i & 31) == 0) {
-            batch = batch_next;
-            batch_next = group_batch((i >> 5) + 1);
+        if (i > 0 && (i & 31) == 0) {
+            batch_lo = batch_hi;
+            batch_hi = group_batch((i >> 5) + 1);
         }
-        const int gi = __shfl_sync(0xffffffffu, batch, i & 31);
+        // Tile i + S − 1 takes the stage tile i − 1 used (its registers are consumed).
+        {
+            const int j = i + S - 1;
+            const int st = stage == 0 ? S - 1 : stage - 1;
+            issue_data(j, st);
+            if (j < count) issue_sz(j, st, group_of(j, i));
+            copy_commit();
+        }
+        // Tile i has landed once all but the newest S − 1 groups are done (at i = 0: all but
+        // the newest, which covers the prologue's scales).
+        if (i == 0) {
+            copy_wait<1>();
+        } else {
+            copy_wait<S - 1>();
+        }
+        const int gi = __shfl_sync(0xffffffffu, batch_lo, i & 31);
         if (gi != grp) {
             if (grp >= 0) fold();
-            float4 v[2];
-            if (gi == next_grp) {
-                v[0] = next_sz[0];
-                v[1] = next_sz[1];
-            } else {
-                load_sz(gi, v);
-            }
-            const float s[4] = {v[0].x, v[0].z, v[1].x, v[1].z};
-            const float nz[4] = {v[0].y, v[0].w, v[1].y, v[1].w};
+            const float2 mine = szring[warp][stage][lane];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                scale[j] = s[j];
-                // sz holds −zero·scale, exact in f32, so the quotient is the integer zero; any
-                // zero serves a zero scale.
-                const float z = s[j] != 0.f ? rintf(-nz[j] / s[j]) : 0.f;
+                const int src = (lane & ~3) | j;
+                const float s = __shfl_sync(0xffffffffu, mine.x, src);
+                const float nz = __shfl_sync(0xffffffffu, mine.y, src);
+                scale[j] = s;
+                // sz holds −zero·scale, exact in f32, so the quotient is the integer zero to
+                // within the fast division's 2 ulp, which rounding removes; any zero serves a
+                // zero scale.
+                const float z = s != 0.f ? rintf(__fdividef(-nz, s)) : 0.f;
                 zpair[j] = splat2<T>(Magic<T>::kValue + z);
             }
             grp = gi;
         }
-        // The next tile's group: when it differs, fetch its scales while this tile computes.
-        if (i + 1 < count) {
-            const int j = (i + 1) & 31;
-            const int gn = __shfl_sync(0xffffffffu, j ? batch : batch_next, j);
-            if (gn != grp && gn != next_grp) {
-                load_sz(gn, next_sz);
-                next_grp = gn;
-            }
-        }
-        copy_wait<S - 1>();
         const uint4 wv = ring[warp][stage][0][lane];
         const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
         uint32_t b[NT][4];

@@ -117,17 +117,20 @@ pub struct LinRow {
     pub bytes: usize,
     pub t: Timing,
     pub path: &'static str,
+    pub split: usize,
 }
 
 /// What the linear bench runs: `--lin-fmt a,b` (substrings of format names), `--lin-ms 1,2,4`,
 /// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,mma` (each M timed on each
-/// listed path; `auto` is `select_linear`'s choice). Unset: everything, automatic path.
+/// listed path; `auto` is `select_linear`'s choice), `--lin-split 1,4,16` (each streaming-path
+/// case also timed with these K splits, for tuning). Unset: everything, automatic path.
 #[derive(Default)]
 pub struct LinOpts {
     pub fmts: Option<Vec<String>>,
     pub ms: Option<Vec<usize>>,
     pub shapes: Option<Vec<(usize, usize)>>,
     pub paths: Vec<Option<LinearPath>>,
+    pub splits: Vec<Option<usize>>,
 }
 
 impl LinOpts {
@@ -174,7 +177,15 @@ impl LinOpts {
                 .collect::<Result<Vec<_>>>()?,
             None => vec![None],
         };
+        let splits = match get("--lin-split") {
+            Some(v) => v
+                .iter()
+                .map(|s| s.parse().map(Some).map_err(|_| bad("--lin-split", s)))
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![None],
+        };
         Ok(LinOpts {
+            splits,
             fmts: get("--lin-fmt"),
             ms,
             shapes,
@@ -207,6 +218,7 @@ pub fn run(
     n: usize,
     ms_list: &[usize],
     paths: &[Option<LinearPath>],
+    splits: &[Option<usize>],
 ) -> Result<Vec<LinRow>> {
     let dt = Dt::F16;
     let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (k * 31 + n) as u64);
@@ -253,6 +265,7 @@ pub fn run(
                 bytes: wbytes + m * (k + n) * 2,
                 t,
                 path: if path == 1 { "gemv" } else { "mma" },
+                split: 1,
             });
         }
         return Ok(rows);
@@ -277,7 +290,7 @@ pub fn run(
     } else {
         0
     };
-    let wbytes = word_rows * np * 4;
+    let wbytes = paradec::quant::device::words_len(word_rows, np) * 4;
     let words: Vec<u8> = (0..wbytes / 8)
         .flat_map(|_| rng.next().to_le_bytes())
         .collect();
@@ -330,11 +343,15 @@ pub fn run(
         bits: uniform,
     };
     let props = cuda::properties(0)?;
-    let runs: Vec<(usize, Option<LinearPath>)> = ms_list
+    let runs: Vec<(usize, Option<LinearPath>, Option<usize>)> = ms_list
         .iter()
-        .flat_map(|&m| paths.iter().map(move |&p| (m, p)))
+        .flat_map(|&m| {
+            paths
+                .iter()
+                .flat_map(move |&p| splits.iter().map(move |&sp| (m, p, sp)))
+        })
         .collect();
-    for (m, forced) in runs {
+    for (m, forced, split) in runs {
         let auto = paradec::ops::select_linear(
             m,
             k,
@@ -368,6 +385,13 @@ pub fn run(
                     split: if p == LinearPath::Mma { 1 } else { own.split },
                 }
             }
+        };
+        let plan = match split {
+            Some(sp) if plan.path != LinearPath::Mma => paradec::ops::LinearPlan {
+                path: plan.path,
+                split: sp,
+            },
+            _ => plan,
         };
         let path = path_code(plan.path);
         let q0 = qw(0);
@@ -409,6 +433,7 @@ pub fn run(
             bytes: per_set + m * (k + n) * 2 + perm.as_ref().map_or(0, Vec::len),
             t,
             path: path_label(plan.path),
+            split: plan.split,
         });
     }
     Ok(rows)
@@ -447,18 +472,24 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
             }
         }
         for &(k, n) in &shapes {
-            for r in run(b, fmt, k, n, &ms, &opts.paths)? {
+            for r in run(b, fmt, k, n, &ms, &opts.paths, &opts.splits)? {
                 let best = r.t.b2b_us.min(r.t.graph_us);
                 let gbps = r.bytes as f64 / (best * 1e-6) / 1e9;
                 let floor = r.bytes as f64 / read_bw * 1e6;
                 let tflops = 2.0 * (r.m * r.k * r.n) as f64 / (best * 1e-6) / 1e12;
+                // The path, with its K split where it has one.
+                let path = if r.split > 1 {
+                    format!("{}/{}", r.path, r.split)
+                } else {
+                    r.path.to_string()
+                };
                 println!(
                     "| {} | {}x{} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
                     r.fmt,
                     r.k,
                     r.n,
                     r.m,
-                    r.path,
+                    path,
                     r.t.b2b_us,
                     r.t.graph_us,
                     gbps,

@@ -83,19 +83,15 @@ fn gemv_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
     want.min((tiles / 8).max(1)).clamp(1, 64)
 }
 
-/// K split of the small-M path (blocks of 128 columns): about four blocks per SM at m ≤ 8,
-/// fewer as m grows (each tile then carries more tensor-core work, and the f32 partials, which
-/// scale with m, cost more), keeping at least 8 tiles per block (the depth of its load ring).
-fn small_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
+/// K split of the small-M path (blocks of 128 columns): up to four blocks per SM, as many as
+/// are resident at once at every m (registers and shared memory), so the grid is one wave with
+/// no tail; measured on an H200, more splits only add partials. Each block keeps at least 8
+/// tiles (the depth of its load ring).
+fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
     let blocks = n.div_ceil(128).max(1);
     let tiles = k.div_ceil(32);
-    let per_sm = match m {
-        0..=8 => 4,
-        9..=16 => 3,
-        _ => 2,
-    };
-    let want = (per_sm * sms.max(1)).div_ceil(blocks);
-    want.min((tiles / 8).max(1)).clamp(1, 64)
+    let want = (4 * sms.max(1)) / blocks;
+    want.min(tiles / 8).clamp(1, 64)
 }
 
 thread_local! {
@@ -436,6 +432,11 @@ mod tests {
             let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
             let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
             assert!(s32 <= s1, "{k}×{n}: {s32} > {s1}");
+            // Split grids are one wave: four blocks per SM at most.
+            assert!(
+                s1 == 1 || n.div_ceil(128) * s1 <= 4 * H200.0,
+                "{k}×{n}: {s1}"
+            );
         }
         // Wide N alone fills the GPU: no split.
         assert_eq!(select_linear(1, 8192, 131072, q4, H200.0, H200.1).split, 1);
