@@ -46,11 +46,18 @@ namespace {
 
 constexpr int kWarps = kSmallCols / 32;
 
-// Ring depth by n8 tiles of x rows: the deepest that keeps a block's ring within 48 KiB of static
-// shared memory (each stage is (1 + NT) 16-byte vectors per lane).
+// Tiles per ring stage (U) and stages (S) by n8 tiles of x rows: the deepest ring that keeps a
+// block within 48 KiB of static shared memory (a stage is U·(1 + NT) 16-byte vectors and U
+// scale pairs per lane). At m ≤ 8 a stage carries two tiles: the per-stage work (addresses,
+// commit, wait, loop) is then paid once per two tiles, which matters where the tensor cores
+// have little to do and the loop's instructions set the pace.
+template <int NT>
+__host__ __device__ constexpr int tiles_per_stage() {
+    return NT == 1 ? 2 : 1;
+}
 template <int NT>
 __host__ __device__ constexpr int stages() {
-    return NT == 1 ? 8 : NT == 2 ? 6 : 4;
+    return NT == 1 ? 4 : NT == 2 ? 6 : 4;
 }
 
 // The magic exponent: a half2 / bfloat162 pair whose low mantissa bits are a code q reads
@@ -155,8 +162,9 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     constexpr int S = stages<NT>();
-    __shared__ uint4 ring[kWarps][S][1 + NT][32];
-    __shared__ float2 szring[kWarps][S][32];
+    constexpr int U = tiles_per_stage<NT>();
+    __shared__ uint4 ring[kWarps][S][U][1 + NT][32];
+    __shared__ float2 szring[kWarps][S][U][32];
     __shared__ int sum_here;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -166,6 +174,7 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     const bool live = c0 < a.np;
     const int t0 = blockIdx.y * a.tiles_per_split;
     const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
+    const int stages_total = (count + U - 1) / U;                   // ring stages to consume
     const T *x = static_cast<const T *>(a.x);
 
     // Groups of tiles b·32 .. b·32 + 31 of the range, one per lane (read with shuffles).
@@ -173,35 +182,36 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
         const int i = b * 32 + lane;
         return i < count ? static_cast<int>(__ldg(a.tiles + 2 * (t0 + i) + 1) & 0xFFFFFFu) : -1;
     };
-    // The groups of the batch of the tile in use (lo) and of the next batch (hi): tiles being
-    // queued are at most S − 1 < 32 ahead, so they are in one of the two.
+    // The groups of the batch of the tiles in use (lo) and of the next batch (hi): tiles being
+    // queued are at most S·U − 1 < 32 ahead, so they are in one of the two.
     int batch_lo = group_batch(0), batch_hi = group_batch(1);
     auto group_of = [&](int j, int i) -> int {
         return __shfl_sync(0xffffffffu, (j >> 5) == (i >> 5) ? batch_lo : batch_hi, j & 31);
     };
-    // Queues the weights and x of tile j (of this block's range) into ring stage `stage`.
-    auto issue_data = [&](int j, int stage) {
+    // Queues the weights and x of tile j (of this block's range) into slot u of ring stage st.
+    auto issue_data = [&](int j, int st, int u) {
         if (j >= count) return;
         const int64_t t = t0 + j;
         const uint32_t *wp = live ? a.words + word_index(a.word_rows, 4 * t + q, c0) : a.words;
-        copy16_cg(&ring[warp][stage][0][lane], wp, live);
+        copy16_cg(&ring[warp][st][u][0][lane], wp, live);
         // x rows past m are not copied: what their stage holds only reaches the output
         // columns of those rows (mma columns do not mix), which are never stored.
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             const int64_t r = nt * 8 + g;
-            if (r < a.m) copy16_ca(&ring[warp][stage][1 + nt][lane], x + r * a.ldx + t * 32 + 8 * q, true);
+            if (r < a.m)
+                copy16_ca(&ring[warp][st][u][1 + nt][lane], x + r * a.ldx + t * 32 + 8 * q, true);
         }
     };
     // Queues the (scale, −zero·scale) of tile j's group when tile j starts it: lane (g, q)
     // copies column c0 + q's, and the lanes of a column quad share them by shuffles. Fetched
-    // with the tile, S − 1 tiles ahead, a change of group costs no memory latency.
+    // with the tile, a stage or more ahead, a change of group costs no memory latency.
     int queued_grp = -1;
-    auto issue_sz = [&](int j, int stage, int grp_j) {
+    auto issue_sz = [&](int j, int st, int u, int grp_j) {
         if (j >= count || grp_j == queued_grp) return;
         queued_grp = grp_j;
         const float *sp = a.sz + (grp_j * a.np + c0 + q) * 2;
-        copy8_ca(&szring[warp][stage][lane], live ? sp : a.sz, live);
+        copy8_ca(&szring[warp][st][u][lane], live ? sp : a.sz, live);
     };
 
     float acc[2][NT][4], accg[2][NT][4];
@@ -228,42 +238,13 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
                 }
     };
 
-    // Prologue: the weights of tiles 0 .. S − 2 go out first (one commit group each), then,
-    // once the tiles' groups have arrived, their scales (one more group). Later tiles travel
-    // with their scales in one group each.
-#pragma unroll
-    for (int j = 0; j < S - 1; ++j) {
-        issue_data(j, j);
-        copy_commit();
-    }
-#pragma unroll
-    for (int j = 0; j < S - 1; ++j) issue_sz(j, j, group_of(j, 0));
-    copy_commit();
-    int stage = 0;  // ring stage of tile i
-    for (int i = 0; i < count; ++i) {
-        if (i > 0 && (i & 31) == 0) {
-            batch_lo = batch_hi;
-            batch_hi = group_batch((i >> 5) + 1);
-        }
-        // Tile i + S − 1 takes the stage tile i − 1 used (its registers are consumed).
-        {
-            const int j = i + S - 1;
-            const int st = stage == 0 ? S - 1 : stage - 1;
-            issue_data(j, st);
-            if (j < count) issue_sz(j, st, group_of(j, i));
-            copy_commit();
-        }
-        // Tile i has landed once all but the newest S − 1 groups are done (at i = 0: all but
-        // the newest, which covers the prologue's scales).
-        if (i == 0) {
-            copy_wait<1>();
-        } else {
-            copy_wait<S - 1>();
-        }
+    // Tile i (of the range), in slot u of ring stage `stage`: a new group folds the last one
+    // in and takes its scales and zeros; then the tile's mma.
+    auto tile_mma = [&](int i, int stage, int u) {
         const int gi = __shfl_sync(0xffffffffu, batch_lo, i & 31);
         if (gi != grp) {
             if (grp >= 0) fold();
-            const float2 mine = szring[warp][stage][lane];
+            const float2 mine = szring[warp][stage][u][lane];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int src = (lane & ~3) | j;
@@ -278,12 +259,12 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
             }
             grp = gi;
         }
-        const uint4 wv = ring[warp][stage][0][lane];
+        const uint4 wv = ring[warp][stage][u][0][lane];
         const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
         uint32_t b[NT][4];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            const uint4 xv = ring[warp][stage][1 + nt][lane];
+            const uint4 xv = ring[warp][stage][u][1 + nt][lane];
             b[nt][0] = __byte_perm(xv.x, xv.z, 0x5410);  // elements (0, 4)
             b[nt][1] = __byte_perm(xv.x, xv.z, 0x7632);  // (1, 5)
             b[nt][2] = __byte_perm(xv.y, xv.w, 0x5410);  // (2, 6)
@@ -303,6 +284,52 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
                 for (int nt = 0; nt < NT; ++nt)
                     mma_m16n8k16<T>(accg[h][nt], af, b[nt][2 * c], b[nt][2 * c + 1]);
             }
+        }
+    };
+
+    // Prologue: the weights of stages 0 .. S − 2 go out first (one commit group each), then,
+    // once the tiles' groups have arrived, their scales (one more group). Later stages travel
+    // with their scales in one group each.
+#pragma unroll
+    for (int st = 0; st < S - 1; ++st) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) issue_data(st * U + u, st, u);
+        copy_commit();
+    }
+#pragma unroll
+    for (int st = 0; st < S - 1; ++st)
+#pragma unroll
+        for (int u = 0; u < U; ++u) issue_sz(st * U + u, st, u, group_of(st * U + u, 0));
+    copy_commit();
+    int stage = 0;  // ring stage of stage index I
+    for (int I = 0; I < stages_total; ++I) {
+        const int i0 = I * U;  // its first tile
+        if (i0 > 0 && (i0 & 31) == 0) {
+            batch_lo = batch_hi;
+            batch_hi = group_batch((i0 >> 5) + 1);
+        }
+        // Stage I + S − 1 takes the ring stage that stage I − 1 used (its data is consumed).
+        {
+            const int st = stage == 0 ? S - 1 : stage - 1;
+            const int j0 = (I + S - 1) * U;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                issue_data(j0 + u, st, u);
+                if (j0 + u < count) issue_sz(j0 + u, st, u, group_of(j0 + u, i0));
+            }
+            copy_commit();
+        }
+        // Stage I has landed once all but the newest S − 1 groups are done (at I = 0: all but
+        // the newest, which covers the prologue's scales).
+        if (I == 0) {
+            copy_wait<1>();
+        } else {
+            copy_wait<S - 1>();
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (U > 1 && i0 + u >= count) break;
+            tile_mma(i0 + u, stage, u);
         }
         stage = stage == S - 1 ? 0 : stage + 1;
     }
