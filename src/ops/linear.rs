@@ -29,7 +29,7 @@ pub struct LinearPlan {
 }
 
 /// The largest M the tensor-core small-M path takes (four n8 tiles of x rows).
-pub const SMALL_MAX_M: usize = 32;
+pub(crate) const SMALL_MAX_M: usize = 32;
 
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
 /// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the

@@ -22,7 +22,7 @@ use crate::{Error, Result};
 pub(crate) const TILE_ROWS: usize = 32;
 
 /// Columns per panel of the packed words.
-pub const PANEL_COLS: usize = 32;
+pub(crate) const PANEL_COLS: usize = 32;
 
 /// Index in `words` of word row r of column c, for a layout of `word_rows` word rows (as
 /// `csrc/qlayout.cuh`).
