@@ -28,13 +28,14 @@
 // x: lane (g, q) holds x row g of each n8 tile at elements 8q .. 8q + 7 of the tile (one 16-byte
 // vector), byte-permuted into the pairs (0, 4), (1, 5), (2, 6), (3, 7) that the k order needs.
 //
-// Memory: each lane streams its own 16-byte weight and x vectors through a ring of shared-memory
-// stages (cp.async, S − 1 tiles ahead of the one in use); a lane reads back only what it copied
-// itself, so the ring needs no barrier. The 4 warps of a block own 128 adjacent columns and read
-// the same x at about the same time, which L1 then serves. When the columns alone cannot fill the
-// GPU, K is split over gridDim.y: every block writes f32 partials and the last block of a column
-// block to finish (an atomic counter, zero before the launch and left zero) sums them in split
-// order, so the result does not depend on timing and no second kernel runs.
+// Memory: each lane streams its own 16-byte weight and x vectors, and the scales of each new
+// group, through a ring of shared-memory stages (cp.async, S − 1 stages ahead of the one in use);
+// a lane reads back only what it copied itself, so the ring needs no barrier. The 4 warps of a
+// block own 128 adjacent columns and read the same x at about the same time, which L1 then
+// serves. K is split over gridDim.y (to fill the GPU, and to keep a block's share of K short;
+// ops::select_linear picks the split): every block writes f32 partials and the last block of a
+// column block to finish (an atomic counter, zero before the launch and left zero) sums them in
+// split order, so the result does not depend on timing and no second kernel runs.
 #include <type_traits>
 
 #include "common.cuh"

@@ -83,15 +83,17 @@ fn gemv_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
     want.min((tiles / 8).max(1)).clamp(1, 64)
 }
 
-/// K split of the small-M path (blocks of 128 columns): up to four blocks per SM, as many as
-/// are resident at once at every m (registers and shared memory), so the grid is one wave with
-/// no tail; measured on an H200, more splits only add partials. Each block keeps at least 8
-/// tiles (the depth of its load ring).
+/// K split of the small-M path (blocks of 128 columns): enough blocks to fill the GPU (up to
+/// four per SM, what is resident at once at every m), and at most about 32 tiles (1024 rows of
+/// K) per block — measured on an H200 (docs/gpu-bench-linear-h200.md), a block's share of K
+/// near 32 tiles was fastest at every m whatever the grid, so long K splits further even when
+/// that takes more than one wave. Each block keeps at least 8 tiles (the depth of its load
+/// ring).
 fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
     let blocks = n.div_ceil(128).max(1);
     let tiles = k.div_ceil(32);
-    let want = (4 * sms.max(1)) / blocks;
-    want.min(tiles / 8).clamp(1, 64)
+    let fill = (4 * sms.max(1)) / blocks;
+    fill.max(tiles / 32).min(tiles / 8).clamp(1, 64)
 }
 
 thread_local! {
@@ -432,14 +434,16 @@ mod tests {
             let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
             let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
             assert!(s32 <= s1, "{k}×{n}: {s32} > {s1}");
-            // Split grids are one wave: four blocks per SM at most.
+            // A block's share of K stays near 32 tiles (the measured best), whatever the grid.
+            let per_block = k.div_ceil(32).div_ceil(s1);
             assert!(
-                s1 == 1 || n.div_ceil(128) * s1 <= 4 * H200.0,
-                "{k}×{n}: {s1}"
+                per_block <= 32 || s1 == 64,
+                "{k}×{n}: {per_block} tiles per block"
             );
         }
-        // Wide N alone fills the GPU: no split.
-        assert_eq!(select_linear(1, 8192, 131072, q4, H200.0, H200.1).split, 1);
+        // Wide N alone fills the GPU: only K's length splits it (about 32 tiles a block).
+        assert_eq!(select_linear(1, 1024, 131072, q4, H200.0, H200.1).split, 1);
+        assert_eq!(select_linear(1, 8192, 131072, q4, H200.0, H200.1).split, 8);
     }
 
     #[test]
