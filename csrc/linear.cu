@@ -19,7 +19,6 @@
 
 #include "common.cuh"
 #include "linear_small.cuh"
-#include "qlayout.cuh"
 
 namespace paradec {
 namespace {
@@ -104,7 +103,6 @@ struct QArgs {
     const void *x;  // [m, ldx]: x itself (ldx = k = kp) or the gathered x_g (ldx = kp)
     int64_t ldx;
     const uint32_t *words;
-    int64_t word_rows;
     const uint2 *tiles;
     const float2 *sz;
     const void *bias;
@@ -147,13 +145,12 @@ __device__ __forceinline__ void gemv_tile(const uint32_t (&wq)[4][8], const floa
     }
 }
 
-// Word rows wr .. wr + B − 1 of columns c0 .. c0 + 3 (one panel: c0 % 4 == 0).
 template <int B>
-__device__ __forceinline__ void load_words(const uint32_t *words, int64_t word_rows, int64_t wr,
+__device__ __forceinline__ void load_words(const uint32_t *words, int64_t np, int64_t wr,
                                            int64_t c0, uint32_t (&wq)[4][8]) {
 #pragma unroll
     for (int i = 0; i < B; ++i) {
-        const uint4 v = ld_ro(words + word_index(word_rows, wr + i, c0));
+        const uint4 v = ld_ro(words + (wr + i) * np + c0);
         wq[0][i] = v.x;
         wq[1][i] = v.y;
         wq[2][i] = v.z;
@@ -177,7 +174,7 @@ __device__ __forceinline__ void gemv_one(const QArgs &a, int t, int64_t c0, cons
     const uint2 meta = __ldg(a.tiles + t);
     uint32_t wq[4][8];
     float2 s[4];
-    load_words<B>(a.words, a.word_rows, meta.x, c0, wq);
+    load_words<B>(a.words, a.np, meta.x, c0, wq);
     load_sz(a.sz, a.np, static_cast<int>(meta.y & 0xFFFFFFu), c0, s);
     gemv_tile<T, MT, B>(wq, s, x0 + static_cast<int64_t>(t) * kTile, a.ldx, rows, acc);
 }
@@ -228,8 +225,8 @@ __global__ void __launch_bounds__(128) qgemv_kernel(QArgs a) {
                 const uint2 mb = __ldg(a.tiles + t + kGemvWarps);
                 uint32_t wa[4][8], wb[4][8];
                 float2 sa[4], sb[4];
-                load_words<B>(a.words, a.word_rows, ma.x, c0, wa);
-                load_words<B>(a.words, a.word_rows, mb.x, c0, wb);
+                load_words<B>(a.words, a.np, ma.x, c0, wa);
+                load_words<B>(a.words, a.np, mb.x, c0, wb);
                 load_sz(a.sz, a.np, static_cast<int>(ma.y & 0xFFFFFFu), c0, sa);
                 load_sz(a.sz, a.np, static_cast<int>(mb.y & 0xFFFFFFu), c0, sb);
                 gemv_tile<T, MT, B>(wa, sa, x0 + static_cast<int64_t>(t) * kTile, a.ldx, rows, acc);
@@ -335,7 +332,6 @@ struct MArgs {
     int64_t kdim;  // k (dense) or kp (quantized)
     const void *w;  // dense [n, k]
     const uint32_t *words;
-    int64_t word_rows;
     const uint2 *tiles;
     const float2 *sz;
     const void *bias;
@@ -368,11 +364,11 @@ __device__ __forceinline__ void load_tile(const T *g, int64_t ld, int64_t rows, 
 
 // Dequantizes 16 rows (h·16 ..) of one column of a B-bit tile into s[c][...].
 template <typename T, int B>
-__device__ __forceinline__ void dequant_col(const uint32_t *words, int64_t word_rows, int64_t wr,
+__device__ __forceinline__ void dequant_col(const uint32_t *words, int64_t np, int64_t wr,
                                             int64_t gc, float2 sz, int h, T *dst) {
     uint32_t wq[8];
 #pragma unroll
-    for (int i = 0; i < B; ++i) wq[i] = __ldg(words + word_index(word_rows, wr + i, gc));
+    for (int i = 0; i < B; ++i) wq[i] = __ldg(words + (wr + i) * np + gc);
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
         if (hh != h) continue;
@@ -402,12 +398,12 @@ __device__ __forceinline__ void load_qtile(const MArgs &a, int t, int64_t n0, T 
     const float2 sz = __ldg(a.sz + g * a.np + gc);
     const int bits = BITS ? BITS : static_cast<int>(meta.y >> 24);
     switch (bits) {
-        case 2: dequant_col<T, 2>(a.words, a.word_rows, meta.x, gc, sz, h, dst); break;
-        case 3: dequant_col<T, 3>(a.words, a.word_rows, meta.x, gc, sz, h, dst); break;
-        case 4: dequant_col<T, 4>(a.words, a.word_rows, meta.x, gc, sz, h, dst); break;
-        case 5: dequant_col<T, 5>(a.words, a.word_rows, meta.x, gc, sz, h, dst); break;
-        case 6: dequant_col<T, 6>(a.words, a.word_rows, meta.x, gc, sz, h, dst); break;
-        default: dequant_col<T, 8>(a.words, a.word_rows, meta.x, gc, sz, h, dst); break;
+        case 2: dequant_col<T, 2>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 3: dequant_col<T, 3>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 4: dequant_col<T, 4>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 5: dequant_col<T, 5>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        case 6: dequant_col<T, 6>(a.words, a.np, meta.x, gc, sz, h, dst); break;
+        default: dequant_col<T, 8>(a.words, a.np, meta.x, gc, sz, h, dst); break;
     }
 }
 
@@ -590,7 +586,6 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.x = xa;
         a.ldx = ldx;
         a.words = w->words;
-        a.word_rows = static_cast<int64_t>(w->word_rows);
         a.tiles = w->tiles;
         a.sz = w->sz;
         a.bias = bias;
@@ -612,7 +607,6 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.x = xa;
         a.ldx = ldx;
         a.words = w->words;
-        a.word_rows = static_cast<int64_t>(w->word_rows);
         a.tiles = reinterpret_cast<const uint2 *>(w->tiles);
         a.sz = reinterpret_cast<const float2 *>(w->sz);
         a.bias = bias;
@@ -646,7 +640,6 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
     a.kdim = static_cast<int64_t>(w->kp);
     a.w = nullptr;
     a.words = w->words;
-        a.word_rows = static_cast<int64_t>(w->word_rows);
     a.tiles = reinterpret_cast<const uint2 *>(w->tiles);
     a.sz = reinterpret_cast<const float2 *>(w->sz);
     a.bias = bias;
@@ -688,7 +681,6 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
     a.kdim = static_cast<int64_t>(k);
     a.w = w;
     a.words = nullptr;
-    a.word_rows = 0;
     a.tiles = nullptr;
     a.sz = nullptr;
     a.bias = bias;

@@ -12,10 +12,8 @@
 // one dequantized A fragment.
 //
 // Fragments come straight from the device layout (no shuffled copy of the weights). A warp owns
-// 32 columns, one panel of the layout (qlayout.cuh); per 32-row tile, lane l = 4g + q loads one
-// 16-byte vector: word row q of columns 4g .. 4g + 3, i.e. rows 8q .. 8q + 7 of each (row 8q + j
-// in nibble j). The warp's 32 vectors are one contiguous 512-byte span, and its tiles follow
-// each other in memory. For column half h, A rows
+// 32 columns; per 32-row tile, lane l = 4g + q loads one 16-byte vector: word row q of columns
+// 4g .. 4g + 3, i.e. rows 8q .. 8q + 7 of each (row 8q + j in nibble j): four 128-byte spans. For column half h, A rows
 // g and g + 8 are columns 4g + 2h and 4g + 2h + 1. The k order inside a tile is permuted, the same
 // way in A and B, so the dot products do not change: in k chunk c (0, 1) the k slots (2q, 2q + 1)
 // hold rows (8q + 2c, 8q + 2c + 4) and the slots (2q + 8, 2q + 9) rows (8q + 2c + 1, 8q + 2c + 5),
@@ -40,7 +38,6 @@
 
 #include "common.cuh"
 #include "linear_small.cuh"
-#include "qlayout.cuh"
 
 namespace paradec {
 namespace {
@@ -193,7 +190,7 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     auto issue_data = [&](int j, int st, int u) {
         if (j >= count) return;
         const int64_t t = t0 + j;
-        const uint32_t *wp = live ? a.words + word_index(a.word_rows, 4 * t + q, c0) : a.words;
+        const uint32_t *wp = live ? a.words + (4 * t + q) * a.np + c0 : a.words;
         copy16_cg(&ring[warp][st][u][0][lane], wp, live);
         // x rows past m are not copied: what their stage holds only reaches the output
         // columns of those rows (mma columns do not mix), which are never stored.

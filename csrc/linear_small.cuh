@@ -19,8 +19,7 @@ constexpr size_t kSmallMaxM = 32;
 struct SmallArgs {
     const void *x;  // [m, ldx], 16-byte aligned rows: x itself (k = kp) or the gathered x_g
     int64_t ldx;
-    const uint32_t *words;  // panels of 32 columns (qlayout.cuh); tile t is word rows 4t .. 4t + 3
-    int64_t word_rows;
+    const uint32_t *words;  // [word_rows, np]; tile t is word rows 4t .. 4t + 3
     const uint32_t *tiles;  // [ntiles, 2] (the group of each tile)
     const float *sz;        // [groups, np, 2]
     const void *bias;       // [n] or null

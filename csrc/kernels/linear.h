@@ -28,16 +28,14 @@ enum paradec_linear_path {
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
  * weight). Stored rows j = 0..kp are grouped in tiles of 32 rows; tile t has one bit width b
  * (2, 3, 4, 5, 6 or 8) and belongs to one group g. Tile t of column c is a little-endian bit
- * stream of b 32-bit words, word rows word_row[t] + i for i < b, row r of the tile at bits
- * [r·b, r·b + b). Columns are stored in panels of 32, each panel all its word rows in order:
- * word row r of column c is words[((c / 32)·word_rows + r)·32 + c % 32] (the last panel is
- * padded with zero words to 32 columns). The weight of stored row j = 32t + r, column c is
+ * stream of b 32-bit words, words[(word_row[t] + i)·np + c] for i < b, row r of the tile at
+ * bits [r·b, r·b + b). The weight of stored row j = 32t + r, column c is
  *   w = q·sz[g·np + c].x + sz[g·np + c].y        (sz = (scale, −zero·scale), f32)
  * and stored row j multiplies input feature row_src[j] (−1: a padding row, x = 0); row_src is
  * NULL when j is the input feature itself (kp == k). np = N rounded up to 8. When every tile
  * has the same width (bits ≠ 0), tile t's words are word rows t·bits .. t·bits + bits − 1. */
 typedef struct paradec_qweight {
-    const uint32_t *words;   /* [ceil(np / 32), word_rows, 32] */
+    const uint32_t *words;   /* [word_rows, np] */
     const uint32_t *tiles;   /* [ntiles, 2]: word_row, group | bits << 24 */
     const float *sz;         /* [groups, np, 2] */
     const int32_t *row_src;  /* [kp] or NULL */

@@ -290,7 +290,7 @@ pub fn run(
     } else {
         0
     };
-    let wbytes = paradec::quant::device::words_len(word_rows, np) * 4;
+    let wbytes = word_rows * np * 4;
     let words: Vec<u8> = (0..wbytes / 8)
         .flat_map(|_| rng.next().to_le_bytes())
         .collect();

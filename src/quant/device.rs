@@ -3,13 +3,10 @@
 //!
 //! Layout (see `csrc/kernels/linear.h`, `paradec_qweight`): stored rows in tiles of 32, each tile
 //! one bit width and one group; a group's rows are padded to a whole number of tiles (padding
-//! rows multiply a zero activation). Tile t of column c is a bit stream of `bits` 32-bit words,
-//! word rows `word_row[t] + i`, row r at bits `[r·bits, r·bits + bits)` — for GPTQ and EXL2
-//! groups of whole tiles that is the checkpoint's own packing, so building the layout is a copy
-//! of words; other groups are repacked value by value. Columns are stored in panels of 32, each
-//! panel all its word rows in order (`word_index`): a warp reading a tile of 32 columns reads one
-//! contiguous span, and walking K it streams one contiguous panel — long runs in DRAM, where the
-//! checkpoint's row-major order gives 128-byte pieces of rows N words apart. Per group and column,
+//! rows multiply a zero activation). Tile t of column c is a bit stream of `bits` 32-bit words
+//! `words[(word_row[t] + i)·np + c]`, row r at bits `[r·bits, r·bits + bits)` — for GPTQ and
+//! EXL2 groups of whole tiles that is the checkpoint's own packing, so building the layout is a
+//! copy of word rows; other groups are repacked value by value. Per group and column,
 //! `sz = (scale, −zero·scale)` in f32, so that `w = q·scale − zero·scale = (q − zero)·scale`
 //! exactly (both products are exact in f32). `row_src[j]` is the input feature of stored row j
 //! (−1 for padding), absent when it is the identity.
@@ -20,20 +17,6 @@ use crate::{Error, Result};
 
 /// Rows per tile.
 pub(crate) const TILE_ROWS: usize = 32;
-
-/// Columns per panel of the packed words.
-pub(crate) const PANEL_COLS: usize = 32;
-
-/// Index in `words` of word row r of column c, for a layout of `word_rows` word rows (as
-/// `csrc/qlayout.cuh`).
-pub fn word_index(word_rows: usize, r: usize, c: usize) -> usize {
-    ((c / PANEL_COLS) * word_rows + r) * PANEL_COLS + c % PANEL_COLS
-}
-
-/// Words of a layout with `word_rows` word rows and `np` stored columns (whole panels).
-pub fn words_len(word_rows: usize, np: usize) -> usize {
-    np.div_ceil(PANEL_COLS) * PANEL_COLS * word_rows
-}
 
 /// A quantized weight in the device layout, in host memory.
 #[derive(Debug, Clone)]
@@ -54,7 +37,7 @@ pub struct QuantLayout {
     pub word_rows: usize,
     /// The width of every tile, or 0 when they mix.
     pub bits: u32,
-    /// `[ceil(np / 32), word_rows, 32]`: panels of 32 columns (`word_index`).
+    /// `[word_rows, np]`.
     pub words: Vec<u32>,
     /// `[ntiles, 2]`: first word row, `group | bits << 24`.
     pub tiles: Vec<u32>,
@@ -175,7 +158,7 @@ impl QuantLayout {
             )));
         }
         let kp = ntiles * TILE_ROWS;
-        let mut words = vec![0u32; words_len(word_rows, np)];
+        let mut words = vec![0u32; word_rows * np];
         let mut tiles = Vec::with_capacity(ntiles * 2);
         let mut sz = vec![0f32; groups.len() * np * 2];
         let mut row_src = vec![-1i32; kp];
@@ -203,8 +186,9 @@ impl QuantLayout {
                     Some((first, ld)) if full && (first + (t + 1) * b) * ld <= src.len() => {
                         for i in 0..b {
                             let s = (first + t * b + i) * ld;
+                            let d = (wr + i) * np;
                             for c in 0..n {
-                                words[word_index(word_rows, wr + i, c)] = src[s + c] as u32;
+                                words[d + c] = src[s + c] as u32;
                             }
                         }
                     }
@@ -215,9 +199,9 @@ impl QuantLayout {
                                 let q = (g.code)(r, c) as u64;
                                 let (w, sh) = (pos / 32, pos % 32);
                                 let v = q << sh;
-                                words[word_index(word_rows, wr + w, c)] |= v as u32;
+                                words[(wr + w) * np + c] |= v as u32;
                                 if sh + b > 32 {
-                                    words[word_index(word_rows, wr + w + 1, c)] |= (v >> 32) as u32;
+                                    words[(wr + w + 1) * np + c] |= (v >> 32) as u32;
                                 }
                             }
                         }
@@ -266,7 +250,7 @@ impl QuantLayout {
     pub fn entry(&self, j: usize, c: usize) -> (u32, f32, f32) {
         let (wr, g, bits) = self.tile(j / TILE_ROWS);
         let q = stream_get(
-            |w| self.words[word_index(self.word_rows, wr + w, c)],
+            |w| self.words[(wr + w) * self.np + c],
             (j % TILE_ROWS) * bits as usize,
             bits,
         );
@@ -303,7 +287,7 @@ pub struct PreparedQuant {
     pub word_rows: usize,
     /// The width of every tile, 0 when they mix.
     pub bits: u32,
-    /// I32 `[ceil(np / 32), word_rows, 32]`.
+    /// I32 `[word_rows, np]`.
     pub words: Tensor,
     /// I32 `[ntiles, 2]`.
     pub tiles: Tensor,
@@ -333,8 +317,7 @@ impl PreparedQuant {
             )));
         }
         let l = QuantLayout::new(w)?;
-        let panels = l.np.div_ceil(PANEL_COLS);
-        let words = i32_tensor(&l.words, &[panels, l.word_rows, PANEL_COLS], device)?;
+        let words = i32_tensor(&l.words, &[l.word_rows, l.np], device)?;
         let tiles = i32_tensor(&l.tiles, &[l.ntiles, 2], device)?;
         let sz = Tensor::from_f32(l.sz.clone(), &[l.groups, l.np, 2])?.to_device(device)?;
         let row_src = match &l.row_src {
@@ -406,14 +389,6 @@ mod tests {
         let l = QuantLayout::new(w).unwrap();
         let (k, n) = (l.k, l.n);
         assert_eq!(l.kp % TILE_ROWS, 0);
-        // Whole panels of 32 columns; the columns past N hold zero words.
-        assert_eq!(l.words.len(), words_len(l.word_rows, l.np));
-        assert_eq!(l.words.len() % (PANEL_COLS * l.word_rows), 0);
-        for r in 0..l.word_rows {
-            for c in n..l.np.div_ceil(PANEL_COLS) * PANEL_COLS {
-                assert_eq!(l.words[word_index(l.word_rows, r, c)], 0, "pad r{r} c{c}");
-            }
-        }
         let mut seen = vec![false; k];
         let dense = w.dequantize();
         for j in 0..l.kp {

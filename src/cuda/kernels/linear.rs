@@ -22,7 +22,7 @@ fn path_code(p: LinearPath) -> i32 {
 /// A quantized weight in the device layout (see `csrc/kernels/linear.h`): the tensors and sizes
 /// of `paradec_qweight`.
 pub struct QuantWeightArgs<'a> {
-    /// I32 `[ceil(np / 32), word_rows, 32]` (panels of 32 columns).
+    /// I32 `[word_rows, np]`.
     pub words: &'a Tensor,
     /// I32 `[ntiles, 2]`.
     pub tiles: &'a Tensor,
@@ -54,7 +54,7 @@ impl QuantWeightArgs<'_> {
             self.words,
             "quantized weight words",
             Some(DType::I32),
-            crate::quant::device::words_len(self.word_rows, self.np),
+            self.word_rows * self.np,
             stream,
         )?;
         check_tensor(
