@@ -299,13 +299,38 @@ impl Model {
             }
         }
         let mark = ws.mark();
-        let r = self.run_layers(s, ids, params, cache, loras, ws, capture, report);
+        // Owned: the outputs outlive the workspace's temporaries.
+        let r = Tensor::zeros(
+            &[params.tokens(), self.arch.hidden],
+            self.dtype(),
+            self.device(),
+        )
+        .and_then(|normed| {
+            let logits = Tensor::zeros(
+                &[params.batch, params.q_len, self.arch.vocab],
+                self.dtype(),
+                self.device(),
+            )?;
+            let mut out = ModelOutput {
+                hidden_states: normed,
+                logits,
+            };
+            // One upload of the step's tables for every layer.
+            if self.device() != Device::Cpu {
+                ws.stage_step(s, params.step_tables(ids, &self.arch.rotary, None, None))?;
+            }
+            self.run_layers(s, ids, params, cache, loras, ws, capture, report, &mut out)?;
+            Ok(out)
+        });
+        ws.unstage();
         ws.release(mark);
         r
     }
 
+    /// Runs the layers and the head over `ids` into `out` (preallocated: a captured graph
+    /// writes the same tensors every replay).
     #[allow(clippy::too_many_arguments)]
-    fn run_layers(
+    pub(crate) fn run_layers(
         &self,
         s: &Stream,
         ids: &[u32],
@@ -315,8 +340,13 @@ impl Model {
         ws: &mut Workspace,
         capture: bool,
         report: &mut dyn FnMut(LayerReport<'_>),
-    ) -> Result<ModelOutput> {
+        out: &mut ModelOutput,
+    ) -> Result<()> {
         let a = &self.arch;
+        // The staged ids, when the driver staged this step (their device copy is what the
+        // embedding reads; a captured graph reads it at every replay).
+        let staged = ws.staged().filter(|st| st.tables.ids == ids);
+        let ids: &[u32] = staged.as_ref().map_or(ids, |st| &st.tables.ids);
         // The hidden states live in the workspace across the layers; each layer takes its
         // temporaries above them and gives them back.
         let mut hidden = ws.tensor(&[ids.len(), a.hidden])?;
@@ -340,26 +370,17 @@ impl Model {
                 });
             }
         }
-        // Owned: the outputs outlive the workspace's temporaries.
-        let mut normed =
-            Tensor::zeros(&[params.tokens(), a.hidden], hidden.dtype(), self.device())?;
-        self.final_norm.forward(s, &hidden, &mut normed)?;
-        let mut logits = Tensor::zeros(
-            &[params.batch, params.q_len, a.vocab],
-            hidden.dtype(),
-            self.device(),
-        )?;
+        let normed = &mut out.hidden_states;
+        let logits = &mut out.logits;
+        self.final_norm.forward(s, &hidden, normed)?;
         match &self.head {
-            Some(h) => h.forward(s, ws, &normed, &mut logits, false, &[])?,
-            None => ops::linear(s, ws, &normed, &self.embed, None, &mut logits, false)?,
+            Some(h) => h.forward(s, ws, normed, logits, false, &[])?,
+            None => ops::linear(s, ws, normed, &self.embed, None, logits, false)?,
         }
         if a.logit_scale != 1.0 {
-            ops::scale_inplace(s, &mut logits, a.logit_scale)?;
+            ops::scale_inplace(s, logits, a.logit_scale)?;
         }
-        Ok(ModelOutput {
-            hidden_states: normed,
-            logits,
-        })
+        Ok(())
     }
 
     /// The embeddings of `ids`, [tokens, hidden].

@@ -118,3 +118,50 @@ pub fn embedding_host_ids(
     };
     check_status(status, "paradec_embedding")
 }
+
+/// As [`embedding_host_ids`], with the ids' device copy already at `ids_dev` (the workspace's
+/// staged step) instead of uploading them; the host ids are still checked.
+///
+/// # Safety
+/// `ids_dev` holds a device copy of exactly `ids` (u32), on the stream's device, queued on
+/// `stream` (or complete) before this call and alive until the kernel has run.
+pub unsafe fn embedding_staged_ids(
+    table: &Tensor,
+    hidden: usize,
+    ids: &[u32],
+    ids_dev: *const u32,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let (code, vocab) = table_dims(table, hidden)?;
+    let dtype = table.dtype();
+    check_ids(ids, vocab)?;
+    let n = ids.len();
+    check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
+    check_tensor(out, "embedding out", Some(dtype), n * hidden, stream)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if ids_dev.is_null() {
+        return Err(Error::bad_input(
+            "embedding ids: the device copy is missing",
+        ));
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: live device allocations of the checked sizes; every id was checked < vocab;
+    // the device ids as the function's contract says.
+    let status = unsafe {
+        ffi::paradec_embedding(
+            code,
+            dev_ptr(table),
+            vocab,
+            hidden,
+            ids_dev.cast(),
+            ffi::paradec_id_type::PARADEC_IDS_U32 as i32,
+            n,
+            dev_ptr_mut(out),
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_embedding")
+}
