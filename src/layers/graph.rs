@@ -142,15 +142,19 @@ fn graph_stream(s: &Stream) -> Result<&crate::cuda::CudaStream> {
 }
 
 impl StepGraph {
-    /// Stages `tables`, then records what `record` queues on `s` (over those tables) into a
-    /// graph. Nothing runs; the workspace's arena must hold every temporary (a capture cannot
+    /// Stages the tables of a step of `shape` over an empty cache (token ids `ids`, rotary
+    /// tables of `arch`), then records what `record` queues on `s` for that step into a graph.
+    /// Nothing runs; the cache's record of what it holds is put back afterwards (the recorded
+    /// writes never ran). The workspace's arena must hold every temporary (a capture cannot
     /// allocate), and its step region stays where it is for the graph's life.
     pub(crate) fn capture(
         s: &Stream,
         ws: &mut Workspace,
         shape: StepShape,
-        tables: StepTables,
-        record: impl FnOnce(&Stream, &mut Workspace) -> Result<()>,
+        arch: &ArchParams,
+        ids: &[u32],
+        cache: &mut KvCache,
+        record: impl FnOnce(&Stream, &mut Workspace, &mut KvCache, &AttnParams) -> Result<()>,
     ) -> Result<Self> {
         let cs = graph_stream(s)?;
         if ws.device() != Device::Cuda(cs.device()) {
@@ -160,11 +164,14 @@ impl StepGraph {
                 cs.device()
             )));
         }
-        ws.stage_step(s, tables)?;
+        let p = shape.template()?;
+        ws.stage_step(s, shape.tables(ids, &p, arch))?;
         ws.freeze_step_region(true);
         let strict = ws.set_strict(true);
         let mark = ws.mark();
-        let graph = CudaGraph::capture(cs, |_| record(s, ws));
+        let held = cache.held_all();
+        let graph = CudaGraph::capture(cs, |_| record(s, ws, cache, &p));
+        cache.restore_held(held);
         ws.release(mark);
         ws.set_strict(strict);
         ws.unstage();
@@ -214,14 +221,9 @@ impl ParallelDecoder {
         masked: bool,
     ) -> Result<LayerGraph<'a>> {
         let shape = StepShape::new(batch, q_len, masked, cache)?;
-        let p = shape.template()?;
-        let tables = shape.tables(&[], &p, self.arch());
-        let held = cache.held_all();
-        let step = StepGraph::capture(s, &mut ws, shape, tables, |s, ws| {
-            self.forward(s, hidden, Some(cache), &p, &[], ws)
+        let step = StepGraph::capture(s, &mut ws, shape, self.arch(), &[], cache, |s, ws, c, p| {
+            self.forward(s, hidden, Some(c), p, &[], ws)
         });
-        // The capture recorded writes that never ran.
-        cache.restore_held(held);
         Ok(LayerGraph {
             layer: self,
             stream: s,

@@ -157,6 +157,20 @@ impl AttnParams {
         }
     }
 
+    /// Checks that there is one token id per query token.
+    pub fn check_ids_len(&self, ids: &[u32]) -> Result<()> {
+        if ids.len() != self.tokens() {
+            return Err(Error::bad_input(format!(
+                "token ids: expected batch {} × q_len {} = {}, got {}",
+                self.batch,
+                self.q_len,
+                self.tokens(),
+                ids.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The position of every query token, [batch · q_len].
     pub fn positions(&self) -> Vec<i64> {
         let mut v = Vec::with_capacity(self.tokens());

@@ -49,30 +49,15 @@ impl Model {
             )));
         }
         let shape = StepShape::new(batch, q_len, masked, cache)?;
-        let p = shape.template()?;
-        let ids = vec![0u32; p.tokens()];
+        let ids = vec![0u32; batch * q_len];
         let a = &self.arch;
         let mut out = ModelOutput {
-            hidden_states: Tensor::zeros(&[p.tokens(), a.hidden], self.dtype(), self.device())?,
+            hidden_states: Tensor::zeros(&[ids.len(), a.hidden], self.dtype(), self.device())?,
             logits: Tensor::zeros(&[batch, q_len, a.vocab], self.dtype(), self.device())?,
         };
-        let tables = shape.tables(&ids, &p, a);
-        let held = cache.held_all();
-        let step = StepGraph::capture(s, &mut ws, shape, tables, |s, ws| {
-            self.run_layers(
-                s,
-                &ids,
-                &p,
-                Some(cache),
-                &[],
-                ws,
-                false,
-                &mut |_| {},
-                &mut out,
-            )
+        let step = StepGraph::capture(s, &mut ws, shape, a, &ids, cache, |s, ws, c, p| {
+            self.run_layers(s, &ids, p, Some(c), &[], ws, false, &mut |_| {}, &mut out)
         });
-        // The capture recorded writes that never ran.
-        cache.restore_held(held);
         Ok(ModelGraph {
             model: self,
             stream: s,
@@ -92,15 +77,7 @@ impl ModelGraph<'_> {
     /// new positions.
     pub fn step(&mut self, ids: &[u32], params: &AttnParams) -> Result<&Tensor> {
         self.step.shape.check(params)?;
-        if ids.len() != params.tokens() {
-            return Err(Error::bad_input(format!(
-                "token ids: expected batch {} × q_len {} = {}, got {}",
-                params.batch,
-                params.q_len,
-                params.tokens(),
-                ids.len()
-            )));
-        }
+        params.check_ids_len(ids)?;
         let vocab = self.model.arch.vocab;
         if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
             return Err(Error::bad_input(format!(

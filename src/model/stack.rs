@@ -305,15 +305,7 @@ impl Model {
         report: &mut dyn FnMut(LayerReport<'_>),
     ) -> Result<ModelOutput> {
         params.validate()?;
-        if ids.len() != params.tokens() {
-            return Err(Error::bad_input(format!(
-                "token ids: expected batch {} × q_len {} = {}, got {}",
-                params.batch,
-                params.q_len,
-                params.tokens(),
-                ids.len()
-            )));
-        }
+        params.check_ids_len(ids)?;
         if let Some(c) = &cache {
             if c.num_layers() != self.layers.len() {
                 return Err(Error::bad_input(format!(
