@@ -38,6 +38,7 @@
 
 #include "common.cuh"
 #include "linear_small.cuh"
+#include "mma.cuh"
 
 namespace paradec {
 namespace {
@@ -99,28 +100,10 @@ __device__ __forceinline__ uint32_t splat2(float v) {
     return *reinterpret_cast<const uint32_t *>(&h);
 }
 
-template <typename T>
-__device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                             uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (std::is_same<T, __half>::value) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-#endif
-}
-
-// 16-byte asynchronous copies (zero-filled when !valid): .cg for the weights, read once and kept
-// out of L1; .ca for x, which the block's 4 warps all read.
+// Asynchronous copies into the ring (zero-filled when !valid): .cg for the weights, read once
+// and kept out of L1; .ca for x and the scales, which the block's 4 warps all read. Unlike
+// mma.cuh's copies these clobber memory, as the wait does: a lane reads its ring stage with
+// plain loads and no barrier, so the compiler must not move those loads across the wait.
 __device__ __forceinline__ void copy16_cg(void *smem, const void *gmem, bool valid) {
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
@@ -280,7 +263,7 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
                 };
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt)
-                    mma_m16n8k16<T>(accg[h][nt], af, b[nt][2 * c], b[nt][2 * c + 1]);
+                    mma_16816<T>(accg[h][nt], af, b[nt][2 * c], b[nt][2 * c + 1]);
             }
         }
     };

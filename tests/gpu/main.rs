@@ -34,6 +34,7 @@ mod activation;
 mod attention;
 mod decoder;
 mod embedding;
+mod graph;
 mod linear;
 mod norm;
 mod ops;
