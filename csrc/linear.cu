@@ -11,12 +11,15 @@
 // - MMA (larger m): 64×64 output tiles of 4 warps, mma.sync m16n8k16 with f32 accumulators; the
 //   32-row weight tile is dequantized straight into shared memory (never the whole matrix).
 // - Dense GEMV: a warp per output column, 16-byte loads along K, shuffles to finish.
+// - SMALL (m ≤ 32, uniform 4-bit tiles): tensor cores with swapped operands, weights streamed
+//   once (csrc/linear_small.cu).
 // Act-order / EXL2 permutations and padding rows are handled by gathering x once into the
 // scratch (x_g[m, kp]); the weight codes are never permuted at run time.
 #include <type_traits>
 
 #include "common.cuh"
 #include "linear_gemm.cuh"
+#include "linear_small.cuh"
 
 namespace paradec {
 namespace {
@@ -50,9 +53,14 @@ __device__ __forceinline__ float code_f(uint32_t q) {
 
 // ---- x gather ----------------------------------------------------------------------------------
 
+// Also zeroes the `ncounters` split-K counters of the SMALL path (a launch saved: they must be
+// zero when that kernel starts).
 template <typename T>
 __global__ void __launch_bounds__(256) gather_kernel(const T *x, const int32_t *row_src, T *xg,
-                                                     int64_t m, int64_t k, int64_t kp) {
+                                                     int64_t m, int64_t k, int64_t kp,
+                                                     unsigned *counters, int64_t ncounters) {
+    if (blockIdx.x == 0)
+        for (int64_t i = threadIdx.x; i < ncounters; i += blockDim.x) counters[i] = 0u;
     const int64_t total = m * kp;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -485,19 +493,37 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 
 constexpr size_t kMaxDim = size_t{1} << 31;
 
-int choose_path(int path, size_t m) {
+// The path a call takes. SMALL where it does not apply (other widths, m > 32) and AUTO pick by
+// m: GEMV up to 8 rows, else MMA; AUTO takes SMALL where it applies (w is null for dense).
+int choose_path(int path, size_t m, const paradec_qweight *w) {
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
+    if (w && small_path_applies(w, m)) return PARADEC_PATH_SMALL;
     return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
 }
 
+// Splits that leave no split without tiles (the SMALL kernel's last-block count needs them all).
+int effective_split(const paradec_qweight *w, int split) {
+    const size_t per = (w->ntiles + split - 1) / split;
+    return static_cast<int>((w->ntiles + per - 1) / per);
+}
+
 int mt_for(size_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
+
+// The SMALL path's split-K counters, one per column block, after its partials.
+size_t counter_bytes(const paradec_qweight *w) {
+    return round_up(small_col_blocks(w->np) * sizeof(unsigned), kAlign);
+}
 
 size_t gather_bytes(const paradec_qweight *w, size_t m) {
     return w->row_src ? round_up(m * w->kp * 2, kAlign) : 0;
 }
 
 size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
-    return (path == PARADEC_PATH_GEMV && split > 1) ? round_up(split * m * w->np * 4, kAlign) : 0;
+    if (split <= 1) return 0;
+    if (path == PARADEC_PATH_GEMV) return round_up(split * m * w->np * 4, kAlign);
+    if (path == PARADEC_PATH_SMALL)
+        return round_up(split * m * w->np * 4, kAlign) + counter_bytes(w);
+    return 0;
 }
 
 bool valid_bits(int b) { return b == 2 || b == 3 || b == 4 || b == 5 || b == 6 || b == 8; }
@@ -537,17 +563,49 @@ template <typename T>
 int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
                    bool accumulate, int path, int split, void *scratch, cudaStream_t stream) {
     char *sp = static_cast<char *>(scratch);
+    // The SMALL path's split-K counters follow its partials in the scratch.
+    const bool small_split = path == PARADEC_PATH_SMALL && split > 1;
+    float *part = split > 1 ? reinterpret_cast<float *>(sp + gather_bytes(w, m)) : nullptr;
+    unsigned *counters = small_split ? reinterpret_cast<unsigned *>(
+                                           reinterpret_cast<char *>(part) +
+                                           round_up(split * m * w->np * 4, kAlign))
+                                     : nullptr;
+    const size_t ncounters = small_split ? small_col_blocks(w->np) : 0;
     const void *xa = x;
     int64_t ldx = static_cast<int64_t>(w->k);
     if (w->row_src) {
         T *xg = reinterpret_cast<T *>(sp);
-        sp += gather_bytes(w, m);
         gather_kernel<T><<<grid_for(m * w->kp, 256), 256, 0, stream>>>(
-            static_cast<const T *>(x), w->row_src, xg, m, w->k, w->kp);
+            static_cast<const T *>(x), w->row_src, xg, m, w->k, w->kp, counters,
+            static_cast<int64_t>(ncounters));
         const int st = launch_status();
         if (st != PARADEC_K_OK) return st;
         xa = xg;
         ldx = static_cast<int64_t>(w->kp);
+    } else if (small_split) {
+        const cudaError_t e =
+            cudaMemsetAsync(counters, 0, ncounters * sizeof(unsigned), stream);
+        if (e != cudaSuccess) return static_cast<int>(e);
+    }
+    if (path == PARADEC_PATH_SMALL) {
+        SmallArgs a;
+        a.x = xa;
+        a.ldx = ldx;
+        a.words = w->words;
+        a.tiles = w->tiles;
+        a.sz = w->sz;
+        a.bias = bias;
+        a.out = out;
+        a.part = small_split ? part : nullptr;
+        a.counters = counters;
+        a.m = static_cast<int64_t>(m);
+        a.n = static_cast<int64_t>(w->n);
+        a.np = static_cast<int64_t>(w->np);
+        a.ntiles = static_cast<int>(w->ntiles);
+        a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
+        a.split = split;
+        a.accumulate = accumulate;
+        return launch_quant_small(dtype_of<T>(), a, stream);
     }
     if (path == PARADEC_PATH_GEMV) {
         QArgs a;
@@ -558,7 +616,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.sz = reinterpret_cast<const float2 *>(w->sz);
         a.bias = bias;
         a.out = out;
-        a.part = split > 1 ? reinterpret_cast<float *>(sp) : nullptr;
+        a.part = part;
         a.m = m;
         a.n = w->n;
         a.np = w->np;
@@ -673,9 +731,10 @@ int check_qweight(const paradec_qweight *w) {
 extern "C" size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t m,
                                                int path, int split) {
     (void)dtype;
-    if (!w || split < 1) return 0;
-    const int p = paradec::choose_path(path, m);
-    return paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, split);
+    if (!w || split < 1 || w->ntiles == 0) return 0;
+    const int p = paradec::choose_path(path, m, w);
+    const int sp = p == PARADEC_PATH_MMA ? 1 : paradec::effective_split(w, split);
+    return paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, sp);
 }
 
 extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
@@ -685,20 +744,20 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_MMA) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL) return PARADEC_K_BAD_ENUM;
         if (m == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
         if (split < 1 || split > 1024) return PARADEC_K_BAD_SHAPE;
         const int st = paradec::check_qweight(w);
         if (st != PARADEC_K_OK) return st;
-        const int p = paradec::choose_path(path, m);
-        const int sp = p == PARADEC_PATH_GEMV ? split : 1;
+        const int p = paradec::choose_path(path, m, w);
+        const int sp = p == PARADEC_PATH_MMA ? 1 : paradec::effective_split(w, split);
         const size_t need = paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, sp);
         if (need > 0 && (!scratch || scratch_bytes < need)) return PARADEC_K_BAD_SHAPE;
         if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
-        // The GEMV path reads x (or x_g) in 16-byte vectors of 32-row tiles.
+        // The GEMV and SMALL paths read x (or x_g) in 16-byte vectors of 32-row tiles.
         if (!w->row_src && (w->k % 32 != 0 || !paradec::aligned16(x))) {
-            if (p == PARADEC_PATH_GEMV) return PARADEC_K_BAD_SHAPE;
+            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL) return PARADEC_K_BAD_SHAPE;
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::quant_linear_t<decltype(tag)>(x, m, w, bias, out, accumulate != 0, p,
@@ -713,11 +772,13 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_MMA) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL) return PARADEC_K_BAD_ENUM;
         if (m == 0 || k == 0 || n == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
             return PARADEC_K_DIM_TOO_LARGE;
-        const int p = paradec::choose_path(path, m);
+        // Dense weights have no SMALL path: it is AUTO for them.
+        const int p = paradec::choose_path(path == PARADEC_PATH_SMALL ? PARADEC_PATH_AUTO : path,
+                                           m, nullptr);
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::linear_t<decltype(tag)>(x, m, k, w, n, bias, out, accumulate != 0, p,
                                                     stream);

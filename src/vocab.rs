@@ -144,12 +144,17 @@ pub enum QkvLayout {
     FusedGrouped,
 }
 
-/// The kernel a linear runs on a device: CUDA-core GEMV (small M, bandwidth-bound) or the
-/// tensor-core tiles (mma.sync). Chosen by `ops::select_linear`; tests force each.
+/// The kernel a linear runs on a device: CUDA-core GEMV (small M, bandwidth-bound), the
+/// tensor-core tiles (mma.sync), or the tensor-core small-M path of 4-bit weights. Chosen by
+/// `ops::select_linear`; tests force each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinearPath {
     /// CUDA-core GEMV for small M.
     Gemv,
     /// Tensor-core (mma.sync) tiles.
     Mma,
+    /// Uniform 4-bit quantized weights at M ≤ 32: tensor cores with the weights as the 16-row
+    /// operand, streamed once (K split across blocks). Where it does not apply (other widths,
+    /// larger M, dense weights) the launcher makes its own choice.
+    Small,
 }

@@ -2,7 +2,8 @@
  * scale LoRA uses. Included by paradec_kernels.h.
  *
  * Every linear computes out[m, N] (+)= x[m, K] · Wᵀ + bias with f32 accumulation; results do not
- * depend on timing (split-K partials are summed in a fixed order by a second kernel). */
+ * depend on timing (split-K partials are summed in a fixed order, by a second kernel or by the
+ * last block to finish). */
 #ifndef PARADEC_KERNELS_LINEAR_H
 #define PARADEC_KERNELS_LINEAR_H
 
@@ -12,11 +13,16 @@
 extern "C" {
 #endif
 
-/* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape). */
+/* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape: SMALL
+ * where it applies, else GEMV for m ≤ 8 and MMA above). */
 enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
-    PARADEC_PATH_MMA = 2   /* tensor cores (mma.sync m16n8k16), 64×64 output tiles */
+    PARADEC_PATH_MMA = 2,  /* tensor cores (mma.sync m16n8k16), 64×64 output tiles */
+    PARADEC_PATH_SMALL = 3 /* quantized, uniform 4-bit, m ≤ 32: tensor cores with the weights as
+                              the 16-row operand, streamed once; K split as asked (the last block
+                              sums the partials). Elsewhere (other widths, larger m, dense) it
+                              is AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
@@ -26,7 +32,8 @@ enum paradec_linear_path {
  * bits [r·b, r·b + b). The weight of stored row j = 32t + r, column c is
  *   w = q·sz[g·np + c].x + sz[g·np + c].y        (sz = (scale, −zero·scale), f32)
  * and stored row j multiplies input feature row_src[j] (−1: a padding row, x = 0); row_src is
- * NULL when j is the input feature itself (kp == k). np = N rounded up to 8. */
+ * NULL when j is the input feature itself (kp == k). np = N rounded up to 8. When every tile
+ * has the same width (bits ≠ 0), tile t's words are word rows t·bits .. t·bits + bits − 1. */
 typedef struct paradec_qweight {
     const uint32_t *words;   /* [word_rows, np] */
     const uint32_t *tiles;   /* [ntiles, 2]: word_row, group | bits << 24 */
@@ -41,8 +48,8 @@ size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t 
                                     int split);
 
 /* out[m, n] (+)= x[m, k] · Wᵀ + bias[n] (bias may be NULL); x, bias, out of `dtype`.
- * `path` picks the kernel (AUTO: GEMV for m ≤ 8, else MMA); `split` (≥ 1) splits K across
- * blocks on the GEMV path (ignored by MMA). scratch holds at least
+ * `path` picks the kernel (see paradec_linear_path); `split` (≥ 1) splits K across blocks on
+ * the GEMV and SMALL paths (ignored by MMA). scratch holds at least
  * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0). */
 int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
                          const void *bias, void *out, int accumulate, int path, int split,

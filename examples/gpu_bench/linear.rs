@@ -4,6 +4,7 @@
 //! the read bandwidth measured in the same run (`measure_read_bw`).
 
 use super::*;
+use paradec::vocab::LinearPath;
 
 /// Read bandwidth: bytes / time of a read-only reduction over a 2 GiB buffer.
 pub fn measure_read_bw(stream: &CudaStream, samples: usize) -> Result<f64> {
@@ -116,10 +117,109 @@ pub struct LinRow {
     pub bytes: usize,
     pub t: Timing,
     pub path: &'static str,
+    pub split: usize,
 }
 
-/// Times one format and shape at every M.
-pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result<Vec<LinRow>> {
+/// What the linear bench runs: `--lin-fmt a,b` (substrings of format names), `--lin-ms 1,2,4`,
+/// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,mma` (each M timed on each
+/// listed path; `auto` is `select_linear`'s choice), `--lin-split 1,4,16` (each streaming-path
+/// case also timed with these K splits, for tuning). Unset: everything, automatic path.
+#[derive(Default)]
+pub struct LinOpts {
+    pub fmts: Option<Vec<String>>,
+    pub ms: Option<Vec<usize>>,
+    pub shapes: Option<Vec<(usize, usize)>>,
+    pub paths: Vec<Option<LinearPath>>,
+    pub splits: Vec<Option<usize>>,
+}
+
+impl LinOpts {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let get = |flag: &str| -> Option<Vec<String>> {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        };
+        let bad = |what: &str, v: &str| Error::bad_input(format!("gpu_bench: bad {what}: {v}"));
+        let ms = match get("--lin-ms") {
+            Some(v) => Some(
+                v.iter()
+                    .map(|s| s.parse().map_err(|_| bad("--lin-ms", s)))
+                    .collect::<Result<Vec<usize>>>()?,
+            ),
+            None => None,
+        };
+        let shapes = match get("--lin-shapes") {
+            Some(v) => Some(
+                v.iter()
+                    .map(|s| {
+                        let (k, n) = s.split_once('x').ok_or_else(|| bad("--lin-shapes", s))?;
+                        Ok((
+                            k.parse().map_err(|_| bad("--lin-shapes", s))?,
+                            n.parse().map_err(|_| bad("--lin-shapes", s))?,
+                        ))
+                    })
+                    .collect::<Result<Vec<(usize, usize)>>>()?,
+            ),
+            None => None,
+        };
+        let paths = match get("--lin-path") {
+            Some(v) => v
+                .iter()
+                .map(|s| match s.as_str() {
+                    "auto" => Ok(None),
+                    "gemv" => Ok(Some(LinearPath::Gemv)),
+                    "mma" => Ok(Some(LinearPath::Mma)),
+                    "small" => Ok(Some(LinearPath::Small)),
+                    _ => Err(bad("--lin-path", s)),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![None],
+        };
+        let splits = match get("--lin-split") {
+            Some(v) => v
+                .iter()
+                .map(|s| s.parse().map(Some).map_err(|_| bad("--lin-split", s)))
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![None],
+        };
+        Ok(LinOpts {
+            splits,
+            fmts: get("--lin-fmt"),
+            ms,
+            shapes,
+            paths,
+        })
+    }
+}
+
+fn path_code(p: LinearPath) -> i32 {
+    match p {
+        LinearPath::Gemv => 1,
+        LinearPath::Mma => 2,
+        LinearPath::Small => 3,
+    }
+}
+
+fn path_label(p: LinearPath) -> &'static str {
+    match p {
+        LinearPath::Gemv => "gemv",
+        LinearPath::Mma => "mma",
+        LinearPath::Small => "small",
+    }
+}
+
+/// Times one format and shape at every M on every path of `paths` (None: the automatic plan).
+pub fn run(
+    b: &Bench,
+    fmt: Fmt,
+    k: usize,
+    n: usize,
+    ms_list: &[usize],
+    paths: &[Option<LinearPath>],
+    splits: &[Option<usize>],
+) -> Result<Vec<LinRow>> {
     let dt = Dt::F16;
     let mut rng = XorShift(0x2545_F491_4F6C_DD1D ^ (k * 31 + n) as u64);
     let max_m = *ms_list.iter().max().unwrap_or(&1);
@@ -133,6 +233,7 @@ pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result
         x.fill_float(dt, -1.0, 1.0, 6)?;
         let out = Pool::new(max_m * n * 2, 2)?;
         for &m in ms_list {
+            // Dense weights have the GEMV and the tiles only.
             let path = if m <= 8 { 1 } else { 2 };
             let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
                 // SAFETY: pool sets sized for [n, k] weights, [max_m, k] x and [max_m, n] out.
@@ -164,6 +265,7 @@ pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result
                 bytes: wbytes + m * (k + n) * 2,
                 t,
                 path: if path == 1 { "gemv" } else { "mma" },
+                split: 1,
             });
         }
         return Ok(rows);
@@ -241,8 +343,16 @@ pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result
         bits: uniform,
     };
     let props = cuda::properties(0)?;
-    for &m in ms_list {
-        let plan = paradec::ops::select_linear(
+    let runs: Vec<(usize, Option<LinearPath>, Option<usize>)> = ms_list
+        .iter()
+        .flat_map(|&m| {
+            paths
+                .iter()
+                .flat_map(move |&p| splits.iter().map(move |&sp| (m, p, sp)))
+        })
+        .collect();
+    for (m, forced, split) in runs {
+        let auto = paradec::ops::select_linear(
             m,
             k,
             n,
@@ -252,10 +362,38 @@ pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result
             props.multiprocessors as usize,
             props.compute_capability,
         );
-        let path = match plan.path {
-            paradec::vocab::LinearPath::Gemv => 1,
-            paradec::vocab::LinearPath::Mma => 2,
+        // A forced streaming path takes the split its own rule gives.
+        let plan = match forced {
+            None => auto,
+            Some(p) => {
+                // The rows and width for which select_linear picks p itself.
+                let (bits, rows) = if p == LinearPath::Small {
+                    (4, m.min(32))
+                } else {
+                    (3, m.min(8))
+                };
+                let own = paradec::ops::select_linear(
+                    rows,
+                    k,
+                    n,
+                    paradec::ops::LinearFormat::Quant { bits },
+                    props.multiprocessors as usize,
+                    props.compute_capability,
+                );
+                paradec::ops::LinearPlan {
+                    path: p,
+                    split: if p == LinearPath::Mma { 1 } else { own.split },
+                }
+            }
         };
+        let plan = match split {
+            Some(sp) if plan.path != LinearPath::Mma => paradec::ops::LinearPlan {
+                path: plan.path,
+                split: sp,
+            },
+            _ => plan,
+        };
+        let path = path_code(plan.path);
         let q0 = qw(0);
         // SAFETY: a size computation on the host.
         let need = unsafe {
@@ -294,15 +432,18 @@ pub fn run(b: &Bench, fmt: Fmt, k: usize, n: usize, ms_list: &[usize]) -> Result
             m,
             bytes: per_set + m * (k + n) * 2 + perm.as_ref().map_or(0, Vec::len),
             t,
-            path: if path == 1 { "gemv" } else { "mma" },
+            path: path_label(plan.path),
+            split: plan.split,
         });
     }
     Ok(rows)
 }
 
-/// Every format × shape × M; prints the table and returns CSV lines.
-pub fn run_all(b: &Bench, quick: bool, read_bw: f64) -> Result<String> {
-    let shapes: Vec<(usize, usize)> = if quick {
+/// Every format × shape × M (as `opts` narrows them); prints the table and returns CSV lines.
+pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<String> {
+    let shapes: Vec<(usize, usize)> = if let Some(s) = &opts.shapes {
+        s.clone()
+    } else if quick {
         vec![(4096, 12288), (8192, 28672)]
     } else {
         vec![
@@ -314,7 +455,10 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64) -> Result<String> {
             (8192, 28672),
         ]
     };
-    let ms = [1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048];
+    let ms = opts
+        .ms
+        .clone()
+        .unwrap_or_else(|| vec![1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048]);
     let mut csv = String::from(
         "kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_read,floor_us,x_floor,path\n",
     );
@@ -322,19 +466,30 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64) -> Result<String> {
         "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for fmt in Fmt::ALL {
+        if let Some(f) = &opts.fmts {
+            if !f.iter().any(|f| fmt.name().contains(f.as_str())) {
+                continue;
+            }
+        }
         for &(k, n) in &shapes {
-            for r in run(b, fmt, k, n, &ms)? {
+            for r in run(b, fmt, k, n, &ms, &opts.paths, &opts.splits)? {
                 let best = r.t.b2b_us.min(r.t.graph_us);
                 let gbps = r.bytes as f64 / (best * 1e-6) / 1e9;
                 let floor = r.bytes as f64 / read_bw * 1e6;
                 let tflops = 2.0 * (r.m * r.k * r.n) as f64 / (best * 1e-6) / 1e12;
+                // The path, with its K split where it has one.
+                let path = if r.split > 1 {
+                    format!("{}/{}", r.path, r.split)
+                } else {
+                    r.path.to_string()
+                };
                 println!(
                     "| {} | {}x{} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
                     r.fmt,
                     r.k,
                     r.n,
                     r.m,
-                    r.path,
+                    path,
                     r.t.b2b_us,
                     r.t.graph_us,
                     gbps,

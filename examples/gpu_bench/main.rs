@@ -6,7 +6,8 @@
 //! streaming bandwidth is (bytes read + written) / time of a large device-to-device copy.
 //!
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
-//! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table;
+//! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table,
+//! narrowed by `--lin-fmt`, `--lin-ms`, `--lin-shapes` and `--lin-path` (see `LinOpts`);
 //! `--attention` the attention family (examples/gpu_bench/attention.rs: TFLOP/s and KV GB/s);
 //! `--decoder` one decode step of whole layers, `--model` a 32-layer model's decode tokens/s
 //! (examples/gpu_bench/decoder.rs).
@@ -335,7 +336,8 @@ fn main() -> Result<()> {
             "# read bandwidth (read-only reduction over 2 GiB): {:.0} GB/s",
             read_bw / 1e9
         );
-        let lines = linear::run_all(&b, quick, read_bw)?;
+        let opts = linear::LinOpts::parse(&args)?;
+        let lines = linear::run_all(&b, quick, read_bw, &opts)?;
         if let Some(path) = csv {
             let text = format!(
                 "# device,{},read_gbps,{:.1}\n{lines}",

@@ -18,20 +18,25 @@ pub enum LinearFormat {
     },
 }
 
-/// A kernel choice: the path and, for the quantized GEMV, how many ways K is split.
+/// A kernel choice: the path and, for the quantized GEMV and small-M paths, how many ways K is
+/// split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinearPlan {
     /// The kernel path.
     pub path: LinearPath,
-    /// Ways K is split (quantized GEMV only; 1 otherwise).
+    /// Ways K is split (quantized GEMV and small-M paths only; 1 otherwise).
     pub split: usize,
 }
 
+/// The largest M the tensor-core small-M path takes (four n8 tiles of x rows).
+pub(crate) const SMALL_MAX_M: usize = 32;
+
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
-/// compute capability `cc`. Small m streams the weights on CUDA cores (a bandwidth-bound
-/// GEMV; K is split so that at least two blocks per SM run); larger m, on sm_80 and later, runs
-/// on tensor cores. The GEMV aims at eight blocks of 4 warps per SM, so that enough 16-byte loads
-/// are in flight to cover the memory latency.
+/// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
+/// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
+/// registers). Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
+/// m, on sm_80 and later, runs on tensor-core tiles. Both streaming paths split K so that enough
+/// blocks run to keep many 16-byte loads in flight on every SM.
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -40,23 +45,17 @@ pub fn select_linear(
     sms: usize,
     cc: (u32, u32),
 ) -> LinearPlan {
+    if format == (LinearFormat::Quant { bits: 4 }) && m <= SMALL_MAX_M && cc.0 >= 8 {
+        return LinearPlan {
+            path: LinearPath::Small,
+            split: small_split(m, k, n, sms),
+        };
+    }
     let gemv_max = 8;
     if m <= gemv_max || cc.0 < 8 {
         let split = match format {
             LinearFormat::Dense => 1,
-            LinearFormat::Quant { .. } => {
-                let mt = match m {
-                    0..=1 => 1,
-                    2 => 2,
-                    3..=4 => 4,
-                    _ => 8,
-                };
-                let blocks = n.div_ceil(128).max(1) * m.div_ceil(mt).max(1);
-                let tiles = k.div_ceil(32);
-                let want = (8 * sms.max(1)).div_ceil(blocks);
-                // Keep at least 8 tiles (two per warp) in each block's share of K.
-                want.min((tiles / 8).max(1)).clamp(1, 64)
-            }
+            LinearFormat::Quant { .. } => gemv_split(m, k, n, sms),
         };
         return LinearPlan {
             path: LinearPath::Gemv,
@@ -69,13 +68,42 @@ pub fn select_linear(
     }
 }
 
+/// K split of the quantized GEMV: eight blocks of 4 warps per SM, so that enough 16-byte loads
+/// are in flight to cover the memory latency, with at least 8 tiles (two per warp) per block.
+fn gemv_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
+    let mt = match m {
+        0..=1 => 1,
+        2 => 2,
+        3..=4 => 4,
+        _ => 8,
+    };
+    let blocks = n.div_ceil(128).max(1) * m.div_ceil(mt).max(1);
+    let tiles = k.div_ceil(32);
+    let want = (8 * sms.max(1)).div_ceil(blocks);
+    want.min((tiles / 8).max(1)).clamp(1, 64)
+}
+
+/// K split of the small-M path (blocks of 128 columns): enough blocks to fill the GPU (up to
+/// four per SM, what is resident at once at every m), and at most about 32 tiles (1024 rows of
+/// K) per block — measured on an H200 (docs/gpu-bench-linear-h200.md), a block's share of K
+/// near 32 tiles was fastest at every m whatever the grid, so long K splits further even when
+/// that takes more than one wave. Each block keeps at least 8 tiles (the depth of its load
+/// ring).
+fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
+    let blocks = n.div_ceil(128).max(1);
+    let tiles = k.div_ceil(32);
+    let fill = (4 * sms.max(1)) / blocks;
+    fill.max(tiles / 32).min(tiles / 8).clamp(1, 64)
+}
+
 thread_local! {
     static OVERRIDE: Cell<Option<(LinearPath, Option<usize>)>> = const { Cell::new(None) };
 }
 
-/// Forces the path (and the quantized GEMV's split, when given) of this thread's linears on a
-/// device; `None` returns to `select_linear`. The environment variable `PARADEC_LINEAR_PATH`
-/// (`gemv` or `mma`, optionally `gemv:SPLIT`) does the same for every thread.
+/// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
+/// thread's linears on a device; `None` returns to `select_linear`. The environment variable
+/// `PARADEC_LINEAR_PATH` (`gemv`, `mma` or `small`, optionally `gemv:SPLIT` / `small:SPLIT`)
+/// does the same for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
     OVERRIDE.with(|c| c.set(o));
 }
@@ -89,6 +117,7 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
     match p.trim().to_ascii_lowercase().as_str() {
         "gemv" => Some((LinearPath::Gemv, s)),
         "mma" => Some((LinearPath::Mma, s)),
+        "small" => Some((LinearPath::Small, s)),
         _ => None,
     }
 }
@@ -122,17 +151,23 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
             }
         }
     };
-    let auto = select_linear(m, k, n, format, sms, cc);
     Ok(match OVERRIDE.with(Cell::get).or_else(env_override) {
-        Some((path, split)) => LinearPlan {
-            path,
-            split: if path == LinearPath::Gemv {
-                split.unwrap_or(auto.split).max(1)
-            } else {
-                1
-            },
-        },
-        None => auto,
+        Some((path, split)) => {
+            let default = match (path, format) {
+                (LinearPath::Mma, _) | (_, LinearFormat::Dense) => 1,
+                (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
+                (LinearPath::Small, _) => small_split(m, k, n, sms),
+            };
+            LinearPlan {
+                path,
+                split: if path == LinearPath::Mma {
+                    1
+                } else {
+                    split.unwrap_or(default).max(1)
+                },
+            }
+        }
+        None => select_linear(m, k, n, format, sms, cc),
     })
 }
 
@@ -322,11 +357,33 @@ mod tests {
     #[test]
     fn small_m_streams_large_m_uses_tensor_cores() {
         let q4 = LinearFormat::Quant { bits: 4 };
-        for m in 1..=8 {
+        // Uniform 4-bit up to 32 rows: the tensor-core small-M path.
+        for m in [1, 2, 3, 7, 8, 16, 31, 32] {
             let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
-            assert_eq!(p.path, LinearPath::Gemv, "m = {m}");
+            assert_eq!(p.path, LinearPath::Small, "m = {m}");
+            // sm_80 (A100) has mma.sync too.
+            assert_eq!(
+                select_linear(m, 4096, 4096, q4, 108, (8, 0)).path,
+                LinearPath::Small
+            );
         }
-        for m in [9, 16, 64, 2048] {
+        // Other widths, mixed widths and dense stream on CUDA cores up to 8 rows.
+        for fmt in [
+            LinearFormat::Quant { bits: 3 },
+            LinearFormat::Quant { bits: 8 },
+            LinearFormat::Quant { bits: 0 },
+            LinearFormat::Dense,
+        ] {
+            for m in 1..=8 {
+                let p = select_linear(m, 4096, 4096, fmt, H200.0, H200.1);
+                assert_eq!(p.path, LinearPath::Gemv, "{fmt:?} m = {m}");
+            }
+            for m in [9, 16, 32] {
+                let p = select_linear(m, 4096, 4096, fmt, H200.0, H200.1);
+                assert_eq!(p.path, LinearPath::Mma, "{fmt:?} m = {m}");
+            }
+        }
+        for m in [33, 64, 2048] {
             assert_eq!(
                 select_linear(m, 4096, 4096, q4, H200.0, H200.1).path,
                 LinearPath::Mma
@@ -341,11 +398,58 @@ mod tests {
             select_linear(512, 4096, 4096, q4, 80, (7, 5)).path,
             LinearPath::Gemv
         );
+        assert_eq!(
+            select_linear(1, 4096, 4096, q4, 80, (7, 5)).path,
+            LinearPath::Gemv
+        );
+    }
+
+    #[test]
+    fn small_path_split_fills_the_gpu() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        for (k, n) in [
+            (1024, 1024),
+            (4096, 4096),
+            (4096, 12288),
+            (16384, 4096),
+            (8192, 28672),
+            (32768, 1024),
+            (4096, 32768),
+        ] {
+            for m in [1, 8, 16, 32] {
+                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                assert_eq!(p.path, LinearPath::Small);
+                let blocks = n.div_ceil(128) * p.split;
+                let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
+                // Every SM gets a block, unless K is too short to split further.
+                assert!(
+                    blocks >= H200.0 || tiles_per_block < 16,
+                    "{k}×{n} m={m}: {blocks} blocks of {tiles_per_block} tiles"
+                );
+                // Each block keeps its load ring (8 tiles) busy.
+                assert!(tiles_per_block >= 8 || p.split == 1, "{k}×{n}: {p:?}");
+                assert!(p.split <= 64);
+            }
+            // More rows, no more split (the partials grow with m).
+            let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
+            let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
+            assert!(s32 <= s1, "{k}×{n}: {s32} > {s1}");
+            // A block's share of K stays near 32 tiles (the measured best), whatever the grid.
+            let per_block = k.div_ceil(32).div_ceil(s1);
+            assert!(
+                per_block <= 32 || s1 == 64,
+                "{k}×{n}: {per_block} tiles per block"
+            );
+        }
+        // Wide N alone fills the GPU: only K's length splits it (about 32 tiles a block).
+        assert_eq!(select_linear(1, 1024, 131072, q4, H200.0, H200.1).split, 1);
+        assert_eq!(select_linear(1, 8192, 131072, q4, H200.0, H200.1).split, 8);
     }
 
     #[test]
     fn split_fills_the_gpu_at_decode() {
-        let q4 = LinearFormat::Quant { bits: 4 };
+        // The CUDA-core GEMV's split (3-bit weights take it).
+        let q3 = LinearFormat::Quant { bits: 3 };
         for (k, n) in [
             (1024, 1024),
             (4096, 4096),
@@ -353,7 +457,7 @@ mod tests {
             (32768, 1024),
             (4096, 32768),
         ] {
-            let p = select_linear(1, k, n, q4, H200.0, H200.1);
+            let p = select_linear(1, k, n, q3, H200.0, H200.1);
             let blocks = n.div_ceil(128) * p.split;
             let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
             assert!(
@@ -363,7 +467,7 @@ mod tests {
             assert!(tiles_per_block >= 8 || p.split == 1, "{k}×{n}: {p:?}");
         }
         // Wide N needs little split; dense never splits.
-        assert!(select_linear(1, 4096, 32768, q4, 132, (9, 0)).split <= 8);
+        assert!(select_linear(1, 4096, 32768, q3, 132, (9, 0)).split <= 8);
         assert_eq!(
             select_linear(1, 32768, 1024, LinearFormat::Dense, 132, (9, 0)).split,
             1
@@ -380,6 +484,14 @@ mod tests {
         assert_eq!(
             parse_linear_override("gemv:4"),
             Some((LinearPath::Gemv, Some(4)))
+        );
+        assert_eq!(
+            parse_linear_override("small:6"),
+            Some((LinearPath::Small, Some(6)))
+        );
+        assert_eq!(
+            parse_linear_override("Small"),
+            Some((LinearPath::Small, None))
         );
         assert_eq!(parse_linear_override("cublas"), None);
     }

@@ -19,19 +19,26 @@ fn ms() -> Vec<usize> {
     }
 }
 
-/// The paths a test runs: each forced (GEMV unsplit and split) and the automatic choice.
-fn paths() -> Vec<Option<(LinearPath, Option<usize>)>> {
+type PathChoice = Option<(LinearPath, Option<usize>)>;
+
+/// The paths a test runs: each forced (the streaming paths unsplit and split) and the automatic
+/// choice. The small-M path, forced on a weight it does not take (other widths, M > 32), runs
+/// the launcher's own choice.
+fn paths() -> Vec<PathChoice> {
     vec![
         Some((LinearPath::Gemv, Some(1))),
         Some((LinearPath::Gemv, Some(3))),
         Some((LinearPath::Mma, None)),
+        Some((LinearPath::Small, Some(1))),
+        Some((LinearPath::Small, Some(3))),
         None,
     ]
 }
 
-fn path_name(p: Option<(LinearPath, Option<usize>)>) -> String {
+fn path_name(p: PathChoice) -> String {
     match p {
         Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
+        Some((LinearPath::Small, s)) => format!("small/{}", s.unwrap_or(0)),
         Some((LinearPath::Mma, _)) => "mma".into(),
         None => "auto".into(),
     }
@@ -41,19 +48,32 @@ fn path_name(p: Option<(LinearPath, Option<usize>)>) -> String {
 /// with `QuantWeight::forward` on the same (rounded) inputs; accumulate mode adds onto a random
 /// existing output exactly once.
 fn check_quant(what: &str, w: &QuantWeight, dtype: DType, seed: u64) {
+    check_quant_on(what, w, dtype, seed, &ms(), &paths());
+}
+
+/// `check_quant` over the given row counts and paths; returns the largest relative error seen.
+fn check_quant_on(
+    what: &str,
+    w: &QuantWeight,
+    dtype: DType,
+    seed: u64,
+    ms: &[usize],
+    paths: &[PathChoice],
+) -> f64 {
+    let mut worst = 0f64;
     let Some(s) = gpu_stream(what) else {
-        return;
+        return worst;
     };
     let s = Stream::Cuda(s);
     let (k, n) = (w.in_features(), w.out_features());
     let pw = PreparedQuant::new(w, Device::Cuda(0), dtype).unwrap();
     let mut ws = Workspace::new(Device::Cuda(0), dtype).unwrap();
     let mut rng = Rng::new(seed);
-    for m in ms() {
-        // The GEMV is the small-M path: at large M only the tensor cores and auto run.
+    for &m in ms {
+        // The streaming paths are for small M: at large M only the tensor cores and auto run.
         let (xd, xr) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dtype);
-        for p in paths() {
-            if m > 64 && matches!(p, Some((LinearPath::Gemv, _))) {
+        for &p in paths {
+            if m > 64 && matches!(p, Some((LinearPath::Gemv | LinearPath::Small, _))) {
                 continue;
             }
             ops::set_linear_override(p);
@@ -67,6 +87,7 @@ fn check_quant(what: &str, w: &QuantWeight, dtype: DType, seed: u64) {
                 w.forward(&xr, m, &mut want, accumulate).unwrap();
                 ops::prepared_linear(&s, &mut ws, &xd, &pw, &mut out, accumulate).unwrap();
                 let got = download(&out);
+                worst = worst.max(rel_err(&got, &want));
                 assert_close(
                     &format!("{what} m={m} {} acc={accumulate}", path_name(p)),
                     dtype,
@@ -77,6 +98,7 @@ fn check_quant(what: &str, w: &QuantWeight, dtype: DType, seed: u64) {
             ops::set_linear_override(None);
         }
     }
+    worst
 }
 
 fn gptq(bits: u32, gs: i64, act: bool, v2: bool, n: usize, k: usize, seed: u64) -> QuantWeight {
@@ -122,6 +144,106 @@ fn gptq_every_width_group_and_zero_convention() {
             );
         }
     }
+}
+
+/// The tensor-core small-M path (uniform 4-bit, M ≤ 32) on GPTQ-4 with and without act-order,
+/// classic and v2 zeros, groups that do and do not fill whole tiles, K that is not a whole
+/// number of groups, odd N, bias and accumulate; and EXL2-4 with its permutation. Split 1, an
+/// uneven split and the automatic one; a split run repeated gives the same bits.
+#[test]
+fn small_m_path_gptq4_and_exl2_4() {
+    let ms: Vec<usize> = if small() {
+        vec![1, 3, 8, 16, 32]
+    } else {
+        vec![1, 2, 3, 7, 8, 16, 31, 32]
+    };
+    let paths = [
+        Some((LinearPath::Small, Some(1))),
+        Some((LinearPath::Small, Some(3))),
+        Some((LinearPath::Small, None)),
+    ];
+    let mut weights: Vec<(String, QuantWeight)> = Vec::new();
+    let gptq_cases: Vec<(i64, bool, bool, usize, usize)> = if small() {
+        vec![(128, true, false, 67, 512), (32, false, true, 40, 200)]
+    } else {
+        vec![
+            (128, false, false, 136, 256),
+            (128, true, false, 67, 512),
+            (128, false, true, 33, 1000),
+            (32, false, true, 40, 200),
+            (64, true, true, 9, 320),
+            (-1, false, false, 17, 100),
+            (128, true, true, 264, 1408),
+        ]
+    };
+    for (i, &(gs, act, v2, n, k)) in gptq_cases.iter().enumerate() {
+        weights.push((
+            format!("gptq4 g{gs} act={act} v2={v2} {k}x{n}"),
+            gptq(4, gs, act, v2, n, k, 300 + i as u64),
+        ));
+    }
+    let exl2_cases: Vec<(usize, bool, usize, usize)> = if small() {
+        vec![(128, true, 67, 384)]
+    } else {
+        vec![(128, false, 64, 256), (128, true, 67, 384), (32, true, 31, 200)]
+    };
+    for (i, &(gs, permute, n, k)) in exl2_cases.iter().enumerate() {
+        let mut rng = Rng::new(400 + i as u64);
+        let wv = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -0.5, 0.5);
+        let r = Exl2Recipe {
+            parts: vec![(4, gs, 1.0)],
+            permute,
+        };
+        let w = exl2_weight(&wv, n, k, &r, (i % 2 == 0).then_some(&bias[..])).unwrap();
+        weights.push((format!("exl2-4 g{gs} permute={permute} {k}x{n}"), w));
+    }
+    if gpu_stream("small_m_path_gptq4_and_exl2_4").is_none() {
+        return;
+    }
+    let mut worst = [0f64; 2];
+    for (i, (what, w)) in weights.iter().enumerate() {
+        for (d, dt) in DTYPES.into_iter().enumerate() {
+            let pw = PreparedQuant::new(w, Device::Cuda(0), dt).unwrap();
+            // The path really runs: every tile is 4-bit, which the launcher takes at M ≤ 32.
+            assert_eq!(pw.bits, 4, "{what}");
+            let fmt = ops::LinearFormat::Quant { bits: pw.bits };
+            let plan = ops::select_linear(1, w.in_features(), w.out_features(), fmt, 132, (9, 0));
+            assert_eq!(plan.path, LinearPath::Small, "{what}");
+            let e = check_quant_on(what, w, dt, 500 + i as u64, &ms, &paths);
+            worst[d] = worst[d].max(e);
+            check_deterministic(what, w, &pw, dt);
+        }
+    }
+    eprintln!(
+        "small_m_path: {} weights, worst relative error f16 {:.2e}, bf16 {:.2e}",
+        weights.len(),
+        worst[0],
+        worst[1]
+    );
+}
+
+/// The split small-M path gives the same bits twice (the partials are summed in split order).
+fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {
+    let Some(s) = gpu_stream(what) else {
+        return;
+    };
+    let s = Stream::Cuda(s);
+    let (k, n) = (w.in_features(), w.out_features());
+    let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+    let mut rng = Rng::new(9);
+    let m = 5;
+    let (xd, _) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt);
+    ops::set_linear_override(Some((LinearPath::Small, Some(4))));
+    let runs: Vec<Vec<u32>> = (0..2)
+        .map(|_| {
+            let mut out = poisoned(&[m, n], dt);
+            ops::prepared_linear(&s, &mut ws, &xd, pw, &mut out, false).unwrap();
+            download(&out).iter().map(|v| v.to_bits()).collect()
+        })
+        .collect();
+    ops::set_linear_override(None);
+    assert_eq!(runs[0], runs[1], "{what}: split runs differ");
 }
 
 #[test]

@@ -15,6 +15,7 @@ fn path_code(p: LinearPath) -> i32 {
     (match p {
         LinearPath::Gemv => ffi::paradec_linear_path::PARADEC_PATH_GEMV,
         LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
+        LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
     }) as i32
 }
 
