@@ -15,6 +15,7 @@
 //   once (csrc/linear_small.cu).
 // Act-order / EXL2 permutations and padding rows are handled by gathering x once into the
 // scratch (x_g[m, kp]); the weight codes are never permuted at run time.
+#include <algorithm>
 #include <type_traits>
 
 #include "common.cuh"
@@ -68,6 +69,39 @@ __global__ void __launch_bounds__(256) gather_kernel(const T *x, const int32_t *
         const int64_t j = i - row * kp;
         const int32_t src = row_src[j];
         xg[i] = src >= 0 ? x[row * k + src] : Num<T>::from_f(0.f);
+    }
+}
+
+// What the grouped launch's first kernel does for one call: gather its x (when its weight is
+// permuted) and zero its split counters.
+struct GroupPrep {
+    const void *x;
+    const int32_t *row_src;  // or null: no gather
+    void *xg;
+    int64_t k, kp;
+    unsigned *counters;
+    int64_t ncounters;
+};
+
+struct GroupPreps {
+    GroupPrep call[kSmallGroupMax];
+};
+
+// Block row y serves call y.
+template <typename T>
+__global__ void __launch_bounds__(256) group_prep_kernel(GroupPreps g, int64_t m) {
+    const GroupPrep &c = g.call[blockIdx.y];
+    if (blockIdx.x == 0)
+        for (int64_t i = threadIdx.x; i < c.ncounters; i += blockDim.x) c.counters[i] = 0u;
+    if (!c.row_src) return;
+    const T *x = static_cast<const T *>(c.x);
+    T *xg = static_cast<T *>(c.xg);
+    const int64_t total = m * c.kp;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t row = i / c.kp;
+        const int32_t src = c.row_src[i - row * c.kp];
+        xg[i] = src >= 0 ? x[row * c.k + src] : Num<T>::from_f(0.f);
     }
 }
 
@@ -710,6 +744,74 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
     return launch_status();
 }
 
+// A grouped call's scratch: its gathered x, then its partials and split counters (as the single
+// SMALL call lays them out).
+size_t group_call_bytes(const paradec_qlinear_call &c, size_t m) {
+    return gather_bytes(c.w, m) +
+           partial_bytes(c.w, m, PARADEC_PATH_SMALL, effective_split(c.w, c.split));
+}
+
+template <typename T>
+int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t count,
+                         void *scratch, cudaStream_t stream) {
+    GroupPreps preps{};
+    SmallGroup g{};
+    char *sp = static_cast<char *>(scratch);
+    bool prep = false;
+    int64_t most = 0;  // the largest gather
+    int blocks = 0;
+    for (size_t i = 0; i < count; ++i) {
+        const paradec_qlinear_call &c = calls[i];
+        const paradec_qweight *w = c.w;
+        char *base = sp;
+        sp += group_call_bytes(c, m);
+        const bool split = c.split > 1;
+        float *part = split ? reinterpret_cast<float *>(base + gather_bytes(w, m)) : nullptr;
+        unsigned *counters =
+            split ? reinterpret_cast<unsigned *>(reinterpret_cast<char *>(part) +
+                                                 round_up(c.split * m * w->np * 4, kAlign))
+                  : nullptr;
+        GroupPrep &p = preps.call[i];
+        p.x = c.x;
+        p.row_src = w->row_src;
+        p.xg = w->row_src ? base : nullptr;
+        p.k = static_cast<int64_t>(w->k);
+        p.kp = static_cast<int64_t>(w->kp);
+        p.counters = counters;
+        p.ncounters = split ? static_cast<int64_t>(small_col_blocks(w->np)) : 0;
+        prep = prep || w->row_src || split;
+        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
+        SmallArgs &a = g.call[i];
+        a.x = w->row_src ? static_cast<const void *>(base) : c.x;
+        a.ldx = static_cast<int64_t>(w->row_src ? w->kp : w->k);
+        a.words = w->words;
+        a.tiles = w->tiles;
+        a.sz = w->sz;
+        a.bias = c.bias;
+        a.out = c.out;
+        a.part = part;
+        a.counters = counters;
+        a.m = static_cast<int64_t>(m);
+        a.n = static_cast<int64_t>(w->n);
+        a.np = static_cast<int64_t>(w->np);
+        a.ntiles = static_cast<int>(w->ntiles);
+        a.tiles_per_split = static_cast<int>((w->ntiles + c.split - 1) / c.split);
+        a.split = c.split;
+        a.accumulate = c.accumulate != 0;
+        g.first[i] = blocks;
+        blocks += static_cast<int>(small_col_blocks(w->np));
+    }
+    g.first[count] = blocks;
+    g.count = static_cast<int>(count);
+    if (prep) {
+        group_prep_kernel<T><<<dim3(grid_for(most, 256), static_cast<unsigned>(count)), 256, 0,
+                               stream>>>(preps, static_cast<int64_t>(m));
+        const int st = launch_status();
+        if (st != PARADEC_K_OK) return st;
+    }
+    return launch_quant_small_group(dtype_of<T>(), g, stream);
+}
+
 int check_qweight(const paradec_qweight *w) {
     if (!w->words || !w->tiles || !w->sz) return PARADEC_K_NULL_POINTER;
     if (w->k == 0 || w->n == 0 || w->ntiles == 0 || w->groups == 0 || w->word_rows == 0)
@@ -762,6 +864,53 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::quant_linear_t<decltype(tag)>(x, m, w, bias, out, accumulate != 0, p,
                                                           sp, scratch, stream);
+        });
+    });
+}
+
+extern "C" size_t paradec_quant_linear_group_scratch(int dtype, size_t m,
+                                                     const paradec_qlinear_call *calls,
+                                                     size_t count) {
+    (void)dtype;
+    if (!calls || count > PARADEC_LINEAR_GROUP_MAX) return 0;
+    size_t total = 0;
+    for (size_t i = 0; i < count; ++i)
+        if (calls[i].w && calls[i].w->ntiles > 0 && calls[i].split >= 1)
+            total += paradec::group_call_bytes(calls[i], m);
+    return total;
+}
+
+extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
+                                          size_t count, void *scratch, size_t scratch_bytes,
+                                          paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!calls) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (count == 0 || m == 0) return PARADEC_K_ZERO_DIM;
+        if (count > PARADEC_LINEAR_GROUP_MAX || m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
+        size_t need = 0;
+        for (size_t i = 0; i < count; ++i) {
+            const paradec_qlinear_call &c = calls[i];
+            if (!c.x || !c.w || !c.out) return PARADEC_K_NULL_POINTER;
+            const int st = paradec::check_qweight(c.w);
+            if (st != PARADEC_K_OK) return st;
+            if (!paradec::small_path_applies(c.w, m)) return PARADEC_K_BAD_SHAPE;
+            if (c.split < 1 || c.split > 1024) return PARADEC_K_BAD_SHAPE;
+            // x (or x_g) is read in 16-byte vectors of 32-row tiles.
+            if (!c.w->row_src && (c.w->k % 32 != 0 || !paradec::aligned16(c.x)))
+                return PARADEC_K_BAD_SHAPE;
+            need += paradec::group_call_bytes(c, m);
+        }
+        if (need > 0 && (!scratch || scratch_bytes < need)) return PARADEC_K_BAD_SHAPE;
+        if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
+        // The splits the kernel really takes (no empty split), as the single call does.
+        paradec_qlinear_call norm[PARADEC_LINEAR_GROUP_MAX];
+        for (size_t i = 0; i < count; ++i) {
+            norm[i] = calls[i];
+            norm[i].split = paradec::effective_split(calls[i].w, calls[i].split);
+        }
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::quant_linear_group_t<decltype(tag)>(m, norm, count, scratch, stream);
         });
     });
 }

@@ -140,8 +140,10 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
 }
 
 // NT: n8 tiles of x rows (m ≤ 8·NT).
+// Column block bx (of 128 columns) and K split by of one call `a`: the body of the kernel and of
+// its grouped form.
 template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
+__device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) {
     constexpr int S = stages<NT>();
     constexpr int U = tiles_per_stage<NT>();
     __shared__ uint4 ring[kWarps][S][U][1 + NT][32];
@@ -151,9 +153,9 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
     // This lane's 4 columns c0 .. c0 + 3: all below np or all above (np is a multiple of 8).
-    const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kSmallCols + warp * 32 + 4 * g;
+    const int64_t c0 = static_cast<int64_t>(bx) * kSmallCols + warp * 32 + 4 * g;
     const bool live = c0 < a.np;
-    const int t0 = blockIdx.y * a.tiles_per_split;
+    const int t0 = by * a.tiles_per_split;
     const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
     const int stages_total = (count + U - 1) / U;                   // ring stages to consume
     const T *x = static_cast<const T *>(a.x);
@@ -340,21 +342,21 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
         for (int e = 0; e < 2; ++e) {
             const int64_t r = nt * 8 + 2 * q + e;
             if (!live || r >= a.m) continue;
-            *reinterpret_cast<float4 *>(a.part + (blockIdx.y * a.m + r) * a.np + c0) =
+            *reinterpret_cast<float4 *>(a.part + (by * a.m + r) * a.np + c0) =
                 make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
         }
     // The last block of this column block to get here sums every split's partials.
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        const unsigned done = atomicAdd(a.counters + blockIdx.x, 1u);
-        sum_here = done == gridDim.y - 1;
-        if (sum_here) a.counters[blockIdx.x] = 0u;  // zero again for the scratch's next user
+        const unsigned done = atomicAdd(a.counters + bx, 1u);
+        sum_here = done == static_cast<unsigned>(a.split - 1);
+        if (sum_here) a.counters[bx] = 0u;  // zero again for the scratch's next user
     }
     __syncthreads();
     if (!sum_here) return;
     __threadfence();
-    const int64_t cb = static_cast<int64_t>(blockIdx.x) * kSmallCols;
+    const int64_t cb = static_cast<int64_t>(bx) * kSmallCols;
     for (int64_t i = threadIdx.x; i < a.m * kSmallCols; i += kSmallCols) {
         const int64_t r = i / kSmallCols;
         const int64_t c = cb + i % kSmallCols;
@@ -366,6 +368,22 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
 }
 
 template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
+    small_block<T, NT>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y));
+}
+
+// Several calls of one m in one launch: column blocks first[i] … first[i + 1] − 1 of the grid are
+// call i's; a block past its call's split has nothing to do.
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup g) {
+    int i = 0;
+    while (i + 1 < g.count && static_cast<int>(blockIdx.x) >= g.first[i + 1]) ++i;
+    const SmallArgs a = g.call[i];  // a copy: registers, not indexed parameter memory
+    if (static_cast<int>(blockIdx.y) >= a.split) return;
+    small_block<T, NT>(a, static_cast<int>(blockIdx.x) - g.first[i], static_cast<int>(blockIdx.y));
+}
+
+template <typename T, int NT>
 int launch_nt(const SmallArgs &a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(small_col_blocks(static_cast<size_t>(a.np))),
                     static_cast<unsigned>(a.split));
@@ -373,7 +391,30 @@ int launch_nt(const SmallArgs &a, cudaStream_t stream) {
     return launch_status();
 }
 
+template <typename T, int NT>
+int launch_group_nt(const SmallGroup &g, unsigned blocks, unsigned splits, cudaStream_t stream) {
+    qmma_small_group_kernel<T, NT><<<dim3(blocks, splits), kSmallCols, 0, stream>>>(g);
+    return launch_status();
+}
+
 }  // namespace
+
+int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream) {
+    if (g.count < 1 || g.count > kSmallGroupMax) return PARADEC_K_BAD_SHAPE;
+    const int64_t m = g.call[0].m;
+    int splits = 1;
+    for (int i = 0; i < g.count; ++i) {
+        if (g.call[i].m != m) return PARADEC_K_BAD_SHAPE;
+        splits = max(splits, g.call[i].split);
+    }
+    const unsigned blocks = static_cast<unsigned>(g.first[g.count]);
+    return dispatch_dtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        if (m <= 8) return launch_group_nt<T, 1>(g, blocks, splits, stream);
+        if (m <= 16) return launch_group_nt<T, 2>(g, blocks, splits, stream);
+        return launch_group_nt<T, 4>(g, blocks, splits, stream);
+    });
+}
 
 int launch_quant_small(int dtype, const SmallArgs &a, cudaStream_t stream) {
     return dispatch_dtype(dtype, [&](auto tag) {

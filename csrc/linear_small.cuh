@@ -42,4 +42,17 @@ inline size_t small_col_blocks(size_t np) { return (np + kSmallCols - 1) / kSmal
 // Launches the kernel on `stream`; returns a paradec status (0, or the launch's cudaError_t).
 int launch_quant_small(int dtype, const SmallArgs &a, cudaStream_t stream);
 
+// Most calls one grouped launch takes.
+constexpr int kSmallGroupMax = 8;
+
+// Calls of one m launched together: call i owns column blocks first[i] … first[i + 1] − 1.
+struct SmallGroup {
+    SmallArgs call[kSmallGroupMax];
+    int first[kSmallGroupMax + 1];
+    int count;
+};
+
+// Launches the grouped kernel (every call of the same m); a paradec status.
+int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream);
+
 }  // namespace paradec

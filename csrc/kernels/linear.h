@@ -55,6 +55,32 @@ int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweig
                          const void *bias, void *out, int accumulate, int path, int split,
                          void *scratch, size_t scratch_bytes, paradec_stream_t stream);
 
+/* One call of a grouped quantized linear (paradec_quant_linear_group). */
+typedef struct paradec_qlinear_call {
+    const void *x;              /* [m, k] of the group's dtype */
+    const paradec_qweight *w;   /* uniform 4-bit */
+    const void *bias;           /* [n] or NULL */
+    void *out;                  /* [m, n]; no call's out overlaps any call's x */
+    int accumulate;
+    int split;                  /* ≥ 1: the K split of the SMALL path */
+} paradec_qlinear_call;
+
+/* Most calls of one group. */
+enum paradec_linear_group_limits { PARADEC_LINEAR_GROUP_MAX = 8 };
+
+/* Bytes of scratch paradec_quant_linear_group needs. */
+size_t paradec_quant_linear_group_scratch(int dtype, size_t m, const paradec_qlinear_call *calls,
+                                          size_t count);
+
+/* Several quantized linears of the same m (1…32) on the SMALL path in two launches (one that
+ * gathers permuted x and zeroes the split counters of every call, one that multiplies for every
+ * call), each result as paradec_quant_linear(…, PARADEC_PATH_SMALL, call.split, …) gives it.
+ * Every weight must be uniform 4-bit (PARADEC_K_BAD_SHAPE otherwise); 1…8 calls. scratch holds
+ * paradec_quant_linear_group_scratch(...) bytes, 256-byte aligned. */
+int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
+                               size_t count, void *scratch, size_t scratch_bytes,
+                               paradec_stream_t stream);
+
 /* Dense: out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias[n]; all of `dtype`. GEMV path for small m,
  * MMA otherwise; no scratch. */
 int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w, size_t n,

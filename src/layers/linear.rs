@@ -125,6 +125,45 @@ impl Linear {
             .map_err(|e| prefix_error(&self.name, e))
     }
 
+    /// `out_i = x_i · W_iᵀ + b_i + Σ B(A(x_i))·scale` for several linears (no accumulation),
+    /// each result as `forward` gives it; on a device their quantized products launch together
+    /// where the kernels allow (`ops::prepared_linear_group`: one launch for a block's input
+    /// projections).
+    pub fn forward_group(
+        s: &Stream,
+        ws: &mut Workspace,
+        calls: &mut [(&Linear, &Tensor, &mut Tensor)],
+        active: &[u64],
+    ) -> Result<()> {
+        let prepared = calls
+            .iter()
+            .all(|(l, _, _)| matches!(l.weight, LinearWeight::Prepared(_)));
+        if !prepared || calls.len() < 2 {
+            for (l, x, out) in calls.iter_mut() {
+                l.forward(s, ws, x, out, false, active)?;
+            }
+            return Ok(());
+        }
+        {
+            let mut base: Vec<(&Tensor, &crate::quant::PreparedQuant, &mut Tensor)> = calls
+                .iter_mut()
+                .filter_map(|(l, x, out)| match &l.weight {
+                    LinearWeight::Prepared(q) => Some((&**x, &**q, &mut **out)),
+                    _ => None,
+                })
+                .collect();
+            ops::prepared_linear_group(s, ws, &mut base).map_err(|e| {
+                let names: Vec<&str> = calls.iter().map(|(l, _, _)| l.name.as_str()).collect();
+                prefix_error(&names.join(" + "), e)
+            })?;
+        }
+        for (l, x, out) in calls.iter_mut() {
+            l.apply_loras(s, ws, x, out, active)
+                .map_err(|e| prefix_error(&l.name, e))?;
+        }
+        Ok(())
+    }
+
     fn apply_loras(
         &self,
         s: &Stream,

@@ -490,29 +490,58 @@ impl ParallelDecoder {
             None => None,
         };
 
-        // q, k, v.
+        // q, k, v and the MLP's input projections: every projection of the normalized inputs,
+        // launched together where the kernels allow (one launch on a device for 4-bit weights).
+        let mlp_in = n_m.as_ref().unwrap_or(&n_a);
         let (mut q, mut k, mut v) = (
             ws.tensor(&[t, qd])?,
             ws.tensor(&[t, kvd])?,
             ws.tensor(&[t, kvd])?,
         );
-        match &self.qkv {
-            QkvProj::Separate {
-                q: lq,
-                k: lk,
-                v: lv,
-            } => {
-                lq.forward(s, ws, &n_a, &mut q, false, ids)?;
-                lk.forward(s, ws, &n_a, &mut k, false, ids)?;
-                lv.forward(s, ws, &n_a, &mut v, false, ids)?;
+        let mut fused_qkv = match &self.qkv {
+            QkvProj::Fused { .. } => Some(ws.tensor(&[t, a.qkv_width()])?),
+            QkvProj::Separate { .. } => None,
+        };
+        let mut pre_down = ws.tensor(&[t, a.intermediate])?;
+        let mut gate_up = match &self.mlp {
+            Mlp::Gated { .. } => Some((
+                ws.tensor(&[t, a.intermediate])?,
+                ws.tensor(&[t, a.intermediate])?,
+            )),
+            Mlp::Plain { .. } => None,
+        };
+        {
+            let mut calls: Vec<(&Linear, &Tensor, &mut Tensor)> = Vec::with_capacity(5);
+            match (&self.qkv, fused_qkv.as_mut()) {
+                (
+                    QkvProj::Separate {
+                        q: lq,
+                        k: lk,
+                        v: lv,
+                    },
+                    _,
+                ) => {
+                    calls.push((lq, &n_a, &mut q));
+                    calls.push((lk, &n_a, &mut k));
+                    calls.push((lv, &n_a, &mut v));
+                }
+                (QkvProj::Fused { qkv, .. }, Some(f)) => calls.push((qkv, &n_a, f)),
+                (QkvProj::Fused { .. }, None) => unreachable!("allocated above"),
             }
-            QkvProj::Fused { qkv, layout } => {
-                let mut f = ws.tensor(&[t, a.qkv_width()])?;
-                qkv.forward(s, ws, &n_a, &mut f, false, ids)?;
-                ops::split_qkv(
-                    s, *layout, &f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
-                )?;
+            match (&self.mlp, gate_up.as_mut()) {
+                (Mlp::Plain { fc_in, .. }, _) => calls.push((fc_in, mlp_in, &mut pre_down)),
+                (Mlp::Gated { gate, up, .. }, Some((g, u))) => {
+                    calls.push((gate, mlp_in, g));
+                    calls.push((up, mlp_in, u));
+                }
+                (Mlp::Gated { .. }, None) => unreachable!("allocated above"),
             }
+            Linear::forward_group(s, ws, &mut calls, ids)?;
+        }
+        if let (QkvProj::Fused { layout, .. }, Some(f)) = (&self.qkv, &fused_qkv) {
+            ops::split_qkv(
+                s, *layout, f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
+            )?;
         }
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             ops::head_norm(
@@ -669,21 +698,15 @@ impl ParallelDecoder {
             attn_out = Some(o);
         }
 
-        // MLP.
-        let mlp_in = n_m.as_ref().unwrap_or(&n_a);
-        let mut pre_down = ws.tensor(&[t, a.intermediate])?;
+        // MLP: its input projections ran with q, k, v above.
         let (last, pre) = match (&self.mlp, a.mlp) {
-            (Mlp::Plain { fc_in, fc_out }, MlpKind::Plain(act)) => {
-                fc_in.forward(s, ws, mlp_in, &mut pre_down, false, ids)?;
+            (Mlp::Plain { fc_out, .. }, MlpKind::Plain(act)) => {
                 ops::activate(s, act, &mut pre_down)?;
                 (fc_out, &pre_down)
             }
-            (Mlp::Gated { gate, up, down }, MlpKind::Gated(act)) => {
-                let mut g = ws.tensor(&[t, a.intermediate])?;
-                let mut u = ws.tensor(&[t, a.intermediate])?;
-                gate.forward(s, ws, mlp_in, &mut g, false, ids)?;
-                up.forward(s, ws, mlp_in, &mut u, false, ids)?;
-                ops::act_mul(s, act, &g, &u, &mut pre_down)?;
+            (Mlp::Gated { down, .. }, MlpKind::Gated(act)) => {
+                let (g, u) = gate_up.as_ref().expect("allocated for a gated MLP");
+                ops::act_mul(s, act, g, u, &mut pre_down)?;
                 (down, &pre_down)
             }
             _ => {

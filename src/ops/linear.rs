@@ -348,6 +348,98 @@ fn prepared_cuda(
     )
 }
 
+/// Several quantized linears on a device, `out_i = x_i · W_iᵀ + bias_i`, each result as
+/// [`prepared_linear`] gives it (no accumulation). Where every call takes the small-M path
+/// (uniform 4-bit, the same m ≤ 32) they run as one grouped launch (plus one that gathers
+/// permuted inputs); otherwise one after the other.
+pub fn prepared_linear_group(
+    s: &Stream,
+    ws: &mut Workspace,
+    calls: &mut [(&Tensor, &PreparedQuant, &mut Tensor)],
+) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if try_group(s, ws, calls)? {
+        return Ok(());
+    }
+    for (x, w, out) in calls.iter_mut() {
+        prepared_linear(s, ws, x, w, out, false)?;
+    }
+    Ok(())
+}
+
+/// The grouped launch of [`prepared_linear_group`] when it applies (false: it does not).
+#[cfg(feature = "cuda")]
+fn try_group(
+    s: &Stream,
+    ws: &mut Workspace,
+    calls: &mut [(&Tensor, &PreparedQuant, &mut Tensor)],
+) -> Result<bool> {
+    let max = crate::cuda::ffi::paradec_linear_group_limits::PARADEC_LINEAR_GROUP_MAX as usize;
+    let (Stream::Cuda(cs), Some((x0, _, _))) = (s, calls.first()) else {
+        return Ok(false);
+    };
+    let (m, dtype) = (x0.rows(), x0.dtype());
+    if calls.len() < 2 || calls.len() > max {
+        return Ok(false);
+    }
+    let mut splits = Vec::with_capacity(calls.len());
+    for (x, w, out) in calls.iter() {
+        let dev = match x.device() {
+            Device::Cuda(d) => d,
+            Device::Cpu => return Ok(false),
+        };
+        if x.rows() != m
+            || x.dtype() != dtype
+            || w.dtype != dtype
+            || w.device() != x.device()
+            || out.device() != x.device()
+            || x.cols() != w.k
+        {
+            return Ok(false);
+        }
+        let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
+        if plan.path != LinearPath::Small {
+            return Ok(false);
+        }
+        splits.push(plan.split);
+    }
+    let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
+        .iter_mut()
+        .zip(splits)
+        .map(
+            |((x, w, out), split)| crate::cuda::kernels::QuantLinearCall {
+                x,
+                w: crate::cuda::kernels::QuantWeightArgs {
+                    words: &w.words,
+                    tiles: &w.tiles,
+                    sz: &w.sz,
+                    row_src: w.row_src.as_ref(),
+                    k: w.k,
+                    n: w.n,
+                    np: w.np,
+                    kp: w.kp,
+                    ntiles: w.ntiles,
+                    groups: w.groups,
+                    word_rows: w.word_rows,
+                    bits: w.bits,
+                },
+                bias: w.bias.as_ref(),
+                out,
+                accumulate: false,
+                split,
+            },
+        )
+        .collect();
+    let need = crate::cuda::kernels::quant_linear_group_scratch(dtype, m, &group);
+    let mut scratch = if need > 0 {
+        Some(ws.scratch(&[need], crate::DType::U8)?)
+    } else {
+        None
+    };
+    crate::cuda::kernels::quant_linear_group(m, &mut group, scratch.as_mut(), cs)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

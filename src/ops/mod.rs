@@ -120,8 +120,8 @@ pub use activation::{act_mul, activate, add_inplace, scale_inplace};
 pub use attention::{attention, head_norm, split_qkv};
 pub use embedding::embedding;
 pub use linear::{
-    linear, parse_linear_override, prepared_linear, quant_linear, select_linear,
-    set_linear_override, LinearFormat, LinearPlan,
+    linear, parse_linear_override, prepared_linear, prepared_linear_group, quant_linear,
+    select_linear, set_linear_override, LinearFormat, LinearPlan,
 };
 pub use norm::{norm, norm2};
 pub use rope::rotary_and_cache_write;

@@ -224,6 +224,129 @@ fn small_m_path_gptq4_and_exl2_4() {
 }
 
 /// The split small-M path gives the same bits twice (the partials are summed in split order).
+fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_> {
+    paradec::cuda::kernels::QuantWeightArgs {
+        words: &p.words,
+        tiles: &p.tiles,
+        sz: &p.sz,
+        row_src: p.row_src.as_ref(),
+        k: p.k,
+        n: p.n,
+        np: p.np,
+        kp: p.kp,
+        ntiles: p.ntiles,
+        groups: p.groups,
+        word_rows: p.word_rows,
+        bits: p.bits,
+    }
+}
+
+/// Several 4-bit linears of two inputs (as a block's q/k/v and MLP input projections over two
+/// norms) in one grouped launch: every output equal to the bit to the same weight run alone on
+/// the small-M path, with the same K split; and the op that picks the grouped launch gives the
+/// same.
+#[test]
+fn grouped_small_m_launch_equals_each_alone() {
+    let Some(cs) = gpu_stream("grouped_small_m") else {
+        return;
+    };
+    let s = Stream::Cuda(cs);
+    let Stream::Cuda(cs) = &s else { unreachable!() };
+    // (weight, which input): K 512 for input 0, 320 for input 1.
+    let mut rng = Rng::new(77);
+    let wv = rng.vec(64 * 512, -1.0, 1.0);
+    let bias = rng.vec(64, -0.5, 0.5);
+    let exl2 = exl2_weight(
+        &wv,
+        64,
+        512,
+        &Exl2Recipe {
+            parts: vec![(4, 128, 1.0)],
+            permute: true,
+        },
+        Some(&bias[..]),
+    )
+    .unwrap();
+    let weights: Vec<(QuantWeight, usize)> = vec![
+        (gptq(4, 128, true, false, 67, 512, 601), 0),
+        (gptq(4, 128, false, true, 136, 512, 602), 0),
+        (exl2, 0),
+        (gptq(4, 64, true, true, 9, 320, 604), 1),
+        (gptq(4, -1, false, false, 40, 320, 605), 1),
+    ];
+    let ks = [512usize, 320];
+    let ms: Vec<usize> = if small() { vec![1, 17] } else { vec![1, 3, 8, 17, 32] };
+    for dt in DTYPES {
+        let pws: Vec<PreparedQuant> = weights
+            .iter()
+            .map(|(w, _)| PreparedQuant::new(w, Device::Cuda(0), dt).unwrap())
+            .collect();
+        let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+        for &m in &ms {
+            let xs: Vec<Tensor> = ks
+                .iter()
+                .map(|&k| upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt).0)
+                .collect();
+            for split in [1usize, 3] {
+                // Each alone.
+                let mut alone = Vec::new();
+                for (p, (_, xi)) in pws.iter().zip(&weights) {
+                    let mut out = poisoned(&[m, p.n], dt);
+                    let a = weight_args(p);
+                    let need = a.scratch_bytes(dt, m, LinearPath::Small, split);
+                    let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
+                    paradec::cuda::kernels::quant_linear(
+                        &xs[*xi], m, &a, p.bias.as_ref(), &mut out, false, LinearPath::Small,
+                        split, Some(&mut sc), cs,
+                    )
+                    .unwrap();
+                    alone.push(download(&out));
+                }
+                // Together.
+                let mut outs: Vec<Tensor> = pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
+                {
+                    let mut calls: Vec<paradec::cuda::kernels::QuantLinearCall<'_>> = pws
+                        .iter()
+                        .zip(&weights)
+                        .zip(outs.iter_mut())
+                        .map(|((p, (_, xi)), out)| paradec::cuda::kernels::QuantLinearCall {
+                            x: &xs[*xi],
+                            w: weight_args(p),
+                            bias: p.bias.as_ref(),
+                            out,
+                            accumulate: false,
+                            split,
+                        })
+                        .collect();
+                    let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
+                    let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
+                    paradec::cuda::kernels::quant_linear_group(m, &mut calls, Some(&mut sc), cs)
+                        .unwrap();
+                }
+                for (i, out) in outs.iter().enumerate() {
+                    assert_eq!(download(out), alone[i], "{dt} m={m} split={split} call {i}");
+                }
+            }
+            // The op: grouped where it applies, the same values as one call at a time.
+            let mut outs: Vec<Tensor> = pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
+            {
+                let mut calls: Vec<(&Tensor, &PreparedQuant, &mut Tensor)> = pws
+                    .iter()
+                    .zip(&weights)
+                    .zip(outs.iter_mut())
+                    .map(|((p, (_, xi)), out)| (&xs[*xi], p, out))
+                    .collect();
+                ops::prepared_linear_group(&s, &mut ws, &mut calls).unwrap();
+            }
+            for (i, (p, (_, xi))) in pws.iter().zip(&weights).enumerate() {
+                let mut want = poisoned(&[m, p.n], dt);
+                ops::prepared_linear(&s, &mut ws, &xs[*xi], p, &mut want, false).unwrap();
+                assert_eq!(download(&outs[i]), download(&want), "{dt} m={m} op call {i}");
+            }
+        }
+    }
+}
+
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {
     let Some(s) = gpu_stream(what) else {
         return;

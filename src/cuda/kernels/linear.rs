@@ -96,9 +96,10 @@ impl QuantWeightArgs<'_> {
         })
     }
 
-    /// Bytes of scratch `quant_linear` needs for m rows.
-    pub fn scratch_bytes(&self, dtype: DType, m: usize, path: LinearPath, split: usize) -> usize {
-        let q = ffi::paradec_qweight {
+    /// The sizes of `paradec_qweight` with no arrays (row_src non-NULL when the weight has
+    /// one): what the scratch-size queries read.
+    fn sizes(&self) -> ffi::paradec_qweight {
+        ffi::paradec_qweight {
             words: ptr::null(),
             tiles: ptr::null(),
             sz: ptr::null(),
@@ -115,7 +116,12 @@ impl QuantWeightArgs<'_> {
             groups: self.groups,
             word_rows: self.word_rows,
             bits: self.bits as i32,
-        };
+        }
+    }
+
+    /// Bytes of scratch `quant_linear` needs for m rows.
+    pub fn scratch_bytes(&self, dtype: DType, m: usize, path: LinearPath, split: usize) -> usize {
+        let q = self.sizes();
         let code = dtype_code(dtype, "x").unwrap_or(0);
         // SAFETY: a pure size computation that reads only the struct's sizes and whether
         // row_src is NULL; nothing is dereferenced on the device.
@@ -195,6 +201,104 @@ pub fn quant_linear(
         )
     };
     check_status(status, "paradec_quant_linear")
+}
+
+/// One call of [`quant_linear_group`]: `out (+)= x · Wᵀ + bias` on the small-M path with K split
+/// `split` ways.
+pub struct QuantLinearCall<'a> {
+    /// `[m, K]`.
+    pub x: &'a Tensor,
+    /// The weight (uniform 4-bit).
+    pub w: QuantWeightArgs<'a>,
+    /// `[N]` or none.
+    pub bias: Option<&'a Tensor>,
+    /// `[m, N]`.
+    pub out: &'a mut Tensor,
+    /// Add into `out` instead of overwriting it.
+    pub accumulate: bool,
+    /// K split (≥ 1).
+    pub split: usize,
+}
+
+fn group_ffi(
+    calls: &[QuantLinearCall<'_>],
+    qs: &[ffi::paradec_qweight],
+) -> Vec<ffi::paradec_qlinear_call> {
+    calls
+        .iter()
+        .zip(qs)
+        .map(|(c, q)| ffi::paradec_qlinear_call {
+            x: dev_ptr(c.x),
+            w: q,
+            bias: opt_ptr(c.bias),
+            out: ptr::null_mut(),
+            accumulate: c.accumulate as i32,
+            split: c.split.max(1) as i32,
+        })
+        .collect()
+}
+
+/// Bytes of scratch [`quant_linear_group`] needs for these calls at m rows.
+pub fn quant_linear_group_scratch(dtype: DType, m: usize, calls: &[QuantLinearCall<'_>]) -> usize {
+    let qs: Vec<ffi::paradec_qweight> = calls.iter().map(|c| c.w.sizes()).collect();
+    let v = group_ffi(calls, &qs);
+    let code = dtype_code(dtype, "x").unwrap_or(0);
+    // SAFETY: a pure size computation over the sizes in `v` (its weights' pointers point into
+    // `qs`, alive here); nothing is dereferenced on the device.
+    unsafe { ffi::paradec_quant_linear_group_scratch(code, m, v.as_ptr(), v.len()) }
+}
+
+/// Several quantized linears of the same m (≤ 32, uniform 4-bit weights) in two launches, each
+/// result as [`quant_linear`] on the small-M path gives it. `scratch` (U8) holds at least
+/// [`quant_linear_group_scratch`] bytes.
+pub fn quant_linear_group(
+    m: usize,
+    calls: &mut [QuantLinearCall<'_>],
+    scratch: Option<&mut Tensor>,
+    stream: &CudaStream,
+) -> Result<()> {
+    let Some(first) = calls.first() else {
+        return Ok(());
+    };
+    let dtype = first.x.dtype();
+    let code = dtype_code(dtype, "linear x")?;
+    let mut qs = Vec::with_capacity(calls.len());
+    for c in calls.iter() {
+        check_tensor(c.x, "linear x", Some(dtype), m * c.w.k, stream)?;
+        check_tensor(c.out, "linear out", Some(dtype), m * c.w.n, stream)?;
+        if let Some(b) = c.bias {
+            check_tensor(b, "linear bias", Some(dtype), c.w.n, stream)?;
+        }
+        qs.push(c.w.check(stream)?);
+    }
+    let need = quant_linear_group_scratch(dtype, m, calls);
+    let (sp, sbytes) = match scratch {
+        Some(t) if t.size_bytes() >= need => {
+            check_tensor(t, "linear scratch", None, t.numel(), stream)?;
+            (dev_ptr_mut(t), t.size_bytes())
+        }
+        _ if need == 0 => (ptr::null_mut(), 0),
+        _ => {
+            return Err(Error::bad_input(format!(
+                "grouped linear scratch: the kernels need {need} bytes"
+            )))
+        }
+    };
+    if m == 0 {
+        return Ok(());
+    }
+    let mut v = group_ffi(calls, &qs);
+    for (f, c) in v.iter_mut().zip(calls.iter_mut()) {
+        f.out = dev_ptr_mut(c.out);
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: every x, out, bias and weight array is a live device allocation of the checked
+    // size and dtype on the stream's device; `v` and `qs` (which it points into) live through
+    // the call, read on the host only; scratch holds at least `need` bytes.
+    let status = unsafe {
+        ffi::paradec_quant_linear_group(code, m, v.as_ptr(), v.len(), sp, sbytes, stream.raw())
+    };
+    check_status(status, "paradec_quant_linear_group")
 }
 
 /// `out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias`, all of one dtype. Twin of `cpu::linear::linear`.

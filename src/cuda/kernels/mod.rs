@@ -24,7 +24,10 @@ pub use attention::{
     attention, attention_meta_bytes, attention_scratch_len, attention_staged, head_norm, split_qkv,
 };
 pub use embedding::{check_ids, embedding, embedding_host_ids, embedding_staged_ids};
-pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
+pub use linear::{
+    linear, quant_linear, quant_linear_group, quant_linear_group_scratch, scale_inplace,
+    QuantLinearCall, QuantWeightArgs,
+};
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{
     rope_meta_bytes, rotary_and_cache_write, rotary_and_cache_write_staged, RopeTables,
