@@ -15,6 +15,7 @@ use super::stream::CudaStream;
 mod activation;
 mod attention;
 mod embedding;
+mod kv_quant;
 mod linear;
 mod norm;
 mod rope;
@@ -22,6 +23,10 @@ mod rope;
 pub use activation::{act_mul, activate, add_inplace};
 pub use attention::{attention, attention_meta_bytes, attention_scratch_len, head_norm, split_qkv};
 pub use embedding::{check_ids, embedding, embedding_host_ids};
+pub use kv_quant::{
+    attention_quant, attention_quant_scratch_len, kv_dequantize, rotary_and_cache_write_quant,
+    DECODE_MAX_Q,
+};
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{rope_meta_bytes, rotary_and_cache_write};
