@@ -35,9 +35,7 @@ fn pages_arg(
     let kv_dim = kv_heads
         .checked_mul(head_dim)
         .ok_or_else(|| overflow(name))?;
-    let slots = batch
-        .checked_mul(capacity)
-        .ok_or_else(|| overflow(name))?;
+    let slots = batch.checked_mul(capacity).ok_or_else(|| overflow(name))?;
     if p.format == KvFormat::Native {
         return Err(Error::bad_input(format!(
             "{name}: quantized pages of the native format"
@@ -173,7 +171,8 @@ pub fn rotary_and_cache_write_quant(
         head_dim,
         stream,
     )?;
-    if dtype == DType::BF16 && (cache.k.format == KvFormat::E5M2 || cache.v.format == KvFormat::E5M2)
+    if dtype == DType::BF16
+        && (cache.k.format == KvFormat::E5M2 || cache.v.format == KvFormat::E5M2)
     {
         return Err(Error::unsupported(
             "KV cache format E5M2 truncates fp16 values: not for bf16 tensors",
@@ -353,22 +352,10 @@ pub fn attention_quant(
     check_tensor(q, "attention q", None, q_n, stream)?;
     check_tensor(out, "attention output", Some(dtype), q_n, stream)?;
     let kp = pages_arg(
-        "cache k",
-        &cache.k,
-        s.batch,
-        s.capacity,
-        s.kv_heads,
-        s.head_dim,
-        stream,
+        "cache k", &cache.k, s.batch, s.capacity, s.kv_heads, s.head_dim, stream,
     )?;
     let vp = pages_arg(
-        "cache v",
-        &cache.v,
-        s.batch,
-        s.capacity,
-        s.kv_heads,
-        s.head_dim,
-        stream,
+        "cache v", &cache.v, s.batch, s.capacity, s.kv_heads, s.head_dim, stream,
     )?;
     if masking.past_len.len() != s.batch {
         return Err(Error::bad_input(format!(
