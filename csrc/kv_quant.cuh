@@ -19,10 +19,25 @@ __host__ __device__ constexpr bool kv_has_runs(int f) {
 }
 __host__ __device__ constexpr int kv_bits(int f) { return f == PARADEC_KV_Q4 ? 4 : 8; }
 
-// Bytes of one token's row of kv_dim values.
-__host__ __device__ inline int64_t kv_row_bytes(int f, int64_t kv_dim) {
-    return f == PARADEC_KV_Q4 ? kv_dim / 2 : kv_dim;
+// Bytes of one token's row of kv_dim values (`elem` bytes per value in the native format).
+__host__ __device__ inline int64_t kv_row_bytes(int f, int64_t kv_dim, int elem = 2) {
+    return f == PARADEC_KV_Q4 ? kv_dim / 2 : f == PARADEC_KV_NATIVE ? kv_dim * elem : kv_dim;
 }
+
+// Where sequence b's position j lives among the rows of the pages: b·capacity + j in a
+// contiguous cache; with a block table (vLLM-style, [batch, max_pages] int32),
+// table[b, j / page_size]·page_size + j % page_size.
+struct SlotMap {
+    const int32_t *table;
+    int64_t max_pages;
+    int64_t page_size;
+    int64_t capacity;
+    __device__ __forceinline__ int64_t operator()(int64_t b, int64_t j) const {
+        if (!table) return b * capacity + j;
+        return static_cast<int64_t>(__ldg(table + b * max_pages + j / page_size)) * page_size +
+               j % page_size;
+    }
+};
 
 // Unnormalized Walsh–Hadamard transform of 32 values in place, strides 1, 2, 4, 8, 16 (the
 // order of kv_quant::fwht32).

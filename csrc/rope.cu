@@ -37,18 +37,25 @@ struct RopeArgs {
     int64_t capacity;
     void *cache_k;  // [batch, capacity, kv_heads * head_dim] or null: no cache write
     void *cache_v;
-    // Quantized pages (format != PARADEC_KV_NATIVE; then cache_k/cache_v are null and the
-    // launch has one block per token).
+    // Quantized or paged pages (with `pages`, cache_k/cache_v are null and the launch has one
+    // block per token).
     paradec_kv_pages kq;
     paradec_kv_pages vq;
+    bool pages;  // write into kq/vq (quantized or paged) instead of cache_k/cache_v
+    SlotMap sm;  // where a position's row is in the pages
 };
 
-// Writes one token's row x (kv_dim values) into pages p at slot index `slot` (b·capacity + j).
+// Writes one token's row x (kv_dim values) into pages p at row `slot` (SlotMap).
 template <typename T>
 __device__ __forceinline__ void quant_write_row(const paradec_kv_pages &p, const T *x,
                                                 int kv_dim, int hd, int64_t slot) {
-    uint8_t *row = static_cast<uint8_t *>(p.codes) + slot * kv_row_bytes(p.format, kv_dim);
-    if (kv_has_runs(p.format)) {
+    uint8_t *row = static_cast<uint8_t *>(p.codes) +
+                   slot * kv_row_bytes(p.format, kv_dim, static_cast<int>(sizeof(T)));
+    if (p.format == PARADEC_KV_NATIVE) {
+        // A paged cache of the dtype: a copy, 16 bytes at a time (kv_dim % 8 == 0).
+        for (int c = threadIdx.x; c < kv_dim / kVec; c += blockDim.x)
+            st(row + c * 16, ld(x + c * kVec));
+    } else if (kv_has_runs(p.format)) {
         const int runs = kv_dim / kRun;
         for (int r = threadIdx.x; r < runs; r += blockDim.x) {
             float y[kRun];
@@ -199,12 +206,13 @@ __global__ void __launch_bounds__(128) rope_cache_kernel(RopeArgs a) {
         rotate_heads<T, VEC>(q, nullptr, a.heads, hd, a.rot_dim, a.half_style, cs, sn);
         rotate_heads<T, VEC>(k, ck, a.kv_heads, hd, a.rot_dim, a.half_style, cs, sn);
     }
-    if (a.kq.format != PARADEC_KV_NATIVE) {
-        // Quantized cache: this block is the token's only one; its rotated k is in memory.
+    if (a.pages) {
+        // Quantized or paged cache: this block is the token's only one; its rotated k is in
+        // memory.
         __syncthreads();
         const int64_t slot = a.past_len[b] + t;
         if (slot < 0 || slot >= a.capacity) return;  // the host checked (see the header)
-        const int64_t idx = b * a.capacity + slot;
+        const int64_t idx = a.sm(b, slot);
         quant_write_row<T>(a.kq, k, static_cast<int>(kv_dim), hd, idx);
         quant_write_row<T>(a.vq, static_cast<const T *>(a.v) + token * kv_dim,
                            static_cast<int>(kv_dim), hd, idx);
@@ -244,7 +252,7 @@ int launch_rope_t(const RopeArgs &a, cudaStream_t stream) {
     // Few tokens (decode): split each token's heads over several blocks to fill the GPU.
     const int64_t items = (static_cast<int64_t>(a.heads) + 3 * a.kv_heads) * a.head_dim / kVec;
     int split = 1;
-    if (a.tokens < 512 && a.kq.format == PARADEC_KV_NATIVE) split = static_cast<int>(std::min<int64_t>(16, std::max<int64_t>(1, items / 128)));
+    if (a.tokens < 512 && !a.pages) split = static_cast<int>(std::min<int64_t>(16, std::max<int64_t>(1, items / 128)));
     const dim3 grid(static_cast<unsigned>(a.tokens), split);
     if (vec)
         rope_cache_kernel<T, true><<<grid, 128, smem, stream>>>(a);
@@ -298,7 +306,9 @@ extern "C" int paradec_rotary_cache_write(int dtype, void *q, void *k, const voi
                             cache ? cache_k : nullptr,
                             cache ? cache_v : nullptr,
                             paradec_kv_pages{},
-                            paradec_kv_pages{}};
+                            paradec_kv_pages{},
+                            false,
+                            paradec::SlotMap{}};
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_rope_t<decltype(tag)>(a, stream);
         });
@@ -309,7 +319,8 @@ extern "C" int paradec_rotary_cache_write_quant(
     int dtype, void *q, void *k, const void *v, size_t batch, size_t q_len, size_t heads,
     size_t kv_heads, size_t head_dim, const int64_t *positions, int style, size_t rot_dim,
     const float *inv_freq, float attn_factor, const int64_t *past_len, size_t capacity,
-    paradec_kv_pages k_pages, paradec_kv_pages v_pages, paradec_stream_t stream) {
+    paradec_kv_block_table block_table, paradec_kv_pages k_pages, paradec_kv_pages v_pages,
+    paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         const bool rot = inv_freq != nullptr;
         if (!q || !k || !v || !past_len || !k_pages.codes || !v_pages.codes)
@@ -319,7 +330,10 @@ extern "C" int paradec_rotary_cache_write_quant(
             return PARADEC_K_BAD_ENUM;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
         for (const paradec_kv_pages *p : {&k_pages, &v_pages}) {
-            if (p->format < PARADEC_KV_E4M3 || p->format > PARADEC_KV_Q4) return PARADEC_K_BAD_ENUM;
+            if (p->format < PARADEC_KV_NATIVE || p->format > PARADEC_KV_Q4) return PARADEC_K_BAD_ENUM;
+            if (p->format == PARADEC_KV_NATIVE && (head_dim % paradec::kVec != 0 ||
+                                                   !paradec::aligned16(k) || !paradec::aligned16(v)))
+                return PARADEC_K_BAD_SHAPE;
             if (p->format == PARADEC_KV_E5M2 && dtype != PARADEC_F16) return PARADEC_K_BAD_DTYPE;
             if (paradec::kv_has_runs(p->format) && !p->scales) return PARADEC_K_NULL_POINTER;
             if (p->format == PARADEC_KV_E4M3 && !p->head_scale) return PARADEC_K_NULL_POINTER;
@@ -335,6 +349,15 @@ extern "C" int paradec_rotary_cache_write_quant(
             batch > static_cast<size_t>(INT_MAX) / q_len || capacity > (size_t{1} << 40))
             return PARADEC_K_DIM_TOO_LARGE;
         if (rot && (rot_dim % 2 != 0 || rot_dim > head_dim)) return PARADEC_K_BAD_SHAPE;
+        if (block_table.table &&
+            (block_table.page_size == 0 || block_table.max_pages == 0 ||
+             block_table.max_pages > (size_t{1} << 30) ||
+             block_table.page_size > (size_t{1} << 30) ||
+             capacity != block_table.max_pages * block_table.page_size))
+            return PARADEC_K_BAD_SHAPE;
+        const paradec::SlotMap sm{block_table.table, static_cast<int64_t>(block_table.max_pages),
+                                  static_cast<int64_t>(block_table.page_size),
+                                  static_cast<int64_t>(capacity)};
         paradec::RopeArgs a{q,
                             k,
                             v,
@@ -353,7 +376,9 @@ extern "C" int paradec_rotary_cache_write_quant(
                             nullptr,
                             nullptr,
                             k_pages,
-                            v_pages};
+                            v_pages,
+                            true,
+                            sm};
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_rope_t<decltype(tag)>(a, stream);
         });

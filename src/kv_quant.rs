@@ -486,13 +486,154 @@ impl QuantPages {
     }
 }
 
-/// K and V of one layer of a quantized cache.
+/// K and V of one layer of a quantized cache, or of a paged pool (whose pages may also be of
+/// the `Native` format: then `codes` holds the values in the cache dtype, [rows, kv_dim]).
 #[derive(Debug)]
 pub struct QuantLayer {
     /// Keys.
     pub k: QuantPages,
     /// Values.
     pub v: QuantPages,
+}
+
+impl QuantLayer {
+    /// Zeroed K and V pages of `rows_a × rows_b` rows (batch × capacity for a contiguous
+    /// cache, num_pages × page_size for a paged pool) in `mode`, with `layer`'s E4M3 scales.
+    /// `Native` pages hold `dtype` values.
+    pub fn new(
+        mode: &KvCacheMode,
+        layer: usize,
+        num_layers: usize,
+        rows_a: usize,
+        rows_b: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Self> {
+        mode.check(num_layers, kv_heads, head_dim, dtype)?;
+        let (fk, fv) = mode.formats();
+        let (ks, vs) = mode.head_scales(layer, kv_heads);
+        let make = |f: KvFormat, hs: &[f32]| -> Result<QuantPages> {
+            if f == KvFormat::Native {
+                Ok(QuantPages {
+                    format: f,
+                    codes: Tensor::zeros(&[rows_a, rows_b, kv_heads * head_dim], dtype, device)?,
+                    scales: None,
+                    head_scales: None,
+                })
+            } else {
+                QuantPages::new(f, rows_a, rows_b, kv_heads, head_dim, hs, device)
+            }
+        };
+        Ok(QuantLayer {
+            k: make(fk, &ks)?,
+            v: make(fv, &vs)?,
+        })
+    }
+}
+
+/// A vLLM-style block table: sequence b's positions live in fixed-size pages of a pool
+/// (`QuantLayer` of num_pages × page_size rows), position j in page `table[b·max_pages +
+/// j / page_size]`, row j % page_size. The caller (a serving engine) owns and fills it; every
+/// call passes it with each sequence's page count, and paradec checks both on the host before
+/// anything runs.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockTable<'a> {
+    /// Positions per page.
+    pub page_size: usize,
+    /// Entries per sequence in `table` (the most pages a sequence can own).
+    pub max_pages: usize,
+    /// [batch, max_pages] page indices; entries past a sequence's page count are not read.
+    pub table: &'a [i32],
+    /// Pages each sequence owns: its first `page_count[b]` entries of `table`.
+    pub page_count: &'a [usize],
+}
+
+impl BlockTable<'_> {
+    /// The pool row of sequence b's position j (after [`check`](Self::check)).
+    pub fn row(&self, b: usize, j: usize) -> usize {
+        self.table[b * self.max_pages + j / self.page_size] as usize * self.page_size
+            + j % self.page_size
+    }
+
+    /// Positions one sequence can hold (`max_pages · page_size`).
+    pub fn capacity(&self) -> usize {
+        self.max_pages.saturating_mul(self.page_size)
+    }
+
+    /// Checks a call over `batch` sequences that reads (and, with `writes`, writes the last
+    /// `q_len` of) positions 0 .. past_len[b] + q_len of each sequence, in a pool of
+    /// `num_pages` pages: the table's size, each page count against `max_pages`, each length
+    /// against the sequence's pages, every page the call touches inside the pool, and — for a
+    /// write — no pool row written by two sequences. The error names what is wrong.
+    pub fn check(
+        &self,
+        batch: usize,
+        num_pages: usize,
+        past_len: &[usize],
+        q_len: usize,
+        writes: bool,
+    ) -> Result<()> {
+        if self.page_size == 0 || self.max_pages == 0 {
+            return Err(Error::bad_input(format!(
+                "block table: page size {} and pages per sequence {} must be positive",
+                self.page_size, self.max_pages
+            )));
+        }
+        if self.table.len() != batch.saturating_mul(self.max_pages) {
+            return Err(Error::bad_input(format!(
+                "block table: {} entries, expected {batch} sequences × {} pages",
+                self.table.len(),
+                self.max_pages
+            )));
+        }
+        if self.page_count.len() != batch || past_len.len() != batch {
+            return Err(Error::bad_input(format!(
+                "block table: {} page counts and {} past lengths for {batch} sequences",
+                self.page_count.len(),
+                past_len.len()
+            )));
+        }
+        let mut written = std::collections::HashMap::new();
+        for (b, &pc) in self.page_count.iter().enumerate() {
+            if pc > self.max_pages {
+                return Err(Error::bad_input(format!(
+                    "block table: sequence {b} owns {pc} pages, more than the table's {} per sequence",
+                    self.max_pages
+                )));
+            }
+            let end = past_len[b].checked_add(q_len).ok_or_else(|| {
+                Error::bad_input(format!("block table: sequence {b}: length overflows"))
+            })?;
+            if end > pc.saturating_mul(self.page_size) {
+                return Err(Error::CapacityExceeded(format!(
+                    "block table: sequence {b} reaches position {end} (past {} + {q_len} new) but                      owns {pc} pages of {} positions",
+                    past_len[b], self.page_size
+                )));
+            }
+            for i in 0..end.div_ceil(self.page_size) {
+                let page = self.table[b * self.max_pages + i];
+                if page < 0 || page as usize >= num_pages {
+                    return Err(Error::bad_input(format!(
+                        "block table: sequence {b}'s page {i} is {page}, outside the pool of {num_pages} pages"
+                    )));
+                }
+            }
+            if writes {
+                for j in past_len[b]..end {
+                    if let Some(other) = written.insert(self.row(b, j), b) {
+                        return Err(Error::bad_input(format!(
+                            "block table: sequences {other} and {b} would both write pool row {}                              (page {}, position {j} of sequence {b})",
+                            self.row(b, j),
+                            self.row(b, j) / self.page_size
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

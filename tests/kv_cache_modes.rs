@@ -324,6 +324,25 @@ fn measured_attention_error_per_mode() {
             1,
             true,
         );
+        // And the fp16 cache against the exact one (the same draws, not rounded).
+        if !mode.is_quantized() {
+            let mut rng = Rng::new(77);
+            let (f32_out, _) = attention_pair(
+                &KvCacheMode::Native,
+                &mut rng,
+                2,
+                32,
+                8,
+                128,
+                &[1024, 700],
+                1,
+                false,
+            );
+            println!(
+                "random, decode over 1024: the fp16 cache vs the exact f32 one: rel L2 {:.3e}",
+                rel_l2(&got, &f32_out)
+            );
+        }
         let e_exact = rel_l2(&got, &exact);
         let e16 = rel_l2(&got, &fp16);
         println!(
@@ -501,4 +520,281 @@ fn bad_modes_and_writes_are_named_errors() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("cache k codes"), "{e}");
+}
+
+/// A paged pool holds what a contiguous cache holds: the same tokens written through a block
+/// table (pages shuffled, odd page sizes) give attention outputs equal to the contiguous
+/// cache's, in every mode.
+#[test]
+fn paged_pool_equals_the_contiguous_cache() {
+    use paradec::kv_quant::{BlockTable, QuantLayer};
+    let (s, mut ws) = (Stream::Host, Workspace::cpu());
+    let mut rng = Rng::new(5150);
+    for mode in KvCacheMode::all() {
+        for (page_size, kv_heads, d) in [(16usize, 2usize, 64usize), (5, 1, 32), (1, 4, 32)] {
+            let (heads, batch, q_len) = (2 * kv_heads, 3, 2);
+            let past = [9usize, 0, 17];
+            let kv_dim = kv_heads * d;
+            let need: Vec<usize> = past
+                .iter()
+                .map(|p| (p + q_len).div_ceil(page_size))
+                .collect();
+            let max_pages = *need.iter().max().unwrap();
+            let num_pages: usize = need.iter().sum::<usize>() + 3;
+            let mut order: Vec<i32> = (0..num_pages as i32).rev().collect();
+            order.rotate_left(2);
+            let mut table = vec![-1i32; batch * max_pages];
+            let mut next = 0;
+            for b in 0..batch {
+                for i in 0..need[b] {
+                    table[b * max_pages + i] = order[next];
+                    next += 1;
+                }
+            }
+            let bt = BlockTable {
+                page_size,
+                max_pages,
+                table: &table,
+                page_count: &need,
+            };
+            let capacity = 20;
+            let mut pool = QuantLayer::new(
+                &mode,
+                0,
+                1,
+                num_pages,
+                page_size,
+                kv_heads,
+                d,
+                DType::F32,
+                Device::Cpu,
+            )
+            .unwrap();
+            let mut flat = QuantLayer::new(
+                &mode,
+                0,
+                1,
+                batch,
+                capacity,
+                kv_heads,
+                d,
+                DType::F32,
+                Device::Cpu,
+            )
+            .unwrap();
+            // The whole history in one write (positions 0 … past + q_len − 1).
+            let lens: Vec<usize> = past.iter().map(|p| p + q_len).collect();
+            let n_new = *lens.iter().max().unwrap();
+            // Each sequence writes only its own length: one call per sequence.
+            for b in 0..batch {
+                let n = lens[b];
+                let k = kv_values(&mut rng, n, kv_dim, d);
+                let v = kv_values(&mut rng, n, kv_dim, d);
+                let t = |x: &[f32], w| paradec::Tensor::from_f32(x.to_vec(), &[n, w]).unwrap();
+                let pos = vec![0i64; n];
+                let t1 = BlockTable {
+                    table: &table[b * max_pages..(b + 1) * max_pages],
+                    page_count: &need[b..b + 1],
+                    ..bt
+                };
+                let mut q0 = t(&vec![0.0; n * kv_dim], kv_dim);
+                let (mut k1, v1) = (t(&k, kv_dim), t(&v, kv_dim));
+                ops::paged_rotary_and_cache_write(
+                    &s,
+                    &mut ws,
+                    &mut q0,
+                    &mut k1,
+                    &v1,
+                    kv_heads,
+                    kv_heads,
+                    d,
+                    &pos,
+                    None,
+                    &[0],
+                    n,
+                    &t1,
+                    &mut pool,
+                )
+                .unwrap();
+                // The contiguous cache: sequence b alone, as a batch of 1 at its row.
+                let mut one = QuantLayer::new(
+                    &mode,
+                    0,
+                    1,
+                    1,
+                    capacity,
+                    kv_heads,
+                    d,
+                    DType::F32,
+                    Device::Cpu,
+                )
+                .unwrap();
+                let at = CacheSlots {
+                    batch: 1,
+                    q_len: n,
+                    capacity,
+                    past_len: &[0],
+                };
+                let (mut k2, v2) = (t(&k, kv_dim), t(&v, kv_dim));
+                ops::rotary_and_cache_write_quant(
+                    &s, &mut ws, &mut q0, &mut k2, &v2, kv_heads, kv_heads, d, &pos, None, &at,
+                    &mut one,
+                )
+                .unwrap();
+                copy_row(&one, &mut flat, b, capacity, kv_dim);
+            }
+            let _ = n_new;
+            let shape = AttnShape {
+                batch,
+                q_len,
+                heads,
+                kv_heads,
+                head_dim: d,
+                capacity,
+            };
+            let masking = AttnMasking {
+                past_len: &past,
+                window: 0,
+                mask: None,
+                mask_stride: 0,
+            };
+            let q = paradec::Tensor::from_f32(
+                (0..batch * q_len * heads * d)
+                    .map(|_| rng.uniform())
+                    .collect(),
+                &[batch * q_len, heads * d],
+            )
+            .unwrap();
+            let n = batch * q_len * heads * d;
+            let mut o1 = paradec::Tensor::from_f32(vec![0.0; n], &[n]).unwrap();
+            let mut o2 = paradec::Tensor::from_f32(vec![0.0; n], &[n]).unwrap();
+            ops::paged_attention(
+                &s, &mut ws, &q, &pool, &bt, &shape, &masking, 0.125, &mut o1,
+            )
+            .unwrap();
+            ops::attention_quant(&s, &mut ws, &q, &flat, &shape, &masking, 0.125, &mut o2).unwrap();
+            assert_eq!(
+                o1.as_f32().unwrap(),
+                o2.as_f32().unwrap(),
+                "{} page {page_size}",
+                mode.name()
+            );
+        }
+    }
+}
+
+/// Copies sequence 0 of `one` (pages of one sequence) into sequence b of `flat`.
+fn copy_row(
+    one: &paradec::kv_quant::QuantLayer,
+    flat: &mut paradec::kv_quant::QuantLayer,
+    b: usize,
+    capacity: usize,
+    kv_dim: usize,
+) {
+    for (src, dst) in [(&one.k, &mut flat.k), (&one.v, &mut flat.v)] {
+        if let Ok(x) = src.codes.as_f32() {
+            let n = capacity * kv_dim;
+            dst.codes.as_f32_mut().unwrap()[b * n..(b + 1) * n].copy_from_slice(x);
+            continue;
+        }
+        let pairs = [
+            (Some(&src.codes), Some(&mut dst.codes)),
+            (src.scales.as_ref(), dst.scales.as_mut()),
+        ];
+        for (s, d) in pairs {
+            if let (Some(s), Some(d)) = (s, d) {
+                let bytes = s.host().unwrap().to_le_bytes();
+                let mut all = d.host().unwrap().to_le_bytes();
+                all[b * bytes.len()..(b + 1) * bytes.len()].copy_from_slice(&bytes);
+                *d.host_mut().unwrap() = paradec::HostData::from_le_bytes(d.dtype(), &all).unwrap();
+            }
+        }
+    }
+}
+
+/// A block table that does not cover a call is refused before anything is written, with an
+/// error naming the sequence and page.
+#[test]
+fn bad_block_tables_are_named_errors() {
+    use paradec::kv_quant::{BlockTable, QuantLayer};
+    let (s, mut ws) = (Stream::Host, Workspace::cpu());
+    let mut pool =
+        QuantLayer::new(&KvCacheMode::Q8, 0, 1, 4, 8, 1, 32, DType::F32, Device::Cpu).unwrap();
+    let before = pool.k.codes.host().unwrap().to_le_bytes();
+    let mut call = |table: &[i32], page_count: &[usize], past: &[usize], q_len: usize| {
+        let tokens = past.len() * q_len;
+        let mut q = paradec::Tensor::from_f32(vec![0.5; tokens * 32], &[tokens, 32]).unwrap();
+        let mut k = paradec::Tensor::from_f32(vec![0.5; tokens * 32], &[tokens, 32]).unwrap();
+        let v = paradec::Tensor::from_f32(vec![0.5; tokens * 32], &[tokens, 32]).unwrap();
+        let bt = BlockTable {
+            page_size: 8,
+            max_pages: 2,
+            table,
+            page_count,
+        };
+        ops::paged_rotary_and_cache_write(
+            &s,
+            &mut ws,
+            &mut q,
+            &mut k,
+            &v,
+            1,
+            1,
+            32,
+            &vec![0; tokens],
+            None,
+            past,
+            q_len,
+            &bt,
+            &mut pool,
+        )
+        .map(|_| ())
+    };
+    // A page outside the pool of 4.
+    let e = call(&[0, 7], &[2], &[6], 4).unwrap_err();
+    assert!(e.to_string().contains("page 1 is 7"), "{e}");
+    // A length past the sequence's pages.
+    let e = call(&[0, 1], &[1], &[6], 4).unwrap_err();
+    assert!(
+        matches!(e, Error::CapacityExceeded(_)) && e.to_string().contains("sequence 0"),
+        "{e}"
+    );
+    // More pages than the table has room for.
+    let e = call(&[0, 1], &[3], &[0], 1).unwrap_err();
+    assert!(e.to_string().contains("owns 3 pages"), "{e}");
+    // A table of the wrong size.
+    let e = call(&[0, 1, 2], &[1], &[0], 1).unwrap_err();
+    assert!(e.to_string().contains("3 entries"), "{e}");
+    // Two sequences writing the same row.
+    let e = call(&[0, 1, 0, 2], &[1, 1], &[3, 3], 1).unwrap_err();
+    assert!(e.to_string().contains("both write pool row 3"), "{e}");
+    assert_eq!(
+        pool.k.codes.host().unwrap().to_le_bytes(),
+        before,
+        "nothing written"
+    );
+    // Reading a shared page is fine (prefix sharing).
+    let q = paradec::Tensor::from_f32(vec![0.5; 64], &[2, 32]).unwrap();
+    let mut o = paradec::Tensor::from_f32(vec![0.0; 64], &[2, 32]).unwrap();
+    let bt = BlockTable {
+        page_size: 8,
+        max_pages: 2,
+        table: &[0, 1, 0, 2],
+        page_count: &[2, 2],
+    };
+    let shape = AttnShape {
+        batch: 2,
+        q_len: 1,
+        heads: 1,
+        kv_heads: 1,
+        head_dim: 32,
+        capacity: 0,
+    };
+    let masking = AttnMasking {
+        past_len: &[9, 12],
+        window: 0,
+        mask: None,
+        mask_stride: 0,
+    };
+    ops::paged_attention(&s, &mut ws, &q, &pool, &bt, &shape, &masking, 1.0, &mut o).unwrap();
 }

@@ -120,7 +120,9 @@ mod rope;
 pub use activation::{act_mul, activate, add_inplace, scale_inplace};
 pub use attention::{attention, head_norm, split_qkv};
 pub use embedding::embedding;
-pub use kv_quant::{attention_quant, rotary_and_cache_write_quant};
+pub use kv_quant::{
+    attention_quant, paged_attention, paged_rotary_and_cache_write, rotary_and_cache_write_quant,
+};
 pub use linear::{
     linear, parse_linear_override, prepared_linear, quant_linear, select_linear,
     set_linear_override, LinearFormat, LinearPlan,

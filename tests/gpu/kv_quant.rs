@@ -8,7 +8,7 @@
 use super::*;
 use half::f16;
 use paradec::cpu::kv_quant::{PagesMut, PagesRef};
-use paradec::kv_quant::{KvFormat, QuantLayer, QuantPages, RUN};
+use paradec::kv_quant::{BlockTable, KvFormat, QuantLayer, QuantPages, RUN};
 use paradec::{KvCache, KvCacheMode, Workspace};
 
 fn modes() -> Vec<KvCacheMode> {
@@ -19,6 +19,17 @@ fn modes() -> Vec<KvCacheMode> {
         v_scales: (0..16).map(|i| 2.0 - 0.1 * i as f32).collect(),
     };
     m
+}
+
+/// `mode` with its E4M3 scale lists cut to `layers` × `kv_heads`.
+fn sized(mode: &KvCacheMode, layers: usize, kv_heads: usize) -> KvCacheMode {
+    match mode {
+        KvCacheMode::Fp8E4M3 { k_scales, v_scales } => KvCacheMode::Fp8E4M3 {
+            k_scales: k_scales[..layers * kv_heads].to_vec(),
+            v_scales: v_scales[..layers * kv_heads].to_vec(),
+        },
+        m => m.clone(),
+    }
 }
 
 fn fits(mode: &KvCacheMode, d: usize, dtype: DType) -> bool {
@@ -49,6 +60,7 @@ fn host_ref(p: &QuantPages) -> PagesRef<'_> {
             _ => &[],
         },
         head_scale: p.head_scales.as_ref().map_or(&[][..], |s| s.as_f32().unwrap()),
+        native: &[],
     }
 }
 
@@ -65,6 +77,7 @@ fn host_mut(p: &mut QuantPages) -> PagesMut<'_> {
             _ => &mut [],
         },
         head_scale,
+        native: &mut [],
     }
 }
 
@@ -104,7 +117,7 @@ fn random_pages(
         d,
         DType::F32,
         Device::Cpu,
-        mode.clone(),
+        sized(mode, 2, kv_heads),
     )
     .unwrap();
     let kv_dim = kv_heads * d;
@@ -171,17 +184,17 @@ fn quantizing_cache_write_matches_cpu() {
                         capacity,
                         past_len: &past,
                     };
-                    let mut gc = KvCache::with_mode(2, batch, capacity, kv_heads, d, dtype, Device::Cuda(0), mode.clone()).unwrap();
+                    let mut gc = KvCache::with_mode(2, batch, capacity, kv_heads, d, dtype, Device::Cuda(0), sized(&mode, 2, kv_heads)).unwrap();
                     let mut meta = Tensor::zeros(&[kernels::rope_meta_bytes(tokens, batch, d / 2)], DType::U8, Device::Cuda(0)).unwrap();
                     kernels::rotary_and_cache_write_quant(
-                        &mut q, &mut k, &v, heads, kv_heads, d, &positions, Some(&rot), &at, &mut meta,
+                        &mut q, &mut k, &v, heads, kv_heads, d, &positions, Some(&rot), &at, None, &mut meta,
                         gc.quant_layer_mut(1).unwrap(), &s,
                     )
                     .unwrap();
                     stream_sync(&s);
                     // The CPU twin from the GPU's rotated k (so both quantize the same values).
                     let kr = download(&k);
-                    let mut cc = KvCache::with_mode(2, batch, capacity, kv_heads, d, DType::F32, Device::Cpu, mode.clone()).unwrap();
+                    let mut cc = KvCache::with_mode(2, batch, capacity, kv_heads, d, DType::F32, Device::Cpu, sized(&mode, 2, kv_heads)).unwrap();
                     {
                         let l = cc.quant_layer_mut(1).unwrap();
                         paradec::cpu::kv_quant::write_rows(&kr, kv_heads, d, &at, &mut host_mut(&mut l.k));
@@ -294,7 +307,7 @@ fn run_decode(s: &CudaStream, rng: &mut Rng, mode: &KvCacheMode, c: &QCase, dtyp
     } else {
         let mut meta = Tensor::zeros(&[kernels::attention_meta_bytes(&shape, &masking)], DType::U8, Device::Cuda(0)).unwrap();
         let mut partials = Tensor::zeros(&[kernels::attention_quant_scratch_len(&shape, max_past, s).unwrap()], DType::F32, Device::Cuda(0)).unwrap();
-        kernels::attention_quant(&q, &gl, &shape, &masking, scale, &mut meta, &mut partials, &mut out, s).unwrap();
+        kernels::attention_quant(&q, &gl, None, &shape, &masking, scale, &mut meta, &mut partials, &mut out, s).unwrap();
     }
     stream_sync(s);
     let got = download(&out);
@@ -371,10 +384,10 @@ fn quantized_pages_bad_input_is_named() {
     let (v, _) = upload(&[0.5; 64], &[1, 64], DType::F16);
     let mut meta = Tensor::zeros(&[kernels::rope_meta_bytes(1, 1, 0)], DType::U8, Device::Cuda(0)).unwrap();
     let at = CacheSlots { batch: 1, q_len: 1, capacity: 8, past_len: &[8] };
-    let e = kernels::rotary_and_cache_write_quant(&mut q, &mut k, &v, 2, 2, 32, &[0], None, &at, &mut meta, gc.quant_layer_mut(0).unwrap(), &s).unwrap_err();
+    let e = kernels::rotary_and_cache_write_quant(&mut q, &mut k, &v, 2, 2, 32, &[0], None, &at, None, &mut meta, gc.quant_layer_mut(0).unwrap(), &s).unwrap_err();
     assert!(matches!(e, Error::CapacityExceeded(_)), "{e}");
     let at = CacheSlots { capacity: 9, past_len: &[0], ..at };
-    let e = kernels::rotary_and_cache_write_quant(&mut q, &mut k, &v, 2, 2, 32, &[0], None, &at, &mut meta, gc.quant_layer_mut(0).unwrap(), &s).unwrap_err();
+    let e = kernels::rotary_and_cache_write_quant(&mut q, &mut k, &v, 2, 2, 32, &[0], None, &at, None, &mut meta, gc.quant_layer_mut(0).unwrap(), &s).unwrap_err();
     assert!(e.to_string().contains("cache k codes"), "{e}");
     // A bf16 call into E5M2 pages (only fp16 truncates) is refused.
     let mut e5 = KvCache::with_mode(1, 1, 8, 2, 32, DType::F16, Device::Cuda(0), KvCacheMode::Fp8E5M2).unwrap();
@@ -382,7 +395,7 @@ fn quantized_pages_bad_input_is_named() {
     let (mut kb, _) = upload(&[0.5; 64], &[1, 64], DType::BF16);
     let (vb, _) = upload(&[0.5; 64], &[1, 64], DType::BF16);
     let at = CacheSlots { capacity: 8, ..at };
-    let e = kernels::rotary_and_cache_write_quant(&mut qb, &mut kb, &vb, 2, 2, 32, &[0], None, &at, &mut meta, e5.quant_layer_mut(0).unwrap(), &s).unwrap_err();
+    let e = kernels::rotary_and_cache_write_quant(&mut qb, &mut kb, &vb, 2, 2, 32, &[0], None, &at, None, &mut meta, e5.quant_layer_mut(0).unwrap(), &s).unwrap_err();
     assert!(matches!(e, Error::Unsupported(_)), "{e}");
 }
 
@@ -410,13 +423,7 @@ fn fixture_models_through_a_quantized_cache() {
                 if !fits(&mode, cpu_m.arch.head_dim, dtype) {
                     continue;
                 }
-                let mode = match &mode {
-                    KvCacheMode::Fp8E4M3 { k_scales, v_scales } => KvCacheMode::Fp8E4M3 {
-                        k_scales: k_scales[..cpu_m.arch.num_layers * cpu_m.arch.kv_heads].to_vec(),
-                        v_scales: v_scales[..cpu_m.arch.num_layers * cpu_m.arch.kv_heads].to_vec(),
-                    },
-                    m => m.clone(),
-                };
+                let mode = sized(&mode, cpu_m.arch.num_layers, cpu_m.arch.kv_heads);
                 let want = steps(&cpu_m, variant, &mode, &paradec::Stream::Host);
                 let got = steps(&gpu_m, variant, &mode, &s);
                 let mut worst = 0.0f64;
@@ -453,4 +460,145 @@ fn steps(model: &paradec::Model, variant: &str, mode: &KvCacheMode, s: &paradec:
             (common::values(&logits), keep)
         })
         .collect()
+}
+
+/// A paged pool (vLLM-style block table, pages in a shuffled order, page sizes 16 and 7) in
+/// every mode, the native one included: the GPU's cache write against the CPU twin's from the
+/// same rotated k (codes and values equal), then decode (q_len 1, 3) and prefill (q_len 20,
+/// through the gather) attention against the CPU twin over the same pool.
+#[test]
+fn paged_cache_matches_cpu() {
+    let Some(_g) = gpu("paged_cache_matches_cpu") else {
+        return;
+    };
+    let st = paradec::Stream::Cuda(CudaStream::new(0).unwrap());
+    let cs = match &st {
+        paradec::Stream::Cuda(c) => c,
+        _ => unreachable!(),
+    };
+    let host = paradec::Stream::Host;
+    let mut rng = Rng::new(1104);
+    let mut all = vec![KvCacheMode::Native];
+    all.extend(modes());
+    let mut report = Vec::new();
+    for mode in all {
+        let mut n = 0;
+        let mut worst = 0.0f64;
+        for (heads, kv_heads, d) in [(8, 2, 64), (4, 4, 128), (4, 2, 80)] {
+            for dtype in DTYPES {
+                if !fits(&mode, d, dtype) {
+                    continue;
+                }
+                let mode = sized(&mode, 1, kv_heads);
+                let mut ws = Workspace::new(Device::Cuda(0), dtype).unwrap();
+                let mut cws = Workspace::cpu();
+                for (page_size, q_len, past) in [
+                    (16usize, 1usize, vec![40usize, 0, 77]),
+                    (7, 3, vec![13, 30, 1]),
+                    (16, 20, vec![5, 33, 0]),
+                ] {
+                    let batch = past.len();
+                    let kv_dim = kv_heads * d;
+                    let need: Vec<usize> = past.iter().map(|p| (p + q_len).div_ceil(page_size)).collect();
+                    let max_pages = need.iter().max().unwrap() + 1;
+                    let page_count: Vec<usize> = need.iter().enumerate().map(|(b, &n)| n + (b == 0) as usize).collect();
+                    let num_pages = page_count.iter().sum::<usize>() + 2;
+                    let mut order: Vec<i32> = (0..num_pages as i32).collect();
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    let mut table = vec![-1i32; batch * max_pages];
+                    let mut next = 0;
+                    for b in 0..batch {
+                        for i in 0..page_count[b] {
+                            table[b * max_pages + i] = order[next];
+                            next += 1;
+                        }
+                    }
+                    let bt = BlockTable { page_size, max_pages, table: &table, page_count: &page_count };
+                    // The past, written on the CPU one sequence at a time.
+                    let mut cpool = QuantLayer::new(&mode, 0, 1, num_pages, page_size, kv_heads, d, DType::F32, Device::Cpu).unwrap();
+                    for b in 0..batch {
+                        if past[b] == 0 {
+                            continue;
+                        }
+                        let t1 = BlockTable { max_pages, table: &table[b * max_pages..(b + 1) * max_pages], page_count: &page_count[b..b + 1], page_size };
+                        let r = |rng: &mut Rng| host_vals(&rng.vec(past[b] * kv_dim, -1.5, 1.5), dtype);
+                        let (kk, vv) = (r(&mut rng), r(&mut rng));
+                        let mut qd = Tensor::from_f32(vec![0.0; past[b] * kv_heads * d], &[past[b], kv_dim]).unwrap();
+                        let mut kt = Tensor::from_f32(kk, &[past[b], kv_dim]).unwrap();
+                        let vt = Tensor::from_f32(vv, &[past[b], kv_dim]).unwrap();
+                        paradec::ops::paged_rotary_and_cache_write(
+                            &host, &mut cws, &mut qd, &mut kt, &vt, kv_heads, kv_heads, d, &vec![0; past[b]], None, &[0], past[b], &t1, &mut cpool,
+                        )
+                        .unwrap();
+                    }
+                    let up = |p: &QuantPages| {
+                        if p.format == KvFormat::Native {
+                            QuantPages { format: p.format, codes: p.codes.to_dtype(dtype).unwrap().to_device(Device::Cuda(0)).unwrap(), scales: None, head_scales: None }
+                        } else {
+                            to_gpu(p)
+                        }
+                    };
+                    let mut gpool = QuantLayer { k: up(&cpool.k), v: up(&cpool.v) };
+                    // This call's tokens: rotated and written on the GPU; the CPU writes the
+                    // GPU's rotated k.
+                    let tokens = batch * q_len;
+                    let (mut qg, _) = upload(&rng.vec(tokens * heads * d, -2.0, 2.0), &[tokens, heads * d], dtype);
+                    let (mut kg, _) = upload(&rng.vec(tokens * kv_dim, -1.5, 1.5), &[tokens, kv_dim], dtype);
+                    let (vg, vv) = upload(&rng.vec(tokens * kv_dim, -1.5, 1.5), &[tokens, kv_dim], dtype);
+                    let positions: Vec<i64> = (0..batch).flat_map(|b| (0..q_len).map(move |t| (b + t + 3) as i64)).collect();
+                    let inv: Vec<f32> = (0..d / 4).map(|j| 1e4f32.powf(-(j as f32) / (d as f32 / 4.0))).collect();
+                    let rot = RotaryArgs { style: RopeStyle::Half, rot_dim: d / 2, inv_freq: &inv, attn_factor: 1.0 };
+                    paradec::ops::paged_rotary_and_cache_write(
+                        &st, &mut ws, &mut qg, &mut kg, &vg, heads, kv_heads, d, &positions, Some(&rot), &past, q_len, &bt, &mut gpool,
+                    )
+                    .unwrap();
+                    cs.synchronize().unwrap();
+                    let (qr, kr) = (download(&qg), download(&kg));
+                    let mut qc = Tensor::from_f32(qr.clone(), &[tokens, heads * d]).unwrap();
+                    let mut kc = Tensor::from_f32(kr, &[tokens, kv_dim]).unwrap();
+                    let vc = Tensor::from_f32(vv, &[tokens, kv_dim]).unwrap();
+                    paradec::ops::paged_rotary_and_cache_write(
+                        &host, &mut cws, &mut qc, &mut kc, &vc, heads, kv_heads, d, &positions, None, &past, q_len, &bt, &mut cpool,
+                    )
+                    .unwrap();
+                    let tag = format!("{} {dtype} h{heads}/{kv_heads} d{d} page {page_size} q{q_len} past {past:?}", mode.name());
+                    for (name, gp, cp) in [("k", &gpool.k, &cpool.k), ("v", &gpool.v, &cpool.v)] {
+                        if gp.format == KvFormat::Native {
+                            assert_eq!(download(&gp.codes), cp.codes.as_f32().unwrap(), "{tag}: {name} pool");
+                        } else {
+                            let h = QuantPages { format: gp.format, codes: gp.codes.to_host().unwrap(), scales: gp.scales.as_ref().map(|t| t.to_host().unwrap()), head_scales: gp.head_scales.as_ref().map(|t| t.to_host().unwrap()) };
+                            assert_eq!(host_ref(&h).codes, host_ref(cp).codes, "{tag}: {name} codes");
+                            assert_eq!(host_ref(&h).scales, host_ref(cp).scales, "{tag}: {name} scales");
+                        }
+                    }
+                    // Attention over the pool.
+                    let shape = AttnShape { batch, q_len, heads, kv_heads, head_dim: d, capacity: bt.capacity() };
+                    let masking = AttnMasking { past_len: &past, window: 0, mask: None, mask_stride: 0 };
+                    let scale = 1.0 / (d as f32).sqrt();
+                    let mut out = poisoned(&[tokens, heads * d], dtype);
+                    paradec::ops::paged_attention(&st, &mut ws, &qg, &gpool, &bt, &shape, &masking, scale, &mut out).unwrap();
+                    cs.synchronize().unwrap();
+                    let got = download(&out);
+                    let mut oc = Tensor::from_f32(vec![0.0; tokens * heads * d], &[tokens, heads * d]).unwrap();
+                    paradec::ops::paged_attention(&host, &mut cws, &Tensor::from_f32(qr, &[tokens, heads * d]).unwrap(), &cpool, &bt, &shape, &masking, scale, &mut oc).unwrap();
+                    let want = oc.as_f32().unwrap();
+                    assert_close(&tag, dtype, &got, want);
+                    worst = worst.max(rel_err(&got, want));
+                    n += 1;
+                }
+            }
+        }
+        report.push(format!("{}: {n} cases, worst rel err {worst:.2e}", mode.name()));
+    }
+    eprintln!("paged_cache_matches_cpu:\n{}", report.join("\n"));
+}
+
+fn host_vals(v: &[f32], dtype: DType) -> Vec<f32> {
+    Tensor::from_f32_as(v, &[v.len()], dtype)
+        .unwrap()
+        .f32_values()
+        .unwrap()
+        .into_owned()
 }

@@ -1,6 +1,7 @@
-//! The quantized KV cache on the GPU (csrc/kernels/kv_quant.h): rotary fused with a quantizing
-//! cache write, decode attention over the quantized pages, and the dequantizing copy a prefill
-//! over such a cache runs first. Twins of `cpu::kv_quant`.
+//! The quantized and the paged KV cache on the GPU (csrc/kernels/kv_quant.h): rotary fused
+//! with a (quantizing) cache write, decode attention over the pages, and the dequantizing
+//! gather a prefill over such a cache runs first. Twins of `cpu::kv_quant`. A paged call's
+//! block table travels to the device at the end of the call's table in `meta`.
 
 use std::ffi::c_void;
 use std::ptr;
@@ -10,7 +11,7 @@ use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
-use crate::kv_quant::{KvFormat, QuantLayer, QuantPages, RUN};
+use crate::kv_quant::{BlockTable, KvFormat, QuantLayer, QuantPages, RUN};
 use crate::vocab::{AttnMasking, AttnShape, CacheSlots, RopeStyle, RotaryArgs};
 use crate::{DType, Error, Result, Tensor};
 
@@ -21,25 +22,99 @@ fn overflow(what: &str) -> Error {
     Error::bad_input(format!("{what}: sizes overflow"))
 }
 
-/// Checks one page set on the stream's device against [batch, capacity, kv_heads·head_dim]
-/// and returns its C view (pointers into the tensors).
+/// Bytes of a call's device table `base` bytes long once a block table (i32 [batch,
+/// max_pages]) is appended at the next 16-byte boundary.
+pub fn table_meta_bytes(base: usize, table: Option<&BlockTable<'_>>) -> usize {
+    match table {
+        None => base,
+        Some(t) => base.div_ceil(16) * 16 + 4 * t.table.len(),
+    }
+}
+
+/// Appends the block table to a call's table bytes; returns its offset.
+fn push_table(bytes: &mut Vec<u8>, table: Option<&BlockTable<'_>>) -> usize {
+    match table {
+        None => 0,
+        Some(t) => {
+            bytes.resize(bytes.len().div_ceil(16) * 16, 0);
+            let off = bytes.len();
+            bytes.extend(t.table.iter().flat_map(|p| p.to_le_bytes()));
+            off
+        }
+    }
+}
+
+/// The C block table: NULL for a contiguous cache, else the table's device copy at `off` in
+/// the uploaded `meta`.
+fn table_arg(
+    meta: &Tensor,
+    off: usize,
+    table: Option<&BlockTable<'_>>,
+) -> ffi::paradec_kv_block_table {
+    match table {
+        None => ffi::paradec_kv_block_table {
+            table: ptr::null(),
+            max_pages: 0,
+            page_size: 0,
+        },
+        Some(t) => ffi::paradec_kv_block_table {
+            table: (dev_ptr(meta) as *const u8).wrapping_add(off) as *const i32,
+            max_pages: t.max_pages,
+            page_size: t.page_size,
+        },
+    }
+}
+
+/// The rows of a call's pages: batch × capacity (contiguous) or the pool's (paged, checked by
+/// `ops` against the table).
+fn rows_of(
+    p: &QuantPages,
+    table: Option<&BlockTable<'_>>,
+    batch: usize,
+    capacity: usize,
+    kv_dim: usize,
+) -> Result<usize> {
+    match table {
+        None => batch.checked_mul(capacity).ok_or_else(|| overflow("cache")),
+        Some(_) => {
+            let re = if p.format == KvFormat::Native {
+                kv_dim
+            } else {
+                p.format.row_bytes(kv_dim)
+            };
+            Ok(p.codes.numel() / re.max(1))
+        }
+    }
+}
+
+/// Checks one page set of `slots` rows of kv_heads·head_dim values on the stream's device
+/// (`Native` pages: of `dtype`) and returns its C view (pointers into the tensors).
 fn pages_arg(
     name: &str,
     p: &QuantPages,
-    batch: usize,
-    capacity: usize,
+    slots: usize,
     kv_heads: usize,
     head_dim: usize,
+    dtype: DType,
     stream: &CudaStream,
 ) -> Result<ffi::paradec_kv_pages> {
     let kv_dim = kv_heads
         .checked_mul(head_dim)
         .ok_or_else(|| overflow(name))?;
-    let slots = batch.checked_mul(capacity).ok_or_else(|| overflow(name))?;
     if p.format == KvFormat::Native {
-        return Err(Error::bad_input(format!(
-            "{name}: quantized pages of the native format"
-        )));
+        check_tensor(
+            &p.codes,
+            &format!("{name} values"),
+            Some(dtype),
+            slots.checked_mul(kv_dim).ok_or_else(|| overflow(name))?,
+            stream,
+        )?;
+        return Ok(ffi::paradec_kv_pages {
+            format: p.format.code(),
+            codes: dev_ptr(&p.codes) as *mut c_void,
+            scales: ptr::null_mut(),
+            head_scale: ptr::null(),
+        });
     }
     if p.format.has_run_scales() && !head_dim.is_multiple_of(RUN) {
         return Err(Error::unsupported(format!(
@@ -114,6 +189,7 @@ pub fn rotary_and_cache_write_quant(
     positions: &[i64],
     rotary: Option<&RotaryArgs<'_>>,
     slots: &CacheSlots<'_>,
+    table: Option<&BlockTable<'_>>,
     meta: &mut Tensor,
     cache: &mut QuantLayer,
     stream: &CudaStream,
@@ -153,24 +229,10 @@ pub fn rotary_and_cache_write_quant(
     check_tensor(q, "rotary q", None, q_n, stream)?;
     check_tensor(k, "rotary k", Some(dtype), kv_n, stream)?;
     check_tensor(v, "rotary v", Some(dtype), kv_n, stream)?;
-    let kp = pages_arg(
-        "cache k",
-        &cache.k,
-        slots.batch,
-        slots.capacity,
-        kv_heads,
-        head_dim,
-        stream,
-    )?;
-    let vp = pages_arg(
-        "cache v",
-        &cache.v,
-        slots.batch,
-        slots.capacity,
-        kv_heads,
-        head_dim,
-        stream,
-    )?;
+    let kv_dim = kv_heads * head_dim;
+    let rows = rows_of(&cache.k, table, slots.batch, slots.capacity, kv_dim)?;
+    let kp = pages_arg("cache k", &cache.k, rows, kv_heads, head_dim, dtype, stream)?;
+    let vp = pages_arg("cache v", &cache.v, rows, kv_heads, head_dim, dtype, stream)?;
     if dtype == DType::BF16
         && (cache.k.format == KvFormat::E5M2 || cache.v.format == KvFormat::E5M2)
     {
@@ -227,6 +289,7 @@ pub fn rotary_and_cache_write_quant(
                 .flat_map(|f| f.to_le_bytes()),
         );
     }
+    let table_off = push_table(&mut bytes, table);
     check_tensor(
         meta,
         "rotary meta (scratch)",
@@ -273,6 +336,7 @@ pub fn rotary_and_cache_write_quant(
             attn_factor,
             past_ptr,
             slots.capacity,
+            table_arg(meta, table_off, table),
             kp,
             vp,
             stream.raw(),
@@ -312,6 +376,7 @@ pub fn attention_quant_scratch_len(
 pub fn attention_quant(
     q: &Tensor,
     cache: &QuantLayer,
+    table: Option<&BlockTable<'_>>,
     shape: &AttnShape,
     masking: &AttnMasking<'_>,
     scale: f32,
@@ -351,12 +416,22 @@ pub fn attention_quant(
         .ok_or_else(|| overflow("attention q"))?;
     check_tensor(q, "attention q", None, q_n, stream)?;
     check_tensor(out, "attention output", Some(dtype), q_n, stream)?;
+    let kv_dim = s.kv_heads * s.head_dim;
+    let rows = rows_of(&cache.k, table, s.batch, s.capacity, kv_dim)?;
     let kp = pages_arg(
-        "cache k", &cache.k, s.batch, s.capacity, s.kv_heads, s.head_dim, stream,
+        "cache k", &cache.k, rows, s.kv_heads, s.head_dim, dtype, stream,
     )?;
     let vp = pages_arg(
-        "cache v", &cache.v, s.batch, s.capacity, s.kv_heads, s.head_dim, stream,
+        "cache v", &cache.v, rows, s.kv_heads, s.head_dim, dtype, stream,
     )?;
+    if let Some(t) = table {
+        if t.capacity() != s.capacity {
+            return Err(Error::bad_input(format!(
+                "paged attention: capacity {} is not the table's {} pages × {}",
+                s.capacity, t.max_pages, t.page_size
+            )));
+        }
+    }
     if masking.past_len.len() != s.batch {
         return Err(Error::bad_input(format!(
             "past lengths: expected {}, got {}",
@@ -415,6 +490,7 @@ pub fn attention_quant(
                 .flat_map(|f| f.to_le_bytes()),
         );
     }
+    let table_off = push_table(&mut bytes, table);
     check_tensor(
         meta,
         "attention meta (scratch)",
@@ -445,6 +521,7 @@ pub fn attention_quant(
         ffi::paradec_attention_quant(
             code,
             dev_ptr(q),
+            table_arg(meta, table_off, table),
             kp,
             vp,
             dev_ptr_mut(out),
@@ -468,16 +545,20 @@ pub fn attention_quant(
     check_status(status, "paradec_attention_quant")
 }
 
-/// Dequantizes the first `slots` slots of every sequence of `pages` ([batch, capacity,
-/// kv_heads·head_dim]) into out [batch, slots, kv_heads·head_dim] of out's dtype.
+/// Dequantizes (gathers) the first `slots` positions of every sequence of `pages` (contiguous
+/// [batch, capacity, kv_heads·head_dim], or a pool addressed by `table`) into out [batch,
+/// slots, kv_heads·head_dim] of out's dtype. `meta`: U8 device scratch of exactly
+/// `table_meta_bytes(0, table)` bytes (the block table travels in it).
 #[allow(clippy::too_many_arguments)]
 pub fn kv_dequantize(
     pages: &QuantPages,
+    table: Option<&BlockTable<'_>>,
     batch: usize,
     capacity: usize,
     kv_heads: usize,
     head_dim: usize,
     slots: usize,
+    meta: &mut Tensor,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
@@ -493,7 +574,17 @@ pub fn kv_dequantize(
     }
     let dtype = out.dtype();
     let code = dtype_code(dtype, "dequantized cache")?;
-    let p = pages_arg("cache", pages, batch, capacity, kv_heads, head_dim, stream)?;
+    let rows = rows_of(pages, table, batch, capacity, kv_heads * head_dim)?;
+    let p = pages_arg("cache", pages, rows, kv_heads, head_dim, dtype, stream)?;
+    let mut bytes = Vec::new();
+    let table_off = push_table(&mut bytes, table);
+    check_tensor(
+        meta,
+        "gather meta (scratch)",
+        Some(DType::U8),
+        bytes.len(),
+        stream,
+    )?;
     let n = [batch, slots, kv_heads, head_dim]
         .iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
@@ -507,12 +598,17 @@ pub fn kv_dequantize(
     if n == 0 {
         return Ok(());
     }
+    if !bytes.is_empty() {
+        upload_bytes(meta, "gather meta (scratch)", &bytes, stream)?;
+    }
     ensure_device(stream.device())?;
     // SAFETY: the pages were checked by pages_arg and out has the checked size and dtype; all
-    // live device allocations on the stream's device that outlive the kernel.
+    // live device allocations on the stream's device that outlive the kernel; the block table
+    // (when given) was queued on the same stream before the kernel.
     let status = unsafe {
         ffi::paradec_kv_dequantize(
             code,
+            table_arg(meta, table_off, table),
             p,
             batch,
             capacity,

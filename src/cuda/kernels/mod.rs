@@ -25,7 +25,7 @@ pub use attention::{attention, attention_meta_bytes, attention_scratch_len, head
 pub use embedding::{check_ids, embedding, embedding_host_ids};
 pub use kv_quant::{
     attention_quant, attention_quant_scratch_len, kv_dequantize, rotary_and_cache_write_quant,
-    DECODE_MAX_Q,
+    table_meta_bytes, DECODE_MAX_Q,
 };
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
