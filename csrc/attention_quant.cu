@@ -431,8 +431,8 @@ size_t q_scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads
 
 template <typename T, int F>
 __global__ void __launch_bounds__(256)
-    dequant_kernel(KvView p, SlotMap sm, int64_t batch, int64_t slots, int kv_dim, int hd,
-                   T *out) {
+    dequant_kernel(KvView p, SlotMap sm, int64_t batch, int64_t slots, const int64_t *seq_len,
+                   int kv_dim, int hd, T *out) {
     constexpr int U = kv_has_runs(F) ? kRun : 8;  // values per thread
     const int per_row = kv_dim / U;
     const int64_t total = batch * slots * per_row;
@@ -441,9 +441,15 @@ __global__ void __launch_bounds__(256)
         const int u = static_cast<int>(i % per_row);
         const int64_t bj = i / per_row;
         const int64_t b = bj / slots, j = bj % slots;
+        T *dst = out + bj * kv_dim + static_cast<int64_t>(u) * U;
+        if (seq_len && j >= seq_len[b]) {
+            // Past the sequence's length (no page of it there): zeros, nothing read.
+#pragma unroll
+            for (int e = 0; e < U; ++e) dst[e] = Num<T>::from_f(0.f);
+            continue;
+        }
         const int64_t slot = sm(b, j);
         const uint8_t *row = p.codes + slot * p.row_bytes;
-        T *dst = out + bj * kv_dim + static_cast<int64_t>(u) * U;
         if constexpr (F == PARADEC_KV_NATIVE) {
             st(dst, ld_ro(row + static_cast<int64_t>(u) * U * sizeof(T)));
         } else if constexpr (kv_has_runs(F)) {
@@ -582,7 +588,8 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
 
 extern "C" int paradec_kv_dequantize(int dtype, paradec_kv_block_table block_table,
                                      paradec_kv_pages pages, size_t batch, size_t capacity,
-                                     size_t kv_heads, size_t head_dim, size_t slots, void *out,
+                                     size_t kv_heads, size_t head_dim, size_t slots,
+                                     const int64_t *seq_len, void *out,
                                      paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         if (!out) return PARADEC_K_NULL_POINTER;
@@ -598,6 +605,7 @@ extern "C" int paradec_kv_dequantize(int dtype, paradec_kv_block_table block_tab
             return PARADEC_K_DIM_TOO_LARGE;
         if (!paradec::aligned16(out)) return PARADEC_K_BAD_SHAPE;
         const int kv_dim = static_cast<int>(kv_heads * head_dim);
+        if (block_table.table && !seq_len) return PARADEC_K_NULL_POINTER;
         const paradec::KvView v = paradec::view(pages, kv_dim);
         paradec::SlotMap sm{};
         const int sst = paradec::slot_map(block_table, capacity, &sm);
@@ -614,23 +622,23 @@ extern "C" int paradec_kv_dequantize(int dtype, paradec_kv_block_table block_tab
             switch (pages.format) {
                 case PARADEC_KV_NATIVE:
                     paradec::dequant_kernel<T, PARADEC_KV_NATIVE><<<blocks, 256, 0, stream>>>(
-                        v, sm, b, s, kv_dim, hd, o);
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
                     break;
                 case PARADEC_KV_E4M3:
                     paradec::dequant_kernel<T, PARADEC_KV_E4M3><<<blocks, 256, 0, stream>>>(
-                        v, sm, b, s, kv_dim, hd, o);
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
                     break;
                 case PARADEC_KV_E5M2:
                     paradec::dequant_kernel<T, PARADEC_KV_E5M2><<<blocks, 256, 0, stream>>>(
-                        v, sm, b, s, kv_dim, hd, o);
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
                     break;
                 case PARADEC_KV_Q8:
                     paradec::dequant_kernel<T, PARADEC_KV_Q8><<<blocks, 256, 0, stream>>>(
-                        v, sm, b, s, kv_dim, hd, o);
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
                     break;
                 default:
                     paradec::dequant_kernel<T, PARADEC_KV_Q4><<<blocks, 256, 0, stream>>>(
-                        v, sm, b, s, kv_dim, hd, o);
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
                     break;
             }
             return paradec::launch_status();

@@ -76,10 +76,13 @@ int paradec_attention_quant(int dtype, const void *q, paradec_kv_block_table blo
 
 /* ---- dequantizing gather ------------------------------------------------------------------------
  * out [batch, slots, kv_heads·head_dim] (dtype) = the first `slots` positions of each
- * sequence, dequantized (slots ≤ capacity). */
+ * sequence, dequantized (slots ≤ capacity). seq_len ([batch] int64 on the device, or NULL:
+ * `slots` each): sequence b's positions from seq_len[b] on are not read (a paged sequence owns
+ * no page there) and come out as zeros. */
 int paradec_kv_dequantize(int dtype, paradec_kv_block_table block_table, paradec_kv_pages pages,
                           size_t batch, size_t capacity, size_t kv_heads, size_t head_dim,
-                          size_t slots, void *out, paradec_stream_t stream);
+                          size_t slots, const int64_t *seq_len, void *out,
+                          paradec_stream_t stream);
 
 #ifdef __cplusplus
 }

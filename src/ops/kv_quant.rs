@@ -502,11 +502,12 @@ fn attend_impl(
                 // Prefill over a quantized or paged cache: the positions this call reads,
                 // gathered (dequantized) into contiguous scratch, then the native kernel.
                 let kv_dim = s.kv_heads * s.head_dim;
-                let mut tmeta = ws.scratch(&[kernels::table_meta_bytes(0, table)], crate::tensor::DType::U8)?;
+                let lens: Vec<usize> = masking.past_len.iter().map(|p| p + s.q_len).collect();
+                let mut tmeta = ws.scratch(&[kernels::gather_meta_bytes(s.batch, table)], crate::tensor::DType::U8)?;
                 let mut dk = ws.scratch(&[s.batch, max_kv, kv_dim], q.dtype())?;
                 let mut dv = ws.scratch(&[s.batch, max_kv, kv_dim], q.dtype())?;
-                kernels::kv_dequantize(&cache.k, table, s.batch, s.capacity, s.kv_heads, s.head_dim, max_kv, &mut tmeta, &mut dk, st)?;
-                kernels::kv_dequantize(&cache.v, table, s.batch, s.capacity, s.kv_heads, s.head_dim, max_kv, &mut tmeta, &mut dv, st)?;
+                kernels::kv_dequantize(&cache.k, table, s.batch, s.capacity, s.kv_heads, s.head_dim, max_kv, &lens, &mut tmeta, &mut dk, st)?;
+                kernels::kv_dequantize(&cache.v, table, s.batch, s.capacity, s.kv_heads, s.head_dim, max_kv, &lens, &mut tmeta, &mut dv, st)?;
                 let shape2 = AttnShape { capacity: max_kv, ..*s };
                 let mut meta = ws.scratch(&[kernels::attention_meta_bytes(&shape2, masking)], crate::tensor::DType::U8)?;
                 let mut partials = ws.scratch(

@@ -545,10 +545,18 @@ pub fn attention_quant(
     check_status(status, "paradec_attention_quant")
 }
 
+/// Bytes of the device table `kv_dequantize` uploads: each sequence's length (i64) and the
+/// block table.
+pub fn gather_meta_bytes(batch: usize, table: Option<&BlockTable<'_>>) -> usize {
+    table_meta_bytes(8 * batch, table)
+}
+
 /// Dequantizes (gathers) the first `slots` positions of every sequence of `pages` (contiguous
 /// [batch, capacity, kv_heads·head_dim], or a pool addressed by `table`) into out [batch,
-/// slots, kv_heads·head_dim] of out's dtype. `meta`: U8 device scratch of exactly
-/// `table_meta_bytes(0, table)` bytes (the block table travels in it).
+/// slots, kv_heads·head_dim] of out's dtype; sequence b's positions from `seq_len[b]` on are
+/// zeros (never read: a paged sequence owns no page there). `meta`: U8 device scratch of
+/// exactly `gather_meta_bytes(batch, table)` bytes (the lengths and block table travel in
+/// it).
 #[allow(clippy::too_many_arguments)]
 pub fn kv_dequantize(
     pages: &QuantPages,
@@ -558,10 +566,17 @@ pub fn kv_dequantize(
     kv_heads: usize,
     head_dim: usize,
     slots: usize,
+    seq_len: &[usize],
     meta: &mut Tensor,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
+    if seq_len.len() != batch || seq_len.iter().any(|&l| l > slots) {
+        return Err(Error::bad_input(format!(
+            "kv_dequantize: {} sequence lengths for {batch} sequences of at most {slots}",
+            seq_len.len()
+        )));
+    }
     if slots > capacity {
         return Err(Error::CapacityExceeded(format!(
             "kv_dequantize: {slots} slots of a cache of capacity {capacity}"
@@ -576,7 +591,10 @@ pub fn kv_dequantize(
     let code = dtype_code(dtype, "dequantized cache")?;
     let rows = rows_of(pages, table, batch, capacity, kv_heads * head_dim)?;
     let p = pages_arg("cache", pages, rows, kv_heads, head_dim, dtype, stream)?;
-    let mut bytes = Vec::new();
+    let mut bytes: Vec<u8> = seq_len
+        .iter()
+        .flat_map(|&l| (l as i64).to_le_bytes())
+        .collect();
     let table_off = push_table(&mut bytes, table);
     check_tensor(
         meta,
@@ -598,9 +616,7 @@ pub fn kv_dequantize(
     if n == 0 {
         return Ok(());
     }
-    if !bytes.is_empty() {
-        upload_bytes(meta, "gather meta (scratch)", &bytes, stream)?;
-    }
+    upload_bytes(meta, "gather meta (scratch)", &bytes, stream)?;
     ensure_device(stream.device())?;
     // SAFETY: the pages were checked by pages_arg and out has the checked size and dtype; all
     // live device allocations on the stream's device that outlive the kernel; the block table
@@ -615,6 +631,7 @@ pub fn kv_dequantize(
             kv_heads,
             head_dim,
             slots,
+            dev_ptr(meta) as *const i64,
             dev_ptr_mut(out),
             stream.raw(),
         )

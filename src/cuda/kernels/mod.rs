@@ -24,8 +24,8 @@ pub use activation::{act_mul, activate, add_inplace};
 pub use attention::{attention, attention_meta_bytes, attention_scratch_len, head_norm, split_qkv};
 pub use embedding::{check_ids, embedding, embedding_host_ids};
 pub use kv_quant::{
-    attention_quant, attention_quant_scratch_len, kv_dequantize, rotary_and_cache_write_quant,
-    table_meta_bytes, DECODE_MAX_Q,
+    attention_quant, attention_quant_scratch_len, gather_meta_bytes, kv_dequantize,
+    rotary_and_cache_write_quant, table_meta_bytes, DECODE_MAX_Q,
 };
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
