@@ -53,6 +53,8 @@ mod cuda {
         "cudaMemGetInfo",
         "cudaMalloc",
         "cudaFree",
+        "cudaMallocHost",
+        "cudaFreeHost",
         "cudaMemcpy",
         "cudaMemcpyAsync",
         "cudaMemcpyPeer",
@@ -62,6 +64,7 @@ mod cuda {
         "cudaStreamDestroy",
         "cudaStreamSynchronize",
         "cudaStreamBeginCapture",
+        "cudaStreamIsCapturing",
         "cudaStreamEndCapture",
         "cudaGraphInstantiate",
         "cudaGraphLaunch",
@@ -438,6 +441,7 @@ mod cuda {
             .allowlist_type("cudaMemcpyKind")
             .allowlist_type("cudaDeviceAttr")
             .allowlist_type("cudaStreamCaptureMode")
+            .allowlist_type("cudaStreamCaptureStatus")
             .default_enum_style(bindgen::EnumVariation::ModuleConsts)
             .layout_tests(false)
             .derive_default(true)

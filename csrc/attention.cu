@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 
 #include "attention.cuh"
 
@@ -110,7 +111,6 @@ __global__ void __launch_bounds__(128)
 // ---- decode attention ------------------------------------------------------------------------------
 
 constexpr int kDecodeWarps = 4;
-constexpr int kMaxSplits = 256;
 
 constexpr int kStages = 4;      // per-warp cp.async ring depth
 constexpr int kStageElems = 1024;  // K (and V) elements per stage: 2 KiB each
@@ -158,8 +158,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
 
     // The keys any row of this block sees, within this split.
     const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
-    int64_t k_begin = static_cast<int64_t>(split) * a.split_len;
-    int64_t k_end = min(k_begin + a.split_len, kv_len);
+    const int64_t split_len = split_len_of(a, kv_len);
+    int64_t k_begin = static_cast<int64_t>(split) * split_len;
+    int64_t k_end = min(k_begin + split_len, kv_len);
     k_end = min(k_end, past + t_last + 1);
     if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
     const int64_t pos_min = past + t_first;
@@ -411,12 +412,13 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4 *src, int64
     }
 }
 
-// How a decode call is cut: rows per block, row chunks, splits of the KV length.
+// How a decode call is cut: rows per block, row chunks, splits of the KV length, and the splits
+// a launch for each shorter length would take (AttnArgs::splits_by_cap).
 struct DecodePlan {
     int rows;  // R
     int chunks;
     int splits;
-    int64_t split_len;
+    unsigned char splits_by_cap[kMaxSplits + 1];
 };
 
 int sm_count() {
@@ -438,27 +440,33 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : kDecodeMmaRows;
     p.chunks = static_cast<int>((rows + p.rows - 1) / p.rows);
     const int64_t units = batch * kv_heads * p.chunks;
-    const int64_t max_kv = max_past + q_len;
     // Blocks in whole waves of the resident slots (blocks per SM: 3 on CUDA cores; on tensor
-    // cores 2, 1 past head dim 128), at least 128 keys per split: the fewest splits whose last
-    // wave is at least 90% full (else the fullest).
+    // cores 2, 1 past head dim 128), at least 128 keys per split: for a length of c·128 keys
+    // the fewest splits up to min(c, slots) whose last wave is at least 90% full (else the
+    // fullest). One pass over the split counts gives the answer for every c.
     const int per_sm = p.rows != kDecodeMmaRows ? 3 : (head_dim <= 128 ? 2 : 1);
     const int64_t slots = per_sm * static_cast<int64_t>(sm_count());
-    const int64_t cap = std::max<int64_t>(
-        1, std::min<int64_t>(kMaxSplits, std::min<int64_t>((max_kv + 127) / 128, slots)));
-    int64_t splits = 1;
+    int64_t best_sp = 1;
     double best = 0.0;
-    for (int64_t sp = 1; sp <= cap; ++sp) {
-        const int64_t blocks = units * sp;
-        const double eff = static_cast<double>(blocks) / (((blocks + slots - 1) / slots) * slots);
-        if (eff > best + 1e-9) {
-            best = eff;
-            splits = sp;
+    bool settled = false;
+    for (int64_t c = 1; c <= kMaxSplits; ++c) {
+        if (!settled && c <= slots) {
+            const int64_t blocks = units * c;
+            const double eff =
+                static_cast<double>(blocks) / (((blocks + slots - 1) / slots) * slots);
+            if (eff > best + 1e-9) {
+                best = eff;
+                best_sp = c;
+            }
+            settled = eff >= 0.9;
         }
-        if (eff >= 0.9) break;
+        p.splits_by_cap[c] = static_cast<unsigned char>(best_sp - 1);
     }
-    p.split_len = (max_kv + splits - 1) / splits;
-    p.splits = static_cast<int>((max_kv + p.split_len - 1) / p.split_len);
+    const int64_t max_kv = max_past + q_len;
+    const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_kv + 127) / 128));
+    // The table's count, not fewer: a shorter sequence of the batch may use all of its splits
+    // where the longest leaves its last one empty.
+    p.splits = p.splits_by_cap[c] + 1;
     return p;
 }
 
@@ -490,7 +498,7 @@ int launch_decode_l(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream)
 template <typename T>
 int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t stream) {
     a.splits = p.splits;
-    a.split_len = p.split_len;
+    std::memcpy(a.splits_by_cap, p.splits_by_cap, sizeof a.splits_by_cap);
     const int vecs = a.head_dim / kVec;
     int st;
     if (p.rows == kDecodeMmaRows)
@@ -657,7 +665,6 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
         a.mask_stride = static_cast<int64_t>(mask_stride);
         a.scale = scale;
         a.splits = 1;
-        a.split_len = a.max_past + a.q_len;
         if (static_cast<int64_t>(q_len) > paradec::kDecodeMaxQ)
             return paradec::launch_prefill(dtype, a, stream);
         const paradec::DecodePlan p = paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads,

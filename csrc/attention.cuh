@@ -29,8 +29,13 @@ struct AttnArgs {
     float *part_o;
     float *part_ml;
     int splits;
-    int64_t split_len;
+    // Splits − 1 that a launch planned for one sequence of c·128 keys takes, by c = 1…256
+    // (plan_decode); entry 0 unused. See split_len_of.
+    unsigned char splits_by_cap[257];
 };
+
+// Most splits of a decode launch.
+constexpr int kMaxSplits = 256;
 
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -38,7 +43,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream);
 
 // Decode on tensor cores: chunks of 16 query rows of one KV head per block, a.splits splits of
-// a.split_len keys (attention_prefill.cu); partials as the decode kernel writes them.
+// split_len_of keys (attention_prefill.cu); partials as the decode kernel writes them.
 int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t stream);
 constexpr int kDecodeMmaRows = 16;
 
@@ -75,7 +80,8 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
             }
         }
         if (a.splits == 1) {
-            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(S > 0.f ? O / S : 0.f);
+            // O·(1/S), as the combine computes it: one split or many, the same rounding.
+            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(O * (S > 0.f ? 1.0f / S : 0.f));
         } else {
             const int64_t pr = static_cast<int64_t>(split) * rows_all + grow;
             a.part_o[pr * D + dd] = O;
@@ -85,6 +91,17 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
             }
         }
     }
+}
+
+// Keys per split of a sequence of kv_len keys: the cut an eager launch planned for that length
+// alone takes, whatever the launch's own split count (≥ it). A launch planned for a longer
+// bound — a captured graph replayed at shorter lengths — therefore cuts every sequence exactly
+// as an eager launch does (its extra splits find no keys and merge as exact zeros).
+__device__ __forceinline__ int64_t split_len_of(const AttnArgs &a, int64_t kv_len) {
+    int64_t c = (kv_len + 127) / 128;
+    c = c < 1 ? 1 : (c > kMaxSplits ? kMaxSplits : c);
+    const int64_t s = static_cast<int64_t>(a.splits_by_cap[c]) + 1;
+    return (kv_len + s - 1) / s;
 }
 
 // The query position's past length, clamped so that no slot beyond the planned bound is read.

@@ -416,8 +416,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
     const int64_t kv_len = past + a.q_len;
     const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
     const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
-    int64_t k_begin = static_cast<int64_t>(split) * a.split_len;
-    int64_t k_end = min(k_begin + a.split_len, kv_len);
+    const int64_t split_len = split_len_of(a, kv_len);
+    int64_t k_begin = static_cast<int64_t>(split) * split_len;
+    int64_t k_end = min(k_begin + split_len, kv_len);
     k_end = min(k_end, past + t_last + 1);
     if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
     const int64_t pos_min = past + t_first;

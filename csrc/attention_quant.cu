@@ -31,6 +31,7 @@ struct QArgs {
     KvView k;
     KvView v;
     SlotMap sm;
+    int64_t split_len;  // keys per split (every sequence cut alike)
 };
 
 // A lane's eight codes of one key, as loaded: 16 bytes (native), 8 (FP8, Q8) or 4 (Q4).
@@ -136,8 +137,8 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
     const int64_t kv_len = past + a.q_len;
 
     const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
-    int64_t k_begin = static_cast<int64_t>(split) * a.split_len;
-    int64_t k_end = min(k_begin + a.split_len, kv_len);
+    int64_t k_begin = static_cast<int64_t>(split) * qa.split_len;
+    int64_t k_end = min(k_begin + qa.split_len, kv_len);
     k_end = min(k_end, past + t_last + 1);
     if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
 
@@ -568,7 +569,7 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
         const paradec::QPlan p = paradec::plan_qdecode(a.batch, a.q_len, a.heads, a.kv_heads,
                                                        a.head_dim, a.max_past);
         a.splits = p.splits;
-        a.split_len = p.split_len;
+        qa.split_len = p.split_len;
         if (p.splits > 1) {
             const size_t need =
                 paradec::q_scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);

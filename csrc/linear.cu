@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "linear_gemm.cuh"
 
 namespace paradec {
 namespace {
@@ -528,6 +529,11 @@ void launch_qmma(const MArgs &a, int bits, dim3 grid, cudaStream_t stream) {
 }
 
 template <typename T>
+constexpr int dtype_of() {
+    return std::is_same<T, __half>::value ? PARADEC_F16 : PARADEC_BF16;
+}
+
+template <typename T>
 int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
                    bool accumulate, int path, int split, void *scratch, cudaStream_t stream) {
     char *sp = static_cast<char *>(scratch);
@@ -575,6 +581,11 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
             accumulate);
         return launch_status();
     }
+    GemmArgs ga{xa, ldx, static_cast<int64_t>(w->kp), nullptr, w->words,
+                reinterpret_cast<const uint2 *>(w->tiles), reinterpret_cast<const float2 *>(w->sz),
+                bias, out, static_cast<int64_t>(m), static_cast<int64_t>(w->n),
+                static_cast<int64_t>(w->np), accumulate};
+    if (gemm_serves(ga)) return launch_gemm(dtype_of<T>(), ga, w->bits, stream);
     MArgs a;
     a.x = xa;
     a.lda = ldx;
@@ -616,6 +627,10 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
         }
         return launch_status();
     }
+    GemmArgs ga{x, static_cast<int64_t>(k), static_cast<int64_t>(k), w, nullptr, nullptr, nullptr,
+                bias, out, static_cast<int64_t>(m), static_cast<int64_t>(n), static_cast<int64_t>(n),
+                accumulate};
+    if (gemm_serves(ga)) return launch_gemm(dtype_of<T>(), ga, -1, stream);
     MArgs a;
     a.x = x;
     a.lda = static_cast<int64_t>(k);

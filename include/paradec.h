@@ -190,6 +190,11 @@
 #define PARADEC_DTYPE_BFLOAT 4
 
 /**
+ * Most query tokens per sequence a captured step takes (decode attention's limit).
+ */
+#define MAX_GRAPH_Q_LEN 16
+
+/**
  * What a call did. The numbers are part of the ABI: they never change meaning, and new codes
  * only ever get new numbers.
  */
@@ -293,6 +298,11 @@ typedef struct paradec_lora paradec_lora;
 typedef struct paradec_model paradec_model;
 
 /**
+ * A model's decode step captured in a CUDA graph.
+ */
+typedef struct paradec_model_graph paradec_model_graph;
+
+/**
  * A quantized (GPTQ or EXL2) linear weight, prepared once from the caller's packed tensors.
  */
 typedef struct paradec_quant_weight paradec_quant_weight;
@@ -317,22 +327,6 @@ typedef struct paradec_device {
 } paradec_device;
 
 /**
- * Options of `paradec_model_load`. Begins with its own size: set `struct_size =
- * sizeof(paradec_model_options)` (or call `paradec_model_options_init`), so later versions
- * can add fields without breaking callers built against this one.
- */
-typedef struct paradec_model_options {
-  /**
-   * `sizeof(paradec_model_options)`.
-   */
-  size_t struct_size;
-  /**
-   * Where the weights go after loading (default: the CPU).
-   */
-  struct paradec_device device;
-} paradec_model_options;
-
-/**
  * An element type; the same layout as DLPack's `DLDataType`. paradec takes lanes = 1 and
  * {FLOAT, 32}, {FLOAT, 16}, {BFLOAT, 16}, {INT, 8/16/32/64}, {UINT, 8}.
  */
@@ -350,82 +344,6 @@ typedef struct paradec_dtype {
    */
   uint16_t lanes;
 } paradec_dtype;
-
-/**
- * What a model needs, in bytes, before loading it.
- */
-typedef struct paradec_memory {
-  /**
-   * `sizeof(paradec_memory)`, set by the caller.
-   */
-  size_t struct_size;
-  /**
-   * The checkpoint's tensors as stored (an upper bound of what loading keeps).
-   */
-  size_t weight_bytes;
-  /**
-   * A KV cache of the asked batch and capacity, all layers, K and V.
-   */
-  size_t cache_bytes;
-  /**
-   * The workspace's peak for a prefill of batch × capacity tokens (logits included).
-   */
-  size_t workspace_bytes;
-} paradec_memory;
-
-/**
- * What a loaded model is.
- */
-typedef struct paradec_model_info {
-  /**
-   * `sizeof(paradec_model_info)`, set by the caller.
-   */
-  size_t struct_size;
-  /**
-   * A `PARADEC_FAMILY_*` value.
-   */
-  int32_t family;
-  /**
-   * Decoder layers.
-   */
-  size_t num_layers;
-  /**
-   * Hidden size.
-   */
-  size_t hidden;
-  /**
-   * Attention (query) heads.
-   */
-  size_t heads;
-  /**
-   * Key / value heads.
-   */
-  size_t kv_heads;
-  /**
-   * Features per head.
-   */
-  size_t head_dim;
-  /**
-   * MLP width.
-   */
-  size_t intermediate;
-  /**
-   * Vocabulary size (the logits' last dimension).
-   */
-  size_t vocab;
-  /**
-   * Bytes the weights take where they are.
-   */
-  size_t weight_bytes;
-  /**
-   * Parameters of the decoder layers (quantized weights count as K·N).
-   */
-  size_t layer_numel;
-  /**
-   * True when any projection is GPTQ or EXL2.
-   */
-  bool is_quant;
-} paradec_model_info;
 
 /**
  * A tensor the caller owns, described exactly as DLPack's `DLTensor` (same fields, same
@@ -506,6 +424,98 @@ typedef struct paradec_attn_params {
    */
   const int64_t *position_offset;
 } paradec_attn_params;
+
+/**
+ * Options of `paradec_model_load`. Begins with its own size: set `struct_size =
+ * sizeof(paradec_model_options)` (or call `paradec_model_options_init`), so later versions
+ * can add fields without breaking callers built against this one.
+ */
+typedef struct paradec_model_options {
+  /**
+   * `sizeof(paradec_model_options)`.
+   */
+  size_t struct_size;
+  /**
+   * Where the weights go after loading (default: the CPU).
+   */
+  struct paradec_device device;
+} paradec_model_options;
+
+/**
+ * What a model needs, in bytes, before loading it.
+ */
+typedef struct paradec_memory {
+  /**
+   * `sizeof(paradec_memory)`, set by the caller.
+   */
+  size_t struct_size;
+  /**
+   * The checkpoint's tensors as stored (an upper bound of what loading keeps).
+   */
+  size_t weight_bytes;
+  /**
+   * A KV cache of the asked batch and capacity, all layers, K and V.
+   */
+  size_t cache_bytes;
+  /**
+   * The workspace's peak for a prefill of batch × capacity tokens (logits included).
+   */
+  size_t workspace_bytes;
+} paradec_memory;
+
+/**
+ * What a loaded model is.
+ */
+typedef struct paradec_model_info {
+  /**
+   * `sizeof(paradec_model_info)`, set by the caller.
+   */
+  size_t struct_size;
+  /**
+   * A `PARADEC_FAMILY_*` value.
+   */
+  int32_t family;
+  /**
+   * Decoder layers.
+   */
+  size_t num_layers;
+  /**
+   * Hidden size.
+   */
+  size_t hidden;
+  /**
+   * Attention (query) heads.
+   */
+  size_t heads;
+  /**
+   * Key / value heads.
+   */
+  size_t kv_heads;
+  /**
+   * Features per head.
+   */
+  size_t head_dim;
+  /**
+   * MLP width.
+   */
+  size_t intermediate;
+  /**
+   * Vocabulary size (the logits' last dimension).
+   */
+  size_t vocab;
+  /**
+   * Bytes the weights take where they are.
+   */
+  size_t weight_bytes;
+  /**
+   * Parameters of the decoder layers (quantized weights count as K·N).
+   */
+  size_t layer_numel;
+  /**
+   * True when any projection is GPTQ or EXL2.
+   */
+  bool is_quant;
+} paradec_model_info;
 
 /**
  * A named tensor: a checkpoint name and the caller's descriptor.
@@ -611,6 +621,47 @@ const char *paradec_status_str(int32_t status);
  * keep it; never free it.
  */
 const char *paradec_last_error(void);
+
+/**
+ * Captures a decode step of `model` (loaded on a CUDA device) for `batch` sequences ×
+ * `q_len` new tokens (1…16) over `cache` into a CUDA graph recorded on `stream` (a stream the
+ * caller created: the legacy default stream cannot be captured). `masked` says whether the
+ * steps will carry a padding mask. Nothing runs; the graph sizes and owns its own workspace.
+ *
+ * Ownership: the caller owns `*out` (free with `paradec_model_graph_free`). The graph keeps
+ * `model` alive and unchangeable, and holds `cache`, until it is freed (module docs).
+ */
+enum paradec_status paradec_model_capture_decode(const struct paradec_model *model,
+                                                 void *stream,
+                                                 struct paradec_cache *cache,
+                                                 size_t batch,
+                                                 size_t q_len,
+                                                 bool masked,
+                                                 struct paradec_model_graph **out);
+
+/**
+ * Replays the captured step on `stream` for token ids `ids` ([batch, q_len], host int32 or
+ * int64) at `params`' lengths (same batch, query length and mask presence as captured; every
+ * past length written to the cache and at most its capacity − q_len), and writes the logits
+ * `[batch, q_len, vocab]` into `logits`: CUDA memory of the model's device and dtype (queued
+ * on the stream), or host memory of a float dtype (the call then waits for the step). Every
+ * argument is checked before anything is queued; the cache records the new positions.
+ *
+ * Ownership: all borrowed for the call.
+ */
+enum paradec_status paradec_model_graph_step(struct paradec_model_graph *graph,
+                                             void *stream,
+                                             const struct paradec_tensor *ids,
+                                             const struct paradec_attn_params *params,
+                                             const struct paradec_tensor *logits);
+
+/**
+ * Frees a graph: the model may change again, and the cache is given back (or freed, when
+ * `paradec_cache_free` came meanwhile). NULL is a no-op.
+ *
+ * Ownership: takes `graph`; do not use it again.
+ */
+void paradec_model_graph_free(struct paradec_model_graph *graph);
 
 /**
  * Fills `options` with the defaults of this version: `struct_size` set, weights on the CPU.

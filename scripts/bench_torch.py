@@ -8,6 +8,13 @@ scripts/bench_join.py can put the two side by side.
     python3 scripts/bench_torch.py [--quick] [--csv FILE] [--only SUBSTRING]
     python3 scripts/bench_torch.py --attention [--quick] [--csv FILE]
 
+    python3 scripts/bench_torch.py --decoder [--quick] [--csv FILE]
+
+--decoder times a PyTorch fp16 version of gpu_bench --decoder's layers (GPT-J-6B, Command-R
+08-2024 and Falcon-7B shapes: norm, q/k/v, rotary, cache write, SDPA over the cache, output
+projection and MLP, x + attn + mlp) for one decode step, eager and captured in a CUDA graph,
+at the same batches and KV lengths; rows are named decoder_torch_f16.
+
 --attention times F.scaled_dot_product_attention under its flash and its cuDNN backends on the
 shapes of `gpu_bench --attention` (prefill TFLOP/s with causal FLOPs counted as half; decode µs
 and KV GB/s); rows are named attn_prefill:flash, attn_decode:cudnn, ...
@@ -275,6 +282,71 @@ def main_attention(a):
             f.write("\n".join(lines) + "\n")
 
 
+# (name, hidden, heads, kv_heads, head_dim, rotary dims, mlp, gated): gpu_bench --decoder's layers.
+DECODER_SHAPES = [
+    ("gptj-6b", 4096, 16, 16, 256, 64, 16384, False),
+    ("command-r", 8192, 64, 8, 128, 128, 22528, True),
+    ("falcon-7b", 4544, 71, 1, 64, 64, 4 * 4544, False),
+]
+
+
+def decoder_rows(b, quick):
+    """One decode step of a parallel-residual layer in PyTorch fp16: eager and from a graph."""
+    rows = []
+    dt = torch.float16
+    cases = [(1, L) for L in ([1024, 8192] if quick else [1024, 4096, 8192, 16384, 32768])]
+    cases += [(bs, L) for bs in (8, 32) for L in ([1024] if quick else [1024, 8192])]
+    for name, h, nh, kvh, d, rot, inter, gated in DECODER_SHAPES:
+        w = lambda o, i: torch.randn(o, i, device="cuda", dtype=dt) * (1.0 / math.sqrt(i))
+        wq, wk, wv, wo = w(nh * d, h), w(kvh * d, h), w(kvh * d, h), w(h, nh * d)
+        mlp = [w(inter, h), w(inter, h), w(h, inter)] if gated else [w(inter, h), w(h, inter)]
+        ln = torch.nn.LayerNorm(h, device="cuda", dtype=dt)
+        wbytes = 2 * sum(t.numel() for t in [wq, wk, wv, wo] + mlp)
+        inv = 1.0 / (10000 ** (torch.arange(0, rot, 2, device="cuda", dtype=torch.float32) / rot))
+        for bs, L in cases:
+            kc = torch.randn(bs, kvh, L + 1, d, device="cuda", dtype=dt)
+            vc = torch.randn(bs, kvh, L + 1, d, device="cuda", dtype=dt)
+            pos = torch.full((1,), L, device="cuda", dtype=torch.long)
+            x = torch.randn(bs, 1, h, device="cuda", dtype=dt) * 0.1
+
+            def rope(t):
+                f = pos.float()[:, None] * inv[None, :]
+                cos, sin = f.cos().to(dt), f.sin().to(dt)
+                r, p = t[..., :rot], t[..., rot:]
+                r1, r2 = r[..., : rot // 2], r[..., rot // 2:]
+                return torch.cat([r1 * cos - r2 * sin, r2 * cos + r1 * sin, p], dim=-1)
+
+            def step(_i):
+                n = ln(x)
+                q = F.linear(n, wq).view(bs, 1, nh, d).transpose(1, 2)
+                k = F.linear(n, wk).view(bs, 1, kvh, d).transpose(1, 2)
+                v = F.linear(n, wv).view(bs, 1, kvh, d).transpose(1, 2)
+                q, k = rope(q), rope(k)
+                kc.index_copy_(2, pos, k)
+                vc.index_copy_(2, pos, v)
+                a = F.scaled_dot_product_attention(q, kc, vc, enable_gqa=(kvh != nh))
+                a = F.linear(a.transpose(1, 2).reshape(bs, 1, nh * d), wo)
+                if gated:
+                    m = F.linear(F.silu(F.linear(n, mlp[0])) * F.linear(n, mlp[1]), mlp[2])
+                else:
+                    m = F.linear(F.gelu(F.linear(n, mlp[0]), approximate="tanh"), mlp[1])
+                return x + a + m
+
+            try:
+                ub, ug = b.time(1, step)
+            except Exception as e:  # out of memory at the largest shapes: say so
+                print(f"decoder {name} b{bs} L{L}: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+                continue
+            kvb = 2 * bs * L * kvh * d * 2
+            rows.append(("decoder_torch_f16", "f16", f"{name}_b{bs}_L{L}", ub, ug, wbytes + kvb))
+            print(f"| {name} | {bs} | {L} | {ub:.1f} | {ug:.1f} |")
+            del kc, vc
+            torch.cuda.empty_cache()
+        del wq, wk, wv, wo, mlp
+        torch.cuda.empty_cache()
+    return rows
+
+
 LINEAR_SHAPES = [(4096, 4096), (4096, 12288), (4096, 16384), (16384, 4096), (8192, 8192), (8192, 28672)]
 LINEAR_MS = [1, 2, 4, 8, 16, 32, 64, 128, 512, 2048]
 
@@ -320,6 +392,7 @@ def linear_cases(b, quick):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--attention", action="store_true")
+    ap.add_argument("--decoder", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--csv")
     ap.add_argument("--only")
@@ -329,8 +402,10 @@ def main():
     b = Bench(7 if a.quick else 15)
     bw = stream_bw(b.samples)
     print(f"# PyTorch {torch.__version__} on {b.name}; streaming bandwidth (256 MiB copy): {bw / 1e9:.0f} GB/s")
-    if a.only and "linear" in a.only:
-        rows = linear_cases(b, a.quick)
+    if a.decoder or (a.only and "linear" in a.only):
+        if a.decoder:
+            print("| layer | batch | KV length | eager µs | graph µs |\n|---|---|---|---|---|")
+        rows = decoder_rows(b, a.quick) if a.decoder else linear_cases(b, a.quick)
         lines = ["kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_stream"]
         for k, dn, sh, ub, ug, per in rows:
             gbps = per / (min(ub, ug) * 1e-6) / 1e9

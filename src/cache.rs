@@ -264,12 +264,14 @@ impl KvCache {
         for (b, (&p, &h)) in past_len.iter().zip(held).enumerate() {
             if p > h {
                 return Err(Error::bad_input(format!(
-                    "KV cache layer {layer}, sequence {b}: the call reads {p} past positions but                      only {h} were written"
+                    "KV cache layer {layer}, sequence {b}: the call reads {p} past positions but \
+                     only {h} were written"
                 )));
             }
             if p.checked_add(q_len).is_none_or(|end| end > self.capacity) {
                 return Err(Error::CapacityExceeded(format!(
-                    "KV cache layer {layer}, sequence {b}: past length {p} + {q_len} new tokens                      exceeds the capacity {}",
+                    "KV cache layer {layer}, sequence {b}: past length {p} + {q_len} new tokens \
+                     exceeds the capacity {}",
                     self.capacity
                 )));
             }
@@ -285,6 +287,21 @@ impl KvCache {
             *h = p + q_len;
         }
         Ok(())
+    }
+
+    /// What every layer holds (a graph capture, which records without computing, puts it back
+    /// with `restore_held`).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn held_all(&self) -> Vec<Vec<usize>> {
+        self.held.clone()
+    }
+
+    /// Puts back what `held_all` returned.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn restore_held(&mut self, held: Vec<Vec<usize>>) {
+        if held.len() == self.held.len() {
+            self.held = held;
+        }
     }
 
     /// Forgets every position (the storage is kept and overwritten by the next calls).

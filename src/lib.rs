@@ -75,3 +75,5 @@ pub use layers::parallel_decoder::{Intermediates, ParallelDecoder};
 pub use layers::params::AttnParams;
 pub use model::stack::{Model, ModelOutput};
 pub use workspace::Workspace;
+#[cfg(feature = "cuda")]
+pub use {layers::graph::LayerGraph, model::graph::ModelGraph};

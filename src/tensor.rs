@@ -447,7 +447,9 @@ impl Tensor {
             }
         })
     }
-    /// Overwrites every element from f32 values, rounding to the tensor's dtype.
+    /// Overwrites every element from f32 values, rounding to the tensor's dtype (a device
+    /// tensor keeps its memory, so what holds its address — a captured graph — reads the new
+    /// values; the copy is synchronous).
     pub fn set_f32_values(&mut self, values: &[f32]) -> Result<()> {
         if values.len() != self.numel() {
             return Err(Error::bad_input(format!(
@@ -455,6 +457,11 @@ impl Tensor {
                 values.len(),
                 shape_str(&self.shape)
             )));
+        }
+        #[cfg(feature = "cuda")]
+        if let Storage::Cuda(b) = &mut self.storage {
+            let host = Tensor::from_f32_as(values, &self.shape, self.dtype)?;
+            return b.copy_from_host(&host.host()?.to_le_bytes());
         }
         match self.host_mut()? {
             HostData::F32(v) => v.copy_from_slice(values),

@@ -168,6 +168,88 @@ static void layer_on_device(const char *dir, cudaStream_t stream) {
     paradec_model_free(dev_m);
 }
 
+/* The model in `dir` on GPU 0 (f16), batch 1: a 5-token prefill on two caches, then four
+ * decode steps — eager on one cache (host logits), replayed from one captured graph on the
+ * other (device logits) — equal to the bit; and what a live graph refuses. */
+static void graph_decode(const char *dir, cudaStream_t stream) {
+    paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
+    paradec_model *m = NULL;
+    CHECK(paradec_model_load(dir, NULL, &m));
+    CHECK(paradec_model_load_to(m, gpu));
+    paradec_model_info info;
+    info.struct_size = sizeof info;
+    CHECK(paradec_model_describe(m, &info));
+    const size_t vocab = info.vocab;
+    paradec_cache *ce = NULL, *cg = NULL;
+    CHECK(paradec_cache_create(m, 1, 16, PD_F16, gpu, &ce));
+    CHECK(paradec_cache_create(m, 1, 16, PD_F16, gpu, &cg));
+    paradec_workspace *ws = NULL;
+    CHECK(paradec_workspace_create(gpu, PD_F16, &ws));
+    CHECK(paradec_workspace_reserve(ws, 64u << 20));
+    float *eager = malloc(5 * vocab * sizeof(float));
+    int32_t prompt[5] = {1, 7, 3, 9, 4};
+    int64_t ps[2] = {1, 5}, ls[3] = {1, 5, (int64_t)vocab};
+    paradec_tensor pids = pd_host(prompt, PD_I32, 2, ps), plog = pd_host(eager, PD_F32, 3, ls);
+    int64_t past[1] = {0};
+    paradec_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.batch = 1;
+    p.q_len = 5;
+    p.past_len = past;
+    CHECK(paradec_model_forward(m, stream, ws, &pids, &p, ce, NULL, 0, &plog));
+    CHECK(paradec_model_forward(m, stream, ws, &pids, &p, cg, NULL, 0, &plog));
+
+    paradec_model_graph *g = NULL;
+    CHECK(paradec_model_capture_decode(m, stream, cg, 1, 1, false, &g));
+    uint16_t *dlog = NULL, *hlog = malloc(vocab * 2);
+    CUDA_CHECK(cudaMalloc((void **)&dlog, vocab * 2));
+    int64_t one[2] = {1, 1}, ls1[3] = {1, 1, (int64_t)vocab};
+    int all_equal = 1;
+    for (int t = 0; t < 4; t++) {
+        int32_t id[1] = {(int32_t)((t * 5 + 2) % vocab)};
+        past[0] = 5 + t;
+        p.q_len = 1;
+        paradec_tensor ids = pd_host(id, PD_I32, 2, one);
+        paradec_tensor el = pd_host(eager, PD_F32, 3, ls1);
+        paradec_tensor gl = pd_tensor(dlog, gpu, PD_F16, 3, ls1);
+        CHECK(paradec_model_forward(m, stream, ws, &ids, &p, ce, NULL, 0, &el));
+        CHECK(paradec_model_graph_step(g, stream, &ids, &p, &gl));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        CUDA_CHECK(cudaMemcpy(hlog, dlog, vocab * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < vocab; i++) all_equal &= from_half(hlog[i]) == eager[i];
+    }
+    printf("%s graph replay equals eager over 4 decode steps (device logits)\n",
+           all_equal ? "ok  " : "FAIL");
+    failures += !all_equal;
+
+    /* While the graph lives: the model cannot change, its cache is the graph's. */
+    expect(paradec_model_load_to(m, (paradec_device){PARADEC_DEVICE_CPU, 0}),
+           PARADEC_ERR_INVALID_ARGUMENT, "model change while a graph lives");
+    int32_t id[1] = {3};
+    past[0] = 9;
+    paradec_tensor ids = pd_host(id, PD_I32, 2, one), el = pd_host(eager, PD_F32, 3, ls1);
+    expect(paradec_model_forward(m, stream, ws, &ids, &p, cg, NULL, 0, &el),
+           PARADEC_ERR_INVALID_ARGUMENT, "eager forward on the graph's cache");
+    past[0] = 10;
+    expect(paradec_model_graph_step(g, stream, &ids, &p, &el), PARADEC_ERR_INVALID_ARGUMENT,
+           "graph step reading unwritten slots");
+    /* Host logits (the call waits for the step). */
+    past[0] = 9;
+    CHECK(paradec_model_graph_step(g, stream, &ids, &p, &el));
+    /* Freeing the cache first is deferred to the graph's free. */
+    paradec_cache_free(cg);
+    paradec_model_graph_free(g);
+    CHECK(paradec_model_load_to(m, (paradec_device){PARADEC_DEVICE_CPU, 0}));
+
+    CUDA_CHECK(cudaFree(dlog));
+    free(hlog);
+    free(eager);
+    paradec_workspace_free(ws);
+    paradec_cache_free(ce);
+    paradec_model_free(m);
+}
+
 int main(int argc, char **argv) {
     int n = 0;
     if (!paradec_has_cuda() || cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -423,6 +505,7 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaFree(dpos));
     CUDA_CHECK(cudaFree(dpast));
     if (argc > 1) layer_on_device(argv[1], stream);
+    if (argc > 1) graph_decode(argv[1], stream);
     CUDA_CHECK(cudaStreamDestroy(stream));
     printf("%s\n", failures ? "CUDA: FAIL" : "CUDA: all ok");
     return failures ? 1 : 0;

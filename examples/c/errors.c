@@ -428,6 +428,20 @@ static void model_errors(const char *model_dir) {
            "`tensors`");
     expect_true(built == NULL, "failed layer_create leaves *out untouched");
 
+    /* Decode-step graphs: they need a model on a CUDA device (this one is on the host). */
+    paradec_model_graph *graph = NULL;
+    EXPECT(paradec_model_capture_decode(NULL, NULL, cache, 1, 1, false, &graph),
+           PARADEC_ERR_NULL_ARGUMENT, "`model`");
+    EXPECT(paradec_model_capture_decode(m, NULL, cache, 1, 1, false, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    EXPECT(paradec_model_capture_decode(m, NULL, cache, 1, 1, false, &graph),
+           paradec_has_cuda() ? PARADEC_ERR_DEVICE : PARADEC_ERR_NO_DEVICE,
+           paradec_has_cuda() ? "CUDA device" : "without the `cuda` feature");
+    expect_true(graph == NULL, "failed capture leaves *out untouched");
+    EXPECT(paradec_model_graph_step(NULL, NULL, NULL, NULL, NULL), PARADEC_ERR_NULL_ARGUMENT,
+           "`graph`");
+    paradec_model_graph_free(NULL);
+
     /* Freed handles: free accepts NULL; a handle set to NULL after its free is refused. */
     paradec_cache_free(cache);
     cache = NULL;

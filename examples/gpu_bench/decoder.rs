@@ -1,10 +1,10 @@
 //! One decode step of one parallel decoder layer, batch 1, through the whole Rust path
 //! (`ParallelDecoder::forward` with a planned workspace and an f16 KV cache on the device):
 //! GPT-J-6B-, Command-R-08-2024- and Falcon-7B-shaped layers with random GPTQ-4 g128 and EXL2
-//! uniform 4-bit g128 weights, at several cached lengths. The floor is (the layer's weight
-//! bytes + the K/V bytes the step reads) / the read bandwidth measured in the same run. Each
-//! step is launched eagerly (host work included); graph capture of a step comes with the
-//! step-state buffers the graphs need.
+//! uniform 4-bit g128 weights, at several cached lengths and batches 1, 8 and 32. The floor is
+//! (the layer's weight bytes + the K/V bytes the step reads) / the read bandwidth measured in
+//! the same run. Each step is timed launched eagerly (host work included) and replayed from a
+//! CUDA graph (`ParallelDecoder::capture_decode`; the host restages the step's tables).
 
 use super::linear::XorShift;
 use super::*;
@@ -224,13 +224,13 @@ pub fn model_bench(quick: bool) -> Result<()> {
     let s = Stream::Cuda(stream);
     let Stream::Cuda(cs) = &s else { unreachable!() };
     println!(
-        "# 32-layer GPT-J-6B-shaped model, batch 1, f16, eager; read bandwidth {:.0} GB/s\n",
+        "# 32-layer GPT-J-6B-shaped model, batch 1, f16, eager and from a CUDA graph; read bandwidth {:.0} GB/s\n",
         read_bw / 1e9
     );
     println!(
-        "| weights | KV length | ms / token | tokens/s | floor ms | × floor | load + prepare s |"
+        "| weights | KV length | eager ms / token | graph ms / token | graph tokens/s | floor ms | graph × floor | load + prepare s |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let gptj = SHAPES[0].config.replace("\"n_layer\":1", "\"n_layer\":32");
     let gptj = gptj.replace("\"vocab_size\":64", "\"vocab_size\":50400");
     for exl2 in [false, true] {
@@ -307,38 +307,51 @@ pub fn model_bench(quick: bool) -> Result<()> {
             &[1024, 8192][..]
         } {
             let steps = 64;
-            let mut cache =
-                KvCache::for_model(&arch, 1, len + steps + 8, DType::F16, Device::Cuda(0))?;
+            let cap = len + 2 * steps + 8;
+            let mut cache = KvCache::for_model(&arch, 1, cap, DType::F16, Device::Cuda(0))?;
             for l in 0..arch.num_layers {
                 cache.record_written(l, &[0], len)?;
             }
-            let mut ws =
-                Workspace::for_model(&arch, 1, len + steps + 8, Device::Cuda(0), DType::F16)?;
-            let mut past = len;
-            let mut step = |past: &mut usize| -> Result<()> {
-                let p = AttnParams::with_past(1, 1, vec![*past]);
-                model.forward(&s, &[17], &p, Some(&mut cache), &mut ws)?;
-                *past += 1;
-                Ok(())
+            let ws = || Workspace::for_model(&arch, 1, cap, Device::Cuda(0), DType::F16);
+            // ms per token over `steps` decode steps after 4 of warm-up, each at the next
+            // position.
+            let per_token = |step: &mut dyn FnMut(&AttnParams) -> Result<()>,
+                             past: &mut usize|
+             -> Result<f64> {
+                for _ in 0..4 {
+                    step(&AttnParams::with_past(1, 1, vec![*past]))?;
+                    *past += 1;
+                }
+                let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
+                e0.record(cs)?;
+                for _ in 0..steps {
+                    step(&AttnParams::with_past(1, 1, vec![*past]))?;
+                    *past += 1;
+                }
+                e1.record(cs)?;
+                e1.synchronize()?;
+                Ok(e0.elapsed_ms(&e1)? as f64 / steps as f64)
             };
-            for _ in 0..4 {
-                step(&mut past)?;
-            }
-            let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
-            e0.record(cs)?;
-            for _ in 0..steps - 8 {
-                step(&mut past)?;
-            }
-            e1.record(cs)?;
-            e1.synchronize()?;
-            let ms = e0.elapsed_ms(&e1)? as f64 / (steps - 8) as f64;
-            let kv = 2 * (len + steps / 2) * arch.kv_heads * arch.head_dim * 2 * arch.num_layers;
+            let mut past = len;
+            let mut w = ws()?;
+            let eager = per_token(
+                &mut |p| {
+                    model
+                        .forward(&s, &[17], p, Some(&mut cache), &mut w)
+                        .map(|_| ())
+                },
+                &mut past,
+            )?;
+            let mut g = model.capture_decode(&s, &mut cache, ws()?, 1, 1, false)?;
+            let graph = per_token(&mut |p| g.step(&[17], p).map(|_| ()), &mut past)?;
+            drop(g);
+            let kv = 2 * (len + steps) * arch.kv_heads * arch.head_dim * 2 * arch.num_layers;
             let floor_ms = (wbytes + kv) as f64 / read_bw * 1e3;
             println!(
-                "| {} | {len} | {ms:.3} | {:.0} | {floor_ms:.3} | {:.2} | {load_s:.1} |",
+                "| {} | {len} | {eager:.3} | {graph:.3} | {:.0} | {floor_ms:.3} | {:.2} | {load_s:.1} |",
                 if exl2 { "exl2-4 g128" } else { "gptq-4 g128" },
-                1e3 / ms,
-                ms / floor_ms
+                1e3 / graph,
+                graph / floor_ms
             );
         }
     }
@@ -448,11 +461,13 @@ pub fn main_bench(quick: bool) -> Result<()> {
         &[1024, 4096, 8192, 16384, 32768]
     };
     println!(
-        "# one layer, one decode step, batch 1, f16, eager; read bandwidth {:.0} GB/s\n",
+        "# one layer, one decode step, f16, eager and replayed from a CUDA graph; read bandwidth {:.0} GB/s\n",
         read_bw / 1e9
     );
-    println!("| layer | weights | KV length | µs / step | floor µs | × floor | prepare ms |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| layer | weights | batch | KV length | eager µs | graph µs | floor µs | graph × floor | prepare ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for shape in SHAPES {
         for exl2 in [false, true] {
             let fmt = format!("{}-4 g{}", if exl2 { "exl2" } else { "gptq" }, shape.group);
@@ -472,56 +487,52 @@ pub fn main_bench(quick: bool) -> Result<()> {
             layer.load_as(Device::Cuda(0), DType::F16)?;
             let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
             let wbytes = layer.weight_bytes();
-            for &len in lens {
+            let mut cases: Vec<(usize, usize)> = lens.iter().map(|&l| (1, l)).collect();
+            for batch in [8, 32] {
+                cases.push((batch, 1024));
+                if !quick {
+                    cases.push((batch, 8192));
+                }
+            }
+            for (batch, len) in cases {
+                let dev = Device::Cuda(0);
                 let mut cache = KvCache::new(
                     1,
-                    1,
+                    batch,
                     len + 1,
                     arch.kv_heads,
                     arch.head_dim,
                     DType::F16,
-                    Device::Cuda(0),
+                    dev,
                 )?;
-                cache.record_written(0, &[0], len)?;
-                let mut ws = Workspace::for_model(&arch, 1, len + 1, Device::Cuda(0), DType::F16)?;
-                let x: Vec<f32> = (0..arch.hidden)
+                cache.record_written(0, &vec![0; batch], len)?;
+                let ws = || Workspace::for_model(&arch, batch, len + 1, dev, DType::F16);
+                let x: Vec<f32> = (0..batch * arch.hidden)
                     .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
                     .collect();
-                let mut hidden = Tensor::from_f32_as(&x, &[1, arch.hidden], DType::F16)?
-                    .to_device(Device::Cuda(0))?;
-                let p = AttnParams::with_past(1, 1, vec![len]);
+                let mut hidden =
+                    Tensor::from_f32_as(&x, &[batch, arch.hidden], DType::F16)?.to_device(dev)?;
+                let p = AttnParams::with_past(batch, 1, vec![len; batch]);
                 let Stream::Cuda(cs) = &s else { unreachable!() };
-                let mut step =
-                    || layer.forward(&s, &mut hidden, Some(&mut cache), &p, &[], &mut ws);
-                for _ in 0..3 {
-                    step()?;
+                let samples = if quick { 5 } else { 9 };
+                let mut w = ws()?;
+                let eager = time_us(cs, samples, 20, &mut || {
+                    layer.forward(&s, &mut hidden, Some(&mut cache), &p, &[], &mut w)
+                })?;
+                if w.overflow_bytes() > 0 {
+                    println!("(workspace plan too small by {} bytes)", w.overflow_bytes());
                 }
-                let (e0, e1) = (CudaEvent::new(0)?, CudaEvent::new(0)?);
-                let reps = 20;
-                let mut samples = Vec::new();
-                for _ in 0..if quick { 5 } else { 9 } {
-                    e0.record(cs)?;
-                    for _ in 0..reps {
-                        step()?;
-                    }
-                    e1.record(cs)?;
-                    e1.synchronize()?;
-                    samples.push(e0.elapsed_ms(&e1)? as f64 * 1e3 / reps as f64);
-                }
-                let us = median(samples);
-                let kv_bytes = 2 * len * arch.kv_heads * arch.head_dim * 2;
+                let mut g =
+                    layer.capture_decode(&s, &mut hidden, &mut cache, ws()?, batch, 1, false)?;
+                let graph = time_us(cs, samples, 20, &mut || g.step(&p))?;
+                drop(g);
+                let kv_bytes = batch * 2 * len * arch.kv_heads * arch.head_dim * 2;
                 let floor_us = (wbytes + kv_bytes) as f64 / read_bw * 1e6;
                 println!(
-                    "| {} | {fmt} | {len} | {us:.1} | {floor_us:.1} | {:.2} | {prepare_ms:.0} |",
+                    "| {} | {fmt} | {batch} | {len} | {eager:.1} | {graph:.1} | {floor_us:.1} | {:.2} | {prepare_ms:.0} |",
                     shape.name,
-                    us / floor_us
+                    graph / floor_us
                 );
-                if ws.overflow_bytes() > 0 {
-                    println!(
-                        "(workspace plan too small by {} bytes)",
-                        ws.overflow_bytes()
-                    );
-                }
             }
             prefill_row(&s, &arch, &layer, &fmt, shape.name)?;
         }

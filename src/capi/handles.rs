@@ -26,13 +26,45 @@ use crate::{Model, Stream, Weights};
 
 /// A loaded model (embedding, decoder layers, final norm, LM head).
 pub struct paradec_model {
-    inner: Arc<RwLock<Model>>,
+    pub(super) inner: Arc<SharedModel>,
+}
+
+/// A model shared by its handle, the layer handles taken from it and the graphs captured from
+/// it. While a graph lives, the model may not change (a graph replays its device addresses).
+pub(super) struct SharedModel {
+    model: RwLock<Model>,
+    /// Graphs captured from the model and not yet freed.
+    pub(super) graphs: std::sync::atomic::AtomicUsize,
+}
+
+impl std::ops::Deref for SharedModel {
+    type Target = RwLock<Model>;
+    fn deref(&self) -> &RwLock<Model> {
+        &self.model
+    }
+}
+
+/// The model, locked for a change: refused while a captured graph reads it.
+fn write_model(m: &SharedModel) -> CResult<RwLockWriteGuard<'_, Model>> {
+    // Checked under the write lock: a capture counts itself while holding the read lock.
+    let w = write(&m.model)?;
+    let n = m.graphs.load(std::sync::atomic::Ordering::Acquire);
+    if n > 0 {
+        return Err(cerr(
+            PARADEC_ERR_INVALID_ARGUMENT,
+            format!(
+                "the model cannot change while {n} captured graph(s) of it live: free them \
+                 (paradec_model_graph_free) first"
+            ),
+        ));
+    }
+    Ok(w)
 }
 
 enum LayerRef {
     /// The layer and the architecture it was built with.
     Own(Box<ParallelDecoder>, Box<ArchParams>),
-    OfModel(Arc<RwLock<Model>>, usize),
+    OfModel(Arc<SharedModel>, usize),
 }
 
 /// One parallel-residual decoder layer: built from caller tensors, or layer i of a model.
@@ -42,7 +74,24 @@ pub struct paradec_layer {
 
 /// A KV cache: per layer, K and V of [batch, capacity, kv_heads, head_dim].
 pub struct paradec_cache {
-    inner: KvCache,
+    pub(super) inner: KvCache,
+    /// Set while a captured graph holds the cache: other calls refuse it.
+    pub(super) lent: bool,
+    /// `paradec_cache_free` came while the cache was lent: the graph frees it when it is freed.
+    pub(super) free_when_returned: bool,
+}
+
+/// The cache of a call, unless a captured graph holds it.
+pub(super) fn cache_mut<'a>(cache: *mut paradec_cache) -> CResult<&'a mut KvCache> {
+    let c = req_mut(cache, "cache")?;
+    if c.lent {
+        return Err(cerr(
+            PARADEC_ERR_INVALID_ARGUMENT,
+            "cache: a captured graph holds it (paradec_model_graph_step uses it; \
+             paradec_model_graph_free gives it back)",
+        ));
+    }
+    Ok(&mut c.inner)
 }
 
 /// The scratch of forwards on one device and dtype (one per stream / thread).
@@ -237,7 +286,7 @@ fn sized_out<T>(p: *mut T, name: &str) -> CResult<*mut T> {
 
 // ---- helpers ------------------------------------------------------------------------------
 
-fn read<'a, T>(l: &'a RwLock<T>) -> CResult<RwLockReadGuard<'a, T>> {
+pub(super) fn read<'a, T>(l: &'a RwLock<T>) -> CResult<RwLockReadGuard<'a, T>> {
     l.read().map_err(|_| {
         cerr(
             PARADEC_ERR_PANIC,
@@ -296,7 +345,7 @@ fn weights_from(tensors: *const paradec_named_tensor, n: usize, prefix: &str) ->
     Ok(Weights::from_memory(&entries)?)
 }
 
-fn attn_params(p: *const paradec_attn_params) -> CResult<AttnParams> {
+pub(super) fn attn_params(p: *const paradec_attn_params) -> CResult<AttnParams> {
     let p = read_sized(p, "paradec_attn_params")?;
     if p.batch == 0 || p.q_len == 0 {
         return Err(cerr(
@@ -393,7 +442,7 @@ fn tensor_ptr(t: &Tensor) -> *mut c_void {
 
 /// The stream a layer or model call runs on: the host for host work; for device work the
 /// caller's `cudaStream_t` (NULL = the legacy default stream), borrowed, never destroyed.
-fn stream_for(device: Device, raw: *mut c_void) -> CResult<Stream> {
+pub(super) fn stream_for(device: Device, raw: *mut c_void) -> CResult<Stream> {
     match device {
         Device::Cpu => Ok(Stream::Host),
         #[cfg(feature = "cuda")]
@@ -550,7 +599,10 @@ pub extern "C" fn paradec_model_load(
             m.load_to(dev)?;
         }
         let h = Box::new(paradec_model {
-            inner: Arc::new(RwLock::new(m)),
+            inner: Arc::new(SharedModel {
+                model: RwLock::new(m),
+                graphs: std::sync::atomic::AtomicUsize::new(0),
+            }),
         });
         write_out(out, Box::into_raw(h));
         Ok(())
@@ -615,7 +667,7 @@ pub extern "C" fn paradec_model_load_to(
     guard(|| {
         let m = req_mut(model, "model")?;
         let dev = device_arg(device, "device")?;
-        write(&m.inner)?.load_to(dev)?;
+        write_model(&m.inner)?.load_to(dev)?;
         Ok(())
     })
 }
@@ -627,7 +679,7 @@ pub extern "C" fn paradec_model_load_to(
 pub extern "C" fn paradec_model_unload(model: *mut paradec_model) -> paradec_status {
     guard(|| {
         let m = req_mut(model, "model")?;
-        write(&m.inner)?.load_to(Device::Cpu)?;
+        write_model(&m.inner)?.load_to(Device::Cpu)?;
         Ok(())
     })
 }
@@ -643,7 +695,7 @@ pub extern "C" fn paradec_model_rank_reduce(
 ) -> paradec_status {
     guard(|| {
         let m = req_mut(model, "model")?;
-        write(&m.inner)?.rank_reduce(fraction)?;
+        write_model(&m.inner)?.rank_reduce(fraction)?;
         Ok(())
     })
 }
@@ -683,49 +735,13 @@ pub extern "C" fn paradec_model_forward(
         let cache = if cache.is_null() {
             None
         } else {
-            Some(&mut req_mut(cache, "cache")?.inner)
+            Some(cache_mut(cache)?)
         };
         let loras = loras_arg(loras, n_loras)?;
         let logits = view(logits, "logits")?;
         let m = read(&m.inner)?;
         let vocab = m.arch.vocab;
-        if ids.loc != Loc::Host {
-            return Err(cerr(
-                PARADEC_ERR_DEVICE,
-                "ids: token ids are read from host memory",
-            ));
-        }
-        if ids.dtype != DType::I32 && ids.dtype != DType::I64 {
-            return Err(cerr(
-                PARADEC_ERR_DTYPE,
-                format!("ids: expected int32 or int64, got {}", ids.dtype),
-            ));
-        }
-        if ids.numel != p.tokens() {
-            return Err(cerr(
-                PARADEC_ERR_SHAPE,
-                format!(
-                    "ids: expected batch {} × q_len {} ids, got shape {:?}",
-                    p.batch, p.q_len, ids.shape
-                ),
-            ));
-        }
-        let idv: Vec<u32> = ids
-            .ints()
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                u32::try_from(x)
-                    .ok()
-                    .filter(|&x| (x as usize) < vocab)
-                    .ok_or_else(|| {
-                        cerr(
-                            PARADEC_ERR_INVALID_ARGUMENT,
-                            format!("ids[{i}] = {x} is outside the vocabulary of {vocab}"),
-                        )
-                    })
-            })
-            .collect::<CResult<_>>()?;
+        let idv = host_ids(&ids, &p, vocab)?;
         want_float(&logits)?;
         if logits.loc != Loc::Host {
             return Err(cerr(PARADEC_ERR_DEVICE, "logits: must be host memory"));
@@ -793,7 +809,7 @@ pub extern "C" fn paradec_model_lora_apply(
     guard(|| {
         let m = req_mut(model, "model")?;
         let l = &req(lora, "lora")?.inner;
-        write(&m.inner)?.add_lora(l)?;
+        write_model(&m.inner)?.add_lora(l)?;
         Ok(())
     })
 }
@@ -809,7 +825,7 @@ pub extern "C" fn paradec_model_lora_remove(
     guard(|| {
         let m = req_mut(model, "model")?;
         let l = &req(lora, "lora")?.inner;
-        write(&m.inner)?.remove_lora(l);
+        write_model(&m.inner)?.remove_lora(l);
         Ok(())
     })
 }
@@ -834,7 +850,14 @@ pub extern "C" fn paradec_cache_create(
         let out = out_ptr(out, "out")?;
         let (dev, dt) = device_dtype(device, dtype, "cache")?;
         let c = KvCache::for_model(&read(&m.inner)?.arch, batch, capacity, dt, dev)?;
-        write_out(out, Box::into_raw(Box::new(paradec_cache { inner: c })));
+        write_out(
+            out,
+            Box::into_raw(Box::new(paradec_cache {
+                inner: c,
+                lent: false,
+                free_when_returned: false,
+            })),
+        );
         Ok(())
     })
 }
@@ -867,7 +890,14 @@ pub extern "C" fn paradec_cache_create_for_layer(
                 dev,
             )?)
         })?;
-        write_out(out, Box::into_raw(Box::new(paradec_cache { inner: c })));
+        write_out(
+            out,
+            Box::into_raw(Box::new(paradec_cache {
+                inner: c,
+                lent: false,
+                free_when_returned: false,
+            })),
+        );
         Ok(())
     })
 }
@@ -878,6 +908,13 @@ pub extern "C" fn paradec_cache_create_for_layer(
 #[no_mangle]
 pub extern "C" fn paradec_cache_free(cache: *mut paradec_cache) {
     let _ = guard(|| {
+        if let Ok(c) = req_mut(cache, "cache") {
+            if c.lent {
+                // The graph holding it frees it when the graph is freed.
+                c.free_when_returned = true;
+                return Ok(());
+            }
+        }
         free_box(cache);
         Ok(())
     });
@@ -994,7 +1031,7 @@ impl paradec_layer {
     fn with_mut<R>(&mut self, f: impl FnOnce(&mut ParallelDecoder) -> CResult<R>) -> CResult<R> {
         match &mut self.inner {
             LayerRef::Own(d, _) => f(d),
-            LayerRef::OfModel(m, i) => f(&mut write(m)?.layers_mut()[*i]),
+            LayerRef::OfModel(m, i) => f(&mut write_model(m)?.layers_mut()[*i]),
         }
     }
 }
@@ -1065,6 +1102,47 @@ pub extern "C" fn paradec_layer_free(layer: *mut paradec_layer) {
 
 /// Checks the hidden tensor of a layer call: host memory is read into a tensor (written back
 /// on success); device memory is borrowed, and the forward runs in place on it.
+/// Token ids [batch · q_len] from a host int32 / int64 tensor, each checked against the
+/// vocabulary.
+pub(super) fn host_ids(ids: &View, p: &AttnParams, vocab: usize) -> CResult<Vec<u32>> {
+    if ids.loc != Loc::Host {
+        return Err(cerr(
+            PARADEC_ERR_DEVICE,
+            "ids: token ids are read from host memory",
+        ));
+    }
+    if ids.dtype != DType::I32 && ids.dtype != DType::I64 {
+        return Err(cerr(
+            PARADEC_ERR_DTYPE,
+            format!("ids: expected int32 or int64, got {}", ids.dtype),
+        ));
+    }
+    if ids.numel != p.tokens() {
+        return Err(cerr(
+            PARADEC_ERR_SHAPE,
+            format!(
+                "ids: expected batch {} × q_len {} ids, got shape {:?}",
+                p.batch, p.q_len, ids.shape
+            ),
+        ));
+    }
+    ids.ints()
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            u32::try_from(x)
+                .ok()
+                .filter(|&x| (x as usize) < vocab)
+                .ok_or_else(|| {
+                    cerr(
+                        PARADEC_ERR_INVALID_ARGUMENT,
+                        format!("ids[{i}] = {x} is outside the vocabulary of {vocab}"),
+                    )
+                })
+        })
+        .collect::<CResult<_>>()
+}
+
 fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
     want_float(h)?;
     if h.numel != p.tokens() * hidden || h.shape.last() != Some(&hidden) {
@@ -1112,7 +1190,7 @@ fn layer_forward(
     let cache = if cache.is_null() {
         None
     } else {
-        Some(&mut req_mut(cache, "cache")?.inner)
+        Some(cache_mut(cache)?)
     };
     let loras = loras_arg(loras, n_loras)?;
     let s = stream_for(ws.device(), stream)?;

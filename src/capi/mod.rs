@@ -20,6 +20,7 @@
 //! each function's doc comment, which cbindgen copies into the header.
 #![allow(non_camel_case_types, clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod graph;
 pub mod handles;
 pub mod ops;
 pub mod tensor;
@@ -33,6 +34,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::Error;
 
+pub use graph::*;
 pub use handles::*;
 pub use ops::*;
 pub use tensor::*;

@@ -43,7 +43,7 @@ impl DeviceBuffer {
         if len > 0 {
             // SAFETY: `p` is a valid out-pointer; cudaMalloc writes an allocation or fails.
             check(
-                unsafe { ffi::cudaMalloc(&mut p, len) },
+                super::graph::device_wide(|| unsafe { ffi::cudaMalloc(&mut p, len) }),
                 &format!("cudaMalloc({len} bytes on cuda:{device})"),
             )?;
         }
@@ -329,7 +329,7 @@ impl Drop for DeviceBuffer {
             // already torn down at exit) are ignored: nowhere to report them, and no panic.
             unsafe {
                 let _ = ensure_device(self.device);
-                let _ = ffi::cudaFree(self.ptr);
+                let _ = super::graph::device_wide(|| ffi::cudaFree(self.ptr));
             }
         }
     }

@@ -57,7 +57,7 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
     ensure_device(ordinal)?;
     // SAFETY: no arguments; acts on the current device set just above.
     check(
-        unsafe { ffi::cudaDeviceSynchronize() },
+        super::graph::device_wide(|| unsafe { ffi::cudaDeviceSynchronize() }),
         "cudaDeviceSynchronize",
     )
 }

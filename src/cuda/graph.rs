@@ -1,14 +1,38 @@
 //! `CudaGraph`: work captured from a stream once and replayed with one launch (for decode steps
 //! and for timing many small kernels without launch gaps).
 
+use std::cell::Cell;
 use std::fmt;
 use std::ptr;
+use std::sync::RwLock;
 
 use super::device::ensure_device;
 use super::error::check;
 use super::ffi;
 use super::stream::CudaStream;
 use crate::{Error, Result};
+
+/// CUDA invalidates a stream capture when another thread synchronizes the whole device meanwhile
+/// (`cudaDeviceSynchronize`, and the implicit synchronization of `cudaMalloc`, `cudaFree` and
+/// their page-locked twins). paradec's calls of that kind run under this lock shared
+/// ([`device_wide`]) and a capture holds it exclusively, so a capture on one thread and
+/// synchronous copies or allocations on another wait for each other instead of failing.
+static CAPTURE_LOCK: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// Whether this thread is recording a capture (its own device-wide calls then fail as
+    /// CUDA decides, rather than waiting on the lock it holds).
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs a call that synchronizes the whole device, never during another thread's capture.
+pub(crate) fn device_wide<T>(call: impl FnOnce() -> T) -> T {
+    if CAPTURING.with(Cell::get) {
+        return call();
+    }
+    let _shared = CAPTURE_LOCK.read().unwrap_or_else(|e| e.into_inner());
+    call()
+}
 
 /// An instantiated CUDA graph.
 pub struct CudaGraph {
@@ -34,6 +58,17 @@ impl CudaGraph {
             ));
         }
         ensure_device(stream.device())?;
+        let _exclusive = CAPTURE_LOCK.write().unwrap_or_else(|e| e.into_inner());
+        CAPTURING.with(|c| c.set(true));
+        let r = Self::capture_locked(stream, record);
+        CAPTURING.with(|c| c.set(false));
+        r
+    }
+
+    fn capture_locked(
+        stream: &CudaStream,
+        record: impl FnOnce(&CudaStream) -> Result<()>,
+    ) -> Result<Self> {
         // SAFETY: live stream; thread-local capture mode (only this thread's calls are checked).
         check(
             unsafe {

@@ -74,6 +74,17 @@ impl CudaStream {
         self.owned
     }
 
+    /// Whether a graph capture is recording this stream's work.
+    pub fn is_capturing(&self) -> Result<bool> {
+        let mut status = ffi::cudaStreamCaptureStatus::cudaStreamCaptureStatusNone;
+        // SAFETY: `raw` is NULL or a live stream; `status` is a valid out-pointer.
+        check(
+            unsafe { ffi::cudaStreamIsCapturing(self.raw, &mut status) },
+            "cudaStreamIsCapturing",
+        )?;
+        Ok(status != ffi::cudaStreamCaptureStatus::cudaStreamCaptureStatusNone)
+    }
+
     /// Waits until all work queued on this stream has finished.
     pub fn synchronize(&self) -> Result<()> {
         ensure_device(self.device)?;

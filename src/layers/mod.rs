@@ -1,5 +1,7 @@
 //! Layers: norm, linear (+ LoRA, rank reduction), attention parameters and the parallel decoder block.
 
+#[cfg(feature = "cuda")]
+pub mod graph;
 pub mod linear;
 pub mod lora;
 pub mod norm;

@@ -83,6 +83,8 @@ pub struct ParallelDecoder {
     arch: ArchParams,
     layer_idx: usize,
     sliding_window: usize,
+    /// Index of `rotary` in the model's rotary tables (the staged step's frequencies).
+    rope_index: usize,
     rotary: Rotary,
     norm_attn: Norm,
     norm_mlp: Option<Norm>,
@@ -188,6 +190,7 @@ impl ParallelDecoder {
             arch: a.clone(),
             layer_idx,
             sliding_window,
+            rope_index,
             rotary,
             norm_attn,
             norm_mlp,
@@ -342,6 +345,11 @@ impl ParallelDecoder {
     /// The dtype the weights are placed in (see `load_as`).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The architecture the layer was built for.
+    pub fn arch(&self) -> &ArchParams {
+        &self.arch
     }
 
     /// Where the weights live.
@@ -589,8 +597,33 @@ impl ParallelDecoder {
             )?;
         }
 
-        // Rotary + cache write, then attention over the cache.
-        let positions = p.positions();
+        // Rotary + cache write, then attention over the cache. The per-step tables are the
+        // staged ones when the driver staged this step (`Workspace::stage_step`: one upload
+        // for every layer, at the addresses a captured graph reads), else this call's own.
+        let staged = ws.staged().filter(|st| {
+            st.tables.past_len == p.past_len
+                && st.tables.positions == p.positions()
+                && st.tables.mask.is_some() == p.mask.is_some()
+        });
+        let own_positions;
+        let (positions, past_len, mask, mask_stride): (&[i64], &[usize], Option<&[f32]>, usize) =
+            match &staged {
+                Some(st) => (
+                    &st.tables.positions,
+                    &st.tables.past_len,
+                    st.tables.mask.as_deref(),
+                    st.tables.mask_stride,
+                ),
+                None => {
+                    own_positions = p.positions();
+                    (
+                        &own_positions,
+                        &p.past_len,
+                        p.mask.as_deref(),
+                        p.mask_stride,
+                    )
+                }
+            };
         let freqs = match &self.rotary {
             Rotary::Rope(rc) => Some((rc, rc.freqs(positions.iter().copied().max().unwrap_or(0)))),
             Rotary::None => None,
@@ -598,7 +631,11 @@ impl ParallelDecoder {
         let rot_args = freqs.as_ref().map(|(rc, f)| RotaryArgs {
             style: rc.style,
             rot_dim: rc.rot_dim,
-            inv_freq: &f.inv_freq,
+            inv_freq: staged
+                .as_ref()
+                .and_then(|st| st.tables.freqs.get(self.rope_index)?.as_deref())
+                .filter(|sf| *sf == f.inv_freq.as_slice())
+                .unwrap_or(&f.inv_freq),
             attn_factor: f.attn_factor,
         });
         let mut cache = cache;
@@ -615,7 +652,7 @@ impl ParallelDecoder {
                 &mut q,
                 &mut k,
                 &v,
-                &positions,
+                positions,
                 rot_args.as_ref(),
             )?
         } else {
@@ -652,7 +689,7 @@ impl ParallelDecoder {
                 batch: p.batch,
                 q_len: p.q_len,
                 capacity,
-                past_len: &p.past_len,
+                past_len,
             };
             ops::rotary_and_cache_write(
                 s,
@@ -663,7 +700,7 @@ impl ParallelDecoder {
                 a.heads,
                 a.kv_heads,
                 a.head_dim,
-                &positions,
+                positions,
                 rot_args.as_ref(),
                 &at,
                 ck,
@@ -678,10 +715,10 @@ impl ParallelDecoder {
                 capacity,
             };
             let masking = AttnMasking {
-                past_len: &p.past_len,
+                past_len,
                 window: self.sliding_window,
-                mask: p.mask.as_deref(),
-                mask_stride: p.mask_stride,
+                mask,
+                mask_stride,
             };
             let mut ctx = ws.tensor(&[t, qd])?;
             ops::attention(

@@ -1,6 +1,8 @@
 //! `AttnParams`: the per-call description of a batch — sizes, past length and position offset
 //! per sequence, and an optional padding mask over cache slots.
 
+use crate::arch::Rotary;
+use crate::workspace::StepTables;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +108,65 @@ impl AttnParams {
                     self.mask_stride
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// The tables a forward over these params stages once for all its layers
+    /// (`Workspace::stage_step`): `ids` (may be empty), positions, past lengths, the mask — with
+    /// rows of `mask_stride` slots when given (a captured graph's fixed stride; slots past a
+    /// row's own are 0 and never read), else its own — and the frequencies of each of the
+    /// model's `rotary` tables at this step's largest position. Attention plans its launch for
+    /// past lengths up to `plan_max_past` (default: this step's largest).
+    pub(crate) fn step_tables(
+        &self,
+        ids: &[u32],
+        rotary: &[Rotary],
+        plan_max_past: Option<usize>,
+        mask_stride: Option<usize>,
+    ) -> StepTables {
+        let positions = self.positions();
+        let max_pos = positions.iter().copied().max().unwrap_or(0);
+        let (mask, mask_stride) = match (&self.mask, mask_stride) {
+            (Some(m), Some(ms)) if ms != self.mask_stride => {
+                let keep = ms.min(self.mask_stride);
+                let mut out = vec![0.0f32; self.batch * ms];
+                for b in 0..self.batch {
+                    out[b * ms..b * ms + keep]
+                        .copy_from_slice(&m[b * self.mask_stride..b * self.mask_stride + keep]);
+                }
+                (Some(out), ms)
+            }
+            (m, _) => (m.clone(), self.mask_stride),
+        };
+        StepTables {
+            ids: ids.to_vec(),
+            positions,
+            past_len: self.past_len.clone(),
+            mask,
+            mask_stride,
+            freqs: rotary
+                .iter()
+                .map(|r| match r {
+                    Rotary::Rope(rc) => Some(rc.freqs(max_pos).inv_freq),
+                    Rotary::None => None,
+                })
+                .collect(),
+            plan_max_past: plan_max_past
+                .unwrap_or_else(|| self.past_len.iter().copied().max().unwrap_or(0)),
+        }
+    }
+
+    /// Checks that there is one token id per query token.
+    pub fn check_ids_len(&self, ids: &[u32]) -> Result<()> {
+        if ids.len() != self.tokens() {
+            return Err(Error::bad_input(format!(
+                "token ids: expected batch {} × q_len {} = {}, got {}",
+                self.batch,
+                self.q_len,
+                self.tokens(),
+                ids.len()
+            )));
         }
         Ok(())
     }

@@ -48,6 +48,33 @@ pub struct LayerReport<'a> {
     pub interm: Option<&'a Intermediates>,
 }
 
+/// `f(0)`, …, `f(n − 1)` spread over the host's cores, in order; the first error wins.
+fn on_host_cores<T: Send>(n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = n.div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..n)
+            .step_by(per)
+            .map(|start| {
+                sc.spawn(move || {
+                    (start..(start + per).min(n))
+                        .map(f)
+                        .collect::<Result<Vec<T>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for h in handles {
+            out.extend(
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::bad_input("reading a layer panicked")))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
 impl Model {
     /// Loads config.json and the safetensors of `dir` (one file or shards with an index).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
@@ -62,21 +89,19 @@ impl Model {
         let n = &arch.names;
         let embed =
             weights.get_float(&format!("{}.weight", n.embed), &[arch.vocab, arch.hidden])?;
-        let layers = arch
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, spec)| {
-                ParallelDecoder::new(
-                    &arch,
-                    weights,
-                    &format!("{}.{i}", n.layer_prefix),
-                    i,
-                    spec.sliding_window,
-                    spec.rope_index,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Layers are read on all host cores: unpacking and checking a quantized layer's
+        // tensors is host work, ~0.1 s a layer of a 7B model.
+        let layers = on_host_cores(arch.layers.len(), |i| {
+            let spec = &arch.layers[i];
+            ParallelDecoder::new(
+                &arch,
+                weights,
+                &format!("{}.{i}", n.layer_prefix),
+                i,
+                spec.sliding_window,
+                spec.rope_index,
+            )
+        })?;
         let final_norm = Norm::load(
             weights,
             n.final_norm,
@@ -280,15 +305,7 @@ impl Model {
         report: &mut dyn FnMut(LayerReport<'_>),
     ) -> Result<ModelOutput> {
         params.validate()?;
-        if ids.len() != params.tokens() {
-            return Err(Error::bad_input(format!(
-                "token ids: expected batch {} × q_len {} = {}, got {}",
-                params.batch,
-                params.q_len,
-                params.tokens(),
-                ids.len()
-            )));
-        }
+        params.check_ids_len(ids)?;
         if let Some(c) = &cache {
             if c.num_layers() != self.layers.len() {
                 return Err(Error::bad_input(format!(
@@ -299,13 +316,38 @@ impl Model {
             }
         }
         let mark = ws.mark();
-        let r = self.run_layers(s, ids, params, cache, loras, ws, capture, report);
+        // Owned: the outputs outlive the workspace's temporaries.
+        let r = Tensor::zeros(
+            &[params.tokens(), self.arch.hidden],
+            self.dtype(),
+            self.device(),
+        )
+        .and_then(|normed| {
+            let logits = Tensor::zeros(
+                &[params.batch, params.q_len, self.arch.vocab],
+                self.dtype(),
+                self.device(),
+            )?;
+            let mut out = ModelOutput {
+                hidden_states: normed,
+                logits,
+            };
+            // One upload of the step's tables for every layer.
+            if self.device() != Device::Cpu {
+                ws.stage_step(s, params.step_tables(ids, &self.arch.rotary, None, None))?;
+            }
+            self.run_layers(s, ids, params, cache, loras, ws, capture, report, &mut out)?;
+            Ok(out)
+        });
+        ws.unstage();
         ws.release(mark);
         r
     }
 
+    /// Runs the layers and the head over `ids` into `out` (preallocated: a captured graph
+    /// writes the same tensors every replay).
     #[allow(clippy::too_many_arguments)]
-    fn run_layers(
+    pub(crate) fn run_layers(
         &self,
         s: &Stream,
         ids: &[u32],
@@ -315,8 +357,13 @@ impl Model {
         ws: &mut Workspace,
         capture: bool,
         report: &mut dyn FnMut(LayerReport<'_>),
-    ) -> Result<ModelOutput> {
+        out: &mut ModelOutput,
+    ) -> Result<()> {
         let a = &self.arch;
+        // The staged ids, when the driver staged this step (their device copy is what the
+        // embedding reads; a captured graph reads it at every replay).
+        let staged = ws.staged().filter(|st| st.tables.ids == ids);
+        let ids: &[u32] = staged.as_ref().map_or(ids, |st| &st.tables.ids);
         // The hidden states live in the workspace across the layers; each layer takes its
         // temporaries above them and gives them back.
         let mut hidden = ws.tensor(&[ids.len(), a.hidden])?;
@@ -340,26 +387,17 @@ impl Model {
                 });
             }
         }
-        // Owned: the outputs outlive the workspace's temporaries.
-        let mut normed =
-            Tensor::zeros(&[params.tokens(), a.hidden], hidden.dtype(), self.device())?;
-        self.final_norm.forward(s, &hidden, &mut normed)?;
-        let mut logits = Tensor::zeros(
-            &[params.batch, params.q_len, a.vocab],
-            hidden.dtype(),
-            self.device(),
-        )?;
+        let normed = &mut out.hidden_states;
+        let logits = &mut out.logits;
+        self.final_norm.forward(s, &hidden, normed)?;
         match &self.head {
-            Some(h) => h.forward(s, ws, &normed, &mut logits, false, &[])?,
-            None => ops::linear(s, ws, &normed, &self.embed, None, &mut logits, false)?,
+            Some(h) => h.forward(s, ws, normed, logits, false, &[])?,
+            None => ops::linear(s, ws, normed, &self.embed, None, logits, false)?,
         }
         if a.logit_scale != 1.0 {
-            ops::scale_inplace(s, &mut logits, a.logit_scale)?;
+            ops::scale_inplace(s, logits, a.logit_scale)?;
         }
-        Ok(ModelOutput {
-            hidden_states: normed,
-            logits,
-        })
+        Ok(())
     }
 
     /// The embeddings of `ids`, [tokens, hidden].

@@ -211,6 +211,28 @@ pub fn attention(
         Device::Cuda(_) => on_cuda!(st => {
             use crate::cuda::kernels;
             let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
+            // The forward's staged tables, when these are they (planned for the staged bound);
+            // else this call's own upload.
+            let staged = ws.staged().and_then(|stg| {
+                let past = stg.past(masking.past_len)?;
+                let mask = stg.mask(masking.mask)?;
+                Some((past, mask, stg.tables.plan_max_past.max(max_past)))
+            });
+            if let Some((past, mask, plan)) = staged {
+                let mut partials = ws.scratch(
+                    &[kernels::attention_scratch_len(s, plan, st)?],
+                    crate::tensor::DType::F32,
+                )?;
+                // SAFETY: the workspace staged exactly these past lengths and mask into its
+                // step region, queued on this forward's stream before any of its ops, and keeps
+                // the region alive and unchanged until the next stage.
+                return unsafe {
+                    kernels::attention_staged(
+                        q, cache_k, cache_v, s, masking, scale, plan, past, mask, &mut partials,
+                        out, st,
+                    )
+                };
+            }
             let mut meta = ws.scratch(&[kernels::attention_meta_bytes(s, masking)], crate::tensor::DType::U8)?;
             let mut partials = ws.scratch(
                 &[kernels::attention_scratch_len(s, max_past, st)?],

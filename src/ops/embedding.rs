@@ -31,6 +31,12 @@ pub fn embedding(
             with_f32_mut(out, |o| cpu::embedding::embedding(&tv, hidden, ids, o))
         }
         Device::Cuda(_) => on_cuda!(s, ws => {
+            if let Some(d) = ws.staged().and_then(|st| st.ids(ids)) {
+                // SAFETY: the workspace staged exactly these ids (checked against the
+                // vocabulary above) into its step region, queued on this forward's stream
+                // before any of its ops.
+                return unsafe { crate::cuda::kernels::embedding_staged_ids(table, hidden, ids, d, out, s) };
+            }
             let mut scratch = ws.scratch(&[4 * ids.len()], crate::DType::U8)?;
             crate::cuda::kernels::embedding_host_ids(table, hidden, ids, &mut scratch, out, s)
         }),

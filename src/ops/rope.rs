@@ -92,6 +92,26 @@ pub fn rotary_and_cache_write(
         }
         Device::Cuda(_) => on_cuda!(s => {
             use crate::cuda::kernels;
+            // The forward's staged tables, when these are they; else this call's own upload.
+            let staged = ws.staged().and_then(|st| {
+                let (positions, past_len) = st.positions_and_past(positions, at.past_len)?;
+                let inv_freq = match rotary {
+                    Some(r) => st.freqs(r.inv_freq)?,
+                    None => std::ptr::null(),
+                };
+                Some(kernels::RopeTables { positions, past_len, inv_freq })
+            });
+            if let Some(tables) = staged {
+                // SAFETY: the workspace staged exactly these host slices into its step region,
+                // queued on this forward's stream before any of its ops, and keeps the region
+                // alive and unchanged until the next stage, which waits for this forward.
+                return unsafe {
+                    kernels::rotary_and_cache_write_staged(
+                        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, tables,
+                        cache_k, cache_v, s,
+                    )
+                };
+            }
             let rot_dim = rotary.map_or(0, |r| r.rot_dim);
             let mut meta = ws.scratch(
                 &[kernels::rope_meta_bytes(tokens, at.batch, rot_dim)],

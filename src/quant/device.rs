@@ -303,9 +303,24 @@ pub struct PreparedQuant {
     pub host: QuantWeight,
 }
 
+/// An I32 tensor of `v`'s bits on `device`, copied straight from `v` on a GPU (no host
+/// conversion: the layouts of 7B models are gigabytes).
 fn i32_tensor(v: &[u32], shape: &[usize], device: Device) -> Result<Tensor> {
-    Tensor::from_host(HostData::I32(v.iter().map(|&x| x as i32).collect()), shape)?
-        .to_device(device)
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ord) => {
+            // SAFETY: u32 has no padding and u8 has alignment 1: the same bytes, read-only
+            // (little-endian, as on every host CUDA runs on).
+            let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), 4 * v.len()) };
+            Tensor::from_device_buffer(
+                crate::cuda::DeviceBuffer::from_host(ord, bytes)?,
+                DType::I32,
+                shape,
+            )
+        }
+        _ => Tensor::from_host(HostData::I32(v.iter().map(|&x| x as i32).collect()), shape)?
+            .to_device(device),
+    }
 }
 
 impl PreparedQuant {

@@ -34,6 +34,7 @@ mod activation;
 mod attention;
 mod decoder;
 mod embedding;
+mod graph;
 mod kv_quant;
 mod linear;
 mod norm;

@@ -197,25 +197,27 @@ pub fn attention_scratch_len(
     Ok(bytes / 4)
 }
 
-/// Attention of q [batch, q_len, heads·D] over the cache [batch, capacity, kv_heads·D]; writes
-/// out [batch, q_len, heads·D]. Twin of `cpu::attention::attention`, with the same host
-/// masking. Every past length is checked against the capacity and the mask here. `meta` is a U8
-/// device tensor of exactly `attention_meta_bytes` (the past lengths and mask travel in it,
-/// queued on `stream`); `partials` an f32 device tensor of at least `attention_scratch_len`
-/// elements (may be empty when that is 0).
+/// What the argument checks of an attention call settle.
+struct AttnCall {
+    code: i32,
+    q_n: usize,
+}
+
+/// Checks every argument of an attention call: shapes, dtypes, the past lengths against the
+/// capacity and `plan_max_past` (≥ each of them), the mask, and the split-KV scratch for a
+/// launch planned for `plan_max_past`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+fn check_call(
     q: &Tensor,
     cache_k: &Tensor,
     cache_v: &Tensor,
     shape: &AttnShape,
     masking: &AttnMasking<'_>,
-    scale: f32,
-    meta: &mut Tensor,
-    partials: &mut Tensor,
-    out: &mut Tensor,
+    plan_max_past: usize,
+    partials: &Tensor,
+    out: &Tensor,
     stream: &CudaStream,
-) -> Result<()> {
+) -> Result<AttnCall> {
     let s = shape;
     if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
         return Err(Error::bad_input(format!(
@@ -249,24 +251,33 @@ pub fn attention(
         )));
     }
     let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
-    if max_past.checked_add(s.q_len).is_none_or(|e| e > s.capacity) {
+    if max_past > plan_max_past {
+        return Err(Error::bad_input(format!(
+            "attention: past length {max_past} exceeds the {plan_max_past} the launch is planned for"
+        )));
+    }
+    if plan_max_past
+        .checked_add(s.q_len)
+        .is_none_or(|e| e > s.capacity)
+    {
         return Err(Error::CapacityExceeded(format!(
-            "attention over {max_past} past + {} new slots exceeds the capacity {}",
+            "attention over {plan_max_past} past + {} new slots exceeds the capacity {}",
             s.q_len, s.capacity
         )));
     }
     if let Some(m) = masking.mask {
-        if masking.mask_stride < max_past + s.q_len || m.len() < s.batch * masking.mask_stride {
+        if masking.mask_stride < plan_max_past + s.q_len || m.len() < s.batch * masking.mask_stride
+        {
             return Err(Error::bad_input(format!(
                 "attention mask: needs [{}, ≥{}] values, got {} with row stride {}",
                 s.batch,
-                max_past + s.q_len,
+                plan_max_past + s.q_len,
                 m.len(),
                 masking.mask_stride
             )));
         }
     }
-    let scratch_len = attention_scratch_len(s, max_past, stream)?;
+    let scratch_len = attention_scratch_len(s, plan_max_past, stream)?;
     if partials.dtype() != DType::F32 || partials.numel() < scratch_len {
         return Err(Error::bad_input(format!(
             "attention partials (scratch): expected at least {scratch_len} f32 values, got {} of {}",
@@ -274,7 +285,7 @@ pub fn attention(
             partials.dtype()
         )));
     }
-    if scratch_len > 0 {
+    if partials.numel() > 0 {
         check_tensor(
             partials,
             "attention partials (scratch)",
@@ -283,6 +294,90 @@ pub fn attention(
             stream,
         )?;
     }
+    Ok(AttnCall { code, q_n })
+}
+
+/// Launches a checked call over past lengths (i64) and mask (f32 or NULL) on the device.
+///
+/// # Safety
+/// `past_len` and `mask` are device memory on the stream's device holding the call's past
+/// lengths and mask rows, written before the kernel runs and alive until it has.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch(
+    c: &AttnCall,
+    q: &Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    s: &AttnShape,
+    masking: &AttnMasking<'_>,
+    plan_max_past: usize,
+    past_len: *const i64,
+    mask: *const f32,
+    scale: f32,
+    partials: &mut Tensor,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let (scratch, scratch_bytes): (*mut c_void, usize) = if partials.numel() > 0 {
+        (dev_ptr_mut(partials), 4 * partials.numel())
+    } else {
+        (ptr::null_mut(), 0)
+    };
+    ensure_device(stream.device())?;
+    // SAFETY: live device allocations of the checked sizes and dtypes on the stream's device
+    // (NULL where optional), outliving the kernel (freeing device memory waits for queued
+    // work); the tables as the function's contract says.
+    let status = unsafe {
+        ffi::paradec_attention(
+            c.code,
+            dev_ptr(q),
+            dev_ptr(cache_k),
+            dev_ptr(cache_v),
+            dev_ptr_mut(out),
+            s.batch,
+            s.q_len,
+            s.heads,
+            s.kv_heads,
+            s.head_dim,
+            s.capacity,
+            past_len,
+            plan_max_past,
+            masking.window,
+            mask,
+            masking.mask_stride,
+            scale,
+            scratch,
+            scratch_bytes,
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_attention")
+}
+
+/// Attention of q [batch, q_len, heads·D] over the cache [batch, capacity, kv_heads·D]; writes
+/// out [batch, q_len, heads·D]. Twin of `cpu::attention::attention`, with the same host
+/// masking. Every past length is checked against the capacity and the mask here. `meta` is a U8
+/// device tensor of exactly `attention_meta_bytes` (the past lengths and mask travel in it,
+/// queued on `stream`); `partials` an f32 device tensor of at least `attention_scratch_len`
+/// elements (may be empty when that is 0).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    shape: &AttnShape,
+    masking: &AttnMasking<'_>,
+    scale: f32,
+    meta: &mut Tensor,
+    partials: &mut Tensor,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let s = shape;
+    let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
+    let c = check_call(
+        q, cache_k, cache_v, s, masking, max_past, partials, out, stream,
+    )?;
     let mut bytes = Vec::with_capacity(attention_meta_bytes(s, masking));
     bytes.extend(
         masking
@@ -306,7 +401,7 @@ pub fn attention(
         bytes.len(),
         stream,
     )?;
-    if q_n == 0 {
+    if c.q_n == 0 {
         return Ok(());
     }
     upload_bytes(meta, "attention meta (scratch)", &bytes, stream)?;
@@ -316,38 +411,85 @@ pub fn attention(
     } else {
         ptr::null()
     };
-    let (scratch, scratch_bytes): (*mut c_void, usize) = if scratch_len > 0 {
-        (dev_ptr_mut(partials), 4 * partials.numel())
-    } else {
-        (ptr::null_mut(), 0)
-    };
-    ensure_device(stream.device())?;
-    // SAFETY: live device allocations of the checked sizes and dtypes on the stream's device
-    // (NULL where optional); the table was queued on the same stream before the kernel; the
-    // allocations outlive the kernel (freeing device memory waits for queued work).
-    let status = unsafe {
-        ffi::paradec_attention(
-            code,
-            dev_ptr(q),
-            dev_ptr(cache_k),
-            dev_ptr(cache_v),
-            dev_ptr_mut(out),
-            s.batch,
-            s.q_len,
-            s.heads,
-            s.kv_heads,
-            s.head_dim,
-            s.capacity,
-            base as *const i64,
+    // SAFETY: the table was queued on the stream just above, in a live device tensor.
+    unsafe {
+        launch(
+            &c,
+            q,
+            cache_k,
+            cache_v,
+            s,
+            masking,
             max_past,
-            masking.window,
+            base as *const i64,
             mask_ptr,
-            masking.mask_stride,
             scale,
-            scratch,
-            scratch_bytes,
-            stream.raw(),
+            partials,
+            out,
+            stream,
         )
-    };
-    check_status(status, "paradec_attention")
+    }
+}
+
+/// As [`attention`], reading the past lengths and mask from device copies (the workspace's
+/// staged step) instead of uploading them, and planning the launch for past lengths up to
+/// `plan_max_past` (≥ each of them): a captured graph keeps its launch shape while the
+/// lengths it reads change. The host masking is still checked.
+///
+/// # Safety
+/// `past_len` (i64) and `mask` (f32, NULL without a mask) are device copies of exactly
+/// `masking.past_len` and `masking.mask`, on the stream's device, queued on `stream` (or
+/// complete) before this call and alive until the kernel has run.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attention_staged(
+    q: &Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+    shape: &AttnShape,
+    masking: &AttnMasking<'_>,
+    scale: f32,
+    plan_max_past: usize,
+    past_len: *const i64,
+    mask: *const f32,
+    partials: &mut Tensor,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let c = check_call(
+        q,
+        cache_k,
+        cache_v,
+        shape,
+        masking,
+        plan_max_past,
+        partials,
+        out,
+        stream,
+    )?;
+    if c.q_n == 0 {
+        return Ok(());
+    }
+    if past_len.is_null() || masking.mask.is_some() == mask.is_null() {
+        return Err(Error::bad_input(
+            "attention tables: the device past lengths or mask are missing",
+        ));
+    }
+    // SAFETY: the function's contract.
+    unsafe {
+        launch(
+            &c,
+            q,
+            cache_k,
+            cache_v,
+            shape,
+            masking,
+            plan_max_past,
+            past_len,
+            mask,
+            scale,
+            partials,
+            out,
+            stream,
+        )
+    }
 }

@@ -72,6 +72,60 @@ pub fn embedding(
     check_status(status, "paradec_embedding")
 }
 
+/// Checks host ids against the vocabulary and the table and output, then gathers the rows of
+/// the ids' device copy at `ids_dev` (u32), which `stage` queues first (it gets the checked id
+/// count; nothing is queued when there are no ids).
+///
+/// # Safety
+/// What `stage` returns is a device copy of exactly `ids` (u32) on the stream's device, queued
+/// on `stream` (or complete) before the kernel and alive until it has run.
+unsafe fn embedding_of_host_ids(
+    table: &Tensor,
+    hidden: usize,
+    ids: &[u32],
+    out: &mut Tensor,
+    stream: &CudaStream,
+    stage: impl FnOnce() -> Result<*const u32>,
+) -> Result<()> {
+    let (code, vocab) = table_dims(table, hidden)?;
+    check_ids(ids, vocab)?;
+    let n = ids.len();
+    check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
+    check_tensor(
+        out,
+        "embedding out",
+        Some(table.dtype()),
+        n * hidden,
+        stream,
+    )?;
+    if n == 0 {
+        return Ok(());
+    }
+    let ids_dev = stage()?;
+    if ids_dev.is_null() {
+        return Err(Error::bad_input(
+            "embedding ids: the device copy is missing",
+        ));
+    }
+    ensure_device(stream.device())?;
+    // SAFETY: live device allocations of the checked sizes; every id was checked < vocab; the
+    // device ids as the function's contract says.
+    let status = unsafe {
+        ffi::paradec_embedding(
+            code,
+            dev_ptr(table),
+            vocab,
+            hidden,
+            ids_dev.cast(),
+            ffi::paradec_id_type::PARADEC_IDS_U32 as i32,
+            n,
+            dev_ptr_mut(out),
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_embedding")
+}
+
 /// As [`embedding`], for token ids held on the host: they are checked against the vocabulary
 /// here (naming the first bad one), then queued to the device through `ids_scratch`, a U8
 /// device tensor of 4 bytes per id (workspace scratch), with no synchronization.
@@ -83,38 +137,31 @@ pub fn embedding_host_ids(
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let (code, vocab) = table_dims(table, hidden)?;
-    let dtype = table.dtype();
-    check_ids(ids, vocab)?;
-    let n = ids.len();
-    check_tensor(table, "embedding table", None, vocab * hidden, stream)?;
-    check_tensor(
-        ids_scratch,
-        "embedding ids (scratch)",
-        Some(DType::U8),
-        4 * n,
-        stream,
-    )?;
-    check_tensor(out, "embedding out", Some(dtype), n * hidden, stream)?;
-    if n == 0 {
-        return Ok(());
+    // SAFETY: the ids are queued into the live scratch tensor on the stream just before the
+    // kernel.
+    unsafe {
+        embedding_of_host_ids(table, hidden, ids, out, stream, || {
+            let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+            upload_bytes(ids_scratch, "embedding ids (scratch)", &bytes, stream)?;
+            Ok(dev_ptr(ids_scratch).cast())
+        })
     }
-    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-    upload_bytes(ids_scratch, "embedding ids (scratch)", &bytes, stream)?;
-    ensure_device(stream.device())?;
-    // SAFETY: live device allocations of the checked sizes; every id was checked < vocab.
-    let status = unsafe {
-        ffi::paradec_embedding(
-            code,
-            dev_ptr(table),
-            vocab,
-            hidden,
-            dev_ptr(ids_scratch),
-            ffi::paradec_id_type::PARADEC_IDS_U32 as i32,
-            n,
-            dev_ptr_mut(out),
-            stream.raw(),
-        )
-    };
-    check_status(status, "paradec_embedding")
+}
+
+/// As [`embedding_host_ids`], with the ids' device copy already at `ids_dev` (the workspace's
+/// staged step) instead of uploading them; the host ids are still checked.
+///
+/// # Safety
+/// `ids_dev` holds a device copy of exactly `ids` (u32), on the stream's device, queued on
+/// `stream` (or complete) before this call and alive until the kernel has run.
+pub unsafe fn embedding_staged_ids(
+    table: &Tensor,
+    hidden: usize,
+    ids: &[u32],
+    ids_dev: *const u32,
+    out: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    // SAFETY: the function's contract.
+    unsafe { embedding_of_host_ids(table, hidden, ids, out, stream, || Ok(ids_dev)) }
 }

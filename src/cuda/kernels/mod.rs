@@ -21,15 +21,19 @@ mod norm;
 mod rope;
 
 pub use activation::{act_mul, activate, add_inplace};
-pub use attention::{attention, attention_meta_bytes, attention_scratch_len, head_norm, split_qkv};
-pub use embedding::{check_ids, embedding, embedding_host_ids};
+pub use attention::{
+    attention, attention_meta_bytes, attention_scratch_len, attention_staged, head_norm, split_qkv,
+};
+pub use embedding::{check_ids, embedding, embedding_host_ids, embedding_staged_ids};
 pub use kv_quant::{
     attention_quant, attention_quant_scratch_len, gather_meta_bytes, kv_dequantize,
     rotary_and_cache_write_quant, table_meta_bytes, DECODE_MAX_Q,
 };
 pub use linear::{linear, quant_linear, scale_inplace, QuantWeightArgs};
 pub use norm::{add_norm, add_norm2, norm, norm2};
-pub use rope::{rope_meta_bytes, rotary_and_cache_write};
+pub use rope::{
+    rope_meta_bytes, rotary_and_cache_write, rotary_and_cache_write_staged, RopeTables,
+};
 
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
@@ -109,6 +113,13 @@ pub(super) fn upload_bytes(
     stream: &CudaStream,
 ) -> Result<()> {
     check_tensor(t, name, Some(DType::U8), bytes.len(), stream)?;
+    if stream.is_capturing()? {
+        // A graph would replay a copy of these bytes as they are now, never the next call's.
+        return Err(Error::bad_input(format!(
+            "{name}: a per-call table cannot be uploaded inside a CUDA graph capture \
+             (a captured step reads the workspace's staged step tables)"
+        )));
+    }
     match t.storage_mut() {
         // SAFETY: `bytes` is pageable host memory, which CUDA copies to a staging buffer before
         // cudaMemcpyAsync returns, so it may be dropped afterwards; the device tensor outlives

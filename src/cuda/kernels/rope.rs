@@ -16,18 +16,34 @@ pub fn rope_meta_bytes(tokens: usize, batch: usize, rot_dim: usize) -> usize {
     8 * (tokens + batch) + 4 * (rot_dim / 2)
 }
 
-/// Rotates q and k (at `positions`, one per token of [batch, q_len]) and writes k and v into
-/// the cache at each sequence's next slots. Twin of `cpu::rope::rotary_and_cache_write`, with
-/// the same host arguments; q is [batch, q_len, heads, head_dim], k and v
-/// [batch, q_len, kv_heads, head_dim], the caches [batch, capacity, kv_heads·head_dim].
-/// Every slot is checked against the capacity here, before launching (an error, never a
-/// silently skipped write). The positions, past lengths and frequencies travel to the device
-/// in `meta`, a U8 device tensor of exactly `rope_meta_bytes(tokens, batch, rot_dim)` bytes
-/// (rot_dim 0 without rotary), queued on `stream` before the kernel.
+/// Device addresses of a step's tables already on the device (staged by the workspace): the
+/// positions and past lengths (i64) and, with rotary, the frequencies (f32).
+#[derive(Debug, Clone, Copy)]
+pub struct RopeTables {
+    /// Positions, one per token.
+    pub positions: *const i64,
+    /// Past lengths, one per sequence.
+    pub past_len: *const i64,
+    /// Rotary frequencies (`rot_dim / 2`), or NULL without rotary.
+    pub inv_freq: *const f32,
+}
+
+/// What the argument checks settle: the dtype code, token and K/V element counts, and the
+/// rotary style, width and attention factor (0, 0, 1 without rotary).
+struct RopeCall {
+    code: i32,
+    tokens: usize,
+    kv_n: usize,
+    style: i32,
+    rot_dim: usize,
+    attn_factor: f32,
+}
+
+/// Checks every argument of a rotary + cache write, slots against the capacity included.
 #[allow(clippy::too_many_arguments)]
-pub fn rotary_and_cache_write(
-    q: &mut Tensor,
-    k: &mut Tensor,
+fn check_call(
+    q: &Tensor,
+    k: &Tensor,
     v: &Tensor,
     heads: usize,
     kv_heads: usize,
@@ -35,11 +51,10 @@ pub fn rotary_and_cache_write(
     positions: &[i64],
     rotary: Option<&RotaryArgs<'_>>,
     slots: &CacheSlots<'_>,
-    meta: &mut Tensor,
-    cache_k: &mut Tensor,
-    cache_v: &mut Tensor,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
     stream: &CudaStream,
-) -> Result<()> {
+) -> Result<RopeCall> {
     let overflow = || Error::bad_input("rotary_and_cache_write: sizes overflow");
     let tokens = slots.batch.checked_mul(slots.q_len).ok_or_else(overflow)?;
     let q_n = tokens
@@ -108,6 +123,102 @@ pub fn rotary_and_cache_write(
         }
         None => (0, 0, 1.0),
     };
+    Ok(RopeCall {
+        code,
+        tokens,
+        kv_n,
+        style,
+        rot_dim,
+        attn_factor,
+    })
+}
+
+/// Launches the kernel of a checked call over tables on the device.
+///
+/// # Safety
+/// The tables' pointers are device memory on the stream's device holding what `RopeTables`
+/// says (NULL positions and frequencies without rotary), written before the kernel runs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch(
+    c: &RopeCall,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    slots: &CacheSlots<'_>,
+    tables: RopeTables,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    ensure_device(stream.device())?;
+    // SAFETY: every tensor is a live device allocation of the checked size and dtype on the
+    // stream's device, alive until the kernel has run (freeing waits); the tables as the
+    // function's contract says.
+    let status = unsafe {
+        ffi::paradec_rotary_cache_write(
+            c.code,
+            dev_ptr_mut(q),
+            dev_ptr_mut(k),
+            dev_ptr(v),
+            slots.batch,
+            slots.q_len,
+            heads,
+            kv_heads,
+            head_dim,
+            if c.rot_dim > 0 {
+                tables.positions
+            } else {
+                ptr::null()
+            },
+            c.style,
+            c.rot_dim,
+            if c.rot_dim > 0 {
+                tables.inv_freq
+            } else {
+                ptr::null()
+            },
+            c.attn_factor,
+            tables.past_len,
+            slots.capacity,
+            dev_ptr_mut(cache_k),
+            dev_ptr_mut(cache_v),
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_rotary_cache_write")
+}
+
+/// Rotates q and k (at `positions`, one per token of [batch, q_len]) and writes k and v into
+/// the cache at each sequence's next slots. Twin of `cpu::rope::rotary_and_cache_write`, with
+/// the same host arguments; q is [batch, q_len, heads, head_dim], k and v
+/// [batch, q_len, kv_heads, head_dim], the caches [batch, capacity, kv_heads·head_dim].
+/// Every slot is checked against the capacity here, before launching (an error, never a
+/// silently skipped write). The positions, past lengths and frequencies travel to the device
+/// in `meta`, a U8 device tensor of exactly `rope_meta_bytes(tokens, batch, rot_dim)` bytes
+/// (rot_dim 0 without rotary), queued on `stream` before the kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_and_cache_write(
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    meta: &mut Tensor,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let c = check_call(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
+    )?;
+    let (tokens, rot_dim) = (c.tokens, c.rot_dim);
     let mut bytes = Vec::with_capacity(rope_meta_bytes(tokens, slots.batch, rot_dim));
     if rotary.is_some() {
         bytes.extend(positions.iter().flat_map(|p| p.to_le_bytes()));
@@ -134,48 +245,64 @@ pub fn rotary_and_cache_write(
         bytes.len(),
         stream,
     )?;
-    if tokens == 0 || kv_n == 0 {
+    if tokens == 0 || c.kv_n == 0 {
         return Ok(());
     }
     upload_bytes(meta, "rotary meta (scratch)", &bytes, stream)?;
     let base = dev_ptr(meta) as *const u8;
     // Byte offsets inside the uploaded table (the kernel reads scalars: 8-byte aligned).
-    let positions_ptr = if rotary.is_some() {
-        base as *const i64
-    } else {
-        ptr::null()
+    let tables = RopeTables {
+        positions: base as *const i64,
+        past_len: base.wrapping_add(8 * tokens) as *const i64,
+        inv_freq: base.wrapping_add(8 * (tokens + slots.batch)) as *const f32,
     };
-    let past_ptr = base.wrapping_add(8 * tokens) as *const i64;
-    let inv_freq = if rotary.is_some() {
-        base.wrapping_add(8 * (tokens + slots.batch)) as *const f32
-    } else {
-        ptr::null()
-    };
-    ensure_device(stream.device())?;
-    // SAFETY: every pointer is NULL (where optional) or a live device allocation of the checked
-    // size and dtype on the stream's device, alive until the kernel has run (freeing waits).
-    let status = unsafe {
-        ffi::paradec_rotary_cache_write(
-            code,
-            dev_ptr_mut(q),
-            dev_ptr_mut(k),
-            dev_ptr(v),
-            slots.batch,
-            slots.q_len,
-            heads,
-            kv_heads,
-            head_dim,
-            positions_ptr,
-            style,
-            rot_dim,
-            inv_freq,
-            attn_factor,
-            past_ptr,
-            slots.capacity,
-            dev_ptr_mut(cache_k),
-            dev_ptr_mut(cache_v),
-            stream.raw(),
+    // SAFETY: the tables were queued on the stream just above, in a live device tensor.
+    unsafe {
+        launch(
+            &c, q, k, v, heads, kv_heads, head_dim, slots, tables, cache_k, cache_v, stream,
         )
-    };
-    check_status(status, "paradec_rotary_cache_write")
+    }
+}
+
+/// As [`rotary_and_cache_write`], reading positions, past lengths and frequencies from tables
+/// already on the device (the workspace's staged step) instead of uploading them. The host
+/// `positions`, `rotary` and `slots` are still checked, slots against the capacity included.
+///
+/// # Safety
+/// `tables` holds device copies of exactly these host `positions`, `slots.past_len` and
+/// `rotary.inv_freq`, on the stream's device, queued on `stream` (or complete) before this
+/// call, and alive until the kernel has run.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rotary_and_cache_write_staged(
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    tables: RopeTables,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let c = check_call(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
+    )?;
+    if c.tokens == 0 || c.kv_n == 0 {
+        return Ok(());
+    }
+    if tables.past_len.is_null()
+        || (c.rot_dim > 0 && (tables.positions.is_null() || tables.inv_freq.is_null()))
+    {
+        return Err(Error::bad_input("rotary tables: a device table is missing"));
+    }
+    // SAFETY: the function's contract.
+    unsafe {
+        launch(
+            &c, q, k, v, heads, kv_heads, head_dim, slots, tables, cache_k, cache_v, stream,
+        )
+    }
 }

@@ -9,9 +9,15 @@
 //! a forward really took. Device temporaries are not zeroed (every op writes all of its
 //! output); host temporaries are zero-filled allocations (the CPU reference).
 
+mod step;
+
+use std::sync::Arc;
+
 use crate::arch::ArchParams;
 use crate::tensor::{DType, Device, Tensor};
-use crate::{Error, Result};
+use crate::{Error, Result, Stream};
+pub(crate) use step::StagedStep;
+pub use step::StepTables;
 
 /// Arena slices start on 256-byte boundaries: every kernel's vector loads stay aligned.
 const ALIGN: usize = 256;
@@ -35,6 +41,16 @@ pub struct Workspace {
     /// When set, a device request the arena cannot hold is `CapacityExceeded` instead of an
     /// allocation (the C ABI's kernel-level calls: an allocation would synchronize).
     strict: bool,
+    /// The step tables of the forward in progress (`stage_step`).
+    staged: Option<Arc<StagedStep>>,
+    /// Their device region, page-locked host copy, and the event after their last upload.
+    #[cfg(feature = "cuda")]
+    step_region: Option<(crate::cuda::DeviceBuffer, crate::cuda::PinnedBuffer)>,
+    #[cfg(feature = "cuda")]
+    step_uploaded: Option<crate::cuda::CudaEvent>,
+    /// Set while a captured graph reads the step region: it must not move.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    step_frozen: bool,
 }
 
 /// A point to return the arena to (`Workspace::release`).
@@ -63,6 +79,12 @@ impl Workspace {
             overflow_now: 0,
             overflow_total: 0,
             strict: false,
+            staged: None,
+            #[cfg(feature = "cuda")]
+            step_region: None,
+            #[cfg(feature = "cuda")]
+            step_uploaded: None,
+            step_frozen: false,
         })
     }
 
@@ -185,6 +207,84 @@ impl Workspace {
     pub(crate) fn release(&mut self, m: Mark) {
         self.top = self.top.min(m.top);
         self.overflow_now = self.overflow_now.min(m.overflow);
+    }
+
+    /// Stages one forward's step tables (module `step`): on a device, waits until the previous
+    /// upload has been read, writes the tables into page-locked memory and queues one copy to
+    /// the device region on `s`; the ops of the forward then read that copy. On the CPU it
+    /// records nothing (the reference reads host slices). Call `unstage` when the forward ends.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub(crate) fn stage_step(&mut self, s: &Stream, tables: StepTables) -> Result<()> {
+        self.staged = None;
+        #[cfg(feature = "cuda")]
+        if let (Device::Cuda(ord), Stream::Cuda(cs)) = (self.device, s) {
+            let layout = tables.layout();
+            if let Some(ev) = &self.step_uploaded {
+                // The page-locked copy is rewritten below: the last upload must have read it.
+                ev.synchronize()?;
+            }
+            let fits = self
+                .step_region
+                .as_ref()
+                .is_some_and(|(d, _)| d.len() >= layout.bytes);
+            if !fits {
+                if self.step_frozen {
+                    return Err(Error::CapacityExceeded(format!(
+                        "step tables of {} bytes do not fit the {} bytes a captured graph reads \
+                         (a larger batch, query or mask than at capture)",
+                        layout.bytes,
+                        self.step_region.as_ref().map_or(0, |(d, _)| d.len())
+                    )));
+                }
+                self.step_region = None;
+                let bytes = layout.bytes.next_multiple_of(4096);
+                self.step_region = Some((
+                    crate::cuda::DeviceBuffer::alloc(ord, bytes)?,
+                    crate::cuda::PinnedBuffer::alloc(bytes)?,
+                ));
+            }
+            if self.step_uploaded.is_none() {
+                self.step_uploaded = Some(crate::cuda::CudaEvent::new(ord)?);
+            }
+            let (dev, host) = self.step_region.as_mut().expect("allocated above");
+            tables.write(&layout, host.as_mut_slice());
+            let base = dev.as_mut_ptr() as usize;
+            // SAFETY: the first `layout.bytes` bytes of the region, which nothing else uses;
+            // the view frees nothing.
+            let mut view =
+                unsafe { crate::cuda::DeviceBuffer::borrowed(dev.as_mut_ptr(), layout.bytes, ord) };
+            // SAFETY: the page-locked source is not written again before the event recorded
+            // after this copy has completed (waited on above, at the next stage), and it lives
+            // in `self`, which a drop frees only after the copy (cudaFreeHost waits).
+            unsafe { view.copy_from_host_async(&host.as_slice()[..layout.bytes], cs)? };
+            self.step_uploaded
+                .as_ref()
+                .expect("created above")
+                .record(cs)?;
+            self.staged = Some(Arc::new(StagedStep {
+                tables,
+                layout,
+                base,
+            }));
+        }
+        Ok(())
+    }
+
+    /// The step staged for the forward in progress, if any.
+    pub(crate) fn staged(&self) -> Option<Arc<StagedStep>> {
+        self.staged.clone()
+    }
+
+    /// Ends the staged step: later ops upload their own tables.
+    pub(crate) fn unstage(&mut self) {
+        self.staged = None;
+    }
+
+    /// Keeps the step region where it is (a captured graph reads it): a step that would need
+    /// a larger one becomes an error instead. Returns the previous setting.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn freeze_step_region(&mut self, on: bool) -> bool {
+        std::mem::replace(&mut self.step_frozen, on)
     }
 
     fn take(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {

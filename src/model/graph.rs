@@ -1,0 +1,149 @@
+//! The whole model's decode step captured in a CUDA graph (`layers::graph` explains how a step
+//! is captured once and replayed with new lengths).
+
+use crate::cache::KvCache;
+use crate::layers::graph::{StepGraph, StepShape};
+use crate::layers::params::AttnParams;
+use crate::model::stack::{Model, ModelOutput};
+use crate::tensor::{Device, Tensor};
+use crate::workspace::Workspace;
+use crate::{Error, Result, Stream};
+
+/// A model's decode step captured in a CUDA graph: embedding, every layer over the cache, the
+/// final norm and the head, replayed by [`ModelGraph::step`] with new token ids and lengths.
+#[derive(Debug)]
+pub struct ModelGraph<'a> {
+    model: &'a Model,
+    stream: &'a Stream,
+    cache: &'a mut KvCache,
+    core: ModelStep,
+}
+
+/// What a captured model step owns — its workspace, outputs and graph — without the borrows
+/// of the model and cache it reads (the C ABI keeps those alive its own way). Every call must
+/// pass the model and cache it was captured with.
+#[derive(Debug)]
+pub(crate) struct ModelStep {
+    ws: Workspace,
+    out: ModelOutput,
+    step: StepGraph,
+}
+
+impl ModelStep {
+    /// See [`Model::capture_decode`].
+    pub(crate) fn capture(
+        model: &Model,
+        s: &Stream,
+        cache: &mut KvCache,
+        mut ws: Workspace,
+        batch: usize,
+        q_len: usize,
+        masked: bool,
+    ) -> Result<Self> {
+        if model.device() == Device::Cpu {
+            return Err(Error::bad_input(
+                "graph capture: the model is on the CPU; load it onto a CUDA device",
+            ));
+        }
+        if cache.num_layers() != model.layers().len() {
+            return Err(Error::bad_input(format!(
+                "KV cache has {} layers, the model {}",
+                cache.num_layers(),
+                model.layers().len()
+            )));
+        }
+        let shape = StepShape::new(batch, q_len, masked, cache)?;
+        let ids = vec![0u32; batch * q_len];
+        let a = &model.arch;
+        let (dt, dev) = (model.dtype(), model.device());
+        let mut out = ModelOutput {
+            hidden_states: Tensor::zeros(&[ids.len(), a.hidden], dt, dev)?,
+            logits: Tensor::zeros(&[batch, q_len, a.vocab], dt, dev)?,
+        };
+        let step = StepGraph::capture(s, &mut ws, shape, a, &ids, cache, |s, ws, c, p| {
+            model.run_layers(s, &ids, p, Some(c), &[], ws, false, &mut |_| {}, &mut out)
+        })?;
+        Ok(ModelStep { ws, out, step })
+    }
+
+    /// See [`ModelGraph::step`]; `model` and `cache` are those of the capture.
+    pub(crate) fn step(
+        &mut self,
+        model: &Model,
+        s: &Stream,
+        cache: &mut KvCache,
+        ids: &[u32],
+        params: &AttnParams,
+    ) -> Result<&ModelOutput> {
+        self.step.shape.check(params)?;
+        params.check_ids_len(ids)?;
+        let vocab = model.arch.vocab;
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(Error::bad_input(format!(
+                "token id {id} at position {i} is outside the vocabulary of {vocab}"
+            )));
+        }
+        for l in 0..cache.num_layers() {
+            cache.check_positions(l, &params.past_len, params.q_len)?;
+        }
+        let tables = self.step.shape.tables(ids, params, &model.arch);
+        self.step.replay(s, &mut self.ws, tables)?;
+        for l in 0..cache.num_layers() {
+            cache.record_written(l, &params.past_len, params.q_len)?;
+        }
+        Ok(&self.out)
+    }
+
+    /// The outputs the graph writes.
+    pub(crate) fn output(&self) -> &ModelOutput {
+        &self.out
+    }
+}
+
+impl Model {
+    /// Captures a decode step of `batch` sequences × `q_len` new tokens (≤ 16) over `cache`
+    /// into a CUDA graph on `s` (a stream the caller created); `masked` says whether steps
+    /// carry a padding mask. The model must be on a CUDA device; `ws` (on it, its arena
+    /// reserved with `Workspace::bytes_needed` for `batch · q_len` tokens) becomes the
+    /// graph's. Nothing runs until [`ModelGraph::step`]. LoRA adapters are not captured.
+    pub fn capture_decode<'a>(
+        &'a self,
+        s: &'a Stream,
+        cache: &'a mut KvCache,
+        ws: Workspace,
+        batch: usize,
+        q_len: usize,
+        masked: bool,
+    ) -> Result<ModelGraph<'a>> {
+        let core = ModelStep::capture(self, s, cache, ws, batch, q_len, masked)?;
+        Ok(ModelGraph {
+            model: self,
+            stream: s,
+            cache,
+            core,
+        })
+    }
+}
+
+impl ModelGraph<'_> {
+    /// Queues one step for token ids [batch · q_len] at `params`' lengths (same batch, query
+    /// length and mask presence as captured; every past length written and at most the cache's
+    /// capacity − q_len): checks it, restages the tables and launches the graph. Returns the
+    /// logits [batch, q_len, vocab], valid once the stream reaches them; the cache records the
+    /// new positions.
+    pub fn step(&mut self, ids: &[u32], params: &AttnParams) -> Result<&Tensor> {
+        self.core
+            .step(self.model, self.stream, self.cache, ids, params)
+            .map(|o| &o.logits)
+    }
+
+    /// The outputs of the last step: final-norm hidden states and logits.
+    pub fn output(&self) -> &ModelOutput {
+        self.core.output()
+    }
+
+    /// The cache the graph reads and writes.
+    pub fn cache(&self) -> &KvCache {
+        self.cache
+    }
+}
