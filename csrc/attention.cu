@@ -537,6 +537,17 @@ size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, 
 }
 
 }  // namespace
+
+// The split-KV combine for another decode kernel's partials (attention_quant.cu).
+int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream) {
+    const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
+    return dispatch_dtype(dtype, [&](auto tag) {
+        combine_kernel<decltype(tag)><<<static_cast<unsigned>(rows_all), 256, 0, stream>>>(
+            a, rows_all);
+        return launch_status();
+    });
+}
+
 }  // namespace paradec
 
 extern "C" int paradec_split_qkv(int dtype, int layout, const void *fused, size_t tokens,

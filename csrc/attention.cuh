@@ -47,6 +47,10 @@ int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream);
 int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t stream);
 constexpr int kDecodeMmaRows = 16;
 
+// Merges a.splits split-KV partials (a.part_o, a.part_ml) into a.out, in split order
+// (attention.cu; a.splits ≤ 256).
+int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream);
+
 // The end of a decode block: merges the `parts` partial softmax states of each of its `nrows`
 // query rows — row r of part p has max sm_m[p·stride_rows + r] (base 2), sum sm_l[…] and
 // output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output

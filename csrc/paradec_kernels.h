@@ -27,5 +27,6 @@
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/attention.h"
+#include "kernels/kv_quant.h"
 
 #endif /* PARADEC_KERNELS_H */

@@ -6,10 +6,15 @@
 // block's threads rotate every head of q and k in place (16-byte vectors when the shapes and
 // pointers allow, else one pair at a time), writing rotated k straight into the cache slot
 // past_len[b] + t, and copy k's unrotated tail and v into the cache.
+//
+// Into a quantized cache (paradec_rotary_cache_write_quant) the token's block, the only one of
+// its token, rotates k in place, waits for its threads, then quantizes k's and v's rows into
+// the pages: one thread per Hadamard run of 32 values (Q8/Q4) or per value (FP8).
 #include <algorithm>
 #include <climits>
 
 #include "common.cuh"
+#include "kv_quant.cuh"
 
 namespace paradec {
 namespace {
@@ -32,7 +37,57 @@ struct RopeArgs {
     int64_t capacity;
     void *cache_k;  // [batch, capacity, kv_heads * head_dim] or null: no cache write
     void *cache_v;
+    // Quantized or paged pages (with `pages`, cache_k/cache_v are null and the launch has one
+    // block per token).
+    paradec_kv_pages kq;
+    paradec_kv_pages vq;
+    bool pages;  // write into kq/vq (quantized or paged) instead of cache_k/cache_v
+    SlotMap sm;  // where a position's row is in the pages
 };
+
+// Writes one token's row x (kv_dim values) into pages p at row `slot` (SlotMap).
+template <typename T>
+__device__ __forceinline__ void quant_write_row(const paradec_kv_pages &p, const T *x,
+                                                int kv_dim, int hd, int64_t slot) {
+    uint8_t *row = static_cast<uint8_t *>(p.codes) +
+                   slot * kv_row_bytes(p.format, kv_dim, static_cast<int>(sizeof(T)));
+    if (p.format == PARADEC_KV_NATIVE) {
+        // A paged cache of the dtype: a copy, 16 bytes at a time (kv_dim % 8 == 0).
+        for (int c = threadIdx.x; c < kv_dim / kVec; c += blockDim.x)
+            st(row + c * 16, ld(x + c * kVec));
+    } else if (kv_has_runs(p.format)) {
+        const int runs = kv_dim / kRun;
+        for (int r = threadIdx.x; r < runs; r += blockDim.x) {
+            float y[kRun];
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) y[i] = Num<T>::to_f(x[r * kRun + i]);
+            uint8_t c[kRun];
+            uint4 packed[2];
+            uint8_t *pb = reinterpret_cast<uint8_t *>(packed);
+            __half s;
+            if (p.format == PARADEC_KV_Q8) {
+                s = quantize_run<8>(y, c);
+#pragma unroll
+                for (int i = 0; i < kRun; ++i) pb[i] = c[i];
+                st(row + r * kRun, packed[0]);
+                st(row + r * kRun + 16, packed[1]);
+            } else {
+                s = quantize_run<4>(y, c);
+#pragma unroll
+                for (int i = 0; i < kRun / 2; ++i)
+                    pb[i] = static_cast<uint8_t>(c[2 * i] | (c[2 * i + 1] << 4));
+                st(row + r * (kRun / 2), packed[0]);
+            }
+            static_cast<__half *>(p.scales)[slot * runs + r] = s;
+        }
+    } else {
+        for (int e = threadIdx.x; e < kv_dim; e += blockDim.x) {
+            const float v = Num<T>::to_f(x[e]);
+            row[e] = p.format == PARADEC_KV_E4M3 ? f32_to_e4m3(__fdiv_rn(v, p.head_scale[e / hd]))
+                                                 : f32_to_e5m2_trunc(v);
+        }
+    }
+}
 
 // Rotates the first rot_dim features of `heads` heads at x (in place); when `cache` is set, the
 // rotated values are also stored there (same layout as x).
@@ -151,6 +206,18 @@ __global__ void __launch_bounds__(128) rope_cache_kernel(RopeArgs a) {
         rotate_heads<T, VEC>(q, nullptr, a.heads, hd, a.rot_dim, a.half_style, cs, sn);
         rotate_heads<T, VEC>(k, ck, a.kv_heads, hd, a.rot_dim, a.half_style, cs, sn);
     }
+    if (a.pages) {
+        // Quantized or paged cache: this block is the token's only one; its rotated k is in
+        // memory.
+        __syncthreads();
+        const int64_t slot = a.past_len[b] + t;
+        if (slot < 0 || slot >= a.capacity) return;  // the host checked (see the header)
+        const int64_t idx = a.sm(b, slot);
+        quant_write_row<T>(a.kq, k, static_cast<int>(kv_dim), hd, idx);
+        quant_write_row<T>(a.vq, static_cast<const T *>(a.v) + token * kv_dim,
+                           static_cast<int>(kv_dim), hd, idx);
+        return;
+    }
     if (ck) {
         // k's features the rotation did not touch (all of them without rotary), and all of v.
         const T *v = static_cast<const T *>(a.v) + token * kv_dim;
@@ -185,7 +252,7 @@ int launch_rope_t(const RopeArgs &a, cudaStream_t stream) {
     // Few tokens (decode): split each token's heads over several blocks to fill the GPU.
     const int64_t items = (static_cast<int64_t>(a.heads) + 3 * a.kv_heads) * a.head_dim / kVec;
     int split = 1;
-    if (a.tokens < 512) split = static_cast<int>(std::min<int64_t>(16, std::max<int64_t>(1, items / 128)));
+    if (a.tokens < 512 && !a.pages) split = static_cast<int>(std::min<int64_t>(16, std::max<int64_t>(1, items / 128)));
     const dim3 grid(static_cast<unsigned>(a.tokens), split);
     if (vec)
         rope_cache_kernel<T, true><<<grid, 128, smem, stream>>>(a);
@@ -237,7 +304,81 @@ extern "C" int paradec_rotary_cache_write(int dtype, void *q, void *k, const voi
                             past_len,
                             static_cast<int64_t>(capacity),
                             cache ? cache_k : nullptr,
-                            cache ? cache_v : nullptr};
+                            cache ? cache_v : nullptr,
+                            paradec_kv_pages{},
+                            paradec_kv_pages{},
+                            false,
+                            paradec::SlotMap{}};
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::launch_rope_t<decltype(tag)>(a, stream);
+        });
+    });
+}
+
+extern "C" int paradec_rotary_cache_write_quant(
+    int dtype, void *q, void *k, const void *v, size_t batch, size_t q_len, size_t heads,
+    size_t kv_heads, size_t head_dim, const int64_t *positions, int style, size_t rot_dim,
+    const float *inv_freq, float attn_factor, const int64_t *past_len, size_t capacity,
+    paradec_kv_block_table block_table, paradec_kv_pages k_pages, paradec_kv_pages v_pages,
+    paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        const bool rot = inv_freq != nullptr;
+        if (!q || !k || !v || !past_len || !k_pages.codes || !v_pages.codes)
+            return PARADEC_K_NULL_POINTER;
+        if (rot && !positions) return PARADEC_K_NULL_POINTER;
+        if (rot && style != PARADEC_ROPE_INTERLEAVED && style != PARADEC_ROPE_HALF)
+            return PARADEC_K_BAD_ENUM;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        for (const paradec_kv_pages *p : {&k_pages, &v_pages}) {
+            if (p->format < PARADEC_KV_NATIVE || p->format > PARADEC_KV_Q4) return PARADEC_K_BAD_ENUM;
+            if (p->format == PARADEC_KV_NATIVE && (head_dim % paradec::kVec != 0 ||
+                                                   !paradec::aligned16(k) || !paradec::aligned16(v)))
+                return PARADEC_K_BAD_SHAPE;
+            if (p->format == PARADEC_KV_E5M2 && dtype != PARADEC_F16) return PARADEC_K_BAD_DTYPE;
+            if (paradec::kv_has_runs(p->format) && !p->scales) return PARADEC_K_NULL_POINTER;
+            if (p->format == PARADEC_KV_E4M3 && !p->head_scale) return PARADEC_K_NULL_POINTER;
+            if (!paradec::aligned16(p->codes)) return PARADEC_K_BAD_SHAPE;
+            if (paradec::kv_has_runs(p->format) && head_dim % paradec::kRun != 0)
+                return PARADEC_K_BAD_SHAPE;
+        }
+        if (batch == 0 || q_len == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 ||
+            capacity == 0 || (rot && rot_dim == 0))
+            return PARADEC_K_ZERO_DIM;
+        if (head_dim > PARADEC_ROPE_MAX_HEAD_DIM || heads > static_cast<size_t>(INT_MAX) / head_dim ||
+            kv_heads > static_cast<size_t>(INT_MAX) / head_dim ||
+            batch > static_cast<size_t>(INT_MAX) / q_len || capacity > (size_t{1} << 40))
+            return PARADEC_K_DIM_TOO_LARGE;
+        if (rot && (rot_dim % 2 != 0 || rot_dim > head_dim)) return PARADEC_K_BAD_SHAPE;
+        if (block_table.table &&
+            (block_table.page_size == 0 || block_table.max_pages == 0 ||
+             block_table.max_pages > (size_t{1} << 30) ||
+             block_table.page_size > (size_t{1} << 30) ||
+             capacity != block_table.max_pages * block_table.page_size))
+            return PARADEC_K_BAD_SHAPE;
+        const paradec::SlotMap sm{block_table.table, static_cast<int64_t>(block_table.max_pages),
+                                  static_cast<int64_t>(block_table.page_size),
+                                  static_cast<int64_t>(capacity)};
+        paradec::RopeArgs a{q,
+                            k,
+                            v,
+                            static_cast<int64_t>(batch * q_len),
+                            static_cast<int64_t>(q_len),
+                            static_cast<int>(heads),
+                            static_cast<int>(kv_heads),
+                            static_cast<int>(head_dim),
+                            positions,
+                            style == PARADEC_ROPE_HALF,
+                            static_cast<int>(rot ? rot_dim : 0),
+                            inv_freq,
+                            attn_factor,
+                            past_len,
+                            static_cast<int64_t>(capacity),
+                            nullptr,
+                            nullptr,
+                            k_pages,
+                            v_pages,
+                            true,
+                            sm};
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_rope_t<decltype(tag)>(a, stream);
         });

@@ -6,8 +6,12 @@
 //! Rewinding is allowed: a `past_len` shorter than what is held (as speculative decoding does
 //! when it rejects drafted tokens) reads the first `past_len` slots and overwrites the rest,
 //! and the layer then holds `past_len + q_len`.
+//!
+//! A cache made [`with_mode`](KvCache::with_mode) a quantized [`KvCacheMode`] holds, per layer,
+//! [`QuantLayer`] pages (codes and scales, see `kv_quant`) instead of K/V tensors of the dtype.
 
 use crate::arch::ArchParams;
+use crate::kv_quant::{KvCacheMode, QuantLayer, QuantPages};
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 
@@ -23,6 +27,9 @@ pub struct KvCache {
     /// Features per head.
     pub head_dim: usize,
     layers: Vec<(Tensor, Tensor)>,
+    /// Quantized pages per layer (a quantized mode; `layers` is then empty).
+    quant: Vec<QuantLayer>,
+    mode: KvCacheMode,
     /// Positions held, per layer and sequence.
     held: Vec<Vec<usize>>,
 }
@@ -70,6 +77,82 @@ impl KvCache {
             head_dim,
             held: vec![vec![0; batch]; layers.len()],
             layers,
+            quant: Vec::new(),
+            mode: KvCacheMode::Native,
+        })
+    }
+
+    /// A cache storing K and V in `mode` (`Native`: the same as [`new`](Self::new)). `dtype` is
+    /// the dtype the layer computes in (the native storage, and what a quantized mode is read
+    /// back as). Errors name a mode that cannot store these heads (see `KvCacheMode::check`).
+    pub fn with_mode(
+        num_layers: usize,
+        batch: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: Device,
+        mode: KvCacheMode,
+    ) -> Result<Self> {
+        if !mode.is_quantized() {
+            return Self::new(
+                num_layers, batch, capacity, kv_heads, head_dim, dtype, device,
+            );
+        }
+        // The size checks of a native cache of one layer (no storage of the dtype is made).
+        Self::new(0, batch, capacity, kv_heads, head_dim, dtype, device)?;
+        mode.check(num_layers, kv_heads, head_dim, dtype)?;
+        let (fk, fv) = mode.formats();
+        let quant = (0..num_layers)
+            .map(|l| {
+                let (ks, vs) = mode.head_scales(l, kv_heads);
+                Ok(QuantLayer {
+                    k: QuantPages::new(fk, batch, capacity, kv_heads, head_dim, &ks, device)?,
+                    v: QuantPages::new(fv, batch, capacity, kv_heads, head_dim, &vs, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            batch,
+            capacity,
+            kv_heads,
+            head_dim,
+            held: vec![vec![0; batch]; num_layers],
+            layers: Vec::new(),
+            quant,
+            mode,
+        })
+    }
+
+    /// How K and V are stored.
+    pub fn mode(&self) -> &KvCacheMode {
+        &self.mode
+    }
+
+    /// The quantized pages of one layer (a quantized mode only).
+    pub fn quant_layer_mut(&mut self, layer: usize) -> Result<&mut QuantLayer> {
+        let (n, mode) = (self.held.len(), self.mode.name());
+        if self.quant.is_empty() {
+            return Err(Error::bad_input(format!(
+                "KV cache mode {mode} is not quantized: use layer_mut"
+            )));
+        }
+        self.quant.get_mut(layer).ok_or_else(|| {
+            Error::bad_input(format!("KV cache has {n} layers, layer {layer} requested"))
+        })
+    }
+
+    /// The quantized pages of one layer (a quantized mode only).
+    pub fn quant_layer(&self, layer: usize) -> Result<&QuantLayer> {
+        let (n, mode) = (self.held.len(), self.mode.name());
+        if self.quant.is_empty() {
+            return Err(Error::bad_input(format!(
+                "KV cache mode {mode} is not quantized: use layer"
+            )));
+        }
+        self.quant.get(layer).ok_or_else(|| {
+            Error::bad_input(format!("KV cache has {n} layers, layer {layer} requested"))
         })
     }
 
@@ -115,13 +198,41 @@ impl KvCache {
         .fold(1usize, |a, &b| a.saturating_mul(b))
     }
 
-    /// Layers in the cache.
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
+    /// Bytes a cache of these sizes takes in `mode` (codes and scales of K and V, all layers).
+    pub fn bytes_needed_mode(
+        num_layers: usize,
+        batch: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        mode: &KvCacheMode,
+    ) -> usize {
+        if !mode.is_quantized() {
+            return Self::bytes_needed(num_layers, batch, capacity, kv_heads, head_dim, dtype);
+        }
+        let kv_dim = kv_heads.saturating_mul(head_dim);
+        let (fk, fv) = mode.formats();
+        let row = QuantPages::bytes_per_token(fk, kv_dim)
+            .saturating_add(QuantPages::bytes_per_token(fv, kv_dim));
+        [num_layers, batch, capacity, row]
+            .iter()
+            .fold(1usize, |a, &b| a.saturating_mul(b))
     }
 
-    /// K and V of one layer.
+    /// Layers in the cache.
+    pub fn num_layers(&self) -> usize {
+        self.held.len()
+    }
+
+    /// K and V of one layer (a native cache; a quantized one has [`quant_layer`](Self::quant_layer)).
     pub fn layer_mut(&mut self, layer: usize) -> Result<(&mut Tensor, &mut Tensor)> {
+        if self.mode.is_quantized() {
+            return Err(Error::bad_input(format!(
+                "KV cache mode {} stores quantized pages: use quant_layer_mut",
+                self.mode.name()
+            )));
+        }
         let n = self.layers.len();
         self.layers
             .get_mut(layer)
@@ -200,8 +311,14 @@ impl KvCache {
         }
     }
 
-    /// K and V of one layer.
+    /// K and V of one layer (a native cache; a quantized one has [`quant_layer`](Self::quant_layer)).
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+        if self.mode.is_quantized() {
+            return Err(Error::bad_input(format!(
+                "KV cache mode {} stores quantized pages: use quant_layer",
+                self.mode.name()
+            )));
+        }
         let n = self.layers.len();
         self.layers.get(layer).map(|(k, v)| (k, v)).ok_or_else(|| {
             Error::bad_input(format!("KV cache has {n} layers, layer {layer} requested"))

@@ -48,6 +48,7 @@ pub mod cache;
 pub mod capi;
 pub mod cpu;
 pub mod error;
+pub mod kv_quant;
 pub mod layers;
 pub mod limits;
 pub mod model;
@@ -69,6 +70,7 @@ pub mod cuda;
 
 pub use arch::ArchParams;
 pub use cache::KvCache;
+pub use kv_quant::KvCacheMode;
 pub use layers::parallel_decoder::{Intermediates, ParallelDecoder};
 pub use layers::params::AttnParams;
 pub use model::stack::{Model, ModelOutput};

@@ -73,6 +73,9 @@ fn generate() -> String {
         "LORA_RANK",
         "TENSOR_RANK",
         "TENSOR_ELEMENTS",
+        // Rust-side constants of the KV cache formats (kv_quant) and their launchers.
+        "RUN",
+        "DECODE_MAX_Q",
     ]
     .map(String::from)
     .to_vec();

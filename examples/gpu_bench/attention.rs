@@ -1,7 +1,10 @@
 //! Attention: prefill TFLOP/s (causal, FLOPs counted as half: 4·s²·d·heads/2 per sequence) and
 //! decode µs and KV-read GB/s, against a read-only bandwidth floor measured here.
 //!
-//!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode] [--csv FILE]
+//! Decode also runs over each quantized KV-cache mode (`attn_decode_<mode>`: fp8e4m3, fp8e5m2,
+//! q8, q6, q4), counting the bytes of its codes and scales as the KV bytes read.
+//!
+//!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode|attn_decode_q4] [--csv FILE]
 
 use super::*;
 
@@ -135,6 +138,169 @@ fn time_attention(
     b.time(sets, &mut launch)
 }
 
+/// The quantized modes of the decode bench: (name, K format, V format).
+/// `paged_f16` is the fp16 cache in a pool of 16-position pages (a shuffled block table).
+const QUANT_MODES: [(&str, i32, i32); 6] = [
+    ("paged_f16", 0, 0),
+    ("fp8e4m3", 1, 1),
+    ("fp8e5m2", 2, 2),
+    ("q8", 3, 3),
+    ("q6", 3, 4),
+    ("q4", 4, 4),
+];
+
+/// Bytes of one token's K (or V) row of `kv_dim` values in a format (codes and run scales).
+fn quant_row_bytes(format: i32, kv_dim: usize) -> usize {
+    match format {
+        3 => kv_dim + 2 * kv_dim / 32,
+        4 => kv_dim / 2 + 2 * kv_dim / 32,
+        0 => 2 * kv_dim,
+        _ => kv_dim,
+    }
+}
+
+/// Decode (one query token) over a quantized cache: µs of `paradec_attention_quant`.
+#[allow(clippy::too_many_arguments)]
+fn time_attention_quant(
+    b: &Bench,
+    kf: i32,
+    vf: i32,
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    past: usize,
+) -> Result<Timing> {
+    let dt = Dt::F16;
+    let q_len = 1;
+    let capacity = past + q_len;
+    let kv_dim = kv_heads * d;
+    let qb = batch * q_len * heads * d * 2;
+    // The native format runs paged: pages of 16 positions in a shuffled order.
+    let page = 16usize;
+    let max_pages = capacity.div_ceil(page);
+    let paged = kf == 0;
+    let rows = if paged {
+        batch * max_pages * page
+    } else {
+        batch * capacity
+    };
+    let codes = |f: i32| {
+        rows * match f {
+            4 => kv_dim / 2,
+            0 => 2 * kv_dim,
+            _ => kv_dim,
+        }
+    };
+    let mut order: Vec<i32> = (0..(batch * max_pages) as i32).collect();
+    let mut seed = 0x2545_f491u64;
+    for i in (1..order.len()).rev() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+    let table_b: Vec<u8> = order.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let table_d = DeviceBuffer::from_host(0, &table_b)?;
+    let scales = |f: i32| {
+        if f >= 3 {
+            batch * capacity * (kv_dim / 32) * 2
+        } else {
+            0
+        }
+    };
+    let (kcb, vcb, ksb, vsb) = (codes(kf), codes(vf), scales(kf), scales(vf));
+    let per_set = 2 * qb + kcb + vcb + ksb + vsb;
+    let sets = b.sets_for(per_set);
+    let st = |n: usize| n.max(16).div_ceil(256) * 256;
+    let mut q = DeviceBuffer::alloc(0, st(qb) * sets)?;
+    fill_big(&mut q, dt, -2.0, 2.0, 1)?;
+    let out = DeviceBuffer::alloc(0, st(qb) * sets)?;
+    // Codes: fp16 bit patterns of values in [-2, 2) (as bytes: every code finite but E4M3's
+    // 0x7f/0xff, which a timing does not mind); scales: fp16 in [0.5, 1).
+    let mut kc = DeviceBuffer::alloc(0, st(kcb) * sets)?;
+    fill_big(&mut kc, dt, -2.0, 2.0, 2)?;
+    let mut vc = DeviceBuffer::alloc(0, st(vcb) * sets)?;
+    fill_big(&mut vc, dt, -2.0, 2.0, 3)?;
+    let mut ks = DeviceBuffer::alloc(0, st(ksb) * sets)?;
+    fill_big(&mut ks, dt, 0.5, 1.0, 4)?;
+    let mut vs = DeviceBuffer::alloc(0, st(vsb) * sets)?;
+    fill_big(&mut vs, dt, 0.5, 1.0, 5)?;
+    let ones: Vec<u8> = (0..kv_heads).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+    let head_scale = DeviceBuffer::from_host(0, &ones)?;
+    let past_b: Vec<u8> = (0..batch)
+        .flat_map(|_| (past as i64).to_le_bytes())
+        .collect();
+    let past_d = DeviceBuffer::from_host(0, &past_b)?;
+    // SAFETY: a pure size query.
+    let scratch_bytes = unsafe {
+        ffi::paradec_attention_quant_scratch_bytes(batch, q_len, heads, kv_heads, d, past)
+    };
+    let scratch = DeviceBuffer::zeroed(0, scratch_bytes.max(16))?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let at = |buf: &DeviceBuffer, n: usize, i: usize| {
+        (buf.as_ptr() as *mut u8).wrapping_add(i * st(n)) as *mut c_void
+    };
+    let pages = |f: i32, c: &DeviceBuffer, cb: usize, s: &DeviceBuffer, sb: usize, i: usize| {
+        ffi::paradec_kv_pages {
+            format: f,
+            codes: at(c, cb, i),
+            scales: if f >= 3 {
+                at(s, sb, i)
+            } else {
+                ptr::null_mut()
+            },
+            head_scale: if f == 1 {
+                head_scale.as_ptr() as *const f32
+            } else {
+                ptr::null()
+            },
+        }
+    };
+    let mut launch = |i: usize, stm: &CudaStream| -> Result<()> {
+        // SAFETY: every set holds the shapes above; past + q_len = capacity.
+        let code = unsafe {
+            ffi::paradec_attention_quant(
+                dt.code(),
+                at(&q, qb, i),
+                if paged {
+                    ffi::paradec_kv_block_table {
+                        table: table_d.as_ptr() as *const i32,
+                        max_pages,
+                        page_size: page,
+                    }
+                } else {
+                    ffi::paradec_kv_block_table {
+                        table: ptr::null(),
+                        max_pages: 0,
+                        page_size: 0,
+                    }
+                },
+                pages(kf, &kc, kcb, &ks, ksb, i),
+                pages(vf, &vc, vcb, &vs, vsb, i),
+                at(&out, qb, i),
+                batch,
+                q_len,
+                heads,
+                kv_heads,
+                d,
+                if paged { max_pages * page } else { capacity },
+                past_d.as_ptr() as *const i64,
+                past,
+                0,
+                ptr::null(),
+                0,
+                scale,
+                scratch.as_ptr() as *mut c_void,
+                scratch_bytes,
+                stm.raw(),
+            )
+        };
+        status(code, "paradec_attention_quant")
+    };
+    b.time(sets, &mut launch)
+}
+
 pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow>> {
     let mut rows = Vec::new();
     let want = |k: &str| only.is_none_or(|o| k.contains(o));
@@ -176,8 +342,11 @@ pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow
     } else {
         &[1024, 8192, 32768, 131072]
     };
+    let any_quant = QUANT_MODES
+        .iter()
+        .any(|(n, _, _)| want(&format!("attn_decode_{n}")));
     for &kv in &[32usize, 8] {
-        if !want("attn_decode") {
+        if !want("attn_decode") && !any_quant {
             break;
         }
         for &batch in &[1usize, 8, 32] {
@@ -190,21 +359,55 @@ pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow
                     );
                     continue;
                 }
-                let t = time_attention(b, Dt::F16, batch, 1, 32, kv, 128, l - 1)?;
-                eprintln!(
-                    "decode b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
-                    t.b2b_us,
-                    t.graph_us,
-                    kv_bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
-                );
-                rows.push(AttnRow {
-                    kernel: "attn_decode",
-                    dtype: "f16",
-                    shape: format!("b{batch}_L{l}_kv{kv}"),
-                    t,
-                    flops: 0.0,
-                    bytes: kv_bytes,
-                });
+                if want("attn_decode") {
+                    let t = time_attention(b, Dt::F16, batch, 1, 32, kv, 128, l - 1)?;
+                    eprintln!(
+                        "decode b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
+                        t.b2b_us,
+                        t.graph_us,
+                        kv_bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
+                    );
+                    rows.push(AttnRow {
+                        kernel: "attn_decode",
+                        dtype: "f16",
+                        shape: format!("b{batch}_L{l}_kv{kv}"),
+                        t,
+                        flops: 0.0,
+                        bytes: kv_bytes,
+                    });
+                }
+                for (name, kf, vf) in QUANT_MODES {
+                    let kernel: &'static str = match name {
+                        "paged_f16" => "attn_decode_paged_f16",
+                        "fp8e4m3" => "attn_decode_fp8e4m3",
+                        "fp8e5m2" => "attn_decode_fp8e5m2",
+                        "q8" => "attn_decode_q8",
+                        "q6" => "attn_decode_q6",
+                        _ => "attn_decode_q4",
+                    };
+                    if !want(kernel) {
+                        continue;
+                    }
+                    let bytes = (batch
+                        * l
+                        * (quant_row_bytes(kf, kv * 128) + quant_row_bytes(vf, kv * 128)))
+                        as f64;
+                    let t = time_attention_quant(b, kf, vf, batch, 32, kv, 128, l - 1)?;
+                    eprintln!(
+                        "decode {name} b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
+                        t.b2b_us,
+                        t.graph_us,
+                        bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
+                    );
+                    rows.push(AttnRow {
+                        kernel,
+                        dtype: "f16",
+                        shape: format!("b{batch}_L{l}_kv{kv}"),
+                        t,
+                        flops: 0.0,
+                        bytes,
+                    });
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod kv_quant;
 pub mod linear;
 pub mod norm;
 pub mod qkv;

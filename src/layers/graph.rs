@@ -44,6 +44,13 @@ impl StepShape {
                  query length at most {MAX_GRAPH_Q_LEN} (a decode step)"
             )));
         }
+        if cache.mode().is_quantized() {
+            // Its launchers upload their tables per call (not from the staged step region).
+            return Err(Error::unsupported(format!(
+                "graph capture over a quantized KV cache (mode {}) is not supported yet",
+                cache.mode().name()
+            )));
+        }
         if cache.batch != batch {
             return Err(Error::bad_input(format!(
                 "graph capture: the KV cache is for batch {}, the step has {batch}",

@@ -434,6 +434,68 @@ impl ParallelDecoder {
         r?.ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
+    /// Rotary + quantizing cache write, then attention over a quantized KV cache; returns the
+    /// attention context [tokens, heads·head_dim].
+    fn attend_quantized(
+        &self,
+        s: &Stream,
+        ws: &mut Workspace,
+        c: &mut KvCache,
+        p: &AttnParams,
+        q: &mut Tensor,
+        k: &mut Tensor,
+        v: &Tensor,
+        positions: &[i64],
+        rot_args: Option<&RotaryArgs<'_>>,
+    ) -> Result<Tensor> {
+        let a = &self.arch;
+        if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
+            return Err(Error::bad_input(format!(
+                "KV cache is for batch {} × {} kv heads × {}, the call has batch {} and the layer {} × {}",
+                c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
+            )));
+        }
+        c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
+        let capacity = c.capacity;
+        let pages = c.quant_layer_mut(self.layer_idx)?;
+        let at = CacheSlots {
+            batch: p.batch,
+            q_len: p.q_len,
+            capacity,
+            past_len: &p.past_len,
+        };
+        ops::rotary_and_cache_write_quant(
+            s, ws, q, k, v, a.heads, a.kv_heads, a.head_dim, positions, rot_args, &at, pages,
+        )?;
+        let shape = AttnShape {
+            batch: p.batch,
+            q_len: p.q_len,
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            capacity,
+        };
+        let masking = AttnMasking {
+            past_len: &p.past_len,
+            window: self.sliding_window,
+            mask: p.mask.as_deref(),
+            mask_stride: p.mask_stride,
+        };
+        let mut ctx = ws.tensor(&[p.tokens(), a.heads * a.head_dim])?;
+        ops::attention_quant(
+            s,
+            ws,
+            q,
+            pages,
+            &shape,
+            &masking,
+            1.0 / (a.head_dim as f32).sqrt(),
+            &mut ctx,
+        )?;
+        c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
+        Ok(ctx)
+    }
+
     fn run(
         &self,
         s: &Stream,
@@ -606,85 +668,104 @@ impl ParallelDecoder {
             attn_factor: f.attn_factor,
         });
         let mut cache = cache;
-        let mut own_cache;
-        let (ck, cv, capacity) = match cache.as_deref_mut() {
-            Some(c) => {
-                if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
-                    return Err(Error::bad_input(format!(
-                        "KV cache is for batch {} × {} kv heads × {}, the call has batch {} and the layer {} × {}",
-                        c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
-                    )));
+        let quantized = cache.as_deref().is_some_and(|c| c.mode().is_quantized());
+        let ctx = if quantized {
+            let c = cache
+                .as_deref_mut()
+                .ok_or_else(|| Error::bad_input("no KV cache"))?;
+            self.attend_quantized(
+                s,
+                ws,
+                c,
+                p,
+                &mut q,
+                &mut k,
+                &v,
+                positions,
+                rot_args.as_ref(),
+            )?
+        } else {
+            let mut own_cache;
+            let (ck, cv, capacity) = match cache.as_deref_mut() {
+                Some(c) => {
+                    if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
+                        return Err(Error::bad_input(format!(
+                            "KV cache is for batch {} × {} kv heads × {}, the call has batch {} and the layer {} × {}",
+                            c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
+                        )));
+                    }
+                    // Reads of never-written slots and writes past the capacity are refused here,
+                    // before anything is written.
+                    c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
+                    let cap = c.capacity;
+                    let (ck, cv) = c.layer_mut(self.layer_idx)?;
+                    (ck, cv, cap)
                 }
-                // Reads of never-written slots and writes past the capacity are refused here,
-                // before anything is written.
-                c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
-                let cap = c.capacity;
-                let (ck, cv) = c.layer_mut(self.layer_idx)?;
-                (ck, cv, cap)
-            }
-            None => {
-                if p.past_len.iter().any(|&l| l > 0) {
-                    return Err(Error::bad_input(
-                        "past_len > 0 needs a KV cache holding the past",
-                    ));
+                None => {
+                    if p.past_len.iter().any(|&l| l > 0) {
+                        return Err(Error::bad_input(
+                            "past_len > 0 needs a KV cache holding the past",
+                        ));
+                    }
+                    own_cache = (
+                        ws.tensor(&[p.batch, p.q_len, kvd])?,
+                        ws.tensor(&[p.batch, p.q_len, kvd])?,
+                    );
+                    (&mut own_cache.0, &mut own_cache.1, p.q_len)
                 }
-                own_cache = (
-                    ws.tensor(&[p.batch, p.q_len, kvd])?,
-                    ws.tensor(&[p.batch, p.q_len, kvd])?,
-                );
-                (&mut own_cache.0, &mut own_cache.1, p.q_len)
+            };
+            let at = CacheSlots {
+                batch: p.batch,
+                q_len: p.q_len,
+                capacity,
+                past_len,
+            };
+            ops::rotary_and_cache_write(
+                s,
+                ws,
+                &mut q,
+                &mut k,
+                &v,
+                a.heads,
+                a.kv_heads,
+                a.head_dim,
+                positions,
+                rot_args.as_ref(),
+                &at,
+                ck,
+                cv,
+            )?;
+            let shape = AttnShape {
+                batch: p.batch,
+                q_len: p.q_len,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
+                capacity,
+            };
+            let masking = AttnMasking {
+                past_len,
+                window: self.sliding_window,
+                mask,
+                mask_stride,
+            };
+            let mut ctx = ws.tensor(&[t, qd])?;
+            ops::attention(
+                s,
+                ws,
+                &q,
+                ck,
+                cv,
+                &shape,
+                &masking,
+                1.0 / (a.head_dim as f32).sqrt(),
+                &mut ctx,
+            )?;
+            if let Some(c) = cache {
+                c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
             }
+            ctx
         };
-        let at = CacheSlots {
-            batch: p.batch,
-            q_len: p.q_len,
-            capacity,
-            past_len,
-        };
-        ops::rotary_and_cache_write(
-            s,
-            ws,
-            &mut q,
-            &mut k,
-            &v,
-            a.heads,
-            a.kv_heads,
-            a.head_dim,
-            positions,
-            rot_args.as_ref(),
-            &at,
-            ck,
-            cv,
-        )?;
-        let shape = AttnShape {
-            batch: p.batch,
-            q_len: p.q_len,
-            heads: a.heads,
-            kv_heads: a.kv_heads,
-            head_dim: a.head_dim,
-            capacity,
-        };
-        let masking = AttnMasking {
-            past_len,
-            window: self.sliding_window,
-            mask,
-            mask_stride,
-        };
-        let mut ctx = ws.tensor(&[t, qd])?;
-        ops::attention(
-            s,
-            ws,
-            &q,
-            ck,
-            cv,
-            &shape,
-            &masking,
-            1.0 / (a.head_dim as f32).sqrt(),
-            &mut ctx,
-        )?;
-        if let Some(c) = cache {
-            c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
-        }
         // On a device (and when no branch output is asked for) the output projections
         // accumulate straight into the residual: x += ctx·W_oᵀ, then x += act·W_downᵀ — no
         // branch outputs, no separate adds. The CPU reference keeps HF's summation order.

@@ -112,6 +112,7 @@ fn check_affine(a: &Affine<'_>, what: &str, cols: usize) -> Result<()> {
 mod activation;
 mod attention;
 mod embedding;
+mod kv_quant;
 mod linear;
 mod norm;
 mod rope;
@@ -119,6 +120,9 @@ mod rope;
 pub use activation::{act_mul, activate, add_inplace, scale_inplace};
 pub use attention::{attention, head_norm, split_qkv};
 pub use embedding::embedding;
+pub use kv_quant::{
+    attention_quant, paged_attention, paged_rotary_and_cache_write, rotary_and_cache_write_quant,
+};
 pub use linear::{
     linear, parse_linear_override, prepared_linear, prepared_linear_group, quant_linear,
     select_linear, set_linear_override, LinearFormat, LinearPlan,

@@ -35,6 +35,7 @@ mod attention;
 mod decoder;
 mod embedding;
 mod graph;
+mod kv_quant;
 mod linear;
 mod norm;
 mod ops;

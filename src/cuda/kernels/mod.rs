@@ -15,6 +15,7 @@ use super::stream::CudaStream;
 mod activation;
 mod attention;
 mod embedding;
+mod kv_quant;
 mod linear;
 mod norm;
 mod rope;
@@ -24,6 +25,10 @@ pub use attention::{
     attention, attention_meta_bytes, attention_scratch_len, attention_staged, head_norm, split_qkv,
 };
 pub use embedding::{check_ids, embedding, embedding_host_ids, embedding_staged_ids};
+pub use kv_quant::{
+    attention_quant, attention_quant_scratch_len, gather_meta_bytes, kv_dequantize,
+    rotary_and_cache_write_quant, table_meta_bytes, DECODE_MAX_Q,
+};
 pub use linear::{
     linear, quant_linear, quant_linear_group, quant_linear_group_scratch, scale_inplace,
     QuantLinearCall, QuantWeightArgs,

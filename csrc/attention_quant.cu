@@ -1,0 +1,648 @@
+// Decode attention over a quantized KV cache (q_len ≤ 16), reading the codes directly, and
+// the dequantizing copy a prefill over such a cache uses. CUDA twins of
+// cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
+//
+// The decode kernel is split over the KV length like attention.cu's: one block per (split,
+// sequence, KV head, chunk of R query rows); a key's head_dim features spread over L lanes,
+// eight per lane, decoded from their codes in registers (FP8: a conversion; Q8/Q4: code − c
+// times the run's scale / c). The Hadamard formats are read in the rotated basis: since
+// H = Hᵀ and H·H = 32·I, q·(H·y/32) = (H·q/32)·y, so the block rotates its query rows once
+// (in shared memory) and dots them with the rotated codes; V is accumulated rotated and each
+// lane group's partial output is rotated back once, before the fixed-order merge that
+// attention.cuh's merge_and_store does. E4M3's per-KV-head scales fold into q (K) and into the
+// softmax weights (V). Several splits write f32 partials that attention.cu's combine merges.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <type_traits>
+
+#include "attention.cuh"
+#include "kv_quant.cuh"
+
+namespace paradec {
+namespace {
+
+constexpr int kQWarps = 4;
+constexpr int kQMaxSplits = 256;
+constexpr int64_t kQMaxQ = 16;
+
+struct QArgs {
+    AttnArgs a;
+    KvView k;
+    KvView v;
+    SlotMap sm;
+    int64_t split_len;  // keys per split (every sequence cut alike)
+};
+
+// A lane's eight codes of one key, as loaded: 16 bytes (native), 8 (FP8, Q8) or 4 (Q4).
+template <int F>
+struct Raw {
+    using type = typename std::conditional<
+        F == PARADEC_KV_NATIVE, uint4,
+        typename std::conditional<F == PARADEC_KV_Q4, uint32_t, uint2>::type>::type;
+};
+
+template <int F, typename T>
+__device__ __forceinline__ int64_t lane_off(int64_t e) {
+    return F == PARADEC_KV_Q4 ? e / 2 : F == PARADEC_KV_NATIVE ? e * static_cast<int64_t>(sizeof(T)) : e;
+}
+
+template <int F>
+__device__ __forceinline__ typename Raw<F>::type load_raw(const uint8_t *p) {
+    return __ldg(reinterpret_cast<const typename Raw<F>::type *>(p));
+}
+
+template <int F>
+__device__ __forceinline__ typename Raw<F>::type zero_raw() {
+    typename Raw<F>::type r;
+    memset(&r, 0, sizeof(r));
+    return r;
+}
+
+// The factor a format's fast decode leaves out: FP8 bytes are placed into f32 bit patterns
+// whose value is the code's times 2^-120 (E4M3) or 2^-112 (E5M2) — exact, subnormals included.
+template <int F>
+__host__ __device__ constexpr float decode_factor() {
+    return F == PARADEC_KV_E4M3 ? 1.329227995784916e36f    // 2^120
+           : F == PARADEC_KV_E5M2 ? 5.192296858534828e33f  // 2^112
+                                  : 1.f;
+}
+
+// One FP8 byte (bits 8i.. of w) as f32 bits: its value times 2^-120 (E4M3: s.eeee.mmm → the
+// exponent field lands on the f32 exponent's low bits) or 2^-112 (E5M2: s.eeeee.mm).
+template <int F>
+__device__ __forceinline__ float fp8_bits(uint32_t w, int i) {
+    const uint32_t b = (w >> (8 * i)) & 0xffu;
+    constexpr int sh = F == PARADEC_KV_E4M3 ? 20 : 21;
+    return __uint_as_float(((b & 0x7fu) << sh) | ((b & 0x80u) << 24));
+}
+
+// Decodes a lane's eight codes (without the per-format factor, the run scale or the head
+// scale): FP8 values·2^-k, Q8/Q4 code − c, native values.
+template <int F, typename T>
+__device__ __forceinline__ void decode_raw(const typename Raw<F>::type &r, float (&f)[8]) {
+    if constexpr (F == PARADEC_KV_NATIVE) {
+        unpack8<T>(r, f);
+    } else if constexpr (F == PARADEC_KV_Q4) {
+        // 0x4B000000 | n is the float 2^23 + n: one logic op and one add per value.
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            f[i] = __uint_as_float(((r >> (4 * i)) & 0xfu) | 0x4B000000u) - 8388616.f;
+    } else if constexpr (F == PARADEC_KV_Q8) {
+        const uint32_t w[2] = {r.x, r.y};
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                f[4 * h + i] =
+                    __uint_as_float(__byte_perm(w[h], 0x4B000000u, 0x7440u + i)) - 8388736.f;
+    } else {
+        const uint32_t w[2] = {r.x, r.y};
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) f[4 * h + i] = fp8_bits<F>(w[h], i);
+    }
+}
+
+// Keys per lane group per step: enough bytes in flight per lane.
+template <int F>
+constexpr int keys_per_step() {
+    return F == PARADEC_KV_Q4 ? 8 : F == PARADEC_KV_NATIVE ? 2 : 4;
+}
+
+template <typename T, int KF, int VF, int L, int R>
+__global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
+    constexpr int KW = 32 / L;       // keys per warp step
+    constexpr int G = kQWarps * KW;  // lane groups per block
+    constexpr int U = keys_per_step<KF>() > keys_per_step<VF>() ? keys_per_step<KF>()
+                                                                 : keys_per_step<VF>();
+    const AttnArgs &a = qa.a;
+    extern __shared__ __align__(16) float qsm[];
+    const int D = a.head_dim;
+    float *sm_q = qsm;           // [R, D]
+    float *sm_m = sm_q + R * D;  // [G, R]
+    float *sm_l = sm_m + G * R;  // [G, R]
+    float *sm_o = sm_l + G * R;  // [G, R, D]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane % L, kg = lane / L;
+    const int g = warp * KW + kg;
+    const int group = a.heads / a.kv_heads;
+    const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
+    const int rows_total = a.q_len * group;
+    const int row0 = blockIdx.z * R;
+    const int nrows = min(R, rows_total - row0);
+    const int split = blockIdx.x;
+    const int64_t past = clamped_past(a, b);
+    const int64_t kv_len = past + a.q_len;
+
+    const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
+    int64_t k_begin = static_cast<int64_t>(split) * qa.split_len;
+    int64_t k_end = min(k_begin + qa.split_len, kv_len);
+    k_end = min(k_end, past + t_last + 1);
+    if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
+
+    // Query rows, scaled (softmax in base 2; E4M3's K head scale folded in), to shared memory.
+    // The fast decode's factor multiplies each key's dot product (q times it could overflow).
+    const float qscale =
+        a.scale * kLog2e * (KF == PARADEC_KV_E4M3 ? qa.k.head_scale[kvh] : 1.f);
+    for (int idx = threadIdx.x; idx < R * D; idx += blockDim.x) {
+        const int r = idx / D, d = idx % D;
+        float x = 0.f;
+        if (r < nrows) {
+            const int row = row0 + r;
+            const int t = row / group, h = kvh * group + row % group;
+            x = Num<T>::to_f(static_cast<const T *>(
+                    a.q)[((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + d]) *
+                qscale;
+        }
+        sm_q[idx] = x;
+    }
+    __syncthreads();
+    if (kv_has_runs(KF)) {
+        // Into the rotated basis: H·q / 32, run by run.
+        for (int idx = threadIdx.x; idx < R * D / kRun; idx += blockDim.x) {
+            float y[kRun];
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) y[i] = sm_q[idx * kRun + i];
+            fwht32(y);
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) sm_q[idx * kRun + i] = y[i] * (1.f / kRun);
+        }
+        __syncthreads();
+    }
+    const bool dim_ok = sub * 8 < D;
+    float qr[R][8];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) qr[r][e] = dim_ok ? sm_q[r * D + sub * 8 + e] : 0.f;
+    int64_t pos[R], lo[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int t = (row0 + r) / group;
+        pos[r] = r < nrows ? past + t : -1;
+        lo[r] = a.window > 0 ? past + t + 1 - a.window : 0;
+    }
+    float m[R], l[R], o[R][8];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[r][e] = 0.f;
+    }
+    const int64_t e0 = static_cast<int64_t>(kvh) * D + sub * 8;  // this lane's first element
+    const int64_t run = e0 / kRun;
+    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+    // V's constant factor (E4M3 head scale, fast-decode factor; Q8/Q4 multiply their run's
+    // scale / c per key).
+    const float vconst = decode_factor<VF>() * (VF == PARADEC_KV_E4M3 ? qa.v.head_scale[kvh] : 1.f);
+    constexpr float kc = KF == PARADEC_KV_Q4 ? 1.f / 8 : 1.f / 128;
+    constexpr float vc = VF == PARADEC_KV_Q4 ? 1.f / 8 : 1.f / 128;
+
+    // One step's raw codes and scales of this lane (K and V of U keys), loaded a step ahead.
+    typename Raw<KF>::type kr[U], kr_next[U];
+    typename Raw<VF>::type vr[U], vr_next[U];
+    float ks[U], vs[U], ks_next[U], vs_next[U];
+    auto load_step = [&](int64_t base, typename Raw<KF>::type (&kx)[U],
+                         typename Raw<VF>::type (&vx)[U], float (&ksx)[U], float (&vsx)[U]) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int64_t j = base + g + G * u;
+            if (j < k_end && dim_ok) {
+                const int64_t slot = qa.sm(b, j);
+                kx[u] = load_raw<KF>(qa.k.codes + slot * qa.k.row_bytes + lane_off<KF, T>(e0));
+                vx[u] = load_raw<VF>(qa.v.codes + slot * qa.v.row_bytes + lane_off<VF, T>(e0));
+                ksx[u] = kv_has_runs(KF) ? __half2float(qa.k.scales[slot * qa.k.runs + run]) * kc
+                                         : decode_factor<KF>();
+                vsx[u] = kv_has_runs(VF)
+                             ? __half2float(qa.v.scales[slot * qa.v.runs + run]) * vc * vconst
+                             : vconst;
+            } else {
+                kx[u] = zero_raw<KF>();
+                vx[u] = zero_raw<VF>();
+                ksx[u] = 0.f;  // a key this lane does not hold adds nothing
+                vsx[u] = 0.f;
+            }
+        }
+    };
+    if (k_begin < k_end) load_step(k_begin, kr, vr, ks, vs);
+    for (int64_t base = k_begin; base < k_end; base += G * U) {
+        const bool more = base + G * U < k_end;
+        if (more) load_step(base + G * U, kr_next, vr_next, ks_next, vs_next);
+        float s[R][U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int64_t j = base + g + G * u;
+            float kf[8];
+            decode_raw<KF, T>(kr[u], kf);
+            const float madd = (mrow && j < k_end) ? mrow[j] * kLog2e : 0.f;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float dot = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dot = fmaf(qr[r][e], kf[e], dot);
+                dot *= ks[u];  // this lane's run scale (lanes of one key may differ), or factor
+#pragma unroll
+                for (int off = L / 2; off > 0; off >>= 1)
+                    dot += __shfl_xor_sync(0xffffffffu, dot, off);
+                const bool vis = j < k_end && j <= pos[r] && j >= lo[r];
+                s[r][u] = vis ? dot + madd : -INFINITY;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float mx = s[r][0];
+#pragma unroll
+            for (int u = 1; u < U; ++u) mx = fmaxf(mx, s[r][u]);
+            const float mn = fmaxf(m[r], mx);
+            const float mu = mn == -INFINITY ? 0.f : mn;
+            const float alpha = exp2f(m[r] - mu);
+            m[r] = mn;
+            l[r] *= alpha;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) o[r][e] *= alpha;
+#pragma unroll
+            for (int u = 0; u < U; ++u) s[r][u] = exp2f(s[r][u] - mu);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float vf[8];
+            decode_raw<VF, T>(vr[u], vf);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                l[r] += s[r][u];
+                const float w = s[r][u] * vs[u];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) o[r][e] = fmaf(w, vf[e], o[r][e]);
+            }
+        }
+        if (more) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                kr[u] = kr_next[u];
+                vr[u] = vr_next[u];
+                ks[u] = ks_next[u];
+                vs[u] = vs_next[u];
+            }
+        }
+    }
+
+    // Each lane group's state to shared memory; V back from the rotated basis; merge.
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        if (sub == 0) {
+            sm_m[g * R + r] = m[r];
+            sm_l[g * R + r] = l[r];
+        }
+        if (dim_ok) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) sm_o[(g * R + r) * D + sub * 8 + e] = o[r][e];
+        }
+    }
+    __syncthreads();
+    if (kv_has_runs(VF)) {
+        for (int idx = threadIdx.x; idx < G * R * D / kRun; idx += blockDim.x) {
+            float y[kRun];
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) y[i] = sm_o[idx * kRun + i];
+            fwht32(y);
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) sm_o[idx * kRun + i] = y[i] * (1.f / kRun);
+        }
+        __syncthreads();
+    }
+    merge_and_store<T>(a, sm_m, sm_l, sm_o, G, R, D, nrows, row0, b, kvh, split);
+}
+
+int q_sm_count() {
+    int dev = 0, n = 132;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        n = 132;
+    }
+    return n;
+}
+
+struct QPlan {
+    int rows;  // R
+    int lanes; // L
+    int chunks;
+    int splits;
+    int64_t split_len;
+};
+
+QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
+                   int64_t head_dim, int64_t max_past) {
+    QPlan p{};
+    const int64_t rows = q_len * (heads / kv_heads);
+    p.rows = rows <= 1 ? 1 : rows <= 4 ? 4 : 8;
+    p.chunks = static_cast<int>((rows + p.rows - 1) / p.rows);
+    const int64_t vecs = (head_dim + 7) / 8;
+    p.lanes = vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
+    const int64_t units = batch * kv_heads * p.chunks;
+    const int64_t max_kv = max_past + q_len;
+    // About eight blocks per SM in all (enough loads in flight to stream the cache), at least
+    // 128 keys per split.
+    const int64_t want = 8 * static_cast<int64_t>(q_sm_count());
+    int64_t splits = std::max<int64_t>(1, (want + units - 1) / units);
+    splits = std::min<int64_t>(splits, std::max<int64_t>(1, (max_kv + 127) / 128));
+    splits = std::min<int64_t>(splits, kQMaxSplits);
+    p.split_len = (max_kv + splits - 1) / splits;
+    p.splits = static_cast<int>((max_kv + p.split_len - 1) / p.split_len);
+    return p;
+}
+
+size_t q_smem_bytes(int rows, int lanes, int64_t head_dim) {
+    const int64_t G = kQWarps * (32 / lanes);
+    return sizeof(float) * static_cast<size_t>(rows * head_dim + 2 * G * rows + G * rows * head_dim);
+}
+
+template <typename T, int KF, int VF, int L, int R>
+int launch_q_lr(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    const size_t smem = q_smem_bytes(R, L, qa.a.head_dim);
+    if (smem > 48 * 1024) {
+        const cudaError_t attr =
+            cudaFuncSetAttribute(qdecode_kernel<T, KF, VF, L, R>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        if (attr != cudaSuccess) {
+            cudaGetLastError();
+            return static_cast<int>(attr);
+        }
+    }
+    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, p.chunks);
+    qdecode_kernel<T, KF, VF, L, R><<<grid, kQWarps * 32, smem, stream>>>(qa);
+    return launch_status();
+}
+
+template <typename T, int KF, int VF, int L>
+int launch_q_l(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    switch (p.rows) {
+        case 1: return launch_q_lr<T, KF, VF, L, 1>(qa, p, stream);
+        case 4: return launch_q_lr<T, KF, VF, L, 4>(qa, p, stream);
+        default: return launch_q_lr<T, KF, VF, L, 8>(qa, p, stream);
+    }
+}
+
+template <typename T, int KF, int VF>
+int launch_q_f(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    switch (p.lanes) {
+        case 4: return launch_q_l<T, KF, VF, 4>(qa, p, stream);
+        case 8: return launch_q_l<T, KF, VF, 8>(qa, p, stream);
+        case 16: return launch_q_l<T, KF, VF, 16>(qa, p, stream);
+        default: return launch_q_l<T, KF, VF, 32>(qa, p, stream);
+    }
+}
+
+template <typename T>
+int launch_q(int kf, int vf, const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    if (kf == PARADEC_KV_E4M3 && vf == PARADEC_KV_E4M3)
+        return launch_q_f<T, PARADEC_KV_E4M3, PARADEC_KV_E4M3>(qa, p, stream);
+    if (kf == PARADEC_KV_Q8 && vf == PARADEC_KV_Q8)
+        return launch_q_f<T, PARADEC_KV_Q8, PARADEC_KV_Q8>(qa, p, stream);
+    if (kf == PARADEC_KV_Q8 && vf == PARADEC_KV_Q4)
+        return launch_q_f<T, PARADEC_KV_Q8, PARADEC_KV_Q4>(qa, p, stream);
+    if (kf == PARADEC_KV_Q4 && vf == PARADEC_KV_Q4)
+        return launch_q_f<T, PARADEC_KV_Q4, PARADEC_KV_Q4>(qa, p, stream);
+    if (kf == PARADEC_KV_NATIVE && vf == PARADEC_KV_NATIVE)
+        return launch_q_f<T, PARADEC_KV_NATIVE, PARADEC_KV_NATIVE>(qa, p, stream);
+    if constexpr (std::is_same<T, __half>::value) {
+        if (kf == PARADEC_KV_E5M2 && vf == PARADEC_KV_E5M2)
+            return launch_q_f<T, PARADEC_KV_E5M2, PARADEC_KV_E5M2>(qa, p, stream);
+    }
+    return PARADEC_K_BAD_ENUM;  // a pairing no cache mode uses
+}
+
+size_t q_scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads,
+                       size_t head_dim, size_t max_past) {
+    if (q_len == 0 || q_len > static_cast<size_t>(kQMaxQ) || kv_heads == 0 ||
+        heads % kv_heads != 0 || batch == 0 || head_dim == 0)
+        return 0;
+    const QPlan p = plan_qdecode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
+                                 static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
+                                 static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past));
+    if (p.splits == 1) return 0;
+    const size_t rows = batch * q_len * heads;
+    return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
+}
+
+// ---- dequantizing gather -------------------------------------------------------------------------
+
+template <typename T, int F>
+__global__ void __launch_bounds__(256)
+    dequant_kernel(KvView p, SlotMap sm, int64_t batch, int64_t slots, const int64_t *seq_len,
+                   int kv_dim, int hd, T *out) {
+    constexpr int U = kv_has_runs(F) ? kRun : 8;  // values per thread
+    const int per_row = kv_dim / U;
+    const int64_t total = batch * slots * per_row;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int u = static_cast<int>(i % per_row);
+        const int64_t bj = i / per_row;
+        const int64_t b = bj / slots, j = bj % slots;
+        T *dst = out + bj * kv_dim + static_cast<int64_t>(u) * U;
+        if (seq_len && j >= seq_len[b]) {
+            // Past the sequence's length (no page of it there): zeros, nothing read.
+#pragma unroll
+            for (int e = 0; e < U; ++e) dst[e] = Num<T>::from_f(0.f);
+            continue;
+        }
+        const int64_t slot = sm(b, j);
+        const uint8_t *row = p.codes + slot * p.row_bytes;
+        if constexpr (F == PARADEC_KV_NATIVE) {
+            st(dst, ld_ro(row + static_cast<int64_t>(u) * U * sizeof(T)));
+        } else if constexpr (kv_has_runs(F)) {
+            float y[kRun];
+#pragma unroll
+            for (int c = 0; c < kRun / 8; ++c) {
+                float f[8];
+                decode8<F>(row + lane_off<F, T>(static_cast<int64_t>(u) * kRun + 8 * c), f);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) y[8 * c + e] = f[e];
+            }
+            const float step =
+                __half2float(p.scales[slot * p.runs + u]) / static_cast<float>(1 << (kv_bits(F) - 1));
+#pragma unroll
+            for (int e = 0; e < kRun; ++e) y[e] *= step;
+            fwht32(y);
+#pragma unroll
+            for (int e = 0; e < kRun; ++e) dst[e] = Num<T>::from_f(y[e] * (1.f / kRun));
+        } else {
+            float f[8];
+            decode8<F>(row + static_cast<int64_t>(u) * 8, f);
+            const float s = F == PARADEC_KV_E4M3 ? p.head_scale[(u * 8) / hd] : 1.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) dst[e] = Num<T>::from_f(f[e] * s);
+        }
+    }
+}
+
+// Checks one paradec_kv_pages argument; returns 0 or a status.
+int check_pages(const paradec_kv_pages &p, int dtype, size_t head_dim) {
+    if (p.format < PARADEC_KV_NATIVE || p.format > PARADEC_KV_Q4) return PARADEC_K_BAD_ENUM;
+    if (!p.codes) return PARADEC_K_NULL_POINTER;
+    if (p.format == PARADEC_KV_E5M2 && dtype != PARADEC_F16) return PARADEC_K_BAD_DTYPE;
+    if (kv_has_runs(p.format) && !p.scales) return PARADEC_K_NULL_POINTER;
+    if (p.format == PARADEC_KV_E4M3 && !p.head_scale) return PARADEC_K_NULL_POINTER;
+    if (!aligned16(p.codes)) return PARADEC_K_BAD_SHAPE;
+    if (kv_has_runs(p.format) && head_dim % kRun != 0) return PARADEC_K_BAD_SHAPE;
+    return PARADEC_K_OK;
+}
+
+KvView view(const paradec_kv_pages &p, int64_t kv_dim) {
+    return KvView{static_cast<const uint8_t *>(p.codes), static_cast<const __half *>(p.scales),
+                  p.head_scale, kv_row_bytes(p.format, kv_dim), kv_dim / kRun};
+}
+
+// The slot map of a call, or a status when the block table is inconsistent with `capacity`.
+int slot_map(const paradec_kv_block_table &bt, size_t capacity, SlotMap *out) {
+    if (bt.table && (bt.page_size == 0 || bt.max_pages == 0 || bt.max_pages > (size_t{1} << 30) ||
+                     bt.page_size > (size_t{1} << 30) || capacity != bt.max_pages * bt.page_size))
+        return PARADEC_K_BAD_SHAPE;
+    *out = SlotMap{bt.table, static_cast<int64_t>(bt.max_pages), static_cast<int64_t>(bt.page_size),
+                   static_cast<int64_t>(capacity)};
+    return PARADEC_K_OK;
+}
+
+}  // namespace
+}  // namespace paradec
+
+extern "C" size_t paradec_attention_quant_scratch_bytes(size_t batch, size_t q_len, size_t heads,
+                                                        size_t kv_heads, size_t head_dim,
+                                                        size_t max_past) {
+    try {
+        return paradec::q_scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);
+    } catch (...) {
+        return 0;
+    }
+}
+
+extern "C" int paradec_attention_quant(int dtype, const void *q,
+                                       paradec_kv_block_table block_table,
+                                       paradec_kv_pages k_pages, paradec_kv_pages v_pages,
+                                       void *out, size_t batch, size_t q_len, size_t heads, size_t kv_heads,
+                                       size_t head_dim, size_t capacity, const int64_t *past_len,
+                                       size_t max_past, size_t window, const float *mask,
+                                       size_t mask_stride, float scale, void *scratch,
+                                       size_t scratch_bytes, paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!q || !out || !past_len) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (batch == 0 || q_len == 0 || heads == 0 || kv_heads == 0 || head_dim == 0 ||
+            capacity == 0)
+            return PARADEC_K_ZERO_DIM;
+        for (const paradec_kv_pages *p : {&k_pages, &v_pages}) {
+            const int st = paradec::check_pages(*p, dtype, head_dim);
+            if (st != PARADEC_K_OK) return st;
+        }
+        if (head_dim > PARADEC_ATTN_MAX_HEAD_DIM || heads > 65535 || batch > 65535 ||
+            batch * kv_heads > 65535 || q_len > static_cast<size_t>(paradec::kQMaxQ) ||
+            capacity > (size_t{1} << 40))
+            return PARADEC_K_DIM_TOO_LARGE;
+        if (head_dim % paradec::kVec != 0 || heads % kv_heads != 0 ||
+            max_past + q_len > capacity || (mask && mask_stride < max_past + q_len))
+            return PARADEC_K_BAD_SHAPE;
+        if (!paradec::aligned16(q) || !paradec::aligned16(out)) return PARADEC_K_BAD_SHAPE;
+        const int64_t kv_dim = static_cast<int64_t>(kv_heads * head_dim);
+        paradec::QArgs qa{};
+        paradec::AttnArgs &a = qa.a;
+        a.q = q;
+        a.out = out;
+        a.batch = static_cast<int>(batch);
+        a.q_len = static_cast<int>(q_len);
+        a.heads = static_cast<int>(heads);
+        a.kv_heads = static_cast<int>(kv_heads);
+        a.head_dim = static_cast<int>(head_dim);
+        a.capacity = static_cast<int64_t>(capacity);
+        a.past_len = past_len;
+        a.max_past = static_cast<int64_t>(max_past);
+        a.window = static_cast<int64_t>(window);
+        a.mask = mask;
+        a.mask_stride = static_cast<int64_t>(mask_stride);
+        a.scale = scale;
+        qa.k = paradec::view(k_pages, kv_dim);
+        qa.v = paradec::view(v_pages, kv_dim);
+        const int sst = paradec::slot_map(block_table, capacity, &qa.sm);
+        if (sst != PARADEC_K_OK) return sst;
+        const paradec::QPlan p = paradec::plan_qdecode(a.batch, a.q_len, a.heads, a.kv_heads,
+                                                       a.head_dim, a.max_past);
+        a.splits = p.splits;
+        qa.split_len = p.split_len;
+        if (p.splits > 1) {
+            const size_t need =
+                paradec::q_scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);
+            if (!scratch) return PARADEC_K_NULL_POINTER;
+            if (scratch_bytes < need || !paradec::aligned16(scratch)) return PARADEC_K_BAD_SHAPE;
+            const size_t rows = batch * q_len * heads;
+            a.part_o = static_cast<float *>(scratch);
+            a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
+        }
+        const int st = paradec::dispatch_dtype(dtype, [&](auto tag) {
+            return paradec::launch_q<decltype(tag)>(k_pages.format, v_pages.format, qa, p, stream);
+        });
+        if (st != PARADEC_K_OK || p.splits == 1) return st;
+        return paradec::launch_combine(dtype, a, stream);
+    });
+}
+
+extern "C" int paradec_kv_dequantize(int dtype, paradec_kv_block_table block_table,
+                                     paradec_kv_pages pages, size_t batch, size_t capacity,
+                                     size_t kv_heads, size_t head_dim, size_t slots,
+                                     const int64_t *seq_len, void *out,
+                                     paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!out) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        const int st = paradec::check_pages(pages, dtype, head_dim);
+        if (st != PARADEC_K_OK) return st;
+        if (batch == 0 || capacity == 0 || kv_heads == 0 || head_dim == 0)
+            return PARADEC_K_ZERO_DIM;
+        if (slots == 0) return PARADEC_K_OK;
+        if (head_dim % paradec::kVec != 0 || slots > capacity) return PARADEC_K_BAD_SHAPE;
+        if (kv_heads * head_dim > static_cast<size_t>(INT_MAX) || capacity > (size_t{1} << 40) ||
+            batch > (size_t{1} << 20))
+            return PARADEC_K_DIM_TOO_LARGE;
+        if (!paradec::aligned16(out)) return PARADEC_K_BAD_SHAPE;
+        const int kv_dim = static_cast<int>(kv_heads * head_dim);
+        if (block_table.table && !seq_len) return PARADEC_K_NULL_POINTER;
+        const paradec::KvView v = paradec::view(pages, kv_dim);
+        paradec::SlotMap sm{};
+        const int sst = paradec::slot_map(block_table, capacity, &sm);
+        if (sst != PARADEC_K_OK) return sst;
+        const int64_t units = static_cast<int64_t>(batch * slots) *
+                              (kv_dim / (paradec::kv_has_runs(pages.format) ? paradec::kRun : 8));
+        const unsigned blocks =
+            static_cast<unsigned>(std::min<int64_t>((units + 255) / 256, int64_t{1} << 16));
+        return paradec::dispatch_dtype(dtype, [&](auto tag) -> int {
+            using T = decltype(tag);
+            T *o = static_cast<T *>(out);
+            const int64_t b = static_cast<int64_t>(batch), s = static_cast<int64_t>(slots);
+            const int hd = static_cast<int>(head_dim);
+            switch (pages.format) {
+                case PARADEC_KV_NATIVE:
+                    paradec::dequant_kernel<T, PARADEC_KV_NATIVE><<<blocks, 256, 0, stream>>>(
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
+                    break;
+                case PARADEC_KV_E4M3:
+                    paradec::dequant_kernel<T, PARADEC_KV_E4M3><<<blocks, 256, 0, stream>>>(
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
+                    break;
+                case PARADEC_KV_E5M2:
+                    paradec::dequant_kernel<T, PARADEC_KV_E5M2><<<blocks, 256, 0, stream>>>(
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
+                    break;
+                case PARADEC_KV_Q8:
+                    paradec::dequant_kernel<T, PARADEC_KV_Q8><<<blocks, 256, 0, stream>>>(
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
+                    break;
+                default:
+                    paradec::dequant_kernel<T, PARADEC_KV_Q4><<<blocks, 256, 0, stream>>>(
+                        v, sm, b, s, seq_len, kv_dim, hd, o);
+                    break;
+            }
+            return paradec::launch_status();
+        });
+    });
+}
