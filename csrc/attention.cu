@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "attention.cuh"
+#include "mma.cuh"
 
 namespace paradec {
 namespace {
@@ -114,17 +115,6 @@ constexpr int kDecodeWarps = 4;
 
 constexpr int kStages = 4;      // per-warp cp.async ring depth
 constexpr int kStageElems = 1024;  // K (and V) elements per stage: 2 KiB each
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
-                 "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 template <int L>
 constexpr size_t decode_ring_bytes() {
@@ -222,11 +212,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
                 const int64_t j = base + r;
                 const bool ok = j < k_end;
                 const int64_t off = ok ? j * kv_dim + cc * kVec : 0;
-                cp_async16(ks + r * D + cc * kVec, kb + off, ok);
-                cp_async16(vs + r * D + cc * kVec, vb + off, ok);
+                cp_async16_zfill(ks + r * D + cc * kVec, kb + off, ok);
+                cp_async16_zfill(vs + r * D + cc * kVec, vb + off, ok);
             }
         }
-        cp_async_commit();
+        cp_async_commit_group();
     };
 #pragma unroll
     for (int i = 0; i < kStages - 1; ++i) issue(i);
@@ -235,7 +225,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
         const int64_t base = k_begin + static_cast<int64_t>(warp + kDecodeWarps * i) * TK;
         if (base >= k_begin + nkeys) break;
         issue(i + kStages - 1);
-        cp_async_wait<kStages - 1>();
+        cp_async_wait_groups<kStages - 1>();
         __syncwarp();
         const T *ks = ring + (i % kStages) * 2 * kStageElems;
         const T *vs = ks + kStageElems;
@@ -305,7 +295,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
         }
         __syncwarp();  // the stage is refilled next
     }
-    cp_async_wait<0>();
+    cp_async_wait_groups<0>();
     __syncthreads();  // the rings are reused below
 
     // Merge the lane groups of the block (fixed order).

@@ -23,56 +23,11 @@
 #include <type_traits>
 
 #include "attention.cuh"
+#include "mma.cuh"
 
 namespace paradec {
 namespace {
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    const int n = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-    asm volatile("cp.async.wait_group 0;\n" ::);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void *smem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void *smem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(s));
-}
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
-                                         unsigned b1);
-
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const unsigned (&a)[4],
-                                                 unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const unsigned (&a)[4],
-                                                        unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 template <typename T>
 __device__ __forceinline__ unsigned pack2(float x, float y) {
@@ -160,7 +115,7 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
             const T *src = ok ? qb + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D +
                                     c * kVec
                               : qb;
-            cp_async16(Qs + r * SD + c * kVec, src, ok);
+            cp_async16_zfill(Qs + r * SD + c * kVec, src, ok);
         }
     }
     const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
@@ -172,12 +127,12 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
             const int64_t j = static_cast<int64_t>(n) * BN + r;
             const bool ok = j >= lo && j <= hi;
             const int64_t off = ok ? j * kv_dim + c * kVec : 0;
-            cp_async16(ks + r * SD + c * kVec, kbase + off, ok);
-            cp_async16(vs + r * SD + c * kVec, vbase + off, ok);
+            cp_async16_zfill(ks + r * SD + c * kVec, kbase + off, ok);
+            cp_async16_zfill(vs + r * SD + c * kVec, vbase + off, ok);
         }
     };
     load_kv(n_first, 0);
-    cp_async_commit();
+    cp_async_commit_group();
 
     const float sl2 = a.scale * kLog2e;
     const int wr = warp * 16 * MT;  // the warp's first row in the tile
@@ -199,16 +154,16 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
 
     for (int n = n_first; n <= n_last; ++n) {
         const int buf = (n - n_first) & 1;
-        cp_async_wait_all();
+        cp_async_wait_groups<0>();
         __syncthreads();  // tile n in; every warp done with the buffer loaded next
         if (MT == 1 && n == n_first) {
 #pragma unroll
             for (int kk = 0; kk < (MT == 1 ? KT : 0); ++kk)
-                ldmatrix_x4(qf[kk], Qs + (wr + (mi & 1) * 8 + (lane & 7)) * SD + kk * 16 +
+                ldsm_x4(qf[kk], Qs + (wr + (mi & 1) * 8 + (lane & 7)) * SD + kk * 16 +
                                         (mi >> 1) * 8);
         }
         if (n < n_last) load_kv(n + 1, buf ^ 1);
-        cp_async_commit();
+        cp_async_commit_group();
         const T *ks = Ks + buf * BN * SD;
         const T *vs = Vs + buf * BN * SD;
 
@@ -226,19 +181,19 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) af[mt][e] = qf[MT == 1 ? kk : 0][e];
                 } else {
-                    ldmatrix_x4(af[mt], Qs + (wr + mt * 16 + (mi & 1) * 8 + (lane & 7)) * SD +
+                    ldsm_x4(af[mt], Qs + (wr + mt * 16 + (mi & 1) * 8 + (lane & 7)) * SD +
                                             kk * 16 + (mi >> 1) * 8);
                 }
             }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned bf[4];
-                ldmatrix_x4(bf, ks + (np * 16 + (mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 +
+                ldsm_x4(bf, ks + (np * 16 + (mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 +
                                     (mi & 1) * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma16816<T>(s[mt][2 * np], af[mt], bf[0], bf[1]);
-                    mma16816<T>(s[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+                    mma_16816<T>(s[mt][2 * np], af[mt], bf[0], bf[1]);
+                    mma_16816<T>(s[mt][2 * np + 1], af[mt], bf[2], bf[3]);
                 }
             }
         }
@@ -317,17 +272,17 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
 #pragma unroll
             for (int dp = 0; dp < DT / 2; ++dp) {
                 unsigned bf[4];
-                ldmatrix_x4_trans(bf, vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * SD + dp * 16 +
+                ldsm_x4_trans(bf, vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * SD + dp * 16 +
                                           (mi >> 1) * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma16816<T>(o[mt][2 * dp], pa[mt][kk], bf[0], bf[1]);
-                    mma16816<T>(o[mt][2 * dp + 1], pa[mt][kk], bf[2], bf[3]);
+                    mma_16816<T>(o[mt][2 * dp], pa[mt][kk], bf[0], bf[1]);
+                    mma_16816<T>(o[mt][2 * dp + 1], pa[mt][kk], bf[2], bf[3]);
                 }
             }
         }
     }
-    cp_async_wait_all();
+    cp_async_wait_groups<0>();
 
     // Normalize and store.
     T *ob = static_cast<T *>(a.out);
@@ -474,11 +429,11 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
                 const int64_t j = base + r;
                 const bool ok = j < k_end;
                 const int64_t off = ok ? j * kv_dim + cc * kVec : 0;
-                cp_async16(ks + r * SD + cc * kVec, kb + off, ok);
-                cp_async16(vs + r * SD + cc * kVec, vb_ + off, ok);
+                cp_async16_zfill(ks + r * SD + cc * kVec, kb + off, ok);
+                cp_async16_zfill(vs + r * SD + cc * kVec, vb_ + off, ok);
             }
         }
-        cp_async_commit();
+        cp_async_commit_group();
     };
 #pragma unroll
     for (int i = 0; i < NS - 1; ++i) issue(i);
@@ -502,9 +457,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk) {
             unsigned bf[4];
-            ldmatrix_x4(bf, ks + ((mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 + (mi & 1) * 8);
-            mma16816<T>(s[0], qa[kk], bf[0], bf[1]);
-            mma16816<T>(s[1], qa[kk], bf[2], bf[3]);
+            ldsm_x4(bf, ks + ((mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 + (mi & 1) * 8);
+            mma_16816<T>(s[0], qa[kk], bf[0], bf[1]);
+            mma_16816<T>(s[1], qa[kk], bf[2], bf[3]);
         }
         const bool full = plain && base + kDecKeys <= k_end && base + kDecKeys - 1 <= pos_min;
 #pragma unroll
@@ -560,7 +515,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
 #pragma unroll
         for (int dp = 0; dp < DT / 2; ++dp) {
             unsigned bf[4];
-            ldmatrix_x4_trans(bf, vs + ((mi & 1) * 8 + (lane & 7)) * SD + dp * 16 + (mi >> 1) * 8);
+            ldsm_x4_trans(bf, vs + ((mi & 1) * 8 + (lane & 7)) * SD + dp * 16 + (mi >> 1) * 8);
             o[2 * dp][0] *= al0;
             o[2 * dp][1] *= al0;
             o[2 * dp][2] *= al1;
@@ -570,11 +525,11 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
             o[2 * dp + 1][2] *= al1;
             o[2 * dp + 1][3] *= al1;
             if (kSplitP) {
-                mma16816<T>(o[2 * dp], pl, bf[0], bf[1]);
-                mma16816<T>(o[2 * dp + 1], pl, bf[2], bf[3]);
+                mma_16816<T>(o[2 * dp], pl, bf[0], bf[1]);
+                mma_16816<T>(o[2 * dp + 1], pl, bf[2], bf[3]);
             }
-            mma16816<T>(o[2 * dp], pa, bf[0], bf[1]);
-            mma16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+            mma_16816<T>(o[2 * dp], pa, bf[0], bf[1]);
+            mma_16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
         }
         __syncwarp();  // the stage is refilled next
     }

@@ -20,6 +20,7 @@
 
 #include "common.cuh"
 #include "linear_gemm.cuh"
+#include "mma.cuh"
 #include "linear_small.cuh"
 
 namespace paradec {
@@ -32,25 +33,6 @@ size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 // ---- decoding ----------------------------------------------------------------------------------
 
-// Code of row r (0..31) in a B-bit stream over w[0..B). Constant-folds when r is constant.
-template <int B>
-__device__ __forceinline__ uint32_t code_at(const uint32_t *w, int r) {
-    const int bit = r * B;
-    const int wi = bit >> 5;
-    const int sh = bit & 31;
-    uint32_t v;
-    if (sh + B <= 32) {
-        v = w[wi] >> sh;
-    } else {
-        v = __funnelshift_r(w[wi], w[wi + 1], sh);
-    }
-    return v & ((1u << B) - 1u);
-}
-
-// Exact float of a code < 2^23.
-__device__ __forceinline__ float code_f(uint32_t q) {
-    return __uint_as_float(0x4B000000u | q) - 8388608.f;
-}
 
 // ---- x gather ----------------------------------------------------------------------------------
 
@@ -172,7 +154,7 @@ __device__ __forceinline__ void gemv_tile(const uint32_t (&wq)[4][8], const floa
             const int r = r8 * kVec + rr;
 #pragma unroll
             for (int col = 0; col < 4; ++col) {
-                const float w = fmaf(code_f(code_at<B>(wq[col], r)), s[col].x, s[col].y);
+                const float w = fmaf(code_float(tile_code<B>(wq[col], r)), s[col].x, s[col].y);
 #pragma unroll
                 for (int mm = 0; mm < MT; ++mm) acc[mm][col] = fmaf(xv[mm][rr], w, acc[mm][col]);
             }
@@ -339,25 +321,6 @@ __global__ void __launch_bounds__(256) dgemv_kernel(const T *x, const T *w, cons
 
 // ---- tensor-core tiles -------------------------------------------------------------------------
 
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-#endif
-}
 
 constexpr int kBM = 64, kBN = 64, kBK = 32, kLds = kBK + 8;  // shared row stride (elements)
 
@@ -409,8 +372,8 @@ __device__ __forceinline__ void dequant_col(const uint32_t *words, int64_t np, i
         if (hh != h) continue;
 #pragma unroll
         for (int r = 0; r < 16; r += 2) {
-            const float w0 = fmaf(code_f(code_at<B>(wq, hh * 16 + r)), sz.x, sz.y);
-            const float w1 = fmaf(code_f(code_at<B>(wq, hh * 16 + r + 1)), sz.x, sz.y);
+            const float w0 = fmaf(code_float(tile_code<B>(wq, hh * 16 + r)), sz.x, sz.y);
+            const float w1 = fmaf(code_float(tile_code<B>(wq, hh * 16 + r + 1)), sz.x, sz.y);
             *reinterpret_cast<typename Num<T>::T2 *>(dst + r) =
                 Num<T>::from_f2(make_float2(w0, w1));
         }
@@ -488,7 +451,7 @@ __global__ void __launch_bounds__(128) mma_kernel(MArgs a) {
                 const uint32_t b0 = *reinterpret_cast<const uint32_t *>(&sB[cn][ks + 2 * tq]);
                 const uint32_t b1 = *reinterpret_cast<const uint32_t *>(&sB[cn][ks + 2 * tq + 8]);
 #pragma unroll
-                for (int i = 0; i < 2; ++i) mma16816<T>(acc[i][j], af[i], b0, b1);
+                for (int i = 0; i < 2; ++i) mma_16816<T>(acc[i][j], af[i], b0, b1);
             }
         }
         __syncthreads();

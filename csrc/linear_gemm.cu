@@ -96,8 +96,8 @@ template <typename T, int B>
 __device__ __forceinline__ uint32_t dequant_pair(const uint32_t *sw, float2 s, int col, int r) {
     const uint32_t v = code_pair<B>(sw, col, r);
     constexpr uint32_t mask = (1u << B) - 1u;
-    const float q0 = __uint_as_float(0x4B000000u | (v & mask)) - 8388608.f;
-    const float q1 = __uint_as_float(0x4B000000u | ((v >> B) & mask)) - 8388608.f;
+    const float q0 = code_float(v & mask);
+    const float q1 = code_float((v >> B) & mask);
     const typename Num<T>::T2 h = Num<T>::from_f2(make_float2(fmaf(q0, s.x, s.y), fmaf(q1, s.x, s.y)));
     return *reinterpret_cast<const uint32_t *>(&h);
 }

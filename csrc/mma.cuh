@@ -41,6 +41,16 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *smem) {
 #endif
 }
 
+// As ldsm_x4, each matrix transposed (V of attention, read as the B operand).
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *smem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#endif
+}
+
 // c += a·b on tensor cores: a 16×16 (row), b 16×8 (col), f32 accumulators; T is __half or
 // __nv_bfloat16.
 template <typename T>
@@ -72,6 +82,11 @@ __device__ __forceinline__ uint32_t tile_code(const uint32_t *w, int r) {
     const int sh = bit & 31;
     const uint32_t v = (sh + B <= 32) ? (w[wi] >> sh) : __funnelshift_r(w[wi], w[wi + 1], sh);
     return v & ((1u << B) - 1u);
+}
+
+// The exact float of a code below 2^23 (the 2^23 exponent trick: one OR and one subtraction).
+__device__ __forceinline__ float code_float(uint32_t q) {
+    return __uint_as_float(0x4B000000u | q) - 8388608.f;
 }
 
 }  // namespace paradec

@@ -423,7 +423,7 @@ pub fn dequantize_row(
 
 /// One of K or V of one layer in a quantized format: codes [batch, capacity, row_bytes] (U8),
 /// run scales [batch, capacity, kv_dim / 32] (F16, run formats only), E4M3 head scales
-/// [kv_heads] (F32, E4M3 only).
+/// `[kv_heads]` (F32, E4M3 only).
 #[derive(Debug)]
 pub struct QuantPages {
     /// The format of the codes.
@@ -432,7 +432,7 @@ pub struct QuantPages {
     pub codes: Tensor,
     /// Run scales, F16 [batch, capacity, kv_dim / 32] (Q8, Q4).
     pub scales: Option<Tensor>,
-    /// Per-KV-head scales, F32 [kv_heads] (E4M3).
+    /// Per-KV-head scales, F32 `[kv_heads]` (E4M3).
     pub head_scales: Option<Tensor>,
 }
 
@@ -563,7 +563,7 @@ impl BlockTable<'_> {
     }
 
     /// Checks a call over `batch` sequences that reads (and, with `writes`, writes the last
-    /// `q_len` of) positions 0 .. past_len[b] + q_len of each sequence, in a pool of
+    /// `q_len` of) positions `0 .. past_len[b] + q_len` of each sequence, in a pool of
     /// `num_pages` pages: the table's size, each page count against `max_pages`, each length
     /// against the sequence's pages, every page the call touches inside the pool, and — for a
     /// write — no pool row written by two sequences. The error names what is wrong.

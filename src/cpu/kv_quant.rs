@@ -10,7 +10,7 @@ use crate::kv_quant::{dequantize_row, quantize_row, BlockTable, KvFormat, RUN};
 use crate::vocab::{AttnMasking, AttnShape, CacheSlots, RotaryArgs};
 
 /// One of K or V of one layer, read-only: codes [batch, capacity, row_bytes], run scales
-/// [batch, capacity, kv_dim / 32] (Q8/Q4; else empty), E4M3 head scales [kv_heads] (else empty).
+/// [batch, capacity, kv_dim / 32] (Q8/Q4; else empty), E4M3 head scales `[kv_heads]` (else empty).
 #[derive(Debug, Clone, Copy)]
 pub struct PagesRef<'a> {
     /// The format of the codes.
@@ -41,7 +41,7 @@ pub struct PagesMut<'a> {
 }
 
 /// Quantizes rows x ([batch, q_len, kv_dim]) into the pages at each sequence's next slots
-/// (contiguous: row b·capacity + past_len[b] + t).
+/// (contiguous: row `b·capacity + past_len[b] + t`).
 pub fn write_rows(
     x: &[f32],
     kv_heads: usize,

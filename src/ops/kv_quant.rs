@@ -381,7 +381,7 @@ pub fn attention_quant(
     attend_impl(st, ws, q, cache, None, shape, masking, scale, out)
 }
 
-/// `attention` over a paged pool (any mode): sequence b's positions 0 … past_len[b] + q_len − 1
+/// `attention` over a paged pool (any mode): sequence b's positions `0 … past_len[b] + q_len − 1`
 /// read from the pages `table` gives (`shape.capacity` is ignored: the table's
 /// `max_pages · page_size` bounds each sequence). Table, page counts and lengths are checked
 /// first.
