@@ -606,3 +606,32 @@ fn a_cache_cannot_be_read_past_what_was_written_but_can_rewind() {
     small.clear();
     assert_eq!(small.held(1).unwrap(), &[0, 0]);
 }
+
+/// A workspace planned for a quantized cache also holds the dequantized K and V a prefill
+/// over it reads; for the native cache the plan is unchanged.
+#[test]
+fn workspace_plan_counts_the_quantized_cache_prefill() {
+    let arch = paradec::ArchParams::from_dir(fixture("cohere")).unwrap();
+    let (tokens, kv_len) = (64, 100);
+    let native = paradec::Workspace::bytes_needed(&arch, tokens, kv_len, DType::F16).unwrap();
+    let same = paradec::Workspace::bytes_needed_for_mode(
+        &arch,
+        tokens,
+        kv_len,
+        DType::F16,
+        &paradec::KvCacheMode::Native,
+    )
+    .unwrap();
+    assert_eq!(native, same);
+    let q8 = paradec::Workspace::bytes_needed_for_mode(
+        &arch,
+        tokens,
+        kv_len,
+        DType::F16,
+        &paradec::KvCacheMode::Q8,
+    )
+    .unwrap();
+    // Up to tokens / 17 + 1 = 4 sequences × kv_len × K and V × kv_heads · head_dim in f16.
+    let gather = 4 * kv_len * 2 * arch.kv_heads * arch.head_dim * 2;
+    assert!(q8 >= native + gather, "{q8} < {native} + {gather}");
+}

@@ -330,6 +330,30 @@ impl Workspace {
         Ok(t)
     }
 
+    /// As [`Workspace::bytes_needed`], for a cache in `mode`: a prefill (more than 16 query
+    /// tokens per sequence) over a quantized cache first dequantizes the K and V it reads
+    /// into the workspace, up to `kv_len` positions of every sequence of the batch (at most
+    /// `tokens / 17 + 1` sequences). Decode reads quantized pages directly.
+    pub fn bytes_needed_for_mode(
+        arch: &ArchParams,
+        tokens: usize,
+        kv_len: usize,
+        dtype: DType,
+        mode: &crate::kv_quant::KvCacheMode,
+    ) -> Result<usize> {
+        let base = Self::bytes_needed(arch, tokens, kv_len, dtype)?;
+        if *mode == crate::kv_quant::KvCacheMode::Native {
+            return Ok(base);
+        }
+        let seqs = tokens / 17 + 1;
+        seqs.checked_mul(kv_len)
+            .and_then(|n| n.checked_mul(2 * arch.kv_heads * arch.head_dim))
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .and_then(|n| n.checked_add(2 * ALIGN))
+            .and_then(|n| n.checked_add(base))
+            .ok_or_else(|| Error::bad_input("workspace size overflows"))
+    }
+
     /// Device bytes a workspace needs for forwards of up to `tokens` tokens over up to
     /// `kv_len` cached positions per sequence: one decoder layer's temporaries (norm outputs,
     /// q/k/v and the fused projection, attention context, both branch outputs, the MLP's
