@@ -12,7 +12,7 @@ use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
 use crate::kv_quant::{BlockTable, KvFormat, QuantLayer, QuantPages, RUN};
-use crate::vocab::{AttnMasking, AttnShape, CacheSlots, RopeStyle, RotaryArgs};
+use crate::vocab::{AttnMasking, AttnShape, CacheSlots, RotaryArgs};
 use crate::{DType, Error, Result, Tensor};
 
 /// The longest query the quantized decode kernel takes; longer ones dequantize (`ops`).
@@ -240,55 +240,10 @@ pub fn rotary_and_cache_write_quant(
             "KV cache format E5M2 truncates fp16 values: not for bf16 tensors",
         ));
     }
-    let (style, rot_dim, attn_factor) = match rotary {
-        Some(r) => {
-            if positions.len() != tokens {
-                return Err(Error::bad_input(format!(
-                    "rotary positions: expected {tokens}, got {}",
-                    positions.len()
-                )));
-            }
-            if r.rot_dim == 0 || r.rot_dim % 2 != 0 || r.rot_dim > head_dim {
-                return Err(Error::bad_input(format!(
-                    "rotary rot_dim {} must be even and in 1..={head_dim}",
-                    r.rot_dim
-                )));
-            }
-            if r.inv_freq.len() < r.rot_dim / 2 {
-                return Err(Error::bad_input(format!(
-                    "rotary inv_freq: expected at least {} values, got {}",
-                    r.rot_dim / 2,
-                    r.inv_freq.len()
-                )));
-            }
-            let style = match r.style {
-                RopeStyle::Interleaved => ffi::paradec_rope_style::PARADEC_ROPE_INTERLEAVED,
-                RopeStyle::Half => ffi::paradec_rope_style::PARADEC_ROPE_HALF,
-            } as i32;
-            (style, r.rot_dim, r.attn_factor)
-        }
-        None => (0, 0, 1.0),
-    };
+    let (style, rot_dim, attn_factor) =
+        super::rope::rotary_style(rotary, positions, tokens, head_dim)?;
     // The table: positions (i64 per token), past lengths (i64 per sequence), frequencies (f32).
-    let mut bytes = Vec::with_capacity(super::rope_meta_bytes(tokens, slots.batch, rot_dim));
-    if rotary.is_some() {
-        bytes.extend(positions.iter().flat_map(|p| p.to_le_bytes()));
-    } else {
-        bytes.resize(8 * tokens, 0);
-    }
-    bytes.extend(
-        slots
-            .past_len
-            .iter()
-            .flat_map(|&p| (p as i64).to_le_bytes()),
-    );
-    if let Some(r) = rotary {
-        bytes.extend(
-            r.inv_freq[..rot_dim / 2]
-                .iter()
-                .flat_map(|f| f.to_le_bytes()),
-        );
-    }
+    let mut bytes = super::rope::rope_table(positions, slots.past_len, rotary, tokens, rot_dim);
     let table_off = push_table(&mut bytes, table);
     check_tensor(
         meta,

@@ -28,6 +28,69 @@ pub struct RopeTables {
     pub inv_freq: *const f32,
 }
 
+/// Checks the rotary arguments of a call of `tokens` tokens (positions, width, frequencies):
+/// the kernel's style code, the rotated width and the attention factor (0, 0, 1 without
+/// rotary).
+pub(super) fn rotary_style(
+    rotary: Option<&RotaryArgs<'_>>,
+    positions: &[i64],
+    tokens: usize,
+    head_dim: usize,
+) -> Result<(i32, usize, f32)> {
+    let Some(r) = rotary else {
+        return Ok((0, 0, 1.0));
+    };
+    if positions.len() != tokens {
+        return Err(Error::bad_input(format!(
+            "rotary positions: expected {tokens}, got {}",
+            positions.len()
+        )));
+    }
+    if r.rot_dim == 0 || r.rot_dim % 2 != 0 || r.rot_dim > head_dim {
+        return Err(Error::bad_input(format!(
+            "rotary rot_dim {} must be even and in 1..={head_dim}",
+            r.rot_dim
+        )));
+    }
+    if r.inv_freq.len() < r.rot_dim / 2 {
+        return Err(Error::bad_input(format!(
+            "rotary inv_freq: expected at least {} values, got {}",
+            r.rot_dim / 2,
+            r.inv_freq.len()
+        )));
+    }
+    let style = match r.style {
+        RopeStyle::Interleaved => ffi::paradec_rope_style::PARADEC_ROPE_INTERLEAVED,
+        RopeStyle::Half => ffi::paradec_rope_style::PARADEC_ROPE_HALF,
+    } as i32;
+    Ok((style, r.rot_dim, r.attn_factor))
+}
+
+/// The device table of a rotary + cache write (`rope_meta_bytes` long): positions (i64 per
+/// token; zeros without rotary), past lengths (i64 per sequence), frequencies (f32, rot_dim / 2).
+pub(super) fn rope_table(
+    positions: &[i64],
+    past_len: &[usize],
+    rotary: Option<&RotaryArgs<'_>>,
+    tokens: usize,
+    rot_dim: usize,
+) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(rope_meta_bytes(tokens, past_len.len(), rot_dim));
+    match rotary {
+        Some(_) => bytes.extend(positions.iter().flat_map(|p| p.to_le_bytes())),
+        None => bytes.resize(8 * tokens, 0),
+    }
+    bytes.extend(past_len.iter().flat_map(|&p| (p as i64).to_le_bytes()));
+    if let Some(r) = rotary {
+        bytes.extend(
+            r.inv_freq[..rot_dim / 2]
+                .iter()
+                .flat_map(|f| f.to_le_bytes()),
+        );
+    }
+    bytes
+}
+
 /// What the argument checks settle: the dtype code, token and K/V element counts, and the
 /// rotary style, width and attention factor (0, 0, 1 without rotary).
 struct RopeCall {
@@ -94,35 +157,7 @@ fn check_call(
     check_tensor(v, "rotary v", Some(dtype), kv_n, stream)?;
     check_tensor(cache_k, "cache k", Some(dtype), cache_n, stream)?;
     check_tensor(cache_v, "cache v", Some(dtype), cache_n, stream)?;
-    let (style, rot_dim, attn_factor) = match rotary {
-        Some(r) => {
-            if positions.len() != tokens {
-                return Err(Error::bad_input(format!(
-                    "rotary positions: expected {tokens}, got {}",
-                    positions.len()
-                )));
-            }
-            if r.rot_dim == 0 || r.rot_dim % 2 != 0 || r.rot_dim > head_dim {
-                return Err(Error::bad_input(format!(
-                    "rotary rot_dim {} must be even and in 1..={head_dim}",
-                    r.rot_dim
-                )));
-            }
-            if r.inv_freq.len() < r.rot_dim / 2 {
-                return Err(Error::bad_input(format!(
-                    "rotary inv_freq: expected at least {} values, got {}",
-                    r.rot_dim / 2,
-                    r.inv_freq.len()
-                )));
-            }
-            let style = match r.style {
-                RopeStyle::Interleaved => ffi::paradec_rope_style::PARADEC_ROPE_INTERLEAVED,
-                RopeStyle::Half => ffi::paradec_rope_style::PARADEC_ROPE_HALF,
-            } as i32;
-            (style, r.rot_dim, r.attn_factor)
-        }
-        None => (0, 0, 1.0),
-    };
+    let (style, rot_dim, attn_factor) = rotary_style(rotary, positions, tokens, head_dim)?;
     Ok(RopeCall {
         code,
         tokens,
@@ -219,25 +254,7 @@ pub fn rotary_and_cache_write(
         q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
     )?;
     let (tokens, rot_dim) = (c.tokens, c.rot_dim);
-    let mut bytes = Vec::with_capacity(rope_meta_bytes(tokens, slots.batch, rot_dim));
-    if rotary.is_some() {
-        bytes.extend(positions.iter().flat_map(|p| p.to_le_bytes()));
-    } else {
-        bytes.resize(8 * tokens, 0);
-    }
-    bytes.extend(
-        slots
-            .past_len
-            .iter()
-            .flat_map(|&p| (p as i64).to_le_bytes()),
-    );
-    if let Some(r) = rotary {
-        bytes.extend(
-            r.inv_freq[..rot_dim / 2]
-                .iter()
-                .flat_map(|f| f.to_le_bytes()),
-        );
-    }
+    let bytes = rope_table(positions, slots.past_len, rotary, tokens, rot_dim);
     check_tensor(
         meta,
         "rotary meta (scratch)",
