@@ -45,9 +45,10 @@ namespace {
 
 constexpr int kWarps = kSmallCols / 32;
 
-// Tiles per ring stage (U) and stages (S) by n8 tiles of x rows: the deepest ring that keeps a
-// block within 48 KiB of static shared memory (a stage is U·(1 + NT) 16-byte vectors and U
-// scale pairs per lane). At m ≤ 8 a stage carries two tiles: the per-stage work (addresses,
+// Tiles per ring stage (U) and stages (S) by n8 tiles of x rows: a ring that keeps a block
+// within 48 KiB of static shared memory (a stage is U·(1 + NT) 16-byte vectors and U scale pairs
+// per lane). At m ≤ 8, 3 stages rather than 4 let 7 blocks share an SM instead of 5 (0–5%
+// faster on an H200). At m ≤ 8 a stage carries two tiles: the per-stage work (addresses,
 // commit, wait, loop) is then paid once per two tiles, which matters where the tensor cores
 // have little to do and the loop's instructions set the pace.
 template <int NT>
@@ -56,7 +57,7 @@ __host__ __device__ constexpr int tiles_per_stage() {
 }
 template <int NT>
 __host__ __device__ constexpr int stages() {
-    return NT == 1 ? 4 : NT == 2 ? 6 : 4;
+    return NT == 1 ? 3 : NT == 2 ? 6 : 4;
 }
 
 // The magic exponent: a half2 / bfloat162 pair whose low mantissa bits are a code q reads
