@@ -279,33 +279,18 @@ fn write_impl(
 ) -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     let _ = &ws; // device scratch only
-    let tokens = at.batch * at.q_len;
-    numel("q", q, tokens * heads * head_dim)?;
-    numel("k", k, tokens * kv_heads * head_dim)?;
-    numel("v", v, tokens * kv_heads * head_dim)?;
-    if positions.len() != tokens {
-        return Err(Error::bad_input(format!(
-            "positions: expected {tokens}, got {}",
-            positions.len()
-        )));
-    }
-    if at.past_len.len() != at.batch {
-        return Err(Error::bad_input(format!(
-            "past lengths: expected {}, got {}",
-            at.batch,
-            at.past_len.len()
-        )));
-    }
-    if table.is_none() {
-        for (b, &p) in at.past_len.iter().enumerate() {
-            if p.checked_add(at.q_len).is_none_or(|e| e > at.capacity) {
-                return Err(Error::CapacityExceeded(format!(
-                    "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
-                    at.q_len, at.capacity
-                )));
-            }
-        }
-    }
+    super::rope::check_new_tokens(
+        q,
+        k,
+        v,
+        heads,
+        kv_heads,
+        head_dim,
+        positions,
+        rotary,
+        at,
+        table.is_none(),
+    )?;
     check_layout(
         cache,
         table,
@@ -317,15 +302,6 @@ fn write_impl(
         at.q_len,
         true,
     )?;
-    if let Some(r) = rotary {
-        if r.rot_dim > head_dim || r.rot_dim % 2 != 0 || r.inv_freq.len() != r.rot_dim / 2 {
-            return Err(Error::bad_input(format!(
-                "rotary: width {} with {} frequencies does not fit head_dim {head_dim}",
-                r.rot_dim,
-                r.inv_freq.len()
-            )));
-        }
-    }
     match same_device(&[
         ("q", q),
         ("k", k),
@@ -355,7 +331,7 @@ fn write_impl(
             use crate::cuda::kernels;
             let rot_dim = rotary.map_or(0, |r| r.rot_dim);
             let mut meta = ws.scratch(
-                &[kernels::table_meta_bytes(kernels::rope_meta_bytes(tokens, at.batch, rot_dim), table)],
+                &[kernels::table_meta_bytes(kernels::rope_meta_bytes(at.batch * at.q_len, at.batch, rot_dim), table)],
                 crate::tensor::DType::U8,
             )?;
             kernels::rotary_and_cache_write_quant(

@@ -22,10 +22,6 @@ pub fn rotary_and_cache_write(
 ) -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     let _ = &ws; // device scratch only
-    let tokens = at.batch * at.q_len;
-    numel("q", q, tokens * heads * head_dim)?;
-    numel("k", k, tokens * kv_heads * head_dim)?;
-    numel("v", v, tokens * kv_heads * head_dim)?;
     numel(
         "cache k",
         cache_k,
@@ -36,36 +32,9 @@ pub fn rotary_and_cache_write(
         cache_v,
         at.batch * at.capacity * kv_heads * head_dim,
     )?;
-    if positions.len() != tokens {
-        return Err(Error::bad_input(format!(
-            "positions: expected {tokens}, got {}",
-            positions.len()
-        )));
-    }
-    if at.past_len.len() != at.batch {
-        return Err(Error::bad_input(format!(
-            "past lengths: expected {}, got {}",
-            at.batch,
-            at.past_len.len()
-        )));
-    }
-    for (b, &p) in at.past_len.iter().enumerate() {
-        if p + at.q_len > at.capacity {
-            return Err(Error::CapacityExceeded(format!(
-                "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
-                at.q_len, at.capacity
-            )));
-        }
-    }
-    if let Some(r) = rotary {
-        if r.rot_dim > head_dim || r.rot_dim % 2 != 0 || r.inv_freq.len() != r.rot_dim / 2 {
-            return Err(Error::bad_input(format!(
-                "rotary: width {} with {} frequencies does not fit head_dim {head_dim}",
-                r.rot_dim,
-                r.inv_freq.len()
-            )));
-        }
-    }
+    check_new_tokens(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, true,
+    )?;
     match same_device(&[
         ("q", q),
         ("k", k),
@@ -114,7 +83,7 @@ pub fn rotary_and_cache_write(
             }
             let rot_dim = rotary.map_or(0, |r| r.rot_dim);
             let mut meta = ws.scratch(
-                &[kernels::rope_meta_bytes(tokens, at.batch, rot_dim)],
+                &[kernels::rope_meta_bytes(at.batch * at.q_len, at.batch, rot_dim)],
                 crate::tensor::DType::U8,
             )?;
             kernels::rotary_and_cache_write(
@@ -123,4 +92,60 @@ pub fn rotary_and_cache_write(
             )
         }),
     }
+}
+
+/// Checks the new tokens of a rotary + cache write (contiguous or quantized cache): q, k and v
+/// of `at.batch · at.q_len` tokens, one position per token, one past length per sequence, with
+/// `slots_in_capacity` every sequence's new slots within the capacity (a paged cache checks its
+/// pages instead), and the rotary width.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_new_tokens(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    at: &CacheSlots<'_>,
+    slots_in_capacity: bool,
+) -> Result<()> {
+    let tokens = at.batch * at.q_len;
+    numel("q", q, tokens * heads * head_dim)?;
+    numel("k", k, tokens * kv_heads * head_dim)?;
+    numel("v", v, tokens * kv_heads * head_dim)?;
+    if positions.len() != tokens {
+        return Err(Error::bad_input(format!(
+            "positions: expected {tokens}, got {}",
+            positions.len()
+        )));
+    }
+    if at.past_len.len() != at.batch {
+        return Err(Error::bad_input(format!(
+            "past lengths: expected {}, got {}",
+            at.batch,
+            at.past_len.len()
+        )));
+    }
+    if slots_in_capacity {
+        for (b, &p) in at.past_len.iter().enumerate() {
+            if p.checked_add(at.q_len).is_none_or(|e| e > at.capacity) {
+                return Err(Error::CapacityExceeded(format!(
+                    "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
+                    at.q_len, at.capacity
+                )));
+            }
+        }
+    }
+    if let Some(r) = rotary {
+        if r.rot_dim > head_dim || r.rot_dim % 2 != 0 || r.inv_freq.len() != r.rot_dim / 2 {
+            return Err(Error::bad_input(format!(
+                "rotary: width {} with {} frequencies does not fit head_dim {head_dim}",
+                r.rot_dim,
+                r.inv_freq.len()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -198,9 +198,9 @@ pub fn attention_scratch_len(
 }
 
 /// What the argument checks of an attention call settle.
-struct AttnCall {
-    code: i32,
-    q_n: usize,
+pub(super) struct AttnCall {
+    pub(super) code: i32,
+    pub(super) q_n: usize,
 }
 
 /// Checks every argument of an attention call: shapes, dtypes, the past lengths against the
@@ -216,6 +216,42 @@ fn check_call(
     plan_max_past: usize,
     partials: &Tensor,
     out: &Tensor,
+    stream: &CudaStream,
+) -> Result<AttnCall> {
+    let s = shape;
+    let c = check_query(q, out, s, masking, plan_max_past, stream)?;
+    let c_n = prod("cache", &[s.batch, s.capacity, s.kv_heads, s.head_dim])?;
+    check_tensor(cache_k, "cache k", Some(q.dtype()), c_n, stream)?;
+    check_tensor(cache_v, "cache v", Some(q.dtype()), c_n, stream)?;
+    let scratch_len = attention_scratch_len(s, plan_max_past, stream)?;
+    if partials.dtype() != DType::F32 || partials.numel() < scratch_len {
+        return Err(Error::bad_input(format!(
+            "attention partials (scratch): expected at least {scratch_len} f32 values, got {} of {}",
+            partials.numel(),
+            partials.dtype()
+        )));
+    }
+    if partials.numel() > 0 {
+        check_tensor(
+            partials,
+            "attention partials (scratch)",
+            Some(DType::F32),
+            partials.numel(),
+            stream,
+        )?;
+    }
+    Ok(c)
+}
+
+/// Checks what every attention call (contiguous or quantized cache) takes: the head counts
+/// and head_dim, q and out, the past lengths against `plan_max_past` (≥ each of them) and the
+/// capacity, and the mask.
+pub(super) fn check_query(
+    q: &Tensor,
+    out: &Tensor,
+    shape: &AttnShape,
+    masking: &AttnMasking<'_>,
+    plan_max_past: usize,
     stream: &CudaStream,
 ) -> Result<AttnCall> {
     let s = shape;
@@ -238,11 +274,8 @@ fn check_call(
     let dtype = q.dtype();
     let code = dtype_code(dtype, "attention q")?;
     let q_n = prod("attention q", &[s.batch, s.q_len, s.heads, s.head_dim])?;
-    let c_n = prod("cache", &[s.batch, s.capacity, s.kv_heads, s.head_dim])?;
     check_tensor(q, "attention q", None, q_n, stream)?;
     check_tensor(out, "attention output", Some(dtype), q_n, stream)?;
-    check_tensor(cache_k, "cache k", Some(dtype), c_n, stream)?;
-    check_tensor(cache_v, "cache v", Some(dtype), c_n, stream)?;
     if masking.past_len.len() != s.batch {
         return Err(Error::bad_input(format!(
             "past lengths: expected {}, got {}",
@@ -276,23 +309,6 @@ fn check_call(
                 masking.mask_stride
             )));
         }
-    }
-    let scratch_len = attention_scratch_len(s, plan_max_past, stream)?;
-    if partials.dtype() != DType::F32 || partials.numel() < scratch_len {
-        return Err(Error::bad_input(format!(
-            "attention partials (scratch): expected at least {scratch_len} f32 values, got {} of {}",
-            partials.numel(),
-            partials.dtype()
-        )));
-    }
-    if partials.numel() > 0 {
-        check_tensor(
-            partials,
-            "attention partials (scratch)",
-            Some(DType::F32),
-            partials.numel(),
-            stream,
-        )?;
     }
     Ok(AttnCall { code, q_n })
 }

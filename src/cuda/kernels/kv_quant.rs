@@ -194,41 +194,18 @@ pub fn rotary_and_cache_write_quant(
     cache: &mut QuantLayer,
     stream: &CudaStream,
 ) -> Result<()> {
-    let what = "rotary_and_cache_write_quant";
-    let tokens = slots
-        .batch
-        .checked_mul(slots.q_len)
-        .ok_or_else(|| overflow(what))?;
-    let q_n = tokens
-        .checked_mul(heads)
-        .and_then(|n| n.checked_mul(head_dim))
-        .ok_or_else(|| overflow(what))?;
-    let kv_n = tokens
-        .checked_mul(kv_heads)
-        .and_then(|n| n.checked_mul(head_dim))
-        .ok_or_else(|| overflow(what))?;
-    if slots.past_len.len() != slots.batch {
-        return Err(Error::bad_input(format!(
-            "cache past lengths: expected {}, got {}",
-            slots.batch,
-            slots.past_len.len()
-        )));
-    }
-    for (b, &p) in slots.past_len.iter().enumerate() {
-        if p.checked_add(slots.q_len)
-            .is_none_or(|e| e > slots.capacity)
-        {
-            return Err(Error::CapacityExceeded(format!(
-                "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
-                slots.q_len, slots.capacity
-            )));
-        }
-    }
+    let (code, tokens, kv_n) = super::rope::check_new_tokens(
+        q,
+        k,
+        v,
+        heads,
+        kv_heads,
+        head_dim,
+        slots,
+        "rotary_and_cache_write_quant",
+        stream,
+    )?;
     let dtype = q.dtype();
-    let code = dtype_code(dtype, "rotary q")?;
-    check_tensor(q, "rotary q", None, q_n, stream)?;
-    check_tensor(k, "rotary k", Some(dtype), kv_n, stream)?;
-    check_tensor(v, "rotary v", Some(dtype), kv_n, stream)?;
     let kv_dim = kv_heads * head_dim;
     let rows = rows_of(&cache.k, table, slots.batch, slots.capacity, kv_dim)?;
     let kp = pages_arg("cache k", &cache.k, rows, kv_heads, head_dim, dtype, stream)?;
@@ -341,36 +318,16 @@ pub fn attention_quant(
     stream: &CudaStream,
 ) -> Result<()> {
     let s = shape;
-    if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
-        return Err(Error::bad_input(format!(
-            "attention: {} heads over {} kv heads",
-            s.heads, s.kv_heads
-        )));
-    }
     if s.q_len > DECODE_MAX_Q {
         return Err(Error::bad_input(format!(
             "attention_quant: q_len {} exceeds the decode kernel's {DECODE_MAX_Q}",
             s.q_len
         )));
     }
-    if s.head_dim == 0
-        || !s.head_dim.is_multiple_of(8)
-        || s.head_dim > ffi::paradec_attention_limits::PARADEC_ATTN_MAX_HEAD_DIM as usize
-    {
-        return Err(Error::unsupported(format!(
-            "attention on CUDA: head_dim {} must be a multiple of 8 up to {}",
-            s.head_dim,
-            ffi::paradec_attention_limits::PARADEC_ATTN_MAX_HEAD_DIM as usize
-        )));
-    }
+    let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
+    let super::attention::AttnCall { code, q_n } =
+        super::attention::check_query(q, out, s, masking, max_past, stream)?;
     let dtype = q.dtype();
-    let code = dtype_code(dtype, "attention q")?;
-    let q_n = [s.batch, s.q_len, s.heads, s.head_dim]
-        .iter()
-        .try_fold(1usize, |a, &b| a.checked_mul(b))
-        .ok_or_else(|| overflow("attention q"))?;
-    check_tensor(q, "attention q", None, q_n, stream)?;
-    check_tensor(out, "attention output", Some(dtype), q_n, stream)?;
     let kv_dim = s.kv_heads * s.head_dim;
     let rows = rows_of(&cache.k, table, s.batch, s.capacity, kv_dim)?;
     let kp = pages_arg(
@@ -384,31 +341,6 @@ pub fn attention_quant(
             return Err(Error::bad_input(format!(
                 "paged attention: capacity {} is not the table's {} pages × {}",
                 s.capacity, t.max_pages, t.page_size
-            )));
-        }
-    }
-    if masking.past_len.len() != s.batch {
-        return Err(Error::bad_input(format!(
-            "past lengths: expected {}, got {}",
-            s.batch,
-            masking.past_len.len()
-        )));
-    }
-    let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
-    if max_past.checked_add(s.q_len).is_none_or(|e| e > s.capacity) {
-        return Err(Error::CapacityExceeded(format!(
-            "attention over {max_past} past + {} new slots exceeds the capacity {}",
-            s.q_len, s.capacity
-        )));
-    }
-    if let Some(m) = masking.mask {
-        if masking.mask_stride < max_past + s.q_len || m.len() < s.batch * masking.mask_stride {
-            return Err(Error::bad_input(format!(
-                "attention mask: needs [{}, ≥{}] values, got {} with row stride {}",
-                s.batch,
-                max_past + s.q_len,
-                m.len(),
-                masking.mask_stride
             )));
         }
     }

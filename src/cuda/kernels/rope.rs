@@ -91,6 +91,56 @@ pub(super) fn rope_table(
     bytes
 }
 
+/// Checks what every rotary + cache write (contiguous or quantized cache) takes: q, k and v of
+/// `slots.batch · slots.q_len` tokens in one float dtype, and every sequence's new slots within
+/// the capacity. Returns the dtype code, the token count and k's element count.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn check_new_tokens(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    slots: &CacheSlots<'_>,
+    what: &str,
+    stream: &CudaStream,
+) -> Result<(i32, usize, usize)> {
+    let overflow = || Error::bad_input(format!("{what}: sizes overflow"));
+    let tokens = slots.batch.checked_mul(slots.q_len).ok_or_else(overflow)?;
+    let q_n = tokens
+        .checked_mul(heads)
+        .and_then(|n| n.checked_mul(head_dim))
+        .ok_or_else(overflow)?;
+    let kv_n = tokens
+        .checked_mul(kv_heads)
+        .and_then(|n| n.checked_mul(head_dim))
+        .ok_or_else(overflow)?;
+    if slots.past_len.len() != slots.batch {
+        return Err(Error::bad_input(format!(
+            "cache past lengths: expected {}, got {}",
+            slots.batch,
+            slots.past_len.len()
+        )));
+    }
+    for (b, &p) in slots.past_len.iter().enumerate() {
+        if p.checked_add(slots.q_len)
+            .is_none_or(|e| e > slots.capacity)
+        {
+            return Err(Error::CapacityExceeded(format!(
+                "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
+                slots.q_len, slots.capacity
+            )));
+        }
+    }
+    let dtype = q.dtype();
+    let code = dtype_code(dtype, "rotary q")?;
+    check_tensor(q, "rotary q", None, q_n, stream)?;
+    check_tensor(k, "rotary k", Some(dtype), kv_n, stream)?;
+    check_tensor(v, "rotary v", Some(dtype), kv_n, stream)?;
+    Ok((code, tokens, kv_n))
+}
+
 /// What the argument checks settle: the dtype code, token and K/V element counts, and the
 /// rotary style, width and attention factor (0, 0, 1 without rotary).
 struct RopeCall {
@@ -118,43 +168,23 @@ fn check_call(
     cache_v: &Tensor,
     stream: &CudaStream,
 ) -> Result<RopeCall> {
-    let overflow = || Error::bad_input("rotary_and_cache_write: sizes overflow");
-    let tokens = slots.batch.checked_mul(slots.q_len).ok_or_else(overflow)?;
-    let q_n = tokens
-        .checked_mul(heads)
-        .and_then(|n| n.checked_mul(head_dim))
-        .ok_or_else(overflow)?;
-    let kv_n = tokens
-        .checked_mul(kv_heads)
-        .and_then(|n| n.checked_mul(head_dim))
-        .ok_or_else(overflow)?;
+    let (code, tokens, kv_n) = check_new_tokens(
+        q,
+        k,
+        v,
+        heads,
+        kv_heads,
+        head_dim,
+        slots,
+        "rotary_and_cache_write",
+        stream,
+    )?;
+    let dtype = q.dtype();
     let cache_n = slots
         .batch
         .checked_mul(slots.capacity)
         .and_then(|n| n.checked_mul(kv_heads * head_dim))
-        .ok_or_else(overflow)?;
-    if slots.past_len.len() != slots.batch {
-        return Err(Error::bad_input(format!(
-            "cache past lengths: expected {}, got {}",
-            slots.batch,
-            slots.past_len.len()
-        )));
-    }
-    for (b, &p) in slots.past_len.iter().enumerate() {
-        if p.checked_add(slots.q_len)
-            .is_none_or(|e| e > slots.capacity)
-        {
-            return Err(Error::CapacityExceeded(format!(
-                "sequence {b}: past length {p} + {} new tokens exceeds the cache capacity {}",
-                slots.q_len, slots.capacity
-            )));
-        }
-    }
-    let dtype = q.dtype();
-    let code = dtype_code(dtype, "rotary q")?;
-    check_tensor(q, "rotary q", None, q_n, stream)?;
-    check_tensor(k, "rotary k", Some(dtype), kv_n, stream)?;
-    check_tensor(v, "rotary v", Some(dtype), kv_n, stream)?;
+        .ok_or_else(|| Error::bad_input("rotary_and_cache_write: sizes overflow"))?;
     check_tensor(cache_k, "cache k", Some(dtype), cache_n, stream)?;
     check_tensor(cache_v, "cache v", Some(dtype), cache_n, stream)?;
     let (style, rot_dim, attn_factor) = rotary_style(rotary, positions, tokens, head_dim)?;
