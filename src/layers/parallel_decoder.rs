@@ -629,12 +629,12 @@ impl ParallelDecoder {
         // Rotary + cache write, then attention over the cache. The per-step tables are the
         // staged ones when the driver staged this step (`Workspace::stage_step`: one upload
         // for every layer, at the addresses a captured graph reads), else this call's own.
+        let own_positions = p.positions();
         let staged = ws.staged().filter(|st| {
             st.tables.past_len == p.past_len
-                && st.tables.positions == p.positions()
+                && st.tables.positions == own_positions
                 && st.tables.mask.is_some() == p.mask.is_some()
         });
-        let own_positions;
         let (positions, past_len, mask, mask_stride): (&[i64], &[usize], Option<&[f32]>, usize) =
             match &staged {
                 Some(st) => (
@@ -643,15 +643,12 @@ impl ParallelDecoder {
                     st.tables.mask.as_deref(),
                     st.tables.mask_stride,
                 ),
-                None => {
-                    own_positions = p.positions();
-                    (
-                        &own_positions,
-                        &p.past_len,
-                        p.mask.as_deref(),
-                        p.mask_stride,
-                    )
-                }
+                None => (
+                    &own_positions,
+                    &p.past_len,
+                    p.mask.as_deref(),
+                    p.mask_stride,
+                ),
             };
         let freqs = match &self.rotary {
             Rotary::Rope(rc) => Some((rc, rc.freqs(positions.iter().copied().max().unwrap_or(0)))),
