@@ -562,19 +562,11 @@ impl BlockTable<'_> {
         self.max_pages.saturating_mul(self.page_size)
     }
 
-    /// Checks a call over `batch` sequences that reads (and, with `writes`, writes the last
-    /// `q_len` of) positions `0 .. past_len[b] + q_len` of each sequence, in a pool of
-    /// `num_pages` pages: the table's size, each page count against `max_pages`, each length
-    /// against the sequence's pages, every page the call touches inside the pool, and — for a
-    /// write — no pool row written by two sequences. The error names what is wrong.
-    pub fn check(
-        &self,
-        batch: usize,
-        num_pages: usize,
-        past_len: &[usize],
-        q_len: usize,
-        writes: bool,
-    ) -> Result<()> {
+    /// Checks what a call's table says on its own, before any pool is known: its size for
+    /// `batch` sequences, each page count against `max_pages`, and each sequence's positions
+    /// `0 .. past_len[b] + q_len` within its pages (`CapacityExceeded`). The error names the
+    /// sequence.
+    pub fn check_lengths(&self, batch: usize, past_len: &[usize], q_len: usize) -> Result<()> {
         if self.page_size == 0 || self.max_pages == 0 {
             return Err(Error::bad_input(format!(
                 "block table: page size {} and pages per sequence {} must be positive",
@@ -595,7 +587,6 @@ impl BlockTable<'_> {
                 past_len.len()
             )));
         }
-        let mut written = std::collections::HashMap::new();
         for (b, &pc) in self.page_count.iter().enumerate() {
             if pc > self.max_pages {
                 return Err(Error::bad_input(format!(
@@ -608,10 +599,32 @@ impl BlockTable<'_> {
             })?;
             if end > pc.saturating_mul(self.page_size) {
                 return Err(Error::CapacityExceeded(format!(
-                    "block table: sequence {b} reaches position {end} (past {} + {q_len} new) but                      owns {pc} pages of {} positions",
+                    "block table: sequence {b} reaches position {end} (past {} + {q_len} new) but \
+                     owns {pc} pages of {} positions",
                     past_len[b], self.page_size
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks a call over `batch` sequences that reads (and, with `writes`, writes the last
+    /// `q_len` of) positions `0 .. past_len[b] + q_len` of each sequence, in a pool of
+    /// `num_pages` pages: [`check_lengths`](Self::check_lengths), every page the call touches
+    /// inside the pool, and — for a write — no pool row written by two sequences. The error
+    /// names what is wrong.
+    pub fn check(
+        &self,
+        batch: usize,
+        num_pages: usize,
+        past_len: &[usize],
+        q_len: usize,
+        writes: bool,
+    ) -> Result<()> {
+        self.check_lengths(batch, past_len, q_len)?;
+        let mut written = std::collections::HashMap::new();
+        for (b, &past) in past_len.iter().enumerate() {
+            let end = past + q_len;
             for i in 0..end.div_ceil(self.page_size) {
                 let page = self.table[b * self.max_pages + i];
                 if page < 0 || page as usize >= num_pages {
@@ -621,10 +634,11 @@ impl BlockTable<'_> {
                 }
             }
             if writes {
-                for j in past_len[b]..end {
+                for j in past..end {
                     if let Some(other) = written.insert(self.row(b, j), b) {
                         return Err(Error::bad_input(format!(
-                            "block table: sequences {other} and {b} would both write pool row {}                              (page {}, position {j} of sequence {b})",
+                            "block table: sequences {other} and {b} would both write pool row {} \
+                             (page {}, position {j} of sequence {b})",
                             self.row(b, j),
                             self.row(b, j) / self.page_size
                         )));
@@ -633,6 +647,50 @@ impl BlockTable<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// An owned [`BlockTable`]: what a forward's [`crate::AttnParams`] carries for a paged
+/// [`crate::KvCache`] (`AttnParams::with_block_table`). The same table serves every layer:
+/// each layer has its own pool, indexed by the same page ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagedTable {
+    /// Positions per page (the cache's page size).
+    pub page_size: usize,
+    /// Entries per sequence in `table` (the most pages a sequence can own).
+    pub max_pages: usize,
+    /// [batch, max_pages] page indices into each layer's pool; entries past a sequence's page
+    /// count are not read.
+    pub table: Vec<i32>,
+    /// Pages each sequence owns: its first `page_count[b]` entries of `table`.
+    pub page_count: Vec<usize>,
+}
+
+impl PagedTable {
+    /// A table of `page_count.len()` sequences, `max_pages` entries each, pages of `page_size`
+    /// positions (checked when a forward validates its parameters).
+    pub fn new(
+        page_size: usize,
+        max_pages: usize,
+        table: Vec<i32>,
+        page_count: Vec<usize>,
+    ) -> Self {
+        PagedTable {
+            page_size,
+            max_pages,
+            table,
+            page_count,
+        }
+    }
+
+    /// The borrowed view the ops take.
+    pub fn as_block_table(&self) -> BlockTable<'_> {
+        BlockTable {
+            page_size: self.page_size,
+            max_pages: self.max_pages,
+            table: &self.table,
+            page_count: &self.page_count,
+        }
     }
 }
 

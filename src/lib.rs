@@ -70,7 +70,7 @@ pub mod cuda;
 
 pub use arch::ArchParams;
 pub use cache::KvCache;
-pub use kv_quant::KvCacheMode;
+pub use kv_quant::{KvCacheMode, PagedTable};
 pub use layers::parallel_decoder::{Intermediates, ParallelDecoder};
 pub use layers::params::AttnParams;
 pub use model::stack::{Model, ModelOutput};

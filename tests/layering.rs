@@ -58,7 +58,7 @@ fn module_of_path(a: &str, b: Option<&str>) -> Option<String> {
         ("Weights", _) => Some("weights".into()),
         ("ArchParams", _) => Some("arch".into()),
         ("KvCache", _) => Some("cache".into()),
-        ("KvCacheMode", _) => Some("kv_quant".into()),
+        ("KvCacheMode" | "PagedTable", _) => Some("kv_quant".into()),
         ("Workspace", _) => Some("workspace".into()),
         ("AttnParams" | "ParallelDecoder" | "Intermediates", _) => Some("layers".into()),
         ("Model" | "ModelOutput", _) => Some("model".into()),
