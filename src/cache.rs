@@ -9,18 +9,33 @@
 //!
 //! A cache made [`with_mode`](KvCache::with_mode) a quantized [`KvCacheMode`] holds, per layer,
 //! [`QuantLayer`] pages (codes and scales, see `kv_quant`) instead of K/V tensors of the dtype.
+//!
+//! A cache made [`paged`](KvCache::paged) is a vLLM-style pool per layer: `num_pages` pages of
+//! `page_size` positions ([`QuantLayer`]s of num_pages × page_size rows, in any mode; `Native`
+//! pages hold the dtype's values). It has no sequences of its own: each call's
+//! [`crate::AttnParams`] carries the block table its caller (a serving engine) owns and
+//! fills, which says which pages hold each sequence's positions; the same table addresses
+//! every layer's pool. The per-sequence record of held positions does not apply to pages the
+//! caller owns (several sequences may share a prefix's pages): instead every call's table is
+//! checked against the pool before anything is written (`BlockTable::check`: the table's
+//! size, page counts, each sequence's positions within its pages, every page it touches
+//! inside the pool, no pool row written twice in one call). What a page holds is the
+//! caller's to know: reading a page never written reads zeros (or what was last written
+//! there). For a paged cache [`batch`](KvCache::batch) is 0 (any batch: the call's table
+//! says) and [`capacity`](KvCache::capacity) the positions of a whole pool,
+//! num_pages · page_size, the most one sequence can reach.
 
 use crate::arch::ArchParams;
-use crate::kv_quant::{KvCacheMode, QuantLayer, QuantPages};
+use crate::kv_quant::{BlockTable, KvCacheMode, QuantLayer, QuantPages};
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result};
 
 #[derive(Debug)]
 /// A KV cache: K and V of every layer, with what each sequence holds (see the module docs).
 pub struct KvCache {
-    /// Sequences.
+    /// Sequences (0 for a paged cache: each call's block table gives its own).
     pub batch: usize,
-    /// Positions each sequence can hold.
+    /// Positions each sequence can hold (for a paged cache, the pool's num_pages · page_size).
     pub capacity: usize,
     /// Key/value heads per position.
     pub kv_heads: usize,
@@ -30,8 +45,10 @@ pub struct KvCache {
     /// Quantized pages per layer (a quantized mode; `layers` is then empty).
     quant: Vec<QuantLayer>,
     mode: KvCacheMode,
-    /// Positions held, per layer and sequence.
+    /// Positions held, per layer and sequence (empty rows for a paged cache).
     held: Vec<Vec<usize>>,
+    /// (page_size, num_pages) of a paged cache, whose `quant` holds each layer's pool.
+    paging: Option<(usize, usize)>,
 }
 
 impl KvCache {
@@ -79,6 +96,7 @@ impl KvCache {
             layers,
             quant: Vec::new(),
             mode: KvCacheMode::Native,
+            paging: None,
         })
     }
 
@@ -122,7 +140,140 @@ impl KvCache {
             layers: Vec::new(),
             quant,
             mode,
+            paging: None,
         })
+    }
+
+    /// A paged cache (see the module docs): per layer, a pool of `num_pages` pages of
+    /// `page_size` positions of K and V in `mode` (`Native`: values of `dtype`; a quantized
+    /// mode: codes and scales, read back as `dtype`). Calls address it through the block table
+    /// their [`crate::AttnParams`] carry. On the CPU a native pool holds f32 values (the
+    /// reference path): another `dtype` there is `Unsupported`. Errors name a mode that cannot
+    /// store these heads (see `KvCacheMode::check`).
+    pub fn paged(
+        num_layers: usize,
+        num_pages: usize,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: Device,
+        mode: KvCacheMode,
+    ) -> Result<Self> {
+        if num_pages == 0 || page_size == 0 {
+            return Err(Error::bad_input(format!(
+                "paged KV cache: {num_pages} pages of {page_size} positions: both must be positive"
+            )));
+        }
+        if num_pages > i32::MAX as usize {
+            return Err(Error::bad_input(format!(
+                "paged KV cache: {num_pages} pages; block table entries are int32, at most {}",
+                i32::MAX
+            )));
+        }
+        // The size checks of a native cache of one layer (no storage is made).
+        Self::new(0, num_pages, page_size, kv_heads, head_dim, dtype, device)?;
+        if !mode.is_quantized() && device == Device::Cpu && dtype != DType::F32 {
+            return Err(Error::unsupported(format!(
+                "paged KV cache: native pages on the CPU hold f32 values (the reference path \
+                 computes in f32), not {dtype}"
+            )));
+        }
+        let quant = (0..num_layers)
+            .map(|l| {
+                QuantLayer::new(
+                    &mode, l, num_layers, num_pages, page_size, kv_heads, head_dim, dtype, device,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            batch: 0,
+            capacity: num_pages * page_size,
+            kv_heads,
+            head_dim,
+            held: vec![Vec::new(); num_layers],
+            layers: Vec::new(),
+            quant,
+            mode,
+            paging: Some((page_size, num_pages)),
+        })
+    }
+
+    /// [`paged`](Self::paged) for every layer of a model.
+    pub fn paged_for_model(
+        arch: &ArchParams,
+        num_pages: usize,
+        page_size: usize,
+        dtype: DType,
+        device: Device,
+        mode: KvCacheMode,
+    ) -> Result<Self> {
+        Self::paged(
+            arch.num_layers,
+            num_pages,
+            page_size,
+            arch.kv_heads,
+            arch.head_dim,
+            dtype,
+            device,
+            mode,
+        )
+    }
+
+    /// Whether the cache is a paged pool (made with [`paged`](Self::paged)).
+    pub fn is_paged(&self) -> bool {
+        self.paging.is_some()
+    }
+
+    /// Positions per page of a paged cache (None for a contiguous one).
+    pub fn page_size(&self) -> Option<usize> {
+        self.paging.map(|(ps, _)| ps)
+    }
+
+    /// Pages in each layer's pool of a paged cache (None for a contiguous one).
+    pub fn num_pages(&self) -> Option<usize> {
+        self.paging.map(|(_, n)| n)
+    }
+
+    /// Checks a call's block table against the cache before anything is written: a table for
+    /// a contiguous cache, a paged cache without one and a page size other than the cache's
+    /// are errors naming that; then `BlockTable::check` over the pool (the table's size for
+    /// `past_len.len()` sequences, page counts, each sequence's positions within its pages,
+    /// every page the call touches inside the pool, no pool row written twice). A contiguous
+    /// cache and no table pass.
+    pub fn check_block_table(
+        &self,
+        table: Option<&BlockTable<'_>>,
+        past_len: &[usize],
+        q_len: usize,
+    ) -> Result<()> {
+        match (self.check_table_kind(table)?, table) {
+            (Some(num_pages), Some(t)) => t.check(past_len.len(), num_pages, past_len, q_len, true),
+            _ => Ok(()),
+        }
+    }
+
+    /// The first part of [`check_block_table`](Self::check_block_table): whether the call
+    /// has a table exactly when the cache is paged, with the cache's page size. Returns the
+    /// pool's page count for a paged cache.
+    pub(crate) fn check_table_kind(&self, table: Option<&BlockTable<'_>>) -> Result<Option<usize>> {
+        match (self.paging, table) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(Error::bad_input(
+                "the call carries a block table but the KV cache is contiguous (a block table \
+                 addresses a paged cache, KvCache::paged)",
+            )),
+            (Some(_), None) => Err(Error::bad_input(
+                "the KV cache is paged: the call needs a block table (AttnParams::with_block_table)",
+            )),
+            (Some((page_size, _)), Some(t)) if t.page_size != page_size => {
+                Err(Error::bad_input(format!(
+                    "block table: pages of {} positions, but the paged KV cache's pages hold {page_size}",
+                    t.page_size
+                )))
+            }
+            (Some((_, num_pages)), Some(_)) => Ok(Some(num_pages)),
+        }
     }
 
     /// How K and V are stored.
@@ -130,7 +281,7 @@ impl KvCache {
         &self.mode
     }
 
-    /// The quantized pages of one layer (a quantized mode only).
+    /// The pages of one layer: a quantized mode's, or a paged cache's pool (any mode).
     pub fn quant_layer_mut(&mut self, layer: usize) -> Result<&mut QuantLayer> {
         let (n, mode) = (self.held.len(), self.mode.name());
         if self.quant.is_empty() {
@@ -143,7 +294,7 @@ impl KvCache {
         })
     }
 
-    /// The quantized pages of one layer (a quantized mode only).
+    /// The pages of one layer: a quantized mode's, or a paged cache's pool (any mode).
     pub fn quant_layer(&self, layer: usize) -> Result<&QuantLayer> {
         let (n, mode) = (self.held.len(), self.mode.name());
         if self.quant.is_empty() {
@@ -198,6 +349,23 @@ impl KvCache {
         .fold(1usize, |a, &b| a.saturating_mul(b))
     }
 
+    /// Bytes a [`paged`](Self::paged) cache of these sizes takes in `mode` (K and V pools of
+    /// every layer).
+    pub fn bytes_needed_paged(
+        num_layers: usize,
+        num_pages: usize,
+        page_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+        mode: &KvCacheMode,
+    ) -> usize {
+        // A pool is laid out as a contiguous cache of num_pages sequences × page_size.
+        Self::bytes_needed_mode(
+            num_layers, num_pages, page_size, kv_heads, head_dim, dtype, mode,
+        )
+    }
+
     /// Bytes a cache of these sizes takes in `mode` (codes and scales of K and V, all layers).
     pub fn bytes_needed_mode(
         num_layers: usize,
@@ -227,6 +395,11 @@ impl KvCache {
 
     /// K and V of one layer (a native cache; a quantized one has [`quant_layer`](Self::quant_layer)).
     pub fn layer_mut(&mut self, layer: usize) -> Result<(&mut Tensor, &mut Tensor)> {
+        if self.is_paged() {
+            return Err(Error::bad_input(
+                "the KV cache is paged: its pools are quant_layer_mut",
+            ));
+        }
         if self.mode.is_quantized() {
             return Err(Error::bad_input(format!(
                 "KV cache mode {} stores quantized pages: use quant_layer_mut",
@@ -242,7 +415,8 @@ impl KvCache {
             })
     }
 
-    /// How many positions each sequence holds in `layer`.
+    /// How many positions each sequence holds in `layer` (empty for a paged cache, whose
+    /// pages the caller tracks).
     pub fn held(&self, layer: usize) -> Result<&[usize]> {
         let n = self.held.len();
         self.held.get(layer).map(Vec::as_slice).ok_or_else(|| {
@@ -252,8 +426,15 @@ impl KvCache {
 
     /// Checks that a call reading `past_len[b]` positions of each sequence from `layer` and
     /// writing `q_len` after them stays within what was written and the capacity.
+    /// A paged cache has no such record: use [`check_block_table`](Self::check_block_table).
     pub fn check_positions(&self, layer: usize, past_len: &[usize], q_len: usize) -> Result<()> {
         let held = self.held(layer)?;
+        if self.is_paged() {
+            return Err(Error::bad_input(
+                "the KV cache is paged: a call's positions are checked against its block table \
+                 (check_block_table), not a record of what each sequence holds",
+            ));
+        }
         if past_len.len() != self.batch {
             return Err(Error::bad_input(format!(
                 "KV cache is for batch {}, the call gives {} past lengths",
@@ -304,7 +485,8 @@ impl KvCache {
         }
     }
 
-    /// Forgets every position (the storage is kept and overwritten by the next calls).
+    /// Forgets every position (the storage is kept and overwritten by the next calls); nothing
+    /// for a paged cache, whose pages the caller tracks.
     pub fn clear(&mut self) {
         for h in &mut self.held {
             h.fill(0);
@@ -313,6 +495,11 @@ impl KvCache {
 
     /// K and V of one layer (a native cache; a quantized one has [`quant_layer`](Self::quant_layer)).
     pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+        if self.is_paged() {
+            return Err(Error::bad_input(
+                "the KV cache is paged: its pools are quant_layer",
+            ));
+        }
         if self.mode.is_quantized() {
             return Err(Error::bad_input(format!(
                 "KV cache mode {} stores quantized pages: use quant_layer",
