@@ -44,6 +44,14 @@ impl StepShape {
                  query length at most {MAX_GRAPH_Q_LEN} (a decode step)"
             )));
         }
+        if cache.is_paged() {
+            // The block table changes at every step (pages are added as sequences grow) and
+            // its launchers upload it per call, not from the staged step region.
+            return Err(Error::unsupported(
+                "graph capture over a paged KV cache is not supported yet: its block table \
+                 changes at every step and is not staged with the step's tables",
+            ));
+        }
         if cache.mode().is_quantized() {
             // Its launchers upload their tables per call (not from the staged step region).
             return Err(Error::unsupported(format!(
@@ -89,6 +97,12 @@ impl StepShape {
     /// Checks that `p` is a step of this shape.
     pub(crate) fn check(&self, p: &AttnParams) -> Result<()> {
         p.validate()?;
+        if p.block_table.is_some() {
+            return Err(Error::bad_input(
+                "graph step: the call carries a block table, but the graph was captured over a \
+                 contiguous KV cache",
+            ));
+        }
         if p.batch != self.batch || p.q_len != self.q_len {
             return Err(Error::bad_input(format!(
                 "graph step: batch {} × {} tokens, but the graph was captured for batch {} × {}",

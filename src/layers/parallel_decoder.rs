@@ -3,6 +3,7 @@
 
 use crate::arch::{ArchParams, MlpKind, QkNorm, Rotary, SumOrder};
 use crate::cache::KvCache;
+use crate::kv_quant::{BlockTable, PagedTable};
 use crate::layers::linear::Linear;
 use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
@@ -402,7 +403,10 @@ impl ParallelDecoder {
     }
 
     /// `hidden += attn + mlp` in the family's summation order. `hidden` is [batch, q_len,
-    /// hidden] (or [tokens, hidden]); with a cache, new K/V go to each sequence's next slots.
+    /// hidden] (or [tokens, hidden]); with a cache, new K/V go to each sequence's next slots
+    /// — for a paged cache (`KvCache::paged`), in the pages of the block table `params`
+    /// carries (`AttnParams::with_block_table`), checked against the pool before anything is
+    /// written.
     pub fn forward(
         &self,
         s: &Stream,
@@ -434,14 +438,16 @@ impl ParallelDecoder {
         r?.ok_or_else(|| Error::bad_input("intermediates were not captured"))
     }
 
-    /// Rotary + quantizing cache write, then attention over a quantized KV cache; returns the
-    /// attention context [tokens, heads·head_dim].
-    fn attend_quantized(
+    /// Rotary + cache write, then attention, over a cache stored in pages: a quantized
+    /// contiguous cache (`table` None), or a paged cache's pool addressed by the call's block
+    /// `table` (any mode). Returns the attention context [tokens, heads·head_dim].
+    fn attend_pages(
         &self,
         s: &Stream,
         ws: &mut Workspace,
         c: &mut KvCache,
         p: &AttnParams,
+        table: Option<&BlockTable<'_>>,
         q: &mut Tensor,
         k: &mut Tensor,
         v: &Tensor,
@@ -449,24 +455,57 @@ impl ParallelDecoder {
         rot_args: Option<&RotaryArgs<'_>>,
     ) -> Result<Tensor> {
         let a = &self.arch;
-        if c.batch != p.batch || c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
+        if c.kv_heads != a.kv_heads || c.head_dim != a.head_dim {
             return Err(Error::bad_input(format!(
-                "KV cache is for batch {} × {} kv heads × {}, the call has batch {} and the layer {} × {}",
-                c.batch, c.kv_heads, c.head_dim, p.batch, a.kv_heads, a.head_dim
+                "KV cache holds {} kv heads × {}, the layer {} × {}",
+                c.kv_heads, c.head_dim, a.kv_heads, a.head_dim
             )));
         }
-        c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
-        let capacity = c.capacity;
-        let pages = c.quant_layer_mut(self.layer_idx)?;
-        let at = CacheSlots {
-            batch: p.batch,
-            q_len: p.q_len,
-            capacity,
-            past_len: &p.past_len,
+        let capacity = match table {
+            Some(t) => t.capacity(),
+            None => {
+                if c.batch != p.batch {
+                    return Err(Error::bad_input(format!(
+                        "KV cache is for batch {}, the call has batch {}",
+                        c.batch, p.batch
+                    )));
+                }
+                c.check_positions(self.layer_idx, &p.past_len, p.q_len)?;
+                c.capacity
+            }
         };
-        ops::rotary_and_cache_write_quant(
-            s, ws, q, k, v, a.heads, a.kv_heads, a.head_dim, positions, rot_args, &at, pages,
-        )?;
+        let pages = c.quant_layer_mut(self.layer_idx)?;
+        match table {
+            None => {
+                let at = CacheSlots {
+                    batch: p.batch,
+                    q_len: p.q_len,
+                    capacity,
+                    past_len: &p.past_len,
+                };
+                ops::rotary_and_cache_write_quant(
+                    s, ws, q, k, v, a.heads, a.kv_heads, a.head_dim, positions, rot_args, &at,
+                    pages,
+                )?
+            }
+            // The table is checked against the pool before anything is written.
+            Some(t) => ops::paged_rotary_and_cache_write(
+                s,
+                ws,
+                q,
+                k,
+                v,
+                a.heads,
+                a.kv_heads,
+                a.head_dim,
+                positions,
+                rot_args,
+                &p.past_len,
+                p.q_len,
+                t,
+                pages,
+            )?,
+        }
         let shape = AttnShape {
             batch: p.batch,
             q_len: p.q_len,
@@ -481,18 +520,15 @@ impl ParallelDecoder {
             mask: p.mask.as_deref(),
             mask_stride: p.mask_stride,
         };
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
         let mut ctx = ws.tensor(&[p.tokens(), a.heads * a.head_dim])?;
-        ops::attention_quant(
-            s,
-            ws,
-            q,
-            pages,
-            &shape,
-            &masking,
-            1.0 / (a.head_dim as f32).sqrt(),
-            &mut ctx,
-        )?;
-        c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
+        match table {
+            None => {
+                ops::attention_quant(s, ws, q, pages, &shape, &masking, scale, &mut ctx)?;
+                c.record_written(self.layer_idx, &p.past_len, p.q_len)?;
+            }
+            Some(t) => ops::paged_attention(s, ws, q, pages, t, &shape, &masking, scale, &mut ctx)?,
+        }
         Ok(ctx)
     }
 
@@ -537,6 +573,21 @@ impl ParallelDecoder {
                 hidden.device(),
                 ws.device()
             )));
+        }
+        // A paged cache comes with the call's block table, of its page size, and a table with
+        // a paged cache only (named errors before anything runs; the table itself is checked
+        // against the pool by the cache write, before it writes).
+        let table = p.block_table.as_ref().map(PagedTable::as_block_table);
+        match cache.as_deref() {
+            Some(c) => {
+                c.check_table_kind(table.as_ref())?;
+            }
+            None if table.is_some() => {
+                return Err(Error::bad_input(
+                    "the call carries a block table but there is no KV cache",
+                ))
+            }
+            None => {}
         }
         let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
 
@@ -665,16 +716,19 @@ impl ParallelDecoder {
             attn_factor: f.attn_factor,
         });
         let mut cache = cache;
-        let quantized = cache.as_deref().is_some_and(|c| c.mode().is_quantized());
-        let ctx = if quantized {
+        let in_pages = cache
+            .as_deref()
+            .is_some_and(|c| c.mode().is_quantized() || c.is_paged());
+        let ctx = if in_pages {
             let c = cache
                 .as_deref_mut()
                 .ok_or_else(|| Error::bad_input("no KV cache"))?;
-            self.attend_quantized(
+            self.attend_pages(
                 s,
                 ws,
                 c,
                 p,
+                table.as_ref(),
                 &mut q,
                 &mut k,
                 &v,

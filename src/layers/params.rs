@@ -1,7 +1,9 @@
 //! `AttnParams`: the per-call description of a batch — sizes, past length and position offset
-//! per sequence, and an optional padding mask over cache slots.
+//! per sequence, an optional padding mask over cache slots, and the block table of a paged
+//! cache.
 
 use crate::arch::Rotary;
+use crate::kv_quant::PagedTable;
 use crate::workspace::StepTables;
 use crate::{Error, Result};
 
@@ -21,6 +23,10 @@ pub struct AttnParams {
     pub mask: Option<Vec<f32>>,
     /// Slots per mask row (≥ each sequence's past + q_len).
     pub mask_stride: usize,
+    /// Where each sequence's positions live in a paged cache's pools (`with_block_table`);
+    /// None for a contiguous cache. Slot j of a sequence (the mask's column j) is its
+    /// position j, wherever its page lies.
+    pub block_table: Option<PagedTable>,
 }
 
 impl AttnParams {
@@ -38,7 +44,17 @@ impl AttnParams {
             position_offset: vec![0; batch],
             mask: None,
             mask_stride: 0,
+            block_table: None,
         }
+    }
+
+    /// Sets the block table of a call over a paged cache (`KvCache::paged`): sequence b's
+    /// positions `0 .. past_len[b] + q_len` live in its first `page_count[b]` pages. Checked
+    /// by `validate` against the batch and lengths, and by the forward against the cache's
+    /// pools and page size before anything is written.
+    pub fn with_block_table(mut self, table: PagedTable) -> Self {
+        self.block_table = Some(table);
+        self
     }
 
     /// Sets a padding mask from a 0/1 attention mask over cache slots, [batch, slots]
@@ -77,7 +93,9 @@ impl AttnParams {
         self.batch * self.q_len
     }
 
-    /// Checks lengths, positions and the mask against each other.
+    /// Checks lengths, positions, the mask and the block table against each other (the
+    /// table's size and page counts for the batch, each sequence's positions within its pages:
+    /// `BlockTable::check_lengths`).
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.q_len == 0 {
             return Err(Error::bad_input(format!(
@@ -108,6 +126,10 @@ impl AttnParams {
                     self.mask_stride
                 )));
             }
+        }
+        if let Some(t) = &self.block_table {
+            t.as_block_table()
+                .check_lengths(self.batch, &self.past_len, self.q_len)?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::arch::ArchParams;
 use crate::cache::KvCache;
+use crate::kv_quant::PagedTable;
 use crate::layers::linear::Linear;
 use crate::layers::lora::Lora;
 use crate::layers::norm::Norm;
@@ -237,7 +238,10 @@ impl Model {
         }
     }
 
-    /// Logits [batch, q_len, vocab] for token ids [batch · q_len], queued on `s`.
+    /// Logits [batch, q_len, vocab] for token ids [batch · q_len], queued on `s`. Over a
+    /// paged cache (`KvCache::paged`) `params` carries the block table
+    /// (`AttnParams::with_block_table`) that every layer reads its pool through; it is checked
+    /// against the pools before anything runs.
     pub fn forward(
         &self,
         s: &Stream,
@@ -306,14 +310,26 @@ impl Model {
     ) -> Result<ModelOutput> {
         params.validate()?;
         params.check_ids_len(ids)?;
-        if let Some(c) = &cache {
-            if c.num_layers() != self.layers.len() {
-                return Err(Error::bad_input(format!(
-                    "KV cache has {} layers, the model {}",
-                    c.num_layers(),
-                    self.layers.len()
-                )));
+        let table = params.block_table.as_ref().map(PagedTable::as_block_table);
+        match &cache {
+            Some(c) => {
+                if c.num_layers() != self.layers.len() {
+                    return Err(Error::bad_input(format!(
+                        "KV cache has {} layers, the model {}",
+                        c.num_layers(),
+                        self.layers.len()
+                    )));
+                }
+                // A paged cache's block table, checked once against the pools (every layer's
+                // is the same size and reads the same table) before anything runs.
+                c.check_block_table(table.as_ref(), &params.past_len, params.q_len)?;
             }
+            None if table.is_some() => {
+                return Err(Error::bad_input(
+                    "the call carries a block table but there is no KV cache",
+                ))
+            }
+            None => {}
         }
         let mark = ws.mark();
         // Owned: the outputs outlive the workspace's temporaries.
