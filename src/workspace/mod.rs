@@ -333,7 +333,9 @@ impl Workspace {
     /// As [`Workspace::bytes_needed`], for a cache in `mode`: a prefill (more than 16 query
     /// tokens per sequence) over a quantized cache first dequantizes the K and V it reads
     /// into the workspace, up to `kv_len` positions of every sequence of the batch (at most
-    /// `tokens / 17 + 1` sequences). Decode reads quantized pages directly.
+    /// `tokens / 17 + 1` sequences). Decode reads quantized pages directly, its kernel
+    /// splitting the keys up to 256 ways (one split per 128 keys at most), so its partials may
+    /// outgrow the native plan's.
     pub fn bytes_needed_for_mode(
         arch: &ArchParams,
         tokens: usize,
@@ -345,13 +347,70 @@ impl Workspace {
         if *mode == crate::kv_quant::KvCacheMode::Native {
             return Ok(base);
         }
+        Self::gather_bytes(arch, tokens, kv_len, dtype)
+            .zip(Self::page_decode_extra(arch, tokens, kv_len))
+            .and_then(|(g, e)| g.checked_add(e))
+            .and_then(|n| n.checked_add(base))
+            .ok_or_else(|| Error::bad_input("workspace size overflows"))
+    }
+
+    /// As [`Workspace::bytes_needed_for_mode`], for a paged cache (`KvCache::paged`, any
+    /// mode) whose calls carry block tables of up to `max_pages` pages of `page_size`
+    /// positions per sequence (so a sequence reaches at most max_pages · page_size
+    /// positions): in every mode, the native one included, a prefill gathers the K and V it
+    /// reads out of the pages into the workspace and decode runs the pages' kernel; each
+    /// layer's cache write and attention also upload the block table (int32 [batch,
+    /// max_pages]) into workspace scratch.
+    pub fn bytes_needed_paged(
+        arch: &ArchParams,
+        tokens: usize,
+        max_pages: usize,
+        page_size: usize,
+        dtype: DType,
+    ) -> Result<usize> {
+        let overflow = || Error::bad_input("workspace size overflows");
+        let kv_len = max_pages.checked_mul(page_size).ok_or_else(overflow)?;
+        let base = Self::bytes_needed(arch, tokens, kv_len, dtype)?;
+        let gather = Self::gather_bytes(arch, tokens, kv_len, dtype)
+            .zip(Self::page_decode_extra(arch, tokens, kv_len))
+            .and_then(|(g, e)| g.checked_add(e))
+            .ok_or_else(overflow)?;
+        // Two tables at once (the write's, then attention's or the gather's beside attention's),
+        // each after its call's other tables, aligned.
+        let tables = tokens
+            .checked_mul(max_pages)
+            .and_then(|n| n.checked_mul(2 * 4))
+            .and_then(|n| n.checked_add(4 * ALIGN))
+            .ok_or_else(overflow)?;
+        base.checked_add(gather)
+            .and_then(|n| n.checked_add(tables))
+            .ok_or_else(overflow)
+    }
+
+    /// The decode partials over pages beyond the native plan's 64 splits: f32 context and two
+    /// statistics per query row and head, for up to min(256, ⌈kv_len / 128⌉) splits.
+    fn page_decode_extra(arch: &ArchParams, tokens: usize, kv_len: usize) -> Option<usize> {
+        let splits = kv_len.div_ceil(128).clamp(1, 256);
+        tokens
+            .checked_mul(arch.heads)?
+            .checked_mul((arch.head_dim + 2) * 4)?
+            .checked_mul(splits.saturating_sub(64))
+    }
+
+    /// K and V of `kv_len` positions of every sequence a prefill of `tokens` tokens can have
+    /// (more than 16 query tokens each: at most `tokens / 17 + 1`), in `dtype`, aligned: what
+    /// a prefill over pages gathers (dequantizes) into scratch before the native kernel.
+    fn gather_bytes(
+        arch: &ArchParams,
+        tokens: usize,
+        kv_len: usize,
+        dtype: DType,
+    ) -> Option<usize> {
         let seqs = tokens / 17 + 1;
         seqs.checked_mul(kv_len)
             .and_then(|n| n.checked_mul(2 * arch.kv_heads * arch.head_dim))
             .and_then(|n| n.checked_mul(dtype.size()))
             .and_then(|n| n.checked_add(2 * ALIGN))
-            .and_then(|n| n.checked_add(base))
-            .ok_or_else(|| Error::bad_input("workspace size overflows"))
     }
 
     /// Device bytes a workspace needs for forwards of up to `tokens` tokens over up to
