@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use paradec::layers::lora::Lora;
 use paradec::quant::pack::{quantize_model_dir, save_tensors, Exl2Recipe, QuantSpec};
 use paradec::quant::GptqConfig;
-use paradec::{AttnParams, KvCache, Model, Stream, Workspace};
+use paradec::{AttnParams, KvCache, Model, PagedTable, Stream, Workspace};
 use paradec::{Tensor, Weights};
 
 pub struct TempDir(PathBuf);
@@ -332,4 +332,192 @@ pub fn quantize_fixture(variant: &str, scheme: &str, dst: &Path) -> Vec<String> 
         other => panic!("unknown scheme {other}"),
     }
     done
+}
+
+// ---- paged KV cache ----------------------------------------------------------------------------
+
+/// One call of a schedule over a batch: each sequence's past length, the new tokens per
+/// sequence, and (with left padding) the 0/1 attention mask [batch, max end].
+#[derive(Debug, Clone)]
+pub struct PagedStep {
+    pub past: Vec<usize>,
+    pub q_len: usize,
+    pub mask01: Option<Vec<i64>>,
+}
+
+impl PagedStep {
+    /// Positions each sequence reaches after the call.
+    pub fn ends(&self) -> Vec<usize> {
+        self.past.iter().map(|p| p + self.q_len).collect()
+    }
+
+    /// The call's parameters, without a block table.
+    pub fn params(&self) -> AttnParams {
+        let batch = self.past.len();
+        let p = AttnParams::with_past(batch, self.q_len, self.past.clone());
+        match &self.mask01 {
+            Some(m) => p.with_attention_mask(m, m.len() / batch).unwrap(),
+            None => p,
+        }
+    }
+}
+
+/// A schedule of calls over a batch of two: `steps` are (past of sequence 0, past of
+/// sequence 1, new tokens). With `pads`, sequence b's first `pads[b]` slots are left padding
+/// (masked out, positions shifted past them) and every call carries the mask.
+pub fn paged_schedule(steps: &[(usize, usize, usize)], pads: Option<[usize; 2]>) -> Vec<PagedStep> {
+    steps
+        .iter()
+        .map(|&(p0, p1, q_len)| {
+            let past = vec![p0, p1];
+            let ends = [p0 + q_len, p1 + q_len];
+            let stride = ends[0].max(ends[1]);
+            let mask01 = pads.map(|pads| {
+                (0..2)
+                    .flat_map(|b| (0..stride).map(move |j| i64::from(j >= pads[b] && j < ends[b])))
+                    .collect()
+            });
+            PagedStep {
+                past,
+                q_len,
+                mask01,
+            }
+        })
+        .collect()
+}
+
+/// Batch 2 with different lengths: a prefill of 18 tokens (past the decode kernels' 16),
+/// sequence 1 restarting with 3 new tokens (a rewind) while sequence 0 goes on, then decode
+/// steps (one of 2 tokens) ending at 29 and 11 positions.
+pub fn staggered_schedule() -> Vec<PagedStep> {
+    paged_schedule(
+        &[
+            (0, 0, 18),
+            (18, 0, 3),
+            (21, 3, 1),
+            (22, 4, 1),
+            (23, 5, 2),
+            (25, 7, 1),
+            (26, 8, 3),
+        ],
+        None,
+    )
+}
+
+/// Batch 2, left-padded: sequence 1's prompt has 2 pads; decode steps grow the mask; then
+/// sequence 1 rewinds to 4 positions (different lengths under a mask).
+pub fn padded_schedule() -> Vec<PagedStep> {
+    paged_schedule(
+        &[
+            (0, 0, 5),
+            (5, 5, 1),
+            (6, 6, 2),
+            (8, 8, 1),
+            (9, 4, 1),
+            (10, 5, 2),
+        ],
+        Some([0, 2]),
+    )
+}
+
+/// Most positions any sequence of a schedule reaches.
+pub fn schedule_len(schedule: &[PagedStep]) -> usize {
+    schedule.iter().flat_map(|s| s.ends()).max().unwrap_or(0)
+}
+
+/// What a serving engine owns for a paged cache: a free list of pages (scrambled), and each
+/// sequence's pages, added as it grows. Entries past a sequence's pages hold -1 (never read).
+#[derive(Debug, Clone)]
+pub struct Pager {
+    pub page_size: usize,
+    pub max_pages: usize,
+    pub num_pages: usize,
+    free: Vec<i32>,
+    table: Vec<i32>,
+    count: Vec<usize>,
+}
+
+impl Pager {
+    /// A pool big enough for `schedule` at `page_size` (plus a few spare pages), pages handed
+    /// out in a scrambled order drawn from `seed`.
+    pub fn for_schedule(schedule: &[PagedStep], page_size: usize, seed: u64) -> Self {
+        let batch = schedule[0].past.len();
+        let max_pages = schedule_len(schedule).div_ceil(page_size) + 1;
+        let num_pages = batch * max_pages + 3;
+        let mut rng = Rng::new(seed);
+        let mut free: Vec<i32> = (0..num_pages as i32).collect();
+        for i in (1..free.len()).rev() {
+            free.swap(i, rng.below(i + 1));
+        }
+        Pager {
+            page_size,
+            max_pages,
+            num_pages,
+            free,
+            table: vec![-1; batch * max_pages],
+            count: vec![0; batch],
+        }
+    }
+
+    /// The block table of `step`: each sequence gets pages until its positions fit (pages are
+    /// kept when a sequence rewinds).
+    pub fn table_for(&mut self, step: &PagedStep) -> PagedTable {
+        for (b, end) in step.ends().into_iter().enumerate() {
+            while self.count[b] * self.page_size < end {
+                let page = self.free.pop().expect("the pool holds the schedule");
+                self.table[b * self.max_pages + self.count[b]] = page;
+                self.count[b] += 1;
+            }
+        }
+        PagedTable::new(
+            self.page_size,
+            self.max_pages,
+            self.table.clone(),
+            self.count.clone(),
+        )
+    }
+}
+
+/// Runs `schedule` through a whole model over `cache` (paged when `pager` is given: each call
+/// then carries its block table), with token ids drawn from `seed`; returns each call's
+/// logits.
+pub fn model_schedule(
+    model: &Model,
+    s: &Stream,
+    cache: &mut KvCache,
+    ws: &mut Workspace,
+    schedule: &[PagedStep],
+    mut pager: Option<&mut Pager>,
+    seed: u64,
+) -> paradec::Result<Vec<Vec<f32>>> {
+    let mut rng = Rng::new(seed);
+    schedule
+        .iter()
+        .map(|step| {
+            let mut p = step.params();
+            if let Some(pg) = pager.as_deref_mut() {
+                p = p.with_block_table(pg.table_for(step));
+            }
+            let ids: Vec<u32> = (0..p.tokens())
+                .map(|_| rng.below(model.arch.vocab) as u32)
+                .collect();
+            Ok(values(&model.forward(s, &ids, &p, Some(cache), ws)?))
+        })
+        .collect()
+}
+
+/// Bytes of every layer's K and V pages of a cache stored in pages (to check that a refused
+/// call wrote nothing).
+pub fn cache_bytes(cache: &KvCache) -> Vec<Vec<u8>> {
+    (0..cache.num_layers())
+        .flat_map(|l| {
+            let q = cache.quant_layer(l).unwrap();
+            [&q.k, &q.v]
+                .into_iter()
+                .flat_map(|p| [Some(&p.codes), p.scales.as_ref()])
+                .flatten()
+                .map(|t| t.to_host().unwrap().host().unwrap().to_le_bytes())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
