@@ -190,3 +190,45 @@ fn graph_errors_are_named() {
     assert!(l.iter().all(|v| v.is_finite()));
     assert_eq!(g.cache().held(0).unwrap(), &[4, 4]);
 }
+
+/// A decode-step graph over a paged cache is refused at capture (its block table changes at
+/// every step and is not staged); a replay of a graph over a contiguous cache refuses a step
+/// carrying a block table.
+#[test]
+fn graph_capture_refuses_a_paged_cache() {
+    fn err<T>(r: paradec::Result<T>) -> paradec::Error {
+        r.map(|_| ()).unwrap_err()
+    }
+    let Some(stream) = gpu_stream("graph_paged") else {
+        return;
+    };
+    let s = Stream::Cuda(stream);
+    let (dev, dt) = (Device::Cuda(0), DType::F16);
+    let mut model = Model::load(fixture("cohere2")).unwrap();
+    model.load_as(dev, dt).unwrap();
+    let a = model.arch.clone();
+    let ws = || Workspace::for_model(&a, 2, 8, dev, dt).unwrap();
+    let mut pool =
+        KvCache::paged_for_model(&a, 8, 4, dt, dev, paradec::KvCacheMode::Native).unwrap();
+    let named = |e: paradec::Error| {
+        assert!(
+            matches!(&e, paradec::Error::Unsupported(m) if m.contains("paged") && m.contains("block table")),
+            "{e}"
+        )
+    };
+    named(err(model.capture_decode(&s, &mut pool, ws(), 2, 1, false)));
+    let mut hidden = Tensor::zeros(&[2, a.hidden], dt, dev).unwrap();
+    named(err(model.layers()[0].capture_decode(&s, &mut hidden, &mut pool, ws(), 2, 1, false)));
+
+    let mut cache = KvCache::for_model(&a, 2, 8, dt, dev).unwrap();
+    let ids: Vec<u32> = (0..6).map(|i| i * 3 + 1).collect();
+    model
+        .forward(&s, &ids, &AttnParams::new(2, 3), Some(&mut cache), &mut ws())
+        .unwrap();
+    let mut g = model.capture_decode(&s, &mut cache, ws(), 2, 1, false).unwrap();
+    let table = paradec::PagedTable::new(4, 2, vec![0, 1, 2, 3], vec![1, 1]);
+    let p = AttnParams::with_past(2, 1, vec![3, 3]).with_block_table(table);
+    let e = err(g.step(&[1, 2], &p));
+    assert!(e.to_string().contains("block table"), "{e}");
+    assert_eq!(g.cache().held(0).unwrap(), &[3, 3]);
+}
