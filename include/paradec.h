@@ -90,6 +90,40 @@
 #define PARADEC_INTERM_HIDDEN_STATES 6
 
 /**
+ * Cache mode: K and V in the cache's dtype (f16 / bf16 on CUDA, f32 / f16 / bf16 on the host).
+ */
+#define PARADEC_CACHE_MODE_NATIVE 0
+
+/**
+ * Cache mode: FP8 E4M3 for K and V (1 byte per value), `e4m3(x / scale)` with one scale per
+ * layer and KV head.
+ */
+#define PARADEC_CACHE_MODE_FP8_E4M3 1
+
+/**
+ * Cache mode: FP8 E5M2 for K and V (the upper byte of the value's fp16 encoding); not for
+ * bf16.
+ */
+#define PARADEC_CACHE_MODE_FP8_E5M2 2
+
+/**
+ * Cache mode: Q8 for K and V (8-bit codes of Hadamard-rotated runs of 32 values, one fp16
+ * scale per run); head_dim a multiple of 32.
+ */
+#define PARADEC_CACHE_MODE_Q8 3
+
+/**
+ * Cache mode: Q8 for K, Q4 for V; head_dim a multiple of 32.
+ */
+#define PARADEC_CACHE_MODE_Q6 4
+
+/**
+ * Cache mode: Q4 for K and V (4-bit codes, two per byte, the even element in the low
+ * nibble); head_dim a multiple of 32.
+ */
+#define PARADEC_CACHE_MODE_Q4 5
+
+/**
  * LayerNorm: (x − mean)/√(var + eps)·w + b.
  */
 #define PARADEC_NORM_LAYER 0
@@ -273,7 +307,8 @@ typedef enum paradec_status {
 } paradec_status;
 
 /**
- * A KV cache: per layer, K and V of [batch, capacity, kv_heads, head_dim].
+ * A KV cache: per layer, K and V of [batch, capacity, kv_heads, head_dim], stored in the
+ * cache's mode (the dtype, or quantized: see `paradec_cache_options`).
  */
 typedef struct paradec_cache paradec_cache;
 
@@ -518,6 +553,90 @@ typedef struct paradec_model_info {
 } paradec_model_info;
 
 /**
+ * Options of a KV cache (`paradec_cache_create_with_options`,
+ * `paradec_cache_create_for_layer_with_options`, `paradec_cache_bytes`). Begins with its own
+ * size: set `struct_size = sizeof(paradec_cache_options)` (or call
+ * `paradec_cache_options_init`), so later versions can add fields without breaking callers
+ * built against this one.
+ */
+typedef struct paradec_cache_options {
+  /**
+   * `sizeof(paradec_cache_options)`.
+   */
+  size_t struct_size;
+  /**
+   * How K and V are stored: a `PARADEC_CACHE_MODE_*` value (default: native).
+   */
+  int32_t mode;
+  /**
+   * FP8 E4M3 only: NULL (every scale 1.0) or `n_k_scales` = num_layers · kv_heads scales of
+   * K, laid out [num_layers, kv_heads] (a checkpoint's `k_scale` per layer and KV head),
+   * each positive and finite. Read during the call (the cache keeps a copy).
+   */
+  const float *k_scales;
+  /**
+   * Values at `k_scales` (0 when NULL).
+   */
+  size_t n_k_scales;
+  /**
+   * FP8 E4M3 only: V's scales, as `k_scales`.
+   */
+  const float *v_scales;
+  /**
+   * Values at `v_scales` (0 when NULL).
+   */
+  size_t n_v_scales;
+} paradec_cache_options;
+
+/**
+ * What a KV cache is (`paradec_cache_describe`).
+ */
+typedef struct paradec_cache_info {
+  /**
+   * `sizeof(paradec_cache_info)`, set by the caller.
+   */
+  size_t struct_size;
+  /**
+   * Its `PARADEC_CACHE_MODE_*`.
+   */
+  int32_t mode;
+  /**
+   * Layers it holds.
+   */
+  size_t num_layers;
+  /**
+   * Sequences.
+   */
+  size_t batch;
+  /**
+   * Positions each sequence can hold.
+   */
+  size_t capacity;
+  /**
+   * Key / value heads per position.
+   */
+  size_t kv_heads;
+  /**
+   * Features per head.
+   */
+  size_t head_dim;
+  /**
+   * The dtype it was made for: the storage of a native cache, what a quantized one is read
+   * back as.
+   */
+  struct paradec_dtype dtype;
+  /**
+   * Where its storage lives.
+   */
+  struct paradec_device device;
+  /**
+   * Bytes of its storage: K and V of every layer (values, or codes, run scales and E4M3
+   * head scales), as `paradec_cache_bytes` predicts.
+   */
+  size_t bytes;
+} paradec_cache_info;
+
+/**
  * A named tensor: a checkpoint name and the caller's descriptor.
  */
 typedef struct paradec_named_tensor {
@@ -530,20 +649,6 @@ typedef struct paradec_named_tensor {
    */
   const struct paradec_tensor *tensor;
 } paradec_named_tensor;
-
-/**
- * A norm's optional scale and shift, each a `[cols]` tensor of the input's dtype or NULL.
- */
-typedef struct paradec_affine {
-  /**
-   * Scale `[cols]`, or NULL.
-   */
-  const struct paradec_tensor *weight;
-  /**
-   * Shift `[cols]`, or NULL.
-   */
-  const struct paradec_tensor *bias;
-} paradec_affine;
 
 /**
  * Rotary settings: pairing, width, inverse frequencies and the factor cos and sin are scaled
@@ -567,6 +672,88 @@ typedef struct paradec_rotary {
    */
   float attn_factor;
 } paradec_rotary;
+
+/**
+ * One layer's K and V in a cache mode, in memory the caller owns (docs/formats.md, "Quantized
+ * KV cache modes"). The first two dimensions of every tensor but the head scales are
+ * `[batch, capacity]` for a contiguous cache (sequence b's position j in row b·capacity + j)
+ * or `[num_pages, page_size]` for a paged pool (see `paradec_block_table`); `kv_heads` and the
+ * last dimension follow:
+ *
+ * | K's (V's) format | `k` (`v`) | `k_scales` (`v_scales`) | `k_head_scales` (`v_head_scales`) |
+ * |---|---|---|---|
+ * | native | q's dtype `[…, kv_heads, head_dim]` | NULL | NULL |
+ * | FP8 E4M3 | uint8 `[…, kv_heads, head_dim]` | NULL | float32 `[kv_heads]` (the layer's scales) |
+ * | FP8 E5M2 | uint8 `[…, kv_heads, head_dim]` | NULL | NULL |
+ * | Q8 | uint8 `[…, kv_heads, head_dim]` | float16 `[…, kv_heads, head_dim / 32]` | NULL |
+ * | Q4 | uint8 `[…, kv_heads, head_dim / 2]` | float16 `[…, kv_heads, head_dim / 32]` | NULL |
+ *
+ * `mode` picks the formats: NATIVE, FP8_E4M3, FP8_E5M2, Q8 (Q8 + Q8), Q6 (Q8 for K, Q4 for
+ * V), Q4 (Q4 + Q4). Zero-filled pages are a valid empty cache. All tensors on one device;
+ * on CUDA `k` and `v` must be 16-byte aligned (cudaMalloc memory is).
+ */
+typedef struct paradec_cache_pages {
+  /**
+   * A `PARADEC_CACHE_MODE_*` value.
+   */
+  int32_t mode;
+  /**
+   * K: codes (uint8) or, in the native mode, values.
+   */
+  const struct paradec_tensor *k;
+  /**
+   * K's run scales (Q8 / Q4 formats), else NULL.
+   */
+  const struct paradec_tensor *k_scales;
+  /**
+   * K's per-KV-head scales (E4M3), else NULL.
+   */
+  const struct paradec_tensor *k_head_scales;
+  /**
+   * V: codes (uint8) or, in the native mode, values.
+   */
+  const struct paradec_tensor *v;
+  /**
+   * V's run scales (Q8 / Q4 formats), else NULL.
+   */
+  const struct paradec_tensor *v_scales;
+  /**
+   * V's per-KV-head scales (E4M3), else NULL.
+   */
+  const struct paradec_tensor *v_head_scales;
+} paradec_cache_pages;
+
+/**
+ * A block table the caller owns and fills, in **host** memory: sequence b's
+ * position j lives in page `page_ids[b, j / page_size]`, row `j % page_size` of that page
+ * (page_size is the pool's second dimension, see `paradec_cache_pages`). Entries past a
+ * sequence's `page_count[b]` are never read.
+ */
+typedef struct paradec_block_table {
+  /**
+   * int32 `[batch, max_pages]`: page indices into the pool.
+   */
+  const struct paradec_tensor *page_ids;
+  /**
+   * int32 or int64 `[batch]`: the pages each sequence owns (its first entries of
+   * `page_ids`), at most max_pages.
+   */
+  const struct paradec_tensor *page_count;
+} paradec_block_table;
+
+/**
+ * A norm's optional scale and shift, each a `[cols]` tensor of the input's dtype or NULL.
+ */
+typedef struct paradec_affine {
+  /**
+   * Scale `[cols]`, or NULL.
+   */
+  const struct paradec_tensor *weight;
+  /**
+   * Shift `[cols]`, or NULL.
+   */
+  const struct paradec_tensor *bias;
+} paradec_affine;
 
 /**
  * Widths EXL2 groups use.
@@ -832,6 +1019,81 @@ enum paradec_status paradec_cache_create_for_layer(const struct paradec_layer *l
 void paradec_cache_free(struct paradec_cache *cache);
 
 /**
+ * Fills `options` with the defaults of this version: `struct_size` set, the native mode, no
+ * scales.
+ *
+ * Ownership: `options` is the caller's; written.
+ */
+enum paradec_status paradec_cache_options_init(struct paradec_cache_options *options);
+
+/**
+ * As `paradec_cache_create`, storing K and V in the mode `options` gives (NULL: native, the
+ * same as `paradec_cache_create`). `dtype` is what the model computes in: the storage of a
+ * native cache, what a quantized one is read back as. A model forward through the cache
+ * writes and reads the mode's codes (docs/formats.md gives the formats and their error).
+ *
+ * Errors (nothing made, `*out` untouched): an unknown `options->mode` or scales given to a
+ * mode other than FP8 E4M3, scales of a length other than num_layers · kv_heads, a scale not
+ * positive and finite (`PARADEC_ERR_INVALID_ARGUMENT`); a mode that cannot store the model's
+ * heads — Q8 / Q6 / Q4 with head_dim not a multiple of 32, FP8 E5M2 in bf16
+ * (`PARADEC_ERR_UNSUPPORTED`); a bad `struct_size` (`PARADEC_ERR_STRUCT_SIZE`).
+ *
+ * Ownership: `model` and `options` (with its scales) are borrowed for the call; the caller
+ * owns `*out` (free with `paradec_cache_free`).
+ */
+enum paradec_status paradec_cache_create_with_options(const struct paradec_model *model,
+                                                      size_t batch,
+                                                      size_t capacity,
+                                                      struct paradec_dtype dtype,
+                                                      struct paradec_device device,
+                                                      const struct paradec_cache_options *options,
+                                                      struct paradec_cache **out);
+
+/**
+ * As `paradec_cache_create_for_layer`, in the mode `options` gives (NULL: native). The
+ * cache holds layers 0 ..= the layer's index, so FP8 E4M3 scales, when given, number
+ * (index + 1) · kv_heads. Errors as `paradec_cache_create_with_options`.
+ *
+ * Ownership: `layer` and `options` are borrowed for the call; the caller owns `*out` (free
+ * with `paradec_cache_free`).
+ */
+enum paradec_status paradec_cache_create_for_layer_with_options(const struct paradec_layer *layer,
+                                                                size_t batch,
+                                                                size_t capacity,
+                                                                struct paradec_dtype dtype,
+                                                                struct paradec_device device,
+                                                                const struct paradec_cache_options *options,
+                                                                struct paradec_cache **out);
+
+/**
+ * Describes a cache: its mode, sizes, dtype, device and bytes.
+ *
+ * - `out`: the caller's struct with `struct_size` set; written on success.
+ *
+ * Ownership: `cache` is borrowed; `out` is the caller's.
+ */
+enum paradec_status paradec_cache_describe(const struct paradec_cache *cache,
+                                           struct paradec_cache_info *out);
+
+/**
+ * The bytes a cache of these sizes takes in the mode `options` gives (NULL: native): K and V
+ * of every layer — values, or codes, run scales and E4M3 head scales; what
+ * `paradec_cache_describe` reports once it is made. The mode is checked as the create calls
+ * check it (same errors). A pool of pages for the kernel-level paged calls is, per layer, a
+ * cache of batch = num_pages and capacity = page_size.
+ *
+ * Ownership: `options` is borrowed; `*out_bytes` is written on success.
+ */
+enum paradec_status paradec_cache_bytes(size_t num_layers,
+                                        size_t batch,
+                                        size_t capacity,
+                                        size_t kv_heads,
+                                        size_t head_dim,
+                                        struct paradec_dtype dtype,
+                                        const struct paradec_cache_options *options,
+                                        size_t *out_bytes);
+
+/**
  * Makes a workspace: the scratch of forwards on `device`, computing in `dtype` (the CPU path
  * computes in f32). One per stream or thread.
  *
@@ -1082,6 +1344,213 @@ enum paradec_status paradec_quant_weight_to_device(struct paradec_quant_weight *
  * Ownership: takes `weight`; do not use it again.
  */
 void paradec_quant_weight_free(struct paradec_quant_weight *weight);
+
+/**
+ * Rotary embedding of q and k fused with the write of the new K and V into a contiguous
+ * cache layer in any mode (quantizing them), on host tensors; CUDA tensors take
+ * `paradec_op_rotary_cache_write_quant_ws` (this call returns `PARADEC_ERR_UNSUPPORTED` for
+ * them).
+ *
+ * - `q`: `[batch, q_len, heads, head_dim]` float, rotated in place.
+ * - `k`: `[batch, q_len, kv_heads, head_dim]` of q's dtype, rotated in place; `v`: same shape,
+ *   read.
+ * - `positions`: `[batch · q_len]` int64 in host memory, each token's position; may be NULL
+ *   when `rotary` is NULL. `rotary`: NULL (no rotation: only the cache write) or the settings
+ *   (`rotary->inv_freq` in host memory).
+ * - `past_len`: `[batch]` int64 in host memory: sequence b's token t goes to position
+ *   `past_len[b] + t`; every position is checked against the capacity first
+ *   (`PARADEC_ERR_CAPACITY`, nothing written).
+ * - `pages`: the layer's K and V, `[batch, capacity, …]` (see `paradec_cache_pages`); the
+ *   new positions are written (codes and run scales), the rest is left as it is.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; nothing is kept.
+ */
+enum paradec_status paradec_op_rotary_cache_write_quant(void *stream,
+                                                        const struct paradec_tensor *q,
+                                                        const struct paradec_tensor *k,
+                                                        const struct paradec_tensor *v,
+                                                        const struct paradec_tensor *positions,
+                                                        const struct paradec_rotary *rotary,
+                                                        const struct paradec_tensor *past_len,
+                                                        const struct paradec_cache_pages *pages);
+
+/**
+ * As `paradec_op_rotary_cache_write_quant`, for tensors on either device: for CUDA tensors
+ * (f16 / bf16; head_dim a multiple of 8, of 32 for the Q modes) the host tables are queued
+ * to the device in scratch from `workspace`, on `stream`, and the kernel rotates and
+ * quantizes in one launch.
+ *
+ * - `workspace`: a workspace on the tensors' CUDA device whose arena
+ *   (`paradec_workspace_reserve`) holds the tables (a few hundred bytes; too small:
+ *   `PARADEC_ERR_CAPACITY` naming the bytes, before any launch); may be NULL for host tensors.
+ *   Its scratch is reused by the next call: use one workspace per stream.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; `workspace` stays the caller's (the call must not overlap other calls
+ * on it).
+ */
+enum paradec_status paradec_op_rotary_cache_write_quant_ws(void *stream,
+                                                           struct paradec_workspace *workspace,
+                                                           const struct paradec_tensor *q,
+                                                           const struct paradec_tensor *k,
+                                                           const struct paradec_tensor *v,
+                                                           const struct paradec_tensor *positions,
+                                                           const struct paradec_rotary *rotary,
+                                                           const struct paradec_tensor *past_len,
+                                                           const struct paradec_cache_pages *pages);
+
+/**
+ * Rotary embedding of q and k fused with the write of the new K and V into a paged pool in
+ * any mode, through a block table, on host tensors; CUDA tensors take
+ * `paradec_op_paged_rotary_cache_write_ws` (this call returns `PARADEC_ERR_UNSUPPORTED` for
+ * them).
+ *
+ * - `q`, `k`, `v`, `positions`, `rotary`: as in `paradec_op_rotary_cache_write_quant`.
+ * - `past_len`: `[batch]` int64 in host memory: sequence b's token t goes to its position
+ *   `past_len[b] + t`, in the page and row `block_table` gives.
+ * - `block_table`: the sequences' pages (host memory, see `paradec_block_table`).
+ * - `pages`: the pool, `[num_pages, page_size, …]` (see `paradec_cache_pages`).
+ *
+ * Checked before anything is written, as `BlockTable::check` does: the table's shape; every
+ * page count ≤ max_pages (`PARADEC_ERR_INVALID_ARGUMENT`); `past_len[b] + q_len` ≤
+ * `page_count[b] · page_size` (`PARADEC_ERR_CAPACITY`); every page the call touches inside
+ * the pool, and no pool row written by two sequences (`PARADEC_ERR_INVALID_ARGUMENT`); the
+ * message names the sequence and page.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; nothing is kept.
+ */
+enum paradec_status paradec_op_paged_rotary_cache_write(void *stream,
+                                                        const struct paradec_tensor *q,
+                                                        const struct paradec_tensor *k,
+                                                        const struct paradec_tensor *v,
+                                                        const struct paradec_tensor *positions,
+                                                        const struct paradec_rotary *rotary,
+                                                        const struct paradec_tensor *past_len,
+                                                        const struct paradec_block_table *block_table,
+                                                        const struct paradec_cache_pages *pages);
+
+/**
+ * As `paradec_op_paged_rotary_cache_write`, for tensors on either device: for CUDA tensors
+ * the host tables and the block table are queued to the device in scratch from `workspace`
+ * (as in `paradec_op_rotary_cache_write_quant_ws`; the block table adds 4 bytes per entry).
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; `workspace` stays the caller's (the call must not overlap other calls
+ * on it).
+ */
+enum paradec_status paradec_op_paged_rotary_cache_write_ws(void *stream,
+                                                           struct paradec_workspace *workspace,
+                                                           const struct paradec_tensor *q,
+                                                           const struct paradec_tensor *k,
+                                                           const struct paradec_tensor *v,
+                                                           const struct paradec_tensor *positions,
+                                                           const struct paradec_rotary *rotary,
+                                                           const struct paradec_tensor *past_len,
+                                                           const struct paradec_block_table *block_table,
+                                                           const struct paradec_cache_pages *pages);
+
+/**
+ * Causal attention of q over a contiguous cache layer in any mode (the values its codes
+ * decode to), on host tensors; CUDA tensors take `paradec_op_attention_quant_ws` (this call
+ * returns `PARADEC_ERR_UNSUPPORTED` for them).
+ *
+ * - `q`: `[batch, q_len, heads, head_dim]` float; `out`: same shape and dtype, written (it
+ *   may be q; it must not overlap the pages).
+ * - `pages`: the layer's K and V, `[batch, capacity, kv_heads, …]`; heads % kv_heads == 0.
+ * - `past_len`: `[batch]` int64 in host memory: sequence b's query t sits at position
+ *   `past_len[b] + t` and sees the positions up to it (and, with `window` > 0, the last
+ *   `window` of them); past the capacity: `PARADEC_ERR_CAPACITY`.
+ * - `mask`: NULL or `[batch, stride]` float32 in host memory, added to the scores (0 attend,
+ *   -inf hide), stride ≥ max(past_len) + q_len.
+ * - `scale`: the score scale, usually 1/√head_dim.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; nothing is kept.
+ */
+enum paradec_status paradec_op_attention_quant(void *stream,
+                                               const struct paradec_tensor *q,
+                                               const struct paradec_cache_pages *pages,
+                                               const struct paradec_tensor *past_len,
+                                               const struct paradec_tensor *mask,
+                                               size_t window,
+                                               float scale,
+                                               const struct paradec_tensor *out);
+
+/**
+ * As `paradec_op_attention_quant`, for tensors on either device. CUDA (f16 / bf16, head_dim a
+ * multiple of 8 up to 256; `out` must not overlap q): a decode call (q_len ≤ 16) reads the
+ * codes directly; a longer one dequantizes the positions it reads into workspace scratch
+ * and runs the native kernel over them.
+ *
+ * - `workspace`: a workspace on the tensors' CUDA device whose arena
+ *   (`paradec_workspace_reserve`) holds the tables and the split-KV partials (for a longer
+ *   call also the dequantized K and V, 2·batch·(max(past_len) + q_len)·kv_heads·head_dim
+ *   values of q's dtype); too small: `PARADEC_ERR_CAPACITY` naming the bytes, before any
+ *   launch; may be NULL for host tensors. Its scratch is reused by the next call: use one
+ *   workspace per stream.
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; `workspace` stays the caller's (the call must not overlap other calls
+ * on it).
+ */
+enum paradec_status paradec_op_attention_quant_ws(void *stream,
+                                                  struct paradec_workspace *workspace,
+                                                  const struct paradec_tensor *q,
+                                                  const struct paradec_cache_pages *pages,
+                                                  const struct paradec_tensor *past_len,
+                                                  const struct paradec_tensor *mask,
+                                                  size_t window,
+                                                  float scale,
+                                                  const struct paradec_tensor *out);
+
+/**
+ * Causal attention of q over a paged pool in any mode, through a block table, on host
+ * tensors; CUDA tensors take `paradec_op_paged_attention_ws` (this
+ * call returns `PARADEC_ERR_UNSUPPORTED` for them).
+ *
+ * - `q`, `out`, `mask`, `window`, `scale`: as in `paradec_op_attention_quant`.
+ * - `pages`: the pool, `[num_pages, page_size, kv_heads, …]`.
+ * - `block_table`: the sequences' pages (host memory, see `paradec_block_table`); pages may
+ *   be shared read-only between sequences (a common prefix).
+ * - `past_len`: `[batch]` int64 in host memory: sequence b reads its positions `0 …
+ *   past_len[b] + q_len − 1`.
+ *
+ * Checked before anything runs, as `BlockTable::check` does (see
+ * `paradec_op_paged_rotary_cache_write`; a read may share rows).
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; nothing is kept.
+ */
+enum paradec_status paradec_op_paged_attention(void *stream,
+                                               const struct paradec_tensor *q,
+                                               const struct paradec_cache_pages *pages,
+                                               const struct paradec_block_table *block_table,
+                                               const struct paradec_tensor *past_len,
+                                               const struct paradec_tensor *mask,
+                                               size_t window,
+                                               float scale,
+                                               const struct paradec_tensor *out);
+
+/**
+ * As `paradec_op_paged_attention`, for tensors on either device (see
+ * `paradec_op_attention_quant_ws`; the block table adds 4 bytes per entry to the tables).
+ *
+ * Ownership: every tensor is the caller's and is used in place; the host tables are read
+ * during the call only; `workspace` stays the caller's (the call must not overlap other calls
+ * on it).
+ */
+enum paradec_status paradec_op_paged_attention_ws(void *stream,
+                                                  struct paradec_workspace *workspace,
+                                                  const struct paradec_tensor *q,
+                                                  const struct paradec_cache_pages *pages,
+                                                  const struct paradec_block_table *block_table,
+                                                  const struct paradec_tensor *past_len,
+                                                  const struct paradec_tensor *mask,
+                                                  size_t window,
+                                                  float scale,
+                                                  const struct paradec_tensor *out);
 
 /**
  * `out = norm(x)` over rows of `x`'s last dimension.

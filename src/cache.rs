@@ -45,6 +45,10 @@ pub struct KvCache {
     /// Quantized pages per layer (a quantized mode; `layers` is then empty).
     quant: Vec<QuantLayer>,
     mode: KvCacheMode,
+    /// The dtype the cache was made for (the native storage; what a quantized mode reads back as).
+    dtype: DType,
+    /// Where the storage lives.
+    device: Device,
     /// Positions held, per layer and sequence (empty rows for a paged cache).
     held: Vec<Vec<usize>>,
     /// (page_size, num_pages) of a paged cache, whose `quant` holds each layer's pool.
@@ -97,6 +101,8 @@ impl KvCache {
             quant: Vec::new(),
             mode: KvCacheMode::Native,
             paging: None,
+            dtype,
+            device,
         })
     }
 
@@ -141,6 +147,8 @@ impl KvCache {
             quant,
             mode,
             paging: None,
+            dtype,
+            device,
         })
     }
 
@@ -196,6 +204,8 @@ impl KvCache {
             quant,
             mode,
             paging: Some((page_size, num_pages)),
+            dtype,
+            device,
         })
     }
 
@@ -279,6 +289,32 @@ impl KvCache {
     /// How K and V are stored.
     pub fn mode(&self) -> &KvCacheMode {
         &self.mode
+    }
+
+    /// The dtype the cache was made for: the storage of a native cache, what a quantized one
+    /// is read back as.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Where the cache's storage lives.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Bytes the cache's storage takes: K and V of every layer, or of every layer's pool for a
+    /// paged cache (values, or codes, run scales and E4M3 head scales).
+    pub fn bytes(&self) -> usize {
+        let t = |t: &Tensor| t.numel() * t.dtype().size();
+        let pages = |p: &QuantPages| {
+            t(&p.codes) + p.scales.as_ref().map_or(0, t) + p.head_scales.as_ref().map_or(0, t)
+        };
+        self.layers.iter().map(|(k, v)| t(k) + t(v)).sum::<usize>()
+            + self
+                .quant
+                .iter()
+                .map(|l| pages(&l.k) + pages(&l.v))
+                .sum::<usize>()
     }
 
     /// The pages of one layer: a quantized mode's, or a paged cache's pool (any mode).
@@ -366,7 +402,8 @@ impl KvCache {
         )
     }
 
-    /// Bytes a cache of these sizes takes in `mode` (codes and scales of K and V, all layers).
+    /// Bytes a cache of these sizes takes in `mode` (codes, run scales and E4M3 head scales of
+    /// K and V, all layers): what [`bytes`](Self::bytes) reports once it is made.
     pub fn bytes_needed_mode(
         num_layers: usize,
         batch: usize,
@@ -383,9 +420,16 @@ impl KvCache {
         let (fk, fv) = mode.formats();
         let row = QuantPages::bytes_per_token(fk, kv_dim)
             .saturating_add(QuantPages::bytes_per_token(fv, kv_dim));
+        let heads = match mode {
+            KvCacheMode::Fp8E4M3 { .. } => [2, num_layers, kv_heads, 4]
+                .iter()
+                .fold(1usize, |a, &b| a.saturating_mul(b)),
+            _ => 0,
+        };
         [num_layers, batch, capacity, row]
             .iter()
             .fold(1usize, |a, &b| a.saturating_mul(b))
+            .saturating_add(heads)
     }
 
     /// Layers in the cache.

@@ -285,7 +285,9 @@ pub(crate) fn embedding(
 // freed, nothing synchronizes. Scratch comes from the caller's workspace arena, strictly: a
 // request the arena cannot hold fails before any launch instead of allocating.
 
+use super::kv_quant::{Pages, Side};
 use crate::cuda::{CudaStream, DeviceBuffer};
+use crate::kv_quant::{BlockTable, QuantLayer, QuantPages};
 use crate::quant::PreparedQuant;
 use crate::vocab::{Affine, AttnMasking, AttnShape, CacheSlots, QkvLayout, RotaryArgs};
 use crate::workspace::Workspace;
@@ -465,5 +467,116 @@ pub(crate) fn rotary_checked(
             &s, ws, &mut qt, &mut kt, &vt, heads, kvh, d, positions, rotary, slots, &mut ckt,
             &mut cvt,
         )
+    })
+}
+
+/// One layer's pages over the caller's device memory (never freed here).
+fn borrow_pages(p: &Pages, dev: usize) -> CResult<QuantLayer> {
+    let side = |s: &Side| -> CResult<QuantPages> {
+        Ok(QuantPages {
+            format: s.format,
+            codes: borrow(&s.data, dev)?,
+            scales: borrow_opt(s.scales.as_ref(), dev)?,
+            head_scales: borrow_opt(s.head_scales.as_ref(), dev)?,
+        })
+    };
+    Ok(QuantLayer {
+        k: side(&p.k)?,
+        v: side(&p.v)?,
+    })
+}
+
+/// The rotary + cache write into the caller's pages: a contiguous cache (`table` None) or a
+/// paged pool. A contiguous native cache takes the native kernel (its values are a cache of
+/// the dtype); every other layout the quantizing one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kv_write(
+    dev: usize,
+    stream: *mut c_void,
+    ws: &mut Workspace,
+    (q, k, v): (&View, &View, &View),
+    [heads, kvh, d]: [usize; 3],
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    table: Option<&BlockTable<'_>>,
+    pages: &Pages,
+) -> CResult<()> {
+    if table.is_none() && pages.is_native() {
+        return rotary_checked(
+            dev,
+            stream,
+            ws,
+            (q, k, v),
+            [heads, kvh, d],
+            positions,
+            rotary,
+            slots,
+            (&pages.k.data, &pages.v.data),
+        );
+    }
+    let (mut qt, mut kt, vt) = (borrow(q, dev)?, borrow(k, dev)?, borrow(v, dev)?);
+    let mut layer = borrow_pages(pages, dev)?;
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    scratch(ws, |ws| match table {
+        None => ops::rotary_and_cache_write_quant(
+            &s, ws, &mut qt, &mut kt, &vt, heads, kvh, d, positions, rotary, slots, &mut layer,
+        ),
+        Some(t) => ops::paged_rotary_and_cache_write(
+            &s,
+            ws,
+            &mut qt,
+            &mut kt,
+            &vt,
+            heads,
+            kvh,
+            d,
+            positions,
+            rotary,
+            slots.past_len,
+            slots.q_len,
+            t,
+            &mut layer,
+        ),
+    })
+}
+
+/// Attention over the caller's pages: a contiguous cache (`table` None) or a paged pool. A
+/// contiguous native cache takes the native kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kv_attention(
+    dev: usize,
+    stream: *mut c_void,
+    ws: &mut Workspace,
+    q: &View,
+    pages: &Pages,
+    table: Option<&BlockTable<'_>>,
+    shape: &AttnShape,
+    masking: &AttnMasking<'_>,
+    scale: f32,
+    out: &View,
+) -> CResult<()> {
+    if table.is_none() && pages.is_native() {
+        return attention(
+            dev,
+            stream,
+            ws,
+            q,
+            &pages.k.data,
+            &pages.v.data,
+            shape,
+            masking,
+            scale,
+            out,
+        );
+    }
+    let (qt, mut ot) = (borrow(q, dev)?, borrow(out, dev)?);
+    let layer = borrow_pages(pages, dev)?;
+    let s = stream_of(stream, dev);
+    let _d = on_device(dev)?;
+    scratch(ws, |ws| match table {
+        None => ops::attention_quant(&s, ws, &qt, &layer, shape, masking, scale, &mut ot),
+        Some(t) => ops::paged_attention(&s, ws, &qt, &layer, t, shape, masking, scale, &mut ot),
     })
 }

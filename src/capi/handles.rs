@@ -9,11 +9,13 @@
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::kv_quant::{cache_mode, mode_code, PARADEC_CACHE_MODE_NATIVE};
 use super::paradec_status::{self, *};
 use super::tensor::*;
 use super::{cerr, cstr, guard, out_ptr, req, req_mut, slice_arg, write_out, CResult};
 use crate::arch::{ArchParams, Family};
 use crate::cache::KvCache;
+use crate::kv_quant::KvCacheMode;
 use crate::layers::lora::Lora;
 use crate::layers::parallel_decoder::{Intermediates, ParallelDecoder};
 use crate::layers::params::AttnParams;
@@ -72,7 +74,8 @@ pub struct paradec_layer {
     inner: LayerRef,
 }
 
-/// A KV cache: per layer, K and V of [batch, capacity, kv_heads, head_dim].
+/// A KV cache: per layer, K and V of [batch, capacity, kv_heads, head_dim], stored in the
+/// cache's mode (the dtype, or quantized: see `paradec_cache_options`).
 pub struct paradec_cache {
     pub(super) inner: KvCache,
     /// Set while a captured graph holds the cache: other calls refuse it.
@@ -176,6 +179,58 @@ pub struct paradec_memory {
     pub cache_bytes: usize,
     /// The workspace's peak for a prefill of batch × capacity tokens (logits included).
     pub workspace_bytes: usize,
+}
+
+/// Options of a KV cache (`paradec_cache_create_with_options`,
+/// `paradec_cache_create_for_layer_with_options`, `paradec_cache_bytes`). Begins with its own
+/// size: set `struct_size = sizeof(paradec_cache_options)` (or call
+/// `paradec_cache_options_init`), so later versions can add fields without breaking callers
+/// built against this one.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct paradec_cache_options {
+    /// `sizeof(paradec_cache_options)`.
+    pub struct_size: usize,
+    /// How K and V are stored: a `PARADEC_CACHE_MODE_*` value (default: native).
+    pub mode: i32,
+    /// FP8 E4M3 only: NULL (every scale 1.0) or `n_k_scales` = num_layers · kv_heads scales of
+    /// K, laid out [num_layers, kv_heads] (a checkpoint's `k_scale` per layer and KV head),
+    /// each positive and finite. Read during the call (the cache keeps a copy).
+    pub k_scales: *const f32,
+    /// Values at `k_scales` (0 when NULL).
+    pub n_k_scales: usize,
+    /// FP8 E4M3 only: V's scales, as `k_scales`.
+    pub v_scales: *const f32,
+    /// Values at `v_scales` (0 when NULL).
+    pub n_v_scales: usize,
+}
+
+/// What a KV cache is (`paradec_cache_describe`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct paradec_cache_info {
+    /// `sizeof(paradec_cache_info)`, set by the caller.
+    pub struct_size: usize,
+    /// Its `PARADEC_CACHE_MODE_*`.
+    pub mode: i32,
+    /// Layers it holds.
+    pub num_layers: usize,
+    /// Sequences.
+    pub batch: usize,
+    /// Positions each sequence can hold.
+    pub capacity: usize,
+    /// Key / value heads per position.
+    pub kv_heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// The dtype it was made for: the storage of a native cache, what a quantized one is read
+    /// back as.
+    pub dtype: paradec_dtype,
+    /// Where its storage lives.
+    pub device: paradec_device,
+    /// Bytes of its storage: K and V of every layer (values, or codes, run scales and E4M3
+    /// head scales), as `paradec_cache_bytes` predicts.
+    pub bytes: usize,
 }
 
 /// GPT-J.
@@ -918,6 +973,236 @@ pub extern "C" fn paradec_cache_free(cache: *mut paradec_cache) {
         free_box(cache);
         Ok(())
     });
+}
+
+/// Fills `options` with the defaults of this version: `struct_size` set, the native mode, no
+/// scales.
+///
+/// Ownership: `options` is the caller's; written.
+#[no_mangle]
+pub extern "C" fn paradec_cache_options_init(
+    options: *mut paradec_cache_options,
+) -> paradec_status {
+    guard(|| {
+        let p = out_ptr(options, "options")?;
+        write_out(
+            p,
+            paradec_cache_options {
+                struct_size: std::mem::size_of::<paradec_cache_options>(),
+                mode: PARADEC_CACHE_MODE_NATIVE,
+                k_scales: std::ptr::null(),
+                n_k_scales: 0,
+                v_scales: std::ptr::null(),
+                n_v_scales: 0,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// The mode `options` asks for (NULL: native), for `num_layers` layers of `kv_heads` KV
+/// heads of `head_dim` features in `dtype`: checked as `KvCacheMode::check` does.
+fn cache_options(
+    options: *const paradec_cache_options,
+    num_layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: DType,
+) -> CResult<KvCacheMode> {
+    if options.is_null() {
+        return Ok(KvCacheMode::Native);
+    }
+    let o = read_sized(options, "paradec_cache_options")?;
+    let mode = cache_mode(o.mode, "options.mode")?;
+    let k = slice_arg(o.k_scales, o.n_k_scales, "options.k_scales")?;
+    let v = slice_arg(o.v_scales, o.n_v_scales, "options.v_scales")?;
+    let mode = match mode {
+        KvCacheMode::Fp8E4M3 { .. } => {
+            let want = num_layers.saturating_mul(kv_heads);
+            for (name, s) in [("options.n_k_scales", k), ("options.n_v_scales", v)] {
+                if !s.is_empty() && s.len() != want {
+                    return Err(cerr(
+                        PARADEC_ERR_INVALID_ARGUMENT,
+                        format!(
+                            "{name}: {} scales, expected {num_layers} layers × {kv_heads} KV heads = {want} (or 0: every scale 1.0)",
+                            s.len()
+                        ),
+                    ));
+                }
+            }
+            KvCacheMode::Fp8E4M3 {
+                k_scales: k.to_vec(),
+                v_scales: v.to_vec(),
+            }
+        }
+        m => {
+            if !k.is_empty() || !v.is_empty() {
+                return Err(cerr(
+                    PARADEC_ERR_INVALID_ARGUMENT,
+                    format!(
+                        "options.k_scales / v_scales: only the FP8 E4M3 mode takes scales, not mode {}",
+                        m.name()
+                    ),
+                ));
+            }
+            m
+        }
+    };
+    mode.check(num_layers, kv_heads, head_dim, dtype)?;
+    Ok(mode)
+}
+
+fn cache_handle(c: KvCache) -> *mut paradec_cache {
+    Box::into_raw(Box::new(paradec_cache {
+        inner: c,
+        lent: false,
+        free_when_returned: false,
+    }))
+}
+
+/// As `paradec_cache_create`, storing K and V in the mode `options` gives (NULL: native, the
+/// same as `paradec_cache_create`). `dtype` is what the model computes in: the storage of a
+/// native cache, what a quantized one is read back as. A model forward through the cache
+/// writes and reads the mode's codes (docs/formats.md gives the formats and their error).
+///
+/// Errors (nothing made, `*out` untouched): an unknown `options->mode` or scales given to a
+/// mode other than FP8 E4M3, scales of a length other than num_layers · kv_heads, a scale not
+/// positive and finite (`PARADEC_ERR_INVALID_ARGUMENT`); a mode that cannot store the model's
+/// heads — Q8 / Q6 / Q4 with head_dim not a multiple of 32, FP8 E5M2 in bf16
+/// (`PARADEC_ERR_UNSUPPORTED`); a bad `struct_size` (`PARADEC_ERR_STRUCT_SIZE`).
+///
+/// Ownership: `model` and `options` (with its scales) are borrowed for the call; the caller
+/// owns `*out` (free with `paradec_cache_free`).
+#[no_mangle]
+pub extern "C" fn paradec_cache_create_with_options(
+    model: *const paradec_model,
+    batch: usize,
+    capacity: usize,
+    dtype: paradec_dtype,
+    device: paradec_device,
+    options: *const paradec_cache_options,
+    out: *mut *mut paradec_cache,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "cache")?;
+        let m = read(&m.inner)?;
+        let a = &m.arch;
+        let mode = cache_options(options, a.num_layers, a.kv_heads, a.head_dim, dt)?;
+        let c = KvCache::with_mode(
+            a.num_layers,
+            batch,
+            capacity,
+            a.kv_heads,
+            a.head_dim,
+            dt,
+            dev,
+            mode,
+        )?;
+        write_out(out, cache_handle(c));
+        Ok(())
+    })
+}
+
+/// As `paradec_cache_create_for_layer`, in the mode `options` gives (NULL: native). The
+/// cache holds layers 0 ..= the layer's index, so FP8 E4M3 scales, when given, number
+/// (index + 1) · kv_heads. Errors as `paradec_cache_create_with_options`.
+///
+/// Ownership: `layer` and `options` are borrowed for the call; the caller owns `*out` (free
+/// with `paradec_cache_free`).
+#[no_mangle]
+pub extern "C" fn paradec_cache_create_for_layer_with_options(
+    layer: *const paradec_layer,
+    batch: usize,
+    capacity: usize,
+    dtype: paradec_dtype,
+    device: paradec_device,
+    options: *const paradec_cache_options,
+    out: *mut *mut paradec_cache,
+) -> paradec_status {
+    guard(|| {
+        let l = req(layer, "layer")?;
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "cache")?;
+        let c = l.with(|d, a| {
+            let n = d.layer_idx() + 1;
+            let mode = cache_options(options, n, a.kv_heads, a.head_dim, dt)?;
+            Ok(KvCache::with_mode(
+                n, batch, capacity, a.kv_heads, a.head_dim, dt, dev, mode,
+            )?)
+        })?;
+        write_out(out, cache_handle(c));
+        Ok(())
+    })
+}
+
+/// Describes a cache: its mode, sizes, dtype, device and bytes.
+///
+/// - `out`: the caller's struct with `struct_size` set; written on success.
+///
+/// Ownership: `cache` is borrowed; `out` is the caller's.
+#[no_mangle]
+pub extern "C" fn paradec_cache_describe(
+    cache: *const paradec_cache,
+    out: *mut paradec_cache_info,
+) -> paradec_status {
+    guard(|| {
+        let c = &req(cache, "cache")?.inner;
+        let out = sized_out(out, "paradec_cache_info")?;
+        write_out(
+            out,
+            paradec_cache_info {
+                struct_size: std::mem::size_of::<paradec_cache_info>(),
+                mode: mode_code(c.mode()),
+                num_layers: c.num_layers(),
+                batch: c.batch,
+                capacity: c.capacity,
+                kv_heads: c.kv_heads,
+                head_dim: c.head_dim,
+                dtype: dtype_desc(c.dtype()),
+                device: device_desc(c.device()),
+                bytes: c.bytes(),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// The bytes a cache of these sizes takes in the mode `options` gives (NULL: native): K and V
+/// of every layer — values, or codes, run scales and E4M3 head scales; what
+/// `paradec_cache_describe` reports once it is made. The mode is checked as the create calls
+/// check it (same errors). A pool of pages for the kernel-level paged calls is, per layer, a
+/// cache of batch = num_pages and capacity = page_size.
+///
+/// Ownership: `options` is borrowed; `*out_bytes` is written on success.
+#[no_mangle]
+pub extern "C" fn paradec_cache_bytes(
+    num_layers: usize,
+    batch: usize,
+    capacity: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: paradec_dtype,
+    options: *const paradec_cache_options,
+    out_bytes: *mut usize,
+) -> paradec_status {
+    guard(|| {
+        let out = out_ptr(out_bytes, "out_bytes")?;
+        let dt = dtype_of(dtype, "dtype")?;
+        if !dt.is_float() {
+            return Err(cerr(
+                PARADEC_ERR_DTYPE,
+                format!("dtype: expected f32, f16 or bf16, got {dt}"),
+            ));
+        }
+        let mode = cache_options(options, num_layers, kv_heads, head_dim, dt)?;
+        write_out(
+            out,
+            KvCache::bytes_needed_mode(num_layers, batch, capacity, kv_heads, head_dim, dt, &mode),
+        );
+        Ok(())
+    })
 }
 
 /// Makes a workspace: the scratch of forwards on `device`, computing in `dtype` (the CPU path

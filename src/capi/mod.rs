@@ -22,6 +22,7 @@
 
 pub mod graph;
 pub mod handles;
+pub mod kv_quant;
 pub mod ops;
 pub mod tensor;
 
@@ -36,6 +37,7 @@ use crate::Error;
 
 pub use graph::*;
 pub use handles::*;
+pub use kv_quant::*;
 pub use ops::*;
 pub use tensor::*;
 

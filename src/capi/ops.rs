@@ -79,7 +79,7 @@ pub struct paradec_rotary {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn no_cuda() -> CErr {
+pub(super) fn no_cuda() -> CErr {
     cerr(
         PARADEC_ERR_NO_DEVICE,
         "a tensor is on a CUDA device, but paradec was built without CUDA (the `cuda` feature)",
@@ -99,9 +99,10 @@ macro_rules! on_cuda {
         r
     }};
 }
+pub(super) use on_cuda;
 
 /// The CUDA kernels compute in f16 or bf16: an f32 tensor on a device is refused by name.
-fn device_float(v: &View) -> CResult<()> {
+pub(super) fn device_float(v: &View) -> CResult<()> {
     if v.dtype == DType::F32 {
         return Err(cerr(
             PARADEC_ERR_UNSUPPORTED,
@@ -115,7 +116,7 @@ fn device_float(v: &View) -> CResult<()> {
 }
 
 /// Checks that the per-call tables of a `_ws` call are host memory (the host checks them).
-fn host_tables(tables: &[&View]) -> CResult<()> {
+pub(super) fn host_tables(tables: &[&View]) -> CResult<()> {
     for t in tables {
         if t.loc != Loc::Host {
             return Err(cerr(
@@ -130,8 +131,60 @@ fn host_tables(tables: &[&View]) -> CResult<()> {
     Ok(())
 }
 
+/// A checked `paradec_rotary` and the positions it rotates at: (style, rot_dim, inv_freq,
+/// attn_factor, positions).
+pub(super) type RotArg = (RopeStyle, usize, View, f32, View);
+
+/// Checks `rotary` (NULL: no rotation, and `positions` is not read) and its `positions`
+/// (`tokens` int64 values) for heads of `d` features.
+pub(super) fn rotary_arg(
+    rotary: *const paradec_rotary,
+    positions: *const paradec_tensor,
+    tokens: usize,
+    d: usize,
+) -> CResult<Option<RotArg>> {
+    if rotary.is_null() {
+        return Ok(None);
+    }
+    let r = req(rotary, "rotary")?;
+    let style = match r.style {
+        PARADEC_ROPE_STYLE_INTERLEAVED => RopeStyle::Interleaved,
+        PARADEC_ROPE_STYLE_HALF => RopeStyle::Half,
+        o => {
+            return Err(cerr(
+                PARADEC_ERR_INVALID_ARGUMENT,
+                format!("rotary.style: {o} is not a rotary style (0 or 1)"),
+            ))
+        }
+    };
+    if r.rot_dim == 0 || r.rot_dim % 2 != 0 || r.rot_dim > d {
+        return Err(cerr(
+            PARADEC_ERR_INVALID_ARGUMENT,
+            format!(
+                "rotary.rot_dim: {} must be even and in 1..={d} (head_dim)",
+                r.rot_dim
+            ),
+        ));
+    }
+    let f = view(r.inv_freq, "rotary.inv_freq")?;
+    want_dtype(&f, DType::F32)?;
+    want_shape(&f, &[r.rot_dim / 2])?;
+    let p = view(positions, "positions")?;
+    want_dtype(&p, DType::I64)?;
+    if p.numel != tokens {
+        return Err(cerr(
+            PARADEC_ERR_SHAPE,
+            format!(
+                "positions: expected {tokens} values (batch × q_len), got shape {:?}",
+                p.shape
+            ),
+        ));
+    }
+    Ok(Some((style, r.rot_dim, f, r.attn_factor, p)))
+}
+
 /// The workspace of a `_ws` call on CUDA tensors: required, and on their device.
-fn cuda_workspace<'a>(
+pub(super) fn cuda_workspace<'a>(
     ws: Option<*mut super::paradec_workspace>,
     dev: usize,
 ) -> CResult<&'a mut crate::workspace::Workspace> {
@@ -176,7 +229,7 @@ fn activation(a: i32) -> CResult<Activation> {
 }
 
 /// Checks that `v` is a float tensor of `dtype` (the call's input dtype).
-fn same_float(v: &View, dtype: DType) -> CResult<()> {
+pub(super) fn same_float(v: &View, dtype: DType) -> CResult<()> {
     want_float(v)?;
     want_dtype(v, dtype)
 }
@@ -531,46 +584,7 @@ fn rotary_impl(
         want_shape(&past, &[batch])?;
         let mut all = vec![&q, &k, &v, &ck, &cv];
         let mut tables = vec![&past];
-        let rot = if rotary.is_null() {
-            None
-        } else {
-            let r = req(rotary, "rotary")?;
-            let style = match r.style {
-                PARADEC_ROPE_STYLE_INTERLEAVED => RopeStyle::Interleaved,
-                PARADEC_ROPE_STYLE_HALF => RopeStyle::Half,
-                o => {
-                    return Err(cerr(
-                        PARADEC_ERR_INVALID_ARGUMENT,
-                        format!("rotary.style: {o} is not a rotary style (0 or 1)"),
-                    ))
-                }
-            };
-            if r.rot_dim == 0 || r.rot_dim % 2 != 0 || r.rot_dim > d {
-                return Err(cerr(
-                    PARADEC_ERR_INVALID_ARGUMENT,
-                    format!(
-                        "rotary.rot_dim: {} must be even and in 1..={d} (head_dim)",
-                        r.rot_dim
-                    ),
-                ));
-            }
-            let f = view(r.inv_freq, "rotary.inv_freq")?;
-            want_dtype(&f, DType::F32)?;
-            want_shape(&f, &[r.rot_dim / 2])?;
-            let p = view(positions, "positions")?;
-            want_dtype(&p, DType::I64)?;
-            if p.numel != batch * q_len {
-                return Err(cerr(
-                    PARADEC_ERR_SHAPE,
-                    format!(
-                        "positions: expected {} values (batch × q_len), got shape {:?}",
-                        batch * q_len,
-                        p.shape
-                    ),
-                ));
-            }
-            Some((style, r.rot_dim, f, r.attn_factor, p))
-        };
+        let rot = rotary_arg(rotary, positions, batch * q_len, d)?;
         if let Some((.., f, _, p)) = &rot {
             tables.push(f);
             tables.push(p);

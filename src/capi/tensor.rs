@@ -30,7 +30,7 @@ pub const PARADEC_DTYPE_BFLOAT: u8 = 4;
 
 /// Where a tensor lives; the same layout as DLPack's `DLDevice`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct paradec_device {
     /// `PARADEC_DEVICE_CPU`, `PARADEC_DEVICE_CUDA`, … (DLPack's `DLDeviceType` numbers).
     pub device_type: i32,
@@ -41,7 +41,7 @@ pub struct paradec_device {
 /// An element type; the same layout as DLPack's `DLDataType`. paradec takes lanes = 1 and
 /// {FLOAT, 32}, {FLOAT, 16}, {BFLOAT, 16}, {INT, 8/16/32/64}, {UINT, 8}.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct paradec_dtype {
     /// `PARADEC_DTYPE_INT`, `PARADEC_DTYPE_UINT`, `PARADEC_DTYPE_FLOAT`, `PARADEC_DTYPE_BFLOAT`.
     pub code: u8,
@@ -379,6 +379,34 @@ impl View {
         }
     }
 
+    /// The elements of a host view as `T` (its dtype must be `T`'s; a dtype error otherwise).
+    /// The caller guarantees that no output of the call overlaps it while the slice lives.
+    pub(crate) fn host_typed<'a, T: HostElem>(&self) -> CResult<&'a [T]> {
+        self.typed_ok::<T>()?;
+        // SAFETY: a host view (checked above) whose dtype is T's, valid for `numel` reads (the
+        // descriptor contract); callers keep outputs off it (`disjoint`) while it lives.
+        Ok(unsafe { self.slice::<T>() })
+    }
+
+    /// The elements of a host view as `T`, writable. The caller guarantees that no other
+    /// reference to these bytes lives while the slice does (outputs checked with `disjoint`).
+    pub(crate) fn host_typed_mut<'a, T: HostElem>(&self) -> CResult<&'a mut [T]> {
+        self.typed_ok::<T>()?;
+        // SAFETY: as in `host_typed`; exclusivity is the caller's guarantee (the call's
+        // outputs are pairwise disjoint, and its inputs are read elsewhere or copied).
+        Ok(unsafe { self.slice_mut::<T>() })
+    }
+
+    fn typed_ok<T: HostElem>(&self) -> CResult<()> {
+        if self.loc != Loc::Host {
+            return Err(cerr(
+                PARADEC_ERR_DEVICE,
+                format!("{}: expected host memory", self.name),
+            ));
+        }
+        want_dtype(self, T::DTYPE)
+    }
+
     /// The raw little-endian bytes of a host tensor (for copying into weights).
     pub(crate) fn host_bytes<'a>(&self) -> &'a [u8] {
         // SAFETY: host view valid for `bytes()` bytes, only read.
@@ -394,6 +422,24 @@ impl View {
         // SAFETY: as in `slice`, at byte granularity.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.bytes()) }
     }
+}
+
+/// Element types a host view can be read as in place.
+pub(crate) trait HostElem: Copy {
+    /// The dtype of the element.
+    const DTYPE: DType;
+}
+
+impl HostElem for u8 {
+    const DTYPE: DType = DType::U8;
+}
+
+impl HostElem for f16 {
+    const DTYPE: DType = DType::F16;
+}
+
+impl HostElem for f32 {
+    const DTYPE: DType = DType::F32;
 }
 
 /// Rejects a view whose dtype is not a float type.
@@ -483,13 +529,8 @@ pub(crate) fn device_arg(d: paradec_device, name: &str) -> CResult<Device> {
     Ok(device_of(d, name)?.device())
 }
 
-/// Writes a descriptor of `shape` (pointing into `shape_store`) for memory paradec owns.
-pub(crate) fn describe(
-    data: *mut c_void,
-    dtype: DType,
-    device: Device,
-    shape_store: &[i64],
-) -> paradec_tensor {
+/// The descriptor dtype of a crate dtype.
+pub(crate) fn dtype_desc(dtype: DType) -> paradec_dtype {
     let (code, bits) = match dtype {
         DType::F32 => (PARADEC_DTYPE_FLOAT, 32),
         DType::F16 => (PARADEC_DTYPE_FLOAT, 16),
@@ -500,7 +541,16 @@ pub(crate) fn describe(
         DType::I64 => (PARADEC_DTYPE_INT, 64),
         DType::U8 => (PARADEC_DTYPE_UINT, 8),
     };
-    let device = match device {
+    paradec_dtype {
+        code,
+        bits,
+        lanes: 1,
+    }
+}
+
+/// The descriptor device of a crate device.
+pub(crate) fn device_desc(device: Device) -> paradec_device {
+    match device {
         Device::Cpu => paradec_device {
             device_type: PARADEC_DEVICE_CPU,
             device_id: 0,
@@ -509,16 +559,21 @@ pub(crate) fn describe(
             device_type: PARADEC_DEVICE_CUDA,
             device_id: i as i32,
         },
-    };
+    }
+}
+
+/// Writes a descriptor of `shape` (pointing into `shape_store`) for memory paradec owns.
+pub(crate) fn describe(
+    data: *mut c_void,
+    dtype: DType,
+    device: Device,
+    shape_store: &[i64],
+) -> paradec_tensor {
     paradec_tensor {
         data,
-        device,
+        device: device_desc(device),
         ndim: shape_store.len() as i32,
-        dtype: paradec_dtype {
-            code,
-            bits,
-            lanes: 1,
-        },
+        dtype: dtype_desc(dtype),
         shape: shape_store.as_ptr() as *mut i64,
         strides: std::ptr::null_mut(),
         byte_offset: 0,
