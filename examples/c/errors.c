@@ -1,7 +1,8 @@
 /*
  * errors.c — walks the error paths of the C ABI: NULL arguments, wrong dtype / shape / device,
  * non-contiguous and misaligned tensors, bad enum values, overlapping outputs, bad struct
- * sizes, bad model directories, an exhausted cache, freed (NULLed) handles. Each call must
+ * sizes, bad model directories, an exhausted cache, freed (NULLed) handles, bad cache modes
+ * and options, pages a mode cannot use, and block tables that do not cover a call. Each call must
  * return its documented status, leave its outputs untouched, and leave a message in
  * paradec_last_error() that names what was wrong. Run under AddressSanitizer and valgrind by
  * the test suite.
@@ -257,6 +258,243 @@ static void kernel_errors(void) {
     expect_true(paradec_last_error()[0] == '\0', "a successful call clears the last error");
 }
 
+/* The KV cache modes and the paged cache at the kernel level: a Q8 layer's pages this program
+ * owns, contiguous [1, 4, 1, 32] and a pool of 4 pages of 8, and a block table. */
+static void kv_kernel_errors(void) {
+    float q[64], k[64], v[64], out[64], sentinel = 12345.0f;
+    for (int i = 0; i < 64; i++) q[i] = 0.5f, k[i] = 0.25f, v[i] = 0.75f, out[i] = sentinel;
+    static uint8_t ck[4 * 32], cv[4 * 32], pk[32 * 32], pv[32 * 32];
+    static uint16_t cks[4], cvs[4], pks[32], pvs[32];
+    int64_t ts[4] = {1, 1, 1, 32}, cs[4] = {1, 4, 1, 32}, css[4] = {1, 4, 1, 1},
+            ps[4] = {4, 8, 1, 32}, pss[4] = {4, 8, 1, 1}, one[1] = {1};
+    paradec_tensor qt = pd_host(q, PD_F32, 4, ts), kt = pd_host(k, PD_F32, 4, ts),
+                   vt = pd_host(v, PD_F32, 4, ts), ot = pd_host(out, PD_F32, 4, ts),
+                   ckt = pd_host(ck, PD_U8, 4, cs), cvt = pd_host(cv, PD_U8, 4, cs),
+                   ckst = pd_host(cks, PD_F16, 4, css), cvst = pd_host(cvs, PD_F16, 4, css),
+                   pkt = pd_host(pk, PD_U8, 4, ps), pvt = pd_host(pv, PD_U8, 4, ps),
+                   pkst = pd_host(pks, PD_F16, 4, pss), pvst = pd_host(pvs, PD_F16, 4, pss);
+    paradec_cache_pages flat = {PARADEC_CACHE_MODE_Q8, &ckt, &ckst, NULL, &cvt, &cvst, NULL};
+    paradec_cache_pages pool = {PARADEC_CACHE_MODE_Q8, &pkt, &pkst, NULL, &pvt, &pvst, NULL};
+    int32_t ids[2] = {0, 1};
+    int64_t cnt[1] = {2}, past[1] = {0}, ids_s[2] = {1, 2};
+    paradec_tensor idt = pd_host(ids, PD_I32, 2, ids_s), cntt = pd_host(cnt, PD_I64, 1, one),
+                   pt = pd_host(past, PD_I64, 1, one);
+    paradec_block_table table = {&idt, &cntt};
+
+    /* NULL pages, block table, a tensor the mode needs. */
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`pages`");
+    EXPECT(paradec_op_paged_rotary_cache_write(NULL, &qt, &kt, &vt, NULL, NULL, &pt, NULL, &pool),
+           PARADEC_ERR_NULL_ARGUMENT, "`block_table`");
+    paradec_cache_pages no_scales = flat;
+    no_scales.v_scales = NULL;
+    EXPECT(paradec_op_attention_quant(NULL, &qt, &no_scales, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`pages.v_scales`");
+    paradec_block_table no_count = {&idt, NULL};
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &no_count, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_NULL_ARGUMENT, "`block_table.page_count`");
+
+    /* A bad mode; tensors the mode does not take, or of the wrong dtype / shape. */
+    paradec_cache_pages bad = flat;
+    bad.mode = 42;
+    EXPECT(paradec_op_attention_quant_ws(NULL, NULL, &qt, &bad, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_INVALID_ARGUMENT, "pages.mode: 42 is not a cache mode");
+    bad.mode = PARADEC_CACHE_MODE_FP8_E5M2;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_INVALID_ARGUMENT, "pages.k_scales: given, but mode fp8e5m2");
+    bad.mode = PARADEC_CACHE_MODE_FP8_E4M3;
+    bad.k_scales = bad.v_scales = NULL;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_NULL_ARGUMENT, "`pages.k_head_scales`");
+    bad.mode = PARADEC_CACHE_MODE_Q4; /* 4-bit codes are half as wide */
+    bad.k_scales = &ckst, bad.v_scales = &cvst;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_SHAPE, "pages.k: expected shape [1, 4, 1, 16], got [1, 4, 1, 32]");
+    bad.mode = PARADEC_CACHE_MODE_NATIVE;
+    bad.k_scales = bad.v_scales = NULL;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_DTYPE, "pages.k: expected f32, f16 or bf16, got u8");
+    paradec_tensor f32_codes = pd_host(out, PD_F32, 4, cs);
+    bad = flat;
+    bad.k = &f32_codes;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_DTYPE, "pages.k: expected u8, got f32");
+    int64_t q16s[4] = {1, 1, 2, 16};
+    paradec_tensor q16 = pd_host(q, PD_F32, 4, q16s);
+    EXPECT(paradec_op_attention_quant(NULL, &q16, &flat, &pt, NULL, 0, 1.0f, &q16),
+           PARADEC_ERR_UNSUPPORTED, "head_dim 16 is not a multiple of 32");
+    paradec_tensor k16 = pd_host(k, PD_F32, 4, q16s);
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &k16, &k16, NULL, NULL, &pt, &flat),
+           PARADEC_ERR_SHAPE, "k: expected shape [1, 1, 2, 32], got [1, 1, 2, 16]");
+    int64_t q3s[4] = {1, 1, 2, 32}, c2s[4] = {1, 4, 2, 16};
+    paradec_tensor q2h = pd_host(q, PD_F32, 4, q3s), k2h = pd_host(k, PD_F32, 4, q3s);
+    paradec_tensor ck2 = pd_host(ck, PD_U8, 4, c2s);
+    bad = flat;
+    bad.k = &ck2;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &q2h, &k2h, &k2h, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_SHAPE, "pages.k: expected shape [1, 4, 2, 32], got [1, 4, 2, 16]");
+
+    /* Lengths past the cache or the sequence's pages, and bad block tables: refused before
+     * anything is written. */
+    past[0] = 4;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &flat),
+           PARADEC_ERR_CAPACITY, "past_len[0] = 4: 4 + 1 new tokens do not fit the cache capacity 4");
+    EXPECT(paradec_op_attention_quant(NULL, &qt, &flat, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_CAPACITY, "4 + 1 queries do not fit the cache capacity 4");
+    past[0] = -2;
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &table, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_INVALID_ARGUMENT, "past_len[0] = -2 is negative");
+    past[0] = 8;
+    ids[1] = 4;
+    EXPECT(paradec_op_paged_rotary_cache_write(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &table,
+                                               &pool),
+           PARADEC_ERR_INVALID_ARGUMENT, "sequence 0's page 1 is 4, outside the pool of 4 pages");
+    ids[1] = 1;
+    cnt[0] = 1;
+    EXPECT(paradec_op_paged_rotary_cache_write_ws(NULL, NULL, &qt, &kt, &vt, NULL, NULL, &pt,
+                                                  &table, &pool),
+           PARADEC_ERR_CAPACITY, "sequence 0 reaches position 9");
+    cnt[0] = 3;
+    EXPECT(paradec_op_paged_attention_ws(NULL, NULL, &qt, &pool, &table, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_INVALID_ARGUMENT, "sequence 0 owns 3 pages, more than the table's 2");
+    cnt[0] = -1;
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &table, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_INVALID_ARGUMENT, "block_table.page_count[0] = -1 is negative");
+    cnt[0] = 2;
+    past[0] = 16;
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &table, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_CAPACITY, "attention over 17 cache slots exceeds the block table's 2 pages");
+    past[0] = 0;
+    paradec_tensor ids64 = pd_host(past, PD_I64, 2, ids_s);
+    paradec_block_table wide_ids = {&ids64, &cntt};
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &wide_ids, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_DTYPE, "block_table.page_ids: expected i32, got i64");
+    int64_t ids_col[2] = {2, 1};
+    paradec_tensor idt_col = pd_host(ids, PD_I32, 2, ids_col);
+    paradec_block_table col = {&idt_col, &cntt};
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &col, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_SHAPE, "block_table.page_ids: expected [1, max_pages]");
+    paradec_tensor fcnt = pd_host(q, PD_F32, 1, one);
+    paradec_block_table fcount = {&idt, &fcnt};
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &fcount, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_DTYPE, "block_table.page_count: expected int32 or int64, got f32");
+    paradec_tensor ids_gpu = idt;
+    ids_gpu.device.device_type = PARADEC_DEVICE_CUDA;
+    paradec_block_table on_gpu = {&ids_gpu, &cntt};
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &on_gpu, &pt, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_DEVICE, "block_table.page_ids: expected host memory");
+    paradec_tensor pt_gpu = pt;
+    pt_gpu.device.device_type = PARADEC_DEVICE_CUDA;
+    EXPECT(paradec_op_attention_quant(NULL, &qt, &flat, &pt_gpu, NULL, 0, 1.0f, &ot),
+           PARADEC_ERR_DEVICE, "past_len: expected host memory");
+    float narrow[1] = {0};
+    int64_t m10[2] = {1, 0};
+    paradec_tensor mt = pd_host(narrow, PD_F32, 2, m10);
+    EXPECT(paradec_op_paged_attention(NULL, &qt, &pool, &table, &pt, &mt, 0, 1.0f, &ot),
+           PARADEC_ERR_SHAPE, "mask: expected [1, ≥1]");
+    /* Two sequences writing one pool row (sequence 1's page 0 is sequence 0's). */
+    int32_t ids2[4] = {0, 1, 0, 2};
+    int64_t cnt2[2] = {1, 1}, past2[2] = {3, 3}, two[1] = {2}, ids2_s[2] = {2, 2},
+            t2s[4] = {2, 1, 1, 32};
+    paradec_tensor idt2 = pd_host(ids2, PD_I32, 2, ids2_s), cnt2t = pd_host(cnt2, PD_I64, 1, two),
+                   pt2 = pd_host(past2, PD_I64, 1, two), q2 = pd_host(q, PD_F32, 4, t2s),
+                   k2 = pd_host(k, PD_F32, 4, t2s), v2 = pd_host(v, PD_F32, 4, t2s);
+    paradec_block_table shared = {&idt2, &cnt2t};
+    EXPECT(paradec_op_paged_rotary_cache_write(NULL, &q2, &k2, &v2, NULL, NULL, &pt2, &shared,
+                                               &pool),
+           PARADEC_ERR_INVALID_ARGUMENT, "sequences 0 and 1 would both write pool row 3");
+
+    /* Overlapping outputs: K and V in one buffer; an output over the pages. */
+    bad = flat;
+    bad.v = bad.k;
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &bad),
+           PARADEC_ERR_INVALID_ARGUMENT, "pages.k and pages.v overlap");
+    paradec_tensor over = pd_host(ck, PD_F32, 4, ts);
+    EXPECT(paradec_op_attention_quant(NULL, &qt, &flat, &pt, NULL, 0, 1.0f, &over),
+           PARADEC_ERR_INVALID_ARGUMENT, "out and pages.k overlap");
+
+    /* CUDA tensors: the plain calls name their _ws form; a _ws call needs a device workspace
+     * and pages at 16-byte aligned addresses (host arrays stand in for device memory here:
+     * every call fails before touching them). */
+    paradec_tensor dq = qt, dk = kt, dv = vt, dck = ckt, dcv = cvt, dcks = ckst, dcvs = cvst;
+    paradec_tensor *dev[] = {&dq, &dk, &dv, &dck, &dcv, &dcks, &dcvs};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++)
+        dev[i]->device.device_type = PARADEC_DEVICE_CUDA;
+    paradec_cache_pages dflat = {PARADEC_CACHE_MODE_Q8, &dck, &dcks, NULL, &dcv, &dcvs, NULL};
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &dq, &dk, &dv, NULL, NULL, &pt, &dflat),
+           PARADEC_ERR_UNSUPPORTED, "call paradec_op_rotary_cache_write_quant_ws");
+    EXPECT(paradec_op_paged_attention(NULL, &dq, &dflat, &table, &pt, NULL, 0, 1.0f, &dq),
+           PARADEC_ERR_UNSUPPORTED, "call paradec_op_paged_attention_ws");
+    EXPECT(paradec_op_attention_quant_ws(NULL, NULL, &dq, &dflat, &pt, NULL, 0, 1.0f, &dk),
+           PARADEC_ERR_UNSUPPORTED, "the CUDA kernels take f16 or bf16 tensors, not f32");
+    EXPECT(paradec_op_rotary_cache_write_quant_ws(NULL, NULL, &qt, &kt, &vt, NULL, NULL, &pt,
+                                                  &dflat),
+           PARADEC_ERR_DEVICE, "pages.k is on cuda:0 but q is on cpu");
+
+    int untouched = 1;
+    for (int i = 0; i < 4 * 32; i++) untouched &= ck[i] == 0 && cv[i] == 0;
+    for (int i = 0; i < 32 * 32; i++) untouched &= pk[i] == 0 && pv[i] == 0;
+    for (int i = 0; i < 32; i++) untouched &= pks[i] == 0 && out[i] == sentinel && q[i] == 0.5f;
+    expect_true(untouched, "refused cache-mode and paged calls wrote nothing");
+}
+
+/* Caches in a mode: bad options are named, the cache handle is left untouched. */
+static void cache_mode_errors(paradec_model *m) {
+    paradec_cache *const sentinel = (paradec_cache *)&failures;
+    paradec_cache *c = sentinel;
+    paradec_cache_options o;
+    EXPECT(paradec_cache_options_init(NULL), PARADEC_ERR_NULL_ARGUMENT, "`options`");
+    CHECK(paradec_cache_options_init(&o));
+    o.mode = 9;
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "options.mode: 9 is not a cache mode");
+    float scales[7] = {1, 1, 1, 1, 1, 1, 1};
+    o.mode = PARADEC_CACHE_MODE_FP8_E4M3;
+    o.k_scales = scales;
+    o.n_k_scales = 7;
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c),
+           PARADEC_ERR_INVALID_ARGUMENT,
+           "options.n_k_scales: 7 scales, expected 2 layers × 3 KV heads = 6");
+    o.n_k_scales = 6;
+    scales[2] = -1;
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "k_scales[2] = -1 is not a positive finite scale");
+    scales[2] = 1;
+    o.k_scales = NULL;
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c),
+           PARADEC_ERR_NULL_ARGUMENT, "options.k_scales");
+    o.mode = PARADEC_CACHE_MODE_Q6;
+    o.k_scales = scales;
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "only the FP8 E4M3 mode takes scales, not mode q6");
+    CHECK(paradec_cache_options_init(&o));
+    o.mode = PARADEC_CACHE_MODE_FP8_E5M2;
+    paradec_dtype bf16 = {PARADEC_DTYPE_BFLOAT, 16, 1};
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, bf16, PD_CPU, &o, &c),
+           PARADEC_ERR_UNSUPPORTED, "fp8e5m2 truncates fp16 values");
+    o.struct_size = 4;
+    EXPECT(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c),
+           PARADEC_ERR_STRUCT_SIZE, "paradec_cache_options.struct_size is 4");
+    EXPECT(paradec_cache_create_for_layer_with_options(NULL, 1, 4, PD_F32, PD_CPU, NULL, &c),
+           PARADEC_ERR_NULL_ARGUMENT, "`layer`");
+    expect_true(c == sentinel, "failed cache creates leave *out untouched");
+    CHECK(paradec_cache_options_init(&o));
+    o.mode = PARADEC_CACHE_MODE_Q4;
+    size_t bytes = 7;
+    EXPECT(paradec_cache_bytes(2, 1, 4, 3, 16, PD_F32, &o, &bytes), PARADEC_ERR_UNSUPPORTED,
+           "q4: head_dim 16 is not a multiple of 32");
+    EXPECT(paradec_cache_bytes(2, 1, 4, 3, 32, PD_I64, &o, &bytes), PARADEC_ERR_DTYPE,
+           "dtype: expected f32, f16 or bf16, got i64");
+    expect_true(bytes == 7, "a failed size query leaves *out_bytes untouched");
+    paradec_cache_info info;
+    info.struct_size = 0;
+    EXPECT(paradec_cache_describe(NULL, &info), PARADEC_ERR_NULL_ARGUMENT, "`cache`");
+    CHECK(paradec_cache_create_with_options(m, 1, 4, PD_F32, PD_CPU, &o, &c));
+    EXPECT(paradec_cache_describe(c, &info), PARADEC_ERR_STRUCT_SIZE,
+           "paradec_cache_info.struct_size is 0");
+    paradec_cache_free(c);
+}
+
 static void model_errors(const char *model_dir) {
     char tmp[] = "/tmp/paradec-errors-XXXXXX";
     if (!mkdtemp(tmp)) {
@@ -393,6 +631,8 @@ static void model_errors(const char *model_dir) {
     EXPECT(paradec_model_forward(m, NULL, ws, &id1, &p, NULL, NULL, 1, &lg1),
            PARADEC_ERR_NULL_ARGUMENT, "`loras`");
 
+    cache_mode_errors(m);
+
     /* Layers. */
     paradec_layer *layer = NULL;
     EXPECT(paradec_model_layer(m, 99, &layer), PARADEC_ERR_INVALID_ARGUMENT, "index: 99");
@@ -476,6 +716,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     kernel_errors();
+    kv_kernel_errors();
     model_errors(argv[1]);
     printf("%d checks: %s\n", checks, failures ? "ERRORS: FAIL" : "ERRORS: all ok");
     return failures ? 1 : 0;

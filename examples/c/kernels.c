@@ -1,8 +1,9 @@
 /*
  * kernels.c — the kernel level on host pointers: every paradec_op_* on arrays this program
- * owns (used in place, never copied), checked against values computed here by hand. Also
- * shows that a DLPack DLTensor is passed as it is (its definition is transcribed below; an
- * engine includes dlpack.h instead).
+ * owns (used in place, never copied), checked against values computed here by hand, and the
+ * KV cache modes and the paged cache (Q8 and native pages, contiguous and through a block
+ * table) against the native contiguous cache. Also shows that a DLPack DLTensor is passed as
+ * it is (its definition is transcribed below; an engine includes dlpack.h instead).
  */
 #include <math.h>
 #include <stddef.h>
@@ -48,6 +49,156 @@ static void expect_close(const char *what, const float *got, const float *want, 
         }
     }
     printf("ok   %s\n", what);
+}
+
+/* ---- KV cache modes and the paged cache ----
+ * batch 2, 2 query heads over 1 KV head of 32 features: a prefill of 3 tokens, then one more
+ * per sequence, written with rotary into one of these caches, then the second step's
+ * attention. The native contiguous cache (paradec_op_rotary_cache_write_ws, _attention) is the
+ * reference. */
+enum { KB = 2, KH = 2, KD = 32, KCAP = 8, KPS = 4, KNP = 5 };
+enum { NATIVE_FLAT, NATIVE_FLAT_PAGES, Q8_FLAT, Q8_PAGED, NATIVE_PAGED };
+
+static float kv_value(int i, int salt) { return sinf(0.37f * (float)i + 1.3f * (float)salt); }
+
+static void kv_run(int variant, float *out /* [KB, 1, KH, KD] */) {
+    /* Contiguous caches [KB, KCAP, 1, KD] and pools of KNP pages [KNP, KPS, 1, KD]. */
+    static float nk[KB * KCAP * KD], nv[KB * KCAP * KD], pk[KNP * KPS * KD], pv[KNP * KPS * KD];
+    static uint8_t qk[KB * KCAP * KD], qv[KB * KCAP * KD], pqk[KNP * KPS * KD],
+        pqv[KNP * KPS * KD];
+    static uint16_t qks[KB * KCAP], qvs[KB * KCAP], pqks[KNP * KPS], pqvs[KNP * KPS];
+    memset(nk, 0, sizeof nk);
+    memset(nv, 0, sizeof nv);
+    memset(pk, 0, sizeof pk);
+    memset(pv, 0, sizeof pv);
+    memset(qk, 0, sizeof qk);
+    memset(qv, 0, sizeof qv);
+    memset(pqk, 0, sizeof pqk);
+    memset(pqv, 0, sizeof pqv);
+    memset(qks, 0, sizeof qks);
+    memset(qvs, 0, sizeof qvs);
+    memset(pqks, 0, sizeof pqks);
+    memset(pqvs, 0, sizeof pqvs);
+    int64_t flat_s[4] = {KB, KCAP, 1, KD}, flat_ss[4] = {KB, KCAP, 1, KD / 32};
+    int64_t pool_s[4] = {KNP, KPS, 1, KD}, pool_ss[4] = {KNP, KPS, 1, KD / 32};
+    paradec_tensor t_nk = pd_host(nk, PD_F32, 4, flat_s), t_nv = pd_host(nv, PD_F32, 4, flat_s),
+                   t_pk = pd_host(pk, PD_F32, 4, pool_s), t_pv = pd_host(pv, PD_F32, 4, pool_s),
+                   t_qk = pd_host(qk, PD_U8, 4, flat_s), t_qv = pd_host(qv, PD_U8, 4, flat_s),
+                   t_qks = pd_host(qks, PD_F16, 4, flat_ss),
+                   t_qvs = pd_host(qvs, PD_F16, 4, flat_ss),
+                   t_pqk = pd_host(pqk, PD_U8, 4, pool_s), t_pqv = pd_host(pqv, PD_U8, 4, pool_s),
+                   t_pqks = pd_host(pqks, PD_F16, 4, pool_ss),
+                   t_pqvs = pd_host(pqvs, PD_F16, 4, pool_ss);
+    paradec_cache_pages native_flat = {PARADEC_CACHE_MODE_NATIVE, &t_nk, NULL, NULL, &t_nv, NULL,
+                                       NULL};
+    paradec_cache_pages native_pool = {PARADEC_CACHE_MODE_NATIVE, &t_pk, NULL, NULL, &t_pv, NULL,
+                                       NULL};
+    paradec_cache_pages q8_flat = {PARADEC_CACHE_MODE_Q8, &t_qk, &t_qks, NULL, &t_qv, &t_qvs,
+                                   NULL};
+    paradec_cache_pages q8_pool = {PARADEC_CACHE_MODE_Q8, &t_pqk, &t_pqks, NULL, &t_pqv, &t_pqvs,
+                                   NULL};
+    /* The block table: sequence 0 owns pages 3 and 0, sequence 1 page 4 (4 positions each
+     * suffice; entries past a sequence's pages are never read). */
+    int32_t page_ids[KB * 2] = {3, 0, 4, -1};
+    int64_t page_count[KB] = {2, 1}, ids_s[2] = {KB, 2}, cnt_s[1] = {KB};
+    paradec_tensor t_ids = pd_host(page_ids, PD_I32, 2, ids_s),
+                   t_cnt = pd_host(page_count, PD_I64, 1, cnt_s);
+    paradec_block_table table = {&t_ids, &t_cnt};
+
+    float inv_freq[8];
+    for (int j = 0; j < 8; j++) inv_freq[j] = powf(10000.0f, -(float)j / 8.0f);
+    int64_t fs[1] = {8};
+    paradec_tensor t_freq = pd_host(inv_freq, PD_F32, 1, fs);
+    paradec_rotary rot = {PARADEC_ROPE_STYLE_HALF, 16, &t_freq, 1.0f};
+    for (int step = 0; step < 2; step++) {
+        const int L = step == 0 ? 3 : 1;
+        float q[KB * 3 * KH * KD], k[KB * 3 * KD], v[KB * 3 * KD];
+        for (int i = 0; i < KB * L * KH * KD; i++) q[i] = kv_value(i, 1 + step);
+        for (int i = 0; i < KB * L * KD; i++) k[i] = 2 * kv_value(i, 3 + step);
+        for (int i = 0; i < KB * L * KD; i++) v[i] = kv_value(i, 5 + step);
+        int64_t past[KB] = {step ? 3 : 0, step ? 3 : 0}, pos[KB * 3];
+        for (int b = 0; b < KB; b++)
+            for (int t = 0; t < L; t++) pos[b * L + t] = past[b] + t;
+        int64_t qs[4] = {KB, L, KH, KD}, ks[4] = {KB, L, 1, KD}, ps[1] = {KB * L}, bs[1] = {KB};
+        paradec_tensor tq = pd_host(q, PD_F32, 4, qs), tk = pd_host(k, PD_F32, 4, ks),
+                       tv = pd_host(v, PD_F32, 4, ks), tpos = pd_host(pos, PD_I64, 1, ps),
+                       tpast = pd_host(past, PD_I64, 1, bs);
+        switch (variant) {
+        case NATIVE_FLAT:
+            CHECK(paradec_op_rotary_cache_write_ws(NULL, NULL, &tq, &tk, &tv, &tpos, &rot, &tpast,
+                                                   &t_nk, &t_nv));
+            break;
+        case NATIVE_FLAT_PAGES: /* the same cache as pages of the native mode */
+            CHECK(paradec_op_rotary_cache_write_quant(NULL, &tq, &tk, &tv, &tpos, &rot, &tpast,
+                                                      &native_flat));
+            break;
+        case Q8_FLAT:
+            if (step == 0)
+                CHECK(paradec_op_rotary_cache_write_quant(NULL, &tq, &tk, &tv, &tpos, &rot,
+                                                          &tpast, &q8_flat));
+            else
+                CHECK(paradec_op_rotary_cache_write_quant_ws(NULL, NULL, &tq, &tk, &tv, &tpos,
+                                                             &rot, &tpast, &q8_flat));
+            break;
+        case Q8_PAGED:
+            if (step == 0)
+                CHECK(paradec_op_paged_rotary_cache_write(NULL, &tq, &tk, &tv, &tpos, &rot,
+                                                          &tpast, &table, &q8_pool));
+            else
+                CHECK(paradec_op_paged_rotary_cache_write_ws(NULL, NULL, &tq, &tk, &tv, &tpos,
+                                                             &rot, &tpast, &table, &q8_pool));
+            break;
+        default:
+            CHECK(paradec_op_paged_rotary_cache_write_ws(NULL, NULL, &tq, &tk, &tv, &tpos, &rot,
+                                                         &tpast, &table, &native_pool));
+        }
+        if (step == 0) continue;
+        /* The second step's rotated queries attend over 4 positions of each sequence. */
+        paradec_tensor to = pd_host(out, PD_F32, 4, qs);
+        const float scale = 1.0f / sqrtf((float)KD);
+        switch (variant) {
+        case NATIVE_FLAT:
+            CHECK(paradec_op_attention(NULL, &tq, &t_nk, &t_nv, &tpast, NULL, 0, scale, &to));
+            break;
+        case NATIVE_FLAT_PAGES:
+            CHECK(paradec_op_attention_quant_ws(NULL, NULL, &tq, &native_flat, &tpast, NULL, 0,
+                                                scale, &to));
+            break;
+        case Q8_FLAT:
+            CHECK(paradec_op_attention_quant(NULL, &tq, &q8_flat, &tpast, NULL, 0, scale, &to));
+            break;
+        case Q8_PAGED:
+            CHECK(paradec_op_paged_attention(NULL, &tq, &q8_pool, &table, &tpast, NULL, 0, scale,
+                                             &to));
+            break;
+        default:
+            CHECK(paradec_op_paged_attention_ws(NULL, NULL, &tq, &native_pool, &table, &tpast,
+                                                NULL, 0, scale, &to));
+        }
+    }
+    /* Paged writes went to the pages the table names: sequence 1's 4 positions fill page 4. */
+    if (variant == Q8_PAGED) {
+        int filled = 1;
+        for (int r = 0; r < KPS; r++) filled &= pqks[4 * KPS + r] != 0 && pqks[1 * KPS + r] == 0;
+        printf("%s paged write: sequence 1 in page 4, the free page 1 untouched\n",
+               filled ? "ok  " : "FAIL");
+        failures += !filled;
+    }
+}
+
+static void kv_modes(void) {
+    float ref[KB * KH * KD], got[KB * KH * KD], flat_q8[KB * KH * KD];
+    kv_run(NATIVE_FLAT, ref);
+    kv_run(NATIVE_FLAT_PAGES, got);
+    expect_close("native pages (paradec_op_*_quant) = the native cache", got, ref,
+                 KB * KH * KD, 1e-6f);
+    kv_run(NATIVE_PAGED, got);
+    expect_close("native paged pool = the native cache", got, ref, KB * KH * KD, 1e-6f);
+    kv_run(Q8_FLAT, flat_q8);
+    expect_close("Q8 cache within quantization error of the native one", flat_q8, ref,
+                 KB * KH * KD, 3e-2f);
+    kv_run(Q8_PAGED, got);
+    expect_close("Q8 paged pool = the Q8 contiguous cache", got, flat_q8, KB * KH * KD, 0);
 }
 
 int main(void) {
@@ -234,6 +385,8 @@ int main(void) {
                                   &ao2t));
     paradec_workspace_free(cpu_ws);
     expect_close("attention_ws", ao2, ao, 4, 0);
+
+    kv_modes();
 
     printf("%s\n", failures ? "KERNELS: FAIL" : "KERNELS: all ok");
     return failures ? 1 : 0;

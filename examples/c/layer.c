@@ -1,8 +1,9 @@
 /*
  * layer.c — the layer and model level beyond decoding: a model's layer as a handle, forward
  * and forward_interm (every intermediate), a cache for one layer, LoRA apply / remove on a
- * layer and on the model, load / unload, numel / weight bytes / is_quant, rank_reduce, and a
- * decoder layer built from tensors this program holds plus a config.json text.
+ * layer and on the model, load / unload, numel / weight bytes / is_quant, rank_reduce, caches
+ * in the KV cache modes (model and layer), and a decoder layer built from tensors this program
+ * holds plus a config.json text.
  *
  *     layer MODEL_DIR        (a GPT-NeoX directory with a PEFT adapter in MODEL_DIR/lora)
  */
@@ -98,6 +99,106 @@ static void layer_from_tensors(paradec_workspace *ws) {
     paradec_layer_free(layer);
 }
 
+/* Caches in the KV cache modes: Q8 and FP8 (E4M3 with a scale per layer and KV head, E5M2)
+ * give logits within their quantization error of the native cache's, through a prefill and a
+ * decode step; the size query predicts what the cache describes; a layer's cache in a mode
+ * holds the layers up to it. */
+static void kv_cache_modes(paradec_model *model, paradec_workspace *ws,
+                           const paradec_model_info *info) {
+    const size_t T = 4, V = info->vocab, L = info->num_layers, KVH = info->kv_heads;
+    int64_t ids[5] = {5, 9, 2, 7, 3}, ids_shape[2] = {1, 4}, one_shape[2] = {1, 1};
+    int64_t lg_shape[3] = {1, 4, (int64_t)V}, lg1_shape[3] = {1, 1, (int64_t)V}, past[1] = {4};
+    float *ref = malloc((T + 1) * V * sizeof *ref), *got = malloc((T + 1) * V * sizeof *got);
+    paradec_tensor ids_t = pd_host(ids, PD_I64, 2, ids_shape),
+                   next_t = pd_host(ids + 4, PD_I64, 2, one_shape);
+    paradec_tensor ref_t = pd_host(ref, PD_F32, 3, lg_shape),
+                   ref1_t = pd_host(ref + T * V, PD_F32, 3, lg1_shape),
+                   got_t = pd_host(got, PD_F32, 3, lg_shape),
+                   got1_t = pd_host(got + T * V, PD_F32, 3, lg1_shape);
+    paradec_attn_params prefill = params(1, T, NULL), step = params(1, 1, past);
+    paradec_cache *native = NULL;
+    CHECK(paradec_cache_create(model, 1, 8, PD_F32, PD_CPU, &native));
+    CHECK(paradec_model_forward(model, NULL, ws, &ids_t, &prefill, native, NULL, 0, &ref_t));
+    CHECK(paradec_model_forward(model, NULL, ws, &next_t, &step, native, NULL, 0, &ref1_t));
+    paradec_cache_info ni;
+    ni.struct_size = sizeof ni;
+    CHECK(paradec_cache_describe(native, &ni));
+    expect(ni.mode == PARADEC_CACHE_MODE_NATIVE && ni.bytes == 2 * L * 8 * KVH * info->head_dim * 4,
+           "cache_describe: a native f32 cache");
+    float scale = 0;
+    for (size_t i = 0; i < (T + 1) * V; i++) scale = fmaxf(scale, fabsf(ref[i]));
+    float scales[64];
+    for (size_t i = 0; i < L * KVH && i < 64; i++) scales[i] = 0.5f + 0.25f * (float)i;
+    const int modes[3] = {PARADEC_CACHE_MODE_Q8, PARADEC_CACHE_MODE_FP8_E4M3,
+                          PARADEC_CACHE_MODE_FP8_E5M2};
+    const float tol[3] = {0.05f, 0.1f, 0.25f};
+    const char *names[3] = {"q8", "fp8 e4m3 (scales per layer and KV head)", "fp8 e5m2"};
+    for (int i = 0; i < 3; i++) {
+        paradec_cache_options o;
+        CHECK(paradec_cache_options_init(&o));
+        o.mode = modes[i];
+        if (modes[i] == PARADEC_CACHE_MODE_FP8_E4M3) {
+            o.k_scales = o.v_scales = scales;
+            o.n_k_scales = o.n_v_scales = L * KVH;
+        }
+        size_t bytes = 0;
+        CHECK(paradec_cache_bytes(L, 1, 8, KVH, info->head_dim, PD_F32, &o, &bytes));
+        paradec_cache *c = NULL;
+        CHECK(paradec_cache_create_with_options(model, 1, 8, PD_F32, PD_CPU, &o, &c));
+        paradec_cache_info ci;
+        ci.struct_size = sizeof ci;
+        CHECK(paradec_cache_describe(c, &ci));
+        char what[160];
+        snprintf(what, sizeof what, "%s cache: describe (%zu bytes, native %zu) = the size query",
+                 names[i], ci.bytes, ni.bytes);
+        expect(ci.mode == modes[i] && ci.num_layers == L && ci.batch == 1 && ci.capacity == 8 &&
+                   ci.kv_heads == KVH && ci.bytes == bytes && bytes < ni.bytes / 3,
+               what);
+        CHECK(paradec_model_forward(model, NULL, ws, &ids_t, &prefill, c, NULL, 0, &got_t));
+        CHECK(paradec_model_forward(model, NULL, ws, &next_t, &step, c, NULL, 0, &got1_t));
+        float d = max_diff(got, ref, (T + 1) * V);
+        snprintf(what, sizeof what, "%s cache: logits within %.2f·max|logit| of native (%.4f)",
+                 names[i], (double)tol[i], (double)(d / scale));
+        expect(d > 0 && d < tol[i] * scale, what);
+        paradec_cache_free(c);
+    }
+
+    /* A layer's cache in a mode: layers 0 ..= 1. */
+    paradec_layer *layer = NULL;
+    CHECK(paradec_model_layer(model, 1, &layer));
+    paradec_cache_options o;
+    CHECK(paradec_cache_options_init(&o));
+    o.mode = PARADEC_CACHE_MODE_Q8;
+    paradec_cache *lc = NULL, *ln = NULL;
+    CHECK(paradec_cache_create_for_layer_with_options(layer, 1, 8, PD_F32, PD_CPU, &o, &lc));
+    CHECK(paradec_cache_create_for_layer_with_options(layer, 1, 8, PD_F32, PD_CPU, NULL, &ln));
+    paradec_cache_info li;
+    li.struct_size = sizeof li;
+    CHECK(paradec_cache_describe(lc, &li));
+    expect(li.num_layers == 2 && li.mode == PARADEC_CACHE_MODE_Q8,
+           "cache_create_for_layer_with_options: a Q8 cache of layers 0 ..= 1");
+    size_t n = T * info->hidden;
+    float *h1 = malloc(n * sizeof *h1), *h2 = malloc(n * sizeof *h2);
+    unsigned seed = 3;
+    for (size_t i = 0; i < n; i++) h1[i] = h2[i] = frand(&seed);
+    int64_t hs[3] = {1, (int64_t)T, (int64_t)info->hidden};
+    paradec_tensor t1 = pd_host(h1, PD_F32, 3, hs), t2 = pd_host(h2, PD_F32, 3, hs);
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t1, &prefill, ln, NULL, 0));
+    CHECK(paradec_layer_forward(layer, NULL, ws, &t2, &prefill, lc, NULL, 0));
+    float hscale = 0;
+    for (size_t i = 0; i < n; i++) hscale = fmaxf(hscale, fabsf(h1[i]));
+    expect(max_diff(h1, h2, n) < 0.05f * hscale,
+           "a layer through its Q8 cache: within quantization error of the native cache");
+    free(h1);
+    free(h2);
+    paradec_cache_free(lc);
+    paradec_cache_free(ln);
+    paradec_layer_free(layer);
+    paradec_cache_free(native);
+    free(ref);
+    free(got);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s GPT_NEOX_MODEL_DIR\n", argv[0]);
@@ -165,6 +266,8 @@ int main(int argc, char **argv) {
     CHECK(paradec_layer_forward(layer, NULL, ws, &one, &step, cache, NULL, 0));
     free(next);
     paradec_cache_free(cache);
+
+    kv_cache_modes(model, ws, &info);
 
     /* LoRA on the layer: changes the output only while listed, and goes away on remove. */
     paradec_lora *lora = NULL;

@@ -13,6 +13,7 @@
 static const paradec_dtype PD_F32 = {PARADEC_DTYPE_FLOAT, 32, 1};
 static const paradec_dtype PD_F16 = {PARADEC_DTYPE_FLOAT, 16, 1};
 static const paradec_dtype PD_I32 = {PARADEC_DTYPE_INT, 32, 1};
+static const paradec_dtype PD_U8 = {PARADEC_DTYPE_UINT, 8, 1};
 static const paradec_dtype PD_I64 = {PARADEC_DTYPE_INT, 64, 1};
 static const paradec_device PD_CPU = {PARADEC_DEVICE_CPU, 0};
 
