@@ -5,7 +5,9 @@
  * device, their per-call tables from host memory), with a synchronization per group; each
  * result is checked against the same op run on host copies (the CPU twin) within f16
  * rounding, and the refused calls (a slot past the cache, a missing arena, a weight not yet on
- * the device) fail before any launch with their status.
+ * the device) fail before any launch with their status. The KV cache modes (native, Q8, FP8
+ * E4M3) are written and read on the device both as a contiguous cache and as a pool of pages
+ * through a block table, against each other and the host twin.
  *
  * With a model directory as argument it also runs one of the model's layers on hidden states in
  * device memory (in place, on the stream) against the same layer on the host.
@@ -250,6 +252,211 @@ static void graph_decode(const char *dir, cudaStream_t stream) {
     paradec_model_free(m);
 }
 
+/* ---- KV cache modes and the paged cache on the device ----
+ * One layer's pages in cudaMalloc memory (or, for the host twin, in host memory): K and V
+ * (values of the native mode, else codes), Q8's run scales, E4M3's head scales. */
+enum { KV_B = 2, KV_H = 4, KV_KVH = 2, KV_D = 64, KV_CAP = 8, KV_PS = 4, KV_NP = 6 };
+
+typedef struct {
+    void *buf[4]; /* k, v, k run scales, v run scales (NULL when the mode has none) */
+    int on_device;
+    int64_t shape[4], sshape[4], hshape[1];
+    paradec_tensor t[6]; /* k, k_scales, k_head_scales, v, v_scales, v_head_scales */
+    paradec_cache_pages pages;
+} kv_pages;
+
+static void *kv_alloc(int on_device, size_t bytes) {
+    void *p = NULL;
+    if (on_device) {
+        CUDA_CHECK(cudaMalloc(&p, bytes));
+        CUDA_CHECK(cudaMemset(p, 0, bytes));
+    } else {
+        p = calloc(1, bytes);
+    }
+    return p;
+}
+
+/* Zeroed pages [a, b, KV_KVH, …] in `mode` (NATIVE, Q8 or FP8_E4M3); `head_scales`: KV_KVH
+ * floats where the pages live (E4M3). Stays in place: the descriptors point into it. */
+static void kv_pages_init(kv_pages *p, int mode, int on_device, int64_t a, int64_t b,
+                          float *head_scales) {
+    paradec_device where = {on_device ? PARADEC_DEVICE_CUDA : PARADEC_DEVICE_CPU, 0};
+    const int native = mode == PARADEC_CACHE_MODE_NATIVE, runs = mode == PARADEC_CACHE_MODE_Q8;
+    const int e4m3 = mode == PARADEC_CACHE_MODE_FP8_E4M3;
+    const paradec_dtype vdt = native ? (on_device ? PD_F16 : PD_F32) : PD_U8;
+    const size_t elem = native ? (on_device ? 2 : 4) : 1;
+    const size_t n = (size_t)(a * b) * KV_KVH * KV_D, ns = (size_t)(a * b) * KV_KVH * (KV_D / 32);
+    memset(p, 0, sizeof *p);
+    p->on_device = on_device;
+    int64_t shape[4] = {a, b, KV_KVH, KV_D}, sshape[4] = {a, b, KV_KVH, KV_D / 32};
+    memcpy(p->shape, shape, sizeof shape);
+    memcpy(p->sshape, sshape, sizeof sshape);
+    p->hshape[0] = KV_KVH;
+    p->buf[0] = kv_alloc(on_device, n * elem);
+    p->buf[1] = kv_alloc(on_device, n * elem);
+    p->t[0] = pd_tensor(p->buf[0], where, vdt, 4, p->shape);
+    p->t[3] = pd_tensor(p->buf[1], where, vdt, 4, p->shape);
+    if (runs) {
+        p->buf[2] = kv_alloc(on_device, ns * 2);
+        p->buf[3] = kv_alloc(on_device, ns * 2);
+        p->t[1] = pd_tensor(p->buf[2], where, PD_F16, 4, p->sshape);
+        p->t[4] = pd_tensor(p->buf[3], where, PD_F16, 4, p->sshape);
+    }
+    if (e4m3) {
+        p->t[2] = pd_tensor(head_scales, where, PD_F32, 1, p->hshape);
+        p->t[5] = p->t[2];
+    }
+    p->pages.mode = mode;
+    p->pages.k = &p->t[0];
+    p->pages.k_scales = runs ? &p->t[1] : NULL;
+    p->pages.k_head_scales = e4m3 ? &p->t[2] : NULL;
+    p->pages.v = &p->t[3];
+    p->pages.v_scales = runs ? &p->t[4] : NULL;
+    p->pages.v_head_scales = e4m3 ? &p->t[5] : NULL;
+}
+
+static void kv_pages_free(kv_pages *p) {
+    for (int i = 0; i < 4; i++) {
+        if (!p->buf[i]) continue;
+        if (p->on_device)
+            CUDA_CHECK(cudaFree(p->buf[i]));
+        else
+            free(p->buf[i]);
+    }
+}
+
+/* In the native, Q8 and FP8 E4M3 modes: a prefill of 4 tokens then one more per sequence
+ * (sequence 1 rewound to 2), written with rotary into a contiguous device cache and into a
+ * device pool of pages through a block table (pages handed out of order), then the second
+ * step's attention over each; both against the host twin of the contiguous cache, and the
+ * paged output against the contiguous one. Then what the paged calls refuse before any
+ * launch. */
+static void kv_pages_on_device(cudaStream_t stream, paradec_workspace *ws,
+                               paradec_workspace *tiny) {
+    const int modes[3] = {PARADEC_CACHE_MODE_NATIVE, PARADEC_CACHE_MODE_Q8,
+                          PARADEC_CACHE_MODE_FP8_E4M3};
+    const char *names[3] = {"native", "q8", "fp8 e4m3"};
+    const float tol[3] = {2e-2f, 5e-2f, 5e-2f};
+    float head_scales[KV_KVH] = {0.5f, 2.0f}, *dhead = NULL;
+    CUDA_CHECK(cudaMalloc((void **)&dhead, sizeof head_scales));
+    CUDA_CHECK(cudaMemcpy(dhead, head_scales, sizeof head_scales, cudaMemcpyHostToDevice));
+    /* Sequence 0 owns pages 5 and 1 (it reaches position 5), sequence 1 page 3. */
+    int32_t page_ids[KV_B * 2] = {5, 1, 3, -1};
+    int64_t page_count[KV_B] = {2, 1}, ids_s[2] = {KV_B, 2}, cnt_s[1] = {KV_B};
+    paradec_tensor t_ids = pd_host(page_ids, PD_I32, 2, ids_s),
+                   t_cnt = pd_host(page_count, PD_I64, 1, cnt_s);
+    paradec_block_table table = {&t_ids, &t_cnt};
+    float inv_freq[KV_D / 4];
+    for (int j = 0; j < KV_D / 4; j++) inv_freq[j] = powf(10000.0f, -(float)j / (KV_D / 4));
+    int64_t fs[1] = {KV_D / 4};
+    paradec_tensor t_freq = pd_host(inv_freq, PD_F32, 1, fs);
+    paradec_rotary rot = {PARADEC_ROPE_STYLE_HALF, KV_D / 2, &t_freq, 1.0f};
+    const float scale = 1.0f / sqrtf((float)KV_D);
+    for (int m = 0; m < 3; m++) {
+        kv_pages dflat, dpool, hflat;
+        kv_pages_init(&dflat, modes[m], 1, KV_B, KV_CAP, dhead);
+        kv_pages_init(&dpool, modes[m], 1, KV_NP, KV_PS, dhead);
+        kv_pages_init(&hflat, modes[m], 0, KV_B, KV_CAP, head_scales);
+        pair qc = {0}, qp = {0};
+        int64_t past[KV_B] = {0, 0}, pos[KV_B * 4], pls[1] = {KV_B};
+        paradec_tensor hpast = pd_host(past, PD_I64, 1, pls);
+        for (int step = 0; step < 2; step++) {
+            const int64_t L = step == 0 ? 4 : 1;
+            if (step == 1) past[0] = 4, past[1] = 2;
+            for (int b = 0; b < KV_B; b++)
+                for (int t = 0; t < L; t++) pos[b * L + t] = past[b] + t;
+            int64_t qs[4] = {KV_B, L, KV_H, KV_D}, ks[4] = {KV_B, L, KV_KVH, KV_D},
+                    ps[1] = {KV_B * L};
+            paradec_tensor hpos = pd_host(pos, PD_I64, 1, ps);
+            const unsigned seed = 100 + 10 * (unsigned)step;
+            /* The same values twice: the contiguous and the paged calls each rotate their own
+             * q and k in place; the host twin rotates the host copy of the first. */
+            pair q1 = make(4, qs, seed), k1 = make(4, ks, seed + 1), v1 = make(4, ks, seed + 2);
+            pair q2 = make(4, qs, seed), k2 = make(4, ks, seed + 1), v2 = make(4, ks, seed + 2);
+            paradec_tensor dq1 = dev_t(&q1), dk1 = dev_t(&k1), dv1 = dev_t(&v1), dq2 = dev_t(&q2),
+                           dk2 = dev_t(&k2), dv2 = dev_t(&v2), hq1 = host_t(&q1),
+                           hk1 = host_t(&k1), hv1 = host_t(&v1);
+            CHECK(paradec_op_rotary_cache_write_quant_ws(stream, ws, &dq1, &dk1, &dv1, &hpos, &rot,
+                                                         &hpast, &dflat.pages));
+            CHECK(paradec_op_paged_rotary_cache_write_ws(stream, ws, &dq2, &dk2, &dv2, &hpos, &rot,
+                                                         &hpast, &table, &dpool.pages));
+            CHECK(paradec_op_rotary_cache_write_quant_ws(NULL, NULL, &hq1, &hk1, &hv1, &hpos, &rot,
+                                                         &hpast, &hflat.pages));
+            if (step == 0 && m == 1) {
+                /* Refused before any launch: a page outside the pool, a plain call on device
+                 * tensors, a workspace without an arena. */
+                page_ids[0] = KV_NP;
+                expect(paradec_op_paged_rotary_cache_write_ws(stream, ws, &dq2, &dk2, &dv2, &hpos,
+                                                              &rot, &hpast, &table, &dpool.pages),
+                       PARADEC_ERR_INVALID_ARGUMENT, "paged write: a page outside the pool");
+                page_ids[0] = 5;
+                expect(paradec_op_paged_rotary_cache_write(stream, &dq2, &dk2, &dv2, &hpos, &rot,
+                                                           &hpast, &table, &dpool.pages),
+                       PARADEC_ERR_UNSUPPORTED, "paged write without a workspace on CUDA");
+                expect(paradec_op_paged_attention(stream, &dq2, &dpool.pages, &table, &hpast,
+                                                  NULL, 0, scale, &dq1),
+                       PARADEC_ERR_UNSUPPORTED, "paged attention without a workspace on CUDA");
+                expect(paradec_op_paged_attention_ws(stream, tiny, &dq2, &dpool.pages, &table,
+                                                     &hpast, NULL, 0, scale, &dq1),
+                       PARADEC_ERR_CAPACITY, "paged attention: a workspace without an arena");
+                expect(paradec_op_attention_quant(stream, &dq1, &dflat.pages, &hpast, NULL, 0,
+                                                  scale, &dq2),
+                       PARADEC_ERR_UNSUPPORTED, "attention_quant without a workspace on CUDA");
+                expect(paradec_op_rotary_cache_write_quant(stream, &dq1, &dk1, &dv1, &hpos, &rot,
+                                                           &hpast, &dflat.pages),
+                       PARADEC_ERR_UNSUPPORTED, "rotary_cache_write_quant without a workspace");
+            }
+            if (step == 1) {
+                qc = q1;
+                qp = q2;
+            } else {
+                release(&q1);
+                release(&q2);
+            }
+            release(&k1);
+            release(&v1);
+            release(&k2);
+            release(&v2);
+        }
+        int64_t os[4] = {KV_B, 1, KV_H, KV_D};
+        pair oc = make(4, os, 120), op = make(4, os, 121);
+        paradec_tensor dqc = dev_t(&qc), dqp = dev_t(&qp), doc = dev_t(&oc), dop = dev_t(&op),
+                       hqc = host_t(&qc), hoc = host_t(&oc);
+        CHECK(paradec_op_attention_quant_ws(stream, ws, &dqc, &dflat.pages, &hpast, NULL, 0, scale,
+                                            &doc));
+        CHECK(paradec_op_paged_attention_ws(stream, ws, &dqp, &dpool.pages, &table, &hpast, NULL,
+                                            0, scale, &dop));
+        CHECK(paradec_op_attention_quant_ws(NULL, NULL, &hqc, &hflat.pages, &hpast, NULL, 0, scale,
+                                            &hoc));
+        memcpy(op.host, oc.host, oc.n * sizeof(float));
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        char what[128];
+        snprintf(what, sizeof what, "%s cache: contiguous pages against the host twin", names[m]);
+        compare(what, &oc, tol[m]);
+        snprintf(what, sizeof what, "%s cache: paged pool against the host twin", names[m]);
+        compare(what, &op, tol[m]);
+        /* The paged output against the contiguous one, both from the device. */
+        uint16_t *hc = malloc(oc.n * 2), *hp = malloc(op.n * 2);
+        CUDA_CHECK(cudaMemcpy(hc, oc.dev, oc.n * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(hp, op.dev, op.n * 2, cudaMemcpyDeviceToHost));
+        float worst = 0;
+        for (size_t i = 0; i < oc.n; i++)
+            worst = fmaxf(worst, fabsf(from_half(hc[i]) - from_half(hp[i])));
+        int same = worst <= 4e-3f;
+        printf("%s %s cache: paged pool = contiguous pages on the device (max |diff| %g)\n",
+               same ? "ok  " : "FAIL", names[m], worst);
+        failures += !same;
+        free(hc);
+        free(hp);
+        pair *done[] = {&qc, &qp, &oc, &op};
+        for (size_t i = 0; i < sizeof done / sizeof *done; i++) release(done[i]);
+        kv_pages_free(&dflat);
+        kv_pages_free(&dpool);
+        kv_pages_free(&hflat);
+    }
+    CUDA_CHECK(cudaFree(dhead));
+}
+
 int main(int argc, char **argv) {
     int n = 0;
     if (!paradec_has_cuda() || cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -490,6 +697,8 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaStreamSynchronize(stream));
     compare("head_norm per-head weights", &sqp, 2e-2f);
     compare("head_norm rms", &skp, 2e-2f);
+
+    kv_pages_on_device(stream, ws, tiny);
 
     paradec_workspace_free(ws);
     paradec_workspace_free(tiny);
