@@ -1088,8 +1088,8 @@ pub extern "C" fn paradec_op_attention_quant_ws(
 }
 
 /// Causal attention of q over a paged pool in any mode, through a block table, on host
-/// tensors; CUDA tensors take `paradec_op_paged_attention_ws` (this
-/// call returns `PARADEC_ERR_UNSUPPORTED` for them).
+/// tensors; CUDA tensors take `paradec_op_paged_attention_ws` (this call returns
+/// `PARADEC_ERR_UNSUPPORTED` for them).
 ///
 /// - `q`, `out`, `mask`, `window`, `scale`: as in `paradec_op_attention_quant`.
 /// - `pages`: the pool, `[num_pages, page_size, kv_heads, …]`.
