@@ -338,7 +338,8 @@ static void kv_kernel_errors(void) {
      * anything is written. */
     past[0] = 4;
     EXPECT(paradec_op_rotary_cache_write_quant(NULL, &qt, &kt, &vt, NULL, NULL, &pt, &flat),
-           PARADEC_ERR_CAPACITY, "past_len[0] = 4: 4 + 1 new tokens do not fit the cache capacity 4");
+           PARADEC_ERR_CAPACITY,
+           "past_len[0] = 4: 4 + 1 new tokens do not fit the cache capacity 4");
     EXPECT(paradec_op_attention_quant(NULL, &qt, &flat, &pt, NULL, 0, 1.0f, &ot),
            PARADEC_ERR_CAPACITY, "4 + 1 queries do not fit the cache capacity 4");
     past[0] = -2;
@@ -430,6 +431,56 @@ static void kv_kernel_errors(void) {
     EXPECT(paradec_op_rotary_cache_write_quant_ws(NULL, NULL, &qt, &kt, &vt, NULL, NULL, &pt,
                                                   &dflat),
            PARADEC_ERR_DEVICE, "pages.k is on cuda:0 but q is on cpu");
+
+    /* f16 device queries: a _ws call needs a workspace on their device, and the pages must
+     * start at 16-byte aligned addresses. */
+    paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
+    paradec_tensor hq = pd_tensor(q, gpu, PD_F16, 4, ts), hout = pd_tensor(out, gpu, PD_F16, 4, ts);
+    EXPECT(paradec_op_attention_quant_ws(NULL, NULL, &hq, &dflat, &pt, NULL, 0, 1.0f, &hout),
+           PARADEC_ERR_NULL_ARGUMENT, "`workspace`");
+    paradec_workspace *host_ws = NULL;
+    CHECK(paradec_workspace_create(PD_CPU, PD_F32, &host_ws));
+    EXPECT(paradec_op_paged_attention_ws(NULL, host_ws, &hq, &dflat, &table, &pt, NULL, 0, 1.0f,
+                                         &hout),
+           PARADEC_ERR_DEVICE, "workspace: on cpu, but the tensors are on cuda:0");
+    paradec_workspace_free(host_ws);
+    paradec_tensor shifted = dck;
+    shifted.byte_offset = 8;
+    paradec_cache_pages misaligned = dflat;
+    misaligned.k = &shifted;
+    EXPECT(paradec_op_attention_quant_ws(NULL, NULL, &hq, &misaligned, &pt, NULL, 0, 1.0f, &hout),
+           PARADEC_ERR_INVALID_ARGUMENT, "pages.k: CUDA pages must start at a 16-byte aligned");
+
+    /* More pages a call cannot use: E5M2 with bf16 queries, E4M3 head scales of the wrong
+     * length, pages of rank 3, kv heads that differ from k's or do not divide q's heads. */
+    paradec_dtype bf16 = {PARADEC_DTYPE_BFLOAT, 16, 1};
+    paradec_tensor bq = pd_host(q, bf16, 4, ts);
+    paradec_cache_pages e5 = {PARADEC_CACHE_MODE_FP8_E5M2, &ckt, NULL, NULL, &cvt, NULL, NULL};
+    EXPECT(paradec_op_attention_quant(NULL, &bq, &e5, &pt, NULL, 0, 1.0f, &bq),
+           PARADEC_ERR_UNSUPPORTED, "fp8e5m2 truncates fp16 values: not for bf16 tensors");
+    float hs2[2] = {1, 1};
+    int64_t two_s[1] = {2};
+    paradec_tensor hs2t = pd_host(hs2, PD_F32, 1, two_s);
+    paradec_cache_pages e4 = {PARADEC_CACHE_MODE_FP8_E4M3, &ckt, NULL, &hs2t, &cvt, NULL, &hs2t};
+    EXPECT(paradec_op_attention_quant(NULL, &qt, &e4, &pt, NULL, 0, 1.0f, &ot), PARADEC_ERR_SHAPE,
+           "pages.k_head_scales: expected shape [1], got [2]");
+    int64_t r3[3] = {1, 4, 32};
+    paradec_tensor ck3 = pd_host(ck, PD_U8, 3, r3);
+    bad = flat;
+    bad.k = &ck3;
+    EXPECT(paradec_op_attention_quant(NULL, &qt, &bad, &pt, NULL, 0, 1.0f, &ot), PARADEC_ERR_SHAPE,
+           "pages.k: expected [batch, capacity, kv_heads, …]");
+    EXPECT(paradec_op_rotary_cache_write_quant(NULL, &q2h, &k2h, &k2h, NULL, NULL, &pt, &flat),
+           PARADEC_ERR_SHAPE, "pages.k: 1 kv heads, but k has 2");
+    int64_t q3h[4] = {1, 1, 3, 32}, c2h[4] = {1, 4, 2, 32}, c2hs[4] = {1, 4, 2, 1};
+    paradec_tensor q3 = pd_host(q, PD_F32, 4, q3h), o3 = pd_host(out, PD_F32, 4, q3h),
+                   kk2 = pd_host(ck, PD_U8, 4, c2h), vv2 = pd_host(cv, PD_U8, 4, c2h),
+                   kks2 = pd_host(pks, PD_F16, 4, c2hs), vvs2 = pd_host(pvs, PD_F16, 4, c2hs);
+    paradec_cache_pages heads2 = {PARADEC_CACHE_MODE_Q8, &kk2, &kks2, NULL, &vv2, &vvs2, NULL};
+    EXPECT(paradec_op_attention_quant(NULL, &q3, &heads2, &pt, NULL, 0, 1.0f, &o3),
+           PARADEC_ERR_SHAPE, "pages.k: 2 kv heads do not divide q's 3 heads");
+    EXPECT(paradec_cache_bytes(2, 1, 4, 3, 32, PD_F32, NULL, NULL), PARADEC_ERR_NULL_ARGUMENT,
+           "`out_bytes`");
 
     int untouched = 1;
     for (int i = 0; i < 4 * 32; i++) untouched &= ck[i] == 0 && cv[i] == 0;
