@@ -11,9 +11,17 @@
 // lane group's partial output is rotated back once, before the fixed-order merge that
 // attention.cuh's merge_and_store does. E4M3's per-KV-head scales fold into q (K) and into the
 // softmax weights (V). Several splits write f32 partials that attention.cu's combine merges.
+//
+// Every sequence of a call is cut into splits of one length: the one an eager launch planned
+// for the batch's longest sequence takes (q_split_len). The kernel reads that longest length
+// from the past lengths on the device and the split count from AttnArgs::splits_by_cap, so a
+// launch planned for a longer bound (a captured graph, whose grid stays fixed while the
+// lengths it reads change) cuts each step's keys exactly as the eager launch at the step's
+// own lengths does; its extra splits find no keys and merge as exact zeros.
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "attention.cuh"
@@ -24,6 +32,7 @@ namespace {
 
 constexpr int kQWarps = 4;
 constexpr int kQMaxSplits = 256;
+static_assert(kQMaxSplits == kMaxSplits, "splits_by_cap covers every split count");
 constexpr int64_t kQMaxQ = 16;
 
 struct QArgs {
@@ -31,8 +40,19 @@ struct QArgs {
     KvView k;
     KvView v;
     SlotMap sm;
-    int64_t split_len;  // keys per split (every sequence cut alike)
 };
+
+// Keys per split, the same for every sequence of the call: the cut of an eager launch planned
+// for the batch's longest sequence (its past length read on the device, clamped as the kernel
+// reads it). Every lane of the calling warp takes part.
+__device__ __forceinline__ int64_t q_split_len(const AttnArgs &a) {
+    long long m = 0;
+    for (int b = threadIdx.x & 31; b < a.batch; b += 32)
+        m = max(m, static_cast<long long>(clamped_past(a, b)));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, off));
+    return split_len_of(a, static_cast<int64_t>(m) + a.q_len);
+}
 
 // A lane's eight codes of one key, as loaded: 16 bytes (native), 8 (FP8, Q8) or 4 (Q4).
 template <int F>
@@ -137,8 +157,9 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
     const int64_t kv_len = past + a.q_len;
 
     const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
-    int64_t k_begin = static_cast<int64_t>(split) * qa.split_len;
-    int64_t k_end = min(k_begin + qa.split_len, kv_len);
+    const int64_t split_len = q_split_len(a);
+    int64_t k_begin = static_cast<int64_t>(split) * split_len;
+    int64_t k_end = min(k_begin + split_len, kv_len);
     k_end = min(k_end, past + t_last + 1);
     if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
 
@@ -326,12 +347,15 @@ int q_sm_count() {
     return n;
 }
 
+// How a call is cut: rows per block, lanes per key, row chunks, the grid's splits, and the
+// splits − 1 an eager launch takes for a longest sequence of c·128 keys, by c = 1…256
+// (AttnArgs::splits_by_cap; q_split_len).
 struct QPlan {
     int rows;  // R
     int lanes; // L
     int chunks;
     int splits;
-    int64_t split_len;
+    unsigned char splits_by_cap[kQMaxSplits + 1];
 };
 
 QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
@@ -343,15 +367,19 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     const int64_t vecs = (head_dim + 7) / 8;
     p.lanes = vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
     const int64_t units = batch * kv_heads * p.chunks;
-    const int64_t max_kv = max_past + q_len;
     // About eight blocks per SM in all (enough loads in flight to stream the cache), at least
-    // 128 keys per split.
+    // 128 keys per split: a longest sequence of up to c·128 keys is cut into
+    // min(that, c, 256) splits of equal length (the last one shorter).
     const int64_t want = 8 * static_cast<int64_t>(q_sm_count());
-    int64_t splits = std::max<int64_t>(1, (want + units - 1) / units);
-    splits = std::min<int64_t>(splits, std::max<int64_t>(1, (max_kv + 127) / 128));
-    splits = std::min<int64_t>(splits, kQMaxSplits);
-    p.split_len = (max_kv + splits - 1) / splits;
-    p.splits = static_cast<int>((max_kv + p.split_len - 1) / p.split_len);
+    const int64_t by_units = std::max<int64_t>(1, (want + units - 1) / units);
+    for (int64_t c = 1; c <= kQMaxSplits; ++c)
+        p.splits_by_cap[c] = static_cast<unsigned char>(
+            std::min<int64_t>(std::min<int64_t>(by_units, c), kQMaxSplits) - 1);
+    // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
+    // a shorter batch leaves empty merges as exact zeros).
+    const int64_t max_kv = max_past + q_len;
+    const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kQMaxSplits, (max_kv + 127) / 128));
+    p.splits = p.splits_by_cap[c] + 1;
     return p;
 }
 
@@ -569,7 +597,7 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
         const paradec::QPlan p = paradec::plan_qdecode(a.batch, a.q_len, a.heads, a.kv_heads,
                                                        a.head_dim, a.max_past);
         a.splits = p.splits;
-        qa.split_len = p.split_len;
+        std::memcpy(a.splits_by_cap, p.splits_by_cap, sizeof a.splits_by_cap);
         if (p.splits > 1) {
             const size_t need =
                 paradec::q_scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);

@@ -63,7 +63,11 @@ int paradec_rotary_cache_write_quant(int dtype, void *q, void *k, const void *v,
  * As paradec_attention (kernels/attention.h) for q_len ≤ 16, reading K and V from the pages
  * (codes dequantized in registers; the Hadamard formats are read in the rotated basis: q is
  * rotated once, the output rotated back once). scratch: at least
- * paradec_attention_quant_scratch_bytes(...) bytes (split-KV partials; NULL when 0). */
+ * paradec_attention_quant_scratch_bytes(...) bytes (split-KV partials; NULL when 0).
+ * max_past bounds every past_len[b] and plans the launch's grid; the keys of every sequence
+ * are cut as a launch planned for the batch's longest past length (read from past_len on the
+ * device) cuts them, so a launch planned for a larger bound — a captured graph replayed at
+ * shorter lengths — computes what the launch at the actual lengths computes, to the bit. */
 size_t paradec_attention_quant_scratch_bytes(size_t batch, size_t q_len, size_t heads,
                                              size_t kv_heads, size_t head_dim, size_t max_past);
 int paradec_attention_quant(int dtype, const void *q, paradec_kv_block_table block_table,
