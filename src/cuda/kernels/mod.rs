@@ -26,8 +26,9 @@ pub use attention::{
 };
 pub use embedding::{check_ids, embedding, embedding_host_ids, embedding_staged_ids};
 pub use kv_quant::{
-    attention_quant, attention_quant_scratch_len, gather_meta_bytes, kv_dequantize,
-    rotary_and_cache_write_quant, table_meta_bytes, DECODE_MAX_Q,
+    attention_quant, attention_quant_scratch_len, attention_quant_staged, gather_meta_bytes,
+    kv_dequantize, rotary_and_cache_write_quant, rotary_and_cache_write_quant_staged,
+    table_meta_bytes, DECODE_MAX_Q,
 };
 pub use linear::{
     linear, quant_linear, quant_linear_group, quant_linear_group_scratch, scale_inplace,
