@@ -1,13 +1,15 @@
 //! Decode steps captured in CUDA graphs and replayed with new lengths, with no recapture.
 //!
 //! A step is recorded once over the workspace's staged step tables (`Workspace::stage_step`):
-//! every kernel of the step reads positions, past lengths, the mask, token ids and rotary
-//! frequencies from that one device region, and attention plans its launch for a bound on the
-//! past length fixed at capture (the cache's capacity) while each sequence's keys are cut as
-//! an eager launch for its own length would cut them — so a replay computes exactly what the
-//! eager step computes. Before each replay the host checks the new step against the cache and
-//! the captured shape, restages the tables into the same region (one copy on the stream), and
-//! launches the graph.
+//! every kernel of the step reads positions, past lengths, the mask, token ids, rotary
+//! frequencies and — over a paged cache — the block table from that one device region, and
+//! attention plans its launch for a bound on the past length fixed at capture (the cache's
+//! capacity, or the block table's width × page size) while the keys are cut as the eager
+//! launch at the step's own lengths cuts them — so a replay computes exactly what the eager
+//! step computes, in every cache mode, contiguous or paged. Before each replay the host checks
+//! the new step against the cache and the captured shape (`layers::step_shape`), restages the
+//! tables into the same region (one copy on the stream; a block table at the captured width),
+//! and launches the graph.
 //!
 //! [`LayerGraph`] holds one layer's step (the model's is `model::ModelGraph`); both borrow
 //! what the graph reads — weights, cache, hidden states — for as long as they live, so none of
@@ -22,125 +24,8 @@ use crate::tensor::{Device, Tensor};
 use crate::workspace::{StepTables, Workspace};
 use crate::{Error, Result, Stream};
 
-/// Most query tokens per sequence a captured step takes (decode attention's limit).
-pub const MAX_GRAPH_Q_LEN: usize = 16;
-
-/// What a captured step is fixed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StepShape {
-    pub batch: usize,
-    pub q_len: usize,
-    /// Whether the step carries a padding mask (its rows then have `capacity` slots).
-    pub masked: bool,
-    /// The cache's capacity: the mask stride, and past lengths up to `capacity − q_len`.
-    pub capacity: usize,
-}
-
-impl StepShape {
-    pub(crate) fn new(batch: usize, q_len: usize, masked: bool, cache: &KvCache) -> Result<Self> {
-        if batch == 0 || q_len == 0 || q_len > MAX_GRAPH_Q_LEN {
-            return Err(Error::bad_input(format!(
-                "graph capture: batch {batch} and query length {q_len} must be positive, the \
-                 query length at most {MAX_GRAPH_Q_LEN} (a decode step)"
-            )));
-        }
-        if cache.is_paged() {
-            // The block table changes at every step (pages are added as sequences grow) and
-            // its launchers upload it per call, not from the staged step region.
-            return Err(Error::unsupported(
-                "graph capture over a paged KV cache is not supported yet: its block table \
-                 changes at every step and is not staged with the step's tables",
-            ));
-        }
-        if cache.mode().is_quantized() {
-            // Its launchers upload their tables per call (not from the staged step region).
-            return Err(Error::unsupported(format!(
-                "graph capture over a quantized KV cache (mode {}) is not supported yet",
-                cache.mode().name()
-            )));
-        }
-        if cache.batch != batch {
-            return Err(Error::bad_input(format!(
-                "graph capture: the KV cache is for batch {}, the step has {batch}",
-                cache.batch
-            )));
-        }
-        if q_len > cache.capacity {
-            return Err(Error::CapacityExceeded(format!(
-                "graph capture: {q_len} new tokens exceed the cache capacity {}",
-                cache.capacity
-            )));
-        }
-        Ok(StepShape {
-            batch,
-            q_len,
-            masked,
-            capacity: cache.capacity,
-        })
-    }
-
-    /// The largest past length a replay may have.
-    pub(crate) fn max_past(&self) -> usize {
-        self.capacity - self.q_len
-    }
-
-    /// A step of this shape over an empty cache (what the capture records with).
-    pub(crate) fn template(&self) -> Result<AttnParams> {
-        let p = AttnParams::new(self.batch, self.q_len);
-        if self.masked {
-            p.with_attention_mask(&vec![1; self.batch * self.q_len], self.q_len)
-        } else {
-            Ok(p)
-        }
-    }
-
-    /// Checks that `p` is a step of this shape.
-    pub(crate) fn check(&self, p: &AttnParams) -> Result<()> {
-        p.validate()?;
-        if p.block_table.is_some() {
-            return Err(Error::bad_input(
-                "graph step: the call carries a block table, but the graph was captured over a \
-                 contiguous KV cache",
-            ));
-        }
-        if p.batch != self.batch || p.q_len != self.q_len {
-            return Err(Error::bad_input(format!(
-                "graph step: batch {} × {} tokens, but the graph was captured for batch {} × {}",
-                p.batch, p.q_len, self.batch, self.q_len
-            )));
-        }
-        if p.mask.is_some() != self.masked {
-            return Err(Error::bad_input(format!(
-                "graph step: the graph was captured {} a padding mask, the step has {}",
-                if self.masked { "with" } else { "without" },
-                if p.mask.is_some() { "one" } else { "none" }
-            )));
-        }
-        if let Some((b, &l)) = p
-            .past_len
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l > self.max_past())
-        {
-            return Err(Error::CapacityExceeded(format!(
-                "graph step: sequence {b} has {l} past tokens; with {} new ones that exceeds the \
-                 cache capacity {}",
-                self.q_len, self.capacity
-            )));
-        }
-        Ok(())
-    }
-
-    /// The step tables of `p` as the graph reads them.
-    pub(crate) fn tables(&self, ids: &[u32], p: &AttnParams, arch: &ArchParams) -> StepTables {
-        p.step_tables(
-            ids,
-            &arch.rotary,
-            Some(self.max_past()),
-            self.masked.then_some(self.capacity),
-        )
-    }
-}
+pub(crate) use super::step_shape::StepShape;
+pub use super::step_shape::MAX_GRAPH_Q_LEN;
 
 /// A captured step: the graph and where its tables sit.
 #[derive(Debug)]
@@ -186,7 +71,7 @@ impl StepGraph {
             )));
         }
         let p = shape.template()?;
-        ws.stage_step(s, shape.tables(ids, &p, arch))?;
+        ws.stage_step(s, shape.tables(ids, &p, arch)?)?;
         ws.freeze_step_region(true);
         let strict = ws.set_strict(true);
         let mark = ws.mark();
@@ -226,12 +111,46 @@ pub struct LayerGraph<'a> {
 
 impl ParallelDecoder {
     /// Captures this layer's decode step of `batch` sequences × `q_len` new tokens (≤ 16)
-    /// over `cache` into a CUDA graph on `s` (a stream the caller created), reading and
-    /// writing `hidden` [batch · q_len, hidden] in place; `masked` says whether steps carry a
-    /// padding mask. `ws` (on the layer's device, its arena reserved with
-    /// `Workspace::bytes_needed` for `batch · q_len` tokens) becomes the graph's. Nothing runs
-    /// until [`LayerGraph::step`].
+    /// over `cache` (any mode, contiguous or paged) into a CUDA graph on `s` (a stream the
+    /// caller created), reading and writing `hidden` [batch · q_len, hidden] in place;
+    /// `masked` says whether steps carry a padding mask. `ws` (on the layer's device, its arena
+    /// reserved for `batch · q_len` tokens with `Workspace::bytes_needed`, or
+    /// `bytes_needed_for_mode` / `bytes_needed_paged` for a quantized or paged cache) becomes
+    /// the graph's. Over a paged cache, steps carry block tables of at most the pool's page
+    /// count per sequence ([`capture_decode_paged`](Self::capture_decode_paged) sets another
+    /// width). Nothing runs until [`LayerGraph::step`].
     pub fn capture_decode<'a>(
+        &'a self,
+        s: &'a Stream,
+        hidden: &'a mut Tensor,
+        cache: &'a mut KvCache,
+        ws: Workspace,
+        batch: usize,
+        q_len: usize,
+        masked: bool,
+    ) -> Result<LayerGraph<'a>> {
+        self.capture_with(s, hidden, cache, ws, batch, q_len, masked, None)
+    }
+
+    /// As [`capture_decode`](Self::capture_decode) over a paged cache whose steps carry block
+    /// tables of at most `max_pages` pages per sequence: every replay restages its table at
+    /// that width (batch × max_pages entries copied per step), a wider table is refused, and
+    /// past lengths go up to max_pages · page_size − q_len.
+    pub fn capture_decode_paged<'a>(
+        &'a self,
+        s: &'a Stream,
+        hidden: &'a mut Tensor,
+        cache: &'a mut KvCache,
+        ws: Workspace,
+        batch: usize,
+        q_len: usize,
+        masked: bool,
+        max_pages: usize,
+    ) -> Result<LayerGraph<'a>> {
+        self.capture_with(s, hidden, cache, ws, batch, q_len, masked, Some(max_pages))
+    }
+
+    fn capture_with<'a>(
         &'a self,
         s: &'a Stream,
         hidden: &'a mut Tensor,
@@ -240,8 +159,9 @@ impl ParallelDecoder {
         batch: usize,
         q_len: usize,
         masked: bool,
+        max_pages: Option<usize>,
     ) -> Result<LayerGraph<'a>> {
-        let shape = StepShape::new(batch, q_len, masked, cache)?;
+        let shape = StepShape::new(batch, q_len, masked, cache, max_pages)?;
         let step = StepGraph::capture(s, &mut ws, shape, self.arch(), &[], cache, |s, ws, c, p| {
             self.forward(s, hidden, Some(c), p, &[], ws)
         });
@@ -258,17 +178,18 @@ impl ParallelDecoder {
 
 impl LayerGraph<'_> {
     /// Queues one step at `params`' lengths (same batch, query length and mask presence as
-    /// captured; every past length at most the cache's capacity − q_len and written): checks
-    /// it, restages the tables and launches the graph. The cache records the new positions.
+    /// captured; every past length at most the captured capacity − q_len; over a contiguous
+    /// cache every past position written, over a paged one a block table of the cache's page
+    /// size, at most the captured width, checked against the pool): checks it, restages the
+    /// tables and launches the graph. A contiguous cache records the new positions.
     pub fn step(&mut self, params: &AttnParams) -> Result<()> {
-        self.step.shape.check(params)?;
+        let shape = self.step.shape;
+        shape.check(params)?;
         let idx = self.layer.layer_idx();
-        self.cache
-            .check_positions(idx, &params.past_len, params.q_len)?;
-        let tables = self.step.shape.tables(&[], params, self.layer.arch());
+        shape.check_cache(self.cache, params, idx..idx + 1)?;
+        let tables = shape.tables(&[], params, self.layer.arch())?;
         self.step.replay(self.stream, &mut self.ws, tables)?;
-        self.cache
-            .record_written(idx, &params.past_len, params.q_len)
+        shape.record(self.cache, params, idx..idx + 1)
     }
 
     /// The hidden states the graph reads and writes.

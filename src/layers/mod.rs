@@ -8,3 +8,4 @@ pub mod norm;
 pub mod parallel_decoder;
 pub mod params;
 pub mod rank_reduce;
+pub(crate) mod step_shape;

@@ -11,7 +11,7 @@ use crate::layers::params::AttnParams;
 use crate::ops;
 use crate::tensor::{DType, Device, Tensor};
 use crate::vocab::{AttnMasking, AttnShape, CacheSlots, NormKind, QkvLayout, RotaryArgs};
-use crate::workspace::Workspace;
+use crate::workspace::{same_pages, Workspace};
 use crate::{Error, Result, Stream, Weights};
 
 /// The q/k/v projection(s): three Linears, or one fused Linear whose output is split.
@@ -440,7 +440,9 @@ impl ParallelDecoder {
 
     /// Rotary + cache write, then attention, over a cache stored in pages: a quantized
     /// contiguous cache (`table` None), or a paged cache's pool addressed by the call's block
-    /// `table` (any mode). Returns the attention context [tokens, heads·head_dim].
+    /// `table` (any mode). `positions`, `past_len`, the mask and `table` are the step's staged
+    /// tables when the driver staged them (the ops then read their device copies), else `p`'s
+    /// own. Returns the attention context [tokens, heads·head_dim].
     fn attend_pages(
         &self,
         s: &Stream,
@@ -452,6 +454,8 @@ impl ParallelDecoder {
         k: &mut Tensor,
         v: &Tensor,
         positions: &[i64],
+        past_len: &[usize],
+        (mask, mask_stride): (Option<&[f32]>, usize),
         rot_args: Option<&RotaryArgs<'_>>,
     ) -> Result<Tensor> {
         let a = &self.arch;
@@ -481,7 +485,7 @@ impl ParallelDecoder {
                     batch: p.batch,
                     q_len: p.q_len,
                     capacity,
-                    past_len: &p.past_len,
+                    past_len,
                 };
                 ops::rotary_and_cache_write_quant(
                     s, ws, q, k, v, a.heads, a.kv_heads, a.head_dim, positions, rot_args, &at,
@@ -490,20 +494,8 @@ impl ParallelDecoder {
             }
             // The table is checked against the pool before anything is written.
             Some(t) => ops::paged_rotary_and_cache_write(
-                s,
-                ws,
-                q,
-                k,
-                v,
-                a.heads,
-                a.kv_heads,
-                a.head_dim,
-                positions,
-                rot_args,
-                &p.past_len,
-                p.q_len,
-                t,
-                pages,
+                s, ws, q, k, v, a.heads, a.kv_heads, a.head_dim, positions, rot_args, past_len,
+                p.q_len, t, pages,
             )?,
         }
         let shape = AttnShape {
@@ -515,10 +507,10 @@ impl ParallelDecoder {
             capacity,
         };
         let masking = AttnMasking {
-            past_len: &p.past_len,
+            past_len,
             window: self.sliding_window,
-            mask: p.mask.as_deref(),
-            mask_stride: p.mask_stride,
+            mask,
+            mask_stride,
         };
         let scale = 1.0 / (a.head_dim as f32).sqrt();
         let mut ctx = ws.tensor(&[p.tokens(), a.heads * a.head_dim])?;
@@ -685,7 +677,19 @@ impl ParallelDecoder {
             st.tables.past_len == p.past_len
                 && st.tables.positions == own_positions
                 && st.tables.mask.is_some() == p.mask.is_some()
+                && match (&st.tables.block_table, &p.block_table) {
+                    (None, None) => true,
+                    (Some(staged), Some(own)) => same_pages(staged, own),
+                    _ => false,
+                }
         });
+        // A paged cache's staged block table (possibly wider: a graph's fixed width) addresses
+        // the same rows as the call's own.
+        let table = staged
+            .as_ref()
+            .and_then(|st| st.tables.block_table.as_ref())
+            .map(PagedTable::as_block_table)
+            .or(table);
         let (positions, past_len, mask, mask_stride): (&[i64], &[usize], Option<&[f32]>, usize) =
             match &staged {
                 Some(st) => (
@@ -733,6 +737,8 @@ impl ParallelDecoder {
                 &mut k,
                 &v,
                 positions,
+                past_len,
+                (mask, mask_stride),
                 rot_args.as_ref(),
             )?
         } else {

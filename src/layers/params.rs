@@ -4,7 +4,7 @@
 
 use crate::arch::Rotary;
 use crate::kv_quant::PagedTable;
-use crate::workspace::StepTables;
+use crate::workspace::{widen_table, StepTables};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,16 +137,19 @@ impl AttnParams {
     /// The tables a forward over these params stages once for all its layers
     /// (`Workspace::stage_step`): `ids` (may be empty), positions, past lengths, the mask — with
     /// rows of `mask_stride` slots when given (a captured graph's fixed stride; slots past a
-    /// row's own are 0 and never read), else its own — and the frequencies of each of the
-    /// model's `rotary` tables at this step's largest position. Attention plans its launch for
-    /// past lengths up to `plan_max_past` (default: this step's largest).
+    /// row's own are 0 and never read), else its own — the frequencies of each of the
+    /// model's `rotary` tables at this step's largest position, and the block table — with
+    /// `table_width` entries per sequence when given (a captured graph's fixed width: a wider
+    /// table is `CapacityExceeded`), else its own. Attention plans its launch for past lengths
+    /// up to `plan_max_past` (default: this step's largest).
     pub(crate) fn step_tables(
         &self,
         ids: &[u32],
         rotary: &[Rotary],
         plan_max_past: Option<usize>,
         mask_stride: Option<usize>,
-    ) -> StepTables {
+        table_width: Option<usize>,
+    ) -> Result<StepTables> {
         let positions = self.positions();
         let max_pos = positions.iter().copied().max().unwrap_or(0);
         let (mask, mask_stride) = match (&self.mask, mask_stride) {
@@ -161,7 +164,11 @@ impl AttnParams {
             }
             (m, _) => (m.clone(), self.mask_stride),
         };
-        StepTables {
+        let block_table = match (&self.block_table, table_width) {
+            (Some(t), Some(w)) => Some(widen_table(t, self.batch, w)?),
+            (t, _) => t.clone(),
+        };
+        Ok(StepTables {
             ids: ids.to_vec(),
             positions,
             past_len: self.past_len.clone(),
@@ -176,7 +183,8 @@ impl AttnParams {
                 .collect(),
             plan_max_past: plan_max_past
                 .unwrap_or_else(|| self.past_len.iter().copied().max().unwrap_or(0)),
-        }
+            block_table,
+        })
     }
 
     /// Checks that there is one token id per query token.

@@ -35,10 +35,24 @@ impl ModelStep {
         model: &Model,
         s: &Stream,
         cache: &mut KvCache,
+        ws: Workspace,
+        batch: usize,
+        q_len: usize,
+        masked: bool,
+    ) -> Result<Self> {
+        Self::capture_with(model, s, cache, ws, batch, q_len, masked, None)
+    }
+
+    /// See [`Model::capture_decode_paged`] (`max_pages`: None takes the pool's page count).
+    pub(crate) fn capture_with(
+        model: &Model,
+        s: &Stream,
+        cache: &mut KvCache,
         mut ws: Workspace,
         batch: usize,
         q_len: usize,
         masked: bool,
+        max_pages: Option<usize>,
     ) -> Result<Self> {
         if model.device() == Device::Cpu {
             return Err(Error::bad_input(
@@ -52,7 +66,7 @@ impl ModelStep {
                 model.layers().len()
             )));
         }
-        let shape = StepShape::new(batch, q_len, masked, cache)?;
+        let shape = StepShape::new(batch, q_len, masked, cache, max_pages)?;
         let ids = vec![0u32; batch * q_len];
         let a = &model.arch;
         let (dt, dev) = (model.dtype(), model.device());
@@ -75,7 +89,8 @@ impl ModelStep {
         ids: &[u32],
         params: &AttnParams,
     ) -> Result<&ModelOutput> {
-        self.step.shape.check(params)?;
+        let shape = self.step.shape;
+        shape.check(params)?;
         params.check_ids_len(ids)?;
         let vocab = model.arch.vocab;
         if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
@@ -83,14 +98,11 @@ impl ModelStep {
                 "token id {id} at position {i} is outside the vocabulary of {vocab}"
             )));
         }
-        for l in 0..cache.num_layers() {
-            cache.check_positions(l, &params.past_len, params.q_len)?;
-        }
-        let tables = self.step.shape.tables(ids, params, &model.arch);
+        let layers = 0..cache.num_layers();
+        shape.check_cache(cache, params, layers.clone())?;
+        let tables = shape.tables(ids, params, &model.arch)?;
         self.step.replay(s, &mut self.ws, tables)?;
-        for l in 0..cache.num_layers() {
-            cache.record_written(l, &params.past_len, params.q_len)?;
-        }
+        shape.record(cache, params, layers)?;
         Ok(&self.out)
     }
 
@@ -102,10 +114,14 @@ impl ModelStep {
 
 impl Model {
     /// Captures a decode step of `batch` sequences × `q_len` new tokens (≤ 16) over `cache`
-    /// into a CUDA graph on `s` (a stream the caller created); `masked` says whether steps
-    /// carry a padding mask. The model must be on a CUDA device; `ws` (on it, its arena
-    /// reserved with `Workspace::bytes_needed` for `batch · q_len` tokens) becomes the
-    /// graph's. Nothing runs until [`ModelGraph::step`]. LoRA adapters are not captured.
+    /// (any mode, contiguous or paged) into a CUDA graph on `s` (a stream the caller created);
+    /// `masked` says whether steps carry a padding mask. The model must be on a CUDA device;
+    /// `ws` (on it, its arena reserved for `batch · q_len` tokens with
+    /// `Workspace::bytes_needed`, or `bytes_needed_for_mode` / `bytes_needed_paged` for a
+    /// quantized or paged cache) becomes the graph's. Over a paged cache, steps carry block
+    /// tables of at most the pool's page count per sequence
+    /// ([`capture_decode_paged`](Self::capture_decode_paged) sets another width). Nothing runs
+    /// until [`ModelGraph::step`]. LoRA adapters are not captured.
     pub fn capture_decode<'a>(
         &'a self,
         s: &'a Stream,
@@ -123,14 +139,40 @@ impl Model {
             core,
         })
     }
+
+    /// As [`capture_decode`](Self::capture_decode) over a paged cache whose steps carry block
+    /// tables of at most `max_pages` pages per sequence: every replay restages its table at
+    /// that width (batch × max_pages entries copied per step), a wider table is refused, and
+    /// past lengths go up to max_pages · page_size − q_len.
+    pub fn capture_decode_paged<'a>(
+        &'a self,
+        s: &'a Stream,
+        cache: &'a mut KvCache,
+        ws: Workspace,
+        batch: usize,
+        q_len: usize,
+        masked: bool,
+        max_pages: usize,
+    ) -> Result<ModelGraph<'a>> {
+        let core =
+            ModelStep::capture_with(self, s, cache, ws, batch, q_len, masked, Some(max_pages))?;
+        Ok(ModelGraph {
+            model: self,
+            stream: s,
+            cache,
+            core,
+        })
+    }
 }
 
 impl ModelGraph<'_> {
     /// Queues one step for token ids [batch · q_len] at `params`' lengths (same batch, query
-    /// length and mask presence as captured; every past length written and at most the cache's
-    /// capacity − q_len): checks it, restages the tables and launches the graph. Returns the
-    /// logits [batch, q_len, vocab], valid once the stream reaches them; the cache records the
-    /// new positions.
+    /// length and mask presence as captured; every past length at most the captured capacity −
+    /// q_len; over a contiguous cache every past position written, over a paged one a block
+    /// table of the cache's page size, at most the captured width, checked against the pools):
+    /// checks it, restages the tables and launches the graph. Returns the logits [batch, q_len,
+    /// vocab], valid once the stream reaches them; a contiguous cache records the new
+    /// positions.
     pub fn step(&mut self, ids: &[u32], params: &AttnParams) -> Result<&Tensor> {
         self.core
             .step(self.model, self.stream, self.cache, ids, params)

@@ -350,7 +350,10 @@ impl Model {
             };
             // One upload of the step's tables for every layer.
             if self.device() != Device::Cpu {
-                ws.stage_step(s, params.step_tables(ids, &self.arch.rotary, None, None))?;
+                ws.stage_step(
+                    s,
+                    params.step_tables(ids, &self.arch.rotary, None, None, None)?,
+                )?;
             }
             self.run_layers(s, ids, params, cache, loras, ws, capture, report, &mut out)?;
             Ok(out)

@@ -329,6 +329,31 @@ fn write_impl(
         }
         Device::Cuda(_) => on_cuda!(s => {
             use crate::cuda::kernels;
+            // The forward's staged tables (block table included), when these are they; else
+            // this call's own upload.
+            let staged = ws.staged().and_then(|st| {
+                let (positions, past_len) = st.positions_and_past(positions, at.past_len)?;
+                let inv_freq = match rotary {
+                    Some(r) => st.freqs(r.inv_freq)?,
+                    None => std::ptr::null(),
+                };
+                let block_table = match table {
+                    Some(t) => st.block_table(t)?,
+                    None => std::ptr::null(),
+                };
+                Some((kernels::RopeTables { positions, past_len, inv_freq }, block_table))
+            });
+            if let Some((tables, block_table)) = staged {
+                // SAFETY: the workspace staged exactly these host slices into its step region,
+                // queued on this forward's stream before any of its ops, and keeps the region
+                // alive and unchanged until the next stage, which waits for this forward.
+                return unsafe {
+                    kernels::rotary_and_cache_write_quant_staged(
+                        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, table, tables,
+                        block_table, cache, s,
+                    )
+                };
+            }
             let rot_dim = rotary.map_or(0, |r| r.rot_dim);
             let mut meta = ws.scratch(
                 &[kernels::table_meta_bytes(kernels::rope_meta_bytes(at.batch * at.q_len, at.batch, rot_dim), table)],
@@ -463,6 +488,32 @@ fn attend_impl(
             use crate::cuda::kernels;
             let max_past = masking.past_len.iter().copied().max().unwrap_or(0);
             if s.q_len <= kernels::DECODE_MAX_Q {
+                // The forward's staged tables (planned for the staged bound), when these are
+                // they; else this call's own upload.
+                let staged = ws.staged().and_then(|stg| {
+                    let past = stg.past(masking.past_len)?;
+                    let mask = stg.mask(masking.mask)?;
+                    let block_table = match table {
+                        Some(t) => stg.block_table(t)?,
+                        None => std::ptr::null(),
+                    };
+                    Some((past, mask, block_table, stg.tables.plan_max_past.max(max_past)))
+                });
+                if let Some((past, mask, block_table, plan)) = staged {
+                    let mut partials = ws.scratch(
+                        &[kernels::attention_quant_scratch_len(s, plan, st)?],
+                        crate::tensor::DType::F32,
+                    )?;
+                    // SAFETY: the workspace staged exactly these past lengths, mask and block
+                    // table into its step region, queued on this forward's stream before any
+                    // of its ops, and keeps the region alive and unchanged until the next stage.
+                    return unsafe {
+                        kernels::attention_quant_staged(
+                            q, cache, table, s, masking, scale, plan, past, mask, block_table,
+                            &mut partials, out, st,
+                        )
+                    };
+                }
                 let mut meta = ws.scratch(
                     &[kernels::table_meta_bytes(kernels::attention_meta_bytes(s, masking), table)],
                     crate::tensor::DType::U8,

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use crate::arch::ArchParams;
 use crate::tensor::{DType, Device, Tensor};
 use crate::{Error, Result, Stream};
-pub(crate) use step::StagedStep;
 pub use step::StepTables;
+pub(crate) use step::{same_pages, widen_table, StagedStep};
 
 /// Arena slices start on 256-byte boundaries: every kernel's vector loads stay aligned.
 const ALIGN: usize = 256;
