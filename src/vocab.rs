@@ -157,4 +157,9 @@ pub enum LinearPath {
     /// operand, streamed once (K split across blocks). Where it does not apply (other widths,
     /// larger M, dense weights) the launcher makes its own choice.
     Small,
+    /// `Small` with its shared-memory ring loop forced. `Small` runs the lean loop (x staged in
+    /// shared memory once, weights streamed in registers) where x fits it (M ≤ 16 and a short
+    /// enough share of K) and the ring loop elsewhere; tests and measurements force each.
+    /// Never chosen by `select_linear`.
+    SmallRing,
 }

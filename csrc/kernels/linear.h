@@ -19,10 +19,13 @@ enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
     PARADEC_PATH_MMA = 2,  /* tensor cores (mma.sync m16n8k16), 64×64 output tiles */
-    PARADEC_PATH_SMALL = 3 /* quantized, uniform 4-bit, m ≤ 32: tensor cores with the weights as
-                              the 16-row operand, streamed once; K split as asked (the last block
-                              sums the partials). Elsewhere (other widths, larger m, dense) it
-                              is AUTO. */
+    PARADEC_PATH_SMALL = 3, /* quantized, uniform 4-bit, m ≤ 32: tensor cores with the weights
+                               as the 16-row operand, streamed once; K split as asked (the last
+                               block sums the partials). Elsewhere (other widths, larger m,
+                               dense) it is AUTO. */
+    PARADEC_PATH_SMALL_RING = 4 /* SMALL with its shared-memory ring loop forced (SMALL takes it
+                                   only where x does not fit the lean loop: m > 16 or long K);
+                                   for tests and measurements */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2

@@ -102,7 +102,8 @@ thread_local! {
 
 /// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
 /// thread's linears on a device; `None` returns to `select_linear`. The environment variable
-/// `PARADEC_LINEAR_PATH` (`gemv`, `mma` or `small`, optionally `gemv:SPLIT` / `small:SPLIT`)
+/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small` or `ring` — the small-M path's ring loop —,
+/// optionally `gemv:SPLIT` / `small:SPLIT` / `ring:SPLIT`)
 /// does the same for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
     OVERRIDE.with(|c| c.set(o));
@@ -118,6 +119,7 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
         "gemv" => Some((LinearPath::Gemv, s)),
         "mma" => Some((LinearPath::Mma, s)),
         "small" => Some((LinearPath::Small, s)),
+        "ring" => Some((LinearPath::SmallRing, s)),
         _ => None,
     }
 }
@@ -156,7 +158,7 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
             let default = match (path, format) {
                 (LinearPath::Mma, _) | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
-                (LinearPath::Small, _) => small_split(m, k, n, sms),
+                (LinearPath::Small | LinearPath::SmallRing, _) => small_split(m, k, n, sms),
             };
             LinearPlan {
                 path,
@@ -584,6 +586,10 @@ mod tests {
         assert_eq!(
             parse_linear_override("Small"),
             Some((LinearPath::Small, None))
+        );
+        assert_eq!(
+            parse_linear_override("ring:2"),
+            Some((LinearPath::SmallRing, Some(2)))
         );
         assert_eq!(parse_linear_override("cublas"), None);
     }

@@ -31,6 +31,8 @@ fn paths() -> Vec<PathChoice> {
         Some((LinearPath::Mma, None)),
         Some((LinearPath::Small, Some(1))),
         Some((LinearPath::Small, Some(3))),
+        Some((LinearPath::SmallRing, Some(1))),
+        Some((LinearPath::SmallRing, Some(3))),
         None,
     ]
 }
@@ -39,6 +41,7 @@ fn path_name(p: PathChoice) -> String {
     match p {
         Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
         Some((LinearPath::Small, s)) => format!("small/{}", s.unwrap_or(0)),
+        Some((LinearPath::SmallRing, s)) => format!("ring/{}", s.unwrap_or(0)),
         Some((LinearPath::Mma, _)) => "mma".into(),
         None => "auto".into(),
     }
@@ -73,7 +76,12 @@ fn check_quant_on(
         // The streaming paths are for small M: at large M only the tensor cores and auto run.
         let (xd, xr) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dtype);
         for &p in paths {
-            if m > 64 && matches!(p, Some((LinearPath::Gemv | LinearPath::Small, _))) {
+            if m > 64
+                && matches!(
+                    p,
+                    Some((LinearPath::Gemv | LinearPath::Small | LinearPath::SmallRing, _))
+                )
+            {
                 continue;
             }
             ops::set_linear_override(p);
@@ -149,7 +157,8 @@ fn gptq_every_width_group_and_zero_convention() {
 /// The tensor-core small-M path (uniform 4-bit, M ≤ 32) on GPTQ-4 with and without act-order,
 /// classic and v2 zeros, groups that do and do not fill whole tiles, K that is not a whole
 /// number of groups, odd N, bias and accumulate; and EXL2-4 with its permutation. Split 1, an
-/// uneven split and the automatic one; a split run repeated gives the same bits.
+/// uneven split and the automatic one, on both loops (lean and ring); a split run repeated gives
+/// the same bits.
 #[test]
 fn small_m_path_gptq4_and_exl2_4() {
     let ms: Vec<usize> = if small() {
@@ -161,6 +170,9 @@ fn small_m_path_gptq4_and_exl2_4() {
         Some((LinearPath::Small, Some(1))),
         Some((LinearPath::Small, Some(3))),
         Some((LinearPath::Small, None)),
+        Some((LinearPath::SmallRing, Some(1))),
+        Some((LinearPath::SmallRing, Some(3))),
+        Some((LinearPath::SmallRing, None)),
     ];
     let mut weights: Vec<(String, QuantWeight)> = Vec::new();
     let gptq_cases: Vec<(i64, bool, bool, usize, usize)> = if small() {
@@ -223,7 +235,6 @@ fn small_m_path_gptq4_and_exl2_4() {
     );
 }
 
-/// The split small-M path gives the same bits twice (the partials are summed in split order).
 fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_> {
     paradec::cuda::kernels::QuantWeightArgs {
         words: &p.words,
@@ -347,6 +358,8 @@ fn grouped_small_m_launch_equals_each_alone() {
     }
 }
 
+/// The split small-M path gives the same bits twice (the partials are summed in split order),
+/// and the same on its lean and ring loops.
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {
     let Some(s) = gpu_stream(what) else {
         return;
@@ -357,9 +370,13 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
     let mut rng = Rng::new(9);
     let m = 5;
     let (xd, _) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt);
-    ops::set_linear_override(Some((LinearPath::Small, Some(4))));
-    let runs: Vec<Vec<u32>> = (0..2)
-        .map(|_| {
+    // Twice on the lean loop, then on the ring loop: the two loops run the same products in
+    // the same order, so all three agree to the bit.
+    let paths = [LinearPath::Small, LinearPath::Small, LinearPath::SmallRing];
+    let runs: Vec<Vec<u32>> = paths
+        .iter()
+        .map(|&p| {
+            ops::set_linear_override(Some((p, Some(4))));
             let mut out = poisoned(&[m, n], dt);
             ops::prepared_linear(&s, &mut ws, &xd, pw, &mut out, false).unwrap();
             download(&out).iter().map(|v| v.to_bits()).collect()
@@ -367,6 +384,7 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
         .collect();
     ops::set_linear_override(None);
     assert_eq!(runs[0], runs[1], "{what}: split runs differ");
+    assert_eq!(runs[0], runs[2], "{what}: the lean and ring loops differ");
 }
 
 #[test]

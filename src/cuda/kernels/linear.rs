@@ -16,6 +16,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Gemv => ffi::paradec_linear_path::PARADEC_PATH_GEMV,
         LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
         LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
+        LinearPath::SmallRing => ffi::paradec_linear_path::PARADEC_PATH_SMALL_RING,
     }) as i32
 }
 
