@@ -22,6 +22,7 @@
 #include "linear_gemm.cuh"
 #include "mma.cuh"
 #include "linear_small.cuh"
+#include "linear_vendor.cuh"
 
 namespace paradec {
 namespace {
@@ -491,12 +492,19 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 constexpr size_t kMaxDim = size_t{1} << 31;
 
 // The path a call takes. SMALL where it does not apply (other widths, m > 32) and AUTO pick by
-// m: GEMV up to 8 rows, else MMA; AUTO takes SMALL where it applies (w is null for dense).
+// m: GEMV up to 8 rows, else MMA (quantized) or VENDOR (dense; paradec's GEMM where the library
+// is absent); AUTO takes SMALL where it applies (w is null for dense). VENDOR on a quantized
+// weight is AUTO.
 int choose_path(int path, size_t m, const paradec_qweight *w) {
+    if (path == PARADEC_PATH_VENDOR) {
+        if (!w) return PARADEC_PATH_VENDOR;
+        path = PARADEC_PATH_AUTO;  // quantized formats run on paradec's kernels
+    }
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
     if (w && small_path_applies(w, m))
         return path == PARADEC_PATH_SMALL_RING ? PARADEC_PATH_SMALL_RING : PARADEC_PATH_SMALL;
-    return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
+    if (m <= 8) return PARADEC_PATH_GEMV;
+    return w ? PARADEC_PATH_MMA : PARADEC_PATH_VENDOR;
 }
 
 // Splits that leave no split without tiles (the SMALL kernel's last-block count needs them all).
@@ -685,6 +693,11 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
         }
         return launch_status();
     }
+    if (path == PARADEC_PATH_VENDOR) {
+        bool ran = false;
+        const int st = vendor_gemm(dtype_of<T>(), x, m, k, w, n, bias, out, accumulate, stream, &ran);
+        if (st != PARADEC_K_OK || ran) return st;
+    }
     GemmArgs ga{x, static_cast<int64_t>(k), static_cast<int64_t>(k), w, nullptr, nullptr, nullptr,
                 bias, out, static_cast<int64_t>(m), static_cast<int64_t>(n), static_cast<int64_t>(n),
                 accumulate};
@@ -813,7 +826,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL_RING) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
         if (m == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
         if (split < 1 || split > 1024) return PARADEC_K_BAD_SHAPE;
@@ -889,7 +902,7 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL_RING) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
         if (m == 0 || k == 0 || n == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
             return PARADEC_K_DIM_TOO_LARGE;
@@ -902,6 +915,14 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
                                                     stream);
         });
     });
+}
+
+extern "C" int paradec_vendor_gemm_available(void) {
+    try {
+        return paradec::vendor_gemm_available() ? 1 : 0;
+    } catch (...) {
+        return 0;
+    }
 }
 
 extern "C" int paradec_scale_inplace(int dtype, void *x, size_t n, float factor,

@@ -162,4 +162,7 @@ pub enum LinearPath {
     /// enough share of K) and the ring loop elsewhere; tests and measurements force each.
     /// Never chosen by `select_linear`.
     SmallRing,
+    /// Dense weights above 8 rows: the vendor GEMM (cuBLASLt, loaded at run time; `Mma` where
+    /// it is absent or declines the shape). Quantized weights: the launcher's own choice.
+    Vendor,
 }

@@ -14,18 +14,22 @@ extern "C" {
 #endif
 
 /* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape: SMALL
- * where it applies, else GEMV for m ≤ 8 and MMA above). */
+ * where it applies, else GEMV for m ≤ 8 and above it MMA for quantized weights, VENDOR for
+ * dense ones). */
 enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
-    PARADEC_PATH_MMA = 2,  /* tensor cores (mma.sync m16n8k16), 64×64 output tiles */
+    PARADEC_PATH_MMA = 2,  /* tensor cores (mma.sync): paradec's pipelined GEMM */
     PARADEC_PATH_SMALL = 3, /* quantized, uniform 4-bit, m ≤ 32: tensor cores with the weights
                                as the 16-row operand, streamed once; K split as asked (the last
                                block sums the partials). Elsewhere (other widths, larger m,
                                dense) it is AUTO. */
-    PARADEC_PATH_SMALL_RING = 4 /* SMALL with its shared-memory ring loop forced (SMALL takes it
-                                   only where x does not fit the lean loop: m > 16 or long K);
-                                   for tests and measurements */
+    PARADEC_PATH_SMALL_RING = 4, /* SMALL with its shared-memory ring loop forced (SMALL takes
+                                    it only where x does not fit the lean loop: m > 16 or long
+                                    K); for tests and measurements */
+    PARADEC_PATH_VENDOR = 5 /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
+                               it is absent or declines the shape). AUTO takes it for dense
+                               weights above 8 rows. Quantized weights: AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
@@ -94,6 +98,10 @@ int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w, 
  * bit-exact regardless of timing): the read-bandwidth probe of the GPU bench. */
 int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
                        paradec_stream_t stream);
+
+/* Whether the vendor GEMM of PARADEC_PATH_VENDOR (cuBLASLt) is loaded (tried on the first
+ * call): 1 or 0. */
+int paradec_vendor_gemm_available(void);
 
 /* x *= factor over n elements. */
 int paradec_scale_inplace(int dtype, void *x, size_t n, float factor, paradec_stream_t stream);

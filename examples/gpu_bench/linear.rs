@@ -121,7 +121,7 @@ pub struct LinRow {
 }
 
 /// What the linear bench runs: `--lin-fmt a,b` (substrings of format names), `--lin-ms 1,2,4`,
-/// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,ring,mma` (each M timed on each
+/// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,ring,mma,vendor` (each M timed on each
 /// listed path; `auto` is `select_linear`'s choice), `--lin-split 1,4,16` (each streaming-path
 /// case also timed with these K splits, for tuning). Unset: everything, automatic path.
 #[derive(Default)]
@@ -173,6 +173,7 @@ impl LinOpts {
                     "mma" => Ok(Some(LinearPath::Mma)),
                     "small" => Ok(Some(LinearPath::Small)),
                     "ring" => Ok(Some(LinearPath::SmallRing)),
+                    "vendor" => Ok(Some(LinearPath::Vendor)),
                     _ => Err(bad("--lin-path", s)),
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -201,6 +202,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Mma => 2,
         LinearPath::Small => 3,
         LinearPath::SmallRing => 4,
+        LinearPath::Vendor => 5,
     }
 }
 
@@ -210,6 +212,7 @@ fn path_label(p: LinearPath) -> &'static str {
         LinearPath::Mma => "mma",
         LinearPath::Small => "small",
         LinearPath::SmallRing => "ring",
+        LinearPath::Vendor => "vendor",
     }
 }
 

@@ -35,8 +35,10 @@ pub(crate) const SMALL_MAX_M: usize = 32;
 /// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
 /// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
 /// registers). Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
-/// m, on sm_80 and later, runs on tensor-core tiles. Both streaming paths split K so that enough
-/// blocks run to keep many 16-byte loads in flight on every SM.
+/// m, on sm_80 and later, runs on tensor-core tiles: paradec's GEMM for quantized weights, the
+/// vendor GEMM (cuBLASLt, loaded at run time, paradec's where absent) for dense ones. Both
+/// streaming paths split K so that enough blocks run to keep many 16-byte loads in flight on
+/// every SM.
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -63,7 +65,11 @@ pub fn select_linear(
         };
     }
     LinearPlan {
-        path: LinearPath::Mma,
+        // Dense weights take the vendor GEMM, which runs paradec's where it is absent.
+        path: match format {
+            LinearFormat::Dense => LinearPath::Vendor,
+            LinearFormat::Quant { .. } => LinearPath::Mma,
+        },
         split: 1,
     }
 }
@@ -102,7 +108,8 @@ thread_local! {
 
 /// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
 /// thread's linears on a device; `None` returns to `select_linear`. The environment variable
-/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small` or `ring` — the small-M path's ring loop —,
+/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `ring` — the small-M path's ring loop — or
+/// `vendor`,
 /// optionally `gemv:SPLIT` / `small:SPLIT` / `ring:SPLIT`)
 /// does the same for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
@@ -120,6 +127,7 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
         "mma" => Some((LinearPath::Mma, s)),
         "small" => Some((LinearPath::Small, s)),
         "ring" => Some((LinearPath::SmallRing, s)),
+        "vendor" => Some((LinearPath::Vendor, s)),
         _ => None,
     }
 }
@@ -156,13 +164,13 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
     Ok(match OVERRIDE.with(Cell::get).or_else(env_override) {
         Some((path, split)) => {
             let default = match (path, format) {
-                (LinearPath::Mma, _) | (_, LinearFormat::Dense) => 1,
+                (LinearPath::Mma | LinearPath::Vendor, _) | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
                 (LinearPath::Small | LinearPath::SmallRing, _) => small_split(m, k, n, sms),
             };
             LinearPlan {
                 path,
-                split: if path == LinearPath::Mma {
+                split: if matches!(path, LinearPath::Mma | LinearPath::Vendor) {
                     1
                 } else {
                     split.unwrap_or(default).max(1)
@@ -474,7 +482,12 @@ mod tests {
             }
             for m in [9, 16, 32] {
                 let p = select_linear(m, 4096, 4096, fmt, H200.0, H200.1);
-                assert_eq!(p.path, LinearPath::Mma, "{fmt:?} m = {m}");
+                let want = if fmt == LinearFormat::Dense {
+                    LinearPath::Vendor
+                } else {
+                    LinearPath::Mma
+                };
+                assert_eq!(p.path, want, "{fmt:?} m = {m}");
             }
         }
         for m in [33, 64, 2048] {
@@ -484,7 +497,7 @@ mod tests {
             );
             assert_eq!(
                 select_linear(m, 4096, 4096, LinearFormat::Dense, H200.0, H200.1).path,
-                LinearPath::Mma
+                LinearPath::Vendor
             );
         }
         // Before sm_80 there are no mma.sync tiles: always the GEMV.
@@ -590,6 +603,10 @@ mod tests {
         assert_eq!(
             parse_linear_override("ring:2"),
             Some((LinearPath::SmallRing, Some(2)))
+        );
+        assert_eq!(
+            parse_linear_override("vendor"),
+            Some((LinearPath::Vendor, None))
         );
         assert_eq!(parse_linear_override("cublas"), None);
     }

@@ -42,6 +42,7 @@ fn path_name(p: PathChoice) -> String {
         Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
         Some((LinearPath::Small, s)) => format!("small/{}", s.unwrap_or(0)),
         Some((LinearPath::SmallRing, s)) => format!("ring/{}", s.unwrap_or(0)),
+        Some((LinearPath::Vendor, _)) => "vendor".into(),
         Some((LinearPath::Mma, _)) => "mma".into(),
         None => "auto".into(),
     }
@@ -435,6 +436,14 @@ fn dense_f16_bf16_every_path() {
         return;
     };
     let s = Stream::Cuda(s);
+    eprintln!(
+        "dense linears: vendor GEMM {}",
+        if paradec::cuda::kernels::vendor_gemm_available() {
+            "loaded (the vendor path runs it)"
+        } else {
+            "absent (the vendor path runs paradec's GEMM)"
+        }
+    );
     let mut rng = Rng::new(7);
     let shapes: &[(usize, usize)] = if small() {
         &[(64, 72), (37, 9)]
@@ -451,6 +460,7 @@ fn dense_f16_bf16_every_path() {
                 for p in [
                     Some((LinearPath::Gemv, None)),
                     Some((LinearPath::Mma, None)),
+                    Some((LinearPath::Vendor, None)),
                     None,
                 ] {
                     if m > 64 && matches!(p, Some((LinearPath::Gemv, _))) {

@@ -17,6 +17,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
         LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
         LinearPath::SmallRing => ffi::paradec_linear_path::PARADEC_PATH_SMALL_RING,
+        LinearPath::Vendor => ffi::paradec_linear_path::PARADEC_PATH_VENDOR,
     }) as i32
 }
 
@@ -367,6 +368,13 @@ pub fn linear(
         )
     };
     check_status(status, "paradec_linear")
+}
+
+/// Whether the vendor GEMM of `LinearPath::Vendor` (cuBLASLt, loaded at run time on first use)
+/// is available; where it is not, that path runs paradec's own GEMM.
+pub fn vendor_gemm_available() -> bool {
+    // SAFETY: takes no arguments; the launcher catches every C++ exception.
+    unsafe { ffi::paradec_vendor_gemm_available() != 0 }
 }
 
 /// `x *= factor`. Twin of the CPU arm of `ops::scale_inplace`.
