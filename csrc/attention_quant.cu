@@ -2,9 +2,10 @@
 // the dequantizing copy a prefill over such a cache uses. CUDA twins of
 // cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
 //
-// Two decode kernels: on tensor cores (qdecode_mma_kernel, below) for head dims 64 and 128 with
-// at least two query rows per KV head — GQA/MQA groups, or several query tokens — and on CUDA
-// cores (qdecode_kernel) for the rest. The CUDA-core kernel is split over the KV length like
+// Two decode kernels: on tensor cores (qdecode_mma_kernel, below; with PARADEC_KV_DECODE=mma
+// until its measurements make it the default) for head dims 64 and 128 with at least two query
+// rows per KV head — GQA/MQA groups, or several query tokens — and on CUDA cores
+// (qdecode_kernel) for the rest. The CUDA-core kernel is split over the KV length like
 // attention.cu's: one block per (split,
 // sequence, KV head, chunk of R query rows); a key's head_dim features spread over L lanes,
 // eight per lane, decoded from their codes in registers (FP8: a conversion; Q8/Q4: code − c
@@ -732,15 +733,15 @@ int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     return launch_status();
 }
 
-// Whether a call takes the tensor-core kernel: a head dim it has, and at least two query rows
+// Whether a call takes the tensor-core kernel: asked for (PARADEC_KV_DECODE=mma, until its
+// measurements on a GPU make it the default), a head dim it has, and at least two query rows
 // per KV head (a group, or several query tokens) — one row gains nothing from the mma tile.
-// PARADEC_KV_DECODE=simt keeps every call on the CUDA-core kernel (to compare the two).
 bool tc_decode_applies(const AttnArgs &a) {
-    static const bool simt = [] {
+    static const bool mma = [] {
         const char *v = std::getenv("PARADEC_KV_DECODE");
-        return v && std::strcmp(v, "simt") == 0;
+        return v && std::strcmp(v, "mma") == 0;
     }();
-    return !simt && tc_head_dim(a.head_dim) && a.q_len * (a.heads / a.kv_heads) >= 2;
+    return mma && tc_head_dim(a.head_dim) && a.q_len * (a.heads / a.kv_heads) >= 2;
 }
 
 template <typename T, int KF, int VF>

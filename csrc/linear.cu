@@ -492,9 +492,8 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 constexpr size_t kMaxDim = size_t{1} << 31;
 
 // The path a call takes. SMALL where it does not apply (other widths, m > 32) and AUTO pick by
-// m: GEMV up to 8 rows, else MMA (quantized) or VENDOR (dense; paradec's GEMM where the library
-// is absent); AUTO takes SMALL where it applies (w is null for dense). VENDOR on a quantized
-// weight is AUTO.
+// m: GEMV up to 8 rows, else MMA; AUTO takes SMALL where it applies (w is null for dense).
+// VENDOR on a quantized weight is AUTO.
 int choose_path(int path, size_t m, const paradec_qweight *w) {
     if (path == PARADEC_PATH_VENDOR) {
         if (!w) return PARADEC_PATH_VENDOR;
@@ -502,9 +501,8 @@ int choose_path(int path, size_t m, const paradec_qweight *w) {
     }
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
     if (w && small_path_applies(w, m))
-        return path == PARADEC_PATH_SMALL_RING ? PARADEC_PATH_SMALL_RING : PARADEC_PATH_SMALL;
-    if (m <= 8) return PARADEC_PATH_GEMV;
-    return w ? PARADEC_PATH_MMA : PARADEC_PATH_VENDOR;
+        return path == PARADEC_PATH_SMALL_LEAN ? PARADEC_PATH_SMALL_LEAN : PARADEC_PATH_SMALL;
+    return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
 }
 
 // Splits that leave no split without tiles (the SMALL kernel's last-block count needs them all).
@@ -527,7 +525,7 @@ size_t gather_bytes(const paradec_qweight *w, size_t m) {
 size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
     if (split <= 1) return 0;
     if (path == PARADEC_PATH_GEMV) return round_up(split * m * w->np * 4, kAlign);
-    if (path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_RING)
+    if (path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN)
         return round_up(split * m * w->np * 4, kAlign) + counter_bytes(w);
     return 0;
 }
@@ -570,7 +568,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                    bool accumulate, int path, int split, void *scratch, cudaStream_t stream) {
     char *sp = static_cast<char *>(scratch);
     // The SMALL path's split-K counters follow its partials in the scratch.
-    const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_RING;
+    const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
     const bool small_split = small && split > 1;
     float *part = split > 1 ? reinterpret_cast<float *>(sp + gather_bytes(w, m)) : nullptr;
     unsigned *counters = small_split ? reinterpret_cast<unsigned *>(
@@ -613,7 +611,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
         a.split = split;
         a.accumulate = accumulate;
-        return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_RING, stream);
+        return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
     }
     if (path == PARADEC_PATH_GEMV) {
         QArgs a;
@@ -778,6 +776,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         a.tiles_per_split = static_cast<int>((w->ntiles + c.split - 1) / c.split);
         a.split = c.split;
         a.accumulate = c.accumulate != 0;
+        g.lean = (i == 0 || g.lean) && c.path == PARADEC_PATH_SMALL_LEAN;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));
     }
@@ -839,7 +838,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
         if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
         // The GEMV and SMALL paths read x (or x_g) in 16-byte vectors of 32-row tiles.
         if (!w->row_src && (w->k % 32 != 0 || !paradec::aligned16(x))) {
-            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL || p == PARADEC_PATH_SMALL_RING)
+            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL || p == PARADEC_PATH_SMALL_LEAN)
                 return PARADEC_K_BAD_SHAPE;
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
@@ -877,6 +876,9 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
             if (st != PARADEC_K_OK) return st;
             if (!paradec::small_path_applies(c.w, m)) return PARADEC_K_BAD_SHAPE;
             if (c.split < 1 || c.split > 1024) return PARADEC_K_BAD_SHAPE;
+            if (c.path != PARADEC_PATH_AUTO && c.path != PARADEC_PATH_SMALL &&
+                c.path != PARADEC_PATH_SMALL_LEAN)
+                return PARADEC_K_BAD_ENUM;
             // x (or x_g) is read in 16-byte vectors of 32-row tiles.
             if (!c.w->row_src && (c.w->k % 32 != 0 || !paradec::aligned16(c.x)))
                 return PARADEC_K_BAD_SHAPE;
@@ -907,7 +909,7 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
         if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
             return PARADEC_K_DIM_TOO_LARGE;
         // Dense weights have no SMALL path: it is AUTO for them.
-        const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_RING;
+        const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
         const int p = paradec::choose_path(small ? PARADEC_PATH_AUTO : path,
                                            m, nullptr);
         return paradec::dispatch_dtype(dtype, [&](auto tag) {

@@ -663,7 +663,7 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     const int64_t m = g.call[0].m;
     int splits = 1;
     size_t lean_bytes = 0;
-    bool lean = true;
+    bool lean = g.lean;
     for (int i = 0; i < g.count; ++i) {
         if (g.call[i].m != m) return PARADEC_K_BAD_SHAPE;
         splits = max(splits, g.call[i].split);
@@ -689,10 +689,10 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     });
 }
 
-int launch_quant_small(int dtype, const SmallArgs &a, bool ring, cudaStream_t stream) {
+int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(small_col_blocks(static_cast<size_t>(a.np))),
                     static_cast<unsigned>(a.split));
-    const size_t lean_bytes = ring ? 0 : lean_x_bytes(a);
+    const size_t lean_bytes = lean ? lean_x_bytes(a) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         if (lean_bytes && a.m <= 8)

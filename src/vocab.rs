@@ -157,12 +157,12 @@ pub enum LinearPath {
     /// operand, streamed once (K split across blocks). Where it does not apply (other widths,
     /// larger M, dense weights) the launcher makes its own choice.
     Small,
-    /// `Small` with its shared-memory ring loop forced. `Small` runs the lean loop (x staged in
-    /// shared memory once, weights streamed in registers) where x fits it (M ≤ 16 and a short
-    /// enough share of K) and the ring loop elsewhere; tests and measurements force each.
-    /// Never chosen by `select_linear`.
-    SmallRing,
-    /// Dense weights above 8 rows: the vendor GEMM (cuBLASLt, loaded at run time; `Mma` where
-    /// it is absent or declines the shape). Quantized weights: the launcher's own choice.
+    /// `Small` on its lean loop (x staged once in shared memory, weights streamed in
+    /// registers) where x fits it (M ≤ 16 and a short enough share of K), else `Small`'s ring
+    /// loop. Not yet chosen by `select_linear`: it waits for its measurements on a GPU.
+    SmallLean,
+    /// Dense weights: the vendor GEMM (cuBLASLt, loaded at run time; `Mma` where it is absent
+    /// or declines the shape). Quantized weights: the launcher's own choice. Not yet chosen by
+    /// `select_linear`: it waits for its measurements on a GPU.
     Vendor,
 }

@@ -14,8 +14,7 @@ extern "C" {
 #endif
 
 /* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape: SMALL
- * where it applies, else GEMV for m ≤ 8 and above it MMA for quantized weights, VENDOR for
- * dense ones). */
+ * where it applies, else GEMV for m ≤ 8 and MMA above). */
 enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
@@ -24,12 +23,12 @@ enum paradec_linear_path {
                                as the 16-row operand, streamed once; K split as asked (the last
                                block sums the partials). Elsewhere (other widths, larger m,
                                dense) it is AUTO. */
-    PARADEC_PATH_SMALL_RING = 4, /* SMALL with its shared-memory ring loop forced (SMALL takes
-                                    it only where x does not fit the lean loop: m > 16 or long
-                                    K); for tests and measurements */
+    PARADEC_PATH_SMALL_LEAN = 4, /* SMALL on its lean loop where x fits it (m ≤ 16, a share of K
+                                    whose x fits 48 KiB of shared memory), else SMALL; not yet
+                                    chosen by AUTO */
     PARADEC_PATH_VENDOR = 5 /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
-                               it is absent or declines the shape). AUTO takes it for dense
-                               weights above 8 rows. Quantized weights: AUTO. */
+                               it is absent or declines the shape); not yet chosen by AUTO.
+                               Quantized weights: AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
@@ -70,6 +69,8 @@ typedef struct paradec_qlinear_call {
     void *out;                  /* [m, n]; no call's out overlaps any call's x */
     int accumulate;
     int split;                  /* ≥ 1: the K split of the SMALL path */
+    int path;                   /* PARADEC_PATH_SMALL (or AUTO) or PARADEC_PATH_SMALL_LEAN: the
+                                   group runs the lean loop when every call asks for it */
 } paradec_qlinear_call;
 
 /* Most calls of one group. */

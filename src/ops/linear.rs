@@ -35,10 +35,9 @@ pub(crate) const SMALL_MAX_M: usize = 32;
 /// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
 /// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
 /// registers). Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
-/// m, on sm_80 and later, runs on tensor-core tiles: paradec's GEMM for quantized weights, the
-/// vendor GEMM (cuBLASLt, loaded at run time, paradec's where absent) for dense ones. Both
-/// streaming paths split K so that enough blocks run to keep many 16-byte loads in flight on
-/// every SM.
+/// m, on sm_80 and later, runs on tensor-core tiles. Both streaming paths split K so that enough
+/// blocks run to keep many 16-byte loads in flight on every SM. (`LinearPath::SmallLean` and
+/// `LinearPath::Vendor` are forced only, until measured on a GPU.)
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -65,11 +64,7 @@ pub fn select_linear(
         };
     }
     LinearPlan {
-        // Dense weights take the vendor GEMM, which runs paradec's where it is absent.
-        path: match format {
-            LinearFormat::Dense => LinearPath::Vendor,
-            LinearFormat::Quant { .. } => LinearPath::Mma,
-        },
+        path: LinearPath::Mma,
         split: 1,
     }
 }
@@ -108,9 +103,9 @@ thread_local! {
 
 /// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
 /// thread's linears on a device; `None` returns to `select_linear`. The environment variable
-/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `ring` — the small-M path's ring loop — or
+/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `lean` — the small-M path's lean loop — or
 /// `vendor`,
-/// optionally `gemv:SPLIT` / `small:SPLIT` / `ring:SPLIT`)
+/// optionally `gemv:SPLIT` / `small:SPLIT` / `lean:SPLIT`)
 /// does the same for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
     OVERRIDE.with(|c| c.set(o));
@@ -126,7 +121,7 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
         "gemv" => Some((LinearPath::Gemv, s)),
         "mma" => Some((LinearPath::Mma, s)),
         "small" => Some((LinearPath::Small, s)),
-        "ring" => Some((LinearPath::SmallRing, s)),
+        "lean" => Some((LinearPath::SmallLean, s)),
         "vendor" => Some((LinearPath::Vendor, s)),
         _ => None,
     }
@@ -166,7 +161,7 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
             let default = match (path, format) {
                 (LinearPath::Mma | LinearPath::Vendor, _) | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
-                (LinearPath::Small | LinearPath::SmallRing, _) => small_split(m, k, n, sms),
+                (LinearPath::Small | LinearPath::SmallLean, _) => small_split(m, k, n, sms),
             };
             LinearPlan {
                 path,
@@ -393,6 +388,7 @@ fn try_group(
         return Ok(false);
     }
     let mut splits = Vec::with_capacity(calls.len());
+    let mut path = None;
     for (x, w, out) in calls.iter() {
         let dev = match x.device() {
             Device::Cuda(d) => d,
@@ -408,9 +404,13 @@ fn try_group(
             return Ok(false);
         }
         let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
-        if plan.path != LinearPath::Small {
+        // One loop for the whole group: every call on the small-M path, all lean or none.
+        if !matches!(plan.path, LinearPath::Small | LinearPath::SmallLean)
+            || path.is_some_and(|p| p != plan.path)
+        {
             return Ok(false);
         }
+        path = Some(plan.path);
         splits.push(plan.split);
     }
     let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
@@ -437,6 +437,7 @@ fn try_group(
                 out,
                 accumulate: false,
                 split,
+                lean: path == Some(LinearPath::SmallLean),
             },
         )
         .collect();
@@ -482,12 +483,7 @@ mod tests {
             }
             for m in [9, 16, 32] {
                 let p = select_linear(m, 4096, 4096, fmt, H200.0, H200.1);
-                let want = if fmt == LinearFormat::Dense {
-                    LinearPath::Vendor
-                } else {
-                    LinearPath::Mma
-                };
-                assert_eq!(p.path, want, "{fmt:?} m = {m}");
+                assert_eq!(p.path, LinearPath::Mma, "{fmt:?} m = {m}");
             }
         }
         for m in [33, 64, 2048] {
@@ -497,7 +493,7 @@ mod tests {
             );
             assert_eq!(
                 select_linear(m, 4096, 4096, LinearFormat::Dense, H200.0, H200.1).path,
-                LinearPath::Vendor
+                LinearPath::Mma
             );
         }
         // Before sm_80 there are no mma.sync tiles: always the GEMV.
@@ -601,8 +597,8 @@ mod tests {
             Some((LinearPath::Small, None))
         );
         assert_eq!(
-            parse_linear_override("ring:2"),
-            Some((LinearPath::SmallRing, Some(2)))
+            parse_linear_override("lean:2"),
+            Some((LinearPath::SmallLean, Some(2)))
         );
         assert_eq!(
             parse_linear_override("vendor"),

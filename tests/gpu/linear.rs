@@ -31,8 +31,8 @@ fn paths() -> Vec<PathChoice> {
         Some((LinearPath::Mma, None)),
         Some((LinearPath::Small, Some(1))),
         Some((LinearPath::Small, Some(3))),
-        Some((LinearPath::SmallRing, Some(1))),
-        Some((LinearPath::SmallRing, Some(3))),
+        Some((LinearPath::SmallLean, Some(1))),
+        Some((LinearPath::SmallLean, Some(3))),
         None,
     ]
 }
@@ -41,7 +41,7 @@ fn path_name(p: PathChoice) -> String {
     match p {
         Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
         Some((LinearPath::Small, s)) => format!("small/{}", s.unwrap_or(0)),
-        Some((LinearPath::SmallRing, s)) => format!("ring/{}", s.unwrap_or(0)),
+        Some((LinearPath::SmallLean, s)) => format!("lean/{}", s.unwrap_or(0)),
         Some((LinearPath::Vendor, _)) => "vendor".into(),
         Some((LinearPath::Mma, _)) => "mma".into(),
         None => "auto".into(),
@@ -80,7 +80,7 @@ fn check_quant_on(
             if m > 64
                 && matches!(
                     p,
-                    Some((LinearPath::Gemv | LinearPath::Small | LinearPath::SmallRing, _))
+                    Some((LinearPath::Gemv | LinearPath::Small | LinearPath::SmallLean, _))
                 )
             {
                 continue;
@@ -158,7 +158,7 @@ fn gptq_every_width_group_and_zero_convention() {
 /// The tensor-core small-M path (uniform 4-bit, M ≤ 32) on GPTQ-4 with and without act-order,
 /// classic and v2 zeros, groups that do and do not fill whole tiles, K that is not a whole
 /// number of groups, odd N, bias and accumulate; and EXL2-4 with its permutation. Split 1, an
-/// uneven split and the automatic one, on both loops (lean and ring); a split run repeated gives
+/// uneven split and the automatic one, on both loops (ring and lean); a split run repeated gives
 /// the same bits.
 #[test]
 fn small_m_path_gptq4_and_exl2_4() {
@@ -171,9 +171,9 @@ fn small_m_path_gptq4_and_exl2_4() {
         Some((LinearPath::Small, Some(1))),
         Some((LinearPath::Small, Some(3))),
         Some((LinearPath::Small, None)),
-        Some((LinearPath::SmallRing, Some(1))),
-        Some((LinearPath::SmallRing, Some(3))),
-        Some((LinearPath::SmallRing, None)),
+        Some((LinearPath::SmallLean, Some(1))),
+        Some((LinearPath::SmallLean, Some(3))),
+        Some((LinearPath::SmallLean, None)),
     ];
     let mut weights: Vec<(String, QuantWeight)> = Vec::new();
     let gptq_cases: Vec<(i64, bool, bool, usize, usize)> = if small() {
@@ -299,17 +299,18 @@ fn grouped_small_m_launch_equals_each_alone() {
                 .iter()
                 .map(|&k| upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt).0)
                 .collect();
-            for split in [1usize, 3] {
+            for (split, lean) in [(1usize, false), (3, false), (1, true), (3, true)] {
+                let path = if lean { LinearPath::SmallLean } else { LinearPath::Small };
                 // Each alone.
                 let mut alone = Vec::new();
                 for (p, (_, xi)) in pws.iter().zip(&weights) {
                     let mut out = poisoned(&[m, p.n], dt);
                     let a = weight_args(p);
-                    let need = a.scratch_bytes(dt, m, LinearPath::Small, split);
+                    let need = a.scratch_bytes(dt, m, path, split);
                     let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
                     paradec::cuda::kernels::quant_linear(
-                        &xs[*xi], m, &a, p.bias.as_ref(), &mut out, false, LinearPath::Small,
-                        split, Some(&mut sc), cs,
+                        &xs[*xi], m, &a, p.bias.as_ref(), &mut out, false, path, split,
+                        Some(&mut sc), cs,
                     )
                     .unwrap();
                     alone.push(download(&out));
@@ -328,6 +329,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                             out,
                             accumulate: false,
                             split,
+                            lean,
                         })
                         .collect();
                     let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
@@ -336,7 +338,11 @@ fn grouped_small_m_launch_equals_each_alone() {
                         .unwrap();
                 }
                 for (i, out) in outs.iter().enumerate() {
-                    assert_eq!(download(out), alone[i], "{dt} m={m} split={split} call {i}");
+                    assert_eq!(
+                        download(out),
+                        alone[i],
+                        "{dt} m={m} split={split} lean={lean} call {i}"
+                    );
                 }
             }
             // The op: grouped where it applies, the same values as one call at a time.
@@ -371,9 +377,9 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
     let mut rng = Rng::new(9);
     let m = 5;
     let (xd, _) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt);
-    // Twice on the lean loop, then on the ring loop: the two loops run the same products in
+    // Twice on the ring loop, then on the lean loop: the two loops run the same products in
     // the same order, so all three agree to the bit.
-    let paths = [LinearPath::Small, LinearPath::Small, LinearPath::SmallRing];
+    let paths = [LinearPath::Small, LinearPath::Small, LinearPath::SmallLean];
     let runs: Vec<Vec<u32>> = paths
         .iter()
         .map(|&p| {

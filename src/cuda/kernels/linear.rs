@@ -16,7 +16,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Gemv => ffi::paradec_linear_path::PARADEC_PATH_GEMV,
         LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
         LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
-        LinearPath::SmallRing => ffi::paradec_linear_path::PARADEC_PATH_SMALL_RING,
+        LinearPath::SmallLean => ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN,
         LinearPath::Vendor => ffi::paradec_linear_path::PARADEC_PATH_VENDOR,
     }) as i32
 }
@@ -220,6 +220,9 @@ pub struct QuantLinearCall<'a> {
     pub accumulate: bool,
     /// K split (≥ 1).
     pub split: usize,
+    /// The small-M path's lean loop (`LinearPath::SmallLean`); the group takes it when every
+    /// call asks for it.
+    pub lean: bool,
 }
 
 fn group_ffi(
@@ -236,6 +239,11 @@ fn group_ffi(
             out: ptr::null_mut(),
             accumulate: c.accumulate as i32,
             split: c.split.max(1) as i32,
+            path: if c.lean {
+                ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN as i32
+            } else {
+                ffi::paradec_linear_path::PARADEC_PATH_SMALL as i32
+            },
         })
         .collect()
 }
