@@ -9,8 +9,14 @@
 // k × m (ld k); the bias is one value per row of D (the bias epilogue), accumulation is
 // beta = 1 with C = D. f32 accumulation (CUBLAS_COMPUTE_32F). No workspace, so a call needs no
 // allocation and can be captured in a CUDA graph. The algorithm for a shape (and the pointers'
-// alignments) is chosen once by the library's heuristic and cached.
+// alignments) is chosen once by the library's heuristic and cached. Built without the cuBLASLt
+// headers, the file compiles to a stub that never loads it.
+#if __has_include(<cublasLt.h>)
 #include <cublasLt.h>
+#define PARADEC_HAVE_CUBLASLT 1
+#else
+#define PARADEC_HAVE_CUBLASLT 0  // built without the cuBLASLt headers: paradec's GEMM only
+#endif
 #include <dlfcn.h>
 
 #include <cstdint>
@@ -24,6 +30,7 @@
 #include "common.cuh"
 #include "linear_vendor.cuh"
 
+#if PARADEC_HAVE_CUBLASLT
 namespace paradec {
 namespace {
 
@@ -212,3 +219,17 @@ int vendor_gemm(int dtype, const void *x, size_t m, size_t k, const void *w, siz
 }
 
 }  // namespace paradec
+#else
+namespace paradec {
+
+bool vendor_gemm_available() { return false; }
+
+int vendor_gemm(int, const void *, size_t, size_t, const void *, size_t, const void *, void *,
+                bool, cudaStream_t, bool *ran) {
+    *ran = false;
+    return PARADEC_K_OK;
+}
+
+}  // namespace paradec
+#endif
+
