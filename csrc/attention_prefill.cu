@@ -23,25 +23,12 @@
 #include <type_traits>
 
 #include "attention.cuh"
+#include "attention_mma.cuh"
 #include "mma.cuh"
 
 namespace paradec {
 namespace {
 
-
-template <typename T>
-__device__ __forceinline__ unsigned pack2(float x, float y) {
-    const typename Num<T>::T2 v = Num<T>::from_f2(make_float2(x, y));
-    return *reinterpret_cast<const unsigned *>(&v);
-}
-
-// The rounding error of pack2 (x − round(x), y − round(y)), packed the same way: P = hi + lo
-// carries about twice the mantissa of one bf16.
-template <typename T>
-__device__ __forceinline__ unsigned pack2_lo(float x, float y, unsigned hi) {
-    const float2 r = Num<T>::to_f2(*reinterpret_cast<const typename Num<T>::T2 *>(&hi));
-    return pack2<T>(x - r.x, y - r.y);
-}
 
 constexpr int kWarps = 4;
 
@@ -337,8 +324,6 @@ int launch_dp(const AttnArgs &a, cudaStream_t stream) {
 // keys through its own ring of shared-memory stages (cp.async, padded rows for ldmatrix), keeps
 // an online softmax over its keys, and the warps merge in a fixed order (then, with several
 // splits, the combine kernel merges the splits).
-constexpr int kDecRows = 16;
-constexpr int kDecKeys = 16;  // keys per stage
 
 template <int DP>
 constexpr int dec_stages() {
@@ -359,7 +344,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
     constexpr int DT = DP / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, c2 = (lane & 3) * 2, mi = lane >> 3;
+    const int g = lane >> 2, c2 = (lane & 3) * 2;
     const int D = a.head_dim, CH = D / kVec;
     const int group = a.heads / a.kv_heads;
     const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
@@ -439,10 +424,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
     for (int i = 0; i < NS - 1; ++i) issue(i);
 
     const float sl2 = a.scale * kLog2e;
-    float o[DT][4];
-#pragma unroll
-    for (int i = 0; i < DT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    DecState<DT> st;
+    const DecRowLimits lim{pos_a, pos_b, lo_a, lo_b};
     for (int i = 0;; ++i) {
         const int64_t base = k_begin + static_cast<int64_t>(warp + kWarps * i) * kDecKeys;
         if (base >= k_end) break;
@@ -451,113 +434,17 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
         __syncwarp();
         const T *ks = ring + (i % NS) * 2 * kDecKeys * SD;
         const T *vs = ks + kDecKeys * SD;
-        float s[2][4];
-#pragma unroll
-        for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < KT; ++kk) {
-            unsigned bf[4];
-            ldsm_x4(bf, ks + ((mi >> 1) * 8 + (lane & 7)) * SD + kk * 16 + (mi & 1) * 8);
-            mma_16816<T>(s[0], qa[kk], bf[0], bf[1]);
-            mma_16816<T>(s[1], qa[kk], bf[2], bf[3]);
-        }
         const bool full = plain && base + kDecKeys <= k_end && base + kDecKeys - 1 <= pos_min;
-#pragma unroll
-        for (int n = 0; n < 2; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[n][e] *= sl2;
-                if (!full) {
-                    const int64_t j = base + n * 8 + c2 + (e & 1);
-                    const int64_t p = e < 2 ? pos_a : pos_b;
-                    const int64_t lo = e < 2 ? lo_a : lo_b;
-                    const bool vis = j < k_end && j <= p && j >= lo;
-                    s[n][e] = vis ? (mrow ? s[n][e] + mrow[j] * kLog2e : s[n][e]) : -INFINITY;
-                }
-            }
-        float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
-        float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
-#pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-        }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
-        l0 *= al0;
-        l1 *= al1;
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-            s[n][0] = exp2f(s[n][0] - mu0);
-            s[n][1] = exp2f(s[n][1] - mu0);
-            s[n][2] = exp2f(s[n][2] - mu1);
-            s[n][3] = exp2f(s[n][3] - mu1);
-            l0 += s[n][0] + s[n][1];
-            l1 += s[n][2] + s[n][3];
-        }
-        unsigned pa[4], pl[4];
-        pa[0] = pack2<T>(s[0][0], s[0][1]);
-        pa[1] = pack2<T>(s[0][2], s[0][3]);
-        pa[2] = pack2<T>(s[1][0], s[1][1]);
-        pa[3] = pack2<T>(s[1][2], s[1][3]);
-        // bf16 keeps 8 bits of P: add the rounding remainder as a second product (decode is
-        // bound by memory, so the extra tensor-core work is free).
-        constexpr bool kSplitP = std::is_same<T, __nv_bfloat16>::value;
-        if (kSplitP) {
-            pl[0] = pack2_lo<T>(s[0][0], s[0][1], pa[0]);
-            pl[1] = pack2_lo<T>(s[0][2], s[0][3], pa[1]);
-            pl[2] = pack2_lo<T>(s[1][0], s[1][1], pa[2]);
-            pl[3] = pack2_lo<T>(s[1][2], s[1][3], pa[3]);
-        }
-#pragma unroll
-        for (int dp = 0; dp < DT / 2; ++dp) {
-            unsigned bf[4];
-            ldsm_x4_trans(bf, vs + ((mi & 1) * 8 + (lane & 7)) * SD + dp * 16 + (mi >> 1) * 8);
-            o[2 * dp][0] *= al0;
-            o[2 * dp][1] *= al0;
-            o[2 * dp][2] *= al1;
-            o[2 * dp][3] *= al1;
-            o[2 * dp + 1][0] *= al0;
-            o[2 * dp + 1][1] *= al0;
-            o[2 * dp + 1][2] *= al1;
-            o[2 * dp + 1][3] *= al1;
-            if (kSplitP) {
-                mma_16816<T>(o[2 * dp], pl, bf[0], bf[1]);
-                mma_16816<T>(o[2 * dp + 1], pl, bf[2], bf[3]);
-            }
-            mma_16816<T>(o[2 * dp], pa, bf[0], bf[1]);
-            mma_16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
-        }
+        dec_stage<T, DP>(qa, ks, vs, base, k_end, full, lim, mrow, sl2, st);
         __syncwarp();  // the stage is refilled next
     }
     asm volatile("cp.async.wait_group 0;\n" ::);
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
+    dec_sum_rows(st);
     __syncthreads();  // the rings become the merge area
     float *sm_m = reinterpret_cast<float *>(smem_raw);
     float *sm_l = sm_m + kWarps * kDecRows;
     float *sm_o = sm_l + kWarps * kDecRows;  // [warp][row][DP]
-    if ((lane & 3) == 0) {
-        sm_m[warp * kDecRows + ra] = m0;
-        sm_m[warp * kDecRows + rb] = m1;
-        sm_l[warp * kDecRows + ra] = l0;
-        sm_l[warp * kDecRows + rb] = l1;
-    }
-#pragma unroll
-    for (int i = 0; i < DT; ++i) {
-        float *pa_ = sm_o + (warp * kDecRows + ra) * DP + i * 8 + c2;
-        float *pb_ = sm_o + (warp * kDecRows + rb) * DP + i * 8 + c2;
-        pa_[0] = o[i][0];
-        pa_[1] = o[i][1];
-        pb_[0] = o[i][2];
-        pb_[1] = o[i][3];
-    }
+    dec_store_state<DP>(st, sm_m, sm_l, sm_o, warp);
     __syncthreads();
     merge_and_store<T>(a, sm_m, sm_l, sm_o, kWarps, kDecRows, DP, nrows, row0, b, kvh, split);
 }

@@ -2,7 +2,11 @@
 // the dequantizing copy a prefill over such a cache uses. CUDA twins of
 // cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
 //
-// The decode kernel is split over the KV length like attention.cu's: one block per (split,
+// Two decode kernels: on tensor cores (qdecode_mma_kernel, below; with PARADEC_KV_DECODE=mma
+// until its measurements make it the default) for head dims 64 and 128 with at least two query
+// rows per KV head — GQA/MQA groups, or several query tokens — and on CUDA cores
+// (qdecode_kernel) for the rest. The CUDA-core kernel is split over the KV length like
+// attention.cu's: one block per (split,
 // sequence, KV head, chunk of R query rows); a key's head_dim features spread over L lanes,
 // eight per lane, decoded from their codes in registers (FP8: a conversion; Q8/Q4: code − c
 // times the run's scale / c). The Hadamard formats are read in the rotated basis: since
@@ -21,10 +25,12 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
 #include "attention.cuh"
+#include "attention_mma.cuh"
 #include "kv_quant.cuh"
 
 namespace paradec {
@@ -337,6 +343,331 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
     merge_and_store<T>(a, sm_m, sm_l, sm_o, G, R, D, nrows, row0, b, kvh, split);
 }
 
+// ---- decode on tensor cores -----------------------------------------------------------------
+// A GQA/MQA group's query rows (or several query tokens) read every K/V element once and run
+// Q·Kᵀ and P·V on tensor cores, as the native cache's decode_mma_kernel does (attention_mma.cuh
+// holds their shared step). One block per (split, sequence, KV head, chunk of 16 rows); each of
+// its 4 warps streams stages of 16 keys: the keys' codes (and run scales) go through a per-warp
+// ring of shared-memory stages (cp.async, the pages' slots looked up per key), and the stage in
+// use is decoded into a per-warp tile of K and V rows in the compute dtype — exactly the values
+// the CUDA-core kernel multiplies, rounded once — which the shared step reads with ldmatrix.
+// The CUDA-core kernel above spends ~100 warp instructions per key of an 8-row group (two f32
+// FMAs per value and row); here a key costs its decoding (~2 instructions per value pair) and
+// 1/16 of a stage's mma work, so a 4-bit cache streams at its bandwidth.
+//
+// Column order: the Q4 pair decoding yields nibbles (s, s + 4) of a word as one half2, so in Q4
+// tiles column 2p + e of each group of 8 holds dimension p + 4e. Q's fragments use the same order
+// for K (Q·Kᵀ is a sum over dimensions in any order), and O's columns come out in V's order, which
+// the store undoes.
+constexpr int kTcWarps = 4;
+
+// Head dims the tensor-core kernel takes (the CUDA-core kernel takes the rest).
+__host__ __device__ constexpr bool tc_head_dim(int64_t d) { return d == 64 || d == 128; }
+
+// Bytes of one key's codes of one head in a ring stage, and of its run scales.
+template <int F, int D>
+__host__ __device__ constexpr int tc_code_bytes() {
+    return F == PARADEC_KV_Q4 ? D / 2 : F == PARADEC_KV_NATIVE ? 2 * D : D;
+}
+template <int F, int D>
+__host__ __device__ constexpr int tc_scale_bytes() {
+    return kv_has_runs(F) ? 2 * (D / kRun) : 0;
+}
+// A ring stage: K codes, V codes, K scales, V scales of 16 keys (each part a multiple of 16 B).
+template <int KF, int VF, int D>
+__host__ __device__ constexpr int tc_stage_bytes() {
+    return kDecKeys * (tc_code_bytes<KF, D>() + tc_code_bytes<VF, D>() + tc_scale_bytes<KF, D>() +
+                       tc_scale_bytes<VF, D>());
+}
+template <int KF, int VF, int D>
+__host__ __device__ constexpr int tc_stages() {
+    return tc_stage_bytes<KF, VF, D>() <= 2560 ? 4 : tc_stage_bytes<KF, VF, D>() <= 4608 ? 3 : 2;
+}
+// Per warp: the ring, then the decoded K and V tiles ([2][16][D + 8] of the compute dtype).
+template <int KF, int VF, int D>
+__host__ __device__ constexpr size_t tc_warp_bytes() {
+    return static_cast<size_t>(tc_stages<KF, VF, D>()) * tc_stage_bytes<KF, VF, D>() +
+           2 * kDecKeys * (D + 8) * 2;
+}
+template <int KF, int VF, int D>
+__host__ __device__ constexpr size_t tc_smem_bytes() {
+    const size_t rings = kTcWarps * tc_warp_bytes<KF, VF, D>();
+    const size_t merge = sizeof(float) * kTcWarps * kDecRows * (D + 2);
+    return rings > merge ? rings : merge;  // ≥ the Q staging ([16][D] f32) too
+}
+
+// (a & b) | c in one instruction (the compiler may otherwise emit two).
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Eight consecutive values (dims e … e + 7 of one key) from their codes `raw` and the run's
+// scale, as four pairs of the compute dtype in the tile's column order. Q4 and Q8 in f16 place
+// codes into the magic exponent's mantissa (exact), subtract (magic + c) and multiply by
+// scale / c: one rounding, as the f32 path's; other formats and bf16 decode in f32.
+template <typename T, int F>
+__device__ __forceinline__ uint4 tc_decode8(const uint8_t *raw, __half run_scale) {
+    uint4 out;
+    uint32_t *o = reinterpret_cast<uint32_t *>(&out);
+    if constexpr (F == PARADEC_KV_NATIVE) {
+        out = *reinterpret_cast<const uint4 *>(raw);
+    } else if constexpr (F == PARADEC_KV_Q4 && std::is_same<T, __half>::value) {
+        const uint32_t w = *reinterpret_cast<const uint32_t *>(raw);
+        // scale / 8, exact (a power-of-two step of an f16 that is not tiny)
+        const __half2 step = __hmul2(__half2half2(run_scale), __float2half2_rn(0.125f));
+        const __half2 bias = __float2half2_rn(1032.f);  // magic 1024 + c
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            uint32_t v = lop3_and_or(w >> (4 * s), 0x000f000fu, 0x64006400u);
+            __half2 h = __hmul2(__hsub2(*reinterpret_cast<const __half2 *>(&v), bias), step);
+            o[s] = *reinterpret_cast<const uint32_t *>(&h);
+        }
+    } else if constexpr (F == PARADEC_KV_Q8 && std::is_same<T, __half>::value) {
+        const uint2 w = *reinterpret_cast<const uint2 *>(raw);
+        const __half2 step = __hmul2(__half2half2(run_scale), __float2half2_rn(1.f / 128));
+        const __half2 bias = __float2half2_rn(1152.f);  // magic 1024 + c
+        const uint32_t ws[2] = {w.x, w.y};
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                // bytes 2i, 2i + 1 of ws[h] under the magic's high byte 0x64
+                uint32_t v = __byte_perm(ws[h], 0x64646464u, i == 0 ? 0x4140u : 0x4342u);
+                __half2 x = __hmul2(__hsub2(*reinterpret_cast<const __half2 *>(&v), bias), step);
+                o[2 * h + i] = *reinterpret_cast<const uint32_t *>(&x);
+            }
+    } else {
+        typename Raw<F>::type r;
+        memcpy(&r, raw, sizeof(r));
+        float f[8];
+        decode_raw<F, T>(r, f);
+        const float k = kv_has_runs(F)
+                            ? __half2float(run_scale) / static_cast<float>(1 << (kv_bits(F) - 1))
+                            : decode_factor<F>();
+        if constexpr (F == PARADEC_KV_Q4) {
+            // The tile's column order (see above): pair s holds dims s and s + 4.
+#pragma unroll
+            for (int s2 = 0; s2 < 4; ++s2) o[s2] = pack2<T>(f[s2] * k, f[s2 + 4] * k);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) o[i] = pack2<T>(f[2 * i] * k, f[2 * i + 1] * k);
+        }
+    }
+    return out;
+}
+
+// Dimension of tile column c in format F's column order.
+template <int F>
+__device__ __forceinline__ int tc_dim(int c) {
+    return F == PARADEC_KV_Q4 ? (c & ~7) + ((c & 7) >> 1) + 4 * (c & 1) : c;
+}
+
+template <typename T, int KF, int VF, int D>
+__global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
+    constexpr int SD = D + 8;
+    constexpr int KT = D / 16;
+    constexpr int DT = D / 8;
+    constexpr int NS = tc_stages<KF, VF, D>();
+    constexpr int KCB = tc_code_bytes<KF, D>(), VCB = tc_code_bytes<VF, D>();
+    constexpr int KSB = tc_scale_bytes<KF, D>(), VSB = tc_scale_bytes<VF, D>();
+    constexpr int STAGE = tc_stage_bytes<KF, VF, D>();
+    const AttnArgs &a = qa.a;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int group = a.heads / a.kv_heads;
+    const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
+    const int rows_total = a.q_len * group;
+    const int row0 = blockIdx.z * kDecRows;
+    const int nrows = min(kDecRows, rows_total - row0);
+    const int split = blockIdx.x;
+    const int64_t past = clamped_past(a, b);
+    const int64_t kv_len = past + a.q_len;
+    const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
+    const int64_t split_len = q_split_len(a);
+    int64_t k_begin = static_cast<int64_t>(split) * split_len;
+    int64_t k_end = min(k_begin + split_len, kv_len);
+    k_end = min(k_end, past + t_last + 1);
+    if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
+    const int64_t pos_min = past + t_first;
+    const bool plain = a.mask == nullptr && a.window == 0;
+    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+
+    // Q rows (softmax scale applied by the step; E4M3's K head scale with it) to shared memory
+    // in f32, into the rotated basis for the Hadamard formats, then as mma A fragments in K's
+    // column order.
+    float *sm_q = reinterpret_cast<float *>(smem_raw);  // [16][D]
+    for (int idx = threadIdx.x; idx < kDecRows * D; idx += blockDim.x) {
+        const int r = idx / D, d = idx % D;
+        float x = 0.f;
+        if (r < nrows) {
+            const int row = row0 + r;
+            const int t = row / group, h = kvh * group + row % group;
+            x = Num<T>::to_f(static_cast<const T *>(
+                a.q)[((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + d]);
+        }
+        sm_q[idx] = x;
+    }
+    __syncthreads();
+    if (kv_has_runs(KF)) {
+        for (int idx = threadIdx.x; idx < kDecRows * D / kRun; idx += blockDim.x) {
+            float y[kRun];
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) y[i] = sm_q[idx * kRun + i];
+            fwht32(y);
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) sm_q[idx * kRun + i] = y[i] * (1.f / kRun);
+        }
+        __syncthreads();
+    }
+    const int ra = g, rb = g + 8;
+    unsigned qf[KT][4];
+#pragma unroll
+    for (int kk = 0; kk < KT; ++kk) {
+        const int c0 = kk * 16 + 2 * t4, c1 = c0 + 8;
+        qf[kk][0] = pack2<T>(sm_q[ra * D + tc_dim<KF>(c0)], sm_q[ra * D + tc_dim<KF>(c0 + 1)]);
+        qf[kk][1] = pack2<T>(sm_q[rb * D + tc_dim<KF>(c0)], sm_q[rb * D + tc_dim<KF>(c0 + 1)]);
+        qf[kk][2] = pack2<T>(sm_q[ra * D + tc_dim<KF>(c1)], sm_q[ra * D + tc_dim<KF>(c1 + 1)]);
+        qf[kk][3] = pack2<T>(sm_q[rb * D + tc_dim<KF>(c1)], sm_q[rb * D + tc_dim<KF>(c1 + 1)]);
+    }
+    __syncthreads();  // the staging area becomes the rings
+
+    const int64_t pos_a = past + (row0 + ra) / group, pos_b = past + (row0 + rb) / group;
+    const DecRowLimits lim{pos_a, pos_b, a.window > 0 ? pos_a + 1 - a.window : 0,
+                           a.window > 0 ? pos_b + 1 - a.window : 0};
+    unsigned char *ring = smem_raw + warp * tc_warp_bytes<KF, VF, D>();
+    T *ktile = reinterpret_cast<T *>(ring + NS * STAGE);
+    T *vtile = ktile + kDecKeys * SD;
+    const int64_t k_head = kv_row_bytes(KF, static_cast<int64_t>(kvh) * D);
+    const int64_t v_head = kv_row_bytes(VF, static_cast<int64_t>(kvh) * D);
+    const int64_t run0 = static_cast<int64_t>(kvh) * D / kRun;
+    // Queues stage i of this warp (keys base … base + 15): codes in 16-byte pieces, the run
+    // scales of each key in one piece of D/16 bytes; keys past k_end are zero-filled. Lane l
+    // looks up key l % 16's slot once; the pieces take it by shuffle.
+    auto issue = [&](int i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kDecKeys;
+        if (base < k_end) {
+            unsigned char *stage_p = ring + (i % NS) * STAGE;
+            const int64_t my_j = base + (lane % kDecKeys);
+            const int64_t my_slot = my_j < k_end ? qa.sm(b, my_j) : 0;
+            auto pieces = [&](const KvView &kv, int64_t head, int cb, unsigned char *dst0) {
+                const int per = cb / 16;
+                for (int c = lane; c < kDecKeys * per; c += 32) {
+                    const int r = c / per, piece = c % per;
+                    const int64_t slot = __shfl_sync(0xffffffffu, my_slot, r);
+                    const bool ok = base + r < k_end;
+                    const uint8_t *src = kv.codes + slot * kv.row_bytes + head + piece * 16;
+                    cp_async16_zfill(dst0 + r * cb + piece * 16, ok ? src : kv.codes, ok);
+                }
+            };
+            pieces(qa.k, k_head, KCB, stage_p);
+            pieces(qa.v, v_head, VCB, stage_p + kDecKeys * KCB);
+            if constexpr (KSB > 0 || VSB > 0) {
+                // One piece per key and side: lanes 0–15 K, 16–31 V.
+                const bool is_k = lane < kDecKeys;
+                const int r = lane % kDecKeys;
+                const bool ok = my_j < k_end;
+                const int sb = is_k ? KSB : VSB;
+                if (sb > 0) {
+                    const KvView &kv = is_k ? qa.k : qa.v;
+                    const __half *src = kv.scales + my_slot * kv.runs + run0;
+                    unsigned char *dst = stage_p + kDecKeys * (KCB + VCB) +
+                                         (is_k ? 0 : kDecKeys * KSB) + r * sb;
+                    const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+                    const int n = ok ? sb : 0;
+                    if (sb == 8)
+                        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(sa),
+                                     "l"(ok ? src : kv.scales), "r"(n));
+                    else
+                        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sa),
+                                     "l"(ok ? src : kv.scales), "r"(n));
+                }
+            }
+        }
+        cp_async_commit_group();
+    };
+    // Decodes ring stage i into the tiles: lane l decodes dims 8·(l % G8) … + 7 of keys
+    // l / G8 + u·32/G8, K then V.
+    constexpr int G8 = D / 8;             // groups of eight values per key
+    constexpr int KSTEP = 32 / G8;        // keys between a lane's items
+    const int r0 = lane / G8, e8 = lane % G8;
+    const int run_of_lane = (e8 * 8) / kRun;
+    auto decode = [&](int i) {
+        const unsigned char *stage_p = ring + (i % NS) * STAGE;
+        const __half *kscale = reinterpret_cast<const __half *>(stage_p + kDecKeys * (KCB + VCB));
+        const __half *vscale = reinterpret_cast<const __half *>(stage_p + kDecKeys * (KCB + VCB + KSB));
+#pragma unroll
+        for (int u = 0; u < kDecKeys / KSTEP; ++u) {
+            const int r = r0 + u * KSTEP;
+            const __half ks = KSB > 0 ? kscale[r * (KSB / 2) + run_of_lane] : __half{};
+            st(ktile + r * SD + e8 * 8,
+               tc_decode8<T, KF>(stage_p + r * KCB + e8 * (KCB / G8), ks));
+        }
+#pragma unroll
+        for (int u = 0; u < kDecKeys / KSTEP; ++u) {
+            const int r = r0 + u * KSTEP;
+            const __half vs = VSB > 0 ? vscale[r * (VSB / 2) + run_of_lane] : __half{};
+            st(vtile + r * SD + e8 * 8,
+               tc_decode8<T, VF>(stage_p + kDecKeys * KCB + r * VCB + e8 * (VCB / G8), vs));
+        }
+    };
+#pragma unroll
+    for (int i = 0; i < NS - 1; ++i) issue(i);
+
+    const float sl2 = a.scale * kLog2e * (KF == PARADEC_KV_E4M3 ? qa.k.head_scale[kvh] : 1.f);
+    DecState<DT> state;
+    for (int i = 0;; ++i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kDecKeys;
+        if (base >= k_end) break;
+        issue(i + NS - 1);
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(NS - 1));
+        __syncwarp();
+        decode(i);
+        __syncwarp();
+        const bool full = plain && base + kDecKeys <= k_end && base + kDecKeys - 1 <= pos_min;
+        dec_stage<T, D>(qf, ktile, vtile, base, k_end, full, lim, mrow, sl2, state);
+        __syncwarp();  // the tiles and the stage are rewritten next
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    dec_sum_rows(state);
+    __syncthreads();  // the rings become the merge area
+    float *sm_m = reinterpret_cast<float *>(smem_raw);
+    float *sm_l = sm_m + kTcWarps * kDecRows;
+    float *sm_o = sm_l + kTcWarps * kDecRows;  // [warp][row][D], natural dimension order
+    if ((lane & 3) == 0) {
+        sm_m[warp * kDecRows + ra] = state.m0;
+        sm_m[warp * kDecRows + rb] = state.m1;
+        sm_l[warp * kDecRows + ra] = state.l0;
+        sm_l[warp * kDecRows + rb] = state.l1;
+    }
+    // V's constant factor (E4M3 head scale) here; Q8/Q4 scales were in the tile.
+    const float vconst = VF == PARADEC_KV_E4M3 ? qa.v.head_scale[kvh] : 1.f;
+#pragma unroll
+    for (int i = 0; i < DT; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int d = tc_dim<VF>(i * 8 + 2 * t4 + e);
+            sm_o[(warp * kDecRows + ra) * D + d] = state.o[i][e] * vconst;
+            sm_o[(warp * kDecRows + rb) * D + d] = state.o[i][2 + e] * vconst;
+        }
+    __syncthreads();
+    if (kv_has_runs(VF)) {
+        // V back from the rotated basis.
+        for (int idx = threadIdx.x; idx < kTcWarps * kDecRows * D / kRun; idx += blockDim.x) {
+            float y[kRun];
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) y[i] = sm_o[idx * kRun + i];
+            fwht32(y);
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) sm_o[idx * kRun + i] = y[i] * (1.f / kRun);
+        }
+        __syncthreads();
+    }
+    merge_and_store<T>(a, sm_m, sm_l, sm_o, kTcWarps, kDecRows, D, nrows, row0, b, kvh, split);
+}
+
 int q_sm_count() {
     int dev = 0, n = 132;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -414,8 +745,39 @@ int launch_q_l(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     }
 }
 
+template <typename T, int KF, int VF, int D>
+int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    constexpr size_t smem = tc_smem_bytes<KF, VF, D>();
+    const cudaError_t attr =
+        cudaFuncSetAttribute(qdecode_mma_kernel<T, KF, VF, D>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    const int rows = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
+    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, (rows + kDecRows - 1) / kDecRows);
+    qdecode_mma_kernel<T, KF, VF, D><<<grid, kTcWarps * 32, smem, stream>>>(qa);
+    return launch_status();
+}
+
+// Whether a call takes the tensor-core kernel: asked for (PARADEC_KV_DECODE=mma, until its
+// measurements on a GPU make it the default), a head dim it has, and at least two query rows
+// per KV head (a group, or several query tokens) — one row gains nothing from the mma tile.
+bool tc_decode_applies(const AttnArgs &a) {
+    static const bool mma = [] {
+        const char *v = std::getenv("PARADEC_KV_DECODE");
+        return v && std::strcmp(v, "mma") == 0;
+    }();
+    return mma && tc_head_dim(a.head_dim) && a.q_len * (a.heads / a.kv_heads) >= 2;
+}
+
 template <typename T, int KF, int VF>
 int launch_q_f(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    if (tc_decode_applies(qa.a)) {
+        return qa.a.head_dim == 64 ? launch_tc_d<T, KF, VF, 64>(qa, p, stream)
+                                   : launch_tc_d<T, KF, VF, 128>(qa, p, stream);
+    }
     switch (p.lanes) {
         case 4: return launch_q_l<T, KF, VF, 4>(qa, p, stream);
         case 8: return launch_q_l<T, KF, VF, 8>(qa, p, stream);

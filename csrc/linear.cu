@@ -22,6 +22,7 @@
 #include "linear_gemm.cuh"
 #include "mma.cuh"
 #include "linear_small.cuh"
+#include "linear_vendor.cuh"
 
 namespace paradec {
 namespace {
@@ -492,9 +493,15 @@ constexpr size_t kMaxDim = size_t{1} << 31;
 
 // The path a call takes. SMALL where it does not apply (other widths, m > 32) and AUTO pick by
 // m: GEMV up to 8 rows, else MMA; AUTO takes SMALL where it applies (w is null for dense).
+// VENDOR on a quantized weight is AUTO.
 int choose_path(int path, size_t m, const paradec_qweight *w) {
+    if (path == PARADEC_PATH_VENDOR) {
+        if (!w) return PARADEC_PATH_VENDOR;
+        path = PARADEC_PATH_AUTO;  // quantized formats run on paradec's kernels
+    }
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
-    if (w && small_path_applies(w, m)) return PARADEC_PATH_SMALL;
+    if (w && small_path_applies(w, m))
+        return path == PARADEC_PATH_SMALL_LEAN ? PARADEC_PATH_SMALL_LEAN : PARADEC_PATH_SMALL;
     return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
 }
 
@@ -518,7 +525,7 @@ size_t gather_bytes(const paradec_qweight *w, size_t m) {
 size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
     if (split <= 1) return 0;
     if (path == PARADEC_PATH_GEMV) return round_up(split * m * w->np * 4, kAlign);
-    if (path == PARADEC_PATH_SMALL)
+    if (path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN)
         return round_up(split * m * w->np * 4, kAlign) + counter_bytes(w);
     return 0;
 }
@@ -561,7 +568,8 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                    bool accumulate, int path, int split, void *scratch, cudaStream_t stream) {
     char *sp = static_cast<char *>(scratch);
     // The SMALL path's split-K counters follow its partials in the scratch.
-    const bool small_split = path == PARADEC_PATH_SMALL && split > 1;
+    const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
+    const bool small_split = small && split > 1;
     float *part = split > 1 ? reinterpret_cast<float *>(sp + gather_bytes(w, m)) : nullptr;
     unsigned *counters = small_split ? reinterpret_cast<unsigned *>(
                                            reinterpret_cast<char *>(part) +
@@ -584,7 +592,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
             cudaMemsetAsync(counters, 0, ncounters * sizeof(unsigned), stream);
         if (e != cudaSuccess) return static_cast<int>(e);
     }
-    if (path == PARADEC_PATH_SMALL) {
+    if (small) {
         SmallArgs a;
         a.x = xa;
         a.ldx = ldx;
@@ -599,10 +607,11 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.n = static_cast<int64_t>(w->n);
         a.np = static_cast<int64_t>(w->np);
         a.ntiles = static_cast<int>(w->ntiles);
+        a.groups = static_cast<int>(w->groups);
         a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
         a.split = split;
         a.accumulate = accumulate;
-        return launch_quant_small(dtype_of<T>(), a, stream);
+        return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
     }
     if (path == PARADEC_PATH_GEMV) {
         QArgs a;
@@ -682,6 +691,11 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
         }
         return launch_status();
     }
+    if (path == PARADEC_PATH_VENDOR) {
+        bool ran = false;
+        const int st = vendor_gemm(dtype_of<T>(), x, m, k, w, n, bias, out, accumulate, stream, &ran);
+        if (st != PARADEC_K_OK || ran) return st;
+    }
     GemmArgs ga{x, static_cast<int64_t>(k), static_cast<int64_t>(k), w, nullptr, nullptr, nullptr,
                 bias, out, static_cast<int64_t>(m), static_cast<int64_t>(n), static_cast<int64_t>(n),
                 accumulate};
@@ -758,9 +772,11 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         a.n = static_cast<int64_t>(w->n);
         a.np = static_cast<int64_t>(w->np);
         a.ntiles = static_cast<int>(w->ntiles);
+        a.groups = static_cast<int>(w->groups);
         a.tiles_per_split = static_cast<int>((w->ntiles + c.split - 1) / c.split);
         a.split = c.split;
         a.accumulate = c.accumulate != 0;
+        g.lean = (i == 0 || g.lean) && c.path == PARADEC_PATH_SMALL_LEAN;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));
     }
@@ -809,7 +825,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
         if (m == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
         if (split < 1 || split > 1024) return PARADEC_K_BAD_SHAPE;
@@ -822,7 +838,8 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
         if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
         // The GEMV and SMALL paths read x (or x_g) in 16-byte vectors of 32-row tiles.
         if (!w->row_src && (w->k % 32 != 0 || !paradec::aligned16(x))) {
-            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL) return PARADEC_K_BAD_SHAPE;
+            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL || p == PARADEC_PATH_SMALL_LEAN)
+                return PARADEC_K_BAD_SHAPE;
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::quant_linear_t<decltype(tag)>(x, m, w, bias, out, accumulate != 0, p,
@@ -859,6 +876,9 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
             if (st != PARADEC_K_OK) return st;
             if (!paradec::small_path_applies(c.w, m)) return PARADEC_K_BAD_SHAPE;
             if (c.split < 1 || c.split > 1024) return PARADEC_K_BAD_SHAPE;
+            if (c.path != PARADEC_PATH_AUTO && c.path != PARADEC_PATH_SMALL &&
+                c.path != PARADEC_PATH_SMALL_LEAN)
+                return PARADEC_K_BAD_ENUM;
             // x (or x_g) is read in 16-byte vectors of 32-row tiles.
             if (!c.w->row_src && (c.w->k % 32 != 0 || !paradec::aligned16(c.x)))
                 return PARADEC_K_BAD_SHAPE;
@@ -884,18 +904,27 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
         if (m == 0 || k == 0 || n == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
             return PARADEC_K_DIM_TOO_LARGE;
         // Dense weights have no SMALL path: it is AUTO for them.
-        const int p = paradec::choose_path(path == PARADEC_PATH_SMALL ? PARADEC_PATH_AUTO : path,
+        const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
+        const int p = paradec::choose_path(small ? PARADEC_PATH_AUTO : path,
                                            m, nullptr);
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::linear_t<decltype(tag)>(x, m, k, w, n, bias, out, accumulate != 0, p,
                                                     stream);
         });
     });
+}
+
+extern "C" int paradec_vendor_gemm_available(void) {
+    try {
+        return paradec::vendor_gemm_available() ? 1 : 0;
+    } catch (...) {
+        return 0;
+    }
 }
 
 extern "C" int paradec_scale_inplace(int dtype, void *x, size_t n, float factor,

@@ -34,6 +34,7 @@
 // ops::select_linear picks the split): every block writes f32 partials and the last block of a
 // column block to finish (an atomic counter, zero before the launch and left zero) sums them in
 // split order, so the result does not depend on timing and no second kernel runs.
+#include <algorithm>
 #include <type_traits>
 
 #include "common.cuh"
@@ -101,6 +102,33 @@ __device__ __forceinline__ uint32_t splat2(float v) {
     return *reinterpret_cast<const uint32_t *>(&h);
 }
 
+// A group's zero of each of a lane's 4 columns in the two forms the decoding subtracts:
+// lo = (magic + zero) pairs, hi = −(magic / 16 + zero) pairs (f16 only; see decoded_pair).
+struct GroupZeros {
+    uint32_t lo[4];
+    uint32_t hi[4];
+};
+
+// The exact pair (q_s − zero, q_{s+4} − zero) of nibbles s and s + 4 of w. In f16, odd s skips
+// the shift: masking nibble s in place reads magic + 16·q, and one fma by 1/16 with
+// −(magic / 16 + zero) leaves q − zero exactly (64 + q and the small integers are exact in f16),
+// which saves a shift for every other pair. bf16 keeps the shift: there a nibble at bits 4..7
+// would reach the exponent.
+template <typename T>
+__device__ __forceinline__ uint32_t decoded_pair(uint32_t w, int s, uint32_t zlo, uint32_t zhi) {
+    if constexpr (std::is_same<T, __half>::value) {
+        if (s & 1) {
+            const uint32_t v = and_or(w >> (4 * (s - 1)), 0x00f000f0u, Magic<T>::kBits);
+            const __half2 r = __hfma2(*reinterpret_cast<const __half2 *>(&v),
+                                      __half2half2(__float2half_rn(0.0625f)),
+                                      *reinterpret_cast<const __half2 *>(&zhi));
+            return *reinterpret_cast<const uint32_t *>(&r);
+        }
+    }
+    (void)zhi;
+    return sub2<T>(nibble_pair<T>(w, s), zlo);
+}
+
 // Asynchronous copies into the ring (zero-filled when !valid): .cg for the weights, read once
 // and kept out of L1; .ca for x and the scales, which the block's 4 warps all read. Unlike
 // mma.cuh's copies these clobber memory, as the wait does: a lane reads its ring stage with
@@ -131,6 +159,79 @@ __device__ __forceinline__ void copy_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Lane (g, q)'s 16-byte x vector (elements 8q .. 8q + 7 of a tile's row g) as the B fragment
+// of the tile's permuted k order: the pairs (0, 4), (1, 5), (2, 6), (3, 7).
+__device__ __forceinline__ void x_fragment(const uint4 &xv, uint32_t (&b)[4]) {
+    b[0] = __byte_perm(xv.x, xv.z, 0x5410);
+    b[1] = __byte_perm(xv.x, xv.z, 0x7632);
+    b[2] = __byte_perm(xv.y, xv.w, 0x5410);
+    b[3] = __byte_perm(xv.y, xv.w, 0x7632);
+}
+
+// One 32-row tile: lane (g, q)'s weight vector wv (word row q of columns c0 .. c0 + 3) decoded
+// to exact (q − zero) pairs and multiplied by the B fragments of NT n8 tiles of x rows into the
+// group accumulators accg[column half][n8 tile].
+template <typename T, int NT>
+__device__ __forceinline__ void tile_products(float (&accg)[2][NT][4], const uint4 &wv,
+                                              const GroupZeros &z,
+                                              const uint32_t (&b)[NT][4]) {
+    const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t af[4] = {
+                decoded_pair<T>(w[2 * h], 2 * c, z.lo[2 * h], z.hi[2 * h]),
+                decoded_pair<T>(w[2 * h + 1], 2 * c, z.lo[2 * h + 1], z.hi[2 * h + 1]),
+                decoded_pair<T>(w[2 * h], 2 * c + 1, z.lo[2 * h], z.hi[2 * h]),
+                decoded_pair<T>(w[2 * h + 1], 2 * c + 1, z.lo[2 * h + 1], z.hi[2 * h + 1]),
+            };
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                mma_16816<T>(accg[h][nt], af, b[nt][2 * c], b[nt][2 * c + 1]);
+        }
+    }
+}
+
+// 1 / x in one MUFU instruction (about 1 ulp; subnormal x flushes to zero).
+__device__ __forceinline__ float rcp_approx(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+    return r;
+}
+
+// A group's scale and (magic + zero) pair of each of a lane's 4 columns, from their
+// (scale, −zero·scale) pairs: sz holds −zero·scale, exact in f32 (or within an ulp), so
+// −nz · (1 / scale) is the integer zero to within a few ulp, which rounding removes. A zero or
+// subnormal scale takes zero 0: its products (|scale| < 2^−126 times codes and x) vanish either way.
+template <typename T>
+__device__ __forceinline__ void group_scales(const float (&s)[4], const float (&nz)[4],
+                                             float (&scale)[4], GroupZeros &zeros) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        scale[j] = s[j];
+        const float z = fabsf(s[j]) >= 1.17549435e-38f ? rintf(-nz[j] * rcp_approx(s[j])) : 0.f;
+        zeros.lo[j] = splat2<T>(Magic<T>::kValue + z);
+        zeros.hi[j] = splat2<T>(-(Magic<T>::kValue * 0.0625f + z));
+    }
+}
+
+// acc += accg · scale (per column: lane (g, q)'s accumulators of column half h hold columns
+// c0 + 2h and c0 + 2h + 1), accg = 0.
+template <int NT>
+__device__ __forceinline__ void fold_group(float (&acc)[2][NT][4], float (&accg)[2][NT][4],
+                                           const float (&scale)[4]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                acc[h][nt][e] = fmaf(accg[h][nt][e], scale[2 * h + (e >> 1)], acc[h][nt][e]);
+                accg[h][nt][e] = 0.f;
+            }
+}
+
 // out[row, c] = v (+ bias[c]) (+ out[row, c]).
 template <typename T>
 __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64_t c, float v) {
@@ -138,6 +239,61 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
     T *p = static_cast<T *>(a.out) + row * a.n + c;
     if (a.accumulate) v += Num<T>::to_f(*p);
     *p = Num<T>::from_f(v);
+}
+
+// Stores a block's results: lane (g, q) holds, for x row nt·8 + 2q + e, the columns
+// c0 .. c0 + 3 as acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]. Unsplit, they
+// go to out; split, to the f32 partials, and the last block of the column block to finish sums
+// every split's partials in split order.
+template <typename T, int NT>
+__device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)[2][NT][4], int bx,
+                                          int by, int64_t c0, bool live) {
+    __shared__ int sum_here;
+    const int q = threadIdx.x & 3;
+    if (!a.part) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int64_t r = nt * 8 + 2 * q + e;
+                if (!live || r >= a.m) continue;
+                const float v[4] = {acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e],
+                                    acc[1][nt][2 + e]};
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (c0 + j < a.n) store_one<T>(a, r, c0 + j, v[j]);
+            }
+        return;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t r = nt * 8 + 2 * q + e;
+            if (!live || r >= a.m) continue;
+            *reinterpret_cast<float4 *>(a.part + (by * a.m + r) * a.np + c0) =
+                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
+        }
+    // The last block of this column block to get here sums every split's partials.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned done = atomicAdd(a.counters + bx, 1u);
+        sum_here = done == static_cast<unsigned>(a.split - 1);
+        if (sum_here) a.counters[bx] = 0u;  // zero again for the scratch's next user
+    }
+    __syncthreads();
+    if (!sum_here) return;
+    __threadfence();
+    const int64_t cb = static_cast<int64_t>(bx) * kSmallCols;
+    for (int64_t i = threadIdx.x; i < a.m * kSmallCols; i += kSmallCols) {
+        const int64_t r = i / kSmallCols;
+        const int64_t c = cb + i % kSmallCols;
+        if (c >= a.n) continue;
+        float v = 0.f;
+        for (int p = 0; p < a.split; ++p) v += __ldcg(a.part + (p * a.m + r) * a.np + c);
+        store_one<T>(a, r, c, v);
+    }
 }
 
 // NT: n8 tiles of x rows (m ≤ 8·NT).
@@ -149,7 +305,6 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
     constexpr int U = tiles_per_stage<NT>();
     __shared__ uint4 ring[kWarps][S][U][1 + NT][32];
     __shared__ float2 szring[kWarps][S][U][32];
-    __shared__ int sum_here;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
@@ -207,20 +362,9 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
             for (int e = 0; e < 4; ++e) acc[h][nt][e] = accg[h][nt][e] = 0.f;
     // The current group's scales and (magic + zero) pairs, per column c0 .. c0 + 3.
     float scale[4] = {0.f, 0.f, 0.f, 0.f};
-    uint32_t zpair[4] = {0u, 0u, 0u, 0u};
+    GroupZeros zeros{};
     int grp = -1;
-    // acc += accg · scale (per column), accg = 0.
-    auto fold = [&]() {
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    acc[h][nt][e] = fmaf(accg[h][nt][e], scale[2 * h + (e >> 1)], acc[h][nt][e]);
-                    accg[h][nt][e] = 0.f;
-                }
-    };
+    auto fold = [&]() { fold_group<NT>(acc, accg, scale); };
 
     // Tile i (of the range), in slot u of ring stage `stage`: a new group folds the last one
     // in and takes its scales and zeros; then the tile's mma.
@@ -229,46 +373,20 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
         if (gi != grp) {
             if (grp >= 0) fold();
             const float2 mine = szring[warp][stage][u][lane];
+            float s[4], nz[4];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int src = (lane & ~3) | j;
-                const float s = __shfl_sync(0xffffffffu, mine.x, src);
-                const float nz = __shfl_sync(0xffffffffu, mine.y, src);
-                scale[j] = s;
-                // sz holds −zero·scale, exact in f32, so the quotient is the integer zero to
-                // within the fast division's 2 ulp, which rounding removes; any zero serves a
-                // zero scale.
-                const float z = s != 0.f ? rintf(__fdividef(-nz, s)) : 0.f;
-                zpair[j] = splat2<T>(Magic<T>::kValue + z);
+                s[j] = __shfl_sync(0xffffffffu, mine.x, src);
+                nz[j] = __shfl_sync(0xffffffffu, mine.y, src);
             }
+            group_scales<T>(s, nz, scale, zeros);
             grp = gi;
         }
-        const uint4 wv = ring[warp][stage][u][0][lane];
-        const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
         uint32_t b[NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const uint4 xv = ring[warp][stage][u][1 + nt][lane];
-            b[nt][0] = __byte_perm(xv.x, xv.z, 0x5410);  // elements (0, 4)
-            b[nt][1] = __byte_perm(xv.x, xv.z, 0x7632);  // (1, 5)
-            b[nt][2] = __byte_perm(xv.y, xv.w, 0x5410);  // (2, 6)
-            b[nt][3] = __byte_perm(xv.y, xv.w, 0x7632);  // (3, 7)
-        }
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const uint32_t af[4] = {
-                    sub2<T>(nibble_pair<T>(w[2 * h], 2 * c), zpair[2 * h]),
-                    sub2<T>(nibble_pair<T>(w[2 * h + 1], 2 * c), zpair[2 * h + 1]),
-                    sub2<T>(nibble_pair<T>(w[2 * h], 2 * c + 1), zpair[2 * h]),
-                    sub2<T>(nibble_pair<T>(w[2 * h + 1], 2 * c + 1), zpair[2 * h + 1]),
-                };
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-                    mma_16816<T>(accg[h][nt], af, b[nt][2 * c], b[nt][2 * c + 1]);
-            }
-        }
+        for (int nt = 0; nt < NT; ++nt) x_fragment(ring[warp][stage][u][1 + nt][lane], b[nt]);
+        tile_products<T, NT>(accg, ring[warp][stage][u][0][lane], zeros, b);
     };
 
     // Prologue: the weights of stages 0 .. S − 2 go out first (one commit group each), then,
@@ -320,52 +438,175 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
     copy_wait<0>();
     fold();
 
-    // Thread (g, q) holds, for x row nt·8 + 2q + e, the columns c0 .. c0 + 3 as
-    // acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e].
-    if (!a.part) {
+    store_acc<T, NT>(a, acc, bx, by, c0, live);
+}
+
+
+// ---- The lean loop (m ≤ 16): x staged once in shared memory, weights in registers ----------
+//
+// The ring loop above spends about 230 instructions per tile and warp (SASS of sm_90a) on ring
+// bookkeeping, guarded copies, 64-bit address arithmetic and group lookups by shuffle, against
+// about 60 for the tile's own decoding and mma; at m = 1 the warps then issue instructions, not
+// loads, and the path runs at 2.4–3.4× the byte floor. Here the block's x rows for its whole
+// K range are copied into shared memory once (m · count · 64 bytes, 48 KiB at most: the launcher
+// falls back to the ring loop beyond), each lane streams its weight vectors and the tiles'
+// groups straight into registers, P tiles per batch with two batches in flight, and each new
+// group's scales are loaded when the group before it starts (a group earlier, off the critical
+// path). What is left per tile is one weight load, one broadcast load of the tile's group, one
+// shared-memory load of x per n8 tile, a pointer step and the tile's arithmetic.
+
+// Tiles per register batch of the lean loop (two batches in flight).
+constexpr int kLeanBatch = 4;
+
+// Row stride, in 16-byte vectors, of the staged x: a tile of a row is 4 vectors (64 bytes); an
+// odd number of tiles per row puts rows g and g + 1 in opposite halves of the 128-byte bank line,
+// so the 8 lanes of a quarter-warp read conflict-free.
+__host__ __device__ constexpr int lean_x_stride(int count) {
+    return count * 4 + ((count & 1) ? 0 : 4);
+}
+
+// A 16-byte shared-memory load by 32-bit shared address.
+__device__ __forceinline__ uint4 lds128(unsigned addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr));
+    return v;
+}
+
+// A 16-byte load of streamed weights: read once, so kept out of L1.
+__device__ __forceinline__ uint4 ld_stream(const void *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+template <typename T, int NT, int P>
+__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const int64_t c0 = static_cast<int64_t>(bx) * kSmallCols + warp * 32 + 4 * g;
+    const bool live = c0 < a.np;
+    const int t0 = by * a.tiles_per_split;
+    const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
+    const int stride = lean_x_stride(count);
+
+    // This lane's weight vector of tile t0 + i is wnext + i·wstep; the tile's group word is
+    // read by every lane at once (one broadcast).
+    const int64_t wstep = 4 * a.np;
+    const uint32_t *wnext = a.words + (live ? (4 * static_cast<int64_t>(t0) + q) * a.np + c0 : 0);
+    const uint32_t *gnext = a.tiles + 2 * static_cast<int64_t>(t0) + 1;
+    int issued = 0;
+    auto load = [&](uint4 (&w)[P], int (&gq)[P]) {
+        if (issued + P <= count) {  // a whole batch: no per-tile guard
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                if (live) w[j] = ld_stream(wnext + j * wstep);
+                gq[j] = static_cast<int>(__ldg(gnext + 2 * j) & 0xFFFFFFu);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                if (issued + j < count) {
+                    if (live) w[j] = ld_stream(wnext + j * wstep);
+                    gq[j] = static_cast<int>(__ldg(gnext + 2 * j) & 0xFFFFFFu);
+                }
+            }
+        }
+        wnext += P * wstep;
+        gnext += 2 * P;
+        issued += P;
+    };
+    uint4 wa[P], wb[P];
+    int ga[P], gb[P];
+#pragma unroll
+    for (int j = 0; j < P; ++j) wa[j] = wb[j] = make_uint4(0u, 0u, 0u, 0u);
+    load(wa, ga);
+
+    // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block.
+    {
+        const T *x = static_cast<const T *>(a.x);
+        const int per_row = count * 4;
+        const int total = static_cast<int>(a.m) * per_row;
+        for (int v = threadIdx.x; v < total; v += kSmallCols) {
+            const int r = v / per_row, c = v - r * per_row;
+            copy16_ca(xs + r * stride + c, x + r * a.ldx + static_cast<int64_t>(t0) * 32 + c * 8,
+                      true);
+        }
+        copy_commit();
+        copy_wait<0>();
+        __syncthreads();
+    }
+    // This lane's x vector of tile i, n8 tile nt, is at shared address xaddr[nt] + 64 i. Lanes
+    // of rows past m read row m − 1 instead: an mma's output column depends on its own B column
+    // only, so what they read reaches only the outputs of rows past m, which are never stored.
+    unsigned xaddr[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int row = min(nt * 8 + g, static_cast<int>(a.m) - 1);
+        xaddr[nt] = static_cast<unsigned>(__cvta_generic_to_shared(xs)) +
+                    16u * static_cast<unsigned>(row * stride + q);
+    }
+
+    float acc[2][NT][4], accg[2][NT][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int64_t r = nt * 8 + 2 * q + e;
-                if (!live || r >= a.m) continue;
-                const float v[4] = {acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e],
-                                    acc[1][nt][2 + e]};
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    if (c0 + j < a.n) store_one<T>(a, r, c0 + j, v[j]);
-            }
-        return;
-    }
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int64_t r = nt * 8 + 2 * q + e;
-            if (!live || r >= a.m) continue;
-            *reinterpret_cast<float4 *>(a.part + (by * a.m + r) * a.np + c0) =
-                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
+            for (int e = 0; e < 4; ++e) acc[h][nt][e] = accg[h][nt][e] = 0.f;
+    float scale[4] = {0.f, 0.f, 0.f, 0.f};
+    GroupZeros zeros{};
+    int grp = -1;
+    // The (scale, −zero·scale) pairs of columns c0, c0 + 1 (p01) and c0 + 2, c0 + 3 (p23) of
+    // group `pref`, loaded ahead.
+    int pref = -1;
+    float4 p01 = make_float4(0.f, 0.f, 0.f, 0.f), p23 = p01;
+    auto fetch = [&](int gi) {
+        pref = gi;
+        if (live && gi < a.groups) {
+            const float4 *sp = reinterpret_cast<const float4 *>(a.sz + (gi * a.np + c0) * 2);
+            p01 = __ldg(sp);
+            p23 = __ldg(sp + 1);
         }
-    // The last block of this column block to get here sums every split's partials.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned done = atomicAdd(a.counters + bx, 1u);
-        sum_here = done == static_cast<unsigned>(a.split - 1);
-        if (sum_here) a.counters[bx] = 0u;  // zero again for the scratch's next user
+    };
+    auto start_group = [&](int gi) {
+        if (grp >= 0) fold_group<NT>(acc, accg, scale);
+        if (gi != pref) fetch(gi);
+        const float s[4] = {p01.x, p01.z, p23.x, p23.z};
+        const float nz[4] = {p01.y, p01.w, p23.y, p23.w};
+        group_scales<T>(s, nz, scale, zeros);
+        grp = gi;
+        fetch(gi + 1);  // groups of a range are consecutive: the next one to start
+    };
+    int done = 0;
+    auto compute = [&](const uint4 (&w)[P], const int (&gq)[P]) {
+#pragma unroll
+        for (int j = 0; j < P; ++j) {
+            if (done + j >= count) break;
+            if (gq[j] != grp) start_group(gq[j]);
+            uint32_t b[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                x_fragment(lds128(xaddr[nt] + 64u * (done + j)), b[nt]);
+            }
+            tile_products<T, NT>(accg, w[j], zeros, b);
+        }
+        done += P;
+    };
+    for (;;) {
+        load(wb, gb);
+        compute(wa, ga);
+        if (done >= count) break;
+        load(wa, ga);
+        compute(wb, gb);
+        if (done >= count) break;
     }
-    __syncthreads();
-    if (!sum_here) return;
-    __threadfence();
-    const int64_t cb = static_cast<int64_t>(bx) * kSmallCols;
-    for (int64_t i = threadIdx.x; i < a.m * kSmallCols; i += kSmallCols) {
-        const int64_t r = i / kSmallCols;
-        const int64_t c = cb + i % kSmallCols;
-        if (c >= a.n) continue;
-        float v = 0.f;
-        for (int p = 0; p < a.split; ++p) v += __ldcg(a.part + (p * a.m + r) * a.np + c);
-        store_one<T>(a, r, c, v);
-    }
+    fold_group<NT>(acc, accg, scale);
+    store_acc<T, NT>(a, acc, bx, by, c0, live);
 }
 
 template <typename T, int NT>
@@ -384,18 +625,35 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup
     small_block<T, NT>(a, static_cast<int>(blockIdx.x) - g.first[i], static_cast<int>(blockIdx.y));
 }
 
+// The staged x of the lean kernels (dynamic shared memory).
+extern __shared__ uint4 lean_xs[];
+
 template <typename T, int NT>
-int launch_nt(const SmallArgs &a, cudaStream_t stream) {
-    const dim3 grid(static_cast<unsigned>(small_col_blocks(static_cast<size_t>(a.np))),
-                    static_cast<unsigned>(a.split));
-    qmma_small_kernel<T, NT><<<grid, kSmallCols, 0, stream>>>(a);
-    return launch_status();
+__global__ void __launch_bounds__(kSmallCols) qmma_lean_kernel(SmallArgs a) {
+    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+                                  lean_xs);
 }
 
 template <typename T, int NT>
-int launch_group_nt(const SmallGroup &g, unsigned blocks, unsigned splits, cudaStream_t stream) {
-    qmma_small_group_kernel<T, NT><<<dim3(blocks, splits), kSmallCols, 0, stream>>>(g);
-    return launch_status();
+__global__ void __launch_bounds__(kSmallCols) qmma_lean_group_kernel(SmallGroup g) {
+    int i = 0;
+    while (i + 1 < g.count && static_cast<int>(blockIdx.x) >= g.first[i + 1]) ++i;
+    const SmallArgs a = g.call[i];
+    if (static_cast<int>(blockIdx.y) >= a.split) return;
+    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x) - g.first[i],
+                                  static_cast<int>(blockIdx.y), lean_xs);
+}
+
+// Largest m and staged x the lean loop takes (beyond: the ring loop).
+constexpr int64_t kLeanMaxM = 16;
+constexpr size_t kLeanMaxXBytes = 48 * 1024;
+
+// Bytes of staged x the lean loop needs for call `a`, or 0 where it does not apply.
+size_t lean_x_bytes(const SmallArgs &a) {
+    if (a.m > kLeanMaxM) return 0;
+    const size_t bytes =
+        static_cast<size_t>(a.m) * static_cast<size_t>(lean_x_stride(a.tiles_per_split)) * 16;
+    return bytes <= kLeanMaxXBytes ? bytes : 0;
 }
 
 }  // namespace
@@ -404,25 +662,50 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     if (g.count < 1 || g.count > kSmallGroupMax) return PARADEC_K_BAD_SHAPE;
     const int64_t m = g.call[0].m;
     int splits = 1;
+    size_t lean_bytes = 0;
+    bool lean = g.lean;
     for (int i = 0; i < g.count; ++i) {
         if (g.call[i].m != m) return PARADEC_K_BAD_SHAPE;
         splits = max(splits, g.call[i].split);
+        const size_t b = lean_x_bytes(g.call[i]);
+        lean = lean && b > 0;
+        lean_bytes = std::max(lean_bytes, b);
     }
     const unsigned blocks = static_cast<unsigned>(g.first[g.count]);
+    const dim3 grid(blocks, static_cast<unsigned>(splits));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (m <= 8) return launch_group_nt<T, 1>(g, blocks, splits, stream);
-        if (m <= 16) return launch_group_nt<T, 2>(g, blocks, splits, stream);
-        return launch_group_nt<T, 4>(g, blocks, splits, stream);
+        if (lean && m <= 8)
+            qmma_lean_group_kernel<T, 1><<<grid, kSmallCols, lean_bytes, stream>>>(g);
+        else if (lean)
+            qmma_lean_group_kernel<T, 2><<<grid, kSmallCols, lean_bytes, stream>>>(g);
+        else if (m <= 8)
+            qmma_small_group_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(g);
+        else if (m <= 16)
+            qmma_small_group_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(g);
+        else
+            qmma_small_group_kernel<T, 4><<<grid, kSmallCols, 0, stream>>>(g);
+        return launch_status();
     });
 }
 
-int launch_quant_small(int dtype, const SmallArgs &a, cudaStream_t stream) {
+int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>(small_col_blocks(static_cast<size_t>(a.np))),
+                    static_cast<unsigned>(a.split));
+    const size_t lean_bytes = lean ? lean_x_bytes(a) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (a.m <= 8) return launch_nt<T, 1>(a, stream);
-        if (a.m <= 16) return launch_nt<T, 2>(a, stream);
-        return launch_nt<T, 4>(a, stream);
+        if (lean_bytes && a.m <= 8)
+            qmma_lean_kernel<T, 1><<<grid, kSmallCols, lean_bytes, stream>>>(a);
+        else if (lean_bytes)
+            qmma_lean_kernel<T, 2><<<grid, kSmallCols, lean_bytes, stream>>>(a);
+        else if (a.m <= 8)
+            qmma_small_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(a);
+        else if (a.m <= 16)
+            qmma_small_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(a);
+        else
+            qmma_small_kernel<T, 4><<<grid, kSmallCols, 0, stream>>>(a);
+        return launch_status();
     });
 }
 

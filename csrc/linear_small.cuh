@@ -28,6 +28,7 @@ struct SmallArgs {
     unsigned *counters;     // [ceil(np / 128)], zero on entry (split > 1), else null
     int64_t m, n, np;
     int ntiles, tiles_per_split, split;
+    int groups;  // rows of sz
     bool accumulate;
 };
 
@@ -39,8 +40,9 @@ inline bool small_path_applies(const paradec_qweight *w, size_t m) {
 // Column blocks of the grid (one split-K counter each).
 inline size_t small_col_blocks(size_t np) { return (np + kSmallCols - 1) / kSmallCols; }
 
-// Launches the kernel on `stream`; returns a paradec status (0, or the launch's cudaError_t).
-int launch_quant_small(int dtype, const SmallArgs &a, cudaStream_t stream);
+// Launches the kernel on `stream` (with `lean`, the lean loop where x fits it; else the ring
+// loop); returns a paradec status (0, or the launch's cudaError_t).
+int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t stream);
 
 // Most calls one grouped launch takes.
 constexpr int kSmallGroupMax = 8;
@@ -50,6 +52,7 @@ struct SmallGroup {
     SmallArgs call[kSmallGroupMax];
     int first[kSmallGroupMax + 1];
     int count;
+    bool lean;  // the lean loop where every call's x fits it
 };
 
 // Launches the grouped kernel (every call of the same m); a paradec status.

@@ -553,6 +553,25 @@ typedef struct paradec_model_info {
 } paradec_model_info;
 
 /**
+ * A block table the caller owns and fills, in **host** memory: sequence b's
+ * position j lives in page `page_ids[b, j / page_size]`, row `j % page_size` of that page
+ * (page_size is the pool's second dimension, see `paradec_cache_pages`, or a paged cache's
+ * page size for the `_paged` forwards of a model or a layer). Entries past a sequence's
+ * `page_count[b]` are never read. Read during the call only (nothing keeps it).
+ */
+typedef struct paradec_block_table {
+  /**
+   * int32 `[batch, max_pages]`: page indices into the pool.
+   */
+  const struct paradec_tensor *page_ids;
+  /**
+   * int32 or int64 `[batch]`: the pages each sequence owns (its first entries of
+   * `page_ids`), at most max_pages.
+   */
+  const struct paradec_tensor *page_count;
+} paradec_block_table;
+
+/**
  * Options of a KV cache (`paradec_cache_create_with_options`,
  * `paradec_cache_create_for_layer_with_options`, `paradec_cache_bytes`). Begins with its own
  * size: set `struct_size = sizeof(paradec_cache_options)` (or call
@@ -589,11 +608,13 @@ typedef struct paradec_cache_options {
 } paradec_cache_options;
 
 /**
- * What a KV cache is (`paradec_cache_describe`).
+ * What a KV cache is (`paradec_cache_describe`). The fields from `page_size` on came with
+ * the paged cache: a caller built against a header without them (its `struct_size` ends at
+ * `bytes`) gets the fields it has room for.
  */
 typedef struct paradec_cache_info {
   /**
-   * `sizeof(paradec_cache_info)`, set by the caller.
+   * `sizeof(paradec_cache_info)`, set by the caller; on success, the bytes written.
    */
   size_t struct_size;
   /**
@@ -605,11 +626,12 @@ typedef struct paradec_cache_info {
    */
   size_t num_layers;
   /**
-   * Sequences.
+   * Sequences (0 for a paged cache: each call's block table gives its own).
    */
   size_t batch;
   /**
-   * Positions each sequence can hold.
+   * Positions each sequence can hold (for a paged cache, the pool's num_pages · page_size:
+   * the most one sequence can reach).
    */
   size_t capacity;
   /**
@@ -634,6 +656,15 @@ typedef struct paradec_cache_info {
    * head scales), as `paradec_cache_bytes` predicts.
    */
   size_t bytes;
+  /**
+   * Positions per page of a paged cache (`paradec_cache_create_paged`); 0 for a contiguous
+   * one.
+   */
+  size_t page_size;
+  /**
+   * Pages in each layer's pool of a paged cache; 0 for a contiguous one.
+   */
+  size_t num_pages;
 } paradec_cache_info;
 
 /**
@@ -724,24 +755,6 @@ typedef struct paradec_cache_pages {
 } paradec_cache_pages;
 
 /**
- * A block table the caller owns and fills, in **host** memory: sequence b's
- * position j lives in page `page_ids[b, j / page_size]`, row `j % page_size` of that page
- * (page_size is the pool's second dimension, see `paradec_cache_pages`). Entries past a
- * sequence's `page_count[b]` are never read.
- */
-typedef struct paradec_block_table {
-  /**
-   * int32 `[batch, max_pages]`: page indices into the pool.
-   */
-  const struct paradec_tensor *page_ids;
-  /**
-   * int32 or int64 `[batch]`: the pages each sequence owns (its first entries of
-   * `page_ids`), at most max_pages.
-   */
-  const struct paradec_tensor *page_count;
-} paradec_block_table;
-
-/**
  * A norm's optional scale and shift, each a `[cols]` tensor of the input's dtype or NULL.
  */
 typedef struct paradec_affine {
@@ -814,6 +827,7 @@ const char *paradec_last_error(void);
  * `q_len` new tokens (1…16) over `cache` into a CUDA graph recorded on `stream` (a stream the
  * caller created: the legacy default stream cannot be captured). `masked` says whether the
  * steps will carry a padding mask. Nothing runs; the graph sizes and owns its own workspace.
+ * A paged cache (`paradec_cache_create_paged`) is refused with `PARADEC_ERR_UNSUPPORTED`.
  *
  * Ownership: the caller owns `*out` (free with `paradec_model_graph_free`). The graph keeps
  * `model` alive and unchangeable, and holds `cache`, until it is freed (module docs).
@@ -937,8 +951,9 @@ enum paradec_status paradec_model_rank_reduce(struct paradec_model *model, float
  * - `workspace`: scratch on the model's device (see `paradec_workspace_create`).
  * - `ids`: `[batch, q_len]` (or batch·q_len elements) int32 or int64 token ids, host memory.
  * - `params`: the batch (sizes, past lengths, padding mask).
- * - `cache`: NULL (no cache: past_len must be 0) or a cache of this model and batch; the new
- *   tokens' K/V are written into it.
+ * - `cache`: NULL (no cache: past_len must be 0) or a contiguous cache of this model and
+ *   batch; the new tokens' K/V are written into it. A paged cache is
+ *   `PARADEC_ERR_INVALID_ARGUMENT`: its forwards are `paradec_model_forward_paged`.
  * - `loras`, `n_loras`: the adapters active in this call (registered with
  *   `paradec_model_lora_apply`); `loras` may be NULL when `n_loras` is 0.
  * - `logits`: `[batch, q_len, vocab]` float host tensor, written on success.
@@ -954,6 +969,38 @@ enum paradec_status paradec_model_forward(const struct paradec_model *model,
                                           const struct paradec_lora *const *loras,
                                           size_t n_loras,
                                           const struct paradec_tensor *logits);
+
+/**
+ * As `paradec_model_forward`, over a paged cache (`paradec_cache_create_paged`) through the
+ * call's block table: sequence b's positions `0 .. past_len[b] + q_len` live in its first
+ * `page_count[b]` pages of `block_table->page_ids[b, …]` (pages of the cache's page size;
+ * the same table addresses every layer's pool). Slot j of a mask row is the sequence's
+ * position j, wherever its page lies. The table is read during the call (host memory) and
+ * checked against the pools before anything runs — its tensors' dtypes, shapes and memory,
+ * page counts (negative, or above max_pages), every page the call touches inside the pool,
+ * no pool row written by two sequences (`PARADEC_ERR_INVALID_ARGUMENT` naming the sequence
+ * and page), each sequence's positions within its pages (`PARADEC_ERR_CAPACITY` naming the
+ * sequence) — and nothing is written on an error.
+ *
+ * - `cache`: a paged cache of this model (required; a contiguous one is
+ *   `PARADEC_ERR_INVALID_ARGUMENT`: use `paradec_model_forward`).
+ * - `block_table`: the call's table (see `paradec_block_table`): `page_ids` int32
+ *   `[batch, max_pages]`, `page_count` int32 / int64 `[batch]`, host memory.
+ * - the other arguments as for `paradec_model_forward`.
+ *
+ * Ownership: all borrowed for the call; nothing is kept (the pages are the cache's; what a
+ * page holds, and which sequences share it, is the caller's to track).
+ */
+enum paradec_status paradec_model_forward_paged(const struct paradec_model *model,
+                                                void *stream,
+                                                struct paradec_workspace *workspace,
+                                                const struct paradec_tensor *ids,
+                                                const struct paradec_attn_params *params,
+                                                struct paradec_cache *cache,
+                                                const struct paradec_block_table *block_table,
+                                                const struct paradec_lora *const *loras,
+                                                size_t n_loras,
+                                                const struct paradec_tensor *logits);
 
 /**
  * Takes layer `index` of a model as a layer handle. The layer is the model's own (not a copy):
@@ -1066,9 +1113,53 @@ enum paradec_status paradec_cache_create_for_layer_with_options(const struct par
                                                                 struct paradec_cache **out);
 
 /**
- * Describes a cache: its mode, sizes, dtype, device and bytes.
+ * Makes a paged KV cache for every layer of `model`: per layer, a pool of `num_pages` pages
+ * of `page_size` positions of K and V, in the mode `options` gives (NULL: native) and `dtype`
+ * (what the model computes in: the storage of native pages, what quantized ones are read
+ * back as), on `device`, zero-filled. It has no sequences of its own: every forward through
+ * it (`paradec_model_forward_paged`, `paradec_layer_forward_paged`,
+ * `paradec_layer_forward_interm_paged`) gives its block table, which says which pages hold
+ * each sequence's positions; the same table addresses every layer's pool.
  *
- * - `out`: the caller's struct with `struct_size` set; written on success.
+ * Errors (nothing made, `*out` untouched): `num_pages` or `page_size` 0, more than
+ * 2^31 − 1 pages (`PARADEC_ERR_INVALID_ARGUMENT`); native pages on the CPU in a dtype other
+ * than f32 (the host path computes in f32: `PARADEC_ERR_UNSUPPORTED`); the mode errors of
+ * `paradec_cache_create_with_options`.
+ *
+ * Ownership: `model` and `options` (with its scales) are borrowed for the call; the caller
+ * owns `*out` (free with `paradec_cache_free`).
+ */
+enum paradec_status paradec_cache_create_paged(const struct paradec_model *model,
+                                               size_t num_pages,
+                                               size_t page_size,
+                                               struct paradec_dtype dtype,
+                                               struct paradec_device device,
+                                               const struct paradec_cache_options *options,
+                                               struct paradec_cache **out);
+
+/**
+ * As `paradec_cache_create_paged`, for one layer handle: pools for layers 0 ..= the layer's
+ * index (so FP8 E4M3 scales, when given, number (index + 1) · kv_heads). Errors as
+ * `paradec_cache_create_paged`.
+ *
+ * Ownership: `layer` and `options` are borrowed for the call; the caller owns `*out` (free
+ * with `paradec_cache_free`).
+ */
+enum paradec_status paradec_cache_create_paged_for_layer(const struct paradec_layer *layer,
+                                                         size_t num_pages,
+                                                         size_t page_size,
+                                                         struct paradec_dtype dtype,
+                                                         struct paradec_device device,
+                                                         const struct paradec_cache_options *options,
+                                                         struct paradec_cache **out);
+
+/**
+ * Describes a cache: its mode, sizes, dtype, device and bytes, and for a paged cache its
+ * page size and pages (`batch` 0, `capacity` the pool's positions).
+ *
+ * - `out`: the caller's struct with `struct_size` set; written on success (a struct of an
+ *   older header, without `page_size` / `num_pages`, gets the fields it has room for, and
+ *   `struct_size` says how many bytes were written).
  *
  * Ownership: `cache` is borrowed; `out` is the caller's.
  */
@@ -1079,8 +1170,10 @@ enum paradec_status paradec_cache_describe(const struct paradec_cache *cache,
  * The bytes a cache of these sizes takes in the mode `options` gives (NULL: native): K and V
  * of every layer — values, or codes, run scales and E4M3 head scales; what
  * `paradec_cache_describe` reports once it is made. The mode is checked as the create calls
- * check it (same errors). A pool of pages for the kernel-level paged calls is, per layer, a
- * cache of batch = num_pages and capacity = page_size.
+ * check it (same errors). A paged cache (`paradec_cache_create_paged`) of `num_pages` pages
+ * of `page_size` positions takes what a contiguous one of batch = num_pages and capacity =
+ * page_size takes (its pools are laid out so), and so does a pool of pages for the
+ * kernel-level paged calls, per layer.
  *
  * Ownership: `options` is borrowed; `*out_bytes` is written on success.
  */
@@ -1092,6 +1185,32 @@ enum paradec_status paradec_cache_bytes(size_t num_layers,
                                         struct paradec_dtype dtype,
                                         const struct paradec_cache_options *options,
                                         size_t *out_bytes);
+
+/**
+ * The bytes to reserve (`paradec_workspace_reserve`) for forwards of `model` over a paged
+ * cache (`paradec_model_forward_paged`, and the layer forwards of its layers) of up to
+ * `tokens` tokens each (batch × q_len), whose block tables give each sequence up to
+ * `max_pages` pages of `page_size` positions, in a workspace computing in `dtype` (f16 or
+ * bf16 on a CUDA device; the CPU computes in f32 and reserves no arena). Beyond a contiguous
+ * cache's plan it holds what a forward over pages takes in every mode, the native one
+ * included: a prefill gathers the K and V it reads out of the pages into the workspace, a
+ * decode splits its keys up to 256 ways, and each layer's cache write and attention upload
+ * the block table. Like `paradec_model_memory`'s `workspace_bytes`, it counts the forward's
+ * hidden states and logits. A forward past the arena still runs (a device forward then
+ * allocates: slow, never wrong).
+ *
+ * Errors (`*out_bytes` untouched): `tokens`, `max_pages` or `page_size` 0, or sizes that
+ * overflow (`PARADEC_ERR_INVALID_ARGUMENT`); a `dtype` that is not a float type
+ * (`PARADEC_ERR_DTYPE`).
+ *
+ * Ownership: `model` is borrowed; `*out_bytes` is written on success.
+ */
+enum paradec_status paradec_workspace_bytes_paged(const struct paradec_model *model,
+                                                  size_t tokens,
+                                                  size_t max_pages,
+                                                  size_t page_size,
+                                                  struct paradec_dtype dtype,
+                                                  size_t *out_bytes);
 
 /**
  * Makes a workspace: the scratch of forwards on `device`, computing in `dtype` (the CPU path
@@ -1185,7 +1304,9 @@ void paradec_layer_free(struct paradec_layer *layer);
  *   written: host memory on success only; CUDA memory (the layer's device and dtype) in place,
  *   on the stream — every argument is checked before the first launch.
  * - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
- *   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
+ *   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`;
+ *   a paged cache is `PARADEC_ERR_INVALID_ARGUMENT`: its forwards are
+ *   `paradec_layer_forward_paged` / `_interm_paged`).
  *
  * Ownership: all borrowed for the call; nothing is kept.
  */
@@ -1197,6 +1318,29 @@ enum paradec_status paradec_layer_forward(const struct paradec_layer *layer,
                                           struct paradec_cache *cache,
                                           const struct paradec_lora *const *loras,
                                           size_t n_loras);
+
+/**
+ * As `paradec_layer_forward`, over a paged cache (`paradec_cache_create_paged_for_layer`,
+ * or a model's `paradec_cache_create_paged`) through the call's block table, checked against
+ * the pools before anything runs as `paradec_model_forward_paged` checks it (same errors;
+ * nothing written on an error, `hidden` included).
+ *
+ * - `cache`: a paged cache holding this layer's pool (required; a contiguous one is
+ *   `PARADEC_ERR_INVALID_ARGUMENT`: use `paradec_layer_forward`).
+ * - `block_table`: the call's table (see `paradec_block_table`), host memory.
+ * - the other arguments as for `paradec_layer_forward`.
+ *
+ * Ownership: all borrowed for the call; nothing is kept.
+ */
+enum paradec_status paradec_layer_forward_paged(const struct paradec_layer *layer,
+                                                void *stream,
+                                                struct paradec_workspace *workspace,
+                                                const struct paradec_tensor *hidden,
+                                                const struct paradec_attn_params *params,
+                                                struct paradec_cache *cache,
+                                                const struct paradec_block_table *block_table,
+                                                const struct paradec_lora *const *loras,
+                                                size_t n_loras);
 
 /**
  * As `paradec_layer_forward`, and returns every intermediate (see `PARADEC_INTERM_*`).
@@ -1213,6 +1357,23 @@ enum paradec_status paradec_layer_forward_interm(const struct paradec_layer *lay
                                                  const struct paradec_lora *const *loras,
                                                  size_t n_loras,
                                                  struct paradec_interm **out);
+
+/**
+ * As `paradec_layer_forward_paged`, and returns every intermediate (see `PARADEC_INTERM_*`).
+ *
+ * Ownership: the caller owns `*out` (read it with `paradec_interm_get`, free it with
+ * `paradec_interm_free`); `*out` is untouched on an error.
+ */
+enum paradec_status paradec_layer_forward_interm_paged(const struct paradec_layer *layer,
+                                                       void *stream,
+                                                       struct paradec_workspace *workspace,
+                                                       const struct paradec_tensor *hidden,
+                                                       const struct paradec_attn_params *params,
+                                                       struct paradec_cache *cache,
+                                                       const struct paradec_block_table *block_table,
+                                                       const struct paradec_lora *const *loras,
+                                                       size_t n_loras,
+                                                       struct paradec_interm **out);
 
 /**
  * A view of one intermediate: `which` is a `PARADEC_INTERM_*` value. The descriptor points

@@ -6,6 +6,9 @@
 #   quick:         tests, sanitizer, a short bench (fewer shapes) and PyTorch's
 #   tests | sanitize | bench: one part
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
+#   optin:         the paths that are not yet defaults against the defaults they would replace:
+#                  their tests and sanitizer runs, then paradec-only timings side by side (the
+#                  small-M lean loop, the vendor dense GEMM, the tensor-core quantized decode)
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +18,7 @@ while (( $# )); do
   case "$1" in
     --out) RESULTS=${2:?--out needs a folder}; shift 2 ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    all|quick|tests|sanitize|bench|attn) MODE=$1; shift ;;
+    all|quick|tests|sanitize|bench|attn|optin) MODE=$1; shift ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,6 +84,39 @@ if [[ "$MODE" == attn ]]; then
   PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --attention --csv "$RESULTS/attn_torch.csv" >> "$RESULTS/attn_bench.log" 2>&1
   SUMMARY+=("torch attention bench rc=$?")
   python3 "$D/bench_join.py" "$RESULTS/attn_paradec.csv" "$RESULTS/attn_torch.csv" > "$RESULTS/joined.md" 2>&1
+fi
+
+if [[ "$MODE" == optin ]]; then
+  F="$D/fixtures"
+  {
+    # The lean loop and the vendor GEMM are paths the linear tests force; the layer and graph
+    # tests run them through the decoder when forced for every linear.
+    PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
+    PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=lean "$D/bin/gpu" decoder:: graph::
+    # The tensor-core quantized decode runs only when asked for.
+    PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=mma "$D/bin/gpu" kv_quant:: attention::
+  } > "$RESULTS/optin_tests.log" 2>&1
+  SUMMARY+=("opt-in tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
+  if command -v compute-sanitizer >/dev/null; then
+    {
+      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck --report-api-errors no \
+        "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped linear::dense
+      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=mma compute-sanitizer --tool memcheck \
+        --report-api-errors no "$D/bin/gpu" --test-threads=1 kv_quant::
+      PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=mma compute-sanitizer --tool racecheck \
+        "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped kv_quant::paged
+    } > "$RESULTS/optin_sanitize.log" 2>&1
+    SUMMARY+=("opt-in sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/optin_sanitize.log" | tr '\n' ' ')")
+  fi
+  {
+    "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b --lin-ms 1,8,16 --lin-path small,lean
+    "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 16,64,512,2048 --lin-path mma,vendor
+    "$D/bin/gpu_bench" --attention --quick --only attn_decode
+    PARADEC_KV_DECODE=mma "$D/bin/gpu_bench" --attention --quick --only attn_decode
+    "$D/bin/gpu_bench" --decoder --quick
+    PARADEC_LINEAR_PATH=lean "$D/bin/gpu_bench" --decoder --quick
+  } > "$RESULTS/optin_bench.log" 2>&1
+  SUMMARY+=("opt-in bench: $RESULTS/optin_bench.log")
 fi
 
 echo "==== summary"

@@ -23,6 +23,8 @@ CUDA_PKGS=(
   nvidia-cuda-cccl==13.0.85
 )
 CLANG_PKGS=(libclang==18.1.1)
+# The cuBLAS of the same CUDA release (its headers are extracted; see below).
+CUBLAS_PKG=nvidia-cublas==13.0.2.14
 
 log() { echo "install-cuda-toolchain: $*" >&2; }
 
@@ -87,6 +89,33 @@ if (( need_cuda || need_clang )); then
   fi
   if (( need_clang )); then
     echo "export LIBCLANG_PATH=$site/clang/native"
+  fi
+fi
+
+# The cuBLASLt headers (the dense large-m path loads the library at run time, so only its
+# declarations are needed to build): from the nvidia-cublas wheel, which also holds the
+# library, into a toolkit this script installed. A system toolkit has them already.
+if [[ ! -f "$cuda_home/include/cublasLt.h" ]]; then
+  if [[ -w "$cuda_home/include" ]]; then
+    log "installing the cuBLASLt headers from $CUBLAS_PKG"
+    pyexe="$DIR/bin/python"
+    [[ -x "$pyexe" ]] || pyexe=$PY
+    tmp=$(mktemp -d)
+    if "$pyexe" -m pip download --disable-pip-version-check -q --no-deps -d "$tmp" "$CUBLAS_PKG" >&2; then
+      "$pyexe" - "$tmp" "$cuda_home/include" <<'PY'
+import glob, sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(glob.glob(src + "/*.whl")[0]) as z:
+    for name in ("cublasLt.h", "cublas_api.h"):
+        with z.open("nvidia/cu13/include/" + name) as f, open(dst + "/" + name, "wb") as o:
+            o.write(f.read())
+PY
+    else
+      log "warning: could not download $CUBLAS_PKG; the build will miss cublasLt.h"
+    fi
+    rm -rf "$tmp"
+  else
+    log "warning: $cuda_home/include has no cublasLt.h (install the CUDA toolkit's cuBLAS)"
   fi
 fi
 

@@ -157,4 +157,12 @@ pub enum LinearPath {
     /// operand, streamed once (K split across blocks). Where it does not apply (other widths,
     /// larger M, dense weights) the launcher makes its own choice.
     Small,
+    /// `Small` on its lean loop (x staged once in shared memory, weights streamed in
+    /// registers) where x fits it (M ≤ 16 and a short enough share of K), else `Small`'s ring
+    /// loop. Not yet chosen by `select_linear`: it waits for its measurements on a GPU.
+    SmallLean,
+    /// Dense weights: the vendor GEMM (cuBLASLt, loaded at run time; `Mma` where it is absent
+    /// or declines the shape). Quantized weights: the launcher's own choice. Not yet chosen by
+    /// `select_linear`: it waits for its measurements on a GPU.
+    Vendor,
 }

@@ -62,3 +62,8 @@ fn lora_load() {
 fn model_dir() {
     replay("model_dir", targets::model_dir::run);
 }
+
+#[test]
+fn paged_cache() {
+    replay("paged_cache", targets::paged_cache::run);
+}

@@ -18,11 +18,17 @@ extern "C" {
 enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
-    PARADEC_PATH_MMA = 2,  /* tensor cores (mma.sync m16n8k16), 64×64 output tiles */
-    PARADEC_PATH_SMALL = 3 /* quantized, uniform 4-bit, m ≤ 32: tensor cores with the weights as
-                              the 16-row operand, streamed once; K split as asked (the last block
-                              sums the partials). Elsewhere (other widths, larger m, dense) it
-                              is AUTO. */
+    PARADEC_PATH_MMA = 2,  /* tensor cores (mma.sync): paradec's pipelined GEMM */
+    PARADEC_PATH_SMALL = 3, /* quantized, uniform 4-bit, m ≤ 32: tensor cores with the weights
+                               as the 16-row operand, streamed once; K split as asked (the last
+                               block sums the partials). Elsewhere (other widths, larger m,
+                               dense) it is AUTO. */
+    PARADEC_PATH_SMALL_LEAN = 4, /* SMALL on its lean loop where x fits it (m ≤ 16, a share of K
+                                    whose x fits 48 KiB of shared memory), else SMALL; not yet
+                                    chosen by AUTO */
+    PARADEC_PATH_VENDOR = 5 /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
+                               it is absent or declines the shape); not yet chosen by AUTO.
+                               Quantized weights: AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
@@ -63,6 +69,8 @@ typedef struct paradec_qlinear_call {
     void *out;                  /* [m, n]; no call's out overlaps any call's x */
     int accumulate;
     int split;                  /* ≥ 1: the K split of the SMALL path */
+    int path;                   /* PARADEC_PATH_SMALL (or AUTO) or PARADEC_PATH_SMALL_LEAN: the
+                                   group runs the lean loop when every call asks for it */
 } paradec_qlinear_call;
 
 /* Most calls of one group. */
@@ -91,6 +99,10 @@ int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w, 
  * bit-exact regardless of timing): the read-bandwidth probe of the GPU bench. */
 int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
                        paradec_stream_t stream);
+
+/* Whether the vendor GEMM of PARADEC_PATH_VENDOR (cuBLASLt) is loaded (tried on the first
+ * call): 1 or 0. */
+int paradec_vendor_gemm_available(void);
 
 /* x *= factor over n elements. */
 int paradec_scale_inplace(int dtype, void *x, size_t n, float factor, paradec_stream_t stream);

@@ -2,7 +2,9 @@
  * errors.c — walks the error paths of the C ABI: NULL arguments, wrong dtype / shape / device,
  * non-contiguous and misaligned tensors, bad enum values, overlapping outputs, bad struct
  * sizes, bad model directories, an exhausted cache, freed (NULLed) handles, bad cache modes
- * and options, pages a mode cannot use, and block tables that do not cover a call. Each call must
+ * and options, pages a mode cannot use, block tables that do not cover a call, and the paged
+ * cache of a model or a layer (its creation, its forwards' block tables, a paged cache without
+ * a table and a table without one, graph capture, the workspace plan). Each call must
  * return its documented status, leave its outputs untouched, and leave a message in
  * paradec_last_error() that names what was wrong. Run under AddressSanitizer and valgrind by
  * the test suite.
@@ -10,6 +12,7 @@
  *     errors MODEL_DIR       (any fixture model directory)
  */
 #define _POSIX_C_SOURCE 200809L
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -546,6 +549,227 @@ static void cache_mode_errors(paradec_model *m) {
     paradec_cache_free(c);
 }
 
+/* A block table of two sequences in host memory: page ids int32 [2, 3] (room for a third
+ * row, for a table of the wrong batch), page counts int64 [2]. */
+typedef struct {
+    int32_t ids[9];
+    int64_t count[2];
+    int64_t ids_shape[2], count_shape[1];
+    paradec_tensor ids_t, count_t;
+    paradec_block_table t;
+} table2;
+
+static const paradec_block_table *table2_set(table2 *t, int32_t a0, int32_t a1, int32_t b0,
+                                             int32_t b1, int64_t c0, int64_t c1) {
+    memset(t, 0, sizeof *t);
+    const int32_t ids[6] = {a0, a1, -1, b0, b1, -1};
+    memcpy(t->ids, ids, sizeof ids);
+    t->count[0] = c0;
+    t->count[1] = c1;
+    t->ids_shape[0] = 2;
+    t->ids_shape[1] = 3;
+    t->count_shape[0] = 2;
+    t->ids_t = pd_host(t->ids, PD_I32, 2, t->ids_shape);
+    t->count_t = pd_host(t->count, PD_I64, 1, t->count_shape);
+    t->t.page_ids = &t->ids_t;
+    t->t.page_count = &t->count_t;
+    return &t->t;
+}
+
+/* The paged cache's error paths: making one; a paged cache given to the plain forwards and a
+ * block table given with a contiguous cache; the _paged forwards' block tables (their tensors,
+ * then their values against the pool and the call), through the model and both layer forms;
+ * graph capture; the workspace plan; describe with an older header's struct. Outputs (logits,
+ * hidden, *out) stay untouched. */
+static void paged_errors(paradec_model *m, const paradec_model_info *info,
+                         paradec_workspace *ws) {
+    int sentinel_storage = 0;
+    paradec_cache *const sentinel = (paradec_cache *)&sentinel_storage;
+    paradec_cache *c = sentinel;
+    paradec_cache_options native; /* the native mode fits any model's heads */
+    CHECK(paradec_cache_options_init(&native));
+
+    /* Making a paged cache. */
+    EXPECT(paradec_cache_create_paged(NULL, 6, 4, PD_F32, PD_CPU, &native, &c),
+           PARADEC_ERR_NULL_ARGUMENT, "`model`");
+    EXPECT(paradec_cache_create_paged(m, 6, 4, PD_F32, PD_CPU, &native, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    EXPECT(paradec_cache_create_paged(m, 0, 4, PD_F32, PD_CPU, &native, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "0 pages of 4 positions");
+    EXPECT(paradec_cache_create_paged(m, 6, 0, PD_F32, PD_CPU, &native, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "6 pages of 0 positions");
+    EXPECT(paradec_cache_create_paged(m, (size_t)1 << 31, 4, PD_F32, PD_CPU, &native, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "block table entries are int32");
+    EXPECT(paradec_cache_create_paged(m, 6, 4, PD_F16, PD_CPU, NULL, &c),
+           PARADEC_ERR_UNSUPPORTED, "native pages on the CPU hold f32 values");
+    EXPECT(paradec_cache_create_paged(m, 6, 4, PD_I32, PD_CPU, &native, &c), PARADEC_ERR_DTYPE,
+           "cache dtype: expected f32");
+    paradec_cache_options bad = native;
+    bad.mode = 7;
+    EXPECT(paradec_cache_create_paged(m, 6, 4, PD_F32, PD_CPU, &bad, &c),
+           PARADEC_ERR_INVALID_ARGUMENT, "options.mode: 7 is not a cache mode");
+    EXPECT(paradec_cache_create_paged_for_layer(NULL, 6, 4, PD_F32, PD_CPU, &native, &c),
+           PARADEC_ERR_NULL_ARGUMENT, "`layer`");
+    expect_true(c == sentinel, "failed paged cache creates leave *out untouched");
+
+    paradec_cache *pool = NULL, *flat = NULL;
+    CHECK(paradec_cache_create_paged(m, 6, 4, PD_F32, PD_CPU, &native, &pool));
+    CHECK(paradec_cache_create_with_options(m, 2, 16, PD_F32, PD_CPU, &native, &flat));
+    const size_t V = info->vocab, H = info->hidden;
+    float *logits = malloc(2 * 3 * V * sizeof *logits);
+    float *hidden = malloc(2 * 2 * H * sizeof *hidden);
+    int64_t ids[6] = {1, 2, 3, 4, 5, 6}, ids3[2] = {2, 3}, ids2[2] = {2, 2};
+    int64_t lg3[3] = {2, 3, (int64_t)V}, lg2[3] = {2, 2, (int64_t)V}, hs[3] = {2, 2, (int64_t)H};
+    paradec_tensor idt3 = pd_host(ids, PD_I64, 2, ids3), idt2 = pd_host(ids, PD_I64, 2, ids2);
+    paradec_tensor lgt3 = pd_host(logits, PD_F32, 3, lg3), lgt2 = pd_host(logits, PD_F32, 3, lg2);
+    paradec_tensor ht = pd_host(hidden, PD_F32, 3, hs);
+    int64_t zero[2] = {0, 0}, past[2] = {0, 0};
+    paradec_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.batch = 2;
+    p.q_len = 3;
+    p.past_len = zero;
+    table2 t;
+    /* A prefill of 3 tokens per sequence: sequence 0 in page 4, sequence 1 in page 1. */
+    CHECK(paradec_model_forward_paged(m, NULL, ws, &idt3, &p, pool,
+                                      table2_set(&t, 4, -1, 1, -1, 1, 1), NULL, 0, &lgt3));
+    /* From here every call would rewrite positions 0 and 1 of both sequences. */
+    p.q_len = 2;
+    p.past_len = past;
+    for (size_t i = 0; i < 2 * 2 * V; i++) logits[i] = 12345.0f;
+    for (size_t i = 0; i < 2 * 2 * H; i++) hidden[i] = 0.25f;
+    paradec_layer *layer = NULL;
+    CHECK(paradec_model_layer(m, 1, &layer));
+    paradec_interm *const im_sentinel = (paradec_interm *)&sentinel_storage;
+    paradec_interm *im = im_sentinel;
+
+    /* A paged cache given to the plain forwards: no block table. */
+    EXPECT(paradec_model_forward(m, NULL, ws, &idt2, &p, pool, NULL, 0, &lgt2),
+           PARADEC_ERR_INVALID_ARGUMENT, "a paged cache (paradec_cache_create_paged) is read "
+                                         "through the call's block table: use "
+                                         "paradec_model_forward_paged");
+    EXPECT(paradec_layer_forward(layer, NULL, ws, &ht, &p, pool, NULL, 0),
+           PARADEC_ERR_INVALID_ARGUMENT, "use paradec_layer_forward_paged");
+    EXPECT(paradec_layer_forward_interm(layer, NULL, ws, &ht, &p, pool, NULL, 0, &im),
+           PARADEC_ERR_INVALID_ARGUMENT, "use paradec_layer_forward_interm_paged");
+    /* A block table given with a contiguous cache. */
+    const paradec_block_table *good = table2_set(&t, 4, -1, 1, -1, 1, 1);
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, flat, good, NULL, 0, &lgt2),
+           PARADEC_ERR_INVALID_ARGUMENT, "block_table: given, but the cache is contiguous");
+    EXPECT(paradec_layer_forward_paged(layer, NULL, ws, &ht, &p, flat, good, NULL, 0),
+           PARADEC_ERR_INVALID_ARGUMENT, "block_table: given, but the cache is contiguous");
+    /* No cache, no table. */
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, NULL, good, NULL, 0, &lgt2),
+           PARADEC_ERR_NULL_ARGUMENT, "`cache`");
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool, NULL, NULL, 0, &lgt2),
+           PARADEC_ERR_NULL_ARGUMENT, "`block_table`");
+    EXPECT(paradec_layer_forward_paged(layer, NULL, ws, &ht, &p, pool, NULL, NULL, 0),
+           PARADEC_ERR_NULL_ARGUMENT, "`block_table`");
+    EXPECT(paradec_layer_forward_interm_paged(layer, NULL, ws, &ht, &p, pool, good, NULL, 0,
+                                              NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    t.t.page_ids = NULL;
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool, &t.t, NULL, 0, &lgt2),
+           PARADEC_ERR_NULL_ARGUMENT, "block_table.page_ids");
+
+    /* The table's tensors. */
+    table2_set(&t, 4, -1, 1, -1, 1, 1);
+    t.ids_t.dtype = PD_I64; /* 6 int32 slots read as 3 int64: a shape of [2, 3] is too many */
+    t.ids_shape[1] = 1;
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool, &t.t, NULL, 0, &lgt2),
+           PARADEC_ERR_DTYPE, "block_table.page_ids");
+    table2_set(&t, 4, -1, 1, -1, 1, 1);
+    t.count_t.dtype = PD_F32; /* two int64 slots read as f32 */
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool, &t.t, NULL, 0, &lgt2),
+           PARADEC_ERR_DTYPE, "block_table.page_count: expected int32 or int64");
+    table2_set(&t, 4, -1, 1, -1, 1, 1);
+    t.ids_shape[0] = 3;
+    EXPECT(paradec_layer_forward_paged(layer, NULL, ws, &ht, &p, pool, &t.t, NULL, 0),
+           PARADEC_ERR_SHAPE, "block_table.page_ids: expected [2, max_pages]");
+    table2_set(&t, 4, -1, 1, -1, 1, 1);
+    t.count_shape[0] = 1;
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool, &t.t, NULL, 0, &lgt2),
+           PARADEC_ERR_SHAPE, "block_table.page_count");
+    table2_set(&t, 4, -1, 1, -1, 1, 1);
+    t.count_t.device.device_type = PARADEC_DEVICE_CUDA;
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool, &t.t, NULL, 0, &lgt2),
+           PARADEC_ERR_DEVICE, "block_table.page_count: expected host memory");
+
+    /* The table's values against the pool and the call. */
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool,
+                                       table2_set(&t, 4, -1, 1, -1, 1, -1), NULL, 0, &lgt2),
+           PARADEC_ERR_INVALID_ARGUMENT, "block_table.page_count[1] = -1 is negative");
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool,
+                                       table2_set(&t, 4, 0, 1, -1, 4, 1), NULL, 0, &lgt2),
+           PARADEC_ERR_INVALID_ARGUMENT,
+           "sequence 0 owns 4 pages, more than the table's 3 per sequence");
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool,
+                                       table2_set(&t, 4, -1, 9, -1, 1, 1), NULL, 0, &lgt2),
+           PARADEC_ERR_INVALID_ARGUMENT, "sequence 1's page 0 is 9, outside the pool of 6 pages");
+    EXPECT(paradec_layer_forward_paged(layer, NULL, ws, &ht, &p, pool,
+                                       table2_set(&t, -3, -1, 1, -1, 1, 1), NULL, 0),
+           PARADEC_ERR_INVALID_ARGUMENT, "sequence 0's page 0 is -3, outside the pool");
+    past[1] = 3; /* sequence 1 reaches 5 positions, but owns one page of 4 */
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool,
+                                       table2_set(&t, 4, -1, 1, -1, 1, 1), NULL, 0, &lgt2),
+           PARADEC_ERR_CAPACITY, "sequence 1 reaches position 5 (past 3 + 2 new)");
+    EXPECT(paradec_layer_forward_interm_paged(layer, NULL, ws, &ht, &p, pool, &t.t, NULL, 0,
+                                              &im),
+           PARADEC_ERR_CAPACITY, "owns 1 pages of 4 positions");
+    past[1] = 0;
+    EXPECT(paradec_model_forward_paged(m, NULL, ws, &idt2, &p, pool,
+                                       table2_set(&t, 4, -1, 4, -1, 1, 1), NULL, 0, &lgt2),
+           PARADEC_ERR_INVALID_ARGUMENT, "sequences 0 and 1 would both write pool row 16");
+    int untouched = im == im_sentinel;
+    for (size_t i = 0; i < 2 * 2 * V; i++) untouched &= logits[i] == 12345.0f;
+    for (size_t i = 0; i < 2 * 2 * H; i++) untouched &= hidden[i] == 0.25f;
+    expect_true(untouched, "refused paged forwards leave logits, hidden and *out untouched");
+
+    /* Graph capture over a paged cache, with or without CUDA. */
+    paradec_model_graph *g = NULL;
+    EXPECT(paradec_model_capture_decode(m, NULL, pool, 2, 1, false, &g), PARADEC_ERR_UNSUPPORTED,
+           "graph capture over a paged cache is not supported");
+    expect_true(g == NULL, "a refused capture leaves *out untouched");
+
+    /* The workspace plan of a paged forward. */
+    size_t bytes = 7;
+    EXPECT(paradec_workspace_bytes_paged(NULL, 8, 4, 4, PD_F16, &bytes),
+           PARADEC_ERR_NULL_ARGUMENT, "`model`");
+    EXPECT(paradec_workspace_bytes_paged(m, 8, 4, 4, PD_F16, NULL), PARADEC_ERR_NULL_ARGUMENT,
+           "`out_bytes`");
+    EXPECT(paradec_workspace_bytes_paged(m, 0, 4, 4, PD_F16, &bytes),
+           PARADEC_ERR_INVALID_ARGUMENT, "tokens (0), max_pages (4) and page_size (4)");
+    EXPECT(paradec_workspace_bytes_paged(m, 8, (size_t)-1, 4, PD_F16, &bytes),
+           PARADEC_ERR_INVALID_ARGUMENT, "overflows");
+    EXPECT(paradec_workspace_bytes_paged(m, 8, 4, 4, PD_I64, &bytes), PARADEC_ERR_DTYPE,
+           "dtype: expected f32, f16 or bf16, got i64");
+    expect_true(bytes == 7, "failed plans leave *out_bytes untouched");
+
+    /* describe: an older header's struct (without page_size / num_pages) gets what it has
+     * room for; a smaller one is refused. */
+    paradec_cache_info info_v1;
+    memset(&info_v1, 0x5a, sizeof info_v1);
+    size_t v1 = offsetof(paradec_cache_info, page_size);
+    info_v1.struct_size = v1;
+    CHECK(paradec_cache_describe(pool, &info_v1));
+    size_t after;
+    memset(&after, 0x5a, sizeof after);
+    expect_true(info_v1.struct_size == v1 && info_v1.batch == 0 &&
+                    memcmp(&info_v1.page_size, &after, sizeof after) == 0 &&
+                    memcmp(&info_v1.num_pages, &after, sizeof after) == 0,
+                "describe with an older header's struct_size writes only its fields");
+    info_v1.struct_size = v1 - 1;
+    EXPECT(paradec_cache_describe(pool, &info_v1), PARADEC_ERR_STRUCT_SIZE,
+           "paradec_cache_info.struct_size is");
+
+    free(logits);
+    free(hidden);
+    paradec_layer_free(layer);
+    paradec_cache_free(pool);
+    paradec_cache_free(flat);
+}
+
 static void model_errors(const char *model_dir) {
     char tmp[] = "/tmp/paradec-errors-XXXXXX";
     if (!mkdtemp(tmp)) {
@@ -683,6 +907,7 @@ static void model_errors(const char *model_dir) {
            PARADEC_ERR_NULL_ARGUMENT, "`loras`");
 
     cache_mode_errors(m);
+    paged_errors(m, &info, ws);
 
     /* Layers. */
     paradec_layer *layer = NULL;

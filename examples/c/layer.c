@@ -2,7 +2,8 @@
  * layer.c — the layer and model level beyond decoding: a model's layer as a handle, forward
  * and forward_interm (every intermediate), a cache for one layer, LoRA apply / remove on a
  * layer and on the model, load / unload, numel / weight bytes / is_quant, rank_reduce, caches
- * in the KV cache modes (model and layer), and a decoder layer built from tensors this program
+ * in the KV cache modes (model and layer), a paged cache decoded through block tables (model
+ * and layer, against the contiguous cache), and a decoder layer built from tensors this program
  * holds plus a config.json text.
  *
  *     layer MODEL_DIR        (a GPT-NeoX directory with a PEFT adapter in MODEL_DIR/lora)
@@ -199,6 +200,167 @@ static void kv_cache_modes(paradec_model *model, paradec_workspace *ws,
     free(got);
 }
 
+/* ---- the paged cache ----
+ * A tiny page allocator, as a serving engine keeps one: pages handed out of a scrambled free
+ * list as each sequence grows (kept when a sequence rewinds); table entries past a
+ * sequence's pages hold -1 and are never read. */
+enum { PG_SIZE = 3, PG_MAX = 4, PG_POOL = 12 };
+static const int32_t FREE_PAGES[PG_POOL] = {7, 2, 9, 0, 5, 11, 3, 8, 1, 10, 4, 6};
+
+typedef struct {
+    int32_t ids[2 * PG_MAX];
+    int64_t count[2];
+    size_t next;
+    int64_t ids_shape[2], count_shape[1];
+    paradec_tensor ids_t, count_t;
+    paradec_block_table table;
+} pager;
+
+static void pager_init(pager *pg) {
+    memset(pg, 0, sizeof *pg);
+    for (int i = 0; i < 2 * PG_MAX; i++) pg->ids[i] = -1;
+    pg->ids_shape[0] = 2;
+    pg->ids_shape[1] = PG_MAX;
+    pg->count_shape[0] = 2;
+    pg->ids_t = pd_host(pg->ids, PD_I32, 2, pg->ids_shape);
+    pg->count_t = pd_host(pg->count, PD_I64, 1, pg->count_shape);
+    pg->table.page_ids = &pg->ids_t;
+    pg->table.page_count = &pg->count_t;
+}
+
+/* Pages for a call whose sequences reach `ends`; the call's block table. */
+static const paradec_block_table *pager_table(pager *pg, const int64_t *ends) {
+    for (int b = 0; b < 2; b++)
+        while (pg->count[b] * PG_SIZE < ends[b])
+            pg->ids[b * PG_MAX + pg->count[b]++] = FREE_PAGES[pg->next++];
+    return &pg->table;
+}
+
+/* Batch 2 with different lengths: a prefill of 4, sequence 1 restarting with 2 new tokens
+ * (a rewind) while sequence 0 goes on, then three decode steps: {q_len, past 0, past 1}. */
+enum { PG_STEPS = 5 };
+static const int64_t SCHEDULE[PG_STEPS][3] = {
+    {4, 0, 0}, {2, 4, 0}, {1, 6, 2}, {1, 7, 3}, {1, 8, 4}};
+
+/* The paged cache: a model decodes through a pool of pages (paradec_cache_create_paged,
+ * paradec_model_forward_paged, each call with its block table) in the native, Q8 and FP8
+ * E4M3 modes, and a layer through its own pool (paradec_cache_create_paged_for_layer,
+ * paradec_layer_forward_paged / _interm_paged): on the CPU both give the contiguous cache's
+ * outputs in the same mode to the bit. */
+static void paged_cache(paradec_model *model, paradec_workspace *ws,
+                        const paradec_model_info *info) {
+    const size_t V = info->vocab, L = info->num_layers, KVH = info->kv_heads, H = info->hidden;
+    size_t ws_bytes = 0;
+    CHECK(paradec_workspace_bytes_paged(model, 2 * 4, PG_MAX, PG_SIZE, PD_F32, &ws_bytes));
+    CHECK(paradec_workspace_reserve(ws, ws_bytes)); /* nothing to reserve on the CPU */
+    expect(ws_bytes > 0, "workspace_bytes_paged: the plan of a paged forward");
+    float *want = malloc(2 * 4 * V * sizeof *want), *got = malloc(2 * 4 * V * sizeof *got);
+    float scales[64];
+    for (size_t i = 0; i < 64; i++) scales[i] = 0.5f + 0.25f * (float)i;
+    const int modes[3] = {PARADEC_CACHE_MODE_NATIVE, PARADEC_CACHE_MODE_Q8,
+                          PARADEC_CACHE_MODE_FP8_E4M3};
+    const char *names[3] = {"native", "q8", "fp8 e4m3"};
+    for (int m = 0; m < 3; m++) {
+        paradec_cache_options o;
+        CHECK(paradec_cache_options_init(&o));
+        o.mode = modes[m];
+        if (modes[m] == PARADEC_CACHE_MODE_FP8_E4M3 && L * KVH <= 64) {
+            o.k_scales = o.v_scales = scales;
+            o.n_k_scales = o.n_v_scales = L * KVH;
+        }
+        paradec_cache *flat = NULL, *pool = NULL;
+        CHECK(paradec_cache_create_with_options(model, 2, 10, PD_F32, PD_CPU, &o, &flat));
+        CHECK(paradec_cache_create_paged(model, PG_POOL, PG_SIZE, PD_F32, PD_CPU, &o, &pool));
+        paradec_cache_info ci;
+        ci.struct_size = sizeof ci;
+        CHECK(paradec_cache_describe(pool, &ci));
+        size_t bytes = 0;
+        CHECK(paradec_cache_bytes(L, PG_POOL, PG_SIZE, KVH, info->head_dim, PD_F32, &o, &bytes));
+        char what[160];
+        snprintf(what, sizeof what, "%s paged cache: describe (batch 0, %zu pages of %zu) and "
+                 "its bytes = the size query", names[m], ci.num_pages, ci.page_size);
+        expect(ci.mode == modes[m] && ci.batch == 0 && ci.capacity == PG_POOL * PG_SIZE &&
+                   ci.page_size == PG_SIZE && ci.num_pages == PG_POOL && ci.bytes == bytes,
+               what);
+        pager pg;
+        pager_init(&pg);
+        int equal = 1;
+        for (int s = 0; s < PG_STEPS; s++) {
+            size_t q = (size_t)SCHEDULE[s][0];
+            int64_t past[2] = {SCHEDULE[s][1], SCHEDULE[s][2]};
+            int64_t ends[2] = {past[0] + (int64_t)q, past[1] + (int64_t)q};
+            int64_t ids[8], ids_shape[2] = {2, (int64_t)q};
+            int64_t lg_shape[3] = {2, (int64_t)q, (int64_t)V};
+            for (size_t i = 0; i < 2 * q; i++)
+                ids[i] = (int64_t)((i * 37 + (size_t)s * 11 + 5) % V);
+            paradec_tensor idt = pd_host(ids, PD_I64, 2, ids_shape);
+            paradec_tensor wt = pd_host(want, PD_F32, 3, lg_shape),
+                           gt = pd_host(got, PD_F32, 3, lg_shape);
+            paradec_attn_params p = params(2, q, past);
+            CHECK(paradec_model_forward(model, NULL, ws, &idt, &p, flat, NULL, 0, &wt));
+            CHECK(paradec_model_forward_paged(model, NULL, ws, &idt, &p, pool,
+                                              pager_table(&pg, ends), NULL, 0, &gt));
+            equal &= memcmp(want, got, 2 * q * V * sizeof *want) == 0;
+        }
+        snprintf(what, sizeof what, "%s: a model through scrambled pages = the contiguous cache "
+                 "(batch 2, different lengths, bit for bit)", names[m]);
+        expect(equal, what);
+        paradec_cache_free(flat);
+        paradec_cache_free(pool);
+    }
+
+    /* A layer through its own pool (layers 0 ..= 1), forward and forward_interm. */
+    paradec_layer *layer = NULL;
+    CHECK(paradec_model_layer(model, 1, &layer));
+    paradec_cache_options o;
+    CHECK(paradec_cache_options_init(&o));
+    o.mode = PARADEC_CACHE_MODE_Q8;
+    paradec_cache *flat = NULL, *pool = NULL;
+    CHECK(paradec_cache_create_for_layer_with_options(layer, 2, 10, PD_F32, PD_CPU, &o, &flat));
+    CHECK(paradec_cache_create_paged_for_layer(layer, PG_POOL, PG_SIZE, PD_F32, PD_CPU, &o,
+                                               &pool));
+    pager pg;
+    pager_init(&pg);
+    float *h1 = malloc(2 * 4 * H * sizeof *h1), *h2 = malloc(2 * 4 * H * sizeof *h2);
+    unsigned seed = 9;
+    int equal = 1;
+    for (int s = 0; s < PG_STEPS; s++) {
+        size_t q = (size_t)SCHEDULE[s][0], n = 2 * q * H;
+        int64_t past[2] = {SCHEDULE[s][1], SCHEDULE[s][2]};
+        int64_t ends[2] = {past[0] + (int64_t)q, past[1] + (int64_t)q};
+        for (size_t i = 0; i < n; i++) h1[i] = h2[i] = frand(&seed);
+        int64_t hs[3] = {2, (int64_t)q, (int64_t)H};
+        paradec_tensor t1 = pd_host(h1, PD_F32, 3, hs), t2 = pd_host(h2, PD_F32, 3, hs);
+        paradec_attn_params p = params(2, q, past);
+        const paradec_block_table *table = pager_table(&pg, ends);
+        if (s % 2 == 0) {
+            CHECK(paradec_layer_forward(layer, NULL, ws, &t1, &p, flat, NULL, 0));
+            CHECK(paradec_layer_forward_paged(layer, NULL, ws, &t2, &p, pool, table, NULL, 0));
+        } else {
+            paradec_interm *i1 = NULL, *i2 = NULL;
+            CHECK(paradec_layer_forward_interm(layer, NULL, ws, &t1, &p, flat, NULL, 0, &i1));
+            CHECK(paradec_layer_forward_interm_paged(layer, NULL, ws, &t2, &p, pool, table, NULL,
+                                                     0, &i2));
+            paradec_tensor c1, c2;
+            CHECK(paradec_interm_get(i1, PARADEC_INTERM_ATTN_OUTPUT, &c1));
+            CHECK(paradec_interm_get(i2, PARADEC_INTERM_ATTN_OUTPUT, &c2));
+            equal &= memcmp(c1.data, c2.data, 2 * q * info->heads * info->head_dim * 4) == 0;
+            paradec_interm_free(i1);
+            paradec_interm_free(i2);
+        }
+        equal &= memcmp(h1, h2, n * sizeof *h1) == 0;
+    }
+    expect(equal, "q8: a layer through its paged cache (forward, forward_interm and its "
+                  "attention context) = its contiguous cache, bit for bit");
+    free(h1);
+    free(h2);
+    paradec_cache_free(flat);
+    paradec_cache_free(pool);
+    paradec_layer_free(layer);
+    free(want);
+    free(got);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s GPT_NEOX_MODEL_DIR\n", argv[0]);
@@ -268,6 +430,7 @@ int main(int argc, char **argv) {
     paradec_cache_free(cache);
 
     kv_cache_modes(model, ws, &info);
+    paged_cache(model, ws, &info);
 
     /* LoRA on the layer: changes the output only while listed, and goes away on remove. */
     paradec_lora *lora = NULL;

@@ -121,7 +121,7 @@ pub struct LinRow {
 }
 
 /// What the linear bench runs: `--lin-fmt a,b` (substrings of format names), `--lin-ms 1,2,4`,
-/// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,mma` (each M timed on each
+/// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,lean,mma,vendor` (each M timed on each
 /// listed path; `auto` is `select_linear`'s choice), `--lin-split 1,4,16` (each streaming-path
 /// case also timed with these K splits, for tuning). Unset: everything, automatic path.
 #[derive(Default)]
@@ -172,6 +172,8 @@ impl LinOpts {
                     "gemv" => Ok(Some(LinearPath::Gemv)),
                     "mma" => Ok(Some(LinearPath::Mma)),
                     "small" => Ok(Some(LinearPath::Small)),
+                    "lean" => Ok(Some(LinearPath::SmallLean)),
+                    "vendor" => Ok(Some(LinearPath::Vendor)),
                     _ => Err(bad("--lin-path", s)),
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -199,6 +201,8 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Gemv => 1,
         LinearPath::Mma => 2,
         LinearPath::Small => 3,
+        LinearPath::SmallLean => 4,
+        LinearPath::Vendor => 5,
     }
 }
 
@@ -207,6 +211,8 @@ fn path_label(p: LinearPath) -> &'static str {
         LinearPath::Gemv => "gemv",
         LinearPath::Mma => "mma",
         LinearPath::Small => "small",
+        LinearPath::SmallLean => "lean",
+        LinearPath::Vendor => "vendor",
     }
 }
 
@@ -367,7 +373,7 @@ pub fn run(
             None => auto,
             Some(p) => {
                 // The rows and width for which select_linear picks p itself.
-                let (bits, rows) = if p == LinearPath::Small {
+                let (bits, rows) = if matches!(p, LinearPath::Small | LinearPath::SmallLean) {
                     (4, m.min(32))
                 } else {
                     (3, m.min(8))

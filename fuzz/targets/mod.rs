@@ -9,5 +9,6 @@ pub mod exl2_load;
 pub mod gptq_load;
 pub mod lora_load;
 pub mod model_dir;
+pub mod paged_cache;
 pub mod quant_config;
 pub mod safetensors_load;

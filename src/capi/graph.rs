@@ -32,6 +32,7 @@ struct GraphInner {
 /// `q_len` new tokens (1…16) over `cache` into a CUDA graph recorded on `stream` (a stream the
 /// caller created: the legacy default stream cannot be captured). `masked` says whether the
 /// steps will carry a padding mask. Nothing runs; the graph sizes and owns its own workspace.
+/// A paged cache (`paradec_cache_create_paged`) is refused with `PARADEC_ERR_UNSUPPORTED`.
 ///
 /// Ownership: the caller owns `*out` (free with `paradec_model_graph_free`). The graph keeps
 /// `model` alive and unchangeable, and holds `cache`, until it is freed (module docs).
@@ -49,6 +50,16 @@ pub extern "C" fn paradec_model_capture_decode(
         let out = out_ptr(out, "out")?;
         let m = super::req(model, "model")?;
         let c = cache_mut(cache)?;
+        if c.is_paged() {
+            // Refused before anything else, with or without CUDA, as `Model::capture_decode`
+            // refuses it.
+            return Err(cerr(
+                PARADEC_ERR_UNSUPPORTED,
+                "cache: graph capture over a paged cache is not supported yet (its block table \
+                 changes at every step and is not staged with the step's tables): run \
+                 paradec_model_forward_paged",
+            ));
+        }
         capture(m, stream, c, cache, batch, q_len, masked).map(|g| write_out(out, g))
     })
 }

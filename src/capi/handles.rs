@@ -9,10 +9,12 @@
 use std::ffi::{c_char, c_void};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::kv_quant::{cache_mode, mode_code, PARADEC_CACHE_MODE_NATIVE};
+use super::kv_quant::{
+    cache_mode, mode_code, paradec_block_table, table_arg, PARADEC_CACHE_MODE_NATIVE,
+};
 use super::paradec_status::{self, *};
 use super::tensor::*;
-use super::{cerr, cstr, guard, out_ptr, req, req_mut, slice_arg, write_out, CResult};
+use super::{cerr, cstr, guard, out_ptr, req, req_mut, slice_arg, write_out, CErr, CResult};
 use crate::arch::{ArchParams, Family};
 use crate::cache::KvCache;
 use crate::kv_quant::KvCacheMode;
@@ -205,19 +207,22 @@ pub struct paradec_cache_options {
     pub n_v_scales: usize,
 }
 
-/// What a KV cache is (`paradec_cache_describe`).
+/// What a KV cache is (`paradec_cache_describe`). The fields from `page_size` on came with
+/// the paged cache: a caller built against a header without them (its `struct_size` ends at
+/// `bytes`) gets the fields it has room for.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct paradec_cache_info {
-    /// `sizeof(paradec_cache_info)`, set by the caller.
+    /// `sizeof(paradec_cache_info)`, set by the caller; on success, the bytes written.
     pub struct_size: usize,
     /// Its `PARADEC_CACHE_MODE_*`.
     pub mode: i32,
     /// Layers it holds.
     pub num_layers: usize,
-    /// Sequences.
+    /// Sequences (0 for a paged cache: each call's block table gives its own).
     pub batch: usize,
-    /// Positions each sequence can hold.
+    /// Positions each sequence can hold (for a paged cache, the pool's num_pages · page_size:
+    /// the most one sequence can reach).
     pub capacity: usize,
     /// Key / value heads per position.
     pub kv_heads: usize,
@@ -231,7 +236,15 @@ pub struct paradec_cache_info {
     /// Bytes of its storage: K and V of every layer (values, or codes, run scales and E4M3
     /// head scales), as `paradec_cache_bytes` predicts.
     pub bytes: usize,
+    /// Positions per page of a paged cache (`paradec_cache_create_paged`); 0 for a contiguous
+    /// one.
+    pub page_size: usize,
+    /// Pages in each layer's pool of a paged cache; 0 for a contiguous one.
+    pub num_pages: usize,
 }
+
+/// `struct_size` of the first `paradec_cache_info` (the fields up to `bytes`).
+const CACHE_INFO_V1: usize = std::mem::offset_of!(paradec_cache_info, page_size);
 
 /// GPT-J.
 pub const PARADEC_FAMILY_GPTJ: i32 = 0;
@@ -320,6 +333,40 @@ fn read_sized<T: Copy>(p: *const T, name: &str) -> CResult<T> {
         }
     }
     Ok(*r)
+}
+
+/// Checks the size of an output struct that grew across versions before the work: at least
+/// `min` bytes (its first version). Returns the pointer and the bytes to write
+/// (`write_prefix`): this version's size, or the caller's when smaller.
+fn sized_out_since<T>(p: *mut T, name: &str, min: usize) -> CResult<(*mut T, usize)> {
+    let p = out_ptr(p, name)?;
+    // SAFETY: non-NULL; the caller set `struct_size`, the struct's first field.
+    let given = unsafe { *(p as *const usize) };
+    if given < min {
+        return Err(cerr(
+            PARADEC_ERR_STRUCT_SIZE,
+            format!(
+                "{name}.struct_size is {given}; this paradec needs {} (sizeof({name}) of its \
+                 header; {min} for a header before its last fields)",
+                std::mem::size_of::<T>()
+            ),
+        ));
+    }
+    Ok((p, given.min(std::mem::size_of::<T>())))
+}
+
+/// Writes the first `n` bytes of `v` (from `sized_out_since`) to `p`, with `struct_size` set
+/// to `n`: a caller built against an older header gets the fields it has room for.
+fn write_prefix<T: Copy>(p: *mut T, v: T, n: usize) {
+    let n = n.min(std::mem::size_of::<T>());
+    // SAFETY: `p` is non-NULL (checked by `sized_out_since`) and the caller promises
+    // `struct_size` ≥ n writable bytes there; a byte copy (padding included) of a plain
+    // `repr(C)` value of `Copy` fields; `n` ≥ the size of the leading `size_t struct_size`
+    // (every version holds it), which is then set to the bytes written.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&v as *const T).cast::<u8>(), p.cast::<u8>(), n);
+        p.cast::<usize>().write(n);
+    }
 }
 
 /// Checks an output struct's size before the work.
@@ -452,8 +499,30 @@ fn loras_arg<'a>(loras: *const *const paradec_lora, n: usize) -> CResult<Vec<&'a
         .collect()
 }
 
-/// Checks that the call fits the cache before anything runs.
-fn check_cache(c: &KvCache, p: &AttnParams) -> CResult<()> {
+/// Checks that the call fits the cache before anything runs: a contiguous cache's batch and
+/// capacity; a paged cache's block table (which a call over it must carry, and a call over a
+/// contiguous cache must not) against its pools, as `KvCache::check_block_table` does — the
+/// table's size, page counts, each sequence's positions within its pages, every page the call
+/// touches inside the pool, no pool row written twice. `paged_call` names the forward that
+/// takes a block table, for the message.
+fn check_cache(c: &KvCache, p: &AttnParams, paged_call: &str) -> CResult<()> {
+    match (c.is_paged(), &p.block_table) {
+        (true, None) => {
+            return Err(cerr(
+                PARADEC_ERR_INVALID_ARGUMENT,
+                format!(
+                    "cache: a paged cache (paradec_cache_create_paged) is read through the \
+                     call's block table: use {paged_call}"
+                ),
+            ))
+        }
+        (false, Some(_)) => return Err(contiguous_with_table()),
+        (true, Some(t)) => {
+            c.check_block_table(Some(&t.as_block_table()), &p.past_len, p.q_len)?;
+            return Ok(());
+        }
+        (false, None) => {}
+    }
     if c.batch != p.batch {
         return Err(cerr(
             PARADEC_ERR_SHAPE,
@@ -475,6 +544,29 @@ fn check_cache(c: &KvCache, p: &AttnParams) -> CResult<()> {
         }
     }
     Ok(())
+}
+
+/// A block table given with a contiguous cache.
+fn contiguous_with_table() -> CErr {
+    cerr(
+        PARADEC_ERR_INVALID_ARGUMENT,
+        "block_table: given, but the cache is contiguous (a block table addresses a paged \
+         cache, made with paradec_cache_create_paged): call the forward without _paged",
+    )
+}
+
+/// The block table of a `_paged` forward over `cache` (paged, else an error naming it), read
+/// for the call's batch, on the call's parameters.
+fn with_table(
+    cache: &KvCache,
+    table: *const paradec_block_table,
+    p: AttnParams,
+) -> CResult<AttnParams> {
+    let Some(page_size) = cache.page_size() else {
+        return Err(contiguous_with_table());
+    };
+    let t = table_arg(table, p.batch)?.into_paged(page_size);
+    Ok(p.with_block_table(t))
 }
 
 fn tensor_ptr(t: &Tensor) -> *mut c_void {
@@ -755,6 +847,61 @@ pub extern "C" fn paradec_model_rank_reduce(
     })
 }
 
+/// The model forward of `paradec_model_forward` and, with a block table, of
+/// `paradec_model_forward_paged` (whose cache is required and paged).
+#[allow(clippy::too_many_arguments)]
+fn model_forward(
+    model: *const paradec_model,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    ids: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    table: Option<*const paradec_block_table>,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+    logits: *const paradec_tensor,
+) -> CResult<()> {
+    let m = req(model, "model")?;
+    let ws = &mut req_mut(workspace, "workspace")?.inner;
+    let ids = view(ids, "ids")?;
+    let mut p = attn_params(params)?;
+    let cache = if cache.is_null() && table.is_none() {
+        None
+    } else {
+        Some(cache_mut(cache)?)
+    };
+    if let (Some(c), Some(t)) = (&cache, table) {
+        p = with_table(c, t, p)?;
+    }
+    let loras = loras_arg(loras, n_loras)?;
+    let logits = view(logits, "logits")?;
+    let m = read(&m.inner)?;
+    let vocab = m.arch.vocab;
+    let idv = host_ids(&ids, &p, vocab)?;
+    want_float(&logits)?;
+    if logits.loc != Loc::Host {
+        return Err(cerr(PARADEC_ERR_DEVICE, "logits: must be host memory"));
+    }
+    if logits.numel != p.tokens() * vocab || logits.shape.last() != Some(&vocab) {
+        return Err(cerr(
+            PARADEC_ERR_SHAPE,
+            format!(
+                "logits: expected [{}, {}, {vocab}], got shape {:?}",
+                p.batch, p.q_len, logits.shape
+            ),
+        ));
+    }
+    if let Some(c) = &cache {
+        check_cache(c, &p, "paradec_model_forward_paged")?;
+    }
+    let s = stream_for(ws.device(), stream)?;
+    let out = m.forward_inspect(&s, &idv, &p, cache, &loras, ws, false, &mut |_| {})?;
+    let host = out.logits.to_host()?;
+    logits.store_floats(&host.f32_values()?);
+    Ok(())
+}
+
 /// Runs the whole model on one batch: embedding, every layer (through `cache` when given), the
 /// final norm and the LM head; writes the logits.
 ///
@@ -763,8 +910,9 @@ pub extern "C" fn paradec_model_rank_reduce(
 /// - `workspace`: scratch on the model's device (see `paradec_workspace_create`).
 /// - `ids`: `[batch, q_len]` (or batch·q_len elements) int32 or int64 token ids, host memory.
 /// - `params`: the batch (sizes, past lengths, padding mask).
-/// - `cache`: NULL (no cache: past_len must be 0) or a cache of this model and batch; the new
-///   tokens' K/V are written into it.
+/// - `cache`: NULL (no cache: past_len must be 0) or a contiguous cache of this model and
+///   batch; the new tokens' K/V are written into it. A paged cache is
+///   `PARADEC_ERR_INVALID_ARGUMENT`: its forwards are `paradec_model_forward_paged`.
 /// - `loras`, `n_loras`: the adapters active in this call (registered with
 ///   `paradec_model_lora_apply`); `loras` may be NULL when `n_loras` is 0.
 /// - `logits`: `[batch, q_len, vocab]` float host tensor, written on success.
@@ -783,41 +931,57 @@ pub extern "C" fn paradec_model_forward(
     logits: *const paradec_tensor,
 ) -> paradec_status {
     guard(|| {
-        let m = req(model, "model")?;
-        let ws = &mut req_mut(workspace, "workspace")?.inner;
-        let ids = view(ids, "ids")?;
-        let p = attn_params(params)?;
-        let cache = if cache.is_null() {
-            None
-        } else {
-            Some(cache_mut(cache)?)
-        };
-        let loras = loras_arg(loras, n_loras)?;
-        let logits = view(logits, "logits")?;
-        let m = read(&m.inner)?;
-        let vocab = m.arch.vocab;
-        let idv = host_ids(&ids, &p, vocab)?;
-        want_float(&logits)?;
-        if logits.loc != Loc::Host {
-            return Err(cerr(PARADEC_ERR_DEVICE, "logits: must be host memory"));
-        }
-        if logits.numel != p.tokens() * vocab || logits.shape.last() != Some(&vocab) {
-            return Err(cerr(
-                PARADEC_ERR_SHAPE,
-                format!(
-                    "logits: expected [{}, {}, {vocab}], got shape {:?}",
-                    p.batch, p.q_len, logits.shape
-                ),
-            ));
-        }
-        if let Some(c) = &cache {
-            check_cache(c, &p)?;
-        }
-        let s = stream_for(ws.device(), stream)?;
-        let out = m.forward_inspect(&s, &idv, &p, cache, &loras, ws, false, &mut |_| {})?;
-        let host = out.logits.to_host()?;
-        logits.store_floats(&host.f32_values()?);
-        Ok(())
+        model_forward(
+            model, stream, workspace, ids, params, cache, None, loras, n_loras, logits,
+        )
+    })
+}
+
+/// As `paradec_model_forward`, over a paged cache (`paradec_cache_create_paged`) through the
+/// call's block table: sequence b's positions `0 .. past_len[b] + q_len` live in its first
+/// `page_count[b]` pages of `block_table->page_ids[b, …]` (pages of the cache's page size;
+/// the same table addresses every layer's pool). Slot j of a mask row is the sequence's
+/// position j, wherever its page lies. The table is read during the call (host memory) and
+/// checked against the pools before anything runs — its tensors' dtypes, shapes and memory,
+/// page counts (negative, or above max_pages), every page the call touches inside the pool,
+/// no pool row written by two sequences (`PARADEC_ERR_INVALID_ARGUMENT` naming the sequence
+/// and page), each sequence's positions within its pages (`PARADEC_ERR_CAPACITY` naming the
+/// sequence) — and nothing is written on an error.
+///
+/// - `cache`: a paged cache of this model (required; a contiguous one is
+///   `PARADEC_ERR_INVALID_ARGUMENT`: use `paradec_model_forward`).
+/// - `block_table`: the call's table (see `paradec_block_table`): `page_ids` int32
+///   `[batch, max_pages]`, `page_count` int32 / int64 `[batch]`, host memory.
+/// - the other arguments as for `paradec_model_forward`.
+///
+/// Ownership: all borrowed for the call; nothing is kept (the pages are the cache's; what a
+/// page holds, and which sequences share it, is the caller's to track).
+#[no_mangle]
+pub extern "C" fn paradec_model_forward_paged(
+    model: *const paradec_model,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    ids: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    block_table: *const paradec_block_table,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+    logits: *const paradec_tensor,
+) -> paradec_status {
+    guard(|| {
+        model_forward(
+            model,
+            stream,
+            workspace,
+            ids,
+            params,
+            cache,
+            Some(block_table),
+            loras,
+            n_loras,
+            logits,
+        )
     })
 }
 
@@ -1137,9 +1301,82 @@ pub extern "C" fn paradec_cache_create_for_layer_with_options(
     })
 }
 
-/// Describes a cache: its mode, sizes, dtype, device and bytes.
+/// Makes a paged KV cache for every layer of `model`: per layer, a pool of `num_pages` pages
+/// of `page_size` positions of K and V, in the mode `options` gives (NULL: native) and `dtype`
+/// (what the model computes in: the storage of native pages, what quantized ones are read
+/// back as), on `device`, zero-filled. It has no sequences of its own: every forward through
+/// it (`paradec_model_forward_paged`, `paradec_layer_forward_paged`,
+/// `paradec_layer_forward_interm_paged`) gives its block table, which says which pages hold
+/// each sequence's positions; the same table addresses every layer's pool.
 ///
-/// - `out`: the caller's struct with `struct_size` set; written on success.
+/// Errors (nothing made, `*out` untouched): `num_pages` or `page_size` 0, more than
+/// 2^31 − 1 pages (`PARADEC_ERR_INVALID_ARGUMENT`); native pages on the CPU in a dtype other
+/// than f32 (the host path computes in f32: `PARADEC_ERR_UNSUPPORTED`); the mode errors of
+/// `paradec_cache_create_with_options`.
+///
+/// Ownership: `model` and `options` (with its scales) are borrowed for the call; the caller
+/// owns `*out` (free with `paradec_cache_free`).
+#[no_mangle]
+pub extern "C" fn paradec_cache_create_paged(
+    model: *const paradec_model,
+    num_pages: usize,
+    page_size: usize,
+    dtype: paradec_dtype,
+    device: paradec_device,
+    options: *const paradec_cache_options,
+    out: *mut *mut paradec_cache,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "cache")?;
+        let m = read(&m.inner)?;
+        let a = &m.arch;
+        let mode = cache_options(options, a.num_layers, a.kv_heads, a.head_dim, dt)?;
+        let c = KvCache::paged_for_model(a, num_pages, page_size, dt, dev, mode)?;
+        write_out(out, cache_handle(c));
+        Ok(())
+    })
+}
+
+/// As `paradec_cache_create_paged`, for one layer handle: pools for layers 0 ..= the layer's
+/// index (so FP8 E4M3 scales, when given, number (index + 1) · kv_heads). Errors as
+/// `paradec_cache_create_paged`.
+///
+/// Ownership: `layer` and `options` are borrowed for the call; the caller owns `*out` (free
+/// with `paradec_cache_free`).
+#[no_mangle]
+pub extern "C" fn paradec_cache_create_paged_for_layer(
+    layer: *const paradec_layer,
+    num_pages: usize,
+    page_size: usize,
+    dtype: paradec_dtype,
+    device: paradec_device,
+    options: *const paradec_cache_options,
+    out: *mut *mut paradec_cache,
+) -> paradec_status {
+    guard(|| {
+        let l = req(layer, "layer")?;
+        let out = out_ptr(out, "out")?;
+        let (dev, dt) = device_dtype(device, dtype, "cache")?;
+        let c = l.with(|d, a| {
+            let n = d.layer_idx() + 1;
+            let mode = cache_options(options, n, a.kv_heads, a.head_dim, dt)?;
+            Ok(KvCache::paged(
+                n, num_pages, page_size, a.kv_heads, a.head_dim, dt, dev, mode,
+            )?)
+        })?;
+        write_out(out, cache_handle(c));
+        Ok(())
+    })
+}
+
+/// Describes a cache: its mode, sizes, dtype, device and bytes, and for a paged cache its
+/// page size and pages (`batch` 0, `capacity` the pool's positions).
+///
+/// - `out`: the caller's struct with `struct_size` set; written on success (a struct of an
+///   older header, without `page_size` / `num_pages`, gets the fields it has room for, and
+///   `struct_size` says how many bytes were written).
 ///
 /// Ownership: `cache` is borrowed; `out` is the caller's.
 #[no_mangle]
@@ -1149,8 +1386,8 @@ pub extern "C" fn paradec_cache_describe(
 ) -> paradec_status {
     guard(|| {
         let c = &req(cache, "cache")?.inner;
-        let out = sized_out(out, "paradec_cache_info")?;
-        write_out(
+        let (out, n) = sized_out_since(out, "paradec_cache_info", CACHE_INFO_V1)?;
+        write_prefix(
             out,
             paradec_cache_info {
                 struct_size: std::mem::size_of::<paradec_cache_info>(),
@@ -1163,7 +1400,10 @@ pub extern "C" fn paradec_cache_describe(
                 dtype: dtype_desc(c.dtype()),
                 device: device_desc(c.device()),
                 bytes: c.bytes(),
+                page_size: c.page_size().unwrap_or(0),
+                num_pages: c.num_pages().unwrap_or(0),
             },
+            n,
         );
         Ok(())
     })
@@ -1172,8 +1412,10 @@ pub extern "C" fn paradec_cache_describe(
 /// The bytes a cache of these sizes takes in the mode `options` gives (NULL: native): K and V
 /// of every layer — values, or codes, run scales and E4M3 head scales; what
 /// `paradec_cache_describe` reports once it is made. The mode is checked as the create calls
-/// check it (same errors). A pool of pages for the kernel-level paged calls is, per layer, a
-/// cache of batch = num_pages and capacity = page_size.
+/// check it (same errors). A paged cache (`paradec_cache_create_paged`) of `num_pages` pages
+/// of `page_size` positions takes what a contiguous one of batch = num_pages and capacity =
+/// page_size takes (its pools are laid out so), and so does a pool of pages for the
+/// kernel-level paged calls, per layer.
 ///
 /// Ownership: `options` is borrowed; `*out_bytes` is written on success.
 #[no_mangle]
@@ -1201,6 +1443,67 @@ pub extern "C" fn paradec_cache_bytes(
             out,
             KvCache::bytes_needed_mode(num_layers, batch, capacity, kv_heads, head_dim, dt, &mode),
         );
+        Ok(())
+    })
+}
+
+/// The bytes to reserve (`paradec_workspace_reserve`) for forwards of `model` over a paged
+/// cache (`paradec_model_forward_paged`, and the layer forwards of its layers) of up to
+/// `tokens` tokens each (batch × q_len), whose block tables give each sequence up to
+/// `max_pages` pages of `page_size` positions, in a workspace computing in `dtype` (f16 or
+/// bf16 on a CUDA device; the CPU computes in f32 and reserves no arena). Beyond a contiguous
+/// cache's plan it holds what a forward over pages takes in every mode, the native one
+/// included: a prefill gathers the K and V it reads out of the pages into the workspace, a
+/// decode splits its keys up to 256 ways, and each layer's cache write and attention upload
+/// the block table. Like `paradec_model_memory`'s `workspace_bytes`, it counts the forward's
+/// hidden states and logits. A forward past the arena still runs (a device forward then
+/// allocates: slow, never wrong).
+///
+/// Errors (`*out_bytes` untouched): `tokens`, `max_pages` or `page_size` 0, or sizes that
+/// overflow (`PARADEC_ERR_INVALID_ARGUMENT`); a `dtype` that is not a float type
+/// (`PARADEC_ERR_DTYPE`).
+///
+/// Ownership: `model` is borrowed; `*out_bytes` is written on success.
+#[no_mangle]
+pub extern "C" fn paradec_workspace_bytes_paged(
+    model: *const paradec_model,
+    tokens: usize,
+    max_pages: usize,
+    page_size: usize,
+    dtype: paradec_dtype,
+    out_bytes: *mut usize,
+) -> paradec_status {
+    guard(|| {
+        let m = req(model, "model")?;
+        let out = out_ptr(out_bytes, "out_bytes")?;
+        let dt = dtype_of(dtype, "dtype")?;
+        if !dt.is_float() {
+            return Err(cerr(
+                PARADEC_ERR_DTYPE,
+                format!("dtype: expected f32, f16 or bf16, got {dt}"),
+            ));
+        }
+        if tokens == 0 || max_pages == 0 || page_size == 0 {
+            return Err(cerr(
+                PARADEC_ERR_INVALID_ARGUMENT,
+                format!(
+                    "tokens ({tokens}), max_pages ({max_pages}) and page_size ({page_size}) \
+                     must all be positive"
+                ),
+            ));
+        }
+        let m = read(&m.inner)?;
+        let a = &m.arch;
+        let arena = Workspace::bytes_needed_paged(a, tokens, max_pages, page_size, dt)?;
+        let outputs = a
+            .vocab
+            .checked_add(2 * a.hidden)
+            .and_then(|n| n.checked_mul(tokens))
+            .and_then(|n| n.checked_mul(dt.size()));
+        let bytes = outputs
+            .and_then(|n| n.checked_add(arena))
+            .ok_or_else(|| cerr(PARADEC_ERR_INVALID_ARGUMENT, "workspace size overflows"))?;
+        write_out(out, bytes);
         Ok(())
     })
 }
@@ -1457,6 +1760,9 @@ fn hidden_in(h: &View, p: &AttnParams, hidden: usize) -> CResult<Tensor> {
     }
 }
 
+/// The layer forward of `paradec_layer_forward(_interm)` and, with a block table, of their
+/// `_paged` forms (whose cache is required and paged).
+#[allow(clippy::too_many_arguments)]
 fn layer_forward(
     layer: *const paradec_layer,
     stream: *mut c_void,
@@ -1464,6 +1770,7 @@ fn layer_forward(
     hidden: *const paradec_tensor,
     params: *const paradec_attn_params,
     cache: *mut paradec_cache,
+    table: Option<*const paradec_block_table>,
     loras: *const *const paradec_lora,
     n_loras: usize,
     capture: bool,
@@ -1471,18 +1778,26 @@ fn layer_forward(
     let l = req(layer, "layer")?;
     let ws = &mut req_mut(workspace, "workspace")?.inner;
     let h = view(hidden, "hidden")?;
-    let p = attn_params(params)?;
-    let cache = if cache.is_null() {
+    let mut p = attn_params(params)?;
+    let cache = if cache.is_null() && table.is_none() {
         None
     } else {
         Some(cache_mut(cache)?)
     };
+    if let (Some(c), Some(t)) = (&cache, table) {
+        p = with_table(c, t, p)?;
+    }
     let loras = loras_arg(loras, n_loras)?;
     let s = stream_for(ws.device(), stream)?;
+    let paged_call = if capture {
+        "paradec_layer_forward_interm_paged"
+    } else {
+        "paradec_layer_forward_paged"
+    };
     l.with(|d, a| {
         let mut x = hidden_in(&h, &p, a.hidden)?;
         if let Some(c) = &cache {
-            check_cache(c, &p)?;
+            check_cache(c, &p, paged_call)?;
         }
         let r = if capture {
             Some(d.forward_interm(&s, &mut x, cache, &p, &loras, ws)?)
@@ -1507,7 +1822,9 @@ fn layer_forward(
 ///   written: host memory on success only; CUDA memory (the layer's device and dtype) in place,
 ///   on the stream — every argument is checked before the first launch.
 /// - `params`, `cache`, `loras`: as for `paradec_model_forward` (a cache for this layer comes
-///   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`).
+///   from `paradec_cache_create_for_layer` or, for a model's layer, `paradec_cache_create`;
+///   a paged cache is `PARADEC_ERR_INVALID_ARGUMENT`: its forwards are
+///   `paradec_layer_forward_paged` / `_interm_paged`).
 ///
 /// Ownership: all borrowed for the call; nothing is kept.
 #[no_mangle]
@@ -1523,7 +1840,47 @@ pub extern "C" fn paradec_layer_forward(
 ) -> paradec_status {
     guard(|| {
         layer_forward(
-            layer, stream, workspace, hidden, params, cache, loras, n_loras, false,
+            layer, stream, workspace, hidden, params, cache, None, loras, n_loras, false,
+        )
+        .map(|_| ())
+    })
+}
+
+/// As `paradec_layer_forward`, over a paged cache (`paradec_cache_create_paged_for_layer`,
+/// or a model's `paradec_cache_create_paged`) through the call's block table, checked against
+/// the pools before anything runs as `paradec_model_forward_paged` checks it (same errors;
+/// nothing written on an error, `hidden` included).
+///
+/// - `cache`: a paged cache holding this layer's pool (required; a contiguous one is
+///   `PARADEC_ERR_INVALID_ARGUMENT`: use `paradec_layer_forward`).
+/// - `block_table`: the call's table (see `paradec_block_table`), host memory.
+/// - the other arguments as for `paradec_layer_forward`.
+///
+/// Ownership: all borrowed for the call; nothing is kept.
+#[no_mangle]
+pub extern "C" fn paradec_layer_forward_paged(
+    layer: *const paradec_layer,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    hidden: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    block_table: *const paradec_block_table,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+) -> paradec_status {
+    guard(|| {
+        layer_forward(
+            layer,
+            stream,
+            workspace,
+            hidden,
+            params,
+            cache,
+            Some(block_table),
+            loras,
+            n_loras,
+            false,
         )
         .map(|_| ())
     })
@@ -1548,23 +1905,63 @@ pub extern "C" fn paradec_layer_forward_interm(
     guard(|| {
         let out = out_ptr(out, "out")?;
         let i = layer_forward(
-            layer, stream, workspace, hidden, params, cache, loras, n_loras, true,
-        )?
-        .ok_or_else(|| cerr(PARADEC_ERR_PANIC, "intermediates were not captured"))?;
-        let shape = |t: &Tensor| t.shape().iter().map(|&d| d as i64).collect::<Vec<i64>>();
-        let shapes = vec![
-            shape(&i.post_norm),
-            i.post_norm_mlp.as_ref().map(shape).unwrap_or_default(),
-            shape(&i.attn_output),
-            shape(&i.pre_down),
-            shape(&i.hidden_states_attn),
-            shape(&i.hidden_states_mlp),
-            shape(&i.hidden_states),
-        ];
-        let h = Box::new(paradec_interm { inner: i, shapes });
-        write_out(out, Box::into_raw(h));
-        Ok(())
+            layer, stream, workspace, hidden, params, cache, None, loras, n_loras, true,
+        )?;
+        write_interm(out, i)
     })
+}
+
+/// As `paradec_layer_forward_paged`, and returns every intermediate (see `PARADEC_INTERM_*`).
+///
+/// Ownership: the caller owns `*out` (read it with `paradec_interm_get`, free it with
+/// `paradec_interm_free`); `*out` is untouched on an error.
+#[no_mangle]
+pub extern "C" fn paradec_layer_forward_interm_paged(
+    layer: *const paradec_layer,
+    stream: *mut c_void,
+    workspace: *mut paradec_workspace,
+    hidden: *const paradec_tensor,
+    params: *const paradec_attn_params,
+    cache: *mut paradec_cache,
+    block_table: *const paradec_block_table,
+    loras: *const *const paradec_lora,
+    n_loras: usize,
+    out: *mut *mut paradec_interm,
+) -> paradec_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let i = layer_forward(
+            layer,
+            stream,
+            workspace,
+            hidden,
+            params,
+            cache,
+            Some(block_table),
+            loras,
+            n_loras,
+            true,
+        )?;
+        write_interm(out, i)
+    })
+}
+
+/// Hands a forward's intermediates to the caller as a `paradec_interm`.
+fn write_interm(out: *mut *mut paradec_interm, i: Option<Intermediates>) -> CResult<()> {
+    let i = i.ok_or_else(|| cerr(PARADEC_ERR_PANIC, "intermediates were not captured"))?;
+    let shape = |t: &Tensor| t.shape().iter().map(|&d| d as i64).collect::<Vec<i64>>();
+    let shapes = vec![
+        shape(&i.post_norm),
+        i.post_norm_mlp.as_ref().map(shape).unwrap_or_default(),
+        shape(&i.attn_output),
+        shape(&i.pre_down),
+        shape(&i.hidden_states_attn),
+        shape(&i.hidden_states_mlp),
+        shape(&i.hidden_states),
+    ];
+    let h = Box::new(paradec_interm { inner: i, shapes });
+    write_out(out, Box::into_raw(h));
+    Ok(())
 }
 
 /// A view of one intermediate: `which` is a `PARADEC_INTERM_*` value. The descriptor points

@@ -28,7 +28,7 @@ use super::tensor::*;
 use super::{cerr, guard, req, CResult};
 use crate::cpu;
 use crate::cpu::kv_quant::{PagesMut, PagesRef};
-use crate::kv_quant::{BlockTable, KvCacheMode, KvFormat, RUN};
+use crate::kv_quant::{BlockTable, KvCacheMode, KvFormat, PagedTable, RUN};
 use crate::tensor::DType;
 use crate::vocab::{AttnMasking, AttnShape, CacheSlots, RotaryArgs};
 
@@ -120,8 +120,9 @@ pub struct paradec_cache_pages {
 
 /// A block table the caller owns and fills, in **host** memory: sequence b's
 /// position j lives in page `page_ids[b, j / page_size]`, row `j % page_size` of that page
-/// (page_size is the pool's second dimension, see `paradec_cache_pages`). Entries past a
-/// sequence's `page_count[b]` are never read.
+/// (page_size is the pool's second dimension, see `paradec_cache_pages`, or a paged cache's
+/// page size for the `_paged` forwards of a model or a layer). Entries past a sequence's
+/// `page_count[b]` are never read. Read during the call only (nothing keeps it).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct paradec_block_table {
@@ -295,7 +296,7 @@ fn pages_arg(
 }
 
 /// A checked block table: page ids and page counts.
-struct Table {
+pub(crate) struct Table {
     ids: Vec<i32>,
     count: Vec<usize>,
     max_pages: usize,
@@ -310,11 +311,17 @@ impl Table {
             page_count: &self.count,
         }
     }
+
+    /// The owned table a forward over a paged `KvCache` carries (`AttnParams::with_block_table`),
+    /// for pages of `page_size` positions (the cache's).
+    pub(crate) fn into_paged(self, page_size: usize) -> PagedTable {
+        PagedTable::new(page_size, self.max_pages, self.ids, self.count)
+    }
 }
 
 /// Checks a block table's tensors for `batch` sequences (the values are checked against the
 /// pool and the call's lengths by `BlockTable::check`).
-fn table_arg(t: *const paradec_block_table, batch: usize) -> CResult<Table> {
+pub(crate) fn table_arg(t: *const paradec_block_table, batch: usize) -> CResult<Table> {
     let t = req(t, "block_table")?;
     let ids = view(t.page_ids, "block_table.page_ids")?;
     let count = view(t.page_count, "block_table.page_count")?;

@@ -36,7 +36,8 @@ pub(crate) const SMALL_MAX_M: usize = 32;
 /// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
 /// registers). Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
 /// m, on sm_80 and later, runs on tensor-core tiles. Both streaming paths split K so that enough
-/// blocks run to keep many 16-byte loads in flight on every SM.
+/// blocks run to keep many 16-byte loads in flight on every SM. (`LinearPath::SmallLean` and
+/// `LinearPath::Vendor` are forced only, until measured on a GPU.)
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -102,7 +103,9 @@ thread_local! {
 
 /// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
 /// thread's linears on a device; `None` returns to `select_linear`. The environment variable
-/// `PARADEC_LINEAR_PATH` (`gemv`, `mma` or `small`, optionally `gemv:SPLIT` / `small:SPLIT`)
+/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `lean` — the small-M path's lean loop — or
+/// `vendor`,
+/// optionally `gemv:SPLIT` / `small:SPLIT` / `lean:SPLIT`)
 /// does the same for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
     OVERRIDE.with(|c| c.set(o));
@@ -118,6 +121,8 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
         "gemv" => Some((LinearPath::Gemv, s)),
         "mma" => Some((LinearPath::Mma, s)),
         "small" => Some((LinearPath::Small, s)),
+        "lean" => Some((LinearPath::SmallLean, s)),
+        "vendor" => Some((LinearPath::Vendor, s)),
         _ => None,
     }
 }
@@ -154,13 +159,13 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
     Ok(match OVERRIDE.with(Cell::get).or_else(env_override) {
         Some((path, split)) => {
             let default = match (path, format) {
-                (LinearPath::Mma, _) | (_, LinearFormat::Dense) => 1,
+                (LinearPath::Mma | LinearPath::Vendor, _) | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
-                (LinearPath::Small, _) => small_split(m, k, n, sms),
+                (LinearPath::Small | LinearPath::SmallLean, _) => small_split(m, k, n, sms),
             };
             LinearPlan {
                 path,
-                split: if path == LinearPath::Mma {
+                split: if matches!(path, LinearPath::Mma | LinearPath::Vendor) {
                     1
                 } else {
                     split.unwrap_or(default).max(1)
@@ -383,6 +388,7 @@ fn try_group(
         return Ok(false);
     }
     let mut splits = Vec::with_capacity(calls.len());
+    let mut path = None;
     for (x, w, out) in calls.iter() {
         let dev = match x.device() {
             Device::Cuda(d) => d,
@@ -398,9 +404,13 @@ fn try_group(
             return Ok(false);
         }
         let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
-        if plan.path != LinearPath::Small {
+        // One loop for the whole group: every call on the small-M path, all lean or none.
+        if !matches!(plan.path, LinearPath::Small | LinearPath::SmallLean)
+            || path.is_some_and(|p| p != plan.path)
+        {
             return Ok(false);
         }
+        path = Some(plan.path);
         splits.push(plan.split);
     }
     let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
@@ -427,6 +437,7 @@ fn try_group(
                 out,
                 accumulate: false,
                 split,
+                lean: path == Some(LinearPath::SmallLean),
             },
         )
         .collect();
@@ -584,6 +595,14 @@ mod tests {
         assert_eq!(
             parse_linear_override("Small"),
             Some((LinearPath::Small, None))
+        );
+        assert_eq!(
+            parse_linear_override("lean:2"),
+            Some((LinearPath::SmallLean, Some(2)))
+        );
+        assert_eq!(
+            parse_linear_override("vendor"),
+            Some((LinearPath::Vendor, None))
         );
         assert_eq!(parse_linear_override("cublas"), None);
     }

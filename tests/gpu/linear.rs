@@ -31,6 +31,8 @@ fn paths() -> Vec<PathChoice> {
         Some((LinearPath::Mma, None)),
         Some((LinearPath::Small, Some(1))),
         Some((LinearPath::Small, Some(3))),
+        Some((LinearPath::SmallLean, Some(1))),
+        Some((LinearPath::SmallLean, Some(3))),
         None,
     ]
 }
@@ -39,6 +41,8 @@ fn path_name(p: PathChoice) -> String {
     match p {
         Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
         Some((LinearPath::Small, s)) => format!("small/{}", s.unwrap_or(0)),
+        Some((LinearPath::SmallLean, s)) => format!("lean/{}", s.unwrap_or(0)),
+        Some((LinearPath::Vendor, _)) => "vendor".into(),
         Some((LinearPath::Mma, _)) => "mma".into(),
         None => "auto".into(),
     }
@@ -73,7 +77,12 @@ fn check_quant_on(
         // The streaming paths are for small M: at large M only the tensor cores and auto run.
         let (xd, xr) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dtype);
         for &p in paths {
-            if m > 64 && matches!(p, Some((LinearPath::Gemv | LinearPath::Small, _))) {
+            if m > 64
+                && matches!(
+                    p,
+                    Some((LinearPath::Gemv | LinearPath::Small | LinearPath::SmallLean, _))
+                )
+            {
                 continue;
             }
             ops::set_linear_override(p);
@@ -149,7 +158,8 @@ fn gptq_every_width_group_and_zero_convention() {
 /// The tensor-core small-M path (uniform 4-bit, M ≤ 32) on GPTQ-4 with and without act-order,
 /// classic and v2 zeros, groups that do and do not fill whole tiles, K that is not a whole
 /// number of groups, odd N, bias and accumulate; and EXL2-4 with its permutation. Split 1, an
-/// uneven split and the automatic one; a split run repeated gives the same bits.
+/// uneven split and the automatic one, on both loops (ring and lean); a split run repeated gives
+/// the same bits.
 #[test]
 fn small_m_path_gptq4_and_exl2_4() {
     let ms: Vec<usize> = if small() {
@@ -161,6 +171,9 @@ fn small_m_path_gptq4_and_exl2_4() {
         Some((LinearPath::Small, Some(1))),
         Some((LinearPath::Small, Some(3))),
         Some((LinearPath::Small, None)),
+        Some((LinearPath::SmallLean, Some(1))),
+        Some((LinearPath::SmallLean, Some(3))),
+        Some((LinearPath::SmallLean, None)),
     ];
     let mut weights: Vec<(String, QuantWeight)> = Vec::new();
     let gptq_cases: Vec<(i64, bool, bool, usize, usize)> = if small() {
@@ -223,7 +236,6 @@ fn small_m_path_gptq4_and_exl2_4() {
     );
 }
 
-/// The split small-M path gives the same bits twice (the partials are summed in split order).
 fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_> {
     paradec::cuda::kernels::QuantWeightArgs {
         words: &p.words,
@@ -287,17 +299,18 @@ fn grouped_small_m_launch_equals_each_alone() {
                 .iter()
                 .map(|&k| upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt).0)
                 .collect();
-            for split in [1usize, 3] {
+            for (split, lean) in [(1usize, false), (3, false), (1, true), (3, true)] {
+                let path = if lean { LinearPath::SmallLean } else { LinearPath::Small };
                 // Each alone.
                 let mut alone = Vec::new();
                 for (p, (_, xi)) in pws.iter().zip(&weights) {
                     let mut out = poisoned(&[m, p.n], dt);
                     let a = weight_args(p);
-                    let need = a.scratch_bytes(dt, m, LinearPath::Small, split);
+                    let need = a.scratch_bytes(dt, m, path, split);
                     let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
                     paradec::cuda::kernels::quant_linear(
-                        &xs[*xi], m, &a, p.bias.as_ref(), &mut out, false, LinearPath::Small,
-                        split, Some(&mut sc), cs,
+                        &xs[*xi], m, &a, p.bias.as_ref(), &mut out, false, path, split,
+                        Some(&mut sc), cs,
                     )
                     .unwrap();
                     alone.push(download(&out));
@@ -316,6 +329,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                             out,
                             accumulate: false,
                             split,
+                            lean,
                         })
                         .collect();
                     let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
@@ -324,7 +338,11 @@ fn grouped_small_m_launch_equals_each_alone() {
                         .unwrap();
                 }
                 for (i, out) in outs.iter().enumerate() {
-                    assert_eq!(download(out), alone[i], "{dt} m={m} split={split} call {i}");
+                    assert_eq!(
+                        download(out),
+                        alone[i],
+                        "{dt} m={m} split={split} lean={lean} call {i}"
+                    );
                 }
             }
             // The op: grouped where it applies, the same values as one call at a time.
@@ -347,6 +365,8 @@ fn grouped_small_m_launch_equals_each_alone() {
     }
 }
 
+/// The split small-M path gives the same bits twice (the partials are summed in split order),
+/// and the same on its lean and ring loops.
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {
     let Some(s) = gpu_stream(what) else {
         return;
@@ -357,9 +377,13 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
     let mut rng = Rng::new(9);
     let m = 5;
     let (xd, _) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt);
-    ops::set_linear_override(Some((LinearPath::Small, Some(4))));
-    let runs: Vec<Vec<u32>> = (0..2)
-        .map(|_| {
+    // Twice on the ring loop, then on the lean loop: the two loops run the same products in
+    // the same order, so all three agree to the bit.
+    let paths = [LinearPath::Small, LinearPath::Small, LinearPath::SmallLean];
+    let runs: Vec<Vec<u32>> = paths
+        .iter()
+        .map(|&p| {
+            ops::set_linear_override(Some((p, Some(4))));
             let mut out = poisoned(&[m, n], dt);
             ops::prepared_linear(&s, &mut ws, &xd, pw, &mut out, false).unwrap();
             download(&out).iter().map(|v| v.to_bits()).collect()
@@ -367,6 +391,7 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
         .collect();
     ops::set_linear_override(None);
     assert_eq!(runs[0], runs[1], "{what}: split runs differ");
+    assert_eq!(runs[0], runs[2], "{what}: the lean and ring loops differ");
 }
 
 #[test]
@@ -417,6 +442,14 @@ fn dense_f16_bf16_every_path() {
         return;
     };
     let s = Stream::Cuda(s);
+    eprintln!(
+        "dense linears: vendor GEMM {}",
+        if paradec::cuda::kernels::vendor_gemm_available() {
+            "loaded (the vendor path runs it)"
+        } else {
+            "absent (the vendor path runs paradec's GEMM)"
+        }
+    );
     let mut rng = Rng::new(7);
     let shapes: &[(usize, usize)] = if small() {
         &[(64, 72), (37, 9)]
@@ -433,6 +466,7 @@ fn dense_f16_bf16_every_path() {
                 for p in [
                     Some((LinearPath::Gemv, None)),
                     Some((LinearPath::Mma, None)),
+                    Some((LinearPath::Vendor, None)),
                     None,
                 ] {
                     if m > 64 && matches!(p, Some((LinearPath::Gemv, _))) {

@@ -16,6 +16,8 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Gemv => ffi::paradec_linear_path::PARADEC_PATH_GEMV,
         LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
         LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
+        LinearPath::SmallLean => ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN,
+        LinearPath::Vendor => ffi::paradec_linear_path::PARADEC_PATH_VENDOR,
     }) as i32
 }
 
@@ -218,6 +220,9 @@ pub struct QuantLinearCall<'a> {
     pub accumulate: bool,
     /// K split (≥ 1).
     pub split: usize,
+    /// The small-M path's lean loop (`LinearPath::SmallLean`); the group takes it when every
+    /// call asks for it.
+    pub lean: bool,
 }
 
 fn group_ffi(
@@ -234,6 +239,11 @@ fn group_ffi(
             out: ptr::null_mut(),
             accumulate: c.accumulate as i32,
             split: c.split.max(1) as i32,
+            path: if c.lean {
+                ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN as i32
+            } else {
+                ffi::paradec_linear_path::PARADEC_PATH_SMALL as i32
+            },
         })
         .collect()
 }
@@ -366,6 +376,13 @@ pub fn linear(
         )
     };
     check_status(status, "paradec_linear")
+}
+
+/// Whether the vendor GEMM of `LinearPath::Vendor` (cuBLASLt, loaded at run time on first use)
+/// is available; where it is not, that path runs paradec's own GEMM.
+pub fn vendor_gemm_available() -> bool {
+    // SAFETY: takes no arguments; the launcher catches every C++ exception.
+    unsafe { ffi::paradec_vendor_gemm_available() != 0 }
 }
 
 /// `x *= factor`. Twin of the CPU arm of `ops::scale_inplace`.
