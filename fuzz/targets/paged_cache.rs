@@ -78,7 +78,7 @@ pub fn run(data: &[u8]) {
             }
         }
         let table = PagedTable {
-            page_size: if b.u8() % 8 == 0 {
+            page_size: if b.u8().is_multiple_of(8) {
                 page_size + 1
             } else {
                 page_size
