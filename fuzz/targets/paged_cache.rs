@@ -14,29 +14,26 @@ use paradec::{
     AttnParams, DType, Device, KvCache, KvCacheMode, Model, PagedTable, Stream, Workspace,
 };
 
-/// The fixture model, loaded once per process (None where the repository's fixtures are not
-/// beside this crate).
-fn model() -> Option<&'static Model> {
-    static MODEL: OnceLock<Option<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            [
-                here.join("tests/fixtures/gpt_neox"),
-                here.join("../tests/fixtures/gpt_neox"),
-            ]
-            .into_iter()
-            .find(|d| d.join("config.json").is_file())
-            .and_then(|d| Model::load(d).ok())
-        })
-        .as_ref()
+/// The fixture model, loaded once per process from the repository's fixtures (beside the main
+/// crate or the fuzz crate).
+fn model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = [
+            here.join("tests/fixtures/gpt_neox"),
+            here.join("../tests/fixtures/gpt_neox"),
+        ]
+        .into_iter()
+        .find(|d| d.join("config.json").is_file())
+        .expect("the GPT-NeoX fixture (tests/fixtures/gpt_neox)");
+        Model::load(dir).expect("the GPT-NeoX fixture loads")
+    })
 }
 
 /// One fuzz input through the code this target covers.
 pub fn run(data: &[u8]) {
-    let Some(model) = model() else {
-        return;
-    };
+    let model = model();
     let mut b = Bytes::new(data);
     let modes = KvCacheMode::all();
     let mode = modes[b.u8() as usize % modes.len()].clone();
