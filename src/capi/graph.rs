@@ -87,7 +87,16 @@ fn capture(
     let tokens = batch
         .checked_mul(q_len)
         .ok_or_else(|| cerr(PARADEC_ERR_INVALID_ARGUMENT, "batch × q_len overflows"))?;
-    let ws = crate::Workspace::for_model(&model.arch, tokens, c.capacity, dev, model.dtype())?;
+    // Planned for the cache's mode: a quantized cache's decode may split its keys more ways
+    // than the native plan allows for.
+    let bytes = crate::Workspace::bytes_needed_for_mode(
+        &model.arch,
+        tokens,
+        c.capacity,
+        model.dtype(),
+        c.mode(),
+    )?;
+    let ws = crate::Workspace::with_capacity(dev, model.dtype(), bytes)?;
     let s = stream_for(dev, stream)?;
     let core = crate::model::graph::ModelStep::capture(&model, &s, c, ws, batch, q_len, masked)?;
     // Counted under the read lock: a change to the model (under the write lock) sees it.
