@@ -60,6 +60,37 @@ __device__ __forceinline__ int64_t q_split_len(const AttnArgs &a) {
     return split_len_of(a, static_cast<int64_t>(m) + a.q_len);
 }
 
+// Where a decode block works: its sequence and KV head, its query rows (row0 … row0 + nrows − 1
+// of the KV head's q_len × group rows) and the keys [k_begin, k_end) its split reads — the
+// split's share of the sequence, cut at the block's last query position and, with a sliding
+// window, at its first row's window.
+struct DecodeBlock {
+    int group, b, kvh, row0, nrows, split, t_first, t_last;
+    int64_t past, kv_len, k_begin, k_end;
+};
+
+// Every lane of the calling warp takes part (q_split_len reduces over the batch).
+__device__ __forceinline__ DecodeBlock decode_block(const AttnArgs &a, int rows_per_block) {
+    DecodeBlock d;
+    d.group = a.heads / a.kv_heads;
+    d.b = blockIdx.y / a.kv_heads;
+    d.kvh = blockIdx.y % a.kv_heads;
+    const int rows_total = a.q_len * d.group;
+    d.row0 = blockIdx.z * rows_per_block;
+    d.nrows = min(rows_per_block, rows_total - d.row0);
+    d.split = blockIdx.x;
+    d.past = clamped_past(a, d.b);
+    d.kv_len = d.past + a.q_len;
+    d.t_first = d.row0 / d.group;
+    d.t_last = (d.row0 + d.nrows - 1) / d.group;
+    const int64_t split_len = q_split_len(a);
+    d.k_begin = static_cast<int64_t>(d.split) * split_len;
+    d.k_end = min(d.k_begin + split_len, d.kv_len);
+    d.k_end = min(d.k_end, d.past + d.t_last + 1);
+    if (a.window > 0) d.k_begin = max(d.k_begin, d.past + d.t_first + 1 - a.window);
+    return d;
+}
+
 // A lane's eight codes of one key, as loaded: 16 bytes (native), 8 (FP8, Q8) or 4 (Q4).
 template <int F>
 struct Raw {
@@ -153,21 +184,11 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane % L, kg = lane / L;
     const int g = warp * KW + kg;
-    const int group = a.heads / a.kv_heads;
-    const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
-    const int rows_total = a.q_len * group;
-    const int row0 = blockIdx.z * R;
-    const int nrows = min(R, rows_total - row0);
-    const int split = blockIdx.x;
-    const int64_t past = clamped_past(a, b);
-    const int64_t kv_len = past + a.q_len;
-
-    const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
-    const int64_t split_len = q_split_len(a);
-    int64_t k_begin = static_cast<int64_t>(split) * split_len;
-    int64_t k_end = min(k_begin + split_len, kv_len);
-    k_end = min(k_end, past + t_last + 1);
-    if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
+    const DecodeBlock db = decode_block(a, R);
+    const int group = db.group, b = db.b, kvh = db.kvh, row0 = db.row0, nrows = db.nrows;
+    const int split = db.split;
+    const int64_t past = db.past;
+    const int64_t k_begin = db.k_begin, k_end = db.k_end;
 
     // Query rows, scaled (softmax in base 2; E4M3's K head scale folded in), to shared memory.
     // The fast decode's factor multiplies each key's dot product (q times it could overflow).
@@ -477,21 +498,12 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
-    const int group = a.heads / a.kv_heads;
-    const int b = blockIdx.y / a.kv_heads, kvh = blockIdx.y % a.kv_heads;
-    const int rows_total = a.q_len * group;
-    const int row0 = blockIdx.z * kDecRows;
-    const int nrows = min(kDecRows, rows_total - row0);
-    const int split = blockIdx.x;
-    const int64_t past = clamped_past(a, b);
-    const int64_t kv_len = past + a.q_len;
-    const int t_first = row0 / group, t_last = (row0 + nrows - 1) / group;
-    const int64_t split_len = q_split_len(a);
-    int64_t k_begin = static_cast<int64_t>(split) * split_len;
-    int64_t k_end = min(k_begin + split_len, kv_len);
-    k_end = min(k_end, past + t_last + 1);
-    if (a.window > 0) k_begin = max(k_begin, past + t_first + 1 - a.window);
-    const int64_t pos_min = past + t_first;
+    const DecodeBlock db = decode_block(a, kDecRows);
+    const int group = db.group, b = db.b, kvh = db.kvh, row0 = db.row0, nrows = db.nrows;
+    const int split = db.split;
+    const int64_t past = db.past;
+    const int64_t k_begin = db.k_begin, k_end = db.k_end;
+    const int64_t pos_min = past + db.t_first;
     const bool plain = a.mask == nullptr && a.window == 0;
     const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
 

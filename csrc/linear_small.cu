@@ -616,13 +616,21 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
 
 // Several calls of one m in one launch: column blocks first[i] … first[i + 1] − 1 of the grid are
 // call i's; a block past its call's split has nothing to do.
-template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup g) {
+// The call of a grouped launch this block serves (its index; bx: the block's column block
+// within that call).
+__device__ __forceinline__ int group_call(const SmallGroup &g, int &bx) {
     int i = 0;
     while (i + 1 < g.count && static_cast<int>(blockIdx.x) >= g.first[i + 1]) ++i;
-    const SmallArgs a = g.call[i];  // a copy: registers, not indexed parameter memory
+    bx = static_cast<int>(blockIdx.x) - g.first[i];
+    return i;
+}
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup g) {
+    int bx;
+    const SmallArgs a = g.call[group_call(g, bx)];  // a copy: registers, not parameter memory
     if (static_cast<int>(blockIdx.y) >= a.split) return;
-    small_block<T, NT>(a, static_cast<int>(blockIdx.x) - g.first[i], static_cast<int>(blockIdx.y));
+    small_block<T, NT>(a, bx, static_cast<int>(blockIdx.y));
 }
 
 // The staged x of the lean kernels (dynamic shared memory).
@@ -636,12 +644,10 @@ __global__ void __launch_bounds__(kSmallCols) qmma_lean_kernel(SmallArgs a) {
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_lean_group_kernel(SmallGroup g) {
-    int i = 0;
-    while (i + 1 < g.count && static_cast<int>(blockIdx.x) >= g.first[i + 1]) ++i;
-    const SmallArgs a = g.call[i];
+    int bx;
+    const SmallArgs a = g.call[group_call(g, bx)];
     if (static_cast<int>(blockIdx.y) >= a.split) return;
-    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x) - g.first[i],
-                                  static_cast<int>(blockIdx.y), lean_xs);
+    lean_block<T, NT, kLeanBatch>(a, bx, static_cast<int>(blockIdx.y), lean_xs);
 }
 
 // Largest m and staged x the lean loop takes (beyond: the ring loop).
