@@ -154,11 +154,17 @@ __device__ __forceinline__ void dec_sum_rows(DecState<DT> &st) {
     }
 }
 
+// The tile's column order (identity: column c holds dimension c).
+struct TileColumns {
+    __device__ __forceinline__ int operator()(int c) const { return c; }
+};
+
 // Writes warp `warp`'s state for merge_and_store: sm_m / sm_l [warp][16 rows], sm_o
-// [warp][16 rows][DP] (column c of the tile at index c).
-template <int DP>
+// [warp][16 rows][DP], tile column c at dimension col(c), times `factor`.
+template <int DP, typename Col = TileColumns>
 __device__ __forceinline__ void dec_store_state(const DecState<DP / 8> &st, float *sm_m,
-                                                float *sm_l, float *sm_o, int warp) {
+                                                float *sm_l, float *sm_o, int warp,
+                                                Col col = {}, float factor = 1.f) {
     constexpr int DT = DP / 8;
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, c2 = (lane & 3) * 2;
@@ -171,12 +177,13 @@ __device__ __forceinline__ void dec_store_state(const DecState<DP / 8> &st, floa
     }
 #pragma unroll
     for (int i = 0; i < DT; ++i) {
-        float *pa_ = sm_o + (warp * kDecRows + ra) * DP + i * 8 + c2;
-        float *pb_ = sm_o + (warp * kDecRows + rb) * DP + i * 8 + c2;
-        pa_[0] = st.o[i][0];
-        pa_[1] = st.o[i][1];
-        pb_[0] = st.o[i][2];
-        pb_[1] = st.o[i][3];
+        const int d0 = col(i * 8 + c2), d1 = col(i * 8 + c2 + 1);
+        float *pa = sm_o + (warp * kDecRows + ra) * DP;
+        float *pb = sm_o + (warp * kDecRows + rb) * DP;
+        pa[d0] = st.o[i][0] * factor;
+        pa[d1] = st.o[i][1] * factor;
+        pb[d0] = st.o[i][2] * factor;
+        pb[d1] = st.o[i][3] * factor;
     }
 }
 

@@ -91,6 +91,44 @@ __device__ __forceinline__ DecodeBlock decode_block(const AttnArgs &a, int rows_
     return d;
 }
 
+// Rotates `runs` runs of 32 values of shared memory in place by H / 32 (into the Hadamard
+// basis, and back: H·H = 32·I), with the whole block; the caller synchronizes after.
+__device__ __forceinline__ void rotate_runs(float *p, int runs) {
+    for (int idx = threadIdx.x; idx < runs; idx += blockDim.x) {
+        float y[kRun];
+#pragma unroll
+        for (int i = 0; i < kRun; ++i) y[i] = p[idx * kRun + i];
+        fwht32(y);
+#pragma unroll
+        for (int i = 0; i < kRun; ++i) p[idx * kRun + i] = y[i] * (1.f / kRun);
+    }
+}
+
+// The block's query rows (`rows` of them, rows past db.nrows zero; D = a.head_dim, passed so a
+// kernel with a fixed head dim folds it) times `scale` into shared memory as f32 [rows][D], then — for a K format with Hadamard runs — into the rotated basis
+// (q·(H·y/32) = (H·q/32)·y). The whole block takes part; the rows are ready on return.
+template <typename T, int KF>
+__device__ __forceinline__ void stage_query_rows(const AttnArgs &a, const DecodeBlock &db,
+                                                 int rows, int D, float scale, float *sm_q) {
+    for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+        const int r = idx / D, d = idx % D;
+        float x = 0.f;
+        if (r < db.nrows) {
+            const int row = db.row0 + r;
+            const int t = row / db.group, h = db.kvh * db.group + row % db.group;
+            x = Num<T>::to_f(static_cast<const T *>(
+                    a.q)[((static_cast<int64_t>(db.b) * a.q_len + t) * a.heads + h) * D + d]) *
+                scale;
+        }
+        sm_q[idx] = x;
+    }
+    __syncthreads();
+    if (kv_has_runs(KF)) {
+        rotate_runs(sm_q, rows * D / kRun);
+        __syncthreads();
+    }
+}
+
 // A lane's eight codes of one key, as loaded: 16 bytes (native), 8 (FP8, Q8) or 4 (Q4).
 template <int F>
 struct Raw {
@@ -194,31 +232,7 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
     // The fast decode's factor multiplies each key's dot product (q times it could overflow).
     const float qscale =
         a.scale * kLog2e * (KF == PARADEC_KV_E4M3 ? qa.k.head_scale[kvh] : 1.f);
-    for (int idx = threadIdx.x; idx < R * D; idx += blockDim.x) {
-        const int r = idx / D, d = idx % D;
-        float x = 0.f;
-        if (r < nrows) {
-            const int row = row0 + r;
-            const int t = row / group, h = kvh * group + row % group;
-            x = Num<T>::to_f(static_cast<const T *>(
-                    a.q)[((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + d]) *
-                qscale;
-        }
-        sm_q[idx] = x;
-    }
-    __syncthreads();
-    if (kv_has_runs(KF)) {
-        // Into the rotated basis: H·q / 32, run by run.
-        for (int idx = threadIdx.x; idx < R * D / kRun; idx += blockDim.x) {
-            float y[kRun];
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) y[i] = sm_q[idx * kRun + i];
-            fwht32(y);
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) sm_q[idx * kRun + i] = y[i] * (1.f / kRun);
-        }
-        __syncthreads();
-    }
+    stage_query_rows<T, KF>(a, db, R, D, qscale, sm_q);
     const bool dim_ok = sub * 8 < D;
     float qr[R][8];
 #pragma unroll
@@ -351,14 +365,7 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
     }
     __syncthreads();
     if (kv_has_runs(VF)) {
-        for (int idx = threadIdx.x; idx < G * R * D / kRun; idx += blockDim.x) {
-            float y[kRun];
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) y[i] = sm_o[idx * kRun + i];
-            fwht32(y);
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) sm_o[idx * kRun + i] = y[i] * (1.f / kRun);
-        }
+        rotate_runs(sm_o, G * R * D / kRun);
         __syncthreads();
     }
     merge_and_store<T>(a, sm_m, sm_l, sm_o, G, R, D, nrows, row0, b, kvh, split);
@@ -415,13 +422,6 @@ __host__ __device__ constexpr size_t tc_smem_bytes() {
     const size_t rings = kTcWarps * tc_warp_bytes<KF, VF, D>();
     const size_t merge = sizeof(float) * kTcWarps * kDecRows * (D + 2);
     return rings > merge ? rings : merge;  // ≥ the Q staging ([16][D] f32) too
-}
-
-// (a & b) | c in one instruction (the compiler may otherwise emit two).
-__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
-    uint32_t d;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
 }
 
 // Eight consecutive values (dims e … e + 7 of one key) from their codes `raw` and the run's
@@ -484,6 +484,10 @@ template <int F>
 __device__ __forceinline__ int tc_dim(int c) {
     return F == PARADEC_KV_Q4 ? (c & ~7) + ((c & 7) >> 1) + 4 * (c & 1) : c;
 }
+template <int F>
+struct TcColumns {
+    __device__ __forceinline__ int operator()(int c) const { return tc_dim<F>(c); }
+};
 
 template <typename T, int KF, int VF, int D>
 __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
@@ -511,29 +515,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
     // in f32, into the rotated basis for the Hadamard formats, then as mma A fragments in K's
     // column order.
     float *sm_q = reinterpret_cast<float *>(smem_raw);  // [16][D]
-    for (int idx = threadIdx.x; idx < kDecRows * D; idx += blockDim.x) {
-        const int r = idx / D, d = idx % D;
-        float x = 0.f;
-        if (r < nrows) {
-            const int row = row0 + r;
-            const int t = row / group, h = kvh * group + row % group;
-            x = Num<T>::to_f(static_cast<const T *>(
-                a.q)[((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + d]);
-        }
-        sm_q[idx] = x;
-    }
-    __syncthreads();
-    if (kv_has_runs(KF)) {
-        for (int idx = threadIdx.x; idx < kDecRows * D / kRun; idx += blockDim.x) {
-            float y[kRun];
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) y[i] = sm_q[idx * kRun + i];
-            fwht32(y);
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) sm_q[idx * kRun + i] = y[i] * (1.f / kRun);
-        }
-        __syncthreads();
-    }
+    stage_query_rows<T, KF>(a, db, kDecRows, D, 1.f, sm_q);
     const int ra = g, rb = g + 8;
     unsigned qf[KT][4];
 #pragma unroll
@@ -648,33 +630,12 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
     float *sm_m = reinterpret_cast<float *>(smem_raw);
     float *sm_l = sm_m + kTcWarps * kDecRows;
     float *sm_o = sm_l + kTcWarps * kDecRows;  // [warp][row][D], natural dimension order
-    if ((lane & 3) == 0) {
-        sm_m[warp * kDecRows + ra] = state.m0;
-        sm_m[warp * kDecRows + rb] = state.m1;
-        sm_l[warp * kDecRows + ra] = state.l0;
-        sm_l[warp * kDecRows + rb] = state.l1;
-    }
     // V's constant factor (E4M3 head scale) here; Q8/Q4 scales were in the tile.
     const float vconst = VF == PARADEC_KV_E4M3 ? qa.v.head_scale[kvh] : 1.f;
-#pragma unroll
-    for (int i = 0; i < DT; ++i)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int d = tc_dim<VF>(i * 8 + 2 * t4 + e);
-            sm_o[(warp * kDecRows + ra) * D + d] = state.o[i][e] * vconst;
-            sm_o[(warp * kDecRows + rb) * D + d] = state.o[i][2 + e] * vconst;
-        }
+    dec_store_state<D>(state, sm_m, sm_l, sm_o, warp, TcColumns<VF>{}, vconst);
     __syncthreads();
     if (kv_has_runs(VF)) {
-        // V back from the rotated basis.
-        for (int idx = threadIdx.x; idx < kTcWarps * kDecRows * D / kRun; idx += blockDim.x) {
-            float y[kRun];
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) y[i] = sm_o[idx * kRun + i];
-            fwht32(y);
-#pragma unroll
-            for (int i = 0; i < kRun; ++i) sm_o[idx * kRun + i] = y[i] * (1.f / kRun);
-        }
+        rotate_runs(sm_o, kTcWarps * kDecRows * D / kRun);  // V back from the rotated basis
         __syncthreads();
     }
     merge_and_store<T>(a, sm_m, sm_l, sm_o, kTcWarps, kDecRows, D, nrows, row0, b, kvh, split);

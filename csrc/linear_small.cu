@@ -76,17 +76,10 @@ struct Magic<__nv_bfloat16> {
     static constexpr float kValue = 128.f;
 };
 
-// (a & b) | c in one instruction.
-__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
-    uint32_t d;
-    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-
 // Nibbles s and s + 4 of w as the pair (magic + q_s, magic + q_{s+4}).
 template <typename T>
 __device__ __forceinline__ uint32_t nibble_pair(uint32_t w, int s) {
-    return and_or(w >> (4 * s), 0x000f000fu, Magic<T>::kBits);
+    return lop3_and_or(w >> (4 * s), 0x000f000fu, Magic<T>::kBits);
 }
 
 template <typename T>
@@ -118,7 +111,7 @@ template <typename T>
 __device__ __forceinline__ uint32_t decoded_pair(uint32_t w, int s, uint32_t zlo, uint32_t zhi) {
     if constexpr (std::is_same<T, __half>::value) {
         if (s & 1) {
-            const uint32_t v = and_or(w >> (4 * (s - 1)), 0x00f000f0u, Magic<T>::kBits);
+            const uint32_t v = lop3_and_or(w >> (4 * (s - 1)), 0x00f000f0u, Magic<T>::kBits);
             const __half2 r = __hfma2(*reinterpret_cast<const __half2 *>(&v),
                                       __half2half2(__float2half_rn(0.0625f)),
                                       *reinterpret_cast<const __half2 *>(&zhi));

@@ -84,6 +84,13 @@ __device__ __forceinline__ uint32_t tile_code(const uint32_t *w, int r) {
     return v & ((1u << B) - 1u);
 }
 
+// (a & b) | c in one instruction (the compiler may otherwise emit two).
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
 // The exact float of a code below 2^23 (the 2^23 exponent trick: one OR and one subtraction).
 __device__ __forceinline__ float code_float(uint32_t q) {
     return __uint_as_float(0x4B000000u | q) - 8388608.f;

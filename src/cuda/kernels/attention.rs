@@ -246,6 +246,21 @@ fn check_call(
 /// Checks what every attention call (contiguous or quantized cache) takes: the head counts
 /// and head_dim, q and out, the past lengths against `plan_max_past` (≥ each of them) and the
 /// capacity, and the mask.
+/// Checks that a staged call's device past lengths are given, and its device mask exactly
+/// where the host masking has one.
+pub(super) fn check_staged_masking(
+    masking: &AttnMasking<'_>,
+    past_len: *const i64,
+    mask: *const f32,
+) -> Result<()> {
+    if past_len.is_null() || masking.mask.is_some() == mask.is_null() {
+        return Err(Error::bad_input(
+            "attention tables: the device past lengths or mask are missing",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_query(
     q: &Tensor,
     out: &Tensor,
@@ -485,11 +500,7 @@ pub unsafe fn attention_staged(
     if c.q_n == 0 {
         return Ok(());
     }
-    if past_len.is_null() || masking.mask.is_some() == mask.is_null() {
-        return Err(Error::bad_input(
-            "attention tables: the device past lengths or mask are missing",
-        ));
-    }
+    check_staged_masking(masking, past_len, mask)?;
     // SAFETY: the function's contract.
     unsafe {
         launch(

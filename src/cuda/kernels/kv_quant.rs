@@ -418,11 +418,7 @@ pub unsafe fn rotary_and_cache_write_quant_staged(
     if c.tokens == 0 || c.kv_n == 0 {
         return Ok(());
     }
-    if tables.past_len.is_null()
-        || (c.rot_dim > 0 && (tables.positions.is_null() || tables.inv_freq.is_null()))
-    {
-        return Err(Error::bad_input("rotary tables: a device table is missing"));
-    }
+    tables.check(c.rot_dim)?;
     check_table_ptr(block_table, table, "rotary_and_cache_write_quant")?;
     // SAFETY: the function's contract.
     unsafe {
@@ -709,11 +705,7 @@ pub unsafe fn attention_quant_staged(
     if c.call.q_n == 0 {
         return Ok(());
     }
-    if past_len.is_null() || masking.mask.is_some() == mask.is_null() {
-        return Err(Error::bad_input(
-            "attention tables: the device past lengths or mask are missing",
-        ));
-    }
+    super::attention::check_staged_masking(masking, past_len, mask)?;
     check_table_ptr(block_table, table, "attention_quant")?;
     // SAFETY: the function's contract.
     unsafe {

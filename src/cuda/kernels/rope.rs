@@ -28,6 +28,18 @@ pub struct RopeTables {
     pub inv_freq: *const f32,
 }
 
+impl RopeTables {
+    /// Checks that the tables a call of rotated width `rot_dim` reads are given.
+    pub(super) fn check(&self, rot_dim: usize) -> Result<()> {
+        if self.past_len.is_null()
+            || (rot_dim > 0 && (self.positions.is_null() || self.inv_freq.is_null()))
+        {
+            return Err(Error::bad_input("rotary tables: a device table is missing"));
+        }
+        Ok(())
+    }
+}
+
 /// Checks the rotary arguments of a call of `tokens` tokens (positions, width, frequencies):
 /// the kernel's style code, the rotated width and the attention factor (0, 0, 1 without
 /// rotary).
@@ -341,11 +353,7 @@ pub unsafe fn rotary_and_cache_write_staged(
     if c.tokens == 0 || c.kv_n == 0 {
         return Ok(());
     }
-    if tables.past_len.is_null()
-        || (c.rot_dim > 0 && (tables.positions.is_null() || tables.inv_freq.is_null()))
-    {
-        return Err(Error::bad_input("rotary tables: a device table is missing"));
-    }
+    tables.check(c.rot_dim)?;
     // SAFETY: the function's contract.
     unsafe {
         launch(
