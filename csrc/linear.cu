@@ -491,17 +491,21 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 
 constexpr size_t kMaxDim = size_t{1} << 31;
 
-// The path a call takes. SMALL where it does not apply (other widths, m > 32) and AUTO pick by
-// m: GEMV up to 8 rows, else MMA; AUTO takes SMALL where it applies (w is null for dense).
-// VENDOR on a quantized weight is AUTO.
+// The path a call takes. Dense weights (w null): AUTO is VENDOR, whose launcher runs GEMV up
+// to 8 rows, else MMA, where the library is absent or declines the shape. Quantized: VENDOR
+// is AUTO (the formats run on paradec's kernels); SMALL where it does not apply (other
+// widths, m > 32) and AUTO pick by m: GEMV up to 8 rows, else MMA; AUTO takes SMALL_LEAN where
+// the small-M path applies (its launcher runs the ring loop where the lean one does not:
+// m > 16, or x too long to stage).
 int choose_path(int path, size_t m, const paradec_qweight *w) {
+    if (!w && path == PARADEC_PATH_AUTO) return PARADEC_PATH_VENDOR;
     if (path == PARADEC_PATH_VENDOR) {
         if (!w) return PARADEC_PATH_VENDOR;
         path = PARADEC_PATH_AUTO;  // quantized formats run on paradec's kernels
     }
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
     if (w && small_path_applies(w, m))
-        return path == PARADEC_PATH_SMALL_LEAN ? PARADEC_PATH_SMALL_LEAN : PARADEC_PATH_SMALL;
+        return path == PARADEC_PATH_SMALL ? PARADEC_PATH_SMALL : PARADEC_PATH_SMALL_LEAN;
     return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
 }
 
@@ -675,6 +679,12 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
 template <typename T>
 int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const void *bias,
              void *out, bool accumulate, int path, cudaStream_t stream) {
+    if (path == PARADEC_PATH_VENDOR) {
+        bool ran = false;
+        const int st = vendor_gemm(dtype_of<T>(), x, m, k, w, n, bias, out, accumulate, stream, &ran);
+        if (st != PARADEC_K_OK || ran) return st;
+        path = m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;  // absent, or the shape declined
+    }
     if (path == PARADEC_PATH_GEMV) {
         const bool vec = k % kVec == 0 && aligned16(x) && aligned16(w);
         const int mt = mt_for(m);
@@ -690,11 +700,6 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
             default: dgemv_kernel<T, 8><<<grid, 256, 0, stream>>>(xt, wt, bt, ot, m, k, n, accumulate, vec); break;
         }
         return launch_status();
-    }
-    if (path == PARADEC_PATH_VENDOR) {
-        bool ran = false;
-        const int st = vendor_gemm(dtype_of<T>(), x, m, k, w, n, bias, out, accumulate, stream, &ran);
-        if (st != PARADEC_K_OK || ran) return st;
     }
     GemmArgs ga{x, static_cast<int64_t>(k), static_cast<int64_t>(k), w, nullptr, nullptr, nullptr,
                 bias, out, static_cast<int64_t>(m), static_cast<int64_t>(n), static_cast<int64_t>(n),
@@ -776,7 +781,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         a.tiles_per_split = static_cast<int>((w->ntiles + c.split - 1) / c.split);
         a.split = c.split;
         a.accumulate = c.accumulate != 0;
-        g.lean = (i == 0 || g.lean) && c.path == PARADEC_PATH_SMALL_LEAN;
+        g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));
     }

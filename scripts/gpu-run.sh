@@ -6,9 +6,9 @@
 #   quick:         tests, sanitizer, a short bench (fewer shapes) and PyTorch's
 #   tests | sanitize | bench: one part
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
-#   optin:         the paths that are not yet defaults against the defaults they would replace:
-#                  their tests and sanitizer runs, then paradec-only timings side by side (the
-#                  small-M lean loop, the vendor dense GEMM, the tensor-core quantized decode)
+#   optin:         the paths the defaults do not take, against the defaults: their tests and
+#                  sanitizer runs, then paradec-only timings side by side (the small-M ring loop,
+#                  the vendor dense GEMM, the CUDA-core quantized decode)
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -89,34 +89,35 @@ fi
 if [[ "$MODE" == optin ]]; then
   F="$D/fixtures"
   {
-    # The lean loop and the vendor GEMM are paths the linear tests force; the layer and graph
-    # tests run them through the decoder when forced for every linear.
+    # The linear tests force every path themselves; the layer and graph tests run the ring loop
+    # of the small-M path and the vendor GEMM through the decoder when forced for every linear.
     PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
-    PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=lean "$D/bin/gpu" decoder:: graph::
-    # The tensor-core quantized decode runs only when asked for.
-    PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=mma "$D/bin/gpu" kv_quant:: attention::
+    PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=small "$D/bin/gpu" decoder:: graph::
+    PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=vendor "$D/bin/gpu" decoder:: graph::
+    # The CUDA-core quantized decode where the tensor-core one would run.
+    PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
   } > "$RESULTS/optin_tests.log" 2>&1
-  SUMMARY+=("opt-in tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
+  SUMMARY+=("other-path tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
   if command -v compute-sanitizer >/dev/null; then
     {
       PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck --report-api-errors no \
         "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped linear::dense
-      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=mma compute-sanitizer --tool memcheck \
+      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool memcheck \
         --report-api-errors no "$D/bin/gpu" --test-threads=1 kv_quant::
-      PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=mma compute-sanitizer --tool racecheck \
+      PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool racecheck \
         "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped kv_quant::paged
     } > "$RESULTS/optin_sanitize.log" 2>&1
-    SUMMARY+=("opt-in sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/optin_sanitize.log" | tr '\n' ' ')")
+    SUMMARY+=("other-path sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/optin_sanitize.log" | tr '\n' ' ')")
   fi
   {
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b --lin-ms 1,8,16 --lin-path small,lean
-    "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 16,64,512,2048 --lin-path mma,vendor
+    "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 1,16,64,512,2048 --lin-path auto,gemv,mma
     "$D/bin/gpu_bench" --attention --quick --only attn_decode
-    PARADEC_KV_DECODE=mma "$D/bin/gpu_bench" --attention --quick --only attn_decode
+    PARADEC_KV_DECODE=simt "$D/bin/gpu_bench" --attention --quick --only attn_decode
     "$D/bin/gpu_bench" --decoder --quick
-    PARADEC_LINEAR_PATH=lean "$D/bin/gpu_bench" --decoder --quick
+    PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1
-  SUMMARY+=("opt-in bench: $RESULTS/optin_bench.log")
+  SUMMARY+=("other-path bench: $RESULTS/optin_bench.log")
 fi
 
 echo "==== summary"

@@ -159,7 +159,7 @@ pub enum LinearPath {
     Small,
     /// `Small` on its lean loop (x staged once in shared memory, weights streamed in
     /// registers) where x fits it (M ≤ 16 and a short enough share of K), else `Small`'s ring
-    /// loop. Not yet chosen by `select_linear`: it waits for its measurements on a GPU.
+    /// loop. `select_linear`'s choice up to 16 rows.
     SmallLean,
     /// Dense weights: the vendor GEMM (cuBLASLt, loaded at run time; `Mma` where it is absent
     /// or declines the shape). Quantized weights: the launcher's own choice. Not yet chosen by

@@ -13,8 +13,8 @@
 extern "C" {
 #endif
 
-/* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape: SMALL
- * where it applies, else GEMV for m ≤ 8 and MMA above). */
+/* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape:
+ * SMALL_LEAN where the small-M path applies, else GEMV for m ≤ 8 and MMA above). */
 enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
@@ -24,8 +24,8 @@ enum paradec_linear_path {
                                block sums the partials). Elsewhere (other widths, larger m,
                                dense) it is AUTO. */
     PARADEC_PATH_SMALL_LEAN = 4, /* SMALL on its lean loop where x fits it (m ≤ 16, a share of K
-                                    whose x fits 48 KiB of shared memory), else SMALL; not yet
-                                    chosen by AUTO */
+                                    whose x fits 48 KiB of shared memory), else SMALL's ring
+                                    loop */
     PARADEC_PATH_VENDOR = 5 /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
                                it is absent or declines the shape); not yet chosen by AUTO.
                                Quantized weights: AUTO. */
@@ -69,8 +69,8 @@ typedef struct paradec_qlinear_call {
     void *out;                  /* [m, n]; no call's out overlaps any call's x */
     int accumulate;
     int split;                  /* ≥ 1: the K split of the SMALL path */
-    int path;                   /* PARADEC_PATH_SMALL (or AUTO) or PARADEC_PATH_SMALL_LEAN: the
-                                   group runs the lean loop when every call asks for it */
+    int path;                   /* PARADEC_PATH_SMALL_LEAN (or AUTO) or PARADEC_PATH_SMALL: the
+                                   group runs the lean loop unless a call asks for SMALL */
 } paradec_qlinear_call;
 
 /* Most calls of one group. */

@@ -451,7 +451,8 @@ fn prefill_row(
 }
 
 /// Times decode steps; prints a table.
-pub fn main_bench(quick: bool) -> Result<()> {
+/// `only`: the layers whose name contains it (all when None).
+pub fn main_bench(quick: bool, only: Option<&str>) -> Result<()> {
     let stream = CudaStream::new(0)?;
     let read_bw = super::linear::measure_read_bw(&stream, 7)?;
     let s = Stream::Cuda(stream);
@@ -469,6 +470,9 @@ pub fn main_bench(quick: bool) -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for shape in SHAPES {
+        if only.is_some_and(|o| !shape.name.contains(o)) {
+            continue;
+        }
         for exl2 in [false, true] {
             let fmt = format!("{}-4 g{}", if exl2 { "exl2" } else { "gptq" }, shape.group);
             let mut cfg: serde_json::Value = serde_json::from_str(shape.config)

@@ -238,41 +238,74 @@ pub fn run(
         let mut x = Pool::new(max_m * k * 2, 2)?;
         x.fill_float(dt, -1.0, 1.0, 6)?;
         let out = Pool::new(max_m * n * 2, 2)?;
-        for &m in ms_list {
-            // Dense weights have the GEMV and the tiles only.
-            let path = if m <= 8 { 1 } else { 2 };
-            let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
-                // SAFETY: pool sets sized for [n, k] weights, [max_m, k] x and [max_m, n] out.
-                status(
-                    unsafe {
-                        ffi::paradec_linear(
-                            dt.code(),
-                            x.ptr(i % 2),
-                            m,
-                            k,
-                            w.ptr(i),
-                            n,
-                            ptr::null(),
-                            out.ptr(i % 2),
-                            0,
-                            path,
-                            st.raw(),
-                        )
-                    },
-                    "paradec_linear",
-                )
+        // Dense weights have the GEMV, the tiles and the vendor GEMM.
+        let mut dense_paths: Vec<LinearPath> = Vec::new();
+        for p in paths {
+            let p = match p {
+                Some(LinearPath::Small | LinearPath::SmallLean) => continue,
+                Some(LinearPath::Vendor) if !paradec::cuda::kernels::vendor_gemm_available() => {
+                    println!("# vendor path skipped: cuBLASLt could not be loaded");
+                    continue;
+                }
+                Some(p) => Some(*p),
+                None => None,
             };
-            let t = b.time(sets, &mut launch)?;
-            rows.push(LinRow {
-                fmt: fmt.name(),
-                k,
-                n,
-                m,
-                bytes: wbytes + m * (k + n) * 2,
-                t,
-                path: if path == 1 { "gemv" } else { "mma" },
-                split: 1,
-            });
+            dense_paths.extend(p);
+        }
+        let auto = paths.iter().any(Option::is_none) || dense_paths.is_empty();
+        for &m in ms_list {
+            // The automatic plan for dense weights: the vendor GEMM, else the GEMV up to 8 rows
+            // and the tiles beyond.
+            let mut chosen: Vec<LinearPath> = Vec::new();
+            if auto {
+                chosen.push(if paradec::cuda::kernels::vendor_gemm_available() {
+                    LinearPath::Vendor
+                } else if m <= 8 {
+                    LinearPath::Gemv
+                } else {
+                    LinearPath::Mma
+                });
+            }
+            for p in &dense_paths {
+                if !chosen.contains(p) {
+                    chosen.push(*p);
+                }
+            }
+            for lp in chosen {
+                let path = path_code(lp);
+                let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
+                    // SAFETY: pool sets sized for [n, k] weights, [max_m, k] x and [max_m, n] out.
+                    status(
+                        unsafe {
+                            ffi::paradec_linear(
+                                dt.code(),
+                                x.ptr(i % 2),
+                                m,
+                                k,
+                                w.ptr(i),
+                                n,
+                                ptr::null(),
+                                out.ptr(i % 2),
+                                0,
+                                path,
+                                st.raw(),
+                            )
+                        },
+                        "paradec_linear",
+                    )
+                };
+                let t = b.time(sets, &mut launch)?;
+                rows.push(LinRow {
+                    fmt: fmt.name(),
+                    k,
+                    n,
+                    m,
+                    bytes: wbytes + m * (k + n) * 2,
+                    t,
+                    path: path_label(lp),
+                    split: 1,
+                });
+            }
         }
         return Ok(rows);
     }

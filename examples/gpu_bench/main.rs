@@ -323,7 +323,7 @@ fn main() -> Result<()> {
     }
     if args.iter().any(|a| a == "--decoder") {
         // One decode step of whole layers (examples/gpu_bench/decoder.rs), its own table.
-        return decoder::main_bench(quick);
+        return decoder::main_bench(quick, only.as_deref());
     }
     if args.iter().any(|a| a == "--attention") {
         // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).

@@ -31,13 +31,18 @@ pub struct LinearPlan {
 /// The largest M the tensor-core small-M path takes (four n8 tiles of x rows).
 pub(crate) const SMALL_MAX_M: usize = 32;
 
+/// The largest M the small-M path's lean loop takes (x staged in shared memory once, weights
+/// loaded straight to registers); beyond it, its ring loop. Measured on an H200, the lean loop
+/// is 10–20% faster than the ring at M = 1, 8 and 16 (docs/gpu-bench-linear-h200.md).
+pub(crate) const LEAN_MAX_M: usize = 16;
+
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
 /// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
 /// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
-/// registers). Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
+/// registers), on its lean loop up to 16 rows. Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
 /// m, on sm_80 and later, runs on tensor-core tiles. Both streaming paths split K so that enough
-/// blocks run to keep many 16-byte loads in flight on every SM. (`LinearPath::SmallLean` and
-/// `LinearPath::Vendor` are forced only, until measured on a GPU.)
+/// blocks run to keep many 16-byte loads in flight on every SM. Dense weights on sm_80 and
+/// later take the vendor GEMM.
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -48,8 +53,21 @@ pub fn select_linear(
 ) -> LinearPlan {
     if format == (LinearFormat::Quant { bits: 4 }) && m <= SMALL_MAX_M && cc.0 >= 8 {
         return LinearPlan {
-            path: LinearPath::Small,
+            path: if m <= LEAN_MAX_M {
+                LinearPath::SmallLean
+            } else {
+                LinearPath::Small
+            },
             split: small_split(m, k, n, sms),
+        };
+    }
+    // Dense weights: the vendor GEMM (measured on an H200: as fast as the GEMV at one row,
+    // 2–3× paradec's tiles from 16 rows up); its launcher takes the GEMV or the tiles where the
+    // library is absent or declines the shape.
+    if format == LinearFormat::Dense && cc.0 >= 8 {
+        return LinearPlan {
+            path: LinearPath::Vendor,
+            split: 1,
         };
     }
     let gemv_max = 8;
@@ -400,6 +418,9 @@ fn try_group(
             || w.device() != x.device()
             || out.device() != x.device()
             || x.cols() != w.k
+            // The small-M kernels' own condition: a forced path does not make it hold.
+            || w.bits != 4
+            || m > SMALL_MAX_M
         {
             return Ok(false);
         }
@@ -461,21 +482,23 @@ mod tests {
     fn small_m_streams_large_m_uses_tensor_cores() {
         let q4 = LinearFormat::Quant { bits: 4 };
         // Uniform 4-bit up to 32 rows: the tensor-core small-M path.
-        for m in [1, 2, 3, 7, 8, 16, 31, 32] {
-            let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
-            assert_eq!(p.path, LinearPath::Small, "m = {m}");
-            // sm_80 (A100) has mma.sync too.
-            assert_eq!(
-                select_linear(m, 4096, 4096, q4, 108, (8, 0)).path,
+        for m in [1, 2, 3, 7, 8, 16, 17, 31, 32] {
+            // The lean loop up to 16 rows, the ring loop beyond.
+            let want = if m <= 16 {
+                LinearPath::SmallLean
+            } else {
                 LinearPath::Small
-            );
+            };
+            let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
+            assert_eq!(p.path, want, "m = {m}");
+            // sm_80 (A100) has mma.sync too.
+            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, want);
         }
-        // Other widths, mixed widths and dense stream on CUDA cores up to 8 rows.
+        // Other widths and mixed widths stream on CUDA cores up to 8 rows.
         for fmt in [
             LinearFormat::Quant { bits: 3 },
             LinearFormat::Quant { bits: 8 },
             LinearFormat::Quant { bits: 0 },
-            LinearFormat::Dense,
         ] {
             for m in 1..=8 {
                 let p = select_linear(m, 4096, 4096, fmt, H200.0, H200.1);
@@ -491,10 +514,13 @@ mod tests {
                 select_linear(m, 4096, 4096, q4, H200.0, H200.1).path,
                 LinearPath::Mma
             );
-            assert_eq!(
-                select_linear(m, 4096, 4096, LinearFormat::Dense, H200.0, H200.1).path,
-                LinearPath::Mma
-            );
+        }
+        // Dense weights take the vendor GEMM at every m on sm_80 and later, the GEMV before.
+        for m in [1, 8, 9, 64, 2048] {
+            let p = select_linear(m, 4096, 4096, LinearFormat::Dense, H200.0, H200.1);
+            assert_eq!((p.path, p.split), (LinearPath::Vendor, 1), "m = {m}");
+            let p = select_linear(m, 4096, 4096, LinearFormat::Dense, 80, (7, 5));
+            assert_eq!(p.path, LinearPath::Gemv, "m = {m}");
         }
         // Before sm_80 there are no mma.sync tiles: always the GEMV.
         assert_eq!(
@@ -521,7 +547,7 @@ mod tests {
         ] {
             for m in [1, 8, 16, 32] {
                 let p = select_linear(m, k, n, q4, H200.0, H200.1);
-                assert_eq!(p.path, LinearPath::Small);
+                assert!(matches!(p.path, LinearPath::Small | LinearPath::SmallLean));
                 let blocks = n.div_ceil(128) * p.split;
                 let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
                 // Every SM gets a block, unless K is too short to split further.

@@ -222,7 +222,7 @@ fn small_m_path_gptq4_and_exl2_4() {
             assert_eq!(pw.bits, 4, "{what}");
             let fmt = ops::LinearFormat::Quant { bits: pw.bits };
             let plan = ops::select_linear(1, w.in_features(), w.out_features(), fmt, 132, (9, 0));
-            assert_eq!(plan.path, LinearPath::Small, "{what}");
+            assert_eq!(plan.path, LinearPath::SmallLean, "{what}");
             let e = check_quant_on(what, w, dt, 500 + i as u64, &ms, &paths);
             worst[d] = worst[d].max(e);
             check_deterministic(what, w, &pw, dt);
