@@ -461,6 +461,25 @@ typedef struct paradec_attn_params {
 } paradec_attn_params;
 
 /**
+ * A block table the caller owns and fills, in **host** memory: sequence b's
+ * position j lives in page `page_ids[b, j / page_size]`, row `j % page_size` of that page
+ * (page_size is the pool's second dimension, see `paradec_cache_pages`, or a paged cache's
+ * page size for the `_paged` forwards of a model or a layer). Entries past a sequence's
+ * `page_count[b]` are never read. Read during the call only (nothing keeps it).
+ */
+typedef struct paradec_block_table {
+  /**
+   * int32 `[batch, max_pages]`: page indices into the pool.
+   */
+  const struct paradec_tensor *page_ids;
+  /**
+   * int32 or int64 `[batch]`: the pages each sequence owns (its first entries of
+   * `page_ids`), at most max_pages.
+   */
+  const struct paradec_tensor *page_count;
+} paradec_block_table;
+
+/**
  * Options of `paradec_model_load`. Begins with its own size: set `struct_size =
  * sizeof(paradec_model_options)` (or call `paradec_model_options_init`), so later versions
  * can add fields without breaking callers built against this one.
@@ -551,25 +570,6 @@ typedef struct paradec_model_info {
    */
   bool is_quant;
 } paradec_model_info;
-
-/**
- * A block table the caller owns and fills, in **host** memory: sequence b's
- * position j lives in page `page_ids[b, j / page_size]`, row `j % page_size` of that page
- * (page_size is the pool's second dimension, see `paradec_cache_pages`, or a paged cache's
- * page size for the `_paged` forwards of a model or a layer). Entries past a sequence's
- * `page_count[b]` are never read. Read during the call only (nothing keeps it).
- */
-typedef struct paradec_block_table {
-  /**
-   * int32 `[batch, max_pages]`: page indices into the pool.
-   */
-  const struct paradec_tensor *page_ids;
-  /**
-   * int32 or int64 `[batch]`: the pages each sequence owns (its first entries of
-   * `page_ids`), at most max_pages.
-   */
-  const struct paradec_tensor *page_count;
-} paradec_block_table;
 
 /**
  * Options of a KV cache (`paradec_cache_create_with_options`,
@@ -827,7 +827,8 @@ const char *paradec_last_error(void);
  * `q_len` new tokens (1…16) over `cache` into a CUDA graph recorded on `stream` (a stream the
  * caller created: the legacy default stream cannot be captured). `masked` says whether the
  * steps will carry a padding mask. Nothing runs; the graph sizes and owns its own workspace.
- * A paged cache (`paradec_cache_create_paged`) is refused with `PARADEC_ERR_UNSUPPORTED`.
+ * A paged cache (`paradec_cache_create_paged`) is refused with `PARADEC_ERR_UNSUPPORTED`:
+ * capture it with `paradec_model_capture_decode_paged`.
  *
  * Ownership: the caller owns `*out` (free with `paradec_model_graph_free`). The graph keeps
  * `model` alive and unchangeable, and holds `cache`, until it is freed (module docs).
@@ -841,12 +842,45 @@ enum paradec_status paradec_model_capture_decode(const struct paradec_model *mod
                                                  struct paradec_model_graph **out);
 
 /**
+ * As `paradec_model_capture_decode`, over a paged cache (`paradec_cache_create_paged`, any
+ * mode): the steps (`paradec_model_graph_step_paged`) carry block tables of at most
+ * `max_pages` pages per sequence, restaged at that width at every step, so a sequence's past
+ * length goes up to max_pages · page_size − q_len. The graph's workspace is planned as
+ * `paradec_workspace_bytes_paged` plans a forward over pages (without the outputs, which the
+ * graph keeps apart). Nothing runs; the pools are not touched.
+ *
+ * Errors (nothing made, `*out` untouched), in this order and with or without CUDA up to the
+ * last: a NULL `out`, `model` or `cache` (`PARADEC_ERR_NULL_ARGUMENT`); a cache a live graph
+ * holds, a contiguous cache (capture it with `paradec_model_capture_decode`), `max_pages` 0 or
+ * above the pools' page count, `batch` 0, `q_len` 0 or above 16 (`PARADEC_ERR_INVALID_ARGUMENT`);
+ * a pool too small to give each sequence its own pages for one step of `q_len` tokens, or
+ * `q_len` above max_pages · page_size (`PARADEC_ERR_CAPACITY`); then without CUDA
+ * `PARADEC_ERR_NO_DEVICE`, and with it a model on the host (`PARADEC_ERR_DEVICE`), a cache of
+ * another layer count (`PARADEC_ERR_INVALID_ARGUMENT`) or a failed capture
+ * (`PARADEC_ERR_CUDA`, `PARADEC_ERR_OUT_OF_MEMORY`).
+ *
+ * Ownership: as `paradec_model_capture_decode`: the caller owns `*out` (free with
+ * `paradec_model_graph_free`); the graph keeps `model` alive and unchangeable, and holds
+ * `cache`, until it is freed.
+ */
+enum paradec_status paradec_model_capture_decode_paged(const struct paradec_model *model,
+                                                       void *stream,
+                                                       struct paradec_cache *cache,
+                                                       size_t batch,
+                                                       size_t q_len,
+                                                       bool masked,
+                                                       size_t max_pages,
+                                                       struct paradec_model_graph **out);
+
+/**
  * Replays the captured step on `stream` for token ids `ids` ([batch, q_len], host int32 or
  * int64) at `params`' lengths (same batch, query length and mask presence as captured; every
  * past length written to the cache and at most its capacity − q_len), and writes the logits
  * `[batch, q_len, vocab]` into `logits`: CUDA memory of the model's device and dtype (queued
  * on the stream), or host memory of a float dtype (the call then waits for the step). Every
- * argument is checked before anything is queued; the cache records the new positions.
+ * argument is checked before anything is queued; the cache records the new positions. A graph
+ * captured over a paged cache (`paradec_model_capture_decode_paged`) is refused with
+ * `PARADEC_ERR_INVALID_ARGUMENT`: its steps are `paradec_model_graph_step_paged`.
  *
  * Ownership: all borrowed for the call.
  */
@@ -855,6 +889,31 @@ enum paradec_status paradec_model_graph_step(struct paradec_model_graph *graph,
                                              const struct paradec_tensor *ids,
                                              const struct paradec_attn_params *params,
                                              const struct paradec_tensor *logits);
+
+/**
+ * As `paradec_model_graph_step`, for a graph captured over a paged cache
+ * (`paradec_model_capture_decode_paged`), through the step's block table: sequence b's
+ * positions `0 .. past_len[b] + q_len` live in its first `page_count[b]` pages of
+ * `block_table->page_ids[b, …]`, as for `paradec_model_forward_paged` (the same argument: int32
+ * `page_ids` `[batch, max_pages]`, int32 / int64 `page_count` `[batch]`, host memory, read
+ * during the call). The table may be narrower than the captured width (it is restaged at that
+ * width), not wider. Every argument is checked before anything is queued — the table's tensors
+ * and its values against the pools as `paradec_model_forward_paged` checks them (same errors),
+ * and against the capture: a wider table (`PARADEC_ERR_CAPACITY`), past lengths beyond
+ * max_pages · page_size − q_len (`PARADEC_ERR_CAPACITY`) — and nothing is written on an
+ * error. A graph captured over a contiguous cache is refused with
+ * `PARADEC_ERR_INVALID_ARGUMENT` (its steps are `paradec_model_graph_step`). Without CUDA
+ * (where no graph can be made) the call checks its arguments and returns
+ * `PARADEC_ERR_NO_DEVICE`.
+ *
+ * Ownership: all borrowed for the call; nothing is kept (the pages are the cache's).
+ */
+enum paradec_status paradec_model_graph_step_paged(struct paradec_model_graph *graph,
+                                                   void *stream,
+                                                   const struct paradec_tensor *ids,
+                                                   const struct paradec_attn_params *params,
+                                                   const struct paradec_block_table *block_table,
+                                                   const struct paradec_tensor *logits);
 
 /**
  * Frees a graph: the model may change again, and the cache is given back (or freed, when

@@ -12,8 +12,11 @@
 //!   outputs, as `paradec_model_memory` counts them;
 //! - every misuse returns its status, names the culprit and writes nothing (a paged cache
 //!   without a table, a table with a contiguous cache, table tensors of the wrong dtype, shape
-//!   or memory, page ids outside the pool, lengths past a sequence's pages, …), and graph
-//!   capture over a paged cache is refused.
+//!   or memory, page ids outside the pool, lengths past a sequence's pages, …), and
+//!   `paradec_model_capture_decode` refuses a paged cache, naming the `_paged` capture;
+//! - `paradec_model_capture_decode_paged` and `paradec_model_graph_step_paged` check every
+//!   argument (a contiguous cache, the table width against the pools, the step's bounds, the
+//!   block table's tensors) before they need a device, which this build and machine lack.
 
 mod common;
 
@@ -1195,12 +1198,13 @@ fn paged_forward_errors_are_named_and_write_nothing() {
         PARADEC_ERR_INVALID_ARGUMENT,
         "sequences 0 and 1 would both write pool row 16",
     );
-    // Graph capture over a paged cache is refused, with or without CUDA.
+    // The plain graph capture refuses a paged cache, with or without CUDA, naming the
+    // _paged capture.
     let mut g = ptr::null_mut();
     fails(
         paradec_model_capture_decode(cm.m, ptr::null_mut(), pool, 2, 1, false, &mut g),
         PARADEC_ERR_UNSUPPORTED,
-        "graph capture over a paged cache is not supported",
+        "paradec_model_capture_decode_paged",
     );
     assert!(g.is_null());
 
@@ -1218,5 +1222,234 @@ fn paged_forward_errors_are_named_and_write_nothing() {
     paradec_layer_free(layer);
     paradec_cache_free(pool);
     paradec_cache_free(witness);
+    paradec_cache_free(flat);
+}
+
+/// The paged graph calls on a machine without a CUDA device (and, without the `cuda`
+/// feature, a library without CUDA): every argument is checked, in order, each refusal named
+/// and `*out` untouched — NULL pointers, a contiguous cache, a table width of 0 or wider than
+/// the pools, the step's own bounds — and only then does the capture need the device:
+/// `PARADEC_ERR_NO_DEVICE` without CUDA, `PARADEC_ERR_DEVICE` (the model is on the host) with
+/// it, as the plain capture answers. The step checks its graph, ids, parameters, block table
+/// (its tensors as `paradec_model_forward_paged` checks them) and logits the same way.
+#[test]
+fn paged_graph_calls_check_their_arguments_before_the_device() {
+    let cm = CModel::load("gpt_neox");
+    let f32t = dt(DType::F32);
+    let (mut pool, mut flat) = (ptr::null_mut(), ptr::null_mut());
+    ok(paradec_cache_create_paged(
+        cm.m,
+        6,
+        4,
+        f32t,
+        CPU,
+        ptr::null(),
+        &mut pool,
+    ));
+    ok(paradec_cache_create(cm.m, 2, 16, f32t, CPU, &mut flat));
+    let (no_graph, why) = if cfg!(feature = "cuda") {
+        (PARADEC_ERR_DEVICE, "CUDA device")
+    } else {
+        (PARADEC_ERR_NO_DEVICE, "without the `cuda` feature")
+    };
+
+    let sentinel = 0x77 as *mut paradec_model_graph;
+    let mut g = sentinel;
+    let cap = |cache, batch, q_len, max_pages, out| {
+        paradec_model_capture_decode_paged(
+            cm.m,
+            ptr::null_mut(),
+            cache,
+            batch,
+            q_len,
+            false,
+            max_pages,
+            out,
+        )
+    };
+    fails(
+        paradec_model_capture_decode_paged(
+            ptr::null(),
+            ptr::null_mut(),
+            pool,
+            2,
+            1,
+            false,
+            3,
+            &mut g,
+        ),
+        PARADEC_ERR_NULL_ARGUMENT,
+        "`model`",
+    );
+    fails(
+        cap(pool, 2, 1, 3, ptr::null_mut()),
+        PARADEC_ERR_NULL_ARGUMENT,
+        "`out`",
+    );
+    fails(
+        cap(ptr::null_mut(), 2, 1, 3, &mut g),
+        PARADEC_ERR_NULL_ARGUMENT,
+        "`cache`",
+    );
+    fails(
+        cap(flat, 2, 1, 3, &mut g),
+        PARADEC_ERR_INVALID_ARGUMENT,
+        "cache: a contiguous cache: capture it with paradec_model_capture_decode (",
+    );
+    fails(
+        cap(pool, 2, 1, 0, &mut g),
+        PARADEC_ERR_INVALID_ARGUMENT,
+        "max_pages: 0 pages per sequence",
+    );
+    fails(
+        cap(pool, 2, 1, 7, &mut g),
+        PARADEC_ERR_INVALID_ARGUMENT,
+        "max_pages: 7 pages per sequence; a block table over this cache holds 1 ..= 6",
+    );
+    fails(
+        cap(pool, 0, 1, 3, &mut g),
+        PARADEC_ERR_INVALID_ARGUMENT,
+        "batch 0",
+    );
+    fails(
+        cap(pool, 1, 17, 6, &mut g),
+        PARADEC_ERR_INVALID_ARGUMENT,
+        "at most 16",
+    );
+    // 3 sequences × 16 tokens take 12 pages of 4; 9 tokens do not fit 2 pages of 4.
+    fails(
+        cap(pool, 3, 16, 6, &mut g),
+        PARADEC_ERR_CAPACITY,
+        "need 12 pages of 4 positions, the pool has 6",
+    );
+    fails(
+        cap(pool, 1, 9, 2, &mut g),
+        PARADEC_ERR_CAPACITY,
+        "exceed the cache capacity 8",
+    );
+    // Every argument right: the device is the one thing missing.
+    fails(cap(pool, 2, 1, 3, &mut g), no_graph, why);
+    fails(cap(pool, 1, 16, 4, &mut g), no_graph, why);
+    assert_eq!(g, sentinel, "a refused capture wrote *out");
+    // The plain capture still takes the contiguous cache (and meets the same wall).
+    fails(
+        paradec_model_capture_decode(cm.m, ptr::null_mut(), flat, 2, 1, false, &mut g),
+        no_graph,
+        why,
+    );
+    assert_eq!(g, sentinel);
+
+    // The step: NULL arguments first.
+    let vocab = cm.arch.vocab;
+    let mut ids = Buf::i64(&[2, 1], &[1, 2]);
+    let mut logits = Buf::f32(&[2, 1, vocab], &vec![7.0; 2 * vocab]);
+    let params = CParams::new(&[3, 3], 1).get();
+    let table = CTable::new(3, &[4, -1, -1, 1, -1, -1], &[1, 1], false);
+    let bt = table.get();
+    fails(
+        paradec_model_graph_step_paged(
+            ptr::null_mut(),
+            ptr::null_mut(),
+            &ids.t(),
+            &params,
+            &bt,
+            &logits.t(),
+        ),
+        PARADEC_ERR_NULL_ARGUMENT,
+        "`graph`",
+    );
+    paradec_model_graph_free(ptr::null_mut());
+
+    // Without CUDA no graph can be captured: an empty handle (all a graph is in such a build)
+    // stands in for one, so that the step's own checks run up to the device.
+    #[cfg(not(feature = "cuda"))]
+    {
+        let g = Box::into_raw(Box::new(paradec_model_graph {}));
+        let step = |ids: *const paradec_tensor,
+                    params: *const paradec_attn_params,
+                    bt: *const paradec_block_table,
+                    logits: *const paradec_tensor| {
+            paradec_model_graph_step_paged(g, ptr::null_mut(), ids, params, bt, logits)
+        };
+        let (it, lt) = (ids.t(), logits.t());
+        fails(
+            step(ptr::null(), &params, &bt, &lt),
+            PARADEC_ERR_NULL_ARGUMENT,
+            "`ids`",
+        );
+        fails(
+            step(&it, ptr::null(), &bt, &lt),
+            PARADEC_ERR_NULL_ARGUMENT,
+            "`paradec_attn_params`",
+        );
+        fails(
+            step(&it, &params, ptr::null(), &lt),
+            PARADEC_ERR_NULL_ARGUMENT,
+            "`block_table`",
+        );
+        let no_ids = paradec_block_table {
+            page_ids: ptr::null(),
+            page_count: bt.page_count,
+        };
+        fails(
+            step(&it, &params, &no_ids, &lt),
+            PARADEC_ERR_NULL_ARGUMENT,
+            "block_table.page_ids",
+        );
+        // A table for one sequence, and page ids of int64, given a batch of two.
+        let one = CTable::new(3, &[4, -1, -1], &[1], false);
+        fails(
+            step(&it, &params, &one.get(), &lt),
+            PARADEC_ERR_SHAPE,
+            "block_table.page_ids: expected [2, max_pages]",
+        );
+        let mut wide_ids = Buf::i64(&[2, 3], &[4, -1, -1, 1, -1, -1]);
+        let wt = wide_ids.t();
+        let wrong = paradec_block_table {
+            page_ids: &wt,
+            page_count: bt.page_count,
+        };
+        fails(
+            step(&it, &params, &wrong, &lt),
+            PARADEC_ERR_DTYPE,
+            "block_table.page_ids",
+        );
+        let neg = CTable::new(3, &[4, -1, -1, 1, -1, -1], &[1, -1], false);
+        fails(
+            step(&it, &params, &neg.get(), &lt),
+            PARADEC_ERR_INVALID_ARGUMENT,
+            "block_table.page_count[1] = -1 is negative",
+        );
+        fails(
+            step(&it, &params, &bt, ptr::null()),
+            PARADEC_ERR_NULL_ARGUMENT,
+            "`logits`",
+        );
+        fails(step(&it, &params, &bt, &lt), no_graph, why);
+        // The plain step checks its arguments and meets the same wall.
+        fails(
+            paradec_model_graph_step(g, ptr::null_mut(), &it, &params, ptr::null()),
+            PARADEC_ERR_NULL_ARGUMENT,
+            "`logits`",
+        );
+        fails(
+            paradec_model_graph_step(g, ptr::null_mut(), &it, &params, &lt),
+            no_graph,
+            why,
+        );
+        paradec_model_graph_free(g);
+    }
+    assert!(
+        logits.f32s().iter().all(|&x| x == 7.0),
+        "a refused step wrote logits"
+    );
+
+    // The refusals left both caches usable.
+    let prefill = CParams::new(&[0, 0], 3);
+    cm.forward(&[1, 2, 3, 4, 5, 6], &prefill, pool, Some(&table))
+        .unwrap();
+    cm.forward(&[1, 2, 3, 4, 5, 6], &prefill, flat, None)
+        .unwrap();
+    paradec_cache_free(pool);
     paradec_cache_free(flat);
 }

@@ -726,11 +726,32 @@ static void paged_errors(paradec_model *m, const paradec_model_info *info,
     for (size_t i = 0; i < 2 * 2 * H; i++) untouched &= hidden[i] == 0.25f;
     expect_true(untouched, "refused paged forwards leave logits, hidden and *out untouched");
 
-    /* Graph capture over a paged cache, with or without CUDA. */
+    /* Graphs over a paged cache: the plain capture names the _paged one; the _paged capture
+     * checks its arguments, then needs a model on a CUDA device (this one is on the host). */
     paradec_model_graph *g = NULL;
     EXPECT(paradec_model_capture_decode(m, NULL, pool, 2, 1, false, &g), PARADEC_ERR_UNSUPPORTED,
-           "graph capture over a paged cache is not supported");
+           "captured with paradec_model_capture_decode_paged");
+    EXPECT(paradec_model_capture_decode_paged(NULL, NULL, pool, 2, 1, false, 3, &g),
+           PARADEC_ERR_NULL_ARGUMENT, "`model`");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, pool, 2, 1, false, 3, NULL),
+           PARADEC_ERR_NULL_ARGUMENT, "`out`");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, flat, 2, 1, false, 3, &g),
+           PARADEC_ERR_INVALID_ARGUMENT,
+           "a contiguous cache: capture it with paradec_model_capture_decode");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, pool, 2, 1, false, 0, &g),
+           PARADEC_ERR_INVALID_ARGUMENT, "max_pages: 0 pages per sequence");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, pool, 2, 1, false, 7, &g),
+           PARADEC_ERR_INVALID_ARGUMENT, "holds 1 ..= 6");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, pool, 2, 17, false, 3, &g),
+           PARADEC_ERR_INVALID_ARGUMENT, "at most 16");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, pool, 3, 16, false, 6, &g),
+           PARADEC_ERR_CAPACITY, "need 12 pages of 4 positions, the pool has 6");
+    EXPECT(paradec_model_capture_decode_paged(m, NULL, pool, 2, 1, false, 3, &g),
+           paradec_has_cuda() ? PARADEC_ERR_DEVICE : PARADEC_ERR_NO_DEVICE,
+           paradec_has_cuda() ? "CUDA device" : "without the `cuda` feature");
     expect_true(g == NULL, "a refused capture leaves *out untouched");
+    EXPECT(paradec_model_graph_step_paged(NULL, NULL, &idt2, &p, good, &lgt2),
+           PARADEC_ERR_NULL_ARGUMENT, "`graph`");
 
     /* The workspace plan of a paged forward. */
     size_t bytes = 7;
