@@ -11,8 +11,9 @@
  *
  * With a model directory as argument it also runs one of the model's layers on hidden states in
  * device memory (in place, on the stream) against the same layer on the host, decode steps
- * replayed from a captured graph, and the model over a paged cache (Q8 and native pools)
- * against a contiguous one.
+ * replayed from a captured graph, the model over a paged cache (Q8 and native pools) against
+ * a contiguous one, and decode steps replayed from a graph captured over a paged cache against
+ * eager paged forwards.
  *
  *     cc -std=c11 -I include -I $CUDA_HOME/include examples/c/cuda.c libparadec.a \
  *        -lstdc++ -lpthread -ldl -lrt -lm -o cuda && ./cuda [MODEL_DIR]
@@ -174,7 +175,8 @@ static void layer_on_device(const char *dir, cudaStream_t stream) {
 
 /* The model in `dir` on GPU 0 (f16), batch 1: a 5-token prefill on two caches, then four
  * decode steps — eager on one cache (host logits), replayed from one captured graph on the
- * other (device logits) — equal to the bit; and what a live graph refuses. */
+ * other (device logits) — equal to the bit; and what a live graph refuses (a paged step
+ * among them). */
 static void graph_decode(const char *dir, cudaStream_t stream) {
     paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
     paradec_model *m = NULL;
@@ -238,6 +240,13 @@ static void graph_decode(const char *dir, cudaStream_t stream) {
     past[0] = 10;
     expect(paradec_model_graph_step(g, stream, &ids, &p, &el), PARADEC_ERR_INVALID_ARGUMENT,
            "graph step reading unwritten slots");
+    int32_t one_page[1] = {0};
+    int64_t one_count[1] = {1}, op_shape[2] = {1, 1}, oc_shape[1] = {1};
+    paradec_tensor opt = pd_host(one_page, PD_I32, 2, op_shape),
+                   oct = pd_host(one_count, PD_I64, 1, oc_shape);
+    paradec_block_table one_table = {&opt, &oct};
+    expect(paradec_model_graph_step_paged(g, stream, &ids, &p, &one_table, &el),
+           PARADEC_ERR_INVALID_ARGUMENT, "paged step on a contiguous graph");
     /* Host logits (the call waits for the step). */
     past[0] = 9;
     CHECK(paradec_model_graph_step(g, stream, &ids, &p, &el));
@@ -355,6 +364,156 @@ static void paged_model_on_device(const char *dir, cudaStream_t stream) {
     CUDA_CHECK(cudaStreamSynchronize(stream));
     free(want);
     free(got);
+    paradec_workspace_free(ws);
+    paradec_model_free(m);
+}
+
+/* The model in `dir` on GPU 0 (f16), batch 2, over two paged caches of the same pages (native,
+ * then Q8 where the heads allow): a prefill of 5 tokens per sequence on both
+ * (paradec_model_forward_paged), then six decode steps — eager on one pool (host logits),
+ * replayed on the other from one graph captured with a table width of MAXP pages
+ * (paradec_model_capture_decode_paged / paradec_model_graph_step_paged, device logits) —
+ * equal to the bit, as the contiguous graph above. Sequence 0 goes on from its prompt,
+ * sequence 1 restarts at position 2, so their lengths differ; both tables grow a page at a
+ * time (pages handed out of order), and the table tensor is only as wide as its longest row
+ * (narrower than the captured width, which the step restages). Then what the paged graph
+ * refuses. */
+static void paged_graph_decode(const char *dir, cudaStream_t stream) {
+    enum { PS = 4, MAXP = 4, POOL = 10, STEPS = 6 };
+    static const int32_t free_pages[POOL] = {7, 2, 9, 0, 5, 3, 8, 1, 6, 4};
+    paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
+    paradec_model *m = NULL;
+    CHECK(paradec_model_load(dir, NULL, &m));
+    CHECK(paradec_model_load_to(m, gpu));
+    paradec_model_info info;
+    info.struct_size = sizeof info;
+    CHECK(paradec_model_describe(m, &info));
+    const size_t V = info.vocab;
+    size_t plan = 0;
+    CHECK(paradec_workspace_bytes_paged(m, 2 * 5, MAXP, PS, PD_F16, &plan));
+    paradec_workspace *ws = NULL;
+    CHECK(paradec_workspace_create(gpu, PD_F16, &ws));
+    CHECK(paradec_workspace_reserve(ws, plan));
+    float *eager = malloc(2 * 5 * V * sizeof *eager);
+    uint16_t *dlog = NULL, *hlog = malloc(2 * V * 2);
+    CUDA_CHECK(cudaMalloc((void **)&dlog, 2 * V * 2));
+    const int modes[2] = {PARADEC_CACHE_MODE_NATIVE, PARADEC_CACHE_MODE_Q8};
+    for (int mi = 0; mi < 2; mi++) {
+        if (modes[mi] == PARADEC_CACHE_MODE_Q8 && info.head_dim % 32) continue;
+        const char *mode = modes[mi] == PARADEC_CACHE_MODE_Q8 ? "q8" : "native";
+        paradec_cache_options o;
+        CHECK(paradec_cache_options_init(&o));
+        o.mode = modes[mi];
+        paradec_cache *pe = NULL, *pg = NULL;
+        CHECK(paradec_cache_create_paged(m, POOL, PS, PD_F16, gpu, &o, &pe));
+        CHECK(paradec_cache_create_paged(m, POOL, PS, PD_F16, gpu, &o, &pg));
+        /* Each sequence's pages; the table tensor is rebuilt from them at each step. */
+        int32_t pages[2][MAXP], page_ids[2 * MAXP];
+        int64_t count[2] = {0, 0}, ids_shape[2] = {2, 1}, count_shape[1] = {2};
+        paradec_tensor idt = pd_host(page_ids, PD_I32, 2, ids_shape),
+                       cnt = pd_host(count, PD_I64, 1, count_shape);
+        paradec_block_table table = {&idt, &cnt};
+        size_t next = 0;
+        int64_t past[2] = {0, 0};
+        paradec_attn_params p;
+        memset(&p, 0, sizeof p);
+        p.struct_size = sizeof p;
+        p.batch = 2;
+        p.past_len = past;
+        /* Gives each sequence the pages its next q tokens reach and lays the table out. */
+#define GROW_TABLE(q)                                                                      \
+    do {                                                                                   \
+        int64_t w_ = 1;                                                                    \
+        for (int b_ = 0; b_ < 2; b_++) {                                                   \
+            while (count[b_] * PS < past[b_] + (int64_t)(q))                               \
+                pages[b_][count[b_]++] = free_pages[next++];                               \
+            if (count[b_] > w_) w_ = count[b_];                                            \
+        }                                                                                  \
+        ids_shape[1] = w_;                                                                 \
+        for (int b_ = 0; b_ < 2; b_++)                                                     \
+            for (int64_t i_ = 0; i_ < w_; i_++)                                            \
+                page_ids[b_ * w_ + i_] = i_ < count[b_] ? pages[b_][i_] : -1;              \
+    } while (0)
+
+        /* The prompt, on both pools. */
+        int32_t prompt[10] = {1, 7, 3, 9, 4, 2, 8, 6, 5, 11};
+        for (int i = 0; i < 10; i++) prompt[i] = (int32_t)((size_t)prompt[i] % V);
+        int64_t ps[2] = {2, 5}, pls[3] = {2, 5, (int64_t)V};
+        paradec_tensor pids = pd_host(prompt, PD_I32, 2, ps),
+                       plog = pd_host(eager, PD_F32, 3, pls);
+        p.q_len = 5;
+        GROW_TABLE(5);
+        CHECK(paradec_model_forward_paged(m, stream, ws, &pids, &p, pe, &table, NULL, 0, &plog));
+        CHECK(paradec_model_forward_paged(m, stream, ws, &pids, &p, pg, &table, NULL, 0, &plog));
+
+        paradec_model_graph *g = NULL;
+        CHECK(paradec_model_capture_decode_paged(m, stream, pg, 2, 1, false, MAXP, &g));
+        int64_t ts[2] = {2, 1}, ls[3] = {2, 1, (int64_t)V};
+        int all_equal = 1;
+        float worst = 0;
+        p.q_len = 1;
+        for (int t = 0; t < STEPS; t++) {
+            int32_t tok[2] = {(int32_t)((size_t)(t * 5 + 2) % V),
+                              (int32_t)((size_t)(t * 3 + 1) % V)};
+            past[0] = 5 + t;
+            past[1] = 2 + t;
+            GROW_TABLE(1);
+            paradec_tensor ids = pd_host(tok, PD_I32, 2, ts);
+            paradec_tensor el = pd_host(eager, PD_F32, 3, ls);
+            paradec_tensor gl = pd_tensor(dlog, gpu, PD_F16, 3, ls);
+            CHECK(paradec_model_forward_paged(m, stream, ws, &ids, &p, pe, &table, NULL, 0, &el));
+            CHECK(paradec_model_graph_step_paged(g, stream, &ids, &p, &table, &gl));
+            CUDA_CHECK(cudaStreamSynchronize(stream));
+            CUDA_CHECK(cudaMemcpy(hlog, dlog, 2 * V * 2, cudaMemcpyDeviceToHost));
+            for (size_t i = 0; i < 2 * V; i++) {
+                float d = fabsf(from_half(hlog[i]) - eager[i]);
+                all_equal &= d == 0;
+                worst = fmaxf(worst, d);
+            }
+        }
+        printf("%s %s paged graph replay equals eager paged forwards over %d decode steps, "
+               "tables growing to %lld pages (max |diff| %g)\n",
+               all_equal ? "ok  " : "FAIL", mode, STEPS, (long long)ids_shape[1], worst);
+        failures += !all_equal;
+
+        /* What the paged graph refuses, before any launch (the step after them still runs). */
+        int32_t tok[2] = {3, 4};
+        paradec_tensor ids = pd_host(tok, PD_I32, 2, ts), el = pd_host(eager, PD_F32, 3, ls);
+        past[0] = 5 + STEPS;
+        past[1] = 2 + STEPS;
+        GROW_TABLE(1);
+        expect(paradec_model_graph_step(g, stream, &ids, &p, &el), PARADEC_ERR_INVALID_ARGUMENT,
+               "plain step on a paged graph");
+        expect(paradec_model_forward_paged(m, stream, ws, &ids, &p, pg, &table, NULL, 0, &el),
+               PARADEC_ERR_INVALID_ARGUMENT, "eager forward on the paged graph's pool");
+        int32_t wide_ids[2 * (MAXP + 1)];
+        int64_t wide_shape[2] = {2, MAXP + 1};
+        for (int i = 0; i < 2 * (MAXP + 1); i++) wide_ids[i] = -1;
+        for (int b = 0; b < 2; b++)
+            for (int64_t i = 0; i < count[b]; i++) wide_ids[b * (MAXP + 1) + i] = pages[b][i];
+        paradec_tensor wide_t = pd_host(wide_ids, PD_I32, 2, wide_shape);
+        paradec_block_table wide = {&wide_t, &cnt};
+        expect(paradec_model_graph_step_paged(g, stream, &ids, &p, &wide, &el),
+               PARADEC_ERR_CAPACITY, "paged step with a table wider than the capture's");
+        int32_t keep = page_ids[0];
+        page_ids[0] = POOL;
+        expect(paradec_model_graph_step_paged(g, stream, &ids, &p, &table, &el),
+               PARADEC_ERR_INVALID_ARGUMENT, "paged step: a page outside the pool");
+        page_ids[0] = keep;
+        past[0] = MAXP * PS; /* 17 positions; sequence 0 owns 3 pages of 4 */
+        expect(paradec_model_graph_step_paged(g, stream, &ids, &p, &table, &el),
+               PARADEC_ERR_CAPACITY, "paged step past the sequence's pages");
+        past[0] = 5 + STEPS;
+        /* Host logits (the call waits for the step). */
+        CHECK(paradec_model_graph_step_paged(g, stream, &ids, &p, &table, &el));
+        paradec_model_graph_free(g);
+        paradec_cache_free(pe);
+        paradec_cache_free(pg);
+#undef GROW_TABLE
+    }
+    CUDA_CHECK(cudaFree(dlog));
+    free(hlog);
+    free(eager);
     paradec_workspace_free(ws);
     paradec_model_free(m);
 }
@@ -823,6 +982,7 @@ int main(int argc, char **argv) {
     if (argc > 1) layer_on_device(argv[1], stream);
     if (argc > 1) graph_decode(argv[1], stream);
     if (argc > 1) paged_model_on_device(argv[1], stream);
+    if (argc > 1) paged_graph_decode(argv[1], stream);
     CUDA_CHECK(cudaStreamDestroy(stream));
     printf("%s\n", failures ? "CUDA: FAIL" : "CUDA: all ok");
     return failures ? 1 : 0;
