@@ -491,22 +491,22 @@ unsigned grid_for(int64_t work, int64_t per_block) {
 
 constexpr size_t kMaxDim = size_t{1} << 31;
 
-// The path a call takes. Dense weights (w null): AUTO is VENDOR, whose launcher runs GEMV up
-// to 8 rows, else MMA, where the library is absent or declines the shape. Quantized: VENDOR
-// is AUTO (the formats run on paradec's kernels); SMALL where it does not apply (other
-// widths, m > 32) and AUTO pick by m: GEMV up to 8 rows, else MMA; AUTO takes SMALL_LEAN where
-// the small-M path applies (its launcher runs the ring loop where the lean one does not:
-// m > 16, or x too long to stage).
+// The streaming GEMV up to 8 rows, the tensor-core tiles beyond: the choice where no other
+// path applies.
+int gemv_or_mma(size_t m) { return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA; }
+
+// The path a call takes. Dense weights (w null): GEMV and MMA as asked, any other path VENDOR,
+// whose launcher falls back to gemv_or_mma where the library is absent or declines the shape.
+// Quantized: VENDOR is AUTO (the formats run on paradec's kernels); SMALL where it does not
+// apply (other widths, m > 32) and AUTO take gemv_or_mma; AUTO takes SMALL_LEAN where the
+// small-M path applies (its launcher runs the ring loop where the lean one does not: m > 16,
+// or x too long to stage).
 int choose_path(int path, size_t m, const paradec_qweight *w) {
-    if (!w && path == PARADEC_PATH_AUTO) return PARADEC_PATH_VENDOR;
-    if (path == PARADEC_PATH_VENDOR) {
-        if (!w) return PARADEC_PATH_VENDOR;
-        path = PARADEC_PATH_AUTO;  // quantized formats run on paradec's kernels
-    }
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
-    if (w && small_path_applies(w, m))
+    if (!w) return PARADEC_PATH_VENDOR;
+    if (small_path_applies(w, m))
         return path == PARADEC_PATH_SMALL ? PARADEC_PATH_SMALL : PARADEC_PATH_SMALL_LEAN;
-    return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;
+    return gemv_or_mma(m);
 }
 
 // Splits that leave no split without tiles (the SMALL kernel's last-block count needs them all).
@@ -683,7 +683,7 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
         bool ran = false;
         const int st = vendor_gemm(dtype_of<T>(), x, m, k, w, n, bias, out, accumulate, stream, &ran);
         if (st != PARADEC_K_OK || ran) return st;
-        path = m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA;  // absent, or the shape declined
+        path = gemv_or_mma(m);  // absent, or the shape declined
     }
     if (path == PARADEC_PATH_GEMV) {
         const bool vec = k % kVec == 0 && aligned16(x) && aligned16(w);
@@ -913,10 +913,7 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
         if (m == 0 || k == 0 || n == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
             return PARADEC_K_DIM_TOO_LARGE;
-        // Dense weights have no SMALL path: it is AUTO for them.
-        const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
-        const int p = paradec::choose_path(small ? PARADEC_PATH_AUTO : path,
-                                           m, nullptr);
+        const int p = paradec::choose_path(path, m, nullptr);
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::linear_t<decltype(tag)>(x, m, k, w, n, bias, out, accumulate != 0, p,
                                                     stream);

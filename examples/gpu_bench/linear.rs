@@ -239,26 +239,27 @@ pub fn run(
         x.fill_float(dt, -1.0, 1.0, 6)?;
         let out = Pool::new(max_m * n * 2, 2)?;
         // Dense weights have the GEMV, the tiles and the vendor GEMM.
-        let mut dense_paths: Vec<LinearPath> = Vec::new();
-        for p in paths {
-            let p = match p {
-                Some(LinearPath::Small | LinearPath::SmallLean) => continue,
-                Some(LinearPath::Vendor) if !paradec::cuda::kernels::vendor_gemm_available() => {
-                    println!("# vendor path skipped: cuBLASLt could not be loaded");
-                    continue;
-                }
-                Some(p) => Some(*p),
-                None => None,
-            };
-            dense_paths.extend(p);
+        let vendor = paradec::cuda::kernels::vendor_gemm_available();
+        if !vendor && paths.contains(&Some(LinearPath::Vendor)) {
+            println!("# vendor path skipped: cuBLASLt could not be loaded");
         }
+        let dense_paths: Vec<LinearPath> = paths
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|p| match p {
+                LinearPath::Small | LinearPath::SmallLean => false,
+                LinearPath::Vendor => vendor,
+                _ => true,
+            })
+            .collect();
         let auto = paths.iter().any(Option::is_none) || dense_paths.is_empty();
         for &m in ms_list {
             // The automatic plan for dense weights: the vendor GEMM, else the GEMV up to 8 rows
             // and the tiles beyond.
             let mut chosen: Vec<LinearPath> = Vec::new();
             if auto {
-                chosen.push(if paradec::cuda::kernels::vendor_gemm_available() {
+                chosen.push(if vendor {
                     LinearPath::Vendor
                 } else if m <= 8 {
                     LinearPath::Gemv

@@ -31,6 +31,12 @@ pub struct LinearPlan {
 /// The largest M the tensor-core small-M path takes (four n8 tiles of x rows).
 pub(crate) const SMALL_MAX_M: usize = 32;
 
+/// Whether the small-M kernels take this format at m rows (uniform 4-bit, m ≤ 32): the
+/// launcher's own condition, which a forced path does not change.
+fn small_path_takes(format: LinearFormat, m: usize) -> bool {
+    format == (LinearFormat::Quant { bits: 4 }) && m <= SMALL_MAX_M
+}
+
 /// The largest M the small-M path's lean loop takes (x staged in shared memory once, weights
 /// loaded straight to registers); beyond it, its ring loop. Measured on an H200, the lean loop
 /// is 10–20% faster than the ring at M = 1, 8 and 16 (docs/gpu-bench-linear-h200.md).
@@ -51,7 +57,7 @@ pub fn select_linear(
     sms: usize,
     cc: (u32, u32),
 ) -> LinearPlan {
-    if format == (LinearFormat::Quant { bits: 4 }) && m <= SMALL_MAX_M && cc.0 >= 8 {
+    if small_path_takes(format, m) && cc.0 >= 8 {
         return LinearPlan {
             path: if m <= LEAN_MAX_M {
                 LinearPath::SmallLean
@@ -418,9 +424,7 @@ fn try_group(
             || w.device() != x.device()
             || out.device() != x.device()
             || x.cols() != w.k
-            // The small-M kernels' own condition: a forced path does not make it hold.
-            || w.bits != 4
-            || m > SMALL_MAX_M
+            || !small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
         {
             return Ok(false);
         }
