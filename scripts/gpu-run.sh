@@ -8,7 +8,8 @@
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
 #   optin:         the paths the defaults do not take, against the defaults: their tests and
 #                  sanitizer runs, then paradec-only timings side by side (the small-M ring loop,
-#                  the vendor dense GEMM, the CUDA-core quantized decode)
+#                  the lean loop's offset decoding, the vendor dense GEMM, the CUDA-core
+#                  quantized decode)
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -94,6 +95,7 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=small "$D/bin/gpu" decoder:: graph::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=vendor "$D/bin/gpu" decoder:: graph::
+    PARADEC_FIXTURES="$F" PARADEC_LEAN_DECODE=offset "$D/bin/gpu" linear:: decoder:: graph::
     # The CUDA-core quantized decode where the tensor-core one would run.
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
   } > "$RESULTS/optin_tests.log" 2>&1
@@ -102,6 +104,8 @@ if [[ "$MODE" == optin ]]; then
     {
       PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck --report-api-errors no \
         "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped linear::dense
+      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_LEAN_DECODE=offset compute-sanitizer --tool memcheck \
+        --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped
       PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool memcheck \
         --report-api-errors no "$D/bin/gpu" --test-threads=1 kv_quant::
       PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool racecheck \
@@ -111,11 +115,14 @@ if [[ "$MODE" == optin ]]; then
   fi
   {
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b --lin-ms 1,8,16 --lin-path small,lean
+    PARADEC_LEAN_DECODE=offset "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b \
+      --lin-ms 1,8,16 --lin-path lean
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 1,16,64,512,2048 --lin-path auto,gemv,mma
     "$D/bin/gpu_bench" --attention --quick --only attn_decode
     PARADEC_KV_DECODE=simt "$D/bin/gpu_bench" --attention --quick --only attn_decode
     "$D/bin/gpu_bench" --decoder --quick
     PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
+    PARADEC_LEAN_DECODE=offset "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1
   SUMMARY+=("other-path bench: $RESULTS/optin_bench.log")
 fi
