@@ -569,7 +569,8 @@ constexpr int dtype_of() {
 
 template <typename T>
 int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
-                   bool accumulate, int path, int split, void *scratch, cudaStream_t stream) {
+                   bool accumulate, int path, int split, void *scratch,
+                   const paradec_zeroed_counters &zeroed, cudaStream_t stream) {
     char *sp = static_cast<char *>(scratch);
     // The SMALL path's split-K counters follow its partials in the scratch.
     const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
@@ -579,7 +580,12 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                                            reinterpret_cast<char *>(part) +
                                            round_up(split * m * w->np * 4, kAlign))
                                      : nullptr;
-    const size_t ncounters = small_split ? small_col_blocks(w->np) : 0;
+    size_t ncounters = small_split ? small_col_blocks(w->np) : 0;
+    // Counters kept zero between calls need no zeroing here.
+    if (ncounters > 0 && zeroed.counters && zeroed.count >= ncounters) {
+        counters = zeroed.counters;
+        ncounters = 0;
+    }
     const void *xa = x;
     int64_t ldx = static_cast<int64_t>(w->k);
     if (w->row_src) {
@@ -591,7 +597,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         if (st != PARADEC_K_OK) return st;
         xa = xg;
         ldx = static_cast<int64_t>(w->kp);
-    } else if (small_split) {
+    } else if (ncounters > 0) {
         const cudaError_t e =
             cudaMemsetAsync(counters, 0, ncounters * sizeof(unsigned), stream);
         if (e != cudaSuccess) return static_cast<int>(e);
@@ -735,13 +741,19 @@ size_t group_call_bytes(const paradec_qlinear_call &c, size_t m) {
 
 template <typename T>
 int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t count,
-                         void *scratch, cudaStream_t stream) {
+                         void *scratch, const paradec_zeroed_counters &zeroed,
+                         cudaStream_t stream) {
     GroupPreps preps{};
     SmallGroup g{};
     char *sp = static_cast<char *>(scratch);
     bool prep = false;
     int64_t most = 0;  // the largest gather
     int blocks = 0;
+    // The calls' split counters from the zeroed set, consecutive, when it holds them all.
+    size_t want = 0;
+    for (size_t i = 0; i < count; ++i)
+        if (calls[i].split > 1) want += small_col_blocks(calls[i].w->np);
+    unsigned *kept = zeroed.counters && zeroed.count >= want ? zeroed.counters : nullptr;
     for (size_t i = 0; i < count; ++i) {
         const paradec_qlinear_call &c = calls[i];
         const paradec_qweight *w = c.w;
@@ -753,6 +765,10 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
             split ? reinterpret_cast<unsigned *>(reinterpret_cast<char *>(part) +
                                                  round_up(c.split * m * w->np * 4, kAlign))
                   : nullptr;
+        if (split && kept) {
+            counters = kept;
+            kept += small_col_blocks(w->np);
+        }
         GroupPrep &p = preps.call[i];
         p.x = c.x;
         p.row_src = w->row_src;
@@ -760,8 +776,8 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         p.k = static_cast<int64_t>(w->k);
         p.kp = static_cast<int64_t>(w->kp);
         p.counters = counters;
-        p.ncounters = split ? static_cast<int64_t>(small_col_blocks(w->np)) : 0;
-        prep = prep || w->row_src || split;
+        p.ncounters = split && !kept ? static_cast<int64_t>(small_col_blocks(w->np)) : 0;
+        prep = prep || w->row_src || p.ncounters > 0;
         if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
         SmallArgs &a = g.call[i];
         a.x = w->row_src ? static_cast<const void *>(base) : c.x;
@@ -826,12 +842,14 @@ extern "C" size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight 
 extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
                                     const void *bias, void *out, int accumulate, int path,
                                     int split, void *scratch, size_t scratch_bytes,
+                                    const paradec_zeroed_counters *zeroed,
                                     paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
         if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
         if (m == 0) return PARADEC_K_ZERO_DIM;
+        const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
         if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
         if (split < 1 || split > 1024) return PARADEC_K_BAD_SHAPE;
         const int st = paradec::check_qweight(w);
@@ -848,7 +866,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::quant_linear_t<decltype(tag)>(x, m, w, bias, out, accumulate != 0, p,
-                                                          sp, scratch, stream);
+                                                          sp, scratch, kept, stream);
         });
     });
 }
@@ -867,6 +885,7 @@ extern "C" size_t paradec_quant_linear_group_scratch(int dtype, size_t m,
 
 extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
                                           size_t count, void *scratch, size_t scratch_bytes,
+                                          const paradec_zeroed_counters *zeroed,
                                           paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         if (!calls) return PARADEC_K_NULL_POINTER;
@@ -898,7 +917,9 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
             norm[i].split = paradec::effective_split(calls[i].w, calls[i].split);
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
-            return paradec::quant_linear_group_t<decltype(tag)>(m, norm, count, scratch, stream);
+            const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
+            return paradec::quant_linear_group_t<decltype(tag)>(m, norm, count, scratch, kept,
+                                                                stream);
         });
     });
 }

@@ -53,13 +53,25 @@ typedef struct paradec_qweight {
 size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t m, int path,
                                     int split);
 
+/* Split counters kept zero between calls: `count` u32 counters that are zero when a call
+ * starts and that the call leaves zero when it completes. The SMALL path's split-K counters
+ * come from them when they are enough (instead of being zeroed in the scratch on every call: a
+ * memset or a prep kernel saved). One set serves every call of one stream; calls that may run
+ * at once never share a set. `counters` NULL or `count` 0: none. */
+typedef struct paradec_zeroed_counters {
+    unsigned *counters;
+    size_t count;
+} paradec_zeroed_counters;
+
 /* out[m, n] (+)= x[m, k] · Wᵀ + bias[n] (bias may be NULL); x, bias, out of `dtype`.
  * `path` picks the kernel (see paradec_linear_path); `split` (≥ 1) splits K across blocks on
  * the GEMV and SMALL paths (ignored by MMA). scratch holds at least
- * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0). */
+ * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0).
+ * `zeroed` (may be NULL): see paradec_zeroed_counters. */
 int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
                          const void *bias, void *out, int accumulate, int path, int split,
-                         void *scratch, size_t scratch_bytes, paradec_stream_t stream);
+                         void *scratch, size_t scratch_bytes,
+                         const paradec_zeroed_counters *zeroed, paradec_stream_t stream);
 
 /* One call of a grouped quantized linear (paradec_quant_linear_group). */
 typedef struct paradec_qlinear_call {
@@ -84,10 +96,12 @@ size_t paradec_quant_linear_group_scratch(int dtype, size_t m, const paradec_qli
  * gathers permuted x and zeroes the split counters of every call, one that multiplies for every
  * call), each result as paradec_quant_linear(…, PARADEC_PATH_SMALL, call.split, …) gives it.
  * Every weight must be uniform 4-bit (PARADEC_K_BAD_SHAPE otherwise); 1…8 calls. scratch holds
- * paradec_quant_linear_group_scratch(...) bytes, 256-byte aligned. */
+ * paradec_quant_linear_group_scratch(...) bytes, 256-byte aligned. With `zeroed` counters
+ * enough for every call's splits, no counter is zeroed and the first launch runs only where a
+ * call gathers. */
 int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
                                size_t count, void *scratch, size_t scratch_bytes,
-                               paradec_stream_t stream);
+                               const paradec_zeroed_counters *zeroed, paradec_stream_t stream);
 
 /* Dense: out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias[n]; all of `dtype`. GEMV path for small m,
  * MMA otherwise; no scratch. */

@@ -373,6 +373,7 @@ fn prepared_cuda(
         plan.path,
         plan.split,
         scratch.as_mut(),
+        ws.zeroed_counters(),
         s,
     )
 }
@@ -472,7 +473,13 @@ fn try_group(
     } else {
         None
     };
-    crate::cuda::kernels::quant_linear_group(m, &mut group, scratch.as_mut(), cs)?;
+    crate::cuda::kernels::quant_linear_group(
+        m,
+        &mut group,
+        scratch.as_mut(),
+        ws.zeroed_counters(),
+        cs,
+    )?;
     Ok(true)
 }
 

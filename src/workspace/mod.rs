@@ -22,6 +22,11 @@ pub(crate) use step::{same_pages, widen_table, StagedStep};
 /// Arena slices start on 256-byte boundaries: every kernel's vector loads stay aligned.
 const ALIGN: usize = 256;
 
+/// Split-K counters the workspace keeps zero between calls (u32 each): 64 KiB, enough for every
+/// small-M call of a grouped launch up to about two million output columns.
+#[cfg(feature = "cuda")]
+const KEPT_COUNTERS: usize = 16384;
+
 /// The scratch a forward needs (see the module docs).
 #[derive(Debug)]
 pub struct Workspace {
@@ -30,6 +35,10 @@ pub struct Workspace {
     /// The device arena (none on the CPU, or before a reservation).
     #[cfg(feature = "cuda")]
     arena: Option<crate::cuda::DeviceBuffer>,
+    /// Split-K counters, zero whenever no kernel runs: made zero with the first arena, and
+    /// every small-M linear that counts its splits there leaves them zero (`zeroed_counters`).
+    #[cfg(feature = "cuda")]
+    counters: Option<crate::cuda::DeviceBuffer>,
     /// Bytes of the arena in use.
     top: usize,
     /// Most bytes in use at once (arena and overflow).
@@ -74,6 +83,8 @@ impl Workspace {
             dtype,
             #[cfg(feature = "cuda")]
             arena: None,
+            #[cfg(feature = "cuda")]
+            counters: None,
             top: 0,
             high_water: 0,
             overflow_now: 0,
@@ -145,6 +156,12 @@ impl Workspace {
                 // Free the old arena first: the new one may need its memory.
                 self.arena = None;
                 self.arena = Some(crate::cuda::DeviceBuffer::alloc(ord, bytes)?);
+                if self.counters.is_none() {
+                    self.counters = Some(crate::cuda::DeviceBuffer::zeroed(
+                        ord,
+                        KEPT_COUNTERS * 4,
+                    )?);
+                }
                 Ok(())
             }
             #[cfg(not(feature = "cuda"))]
@@ -185,6 +202,15 @@ impl Workspace {
     /// such temporary from here, never allocating themselves.
     pub(crate) fn scratch(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.take(shape, dtype)
+    }
+
+    /// The split-K counters kept zero between calls (`paradec_zeroed_counters`), from the first
+    /// arena on: the small-M linears count their K splits there instead of zeroing counters
+    /// per call (a memset or a prep launch each). The workspace serves one stream, so no two
+    /// calls that use them run at once.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn zeroed_counters(&mut self) -> Option<&mut crate::cuda::DeviceBuffer> {
+        self.counters.as_mut()
     }
 
     /// Makes device requests that the arena cannot hold fail (`CapacityExceeded`, before

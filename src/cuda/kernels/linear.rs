@@ -4,6 +4,7 @@
 use std::ptr;
 
 use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr};
+use crate::cuda::buffer::DeviceBuffer;
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
@@ -133,9 +134,26 @@ impl QuantWeightArgs<'_> {
     }
 }
 
+/// Split-K counters kept zero between calls (`paradec_zeroed_counters`): u32 counters, zero
+/// whenever no call runs, that a call takes its small-M split counters from instead of zeroing
+/// its own (a memset or a prep launch saved). One set serves one stream's calls (the
+/// workspace's).
+pub fn zeroed_counters_ffi(
+    counters: Option<&mut DeviceBuffer>,
+    stream: &CudaStream,
+) -> Option<ffi::paradec_zeroed_counters> {
+    counters
+        .filter(|b| b.device() == stream.device())
+        .map(|b| ffi::paradec_zeroed_counters {
+            count: b.len() / 4,
+            counters: b.as_mut_ptr().cast(),
+        })
+}
+
 /// `out[m, N] (+)= x[m, K] · Wᵀ + bias` for a quantized weight in the device layout. Twin of
 /// `quant::QuantWeight::forward`. `scratch` (U8, at least `w.scratch_bytes(..)` bytes) holds the
-/// gathered x and the split-K partials.
+/// gathered x and the split-K partials; `counters`, when given, are kept zero between calls
+/// (see [`zeroed_counters_ffi`]).
 #[allow(clippy::too_many_arguments)]
 pub fn quant_linear(
     x: &Tensor,
@@ -147,6 +165,7 @@ pub fn quant_linear(
     path: LinearPath,
     split: usize,
     scratch: Option<&mut Tensor>,
+    counters: Option<&mut DeviceBuffer>,
     stream: &CudaStream,
 ) -> Result<()> {
     let dtype = x.dtype();
@@ -183,9 +202,12 @@ pub fn quant_linear(
         return Ok(());
     }
     ensure_device(stream.device())?;
+    let kept = zeroed_counters_ffi(counters, stream);
+    let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
     // SAFETY: x, out, bias and the weight's arrays are live device allocations of the checked
-    // sizes and dtypes on the stream's device; scratch holds at least `need` bytes. The struct
-    // is read on the host during the call only.
+    // sizes and dtypes on the stream's device; scratch holds at least `need` bytes; the kept
+    // counters (if any) are a live buffer of the stream's device, zero between calls. The
+    // structs are read on the host during the call only.
     let status = unsafe {
         ffi::paradec_quant_linear(
             code,
@@ -199,6 +221,7 @@ pub fn quant_linear(
             split.max(1) as i32,
             sp,
             sbytes,
+            kept_ptr,
             stream.raw(),
         )
     };
@@ -260,11 +283,13 @@ pub fn quant_linear_group_scratch(dtype: DType, m: usize, calls: &[QuantLinearCa
 
 /// Several quantized linears of the same m (≤ 32, uniform 4-bit weights) in two launches, each
 /// result as [`quant_linear`] on the small-M path gives it. `scratch` (U8) holds at least
-/// [`quant_linear_group_scratch`] bytes.
+/// [`quant_linear_group_scratch`] bytes; with kept `counters` (see [`zeroed_counters_ffi`])
+/// the first launch runs only where a call gathers permuted x.
 pub fn quant_linear_group(
     m: usize,
     calls: &mut [QuantLinearCall<'_>],
     scratch: Option<&mut Tensor>,
+    counters: Option<&mut DeviceBuffer>,
     stream: &CudaStream,
 ) -> Result<()> {
     let Some(first) = calls.first() else {
@@ -302,11 +327,23 @@ pub fn quant_linear_group(
         f.out = dev_ptr_mut(c.out);
     }
     ensure_device(stream.device())?;
+    let kept = zeroed_counters_ffi(counters, stream);
+    let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
     // SAFETY: every x, out, bias and weight array is a live device allocation of the checked
     // size and dtype on the stream's device; `v` and `qs` (which it points into) live through
-    // the call, read on the host only; scratch holds at least `need` bytes.
+    // the call, read on the host only; scratch holds at least `need` bytes; the kept counters
+    // (if any) are a live buffer of the stream's device, zero between calls.
     let status = unsafe {
-        ffi::paradec_quant_linear_group(code, m, v.as_ptr(), v.len(), sp, sbytes, stream.raw())
+        ffi::paradec_quant_linear_group(
+            code,
+            m,
+            v.as_ptr(),
+            v.len(),
+            sp,
+            sbytes,
+            kept_ptr,
+            stream.raw(),
+        )
     };
     check_status(status, "paradec_quant_linear_group")
 }
