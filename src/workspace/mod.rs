@@ -157,10 +157,8 @@ impl Workspace {
                 self.arena = None;
                 self.arena = Some(crate::cuda::DeviceBuffer::alloc(ord, bytes)?);
                 if self.counters.is_none() {
-                    self.counters = Some(crate::cuda::DeviceBuffer::zeroed(
-                        ord,
-                        KEPT_COUNTERS * 4,
-                    )?);
+                    self.counters =
+                        Some(crate::cuda::DeviceBuffer::zeroed(ord, KEPT_COUNTERS * 4)?);
                 }
                 Ok(())
             }
