@@ -329,6 +329,7 @@ __global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_a
     __shared__ float w[kMaxSplits];
     __shared__ float red[8];
     __shared__ float part[256];
+    allow_dependents();  // a small launch: the next kernel may be scheduled beside it
     const int64_t row = blockIdx.x;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int D = a.head_dim, S = a.splits;

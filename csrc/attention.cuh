@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "dependent_launch.cuh"
 
 namespace paradec {
 
@@ -61,6 +62,9 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
                                                 const float *sm_l, const float *sm_o, int parts,
                                                 int stride_rows, int o_stride, int nrows,
                                                 int row0, int b, int kvh, int split) {
+    // The keys are read: the next kernel (the output projection, where it is launched as a
+    // dependent) may be scheduled now.
+    allow_dependents();
     const int D = a.head_dim;
     const int group = a.heads / a.kv_heads;
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;

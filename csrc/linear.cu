@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "dependent_launch.cuh"
 #include "linear_gemm.cuh"
 #include "mma.cuh"
 #include "linear_small.cuh"
@@ -43,6 +44,7 @@ template <typename T>
 __global__ void __launch_bounds__(256) gather_kernel(const T *x, const int32_t *row_src, T *xg,
                                                      int64_t m, int64_t k, int64_t kp,
                                                      unsigned *counters, int64_t ncounters) {
+    allow_dependents();  // the multiplication that follows may be scheduled beside it
     if (blockIdx.x == 0)
         for (int64_t i = threadIdx.x; i < ncounters; i += blockDim.x) counters[i] = 0u;
     const int64_t total = m * kp;
@@ -73,6 +75,7 @@ struct GroupPreps {
 // Block row y serves call y.
 template <typename T>
 __global__ void __launch_bounds__(256) group_prep_kernel(GroupPreps g, int64_t m) {
+    allow_dependents();
     const GroupPrep &c = g.call[blockIdx.y];
     if (blockIdx.x == 0)
         for (int64_t i = threadIdx.x; i < c.ncounters; i += blockDim.x) c.counters[i] = 0u;

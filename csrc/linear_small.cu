@@ -40,6 +40,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "dependent_launch.cuh"
 #include "linear_small.cuh"
 #include "mma.cuh"
 
@@ -563,6 +564,11 @@ __device__ __forceinline__ uint4 lds128(unsigned addr) {
     return v;
 }
 
+// Asks L2 for the line holding p (a hint: no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
 // A 16-byte load of streamed weights: read once, so kept out of L1.
 __device__ __forceinline__ uint4 ld_stream(const void *p) {
     uint4 v;
@@ -589,8 +595,21 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     const int64_t wstep = 4 * a.np;
     const uint32_t *wnext = a.words + (live ? (4 * static_cast<int64_t>(t0) + q) * a.np + c0 : 0);
     const uint32_t *gnext = a.tiles + 2 * static_cast<int64_t>(t0) + 1;
+    // With offset decoding, L2 prefetches run `pf` tiles ahead of the loads (bytes in flight
+    // that hold no register): this lane's vector of tile pf + i is wpf + i·wstep, prefetched
+    // while i < pf_end. (Not in the subtracting decode: its registers are at the limit of 4
+    // blocks per SM.)
+    const int pf = OFF && live ? a.prefetch : 0;
+    const uint32_t *wpf = wnext + pf * wstep;
+    const int pf_end = pf > 0 ? count - pf : 0;
     int issued = 0;
     auto load = [&](uint4 (&w)[P], int (&gq)[P]) {
+        if (OFF && issued < pf_end) {
+#pragma unroll
+            for (int j = 0; j < P; ++j)
+                if (issued + j < pf_end) prefetch_l2(wpf + j * wstep);
+            wpf += P * wstep;
+        }
         if (issued + P <= count) {  // a whole batch: no per-tile guard
 #pragma unroll
             for (int j = 0; j < P; ++j) {
@@ -614,7 +633,12 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     int ga[P], gb[P];
 #pragma unroll
     for (int j = 0; j < P; ++j) wa[j] = wb[j] = make_uint4(0u, 0u, 0u, 0u);
+    // The tiles between the first batch and the prefetch distance, then the first batch: the
+    // weights depend on no earlier kernel, so they go out before the wait for it.
+    if constexpr (OFF)
+        for (int j = P; j < min(pf, count); ++j) prefetch_l2(wnext + j * wstep);
     load(wa, ga);
+    wait_for_previous_grid();
 
     // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block. With
     // offset decoding each vector is stored already permuted into its B fragment (x_fragment),
@@ -763,14 +787,16 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup
 // The staged x of the lean kernels (dynamic shared memory).
 extern __shared__ uint4 lean_xs[];
 
+// Offset decoding at m ≤ 8 asks for 4 blocks per SM (128 registers: it fits them without
+// spilling), what the subtracting decode reaches unasked; minimum 0 leaves the others as built.
 template <typename T, int NT, bool OFF>
-__global__ void __launch_bounds__(kSmallCols) qmma_lean_kernel(SmallArgs a) {
+__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0) qmma_lean_kernel(SmallArgs a) {
     lean_block<T, NT, kLeanBatch, OFF>(a, static_cast<int>(blockIdx.x),
                                        static_cast<int>(blockIdx.y), lean_xs);
 }
 
 template <typename T, int NT, bool OFF>
-__global__ void __launch_bounds__(kSmallCols) qmma_lean_group_kernel(SmallGroup g) {
+__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0) qmma_lean_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];
     if (static_cast<int>(blockIdx.y) >= a.split) return;
@@ -801,6 +827,17 @@ void with_lean_variant(int64_t m, F &&f) {
         f(Two{}, std::true_type{});
     else
         f(Two{}, std::false_type{});
+}
+
+// Tiles ahead of its loads the lean loop prefetches into L2 (PARADEC_LEAN_PREFETCH, read once;
+// 0, the default: none): a knob to measure, not yet a default.
+int lean_prefetch() {
+    static const int pf = [] {
+        const char *v = std::getenv("PARADEC_LEAN_PREFETCH");
+        const int n = v ? std::atoi(v) : 0;
+        return std::min(std::max(n, 0), 256);
+    }();
+    return pf;
 }
 
 // Largest m and staged x the lean loop takes (beyond: the ring loop).
@@ -834,12 +871,18 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     const dim3 grid(blocks, static_cast<unsigned>(splits));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean)
+        if (lean) {
+            SmallGroup with_pf = g;
+            for (int i = 0; i < with_pf.count; ++i) with_pf.call[i].prefetch = lean_prefetch();
+            int st = PARADEC_K_OK;
             with_lean_variant(m, [&](auto nt, auto off) {
-                qmma_lean_group_kernel<T, decltype(nt)::value, decltype(off)::value>
-                    <<<grid, kSmallCols, lean_bytes, stream>>>(g);
+                st = launch_dependent(
+                    qmma_lean_group_kernel<T, decltype(nt)::value, decltype(off)::value>, grid,
+                    dim3(kSmallCols), lean_bytes, stream, with_pf);
             });
-        else if (m <= 8)
+            return st;
+        }
+        if (m <= 8)
             qmma_small_group_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(g);
         else if (m <= 16)
             qmma_small_group_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(g);
@@ -855,12 +898,18 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
     const size_t lean_bytes = lean ? lean_x_bytes(a) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean_bytes)
+        if (lean_bytes) {
+            SmallArgs with_pf = a;
+            with_pf.prefetch = lean_prefetch();
+            int st = PARADEC_K_OK;
             with_lean_variant(a.m, [&](auto nt, auto off) {
-                qmma_lean_kernel<T, decltype(nt)::value, decltype(off)::value>
-                    <<<grid, kSmallCols, lean_bytes, stream>>>(a);
+                st = launch_dependent(
+                    qmma_lean_kernel<T, decltype(nt)::value, decltype(off)::value>, grid,
+                    dim3(kSmallCols), lean_bytes, stream, with_pf);
             });
-        else if (a.m <= 8)
+            return st;
+        }
+        if (a.m <= 8)
             qmma_small_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(a);
         else if (a.m <= 16)
             qmma_small_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(a);

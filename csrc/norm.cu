@@ -12,6 +12,7 @@
 #include <climits>
 
 #include "common.cuh"
+#include "dependent_launch.cuh"
 
 namespace paradec {
 namespace {
@@ -110,6 +111,7 @@ __device__ __forceinline__ void affine_store(const float (&y)[kVec], const void 
 
 template <typename T, int VPT>
 __global__ void __launch_bounds__(1024) norm_vec_kernel(NormArgs a) {
+    allow_dependents();  // one block per few rows: the next kernel may be scheduled beside it
     __shared__ float red[96];
     const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
     const bool live = row < a.rows;
@@ -215,6 +217,7 @@ __device__ __forceinline__ float affine1(float y, const void *w, const void *b, 
 // Any shape and alignment: one row per block (blockDim.x a multiple of 32, blockDim.y 1).
 template <typename T>
 __global__ void __launch_bounds__(256) norm_scalar_kernel(NormArgs a) {
+    allow_dependents();
     __shared__ float red0[32];
     __shared__ float red1[32];
     const int64_t base = static_cast<int64_t>(blockIdx.x) * a.cols;

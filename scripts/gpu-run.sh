@@ -8,8 +8,12 @@
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
 #   optin:         the paths the defaults do not take, against the defaults: their tests and
 #                  sanitizer runs, then paradec-only timings side by side (the small-M ring loop,
-#                  the lean loop's offset decoding, the vendor dense GEMM, the CUDA-core
-#                  quantized decode)
+#                  the vendor dense GEMM, the CUDA-core quantized decode)
+#   knobs:         the switches measured before they become defaults — the lean loop's offset
+#                  decoding (PARADEC_LEAN_DECODE=offset), its L2 prefetch distance
+#                  (PARADEC_LEAN_PREFETCH=N, with offset decoding) and dependent launches
+#                  (PARADEC_PDL=on): tests and memcheck under them, then the lean linears and
+#                  the decoder layers timed under each, side by side
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +23,7 @@ while (( $# )); do
   case "$1" in
     --out) RESULTS=${2:?--out needs a folder}; shift 2 ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    all|quick|tests|sanitize|bench|attn|optin) MODE=$1; shift ;;
+    all|quick|tests|sanitize|bench|attn|optin|knobs) MODE=$1; shift ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -95,7 +99,6 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=small "$D/bin/gpu" decoder:: graph::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=vendor "$D/bin/gpu" decoder:: graph::
-    PARADEC_FIXTURES="$F" PARADEC_LEAN_DECODE=offset "$D/bin/gpu" linear:: decoder:: graph::
     # The CUDA-core quantized decode where the tensor-core one would run.
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
   } > "$RESULTS/optin_tests.log" 2>&1
@@ -104,8 +107,6 @@ if [[ "$MODE" == optin ]]; then
     {
       PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck --report-api-errors no \
         "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped linear::dense
-      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_LEAN_DECODE=offset compute-sanitizer --tool memcheck \
-        --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped
       PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool memcheck \
         --report-api-errors no "$D/bin/gpu" --test-threads=1 kv_quant::
       PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool racecheck \
@@ -115,16 +116,45 @@ if [[ "$MODE" == optin ]]; then
   fi
   {
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b --lin-ms 1,8,16 --lin-path small,lean
-    PARADEC_LEAN_DECODE=offset "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b \
-      --lin-ms 1,8,16 --lin-path lean
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 1,16,64,512,2048 --lin-path auto,gemv,mma
     "$D/bin/gpu_bench" --attention --quick --only attn_decode
     PARADEC_KV_DECODE=simt "$D/bin/gpu_bench" --attention --quick --only attn_decode
     "$D/bin/gpu_bench" --decoder --quick
     PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
-    PARADEC_LEAN_DECODE=offset "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1
   SUMMARY+=("other-path bench: $RESULTS/optin_bench.log")
+fi
+
+if [[ "$MODE" == knobs ]]; then
+  F="$D/fixtures"
+  ALL="PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=16 PARADEC_PDL=on"
+  {
+    for k in "PARADEC_LEAN_DECODE=offset" "PARADEC_PDL=on" "$ALL"; do
+      echo "==== tests with $k"
+      env $k PARADEC_FIXTURES="$F" "$D/bin/gpu" linear:: decoder:: graph::
+    done
+  } > "$RESULTS/knobs_tests.log" 2>&1
+  SUMMARY+=("knob tests: $(grep -E '^test result' "$RESULTS/knobs_tests.log" | tr '\n' ' ')")
+  if command -v compute-sanitizer >/dev/null; then
+    env $ALL PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck \
+      --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped \
+      decoder:: > "$RESULTS/knobs_sanitize.log" 2>&1
+    SUMMARY+=("knob memcheck: $(grep -E 'ERROR SUMMARY' "$RESULTS/knobs_sanitize.log" | tr '\n' ' ')")
+  fi
+  {
+    for k in "" "PARADEC_LEAN_DECODE=offset" "PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=8" \
+      "PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=16" \
+      "PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=32"; do
+      echo "==== lean linears: ${k:-defaults}"
+      env $k "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b --lin-ms 1,8,16 \
+        --lin-path lean
+    done
+    for k in "" "PARADEC_LEAN_DECODE=offset" "PARADEC_PDL=on" "$ALL"; do
+      echo "==== decoder layers: ${k:-defaults}"
+      env $k "$D/bin/gpu_bench" --decoder --quick
+    done
+  } > "$RESULTS/knobs_bench.log" 2>&1
+  SUMMARY+=("knob bench: $RESULTS/knobs_bench.log")
 fi
 
 echo "==== summary"

@@ -1,0 +1,81 @@
+// Programmatic dependent launch (sm_90 and later): a kernel launched with launch_dependent may
+// start while the kernel before it on the stream is still running, so that it can begin what
+// depends on nothing that kernel writes — streaming its weights — before that kernel ends.
+//
+// The contract, on the device:
+//  - a kernel launched with launch_dependent calls wait_for_previous_grid() before it reads
+//    anything an earlier kernel wrote and before it writes anything (an earlier kernel may still
+//    be reading it); the wait returns once the previous kernel has completed and its writes are
+//    visible (and that kernel's own wait covered the ones before it);
+//  - a kernel that often precedes such a launch calls allow_dependents() early, so that the
+//    dependent's blocks are scheduled while it runs (without it they are scheduled only as its
+//    blocks exit).
+// Both are no-ops where the kernel was launched plainly, and below sm_90.
+//
+// Opt-in while it is measured: PARADEC_PDL=on (read once) on a device of compute capability 9
+// or later; otherwise launch_dependent is a plain launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "paradec_kernels.h"
+
+namespace paradec {
+
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Whether launch_dependent asks for an early start: PARADEC_PDL=on and the current device is
+// sm_90 or later.
+inline bool dependent_launch_on() {
+    static const bool asked = [] {
+        const char *v = std::getenv("PARADEC_PDL");
+        return v != nullptr && std::strcmp(v, "on") == 0;
+    }();
+    if (!asked) return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return major >= 9;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
+// dependent_launch_on(); a paradec status (0, or the launch's cudaError_t, cleared).
+template <typename... Params, typename... Args>
+int launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                     cudaStream_t stream, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = dependent_launch_on() ? 1 : 0;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(e);
+    }
+    return PARADEC_K_OK;
+}
+
+}  // namespace paradec
