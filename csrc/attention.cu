@@ -330,6 +330,7 @@ __global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_a
     __shared__ float red[8];
     __shared__ float part[256];
     allow_dependents();  // a small launch: the next kernel may be scheduled beside it
+    wait_for_previous_grid();  // launched as a dependent of the decode kernel: its partials
     const int64_t row = blockIdx.x;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int D = a.head_dim, S = a.splits;
@@ -508,8 +509,8 @@ int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t strea
         st = launch_decode_l<T, 32>(a, p, stream);
     if (st != PARADEC_K_OK || p.splits == 1) return st;
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
-    combine_kernel<T><<<static_cast<unsigned>(rows_all), 256, 0, stream>>>(a, rows_all);
-    return launch_status();
+    return launch_dependent(combine_kernel<T>, dim3(static_cast<unsigned>(rows_all)), dim3(256),
+                            0, stream, a, rows_all);
 }
 
 constexpr int64_t kDecodeMaxQ = 16;
@@ -533,9 +534,9 @@ size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, 
 int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream) {
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
     return dispatch_dtype(dtype, [&](auto tag) {
-        combine_kernel<decltype(tag)><<<static_cast<unsigned>(rows_all), 256, 0, stream>>>(
-            a, rows_all);
-        return launch_status();
+        return launch_dependent(combine_kernel<decltype(tag)>,
+                                dim3(static_cast<unsigned>(rows_all)), dim3(256), 0, stream, a,
+                                rows_all);
     });
 }
 

@@ -305,17 +305,14 @@ template <int NT>
 __device__ __forceinline__ void fold_group_offset(float (&acc)[2][NT][4], float (&accg)[2][NT][4],
                                                   float (&accs)[NT][4], const float (&scale)[4],
                                                   const float (&wz)[4]) {
+    fold_group<NT>(acc, accg, scale);
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int j = 2 * h + (e >> 1);
-                acc[h][nt][e] = fmaf(accg[h][nt][e], scale[j], acc[h][nt][e]);
-                acc[h][nt][e] = fmaf(accs[nt][e], wz[j], acc[h][nt][e]);
-                accg[h][nt][e] = 0.f;
-            }
+            for (int e = 0; e < 4; ++e)
+                acc[h][nt][e] = fmaf(accs[nt][e], wz[2 * h + (e >> 1)], acc[h][nt][e]);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
