@@ -33,6 +33,10 @@ struct AttnArgs {
     // Splits − 1 that a launch planned for one sequence of c·128 keys takes, by c = 1…256
     // (plan_decode); entry 0 unused. See split_len_of.
     unsigned char splits_by_cap[257];
+    // Split counters kept zero between calls (paradec_zeroed_counters), at least one per output
+    // row: the last split block of each (sequence, KV head, row chunk) merges the splits itself.
+    // Null: a combine kernel merges them.
+    unsigned *counters;
 };
 
 // Most splits of a decode launch.
@@ -57,6 +61,38 @@ int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream);
 // output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output
 // (one split) or its split partial (several). Rows are the block's (query token, head of the
 // KV head's group) pairs from row0.
+// The kept counters a split decode merges with (AttnArgs::counters): one per output row at
+// least — every (sequence, KV head, row chunk) of any decode kernel's grid has one — else none.
+inline unsigned *merge_counters(const paradec_zeroed_counters *zeroed, size_t rows) {
+    return zeroed && zeroed->counters && zeroed->count >= rows ? zeroed->counters : nullptr;
+}
+
+// Merges the a.splits split-KV partials of output row `grow` (rows in batch · q_len · heads
+// order) into a.out with every thread of the calling block: the row's max over the splits, each
+// split's weight into w[0 .. splits) (shared memory), then every feature sums its splits in
+// split order — the same bits whichever kernel, and whatever block size, merges. The partials
+// are read past L1: in the decode kernels other blocks wrote them.
+template <typename T>
+__device__ __forceinline__ void combine_row(const AttnArgs &a, int64_t rows_all, int64_t grow,
+                                            float *w) {
+    const int D = a.head_dim, S = a.splits;
+    float M = -INFINITY;
+    for (int s = 0; s < S; ++s) M = fmaxf(M, __ldcg(a.part_ml + 2 * (s * rows_all + grow)));
+    for (int s = threadIdx.x; s < S; s += blockDim.x)
+        w[s] = M == -INFINITY ? 0.f : exp2f(__ldcg(a.part_ml + 2 * (s * rows_all + grow)) - M);
+    __syncthreads();
+    float tot = 0.f;
+    for (int s = 0; s < S; ++s) tot += __ldcg(a.part_ml + 2 * (s * rows_all + grow) + 1) * w[s];
+    const float inv = tot > 0.f ? 1.0f / tot : 0.f;
+    for (int dd = threadIdx.x; dd < D; dd += blockDim.x) {
+        float O = 0.f;
+#pragma unroll 4
+        for (int s = 0; s < S; ++s) O += __ldcg(a.part_o + (s * rows_all + grow) * D + dd) * w[s];
+        static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(O * inv);
+    }
+    __syncthreads();  // w is the next row's
+}
+
 template <typename T>
 __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *sm_m,
                                                 const float *sm_l, const float *sm_o, int parts,
@@ -94,6 +130,30 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
                 a.part_ml[2 * pr + 1] = S;
             }
         }
+    }
+    if (a.splits == 1 || !a.counters) return;
+    // The last split block of this (sequence, KV head, row chunk) to get here merges every
+    // split's partials of its rows — the others' are visible after their fence and the counter —
+    // and zeroes the counter again for its next user. No combine kernel runs.
+    __shared__ int merge_here;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int64_t unit = static_cast<int64_t>(blockIdx.y) * gridDim.z + blockIdx.z;
+        const unsigned done = atomicAdd(a.counters + unit, 1u);
+        merge_here = done == gridDim.x - 1;
+        if (merge_here) a.counters[unit] = 0u;
+    }
+    __syncthreads();
+    if (!merge_here) return;
+    __threadfence();
+    // The block's merge area (read above; at least 512 floats in every decode kernel, for 256
+    // splits at most) holds the split weights now.
+    float *w = const_cast<float *>(sm_o);
+    for (int r = 0; r < nrows; ++r) {
+        const int row = row0 + r;
+        const int t = row / group, h = kvh * group + row % group;
+        combine_row<T>(a, rows_all, (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h, w);
     }
 }
 

@@ -889,7 +889,9 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
                                        size_t head_dim, size_t capacity, const int64_t *past_len,
                                        size_t max_past, size_t window, const float *mask,
                                        size_t mask_stride, float scale, void *scratch,
-                                       size_t scratch_bytes, paradec_stream_t stream) {
+                                       size_t scratch_bytes,
+                                       const paradec_zeroed_counters *zeroed,
+                                       paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         if (!q || !out || !past_len) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
@@ -941,11 +943,12 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
             const size_t rows = batch * q_len * heads;
             a.part_o = static_cast<float *>(scratch);
             a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
+            a.counters = paradec::merge_counters(zeroed, rows);
         }
         const int st = paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_q<decltype(tag)>(k_pages.format, v_pages.format, qa, p, stream);
         });
-        if (st != PARADEC_K_OK || p.splits == 1) return st;
+        if (st != PARADEC_K_OK || p.splits == 1 || a.counters) return st;
         return paradec::launch_combine(dtype, a, stream);
     });
 }

@@ -12,8 +12,9 @@
 #   knobs:         the switches measured before they become defaults — the lean loop's offset
 #                  decoding (PARADEC_LEAN_DECODE=offset), its L2 prefetch distance
 #                  (PARADEC_LEAN_PREFETCH=N, with offset decoding) and dependent launches
-#                  (PARADEC_PDL=on): tests and memcheck under them, then the lean linears and
-#                  the decoder layers timed under each, side by side
+#                  (PARADEC_PDL=on): tests and memcheck under them, then the lean linears, the
+#                  decoder layers and decode attention (merged in the kernel, or by the combine
+#                  kernel: PARADEC_ATTN_COMBINE=kernel) timed under each, side by side
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -152,6 +153,12 @@ if [[ "$MODE" == knobs ]]; then
     for k in "" "PARADEC_LEAN_DECODE=offset" "PARADEC_PDL=on" "$ALL"; do
       echo "==== decoder layers: ${k:-defaults}"
       env $k "$D/bin/gpu_bench" --decoder --quick
+    done
+    # Split decodes merged in the decode kernel (the default with kept counters) against the
+    # combine kernel, and the combine as a dependent launch.
+    for k in "" "PARADEC_ATTN_COMBINE=kernel" "PARADEC_ATTN_COMBINE=kernel PARADEC_PDL=on"; do
+      echo "==== decode attention: ${k:-defaults}"
+      env $k "$D/bin/gpu_bench" --attention --quick --only attn_decode
     done
   } > "$RESULTS/knobs_bench.log" 2>&1
   SUMMARY+=("knob bench: $RESULTS/knobs_bench.log")

@@ -103,6 +103,8 @@ fn time_attention(
     let scratch_bytes =
         unsafe { ffi::paradec_attention_scratch_bytes(batch, q_len, heads, kv_heads, d, past) };
     let scratch = DeviceBuffer::zeroed(0, scratch_bytes.max(16))?;
+    let mut counters = DeviceBuffer::zeroed(0, 16384 * 4)?;
+    let kept = kept_counters(&mut counters);
     let scale = 1.0 / (d as f32).sqrt();
     let at = |buf: &DeviceBuffer, stride: usize, i: usize| {
         (buf.as_ptr() as *mut u8).wrapping_add(i * set_stride(stride)) as *mut c_void
@@ -130,6 +132,7 @@ fn time_attention(
                 scale,
                 scratch.as_ptr() as *mut c_void,
                 scratch_bytes,
+                kept.as_ref().map_or(ptr::null(), |k| k as *const _),
                 st.raw(),
             )
         };
@@ -237,6 +240,8 @@ fn time_attention_quant(
         ffi::paradec_attention_quant_scratch_bytes(batch, q_len, heads, kv_heads, d, past)
     };
     let scratch = DeviceBuffer::zeroed(0, scratch_bytes.max(16))?;
+    let mut counters = DeviceBuffer::zeroed(0, 16384 * 4)?;
+    let kept = kept_counters(&mut counters);
     let scale = 1.0 / (d as f32).sqrt();
     let at = |buf: &DeviceBuffer, n: usize, i: usize| {
         (buf.as_ptr() as *mut u8).wrapping_add(i * st(n)) as *mut c_void
@@ -293,12 +298,26 @@ fn time_attention_quant(
                 scale,
                 scratch.as_ptr() as *mut c_void,
                 scratch_bytes,
+                kept.as_ref().map_or(ptr::null(), |k| k as *const _),
                 stm.raw(),
             )
         };
         status(code, "paradec_attention_quant")
     };
     b.time(sets, &mut launch)
+}
+
+/// Split counters kept zero between launches, as a workspace keeps them for the decoder: split
+/// decodes merge in their last split block. `PARADEC_ATTN_COMBINE=kernel` passes none, so the
+/// combine kernel merges (the two compared in one run).
+fn kept_counters(counters: &mut DeviceBuffer) -> Option<ffi::paradec_zeroed_counters> {
+    if std::env::var("PARADEC_ATTN_COMBINE").is_ok_and(|v| v == "kernel") {
+        return None;
+    }
+    Some(ffi::paradec_zeroed_counters {
+        count: counters.len() / 4,
+        counters: counters.as_mut_ptr().cast(),
+    })
 }
 
 pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow>> {

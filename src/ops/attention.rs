@@ -229,7 +229,7 @@ pub fn attention(
                 return unsafe {
                     kernels::attention_staged(
                         q, cache_k, cache_v, s, masking, scale, plan, past, mask, &mut partials,
-                        out, st,
+                        ws.zeroed_counters(), out, st,
                     )
                 };
             }
@@ -239,7 +239,8 @@ pub fn attention(
                 crate::tensor::DType::F32,
             )?;
             kernels::attention(
-                q, cache_k, cache_v, s, masking, scale, &mut meta, &mut partials, out, st,
+                q, cache_k, cache_v, s, masking, scale, &mut meta, &mut partials,
+                ws.zeroed_counters(), out, st,
             )
         }),
     }

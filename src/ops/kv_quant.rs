@@ -510,7 +510,7 @@ fn attend_impl(
                     return unsafe {
                         kernels::attention_quant_staged(
                             q, cache, table, s, masking, scale, plan, past, mask, block_table,
-                            &mut partials, out, st,
+                            &mut partials, ws.zeroed_counters(), out, st,
                         )
                     };
                 }
@@ -523,7 +523,8 @@ fn attend_impl(
                     crate::tensor::DType::F32,
                 )?;
                 kernels::attention_quant(
-                    q, cache, table, s, masking, scale, &mut meta, &mut partials, out, st,
+                    q, cache, table, s, masking, scale, &mut meta, &mut partials,
+                    ws.zeroed_counters(), out, st,
                 )
             } else {
                 // Prefill over a quantized or paged cache: the positions this call reads,
@@ -542,7 +543,8 @@ fn attend_impl(
                     crate::tensor::DType::F32,
                 )?;
                 kernels::attention(
-                    q, &dk, &dv, &shape2, masking, scale, &mut meta, &mut partials, out, st,
+                    q, &dk, &dv, &shape2, masking, scale, &mut meta, &mut partials,
+                    ws.zeroed_counters(), out, st,
                 )
             }
         }),

@@ -250,6 +250,7 @@ fn run_case(s: &CudaStream, rng: &mut Rng, c: &AttnCase) {
         scale,
         &mut meta,
         &mut partials,
+        None,
         &mut out,
         s,
     )
@@ -259,6 +260,30 @@ fn run_case(s: &CudaStream, rng: &mut Rng, c: &AttnCase) {
     cpu::attention::attention(&qv, &kv, &vv, &shape, &masking, scale, &mut want);
     let got = download(&out);
     assert_close(&format!("attention {c:?}"), c.dtype, &got, &want);
+    // With kept counters a split decode merges in its last split block: the same bits as the
+    // combine kernel, and the counters left zero.
+    let mut kept = DeviceBuffer::zeroed(0, 4096 * 4).unwrap();
+    let mut merged = poisoned(&[c.batch, c.q_len, c.heads * d], c.dtype);
+    kernels::attention(
+        &q,
+        &ck,
+        &cv,
+        &shape,
+        &masking,
+        scale,
+        &mut meta,
+        &mut partials,
+        Some(&mut kept),
+        &mut merged,
+        s,
+    )
+    .unwrap();
+    stream_sync(s);
+    assert_eq!(download(&merged), got, "attention {c:?}: merged in the decode kernel");
+    assert!(
+        kept.to_host_bytes().unwrap().iter().all(|&b| b == 0),
+        "attention {c:?}: the kept counters were not left zero"
+    );
     // Pad queries (every key masked) output exact zeros.
     if let Some(pad) = &c.pad {
         for (b, &pb) in pad.iter().enumerate() {
@@ -419,7 +444,7 @@ fn attention_rejects_bad_arguments() {
     let mut part = Tensor::zeros(&[0], DType::F32, Device::Cuda(0)).unwrap();
     // Past 7 + 2 new > capacity 8: an error before launch.
     let e = kernels::attention(
-        &q, &ck, &cv, &shape, &masking, 1.0, &mut meta, &mut part, &mut out, &s,
+        &q, &ck, &cv, &shape, &masking, 1.0, &mut meta, &mut part, None, &mut out, &s,
     )
     .unwrap_err();
     assert!(matches!(e, Error::CapacityExceeded(_)), "{e:?}");
@@ -431,7 +456,7 @@ fn attention_rejects_bad_arguments() {
         ..masking
     };
     let e = kernels::attention(
-        &q, &ck, &cv, &shape, &m0, 1.0, &mut meta, &mut part, &mut out, &s,
+        &q, &ck, &cv, &shape, &m0, 1.0, &mut meta, &mut part, None, &mut out, &s,
     )
     .unwrap_err();
     assert!(
@@ -450,6 +475,7 @@ fn attention_rejects_bad_arguments() {
         1.0,
         &mut meta,
         &mut part,
+        None,
         &mut small_out,
         &s,
     )
@@ -480,6 +506,7 @@ fn attention_rejects_bad_arguments() {
                 1.0,
                 ptr::null_mut(),
                 0,
+                ptr::null(),
                 s.raw(),
             )
         }

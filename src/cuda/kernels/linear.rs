@@ -3,7 +3,7 @@
 
 use std::ptr;
 
-use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr};
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr, zeroed_counters_ffi};
 use crate::cuda::buffer::DeviceBuffer;
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
@@ -134,26 +134,10 @@ impl QuantWeightArgs<'_> {
     }
 }
 
-/// Split-K counters kept zero between calls (`paradec_zeroed_counters`): u32 counters, zero
-/// whenever no call runs, that a call takes its small-M split counters from instead of zeroing
-/// its own (a memset or a prep launch saved). One set serves one stream's calls (the
-/// workspace's).
-pub fn zeroed_counters_ffi(
-    counters: Option<&mut DeviceBuffer>,
-    stream: &CudaStream,
-) -> Option<ffi::paradec_zeroed_counters> {
-    counters
-        .filter(|b| b.device() == stream.device())
-        .map(|b| ffi::paradec_zeroed_counters {
-            count: b.len() / 4,
-            counters: b.as_mut_ptr().cast(),
-        })
-}
-
 /// `out[m, N] (+)= x[m, K] · Wᵀ + bias` for a quantized weight in the device layout. Twin of
 /// `quant::QuantWeight::forward`. `scratch` (U8, at least `w.scratch_bytes(..)` bytes) holds the
 /// gathered x and the split-K partials; `counters`, when given, are kept zero between calls
-/// (see [`zeroed_counters_ffi`]).
+/// (see [`super::zeroed_counters_ffi`]).
 #[allow(clippy::too_many_arguments)]
 pub fn quant_linear(
     x: &Tensor,
@@ -283,7 +267,8 @@ pub fn quant_linear_group_scratch(dtype: DType, m: usize, calls: &[QuantLinearCa
 
 /// Several quantized linears of the same m (≤ 32, uniform 4-bit weights) in two launches, each
 /// result as [`quant_linear`] on the small-M path gives it. `scratch` (U8) holds at least
-/// [`quant_linear_group_scratch`] bytes; with kept `counters` (see [`zeroed_counters_ffi`])
+/// [`quant_linear_group_scratch`] bytes; with kept `counters` (see
+/// [`super::zeroed_counters_ffi`])
 /// the first launch runs only where a call gathers permuted x.
 pub fn quant_linear_group(
     m: usize,
