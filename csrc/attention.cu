@@ -321,14 +321,62 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     merge_and_store<T>(a, sm_m, sm_l, sm_o, G, R, D, nrows, row0, b, kvh, split);
 }
 
-// Merges the splits' partials of every output row where the decode kernel did not (no kept
-// counters): one block per row, combine_row's arithmetic.
+// Merges the splits' partials of every output row, in split order, where the decode kernel did
+// not (merge_and_store). One block per row: the threads first find the row's max and weights
+// over the splits, then each output feature sums its splits (split groups of threads, merged in
+// a fixed order). merge_tail reproduces this arithmetic for 32 splits or fewer.
 template <typename T>
 __global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_all) {
     __shared__ float w[kMaxSplits];
-    allow_dependents();        // a small launch: the next kernel may be scheduled beside it
+    __shared__ float red[8];
+    __shared__ float part[256];
+    allow_dependents();  // a small launch: the next kernel may be scheduled beside it
     wait_for_previous_grid();  // launched as a dependent of the decode kernel: its partials
-    combine_row<T>(a, rows_all, blockIdx.x, w);
+    const int64_t row = blockIdx.x;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int D = a.head_dim, S = a.splits;
+    float mv = -INFINITY;
+    for (int s = tid; s < S; s += 256) mv = fmaxf(mv, a.part_ml[2 * (s * rows_all + row)]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mv = fmaxf(mv, __shfl_xor_sync(0xffffffffu, mv, o));
+    if (lane == 0) red[warp] = mv;
+    __syncthreads();
+    float M = red[0];
+    for (int i = 1; i < 8; ++i) M = fmaxf(M, red[i]);
+    __syncthreads();
+    float sum = 0.f;
+    for (int s = tid; s < S; s += 256) {
+        const int64_t pr = s * rows_all + row;
+        const float ws = M == -INFINITY ? 0.f : exp2f(a.part_ml[2 * pr] - M);
+        w[s] = ws;
+        sum += a.part_ml[2 * pr + 1] * ws;
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < 8; ++i) tot += red[i];
+    const float inv = tot > 0.f ? 1.0f / tot : 0.f;
+    // Thread (group sg, feature dd): splits sg, sg + SG, ...
+    const int SG = D >= 256 ? 1 : 256 / D;
+    const int sg = tid / D, dd = tid % D;
+    float O = 0.f;
+    if (sg < SG && tid < SG * D) {
+#pragma unroll 8
+        for (int s = sg; s < S; s += SG) O += a.part_o[(s * rows_all + row) * D + dd] * w[s];
+    }
+    part[tid] = O;
+    __syncthreads();
+    for (int d2 = tid; d2 < D; d2 += 256) {
+        float t = 0.f;
+        if (D >= 256) {
+            // One group: each thread sums every split of its features.
+            for (int s = 0; s < S; ++s) t += a.part_o[(s * rows_all + row) * D + d2] * w[s];
+        } else {
+            for (int g = 0; g < SG; ++g) t += part[g * D + d2];
+        }
+        static_cast<T *>(a.out)[row * D + d2] = Num<T>::from_f(t * inv);
+    }
 }
 
 // Read-only XOR reduction: 4 independent 16-byte loads per thread in flight.
@@ -623,7 +671,10 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
             const size_t rows = batch * q_len * heads;
             a.part_o = static_cast<float *>(scratch);
             a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
-            a.counters = paradec::merge_counters(zeroed, rows);
+            const int64_t unit_rows =
+                std::min<int64_t>(p.rows, static_cast<int64_t>(q_len * (heads / kv_heads)));
+            a.counters = paradec::merge_counters(zeroed, rows, p.splits, unit_rows,
+                                                 static_cast<int64_t>(head_dim));
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_decode<decltype(tag)>(dtype, a, p, stream);

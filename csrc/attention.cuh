@@ -61,36 +61,71 @@ int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream);
 // output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output
 // (one split) or its split partial (several). Rows are the block's (query token, head of the
 // KV head's group) pairs from row0.
-// The kept counters a split decode merges with (AttnArgs::counters): one per output row at
-// least — every (sequence, KV head, row chunk) of any decode kernel's grid has one — else none.
-inline unsigned *merge_counters(const paradec_zeroed_counters *zeroed, size_t rows) {
-    return zeroed && zeroed->counters && zeroed->count >= rows ? zeroed->counters : nullptr;
+// A split decode's last split block merges the splits itself (merge_tail) where that is
+// little work: 32 splits or fewer and at most 4096 partial values per block (the rows of one
+// (sequence, KV head, row chunk) × head dim × splits: one query row per KV head at up to 32
+// splits, not a 16-row tensor-core chunk). Larger merges spread over the combine kernel's
+// blocks.
+constexpr int kMergeTailSplits = 32;
+constexpr int64_t kMergeTailValues = 4096;
+
+// The kept counters a split decode of `splits` splits, `unit_rows` query rows per block and
+// head dim `head_dim` merges with (AttnArgs::counters), or null: the combine kernel merges.
+// Every (sequence, KV head, row chunk) of a grid needs one counter: `rows` (batch·q_len·heads)
+// bounds them.
+inline unsigned *merge_counters(const paradec_zeroed_counters *zeroed, size_t rows, int splits,
+                                int64_t unit_rows, int64_t head_dim) {
+    const bool small = splits <= kMergeTailSplits &&
+                       unit_rows * head_dim * splits <= kMergeTailValues;
+    return small && zeroed && zeroed->counters && zeroed->count >= rows ? zeroed->counters
+                                                                         : nullptr;
 }
 
-// Merges the a.splits split-KV partials of output row `grow` (rows in batch · q_len · heads
-// order) into a.out with every thread of the calling block: the row's max over the splits, each
-// split's weight into w[0 .. splits) (shared memory), then every feature sums its splits in
-// split order — the same bits whichever kernel, and whatever block size, merges. The partials
-// are read past L1: in the decode kernels other blocks wrote them.
+// The combine kernel's arithmetic (attention.cu), bit for bit, for the rows row0 … row0 + nrows
+// of one decode block at kMergeTailSplits splits or fewer, with any block size: each row's max
+// (exact in any order), the split weights, their weighted sum of l over one warp's xor tree
+// (split s in lane s — the combine kernel's 256-thread sum reduces to that tree when every split
+// sits in its first warp), then each feature's splits in SG = 256 / D interleaved groups (1 from
+// D = 256 up), each summed in split order, the groups in order. `smem`: nrows · 33 floats. The
+// partials are read past L1: other blocks wrote them.
 template <typename T>
-__device__ __forceinline__ void combine_row(const AttnArgs &a, int64_t rows_all, int64_t grow,
-                                            float *w) {
-    const int D = a.head_dim, S = a.splits;
-    float M = -INFINITY;
-    for (int s = 0; s < S; ++s) M = fmaxf(M, __ldcg(a.part_ml + 2 * (s * rows_all + grow)));
-    for (int s = threadIdx.x; s < S; s += blockDim.x)
-        w[s] = M == -INFINITY ? 0.f : exp2f(__ldcg(a.part_ml + 2 * (s * rows_all + grow)) - M);
-    __syncthreads();
-    float tot = 0.f;
-    for (int s = 0; s < S; ++s) tot += __ldcg(a.part_ml + 2 * (s * rows_all + grow) + 1) * w[s];
-    const float inv = tot > 0.f ? 1.0f / tot : 0.f;
-    for (int dd = threadIdx.x; dd < D; dd += blockDim.x) {
-        float O = 0.f;
-#pragma unroll 4
-        for (int s = 0; s < S; ++s) O += __ldcg(a.part_o + (s * rows_all + grow) * D + dd) * w[s];
-        static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(O * inv);
+__device__ __forceinline__ void merge_tail(const AttnArgs &a, int64_t rows_all, int nrows,
+                                           int row0, int b, int kvh, float *smem) {
+    const int D = a.head_dim, S = a.splits, group = a.heads / a.kv_heads;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    float *w = smem;                                // [nrows][kMergeTailSplits]
+    float *inv = smem + nrows * kMergeTailSplits;  // [nrows]
+    auto grow_of = [&](int r) {
+        const int row = row0 + r;
+        const int t = row / group, h = kvh * group + row % group;
+        return (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
+    };
+    for (int r = warp; r < nrows; r += warps) {
+        const int64_t pr = static_cast<int64_t>(lane) * rows_all + grow_of(r);
+        const float m = lane < S ? __ldcg(a.part_ml + 2 * pr) : -INFINITY;
+        float M = m;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        const float ws = lane < S && M != -INFINITY ? exp2f(m - M) : 0.f;
+        w[r * kMergeTailSplits + lane] = ws;
+        const float tot = warp_sum(lane < S ? __ldcg(a.part_ml + 2 * pr + 1) * ws : 0.f);
+        if (lane == 0) inv[r] = tot > 0.f ? 1.0f / tot : 0.f;
     }
-    __syncthreads();  // w is the next row's
+    __syncthreads();
+    const int SG = D >= 256 ? 1 : 256 / D;
+    for (int i = threadIdx.x; i < nrows * D; i += blockDim.x) {
+        const int r = i / D, dd = i % D;
+        const int64_t grow = grow_of(r);
+        const float *wr = w + r * kMergeTailSplits;
+        float t = 0.f;
+        for (int g = 0; g < SG; ++g) {
+            float O = 0.f;
+            for (int s = g; s < S; s += SG)
+                O += __ldcg(a.part_o + (s * rows_all + grow) * D + dd) * wr[s];
+            t += O;
+        }
+        static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(t * inv[r]);
+    }
 }
 
 template <typename T>
@@ -134,7 +169,7 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
     if (a.splits == 1 || !a.counters) return;
     // The last split block of this (sequence, KV head, row chunk) to get here merges every
     // split's partials of its rows — the others' are visible after their fence and the counter —
-    // and zeroes the counter again for its next user. No combine kernel runs.
+    // and zeroes the counter again for its next user. No combine kernel runs (merge_counters).
     __shared__ int merge_here;
     __threadfence();
     __syncthreads();
@@ -147,14 +182,10 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
     __syncthreads();
     if (!merge_here) return;
     __threadfence();
-    // The block's merge area (read above; at least 512 floats in every decode kernel, for 256
-    // splits at most) holds the split weights now.
-    float *w = const_cast<float *>(sm_o);
-    for (int r = 0; r < nrows; ++r) {
-        const int row = row0 + r;
-        const int t = row / group, h = kvh * group + row % group;
-        combine_row<T>(a, rows_all, (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h, w);
-    }
+    // The block's merge area (read above; at least 512 floats in every decode kernel, and
+    // nrows · 33 ≤ 528 floats only where nrows is 16: a tensor-core kernel's, of 1024 or more)
+    // holds the split weights now.
+    merge_tail<T>(a, rows_all, nrows, row0, b, kvh, const_cast<float *>(sm_o));
 }
 
 // Keys per split of a sequence of kv_len keys: the cut an eager launch planned for that length

@@ -943,7 +943,11 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
             const size_t rows = batch * q_len * heads;
             a.part_o = static_cast<float *>(scratch);
             a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
-            a.counters = paradec::merge_counters(zeroed, rows);
+            const int64_t per_kv_head = static_cast<int64_t>(q_len * (heads / kv_heads));
+            const int64_t unit_rows = std::min<int64_t>(
+                paradec::tc_decode_applies(a) ? paradec::kDecRows : p.rows, per_kv_head);
+            a.counters = paradec::merge_counters(zeroed, rows, p.splits, unit_rows,
+                                                 static_cast<int64_t>(head_dim));
         }
         const int st = paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_q<decltype(tag)>(k_pages.format, v_pages.format, qa, p, stream);
