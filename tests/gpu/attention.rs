@@ -241,45 +241,34 @@ fn run_case(s: &CudaStream, rng: &mut Rng, c: &AttnCase) {
         Device::Cuda(0),
     )
     .unwrap();
-    kernels::attention(
-        &q,
-        &ck,
-        &cv,
-        &shape,
-        &masking,
-        scale,
-        &mut meta,
-        &mut partials,
-        None,
-        &mut out,
-        s,
-    )
-    .unwrap();
-    stream_sync(s);
+    let mut run = |counters: Option<&mut DeviceBuffer>, out: &mut Tensor| {
+        kernels::attention(
+            &q,
+            &ck,
+            &cv,
+            &shape,
+            &masking,
+            scale,
+            &mut meta,
+            &mut partials,
+            counters,
+            out,
+            s,
+        )
+        .unwrap();
+        stream_sync(s);
+        download(out)
+    };
+    let got = run(None, &mut out);
     let mut want = vec![0.0f32; q_n];
     cpu::attention::attention(&qv, &kv, &vv, &shape, &masking, scale, &mut want);
-    let got = download(&out);
     assert_close(&format!("attention {c:?}"), c.dtype, &got, &want);
-    // With kept counters a split decode merges in its last split block: the same bits as the
-    // combine kernel, and the counters left zero.
+    // With kept counters a small split decode merges in its last split block: the same bits
+    // as the combine kernel, and the counters left zero.
     let mut kept = DeviceBuffer::zeroed(0, 4096 * 4).unwrap();
     let mut merged = poisoned(&[c.batch, c.q_len, c.heads * d], c.dtype);
-    kernels::attention(
-        &q,
-        &ck,
-        &cv,
-        &shape,
-        &masking,
-        scale,
-        &mut meta,
-        &mut partials,
-        Some(&mut kept),
-        &mut merged,
-        s,
-    )
-    .unwrap();
-    stream_sync(s);
-    assert_eq!(download(&merged), got, "attention {c:?}: merged in the decode kernel");
+    let merged = run(Some(&mut kept), &mut merged);
+    assert_eq!(merged, got, "attention {c:?}: merged in the decode kernel");
     assert!(
         kept.to_host_bytes().unwrap().iter().all(|&b| b == 0),
         "attention {c:?}: the kept counters were not left zero"
