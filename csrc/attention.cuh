@@ -56,18 +56,13 @@ constexpr int kDecodeMmaRows = 16;
 // (attention.cu; a.splits ≤ 256).
 int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream);
 
-// The end of a decode block: merges the `parts` partial softmax states of each of its `nrows`
-// query rows — row r of part p has max sm_m[p·stride_rows + r] (base 2), sum sm_l[…] and
-// output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output
-// (one split) or its split partial (several). Rows are the block's (query token, head of the
-// KV head's group) pairs from row0.
 // A split decode's last split block merges the splits itself (merge_tail) where that is
-// little work: 32 splits or fewer and at most 4096 partial values per block (the rows of one
-// (sequence, KV head, row chunk) × head dim × splits: one query row per KV head at up to 32
-// splits, not a 16-row tensor-core chunk). Larger merges spread over the combine kernel's
-// blocks.
+// little work: 32 splits or fewer and at most 8192 partial values per block (the rows of one
+// (sequence, KV head, row chunk) × head dim × splits: a few query rows per KV head at short
+// contexts — about 1.5 µs of merging against a launch of a few µs — not a 16-row chunk of
+// MQA or a long context). Larger merges spread over the combine kernel's blocks.
 constexpr int kMergeTailSplits = 32;
-constexpr int64_t kMergeTailValues = 4096;
+constexpr int64_t kMergeTailValues = 8192;
 
 // The kept counters a split decode of `splits` splits, `unit_rows` query rows per block and
 // head dim `head_dim` merges with (AttnArgs::counters), or null: the combine kernel merges.
@@ -128,6 +123,12 @@ __device__ __forceinline__ void merge_tail(const AttnArgs &a, int64_t rows_all, 
     }
 }
 
+// The end of a decode block: merges the `parts` partial softmax states of each of its `nrows`
+// query rows — row r of part p has max sm_m[p·stride_rows + r] (base 2), sum sm_l[…] and
+// output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output
+// (one split) or its split partial (several). Rows are the block's (query token, head of the
+// KV head's group) pairs from row0.
+// With kept counters (AttnArgs::counters) the last split block merges the splits (merge_tail).
 template <typename T>
 __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *sm_m,
                                                 const float *sm_l, const float *sm_o, int parts,

@@ -52,7 +52,7 @@ int paradec_head_norm(int dtype, int kind, void *x, size_t tokens, size_t heads,
  * partials; may be NULL when that is 0). Queries of up to 16 tokens take the split-KV decode
  * kernel (a deterministic combine, in fixed order); longer ones the tensor-core kernel. With
  * `zeroed` counters (may be NULL; kernels/common.h), at least one per output row
- * (batch·q_len·heads), a small merge (up to 32 splits and 4096 partial values per decode
+ * (batch·q_len·heads), a small merge (up to 32 splits and 8192 partial values per decode
  * block) is done by the decode kernel's last split block of each part — no combine launch —
  * with the same bits. */
 size_t paradec_attention_scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads,
