@@ -592,16 +592,17 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     const int64_t wstep = 4 * a.np;
     const uint32_t *wnext = a.words + (live ? (4 * static_cast<int64_t>(t0) + q) * a.np + c0 : 0);
     const uint32_t *gnext = a.tiles + 2 * static_cast<int64_t>(t0) + 1;
-    // With offset decoding, L2 prefetches run `pf` tiles ahead of the loads (bytes in flight
-    // that hold no register): this lane's vector of tile pf + i is wpf + i·wstep, prefetched
-    // while i < pf_end. (Not in the subtracting decode: its registers are at the limit of 4
-    // blocks per SM.)
-    const int pf = OFF && live ? a.prefetch : 0;
+    // With offset decoding at m ≤ 8, L2 prefetches run `pf` tiles ahead of the loads (bytes in
+    // flight that hold no register): this lane's vector of tile pf + i is wpf + i·wstep,
+    // prefetched while i < pf_end. (Not elsewhere: the subtracting decode and m > 8 are at the
+    // limit of 4 blocks per SM without it.)
+    constexpr bool kPrefetch = OFF && NT == 1;
+    const int pf = kPrefetch && live ? a.prefetch : 0;
     const uint32_t *wpf = wnext + pf * wstep;
     const int pf_end = pf > 0 ? count - pf : 0;
     int issued = 0;
     auto load = [&](uint4 (&w)[P], int (&gq)[P]) {
-        if (OFF && issued < pf_end) {
+        if (kPrefetch && issued < pf_end) {
 #pragma unroll
             for (int j = 0; j < P; ++j)
                 if (issued + j < pf_end) prefetch_l2(wpf + j * wstep);
@@ -632,7 +633,7 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     for (int j = 0; j < P; ++j) wa[j] = wb[j] = make_uint4(0u, 0u, 0u, 0u);
     // The tiles between the first batch and the prefetch distance, then the first batch: the
     // weights depend on no earlier kernel, so they go out before the wait for it.
-    if constexpr (OFF)
+    if constexpr (kPrefetch)
         for (int j = P; j < min(pf, count); ++j) prefetch_l2(wnext + j * wstep);
     load(wa, ga);
     wait_for_previous_grid();

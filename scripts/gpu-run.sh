@@ -11,7 +11,7 @@
 #                  the vendor dense GEMM, the CUDA-core quantized decode)
 #   knobs:         the switches measured before they become defaults — the lean loop's offset
 #                  decoding (PARADEC_LEAN_DECODE=offset), its L2 prefetch distance
-#                  (PARADEC_LEAN_PREFETCH=N, with offset decoding) and dependent launches
+#                  (PARADEC_LEAN_PREFETCH=N, offset decoding at m ≤ 8) and dependent launches
 #                  (PARADEC_PDL=on): tests and memcheck under them, then the lean linears, the
 #                  decoder layers and decode attention (merged in the kernel, or by the combine
 #                  kernel: PARADEC_ATTN_COMBINE=kernel) timed under each, side by side
