@@ -72,8 +72,7 @@ inline unsigned *merge_counters(const paradec_zeroed_counters *zeroed, size_t ro
                                 int64_t unit_rows, int64_t head_dim) {
     const bool small = splits <= kMergeTailSplits &&
                        unit_rows * head_dim * splits <= kMergeTailValues;
-    return small && zeroed && zeroed->counters && zeroed->count >= rows ? zeroed->counters
-                                                                         : nullptr;
+    return small && zeroed ? kept_counters(*zeroed, rows) : nullptr;
 }
 
 // The combine kernel's arithmetic (attention.cu), bit for bit, for the rows row0 … row0 + nrows

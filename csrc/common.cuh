@@ -88,6 +88,12 @@ inline int launch_status() {
 
 inline bool valid_dtype(int dtype) { return dtype == PARADEC_F16 || dtype == PARADEC_BF16; }
 
+// The kept counters (paradec_zeroed_counters) when they are at least `need`, else null: the
+// caller then zeroes counters of its own, or merges without any.
+inline unsigned *kept_counters(const paradec_zeroed_counters &z, size_t need) {
+    return z.counters && z.count >= need ? z.counters : nullptr;
+}
+
 // Calls f<__half>() or f<__nv_bfloat16>() by dtype code (checked by the caller).
 template <typename F>
 inline int dispatch_dtype(int dtype, F &&f) {

@@ -585,8 +585,8 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                                      : nullptr;
     size_t ncounters = small_split ? small_col_blocks(w->np) : 0;
     // Counters kept zero between calls need no zeroing here.
-    if (ncounters > 0 && zeroed.counters && zeroed.count >= ncounters) {
-        counters = zeroed.counters;
+    if (unsigned *kept = ncounters > 0 ? kept_counters(zeroed, ncounters) : nullptr) {
+        counters = kept;
         ncounters = 0;
     }
     const void *xa = x;
@@ -756,7 +756,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
     size_t want = 0;
     for (size_t i = 0; i < count; ++i)
         if (calls[i].split > 1) want += small_col_blocks(calls[i].w->np);
-    unsigned *kept = zeroed.counters && zeroed.count >= want ? zeroed.counters : nullptr;
+    unsigned *kept = kept_counters(zeroed, want);
     for (size_t i = 0; i < count; ++i) {
         const paradec_qlinear_call &c = calls[i];
         const paradec_qweight *w = c.w;

@@ -575,9 +575,11 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
     return v;
 }
 
-// OFF: offset decoding (see Offset) instead of the subtracting decode.
+// OFF: offset decoding (see Offset) instead of the subtracting decode; `prefetch`: tiles ahead
+// of the loads each lane prefetches into L2 (0: none; see below).
 template <typename T, int NT, int P, bool OFF>
-__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs) {
+__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, int prefetch,
+                                           uint4 *xs) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
@@ -597,7 +599,7 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     // prefetched while i < pf_end. (Not elsewhere: the subtracting decode and m > 8 are at the
     // limit of 4 blocks per SM without it.)
     constexpr bool kPrefetch = OFF && NT == 1;
-    const int pf = kPrefetch && live ? a.prefetch : 0;
+    const int pf = kPrefetch && live ? prefetch : 0;
     const uint32_t *wpf = wnext + pf * wstep;
     const int pf_end = pf > 0 ? count - pf : 0;
     int issued = 0;
@@ -788,17 +790,19 @@ extern __shared__ uint4 lean_xs[];
 // Offset decoding at m ≤ 8 asks for 4 blocks per SM (128 registers: it fits them without
 // spilling), what the subtracting decode reaches unasked; minimum 0 leaves the others as built.
 template <typename T, int NT, bool OFF>
-__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0) qmma_lean_kernel(SmallArgs a) {
+__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0)
+    qmma_lean_kernel(SmallArgs a, int prefetch) {
     lean_block<T, NT, kLeanBatch, OFF>(a, static_cast<int>(blockIdx.x),
-                                       static_cast<int>(blockIdx.y), lean_xs);
+                                       static_cast<int>(blockIdx.y), prefetch, lean_xs);
 }
 
 template <typename T, int NT, bool OFF>
-__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0) qmma_lean_group_kernel(SmallGroup g) {
+__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0)
+    qmma_lean_group_kernel(SmallGroup g, int prefetch) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];
     if (static_cast<int>(blockIdx.y) >= a.split) return;
-    lean_block<T, NT, kLeanBatch, OFF>(a, bx, static_cast<int>(blockIdx.y), lean_xs);
+    lean_block<T, NT, kLeanBatch, OFF>(a, bx, static_cast<int>(blockIdx.y), prefetch, lean_xs);
 }
 
 // Whether the lean loop decodes by offsets (PARADEC_LEAN_DECODE=offset; read once): a variant
@@ -870,13 +874,11 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         if (lean) {
-            SmallGroup with_pf = g;
-            for (int i = 0; i < with_pf.count; ++i) with_pf.call[i].prefetch = lean_prefetch();
             int st = PARADEC_K_OK;
             with_lean_variant(m, [&](auto nt, auto off) {
                 st = launch_dependent(
                     qmma_lean_group_kernel<T, decltype(nt)::value, decltype(off)::value>, grid,
-                    dim3(kSmallCols), lean_bytes, stream, with_pf);
+                    dim3(kSmallCols), lean_bytes, stream, g, lean_prefetch());
             });
             return st;
         }
@@ -897,13 +899,11 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         if (lean_bytes) {
-            SmallArgs with_pf = a;
-            with_pf.prefetch = lean_prefetch();
             int st = PARADEC_K_OK;
             with_lean_variant(a.m, [&](auto nt, auto off) {
                 st = launch_dependent(
                     qmma_lean_kernel<T, decltype(nt)::value, decltype(off)::value>, grid,
-                    dim3(kSmallCols), lean_bytes, stream, with_pf);
+                    dim3(kSmallCols), lean_bytes, stream, a, lean_prefetch());
             });
             return st;
         }

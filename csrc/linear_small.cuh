@@ -30,9 +30,6 @@ struct SmallArgs {
     int ntiles, tiles_per_split, split;
     int groups;  // rows of sz
     bool accumulate;
-    // Lean loop: tiles ahead of its loads that each lane prefetches into L2 (0: none); set by
-    // the launcher (PARADEC_LEAN_PREFETCH).
-    int prefetch;
 };
 
 // Whether the path takes this weight and m: uniform 4-bit tiles, m ≤ 32.

@@ -1286,50 +1286,73 @@ fn paged_graph_calls_check_their_arguments_before_the_device() {
         PARADEC_ERR_NULL_ARGUMENT,
         "`out`",
     );
-    fails(
-        cap(ptr::null_mut(), 2, 1, 3, &mut g),
-        PARADEC_ERR_NULL_ARGUMENT,
-        "`cache`",
-    );
-    fails(
-        cap(flat, 2, 1, 3, &mut g),
-        PARADEC_ERR_INVALID_ARGUMENT,
-        "cache: a contiguous cache: capture it with paradec_model_capture_decode (",
-    );
-    fails(
-        cap(pool, 2, 1, 0, &mut g),
-        PARADEC_ERR_INVALID_ARGUMENT,
-        "max_pages: 0 pages per sequence",
-    );
-    fails(
-        cap(pool, 2, 1, 7, &mut g),
-        PARADEC_ERR_INVALID_ARGUMENT,
-        "max_pages: 7 pages per sequence; a block table over this cache holds 1 ..= 6",
-    );
-    fails(
-        cap(pool, 0, 1, 3, &mut g),
-        PARADEC_ERR_INVALID_ARGUMENT,
-        "batch 0",
-    );
-    fails(
-        cap(pool, 1, 17, 6, &mut g),
-        PARADEC_ERR_INVALID_ARGUMENT,
-        "at most 16",
-    );
-    // 3 sequences × 16 tokens take 12 pages of 4; 9 tokens do not fit 2 pages of 4.
-    fails(
-        cap(pool, 3, 16, 6, &mut g),
-        PARADEC_ERR_CAPACITY,
-        "need 12 pages of 4 positions, the pool has 6",
-    );
-    fails(
-        cap(pool, 1, 9, 2, &mut g),
-        PARADEC_ERR_CAPACITY,
-        "exceed the cache capacity 8",
-    );
-    // Every argument right: the device is the one thing missing.
-    fails(cap(pool, 2, 1, 3, &mut g), no_graph, why);
-    fails(cap(pool, 1, 16, 4, &mut g), no_graph, why);
+    // (cache, batch, q_len, max_pages): the refusal, in the documented order. 3 sequences × 16
+    // tokens take 12 pages of 4; 9 tokens do not fit 2 pages of 4. Last, every argument right:
+    // the device is the one thing missing.
+    let refused: [(
+        *mut paradec_cache,
+        usize,
+        usize,
+        usize,
+        paradec_status,
+        &str,
+    ); 10] = [
+        (
+            ptr::null_mut(),
+            2,
+            1,
+            3,
+            PARADEC_ERR_NULL_ARGUMENT,
+            "`cache`",
+        ),
+        (
+            flat,
+            2,
+            1,
+            3,
+            PARADEC_ERR_INVALID_ARGUMENT,
+            "cache: a contiguous cache: capture it with paradec_model_capture_decode (",
+        ),
+        (
+            pool,
+            2,
+            1,
+            0,
+            PARADEC_ERR_INVALID_ARGUMENT,
+            "max_pages: 0 pages per sequence",
+        ),
+        (
+            pool,
+            2,
+            1,
+            7,
+            PARADEC_ERR_INVALID_ARGUMENT,
+            "max_pages: 7 pages per sequence; a block table over this cache holds 1 ..= 6",
+        ),
+        (pool, 0, 1, 3, PARADEC_ERR_INVALID_ARGUMENT, "batch 0"),
+        (pool, 1, 17, 6, PARADEC_ERR_INVALID_ARGUMENT, "at most 16"),
+        (
+            pool,
+            3,
+            16,
+            6,
+            PARADEC_ERR_CAPACITY,
+            "need 12 pages of 4 positions, the pool has 6",
+        ),
+        (
+            pool,
+            1,
+            9,
+            2,
+            PARADEC_ERR_CAPACITY,
+            "exceed the cache capacity 8",
+        ),
+        (pool, 2, 1, 3, no_graph, why),
+        (pool, 1, 16, 4, no_graph, why),
+    ];
+    for (cache, batch, q_len, max_pages, code, what) in refused {
+        fails(cap(cache, batch, q_len, max_pages, &mut g), code, what);
+    }
     assert_eq!(g, sentinel, "a refused capture wrote *out");
     // The plain capture still takes the contiguous cache (and meets the same wall).
     fails(

@@ -173,18 +173,36 @@ static void layer_on_device(const char *dir, cudaStream_t stream) {
     paradec_model_free(dev_m);
 }
 
+/* The model in `dir` on GPU 0, its description in *info. */
+static paradec_model *model_on_gpu(const char *dir, paradec_model_info *info) {
+    paradec_model *m = NULL;
+    CHECK(paradec_model_load(dir, NULL, &m));
+    CHECK(paradec_model_load_to(m, (paradec_device){PARADEC_DEVICE_CUDA, 0}));
+    info->struct_size = sizeof *info;
+    CHECK(paradec_model_describe(m, info));
+    return m;
+}
+
+/* A GPU 0 f16 workspace reserved as paradec_workspace_bytes_paged plans forwards of `tokens`
+ * tokens over tables of `max_pages` pages of `page_size` positions. */
+static paradec_workspace *paged_workspace(const paradec_model *m, size_t tokens,
+                                          size_t max_pages, size_t page_size) {
+    size_t plan = 0;
+    CHECK(paradec_workspace_bytes_paged(m, tokens, max_pages, page_size, PD_F16, &plan));
+    paradec_workspace *ws = NULL;
+    CHECK(paradec_workspace_create((paradec_device){PARADEC_DEVICE_CUDA, 0}, PD_F16, &ws));
+    CHECK(paradec_workspace_reserve(ws, plan));
+    return ws;
+}
+
 /* The model in `dir` on GPU 0 (f16), batch 1: a 5-token prefill on two caches, then four
  * decode steps — eager on one cache (host logits), replayed from one captured graph on the
  * other (device logits) — equal to the bit; and what a live graph refuses (a paged step
  * among them). */
 static void graph_decode(const char *dir, cudaStream_t stream) {
     paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
-    paradec_model *m = NULL;
-    CHECK(paradec_model_load(dir, NULL, &m));
-    CHECK(paradec_model_load_to(m, gpu));
     paradec_model_info info;
-    info.struct_size = sizeof info;
-    CHECK(paradec_model_describe(m, &info));
+    paradec_model *m = model_on_gpu(dir, &info);
     const size_t vocab = info.vocab;
     paradec_cache *ce = NULL, *cg = NULL;
     CHECK(paradec_cache_create(m, 1, 16, PD_F16, gpu, &ce));
@@ -277,18 +295,10 @@ static void paged_model_on_device(const char *dir, cudaStream_t stream) {
     static const int64_t schedule[STEPS][3] = {
         {5, 0, 0}, {2, 5, 0}, {1, 7, 2}, {1, 8, 3}, {1, 9, 4}};
     paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
-    paradec_model *m = NULL;
-    CHECK(paradec_model_load(dir, NULL, &m));
-    CHECK(paradec_model_load_to(m, gpu));
     paradec_model_info info;
-    info.struct_size = sizeof info;
-    CHECK(paradec_model_describe(m, &info));
+    paradec_model *m = model_on_gpu(dir, &info);
     const size_t V = info.vocab;
-    size_t plan = 0;
-    CHECK(paradec_workspace_bytes_paged(m, 2 * 5, MAXP, PS, PD_F16, &plan));
-    paradec_workspace *ws = NULL;
-    CHECK(paradec_workspace_create(gpu, PD_F16, &ws));
-    CHECK(paradec_workspace_reserve(ws, plan));
+    paradec_workspace *ws = paged_workspace(m, 2 * 5, MAXP, PS);
     float *want = malloc(2 * 5 * V * sizeof *want), *got = malloc(2 * 5 * V * sizeof *got);
     const int modes[2] = {PARADEC_CACHE_MODE_Q8, PARADEC_CACHE_MODE_NATIVE};
     for (int mi = 0; mi < 2; mi++) {
@@ -382,18 +392,10 @@ static void paged_graph_decode(const char *dir, cudaStream_t stream) {
     enum { PS = 4, MAXP = 4, POOL = 10, STEPS = 6 };
     static const int32_t free_pages[POOL] = {7, 2, 9, 0, 5, 3, 8, 1, 6, 4};
     paradec_device gpu = {PARADEC_DEVICE_CUDA, 0};
-    paradec_model *m = NULL;
-    CHECK(paradec_model_load(dir, NULL, &m));
-    CHECK(paradec_model_load_to(m, gpu));
     paradec_model_info info;
-    info.struct_size = sizeof info;
-    CHECK(paradec_model_describe(m, &info));
+    paradec_model *m = model_on_gpu(dir, &info);
     const size_t V = info.vocab;
-    size_t plan = 0;
-    CHECK(paradec_workspace_bytes_paged(m, 2 * 5, MAXP, PS, PD_F16, &plan));
-    paradec_workspace *ws = NULL;
-    CHECK(paradec_workspace_create(gpu, PD_F16, &ws));
-    CHECK(paradec_workspace_reserve(ws, plan));
+    paradec_workspace *ws = paged_workspace(m, 2 * 5, MAXP, PS);
     float *eager = malloc(2 * 5 * V * sizeof *eager);
     uint16_t *dlog = NULL, *hlog = malloc(2 * V * 2);
     CUDA_CHECK(cudaMalloc((void **)&dlog, 2 * V * 2));

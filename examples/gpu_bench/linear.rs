@@ -440,14 +440,10 @@ pub fn run(
             ffi::paradec_quant_linear_scratch(dt.code(), &q0, m, path, plan.split as i32)
         };
         let scratch = DeviceBuffer::zeroed(0, need.max(256))?;
-        // Split counters kept zero between calls, as a workspace keeps them for the decoder.
-        let mut counters = DeviceBuffer::zeroed(0, 16384 * 4)?;
-        let kept = ffi::paradec_zeroed_counters {
-            count: counters.len() / 4,
-            counters: counters.as_mut_ptr().cast(),
-        };
+        let mut counters = kept_counters()?;
         let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
             let q = qw(i);
+            let kept = paradec::cuda::kernels::zeroed_counters_ffi(Some(&mut counters), st);
             // SAFETY: every array of q is a live pool set of the layout's size; x, out and the
             // scratch are sized for m rows; the kept counters are zero between launches.
             status(
@@ -464,7 +460,7 @@ pub fn run(
                         plan.split as i32,
                         scratch.as_ptr() as *mut c_void,
                         scratch.len(),
-                        &kept,
+                        kept.as_ref().map_or(ptr::null(), |k| k as *const _),
                         st.raw(),
                     )
                 },

@@ -57,6 +57,12 @@ impl Dt {
     }
 }
 
+/// Split counters kept zero between launches, as a workspace keeps them for the decoder; each
+/// launch passes `kernels::zeroed_counters_ffi` of them.
+fn kept_counters() -> Result<DeviceBuffer> {
+    DeviceBuffer::zeroed(0, 16384 * 4)
+}
+
 fn status(s: i32, what: &str) -> Result<()> {
     cuda::error::check_status(s, what)
 }
