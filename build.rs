@@ -164,6 +164,11 @@ mod cuda {
                 "PARADEC_CUDA_ARCHS={list:?} names no architecture (e.g. \"80,90a,compute_90\")"
             );
         }
+        // The host code launches sm_90a-only kernels (wgmma) on a compute capability 9.0
+        // device only when the build carries code for it.
+        if flags.iter().any(|f| f.contains("arch=compute_90a")) {
+            flags.push("-DPARADEC_SM90A_IMAGE=1".to_string());
+        }
         flags
     }
 

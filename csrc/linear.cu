@@ -500,22 +500,32 @@ int gemv_or_mma(size_t m) { return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_MMA
 
 // The path a call takes. Dense weights (w null): GEMV and MMA as asked, any other path VENDOR,
 // whose launcher falls back to gemv_or_mma where the library is absent or declines the shape.
-// Quantized: VENDOR is AUTO (the formats run on paradec's kernels); SMALL where it does not
-// apply (other widths, m > 32) and AUTO take gemv_or_mma; AUTO takes SMALL_LEAN where the
-// small-M path applies (its launcher runs the ring loop where the lean one does not: m > 16,
-// or x too long to stage).
+// Quantized: VENDOR is AUTO (the formats run on paradec's kernels); WGMMA as asked at any m;
+// AUTO takes SMALL_LEAN where the small-M path applies (its launcher runs the ring loop where
+// the lean one does not: m > 16, or x too long to stage); SMALL where it does not apply (other
+// widths, m > 32) and AUTO take the GEMV up to 8 rows, WGMMA beyond (whose launcher runs MMA
+// where wgmma does not apply).
 int choose_path(int path, size_t m, const paradec_qweight *w) {
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
     if (!w) return PARADEC_PATH_VENDOR;
+    if (path == PARADEC_PATH_WGMMA) return path;
     if (small_path_applies(w, m))
         return path == PARADEC_PATH_SMALL ? PARADEC_PATH_SMALL : PARADEC_PATH_SMALL_LEAN;
-    return gemv_or_mma(m);
+    return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_WGMMA;
 }
 
 // Splits that leave no split without tiles (the SMALL kernel's last-block count needs them all).
 int effective_split(const paradec_qweight *w, int split) {
     const size_t per = (w->ntiles + split - 1) / split;
     return static_cast<int>((w->ntiles + per - 1) / per);
+}
+
+// The split a call runs with on path p: none on MMA, WGMMA's own argument (its rows of x per
+// block, or any other value for the launcher's choice), else a K split without empty splits.
+int path_split(int p, const paradec_qweight *w, int split) {
+    if (p == PARADEC_PATH_MMA) return 1;
+    if (p == PARADEC_PATH_WGMMA) return split;
+    return effective_split(w, split);
 }
 
 int mt_for(size_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
@@ -568,6 +578,20 @@ void launch_qmma(const MArgs &a, int bits, dim3 grid, cudaStream_t stream) {
 template <typename T>
 constexpr int dtype_of() {
     return std::is_same<T, __half>::value ? PARADEC_F16 : PARADEC_BF16;
+}
+
+// Rows of x per block of the wgmma GEMM: `asked` when it is 64, 128 or 256 (the call's split
+// argument: tests and benches run every tile on any shape), else wgmma_tokens' choice for the
+// device's SM count.
+int wgmma_rows(const GemmArgs &a, int asked) {
+    if (asked == 64 || asked == 128 || asked == 256) return asked;
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        sms = 132;
+    }
+    return wgmma_tokens(a.m, a.n, sms);
 }
 
 template <typename T>
@@ -662,6 +686,8 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                 reinterpret_cast<const uint2 *>(w->tiles), reinterpret_cast<const float2 *>(w->sz),
                 bias, out, static_cast<int64_t>(m), static_cast<int64_t>(w->n),
                 static_cast<int64_t>(w->np), accumulate};
+    if (path == PARADEC_PATH_WGMMA && wgmma_serves(ga, w->bits))
+        return launch_gemm_wgmma(dtype_of<T>(), ga, w->bits, wgmma_rows(ga, split), stream);
     if (gemm_serves(ga)) return launch_gemm(dtype_of<T>(), ga, w->bits, stream);
     MArgs a;
     a.x = xa;
@@ -838,8 +864,8 @@ extern "C" size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight 
     (void)dtype;
     if (!w || split < 1 || w->ntiles == 0) return 0;
     const int p = paradec::choose_path(path, m, w);
-    const int sp = p == PARADEC_PATH_MMA ? 1 : paradec::effective_split(w, split);
-    return paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, sp);
+    return paradec::gather_bytes(w, m) +
+           paradec::partial_bytes(w, m, p, paradec::path_split(p, w, split));
 }
 
 extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
@@ -850,7 +876,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_WGMMA) return PARADEC_K_BAD_ENUM;
         if (m == 0) return PARADEC_K_ZERO_DIM;
         const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
         if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
@@ -858,7 +884,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
         const int st = paradec::check_qweight(w);
         if (st != PARADEC_K_OK) return st;
         const int p = paradec::choose_path(path, m, w);
-        const int sp = p == PARADEC_PATH_MMA ? 1 : paradec::effective_split(w, split);
+        const int sp = paradec::path_split(p, w, split);
         const size_t need = paradec::gather_bytes(w, m) + paradec::partial_bytes(w, m, p, sp);
         if (need > 0 && (!scratch || scratch_bytes < need)) return PARADEC_K_BAD_SHAPE;
         if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
@@ -933,7 +959,7 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_VENDOR) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_WGMMA) return PARADEC_K_BAD_ENUM;
         if (m == 0 || k == 0 || n == 0) return PARADEC_K_ZERO_DIM;
         if (m > paradec::kMaxDim || k > paradec::kMaxDim || n > paradec::kMaxDim)
             return PARADEC_K_DIM_TOO_LARGE;
@@ -948,6 +974,14 @@ extern "C" int paradec_linear(int dtype, const void *x, size_t m, size_t k, cons
 extern "C" int paradec_vendor_gemm_available(void) {
     try {
         return paradec::vendor_gemm_available() ? 1 : 0;
+    } catch (...) {
+        return 0;
+    }
+}
+
+extern "C" int paradec_wgmma_available(void) {
+    try {
+        return paradec::wgmma_available() ? 1 : 0;
     } catch (...) {
         return 0;
     }

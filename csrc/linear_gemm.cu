@@ -13,6 +13,7 @@
 // and rounded once to the dtype. The whole matrix is never reconstructed.
 #include "linear_gemm.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace paradec {
 namespace {
@@ -28,6 +29,42 @@ constexpr int kStageBytes = 2 * kTileBytes;          // A, then B (dense, or two
 constexpr size_t kGemmSmem = size_t{kStages} * kStageBytes;
 
 static_assert(2 * kSubBytes <= kTileBytes, "two quantized tiles fit a stage's B slot");
+
+// Issues the copies of K-step kt's quantized B for the block's kGN columns from n0 into `sb`:
+// its two tiles, each as kSubBytes (the tile's word rows, then the columns' (scale,
+// −zero·scale)). Called by all kGThreads threads.
+__device__ __forceinline__ void load_quant_b(const GemmArgs &a, int64_t kt, unsigned char *sb,
+                                             int64_t n0) {
+    const int tid = threadIdx.x;
+    const int64_t ntiles = a.kdim / 32;
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt) {
+        const int64_t t = kt * 2 + tt;
+        if (t >= ntiles) break;  // an odd tile count: the compute skips it too
+        const uint2 meta = __ldg(a.tiles + t);
+        const int bits = static_cast<int>(meta.y >> 24);
+        const int64_t g = static_cast<int64_t>(meta.y & 0xFFFFFFu);
+        unsigned char *sub = sb + tt * kSubBytes;
+        uint32_t *sw = reinterpret_cast<uint32_t *>(sub);
+        // bits word rows × 32 chunks of 4 columns (np is a multiple of 8: a chunk is all in
+        // or all out).
+        if (tid < bits * 32) {
+            const int i = tid >> 5, ch = tid & 31;
+            const int64_t c = n0 + ch * 4;
+            const bool ok = c < a.np;
+            cp_async16_zfill(sw + i * kGN + ch * 4,
+                             ok ? a.words + (static_cast<int64_t>(meta.x) + i) * a.np + c : a.words,
+                             ok);
+        }
+        if (tid >= kGThreads - 64) {
+            const int ch = tid - (kGThreads - 64);  // 64 chunks of 2 (scale, −zero·scale)
+            const int64_t c = n0 + ch * 2;
+            const bool ok = c < a.np;
+            float2 *ssz = reinterpret_cast<float2 *>(sub + kWordsBytes);
+            cp_async16_zfill(ssz + ch * 2, ok ? a.sz + g * a.np + c : a.sz, ok);
+        }
+    }
+}
 
 // Issues the copies of K-step kt into stage memory `st`.
 template <typename T, bool QUANT>
@@ -59,34 +96,7 @@ __device__ __forceinline__ void load_stage(const GemmArgs &a, int64_t kt, unsign
             cp_async16_zfill(sB + r * kRowPad + ch * kVec, ok ? W + gn * a.kdim + gk : W, ok);
         }
     } else {
-        const int64_t ntiles = a.kdim / 32;
-#pragma unroll
-        for (int tt = 0; tt < 2; ++tt) {
-            const int64_t t = kt * 2 + tt;
-            if (t >= ntiles) break;  // an odd tile count: the compute skips it too
-            const uint2 meta = __ldg(a.tiles + t);
-            const int bits = static_cast<int>(meta.y >> 24);
-            const int64_t g = static_cast<int64_t>(meta.y & 0xFFFFFFu);
-            unsigned char *sub = sb + tt * kSubBytes;
-            uint32_t *sw = reinterpret_cast<uint32_t *>(sub);
-            // bits word rows × 32 chunks of 4 columns (np is a multiple of 8: a chunk is all in
-            // or all out).
-            if (tid < bits * 32) {
-                const int i = tid >> 5, ch = tid & 31;
-                const int64_t c = n0 + ch * 4;
-                const bool ok = c < a.np;
-                cp_async16_zfill(
-                    sw + i * kGN + ch * 4,
-                    ok ? a.words + (static_cast<int64_t>(meta.x) + i) * a.np + c : a.words, ok);
-            }
-            if (tid >= kGThreads - 64) {
-                const int ch = tid - (kGThreads - 64);  // 64 chunks of 2 (scale, −zero·scale)
-                const int64_t c = n0 + ch * 2;
-                const bool ok = c < a.np;
-                float2 *ssz = reinterpret_cast<float2 *>(sub + kWordsBytes);
-                cp_async16_zfill(ssz + ch * 2, ok ? a.sz + g * a.np + c : a.sz, ok);
-            }
-        }
+        load_quant_b(a, kt, sb, n0);
     }
 }
 
@@ -267,6 +277,235 @@ __global__ void __launch_bounds__(kGThreads, 2) gemm_kernel(GemmArgs a) {
             }
 }
 
+// ---- The wgmma GEMM (sm_90a) of quantized weights ----
+//
+// outᵀ = W·xᵀ on Hopper's warpgroup MMA: the weights are the 64-row A operand, decoded from
+// shared memory into registers (dequant_pair, as above: f32, one rounding), and x is the B
+// operand, TOK rows of it per block read by the wgmma from shared memory (the 128-byte swizzle
+// of wgmma.cuh). Two warpgroups of 64 output columns each (16 per warp) share one x tile;
+// every weight fragment is decoded once per block. K steps of 64 rows (two layout tiles) flow
+// through a cp.async ring of WgmmaTile::kStages; each step's four wgmmas run while the next
+// step is decoded (one group in flight), and a stage is refilled only after the wait that
+// covers its last wgmma. The f32 results go through shared memory so that each row of out is written
+// with whole, coalesced vectors, the bias and the existing out (accumulate) added in f32.
+
+constexpr int kWThreads = kGThreads;  // two warpgroups; load_quant_b's thread split
+constexpr int kEStride = 132;          // f32 per staged output row (128 + 4: no bank conflicts)
+
+template <int TOK>
+struct WgmmaTile {
+    static constexpr int kXBytes = TOK * 128;  // TOK rows × 64 k of x
+    static constexpr int kStageBytes = kXBytes + 2 * kSubBytes;
+    static constexpr int kStages = TOK == 256 ? 5 : 4;
+    static constexpr int kAhead = kStages - 2;  // K steps loaded ahead of the one computed
+    static constexpr int kBlocksPerSm = TOK == 256 ? 1 : 2;
+    static constexpr size_t kSmem = size_t{kStages} * kStageBytes + 1024;  // + alignment slack
+    static_assert(kStageBytes % 1024 == 0, "stages keep x tiles on 1024-byte boundaries");
+    static_assert(kAhead >= 1 && kAhead <= kStages - 2,
+                  "a refill never lands in the stage of the group in flight");
+    static_assert(size_t{TOK} * kEStride * 4 <= size_t{kStages} * kStageBytes,
+                  "the output staging fits the ring");
+};
+
+// Issues the copies of K-step kt of x rows m0 … m0 + TOK into `sx` (128-byte swizzle; rows
+// past m zero-filled).
+template <typename T, int TOK>
+__device__ __forceinline__ void load_x_sw128(const GemmArgs &a, int64_t kt, unsigned char *sx,
+                                             int64_t m0) {
+    const T *A = static_cast<const T *>(a.a);
+    const int64_t k0 = kt * kGK;
+#pragma unroll
+    for (int i = 0; i < TOK * 8 / kWThreads; ++i) {
+        const int idx = static_cast<int>(threadIdx.x) + i * kWThreads;
+        const int r = idx >> 3, c = idx & 7;
+        const int64_t gr = m0 + r;
+        const bool ok = gr < a.m;
+        cp_async16_zfill(sx + sw128_offset(r, c), ok ? A + gr * a.lda + k0 + c * kVec : A, ok);
+    }
+}
+
+// The A fragment of the warp's 16 columns (col, col + 8 of the block) for k16 slice `ks` of a
+// quantized tile in shared memory (wgmma.cuh's A layout: rows = columns of W).
+template <typename T, int B>
+__device__ __forceinline__ void a_frag(const unsigned char *sub, int col, float2 s0, float2 s1,
+                                       int ks, int t4, uint32_t (&f)[4]) {
+    const uint32_t *sw = reinterpret_cast<const uint32_t *>(sub);
+    const int r = ks * 16 + 2 * t4;
+    f[0] = dequant_pair<T, B>(sw, s0, col, r);
+    f[1] = dequant_pair<T, B>(sw, s1, col + 8, r);
+    f[2] = dequant_pair<T, B>(sw, s0, col, r + 8);
+    f[3] = dequant_pair<T, B>(sw, s1, col + 8, r + 8);
+}
+
+// Decodes K step `st`'s four A fragments (k16 slices 0–3) into f.
+template <typename T, int B, int TOK>
+__device__ __forceinline__ void decode_step(const unsigned char *st, int col, int t4,
+                                            uint32_t (&f)[4][4]) {
+    const unsigned char *sq = st + WgmmaTile<TOK>::kXBytes;
+#pragma unroll
+    for (int tt = 0; tt < 2; ++tt) {
+        const unsigned char *sub = sq + tt * kSubBytes;
+        const float2 *ssz = reinterpret_cast<const float2 *>(sub + kWordsBytes);
+        const float2 s0 = ssz[col], s1 = ssz[col + 8];
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) a_frag<T, B>(sub, col, s0, s1, ks, t4, f[tt * 2 + ks]);
+    }
+}
+
+// Issues K step `st`'s four wgmmas as one group (ptxas keeps a group asynchronous only when no
+// other instruction writes its inputs between its first wgmma and its commit).
+template <typename T, int TOK>
+__device__ __forceinline__ void issue_step(const unsigned char *st, float (&acc)[TOK / 2],
+                                           const uint32_t (&f)[4][4]) {
+    wgmma_fence();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wgmma_rs<T, TOK>(acc, f[i], sw128_desc(st, i * 32));
+    wgmma_commit();
+}
+
+template <typename T, int BITS, int TOK>
+__global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
+    gemm_wgmma_kernel(GemmArgs a) {
+#if PARADEC_WGMMA_ARCH
+    using S = WgmmaTile<TOK>;
+    extern __shared__ __align__(128) unsigned char wsmem[];
+    // The ring on a 1024-byte boundary of the shared window (the swizzle's period).
+    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
+    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
+    const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const int col = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // A rows: block columns col, col + 8
+    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGN;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * TOK;
+    const int64_t ksteps = a.kdim / kGK;
+
+    float acc[TOK / 2];
+#pragma unroll
+    for (int i = 0; i < TOK / 2; ++i) acc[i] = 0.f;
+
+    auto load = [&](int64_t kt) {
+        unsigned char *st = smem + (kt % S::kStages) * S::kStageBytes;
+        load_x_sw128<T, TOK>(a, kt, st, m0);
+        load_quant_b(a, kt, st + S::kXBytes, n0);
+    };
+#pragma unroll
+    for (int s = 0; s < S::kAhead; ++s) {
+        if (s < ksteps) load(s);
+        cp_async_commit_group();
+    }
+    // Step kt's group of wgmmas runs while step kt + 1 is decoded, into the other of two
+    // register sets; the group is waited for before the next one is issued (ptxas keeps the
+    // wgmmas asynchronous only so), which also frees its stage for the loads.
+    uint32_t fa[4][4], fb[4][4];
+    auto prepare = [&](int64_t kt, uint32_t (&f)[4][4]) {
+        cp_async_wait_groups<S::kAhead - 1>();
+        fence_async_shared();
+        // Step kt has landed for every thread; every warpgroup has issued step kt − 1 and
+        // finished the wgmmas of step kt − 2, whose stage the next load reuses.
+        __syncthreads();
+        if (kt + S::kAhead < ksteps) load(kt + S::kAhead);
+        cp_async_commit_group();
+        decode_step<T, BITS, TOK>(smem + (kt % S::kStages) * S::kStageBytes, col, t4, f);
+    };
+    auto issue = [&](int64_t kt, const uint32_t (&f)[4][4]) {
+        issue_step<T, TOK>(smem + (kt % S::kStages) * S::kStageBytes, acc, f);
+    };
+    prepare(0, fa);
+    for (int64_t kt = 0; kt < ksteps; kt += 2) {
+        issue(kt, fa);
+        if (kt + 1 < ksteps) prepare(kt + 1, fb);
+        wgmma_wait<0>();
+        if (kt + 1 >= ksteps) break;
+        issue(kt + 1, fb);
+        if (kt + 2 < ksteps) prepare(kt + 2, fa);
+        wgmma_wait<0>();
+    }
+    wgmma_wait<0>();
+    fence_regs(acc);
+    cp_async_wait_groups<0>();
+    __syncthreads();  // every wgmma and copy is done: the ring becomes the output staging
+
+    // acc → shared [TOK rows of x][128 columns] in f32 (row = token, so out is written by rows).
+    float *se = reinterpret_cast<float *>(smem);
+#pragma unroll
+    for (int j = 0; j < TOK / 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                se[(8 * j + 2 * t4 + e) * kEStride + col + 8 * h] = acc[4 * j + 2 * h + e];
+    __syncthreads();
+
+    T *out = static_cast<T *>(a.out);
+    const T *bias = static_cast<const T *>(a.bias);
+    const bool vec = a.n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 7u) == 0;
+    const int c4 = (tid & 31) * 4;
+    const int64_t col0 = n0 + c4;
+    for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
+        const int64_t row = m0 + r;
+        if (row >= a.m || col0 >= a.n) continue;
+        const float4 v4 = *reinterpret_cast<const float4 *>(se + r * kEStride + c4);
+        float v[4] = {v4.x, v4.y, v4.z, v4.w};
+        T *p = out + row * a.n + col0;
+        if (vec && col0 + 3 < a.n) {
+            if (bias) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) v[i] += Num<T>::to_f(bias[col0 + i]);
+            }
+            uint2 o;
+            typename Num<T>::T2 *o2 = reinterpret_cast<typename Num<T>::T2 *>(&o);
+            if (a.accumulate) {
+                const uint2 old = *reinterpret_cast<const uint2 *>(p);
+                const typename Num<T>::T2 *q2 = reinterpret_cast<const typename Num<T>::T2 *>(&old);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const float2 f = Num<T>::to_f2(q2[i]);
+                    v[2 * i] += f.x;
+                    v[2 * i + 1] += f.y;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) o2[i] = Num<T>::from_f2(make_float2(v[2 * i], v[2 * i + 1]));
+            *reinterpret_cast<uint2 *>(p) = o;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (col0 + i >= a.n) break;
+                float x = v[i];
+                if (bias) x += Num<T>::to_f(bias[col0 + i]);
+                if (a.accumulate) x += Num<T>::to_f(p[i]);
+                p[i] = Num<T>::from_f(x);
+            }
+        }
+    }
+#endif
+}
+
+template <typename T, int BITS, int TOK>
+int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
+    using S = WgmmaTile<TOK>;
+    const cudaError_t attr =
+        cudaFuncSetAttribute(gemm_wgmma_kernel<T, BITS, TOK>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    const dim3 grid(static_cast<unsigned>((a.n + kGN - 1) / kGN),
+                    static_cast<unsigned>((a.m + TOK - 1) / TOK));
+    gemm_wgmma_kernel<T, BITS, TOK><<<grid, kWThreads, S::kSmem, stream>>>(a);
+    return launch_status();
+}
+
+template <typename T, int BITS>
+int launch_wgmma_tok(const GemmArgs &a, int tok, cudaStream_t stream) {
+    switch (tok) {
+        case 64: return launch_wgmma_t<T, BITS, 64>(a, stream);
+        case 128: return launch_wgmma_t<T, BITS, 128>(a, stream);
+        default: return launch_wgmma_t<T, BITS, 256>(a, stream);
+    }
+}
+
 template <typename T, int BITS>
 int launch_t(const GemmArgs &a, cudaStream_t stream) {
     const cudaError_t attr = cudaFuncSetAttribute(
@@ -306,6 +545,43 @@ bool gemm_serves(const GemmArgs &a) {
 
 int launch_gemm(int dtype, const GemmArgs &a, int bits, cudaStream_t stream) {
     return dispatch_dtype(dtype, [&](auto tag) { return launch_bits<decltype(tag)>(a, bits, stream); });
+}
+
+int wgmma_tokens(int64_t m, int64_t n, int sms) {
+    const int64_t cols = (n + kGN - 1) / kGN;
+    if (m <= 64) return 64;
+    // The largest tile of rows that still gives every SM a block (else the most blocks).
+    for (int tok : {256, 128}) {
+        if (m > tok / 2 && cols * ((m + tok - 1) / tok) >= sms) return tok;
+    }
+    return m <= 128 ? 128 : (cols * ((m + 127) / 128) >= sms ? 128 : 64);
+}
+
+bool wgmma_serves(const GemmArgs &a, int bits) {
+    return a.w == nullptr && (bits == 4 || bits == 8) && gemm_serves(a) && wgmma_available();
+}
+
+bool wgmma_available() {
+#ifdef PARADEC_SM90A_IMAGE
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return major == 9 && minor == 0;
+#else
+    return false;
+#endif
+}
+
+int launch_gemm_wgmma(int dtype, const GemmArgs &a, int bits, int tok, cudaStream_t stream) {
+    return dispatch_dtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        return bits == 8 ? launch_wgmma_tok<T, 8>(a, tok, stream)
+                         : launch_wgmma_tok<T, 4>(a, tok, stream);
+    });
 }
 
 }  // namespace paradec

@@ -31,4 +31,21 @@ bool gemm_serves(const GemmArgs &a);
 // −1 for dense B. Returns PARADEC_K_OK or the launch's CUDA status.
 int launch_gemm(int dtype, const GemmArgs &a, int bits, cudaStream_t stream);
 
+// Whether the wgmma GEMM (sm_90a) takes these arguments: quantized B of uniform width 4 or 8
+// that gemm_serves, on a device of compute capability 9.0, in a build with sm_90a code
+// (PARADEC_SM90A_IMAGE, set by build.rs).
+bool wgmma_serves(const GemmArgs &a, int bits);
+
+// Whether the wgmma GEMM runs on the current device: a build with sm_90a code and a device of
+// compute capability 9.0.
+bool wgmma_available();
+
+// Rows of x per block of the wgmma GEMM (64, 128 or 256) for m rows and n columns on `sms`
+// multiprocessors: the largest that still gives every SM a block.
+int wgmma_tokens(int64_t m, int64_t n, int sms);
+
+// Launches the wgmma GEMM (where wgmma_serves) with `tok` rows of x per block; a paradec
+// status.
+int launch_gemm_wgmma(int dtype, const GemmArgs &a, int bits, int tok, cudaStream_t stream);
+
 }  // namespace paradec

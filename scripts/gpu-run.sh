@@ -15,6 +15,10 @@
 #                  (PARADEC_PDL=on): tests and memcheck under them, then the lean linears, the
 #                  decoder layers and decode attention (merged in the kernel, or by the combine
 #                  kernel: PARADEC_ATTN_COMBINE=kernel) timed under each, side by side
+#   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
+#                  tests, memcheck and racecheck of its test, then the linears at 33…2048 rows on
+#                  it (its own row tiles, and 64/128/256 forced) against the mma.sync tiles, and
+#                  PyTorch's linears on the same card
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -23,8 +27,8 @@ MODE=all
 while (( $# )); do
   case "$1" in
     --out) RESULTS=${2:?--out needs a folder}; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
-    all|quick|tests|sanitize|bench|attn|optin|knobs) MODE=$1; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    all|quick|tests|sanitize|bench|attn|optin|knobs|wgmma) MODE=$1; shift ;;
     *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -162,6 +166,30 @@ if [[ "$MODE" == knobs ]]; then
     done
   } > "$RESULTS/knobs_bench.log" 2>&1
   SUMMARY+=("knob bench: $RESULTS/knobs_bench.log")
+fi
+
+if [[ "$MODE" == wgmma ]]; then
+  F="$D/fixtures"
+  PARADEC_FIXTURES="$F" "$D/bin/gpu" --nocapture linear:: decoder:: > "$RESULTS/wgmma_tests.log" 2>&1
+  SUMMARY+=("wgmma tests (rc=$?): $(grep -E '^test result' "$RESULTS/wgmma_tests.log" | tr '\n' ' ')")
+  grep -E 'FAILED|panicked|wgmma_path' "$RESULTS/wgmma_tests.log" | head -n 20
+  if command -v compute-sanitizer >/dev/null; then
+    {
+      PARADEC_GPU_SMALL=1 compute-sanitizer --tool memcheck --report-api-errors no \
+        "$D/bin/gpu" --test-threads=1 linear::wgmma
+      PARADEC_GPU_SMALL=1 compute-sanitizer --tool racecheck "$D/bin/gpu" --test-threads=1 \
+        linear::wgmma
+    } > "$RESULTS/wgmma_sanitize.log" 2>&1
+    SUMMARY+=("wgmma sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/wgmma_sanitize.log" | tr '\n' ' ')")
+  fi
+  {
+    L=(--only linear --lin-fmt gptq4,exl2_4b,gptq8 --lin-shapes 4096x12288,8192x28672
+      --lin-ms 33,64,128,512,2048)
+    "$D/bin/gpu_bench" "${L[@]}" --lin-path auto,mma
+    "$D/bin/gpu_bench" "${L[@]}" --lin-path wgmma --lin-split 64,128,256
+    PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --only linear --quick
+  } > "$RESULTS/wgmma_bench.log" 2>&1
+  SUMMARY+=("wgmma bench: $RESULTS/wgmma_bench.log")
 fi
 
 echo "==== summary"

@@ -145,7 +145,8 @@ pub enum QkvLayout {
 }
 
 /// The kernel a linear runs on a device: CUDA-core GEMV (small M, bandwidth-bound), the
-/// tensor-core tiles (mma.sync), or the tensor-core small-M path of 4-bit weights. Chosen by
+/// tensor-core tiles (mma.sync, or wgmma on Hopper), or the tensor-core small-M path of 4-bit
+/// weights. Chosen by
 /// `ops::select_linear`; tests force each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinearPath {
@@ -165,4 +166,10 @@ pub enum LinearPath {
     /// or declines the shape). Quantized weights: the launcher's own choice. Not yet chosen by
     /// `select_linear`: it waits for its measurements on a GPU.
     Vendor,
+    /// Uniform 4- and 8-bit quantized weights on Hopper (an sm_90a build, compute capability
+    /// 9.0): the warpgroup MMA (wgmma), the weights decoded once per block into registers as
+    /// the 64-row operand, x read from shared memory. Any M; where it does not apply (other
+    /// widths, dense weights, another chip) the launcher runs `Mma`. `select_linear`'s choice
+    /// for quantized weights above 8 rows where the small-M path does not apply.
+    Wgmma,
 }

@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /* Kernel paths a call may take (PARADEC_PATH_AUTO: the launcher's own choice by shape:
- * SMALL_LEAN where the small-M path applies, else GEMV for m ≤ 8 and MMA above). */
+ * SMALL_LEAN where the small-M path applies, else GEMV for m ≤ 8 and WGMMA above). */
 enum paradec_linear_path {
     PARADEC_PATH_AUTO = 0,
     PARADEC_PATH_GEMV = 1, /* CUDA cores, f32 FMA, weights streamed once per MT rows */
@@ -26,9 +26,13 @@ enum paradec_linear_path {
     PARADEC_PATH_SMALL_LEAN = 4, /* SMALL on its lean loop where x fits it (m ≤ 16, a share of K
                                     whose x fits 48 KiB of shared memory), else SMALL's ring
                                     loop */
-    PARADEC_PATH_VENDOR = 5 /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
-                               it is absent or declines the shape); not yet chosen by AUTO.
-                               Quantized weights: AUTO. */
+    PARADEC_PATH_VENDOR = 5, /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
+                                it is absent or declines the shape); not yet chosen by AUTO.
+                                Quantized weights: AUTO. */
+    PARADEC_PATH_WGMMA = 6 /* quantized, uniform 4- or 8-bit, on an sm_90a build and a device of
+                              compute capability 9.0: Hopper's warpgroup MMA with the weights
+                              decoded once per block into registers (any m; AUTO's choice above
+                              8 rows where SMALL does not apply). Elsewhere MMA. Dense: AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
@@ -55,7 +59,8 @@ size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t 
 
 /* out[m, n] (+)= x[m, k] · Wᵀ + bias[n] (bias may be NULL); x, bias, out of `dtype`.
  * `path` picks the kernel (see paradec_linear_path); `split` (≥ 1) splits K across blocks on
- * the GEMV and SMALL paths (ignored by MMA). scratch holds at least
+ * the GEMV and SMALL paths (ignored by MMA); on WGMMA, 64, 128 or 256 sets the rows of x per
+ * block (any other value: the launcher's choice). scratch holds at least
  * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0).
  * `zeroed` (may be NULL; kernels/common.h): the SMALL path's split-K counters come from them
  * when they are enough, instead of being zeroed in the scratch (a memset or a prep kernel). */
@@ -108,6 +113,10 @@ int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
 /* Whether the vendor GEMM of PARADEC_PATH_VENDOR (cuBLASLt) is loaded (tried on the first
  * call): 1 or 0. */
 int paradec_vendor_gemm_available(void);
+
+/* Whether PARADEC_PATH_WGMMA runs its wgmma kernel on the current device (a build with sm_90a
+ * code and a device of compute capability 9.0), where the weights allow it: 1 or 0. */
+int paradec_wgmma_available(void);
 
 /* x *= factor over n elements. */
 int paradec_scale_inplace(int dtype, void *x, size_t n, float factor, paradec_stream_t stream);

@@ -174,6 +174,7 @@ impl LinOpts {
                     "small" => Ok(Some(LinearPath::Small)),
                     "lean" => Ok(Some(LinearPath::SmallLean)),
                     "vendor" => Ok(Some(LinearPath::Vendor)),
+                    "wgmma" => Ok(Some(LinearPath::Wgmma)),
                     _ => Err(bad("--lin-path", s)),
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -203,6 +204,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Small => 3,
         LinearPath::SmallLean => 4,
         LinearPath::Vendor => 5,
+        LinearPath::Wgmma => 6,
     }
 }
 
@@ -213,6 +215,7 @@ fn path_label(p: LinearPath) -> &'static str {
         LinearPath::Small => "small",
         LinearPath::SmallLean => "lean",
         LinearPath::Vendor => "vendor",
+        LinearPath::Wgmma => "wgmma",
     }
 }
 
@@ -248,7 +251,7 @@ pub fn run(
             .flatten()
             .copied()
             .filter(|p| match p {
-                LinearPath::Small | LinearPath::SmallLean => false,
+                LinearPath::Small | LinearPath::SmallLean | LinearPath::Wgmma => false,
                 LinearPath::Vendor => vendor,
                 _ => true,
             })
@@ -422,11 +425,16 @@ pub fn run(
                 );
                 paradec::ops::LinearPlan {
                     path: p,
-                    split: if p == LinearPath::Mma { 1 } else { own.split },
+                    split: if matches!(p, LinearPath::Mma | LinearPath::Wgmma) {
+                        1
+                    } else {
+                        own.split
+                    },
                 }
             }
         };
         let plan = match split {
+            // On wgmma the split is its rows of x per block (64, 128 or 256).
             Some(sp) if plan.path != LinearPath::Mma => paradec::ops::LinearPlan {
                 path: plan.path,
                 split: sp,
@@ -475,7 +483,12 @@ pub fn run(
             m,
             bytes: per_set + m * (k + n) * 2 + perm.as_ref().map_or(0, Vec::len),
             t,
-            path: path_label(plan.path),
+            // The wgmma launcher runs the mma.sync tiles for widths other than 4 and 8.
+            path: if plan.path == LinearPath::Wgmma && !matches!(uniform, 4 | 8) {
+                "mma"
+            } else {
+                path_label(plan.path)
+            },
             split: plan.split,
         });
     }

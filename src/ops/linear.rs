@@ -24,7 +24,9 @@ pub enum LinearFormat {
 pub struct LinearPlan {
     /// The kernel path.
     pub path: LinearPath,
-    /// Ways K is split (quantized GEMV and small-M paths only; 1 otherwise).
+    /// Ways K is split (quantized GEMV and small-M paths; 1 otherwise). On `Wgmma`, 64, 128 or
+    /// 256 forces the rows of x per block (tests and benches run every tile so); any other
+    /// value leaves them to the launcher.
     pub split: usize,
 }
 
@@ -45,8 +47,10 @@ pub(crate) const LEAN_MAX_M: usize = 16;
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
 /// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
 /// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
-/// registers), on its lean loop up to 16 rows. Other small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger
-/// m, on sm_80 and later, runs on tensor-core tiles. Both streaming paths split K so that enough
+/// registers), on its lean loop up to 16 rows. Other small m streams the weights on CUDA cores (a
+/// bandwidth-bound GEMV); larger m, on sm_80 and later, runs on tensor cores (`Wgmma`: the
+/// warpgroup MMA where the launcher finds it, the mma.sync tiles elsewhere). Both streaming
+/// paths split K so that enough
 /// blocks run to keep many 16-byte loads in flight on every SM. Dense weights on sm_80 and
 /// later take the vendor GEMM.
 pub fn select_linear(
@@ -87,8 +91,10 @@ pub fn select_linear(
             split,
         };
     }
+    // Larger m on tensor cores: wgmma where the launcher finds it (uniform 4/8-bit on an
+    // sm_90a build and chip), the mma.sync tiles elsewhere.
     LinearPlan {
-        path: LinearPath::Mma,
+        path: LinearPath::Wgmma,
         split: 1,
     }
 }
@@ -127,10 +133,9 @@ thread_local! {
 
 /// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
 /// thread's linears on a device; `None` returns to `select_linear`. The environment variable
-/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `lean` — the small-M path's lean loop — or
-/// `vendor`,
-/// optionally `gemv:SPLIT` / `small:SPLIT` / `lean:SPLIT`)
-/// does the same for every thread.
+/// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `lean` — the small-M path's lean loop —,
+/// `vendor` or `wgmma`, optionally `gemv:SPLIT` / `small:SPLIT` / `lean:SPLIT`) does the same
+/// for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
     OVERRIDE.with(|c| c.set(o));
 }
@@ -147,6 +152,7 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
         "small" => Some((LinearPath::Small, s)),
         "lean" => Some((LinearPath::SmallLean, s)),
         "vendor" => Some((LinearPath::Vendor, s)),
+        "wgmma" => Some((LinearPath::Wgmma, s)),
         _ => None,
     }
 }
@@ -183,7 +189,8 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
     Ok(match OVERRIDE.with(Cell::get).or_else(env_override) {
         Some((path, split)) => {
             let default = match (path, format) {
-                (LinearPath::Mma | LinearPath::Vendor, _) | (_, LinearFormat::Dense) => 1,
+                (LinearPath::Mma | LinearPath::Vendor | LinearPath::Wgmma, _)
+                | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
                 (LinearPath::Small | LinearPath::SmallLean, _) => small_split(m, k, n, sms),
             };
@@ -517,13 +524,17 @@ mod tests {
             }
             for m in [9, 16, 32] {
                 let p = select_linear(m, 4096, 4096, fmt, H200.0, H200.1);
-                assert_eq!(p.path, LinearPath::Mma, "{fmt:?} m = {m}");
+                assert_eq!(p.path, LinearPath::Wgmma, "{fmt:?} m = {m}");
             }
         }
+        // Beyond: the tensor-core GEMM (its launcher takes wgmma where it applies).
         for m in [33, 64, 2048] {
             assert_eq!(
-                select_linear(m, 4096, 4096, q4, H200.0, H200.1).path,
-                LinearPath::Mma
+                select_linear(m, 4096, 4096, q4, H200.0, H200.1),
+                LinearPlan {
+                    path: LinearPath::Wgmma,
+                    split: 1
+                }
             );
         }
         // Dense weights take the vendor GEMM at every m on sm_80 and later, the GEMV before.
@@ -621,6 +632,10 @@ mod tests {
             Some((LinearPath::Gemv, None))
         );
         assert_eq!(parse_linear_override("MMA"), Some((LinearPath::Mma, None)));
+        assert_eq!(
+            parse_linear_override("wgmma"),
+            Some((LinearPath::Wgmma, None))
+        );
         assert_eq!(
             parse_linear_override("gemv:4"),
             Some((LinearPath::Gemv, Some(4)))

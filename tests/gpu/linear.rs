@@ -33,6 +33,7 @@ fn paths() -> Vec<PathChoice> {
         Some((LinearPath::Small, Some(3))),
         Some((LinearPath::SmallLean, Some(1))),
         Some((LinearPath::SmallLean, Some(3))),
+        Some((LinearPath::Wgmma, None)),
         None,
     ]
 }
@@ -44,6 +45,7 @@ fn path_name(p: PathChoice) -> String {
         Some((LinearPath::SmallLean, s)) => format!("lean/{}", s.unwrap_or(0)),
         Some((LinearPath::Vendor, _)) => "vendor".into(),
         Some((LinearPath::Mma, _)) => "mma".into(),
+        Some((LinearPath::Wgmma, s)) => format!("wgmma/{}", s.unwrap_or(0)),
         None => "auto".into(),
     }
 }
@@ -230,6 +232,83 @@ fn small_m_path_gptq4_and_exl2_4() {
     }
     eprintln!(
         "small_m_path: {} weights, worst relative error f16 {:.2e}, bf16 {:.2e}",
+        weights.len(),
+        worst[0],
+        worst[1]
+    );
+}
+
+/// The wgmma GEMM (uniform 4- and 8-bit on Hopper) with each of its row tiles (64, 128 and 256
+/// rows of x per block, and the launcher's choice) at M from 1 to 700: GPTQ-4 with and without
+/// act-order, classic and v2 zeros, groups of 32 and 128, N that fills no whole column block;
+/// GPTQ-8; EXL2-4 and EXL2-8 with their permutation; bias and accumulate. K is a whole number of
+/// 64-row steps (the kernel's condition; others run the mma.sync tiles, tested above).
+#[test]
+fn wgmma_path_every_row_tile() {
+    let ms: Vec<usize> = if small() {
+        vec![1, 33, 130]
+    } else {
+        vec![1, 5, 33, 64, 100, 128, 257, 700]
+    };
+    let paths = [
+        Some((LinearPath::Wgmma, Some(64))),
+        Some((LinearPath::Wgmma, Some(128))),
+        Some((LinearPath::Wgmma, Some(256))),
+        Some((LinearPath::Wgmma, None)),
+    ];
+    let mut weights: Vec<(String, QuantWeight)> = Vec::new();
+    let gptq_cases: Vec<(u32, i64, bool, bool, usize, usize)> = if small() {
+        vec![(4, 128, true, false, 264, 512), (8, 128, false, false, 130, 256)]
+    } else {
+        vec![
+            (4, 128, false, false, 136, 256),
+            (4, 128, true, false, 264, 512),
+            (4, 32, false, true, 67, 192),
+            (8, 128, false, false, 130, 256),
+            (8, 64, true, true, 33, 384),
+        ]
+    };
+    for (i, &(bits, gs, act, v2, n, k)) in gptq_cases.iter().enumerate() {
+        weights.push((
+            format!("gptq{bits} g{gs} act={act} v2={v2} {k}x{n}"),
+            gptq(bits, gs, act, v2, n, k, 700 + i as u64),
+        ));
+    }
+    for (i, &(bits, permute, n, k)) in [(4, true, 67, 384), (8, true, 40, 256), (4, false, 256, 128)]
+        .iter()
+        .enumerate()
+    {
+        let mut rng = Rng::new(750 + i as u64);
+        let wv = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -0.5, 0.5);
+        let r = Exl2Recipe {
+            parts: vec![(bits, 128, 1.0)],
+            permute,
+        };
+        let w = exl2_weight(&wv, n, k, &r, (i % 2 == 0).then_some(&bias[..])).unwrap();
+        weights.push((format!("exl2-{bits} permute={permute} {k}x{n}"), w));
+    }
+    if gpu_stream("wgmma_path_every_row_tile").is_none() {
+        return;
+    }
+    let hopper = paradec::cuda::properties(0).unwrap().compute_capability == (9, 0);
+    eprintln!(
+        "wgmma_path: kernel available {} (device is {}sm_90)",
+        paradec::cuda::kernels::wgmma_available(),
+        if hopper { "" } else { "not " }
+    );
+    let mut worst = [0f64; 2];
+    for (i, (what, w)) in weights.iter().enumerate() {
+        for (d, dt) in DTYPES.into_iter().enumerate() {
+            let pw = PreparedQuant::new(w, Device::Cuda(0), dt).unwrap();
+            // The kernel's condition holds: uniform 4- or 8-bit, whole 64-row steps.
+            assert!(matches!(pw.bits, 4 | 8) && pw.kp.is_multiple_of(64), "{what}");
+            let e = check_quant_on(what, w, dt, 800 + i as u64, &ms, &paths);
+            worst[d] = worst[d].max(e);
+        }
+    }
+    eprintln!(
+        "wgmma_path: {} weights, worst relative error f16 {:.2e}, bf16 {:.2e}",
         weights.len(),
         worst[0],
         worst[1]

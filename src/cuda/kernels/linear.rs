@@ -19,6 +19,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
         LinearPath::SmallLean => ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN,
         LinearPath::Vendor => ffi::paradec_linear_path::PARADEC_PATH_VENDOR,
+        LinearPath::Wgmma => ffi::paradec_linear_path::PARADEC_PATH_WGMMA,
     }) as i32
 }
 
@@ -405,6 +406,14 @@ pub fn linear(
 pub fn vendor_gemm_available() -> bool {
     // SAFETY: takes no arguments; the launcher catches every C++ exception.
     unsafe { ffi::paradec_vendor_gemm_available() != 0 }
+}
+
+/// Whether `LinearPath::Wgmma` runs its wgmma kernel on the current device (a build with sm_90a
+/// code, a device of compute capability 9.0) for the weights it takes (uniform 4- or 8-bit);
+/// where it does not, that path runs the mma.sync tiles.
+pub fn wgmma_available() -> bool {
+    // SAFETY: takes no arguments; the launcher catches every C++ exception.
+    unsafe { ffi::paradec_wgmma_available() != 0 }
 }
 
 /// `x *= factor`. Twin of the CPU arm of `ops::scale_inplace`.

@@ -32,7 +32,7 @@ pub use kv_quant::{
 };
 pub use linear::{
     linear, quant_linear, quant_linear_group, quant_linear_group_scratch, scale_inplace,
-    vendor_gemm_available, QuantLinearCall, QuantWeightArgs,
+    vendor_gemm_available, wgmma_available, QuantLinearCall, QuantWeightArgs,
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{
