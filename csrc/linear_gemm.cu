@@ -558,7 +558,8 @@ int wgmma_tokens(int64_t m, int64_t n, int sms) {
 }
 
 bool wgmma_serves(const GemmArgs &a, int bits) {
-    return a.w == nullptr && (bits == 4 || bits == 8) && gemm_serves(a) && wgmma_available();
+    const bool uniform = bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8;
+    return a.w == nullptr && uniform && gemm_serves(a) && wgmma_available();
 }
 
 bool wgmma_available() {
@@ -579,8 +580,14 @@ bool wgmma_available() {
 int launch_gemm_wgmma(int dtype, const GemmArgs &a, int bits, int tok, cudaStream_t stream) {
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        return bits == 8 ? launch_wgmma_tok<T, 8>(a, tok, stream)
-                         : launch_wgmma_tok<T, 4>(a, tok, stream);
+        switch (bits) {
+            case 2: return launch_wgmma_tok<T, 2>(a, tok, stream);
+            case 3: return launch_wgmma_tok<T, 3>(a, tok, stream);
+            case 5: return launch_wgmma_tok<T, 5>(a, tok, stream);
+            case 6: return launch_wgmma_tok<T, 6>(a, tok, stream);
+            case 8: return launch_wgmma_tok<T, 8>(a, tok, stream);
+            default: return launch_wgmma_tok<T, 4>(a, tok, stream);
+        }
     });
 }
 

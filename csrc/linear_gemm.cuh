@@ -31,7 +31,7 @@ bool gemm_serves(const GemmArgs &a);
 // −1 for dense B. Returns PARADEC_K_OK or the launch's CUDA status.
 int launch_gemm(int dtype, const GemmArgs &a, int bits, cudaStream_t stream);
 
-// Whether the wgmma GEMM (sm_90a) takes these arguments: quantized B of uniform width 4 or 8
+// Whether the wgmma GEMM (sm_90a) takes these arguments: quantized B of one width for every tile
 // that gemm_serves, on a device of compute capability 9.0, in a build with sm_90a code
 // (PARADEC_SM90A_IMAGE, set by build.rs).
 bool wgmma_serves(const GemmArgs &a, int bits);

@@ -166,10 +166,10 @@ pub enum LinearPath {
     /// or declines the shape). Quantized weights: the launcher's own choice. Not yet chosen by
     /// `select_linear`: it waits for its measurements on a GPU.
     Vendor,
-    /// Uniform 4- and 8-bit quantized weights on Hopper (an sm_90a build, compute capability
-    /// 9.0): the warpgroup MMA (wgmma), the weights decoded once per block into registers as
+    /// Quantized weights of one width (2 … 8 bits) on Hopper (an sm_90a build, compute
+    /// capability 9.0): the warpgroup MMA (wgmma), the weights decoded once per block into registers as
     /// the 64-row operand, x read from shared memory. Any M; where it does not apply (other
-    /// widths, dense weights, another chip) the launcher runs `Mma`. `select_linear`'s choice
+    /// mixed widths, dense weights, another chip) the launcher runs `Mma`. `select_linear`'s choice
     /// for quantized weights above 8 rows where the small-M path does not apply.
     Wgmma,
 }

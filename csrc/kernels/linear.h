@@ -29,10 +29,11 @@ enum paradec_linear_path {
     PARADEC_PATH_VENDOR = 5, /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
                                 it is absent or declines the shape); not yet chosen by AUTO.
                                 Quantized weights: AUTO. */
-    PARADEC_PATH_WGMMA = 6 /* quantized, uniform 4- or 8-bit, on an sm_90a build and a device of
-                              compute capability 9.0: Hopper's warpgroup MMA with the weights
-                              decoded once per block into registers (any m; AUTO's choice above
-                              8 rows where SMALL does not apply). Elsewhere MMA. Dense: AUTO. */
+    PARADEC_PATH_WGMMA = 6 /* quantized, one width for every tile, on an sm_90a build and a
+                              device of compute capability 9.0: Hopper's warpgroup MMA with the
+                              weights decoded once per block into registers (any m; AUTO's
+                              choice above 8 rows where SMALL does not apply). Elsewhere MMA.
+                              Dense: AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2

@@ -483,8 +483,8 @@ pub fn run(
             m,
             bytes: per_set + m * (k + n) * 2 + perm.as_ref().map_or(0, Vec::len),
             t,
-            // The wgmma launcher runs the mma.sync tiles for widths other than 4 and 8.
-            path: if plan.path == LinearPath::Wgmma && !matches!(uniform, 4 | 8) {
+            // The wgmma launcher runs the mma.sync tiles where the widths mix.
+            path: if plan.path == LinearPath::Wgmma && uniform == 0 {
                 "mma"
             } else {
                 path_label(plan.path)

@@ -91,7 +91,7 @@ pub fn select_linear(
             split,
         };
     }
-    // Larger m on tensor cores: wgmma where the launcher finds it (uniform 4/8-bit on an
+    // Larger m on tensor cores: wgmma where the launcher finds it (one width for every tile, an
     // sm_90a build and chip), the mma.sync tiles elsewhere.
     LinearPlan {
         path: LinearPath::Wgmma,
