@@ -1,6 +1,8 @@
 //! `Linear`: a projection `y = x · Wᵀ + b` with W in PyTorch layout [out, in]. The weight is
 //! dense (f32, f16, bf16) or quantized (GPTQ, EXL2); LoRA adapters add to the output.
 
+use std::sync::Arc;
+
 use crate::layers::lora::LoraAdapter;
 use crate::ops;
 use crate::quant::{PreparedQuant, QuantConfig, QuantWeight};
@@ -13,8 +15,9 @@ use crate::{Error, Result, Stream, Weights};
 pub enum LinearWeight {
     /// A dense [out, in] matrix (f32, f16 or bf16).
     Dense(Tensor),
-    /// Packed GPTQ / EXL2 weights (host memory; the bias, if any, lives inside).
-    Quant(Box<QuantWeight>),
+    /// Packed GPTQ / EXL2 weights (host memory; the bias, if any, lives inside). Shared, not
+    /// copied, with the device layouts prepared from them (gigabytes in a 7B model).
+    Quant(Arc<QuantWeight>),
     /// Packed weights in the device layout for one compute dtype (with their bias), plus the
     /// host copy they came from.
     Prepared(Box<PreparedQuant>),
@@ -52,7 +55,7 @@ impl Linear {
         let dense_name = format!("{prefix}.weight");
         let (weight, bias) = match quant {
             Some(qc) if !weights.contains(&dense_name) => (
-                LinearWeight::Quant(Box::new(QuantWeight::load(
+                LinearWeight::Quant(Arc::new(QuantWeight::load(
                     weights,
                     prefix,
                     in_features,
@@ -373,14 +376,16 @@ impl Linear {
             LinearWeight::Dense(w) => LinearWeight::Dense(convert(w, device, dtype)?),
             LinearWeight::Quant(q) if device == Device::Cpu => LinearWeight::Quant(q.clone()),
             LinearWeight::Quant(q) => {
-                LinearWeight::Prepared(Box::new(PreparedQuant::new(q, device, dtype)?))
+                LinearWeight::Prepared(Box::new(PreparedQuant::shared(q.clone(), device, dtype)?))
             }
             LinearWeight::Prepared(q) if device == Device::Cpu => {
-                LinearWeight::Quant(Box::new(q.host.clone()))
+                LinearWeight::Quant(q.host.clone())
             }
-            LinearWeight::Prepared(q) => {
-                LinearWeight::Prepared(Box::new(PreparedQuant::new(&q.host, device, dtype)?))
-            }
+            LinearWeight::Prepared(q) => LinearWeight::Prepared(Box::new(PreparedQuant::shared(
+                q.host.clone(),
+                device,
+                dtype,
+            )?)),
         };
         let bias = match &self.bias {
             Some(b) => Some(convert(b, device, dtype)?),

@@ -11,6 +11,8 @@
 //! exactly (both products are exact in f32). `row_src[j]` is the input feature of stored row j
 //! (−1 for padding), absent when it is the identity.
 
+use std::sync::Arc;
+
 use super::{stream_get, QuantWeight};
 use crate::tensor::{DType, Device, HostData, Tensor};
 use crate::{Error, Result};
@@ -48,18 +50,19 @@ pub struct QuantLayout {
 }
 
 /// One group of the source weight: width, rows (as source stored-row indices), the input
-/// feature of each, and where a tile-aligned copy may read its words from.
-struct SrcGroup {
+/// feature of each, and where a tile-aligned copy may read its words from. Borrows the source
+/// weight's arrays (no copy of its codes).
+struct SrcGroup<'a> {
     bits: u32,
     rows: usize,
     /// Input feature of the group's row i.
-    feature: Box<dyn Fn(usize) -> usize + 'static>,
+    feature: Box<dyn Fn(usize) -> usize + 'a>,
     /// Code of the group's row i in column c.
-    code: Box<dyn Fn(usize, usize) -> u32 + 'static>,
+    code: Box<dyn Fn(usize, usize) -> u32 + 'a>,
     /// When the group's tile i is words `[first_word + i·bits, + bits)` of a `[_, ld]` source
     /// array: (first_word, ld).
     aligned: Option<(usize, usize)>,
-    scale: Box<dyn Fn(usize) -> (f32, f32) + 'static>,
+    scale: Box<dyn Fn(usize) -> (f32, f32) + 'a>,
 }
 
 impl QuantLayout {
@@ -75,9 +78,8 @@ impl QuantLayout {
         let (k, n) = (w.in_features(), w.out_features());
         let bits = w.bits();
         let gs = w.group_start();
-        let qw: std::sync::Arc<Vec<i32>> = std::sync::Arc::new(w.qweight().to_vec());
-        let perm: Option<std::sync::Arc<Vec<u32>>> =
-            w.perm().map(|p| std::sync::Arc::new(p.to_vec()));
+        let qw = w.qweight();
+        let perm = w.perm();
         let mut groups = Vec::new();
         for g in 0..w.groups() {
             let (a, b) = (gs[g], gs[g + 1]);
@@ -88,14 +90,12 @@ impl QuantLayout {
                     (s, -(z * s))
                 })
                 .collect();
-            let p = perm.clone();
-            let q = qw.clone();
             groups.push(SrcGroup {
                 bits,
                 rows: b - a,
-                feature: Box::new(move |i| p.as_ref().map_or(a + i, |p| p[a + i] as usize)),
+                feature: Box::new(move |i| perm.map_or(a + i, |p| p[a + i] as usize)),
                 code: Box::new(move |i, c| {
-                    stream_get(|wi| q[wi * n + c] as u32, (a + i) * bits as usize, bits)
+                    stream_get(|wi| qw[wi * n + c] as u32, (a + i) * bits as usize, bits)
                 }),
                 aligned: (a * bits as usize)
                     .is_multiple_of(32)
@@ -109,8 +109,8 @@ impl QuantLayout {
     fn from_exl2(w: &super::Exl2Weight) -> Result<Self> {
         let (k, n) = (w.in_features(), w.out_features());
         let ld = w.padded_out_features();
-        let qw: std::sync::Arc<Vec<i32>> = std::sync::Arc::new(w.q_weight().to_vec());
-        let perm: std::sync::Arc<Vec<u32>> = std::sync::Arc::new(w.q_perm().to_vec());
+        let qw = w.q_weight();
+        let perm = w.q_perm();
         let mut groups = Vec::new();
         for (g, gr) in w.groups().iter().enumerate() {
             let half = (1u32 << (gr.bits - 1)) as f32;
@@ -121,15 +121,13 @@ impl QuantLayout {
                 })
                 .collect();
             let (first, packed, bits) = (gr.first_row, gr.packed_row, gr.bits);
-            let p = perm.clone();
-            let q = qw.clone();
             groups.push(SrcGroup {
                 bits,
                 rows: gr.rows,
-                feature: Box::new(move |i| p[first + i] as usize),
+                feature: Box::new(move |i| perm[first + i] as usize),
                 code: Box::new(move |i, c| {
                     stream_get(
-                        |wi| q[(packed + wi) * ld + c] as u32,
+                        |wi| qw[(packed + wi) * ld + c] as u32,
                         i * bits as usize,
                         bits,
                     )
@@ -299,8 +297,9 @@ pub struct PreparedQuant {
     pub bias: Option<Tensor>,
     /// The compute dtype (f16 or bf16).
     pub dtype: DType,
-    /// The source weight (host memory), for moving back and dequantizing.
-    pub host: QuantWeight,
+    /// The source weight (host memory, shared with the host form it came from), for moving
+    /// back and dequantizing.
+    pub host: Arc<QuantWeight>,
 }
 
 /// An I32 tensor of `v`'s bits on `device`, copied straight from `v` on a GPU (no host
@@ -325,20 +324,24 @@ fn i32_tensor(v: &[u32], shape: &[usize], device: Device) -> Result<Tensor> {
 
 impl PreparedQuant {
     /// Builds the layout and copies it to `device`; `dtype` is the activations' (f16 or bf16).
+    /// Keeps a copy of `w` (see `shared` to keep the caller's instead).
     pub fn new(w: &QuantWeight, device: Device, dtype: DType) -> Result<Self> {
+        Self::shared(Arc::new(w.clone()), device, dtype)
+    }
+
+    /// As `new`, keeping `w` itself as the host form (no copy of the packed codes).
+    pub fn shared(w: Arc<QuantWeight>, device: Device, dtype: DType) -> Result<Self> {
         if !matches!(dtype, DType::F16 | DType::BF16) {
             return Err(Error::bad_input(format!(
                 "quantized weights compute in f16 or bf16 on a device, not {dtype}"
             )));
         }
-        let l = QuantLayout::new(w)?;
+        let l = QuantLayout::new(&w)?;
         let words = i32_tensor(&l.words, &[l.word_rows, l.np], device)?;
         let tiles = i32_tensor(&l.tiles, &[l.ntiles, 2], device)?;
-        let sz = Tensor::from_f32(l.sz.clone(), &[l.groups, l.np, 2])?.to_device(device)?;
-        let row_src = match &l.row_src {
-            Some(r) => {
-                Some(Tensor::from_host(HostData::I32(r.clone()), &[l.kp])?.to_device(device)?)
-            }
+        let sz = Tensor::from_f32(l.sz, &[l.groups, l.np, 2])?.to_device(device)?;
+        let row_src = match l.row_src {
+            Some(r) => Some(Tensor::from_host(HostData::I32(r), &[l.kp])?.to_device(device)?),
             None => None,
         };
         let bias = match w.bias() {
@@ -360,7 +363,7 @@ impl PreparedQuant {
             row_src,
             bias,
             dtype,
-            host: w.clone(),
+            host: w,
         })
     }
 

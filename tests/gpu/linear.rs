@@ -683,7 +683,7 @@ fn lora_on_dense_gptq_and_exl2_bases() {
                     None,
                 )
                 .unwrap();
-                l.weight = paradec::layers::linear::LinearWeight::Quant(Box::new(q));
+                l.weight = paradec::layers::linear::LinearWeight::Quant(std::sync::Arc::new(q));
                 l
             }),
         ),
@@ -701,7 +701,7 @@ fn lora_on_dense_gptq_and_exl2_bases() {
                     None,
                 )
                 .unwrap();
-                l.weight = paradec::layers::linear::LinearWeight::Quant(Box::new(q));
+                l.weight = paradec::layers::linear::LinearWeight::Quant(std::sync::Arc::new(q));
                 l
             }),
         ),
