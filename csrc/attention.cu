@@ -324,7 +324,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
 // Merges the splits' partials of every output row, in split order, where the decode kernel did
 // not (merge_and_store). One block per row: the threads first find the row's max and weights
 // over the splits, then each output feature sums its splits (split groups of threads, merged in
-// a fixed order). merge_tail reproduces this arithmetic for 32 splits or fewer.
+// a fixed order).
 template <typename T>
 __global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_all) {
     __shared__ float w[kMaxSplits];
@@ -508,7 +508,7 @@ int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t strea
         st = launch_decode_l<T, 16>(a, p, stream);
     else
         st = launch_decode_l<T, 32>(a, p, stream);
-    if (st != PARADEC_K_OK || p.splits == 1 || a.counters) return st;
+    if (st != PARADEC_K_OK || p.splits == 1) return st;
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
     return launch_dependent(combine_kernel<T>, dim3(static_cast<unsigned>(rows_all)), dim3(256),
                             0, stream, a, rows_all);
@@ -623,8 +623,7 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
                                  size_t heads, size_t kv_heads, size_t head_dim, size_t capacity,
                                  const int64_t *past_len, size_t max_past, size_t window,
                                  const float *mask, size_t mask_stride, float scale, void *scratch,
-                                 size_t scratch_bytes, const paradec_zeroed_counters *zeroed,
-                                 paradec_stream_t stream) {
+                                 size_t scratch_bytes, paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         if (!q || !cache_k || !cache_v || !out || !past_len) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
@@ -671,10 +670,6 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
             const size_t rows = batch * q_len * heads;
             a.part_o = static_cast<float *>(scratch);
             a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
-            const int64_t unit_rows =
-                std::min<int64_t>(p.rows, static_cast<int64_t>(q_len * (heads / kv_heads)));
-            a.counters = paradec::merge_counters(zeroed, rows, p.splits, unit_rows,
-                                                 static_cast<int64_t>(head_dim));
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_decode<decltype(tag)>(dtype, a, p, stream);

@@ -889,9 +889,7 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
                                        size_t head_dim, size_t capacity, const int64_t *past_len,
                                        size_t max_past, size_t window, const float *mask,
                                        size_t mask_stride, float scale, void *scratch,
-                                       size_t scratch_bytes,
-                                       const paradec_zeroed_counters *zeroed,
-                                       paradec_stream_t stream) {
+                                       size_t scratch_bytes, paradec_stream_t stream) {
     return paradec::guarded([&]() -> int {
         if (!q || !out || !past_len) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
@@ -943,16 +941,11 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
             const size_t rows = batch * q_len * heads;
             a.part_o = static_cast<float *>(scratch);
             a.part_ml = a.part_o + static_cast<size_t>(p.splits) * rows * head_dim;
-            const int64_t per_kv_head = static_cast<int64_t>(q_len * (heads / kv_heads));
-            const int64_t unit_rows = std::min<int64_t>(
-                paradec::tc_decode_applies(a) ? paradec::kDecRows : p.rows, per_kv_head);
-            a.counters = paradec::merge_counters(zeroed, rows, p.splits, unit_rows,
-                                                 static_cast<int64_t>(head_dim));
         }
         const int st = paradec::dispatch_dtype(dtype, [&](auto tag) {
             return paradec::launch_q<decltype(tag)>(k_pages.format, v_pages.format, qa, p, stream);
         });
-        if (st != PARADEC_K_OK || p.splits == 1 || a.counters) return st;
+        if (st != PARADEC_K_OK || p.splits == 1) return st;
         return paradec::launch_combine(dtype, a, stream);
     });
 }

@@ -12,8 +12,9 @@
 //    blocks exit).
 // Both are no-ops where the kernel was launched plainly, and below sm_90.
 //
-// Opt-in while it is measured: PARADEC_PDL=on (read once) on a device of compute capability 9
-// or later; otherwise launch_dependent is a plain launch.
+// On by default on a device of compute capability 9 or later (measured on an H100: decoder
+// steps 1–3% faster, the split-KV combine 1 µs sooner); PARADEC_PDL=off (read once) makes
+// launch_dependent a plain launch everywhere.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,14 +39,14 @@ __device__ __forceinline__ void allow_dependents() {
 #endif
 }
 
-// Whether launch_dependent asks for an early start: PARADEC_PDL=on and the current device is
-// sm_90 or later.
+// Whether launch_dependent asks for an early start: the current device is sm_90 or later and
+// PARADEC_PDL is not "off".
 inline bool dependent_launch_on() {
-    static const bool asked = [] {
+    static const bool off = [] {
         const char *v = std::getenv("PARADEC_PDL");
-        return v != nullptr && std::strcmp(v, "on") == 0;
+        return v != nullptr && std::strcmp(v, "off") == 0;
     }();
-    if (!asked) return false;
+    if (off) return false;
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {

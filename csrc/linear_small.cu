@@ -35,8 +35,6 @@
 // column block to finish (an atomic counter, zero before the launch and left zero) sums them in
 // split order, so the result does not depend on timing and no second kernel runs.
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "common.cuh"
@@ -226,97 +224,6 @@ __device__ __forceinline__ void fold_group(float (&acc)[2][NT][4], float (&accg)
                 acc[h][nt][e] = fmaf(accg[h][nt][e], scale[2 * h + (e >> 1)], acc[h][nt][e]);
                 accg[h][nt][e] = 0.f;
             }
-}
-
-// ---- Offset decoding: the lean loop's variant under PARADEC_LEAN_DECODE=offset ----
-//
-// A nibble pair becomes (offset + q_s, offset + q_{s+4}) in one lop3 and nothing else: f16 reads
-// a nibble at bits 4..7 of its half under the exponent of 64 (ulp 1/16, so 64 + q exactly),
-// bf16 at bits 0..3 under 128 (ulp 1). The tile's mma then sums (offset + q)·x; one more mma
-// of the same x fragments by ones sums x itself (S, per x row, exactly as the tensor cores see
-// x), and the fold at the end of a group removes offset and zero together, in f32:
-//     Σ (q − z)·s·x = s·Σ (offset + q)·x + (−z·s − offset·s)·S,
-// −z·s being the stored second member of the group's pair, so no zero is recovered by division.
-// Per tile and lane: 3 shifts and 4 lop3 per weight word (the subtracting decode above: 9 in
-// f16, 11 in bf16), one more mma per k chunk and n8 tile of rows, and a group change with no
-// reciprocal, rounding or f16 packing. The group accumulator carries offset·S beside the result
-// (64·S in f16: several times the result at typical codes, never 1024·S), which costs a few of
-// its 24 bits, not the output's 11.
-template <typename T>
-struct Offset;
-template <>
-struct Offset<__half> {
-    static constexpr uint32_t kMagic = 0x54005400u;  // (64, 64)
-    static constexpr uint32_t kMask = 0x00f000f0u;   // bits 4..7 of each half
-    static constexpr float kValue = 64.f;
-    static constexpr uint32_t kOnes = 0x3c003c00u;
-};
-template <>
-struct Offset<__nv_bfloat16> {
-    static constexpr uint32_t kMagic = 0x43004300u;  // (128, 128)
-    static constexpr uint32_t kMask = 0x000f000fu;   // bits 0..3 of each half
-    static constexpr float kValue = 128.f;
-    static constexpr uint32_t kOnes = 0x3f803f80u;
-};
-
-// Nibbles s and s + 4 of w as the pair (offset + q_s, offset + q_{s+4}).
-template <typename T>
-__device__ __forceinline__ uint32_t offset_pair(uint32_t w, int s) {
-    uint32_t v;
-    if constexpr (std::is_same<T, __half>::value)
-        v = s == 0 ? w << 4 : w >> (4 * (s - 1));  // nibble s to bits 4..7
-    else
-        v = w >> (4 * s);  // nibble s to bits 0..3
-    return lop3_and_or(v, Offset<T>::kMask, Offset<T>::kMagic);
-}
-
-// tile_products with offset decoding: accg[h][nt] += (offset + q)·x, accs[nt] += x (every
-// element e of accs[nt] holds S of x row nt·8 + 2q + (e & 1)).
-template <typename T, int NT>
-__device__ __forceinline__ void tile_products_offset(float (&accg)[2][NT][4],
-                                                     float (&accs)[NT][4], const uint4 &wv,
-                                                     const uint32_t (&b)[NT][4]) {
-    const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
-    const uint32_t ones[4] = {Offset<T>::kOnes, Offset<T>::kOnes, Offset<T>::kOnes,
-                              Offset<T>::kOnes};
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const uint32_t af[4] = {
-                offset_pair<T>(w[2 * h], 2 * c),
-                offset_pair<T>(w[2 * h + 1], 2 * c),
-                offset_pair<T>(w[2 * h], 2 * c + 1),
-                offset_pair<T>(w[2 * h + 1], 2 * c + 1),
-            };
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-                mma_16816<T>(accg[h][nt], af, b[nt][2 * c], b[nt][2 * c + 1]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-            mma_16816<T>(accs[nt], ones, b[nt][2 * c], b[nt][2 * c + 1]);
-    }
-}
-
-// fold_group with offset decoding: acc += accg·scale + S·wz per column (wz = −z·s − offset·s),
-// accg = accs = 0.
-template <int NT>
-__device__ __forceinline__ void fold_group_offset(float (&acc)[2][NT][4], float (&accg)[2][NT][4],
-                                                  float (&accs)[NT][4], const float (&scale)[4],
-                                                  const float (&wz)[4]) {
-    fold_group<NT>(acc, accg, scale);
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                acc[h][nt][e] = fmaf(accs[nt][e], wz[2 * h + (e >> 1)], acc[h][nt][e]);
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) accs[nt][e] = 0.f;
 }
 
 // out[row, c] = v (+ bias[c]) (+ out[row, c]).
@@ -561,11 +468,6 @@ __device__ __forceinline__ uint4 lds128(unsigned addr) {
     return v;
 }
 
-// Asks L2 for the line holding p (a hint: no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void *p) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
 // A 16-byte load of streamed weights: read once, so kept out of L1.
 __device__ __forceinline__ uint4 ld_stream(const void *p) {
     uint4 v;
@@ -575,11 +477,8 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
     return v;
 }
 
-// OFF: offset decoding (see Offset) instead of the subtracting decode; `prefetch`: tiles ahead
-// of the loads each lane prefetches into L2 (0: none; see below).
-template <typename T, int NT, int P, bool OFF>
-__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, int prefetch,
-                                           uint4 *xs) {
+template <typename T, int NT, int P>
+__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
@@ -594,22 +493,8 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
     const int64_t wstep = 4 * a.np;
     const uint32_t *wnext = a.words + (live ? (4 * static_cast<int64_t>(t0) + q) * a.np + c0 : 0);
     const uint32_t *gnext = a.tiles + 2 * static_cast<int64_t>(t0) + 1;
-    // With offset decoding at m ≤ 8, L2 prefetches run `pf` tiles ahead of the loads (bytes in
-    // flight that hold no register): this lane's vector of tile pf + i is wpf + i·wstep,
-    // prefetched while i < pf_end. (Not elsewhere: the subtracting decode and m > 8 are at the
-    // limit of 4 blocks per SM without it.)
-    constexpr bool kPrefetch = OFF && NT == 1;
-    const int pf = kPrefetch && live ? prefetch : 0;
-    const uint32_t *wpf = wnext + pf * wstep;
-    const int pf_end = pf > 0 ? count - pf : 0;
     int issued = 0;
     auto load = [&](uint4 (&w)[P], int (&gq)[P]) {
-        if (kPrefetch && issued < pf_end) {
-#pragma unroll
-            for (int j = 0; j < P; ++j)
-                if (issued + j < pf_end) prefetch_l2(wpf + j * wstep);
-            wpf += P * wstep;
-        }
         if (issued + P <= count) {  // a whole batch: no per-tile guard
 #pragma unroll
             for (int j = 0; j < P; ++j) {
@@ -633,16 +518,12 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
     int ga[P], gb[P];
 #pragma unroll
     for (int j = 0; j < P; ++j) wa[j] = wb[j] = make_uint4(0u, 0u, 0u, 0u);
-    // The tiles between the first batch and the prefetch distance, then the first batch: the
-    // weights depend on no earlier kernel, so they go out before the wait for it.
-    if constexpr (kPrefetch)
-        for (int j = P; j < min(pf, count); ++j) prefetch_l2(wnext + j * wstep);
+    // The first batch: the weights depend on no earlier kernel, so they go out before the wait
+    // for it.
     load(wa, ga);
     wait_for_previous_grid();
 
-    // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block. With
-    // offset decoding each vector is stored already permuted into its B fragment (x_fragment),
-    // once per block rather than once per column warp and tile.
+    // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block.
     {
         const T *x = static_cast<const T *>(a.x);
         const int per_row = count * 4;
@@ -650,18 +531,10 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
         for (int v = threadIdx.x; v < total; v += kSmallCols) {
             const int r = v / per_row, c = v - r * per_row;
             const T *src = x + r * a.ldx + static_cast<int64_t>(t0) * 32 + c * 8;
-            if constexpr (OFF) {
-                uint32_t b[4];
-                x_fragment(__ldg(reinterpret_cast<const uint4 *>(src)), b);
-                xs[r * stride + c] = make_uint4(b[0], b[1], b[2], b[3]);
-            } else {
-                copy16_ca(xs + r * stride + c, src, true);
-            }
+            copy16_ca(xs + r * stride + c, src, true);
         }
-        if constexpr (!OFF) {
-            copy_commit();
-            copy_wait<0>();
-        }
+        copy_commit();
+        copy_wait<0>();
         __syncthreads();
     }
     // This lane's x vector of tile i, n8 tile nt, is at shared address xaddr[nt] + 64 i. Lanes
@@ -675,24 +548,17 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
                     16u * static_cast<unsigned>(row * stride + q);
     }
 
-    float acc[2][NT][4], accg[2][NT][4], accs[NT][4];
+    float acc[2][NT][4], accg[2][NT][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[h][nt][e] = accg[h][nt][e] = accs[nt][e] = 0.f;
-    // The current group's scales and, by decoding, its (magic + zero) pairs or its wz.
+            for (int e = 0; e < 4; ++e) acc[h][nt][e] = accg[h][nt][e] = 0.f;
+    // The current group's scales and (magic + zero) pairs.
     float scale[4] = {0.f, 0.f, 0.f, 0.f};
-    float wz[4] = {0.f, 0.f, 0.f, 0.f};
     GroupZeros zeros{};
     int grp = -1;
-    auto fold = [&]() {
-        if constexpr (OFF)
-            fold_group_offset<NT>(acc, accg, accs, scale, wz);
-        else
-            fold_group<NT>(acc, accg, scale);
-    };
     // The (scale, −zero·scale) pairs of columns c0, c0 + 1 (p01) and c0 + 2, c0 + 3 (p23) of
     // group `pref`, loaded ahead.
     int pref = -1;
@@ -706,19 +572,11 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
         }
     };
     auto start_group = [&](int gi) {
-        if (grp >= 0) fold();
+        if (grp >= 0) fold_group<NT>(acc, accg, scale);
         if (gi != pref) fetch(gi);
         const float s[4] = {p01.x, p01.z, p23.x, p23.z};
         const float nz[4] = {p01.y, p01.w, p23.y, p23.w};
-        if constexpr (OFF) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                scale[j] = s[j];
-                wz[j] = fmaf(-Offset<T>::kValue, s[j], nz[j]);
-            }
-        } else {
-            group_scales<T>(s, nz, scale, zeros);
-        }
+        group_scales<T>(s, nz, scale, zeros);
         grp = gi;
         fetch(gi + 1);  // groups of a range are consecutive: the next one to start
     };
@@ -732,19 +590,9 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 const uint4 xv = lds128(xaddr[nt] + 64u * (done + j));
-                if constexpr (OFF) {
-                    b[nt][0] = xv.x;
-                    b[nt][1] = xv.y;
-                    b[nt][2] = xv.z;
-                    b[nt][3] = xv.w;
-                } else {
-                    x_fragment(xv, b[nt]);
-                }
+                x_fragment(xv, b[nt]);
             }
-            if constexpr (OFF)
-                tile_products_offset<T, NT>(accg, accs, w[j], b);
-            else
-                tile_products<T, NT>(accg, w[j], zeros, b);
+            tile_products<T, NT>(accg, w[j], zeros, b);
         }
         done += P;
     };
@@ -756,7 +604,7 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, i
         compute(wb, gb);
         if (done >= count) break;
     }
-    fold();
+    fold_group<NT>(acc, accg, scale);
     store_acc<T, NT>(a, acc, bx, by, c0, live);
 }
 
@@ -787,59 +635,18 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup
 // The staged x of the lean kernels (dynamic shared memory).
 extern __shared__ uint4 lean_xs[];
 
-// Offset decoding at m ≤ 8 asks for 4 blocks per SM (128 registers: it fits them without
-// spilling), what the subtracting decode reaches unasked; minimum 0 leaves the others as built.
-template <typename T, int NT, bool OFF>
-__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0)
-    qmma_lean_kernel(SmallArgs a, int prefetch) {
-    lean_block<T, NT, kLeanBatch, OFF>(a, static_cast<int>(blockIdx.x),
-                                       static_cast<int>(blockIdx.y), prefetch, lean_xs);
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols) qmma_lean_kernel(SmallArgs a) {
+    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+                                  lean_xs);
 }
 
-template <typename T, int NT, bool OFF>
-__global__ void __launch_bounds__(kSmallCols, OFF && NT == 1 ? 4 : 0)
-    qmma_lean_group_kernel(SmallGroup g, int prefetch) {
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols) qmma_lean_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];
     if (static_cast<int>(blockIdx.y) >= a.split) return;
-    lean_block<T, NT, kLeanBatch, OFF>(a, bx, static_cast<int>(blockIdx.y), prefetch, lean_xs);
-}
-
-// Whether the lean loop decodes by offsets (PARADEC_LEAN_DECODE=offset; read once): a variant
-// to measure against the subtracting decode before either becomes the only one.
-bool lean_offset_decode() {
-    static const bool on = [] {
-        const char *v = std::getenv("PARADEC_LEAN_DECODE");
-        return v != nullptr && std::strcmp(v, "offset") == 0;
-    }();
-    return on;
-}
-
-// Calls f(NT, OFF) — std::integral_constant values — for the lean kernel of m rows.
-template <typename F>
-void with_lean_variant(int64_t m, F &&f) {
-    using One = std::integral_constant<int, 1>;
-    using Two = std::integral_constant<int, 2>;
-    const bool off = lean_offset_decode();
-    if (m <= 8 && off)
-        f(One{}, std::true_type{});
-    else if (m <= 8)
-        f(One{}, std::false_type{});
-    else if (off)
-        f(Two{}, std::true_type{});
-    else
-        f(Two{}, std::false_type{});
-}
-
-// Tiles ahead of its loads the lean loop prefetches into L2 (PARADEC_LEAN_PREFETCH, read once;
-// 0, the default: none): a knob to measure, not yet a default.
-int lean_prefetch() {
-    static const int pf = [] {
-        const char *v = std::getenv("PARADEC_LEAN_PREFETCH");
-        const int n = v ? std::atoi(v) : 0;
-        return std::min(std::max(n, 0), 256);
-    }();
-    return pf;
+    lean_block<T, NT, kLeanBatch>(a, bx, static_cast<int>(blockIdx.y), lean_xs);
 }
 
 // Largest m and staged x the lean loop takes (beyond: the ring loop).
@@ -873,15 +680,12 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     const dim3 grid(blocks, static_cast<unsigned>(splits));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean) {
-            int st = PARADEC_K_OK;
-            with_lean_variant(m, [&](auto nt, auto off) {
-                st = launch_dependent(
-                    qmma_lean_group_kernel<T, decltype(nt)::value, decltype(off)::value>, grid,
-                    dim3(kSmallCols), lean_bytes, stream, g, lean_prefetch());
-            });
-            return st;
-        }
+        if (lean && m <= 8)
+            return launch_dependent(qmma_lean_group_kernel<T, 1>, grid, dim3(kSmallCols),
+                                    lean_bytes, stream, g);
+        if (lean)
+            return launch_dependent(qmma_lean_group_kernel<T, 2>, grid, dim3(kSmallCols),
+                                    lean_bytes, stream, g);
         if (m <= 8)
             qmma_small_group_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(g);
         else if (m <= 16)
@@ -898,15 +702,12 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
     const size_t lean_bytes = lean ? lean_x_bytes(a) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean_bytes) {
-            int st = PARADEC_K_OK;
-            with_lean_variant(a.m, [&](auto nt, auto off) {
-                st = launch_dependent(
-                    qmma_lean_kernel<T, decltype(nt)::value, decltype(off)::value>, grid,
-                    dim3(kSmallCols), lean_bytes, stream, a, lean_prefetch());
-            });
-            return st;
-        }
+        if (lean_bytes && a.m <= 8)
+            return launch_dependent(qmma_lean_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
+                                    stream, a);
+        if (lean_bytes)
+            return launch_dependent(qmma_lean_kernel<T, 2>, grid, dim3(kSmallCols), lean_bytes,
+                                    stream, a);
         if (a.m <= 8)
             qmma_small_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(a);
         else if (a.m <= 16)

@@ -9,12 +9,10 @@
 #   optin:         the paths the defaults do not take, against the defaults: their tests and
 #                  sanitizer runs, then paradec-only timings side by side (the small-M ring loop,
 #                  the vendor dense GEMM, the CUDA-core quantized decode)
-#   knobs:         the switches measured before they become defaults — the lean loop's offset
-#                  decoding (PARADEC_LEAN_DECODE=offset), its L2 prefetch distance
-#                  (PARADEC_LEAN_PREFETCH=N, offset decoding at m ≤ 8) and dependent launches
-#                  (PARADEC_PDL=on): tests and memcheck under them, then the lean linears, the
-#                  decoder layers and decode attention (merged in the kernel, or by the combine
-#                  kernel: PARADEC_ATTN_COMBINE=kernel) timed under each, side by side
+#   knobs:         the switches that change a default, measured against it — dependent
+#                  launches off (PARADEC_PDL=off): tests and memcheck under them, then the
+#                  lean linears, the decoder layers and decode attention timed under each,
+#                  side by side
 #   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
 #                  tests, memcheck and racecheck of its test, then the linears at 33…2048 rows on
 #                  it (its own row tiles, and 64/128/256 forced) against the mma.sync tiles, and
@@ -132,35 +130,29 @@ fi
 
 if [[ "$MODE" == knobs ]]; then
   F="$D/fixtures"
-  ALL="PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=16 PARADEC_PDL=on"
+  KNOBS=("PARADEC_PDL=off")
   {
-    for k in "PARADEC_LEAN_DECODE=offset" "PARADEC_PDL=on" "$ALL"; do
+    for k in "${KNOBS[@]}"; do
       echo "==== tests with $k"
       env $k PARADEC_FIXTURES="$F" "$D/bin/gpu" linear:: decoder:: graph::
     done
   } > "$RESULTS/knobs_tests.log" 2>&1
   SUMMARY+=("knob tests: $(grep -E '^test result' "$RESULTS/knobs_tests.log" | tr '\n' ' ')")
   if command -v compute-sanitizer >/dev/null; then
-    env $ALL PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck \
-      --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped \
-      decoder:: > "$RESULTS/knobs_sanitize.log" 2>&1
+    for k in "${KNOBS[@]}"; do
+      env $k PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck \
+        --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped \
+        decoder::
+    done > "$RESULTS/knobs_sanitize.log" 2>&1
     SUMMARY+=("knob memcheck: $(grep -E 'ERROR SUMMARY' "$RESULTS/knobs_sanitize.log" | tr '\n' ' ')")
   fi
   {
-    for k in "" "PARADEC_LEAN_DECODE=offset" "PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=8" \
-      "PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=16" \
-      "PARADEC_LEAN_DECODE=offset PARADEC_LEAN_PREFETCH=32"; do
+    for k in "" "${KNOBS[@]}"; do
       echo "==== lean linears: ${k:-defaults}"
       env $k "$D/bin/gpu_bench" --only linear --quick --lin-fmt gptq4,exl2_4b --lin-ms 1,8,16 \
         --lin-path lean
-    done
-    for k in "" "PARADEC_LEAN_DECODE=offset" "PARADEC_PDL=on" "$ALL"; do
       echo "==== decoder layers: ${k:-defaults}"
       env $k "$D/bin/gpu_bench" --decoder --quick
-    done
-    # Split decodes merged in the decode kernel (the default with kept counters) against the
-    # combine kernel, and the combine as a dependent launch.
-    for k in "" "PARADEC_ATTN_COMBINE=kernel" "PARADEC_ATTN_COMBINE=kernel PARADEC_PDL=on"; do
       echo "==== decode attention: ${k:-defaults}"
       env $k "$D/bin/gpu_bench" --attention --quick --only attn_decode
     done

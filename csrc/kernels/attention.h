@@ -50,19 +50,14 @@ int paradec_head_norm(int dtype, int kind, void *x, size_t tokens, size_t heads,
  * head_dim: a multiple of 8, ≤ PARADEC_ATTN_MAX_HEAD_DIM; pointers 16-byte aligned.
  * scratch: device memory of at least paradec_attention_scratch_bytes(...) bytes (split-KV
  * partials; may be NULL when that is 0). Queries of up to 16 tokens take the split-KV decode
- * kernel (a deterministic combine, in fixed order); longer ones the tensor-core kernel. With
- * `zeroed` counters (may be NULL; kernels/common.h), at least one per output row
- * (batch·q_len·heads), a small merge (up to 32 splits and 8192 partial values per decode
- * block) is done by the decode kernel's last split block of each part — no combine launch —
- * with the same bits. */
+ * kernel (a deterministic combine, in fixed order); longer ones the tensor-core kernel. */
 size_t paradec_attention_scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads,
                                        size_t head_dim, size_t max_past);
 int paradec_attention(int dtype, const void *q, const void *cache_k, const void *cache_v,
                       void *out, size_t batch, size_t q_len, size_t heads, size_t kv_heads,
                       size_t head_dim, size_t capacity, const int64_t *past_len, size_t max_past,
                       size_t window, const float *mask, size_t mask_stride, float scale,
-                      void *scratch, size_t scratch_bytes, const paradec_zeroed_counters *zeroed,
-                      paradec_stream_t stream);
+                      void *scratch, size_t scratch_bytes, paradec_stream_t stream);
 
 /* ---- read-bandwidth probe (benchmarks) ---------------------------------------------------------
  * Reads `bytes` (a multiple of 16) at src with 16-byte loads and XORs them into one word per

@@ -63,8 +63,7 @@ int paradec_rotary_cache_write_quant(int dtype, void *q, void *k, const void *v,
  * As paradec_attention (kernels/attention.h) for q_len ≤ 16, reading K and V from the pages
  * (codes dequantized in registers; the Hadamard formats are read in the rotated basis: q is
  * rotated once, the output rotated back once). scratch: at least
- * paradec_attention_quant_scratch_bytes(...) bytes (split-KV partials; NULL when 0); `zeroed`
- * (may be NULL) as for paradec_attention.
+ * paradec_attention_quant_scratch_bytes(...) bytes (split-KV partials; NULL when 0).
  * max_past bounds every past_len[b] and plans the launch's grid; the keys of every sequence
  * are cut as a launch planned for the batch's longest past length (read from past_len on the
  * device) cuts them, so a launch planned for a larger bound — a captured graph replayed at
@@ -77,8 +76,7 @@ int paradec_attention_quant(int dtype, const void *q, paradec_kv_block_table blo
                             size_t heads, size_t kv_heads, size_t head_dim, size_t capacity,
                             const int64_t *past_len, size_t max_past, size_t window,
                             const float *mask, size_t mask_stride, float scale, void *scratch,
-                            size_t scratch_bytes, const paradec_zeroed_counters *zeroed,
-                            paradec_stream_t stream);
+                            size_t scratch_bytes, paradec_stream_t stream);
 
 /* ---- dequantizing gather ------------------------------------------------------------------------
  * out [batch, slots, kv_heads·head_dim] (dtype) = the first `slots` positions of each

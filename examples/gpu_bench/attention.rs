@@ -7,7 +7,6 @@
 //!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode|attn_decode_q4] [--csv FILE]
 
 use super::*;
-use paradec::cuda::kernels::zeroed_counters_ffi;
 
 /// Bytes/s of a read-only XOR reduction over a 2 GiB buffer (the decode floor).
 pub fn measure_read_bw(b: &Bench) -> Result<f64> {
@@ -104,13 +103,11 @@ fn time_attention(
     let scratch_bytes =
         unsafe { ffi::paradec_attention_scratch_bytes(batch, q_len, heads, kv_heads, d, past) };
     let scratch = DeviceBuffer::zeroed(0, scratch_bytes.max(16))?;
-    let mut counters = kept_counters()?;
     let scale = 1.0 / (d as f32).sqrt();
     let at = |buf: &DeviceBuffer, stride: usize, i: usize| {
         (buf.as_ptr() as *mut u8).wrapping_add(i * set_stride(stride)) as *mut c_void
     };
     let mut launch = |i: usize, st: &CudaStream| -> Result<()> {
-        let kept = zeroed_counters_ffi(merge_in_kernel().then_some(&mut counters), st);
         // SAFETY: every set holds the shapes above; past + q_len = capacity.
         let code = unsafe {
             ffi::paradec_attention(
@@ -133,7 +130,6 @@ fn time_attention(
                 scale,
                 scratch.as_ptr() as *mut c_void,
                 scratch_bytes,
-                kept.as_ref().map_or(ptr::null(), |k| k as *const _),
                 st.raw(),
             )
         };
@@ -241,7 +237,6 @@ fn time_attention_quant(
         ffi::paradec_attention_quant_scratch_bytes(batch, q_len, heads, kv_heads, d, past)
     };
     let scratch = DeviceBuffer::zeroed(0, scratch_bytes.max(16))?;
-    let mut counters = kept_counters()?;
     let scale = 1.0 / (d as f32).sqrt();
     let at = |buf: &DeviceBuffer, n: usize, i: usize| {
         (buf.as_ptr() as *mut u8).wrapping_add(i * st(n)) as *mut c_void
@@ -263,7 +258,6 @@ fn time_attention_quant(
         }
     };
     let mut launch = |i: usize, stm: &CudaStream| -> Result<()> {
-        let kept = zeroed_counters_ffi(merge_in_kernel().then_some(&mut counters), stm);
         // SAFETY: every set holds the shapes above; past + q_len = capacity.
         let code = unsafe {
             ffi::paradec_attention_quant(
@@ -299,20 +293,12 @@ fn time_attention_quant(
                 scale,
                 scratch.as_ptr() as *mut c_void,
                 scratch_bytes,
-                kept.as_ref().map_or(ptr::null(), |k| k as *const _),
                 stm.raw(),
             )
         };
         status(code, "paradec_attention_quant")
     };
     b.time(sets, &mut launch)
-}
-
-/// Whether split decodes get kept counters (as in a workspace), so that small merges run in
-/// their last split block; `PARADEC_ATTN_COMBINE=kernel` passes none, so the combine kernel
-/// merges (the two compared in one run).
-fn merge_in_kernel() -> bool {
-    !std::env::var("PARADEC_ATTN_COMBINE").is_ok_and(|v| v == "kernel")
 }
 
 pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow>> {

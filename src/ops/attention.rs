@@ -229,7 +229,7 @@ pub fn attention(
                 return unsafe {
                     kernels::attention_staged(
                         q, cache_k, cache_v, s, masking, scale, plan, past, mask, &mut partials,
-                        ws.zeroed_counters(), out, st,
+                        out, st,
                     )
                 };
             }
@@ -240,7 +240,7 @@ pub fn attention(
             )?;
             kernels::attention(
                 q, cache_k, cache_v, s, masking, scale, &mut meta, &mut partials,
-                ws.zeroed_counters(), out, st,
+                out, st,
             )
         }),
     }

@@ -510,7 +510,7 @@ fn attend_impl(
                     return unsafe {
                         kernels::attention_quant_staged(
                             q, cache, table, s, masking, scale, plan, past, mask, block_table,
-                            &mut partials, ws.zeroed_counters(), out, st,
+                            &mut partials, out, st,
                         )
                     };
                 }
@@ -524,7 +524,7 @@ fn attend_impl(
                 )?;
                 kernels::attention_quant(
                     q, cache, table, s, masking, scale, &mut meta, &mut partials,
-                    ws.zeroed_counters(), out, st,
+                    out, st,
                 )
             } else {
                 // Prefill over a quantized or paged cache: the positions this call reads,
@@ -544,7 +544,7 @@ fn attend_impl(
                 )?;
                 kernels::attention(
                     q, &dk, &dv, &shape2, masking, scale, &mut meta, &mut partials,
-                    ws.zeroed_counters(), out, st,
+                    out, st,
                 )
             }
         }),

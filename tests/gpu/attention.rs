@@ -241,38 +241,24 @@ fn run_case(s: &CudaStream, rng: &mut Rng, c: &AttnCase) {
         Device::Cuda(0),
     )
     .unwrap();
-    let mut run = |counters: Option<&mut DeviceBuffer>, out: &mut Tensor| {
-        kernels::attention(
-            &q,
-            &ck,
-            &cv,
-            &shape,
-            &masking,
-            scale,
-            &mut meta,
-            &mut partials,
-            counters,
-            out,
-            s,
-        )
-        .unwrap();
-        stream_sync(s);
-        download(out)
-    };
-    let got = run(None, &mut out);
+    kernels::attention(
+        &q,
+        &ck,
+        &cv,
+        &shape,
+        &masking,
+        scale,
+        &mut meta,
+        &mut partials,
+        &mut out,
+        s,
+    )
+    .unwrap();
+    stream_sync(s);
+    let got = download(&out);
     let mut want = vec![0.0f32; q_n];
     cpu::attention::attention(&qv, &kv, &vv, &shape, &masking, scale, &mut want);
     assert_close(&format!("attention {c:?}"), c.dtype, &got, &want);
-    // With kept counters a small split decode merges in its last split block: the same bits
-    // as the combine kernel, and the counters left zero.
-    let mut kept = DeviceBuffer::zeroed(0, 4096 * 4).unwrap();
-    let mut merged = poisoned(&[c.batch, c.q_len, c.heads * d], c.dtype);
-    let merged = run(Some(&mut kept), &mut merged);
-    assert_eq!(merged, got, "attention {c:?}: merged in the decode kernel");
-    assert!(
-        kept.to_host_bytes().unwrap().iter().all(|&b| b == 0),
-        "attention {c:?}: the kept counters were not left zero"
-    );
     // Pad queries (every key masked) output exact zeros.
     if let Some(pad) = &c.pad {
         for (b, &pb) in pad.iter().enumerate() {
@@ -433,7 +419,7 @@ fn attention_rejects_bad_arguments() {
     let mut part = Tensor::zeros(&[0], DType::F32, Device::Cuda(0)).unwrap();
     // Past 7 + 2 new > capacity 8: an error before launch.
     let e = kernels::attention(
-        &q, &ck, &cv, &shape, &masking, 1.0, &mut meta, &mut part, None, &mut out, &s,
+        &q, &ck, &cv, &shape, &masking, 1.0, &mut meta, &mut part, &mut out, &s,
     )
     .unwrap_err();
     assert!(matches!(e, Error::CapacityExceeded(_)), "{e:?}");
@@ -445,7 +431,7 @@ fn attention_rejects_bad_arguments() {
         ..masking
     };
     let e = kernels::attention(
-        &q, &ck, &cv, &shape, &m0, 1.0, &mut meta, &mut part, None, &mut out, &s,
+        &q, &ck, &cv, &shape, &m0, 1.0, &mut meta, &mut part, &mut out, &s,
     )
     .unwrap_err();
     assert!(
@@ -464,7 +450,6 @@ fn attention_rejects_bad_arguments() {
         1.0,
         &mut meta,
         &mut part,
-        None,
         &mut small_out,
         &s,
     )
@@ -495,7 +480,6 @@ fn attention_rejects_bad_arguments() {
                 1.0,
                 ptr::null_mut(),
                 0,
-                ptr::null(),
                 s.raw(),
             )
         }

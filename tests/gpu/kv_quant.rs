@@ -313,15 +313,7 @@ fn run_decode(s: &CudaStream, rng: &mut Rng, mode: &KvCacheMode, c: &QCase, dtyp
     } else {
         let mut meta = Tensor::zeros(&[kernels::attention_meta_bytes(&shape, &masking)], DType::U8, Device::Cuda(0)).unwrap();
         let mut partials = Tensor::zeros(&[kernels::attention_quant_scratch_len(&shape, max_past, s).unwrap()], DType::F32, Device::Cuda(0)).unwrap();
-        kernels::attention_quant(&q, &gl, None, &shape, &masking, scale, &mut meta, &mut partials, None, &mut out, s).unwrap();
-        // Merged in the decode kernel's last split block (kept counters): the same bits as the
-        // combine kernel, and the counters left zero.
-        let mut kept = DeviceBuffer::zeroed(0, 4096 * 4).unwrap();
-        let mut merged = poisoned(&[c.batch * c.q_len, c.heads * d], dtype);
-        kernels::attention_quant(&q, &gl, None, &shape, &masking, scale, &mut meta, &mut partials, Some(&mut kept), &mut merged, s).unwrap();
-        stream_sync(s);
-        assert_eq!(download(&merged), download(&out), "{}: merged in the decode kernel", mode.name());
-        assert!(kept.to_host_bytes().unwrap().iter().all(|&b| b == 0), "{}: kept counters not left zero", mode.name());
+        kernels::attention_quant(&q, &gl, None, &shape, &masking, scale, &mut meta, &mut partials, &mut out, s).unwrap();
     }
     stream_sync(s);
     let got = download(&out);

@@ -470,12 +470,6 @@ fn grouped_small_m_launch_equals_each_alone() {
     }
 }
 
-/// Whether the lean loop decodes by offsets (`PARADEC_LEAN_DECODE=offset`, read by the
-/// kernels): its sums then differ from the ring loop's by rounding, not bit for bit.
-fn lean_offset_decode() -> bool {
-    std::env::var("PARADEC_LEAN_DECODE").is_ok_and(|v| v == "offset")
-}
-
 /// The split small-M path gives the same bits twice (the partials are summed in split order),
 /// and the same on its lean and ring loops.
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {
@@ -489,8 +483,7 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
     let m = 5;
     let (xd, _) = upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt);
     // Twice on the ring loop, then twice on the lean loop: the two loops run the same products
-    // in the same order, so all four agree to the bit (with offset decoding the lean loop's
-    // sums are other ones: equal to each other, within rounding of the ring loop's).
+    // in the same order, so all four agree to the bit.
     let paths = [
         LinearPath::Small,
         LinearPath::Small,
@@ -509,22 +502,7 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
     ops::set_linear_override(None);
     assert_eq!(runs[0], runs[1], "{what}: split runs differ");
     assert_eq!(runs[2], runs[3], "{what}: split runs of the lean loop differ");
-    if !lean_offset_decode() {
-        assert_eq!(runs[0], runs[2], "{what}: the lean and ring loops differ");
-        return;
-    }
-    let ring: Vec<f32> = runs[0].iter().map(|&b| f32::from_bits(b)).collect();
-    let lean: Vec<f32> = runs[2].iter().map(|&b| f32::from_bits(b)).collect();
-    let scale = ring.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-6);
-    let worst = ring
-        .iter()
-        .zip(&lean)
-        .fold(0f32, |a, (r, l)| a.max((r - l).abs()));
-    let tol = if dt == DType::F16 { 2e-3 } else { 1.6e-2 };
-    assert!(
-        worst <= tol * scale,
-        "{what}: lean (offset decoding) vs ring loop: {worst} > {tol} × {scale}"
-    );
+    assert_eq!(runs[0], runs[2], "{what}: the lean and ring loops differ");
 }
 
 #[test]

@@ -3,10 +3,7 @@
 use std::ffi::c_void;
 use std::ptr;
 
-use super::{
-    check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr, upload_bytes, zeroed_counters_ffi,
-};
-use crate::cuda::buffer::DeviceBuffer;
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr, upload_bytes};
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
@@ -349,12 +346,9 @@ unsafe fn launch(
     mask: *const f32,
     scale: f32,
     partials: &mut Tensor,
-    counters: Option<&mut DeviceBuffer>,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let kept = zeroed_counters_ffi(counters, stream);
-    let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
     let (scratch, scratch_bytes): (*mut c_void, usize) = if partials.numel() > 0 {
         (dev_ptr_mut(partials), 4 * partials.numel())
     } else {
@@ -363,8 +357,7 @@ unsafe fn launch(
     ensure_device(stream.device())?;
     // SAFETY: live device allocations of the checked sizes and dtypes on the stream's device
     // (NULL where optional), outliving the kernel (freeing device memory waits for queued
-    // work); the tables as the function's contract says; the kept counters (if any) a live
-    // buffer of the stream's device, zero between calls.
+    // work); the tables as the function's contract says.
     let status = unsafe {
         ffi::paradec_attention(
             c.code,
@@ -386,7 +379,6 @@ unsafe fn launch(
             scale,
             scratch,
             scratch_bytes,
-            kept_ptr,
             stream.raw(),
         )
     };
@@ -398,8 +390,7 @@ unsafe fn launch(
 /// masking. Every past length is checked against the capacity and the mask here. `meta` is a U8
 /// device tensor of exactly `attention_meta_bytes` (the past lengths and mask travel in it,
 /// queued on `stream`); `partials` an f32 device tensor of at least `attention_scratch_len`
-/// elements (may be empty when that is 0); with kept `counters` (see
-/// [`super::zeroed_counters_ffi`]) a split decode merges its splits without a combine launch.
+/// elements (may be empty when that is 0).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &Tensor,
@@ -410,7 +401,6 @@ pub fn attention(
     scale: f32,
     meta: &mut Tensor,
     partials: &mut Tensor,
-    counters: Option<&mut DeviceBuffer>,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
@@ -466,7 +456,6 @@ pub fn attention(
             mask_ptr,
             scale,
             partials,
-            counters,
             out,
             stream,
         )
@@ -494,7 +483,6 @@ pub unsafe fn attention_staged(
     past_len: *const i64,
     mask: *const f32,
     partials: &mut Tensor,
-    counters: Option<&mut DeviceBuffer>,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
@@ -527,7 +515,6 @@ pub unsafe fn attention_staged(
             mask,
             scale,
             partials,
-            counters,
             out,
             stream,
         )

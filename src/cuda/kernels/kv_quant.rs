@@ -9,8 +9,7 @@ use std::ffi::c_void;
 use std::ptr;
 
 use super::rope::RopeTables;
-use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, upload_bytes, zeroed_counters_ffi};
-use crate::cuda::buffer::DeviceBuffer;
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, upload_bytes};
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
@@ -548,12 +547,9 @@ unsafe fn launch_attn(
     mask: *const f32,
     scale: f32,
     partials: &mut Tensor,
-    counters: Option<&mut DeviceBuffer>,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let kept = zeroed_counters_ffi(counters, stream);
-    let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
     let (scratch, scratch_bytes): (*mut c_void, usize) = if partials.numel() > 0 {
         (dev_ptr_mut(partials), 4 * partials.numel())
     } else {
@@ -562,8 +558,7 @@ unsafe fn launch_attn(
     ensure_device(stream.device())?;
     // SAFETY: live device allocations of the checked sizes and dtypes on the stream's device
     // (NULL where optional), outliving the kernel (freeing device memory waits for queued
-    // work); the tables as the function's contract says; the kept counters (if any) a live
-    // buffer of the stream's device, zero between calls.
+    // work); the tables as the function's contract says.
     let status = unsafe {
         ffi::paradec_attention_quant(
             c.call.code,
@@ -586,7 +581,6 @@ unsafe fn launch_attn(
             scale,
             scratch,
             scratch_bytes,
-            kept_ptr,
             stream.raw(),
         )
     };
@@ -608,7 +602,6 @@ pub fn attention_quant(
     scale: f32,
     meta: &mut Tensor,
     partials: &mut Tensor,
-    counters: Option<&mut DeviceBuffer>,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
@@ -663,7 +656,6 @@ pub fn attention_quant(
             mask_ptr,
             scale,
             partials,
-            counters,
             out,
             stream,
         )
@@ -696,7 +688,6 @@ pub unsafe fn attention_quant_staged(
     mask: *const f32,
     block_table: *const i32,
     partials: &mut Tensor,
-    counters: Option<&mut DeviceBuffer>,
     out: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
@@ -730,7 +721,6 @@ pub unsafe fn attention_quant_staged(
             mask,
             scale,
             partials,
-            counters,
             out,
             stream,
         )
