@@ -581,17 +581,9 @@ constexpr int dtype_of() {
 }
 
 // Rows of x per block of the wgmma GEMM: `asked` when it is 64, 128 or 256 (the call's split
-// argument: tests and benches run every tile on any shape), else wgmma_tokens' choice for the
-// device's SM count.
+// argument: tests and benches run every tile on any shape), else wgmma_tokens' choice.
 int wgmma_rows(const GemmArgs &a, int asked) {
-    if (asked == 64 || asked == 128 || asked == 256) return asked;
-    int dev = 0, sms = 132;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        sms = 132;
-    }
-    return wgmma_tokens(a.m, a.n, sms);
+    return asked == 64 || asked == 128 || asked == 256 ? asked : wgmma_tokens(a.m);
 }
 
 template <typename T>

@@ -307,21 +307,109 @@ struct WgmmaTile {
                   "the output staging fits the ring");
 };
 
-// Issues the copies of K-step kt of x rows m0 … m0 + TOK into `sx` (128-byte swizzle; rows
-// past m zero-filled).
-template <typename T, int TOK>
-__device__ __forceinline__ void load_x_sw128(const GemmArgs &a, int64_t kt, unsigned char *sx,
-                                             int64_t m0) {
-    const T *A = static_cast<const T *>(a.a);
-    const int64_t k0 = kt * kGK;
+// The copies one thread issues for each K step of the wgmma GEMM, as a cursor that steps
+// through K: every address is worked out once and then advanced by a constant per step (a
+// copy whose source lies outside the matrix — x rows past m, columns past np — is zero-filled
+// and reads nothing). x rows land in the 128-byte swizzle; the B-bit tiles' word rows
+// (uniform width: tile t is word rows t·B … t·B + B − 1) and their groups' (scale,
+// −zero·scale) as load_quant_b lays them out. A step's group indices are read before its wait
+// and barrier, so that their latency hides behind them.
+template <typename T, int B, int TOK>
+struct WgmmaLoads {
+    static constexpr int kXChunks = TOK * 8 / kWThreads;  // 16-byte x chunks per thread
+    const T *x;            // this thread's first x chunk at the next step
+    int64_t x_rows32;      // 32 rows of x
+    unsigned x_ok = 0;     // bit i: chunk i's row is below m
+    int x_dst;             // chunk 0's offset in a stage (chunk i: + i·4096)
+    const uint32_t *w;     // this thread's word chunk of the next step's first tile
+    int64_t w_tile;        // words per tile (B·np)
+    bool w_on, w_ok;       // copies words (tid < B·32); its 4 columns are below np
+    const float2 *sz;      // this thread's (scale, −zero·scale) pair of columns in group 0
+    int np;
+    bool sz_on, sz_ok;     // copies scales (the last 64 threads); its columns are below np
+    const uint2 *tiles;
+    int groups[2] = {0, 0};  // the groups of the step to load next
+
+    __device__ __forceinline__ WgmmaLoads(const GemmArgs &a, int64_t m0, int64_t n0) {
+        const int tid = static_cast<int>(threadIdx.x);
+        const int r0 = tid >> 3, c = tid & 7;
+        x = static_cast<const T *>(a.a) + (m0 + r0) * a.lda + c * kVec;
+        x_rows32 = 32 * a.lda;
 #pragma unroll
-    for (int i = 0; i < TOK * 8 / kWThreads; ++i) {
-        const int idx = static_cast<int>(threadIdx.x) + i * kWThreads;
-        const int r = idx >> 3, c = idx & 7;
-        const int64_t gr = m0 + r;
-        const bool ok = gr < a.m;
-        cp_async16_zfill(sx + sw128_offset(r, c), ok ? A + gr * a.lda + k0 + c * kVec : A, ok);
+        for (int i = 0; i < kXChunks; ++i) x_ok |= (m0 + r0 + 32 * i < a.m ? 1u : 0u) << i;
+        x_dst = sw128_offset(r0, c);
+        np = static_cast<int>(a.np);
+        w_on = tid < B * 32;
+        const int64_t wcol = n0 + (tid & 31) * 4;  // 4 columns: all in or all out (np % 8 == 0)
+        w_ok = wcol < a.np;
+        w = a.words + static_cast<int64_t>(tid >> 5) * a.np + wcol;
+        w_tile = static_cast<int64_t>(B) * a.np;
+        sz_on = tid >= kWThreads - 64;
+        const int64_t scol = n0 + (tid - (kWThreads - 64)) * 2;
+        sz_ok = sz_on && scol < a.np;
+        sz = a.sz + scol;
+        tiles = a.tiles;
     }
+
+    // Reads the groups of K step kt's two tiles (the threads that copy scales).
+    __device__ __forceinline__ void read_groups(int64_t kt) {
+        if (!sz_ok) return;
+#pragma unroll
+        for (int tt = 0; tt < 2; ++tt)
+            groups[tt] = static_cast<int>(__ldg(tiles + kt * 2 + tt).y & 0xFFFFFFu);
+    }
+
+    // Issues the next K step's copies into stage `st` (after read_groups of that step), then
+    // steps to the one after.
+    __device__ __forceinline__ void issue(unsigned char *st) {
+#pragma unroll
+        for (int i = 0; i < kXChunks; ++i)
+            cp_async16_zfill(st + x_dst + i * 4096, x + i * x_rows32, (x_ok >> i) & 1u);
+        x += kGK;
+        unsigned char *sq = st + WgmmaTile<TOK>::kXBytes;
+        const int tid = static_cast<int>(threadIdx.x);
+        if (w_on) {
+            uint32_t *dst = reinterpret_cast<uint32_t *>(sq) + (tid >> 5) * kGN + (tid & 31) * 4;
+            cp_async16_zfill(dst, w, w_ok);
+            cp_async16_zfill(dst + kSubBytes / 4, w + w_tile, w_ok);
+            w += 2 * w_tile;
+        }
+        if (sz_on) {
+            unsigned char *dst =
+                sq + kWordsBytes + (tid - (kWThreads - 64)) * 2 * sizeof(float2);
+#pragma unroll
+            for (int tt = 0; tt < 2; ++tt)
+                cp_async16_zfill(dst + tt * kSubBytes,
+                                 sz + static_cast<int64_t>(groups[tt]) * np, sz_ok);
+        }
+    }
+};
+
+// f16 activations and 4-bit codes: a code pair decoded in five instructions — the pair's byte
+// and the same byte shifted by 4 into the two halves (one byte_perm), the codes' bits under
+// the exponent of 1024 (one lop3: two exact f16 integers 1024 + q), minus 1024 + zero (exact),
+// times the scale rounded to f16 — the same value as the f32 path wherever the scale is an f16
+// (GPTQ's are), else within its rounding. The zero comes back from (scale, −zero·scale) once
+// per column and tile.
+struct Quick4 {
+    __half2 z2, s2;  // (1024 + zero) and the scale, in both halves
+};
+
+[[maybe_unused]] __device__ __forceinline__ Quick4 quick4_consts(float2 sz) {
+    // A small integer: the fast reciprocal's error cannot move it to another one.
+    const float q = __fdividef(-sz.y, sz.x);
+    const float z = sz.x != 0.f ? rintf(q) : 0.f;
+    return Quick4{__float2half2_rn(1024.f + z), __float2half2_rn(sz.x)};
+}
+
+// Codes of rows 2·t4, 2·t4 + 1 of word w (byte t4), dequantized: `sel` = t4 | (4 + t4) << 8.
+[[maybe_unused]] __device__ __forceinline__ uint32_t quick4_pair(uint32_t w, uint32_t sel,
+                                                                const Quick4 &c) {
+    const uint32_t t = __byte_perm(w, w >> 4, sel);
+    const uint32_t v = lop3_and_or(t, 0x000F000Fu, 0x64006400u);
+    __half2 h = __hsub2(*reinterpret_cast<const __half2 *>(&v), c.z2);
+    h = __hmul2(h, c.s2);
+    return *reinterpret_cast<const uint32_t *>(&h);
 }
 
 // The A fragment of the warp's 16 columns (col, col + 8 of the block) for k16 slice `ks` of a
@@ -342,13 +430,29 @@ template <typename T, int B, int TOK>
 __device__ __forceinline__ void decode_step(const unsigned char *st, int col, int t4,
                                             uint32_t (&f)[4][4]) {
     const unsigned char *sq = st + WgmmaTile<TOK>::kXBytes;
+    constexpr bool kQuick = B == 4 && std::is_same<T, __half>::value;
 #pragma unroll
     for (int tt = 0; tt < 2; ++tt) {
         const unsigned char *sub = sq + tt * kSubBytes;
         const float2 *ssz = reinterpret_cast<const float2 *>(sub + kWordsBytes);
         const float2 s0 = ssz[col], s1 = ssz[col + 8];
+        if constexpr (kQuick) {
+            // Word i of a column holds rows 8i … 8i + 7; slice ks takes words 2ks and 2ks + 1.
+            const uint32_t *sw = reinterpret_cast<const uint32_t *>(sub);
+            const Quick4 c0 = quick4_consts(s0), c1 = quick4_consts(s1);
+            const uint32_t sel = static_cast<uint32_t>(t4) | static_cast<uint32_t>(4 + t4) << 8;
 #pragma unroll
-        for (int ks = 0; ks < 2; ++ks) a_frag<T, B>(sub, col, s0, s1, ks, t4, f[tt * 2 + ks]);
+            for (int ks = 0; ks < 2; ++ks) {
+                uint32_t(&g)[4] = f[tt * 2 + ks];
+                g[0] = quick4_pair(sw[(2 * ks) * kGN + col], sel, c0);
+                g[1] = quick4_pair(sw[(2 * ks) * kGN + col + 8], sel, c1);
+                g[2] = quick4_pair(sw[(2 * ks + 1) * kGN + col], sel, c0);
+                g[3] = quick4_pair(sw[(2 * ks + 1) * kGN + col + 8], sel, c1);
+            }
+        } else {
+#pragma unroll
+            for (int ks = 0; ks < 2; ++ks) a_frag<T, B>(sub, col, s0, s1, ks, t4, f[tt * 2 + ks]);
+        }
     }
 }
 
@@ -383,14 +487,15 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
 #pragma unroll
     for (int i = 0; i < TOK / 2; ++i) acc[i] = 0.f;
 
-    auto load = [&](int64_t kt) {
-        unsigned char *st = smem + (kt % S::kStages) * S::kStageBytes;
-        load_x_sw128<T, TOK>(a, kt, st, m0);
-        load_quant_b(a, kt, st + S::kXBytes, n0);
-    };
+    WgmmaLoads<T, BITS, TOK> loads(a, m0, n0);
+    // K steps load in order, each into stage kt % kStages.
+    auto load = [&](int64_t kt) { loads.issue(smem + (kt % S::kStages) * S::kStageBytes); };
 #pragma unroll
     for (int s = 0; s < S::kAhead; ++s) {
-        if (s < ksteps) load(s);
+        if (s < ksteps) {
+            loads.read_groups(s);
+            load(s);
+        }
         cp_async_commit_group();
     }
     // Step kt's group of wgmmas runs while step kt + 1 is decoded, into the other of two
@@ -398,12 +503,14 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     // wgmmas asynchronous only so), which also frees its stage for the loads.
     uint32_t fa[4][4], fb[4][4];
     auto prepare = [&](int64_t kt, uint32_t (&f)[4][4]) {
+        const bool more = kt + S::kAhead < ksteps;
+        if (more) loads.read_groups(kt + S::kAhead);
         cp_async_wait_groups<S::kAhead - 1>();
         fence_async_shared();
         // Step kt has landed for every thread; every warpgroup has issued step kt − 1 and
         // finished the wgmmas of step kt − 2, whose stage the next load reuses.
         __syncthreads();
-        if (kt + S::kAhead < ksteps) load(kt + S::kAhead);
+        if (more) load(kt + S::kAhead);
         cp_async_commit_group();
         decode_step<T, BITS, TOK>(smem + (kt % S::kStages) * S::kStageBytes, col, t4, f);
     };
@@ -547,15 +654,7 @@ int launch_gemm(int dtype, const GemmArgs &a, int bits, cudaStream_t stream) {
     return dispatch_dtype(dtype, [&](auto tag) { return launch_bits<decltype(tag)>(a, bits, stream); });
 }
 
-int wgmma_tokens(int64_t m, int64_t n, int sms) {
-    const int64_t cols = (n + kGN - 1) / kGN;
-    if (m <= 64) return 64;
-    // The largest tile of rows that still gives every SM a block (else the most blocks).
-    for (int tok : {256, 128}) {
-        if (m > tok / 2 && cols * ((m + tok - 1) / tok) >= sms) return tok;
-    }
-    return m <= 128 ? 128 : (cols * ((m + 127) / 128) >= sms ? 128 : 64);
-}
+int wgmma_tokens(int64_t m) { return m <= 64 ? 64 : m <= 512 ? 128 : 256; }
 
 bool wgmma_serves(const GemmArgs &a, int bits) {
     const bool uniform = bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8;

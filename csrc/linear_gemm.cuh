@@ -40,9 +40,10 @@ bool wgmma_serves(const GemmArgs &a, int bits);
 // compute capability 9.0.
 bool wgmma_available();
 
-// Rows of x per block of the wgmma GEMM (64, 128 or 256) for m rows and n columns on `sms`
-// multiprocessors: the largest that still gives every SM a block.
-int wgmma_tokens(int64_t m, int64_t n, int sms);
+// Rows of x per block of the wgmma GEMM for m rows: 64 up to 64 rows, 128 up to 512, 256
+// beyond — the fastest tile at every point measured on an H100 (GPTQ-4, EXL2-4 and GPTQ-8 at
+// 4096×12288 and 8192×28672, m = 33 … 2048; 128 and 256 tie at 512 rows of the larger shape).
+int wgmma_tokens(int64_t m);
 
 // Launches the wgmma GEMM (where wgmma_serves) with `tok` rows of x per block; a paradec
 // status.
