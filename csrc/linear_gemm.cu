@@ -280,16 +280,17 @@ __global__ void __launch_bounds__(kGThreads, 2) gemm_kernel(GemmArgs a) {
 // ---- The wgmma GEMM (sm_90a) of quantized weights ----
 //
 // outᵀ = W·xᵀ on Hopper's warpgroup MMA: the weights are the 64-row A operand, decoded from
-// shared memory into registers (dequant_pair, as above: f32, one rounding), and x is the B
-// operand, TOK rows of it per block read by the wgmma from shared memory (the 128-byte swizzle
-// of wgmma.cuh). Two warpgroups of 64 output columns each (16 per warp) share one x tile;
-// every weight fragment is decoded once per block. K steps of 64 rows (two layout tiles) flow
-// through a cp.async ring of WgmmaTile::kStages; each step's four wgmmas run while the next
-// step is decoded (one group in flight), and a stage is refilled only after the wait that
-// covers its last wgmma. The f32 results go through shared memory so that each row of out is written
-// with whole, coalesced vectors, the bias and the existing out (accumulate) added in f32.
+// shared memory into registers (f16 4-bit: quick4_pair; else dequant_pair, as above: f32, one
+// rounding), and x is the B operand, TOK rows of it per block read by the wgmma from shared
+// memory (the 128-byte swizzle of wgmma.cuh). Two warpgroups of 64 output columns each (16 per
+// warp) share one x tile; every weight fragment is decoded once per block. K steps of 64 rows
+// (two layout tiles) flow through a cp.async ring of WgmmaTile::kStages; each step's four
+// wgmmas run while the next step is decoded (one group in flight), and a stage is refilled only
+// after the wait that covers its last wgmma. The f32 results go through shared memory so that
+// each row of out is written with whole, coalesced vectors, the bias and the existing out
+// (accumulate) added in f32.
 
-constexpr int kWThreads = kGThreads;  // two warpgroups; load_quant_b's thread split
+constexpr int kWThreads = kGThreads;  // two warpgroups, as the quantized tiles' copies assume
 constexpr int kEStride = 132;          // f32 per staged output row (128 + 4: no bank conflicts)
 
 template <int TOK>
