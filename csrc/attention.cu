@@ -321,10 +321,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     merge_and_store<T>(a, sm_m, sm_l, sm_o, G, R, D, nrows, row0, b, kvh, split);
 }
 
-// Merges the splits' partials of every output row, in split order, where the decode kernel did
-// not (merge_and_store). One block per row: the threads first find the row's max and weights
-// over the splits, then each output feature sums its splits (split groups of threads, merged in
-// a fixed order).
+// Merges the splits' partials of every output row, in split order. One block per row: the
+// threads first find the row's max and weights over the splits, then each output feature sums
+// its splits (split groups of threads, merged in a fixed order).
 template <typename T>
 __global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_all) {
     __shared__ float w[kMaxSplits];

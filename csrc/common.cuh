@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -88,10 +89,27 @@ inline int launch_status() {
 
 inline bool valid_dtype(int dtype) { return dtype == PARADEC_F16 || dtype == PARADEC_BF16; }
 
-// The kept counters (paradec_zeroed_counters) when they are at least `need`, else null: the
-// caller then zeroes counters of its own, or merges without any.
-inline unsigned *kept_counters(const paradec_zeroed_counters &z, size_t need) {
-    return z.counters && z.count >= need ? z.counters : nullptr;
+// The current device's compute capability as major·10 + minor (90 for sm_90), asked of the
+// runtime once per device (launchers consult it on every launch); 0 where it cannot say.
+inline int current_device_cc() {
+    constexpr int kDevices = 64;
+    static std::atomic<int> known[kDevices];  // 0: not asked yet
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    int cc = dev >= 0 && dev < kDevices ? known[dev].load(std::memory_order_relaxed) : 0;
+    if (cc != 0) return cc;
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    cc = major * 10 + minor;
+    if (dev >= 0 && dev < kDevices) known[dev].store(cc, std::memory_order_relaxed);
+    return cc;
 }
 
 // Calls f<__half>() or f<__nv_bfloat16>() by dtype code (checked by the caller).

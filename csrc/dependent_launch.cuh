@@ -23,7 +23,7 @@
 #include <cstring>
 #include <utility>
 
-#include "paradec_kernels.h"
+#include "common.cuh"
 
 namespace paradec {
 
@@ -46,14 +46,7 @@ inline bool dependent_launch_on() {
         const char *v = std::getenv("PARADEC_PDL");
         return v != nullptr && std::strcmp(v, "off") == 0;
     }();
-    if (off) return false;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-    }
-    return major >= 9;
+    return !off && current_device_cc() >= 90;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where

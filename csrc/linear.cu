@@ -530,6 +530,12 @@ int path_split(int p, const paradec_qweight *w, int split) {
 
 int mt_for(size_t m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
 
+// The kept counters (paradec_zeroed_counters) when they are at least `need`, else null: the
+// caller then zeroes counters of its own.
+unsigned *kept_counters(const paradec_zeroed_counters &z, size_t need) {
+    return z.counters && z.count >= need ? z.counters : nullptr;
+}
+
 // The SMALL path's split-K counters, one per column block, after its partials.
 size_t counter_bytes(const paradec_qweight *w) {
     return round_up(small_col_blocks(w->np) * sizeof(unsigned), kAlign);

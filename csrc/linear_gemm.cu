@@ -664,14 +664,7 @@ bool wgmma_serves(const GemmArgs &a, int bits) {
 
 bool wgmma_available() {
 #ifdef PARADEC_SM90A_IMAGE
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-    }
-    return major == 9 && minor == 0;
+    return current_device_cc() == 90;
 #else
     return false;
 #endif

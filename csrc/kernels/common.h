@@ -13,17 +13,6 @@ extern "C" {
 /* A CUDA stream; the same type as cudaStream_t. */
 typedef struct CUstream_st *paradec_stream_t;
 
-/* Split counters kept zero between calls: `count` u32 counters on the device that are zero when
- * a call starts and that the call leaves zero when it completes. The launchers that split work
- * and count the finished parts (the SMALL linear path's K splits, split-KV decode attention)
- * take their counters from here when there are enough, instead of zeroing their own on every
- * call (a memset or a launch saved). One set serves every call of one stream; calls that may
- * run at once never share a set. `counters` NULL or `count` 0: none. */
-typedef struct paradec_zeroed_counters {
-    unsigned *counters;
-    size_t count;
-} paradec_zeroed_counters;
-
 /* Launcher status: 0 success, > 0 a cudaError_t from the launch, < 0 one of these. */
 enum paradec_kstatus {
     PARADEC_K_OK = 0,

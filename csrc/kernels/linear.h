@@ -58,13 +58,22 @@ typedef struct paradec_qweight {
 size_t paradec_quant_linear_scratch(int dtype, const paradec_qweight *w, size_t m, int path,
                                     int split);
 
+/* Split counters kept zero between calls: `count` u32 counters that are zero when a call
+ * starts and that the call leaves zero when it completes. The SMALL path's split-K counters
+ * come from them when they are enough (instead of being zeroed in the scratch on every call: a
+ * memset or a prep kernel saved). One set serves every call of one stream; calls that may run
+ * at once never share a set. `counters` NULL or `count` 0: none. */
+typedef struct paradec_zeroed_counters {
+    unsigned *counters;
+    size_t count;
+} paradec_zeroed_counters;
+
 /* out[m, n] (+)= x[m, k] · Wᵀ + bias[n] (bias may be NULL); x, bias, out of `dtype`.
  * `path` picks the kernel (see paradec_linear_path); `split` (≥ 1) splits K across blocks on
  * the GEMV and SMALL paths (ignored by MMA); on WGMMA, 64, 128 or 256 sets the rows of x per
  * block (any other value: the launcher's choice). scratch holds at least
  * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0).
- * `zeroed` (may be NULL; kernels/common.h): the SMALL path's split-K counters come from them
- * when they are enough, instead of being zeroed in the scratch (a memset or a prep kernel). */
+ * `zeroed` (may be NULL): see paradec_zeroed_counters. */
 int paradec_quant_linear(int dtype, const void *x, size_t m, const paradec_qweight *w,
                          const void *bias, void *out, int accumulate, int path, int split,
                          void *scratch, size_t scratch_bytes,

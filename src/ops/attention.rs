@@ -239,8 +239,7 @@ pub fn attention(
                 crate::tensor::DType::F32,
             )?;
             kernels::attention(
-                q, cache_k, cache_v, s, masking, scale, &mut meta, &mut partials,
-                out, st,
+                q, cache_k, cache_v, s, masking, scale, &mut meta, &mut partials, out, st,
             )
         }),
     }

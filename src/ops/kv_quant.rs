@@ -523,8 +523,7 @@ fn attend_impl(
                     crate::tensor::DType::F32,
                 )?;
                 kernels::attention_quant(
-                    q, cache, table, s, masking, scale, &mut meta, &mut partials,
-                    out, st,
+                    q, cache, table, s, masking, scale, &mut meta, &mut partials, out, st,
                 )
             } else {
                 // Prefill over a quantized or paged cache: the positions this call reads,
@@ -543,8 +542,7 @@ fn attend_impl(
                     crate::tensor::DType::F32,
                 )?;
                 kernels::attention(
-                    q, &dk, &dv, &shape2, masking, scale, &mut meta, &mut partials,
-                    out, st,
+                    q, &dk, &dv, &shape2, masking, scale, &mut meta, &mut partials, out, st,
                 )
             }
         }),

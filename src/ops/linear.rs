@@ -50,9 +50,8 @@ pub(crate) const LEAN_MAX_M: usize = 16;
 /// registers), on its lean loop up to 16 rows. Other small m streams the weights on CUDA cores (a
 /// bandwidth-bound GEMV); larger m, on sm_80 and later, runs on tensor cores (`Wgmma`: the
 /// warpgroup MMA where the launcher finds it, the mma.sync tiles elsewhere). Both streaming
-/// paths split K so that enough
-/// blocks run to keep many 16-byte loads in flight on every SM. Dense weights on sm_80 and
-/// later take the vendor GEMM.
+/// paths split K so that enough blocks run to keep many 16-byte loads in flight on every SM.
+/// Dense weights on sm_80 and later take the vendor GEMM.
 pub fn select_linear(
     m: usize,
     k: usize,

@@ -255,9 +255,9 @@ fn run_case(s: &CudaStream, rng: &mut Rng, c: &AttnCase) {
     )
     .unwrap();
     stream_sync(s);
-    let got = download(&out);
     let mut want = vec![0.0f32; q_n];
     cpu::attention::attention(&qv, &kv, &vv, &shape, &masking, scale, &mut want);
+    let got = download(&out);
     assert_close(&format!("attention {c:?}"), c.dtype, &got, &want);
     // Pad queries (every key masked) output exact zeros.
     if let Some(pad) = &c.pad {

@@ -242,8 +242,8 @@ fn small_m_path_gptq4_and_exl2_4() {
 /// rows of x per block, and the launcher's choice) at M from 1 to 700: GPTQ-4 with and without
 /// act-order, classic and v2 zeros, groups of 32 and 128, N that fills no whole column block;
 /// GPTQ-8; EXL2 of each width (2, 3, 4, 5, 6, 8) with and without its permutation; bias and
-/// accumulate. K is a whole number of
-/// 64-row steps (the kernel's condition; others run the mma.sync tiles, tested above).
+/// accumulate. K is a whole number of 64-row steps (the kernel's condition; others run the
+/// mma.sync tiles, tested above).
 #[test]
 fn wgmma_path_every_row_tile() {
     let ms: Vec<usize> = if small() {

@@ -3,7 +3,7 @@
 
 use std::ptr;
 
-use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr, zeroed_counters_ffi};
+use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, opt_ptr};
 use crate::cuda::buffer::DeviceBuffer;
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
@@ -135,10 +135,26 @@ impl QuantWeightArgs<'_> {
     }
 }
 
+/// Split-K counters kept zero between calls (`paradec_zeroed_counters`): u32 counters, zero
+/// whenever no call runs, that a call takes its small-M split counters from instead of zeroing
+/// its own (a memset or a prep launch saved). One set serves one stream's calls (the
+/// workspace's).
+pub fn zeroed_counters_ffi(
+    counters: Option<&mut DeviceBuffer>,
+    stream: &CudaStream,
+) -> Option<ffi::paradec_zeroed_counters> {
+    counters
+        .filter(|b| b.device() == stream.device())
+        .map(|b| ffi::paradec_zeroed_counters {
+            count: b.len() / 4,
+            counters: b.as_mut_ptr().cast(),
+        })
+}
+
 /// `out[m, N] (+)= x[m, K] · Wᵀ + bias` for a quantized weight in the device layout. Twin of
 /// `quant::QuantWeight::forward`. `scratch` (U8, at least `w.scratch_bytes(..)` bytes) holds the
 /// gathered x and the split-K partials; `counters`, when given, are kept zero between calls
-/// (see [`super::zeroed_counters_ffi`]).
+/// (see [`zeroed_counters_ffi`]).
 #[allow(clippy::too_many_arguments)]
 pub fn quant_linear(
     x: &Tensor,
@@ -409,8 +425,8 @@ pub fn vendor_gemm_available() -> bool {
 }
 
 /// Whether `LinearPath::Wgmma` runs its wgmma kernel on the current device (a build with sm_90a
-/// code, a device of compute capability 9.0) for the weights it takes (uniform 4- or 8-bit);
-/// where it does not, that path runs the mma.sync tiles.
+/// code, a device of compute capability 9.0) for the weights it takes (one width for every
+/// tile); where it does not, that path runs the mma.sync tiles.
 pub fn wgmma_available() -> bool {
     // SAFETY: takes no arguments; the launcher catches every C++ exception.
     unsafe { ffi::paradec_wgmma_available() != 0 }

@@ -32,7 +32,7 @@ pub use kv_quant::{
 };
 pub use linear::{
     linear, quant_linear, quant_linear_group, quant_linear_group_scratch, scale_inplace,
-    vendor_gemm_available, wgmma_available, QuantLinearCall, QuantWeightArgs,
+    vendor_gemm_available, wgmma_available, zeroed_counters_ffi, QuantLinearCall, QuantWeightArgs,
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{
@@ -41,23 +41,6 @@ pub use rope::{
 
 use crate::tensor::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
-
-/// Counters kept zero between calls (`paradec_zeroed_counters`): u32 counters on the device,
-/// zero whenever no call runs, that the launchers which count finished parts (the small-M
-/// linears' K splits, split-KV decode attention) take instead of zeroing their own per call (a
-/// memset or a launch saved). One set serves one stream's calls (the workspace's). None where
-/// the buffer is on another device than the stream.
-pub fn zeroed_counters_ffi(
-    counters: Option<&mut super::DeviceBuffer>,
-    stream: &CudaStream,
-) -> Option<ffi::paradec_zeroed_counters> {
-    counters
-        .filter(|b| b.device() == stream.device())
-        .map(|b| ffi::paradec_zeroed_counters {
-            count: b.len() / 4,
-            counters: b.as_mut_ptr().cast(),
-        })
-}
 
 /// The dtype code of a float tensor the kernels accept.
 pub(super) fn dtype_code(dtype: DType, name: &str) -> Result<i32> {
