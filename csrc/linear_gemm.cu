@@ -386,28 +386,31 @@ struct WgmmaLoads {
     }
 };
 
-// f16 activations and 4-bit codes: a code pair decoded in five instructions — the pair's byte
-// and the same byte shifted by 4 into the two halves (one byte_perm), the codes' bits under
-// the exponent of 1024 (one lop3: two exact f16 integers 1024 + q), minus 1024 + zero (exact),
-// times the scale rounded to f16 — the same value as the f32 path wherever the scale is an f16
-// (GPTQ's are), else within its rounding. The zero comes back from (scale, −zero·scale) once
-// per column and tile.
+// f16 activations and 4-bit codes: a code pair decoded in four instructions — the pair's byte
+// into both halves (one byte_perm); the low nibble under the exponent of 1024 in the low half
+// and the high nibble, as it stands (× 16), under the exponent of 64 in the high half, whose
+// unit in the last place is 1/16 (one lop3: the exact f16 integers 1024 + q₀ and 64 + q₁);
+// minus (1024 + zero, 64 + zero) (exact); times the scale rounded to f16 — the same value as the
+// f32 path wherever the scale is an f16 (GPTQ's are), else within its rounding. The zero comes
+// back from (scale, −zero·scale) once per column and tile.
 struct Quick4 {
-    __half2 z2, s2;  // (1024 + zero) and the scale, in both halves
+    __half2 z2, s2;  // (1024 + zero, 64 + zero) and the scale in both halves
 };
 
 [[maybe_unused]] __device__ __forceinline__ Quick4 quick4_consts(float2 sz) {
-    // A small integer: the fast reciprocal's error cannot move it to another one.
-    const float q = __fdividef(-sz.y, sz.x);
-    const float z = sz.x != 0.f ? rintf(q) : 0.f;
-    return Quick4{__float2half2_rn(1024.f + z), __float2half2_rn(sz.x)};
+    // A small integer: the approximate reciprocal's error (2⁻²² relative) cannot move it to
+    // another one. Flushing denormals is safe: every f16 scale is a normal f32.
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(sz.x));
+    const float z = sz.x != 0.f ? rintf(-sz.y * r) : 0.f;
+    return Quick4{__floats2half2_rn(1024.f + z, 64.f + z), __float2half2_rn(sz.x)};
 }
 
-// Codes of rows 2·t4, 2·t4 + 1 of word w (byte t4), dequantized: `sel` = t4 | (4 + t4) << 8.
+// Codes of rows 2·t4, 2·t4 + 1 of word w (byte t4), dequantized: `sel` = t4 | t4 << 8.
 [[maybe_unused]] __device__ __forceinline__ uint32_t quick4_pair(uint32_t w, uint32_t sel,
                                                                 const Quick4 &c) {
-    const uint32_t t = __byte_perm(w, w >> 4, sel);
-    const uint32_t v = lop3_and_or(t, 0x000F000Fu, 0x64006400u);
+    const uint32_t t = __byte_perm(w, 0u, sel);
+    const uint32_t v = lop3_and_or(t, 0x00F0000Fu, 0x54006400u);
     __half2 h = __hsub2(*reinterpret_cast<const __half2 *>(&v), c.z2);
     h = __hmul2(h, c.s2);
     return *reinterpret_cast<const uint32_t *>(&h);
@@ -441,7 +444,7 @@ __device__ __forceinline__ void decode_step(const unsigned char *st, int col, in
             // Word i of a column holds rows 8i … 8i + 7; slice ks takes words 2ks and 2ks + 1.
             const uint32_t *sw = reinterpret_cast<const uint32_t *>(sub);
             const Quick4 c0 = quick4_consts(s0), c1 = quick4_consts(s1);
-            const uint32_t sel = static_cast<uint32_t>(t4) | static_cast<uint32_t>(4 + t4) << 8;
+            const uint32_t sel = static_cast<uint32_t>(t4) | static_cast<uint32_t>(t4) << 8;
 #pragma unroll
             for (int ks = 0; ks < 2; ++ks) {
                 uint32_t(&g)[4] = f[tt * 2 + ks];
