@@ -11,8 +11,12 @@
 // and their (scale, −zero·scale) — and each warp decodes its own fragments from shared memory in
 // registers: two codes (rows r, r+1) per read, dequantized in f32 as q·scale + (−zero·scale)
 // and rounded once to the dtype. The whole matrix is never reconstructed.
+#include <cstdlib>
+#include <cstring>
+
 #include "linear_gemm.cuh"
 #include "mma.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace paradec {
@@ -471,6 +475,69 @@ __device__ __forceinline__ void issue_step(const unsigned char *st, float (&acc)
     wgmma_commit();
 }
 
+// The block's results, acc of every consumer thread, added to out (+ bias, + the existing out
+// when accumulating) through shared memory at `smem` (free: every wgmma and copy is done), so
+// that each row of out is written with whole vectors. Called by the kWThreads consumer threads.
+template <typename T, int TOK>
+__device__ __forceinline__ void store_out(const GemmArgs &a, unsigned char *smem,
+                                          const float (&acc)[TOK / 2], int64_t m0, int64_t n0,
+                                          int col, int t4) {
+    const int tid = static_cast<int>(threadIdx.x);
+    // acc → shared [TOK rows of x][128 columns] in f32 (row = token, so out is written by rows).
+    float *se = reinterpret_cast<float *>(smem);
+#pragma unroll
+    for (int j = 0; j < TOK / 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                se[(8 * j + 2 * t4 + e) * kEStride + col + 8 * h] = acc[4 * j + 2 * h + e];
+    named_barrier_sync(1, kWThreads);
+
+    T *out = static_cast<T *>(a.out);
+    const T *bias = static_cast<const T *>(a.bias);
+    const bool vec = a.n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 7u) == 0;
+    const int c4 = (tid & 31) * 4;
+    const int64_t col0 = n0 + c4;
+    for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
+        const int64_t row = m0 + r;
+        if (row >= a.m || col0 >= a.n) continue;
+        const float4 v4 = *reinterpret_cast<const float4 *>(se + r * kEStride + c4);
+        float v[4] = {v4.x, v4.y, v4.z, v4.w};
+        T *p = out + row * a.n + col0;
+        if (vec && col0 + 3 < a.n) {
+            if (bias) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) v[i] += Num<T>::to_f(bias[col0 + i]);
+            }
+            uint2 o;
+            typename Num<T>::T2 *o2 = reinterpret_cast<typename Num<T>::T2 *>(&o);
+            if (a.accumulate) {
+                const uint2 old = *reinterpret_cast<const uint2 *>(p);
+                const typename Num<T>::T2 *q2 = reinterpret_cast<const typename Num<T>::T2 *>(&old);
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const float2 f = Num<T>::to_f2(q2[i]);
+                    v[2 * i] += f.x;
+                    v[2 * i + 1] += f.y;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 2; ++i) o2[i] = Num<T>::from_f2(make_float2(v[2 * i], v[2 * i + 1]));
+            *reinterpret_cast<uint2 *>(p) = o;
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (col0 + i >= a.n) break;
+                float x = v[i];
+                if (bias) x += Num<T>::to_f(bias[col0 + i]);
+                if (a.accumulate) x += Num<T>::to_f(p[i]);
+                p[i] = Num<T>::from_f(x);
+            }
+        }
+    }
+}
+
 template <typename T, int BITS, int TOK>
 __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     gemm_wgmma_kernel(GemmArgs a) {
@@ -536,60 +603,222 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     cp_async_wait_groups<0>();
     __syncthreads();  // every wgmma and copy is done: the ring becomes the output staging
 
-    // acc → shared [TOK rows of x][128 columns] in f32 (row = token, so out is written by rows).
-    float *se = reinterpret_cast<float *>(smem);
-#pragma unroll
-    for (int j = 0; j < TOK / 8; ++j)
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-                se[(8 * j + 2 * t4 + e) * kEStride + col + 8 * h] = acc[4 * j + 2 * h + e];
-    __syncthreads();
+    store_out<T, TOK>(a, smem, acc, m0, n0, col, t4);
+#endif
+}
 
-    T *out = static_cast<T *>(a.out);
-    const T *bias = static_cast<const T *>(a.bias);
-    const bool vec = a.n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 7u) == 0;
-    const int c4 = (tid & 31) * 4;
-    const int64_t col0 = n0 + c4;
-    for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
-        const int64_t row = m0 + r;
-        if (row >= a.m || col0 >= a.n) continue;
-        const float4 v4 = *reinterpret_cast<const float4 *>(se + r * kEStride + c4);
-        float v[4] = {v4.x, v4.y, v4.z, v4.w};
-        T *p = out + row * a.n + col0;
-        if (vec && col0 + 3 < a.n) {
-            if (bias) {
+// ---- The warp-specialized wgmma GEMM (sm_90a), 256 rows of x, clusters of two ----
+//
+// The 256-row tiles of gemm_wgmma_kernel, with the copies taken off the two consumer
+// warpgroups and x read from L2 once per two column blocks. A producer warpgroup (one thread of
+// it works; the group gives its registers up to the consumers with setmaxnreg) keeps the ring
+// full through the bulk-copy engine, and the two blocks of a cluster (neighbouring column
+// blocks, same rows of x) share x: each copies half of the step's 256 × 64 tile through a
+// tensor map (rows past m zero-filled) into both blocks' shared memory at once (multicast),
+// and its own columns' word rows and groups' (scale, −zero·scale) as contiguous runs. Each
+// stage has two barriers per block: `full` (the producer's arrival and the stage's bytes) and
+// `empty` (an arrival from every consumer warp of both blocks, made after the wait that covers
+// the stage's last wgmma: the stage's x halves land in both blocks, so either producer refills
+// it only when both have done with it). The consumers only wait, decode and issue.
+//
+// Why: at 256 rows a block of the plain kernel reads 38 KB from L2 per 4.2 MFLOP step — x is
+// 32 KB of it — and at about 5 TB/s the L2 feeds no more than ~550 TFLOP/s (H200, measured: the
+// consumers of a single-block version of this kernel spent a third of their time waiting for
+// full stages). Opt-in (PARADEC_WGMMA_WS=on): correct, but measured at half the plain kernel's
+// speed on an H100 with cluster-scope remote arrivals (docs/gpu-bench-linear-h200.md).
+
+constexpr int kWsTok = 256;
+constexpr int kWsThreads = kWThreads + 128;  // two consumer warpgroups and the producer one
+constexpr int kWsCluster = 2;
+using WsTile = WgmmaTile<kWsTok>;
+constexpr size_t kWsSmem = WsTile::kSmem + 2 * WsTile::kStages * sizeof(uint64_t);
+
+// Moves this warpgroup's register allotment down (producer) or up (consumers) to N per thread.
+template <int N>
+__device__ __forceinline__ void regs_dec() {
+#if PARADEC_WGMMA_ARCH
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void regs_inc() {
+#if PARADEC_WGMMA_ARCH
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// The producer thread of cluster rank `rank`: K steps 0 … ksteps − 1 into the ring, each into
+// stage kt % kStages once both blocks have released that stage's previous round.
+template <int B>
+__device__ __forceinline__ void produce(const GemmArgs &a, const CUtensorMap *xmap,
+                                        unsigned char *smem, uint64_t *full, uint64_t *empty,
+                                        int64_t m0, int64_t n0, int64_t ksteps, uint32_t rank) {
+    // The block's columns present in the layout (np and n0 are multiples of 8: whole 32-byte
+    // runs; none for a cluster's second block past the last column); a stage's words and scales
+    // past them keep stale bytes, which reach only the A rows of columns never stored.
+    const int64_t left = a.np - n0;
+    const uint32_t cols = static_cast<uint32_t>(left <= 0 ? 0 : left < kGN ? left : kGN);
+    const uint32_t word_bytes = cols * 4, scale_bytes = cols * 8;
+    const uint32_t stage_bytes = WsTile::kXBytes + 2 * (B * word_bytes + scale_bytes);
+    constexpr int kHalf = kWsTok / kWsCluster;  // rows of x this block copies for both
+    const int x_row = static_cast<int>(m0) + static_cast<int>(rank) * kHalf;
+    const uint32_t x_off = rank * (WsTile::kXBytes / kWsCluster);
+    int st = 0;       // the stage of step kt
+    uint32_t ph = 0;  // the parity of its round (kt / kStages)
+    for (int64_t kt = 0; kt < ksteps; ++kt) {
+        // The step's groups, read before the wait so that their latency hides behind it.
+        const uint2 meta0 = __ldg(a.tiles + kt * 2), meta1 = __ldg(a.tiles + kt * 2 + 1);
+        if (kt >= WsTile::kStages) barrier_wait(empty + st, ph ^ 1u);
+        unsigned char *stage = smem + st * WsTile::kStageBytes;
+        expect_bytes(full + st, stage_bytes);
+        tile_copy_2d_multicast(stage + x_off, xmap, static_cast<int>(kt * kGK), x_row, full + st,
+                               (1u << kWsCluster) - 1u);
+        if (cols > 0) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) v[i] += Num<T>::to_f(bias[col0 + i]);
-            }
-            uint2 o;
-            typename Num<T>::T2 *o2 = reinterpret_cast<typename Num<T>::T2 *>(&o);
-            if (a.accumulate) {
-                const uint2 old = *reinterpret_cast<const uint2 *>(p);
-                const typename Num<T>::T2 *q2 = reinterpret_cast<const typename Num<T>::T2 *>(&old);
+            for (int tt = 0; tt < 2; ++tt) {
+                const uint2 meta = tt == 0 ? meta0 : meta1;
+                const int64_t group = static_cast<int64_t>(meta.y & 0xFFFFFFu);
+                unsigned char *sub = stage + WsTile::kXBytes + tt * kSubBytes;
 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const float2 f = Num<T>::to_f2(q2[i]);
-                    v[2 * i] += f.x;
-                    v[2 * i + 1] += f.y;
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < 2; ++i) o2[i] = Num<T>::from_f2(make_float2(v[2 * i], v[2 * i + 1]));
-            *reinterpret_cast<uint2 *>(p) = o;
-        } else {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                if (col0 + i >= a.n) break;
-                float x = v[i];
-                if (bias) x += Num<T>::to_f(bias[col0 + i]);
-                if (a.accumulate) x += Num<T>::to_f(p[i]);
-                p[i] = Num<T>::from_f(x);
+                for (int i = 0; i < B; ++i)
+                    bulk_copy(sub + i * kGN * 4,
+                              a.words + (static_cast<int64_t>(meta.x) + i) * a.np + n0, word_bytes,
+                              full + st);
+                bulk_copy(sub + kWordsBytes, a.sz + group * a.np + n0, scale_bytes, full + st);
             }
         }
+        if (++st == WsTile::kStages) {
+            st = 0;
+            ph ^= 1u;
+        }
     }
+}
+
+template <typename T, int BITS>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    gemm_wgmma_ws_kernel(const __grid_constant__ CUtensorMap xmap, GemmArgs a) {
+#if PARADEC_WGMMA_ARCH
+    using S = WsTile;
+    extern __shared__ __align__(128) unsigned char wsmem[];
+    // The same offsets in both blocks of the cluster: the dynamic window starts at the same
+    // address in every block of a kernel.
+    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
+    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + S::kStages * S::kStageBytes);
+    uint64_t *empty = full + S::kStages;
+    const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    const uint32_t rank = cluster_rank();
+    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGN;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kWsTok;
+    const int64_t ksteps = a.kdim / kGK;
+    if (tid == 0) {
+        for (int s = 0; s < S::kStages; ++s) {
+            barrier_init(full + s, 1);
+            barrier_init(empty + s, kWsCluster * kWThreads / 32);
+        }
+        fence_barrier_init();
+    }
+    cluster_sync();  // both blocks' barriers exist before either copies or arrives
+
+    // A quarter of the SM (16384 registers) holds 2 consumer warps and 1 producer warp: 24 for
+    // the producers leaves 232 for the consumers.
+    if (warp >= kWThreads / 32) {
+        regs_dec<24>();
+        if (warp == kWThreads / 32 && lane == 0)
+            produce<BITS>(a, &xmap, smem, full, empty, m0, n0, ksteps, rank);
+        __syncwarp();
+    } else {
+        regs_inc<232>();
+        const int g = lane >> 2, t4 = lane & 3;
+        const int col = (warp >> 2) * 64 + (warp & 3) * 16 + g;
+        float acc[kWsTok / 2];
+#pragma unroll
+        for (int i = 0; i < kWsTok / 2; ++i) acc[i] = 0.f;
+        int st = 0;       // the stage of the next step to decode
+        uint32_t ph = 0;  // the parity of its round
+        // Waits for the next step's stage and decodes it; returns the stage.
+        auto prepare = [&](uint32_t(&f)[4][4]) {
+            barrier_wait(full + st, ph);
+            decode_step<T, BITS, kWsTok>(smem + st * S::kStageBytes, col, t4, f);
+            const int done = st;
+            if (++st == S::kStages) {
+                st = 0;
+                ph ^= 1u;
+            }
+            return done;
+        };
+        auto issue = [&](int s, const uint32_t(&f)[4][4]) {
+            issue_step<T, kWsTok>(smem + s * S::kStageBytes, acc, f);
+        };
+        // After the wait that covers a stage's wgmmas: the stage goes back to both producers.
+        auto release = [&](int s) {
+            if (lane == 0) {
+#pragma unroll
+                for (uint32_t r = 0; r < kWsCluster; ++r) barrier_arrive_cluster(empty + s, r);
+            }
+        };
+        // As in gemm_wgmma_kernel: step kt's group runs while step kt + 1 is decoded.
+        uint32_t fa[4][4], fb[4][4];
+        int sa = prepare(fa), sb = 0;
+        for (int64_t kt = 0; kt < ksteps; kt += 2) {
+            issue(sa, fa);
+            if (kt + 1 < ksteps) sb = prepare(fb);
+            wgmma_wait<0>();
+            release(sa);
+            if (kt + 1 >= ksteps) break;
+            issue(sb, fb);
+            if (kt + 2 < ksteps) sa = prepare(fa);
+            wgmma_wait<0>();
+            release(sb);
+        }
+        fence_regs(acc);
+        named_barrier_sync(1, kWThreads);  // every consumer's wgmmas are done: the ring is free
+        store_out<T, kWsTok>(a, smem, acc, m0, n0, col, t4);
+    }
+    // Neither block leaves while the other may still arrive on its barriers.
+    cluster_sync();
 #endif
+}
+
+// Whether the launcher runs the warp-specialized kernel at 256 rows of x: only where
+// PARADEC_WGMMA_WS is "on" (read once) until it has been measured against the plain kernel.
+bool wgmma_ws_on() {
+    static const bool on = [] {
+        const char *v = std::getenv("PARADEC_WGMMA_WS");
+        return v != nullptr && std::strcmp(v, "on") == 0;
+    }();
+    return on;
+}
+
+template <typename T, int BITS>
+int launch_wgmma_ws_t(const GemmArgs &a, const CUtensorMap &xmap, cudaStream_t stream) {
+    const cudaError_t attr = cudaFuncSetAttribute(gemm_wgmma_ws_kernel<T, BITS>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  static_cast<int>(kWsSmem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    const unsigned col_blocks = static_cast<unsigned>((a.n + kGN - 1) / kGN);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((col_blocks + kWsCluster - 1) / kWsCluster * kWsCluster,
+                       static_cast<unsigned>((a.m + kWsTok - 1) / kWsTok));
+    cfg.blockDim = dim3(kWsThreads);
+    cfg.dynamicSmemBytes = kWsSmem;
+    cfg.stream = stream;
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = kWsCluster;
+    cluster[0].val.clusterDim.y = 1;
+    cluster[0].val.clusterDim.z = 1;
+    cfg.attrs = cluster;
+    cfg.numAttrs = 1;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, gemm_wgmma_ws_kernel<T, BITS>, xmap, a);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(e);
+    }
+    return launch_status();
 }
 
 template <typename T, int BITS, int TOK>
@@ -610,6 +839,15 @@ int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
 
 template <typename T, int BITS>
 int launch_wgmma_tok(const GemmArgs &a, int tok, cudaStream_t stream) {
+    CUtensorMap xmap;
+    if (tok == kWsTok && wgmma_ws_on() &&
+        make_swizzled_tile_map(&xmap, std::is_same<T, __nv_bfloat16>::value, a.a,
+                               static_cast<uint64_t>(a.m), static_cast<uint64_t>(a.kdim),
+                               static_cast<uint64_t>(a.lda), kWsTok / kWsCluster, kGK) == cudaSuccess &&
+        launch_wgmma_ws_t<T, BITS>(a, xmap, stream) == PARADEC_K_OK)
+        return PARADEC_K_OK;
+    // Otherwise (no tensor map, or a cluster launch the device declined: the launch reports it
+    // without running anything) the plain kernel.
     switch (tok) {
         case 64: return launch_wgmma_t<T, BITS, 64>(a, stream);
         case 128: return launch_wgmma_t<T, BITS, 128>(a, stream);
