@@ -738,10 +738,7 @@ int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
 // unless PARADEC_KV_DECODE=simt forces the CUDA-core kernel (its tests, and comparisons).
 // Measured on an H200 it is faster wherever it applies: 3.6× at b8 L32768 GQA-4 Q4.
 bool tc_decode_applies(const AttnArgs &a) {
-    static const bool simt = [] {
-        const char *v = std::getenv("PARADEC_KV_DECODE");
-        return v && std::strcmp(v, "simt") == 0;
-    }();
+    static const bool simt = env_is("PARADEC_KV_DECODE", "simt");
     return !simt && tc_head_dim(a.head_dim) && a.q_len * (a.heads / a.kv_heads) >= 2;
 }
 

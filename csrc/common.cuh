@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "paradec_kernels.h"
 
@@ -77,6 +79,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+// Whether environment variable `name` is set to exactly `value` (callers read their switch once
+// and keep it in a static).
+inline bool env_is(const char *name, const char *value) {
+    const char *v = std::getenv(name);
+    return v != nullptr && std::strcmp(v, value) == 0;
 }
 
 inline bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }

@@ -19,8 +19,6 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "common.cuh"
@@ -42,10 +40,7 @@ __device__ __forceinline__ void allow_dependents() {
 // Whether launch_dependent asks for an early start: the current device is sm_90 or later and
 // PARADEC_PDL is not "off".
 inline bool dependent_launch_on() {
-    static const bool off = [] {
-        const char *v = std::getenv("PARADEC_PDL");
-        return v != nullptr && std::strcmp(v, "off") == 0;
-    }();
+    static const bool off = env_is("PARADEC_PDL", "off");
     return !off && current_device_cc() >= 90;
 }
 

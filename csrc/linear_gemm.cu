@@ -11,9 +11,6 @@
 // and their (scale, −zero·scale) — and each warp decodes its own fragments from shared memory in
 // registers: two codes (rows r, r+1) per read, dequantized in f32 as q·scale + (−zero·scale)
 // and rounded once to the dtype. The whole matrix is never reconstructed.
-#include <cstdlib>
-#include <cstring>
-
 #include "linear_gemm.cuh"
 #include "mma.cuh"
 #include "tma.cuh"
@@ -783,10 +780,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 // Whether the launcher runs the warp-specialized kernel at 256 rows of x: only where
 // PARADEC_WGMMA_WS is "on" (read once) until it has been measured against the plain kernel.
 bool wgmma_ws_on() {
-    static const bool on = [] {
-        const char *v = std::getenv("PARADEC_WGMMA_WS");
-        return v != nullptr && std::strcmp(v, "on") == 0;
-    }();
+    static const bool on = env_is("PARADEC_WGMMA_WS", "on");
     return on;
 }
 

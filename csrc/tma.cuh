@@ -7,7 +7,7 @@
 //
 // The rules the callers keep:
 //  - a barrier is initialised by one thread, then fence_barrier_init() and a block barrier
-//    before any thread uses it;
+//    (a cluster barrier where other blocks copy or arrive into it) before any thread uses it;
 //  - expect_bytes() is called for a phase before (or while) its copies land, with their total;
 //  - a copy's source and destination are 16-byte aligned and its size a multiple of 16; a tile
 //    in the 128-byte swizzle starts on a 1024-byte boundary;
@@ -51,13 +51,6 @@ __device__ __forceinline__ void expect_bytes(uint64_t *bar, uint32_t bytes) {
 #endif
 }
 
-// One arrival.
-__device__ __forceinline__ void barrier_arrive(uint64_t *bar) {
-#if PARADEC_WGMMA_ARCH
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
-#endif
-}
-
 // Waits until the barrier's phase of parity `parity` (0 for its first phase, 1 for the second,
 // …) has completed: all its arrivals made and all its expected bytes landed.
 __device__ __forceinline__ void barrier_wait(uint64_t *bar, uint32_t parity) {
@@ -76,21 +69,9 @@ __device__ __forceinline__ void barrier_wait(uint64_t *bar, uint32_t parity) {
 }
 
 // Copies the tensor map's box at (c0 along its inner dimension, c1 along its outer one) into
-// shared memory at dst; completes on bar (the box's full size in bytes, rows past the tensor
-// zero-filled and counted too).
-__device__ __forceinline__ void tile_copy_2d(void *dst, const CUtensorMap *map, int c0, int c1,
-                                             uint64_t *bar) {
-#if PARADEC_WGMMA_ARCH
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-        " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_addr(dst)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
-        : "memory");
-#endif
-}
-
-// As tile_copy_2d, into the same offsets of the shared memory of every block of the cluster
-// in cta_mask (bit i: the block of rank i), completing on each one's barrier at bar's offset.
+// the same offset `dst` of the shared memory of every block of the cluster in cta_mask (bit i:
+// the block of rank i), completing on each one's barrier at bar's offset (the box's full size
+// in bytes, rows past the tensor zero-filled and counted too).
 __device__ __forceinline__ void tile_copy_2d_multicast(void *dst, const CUtensorMap *map, int c0,
                                                        int c1, uint64_t *bar, uint16_t cta_mask) {
 #if PARADEC_WGMMA_ARCH
