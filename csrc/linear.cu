@@ -509,6 +509,8 @@ int choose_path(int path, size_t m, const paradec_qweight *w) {
     if (path == PARADEC_PATH_GEMV || path == PARADEC_PATH_MMA) return path;
     if (!w) return PARADEC_PATH_VENDOR;
     if (path == PARADEC_PATH_WGMMA) return path;
+    if (path == PARADEC_PATH_SMALL_STREAM && small_path_applies(w, m) && m <= kStreamMaxM)
+        return PARADEC_PATH_SMALL_STREAM;
     if (small_path_applies(w, m))
         return path == PARADEC_PATH_SMALL ? PARADEC_PATH_SMALL : PARADEC_PATH_SMALL_LEAN;
     return m <= 8 ? PARADEC_PATH_GEMV : PARADEC_PATH_WGMMA;
@@ -520,11 +522,19 @@ int effective_split(const paradec_qweight *w, int split) {
     return static_cast<int>((w->ntiles + per - 1) / per);
 }
 
+// Units of the stream loop's work for one weight (column blocks × tiles).
+int64_t units_of(const paradec_qweight *w) {
+    return stream_units(static_cast<int64_t>(w->np), static_cast<int64_t>(w->ntiles));
+}
+
 // The split a call runs with on path p: none on MMA, WGMMA's own argument (its rows of x per
-// block, or any other value for the launcher's choice), else a K split without empty splits.
+// block, or any other value for the launcher's choice), the stream loop's grid (no more blocks
+// than units), else a K split without empty splits.
 int path_split(int p, const paradec_qweight *w, int split) {
     if (p == PARADEC_PATH_MMA) return 1;
     if (p == PARADEC_PATH_WGMMA) return split;
+    if (p == PARADEC_PATH_SMALL_STREAM)
+        return static_cast<int>(std::min<int64_t>(split, units_of(w)));
     return effective_split(w, split);
 }
 
@@ -546,6 +556,9 @@ size_t gather_bytes(const paradec_qweight *w, size_t m) {
 }
 
 size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
+    if (path == PARADEC_PATH_SMALL_STREAM)
+        return round_up(stream_slot_bytes(static_cast<size_t>(split), m), kAlign) +
+               counter_bytes(w);
     if (split <= 1) return 0;
     if (path == PARADEC_PATH_GEMV) return round_up(split * m * w->np * 4, kAlign);
     if (path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN)
@@ -597,14 +610,20 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                    bool accumulate, int path, int split, void *scratch,
                    const paradec_zeroed_counters &zeroed, cudaStream_t stream) {
     char *sp = static_cast<char *>(scratch);
-    // The SMALL path's split-K counters follow its partials in the scratch.
+    // The SMALL path's split-K counters follow its partials in the scratch (the stream loop's:
+    // its slots).
+    const bool stream_loop = path == PARADEC_PATH_SMALL_STREAM;
     const bool small = path == PARADEC_PATH_SMALL || path == PARADEC_PATH_SMALL_LEAN;
-    const bool small_split = small && split > 1;
-    float *part = split > 1 ? reinterpret_cast<float *>(sp + gather_bytes(w, m)) : nullptr;
-    unsigned *counters = small_split ? reinterpret_cast<unsigned *>(
-                                           reinterpret_cast<char *>(part) +
-                                           round_up(split * m * w->np * 4, kAlign))
-                                     : nullptr;
+    const bool small_split = (small && split > 1) || stream_loop;
+    float *part = split > 1 || stream_loop ? reinterpret_cast<float *>(sp + gather_bytes(w, m))
+                                           : nullptr;
+    const size_t part_bytes = stream_loop ? stream_slot_bytes(static_cast<size_t>(split), m)
+                                          : static_cast<size_t>(split) * m * w->np * 4;
+    unsigned *counters =
+        small_split
+            ? reinterpret_cast<unsigned *>(reinterpret_cast<char *>(part) +
+                                           round_up(part_bytes, kAlign))
+            : nullptr;
     size_t ncounters = small_split ? small_col_blocks(w->np) : 0;
     // Counters kept zero between calls need no zeroing here.
     if (unsigned *kept = ncounters > 0 ? kept_counters(zeroed, ncounters) : nullptr) {
@@ -626,6 +645,33 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         const cudaError_t e =
             cudaMemsetAsync(counters, 0, ncounters * sizeof(unsigned), stream);
         if (e != cudaSuccess) return static_cast<int>(e);
+    }
+    if (stream_loop) {
+        StreamGroup g{};
+        SmallArgs &a = g.call[0];
+        a.x = xa;
+        a.ldx = ldx;
+        a.words = w->words;
+        a.tiles = w->tiles;
+        a.sz = w->sz;
+        a.bias = bias;
+        a.out = out;
+        a.part = nullptr;
+        a.counters = counters;
+        a.m = static_cast<int64_t>(m);
+        a.n = static_cast<int64_t>(w->n);
+        a.np = static_cast<int64_t>(w->np);
+        a.ntiles = static_cast<int>(w->ntiles);
+        a.groups = static_cast<int>(w->groups);
+        a.tiles_per_split = a.ntiles;
+        a.split = 1;
+        a.accumulate = accumulate;
+        g.ustart[0] = 0;
+        g.ustart[1] = units_of(w);
+        g.slots = part;
+        g.count = 1;
+        g.chunk = stream_chunk_tiles(m);
+        return launch_quant_stream(dtype_of<T>(), g, split, stream);
     }
     if (small) {
         SmallArgs a;
@@ -759,11 +805,42 @@ int linear_t(const void *x, size_t m, size_t k, const void *w, size_t n, const v
     return launch_status();
 }
 
+// Whether a group runs on the stream loop: every call asks for it and m allows it.
+bool group_streams(const paradec_qlinear_call *calls, size_t count, size_t m) {
+    if (m > kStreamMaxM) return false;
+    for (size_t i = 0; i < count; ++i)
+        if (calls[i].path != PARADEC_PATH_SMALL_STREAM) return false;
+    return count > 0;
+}
+
 // A grouped call's scratch: its gathered x, then its partials and split counters (as the single
-// SMALL call lays them out).
-size_t group_call_bytes(const paradec_qlinear_call &c, size_t m) {
+// SMALL call lays them out); on the stream loop, its gathered x and counters.
+size_t group_call_bytes(const paradec_qlinear_call &c, size_t m, bool stream_loop) {
+    if (stream_loop) return gather_bytes(c.w, m) + counter_bytes(c.w);
     return gather_bytes(c.w, m) +
            partial_bytes(c.w, m, PARADEC_PATH_SMALL, effective_split(c.w, c.split));
+}
+
+// The stream loop's grid for a group: the calls' largest split, no more blocks than units.
+int group_stream_grid(const paradec_qlinear_call *calls, size_t count) {
+    int64_t units = 0;
+    int grid = 1;
+    for (size_t i = 0; i < count; ++i) {
+        units += units_of(calls[i].w);
+        grid = std::max(grid, calls[i].split);
+    }
+    return static_cast<int>(std::min<int64_t>(grid, units));
+}
+
+// A group's scratch: every call's, then the stream loop's slots.
+size_t group_bytes(const paradec_qlinear_call *calls, size_t count, size_t m) {
+    const bool stream_loop = group_streams(calls, count, m);
+    size_t total = 0;
+    for (size_t i = 0; i < count; ++i) total += group_call_bytes(calls[i], m, stream_loop);
+    if (stream_loop)
+        total += round_up(stream_slot_bytes(static_cast<size_t>(group_stream_grid(calls, count)), m),
+                          kAlign);
+    return total;
 }
 
 template <typename T>
@@ -772,6 +849,8 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
                          cudaStream_t stream) {
     GroupPreps preps{};
     SmallGroup g{};
+    StreamGroup sg{};
+    const bool stream_loop = group_streams(calls, count, m);
     char *sp = static_cast<char *>(scratch);
     bool prep = false;
     int64_t most = 0;  // the largest gather
@@ -779,19 +858,21 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
     // The calls' split counters from the zeroed set, consecutive, when it holds them all.
     size_t want = 0;
     for (size_t i = 0; i < count; ++i)
-        if (calls[i].split > 1) want += small_col_blocks(calls[i].w->np);
+        if (calls[i].split > 1 || stream_loop) want += small_col_blocks(calls[i].w->np);
     unsigned *kept = kept_counters(zeroed, want);
     for (size_t i = 0; i < count; ++i) {
         const paradec_qlinear_call &c = calls[i];
         const paradec_qweight *w = c.w;
         char *base = sp;
-        sp += group_call_bytes(c, m);
-        const bool split = c.split > 1;
-        float *part = split ? reinterpret_cast<float *>(base + gather_bytes(w, m)) : nullptr;
+        sp += group_call_bytes(c, m, stream_loop);
+        const bool split = c.split > 1 || stream_loop;
+        float *part = split && !stream_loop ? reinterpret_cast<float *>(base + gather_bytes(w, m))
+                                            : nullptr;
         unsigned *counters =
-            split ? reinterpret_cast<unsigned *>(reinterpret_cast<char *>(part) +
-                                                 round_up(c.split * m * w->np * 4, kAlign))
-                  : nullptr;
+            stream_loop ? reinterpret_cast<unsigned *>(base + gather_bytes(w, m))
+            : split     ? reinterpret_cast<unsigned *>(reinterpret_cast<char *>(part) +
+                                                       round_up(c.split * m * w->np * 4, kAlign))
+                        : nullptr;
         if (split && kept) {
             counters = kept;
             kept += small_col_blocks(w->np);
@@ -827,6 +908,11 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));
+        sg.call[i] = a;
+        sg.call[i].part = nullptr;
+        sg.call[i].tiles_per_split = a.ntiles;
+        sg.call[i].split = 1;
+        sg.ustart[i + 1] = sg.ustart[i] + units_of(w);
     }
     g.first[count] = blocks;
     g.count = static_cast<int>(count);
@@ -835,6 +921,12 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
                                stream>>>(preps, static_cast<int64_t>(m));
         const int st = launch_status();
         if (st != PARADEC_K_OK) return st;
+    }
+    if (stream_loop) {
+        sg.slots = reinterpret_cast<float *>(sp);  // after every call's scratch
+        sg.count = static_cast<int>(count);
+        sg.chunk = stream_chunk_tiles(m);
+        return launch_quant_stream(dtype_of<T>(), sg, group_stream_grid(calls, count), stream);
     }
     return launch_quant_small_group(dtype_of<T>(), g, stream);
 }
@@ -874,7 +966,7 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
     return paradec::guarded([&]() -> int {
         if (!x || !w || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
-        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_WGMMA) return PARADEC_K_BAD_ENUM;
+        if (path < PARADEC_PATH_AUTO || path > PARADEC_PATH_SMALL_STREAM) return PARADEC_K_BAD_ENUM;
         if (m == 0) return PARADEC_K_ZERO_DIM;
         const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
         if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
@@ -888,7 +980,8 @@ extern "C" int paradec_quant_linear(int dtype, const void *x, size_t m, const pa
         if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
         // The GEMV and SMALL paths read x (or x_g) in 16-byte vectors of 32-row tiles.
         if (!w->row_src && (w->k % 32 != 0 || !paradec::aligned16(x))) {
-            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL || p == PARADEC_PATH_SMALL_LEAN)
+            if (p == PARADEC_PATH_GEMV || p == PARADEC_PATH_SMALL || p == PARADEC_PATH_SMALL_LEAN ||
+                p == PARADEC_PATH_SMALL_STREAM)
                 return PARADEC_K_BAD_SHAPE;
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
@@ -903,11 +996,9 @@ extern "C" size_t paradec_quant_linear_group_scratch(int dtype, size_t m,
                                                      size_t count) {
     (void)dtype;
     if (!calls || count > PARADEC_LINEAR_GROUP_MAX) return 0;
-    size_t total = 0;
     for (size_t i = 0; i < count; ++i)
-        if (calls[i].w && calls[i].w->ntiles > 0 && calls[i].split >= 1)
-            total += paradec::group_call_bytes(calls[i], m);
-    return total;
+        if (!calls[i].w || calls[i].w->ntiles == 0 || calls[i].split < 1) return 0;
+    return paradec::group_bytes(calls, count, m);
 }
 
 extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
@@ -919,7 +1010,6 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
         if (count == 0 || m == 0) return PARADEC_K_ZERO_DIM;
         if (count > PARADEC_LINEAR_GROUP_MAX || m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
-        size_t need = 0;
         for (size_t i = 0; i < count; ++i) {
             const paradec_qlinear_call &c = calls[i];
             if (!c.x || !c.w || !c.out) return PARADEC_K_NULL_POINTER;
@@ -928,20 +1018,23 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
             if (!paradec::small_path_applies(c.w, m)) return PARADEC_K_BAD_SHAPE;
             if (c.split < 1 || c.split > 1024) return PARADEC_K_BAD_SHAPE;
             if (c.path != PARADEC_PATH_AUTO && c.path != PARADEC_PATH_SMALL &&
-                c.path != PARADEC_PATH_SMALL_LEAN)
+                c.path != PARADEC_PATH_SMALL_LEAN && c.path != PARADEC_PATH_SMALL_STREAM)
                 return PARADEC_K_BAD_ENUM;
             // x (or x_g) is read in 16-byte vectors of 32-row tiles.
             if (!c.w->row_src && (c.w->k % 32 != 0 || !paradec::aligned16(c.x)))
                 return PARADEC_K_BAD_SHAPE;
-            need += paradec::group_call_bytes(c, m);
         }
+        const size_t need = paradec::group_bytes(calls, count, m);
         if (need > 0 && (!scratch || scratch_bytes < need)) return PARADEC_K_BAD_SHAPE;
         if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
         // The splits the kernel really takes (no empty split), as the single call does.
+        // (The stream loop's split is its grid, kept as asked.)
         paradec_qlinear_call norm[PARADEC_LINEAR_GROUP_MAX];
+        const bool stream_loop = paradec::group_streams(calls, count, m);
         for (size_t i = 0; i < count; ++i) {
             norm[i] = calls[i];
-            norm[i].split = paradec::effective_split(calls[i].w, calls[i].split);
+            if (!stream_loop)
+                norm[i].split = paradec::effective_split(calls[i].w, calls[i].split);
         }
         return paradec::dispatch_dtype(dtype, [&](auto tag) {
             const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};

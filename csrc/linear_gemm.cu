@@ -621,8 +621,9 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
 // Why: at 256 rows a block of the plain kernel reads 38 KB from L2 per 4.2 MFLOP step — x is
 // 32 KB of it — and at about 5 TB/s the L2 feeds no more than ~550 TFLOP/s (H200, measured: the
 // consumers of a single-block version of this kernel spent a third of their time waiting for
-// full stages). Opt-in (PARADEC_WGMMA_WS=on): correct, but measured at half the plain kernel's
-// speed on an H100 with cluster-scope remote arrivals (docs/gpu-bench-linear-h200.md).
+// full stages). With cluster-scope remote arrivals it ran at half the plain kernel's speed on
+// an H100; with the arrivals block-scope, 3–10% faster for 4-bit weights, its default there
+// (wgmma_ws_on; docs/gpu-bench-linear-h200.md).
 
 constexpr int kWsTok = 256;
 constexpr int kWsThreads = kWThreads + 128;  // two consumer warpgroups and the producer one
@@ -777,11 +778,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #endif
 }
 
-// Whether the launcher runs the warp-specialized kernel at 256 rows of x: only where
-// PARADEC_WGMMA_WS is "on" (read once) until it has been measured against the plain kernel.
-bool wgmma_ws_on() {
+// Whether the launcher runs the warp-specialized kernel at 256 rows of x for weights of `bits`:
+// by default for 4-bit weights, where it measured 3–10% faster than the plain kernel on an H100
+// (and 3–14% slower for 8-bit: a step's words double, the producer's copies with them);
+// PARADEC_WGMMA_WS (read once) "on" takes it for every width, "off" for none.
+bool wgmma_ws_on(int bits) {
     static const bool on = env_is("PARADEC_WGMMA_WS", "on");
-    return on;
+    static const bool off = env_is("PARADEC_WGMMA_WS", "off");
+    return on || (!off && bits == 4);
 }
 
 template <typename T, int BITS>
@@ -834,7 +838,7 @@ int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
 template <typename T, int BITS>
 int launch_wgmma_tok(const GemmArgs &a, int tok, cudaStream_t stream) {
     CUtensorMap xmap;
-    if (tok == kWsTok && wgmma_ws_on() &&
+    if (tok == kWsTok && wgmma_ws_on(BITS) &&
         make_swizzled_tile_map(&xmap, std::is_same<T, __nv_bfloat16>::value, a.a,
                                static_cast<uint64_t>(a.m), static_cast<uint64_t>(a.kdim),
                                static_cast<uint64_t>(a.lda), kWsTok / kWsCluster, kGK) == cudaSuccess &&

@@ -226,6 +226,16 @@ __device__ __forceinline__ void fold_group(float (&acc)[2][NT][4], float (&accg)
             }
 }
 
+template <int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[2][NT][4]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[h][nt][e] = 0.f;
+}
+
 // out[row, c] = v (+ bias[c]) (+ out[row, c]).
 template <typename T>
 __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64_t c, float v) {
@@ -477,15 +487,16 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
     return v;
 }
 
+// Tiles t0 .. t0 + count − 1 of the lane's columns c0 .. c0 + 3 (live: inside the stored
+// width), folded into acc (acc += Σ over the tiles' groups of products · scale). `restage`:
+// the block's x staging in xs may still be read by an earlier range, so wait for every warp
+// before overwriting it.
 template <typename T, int NT, int P>
-__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs) {
+__device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool live, int t0,
+                                           int count, uint4 *xs, bool restage,
+                                           float (&acc)[2][NT][4]) {
     const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
-    const int64_t c0 = static_cast<int64_t>(bx) * kSmallCols + warp * 32 + 4 * g;
-    const bool live = c0 < a.np;
-    const int t0 = by * a.tiles_per_split;
-    const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
     const int stride = lean_x_stride(count);
 
     // This lane's weight vector of tile t0 + i is wnext + i·wstep; the tile's group word is
@@ -525,6 +536,7 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
 
     // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block.
     {
+        if (restage) __syncthreads();
         const T *x = static_cast<const T *>(a.x);
         const int per_row = count * 4;
         const int total = static_cast<int>(a.m) * per_row;
@@ -548,13 +560,13 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
                     16u * static_cast<unsigned>(row * stride + q);
     }
 
-    float acc[2][NT][4], accg[2][NT][4];
+    float accg[2][NT][4];
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[h][nt][e] = accg[h][nt][e] = 0.f;
+            for (int e = 0; e < 4; ++e) accg[h][nt][e] = 0.f;
     // The current group's scales and (magic + zero) pairs.
     float scale[4] = {0.f, 0.f, 0.f, 0.f};
     GroupZeros zeros{};
@@ -605,6 +617,21 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
         if (done >= count) break;
     }
     fold_group<NT>(acc, accg, scale);
+}
+
+// Column block bx and K split by of one call `a` on the lean loop: the body of the lean
+// kernel and of its grouped form.
+template <typename T, int NT, int P>
+__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int64_t c0 = static_cast<int64_t>(bx) * kSmallCols + warp * 32 + 4 * (lane >> 2);
+    const bool live = c0 < a.np;
+    const int t0 = by * a.tiles_per_split;
+    const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
+    float acc[2][NT][4];
+    zero_acc<NT>(acc);
+    lean_range<T, NT, P>(a, c0, live, t0, count, xs, false, acc);
     store_acc<T, NT>(a, acc, bx, by, c0, live);
 }
 
@@ -661,7 +688,138 @@ size_t lean_x_bytes(const SmallArgs &a) {
     return bytes <= kLeanMaxXBytes ? bytes : 0;
 }
 
+// ---- The stream loop (linear_small.cuh) --------------------------------------------------------
+
+// Block b's first unit: b·U/G.
+__device__ __forceinline__ int64_t stream_start(int64_t b, int64_t units, int64_t grid) {
+    return b * units / grid;
+}
+
+// The block whose units hold unit u: the last b with b·U/G ≤ u (G ≤ U: no block is empty).
+__device__ __forceinline__ int64_t stream_owner(int64_t u, int64_t units, int64_t grid) {
+    return ((u + 1) * grid - 1) / units;
+}
+
+// A partial run of column block cb (whose first unit is u0) into this block's slot; the last of
+// the blocks sharing cb to finish sums their slots in block order into out.
+template <typename T, int NT>
+__device__ __forceinline__ void store_stream(const SmallArgs &a, const float (&acc)[2][NT][4],
+                                             int cb, int64_t c0, bool live, float *slots,
+                                             int64_t u0, int64_t units) {
+    __shared__ int sum_here;
+    const int q = threadIdx.x & 3;
+    const int64_t grid = gridDim.x, b = blockIdx.x;
+    // The blocks sharing cb: the first one's run ends its units (its slot 1, unless its units
+    // start at u0: slot 0), every later one's run starts its units (slot 0); runs between a
+    // block's first and last cover whole column blocks and need no slot.
+    const int64_t first = stream_owner(u0, units, grid);
+    const int64_t last = stream_owner(u0 + a.ntiles - 1, units, grid);
+    const int first_slot = stream_start(first, units, grid) >= u0 ? 0 : 1;
+    const auto slot_of = [&](int64_t blk) {
+        return slots + (blk * 2 + (blk == first ? first_slot : 0)) * a.m * kSmallCols;
+    };
+    float *mine = slot_of(b) + (c0 - static_cast<int64_t>(cb) * kSmallCols);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t r = nt * 8 + 2 * q + e;
+            if (!live || r >= a.m) continue;
+            *reinterpret_cast<float4 *>(mine + r * kSmallCols) =
+                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
+        }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned done = atomicAdd(a.counters + cb, 1u);
+        sum_here = done == static_cast<unsigned>(last - first);
+        if (sum_here) a.counters[cb] = 0u;  // zero again for the next user
+    }
+    __syncthreads();
+    if (!sum_here) return;
+    __threadfence();
+    // A thread per column (kSmallCols threads), every row: the slots' loads of one block are
+    // independent, so they overlap.
+    const int64_t c = static_cast<int64_t>(cb) * kSmallCols + threadIdx.x;
+    if (c >= a.n) return;
+    float v[8 * NT];
+#pragma unroll
+    for (int r = 0; r < 8 * NT; ++r) v[r] = 0.f;
+    for (int64_t blk = first; blk <= last; ++blk) {
+        const float *p = slot_of(blk) + threadIdx.x;
+#pragma unroll
+        for (int r = 0; r < 8 * NT; ++r)
+            if (r < a.m) v[r] += __ldcg(p + r * kSmallCols);
+    }
+#pragma unroll
+    for (int r = 0; r < 8 * NT; ++r)
+        if (r < a.m) store_one<T>(a, r, c, v[r]);
+}
+
+// Block b walks units [b·U/G, (b + 1)·U/G): each column block's run on the lean loop, x staged
+// g.chunk tiles at a time. Four blocks of 128 threads per SM (the grid the caller plans).
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols, 4) qmma_stream_kernel(StreamGroup g) {
+    const int64_t units = g.ustart[g.count];
+    const int64_t grid = gridDim.x, b = blockIdx.x;
+    const int64_t end = stream_start(b + 1, units, grid);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    bool restage = false;
+    for (int64_t u = stream_start(b, units, grid); u < end;) {
+        int i = 0;
+        while (i + 1 < g.count && u >= g.ustart[i + 1]) ++i;
+        const SmallArgs a = g.call[i];  // a copy: registers, not parameter memory
+        const int64_t rel = u - g.ustart[i];
+        const int cb = static_cast<int>(rel / a.ntiles);
+        const int t = static_cast<int>(rel - static_cast<int64_t>(cb) * a.ntiles);
+        const int64_t u0 = u - t;  // the column block's first unit
+        const int count = static_cast<int>(min(end, u0 + a.ntiles) - u);
+        const int64_t c0 = static_cast<int64_t>(cb) * kSmallCols + warp * 32 + 4 * (lane >> 2);
+        const bool live = c0 < a.np;
+        float acc[2][NT][4];
+        zero_acc<NT>(acc);
+        for (int done = 0; done < count; done += g.chunk) {
+            lean_range<T, NT, kLeanBatch>(a, c0, live, t + done, min(g.chunk, count - done),
+                                          lean_xs, restage, acc);
+            restage = true;
+        }
+        if (count == a.ntiles) {
+            SmallArgs whole = a;
+            whole.part = nullptr;  // the whole column block: straight to out
+            store_acc<T, NT>(whole, acc, cb, 0, c0, live);
+        } else {
+            store_stream<T, NT>(a, acc, cb, c0, live, g.slots, u0, units);
+        }
+        u += count;
+    }
+}
+
 }  // namespace
+
+int stream_chunk_tiles(size_t m) {
+    // m · (4·chunk + 4) 16-byte vectors within 48 KiB less the kernel's static shared memory
+    // (a launch asking for more than 48 KiB in all fails); at most 128 tiles (4096 rows of K).
+    const size_t vectors = (kLeanMaxXBytes - 256) / 16 / std::max<size_t>(m, 1);
+    return static_cast<int>(std::min<size_t>(128, (vectors - 4) / 4));
+}
+
+int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t stream) {
+    const int64_t m = g.call[0].m;
+    if (g.count < 1 || g.count > kSmallGroupMax || m < 1 || m > static_cast<int64_t>(kStreamMaxM) ||
+        grid < 1 || grid > g.ustart[g.count] || g.chunk < 1 || !g.slots)
+        return PARADEC_K_BAD_SHAPE;
+    for (int i = 0; i < g.count; ++i)
+        if (g.call[i].m != m || !g.call[i].counters) return PARADEC_K_BAD_SHAPE;
+    const size_t smem = static_cast<size_t>(m) * static_cast<size_t>(4 * g.chunk + 4) * 16;
+    return dispatch_dtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        if (m <= 8)
+            return launch_dependent(qmma_stream_kernel<T, 1>, dim3(static_cast<unsigned>(grid)),
+                                    dim3(kSmallCols), smem, stream, g);
+        return launch_dependent(qmma_stream_kernel<T, 2>, dim3(static_cast<unsigned>(grid)),
+                                dim3(kSmallCols), smem, stream, g);
+    });
+}
 
 int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream) {
     if (g.count < 1 || g.count > kSmallGroupMax) return PARADEC_K_BAD_SHAPE;

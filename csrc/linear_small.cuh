@@ -58,4 +58,44 @@ struct SmallGroup {
 // Launches the grouped kernel (every call of the same m); a paradec status.
 int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream);
 
+// ---- The stream loop (m ≤ 16): one resident grid that shares the whole work out evenly ----
+//
+// The work of a launch is its units: (column block of 128, tile of 32 rows) pairs, call by
+// call, column block by column block, tile by tile. Block b of a grid of G takes units
+// [b·U/G, (b + 1)·U/G) — the same number within one — and walks them on the lean loop, a
+// column block's run at a time: a run that covers a whole column block is stored at once; a
+// partial run leaves its f32 sums in the block's slot (its first run in slot 0, its last in
+// slot 1), and the last of the blocks sharing that column block to finish (the call's counter)
+// sums their slots in block order. The split of the work depends only on U and G, so results
+// do not depend on timing. One wave, no tail of short blocks, and each block's fixed costs
+// paid once.
+
+// Most m the stream loop takes (the lean loop's n8 tiles).
+constexpr size_t kStreamMaxM = 16;
+
+// Most tiles of x one block stages at once for m rows (its lean-loop staging within 48 KiB).
+int stream_chunk_tiles(size_t m);
+
+// Bytes of the slots of a grid of `grid` blocks at m rows: [grid, 2, m, 128] f32.
+inline size_t stream_slot_bytes(size_t grid, size_t m) {
+    return grid * 2 * m * kSmallCols * sizeof(float);
+}
+
+// Units of a call (column blocks × tiles).
+inline int64_t stream_units(int64_t np, int64_t ntiles) {
+    return static_cast<int64_t>(small_col_blocks(static_cast<size_t>(np))) * ntiles;
+}
+
+struct StreamGroup {
+    SmallArgs call[kSmallGroupMax];  // counters: one per column block, zero on entry and left
+                                     // zero; part unused
+    int64_t ustart[kSmallGroupMax + 1];  // units before call i (ustart[count] = U)
+    float *slots;                        // [grid, 2, m, 128]
+    int count;
+    int chunk;  // tiles of x staged at once
+};
+
+// Launches the stream loop over `grid` blocks (1 ≤ grid ≤ U); a paradec status.
+int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t stream);
+
 }  // namespace paradec

@@ -16,8 +16,9 @@
 #   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
 #                  tests, memcheck and racecheck of its test, then the linears at 33…2048 rows on
 #                  it (its own row tiles, and 64/128/256 forced) against the mma.sync tiles, and
-#                  PyTorch's linears on the same card; the opt-in warp-specialized kernel
-#                  (PARADEC_WGMMA_WS=on) under memcheck and timed at 256 rows
+#                  PyTorch's linears on the same card; the warp-specialized kernel for every
+#                  width and for none (PARADEC_WGMMA_WS=on / off) under memcheck and timed at
+#                  256 rows
 # Logs and CSVs go to DIR (default: gpu-results/ beside the bundle). The summary prints last.
 set -uo pipefail
 D=$(cd "$(dirname "$0")" && pwd)
@@ -172,8 +173,11 @@ if [[ "$MODE" == wgmma ]]; then
         "$D/bin/gpu" --test-threads=1 linear::wgmma
       PARADEC_GPU_SMALL=1 compute-sanitizer --tool racecheck "$D/bin/gpu" --test-threads=1 \
         linear::wgmma
-      # The opt-in warp-specialized kernel (256-row tiles), under memcheck.
+      # The warp-specialized kernel (256-row tiles) for every width, and the plain kernel
+      # alone, under memcheck.
       PARADEC_WGMMA_WS=on PARADEC_GPU_SMALL=1 compute-sanitizer --tool memcheck \
+        --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::wgmma
+      PARADEC_WGMMA_WS=off PARADEC_GPU_SMALL=1 compute-sanitizer --tool memcheck \
         --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::wgmma
     } > "$RESULTS/wgmma_sanitize.log" 2>&1
     SUMMARY+=("wgmma sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/wgmma_sanitize.log" | tr '\n' ' ')")
@@ -183,8 +187,9 @@ if [[ "$MODE" == wgmma ]]; then
       --lin-ms 33,64,128,512,2048)
     "$D/bin/gpu_bench" "${L[@]}" --lin-path auto,mma
     "$D/bin/gpu_bench" "${L[@]}" --lin-path wgmma --lin-split 64,128,256
-    echo "# PARADEC_WGMMA_WS=on: the warp-specialized kernel at 256 rows"
+    echo "# PARADEC_WGMMA_WS=on / off: the warp-specialized kernel at 256 rows for every width / none"
     PARADEC_WGMMA_WS=on "$D/bin/gpu_bench" "${L[@]}" --lin-path wgmma --lin-split 256
+    PARADEC_WGMMA_WS=off "$D/bin/gpu_bench" "${L[@]}" --lin-path wgmma --lin-split 256
     PYTHONUNBUFFERED=1 python3 "$D/bench_torch.py" --only linear --quick
   } > "$RESULTS/wgmma_bench.log" 2>&1
   SUMMARY+=("wgmma bench: $RESULTS/wgmma_bench.log")

@@ -162,6 +162,11 @@ pub enum LinearPath {
     /// registers) where x fits it (M ≤ 16 and a short enough share of K), else `Small`'s ring
     /// loop. `select_linear`'s choice up to 16 rows.
     SmallLean,
+    /// The lean loop's arithmetic on one resident grid (the plan's `split` is its blocks) that
+    /// shares the call's work evenly — column blocks × tiles of K — instead of a grid of column
+    /// blocks × K splits: one wave, each block's fixed costs paid once. M ≤ 16; elsewhere
+    /// `SmallLean` with the split as its K split.
+    SmallStream,
     /// Dense weights: the vendor GEMM (cuBLASLt, loaded at run time; `Mma` where it is absent
     /// or declines the shape). Quantized weights: the launcher's own choice. Not yet chosen by
     /// `select_linear`: it waits for its measurements on a GPU.

@@ -29,11 +29,17 @@ enum paradec_linear_path {
     PARADEC_PATH_VENDOR = 5, /* dense: the vendor GEMM (cuBLASLt, loaded at run time; MMA where
                                 it is absent or declines the shape); not yet chosen by AUTO.
                                 Quantized weights: AUTO. */
-    PARADEC_PATH_WGMMA = 6 /* quantized, one width for every tile, on an sm_90a build and a
-                              device of compute capability 9.0: Hopper's warpgroup MMA with the
-                              weights decoded once per block into registers (any m; AUTO's
-                              choice above 8 rows where SMALL does not apply). Elsewhere MMA.
-                              Dense: AUTO. */
+    PARADEC_PATH_WGMMA = 6, /* quantized, one width for every tile, on an sm_90a build and a
+                               device of compute capability 9.0: Hopper's warpgroup MMA with the
+                               weights decoded once per block into registers (any m; AUTO's
+                               choice above 8 rows where SMALL does not apply). Elsewhere MMA.
+                               Dense: AUTO. */
+    PARADEC_PATH_SMALL_STREAM = 7 /* SMALL at m ≤ 16 on one resident grid of `split` blocks
+                                     (at most one per unit: column block of 128 × tile of 32
+                                     rows) that share every unit of the call evenly, the lean
+                                     loop's arithmetic; partial column blocks summed in a fixed
+                                     order by the last of their blocks. Elsewhere SMALL_LEAN
+                                     with `split` as its K split. Dense: AUTO. */
 };
 
 /* A quantized weight in paradec's device layout (built once on the host from a GPTQ or EXL2
@@ -86,9 +92,12 @@ typedef struct paradec_qlinear_call {
     const void *bias;           /* [n] or NULL */
     void *out;                  /* [m, n]; no call's out overlaps any call's x */
     int accumulate;
-    int split;                  /* ≥ 1: the K split of the SMALL path */
-    int path;                   /* PARADEC_PATH_SMALL_LEAN (or AUTO) or PARADEC_PATH_SMALL: the
-                                   group runs the lean loop unless a call asks for SMALL */
+    int split;                  /* ≥ 1: the K split of the SMALL path (SMALL_STREAM: the
+                                   grid; the group's is the largest call's) */
+    int path;                   /* PARADEC_PATH_SMALL_LEAN (or AUTO), PARADEC_PATH_SMALL or
+                                   PARADEC_PATH_SMALL_STREAM: the group runs the stream loop when
+                                   every call asks for it and m ≤ 16, else the lean loop unless
+                                   a call asks for SMALL */
 } paradec_qlinear_call;
 
 /* Most calls of one group. */

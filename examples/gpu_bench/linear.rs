@@ -173,6 +173,7 @@ impl LinOpts {
                     "mma" => Ok(Some(LinearPath::Mma)),
                     "small" => Ok(Some(LinearPath::Small)),
                     "lean" => Ok(Some(LinearPath::SmallLean)),
+                    "stream" => Ok(Some(LinearPath::SmallStream)),
                     "vendor" => Ok(Some(LinearPath::Vendor)),
                     "wgmma" => Ok(Some(LinearPath::Wgmma)),
                     _ => Err(bad("--lin-path", s)),
@@ -205,6 +206,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::SmallLean => 4,
         LinearPath::Vendor => 5,
         LinearPath::Wgmma => 6,
+        LinearPath::SmallStream => 7,
     }
 }
 
@@ -214,6 +216,7 @@ fn path_label(p: LinearPath) -> &'static str {
         LinearPath::Mma => "mma",
         LinearPath::Small => "small",
         LinearPath::SmallLean => "lean",
+        LinearPath::SmallStream => "stream",
         LinearPath::Vendor => "vendor",
         LinearPath::Wgmma => "wgmma",
     }
@@ -251,7 +254,10 @@ pub fn run(
             .flatten()
             .copied()
             .filter(|p| match p {
-                LinearPath::Small | LinearPath::SmallLean | LinearPath::Wgmma => false,
+                LinearPath::Small
+                | LinearPath::SmallLean
+                | LinearPath::SmallStream
+                | LinearPath::Wgmma => false,
                 LinearPath::Vendor => vendor,
                 _ => true,
             })
@@ -410,7 +416,10 @@ pub fn run(
             None => auto,
             Some(p) => {
                 // The rows and width for which select_linear picks p itself.
-                let (bits, rows) = if matches!(p, LinearPath::Small | LinearPath::SmallLean) {
+                let (bits, rows) = if matches!(
+                    p,
+                    LinearPath::Small | LinearPath::SmallLean | LinearPath::SmallStream
+                ) {
                     (4, m.min(32))
                 } else {
                     (3, m.min(8))
@@ -425,10 +434,11 @@ pub fn run(
                 );
                 paradec::ops::LinearPlan {
                     path: p,
-                    split: if matches!(p, LinearPath::Mma | LinearPath::Wgmma) {
-                        1
-                    } else {
-                        own.split
+                    split: match p {
+                        LinearPath::Mma | LinearPath::Wgmma => 1,
+                        // The stream loop's grid: four blocks per SM.
+                        LinearPath::SmallStream => (4 * props.multiprocessors as usize).min(1024),
+                        _ => own.split,
                     },
                 }
             }

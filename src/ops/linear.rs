@@ -61,6 +61,12 @@ pub fn select_linear(
     cc: (u32, u32),
 ) -> LinearPlan {
     if small_path_takes(format, m) && cc.0 >= 8 {
+        if m <= LEAN_MAX_M && lean_tail_is_short(m, k, n, sms) {
+            return LinearPlan {
+                path: LinearPath::SmallStream,
+                split: stream_grid(sms),
+            };
+        }
         return LinearPlan {
             path: if m <= LEAN_MAX_M {
                 LinearPath::SmallLean
@@ -126,6 +132,24 @@ fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
     fill.max(tiles / 32).min(tiles / 8).clamp(1, 64)
 }
 
+/// Whether the lean loop's grid (column blocks × K splits) would end in a last wave less than a
+/// quarter full (four blocks resident per SM): there the stream loop, which shares the same
+/// work evenly over one resident grid, was 10–18% faster on an H100 (Falcon-7B's 18176×4544 at
+/// 1–16 rows; docs/gpu-bench-linear-h200.md); where the lean grid fills its waves the lean loop
+/// was as fast or faster (up to 1.5× at 4096×4096, where 17 blocks share each column block).
+fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
+    let slots = 4 * sms.max(1);
+    let blocks = n.div_ceil(128).max(1) * small_split(m, k, n, sms);
+    let tail = blocks % slots;
+    blocks > slots && tail != 0 && tail * 4 < slots
+}
+
+/// Blocks of the small-M path's stream loop: four of 128 threads per SM, what is resident at
+/// once (its kernel is built for four).
+fn stream_grid(sms: usize) -> usize {
+    (4 * sms.max(1)).min(1024)
+}
+
 thread_local! {
     static OVERRIDE: Cell<Option<(LinearPath, Option<usize>)>> = const { Cell::new(None) };
 }
@@ -133,8 +157,8 @@ thread_local! {
 /// Forces the path (and the K split of the quantized GEMV or small-M path, when given) of this
 /// thread's linears on a device; `None` returns to `select_linear`. The environment variable
 /// `PARADEC_LINEAR_PATH` (`gemv`, `mma`, `small`, `lean` — the small-M path's lean loop —,
-/// `vendor` or `wgmma`, optionally `gemv:SPLIT` / `small:SPLIT` / `lean:SPLIT`) does the same
-/// for every thread.
+/// `stream` — its stream loop —, `vendor` or `wgmma`, optionally `gemv:SPLIT` / `small:SPLIT` /
+/// `lean:SPLIT` / `stream:BLOCKS`) does the same for every thread.
 pub fn set_linear_override(o: Option<(LinearPath, Option<usize>)>) {
     OVERRIDE.with(|c| c.set(o));
 }
@@ -150,6 +174,7 @@ pub fn parse_linear_override(v: &str) -> Option<(LinearPath, Option<usize>)> {
         "mma" => Some((LinearPath::Mma, s)),
         "small" => Some((LinearPath::Small, s)),
         "lean" => Some((LinearPath::SmallLean, s)),
+        "stream" => Some((LinearPath::SmallStream, s)),
         "vendor" => Some((LinearPath::Vendor, s)),
         "wgmma" => Some((LinearPath::Wgmma, s)),
         _ => None,
@@ -167,24 +192,28 @@ fn env_override() -> Option<(LinearPath, Option<usize>)> {
     })
 }
 
-/// The plan for a call: the override if any, else `select_linear` with the device's properties.
+/// A device's SM count and compute capability (cached per ordinal).
 #[cfg(feature = "cuda")]
-fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> Result<LinearPlan> {
+fn device_props(dev: usize) -> Result<(usize, (u32, u32))> {
     /// Per device ordinal: SM count and compute capability.
     type Props = Vec<(usize, usize, (u32, u32))>;
     static PROPS: std::sync::Mutex<Props> = std::sync::Mutex::new(Vec::new());
-    let (sms, cc) = {
-        let mut g = PROPS.lock().unwrap_or_else(|e| e.into_inner());
-        match g.iter().find(|p| p.0 == dev) {
-            Some(p) => (p.1, p.2),
-            None => {
-                let p = crate::cuda::properties(dev)?;
-                let e = (dev, p.multiprocessors as usize, p.compute_capability);
-                g.push(e);
-                (e.1, e.2)
-            }
+    let mut g = PROPS.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(match g.iter().find(|p| p.0 == dev) {
+        Some(p) => (p.1, p.2),
+        None => {
+            let p = crate::cuda::properties(dev)?;
+            let e = (dev, p.multiprocessors as usize, p.compute_capability);
+            g.push(e);
+            (e.1, e.2)
         }
-    };
+    })
+}
+
+/// The plan for a call: the override if any, else `select_linear` with the device's properties.
+#[cfg(feature = "cuda")]
+fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> Result<LinearPlan> {
+    let (sms, cc) = device_props(dev)?;
     Ok(match OVERRIDE.with(Cell::get).or_else(env_override) {
         Some((path, split)) => {
             let default = match (path, format) {
@@ -192,6 +221,7 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
                 | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
                 (LinearPath::Small | LinearPath::SmallLean, _) => small_split(m, k, n, sms),
+                (LinearPath::SmallStream, _) => stream_grid(sms),
             };
             LinearPlan {
                 path,
@@ -418,8 +448,7 @@ fn try_group(
     if calls.len() < 2 || calls.len() > max {
         return Ok(false);
     }
-    let mut splits = Vec::with_capacity(calls.len());
-    let mut path = None;
+    let mut plans = Vec::with_capacity(calls.len());
     for (x, w, out) in calls.iter() {
         let dev = match x.device() {
             Device::Cuda(d) => d,
@@ -436,15 +465,34 @@ fn try_group(
             return Ok(false);
         }
         let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
-        // One loop for the whole group: every call on the small-M path, all lean or none.
-        if !matches!(plan.path, LinearPath::Small | LinearPath::SmallLean)
-            || path.is_some_and(|p| p != plan.path)
-        {
+        if !matches!(
+            plan.path,
+            LinearPath::Small | LinearPath::SmallLean | LinearPath::SmallStream
+        ) {
             return Ok(false);
         }
-        path = Some(plan.path);
-        splits.push(plan.split);
+        plans.push((plan, dev, w.k, w.n));
     }
+    // One loop for the whole group. Where the plans mix the lean and stream loops (each call's
+    // own grid chose), the stream calls take the lean loop and its K split: the group's grid is
+    // the sum of its calls'.
+    let lean_and_stream = plans.iter().any(|p| p.0.path == LinearPath::SmallLean)
+        && plans.iter().any(|p| p.0.path == LinearPath::SmallStream);
+    if lean_and_stream {
+        for (plan, dev, k, n) in plans.iter_mut() {
+            if plan.path == LinearPath::SmallStream {
+                *plan = LinearPlan {
+                    path: LinearPath::SmallLean,
+                    split: small_split(m, *k, *n, device_props(*dev)?.0),
+                };
+            }
+        }
+    }
+    let path = plans[0].0.path;
+    if plans.iter().any(|p| p.0.path != path) {
+        return Ok(false);
+    }
+    let splits: Vec<usize> = plans.iter().map(|p| p.0.split).collect();
     let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
         .iter_mut()
         .zip(splits)
@@ -469,7 +517,7 @@ fn try_group(
                 out,
                 accumulate: false,
                 split,
-                lean: path == Some(LinearPath::SmallLean),
+                path,
             },
         )
         .collect();
@@ -597,6 +645,35 @@ mod tests {
     }
 
     #[test]
+    fn stream_loop_where_the_lean_grid_ends_in_a_short_wave() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        // Falcon-7B's dense_4h_to_h: 36 column blocks × 17 splits = 612 blocks, 84 in a second
+        // wave of 528.
+        for m in [1, 8, 16] {
+            let p = select_linear(m, 18176, 4544, q4, H200.0, H200.1);
+            assert_eq!((p.path, p.split), (LinearPath::SmallStream, 528), "m = {m}");
+        }
+        // Past 16 rows the ring loop, whatever the grid.
+        assert_eq!(
+            select_linear(17, 18176, 4544, q4, H200.0, H200.1).path,
+            LinearPath::Small
+        );
+        // Grids that fill their waves, or most of the last one, stay on the lean loop.
+        for (k, n) in [
+            (4096, 4096),
+            (4096, 12288),
+            (16384, 4096),
+            (22528, 8192),
+            (8192, 28672),
+        ] {
+            for m in [1, 8, 16] {
+                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                assert_eq!(p.path, LinearPath::SmallLean, "{k}×{n} m = {m}");
+            }
+        }
+    }
+
+    #[test]
     fn split_fills_the_gpu_at_decode() {
         // The CUDA-core GEMV's split (3-bit weights take it).
         let q3 = LinearFormat::Quant { bits: 3 };
@@ -650,6 +727,10 @@ mod tests {
         assert_eq!(
             parse_linear_override("lean:2"),
             Some((LinearPath::SmallLean, Some(2)))
+        );
+        assert_eq!(
+            parse_linear_override("stream"),
+            Some((LinearPath::SmallStream, None))
         );
         assert_eq!(
             parse_linear_override("vendor"),

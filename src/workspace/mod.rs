@@ -460,10 +460,11 @@ impl Workspace {
             .checked_mul(per_token)
             .and_then(|n| n.checked_mul(dtype.size()))
             .ok_or_else(overflow)?;
-        // Split-K partials (f32, up to 32 splits of the widest output) and split-KV partials
-        // (f32 context and two statistics per split of up to 64 blocks per sequence and head).
+        // Split-K partials (f32, up to 32 splits of the widest output, or the small-M stream
+        // loop's two slots of 128 columns per block of up to 1024) and split-KV partials (f32
+        // context and two statistics per split of up to 64 blocks per sequence and head).
         let widest = arch.qkv_width().max(arch.intermediate).max(arch.hidden);
-        let split_k = tokens.min(64) * widest * 32 * 4;
+        let split_k = (tokens.min(64) * widest * 32 * 4).max(tokens.min(16) * 1024 * 2 * 128 * 4);
         let split_kv = tokens
             .checked_mul(arch.heads)
             .and_then(|n| n.checked_mul(64 * (arch.head_dim + 2) * 4))

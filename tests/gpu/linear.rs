@@ -33,6 +33,7 @@ fn paths() -> Vec<PathChoice> {
         Some((LinearPath::Small, Some(3))),
         Some((LinearPath::SmallLean, Some(1))),
         Some((LinearPath::SmallLean, Some(3))),
+        Some((LinearPath::SmallStream, Some(5))),
         Some((LinearPath::Wgmma, None)),
         None,
     ]
@@ -43,6 +44,7 @@ fn path_name(p: PathChoice) -> String {
         Some((LinearPath::Gemv, s)) => format!("gemv/{}", s.unwrap_or(0)),
         Some((LinearPath::Small, s)) => format!("small/{}", s.unwrap_or(0)),
         Some((LinearPath::SmallLean, s)) => format!("lean/{}", s.unwrap_or(0)),
+        Some((LinearPath::SmallStream, s)) => format!("stream/{}", s.unwrap_or(0)),
         Some((LinearPath::Vendor, _)) => "vendor".into(),
         Some((LinearPath::Mma, _)) => "mma".into(),
         Some((LinearPath::Wgmma, s)) => format!("wgmma/{}", s.unwrap_or(0)),
@@ -82,7 +84,13 @@ fn check_quant_on(
             if m > 64
                 && matches!(
                     p,
-                    Some((LinearPath::Gemv | LinearPath::Small | LinearPath::SmallLean, _))
+                    Some((
+                        LinearPath::Gemv
+                            | LinearPath::Small
+                            | LinearPath::SmallLean
+                            | LinearPath::SmallStream,
+                        _
+                    ))
                 )
             {
                 continue;
@@ -160,8 +168,9 @@ fn gptq_every_width_group_and_zero_convention() {
 /// The tensor-core small-M path (uniform 4-bit, M ≤ 32) on GPTQ-4 with and without act-order,
 /// classic and v2 zeros, groups that do and do not fill whole tiles, K that is not a whole
 /// number of groups, odd N, bias and accumulate; and EXL2-4 with its permutation. Split 1, an
-/// uneven split and the automatic one, on both loops (ring and lean); a split run repeated gives
-/// the same bits.
+/// uneven split and the automatic one, on both loops (ring and lean); the stream loop on one
+/// block, on grids whose blocks share column blocks unevenly and on the automatic grid (past 16
+/// rows it runs the lean loop's fallback); a split run repeated gives the same bits.
 #[test]
 fn small_m_path_gptq4_and_exl2_4() {
     let ms: Vec<usize> = if small() {
@@ -176,6 +185,10 @@ fn small_m_path_gptq4_and_exl2_4() {
         Some((LinearPath::SmallLean, Some(1))),
         Some((LinearPath::SmallLean, Some(3))),
         Some((LinearPath::SmallLean, None)),
+        Some((LinearPath::SmallStream, Some(1))),
+        Some((LinearPath::SmallStream, Some(3))),
+        Some((LinearPath::SmallStream, Some(7))),
+        Some((LinearPath::SmallStream, None)),
     ];
     let mut weights: Vec<(String, QuantWeight)> = Vec::new();
     let gptq_cases: Vec<(i64, bool, bool, usize, usize)> = if small() {
@@ -345,8 +358,9 @@ fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_>
 
 /// Several 4-bit linears of two inputs (as a block's q/k/v and MLP input projections over two
 /// norms) in one grouped launch: every output equal to the bit to the same weight run alone on
-/// the small-M path, with the same K split; and the op that picks the grouped launch gives the
-/// same.
+/// the small-M path, with the same K split (on the stream loop, where the group shares its
+/// blocks across calls, equal within rounding); and the op that picks the grouped launch gives
+/// the same.
 #[test]
 fn grouped_small_m_launch_equals_each_alone() {
     let Some(cs) = gpu_stream("grouped_small_m") else {
@@ -393,8 +407,16 @@ fn grouped_small_m_launch_equals_each_alone() {
                 .iter()
                 .map(|&k| upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt).0)
                 .collect();
-            for (split, lean) in [(1usize, false), (3, false), (1, true), (3, true)] {
-                let path = if lean { LinearPath::SmallLean } else { LinearPath::Small };
+            for (split, path) in [
+                (1usize, LinearPath::Small),
+                (3, LinearPath::Small),
+                (1, LinearPath::SmallLean),
+                (3, LinearPath::SmallLean),
+                (3, LinearPath::SmallStream),
+                (7, LinearPath::SmallStream),
+            ] {
+                let lean = path == LinearPath::SmallLean;
+                let stream = path == LinearPath::SmallStream;
                 // Each alone.
                 let mut alone = Vec::new();
                 for (p, (_, xi)) in pws.iter().zip(&weights) {
@@ -404,7 +426,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                     let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
                     paradec::cuda::kernels::quant_linear(
                         &xs[*xi], m, &a, p.bias.as_ref(), &mut out, false, path, split,
-                        Some(&mut sc), lean.then_some(&mut kept), cs,
+                        Some(&mut sc), (lean || stream).then_some(&mut kept), cs,
                     )
                     .unwrap();
                     alone.push(download(&out));
@@ -423,7 +445,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                             out,
                             accumulate: false,
                             split,
-                            lean,
+                            path,
                         })
                         .collect();
                     let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
@@ -438,11 +460,12 @@ fn grouped_small_m_launch_equals_each_alone() {
                     .unwrap();
                 }
                 for (i, out) in outs.iter().enumerate() {
-                    assert_eq!(
-                        download(out),
-                        alone[i],
-                        "{dt} m={m} split={split} lean={lean} call {i}"
-                    );
+                    let what = format!("{dt} m={m} split={split} {path:?} call {i}");
+                    if stream && m <= 16 {
+                        assert_close(&what, dt, &download(out), &alone[i]);
+                    } else {
+                        assert_eq!(download(out), alone[i], "{what}");
+                    }
                 }
             }
             // The op: grouped where it applies, the same values as one call at a time.
@@ -471,7 +494,7 @@ fn grouped_small_m_launch_equals_each_alone() {
 }
 
 /// The split small-M path gives the same bits twice (the partials are summed in split order),
-/// and the same on its lean and ring loops.
+/// and the same on its lean and ring loops; the stream loop gives the same bits twice.
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {
     let Some(s) = gpu_stream(what) else {
         return;
@@ -489,6 +512,8 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
         LinearPath::Small,
         LinearPath::SmallLean,
         LinearPath::SmallLean,
+        LinearPath::SmallStream,
+        LinearPath::SmallStream,
     ];
     let runs: Vec<Vec<u32>> = paths
         .iter()
@@ -503,6 +528,7 @@ fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DTyp
     assert_eq!(runs[0], runs[1], "{what}: split runs differ");
     assert_eq!(runs[2], runs[3], "{what}: split runs of the lean loop differ");
     assert_eq!(runs[0], runs[2], "{what}: the lean and ring loops differ");
+    assert_eq!(runs[4], runs[5], "{what}: runs of the stream loop differ");
 }
 
 #[test]

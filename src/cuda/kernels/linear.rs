@@ -18,6 +18,7 @@ fn path_code(p: LinearPath) -> i32 {
         LinearPath::Mma => ffi::paradec_linear_path::PARADEC_PATH_MMA,
         LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
         LinearPath::SmallLean => ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN,
+        LinearPath::SmallStream => ffi::paradec_linear_path::PARADEC_PATH_SMALL_STREAM,
         LinearPath::Vendor => ffi::paradec_linear_path::PARADEC_PATH_VENDOR,
         LinearPath::Wgmma => ffi::paradec_linear_path::PARADEC_PATH_WGMMA,
     }) as i32
@@ -244,9 +245,10 @@ pub struct QuantLinearCall<'a> {
     pub accumulate: bool,
     /// K split (≥ 1).
     pub split: usize,
-    /// The small-M path's lean loop (`LinearPath::SmallLean`); the group takes it when every
-    /// call asks for it.
-    pub lean: bool,
+    /// The small-M path's loop: `Small` (the ring loop), `SmallLean` or `SmallStream`; the
+    /// group takes the stream loop when every call asks for it, else the lean loop unless a
+    /// call asks for `Small`.
+    pub path: LinearPath,
 }
 
 fn group_ffi(
@@ -263,11 +265,7 @@ fn group_ffi(
             out: ptr::null_mut(),
             accumulate: c.accumulate as i32,
             split: c.split.max(1) as i32,
-            path: if c.lean {
-                ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN as i32
-            } else {
-                ffi::paradec_linear_path::PARADEC_PATH_SMALL as i32
-            },
+            path: path_code(c.path),
         })
         .collect()
 }
