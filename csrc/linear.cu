@@ -646,34 +646,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
             cudaMemsetAsync(counters, 0, ncounters * sizeof(unsigned), stream);
         if (e != cudaSuccess) return static_cast<int>(e);
     }
-    if (stream_loop) {
-        StreamGroup g{};
-        SmallArgs &a = g.call[0];
-        a.x = xa;
-        a.ldx = ldx;
-        a.words = w->words;
-        a.tiles = w->tiles;
-        a.sz = w->sz;
-        a.bias = bias;
-        a.out = out;
-        a.part = nullptr;
-        a.counters = counters;
-        a.m = static_cast<int64_t>(m);
-        a.n = static_cast<int64_t>(w->n);
-        a.np = static_cast<int64_t>(w->np);
-        a.ntiles = static_cast<int>(w->ntiles);
-        a.groups = static_cast<int>(w->groups);
-        a.tiles_per_split = a.ntiles;
-        a.split = 1;
-        a.accumulate = accumulate;
-        g.ustart[0] = 0;
-        g.ustart[1] = units_of(w);
-        g.slots = part;
-        g.count = 1;
-        g.chunk = stream_chunk_tiles(m);
-        return launch_quant_stream(dtype_of<T>(), g, split, stream);
-    }
-    if (small) {
+    if (small || stream_loop) {
         SmallArgs a;
         a.x = xa;
         a.ldx = ldx;
@@ -682,7 +655,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.sz = w->sz;
         a.bias = bias;
         a.out = out;
-        a.part = small_split ? part : nullptr;
+        a.part = small_split && !stream_loop ? part : nullptr;
         a.counters = counters;
         a.m = static_cast<int64_t>(m);
         a.n = static_cast<int64_t>(w->n);
@@ -692,7 +665,18 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
         a.split = split;
         a.accumulate = accumulate;
-        return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
+        if (!stream_loop)
+            return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
+        // The stream loop: one call of a group, unsplit (its split is the grid).
+        StreamGroup g{};
+        g.call[0] = a;
+        g.call[0].tiles_per_split = a.ntiles;
+        g.call[0].split = 1;
+        g.ustart[1] = units_of(w);
+        g.slots = part;
+        g.count = 1;
+        g.chunk = stream_chunk_tiles(m);
+        return launch_quant_stream(dtype_of<T>(), g, split, stream);
     }
     if (path == PARADEC_PATH_GEMV) {
         QArgs a;

@@ -245,6 +245,39 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
     *p = Num<T>::from_f(v);
 }
 
+// Lane (g, q)'s sums of x rows nt·8 + 2q + e (columns c0 .. c0 + 3) as f32 at
+// base + row · stride (+ the lane's column offset, already in base).
+template <int NT>
+__device__ __forceinline__ void store_partials(const SmallArgs &a, const float (&acc)[2][NT][4],
+                                               float *base, int64_t stride, bool live) {
+    const int q = threadIdx.x & 3;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int64_t r = nt * 8 + 2 * q + e;
+            if (!live || r >= a.m) continue;
+            *reinterpret_cast<float4 *>(base + r * stride) =
+                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
+        }
+}
+
+// After the block's partials are written: whether this block is the last of `blocks` to arrive
+// at `counter` (which it then zeroes again for the next user); every thread gets the answer.
+__device__ __forceinline__ bool last_to_arrive(unsigned *counter, unsigned blocks) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned done = atomicAdd(counter, 1u);
+        last = done == blocks - 1;
+        if (last) *counter = 0u;
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
 // Stores a block's results: lane (g, q) holds, for x row nt·8 + 2q + e, the columns
 // c0 .. c0 + 3 as acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]. Unsplit, they
 // go to out; split, to the f32 partials, and the last block of the column block to finish sums
@@ -252,7 +285,6 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
 template <typename T, int NT>
 __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)[2][NT][4], int bx,
                                           int by, int64_t c0, bool live) {
-    __shared__ int sum_here;
     const int q = threadIdx.x & 3;
     if (!a.part) {
 #pragma unroll
@@ -269,26 +301,9 @@ __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)
             }
         return;
     }
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int64_t r = nt * 8 + 2 * q + e;
-            if (!live || r >= a.m) continue;
-            *reinterpret_cast<float4 *>(a.part + (by * a.m + r) * a.np + c0) =
-                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
-        }
+    store_partials<NT>(a, acc, a.part + by * a.m * a.np + c0, a.np, live);
     // The last block of this column block to get here sums every split's partials.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned done = atomicAdd(a.counters + bx, 1u);
-        sum_here = done == static_cast<unsigned>(a.split - 1);
-        if (sum_here) a.counters[bx] = 0u;  // zero again for the scratch's next user
-    }
-    __syncthreads();
-    if (!sum_here) return;
-    __threadfence();
+    if (!last_to_arrive(a.counters + bx, static_cast<unsigned>(a.split))) return;
     const int64_t cb = static_cast<int64_t>(bx) * kSmallCols;
     for (int64_t i = threadIdx.x; i < a.m * kSmallCols; i += kSmallCols) {
         const int64_t r = i / kSmallCols;
@@ -561,12 +576,7 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
     }
 
     float accg[2][NT][4];
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) accg[h][nt][e] = 0.f;
+    zero_acc<NT>(accg);
     // The current group's scales and (magic + zero) pairs.
     float scale[4] = {0.f, 0.f, 0.f, 0.f};
     GroupZeros zeros{};
@@ -706,8 +716,6 @@ template <typename T, int NT>
 __device__ __forceinline__ void store_stream(const SmallArgs &a, const float (&acc)[2][NT][4],
                                              int cb, int64_t c0, bool live, float *slots,
                                              int64_t u0, int64_t units) {
-    __shared__ int sum_here;
-    const int q = threadIdx.x & 3;
     const int64_t grid = gridDim.x, b = blockIdx.x;
     // The blocks sharing cb: the first one's run ends its units (its slot 1, unless its units
     // start at u0: slot 0), every later one's run starts its units (slot 0); runs between a
@@ -718,26 +726,9 @@ __device__ __forceinline__ void store_stream(const SmallArgs &a, const float (&a
     const auto slot_of = [&](int64_t blk) {
         return slots + (blk * 2 + (blk == first ? first_slot : 0)) * a.m * kSmallCols;
     };
-    float *mine = slot_of(b) + (c0 - static_cast<int64_t>(cb) * kSmallCols);
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int64_t r = nt * 8 + 2 * q + e;
-            if (!live || r >= a.m) continue;
-            *reinterpret_cast<float4 *>(mine + r * kSmallCols) =
-                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
-        }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned done = atomicAdd(a.counters + cb, 1u);
-        sum_here = done == static_cast<unsigned>(last - first);
-        if (sum_here) a.counters[cb] = 0u;  // zero again for the next user
-    }
-    __syncthreads();
-    if (!sum_here) return;
-    __threadfence();
+    store_partials<NT>(a, acc, slot_of(b) + (c0 - static_cast<int64_t>(cb) * kSmallCols),
+                       kSmallCols, live);
+    if (!last_to_arrive(a.counters + cb, static_cast<unsigned>(last - first + 1))) return;
     // A thread per column (kSmallCols threads), every row: the slots' loads of one block are
     // independent, so they overlap.
     const int64_t c = static_cast<int64_t>(cb) * kSmallCols + threadIdx.x;
