@@ -667,11 +667,9 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.accumulate = accumulate;
         if (!stream_loop)
             return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
-        // The stream loop: one call of a group, unsplit (its split is the grid).
+        // The stream loop: a group of one call (its split is the grid).
         StreamGroup g{};
         g.call[0] = a;
-        g.call[0].tiles_per_split = a.ntiles;
-        g.call[0].split = 1;
         g.ustart[1] = units_of(w);
         g.slots = part;
         g.count = 1;
@@ -892,10 +890,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));
-        sg.call[i] = a;
-        sg.call[i].part = nullptr;
-        sg.call[i].tiles_per_split = a.ntiles;
-        sg.call[i].split = 1;
+        sg.call[i] = a;  // part is null on the stream loop
         sg.ustart[i + 1] = sg.ustart[i] + units_of(w);
     }
     g.first[count] = blocks;

@@ -788,8 +788,8 @@ __global__ void __launch_bounds__(kSmallCols, 4) qmma_stream_kernel(StreamGroup 
 }  // namespace
 
 int stream_chunk_tiles(size_t m) {
-    // m · (4·chunk + 4) 16-byte vectors within 48 KiB less the kernel's static shared memory
-    // (a launch asking for more than 48 KiB in all fails); at most 128 tiles (4096 rows of K).
+    // stream_x_bytes within 48 KiB less the kernel's static shared memory (a launch asking for
+    // more than 48 KiB in all fails); at most 128 tiles (4096 rows of K).
     const size_t vectors = (kLeanMaxXBytes - 256) / 16 / std::max<size_t>(m, 1);
     return static_cast<int>(std::min<size_t>(128, (vectors - 4) / 4));
 }
@@ -801,7 +801,7 @@ int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t 
         return PARADEC_K_BAD_SHAPE;
     for (int i = 0; i < g.count; ++i)
         if (g.call[i].m != m || !g.call[i].counters) return PARADEC_K_BAD_SHAPE;
-    const size_t smem = static_cast<size_t>(m) * static_cast<size_t>(4 * g.chunk + 4) * 16;
+    const size_t smem = stream_x_bytes(static_cast<size_t>(m), g.chunk);
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         if (m <= 8)

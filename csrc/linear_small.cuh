@@ -76,6 +76,12 @@ constexpr size_t kStreamMaxM = 16;
 // Most tiles of x one block stages at once for m rows (its lean-loop staging within 48 KiB).
 int stream_chunk_tiles(size_t m);
 
+// Bytes of x staging (dynamic shared memory) of a block staging `chunk` tiles of m rows: room
+// for lean_x_stride of any count up to chunk.
+inline size_t stream_x_bytes(size_t m, int chunk) {
+    return m * (4 * static_cast<size_t>(chunk) + 4) * 16;
+}
+
 // Bytes of the slots of a grid of `grid` blocks at m rows: [grid, 2, m, 128] f32.
 inline size_t stream_slot_bytes(size_t grid, size_t m) {
     return grid * 2 * m * kSmallCols * sizeof(float);
@@ -88,7 +94,7 @@ inline int64_t stream_units(int64_t np, int64_t ntiles) {
 
 struct StreamGroup {
     SmallArgs call[kSmallGroupMax];  // counters: one per column block, zero on entry and left
-                                     // zero; part unused
+                                     // zero; part, tiles_per_split and split unused
     int64_t ustart[kSmallGroupMax + 1];  // units before call i (ustart[count] = U)
     float *slots;                        // [grid, 2, m, 128]
     int count;

@@ -436,8 +436,9 @@ pub fn run(
                     path: p,
                     split: match p {
                         LinearPath::Mma | LinearPath::Wgmma => 1,
-                        // The stream loop's grid: four blocks per SM.
-                        LinearPath::SmallStream => (4 * props.multiprocessors as usize).min(1024),
+                        LinearPath::SmallStream => {
+                            paradec::ops::stream_grid(props.multiprocessors as usize)
+                        }
                         _ => own.split,
                     },
                 }

@@ -119,6 +119,13 @@ fn gemv_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
     want.min((tiles / 8).max(1)).clamp(1, 64)
 }
 
+/// Blocks of the small-M path (128 threads) resident on one SM at once, at every m: the grid
+/// the K splits aim for and the stream loop's grid per SM.
+const SMALL_BLOCKS_PER_SM: usize = 4;
+
+/// Most blocks of the stream loop's grid (the workspace plans its partial slots for this many).
+pub(crate) const STREAM_MAX_BLOCKS: usize = 1024;
+
 /// K split of the small-M path (blocks of 128 columns): enough blocks to fill the GPU (up to
 /// four per SM, what is resident at once at every m), and at most about 32 tiles (1024 rows of
 /// K) per block — measured on an H200 (docs/gpu-bench-linear-h200.md), a block's share of K
@@ -128,7 +135,7 @@ fn gemv_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
 fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
     let blocks = n.div_ceil(128).max(1);
     let tiles = k.div_ceil(32);
-    let fill = (4 * sms.max(1)) / blocks;
+    let fill = (SMALL_BLOCKS_PER_SM * sms.max(1)) / blocks;
     fill.max(tiles / 32).min(tiles / 8).clamp(1, 64)
 }
 
@@ -138,16 +145,16 @@ fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
 /// 1–16 rows; docs/gpu-bench-linear-h200.md); where the lean grid fills its waves the lean loop
 /// was as fast or faster (up to 1.5× at 4096×4096, where 17 blocks share each column block).
 fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
-    let slots = 4 * sms.max(1);
+    let slots = SMALL_BLOCKS_PER_SM * sms.max(1);
     let blocks = n.div_ceil(128).max(1) * small_split(m, k, n, sms);
     let tail = blocks % slots;
     blocks > slots && tail != 0 && tail * 4 < slots
 }
 
-/// Blocks of the small-M path's stream loop: four of 128 threads per SM, what is resident at
-/// once (its kernel is built for four).
-fn stream_grid(sms: usize) -> usize {
-    (4 * sms.max(1)).min(1024)
+/// Blocks of the small-M path's stream loop on a device of `sms` multiprocessors: what is
+/// resident at once (its kernel is built for four blocks per SM).
+pub fn stream_grid(sms: usize) -> usize {
+    (SMALL_BLOCKS_PER_SM * sms.max(1)).min(STREAM_MAX_BLOCKS)
 }
 
 thread_local! {

@@ -464,7 +464,8 @@ impl Workspace {
         // loop's two slots of 128 columns per block of up to 1024) and split-KV partials (f32
         // context and two statistics per split of up to 64 blocks per sequence and head).
         let widest = arch.qkv_width().max(arch.intermediate).max(arch.hidden);
-        let split_k = (tokens.min(64) * widest * 32 * 4).max(tokens.min(16) * 1024 * 2 * 128 * 4);
+        let stream_slots = tokens.min(16) * crate::ops::STREAM_MAX_BLOCKS * 2 * 128 * 4;
+        let split_k = (tokens.min(64) * widest * 32 * 4).max(stream_slots);
         let split_kv = tokens
             .checked_mul(arch.heads)
             .and_then(|n| n.checked_mul(64 * (arch.head_dim + 2) * 4))
