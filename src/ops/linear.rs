@@ -5,6 +5,7 @@ use std::cell::Cell;
 use super::*;
 use crate::quant::PreparedQuant;
 use crate::vocab::LinearPath;
+use crate::workspace::STREAM_MAX_BLOCKS;
 
 /// What a linear multiplies by, for kernel selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +123,6 @@ fn gemv_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
 /// Blocks of the small-M path (128 threads) resident on one SM at once, at every m: the grid
 /// the K splits aim for and the stream loop's grid per SM.
 const SMALL_BLOCKS_PER_SM: usize = 4;
-
-/// Most blocks of the stream loop's grid (the workspace plans its partial slots for this many).
-pub(crate) const STREAM_MAX_BLOCKS: usize = 1024;
 
 /// K split of the small-M path (blocks of 128 columns): enough blocks to fill the GPU (up to
 /// four per SM, what is resident at once at every m), and at most about 32 tiles (1024 rows of

@@ -123,7 +123,6 @@ pub use embedding::embedding;
 pub use kv_quant::{
     attention_quant, paged_attention, paged_rotary_and_cache_write, rotary_and_cache_write_quant,
 };
-pub(crate) use linear::STREAM_MAX_BLOCKS;
 pub use linear::{
     linear, parse_linear_override, prepared_linear, prepared_linear_group, quant_linear,
     select_linear, set_linear_override, stream_grid, LinearFormat, LinearPlan,

@@ -62,6 +62,10 @@ pub struct Workspace {
     step_frozen: bool,
 }
 
+/// Most blocks of the small-M linears' stream loop grid (`ops::stream_grid` caps it here); the
+/// plan holds its partial slots for this many.
+pub(crate) const STREAM_MAX_BLOCKS: usize = 1024;
+
 /// A point to return the arena to (`Workspace::release`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Mark {
@@ -464,7 +468,7 @@ impl Workspace {
         // loop's two slots of 128 columns per block of up to 1024) and split-KV partials (f32
         // context and two statistics per split of up to 64 blocks per sequence and head).
         let widest = arch.qkv_width().max(arch.intermediate).max(arch.hidden);
-        let stream_slots = tokens.min(16) * crate::ops::STREAM_MAX_BLOCKS * 2 * 128 * 4;
+        let stream_slots = tokens.min(16) * STREAM_MAX_BLOCKS * 2 * 128 * 4;
         let split_k = (tokens.min(64) * widest * 32 * 4).max(stream_slots);
         let split_kv = tokens
             .checked_mul(arch.heads)
