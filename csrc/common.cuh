@@ -121,6 +121,47 @@ inline int current_device_cc() {
     return cc;
 }
 
+// The current device's multiprocessor count, asked of the runtime once per device; 1 where it
+// cannot say.
+inline int current_device_sms() {
+    constexpr int kDevices = 64;
+    static std::atomic<int> known[kDevices];  // 0: not asked yet
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 1;
+    }
+    int sms = dev >= 0 && dev < kDevices ? known[dev].load(std::memory_order_relaxed) : 0;
+    if (sms != 0) return sms;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        sms < 1) {
+        cudaGetLastError();
+        return 1;
+    }
+    if (dev >= 0 && dev < kDevices) known[dev].store(sms, std::memory_order_relaxed);
+    return sms;
+}
+
+#ifdef __CUDACC__
+// Split-K bookkeeping, called by every thread of the block after it wrote its partials:
+// whether this block is the last of `blocks` to arrive at `counter` (which it then zeroes again
+// for the next user); every thread gets the answer, and the last block then sees every other
+// block's partials.
+__device__ __forceinline__ bool last_to_arrive(unsigned *counter, unsigned blocks) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned done = atomicAdd(counter, 1u);
+        last = done == blocks - 1;
+        if (last) *counter = 0u;
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+#endif
+
 // Calls f<__half>() or f<__nv_bfloat16>() by dtype code (checked by the caller).
 template <typename F>
 inline int dispatch_dtype(int dtype, F &&f) {

@@ -555,7 +555,25 @@ size_t gather_bytes(const paradec_qweight *w, size_t m) {
     return w->row_src ? round_up(m * w->kp * 2, kAlign) : 0;
 }
 
+// Rows of x per block the wgmma GEMM takes at m rows for the call's split argument.
+int wgmma_rows_for(size_t m, int asked) {
+    return asked == 64 || asked == 128 || asked == 256 ? asked
+                                                        : wgmma_tokens(static_cast<int64_t>(m));
+}
+
+// The wgmma GEMM's K split partials and tile counters (none where it does not split or run).
+size_t wgmma_split_bytes(const paradec_qweight *w, size_t m, int split) {
+    if (!wgmma_available() || w->bits == 0) return 0;
+    const int tok = wgmma_rows_for(m, split);
+    const int64_t mm = static_cast<int64_t>(m), np = static_cast<int64_t>(w->np);
+    const int ks = wgmma_ksplit(mm, static_cast<int64_t>(w->kp), np, tok);
+    if (ks <= 1) return 0;
+    return round_up(static_cast<size_t>(ks) * m * w->np * 4, kAlign) +
+           round_up(static_cast<size_t>(wgmma_tiles(mm, np, tok)) * sizeof(unsigned), kAlign);
+}
+
 size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
+    if (path == PARADEC_PATH_WGMMA) return wgmma_split_bytes(w, m, split);
     if (path == PARADEC_PATH_SMALL_STREAM)
         return round_up(stream_slot_bytes(static_cast<size_t>(split), m), kAlign) +
                counter_bytes(w);
@@ -599,11 +617,6 @@ constexpr int dtype_of() {
     return std::is_same<T, __half>::value ? PARADEC_F16 : PARADEC_BF16;
 }
 
-// Rows of x per block of the wgmma GEMM: `asked` when it is 64, 128 or 256 (the call's split
-// argument: tests and benches run every tile on any shape), else wgmma_tokens' choice.
-int wgmma_rows(const GemmArgs &a, int asked) {
-    return asked == 64 || asked == 128 || asked == 256 ? asked : wgmma_tokens(a.m);
-}
 
 template <typename T>
 int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
@@ -712,8 +725,28 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
                 reinterpret_cast<const uint2 *>(w->tiles), reinterpret_cast<const float2 *>(w->sz),
                 bias, out, static_cast<int64_t>(m), static_cast<int64_t>(w->n),
                 static_cast<int64_t>(w->np), accumulate};
-    if (path == PARADEC_PATH_WGMMA && wgmma_serves(ga, w->bits))
-        return launch_gemm_wgmma(dtype_of<T>(), ga, w->bits, wgmma_rows(ga, split), stream);
+    if (path == PARADEC_PATH_WGMMA && wgmma_serves(ga, w->bits)) {
+        // Rows of x per block: the split argument when it is 64, 128 or 256 (tests and benches
+        // run every tile on any shape), else wgmma_tokens' choice; K split where the tiles
+        // leave SMs idle, its partials and counters after the gathered x in the scratch.
+        const int tok = wgmma_rows_for(m, split);
+        const int ks = wgmma_ksplit(ga.m, ga.kdim, ga.np, tok);
+        if (ks > 1) {
+            const size_t tiles = static_cast<size_t>(wgmma_tiles(ga.m, ga.np, tok));
+            ga.ksplit = ks;
+            ga.part = reinterpret_cast<float *>(sp + gather_bytes(w, m));
+            ga.counters = kept_counters(zeroed, tiles);
+            if (!ga.counters) {
+                ga.counters = reinterpret_cast<unsigned *>(
+                    reinterpret_cast<char *>(ga.part) +
+                    round_up(static_cast<size_t>(ks) * m * w->np * 4, kAlign));
+                const cudaError_t e =
+                    cudaMemsetAsync(ga.counters, 0, tiles * sizeof(unsigned), stream);
+                if (e != cudaSuccess) return static_cast<int>(e);
+            }
+        }
+        return launch_gemm_wgmma(dtype_of<T>(), ga, w->bits, tok, stream);
+    }
     if (gemm_serves(ga)) return launch_gemm(dtype_of<T>(), ga, w->bits, stream);
     MArgs a;
     a.x = xa;

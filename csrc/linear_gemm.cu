@@ -11,6 +11,8 @@
 // and their (scale, −zero·scale) — and each warp decodes its own fragments from shared memory in
 // registers: two codes (rows r, r+1) per read, dequantized in f32 as q·scale + (−zero·scale)
 // and rounded once to the dtype. The whole matrix is never reconstructed.
+#include <algorithm>
+
 #include "linear_gemm.cuh"
 #include "mma.cuh"
 #include "tma.cuh"
@@ -332,10 +334,12 @@ struct WgmmaLoads {
     const uint2 *tiles;
     int groups[2] = {0, 0};  // the groups of the step to load next
 
-    __device__ __forceinline__ WgmmaLoads(const GemmArgs &a, int64_t m0, int64_t n0) {
+    // From K step k0 on (a split's first).
+    __device__ __forceinline__ WgmmaLoads(const GemmArgs &a, int64_t m0, int64_t n0,
+                                          int64_t k0 = 0) {
         const int tid = static_cast<int>(threadIdx.x);
         const int r0 = tid >> 3, c = tid & 7;
-        x = static_cast<const T *>(a.a) + (m0 + r0) * a.lda + c * kVec;
+        x = static_cast<const T *>(a.a) + (m0 + r0) * a.lda + c * kVec + k0 * kGK;
         x_rows32 = 32 * a.lda;
 #pragma unroll
         for (int i = 0; i < kXChunks; ++i) x_ok |= (m0 + r0 + 32 * i < a.m ? 1u : 0u) << i;
@@ -344,16 +348,17 @@ struct WgmmaLoads {
         w_on = tid < B * 32;
         const int64_t wcol = n0 + (tid & 31) * 4;  // 4 columns: all in or all out (np % 8 == 0)
         w_ok = wcol < a.np;
-        w = a.words + static_cast<int64_t>(tid >> 5) * a.np + wcol;
         w_tile = static_cast<int64_t>(B) * a.np;
+        w = a.words + static_cast<int64_t>(tid >> 5) * a.np + wcol + k0 * 2 * w_tile;
         sz_on = tid >= kWThreads - 64;
         const int64_t scol = n0 + (tid - (kWThreads - 64)) * 2;
         sz_ok = sz_on && scol < a.np;
         sz = a.sz + scol;
-        tiles = a.tiles;
+        tiles = a.tiles + 2 * k0;
     }
 
-    // Reads the groups of K step kt's two tiles (the threads that copy scales).
+    // Reads the groups of K step kt's two tiles (the threads that copy scales; kt counted from
+    // the construction's k0).
     __device__ __forceinline__ void read_groups(int64_t kt) {
         if (!sz_ok) return;
 #pragma unroll
@@ -472,6 +477,11 @@ __device__ __forceinline__ void issue_step(const unsigned char *st, float (&acc)
     wgmma_commit();
 }
 
+// Only 64-row tiles split K (wgmma_ksplit): measured on an H100, a split at 128 rows was slower
+// or within 3% everywhere, and 256-row tiles fill the GPU with one block per SM (nor does the
+// warp-specialized kernel split).
+constexpr int kSplitTok = 64;
+
 // The block's results, acc of every consumer thread, added to out (+ bias, + the existing out
 // when accumulating) through shared memory at `smem` (free: every wgmma and copy is done), so
 // that each row of out is written with whole vectors. Called by the kWThreads consumer threads.
@@ -496,6 +506,35 @@ __device__ __forceinline__ void store_out(const GemmArgs &a, unsigned char *smem
     const bool vec = a.n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 7u) == 0;
     const int c4 = (tid & 31) * 4;
     const int64_t col0 = n0 + c4;
+    if constexpr (TOK == kSplitTok) if (a.ksplit > 1) {
+        // A split of K (the plain kernel only, every thread of the block here): its sums to the
+        // partials; the tile's last split to finish puts the sum of every split's, in split
+        // order, where its own were staged, and writes out below (each thread the rows and
+        // columns it staged, so no barrier between).
+        const int64_t z = blockIdx.z;
+        for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
+            const int64_t row = m0 + r;
+            if (row >= a.m || col0 >= a.np) continue;
+            *reinterpret_cast<float4 *>(a.part + (z * a.m + row) * a.np + col0) =
+                *reinterpret_cast<const float4 *>(se + r * kEStride + c4);
+        }
+        const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
+        if (!last_to_arrive(a.counters + tile, static_cast<unsigned>(a.ksplit))) return;
+        for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
+            const int64_t row = m0 + r;
+            if (row >= a.m || col0 >= a.np) continue;
+            float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int64_t zz = 0; zz < a.ksplit; ++zz) {
+                const float4 p =
+                    __ldcg(reinterpret_cast<const float4 *>(a.part + (zz * a.m + row) * a.np + col0));
+                s.x += p.x;
+                s.y += p.y;
+                s.z += p.z;
+                s.w += p.w;
+            }
+            *reinterpret_cast<float4 *>(se + r * kEStride + c4) = s;
+        }
+    }
     for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
         const int64_t row = m0 + r;
         if (row >= a.m || col0 >= a.n) continue;
@@ -549,14 +588,19 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     const int col = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // A rows: block columns col, col + 8
     const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGN;
     const int64_t m0 = static_cast<int64_t>(blockIdx.y) * TOK;
-    const int64_t ksteps = a.kdim / kGK;
+    // This split's K steps k0 … k0 + ksteps − 1 (none empty: wgmma_ksplit's count; other
+    // tiles than kSplitTok's never split, and compile as before splits existed).
+    const int64_t all = a.kdim / kGK;
+    const int64_t k0 = TOK == kSplitTok ? blockIdx.z * ((all + a.ksplit - 1) / a.ksplit) : 0;
+    const int64_t ksteps =
+        TOK == kSplitTok ? min((all + a.ksplit - 1) / a.ksplit, all - k0) : all;
 
     float acc[TOK / 2];
 #pragma unroll
     for (int i = 0; i < TOK / 2; ++i) acc[i] = 0.f;
 
-    WgmmaLoads<T, BITS, TOK> loads(a, m0, n0);
-    // K steps load in order, each into stage kt % kStages.
+    WgmmaLoads<T, BITS, TOK> loads(a, m0, n0, k0);
+    // K steps load in order, each into stage kt % kStages (kt counted from the split's first).
     auto load = [&](int64_t kt) { loads.issue(smem + (kt % S::kStages) * S::kStageBytes); };
 #pragma unroll
     for (int s = 0; s < S::kAhead; ++s) {
@@ -830,7 +874,7 @@ int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
         return static_cast<int>(attr);
     }
     const dim3 grid(static_cast<unsigned>((a.n + kGN - 1) / kGN),
-                    static_cast<unsigned>((a.m + TOK - 1) / TOK));
+                    static_cast<unsigned>((a.m + TOK - 1) / TOK), static_cast<unsigned>(a.ksplit));
     gemm_wgmma_kernel<T, BITS, TOK><<<grid, kWThreads, S::kSmem, stream>>>(a);
     return launch_status();
 }
@@ -838,7 +882,7 @@ int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
 template <typename T, int BITS>
 int launch_wgmma_tok(const GemmArgs &a, int tok, cudaStream_t stream) {
     CUtensorMap xmap;
-    if (tok == kWsTok && wgmma_ws_on(BITS) &&
+    if (tok == kWsTok && a.ksplit == 1 && wgmma_ws_on(BITS) &&
         make_swizzled_tile_map(&xmap, std::is_same<T, __nv_bfloat16>::value, a.a,
                                static_cast<uint64_t>(a.m), static_cast<uint64_t>(a.kdim),
                                static_cast<uint64_t>(a.lda), kWsTok / kWsCluster, kGK) == cudaSuccess &&
@@ -895,6 +939,39 @@ int launch_gemm(int dtype, const GemmArgs &a, int bits, cudaStream_t stream) {
 }
 
 int wgmma_tokens(int64_t m) { return m <= 64 ? 64 : m <= 512 ? 128 : 256; }
+
+// PARADEC_WGMMA_KSPLIT=N (1 … 16) forces N splits where the caps allow (benches compare
+// counts); 0 when unset.
+int wgmma_ksplit_forced() {
+    static const int forced = [] {
+        const char *v = std::getenv("PARADEC_WGMMA_KSPLIT");
+        const int n = v ? std::atoi(v) : 0;
+        return n >= 1 && n <= 16 ? n : 0;
+    }();
+    return forced;
+}
+
+int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok) {
+    if (tok != kSplitTok || m < 1) return 1;
+    const int64_t steps = kdim / kGK;
+    const int64_t sms = current_device_sms();
+    const int64_t tiles = std::max<int64_t>(wgmma_tiles(m, np, tok), 1);
+    const int64_t cap = std::min<int64_t>({steps / 2, 16, 2048 / m});
+    if (cap <= 1) return 1;
+    int64_t split = wgmma_ksplit_forced();
+    if (split == 0) {
+        // A block of 64 rows runs one warp per scheduler at 124 registers and issues on
+        // latency (ncu: 0.45 instructions per cycle and scheduler), so a grid with SMs to
+        // spare gains from more blocks on the same K: about three per SM, at most 4 splits
+        // (8 and 16 lost to their partials' round trips through L2).
+        split = tiles < sms ? std::min<int64_t>(std::max<int64_t>(3 * sms / tiles, 1), 4) : 1;
+    }
+    split = std::min(split, cap);
+    if (split <= 1) return 1;
+    // No empty split: the splits of ⌈steps / split⌉ steps that the kernel cuts.
+    const int64_t per = (steps + split - 1) / split;
+    return static_cast<int>((steps + per - 1) / per);
+}
 
 bool wgmma_serves(const GemmArgs &a, int bits) {
     const bool uniform = bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8;

@@ -21,6 +21,12 @@ struct GemmArgs {
     void *out;
     int64_t m, n, np;
     bool accumulate;
+    // K split of the wgmma GEMM (wgmma_ksplit): ksplit > 1 writes f32 partials
+    // [ksplit, m, np] and counts finished splits per tile in counters[tiles] (zero on entry,
+    // left zero); the last split of a tile sums them in split order.
+    float *part = nullptr;
+    unsigned *counters = nullptr;
+    int ksplit = 1;
 };
 
 // Whether the GEMM takes these arguments: 16-byte aligned A (and dense B) with rows of a
@@ -44,6 +50,17 @@ bool wgmma_available();
 // beyond — the fastest tile at every point measured on an H100 (GPTQ-4, EXL2-4 and GPTQ-8 at
 // 4096×12288 and 8192×28672, m = 33 … 2048; 128 and 256 tie at 512 rows of the larger shape).
 int wgmma_tokens(int64_t m);
+
+// Ways the wgmma GEMM splits K at m rows of x, `tok` per block, for kdim × np weights on the
+// current device: 64-row tiles only, where the grid's tiles are fewer than the SMs, about three
+// blocks per SM and at most 4 splits; each split at least 2 K steps and m · ksplit ≤ 2048 (the
+// workspace's plan for partials). PARADEC_WGMMA_KSPLIT=N forces N (≤ 16) within those caps.
+int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok);
+
+// Tiles of the wgmma GEMM's grid (one split counter each).
+inline int64_t wgmma_tiles(int64_t m, int64_t np, int tok) {
+    return ((np + 127) / 128) * ((m + tok - 1) / tok);
+}
 
 // Launches the wgmma GEMM (where wgmma_serves) with `tok` rows of x per block; a paradec
 // status.

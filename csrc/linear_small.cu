@@ -262,22 +262,6 @@ __device__ __forceinline__ void store_partials(const SmallArgs &a, const float (
         }
 }
 
-// After the block's partials are written: whether this block is the last of `blocks` to arrive
-// at `counter` (which it then zeroes again for the next user); every thread gets the answer.
-__device__ __forceinline__ bool last_to_arrive(unsigned *counter, unsigned blocks) {
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned done = atomicAdd(counter, 1u);
-        last = done == blocks - 1;
-        if (last) *counter = 0u;
-    }
-    __syncthreads();
-    if (last) __threadfence();
-    return last;
-}
-
 // Stores a block's results: lane (g, q) holds, for x row nt·8 + 2q + e, the columns
 // c0 .. c0 + 3 as acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]. Unsplit, they
 // go to out; split, to the f32 partials, and the last block of the column block to finish sums

@@ -255,8 +255,9 @@ fn small_m_path_gptq4_and_exl2_4() {
 /// rows of x per block, and the launcher's choice) at M from 1 to 700: GPTQ-4 with and without
 /// act-order, classic and v2 zeros, groups of 32 and 128, N that fills no whole column block;
 /// GPTQ-8; EXL2 of each width (2, 3, 4, 5, 6, 8) with and without its permutation; bias and
-/// accumulate. K is a whole number of 64-row steps (the kernel's condition; others run the
-/// mma.sync tiles, tested above).
+/// accumulate; K split over 2–4 blocks at 64 rows where the tiles leave SMs idle (every weight
+/// here but the 128-row K), the same bits twice. K is a whole number of 64-row steps (the
+/// kernel's condition; others run the mma.sync tiles, tested above).
 #[test]
 fn wgmma_path_every_row_tile() {
     let ms: Vec<usize> = if small() {
@@ -329,6 +330,24 @@ fn wgmma_path_every_row_tile() {
             assert!(pw.bits != 0 && pw.kp.is_multiple_of(64), "{what}");
             let e = check_quant_on(what, w, dt, 800 + i as u64, &ms, &paths);
             worst[d] = worst[d].max(e);
+            // K split where the tiles leave SMs idle (these small weights always do): its
+            // partials are summed in split order, so a run repeated gives the same bits.
+            let Some(cs) = gpu_stream(what) else { continue };
+            let s = Stream::Cuda(cs);
+            let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+            let mut rng = Rng::new(31 + i as u64);
+            let m = 40;
+            let (xd, _) = upload(&rng.vec(m * w.in_features(), -1.0, 1.0), &[m, w.in_features()], dt);
+            ops::set_linear_override(Some((LinearPath::Wgmma, Some(64))));
+            let runs: Vec<Vec<u32>> = (0..2)
+                .map(|_| {
+                    let mut out = poisoned(&[m, w.out_features()], dt);
+                    ops::prepared_linear(&s, &mut ws, &xd, &pw, &mut out, false).unwrap();
+                    download(&out).iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            ops::set_linear_override(None);
+            assert_eq!(runs[0], runs[1], "{what} {dt}: wgmma runs differ");
         }
     }
     eprintln!(
