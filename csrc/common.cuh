@@ -98,48 +98,50 @@ inline int launch_status() {
 
 inline bool valid_dtype(int dtype) { return dtype == PARADEC_F16 || dtype == PARADEC_BF16; }
 
-// The current device's compute capability as major·10 + minor (90 for sm_90), asked of the
-// runtime once per device (launchers consult it on every launch); 0 where it cannot say.
-inline int current_device_cc() {
-    constexpr int kDevices = 64;
-    static std::atomic<int> known[kDevices];  // 0: not asked yet
+// A value of the current device asked of the runtime once per device and kept in `known`
+// (launchers consult these on every launch): ask(dev) gives it, or 0 where it cannot say;
+// `fallback` then, or where there is no current device.
+template <typename Ask>
+inline int once_per_device(std::atomic<int> (&known)[64], int fallback, Ask ask) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) {
         cudaGetLastError();
-        return 0;
+        return fallback;
     }
-    int cc = dev >= 0 && dev < kDevices ? known[dev].load(std::memory_order_relaxed) : 0;
-    if (cc != 0) return cc;
-    int major = 0, minor = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    const bool kept = dev >= 0 && dev < 64;
+    int v = kept ? known[dev].load(std::memory_order_relaxed) : 0;
+    if (v != 0) return v;
+    v = ask(dev);
+    if (v <= 0) {
         cudaGetLastError();
-        return 0;
+        return fallback;
     }
-    cc = major * 10 + minor;
-    if (dev >= 0 && dev < kDevices) known[dev].store(cc, std::memory_order_relaxed);
-    return cc;
+    if (kept) known[dev].store(v, std::memory_order_relaxed);
+    return v;
 }
 
-// The current device's multiprocessor count, asked of the runtime once per device; 1 where it
+// The current device's compute capability as major·10 + minor (90 for sm_90); 0 where it
 // cannot say.
+inline int current_device_cc() {
+    static std::atomic<int> known[64];  // 0: not asked yet
+    return once_per_device(known, 0, [](int dev) {
+        int major = 0, minor = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+            return 0;
+        return major * 10 + minor;
+    });
+}
+
+// The current device's multiprocessor count; 1 where it cannot say.
 inline int current_device_sms() {
-    constexpr int kDevices = 64;
-    static std::atomic<int> known[kDevices];  // 0: not asked yet
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) {
-        cudaGetLastError();
-        return 1;
-    }
-    int sms = dev >= 0 && dev < kDevices ? known[dev].load(std::memory_order_relaxed) : 0;
-    if (sms != 0) return sms;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        sms < 1) {
-        cudaGetLastError();
-        return 1;
-    }
-    if (dev >= 0 && dev < kDevices) known[dev].store(sms, std::memory_order_relaxed);
-    return sms;
+    static std::atomic<int> known[64];  // 0: not asked yet
+    return once_per_device(known, 1, [](int dev) {
+        int sms = 0;
+        return cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess
+                   ? sms
+                   : 0;
+    });
 }
 
 #ifdef __CUDACC__
