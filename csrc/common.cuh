@@ -96,6 +96,13 @@ inline int launch_status() {
     return e == cudaSuccess ? PARADEC_K_OK : static_cast<int>(e);
 }
 
+// The splits a kernel really runs when `items` (K tiles, K steps) are cut into ⌈items / split⌉
+// per split: no split is left empty.
+inline int64_t nonempty_splits(int64_t items, int64_t split) {
+    const int64_t per = (items + split - 1) / split;
+    return (items + per - 1) / per;
+}
+
 inline bool valid_dtype(int dtype) { return dtype == PARADEC_F16 || dtype == PARADEC_BF16; }
 
 // A value of the current device asked of the runtime once per device and kept in `known`

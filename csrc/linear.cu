@@ -518,8 +518,7 @@ int choose_path(int path, size_t m, const paradec_qweight *w) {
 
 // Splits that leave no split without tiles (the SMALL kernel's last-block count needs them all).
 int effective_split(const paradec_qweight *w, int split) {
-    const size_t per = (w->ntiles + split - 1) / split;
-    return static_cast<int>((w->ntiles + per - 1) / per);
+    return static_cast<int>(nonempty_splits(static_cast<int64_t>(w->ntiles), split));
 }
 
 // Units of the stream loop's work for one weight (column blocks × tiles).

@@ -591,9 +591,9 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     // This split's K steps k0 … k0 + ksteps − 1 (none empty: wgmma_ksplit's count; other
     // tiles than kSplitTok's never split, and compile as before splits existed).
     const int64_t all = a.kdim / kGK;
-    const int64_t k0 = TOK == kSplitTok ? blockIdx.z * ((all + a.ksplit - 1) / a.ksplit) : 0;
-    const int64_t ksteps =
-        TOK == kSplitTok ? min((all + a.ksplit - 1) / a.ksplit, all - k0) : all;
+    const int64_t per = TOK == kSplitTok ? (all + a.ksplit - 1) / a.ksplit : all;
+    const int64_t k0 = TOK == kSplitTok ? blockIdx.z * per : 0;
+    const int64_t ksteps = min(per, all - k0);
 
     float acc[TOK / 2];
 #pragma unroll
@@ -967,10 +967,7 @@ int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok) {
         split = tiles < sms ? std::min<int64_t>(std::max<int64_t>(3 * sms / tiles, 1), 4) : 1;
     }
     split = std::min(split, cap);
-    if (split <= 1) return 1;
-    // No empty split: the splits of ⌈steps / split⌉ steps that the kernel cuts.
-    const int64_t per = (steps + split - 1) / split;
-    return static_cast<int>((steps + per - 1) / per);
+    return split <= 1 ? 1 : static_cast<int>(nonempty_splits(steps, split));
 }
 
 bool wgmma_serves(const GemmArgs &a, int bits) {

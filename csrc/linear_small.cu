@@ -245,11 +245,11 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
     *p = Num<T>::from_f(v);
 }
 
-// Lane (g, q)'s sums of x rows nt·8 + 2q + e (columns c0 .. c0 + 3) as f32 at
-// base + row · stride (+ the lane's column offset, already in base).
-template <int NT>
-__device__ __forceinline__ void store_partials(const SmallArgs &a, const float (&acc)[2][NT][4],
-                                               float *base, int64_t stride, bool live) {
+// Calls f(row, sums) for each x row whose sums lane (g, q) holds (rows nt·8 + 2q + e below m,
+// none where the lane's columns are not live): sums are its columns c0 .. c0 + 3.
+template <int NT, typename F>
+__device__ __forceinline__ void for_lane_rows(const SmallArgs &a, const float (&acc)[2][NT][4],
+                                              bool live, F f) {
     const int q = threadIdx.x & 3;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -257,9 +257,18 @@ __device__ __forceinline__ void store_partials(const SmallArgs &a, const float (
         for (int e = 0; e < 2; ++e) {
             const int64_t r = nt * 8 + 2 * q + e;
             if (!live || r >= a.m) continue;
-            *reinterpret_cast<float4 *>(base + r * stride) =
-                make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]);
+            f(r, make_float4(acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]));
         }
+}
+
+// Lane (g, q)'s sums of x rows nt·8 + 2q + e (columns c0 .. c0 + 3) as f32 at
+// base + row · stride (+ the lane's column offset, already in base).
+template <int NT>
+__device__ __forceinline__ void store_partials(const SmallArgs &a, const float (&acc)[2][NT][4],
+                                               float *base, int64_t stride, bool live) {
+    for_lane_rows<NT>(a, acc, live, [&](int64_t r, float4 v) {
+        *reinterpret_cast<float4 *>(base + r * stride) = v;
+    });
 }
 
 // Stores a block's results: lane (g, q) holds, for x row nt·8 + 2q + e, the columns
@@ -269,20 +278,13 @@ __device__ __forceinline__ void store_partials(const SmallArgs &a, const float (
 template <typename T, int NT>
 __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)[2][NT][4], int bx,
                                           int by, int64_t c0, bool live) {
-    const int q = threadIdx.x & 3;
     if (!a.part) {
+        for_lane_rows<NT>(a, acc, live, [&](int64_t r, float4 s) {
+            const float v[4] = {s.x, s.y, s.z, s.w};
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int64_t r = nt * 8 + 2 * q + e;
-                if (!live || r >= a.m) continue;
-                const float v[4] = {acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e],
-                                    acc[1][nt][2 + e]};
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    if (c0 + j < a.n) store_one<T>(a, r, c0 + j, v[j]);
-            }
+            for (int j = 0; j < 4; ++j)
+                if (c0 + j < a.n) store_one<T>(a, r, c0 + j, v[j]);
+        });
         return;
     }
     store_partials<NT>(a, acc, a.part + by * a.m * a.np + c0, a.np, live);
