@@ -1366,7 +1366,9 @@ fn paged_graph_calls_check_their_arguments_before_the_device() {
     let vocab = cm.arch.vocab;
     let mut ids = Buf::i64(&[2, 1], &[1, 2]);
     let mut logits = Buf::f32(&[2, 1, vocab], &vec![7.0; 2 * vocab]);
-    let params = CParams::new(&[3, 3], 1).get();
+    // Bound, not a temporary: `params` points into its past lengths.
+    let past = CParams::new(&[3, 3], 1);
+    let params = past.get();
     let table = CTable::new(3, &[4, -1, -1, 1, -1, -1], &[1, 1], false);
     let bt = table.get();
     fails(
