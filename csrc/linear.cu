@@ -677,6 +677,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
         a.split = split;
         a.accumulate = accumulate;
+        a.sz_slots = 0;  // the launcher's, for the lean and stream loops
         if (!stream_loop)
             return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
         // The stream loop: a group of one call (its split is the grid).
@@ -919,6 +920,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         a.tiles_per_split = static_cast<int>((w->ntiles + c.split - 1) / c.split);
         a.split = c.split;
         a.accumulate = c.accumulate != 0;
+        a.sz_slots = 0;  // the launcher's, for the lean and stream loops
         g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));

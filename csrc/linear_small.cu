@@ -145,6 +145,10 @@ __device__ __forceinline__ void copy8_ca(void *smem, const void *gmem, bool vali
                  "r"(valid ? 8 : 0)
                  : "memory");
 }
+__device__ __forceinline__ void copy4_ca(void *smem, const void *gmem) {
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+}
 __device__ __forceinline__ void copy_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -455,10 +459,12 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
 // loads, and the path runs at 2.4–3.4× the byte floor. Here the block's x rows for its whole
 // K range are copied into shared memory once (m · count · 64 bytes, 48 KiB at most: the launcher
 // falls back to the ring loop beyond), each lane streams its weight vectors and the tiles'
-// groups straight into registers, P tiles per batch with two batches in flight, and each new
-// group's scales are loaded when the group before it starts (a group earlier, off the critical
-// path). What is left per tile is one weight load, one broadcast load of the tile's group, one
-// shared-memory load of x per n8 tile, a pointer step and the tile's arithmetic.
+// groups straight into registers, P tiles per batch with two batches in flight, and the
+// scales of the range's groups are copied into shared memory with x, before the wait for the
+// previous kernel, where they fit (else a group start loads its own from global memory), as are
+// the tiles' group words. What is left per tile is one weight load, one shared-memory load of
+// its group word (a broadcast) and one of x per n8 tile, a pointer step and the tile's
+// arithmetic.
 
 // Tiles per register batch of the lean loop (two batches in flight).
 constexpr int kLeanBatch = 4;
@@ -488,6 +494,17 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
     return v;
 }
 
+// The group of tile t.
+__device__ __forceinline__ int tile_group(const SmallArgs &a, int t) {
+    return static_cast<int>(__ldg(a.tiles + 2 * static_cast<int64_t>(t) + 1) & 0xFFFFFFu);
+}
+
+// 16-byte vectors of the staged group words of `count` tiles.
+__host__ __device__ constexpr int lean_meta_vectors(int count) { return (count + 3) / 4; }
+
+// 16-byte vectors of one group's staged scales: a block's columns × (scale, −zero·scale) f32.
+constexpr int kSzVectors = kSmallCols * 8 / 16;
+
 // Tiles t0 .. t0 + count − 1 of the lane's columns c0 .. c0 + 3 (live: inside the stored
 // width), folded into acc (acc += Σ over the tiles' groups of products · scale). `restage`:
 // the block's x staging in xs may still be read by an earlier range, so wait for every warp
@@ -500,44 +517,62 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
     const int g = lane >> 2, q = lane & 3;
     const int stride = lean_x_stride(count);
 
-    // This lane's weight vector of tile t0 + i is wnext + i·wstep; the tile's group word is
-    // read by every lane at once (one broadcast).
+    // This lane's weight vector of tile t0 + i is wnext + i·wstep.
     const int64_t wstep = 4 * a.np;
     const uint32_t *wnext = a.words + (live ? (4 * static_cast<int64_t>(t0) + q) * a.np + c0 : 0);
-    const uint32_t *gnext = a.tiles + 2 * static_cast<int64_t>(t0) + 1;
     int issued = 0;
-    auto load = [&](uint4 (&w)[P], int (&gq)[P]) {
+    auto load = [&](uint4 (&w)[P]) {
         if (issued + P <= count) {  // a whole batch: no per-tile guard
 #pragma unroll
-            for (int j = 0; j < P; ++j) {
+            for (int j = 0; j < P; ++j)
                 if (live) w[j] = ld_stream(wnext + j * wstep);
-                gq[j] = static_cast<int>(__ldg(gnext + 2 * j) & 0xFFFFFFu);
-            }
         } else {
 #pragma unroll
-            for (int j = 0; j < P; ++j) {
-                if (issued + j < count) {
-                    if (live) w[j] = ld_stream(wnext + j * wstep);
-                    gq[j] = static_cast<int>(__ldg(gnext + 2 * j) & 0xFFFFFFu);
-                }
-            }
+            for (int j = 0; j < P; ++j)
+                if (issued + j < count && live) w[j] = ld_stream(wnext + j * wstep);
         }
         wnext += P * wstep;
-        gnext += 2 * P;
         issued += P;
     };
     uint4 wa[P], wb[P];
-    int ga[P], gb[P];
 #pragma unroll
     for (int j = 0; j < P; ++j) wa[j] = wb[j] = make_uint4(0u, 0u, 0u, 0u);
     // The first batch: the weights depend on no earlier kernel, so they go out before the wait
     // for it.
-    load(wa, ga);
+    load(wa);
+    // After x in shared memory: each tile's (group | bits << 24) word, then the scales of the
+    // range's groups (consecutive), one group's 128 columns of (scale, −zero·scale) pairs after
+    // another, where a.sz_slots groups fit; the loop then reads no metadata from global memory
+    // but its group starts' where the scales do not fit. They depend on no earlier kernel
+    // either, so they go out before the wait for it.
+    unsigned *const tgs = reinterpret_cast<unsigned *>(xs + a.m * stride);
+    float4 *const szs = reinterpret_cast<float4 *>(xs + a.m * stride + lean_meta_vectors(count));
+    int gfirst = 0;
+    bool staged = false;
+    auto stage_groups = [&]() {
+        for (int v = threadIdx.x; v < count; v += kSmallCols)
+            copy4_ca(tgs + v, a.tiles + 2 * static_cast<int64_t>(t0 + v) + 1);
+        gfirst = tile_group(a, t0);
+        const int ngroups = tile_group(a, t0 + count - 1) - gfirst + 1;
+        staged = ngroups <= a.sz_slots;
+        if (!staged) return;
+        const int64_t cb = c0 - 4 * (threadIdx.x >> 2);  // the block's first column
+        for (int v = threadIdx.x; v < ngroups * kSzVectors; v += kSmallCols) {
+            const int64_t col = cb + 2 * (v % kSzVectors);  // a 16-byte vector: 2 columns
+            const int64_t gi = gfirst + v / kSzVectors;
+            copy16_ca(szs + v, a.sz + (gi * a.np + col) * 2, col < a.np);
+        }
+    };
+    if (!restage) stage_groups();
     wait_for_previous_grid();
 
-    // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block.
+    // x rows [0, m) of tiles t0 .. t0 + count − 1 into shared memory, by the whole block (and
+    // what stage_groups copied lands with them).
     {
-        if (restage) __syncthreads();
+        if (restage) {
+            __syncthreads();
+            stage_groups();
+        }
         const T *x = static_cast<const T *>(a.x);
         const int per_row = count * 4;
         const int total = static_cast<int>(a.m) * per_row;
@@ -567,33 +602,35 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
     float scale[4] = {0.f, 0.f, 0.f, 0.f};
     GroupZeros zeros{};
     int grp = -1;
-    // The (scale, −zero·scale) pairs of columns c0, c0 + 1 (p01) and c0 + 2, c0 + 3 (p23) of
-    // group `pref`, loaded ahead.
-    int pref = -1;
-    float4 p01 = make_float4(0.f, 0.f, 0.f, 0.f), p23 = p01;
-    auto fetch = [&](int gi) {
-        pref = gi;
-        if (live && gi < a.groups) {
-            const float4 *sp = reinterpret_cast<const float4 *>(a.sz + (gi * a.np + c0) * 2);
-            p01 = __ldg(sp);
-            p23 = __ldg(sp + 1);
-        }
-    };
     auto start_group = [&](int gi) {
         if (grp >= 0) fold_group<NT>(acc, accg, scale);
-        if (gi != pref) fetch(gi);
-        const float s[4] = {p01.x, p01.z, p23.x, p23.z};
-        const float nz[4] = {p01.y, p01.w, p23.y, p23.w};
-        group_scales<T>(s, nz, scale, zeros);
+        // From the (scale, −zero·scale) pairs of columns c0, c0 + 1 (p01) and c0 + 2, c0 + 3
+        // (p23). Each branch derives the scales and zeros itself: were the pairs to meet after
+        // the branches, the global loads of the one would make the other wait for every load
+        // of its kind still in flight (the weights' batches too).
+        auto use = [&](const float4 &p01, const float4 &p23) {
+            const float s[4] = {p01.x, p01.z, p23.x, p23.z};
+            const float nz[4] = {p01.y, p01.w, p23.y, p23.w};
+            group_scales<T>(s, nz, scale, zeros);
+        };
+        if (staged) {
+            const float4 *sp = szs + (gi - gfirst) * kSzVectors + 2 * (threadIdx.x >> 2);
+            use(sp[0], sp[1]);
+        } else if (live && gi < a.groups) {
+            const float4 *sp = reinterpret_cast<const float4 *>(a.sz + (gi * a.np + c0) * 2);
+            use(__ldg(sp), __ldg(sp + 1));
+        } else {
+            use(make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f));
+        }
         grp = gi;
-        fetch(gi + 1);  // groups of a range are consecutive: the next one to start
     };
     int done = 0;
-    auto compute = [&](const uint4 (&w)[P], const int (&gq)[P]) {
+    auto compute = [&](const uint4 (&w)[P]) {
 #pragma unroll
         for (int j = 0; j < P; ++j) {
             if (done + j >= count) break;
-            if (gq[j] != grp) start_group(gq[j]);
+            const int gj = static_cast<int>(tgs[done + j] & 0xFFFFFFu);
+            if (gj != grp) start_group(gj);
             uint32_t b[NT][4];
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -605,11 +642,11 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
         done += P;
     };
     for (;;) {
-        load(wb, gb);
-        compute(wa, ga);
+        load(wb);
+        compute(wa);
         if (done >= count) break;
-        load(wa, ga);
-        compute(wb, gb);
+        load(wa);
+        compute(wb);
         if (done >= count) break;
     }
     fold_group<NT>(acc, accg, scale);
@@ -672,16 +709,41 @@ __global__ void __launch_bounds__(kSmallCols) qmma_lean_group_kernel(SmallGroup 
     lean_block<T, NT, kLeanBatch>(a, bx, static_cast<int>(blockIdx.y), lean_xs);
 }
 
-// Largest m and staged x the lean loop takes (beyond: the ring loop).
+// Largest m the lean loop takes, and the dynamic shared memory a lean or stream block may take
+// in all (a launch asking for more than 48 KiB with the static shared memory fails); beyond
+// either: the ring loop.
 constexpr int64_t kLeanMaxM = 16;
-constexpr size_t kLeanMaxXBytes = 48 * 1024;
+constexpr size_t kLeanMaxSmem = 48 * 1024 - 256;
 
-// Bytes of staged x the lean loop needs for call `a`, or 0 where it does not apply.
+// Bytes of staged x and tile group words the lean loop needs for call `a`, or 0 where it does
+// not apply.
 size_t lean_x_bytes(const SmallArgs &a) {
     if (a.m > kLeanMaxM) return 0;
+    const int count = a.tiles_per_split;
     const size_t bytes =
-        static_cast<size_t>(a.m) * static_cast<size_t>(lean_x_stride(a.tiles_per_split)) * 16;
-    return bytes <= kLeanMaxXBytes ? bytes : 0;
+        (static_cast<size_t>(a.m) * static_cast<size_t>(lean_x_stride(count)) +
+         static_cast<size_t>(lean_meta_vectors(count))) * 16;
+    return bytes <= kLeanMaxSmem ? bytes : 0;
+}
+
+// Groups of scales a block whose range is up to `count` tiles may stage after x_bytes of x: a
+// range spans at most one group per tile.
+int lean_sz_slots(const SmallArgs &a, size_t x_bytes, int count) {
+    const size_t room = x_bytes < kLeanMaxSmem ? (kLeanMaxSmem - x_bytes) / (kSzVectors * 16) : 0;
+    return static_cast<int>(std::min<size_t>(
+        room, static_cast<size_t>(std::min(count, std::max(a.groups, 0)))));
+}
+
+// Bytes of dynamic shared memory of a lean block for call `a` (x, then its slots of scales).
+size_t lean_smem_bytes(const SmallArgs &a) {
+    return lean_x_bytes(a) + static_cast<size_t>(a.sz_slots) * kSzVectors * 16;
+}
+
+// Call `a` with its slots of scales for the lean loop set (x_bytes: lean_x_bytes(a) > 0).
+SmallArgs with_lean_slots(const SmallArgs &a, size_t x_bytes) {
+    SmallArgs b = a;
+    b.sz_slots = lean_sz_slots(a, x_bytes, a.tiles_per_split);
+    return b;
 }
 
 // ---- The stream loop (linear_small.cuh) --------------------------------------------------------
@@ -776,7 +838,8 @@ __global__ void __launch_bounds__(kSmallCols, 4) qmma_stream_kernel(StreamGroup 
 int stream_chunk_tiles(size_t m) {
     // stream_x_bytes within 48 KiB less the kernel's static shared memory (a launch asking for
     // more than 48 KiB in all fails); at most 128 tiles (4096 rows of K).
-    const size_t vectors = (kLeanMaxXBytes - 256) / 16 / std::max<size_t>(m, 1);
+    // Room for the chunk's group words (one vector per 4 tiles) too.
+    const size_t vectors = (kLeanMaxSmem - 32 * 16) / 16 / std::max<size_t>(m, 1);
     return static_cast<int>(std::min<size_t>(128, (vectors - 4) / 4));
 }
 
@@ -787,14 +850,22 @@ int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t 
         return PARADEC_K_BAD_SHAPE;
     for (int i = 0; i < g.count; ++i)
         if (g.call[i].m != m || !g.call[i].counters) return PARADEC_K_BAD_SHAPE;
-    const size_t smem = stream_x_bytes(static_cast<size_t>(m), g.chunk);
+    const size_t xbytes = stream_x_bytes(static_cast<size_t>(m), g.chunk) +
+                          static_cast<size_t>(lean_meta_vectors(g.chunk)) * 16;
+    StreamGroup sg = g;
+    int slots = 0;
+    for (int i = 0; i < g.count; ++i) {
+        sg.call[i].sz_slots = lean_sz_slots(g.call[i], xbytes, g.chunk);
+        slots = max(slots, sg.call[i].sz_slots);
+    }
+    const size_t smem = xbytes + static_cast<size_t>(slots) * kSzVectors * 16;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         if (m <= 8)
             return launch_dependent(qmma_stream_kernel<T, 1>, dim3(static_cast<unsigned>(grid)),
-                                    dim3(kSmallCols), smem, stream, g);
+                                    dim3(kSmallCols), smem, stream, sg);
         return launch_dependent(qmma_stream_kernel<T, 2>, dim3(static_cast<unsigned>(grid)),
-                                dim3(kSmallCols), smem, stream, g);
+                                dim3(kSmallCols), smem, stream, sg);
     });
 }
 
@@ -804,12 +875,14 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     int splits = 1;
     size_t lean_bytes = 0;
     bool lean = g.lean;
+    SmallGroup lg = g;  // with the lean loop's slots of scales
     for (int i = 0; i < g.count; ++i) {
         if (g.call[i].m != m) return PARADEC_K_BAD_SHAPE;
         splits = max(splits, g.call[i].split);
         const size_t b = lean_x_bytes(g.call[i]);
         lean = lean && b > 0;
-        lean_bytes = std::max(lean_bytes, b);
+        if (b > 0) lg.call[i] = with_lean_slots(g.call[i], b);
+        lean_bytes = std::max(lean_bytes, lean_smem_bytes(lg.call[i]));
     }
     const unsigned blocks = static_cast<unsigned>(g.first[g.count]);
     const dim3 grid(blocks, static_cast<unsigned>(splits));
@@ -817,10 +890,10 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
         using T = decltype(tag);
         if (lean && m <= 8)
             return launch_dependent(qmma_lean_group_kernel<T, 1>, grid, dim3(kSmallCols),
-                                    lean_bytes, stream, g);
+                                    lean_bytes, stream, lg);
         if (lean)
             return launch_dependent(qmma_lean_group_kernel<T, 2>, grid, dim3(kSmallCols),
-                                    lean_bytes, stream, g);
+                                    lean_bytes, stream, lg);
         if (m <= 8)
             qmma_small_group_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(g);
         else if (m <= 16)
@@ -834,15 +907,17 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
 int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(small_col_blocks(static_cast<size_t>(a.np))),
                     static_cast<unsigned>(a.split));
-    const size_t lean_bytes = lean ? lean_x_bytes(a) : 0;
+    const size_t x_bytes = lean ? lean_x_bytes(a) : 0;
+    const SmallArgs la = x_bytes ? with_lean_slots(a, x_bytes) : a;
+    const size_t lean_bytes = x_bytes ? lean_smem_bytes(la) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
         if (lean_bytes && a.m <= 8)
             return launch_dependent(qmma_lean_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
-                                    stream, a);
+                                    stream, la);
         if (lean_bytes)
             return launch_dependent(qmma_lean_kernel<T, 2>, grid, dim3(kSmallCols), lean_bytes,
-                                    stream, a);
+                                    stream, la);
         if (a.m <= 8)
             qmma_small_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(a);
         else if (a.m <= 16)

@@ -30,6 +30,7 @@ struct SmallArgs {
     int ntiles, tiles_per_split, split;
     int groups;  // rows of sz
     bool accumulate;
+    int sz_slots;  // lean and stream loops: groups of scales a block may stage (set at launch)
 };
 
 // Whether the path takes this weight and m: uniform 4-bit tiles, m ≤ 32.
