@@ -617,6 +617,12 @@ constexpr int dtype_of() {
 }
 
 
+// Tiles per group where every group could have as many (ntiles a multiple of groups), else 0.
+int tiles_per_group(const paradec_qweight *w) {
+    return w->groups > 0 && w->ntiles % w->groups == 0 ? static_cast<int>(w->ntiles / w->groups)
+                                                        : 0;
+}
+
 template <typename T>
 int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
                    bool accumulate, int path, int split, void *scratch,
@@ -678,6 +684,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         a.split = split;
         a.accumulate = accumulate;
         a.sz_slots = 0;  // the launcher's, for the lean and stream loops
+        a.tiles_per_group = tiles_per_group(w);
         if (!stream_loop)
             return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
         // The stream loop: a group of one call (its split is the grid).
@@ -921,6 +928,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         a.split = c.split;
         a.accumulate = c.accumulate != 0;
         a.sz_slots = 0;  // the launcher's, for the lean and stream loops
+        a.tiles_per_group = tiles_per_group(w);
         g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));

@@ -466,6 +466,10 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
 // its group word (a broadcast) and one of x per n8 tile, a pointer step and the tile's
 // arithmetic.
 
+// Blocks of the lean loop per SM the registers allow by n8 tiles of x rows: at most 102 and 128
+// registers a lane.
+__host__ __device__ constexpr int lean_blocks_per_sm(int nt) { return nt == 1 ? 5 : 4; }
+
 // Tiles per register batch of the lean loop (two batches in flight).
 constexpr int kLeanBatch = 4;
 
@@ -547,15 +551,19 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
     // either, so they go out before the wait for it.
     unsigned *const tgs = reinterpret_cast<unsigned *>(xs + a.m * stride);
     float4 *const szs = reinterpret_cast<float4 *>(xs + a.m * stride + lean_meta_vectors(count));
-    int gfirst = 0;
-    bool staged = false;
+    // Groups gfirst .. gfirst + ngroups − 1 are staged (ngroups 0: none). Where every group
+    // has as many tiles, the range's groups follow from t0 without waiting for a load; a wrong
+    // guess costs only speed, since a group start outside the staged ones loads its own.
+    int gfirst = 0, ngroups = 0;
     auto stage_groups = [&]() {
         for (int v = threadIdx.x; v < count; v += kSmallCols)
             copy4_ca(tgs + v, a.tiles + 2 * static_cast<int64_t>(t0 + v) + 1);
-        gfirst = tile_group(a, t0);
-        const int ngroups = tile_group(a, t0 + count - 1) - gfirst + 1;
-        staged = ngroups <= a.sz_slots;
-        if (!staged) return;
+        const int tpg = a.tiles_per_group;
+        gfirst = tpg > 0 ? t0 / tpg : tile_group(a, t0);
+        const int glast = min(tpg > 0 ? (t0 + count - 1) / tpg : tile_group(a, t0 + count - 1),
+                              a.groups - 1);
+        ngroups = glast - gfirst + 1;
+        if (ngroups > a.sz_slots || ngroups < 0) ngroups = 0;
         const int64_t cb = c0 - 4 * (threadIdx.x >> 2);  // the block's first column
         for (int v = threadIdx.x; v < ngroups * kSzVectors; v += kSmallCols) {
             const int64_t col = cb + 2 * (v % kSzVectors);  // a 16-byte vector: 2 columns
@@ -613,7 +621,7 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
             const float nz[4] = {p01.y, p01.w, p23.y, p23.w};
             group_scales<T>(s, nz, scale, zeros);
         };
-        if (staged) {
+        if (static_cast<unsigned>(gi - gfirst) < static_cast<unsigned>(ngroups)) {
             const float4 *sp = szs + (gi - gfirst) * kSzVectors + 2 * (threadIdx.x >> 2);
             use(sp[0], sp[1]);
         } else if (live && gi < a.groups) {
@@ -696,13 +704,13 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup
 extern __shared__ uint4 lean_xs[];
 
 template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallCols) qmma_lean_kernel(SmallArgs a) {
+__global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_kernel(SmallArgs a) {
     lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
                                   lean_xs);
 }
 
 template <typename T, int NT>
-__global__ void __launch_bounds__(kSmallCols) qmma_lean_group_kernel(SmallGroup g) {
+__global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];
     if (static_cast<int>(blockIdx.y) >= a.split) return;
@@ -726,12 +734,15 @@ size_t lean_x_bytes(const SmallArgs &a) {
     return bytes <= kLeanMaxSmem ? bytes : 0;
 }
 
-// Groups of scales a block whose range is up to `count` tiles may stage after x_bytes of x: a
-// range spans at most one group per tile.
+// Groups of scales a block whose range is up to `count` tiles may stage after x_bytes of x: as
+// many as such a range spans (where groups are alike, ⌈(count − 1) / tiles per group⌉ + 1; at
+// most one per tile), where they fit. Shared memory kept small keeps 5 blocks per SM at m ≤ 8.
 int lean_sz_slots(const SmallArgs &a, size_t x_bytes, int count) {
     const size_t room = x_bytes < kLeanMaxSmem ? (kLeanMaxSmem - x_bytes) / (kSzVectors * 16) : 0;
+    const int tpg = a.tiles_per_group;
+    const int spanned = tpg > 0 ? std::min(count, (count - 1 + tpg - 1) / tpg + 1) : count;
     return static_cast<int>(std::min<size_t>(
-        room, static_cast<size_t>(std::min(count, std::max(a.groups, 0)))));
+        room, static_cast<size_t>(std::min(spanned, std::max(a.groups, 0)))));
 }
 
 // Bytes of dynamic shared memory of a lean block for call `a` (x, then its slots of scales).

@@ -31,6 +31,8 @@ struct SmallArgs {
     int groups;  // rows of sz
     bool accumulate;
     int sz_slots;  // lean and stream loops: groups of scales a block may stage (set at launch)
+    int tiles_per_group;  // ntiles / groups where that divides (tile t likely in group
+                          // t / tiles_per_group: a guess the kernels use only for speed), else 0
 };
 
 // Whether the path takes this weight and m: uniform 4-bit tiles, m ≤ 32.
