@@ -74,7 +74,11 @@ pub fn select_linear(
             } else {
                 LinearPath::Small
             },
-            split: small_split(m, k, n, sms),
+            split: if m <= LEAN_MAX_M {
+                lean_split(m, k, n, sms)
+            } else {
+                small_split(m, k, n, sms)
+            },
         };
     }
     // Dense weights: the vendor GEMM (measured on an H200: as fast as the GEMV at one row,
@@ -137,11 +141,48 @@ fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
     fill.max(tiles / 32).min(tiles / 8).clamp(1, 64)
 }
 
+/// Dynamic shared memory a block of the lean loop may take (`kLeanMaxSmem` in
+/// `csrc/linear_small.cu`).
+const LEAN_MAX_SMEM: usize = 48 * 1024 - 256;
+
+/// Whether a lean block's x rows and tile group words for `count` tiles fit its staging (the
+/// launcher's `lean_x_bytes`: 16-byte vectors, rows of 4 per tile plus 4 where `count` is even,
+/// then one per 4 tiles).
+fn lean_x_fits(m: usize, count: usize) -> bool {
+    let stride = 4 * count + if count % 2 == 1 { 0 } else { 4 };
+    (m * stride + count.div_ceil(4)) * 16 <= LEAN_MAX_SMEM
+}
+
+/// K split of the lean loop (m ≤ 16). At m ≤ 8, where the column blocks alone would leave most
+/// of the GPU idle (4 or more splits to fill it), the splits that fill one wave of four blocks
+/// per SM, however long each block's share of K (as long as its x fits its staging): with the
+/// scales and group words staged once per block a long share costs nothing more per tile, and
+/// one wave beat two and a half of 32-tile blocks — 22528×8192 on an H100
+/// (docs/gpu-bench-linear-h200.md): 8 splits 41.6 / 46.0 µs at m = 1 / 8 against 45.5 / 57.1
+/// with 22. At 9–16 rows (x of long shares fills the staging; 15 splits took 78.6 µs against
+/// 74.7 with 22) and with wide N, the small path's rule.
+fn lean_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
+    let blocks = n.div_ceil(128).max(1);
+    let tiles = k.div_ceil(32);
+    let fill = (SMALL_BLOCKS_PER_SM * sms.max(1)) / blocks;
+    if fill < 4 || m > 8 {
+        return small_split(m, k, n, sms);
+    }
+    let most = (tiles / 8).clamp(1, 64);
+    let mut split = fill.clamp(1, most);
+    while split < most && !lean_x_fits(m, tiles.div_ceil(split)) {
+        split += 1;
+    }
+    split
+}
+
 /// Whether the lean loop's grid (column blocks × K splits) would end in a last wave less than a
 /// quarter full (four blocks resident per SM): there the stream loop, which shares the same
 /// work evenly over one resident grid, was 10–18% faster on an H100 (Falcon-7B's 18176×4544 at
 /// 1–16 rows; docs/gpu-bench-linear-h200.md); where the lean grid fills its waves the lean loop
 /// was as fast or faster (up to 1.5× at 4096×4096, where 17 blocks share each column block).
+/// Judged on the grid of ~32-tile blocks those measurements had (`small_split`), not on
+/// `lean_split`'s one wave of longer blocks, which was not measured against the stream loop.
 fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
     let slots = SMALL_BLOCKS_PER_SM * sms.max(1);
     let blocks = n.div_ceil(128).max(1) * small_split(m, k, n, sms);
@@ -225,7 +266,8 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
                 (LinearPath::Mma | LinearPath::Vendor | LinearPath::Wgmma, _)
                 | (_, LinearFormat::Dense) => 1,
                 (LinearPath::Gemv, _) => gemv_split(m, k, n, sms),
-                (LinearPath::Small | LinearPath::SmallLean, _) => small_split(m, k, n, sms),
+                (LinearPath::Small, _) => small_split(m, k, n, sms),
+                (LinearPath::SmallLean, _) => lean_split(m, k, n, sms),
                 (LinearPath::SmallStream, _) => stream_grid(sms),
             };
             LinearPlan {
@@ -488,7 +530,7 @@ fn try_group(
             if plan.path == LinearPath::SmallStream {
                 *plan = LinearPlan {
                     path: LinearPath::SmallLean,
-                    split: small_split(m, *k, *n, device_props(*dev)?.0),
+                    split: lean_split(m, *k, *n, device_props(*dev)?.0),
                 };
             }
         }
@@ -647,6 +689,38 @@ mod tests {
         // Wide N alone fills the GPU: only K's length splits it (about 32 tiles a block).
         assert_eq!(select_linear(1, 1024, 131072, q4, H200.0, H200.1).split, 1);
         assert_eq!(select_linear(1, 8192, 131072, q4, H200.0, H200.1).split, 8);
+    }
+
+    #[test]
+    fn lean_split_fills_one_wave_with_long_shares() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        // Command-R's down projection: 64 column blocks, 8 splits fill one wave of 4 blocks
+        // per SM (88 tiles a block); past 8 rows the ~32-tile blocks (22 splits).
+        for (m, split) in [(1, 8), (4, 8), (8, 8), (9, 22), (16, 22)] {
+            let p = select_linear(m, 22528, 8192, q4, H200.0, H200.1);
+            assert_eq!((p.path, p.split), (LinearPath::SmallLean, split), "m = {m}");
+        }
+        // Wide N (fewer than 4 splits fill the GPU) keeps the small path's ~32-tile shares.
+        assert_eq!(select_linear(1, 8192, 28672, q4, H200.0, H200.1).split, 8);
+        // Whatever the shape, the lean loop's x fits its staging at the split it is given.
+        for (k, n) in [
+            (1024, 1024),
+            (4096, 4096),
+            (16384, 4096),
+            (22528, 8192),
+            (32768, 1024),
+            (65536, 512),
+            (8192, 28672),
+        ] {
+            for m in 1..=LEAN_MAX_M {
+                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                if p.path != LinearPath::SmallLean {
+                    continue;
+                }
+                let per = k.div_ceil(32).div_ceil(p.split);
+                assert!(lean_x_fits(m, per), "{k}×{n} m = {m}: {per} tiles a block");
+            }
+        }
     }
 
     #[test]
