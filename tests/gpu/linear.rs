@@ -4,8 +4,8 @@ use super::*;
 use paradec::layers::linear::Linear;
 use paradec::layers::lora::LoraAdapter;
 use paradec::ops;
-use paradec::quant::pack::{exl2_weight, gptq_weight, Exl2Recipe};
-use paradec::quant::{GptqConfig, PreparedQuant, QuantWeight};
+use paradec::quant::pack::{exl2_weight, gptq_weight, load_packed, pack_gptq, Exl2Recipe};
+use paradec::quant::{GptqConfig, PreparedQuant, QuantConfig, QuantLayout, QuantWeight};
 use paradec::vocab::LinearPath;
 use paradec::{Stream, Workspace};
 
@@ -249,6 +249,63 @@ fn small_m_path_gptq4_and_exl2_4() {
         worst[0],
         worst[1]
     );
+}
+
+/// The lean and stream loops stage a block's scales by the groups they expect from its first
+/// tile when the tiles divide evenly into the groups; a GPTQ act-order weight whose groups have
+/// unequal rows (here 64, 192, 96 and 160 of K = 512: 2, 6, 3 and 5 tiles, 16 tiles for 4
+/// groups) breaks that guess, so a block's group starts outside the staged groups load their
+/// own scales. Results must not change: forced K splits of 1, 2, 3 and 5 (ranges that start and
+/// end inside groups), the stream loop on 3 and 7 blocks, the ring loop, and the automatic path.
+#[test]
+fn lean_loop_groups_of_unequal_rows() {
+    let (n, k) = (136, 512);
+    let sizes = [64usize, 192, 96, 160];
+    let mut rng = Rng::new(77);
+    let wv = rng.vec(n * k, -1.0, 1.0);
+    let bias = rng.vec(n, -0.5, 0.5);
+    // Group g takes `sizes[g]` rows, scattered over K (act-order): row r's group by a shuffle.
+    let mut g_idx: Vec<i32> = sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(g, &rows)| std::iter::repeat_n(g as i32, rows))
+        .collect();
+    for i in (1..g_idx.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        g_idx.swap(i, j);
+    }
+    let cfg = GptqConfig {
+        bits: 4,
+        group_size: 128,
+        desc_act: true,
+        sym: false,
+        checkpoint_format_v2: false,
+    };
+    let t = pack_gptq(&wv, n, k, &cfg, Some(&g_idx), Some(&bias), "w").unwrap();
+    let w = load_packed(&t, "w", k, n, &QuantConfig::Gptq(cfg)).unwrap();
+    // 16 tiles in 4 groups: the kernels' guess (4 tiles a group) is wrong for 3 of them.
+    let layout = QuantLayout::new(&w).unwrap();
+    assert_eq!((layout.bits, layout.ntiles, layout.groups), (4, 16, 4));
+    let tile_groups: Vec<usize> = (0..16).map(|t| layout.tile(t).1).collect();
+    assert_eq!(tile_groups, [0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3]);
+    if gpu_stream("lean_loop_groups_of_unequal_rows").is_none() {
+        return;
+    }
+    let paths = [
+        Some((LinearPath::SmallLean, Some(1))),
+        Some((LinearPath::SmallLean, Some(2))),
+        Some((LinearPath::SmallLean, Some(3))),
+        Some((LinearPath::SmallLean, Some(5))),
+        Some((LinearPath::SmallStream, Some(3))),
+        Some((LinearPath::SmallStream, Some(7))),
+        Some((LinearPath::Small, Some(2))),
+        None,
+    ];
+    for (d, dt) in DTYPES.into_iter().enumerate() {
+        let pw = PreparedQuant::new(&w, Device::Cuda(0), dt).unwrap();
+        check_quant_on("gptq4 unequal groups", &w, dt, 90 + d as u64, &[1, 3, 8, 16], &paths);
+        check_deterministic("gptq4 unequal groups", &w, &pw, dt);
+    }
 }
 
 /// The wgmma GEMM (weights of one width, on Hopper) with each of its row tiles (64, 128 and 256
