@@ -560,15 +560,33 @@ int wgmma_rows_for(size_t m, int asked) {
                                                         : wgmma_tokens(static_cast<int64_t>(m));
 }
 
+// The wgmma GEMM's plan at m rows for the call's split argument: rows of x per block, K splits,
+// and where it splits, its f32 partials then one counter per tile in the scratch.
+struct WgmmaSplit {
+    int tok;
+    int ks;
+    size_t tiles;
+    size_t part_bytes;     // the partials, rounded to kAlign (the counters follow)
+    size_t counter_bytes;  // rounded to kAlign
+};
+
+WgmmaSplit wgmma_split(const paradec_qweight *w, size_t m, int split) {
+    WgmmaSplit p{};
+    p.tok = wgmma_rows_for(m, split);
+    const int64_t mm = static_cast<int64_t>(m), np = static_cast<int64_t>(w->np);
+    p.ks = wgmma_ksplit(mm, static_cast<int64_t>(w->kp), np, p.tok);
+    if (p.ks <= 1) return p;
+    p.tiles = static_cast<size_t>(wgmma_tiles(mm, np, p.tok));
+    p.part_bytes = round_up(static_cast<size_t>(p.ks) * m * w->np * 4, kAlign);
+    p.counter_bytes = round_up(p.tiles * sizeof(unsigned), kAlign);
+    return p;
+}
+
 // The wgmma GEMM's K split partials and tile counters (none where it does not split or run).
 size_t wgmma_split_bytes(const paradec_qweight *w, size_t m, int split) {
     if (!wgmma_available() || w->bits == 0) return 0;
-    const int tok = wgmma_rows_for(m, split);
-    const int64_t mm = static_cast<int64_t>(m), np = static_cast<int64_t>(w->np);
-    const int ks = wgmma_ksplit(mm, static_cast<int64_t>(w->kp), np, tok);
-    if (ks <= 1) return 0;
-    return round_up(static_cast<size_t>(ks) * m * w->np * 4, kAlign) +
-           round_up(static_cast<size_t>(wgmma_tiles(mm, np, tok)) * sizeof(unsigned), kAlign);
+    const WgmmaSplit p = wgmma_split(w, m, split);
+    return p.part_bytes + p.counter_bytes;
 }
 
 size_t partial_bytes(const paradec_qweight *w, size_t m, int path, int split) {
@@ -617,10 +635,24 @@ constexpr int dtype_of() {
 }
 
 
-// Tiles per group where every group could have as many (ntiles a multiple of groups), else 0.
-int tiles_per_group(const paradec_qweight *w) {
-    return w->groups > 0 && w->ntiles % w->groups == 0 ? static_cast<int>(w->ntiles / w->groups)
-                                                        : 0;
+// The small-M path's arguments that follow from the weight, m and the K split (the caller sets
+// x, bias, out, partials, counters and accumulation; the launcher the lean loop's slots).
+void set_small_weight(SmallArgs &a, const paradec_qweight *w, size_t m, int split) {
+    a.words = w->words;
+    a.tiles = w->tiles;
+    a.sz = w->sz;
+    a.m = static_cast<int64_t>(m);
+    a.n = static_cast<int64_t>(w->n);
+    a.np = static_cast<int64_t>(w->np);
+    a.ntiles = static_cast<int>(w->ntiles);
+    a.groups = static_cast<int>(w->groups);
+    a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
+    a.split = split;
+    a.sz_slots = 0;
+    // Tiles per group where every group could have as many (ntiles a multiple of groups).
+    a.tiles_per_group = w->groups > 0 && w->ntiles % w->groups == 0
+                            ? static_cast<int>(w->ntiles / w->groups)
+                            : 0;
 }
 
 template <typename T>
@@ -668,23 +700,12 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         SmallArgs a;
         a.x = xa;
         a.ldx = ldx;
-        a.words = w->words;
-        a.tiles = w->tiles;
-        a.sz = w->sz;
+        set_small_weight(a, w, m, split);
         a.bias = bias;
         a.out = out;
         a.part = small_split && !stream_loop ? part : nullptr;
         a.counters = counters;
-        a.m = static_cast<int64_t>(m);
-        a.n = static_cast<int64_t>(w->n);
-        a.np = static_cast<int64_t>(w->np);
-        a.ntiles = static_cast<int>(w->ntiles);
-        a.groups = static_cast<int>(w->groups);
-        a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
-        a.split = split;
         a.accumulate = accumulate;
-        a.sz_slots = 0;  // the launcher's, for the lean and stream loops
-        a.tiles_per_group = tiles_per_group(w);
         if (!stream_loop)
             return launch_quant_small(dtype_of<T>(), a, path == PARADEC_PATH_SMALL_LEAN, stream);
         // The stream loop: a group of one call (its split is the grid).
@@ -736,23 +757,20 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
         // Rows of x per block: the split argument when it is 64, 128 or 256 (tests and benches
         // run every tile on any shape), else wgmma_tokens' choice; K split where the tiles
         // leave SMs idle, its partials and counters after the gathered x in the scratch.
-        const int tok = wgmma_rows_for(m, split);
-        const int ks = wgmma_ksplit(ga.m, ga.kdim, ga.np, tok);
-        if (ks > 1) {
-            const size_t tiles = static_cast<size_t>(wgmma_tiles(ga.m, ga.np, tok));
-            ga.ksplit = ks;
+        const WgmmaSplit p = wgmma_split(w, m, split);
+        if (p.ks > 1) {
+            ga.ksplit = p.ks;
             ga.part = reinterpret_cast<float *>(sp + gather_bytes(w, m));
-            ga.counters = kept_counters(zeroed, tiles);
+            ga.counters = kept_counters(zeroed, p.tiles);
             if (!ga.counters) {
-                ga.counters = reinterpret_cast<unsigned *>(
-                    reinterpret_cast<char *>(ga.part) +
-                    round_up(static_cast<size_t>(ks) * m * w->np * 4, kAlign));
+                ga.counters = reinterpret_cast<unsigned *>(reinterpret_cast<char *>(ga.part) +
+                                                           p.part_bytes);
                 const cudaError_t e =
-                    cudaMemsetAsync(ga.counters, 0, tiles * sizeof(unsigned), stream);
+                    cudaMemsetAsync(ga.counters, 0, p.tiles * sizeof(unsigned), stream);
                 if (e != cudaSuccess) return static_cast<int>(e);
             }
         }
-        return launch_gemm_wgmma(dtype_of<T>(), ga, w->bits, tok, stream);
+        return launch_gemm_wgmma(dtype_of<T>(), ga, w->bits, p.tok, stream);
     }
     if (gemm_serves(ga)) return launch_gemm(dtype_of<T>(), ga, w->bits, stream);
     MArgs a;
@@ -912,23 +930,12 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         SmallArgs &a = g.call[i];
         a.x = w->row_src ? static_cast<const void *>(base) : c.x;
         a.ldx = static_cast<int64_t>(w->row_src ? w->kp : w->k);
-        a.words = w->words;
-        a.tiles = w->tiles;
-        a.sz = w->sz;
+        set_small_weight(a, w, m, c.split);
         a.bias = c.bias;
         a.out = c.out;
         a.part = part;
         a.counters = counters;
-        a.m = static_cast<int64_t>(m);
-        a.n = static_cast<int64_t>(w->n);
-        a.np = static_cast<int64_t>(w->np);
-        a.ntiles = static_cast<int>(w->ntiles);
-        a.groups = static_cast<int>(w->groups);
-        a.tiles_per_split = static_cast<int>((w->ntiles + c.split - 1) / c.split);
-        a.split = c.split;
         a.accumulate = c.accumulate != 0;
-        a.sz_slots = 0;  // the launcher's, for the lean and stream loops
-        a.tiles_per_group = tiles_per_group(w);
         g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));

@@ -157,6 +157,11 @@ __device__ __forceinline__ void copy_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// The group in a tile's (group | bits << 24) word.
+__device__ __forceinline__ int group_of_word(uint32_t word) {
+    return static_cast<int>(word & 0xFFFFFFu);
+}
+
 // Lane (g, q)'s 16-byte x vector (elements 8q .. 8q + 7 of a tile's row g) as the B fragment
 // of the tile's permuted k order: the pairs (0, 4), (1, 5), (2, 6), (3, 7).
 __device__ __forceinline__ void x_fragment(const uint4 &xv, uint32_t (&b)[4]) {
@@ -328,7 +333,7 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
     // Groups of tiles b·32 .. b·32 + 31 of the range, one per lane (read with shuffles).
     auto group_batch = [&](int b) -> int {
         const int i = b * 32 + lane;
-        return i < count ? static_cast<int>(__ldg(a.tiles + 2 * (t0 + i) + 1) & 0xFFFFFFu) : -1;
+        return i < count ? group_of_word(__ldg(a.tiles + 2 * (t0 + i) + 1)) : -1;
     };
     // The groups of the batch of the tiles in use (lo) and of the next batch (hi): tiles being
     // queued are at most S·U − 1 < 32 ahead, so they are in one of the two.
@@ -500,7 +505,7 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
 
 // The group of tile t.
 __device__ __forceinline__ int tile_group(const SmallArgs &a, int t) {
-    return static_cast<int>(__ldg(a.tiles + 2 * static_cast<int64_t>(t) + 1) & 0xFFFFFFu);
+    return group_of_word(__ldg(a.tiles + 2 * static_cast<int64_t>(t) + 1));
 }
 
 // 16-byte vectors of the staged group words of `count` tiles.
@@ -637,7 +642,7 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
 #pragma unroll
         for (int j = 0; j < P; ++j) {
             if (done + j >= count) break;
-            const int gj = static_cast<int>(tgs[done + j] & 0xFFFFFFu);
+            const int gj = group_of_word(tgs[done + j]);
             if (gj != grp) start_group(gj);
             uint32_t b[NT][4];
 #pragma unroll
@@ -847,11 +852,14 @@ __global__ void __launch_bounds__(kSmallCols, 4) qmma_stream_kernel(StreamGroup 
 }  // namespace
 
 int stream_chunk_tiles(size_t m) {
-    // stream_x_bytes within 48 KiB less the kernel's static shared memory (a launch asking for
-    // more than 48 KiB in all fails); at most 128 tiles (4096 rows of K).
-    // Room for the chunk's group words (one vector per 4 tiles) too.
-    const size_t vectors = (kLeanMaxSmem - 32 * 16) / 16 / std::max<size_t>(m, 1);
-    return static_cast<int>(std::min<size_t>(128, (vectors - 4) / 4));
+    // stream_x_bytes and the group words of the largest chunk within 48 KiB less the kernel's
+    // static shared memory (a launch asking for more than 48 KiB in all fails); at most 128
+    // tiles (4096 rows of K).
+    constexpr int kMostTiles = 128;
+    const size_t vectors =
+        (kLeanMaxSmem - static_cast<size_t>(lean_meta_vectors(kMostTiles)) * 16) / 16 /
+        std::max<size_t>(m, 1);
+    return static_cast<int>(std::min<size_t>(kMostTiles, (vectors - 4) / 4));
 }
 
 int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t stream) {

@@ -135,10 +135,16 @@ const SMALL_BLOCKS_PER_SM: usize = 4;
 /// that takes more than one wave. Each block keeps at least 8 tiles (the depth of its load
 /// ring).
 fn small_split(_m: usize, k: usize, n: usize, sms: usize) -> usize {
-    let blocks = n.div_ceil(128).max(1);
     let tiles = k.div_ceil(32);
-    let fill = (SMALL_BLOCKS_PER_SM * sms.max(1)) / blocks;
-    fill.max(tiles / 32).min(tiles / 8).clamp(1, 64)
+    small_fill(n, sms)
+        .max(tiles / 32)
+        .min(tiles / 8)
+        .clamp(1, 64)
+}
+
+/// K splits that give the small-M path's column blocks (of 128) one wave of four blocks per SM.
+fn small_fill(n: usize, sms: usize) -> usize {
+    (SMALL_BLOCKS_PER_SM * sms.max(1)) / n.div_ceil(128).max(1)
 }
 
 /// Dynamic shared memory a block of the lean loop may take (`kLeanMaxSmem` in
@@ -162,9 +168,8 @@ fn lean_x_fits(m: usize, count: usize) -> bool {
 /// with 22. At 9–16 rows (x of long shares fills the staging; 15 splits took 78.6 µs against
 /// 74.7 with 22) and with wide N, the small path's rule.
 fn lean_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
-    let blocks = n.div_ceil(128).max(1);
     let tiles = k.div_ceil(32);
-    let fill = (SMALL_BLOCKS_PER_SM * sms.max(1)) / blocks;
+    let fill = small_fill(n, sms);
     if fill < 4 || m > 8 {
         return small_split(m, k, n, sms);
     }
