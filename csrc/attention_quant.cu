@@ -2,18 +2,24 @@
 // the dequantizing copy a prefill over such a cache uses. CUDA twins of
 // cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
 //
-// Two decode kernels: on tensor cores (qdecode_mma_kernel, below; PARADEC_KV_DECODE=simt turns
-// it off) for head dims 64 and 128 with at least two query rows per KV head — GQA/MQA groups,
-// or several query tokens — and on CUDA cores (qdecode_kernel) for the rest. The CUDA-core
-// kernel is split over the KV length like attention.cu's: one block per (split, sequence,
-// KV head, chunk of R query rows); a key's head_dim features spread over L lanes, eight per
-// lane, decoded from their codes in registers (FP8: a conversion; Q8/Q4: code − c times the
-// run's scale / c). The Hadamard formats are read in the rotated basis: since
-// H = Hᵀ and H·H = 32·I, q·(H·y/32) = (H·q/32)·y, so the block rotates its query rows once
-// (in shared memory) and dots them with the rotated codes; V is accumulated rotated and each
-// lane group's partial output is rotated back once, before the fixed-order merge that
-// attention.cuh's merge_and_store does. E4M3's per-KV-head scales fold into q (K) and into the
-// softmax weights (V). Several splits write f32 partials that attention.cu's combine merges.
+// Three decode kernels (q_kernel picks; PARADEC_KV_DECODE=simt or =frag forces the others):
+// - qdecode_frag_kernel (head dims 64 and 128, FP8/Q8/Q4 codes, any number of query rows;
+//   opt-in with PARADEC_KV_DECODE=frag until it has run on a GPU):
+//   the codes of 16-key stages stream through per-warp cp.async rings and go from ldmatrix
+//   straight into mma fragments (kv_frag.cuh), Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ on tensor cores with
+//   the query rows as the mma's n.
+// - qdecode_mma_kernel (the same head dims, at least two query rows per KV head): each stage is decoded into K and V tiles of the compute dtype in shared
+//   memory and run through attention_mma.cuh's step.
+// - qdecode_kernel (the rest) on CUDA cores, split over the KV length like attention.cu's: one
+//   block per (split, sequence, KV head, chunk of R query rows); a key's head_dim features
+//   spread over L lanes, eight per lane, decoded from their codes in registers (FP8: a
+//   conversion; Q8/Q4: code − c times the run's scale / c).
+// The Hadamard formats are read in the rotated basis: since H = Hᵀ and H·H = 32·I,
+// q·(H·y/32) = (H·q/32)·y, so a block rotates its query rows once (in shared memory) and dots
+// them with the rotated codes; V is accumulated rotated and each partial output is rotated back
+// once, before the fixed-order merge that attention.cuh's merge_and_store does. E4M3's
+// per-KV-head scales fold into the scores (K) and into the output (V). Several splits write f32 partials
+// that attention.cu's combine merges.
 //
 // Every sequence of a call is cut into splits of one length: the one an eager launch planned
 // for the batch's longest sequence takes (q_split_len). The kernel reads that longest length
@@ -30,6 +36,7 @@
 
 #include "attention.cuh"
 #include "attention_mma.cuh"
+#include "kv_frag.cuh"
 #include "kv_quant.cuh"
 
 namespace paradec {
@@ -488,6 +495,58 @@ struct TcColumns {
     __device__ __forceinline__ int operator()(int c) const { return tc_dim<F>(c); }
 };
 
+// Queues a ring stage of one warp (keys base … base + 15 of sequence b, KV head kvh) at `stage_p`:
+// codes in 16-byte pieces — chunk c of key r at r·bytes + c'·16, c' = c or, with kSwizzle,
+// kvfrag::swizzle(c, r, ·) — then the run scales of each key in one piece of D/16 bytes; keys
+// past k_end are zero-filled. Lane l looks up key l % 16's slot once; the pieces take it by
+// shuffle. The caller commits the group.
+template <int KF, int VF, int D, bool kSwizzle>
+__device__ __forceinline__ void issue_stage(const QArgs &qa, int b, int kvh, int64_t base,
+                                            int64_t k_end, unsigned char *stage_p) {
+    constexpr int KCB = tc_code_bytes<KF, D>(), VCB = tc_code_bytes<VF, D>();
+    constexpr int KSB = tc_scale_bytes<KF, D>(), VSB = tc_scale_bytes<VF, D>();
+    const int lane = threadIdx.x & 31;
+    const int64_t k_head = kv_row_bytes(KF, static_cast<int64_t>(kvh) * D);
+    const int64_t v_head = kv_row_bytes(VF, static_cast<int64_t>(kvh) * D);
+    const int64_t run0 = static_cast<int64_t>(kvh) * D / kRun;
+    const int64_t my_j = base + (lane % kDecKeys);
+    const int64_t my_slot = my_j < k_end ? qa.sm(b, my_j) : 0;
+    auto pieces = [&](const KvView &kv, int64_t head, int cb, unsigned char *dst0) {
+        const int per = cb / 16;
+        for (int c = lane; c < kDecKeys * per; c += 32) {
+            const int r = c / per, piece = c % per;
+            const int64_t slot = __shfl_sync(0xffffffffu, my_slot, r);
+            const bool ok = base + r < k_end;
+            const uint8_t *src = kv.codes + slot * kv.row_bytes + head + piece * 16;
+            const int at = kSwizzle ? kvfrag::swizzle(piece, r, per) : piece;
+            cp_async16_zfill(dst0 + r * cb + at * 16, ok ? src : kv.codes, ok);
+        }
+    };
+    pieces(qa.k, k_head, KCB, stage_p);
+    pieces(qa.v, v_head, VCB, stage_p + kDecKeys * KCB);
+    if constexpr (KSB > 0 || VSB > 0) {
+        // One piece per key and side: lanes 0–15 K, 16–31 V.
+        const bool is_k = lane < kDecKeys;
+        const int r = lane % kDecKeys;
+        const bool ok = my_j < k_end;
+        const int sb = is_k ? KSB : VSB;
+        if (sb > 0) {
+            const KvView &kv = is_k ? qa.k : qa.v;
+            const __half *src = kv.scales + my_slot * kv.runs + run0;
+            unsigned char *dst =
+                stage_p + kDecKeys * (KCB + VCB) + (is_k ? 0 : kDecKeys * KSB) + r * sb;
+            const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+            const int n = ok ? sb : 0;
+            if (sb == 8)
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(sa),
+                             "l"(ok ? src : kv.scales), "r"(n));
+            else
+                asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sa),
+                             "l"(ok ? src : kv.scales), "r"(n));
+        }
+    }
+}
+
 template <typename T, int KF, int VF, int D>
 __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
     constexpr int SD = D + 8;
@@ -533,52 +592,10 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
     unsigned char *ring = smem_raw + warp * tc_warp_bytes<KF, VF, D>();
     T *ktile = reinterpret_cast<T *>(ring + NS * STAGE);
     T *vtile = ktile + kDecKeys * SD;
-    const int64_t k_head = kv_row_bytes(KF, static_cast<int64_t>(kvh) * D);
-    const int64_t v_head = kv_row_bytes(VF, static_cast<int64_t>(kvh) * D);
-    const int64_t run0 = static_cast<int64_t>(kvh) * D / kRun;
-    // Queues stage i of this warp (keys base … base + 15): codes in 16-byte pieces, the run
-    // scales of each key in one piece of D/16 bytes; keys past k_end are zero-filled. Lane l
-    // looks up key l % 16's slot once; the pieces take it by shuffle.
     auto issue = [&](int i) {
         const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kDecKeys;
-        if (base < k_end) {
-            unsigned char *stage_p = ring + (i % NS) * STAGE;
-            const int64_t my_j = base + (lane % kDecKeys);
-            const int64_t my_slot = my_j < k_end ? qa.sm(b, my_j) : 0;
-            auto pieces = [&](const KvView &kv, int64_t head, int cb, unsigned char *dst0) {
-                const int per = cb / 16;
-                for (int c = lane; c < kDecKeys * per; c += 32) {
-                    const int r = c / per, piece = c % per;
-                    const int64_t slot = __shfl_sync(0xffffffffu, my_slot, r);
-                    const bool ok = base + r < k_end;
-                    const uint8_t *src = kv.codes + slot * kv.row_bytes + head + piece * 16;
-                    cp_async16_zfill(dst0 + r * cb + piece * 16, ok ? src : kv.codes, ok);
-                }
-            };
-            pieces(qa.k, k_head, KCB, stage_p);
-            pieces(qa.v, v_head, VCB, stage_p + kDecKeys * KCB);
-            if constexpr (KSB > 0 || VSB > 0) {
-                // One piece per key and side: lanes 0–15 K, 16–31 V.
-                const bool is_k = lane < kDecKeys;
-                const int r = lane % kDecKeys;
-                const bool ok = my_j < k_end;
-                const int sb = is_k ? KSB : VSB;
-                if (sb > 0) {
-                    const KvView &kv = is_k ? qa.k : qa.v;
-                    const __half *src = kv.scales + my_slot * kv.runs + run0;
-                    unsigned char *dst = stage_p + kDecKeys * (KCB + VCB) +
-                                         (is_k ? 0 : kDecKeys * KSB) + r * sb;
-                    const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-                    const int n = ok ? sb : 0;
-                    if (sb == 8)
-                        asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(sa),
-                                     "l"(ok ? src : kv.scales), "r"(n));
-                    else
-                        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sa),
-                                     "l"(ok ? src : kv.scales), "r"(n));
-                }
-            }
-        }
+        if (base < k_end)
+            issue_stage<KF, VF, D, false>(qa, b, kvh, base, k_end, ring + (i % NS) * STAGE);
         cp_async_commit_group();
     };
     // Decodes ring stage i into the tiles: lane l decodes dims 8·(l % G8) … + 7 of keys
@@ -638,6 +655,259 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
         __syncthreads();
     }
     merge_and_store<T>(a, sm_m, sm_l, sm_o, kTcWarps, kDecRows, D, nrows, row0, b, kvh, split);
+}
+
+// ---- decode with the codes decoded straight into mma fragments (kv_frag.cuh) ------------------
+//
+// One block per (split, sequence, KV head, chunk of 8 query rows); four warps each stream their
+// own 16-key stages through a cp.async ring (codes chunk-swizzled for ldmatrix) and keep an
+// online softmax over all eight rows. Per stage and warp: ldmatrix words of K → A fragments →
+// Sᵀ = K·Qᵀ (per run of 32 dims its own accumulator, times the keys' run scales), masking and the
+// softmax update on the lane's two rows, Pᵀ through movmatrix as the B fragments (times V's run
+// scales, per run), Vᵀ's A fragments from ldmatrix.trans → Oᵀ += Vᵀ·Pᵀ. No decoded tile, no
+// shared-memory round trip of values. The warps' states merge as the other decode kernels'.
+
+// Stages of a warp's ring: about 13 KiB of codes and scales in flight per warp.
+template <int KF, int VF, int D>
+__host__ __device__ constexpr int frag_stages() {
+    return 13312 / tc_stage_bytes<KF, VF, D>() < 2   ? 2
+           : 13312 / tc_stage_bytes<KF, VF, D>() > 6 ? 6
+                                                       : 13312 / tc_stage_bytes<KF, VF, D>();
+}
+template <int KF, int VF, int D>
+__host__ __device__ constexpr size_t frag_smem_bytes() {
+    const size_t rings = static_cast<size_t>(kTcWarps) * frag_stages<KF, VF, D>() *
+                         tc_stage_bytes<KF, VF, D>();
+    const size_t merge = sizeof(float) * kTcWarps * kvfrag::kRows * (D + 2);
+    const size_t query = sizeof(float) * kvfrag::kRows * (D + 1);
+    return rings > merge ? (rings > query ? rings : query) : (merge > query ? merge : query);
+}
+
+// c of a Q8/Q4 format (codes are code − c times scale / c); 1 for the others.
+template <int F>
+__host__ __device__ constexpr float code_offset() {
+    return kv_has_runs(F) ? static_cast<float>(1 << (kv_bits(F) - 1)) : 1.f;
+}
+
+template <typename T, int KF, int VF, int D>
+__global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
+    using namespace kvfrag;
+    constexpr int KT = D / 16;  // K's k steps, Vᵀ's m tiles
+    constexpr int RUNS = D / kRun;
+    constexpr int NS = frag_stages<KF, VF, D>();
+    constexpr int STAGE = tc_stage_bytes<KF, VF, D>();
+    constexpr int KCB = code_bytes(KF, D), VCB = code_bytes(VF, D);
+    constexpr int KCH = chunks(KF, D), VCH = chunks(VF, D);
+    constexpr int KSB = tc_scale_bytes<KF, D>();
+    constexpr bool kKRuns = kv_has_runs(KF), kVRuns = kv_has_runs(VF);
+    static_assert(KCH % 2 == 0 && VCH % 2 == 0, "whole ldmatrix x4 calls");
+    const AttnArgs &a = qa.a;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    const DecodeBlock db = decode_block(a, kRows);
+    const int group = db.group, b = db.b, kvh = db.kvh, row0 = db.row0, nrows = db.nrows;
+    const int64_t past = db.past, k_begin = db.k_begin, k_end = db.k_end;
+    const int64_t pos_min = past + db.t_first;
+    const bool plain = a.mask == nullptr && a.window == 0;
+    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
+
+    // Q rows in f32 (rotated for a Hadamard K), then per row a power of two that brings its
+    // largest |q| into [128, 256): f16 B operands keep their precision whatever the dtype's
+    // range; the scores take the factor back in f32.
+    float *sm_q = reinterpret_cast<float *>(smem_raw);  // [8][D]
+    float *sm_qf = sm_q + kRows * D;                    // [8]
+    stage_query_rows<T, KF>(a, db, kRows, D, 1.f, sm_q);
+    if (threadIdx.x < kRows) {
+        float mx = 0.f;
+        for (int d = 0; d < D; ++d) mx = fmaxf(mx, fabsf(sm_q[threadIdx.x * D + d]));
+        int ex = 0;
+        frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
+        sm_qf[threadIdx.x] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
+    }
+    __syncthreads();
+    uint32_t qb[KT][2];  // B fragments: dims k_dim(kc, 2t4 …) of row g
+    {
+        const float f = sm_qf[g];
+        const float *qr = sm_q + g * D;
+#pragma unroll
+        for (int kc = 0; kc < KT; ++kc) {
+            qb[kc][0] = pack2<__half>(qr[k_dim<KF>(kc, 2 * t4)] * f, qr[k_dim<KF>(kc, 2 * t4 + 1)] * f);
+            qb[kc][1] =
+                pack2<__half>(qr[k_dim<KF>(kc, 2 * t4 + 8)] * f, qr[k_dim<KF>(kc, 2 * t4 + 9)] * f);
+        }
+    }
+    // Score scale of the lane's rows 2t4 and 2t4 + 1, in log2 units: softmax scale, E4M3's K
+    // head scale, 1/c of a Q8/Q4 K, and the row's factor taken back.
+    const float sl2 = a.scale * kLog2e * (KF == PARADEC_KV_E4M3 ? qa.k.head_scale[kvh] : 1.f) /
+                      code_offset<KF>();
+    const float sl2_0 = sl2 / sm_qf[2 * t4], sl2_1 = sl2 / sm_qf[2 * t4 + 1];
+    __syncthreads();  // the staging area becomes the rings
+
+    const int64_t pos0 = past + (row0 + 2 * t4) / group, pos1 = past + (row0 + 2 * t4 + 1) / group;
+    const int64_t lo0 = a.window > 0 ? pos0 + 1 - a.window : 0;
+    const int64_t lo1 = a.window > 0 ? pos1 + 1 - a.window : 0;
+    unsigned char *ring = smem_raw + static_cast<size_t>(warp) * NS * STAGE;
+    auto issue = [&](int i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kKeys;
+        if (base < k_end)
+            issue_stage<KF, VF, D, true>(qa, b, kvh, base, k_end, ring + (i % NS) * STAGE);
+        cp_async_commit_group();
+    };
+#pragma unroll
+    for (int i = 0; i < NS - 1; ++i) issue(i);
+
+    // This lane's ldmatrix row addresses (key, chunk) within a stage's K and V codes.
+    const int my_key = lane_key(lane);
+    float o[KT][4];  // Oᵀ: tile mt's dims v_dim(mt, g), (…, g + 8) × rows 2t4, 2t4 + 1
+#pragma unroll
+    for (int i = 0; i < KT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    for (int i = 0;; ++i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kKeys;
+        if (base >= k_end) break;
+        issue(i + NS - 1);
+        cp_async_wait_groups<NS - 1>();
+        __syncwarp();
+        const unsigned char *stage_p = ring + (i % NS) * STAGE;
+        const unsigned char *kcodes = stage_p, *vcodes = stage_p + kKeys * KCB;
+        const __half *kscale = reinterpret_cast<const __half *>(stage_p + kKeys * (KCB + VCB));
+        const __half *vscale =
+            reinterpret_cast<const __half *>(stage_p + kKeys * (KCB + VCB + KSB));
+
+        // Sᵀ = K·Qᵀ: c0 = (key g, row 2t4), c1 = (g, 2t4 + 1), c2, c3 = key g + 8.
+        uint32_t kw[2 * KCH];
+#pragma unroll
+        for (int n = 0; n < KCH / 2; ++n)
+            ldsm_x4(*reinterpret_cast<uint32_t(*)[4]>(&kw[4 * n]),
+                    kcodes + my_key * KCB + swizzle(lane_chunk(n, lane), my_key, KCH) * 16);
+        float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < RUNS; ++r) {
+            uint32_t fa[2][4];
+            k_frags<KF>(kw + r * words_per_run(KF), fa);
+            if constexpr (kKRuns) {
+                float c[4] = {0.f, 0.f, 0.f, 0.f};
+                mma_16816<__half>(c, fa[0], qb[2 * r][0], qb[2 * r][1]);
+                mma_16816<__half>(c, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
+                const float sg = __half2float(kscale[g * RUNS + r]);
+                const float sg8 = __half2float(kscale[(g + 8) * RUNS + r]);
+                s[0] = fmaf(sg, c[0], s[0]);
+                s[1] = fmaf(sg, c[1], s[1]);
+                s[2] = fmaf(sg8, c[2], s[2]);
+                s[3] = fmaf(sg8, c[3], s[3]);
+            } else {
+                mma_16816<__half>(s, fa[0], qb[2 * r][0], qb[2 * r][1]);
+                mma_16816<__half>(s, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
+            }
+        }
+        s[0] *= sl2_0;
+        s[1] *= sl2_1;
+        s[2] *= sl2_0;
+        s[3] *= sl2_1;
+        const bool full = plain && base + kKeys <= k_end && base + kKeys - 1 <= pos_min;
+        if (!full) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int64_t j = base + g + 8 * (e >> 1);
+                const int64_t p = (e & 1) ? pos1 : pos0;
+                const int64_t lo = (e & 1) ? lo1 : lo0;
+                const bool vis = j < k_end && j <= p && j >= lo;
+                s[e] = vis ? (mrow ? s[e] + mrow[j] * kLog2e : s[e]) : -INFINITY;
+            }
+        }
+        // Online softmax of rows 2t4 (…0) and 2t4 + 1 (…1) over the lanes sharing t4.
+        float mx0 = fmaxf(s[0], s[2]), mx1 = fmaxf(s[1], s[3]);
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
+        m0 = mn0;
+        m1 = mn1;
+        float p[4];
+        p[0] = exp2f(s[0] - mu0);
+        p[1] = exp2f(s[1] - mu1);
+        p[2] = exp2f(s[2] - mu0);
+        p[3] = exp2f(s[3] - mu1);
+        l0 = fmaf(l0, al0, p[0] + p[2]);
+        l1 = fmaf(l1, al1, p[1] + p[3]);
+        // Past the first stages a row's maximum rarely moves: rescale only when one did.
+        if (__any_sync(0xffffffffu, al0 != 1.f || al1 != 1.f)) {
+#pragma unroll
+            for (int mt = 0; mt < KT; ++mt) {
+                o[mt][0] *= al0;
+                o[mt][1] *= al1;
+                o[mt][2] *= al0;
+                o[mt][3] *= al1;
+            }
+        }
+
+        // Oᵀ += Vᵀ·Pᵀ. P (key g / g + 8 × rows 2t4, 2t4 + 1) packed is the row fragment of an
+        // 8×8 matrix per key half; movmatrix turns it into Pᵀ's B fragments (keys 2t4, 2t4 + 1
+        // of row g).
+        uint32_t vw[2 * VCH];
+#pragma unroll
+        for (int n = 0; n < VCH / 2; ++n)
+            ldsm_x4_trans(*reinterpret_cast<uint32_t(*)[4]>(&vw[4 * n]),
+                          vcodes + my_key * VCB + swizzle(lane_chunk(n, lane), my_key, VCH) * 16);
+        uint32_t pb0 = 0, pb1 = 0;
+        if constexpr (!kVRuns) {
+            pb0 = movmatrix_trans(pack2<__half>(p[0], p[1]));
+            pb1 = movmatrix_trans(pack2<__half>(p[2], p[3]));
+        }
+#pragma unroll
+        for (int r = 0; r < RUNS; ++r) {
+            uint32_t va[2][4];
+            v_frags<VF>(vw + r * words_per_run(VF), va);
+            if constexpr (kVRuns) {
+                const float sg = __half2float(vscale[g * RUNS + r]);
+                const float sg8 = __half2float(vscale[(g + 8) * RUNS + r]);
+                pb0 = movmatrix_trans(pack2<__half>(p[0] * sg, p[1] * sg));
+                pb1 = movmatrix_trans(pack2<__half>(p[2] * sg8, p[3] * sg8));
+            }
+            mma_16816<__half>(o[2 * r], va[0], pb0, pb1);
+            mma_16816<__half>(o[2 * r + 1], va[1], pb0, pb1);
+        }
+        __syncwarp();  // the stage is refilled next
+    }
+    cp_async_wait_groups<0>();
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    __syncthreads();  // the rings become the merge area
+    float *sm_m = reinterpret_cast<float *>(smem_raw);
+    float *sm_l = sm_m + kTcWarps * kRows;
+    float *sm_o = sm_l + kTcWarps * kRows;  // [warp][row][D], natural dimension order
+    const int ra = warp * kRows + 2 * t4;
+    if (g == 0) {
+        sm_m[ra] = m0;
+        sm_m[ra + 1] = m1;
+        sm_l[ra] = l0;
+        sm_l[ra + 1] = l1;
+    }
+    // V's constant factor: E4M3's head scale, 1/c of a Q8/Q4 V.
+    const float vconst =
+        (VF == PARADEC_KV_E4M3 ? qa.v.head_scale[kvh] : 1.f) / code_offset<VF>();
+#pragma unroll
+    for (int mt = 0; mt < KT; ++mt) {
+        const int d0 = v_dim<VF>(mt, g), d1 = v_dim<VF>(mt, g + 8);
+        sm_o[ra * D + d0] = o[mt][0] * vconst;
+        sm_o[(ra + 1) * D + d0] = o[mt][1] * vconst;
+        sm_o[ra * D + d1] = o[mt][2] * vconst;
+        sm_o[(ra + 1) * D + d1] = o[mt][3] * vconst;
+    }
+    __syncthreads();
+    if (kVRuns) {
+        rotate_runs(sm_o, kTcWarps * kRows * D / kRun);  // V back from the rotated basis
+        __syncthreads();
+    }
+    merge_and_store<T>(a, sm_m, sm_l, sm_o, kTcWarps, kRows, D, nrows, row0, b, kvh, db.split);
 }
 
 int q_sm_count() {
@@ -733,21 +1003,49 @@ int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     return launch_status();
 }
 
-// Whether a call takes the tensor-core kernel: a head dim it has and at least two query rows
-// per KV head (a group, or several query tokens) — one row gains nothing from the mma tile —
-// unless PARADEC_KV_DECODE=simt forces the CUDA-core kernel (its tests, and comparisons).
-// Measured on an H200 it is faster wherever it applies: 3.6× at b8 L32768 GQA-4 Q4.
-bool tc_decode_applies(const AttnArgs &a) {
+template <typename T, int KF, int VF, int D>
+int launch_frag_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    constexpr size_t smem = frag_smem_bytes<KF, VF, D>();
+    const cudaError_t attr =
+        cudaFuncSetAttribute(qdecode_frag_kernel<T, KF, VF, D>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    const int rows = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
+    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads,
+                    (rows + kvfrag::kRows - 1) / kvfrag::kRows);
+    qdecode_frag_kernel<T, KF, VF, D><<<grid, kTcWarps * 32, smem, stream>>>(qa);
+    return launch_status();
+}
+
+// Which decode kernel a call takes. Head dims 64 and 128 with at least two query rows per KV
+// head run on tensor cores through the decoded-tile kernel (one row gains nothing from its
+// 16-row tile); the rest on CUDA cores. PARADEC_KV_DECODE=frag takes the fragment kernel for
+// every FP8/Q8/Q4 call at those head dims, whatever its rows (opt-in until it has run on a
+// GPU); =simt forces the CUDA-core kernel (tests and comparisons).
+enum class QKernel { Simt, Tile, Frag };
+
+QKernel q_kernel(const AttnArgs &a, int kf) {
     static const bool simt = env_is("PARADEC_KV_DECODE", "simt");
-    return !simt && tc_head_dim(a.head_dim) && a.q_len * (a.heads / a.kv_heads) >= 2;
+    static const bool frag = env_is("PARADEC_KV_DECODE", "frag");
+    if (simt || !tc_head_dim(a.head_dim)) return QKernel::Simt;
+    if (frag && kf != PARADEC_KV_NATIVE) return QKernel::Frag;
+    return a.q_len * (a.heads / a.kv_heads) >= 2 ? QKernel::Tile : QKernel::Simt;
 }
 
 template <typename T, int KF, int VF>
 int launch_q_f(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
-    if (tc_decode_applies(qa.a)) {
+    const QKernel kernel = q_kernel(qa.a, KF);
+    if constexpr (KF != PARADEC_KV_NATIVE) {
+        if (kernel == QKernel::Frag)
+            return qa.a.head_dim == 64 ? launch_frag_d<T, KF, VF, 64>(qa, p, stream)
+                                       : launch_frag_d<T, KF, VF, 128>(qa, p, stream);
+    }
+    if (kernel == QKernel::Tile)
         return qa.a.head_dim == 64 ? launch_tc_d<T, KF, VF, 64>(qa, p, stream)
                                    : launch_tc_d<T, KF, VF, 128>(qa, p, stream);
-    }
     switch (p.lanes) {
         case 4: return launch_q_l<T, KF, VF, 4>(qa, p, stream);
         case 8: return launch_q_l<T, KF, VF, 8>(qa, p, stream);

@@ -51,6 +51,16 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *smem
 #endif
 }
 
+// The transpose of an 8×8 b16 matrix held as fragments (lane l: row l / 4, columns
+// 2·(l % 4) and + 1, the lower column in the low half), in the same layout.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+    uint32_t d = x;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(x));
+#endif
+    return d;
+}
+
 // c += a·b on tensor cores: a 16×16 (row), b 16×8 (col), f32 accumulators; T is __half or
 // __nv_bfloat16.
 template <typename T>

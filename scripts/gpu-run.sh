@@ -104,8 +104,9 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=small "$D/bin/gpu" decoder:: graph::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=vendor "$D/bin/gpu" decoder:: graph::
-    # The CUDA-core quantized decode where the tensor-core one would run.
+    # The CUDA-core quantized decode where the tensor-core one would run, and the fragment one.
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
+    PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=frag "$D/bin/gpu" kv_quant:: attention::
   } > "$RESULTS/optin_tests.log" 2>&1
   SUMMARY+=("other-path tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
   if command -v compute-sanitizer >/dev/null; then
@@ -124,6 +125,7 @@ if [[ "$MODE" == optin ]]; then
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 1,16,64,512,2048 --lin-path auto,gemv,mma
     "$D/bin/gpu_bench" --attention --quick --only attn_decode
     PARADEC_KV_DECODE=simt "$D/bin/gpu_bench" --attention --quick --only attn_decode
+    PARADEC_KV_DECODE=frag "$D/bin/gpu_bench" --attention --quick --only attn_decode
     "$D/bin/gpu_bench" --decoder --quick
     PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1

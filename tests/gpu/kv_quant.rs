@@ -261,7 +261,7 @@ struct QCase {
 fn decode_cases() -> Vec<QCase> {
     let mut v = Vec::new();
     let lens: &[usize] = if small() { &[0, 1, 37, 300] } else { &[0, 1, 37, 300, 1025, 4097] };
-    for &(heads, kv_heads, d) in &[(4, 4, 32), (8, 2, 64), (32, 8, 128), (8, 1, 128), (4, 4, 256), (4, 2, 80), (6, 3, 16), (4, 2, 96)] {
+    for &(heads, kv_heads, d) in &[(4, 4, 32), (8, 2, 64), (32, 8, 128), (8, 1, 128), (4, 4, 128), (2, 2, 64), (16, 1, 64), (4, 4, 256), (4, 2, 80), (6, 3, 16), (4, 2, 96)] {
         for &l in lens {
             // The longest past with one query token only (the CPU reference is the slow part).
             let qs: &[usize] = if l > 2000 { &[1] } else { &[1, 3, 16] };
