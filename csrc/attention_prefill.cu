@@ -14,9 +14,8 @@
 // distinct banks for every head dim. Head dims are padded to a tile width (16, 32, 64, 80, 96,
 // 128, 160, 192, 256) with zero columns, so any multiple of 8 up to 256 runs.
 //
-// Next steps on sm_90a (what FlashAttention-3 shows pays): wgmma from shared memory, TMA loads
-// completing on mbarriers, and producer/consumer warp specialization with two consumer
-// warpgroups ping-ponging softmax against the matrix products.
+// On sm_90a, head dims 64 and 128 can take the warpgroup-MMA kernel instead
+// (attention_wgmma.cu, opt-in with PARADEC_ATTN_PREFILL=wgmma; launch_prefill dispatches).
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -500,6 +499,7 @@ int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t str
 
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream) {
     if (a.q_len > 65535 * 16 * kWarps) return PARADEC_K_DIM_TOO_LARGE;
+    if (prefill_wgmma_serves(a)) return launch_prefill_wgmma(dtype, a, stream);
     return dispatch_dtype(dtype, [&](auto tag) { return launch_prefill_t<decltype(tag)>(a, stream); });
 }
 
