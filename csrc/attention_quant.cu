@@ -944,7 +944,9 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     // 128 keys per split: a longest sequence of up to c·128 keys is cut into
     // min(that, c, 256) splits of equal length (the last one shorter).
     const int64_t want = 8 * static_cast<int64_t>(q_sm_count());
-    const int64_t by_units = std::max<int64_t>(1, (want + units - 1) / units);
+    static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kQMaxSplits);  // as plan_decode
+    const int64_t by_units = std::min<int64_t>(std::max<int64_t>(1, (want + units - 1) / units),
+                                               cap > 0 ? cap : kQMaxSplits);
     for (int64_t c = 1; c <= kQMaxSplits; ++c)
         p.splits_by_cap[c] = static_cast<unsigned char>(
             std::min<int64_t>(std::min<int64_t>(by_units, c), kQMaxSplits) - 1);

@@ -88,6 +88,14 @@ inline bool env_is(const char *name, const char *value) {
     return v != nullptr && std::strcmp(v, value) == 0;
 }
 
+// The integer in environment variable `name` when it lies in [lo, hi], else 0 (unset or out
+// of range; callers read their knob once and keep it in a static).
+inline int env_int(const char *name, int lo, int hi) {
+    const char *v = std::getenv(name);
+    const int n = v ? std::atoi(v) : 0;
+    return n >= lo && n <= hi ? n : 0;
+}
+
 inline bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // The status of the launch just made (0, or the cudaError_t it raised; clears it).

@@ -943,11 +943,7 @@ int wgmma_tokens(int64_t m) { return m <= 64 ? 64 : m <= 512 ? 128 : 256; }
 // PARADEC_WGMMA_KSPLIT=N (1 … 16) forces N splits where the caps allow (benches compare
 // counts); 0 when unset.
 int wgmma_ksplit_forced() {
-    static const int forced = [] {
-        const char *v = std::getenv("PARADEC_WGMMA_KSPLIT");
-        const int n = v ? std::atoi(v) : 0;
-        return n >= 1 && n <= 16 ? n : 0;
-    }();
+    static const int forced = env_int("PARADEC_WGMMA_KSPLIT", 1, 16);
     return forced;
 }
 

@@ -170,6 +170,10 @@ if [[ "$MODE" == knobs ]]; then
       echo "==== decode attention: ${k:-defaults}"
       env $k "$D/bin/gpu_bench" --attention --quick --only attn_decode
     done
+    for n in 1 2 4; do
+      echo "==== decode attention: PARADEC_ATTN_MAX_SPLITS=$n"
+      PARADEC_ATTN_MAX_SPLITS=$n "$D/bin/gpu_bench" --attention --quick --only attn_decode
+    done
   } > "$RESULTS/knobs_bench.log" 2>&1
   SUMMARY+=("knob bench: $RESULTS/knobs_bench.log")
 fi
