@@ -56,7 +56,9 @@ struct WgLayout {
     static constexpr size_t vOff = vtOff + vtTile;
     static constexpr size_t qOff = vOff + 2 * vStage;
     static constexpr size_t bytes = qOff + qStage + 1024;  // + alignment slack
-    static_assert(kTile % 1024 == 0 && vtTile % 1024 == 0, "swizzled tiles on 1024-byte boundaries");
+    static_assert(kTile == kSub * (D / 64) && vtTile == vSub * (kWgBN / 64),
+                  "tiles of whole 64-element sub-tiles, each on a 1024-byte boundary");
+    static_assert(kSub % 1024 == 0 && vSub % 1024 == 0, "sub-tiles of whole swizzle periods");
 };
 
 template <typename T, int D>
