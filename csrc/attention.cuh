@@ -43,9 +43,9 @@ constexpr float kLog2e = 1.4426950408889634f;
 // The tensor-core kernel over any q_len (attention_prefill.cu).
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream);
 
-// The warpgroup-MMA prefill kernel (attention_wgmma.cu): whether it takes a call — opt-in with
-// PARADEC_ATTN_PREFILL=wgmma, head dims 64 and 128, a compute capability 9.0 device and a build
-// with sm_90a code — and its launch (launch_prefill calls it where it serves).
+// The warpgroup-MMA prefill kernel (attention_wgmma.cu): whether it takes a call — head dims
+// 64 and 128, a compute capability 9.0 device and a build with sm_90a code, unless
+// PARADEC_ATTN_PREFILL=mma — and its launch (launch_prefill calls it where it serves).
 bool prefill_wgmma_serves(const AttnArgs &a);
 int launch_prefill_wgmma(int dtype, const AttnArgs &a, cudaStream_t stream);
 

@@ -14,8 +14,8 @@
 // distinct banks for every head dim. Head dims are padded to a tile width (16, 32, 64, 80, 96,
 // 128, 160, 192, 256) with zero columns, so any multiple of 8 up to 256 runs.
 //
-// On sm_90a, head dims 64 and 128 can take the warpgroup-MMA kernel instead
-// (attention_wgmma.cu, opt-in with PARADEC_ATTN_PREFILL=wgmma; launch_prefill dispatches).
+// On sm_90a, head dims 64 and 128 take the warpgroup-MMA kernel instead (attention_wgmma.cu;
+// launch_prefill dispatches; PARADEC_ATTN_PREFILL=mma keeps this one).
 #include <algorithm>
 #include <climits>
 #include <cmath>
