@@ -2,13 +2,13 @@
 // the dequantizing copy a prefill over such a cache uses. CUDA twins of
 // cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
 //
-// Three decode kernels (q_kernel picks; PARADEC_KV_DECODE=simt or =frag forces the others):
-// - qdecode_frag_kernel (head dims 64 and 128, FP8/Q8/Q4 codes, any number of query rows;
-//   opt-in with PARADEC_KV_DECODE=frag until it has run on a GPU):
+// Three decode kernels (q_kernel picks; PARADEC_KV_DECODE=tile or =simt forces the others):
+// - qdecode_frag_kernel (head dims 64 and 128, FP8/Q8/Q4 codes, any number of query rows):
 //   the codes of 16-key stages stream through per-warp cp.async rings and go from ldmatrix
 //   straight into mma fragments (kv_frag.cuh), Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ on tensor cores with
 //   the query rows as the mma's n.
-// - qdecode_mma_kernel (the same head dims, at least two query rows per KV head): each stage is decoded into K and V tiles of the compute dtype in shared
+// - qdecode_mma_kernel (the same head dims, a paged native cache with at least two query rows
+//   per KV head): each stage is decoded into K and V tiles of the compute dtype in shared
 //   memory and run through attention_mma.cuh's step.
 // - qdecode_kernel (the rest) on CUDA cores, split over the KV length like attention.cu's: one
 //   block per (split, sequence, KV head, chunk of R query rows); a key's head_dim features
@@ -1022,18 +1022,20 @@ int launch_frag_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     return launch_status();
 }
 
-// Which decode kernel a call takes. Head dims 64 and 128 with at least two query rows per KV
-// head run on tensor cores through the decoded-tile kernel (one row gains nothing from its
-// 16-row tile); the rest on CUDA cores. PARADEC_KV_DECODE=frag takes the fragment kernel for
-// every FP8/Q8/Q4 call at those head dims, whatever its rows (opt-in until it has run on a
-// GPU); =simt forces the CUDA-core kernel (tests and comparisons).
+// Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores: FP8/Q8/Q4 codes
+// through the fragment kernel, whatever the number of query rows (H100, same run: 1.1–2.6×
+// the decoded-tile kernel and the CUDA-core one wherever measured); a paged native cache
+// through the decoded-tile kernel where there are at least two query rows per KV head (one row
+// gains nothing from its 16-row tile). The rest run on CUDA cores. PARADEC_KV_DECODE=tile
+// forces the decoded-tile kernel where it applies, =simt the CUDA-core one (tests and
+// comparisons).
 enum class QKernel { Simt, Tile, Frag };
 
 QKernel q_kernel(const AttnArgs &a, int kf) {
     static const bool simt = env_is("PARADEC_KV_DECODE", "simt");
-    static const bool frag = env_is("PARADEC_KV_DECODE", "frag");
+    static const bool tile = env_is("PARADEC_KV_DECODE", "tile");
     if (simt || !tc_head_dim(a.head_dim)) return QKernel::Simt;
-    if (frag && kf != PARADEC_KV_NATIVE) return QKernel::Frag;
+    if (kf != PARADEC_KV_NATIVE && !tile) return QKernel::Frag;
     return a.q_len * (a.heads / a.kv_heads) >= 2 ? QKernel::Tile : QKernel::Simt;
 }
 

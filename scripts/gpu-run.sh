@@ -104,11 +104,11 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=small "$D/bin/gpu" decoder:: graph::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=vendor "$D/bin/gpu" decoder:: graph::
-    # The CUDA-core quantized decode where the tensor-core one would run, and the fragment one.
+    # The CUDA-core and decoded-tile quantized decodes where the fragment one would run.
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
-    PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=frag "$D/bin/gpu" kv_quant:: attention::
-    # The warpgroup-MMA prefill attention (Hopper).
-    PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=wgmma "$D/bin/gpu" attention:: kv_quant:: decoder::
+    PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=tile "$D/bin/gpu" kv_quant:: attention::
+    # The mma.sync prefill attention where the warpgroup-MMA one would run (Hopper).
+    PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=mma "$D/bin/gpu" attention:: kv_quant:: decoder::
   } > "$RESULTS/optin_tests.log" 2>&1
   SUMMARY+=("other-path tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
   if command -v compute-sanitizer >/dev/null; then
@@ -119,12 +119,9 @@ if [[ "$MODE" == optin ]]; then
         --report-api-errors no "$D/bin/gpu" --test-threads=1 kv_quant::
       PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt compute-sanitizer --tool racecheck \
         "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped kv_quant::paged
-      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=frag PARADEC_ATTN_PREFILL=wgmma \
+      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=tile PARADEC_ATTN_PREFILL=mma \
         compute-sanitizer --tool memcheck --report-api-errors no "$D/bin/gpu" --test-threads=1 \
         kv_quant:: attention::
-      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=frag PARADEC_ATTN_PREFILL=wgmma \
-        compute-sanitizer --tool racecheck "$D/bin/gpu" --test-threads=1 kv_quant::quantized \
-        attention::attention_matches
     } > "$RESULTS/optin_sanitize.log" 2>&1
     SUMMARY+=("other-path sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/optin_sanitize.log" | tr '\n' ' ')")
   fi
@@ -133,9 +130,9 @@ if [[ "$MODE" == optin ]]; then
     "$D/bin/gpu_bench" --only linear --quick --lin-fmt dense --lin-ms 1,16,64,512,2048 --lin-path auto,gemv,mma
     "$D/bin/gpu_bench" --attention --quick --only attn_decode
     PARADEC_KV_DECODE=simt "$D/bin/gpu_bench" --attention --quick --only attn_decode
-    PARADEC_KV_DECODE=frag "$D/bin/gpu_bench" --attention --quick --only attn_decode
+    PARADEC_KV_DECODE=tile "$D/bin/gpu_bench" --attention --quick --only attn_decode
     "$D/bin/gpu_bench" --attention --quick --only attn_prefill
-    PARADEC_ATTN_PREFILL=wgmma "$D/bin/gpu_bench" --attention --quick --only attn_prefill
+    PARADEC_ATTN_PREFILL=mma "$D/bin/gpu_bench" --attention --quick --only attn_prefill
     "$D/bin/gpu_bench" --decoder --quick
     PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1
