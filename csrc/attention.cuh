@@ -2,8 +2,11 @@
 // tensor-core (prefill) kernel, which lives in attention_prefill.cu.
 #pragma once
 
+#include <cmath>
+
 #include "common.cuh"
 #include "dependent_launch.cuh"
+#include "mma.cuh"
 
 namespace paradec {
 
@@ -118,6 +121,55 @@ __device__ __forceinline__ int64_t split_len_of(const AttnArgs &a, int64_t kv_le
 __device__ __forceinline__ int64_t clamped_past(const AttnArgs &a, int b) {
     int64_t p = a.past_len[b];
     return p < 0 ? 0 : (p > a.max_past ? a.max_past : p);
+}
+
+// The online softmax's step for one row: m ← max(m, mx). Returns the offset this step's
+// exponentials subtract (0 while the row has seen only −∞) and sets `al`, the factor that
+// rescales what was summed before.
+__device__ __forceinline__ float softmax_rescale(float &m, float mx, float &al) {
+    const float mn = fmaxf(m, mx);
+    const float mu = mn == -INFINITY ? 0.f : mn;
+    al = exp2f(m - mu);
+    m = mn;
+    return mu;
+}
+
+// Where a prefill block works: query tokens t0 … t_end − 1 of sequence b for query head h (KV
+// head kvh, head dim D, `bm` tokens a block); every key its rows see lies in [lo, hi]; K and V
+// of that head start at kbase, vbase (rows of kv_dim).
+template <typename T>
+struct PrefillBlock {
+    int64_t t0, past, t_end, hi, lo, kv_dim;
+    const T *kbase, *vbase;
+    __device__ __forceinline__ PrefillBlock(const AttnArgs &a, int D, int bm, int mblk, int h, int b) {
+        const int kvh = h / (a.heads / a.kv_heads);
+        t0 = static_cast<int64_t>(mblk) * bm;
+        past = clamped_past(a, b);
+        t_end = min(t0 + bm, static_cast<int64_t>(a.q_len));
+        hi = past + t_end - 1;
+        lo = a.window > 0 ? max(int64_t{0}, past + t0 + 1 - a.window) : 0;
+        kv_dim = static_cast<int64_t>(a.kv_heads) * D;
+        const int64_t head = static_cast<int64_t>(b) * a.capacity * kv_dim + kvh * D;
+        kbase = static_cast<const T *>(a.k) + head;
+        vbase = static_cast<const T *>(a.v) + head;
+    }
+};
+
+// Queues (cp.async) the block's `rows` query rows of `ch` 16-byte chunks into qs (rows of `sd`
+// elements); rows past q_len are zero-filled. Threads tid, tid + nthreads, … share the copies.
+template <typename T>
+__device__ __forceinline__ void stage_query_tile(const AttnArgs &a, int64_t t0, int b, int h,
+                                                 int D, int rows, int ch, T *qs, int sd, int tid,
+                                                 int nthreads) {
+    const T *qb = static_cast<const T *>(a.q);
+    for (int i = tid; i < rows * ch; i += nthreads) {
+        const int r = i / ch, c = i % ch;
+        const int64_t t = t0 + r;
+        const bool ok = t < a.q_len;
+        const T *src =
+            ok ? qb + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + c * kVec : qb;
+        cp_async16_zfill(qs + r * sd + c * kVec, src, ok);
+    }
 }
 
 }  // namespace paradec

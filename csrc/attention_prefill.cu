@@ -69,19 +69,11 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int mblk = gridDim.x - 1 - blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int kvh = h / (a.heads / a.kv_heads);
     const int D = a.head_dim;
     const int CH = D / kVec;  // 16-byte chunks of a row that hold data
-    const int64_t t0 = static_cast<int64_t>(mblk) * BM;
-    const int64_t past = clamped_past(a, b);
-    const int64_t t_end = min(t0 + BM, static_cast<int64_t>(a.q_len));
-    const int64_t hi = past + t_end - 1;  // last key any row sees
-    const int64_t lo = a.window > 0 ? max(int64_t{0}, past + t0 + 1 - a.window) : 0;
-    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
-    const T *kbase = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
-                     kvh * D;
-    const T *vbase = static_cast<const T *>(a.v) + static_cast<int64_t>(b) * a.capacity * kv_dim +
-                     kvh * D;
+    const PrefillBlock<T> pb(a, D, BM, mblk, h, b);
+    const int64_t t0 = pb.t0, past = pb.past, hi = pb.hi, lo = pb.lo, kv_dim = pb.kv_dim;
+    const T *kbase = pb.kbase, *vbase = pb.vbase;
 
     // Zero the pad columns once (cp.async never writes them).
     if (CH < DP / kVec) {
@@ -91,19 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
             st(Qs + r * SD + c * kVec, make_uint4(0, 0, 0, 0));
         }
     }
-    // Q tile.
-    {
-        const T *qb = static_cast<const T *>(a.q);
-        for (int i = tid; i < BM * CH; i += blockDim.x) {
-            const int r = i / CH, c = i % CH;
-            const int64_t t = t0 + r;
-            const bool ok = t < a.q_len;
-            const T *src = ok ? qb + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D +
-                                    c * kVec
-                              : qb;
-            cp_async16_zfill(Qs + r * SD + c * kVec, src, ok);
-        }
-    }
+    stage_query_tile(a, t0, b, h, D, BM, CH, Qs, SD, tid, static_cast<int>(blockDim.x));
     const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
     auto load_kv = [&](int n, int buf) {
         T *ks = Ks + buf * BN * SD;

@@ -823,11 +823,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
         }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
+        float al0, al1;
+        const float mu0 = softmax_rescale(m0, mx0, al0), mu1 = softmax_rescale(m1, mx1, al1);
         float p[4];
         p[0] = exp2f(s[0] - mu0);
         p[1] = exp2f(s[1] - mu1);

@@ -81,31 +81,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     const int g = lane >> 2, t4 = lane & 3, mi = lane >> 3;
     const int mblk = gridDim.x - 1 - blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int kvh = h / (a.heads / a.kv_heads);
-    const int64_t t0 = static_cast<int64_t>(mblk) * kWgBM;
-    const int64_t past = clamped_past(a, b);
-    const int64_t t_end = min(t0 + kWgBM, static_cast<int64_t>(a.q_len));
-    const int64_t hi = past + t_end - 1;  // last key any row sees
-    const int64_t lo = a.window > 0 ? max(int64_t{0}, past + t0 + 1 - a.window) : 0;
-    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * D;
-    const T *kbase = static_cast<const T *>(a.k) + static_cast<int64_t>(b) * a.capacity * kv_dim +
-                     kvh * D;
-    const T *vbase = static_cast<const T *>(a.v) + static_cast<int64_t>(b) * a.capacity * kv_dim +
-                     kvh * D;
-
-    // Q tile (rows past q_len zero-filled).
-    {
-        const T *qb = static_cast<const T *>(a.q);
-        for (int i = tid; i < kWgBM * CH; i += kWgThreads) {
-            const int r = i / CH, c = i % CH;
-            const int64_t t = t0 + r;
-            const bool ok = t < a.q_len;
-            const T *src = ok ? qb + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D +
-                                    c * kVec
-                              : qb;
-            cp_async16_zfill(qs + r * SD + c * kVec, src, ok);
-        }
-    }
+    const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
+    const int64_t t0 = pb.t0, past = pb.past, hi = pb.hi, lo = pb.lo, kv_dim = pb.kv_dim;
+    const T *kbase = pb.kbase, *vbase = pb.vbase;
+    stage_query_tile(a, t0, b, h, D, kWgBM, CH, qs, SD, tid, kWgThreads);  // rows past q_len: 0
     // K tile n into K buffer `buf` (swizzled), V tile n into V staging `buf`; keys outside
     // [lo, hi] zero-filled and not read.
     auto load_kv = [&](int n, int buf) {
@@ -211,11 +190,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
         }
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float mu0 = mn0 == -INFINITY ? 0.f : mn0, mu1 = mn1 == -INFINITY ? 0.f : mn1;
-        const float al0 = exp2f(m0 - mu0), al1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
+        float al0, al1;
+        const float mu0 = softmax_rescale(m0, mx0, al0), mu1 = softmax_rescale(m1, mx1, al1);
         l0 *= al0;
         l1 *= al1;
 #pragma unroll
