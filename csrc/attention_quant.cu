@@ -986,37 +986,32 @@ int launch_q_l(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     }
 }
 
-template <typename T, int KF, int VF, int D>
-int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
-    constexpr size_t smem = tc_smem_bytes<KF, VF, D>();
-    const cudaError_t attr =
-        cudaFuncSetAttribute(qdecode_mma_kernel<T, KF, VF, D>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+// Launches a tensor-core decode kernel (`smem` bytes of dynamic shared memory, `rows` query
+// rows a block) over the plan's splits, every (sequence, KV head) and its row chunks.
+int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, const QArgs &qa, const QPlan &p,
+                cudaStream_t stream) {
+    const cudaError_t attr = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (attr != cudaSuccess) {
         cudaGetLastError();
         return static_cast<int>(attr);
     }
-    const int rows = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
-    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, (rows + kDecRows - 1) / kDecRows);
-    qdecode_mma_kernel<T, KF, VF, D><<<grid, kTcWarps * 32, smem, stream>>>(qa);
+    const int all = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
+    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, (all + rows - 1) / rows);
+    kernel<<<grid, kTcWarps * 32, smem, stream>>>(qa);
     return launch_status();
 }
 
 template <typename T, int KF, int VF, int D>
+int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+    return launch_q_tc(qdecode_mma_kernel<T, KF, VF, D>, tc_smem_bytes<KF, VF, D>(), kDecRows,
+                       qa, p, stream);
+}
+
+template <typename T, int KF, int VF, int D>
 int launch_frag_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
-    constexpr size_t smem = frag_smem_bytes<KF, VF, D>();
-    const cudaError_t attr =
-        cudaFuncSetAttribute(qdecode_frag_kernel<T, KF, VF, D>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
-    const int rows = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
-    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads,
-                    (rows + kvfrag::kRows - 1) / kvfrag::kRows);
-    qdecode_frag_kernel<T, KF, VF, D><<<grid, kTcWarps * 32, smem, stream>>>(qa);
-    return launch_status();
+    return launch_q_tc(qdecode_frag_kernel<T, KF, VF, D>, frag_smem_bytes<KF, VF, D>(),
+                       kvfrag::kRows, qa, p, stream);
 }
 
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores: FP8/Q8/Q4 codes
