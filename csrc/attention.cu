@@ -436,8 +436,8 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     // cores 2, 1 past head dim 128), at least 128 keys per split: for a length of c·128 keys
     // the fewest splits up to min(c, slots) whose last wave is at least 90% full (else the
     // fullest). One pass over the split counts gives the answer for every c.
-    // PARADEC_ATTN_MAX_SPLITS=N (1 … 256) caps the count (benches compare the combine's cost
-    // against fewer, longer splits).
+    // PARADEC_ATTN_MAX_SPLITS=N (1 … 256) caps the count, PARADEC_ATTN_SPLITS=N fixes it
+    // (benches compare the combine's cost against fewer, longer splits).
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kMaxSplits);
     const int per_sm = p.rows != kDecodeMmaRows ? 3 : (head_dim <= 128 ? 2 : 1);
     const int64_t slots = per_sm * static_cast<int64_t>(sm_count());
@@ -458,6 +458,7 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
         p.splits_by_cap[c] =
             static_cast<unsigned char>((cap > 0 ? std::min<int64_t>(best_sp, cap) : best_sp) - 1);
     }
+    fix_splits(p.splits_by_cap);
     const int64_t max_kv = max_past + q_len;
     const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_kv + 127) / 128));
     // The table's count, not fewer: a shorter sequence of the batch may use all of its splits

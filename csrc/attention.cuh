@@ -41,6 +41,16 @@ struct AttnArgs {
 // Most splits of a decode launch.
 constexpr int kMaxSplits = 256;
 
+// PARADEC_ATTN_SPLITS=N (1 … kMaxSplits, read once): a decode plan's table of split counts by
+// length (entry c: a longest sequence of c·128 keys; the value is splits − 1) set to min(N, c)
+// whatever the plan chose — a measurement knob for sweeping the split count.
+inline void fix_splits(unsigned char (&splits_by_cap)[kMaxSplits + 1]) {
+    static const int fixed = env_int("PARADEC_ATTN_SPLITS", 1, kMaxSplits);
+    if (fixed == 0) return;
+    for (int c = 1; c <= kMaxSplits; ++c)
+        splits_by_cap[c] = static_cast<unsigned char>((c < fixed ? c : fixed) - 1);
+}
+
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The tensor-core kernel over any q_len (attention_prefill.cu).

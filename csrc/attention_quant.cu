@@ -947,6 +947,7 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     for (int64_t c = 1; c <= kQMaxSplits; ++c)
         p.splits_by_cap[c] = static_cast<unsigned char>(
             std::min<int64_t>(std::min<int64_t>(by_units, c), kQMaxSplits) - 1);
+    fix_splits(p.splits_by_cap);
     // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
     // a shorter batch leaves empty merges as exact zeros).
     const int64_t max_kv = max_past + q_len;

@@ -5,6 +5,12 @@
 //! q8, q6, q4), counting the bytes of its codes and scales as the KV bytes read.
 //!
 //!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode|attn_decode_q4] [--csv FILE]
+//!               [--attn-ls 1024,8192] [--attn-batches 1,8] [--attn-kvs 32,8]
+//!               [--attn-modes f16,q4,fp8e4m3]
+//!
+//! The last four narrow the decode cases (KV lengths, batches, KV heads, cache modes: `f16` is
+//! the contiguous fp16 cache, the others `QUANT_MODES`' names) — for sweeps such as
+//! `PARADEC_ATTN_SPLITS=N`, which fixes the decode's split count.
 
 use super::*;
 
@@ -301,7 +307,84 @@ fn time_attention_quant(
     b.time(sets, &mut launch)
 }
 
-pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow>> {
+/// The decode cases to run: KV lengths, batches, KV-head counts and cache modes (`--attn-ls`,
+/// `--attn-batches`, `--attn-kvs`, `--attn-modes`; comma-separated lists).
+pub struct DecodeCases {
+    ls: Vec<usize>,
+    batches: Vec<usize>,
+    kvs: Vec<usize>,
+    /// None: every mode.
+    modes: Option<Vec<String>>,
+}
+
+impl DecodeCases {
+    pub fn parse(args: &[String], quick: bool) -> Result<Self> {
+        let list = |flag: &str, default: &[usize]| -> Result<Vec<usize>> {
+            match args.iter().position(|a| a == flag) {
+                None => Ok(default.to_vec()),
+                Some(i) => {
+                    let v = args.get(i + 1).ok_or_else(|| {
+                        Error::bad_input(format!("{flag} needs a comma-separated list"))
+                    })?;
+                    v.split(',')
+                        .map(|x| {
+                            x.trim()
+                                .parse::<usize>()
+                                .ok()
+                                .filter(|&n| n > 0)
+                                .ok_or_else(|| {
+                                    Error::bad_input(format!(
+                                        "{flag}: `{x}` is not a positive integer"
+                                    ))
+                                })
+                        })
+                        .collect()
+                }
+            }
+        };
+        let ls: &[usize] = if quick {
+            &[1024, 32768]
+        } else {
+            &[1024, 8192, 32768, 131072]
+        };
+        Ok(Self {
+            ls: list("--attn-ls", ls)?,
+            batches: list("--attn-batches", &[1, 8, 32])?,
+            kvs: list("--attn-kvs", &[32, 8])?,
+            modes: match args.iter().position(|a| a == "--attn-modes") {
+                None => None,
+                Some(i) => {
+                    let v = args.get(i + 1).ok_or_else(|| {
+                        Error::bad_input("--attn-modes needs a comma-separated list")
+                    })?;
+                    let modes: Vec<String> = v.split(',').map(|m| m.trim().to_string()).collect();
+                    if let Some(m) = modes
+                        .iter()
+                        .find(|m| *m != "f16" && !QUANT_MODES.iter().any(|(n, _, _)| n == m))
+                    {
+                        return Err(Error::bad_input(format!(
+                            "--attn-modes: unknown cache mode `{m}`"
+                        )));
+                    }
+                    Some(modes)
+                }
+            },
+        })
+    }
+
+    fn has_mode(&self, mode: &str) -> bool {
+        self.modes
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == mode))
+    }
+}
+
+pub fn run_all(
+    b: &Bench,
+    quick: bool,
+    only: Option<&str>,
+    cases: &DecodeCases,
+) -> Result<Vec<AttnRow>> {
     let mut rows = Vec::new();
     let want = |k: &str| only.is_none_or(|o| k.contains(o));
     // Prefill: 16k tokens per call (batch = 16384 / s), heads·d = 2048, causal, MHA.
@@ -337,20 +420,15 @@ pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow
         }
     }
     // Decode: 32 query heads of 128, one new token over L cached ones.
-    let ls: &[usize] = if quick {
-        &[1024, 32768]
-    } else {
-        &[1024, 8192, 32768, 131072]
-    };
     let any_quant = QUANT_MODES
         .iter()
         .any(|(n, _, _)| want(&format!("attn_decode_{n}")));
-    for &kv in &[32usize, 8] {
+    for &kv in &cases.kvs {
         if !want("attn_decode") && !any_quant {
             break;
         }
-        for &batch in &[1usize, 8, 32] {
-            for &l in ls {
+        for &batch in &cases.batches {
+            for &l in &cases.ls {
                 let kv_bytes = 2.0 * (batch * l * kv * 128 * 2) as f64;
                 if kv_bytes > 40e9 {
                     eprintln!(
@@ -359,7 +437,7 @@ pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow
                     );
                     continue;
                 }
-                if want("attn_decode") {
+                if want("attn_decode") && cases.has_mode("f16") {
                     let t = time_attention(b, Dt::F16, batch, 1, 32, kv, 128, l - 1)?;
                     eprintln!(
                         "decode b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
@@ -385,7 +463,7 @@ pub fn run_all(b: &Bench, quick: bool, only: Option<&str>) -> Result<Vec<AttnRow
                         "q6" => "attn_decode_q6",
                         _ => "attn_decode_q4",
                     };
-                    if !want(kernel) {
+                    if !want(kernel) || !cases.has_mode(name) {
                         continue;
                     }
                     let bytes = (batch
@@ -421,13 +499,14 @@ pub fn main_bench(
     only: Option<&str>,
     csv: Option<String>,
     device: &str,
+    cases: &DecodeCases,
 ) -> Result<()> {
     let read_bw = measure_read_bw(b)?;
     println!(
         "# read-only bandwidth (2 GiB XOR reduction): {:.0} GB/s",
         read_bw / 1e9
     );
-    let rows = run_all(b, quick, only)?;
+    let rows = run_all(b, quick, only, cases)?;
     let mut out =
         String::from("kernel,dtype,shape,us_b2b,us_graph,flops,bytes,tflops,gbps,pct_read\n");
     println!("\n| kernel | dtype | shape | µs (b2b) | µs (graph) | TFLOP/s | KV GB/s | % of read BW |\n|---|---|---|---|---|---|---|---|");
