@@ -4,8 +4,8 @@
 // the mma.sync kernel at s = 2048 and 8192); PARADEC_ATTN_PREFILL=mma keeps the mma.sync one.
 //
 // One block per (128 query tokens, query head, sequence), heaviest (latest) query tiles first:
-// two warpgroups of 64 query rows each, Q held in registers as wgmma A fragments. K and V tiles
-// of 128 keys stream through shared memory, double-buffered with cp.async. Per tile:
+// two warpgroups of 64 query rows each, Q read from its staged tile as wgmma A fragments. K and
+// V tiles of 128 keys stream through shared memory, double-buffered with cp.async. Per tile:
 //  - S = Q·Kᵀ: wgmma m64n128k16 with B = the K tile, K-major in the 128-byte swizzle
 //    (wgmma.cuh's descriptor, two 64-dim sub-tiles for head dim 128);
 //  - while it runs, every warp transposes part of the staged V tile into Vᵀ (ldmatrix.trans,
@@ -139,11 +139,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         // Tile n has landed for every thread (and is visible to wgmma); every warp is done with
         // Vᵀ and with the buffers tile n + 1 loads into.
         __syncthreads();
-        if (n == n_first) {
+        // Q's A fragments, from the staged tile on every tile: held in registers across the
+        // loop, ptxas (CUDA 13.0) gave P's fragments the same registers at head dim 128, and
+        // every tile after the first multiplied P by K.
 #pragma unroll
-            for (int kk = 0; kk < KT; ++kk)
-                ldsm_x4(qf[kk], qs + (wrow + (mi & 1) * 8 + (lane & 7)) * SD + kk * 16 + (mi >> 1) * 8);
-        }
+        for (int kk = 0; kk < KT; ++kk)
+            ldsm_x4(qf[kk], qs + (wrow + (mi & 1) * 8 + (lane & 7)) * SD + kk * 16 + (mi >> 1) * 8);
         if (n < n_last) load_kv(n + 1, buf ^ 1);
         cp_async_commit_group();
 
