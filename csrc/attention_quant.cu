@@ -929,7 +929,7 @@ struct QPlan {
 };
 
 QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
-                   int64_t head_dim, int64_t max_past) {
+                   int64_t head_dim, int64_t max_past, bool frag) {
     QPlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     p.rows = rows <= 1 ? 1 : rows <= 4 ? 4 : 8;
@@ -937,16 +937,26 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     const int64_t vecs = (head_dim + 7) / 8;
     p.lanes = vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
     const int64_t units = batch * kv_heads * p.chunks;
-    // About eight blocks per SM in all (enough loads in flight to stream the cache), at least
-    // 128 keys per split: a longest sequence of up to c·128 keys is cut into
-    // min(that, c, 256) splits of equal length (the last one shorter).
-    const int64_t want = 8 * static_cast<int64_t>(q_sm_count());
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kQMaxSplits);  // as plan_decode
-    const int64_t by_units = std::min<int64_t>(std::max<int64_t>(1, (want + units - 1) / units),
-                                               cap > 0 ? cap : kQMaxSplits);
-    for (int64_t c = 1; c <= kQMaxSplits; ++c)
+    const int64_t most = cap > 0 ? cap : kQMaxSplits;
+    // The fragment kernel: about two blocks per SM in all and at least 256 keys per split — a
+    // longest sequence of c·128 keys is cut into min(⌊2·SMs / units⌋, ⌊c / 2⌋) splits (at least
+    // one). Swept on an H100 (2026-12-06, 1–128 splits, Q4 and FP8, batch 1 and 8, 8 and 32 KV
+    // heads, L 1024 and 32768; docs/gpu-bench-attention-h200.md): the best count gave 240–270
+    // blocks at L = 32768 in every case (Q4 batch 1, 8 KV heads: 33.8 µs at 32 splits against
+    // 61.9 at the old plan's 132; batch 8, 32 KV heads: 539 µs at 1 split against 700 at 5).
+    // Each block streams its own keys with latency-bound warps; more blocks only add partials
+    // and per-block setup. The CUDA-core and decoded-tile kernels: about eight blocks per SM, at
+    // least 128 keys per split (min(⌈8·SMs / units⌉, c)). Both grow with c, as a graph captured
+    // for c needs: it replays shorter sequences with the table's counts inside its grid.
+    const int64_t sms = q_sm_count();
+    const int64_t by_units = frag ? std::max<int64_t>(1, 2 * sms / units)
+                                  : std::max<int64_t>(1, (8 * sms + units - 1) / units);
+    for (int64_t c = 1; c <= kQMaxSplits; ++c) {
+        const int64_t by_len = frag ? std::max<int64_t>(1, c / 2) : c;
         p.splits_by_cap[c] = static_cast<unsigned char>(
-            std::min<int64_t>(std::min<int64_t>(by_units, c), kQMaxSplits) - 1);
+            std::min<int64_t>(std::min<int64_t>(by_units, by_len), most) - 1);
+    }
     fix_splits(p.splits_by_cap);
     // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
     // a shorter batch leaves empty merges as exact zeros).
@@ -1075,12 +1085,19 @@ size_t q_scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads
     if (q_len == 0 || q_len > static_cast<size_t>(kQMaxQ) || kv_heads == 0 ||
         heads % kv_heads != 0 || batch == 0 || head_dim == 0)
         return 0;
-    const QPlan p = plan_qdecode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
-                                 static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
-                                 static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past));
-    if (p.splits == 1) return 0;
+    // Either kernel family's plan may run (the cache format picks): room for the larger.
+    int splits = 1;
+    for (const bool frag : {false, true})
+        splits = std::max(splits, plan_qdecode(static_cast<int64_t>(batch),
+                                               static_cast<int64_t>(q_len),
+                                               static_cast<int64_t>(heads),
+                                               static_cast<int64_t>(kv_heads),
+                                               static_cast<int64_t>(head_dim),
+                                               static_cast<int64_t>(max_past), frag)
+                                      .splits);
+    if (splits == 1) return 0;
     const size_t rows = batch * q_len * heads;
-    return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
+    return sizeof(float) * static_cast<size_t>(splits) * rows * (head_dim + 2);
 }
 
 // ---- dequantizing gather -------------------------------------------------------------------------
@@ -1221,8 +1238,9 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
         qa.v = paradec::view(v_pages, kv_dim);
         const int sst = paradec::slot_map(block_table, capacity, &qa.sm);
         if (sst != PARADEC_K_OK) return sst;
+        const bool frag = paradec::q_kernel(a, k_pages.format) == paradec::QKernel::Frag;
         const paradec::QPlan p = paradec::plan_qdecode(a.batch, a.q_len, a.heads, a.kv_heads,
-                                                       a.head_dim, a.max_past);
+                                                       a.head_dim, a.max_past, frag);
         a.splits = p.splits;
         std::memcpy(a.splits_by_cap, p.splits_by_cap, sizeof a.splits_by_cap);
         if (p.splits > 1) {
