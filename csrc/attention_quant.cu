@@ -36,6 +36,7 @@
 
 #include "attention.cuh"
 #include "attention_mma.cuh"
+#include "decode_splits.h"
 #include "kv_frag.cuh"
 #include "kv_quant.cuh"
 
@@ -938,25 +939,8 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     p.lanes = vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
     const int64_t units = batch * kv_heads * p.chunks;
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kQMaxSplits);  // as plan_decode
-    const int64_t most = cap > 0 ? cap : kQMaxSplits;
-    // The fragment kernel: about two blocks per SM in all and at least 256 keys per split — a
-    // longest sequence of c·128 keys is cut into min(⌊2·SMs / units⌋, ⌊c / 2⌋) splits (at least
-    // one). Swept on an H100 (2026-12-06, 1–128 splits, Q4 and FP8, batch 1 and 8, 8 and 32 KV
-    // heads, L 1024 and 32768; docs/gpu-bench-attention-h200.md): the best count gave 240–270
-    // blocks at L = 32768 in every case (Q4 batch 1, 8 KV heads: 33.8 µs at 32 splits against
-    // 61.9 at the old plan's 132; batch 8, 32 KV heads: 539 µs at 1 split against 700 at 5).
-    // Each block streams its own keys with latency-bound warps; more blocks only add partials
-    // and per-block setup. The CUDA-core and decoded-tile kernels: about eight blocks per SM, at
-    // least 128 keys per split (min(⌈8·SMs / units⌉, c)). Both grow with c, as a graph captured
-    // for c needs: it replays shorter sequences with the table's counts inside its grid.
-    const int64_t sms = q_sm_count();
-    const int64_t by_units = frag ? std::max<int64_t>(1, 2 * sms / units)
-                                  : std::max<int64_t>(1, (8 * sms + units - 1) / units);
-    for (int64_t c = 1; c <= kQMaxSplits; ++c) {
-        const int64_t by_len = frag ? std::max<int64_t>(1, c / 2) : c;
-        p.splits_by_cap[c] = static_cast<unsigned char>(
-            std::min<int64_t>(std::min<int64_t>(by_units, by_len), most) - 1);
-    }
+    quant_split_table(units, q_sm_count(), frag, cap > 0 ? cap : kQMaxSplits, kQMaxSplits,
+                      p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
     // a shorter batch leaves empty merges as exact zeros).
@@ -1086,15 +1070,13 @@ size_t q_scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads
         heads % kv_heads != 0 || batch == 0 || head_dim == 0)
         return 0;
     // Either kernel family's plan may run (the cache format picks): room for the larger.
-    int splits = 1;
-    for (const bool frag : {false, true})
-        splits = std::max(splits, plan_qdecode(static_cast<int64_t>(batch),
-                                               static_cast<int64_t>(q_len),
-                                               static_cast<int64_t>(heads),
-                                               static_cast<int64_t>(kv_heads),
-                                               static_cast<int64_t>(head_dim),
-                                               static_cast<int64_t>(max_past), frag)
-                                      .splits);
+    const auto splits_of = [&](bool frag) {
+        return plan_qdecode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
+                            static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
+                            static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past), frag)
+            .splits;
+    };
+    const int splits = std::max(splits_of(false), splits_of(true));
     if (splits == 1) return 0;
     const size_t rows = batch * q_len * heads;
     return sizeof(float) * static_cast<size_t>(splits) * rows * (head_dim + 2);

@@ -1,0 +1,32 @@
+// How the quantized-cache decode cuts the KV length: plain C++ (no CUDA), so that the rule is
+// checked on the host (csrc/host_checks/decode_splits.cpp) as well as used by plan_qdecode.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace paradec {
+
+// Fills table[c] (c = 1 … n) with splits − 1 for a longest sequence of c·128 keys, for `units`
+// blocks of (sequence, KV head, row chunk), `sms` SMs and at most `most` splits.
+// The fragment kernel (frag): min(⌊2·SMs / units⌋, ⌊c / 2⌋) — about two blocks per SM, at least
+// 256 keys per split. Swept on an H100 (2026-12-06, 1–128 splits, Q4 and FP8, batch 1 and 8, 8
+// and 32 KV heads, L 1024 and 32768; docs/gpu-bench-attention-h200.md): the best count gave
+// 240–270 blocks at L = 32768 in every case (Q4 batch 1, 8 KV heads: 33.8 µs at 32 splits
+// against 61.9 at 132; batch 8, 32 KV heads: 539 µs at 1 split against 700 at 5). Each block
+// streams its own keys with latency-bound warps; more blocks only add partials and per-block
+// setup. The CUDA-core and decoded-tile kernels: min(⌈8·SMs / units⌉, c) — about eight blocks
+// per SM, at least 128 keys per split. Every count is at least 1 and never falls as c grows:
+// a graph captured for c replays shorter sequences with the table's counts inside its grid.
+inline void quant_split_table(int64_t units, int64_t sms, bool frag, int64_t most, int n,
+                              unsigned char *table) {
+    const int64_t by_units = frag ? std::max<int64_t>(1, 2 * sms / units)
+                                  : std::max<int64_t>(1, (8 * sms + units - 1) / units);
+    for (int64_t c = 1; c <= n; ++c) {
+        const int64_t by_len = frag ? std::max<int64_t>(1, c / 2) : c;
+        table[c] = static_cast<unsigned char>(
+            std::max<int64_t>(1, std::min(std::min(by_units, by_len), most)) - 1);
+    }
+}
+
+}  // namespace paradec

@@ -1,0 +1,63 @@
+// Host check of csrc/decode_splits.h (run by scripts/ci-cuda-check.sh): over unit counts, SM
+// counts and caps, every table entry is at least one split and at most the cap, never falls as
+// the length grows, and keeps its family's bounds — the fragment kernel at most ⌊2·SMs / units⌋
+// splits (or one) of at least 256 keys, the others at most ⌈8·SMs / units⌉ of at least 128 —
+// and reaches them where neither the other bound nor the cap is lower. Also the swept H100
+// cases (132 SMs) take the counts the sweep found best.
+#include <cstdio>
+
+#include "decode_splits.h"
+
+namespace {
+
+int failures = 0;
+
+#define CHECK(cond, ...)                          \
+    do {                                          \
+        if (!(cond) && failures++ < 20) {         \
+            std::printf(__VA_ARGS__);             \
+            std::printf("\n");                    \
+        }                                         \
+    } while (0)
+
+int splits_at(int64_t units, int64_t sms, bool frag, int64_t most, int64_t keys) {
+    unsigned char t[257] = {};
+    paradec::quant_split_table(units, sms, frag, most, 256, t);
+    const int64_t c = std::min<int64_t>(256, std::max<int64_t>(1, (keys + 127) / 128));
+    return t[c] + 1;
+}
+
+}  // namespace
+
+int main() {
+    for (const bool frag : {false, true})
+        for (int64_t units : {1, 2, 7, 8, 32, 64, 100, 256, 1024, 65535})
+            for (int64_t sms : {1, 66, 132, 144})
+                for (int64_t most : {1, 3, 256}) {
+                    unsigned char t[257] = {};
+                    paradec::quant_split_table(units, sms, frag, most, 256, t);
+                    const int64_t by_units =
+                        frag ? std::max<int64_t>(1, 2 * sms / units) : (8 * sms + units - 1) / units;
+                    for (int c = 1; c <= 256; ++c) {
+                        const int64_t n = t[c] + 1;
+                        const int64_t by_len = frag ? std::max(1, c / 2) : c;
+                        const int64_t want = std::min(std::min(by_units, by_len), most);
+                        CHECK(n == std::max<int64_t>(1, want),
+                              "frag %d units %lld sms %lld most %lld c %d: %lld splits, want %lld",
+                              frag, static_cast<long long>(units), static_cast<long long>(sms),
+                              static_cast<long long>(most), c, static_cast<long long>(n),
+                              static_cast<long long>(want));
+                        CHECK(c == 1 || t[c] >= t[c - 1], "frag %d units %lld: falls at c %d", frag,
+                              static_cast<long long>(units), c);
+                    }
+                }
+    // The sweep's best counts (H100, 132 SMs; units = batch × KV heads).
+    CHECK(splits_at(8, 132, true, 256, 32768) == 33, "b1 kv8 L32768");
+    CHECK(splits_at(32, 132, true, 256, 32768) == 8, "b1 kv32 L32768");
+    CHECK(splits_at(64, 132, true, 256, 32768) == 4, "b8 kv8 L32768");
+    CHECK(splits_at(256, 132, true, 256, 32768) == 1, "b8 kv32 L32768");
+    CHECK(splits_at(32, 132, true, 256, 1024) == 4, "b1 kv32 L1024");
+    CHECK(splits_at(256, 132, true, 256, 1024) == 1, "b8 kv32 L1024");
+    std::printf("decode_splits host check: %s (%d failures)\n", failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
