@@ -165,11 +165,11 @@ struct PrefillBlock {
     }
 };
 
-// Queues (cp.async) the block's `rows` query rows of `ch` 16-byte chunks into qs (rows of `sd`
-// elements); rows past q_len are zero-filled. Threads tid, tid + nthreads, … share the copies.
-template <typename T>
+// Queues (cp.async) the block's `rows` query rows of `ch` 16-byte chunks; chunk c of row r goes
+// to dst(r, c). Rows past q_len are zero-filled. Threads tid, tid + nthreads, … share the copies.
+template <typename T, typename Dst>
 __device__ __forceinline__ void stage_query_tile(const AttnArgs &a, int64_t t0, int b, int h,
-                                                 int D, int rows, int ch, T *qs, int sd, int tid,
+                                                 int D, int rows, int ch, Dst dst, int tid,
                                                  int nthreads) {
     const T *qb = static_cast<const T *>(a.q);
     for (int i = tid; i < rows * ch; i += nthreads) {
@@ -178,7 +178,7 @@ __device__ __forceinline__ void stage_query_tile(const AttnArgs &a, int64_t t0, 
         const bool ok = t < a.q_len;
         const T *src =
             ok ? qb + ((static_cast<int64_t>(b) * a.q_len + t) * a.heads + h) * D + c * kVec : qb;
-        cp_async16_zfill(qs + r * sd + c * kVec, src, ok);
+        cp_async16_zfill(dst(r, c), src, ok);
     }
 }
 

@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(kWarps * 32) prefill_kernel(AttnArgs a) {
             st(Qs + r * SD + c * kVec, make_uint4(0, 0, 0, 0));
         }
     }
-    stage_query_tile(a, t0, b, h, D, BM, CH, Qs, SD, tid, static_cast<int>(blockDim.x));
+    stage_query_tile<T>(a, t0, b, h, D, BM, CH, [&](int r, int c) { return Qs + r * SD + c * kVec; },
+                        tid, static_cast<int>(blockDim.x));
     const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
     auto load_kv = [&](int n, int buf) {
         T *ks = Ks + buf * BN * SD;

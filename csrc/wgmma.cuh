@@ -48,6 +48,17 @@ __device__ __forceinline__ uint64_t sw128_desc(const void *tile, uint32_t byte_o
            (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
 }
 
+// Descriptor of the same layout read MN-major (wgmma's B with TB = 1): the tile's rows are k
+// (a 16-row k step starts at row 16·step, 2048 bytes further), its 64-element row blocks are N;
+// blocks of further N lie `n_block_bytes` apart (leading byte offset), groups of 8 k rows 1024
+// bytes apart (stride byte offset).
+__device__ __forceinline__ uint64_t sw128_desc_mn(const void *tile, uint32_t n_block_bytes) {
+    const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+    return static_cast<uint64_t>((addr & 0x3FFFFu) >> 4) |
+           (static_cast<uint64_t>((n_block_bytes & 0x3FFFFu) >> 4) << 16) |
+           (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
 // The shared-memory offset of 16-byte chunk c of row r in a tile of that layout.
 __device__ __forceinline__ int sw128_offset(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
 
@@ -87,32 +98,32 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
 // d (64 × N) += a (64 × 16, registers) · b (16 × N, the descriptor's tile, K-major), f32
 // accumulation; one function per N and input type.
 #define PARADEC_WGMMA_RS_N64(NAME, TY)                                                    \
-    __device__ __forceinline__ void NAME(float(&d)[32], const uint32_t(&a)[4], uint64_t b) {      \
+    template <int TB> __device__ __forceinline__ void NAME(float(&d)[32], const uint32_t(&a)[4], uint64_t b) {      \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                               \
                      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                \
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31 " \
-                     "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"                  \
+                     "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"                  \
                      : PARADEC_ACC8(d, 0), PARADEC_ACC8(d, 8), PARADEC_ACC8(d, 16), PARADEC_ACC8(d, 24) \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));            \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));            \
     }
 
 #define PARADEC_WGMMA_RS_N128(NAME, TY)                                                    \
-    __device__ __forceinline__ void NAME(float(&d)[64], const uint32_t(&a)[4], uint64_t b) {      \
+    template <int TB> __device__ __forceinline__ void NAME(float(&d)[64], const uint32_t(&a)[4], uint64_t b) {      \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                               \
                      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                \
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63 " \
-                     "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"                  \
+                     "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"                  \
                      : PARADEC_ACC8(d, 0), PARADEC_ACC8(d, 8), PARADEC_ACC8(d, 16), PARADEC_ACC8(d, 24), \
           PARADEC_ACC8(d, 32), PARADEC_ACC8(d, 40), PARADEC_ACC8(d, 48), PARADEC_ACC8(d, 56) \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));            \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));            \
     }
 
 #define PARADEC_WGMMA_RS_N256(NAME, TY)                                                    \
-    __device__ __forceinline__ void NAME(float(&d)[128], const uint32_t(&a)[4], uint64_t b) {      \
+    template <int TB> __device__ __forceinline__ void NAME(float(&d)[128], const uint32_t(&a)[4], uint64_t b) {      \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"                               \
                      "wgmma.mma_async.sync.aligned.m64n256k16.f32." TY "." TY " {"                \
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
@@ -123,12 +134,12 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
         "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
         "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
         "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127 " \
-                     "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"                  \
+                     "}, {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"                  \
                      : PARADEC_ACC8(d, 0), PARADEC_ACC8(d, 8), PARADEC_ACC8(d, 16), PARADEC_ACC8(d, 24), \
           PARADEC_ACC8(d, 32), PARADEC_ACC8(d, 40), PARADEC_ACC8(d, 48), PARADEC_ACC8(d, 56), \
           PARADEC_ACC8(d, 64), PARADEC_ACC8(d, 72), PARADEC_ACC8(d, 80), PARADEC_ACC8(d, 88), \
           PARADEC_ACC8(d, 96), PARADEC_ACC8(d, 104), PARADEC_ACC8(d, 112), PARADEC_ACC8(d, 120) \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));            \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));            \
     }
 
 
@@ -141,19 +152,49 @@ PARADEC_WGMMA_RS_N128(wgmma_bf16_n128, "bf16")
 PARADEC_WGMMA_RS_N256(wgmma_bf16_n256, "bf16")
 #endif
 
-// wgmma of T (__half or __nv_bfloat16) with N = 64, 128 or 256 (N / 2 accumulators).
-template <typename T, int N>
+// wgmma of T (__half or __nv_bfloat16) with N = 64, 128 or 256 (N / 2 accumulators). TB = 1
+// reads B MN-major (sw128_desc_mn's layout) instead of K-major.
+template <typename T, int N, int TB = 0>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) {
 #if PARADEC_WGMMA_ARCH
     constexpr bool kHalf = std::is_same<T, __half>::value;
     if constexpr (N == 64) {
-        if constexpr (kHalf) wgmma_f16_n64(d, a, b); else wgmma_bf16_n64(d, a, b);
+        if constexpr (kHalf) wgmma_f16_n64<TB>(d, a, b); else wgmma_bf16_n64<TB>(d, a, b);
     } else if constexpr (N == 128) {
-        if constexpr (kHalf) wgmma_f16_n128(d, a, b); else wgmma_bf16_n128(d, a, b);
+        if constexpr (kHalf) wgmma_f16_n128<TB>(d, a, b); else wgmma_bf16_n128<TB>(d, a, b);
     } else {
         static_assert(N == 256, "wgmma_rs: N is 64, 128 or 256");
-        if constexpr (kHalf) wgmma_f16_n256(d, a, b); else wgmma_bf16_n256(d, a, b);
+        if constexpr (kHalf) wgmma_f16_n256<TB>(d, a, b); else wgmma_bf16_n256<TB>(d, a, b);
     }
+#endif
+}
+
+// d (64 × 128) = a (64 × 16, the descriptor's tile, K-major) · b (16 × 128, K-major), plus d
+// where `acc` is nonzero: both operands from shared memory.
+#define PARADEC_WGMMA_SS_N128(NAME, TY)                                                    \
+    __device__ __forceinline__ void NAME(float(&d)[64], uint64_t a, uint64_t b, int acc) {      \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                               \
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {"                \
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63 " \
+                     "}, %64, %65, p, 1, 1, 0, 0;\n}\n"                  \
+                     : PARADEC_ACC8(d, 0), PARADEC_ACC8(d, 8), PARADEC_ACC8(d, 16), PARADEC_ACC8(d, 24), \
+          PARADEC_ACC8(d, 32), PARADEC_ACC8(d, 40), PARADEC_ACC8(d, 48), PARADEC_ACC8(d, 56) \
+                     : "l"(a), "l"(b), "r"(acc));            \
+    }
+
+#if PARADEC_WGMMA_ARCH
+PARADEC_WGMMA_SS_N128(wgmma_ss_f16_n128, "f16")
+PARADEC_WGMMA_SS_N128(wgmma_ss_bf16_n128, "bf16")
+#endif
+
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t a, uint64_t b, bool acc) {
+#if PARADEC_WGMMA_ARCH
+    if constexpr (std::is_same<T, __half>::value) wgmma_ss_f16_n128(d, a, b, acc ? 1 : 0);
+    else wgmma_ss_bf16_n128(d, a, b, acc ? 1 : 0);
 #endif
 }
 

@@ -315,6 +315,9 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
         add(1, 33, 2, 1, 80, vec![100], 20, None);
         add(1, 20, 2, 2, 24, vec![3], 0, None);
         add(1, 17, 1, 1, 256, vec![0], 0, None);
+        // Several key tiles of 128 (the warpgroup kernel's pipeline), padding, a window.
+        add(1, 300, 2, 1, 128, vec![0], 0, Some(vec![4]));
+        add(1, 260, 2, 2, 64, vec![140], 100, None);
         return v;
     }
     // Decode, q_len 1 … 16: head dims tuned and generic, MHA/GQA/MQA, lengths 1 … 8191.
