@@ -26,6 +26,7 @@
 #include "attention_mma.cuh"
 #include "linear_gemm.cuh"
 #include "mma.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace paradec {
@@ -49,75 +50,29 @@ struct WgLayout {
     static constexpr size_t qOff = 0;
     static constexpr size_t kOff = qOff + qSub * (D / 64);
     static constexpr size_t vOff = kOff + kWgStages * kTile;
-    static constexpr size_t bytes = vOff + kWgStages * kTile + 1024;  // + alignment slack
+    // The warp-specialized kernel's barriers: K full, V full and stage empty per stage, Q full.
+    static constexpr size_t barOff = vOff + kWgStages * kTile;
+    static constexpr size_t bytes = barOff + (3 * kWgStages + 1) * 8 + 1024;  // + alignment slack
     static_assert(D % 64 == 0, "whole 64-element sub-tiles");
     static_assert(qSub % 1024 == 0 && kSub % 1024 == 0, "sub-tiles of whole swizzle periods");
     static_assert(bytes <= 227 * 1024, "fits one block's shared memory on sm_90");
 };
 
-template <typename T, int D>
-__global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a) {
-#if PARADEC_WGMMA_ARCH
-    using L = WgLayout<D>;
-    constexpr int KT = D / 16;      // k steps of Q·Kᵀ
-    constexpr int PT = kWgBN / 16;  // k steps of P·V
-    constexpr int CH = D / kVec;    // 16-byte chunks of a row
-    extern __shared__ __align__(128) unsigned char wsmem[];
-    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
-    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
-    unsigned char *qt = smem + L::qOff;
-    auto ktile = [&](int stage) { return smem + L::kOff + stage * L::kTile; };
-    auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
+// The per-row state of a warpgroup's 64 query rows through the tile loop, for lane (g, t4) of
+// its warp: rows g and g + 8 (positions p0, p1), their running maxima (base 2) and sums. S
+// accumulators: rows g (s[4j], s[4j + 1]) and g + 8 (s[4j + 2], s[4j + 3]), keys 8j + 2t4, + 1.
+template <typename T>
+struct WgRows {
+    const AttnArgs &a;
+    const float *mrow;
+    int64_t p0, p1, pmin, pmax, lo, hi;
+    float sl2, m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    int t4;
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t4 = lane & 3, wg = warp >> 2;
-    const int mblk = gridDim.x - 1 - blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
-    const int64_t t0 = pb.t0, past = pb.past, hi = pb.hi, lo = pb.lo, kv_dim = pb.kv_dim;
-    const T *kbase = pb.kbase, *vbase = pb.vbase;
-    // Rows past q_len are zero.
-    stage_query_tile<T>(
-        a, t0, b, h, D, kWgBM, CH,
-        [&](int r, int c) { return qt + (c / 8) * L::qSub + sw128_offset(r, c % 8); }, tid, kWgThreads);
-    // K and V of tile n into `stage`; keys outside [lo, hi] zero-filled and not read.
-    auto load_kv = [&](int n, int stage) {
-        unsigned char *kt = ktile(stage), *vt = vtile(stage);
-        for (int i = tid; i < kWgBN * CH; i += kWgThreads) {
-            const int r = i / CH, c = i % CH;
-            const int64_t j = static_cast<int64_t>(n) * kWgBN + r;
-            const bool ok = j >= lo && j <= hi;
-            const int64_t off = ok ? j * kv_dim + c * kVec : 0;
-            const int at = (c / 8) * static_cast<int>(L::kSub) + sw128_offset(r, c % 8);
-            cp_async16_zfill(kt + at, kbase + off, ok);
-            cp_async16_zfill(vt + at, vbase + off, ok);
-        }
-    };
-
-    const float sl2 = a.scale * kLog2e;
-    const int wrow = wg * kWgRows + (warp & 3) * 16;  // the warp's first row in the tile
-    const int64_t p0 = past + t0 + wrow + g, p1 = p0 + 8;     // positions of the lane's two rows
-    const int64_t pmin = past + t0, pmax = past + t0 + kWgBM - 1;
-    const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
-    const unsigned char *qw = qt + wg * kWgRows * 128;  // this warpgroup's 64 rows of Q
-
-    // S = Q·Kᵀ of the tile in `stage` (64 rows × 128 keys per warpgroup), issued, not waited.
-    float s[kWgBN / 2];
-    auto issue_scores = [&](int stage) {
-        const unsigned char *kt = ktile(stage);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < KT; ++kk)
-            wgmma_ss_n128<T>(s, sw128_desc(qw + (kk / 4) * L::qSub, (kk % 4) * 32),
-                             sw128_desc(kt + (kk / 4) * L::kSub, (kk % 4) * 32), kk > 0);
-        wgmma_commit();
-    };
-    // The softmax of tile n's scores in s: scale to log2 units, mask where the tile needs it,
-    // the rows' new maxima, exponentials in place, the sums. Returns in al0/al1 the factors
-    // that rescale what was accumulated before. Lane: rows g (s[4j], s[4j + 1]) and g + 8
-    // (s[4j + 2], s[4j + 3]), keys j0 + 8j + 2t4 and + 1.
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    auto softmax_tile = [&](int n, float &al0, float &al1) {
+    // Softmax of tile n's scores in s: scale to log2 units, mask where the tile needs it, the
+    // rows' new maxima, exponentials in place, the sums. al0/al1: the factors that rescale what
+    // was accumulated before.
+    __device__ __forceinline__ void softmax(float (&s)[kWgBN / 2], int n, float &al0, float &al1) {
         const int64_t j0 = static_cast<int64_t>(n) * kWgBN;
         const bool need = mrow != nullptr || j0 + kWgBN - 1 > pmin ||
                           (a.window > 0 && j0 <= pmax - a.window);
@@ -157,18 +112,129 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         }
         l0 = l0 * al0 + sum0;
         l1 = l1 * al1 + sum1;
-    };
-    // P as A fragments: k step kk covers n8 chunks 2kk (a0, a1) and 2kk + 1 (a2, a3).
-    uint32_t pa[PT][4];
-    auto pack_p = [&]() {
+    }
+
+    // Normalizes o and stores rows g and g + 8 of the warp (query tokens ta and ta + 8), dims
+    // 8j + 2t4 and + 1.
+    template <int D>
+    __device__ __forceinline__ void store(const float (&o)[D / 2], int64_t ta, int b, int h) {
 #pragma unroll
-        for (int kk = 0; kk < PT; ++kk) {
-            pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
-            pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        for (int off = 1; off < 4; off <<= 1) {
+            l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+        }
+        const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
+        T *ob = static_cast<T *>(a.out);
+        const int64_t tb = ta + 8;
+#pragma unroll
+        for (int i = 0; i < D / 2; i += 4) {
+            const int col = (i / 4) * 8 + 2 * t4;
+            if (ta < a.q_len) {
+                T *p = ob + ((static_cast<int64_t>(b) * a.q_len + ta) * a.heads + h) * D + col;
+                *reinterpret_cast<typename Num<T>::T2 *>(p) =
+                    Num<T>::from_f2(make_float2(o[i] * i0, o[i + 1] * i0));
+            }
+            if (tb < a.q_len) {
+                T *p = ob + ((static_cast<int64_t>(b) * a.q_len + tb) * a.heads + h) * D + col;
+                *reinterpret_cast<typename Num<T>::T2 *>(p) =
+                    Num<T>::from_f2(make_float2(o[i + 2] * i1, o[i + 3] * i1));
+            }
+        }
+    }
+};
+
+// P as A fragments from the exponentials in s: k step kk covers n8 chunks 2kk (a0, a1) and
+// 2kk + 1 (a2, a3).
+template <typename T>
+__device__ __forceinline__ void pack_p(const float (&s)[kWgBN / 2], uint32_t (&pa)[kWgBN / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < kWgBN / 16; ++kk) {
+        pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
+        pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+// S = Q·Kᵀ (64 rows × 128 keys per warpgroup; qw: the warpgroup's Q rows, kt: a K tile, both
+// in the swizzled sub-tiles of a layout L), issued and committed, not waited.
+template <typename T, typename L, int D>
+__device__ __forceinline__ void issue_scores(float (&s)[kWgBN / 2], const unsigned char *qw,
+                                             const unsigned char *kt) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+        wgmma_ss_n128<T>(s, sw128_desc(qw + (kk / 4) * L::qSub, (kk % 4) * 32),
+                         sw128_desc(kt + (kk / 4) * L::kSub, (kk % 4) * 32), kk > 0);
+    wgmma_commit();
+}
+
+// O += P·V (64 rows × D per warpgroup; vt: a V tile read MN-major, 16 keys a step), issued and
+// committed, not waited.
+template <typename T, typename L, int D>
+__device__ __forceinline__ void issue_output(float (&o)[D / 2], const uint32_t (&pa)[kWgBN / 16][4],
+                                             const unsigned char *vt) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kWgBN / 16; ++kk)
+        wgmma_rs<T, D, 1>(o, pa[kk], sw128_desc_mn(vt + kk * 16 * 128, L::kSub));
+    wgmma_commit();
+}
+
+template <int D>
+__device__ __forceinline__ void rescale(float (&o)[D / 2], float al0, float al1) {
+#pragma unroll
+    for (int k = 0; k < D / 2; k += 4) {
+        o[k] *= al0;
+        o[k + 1] *= al0;
+        o[k + 2] *= al1;
+        o[k + 3] *= al1;
+    }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a) {
+#if PARADEC_WGMMA_ARCH
+    using L = WgLayout<D>;
+    constexpr int CH = D / kVec;    // 16-byte chunks of a row
+    extern __shared__ __align__(128) unsigned char wsmem[];
+    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
+    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
+    unsigned char *qt = smem + L::qOff;
+    auto ktile = [&](int stage) { return smem + L::kOff + stage * L::kTile; };
+    auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t4 = lane & 3, wg = warp >> 2;
+    const int mblk = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
+    const int64_t t0 = pb.t0, lo = pb.lo, hi = pb.hi, kv_dim = pb.kv_dim;
+    const T *kbase = pb.kbase, *vbase = pb.vbase;
+    // Rows past q_len are zero.
+    stage_query_tile<T>(
+        a, t0, b, h, D, kWgBM, CH,
+        [&](int r, int c) { return qt + (c / 8) * L::qSub + sw128_offset(r, c % 8); }, tid, kWgThreads);
+    // K and V of tile n into `stage`; keys outside [lo, hi] zero-filled and not read.
+    auto load_kv = [&](int n, int stage) {
+        unsigned char *kt = ktile(stage), *vt = vtile(stage);
+        for (int i = tid; i < kWgBN * CH; i += kWgThreads) {
+            const int r = i / CH, c = i % CH;
+            const int64_t j = static_cast<int64_t>(n) * kWgBN + r;
+            const bool ok = j >= lo && j <= hi;
+            const int64_t off = ok ? j * kv_dim + c * kVec : 0;
+            const int at = (c / 8) * static_cast<int>(L::kSub) + sw128_offset(r, c % 8);
+            cp_async16_zfill(kt + at, kbase + off, ok);
+            cp_async16_zfill(vt + at, vbase + off, ok);
         }
     };
+
+    const int wrow = wg * kWgRows + (warp & 3) * 16;  // the warp's first row in the tile
+    const int64_t p0 = pb.past + t0 + wrow + g;
+    WgRows<T> rows{a, a.mask ? a.mask + b * a.mask_stride : nullptr, p0, p0 + 8, pb.past + t0,
+                   pb.past + t0 + kWgBM - 1, lo, hi, a.scale * kLog2e};
+    rows.t4 = t4;
+    const unsigned char *qw = qt + wg * kWgRows * 128;  // this warpgroup's 64 rows of Q
 
     // Tiles n_first + i, i < count, in stage i % kWgStages. Copy groups: Q with tile 0, then one
     // per tile (empty past the last, so that the counting stays uniform).
@@ -181,25 +247,18 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     cp_async_wait_groups<1>();
     fence_async_shared();
     __syncthreads();  // Q and tile 0 have landed for every thread, visible to wgmma
-    issue_scores(0);
+    float s[kWgBN / 2];
+    issue_scores<T, L, D>(s, qw, ktile(0));
     wgmma_wait<0>();
     fence_regs(s);
     float al0, al1;
-    softmax_tile(n_first, al0, al1);
-    pack_p();
+    rows.softmax(s, n_first, al0, al1);
+    uint32_t pa[kWgBN / 16][4];
+    pack_p<T>(s, pa);
 
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    // O += P·V of tile i (64 rows × D per warpgroup), V MN-major: 16 keys a step.
-    auto issue_output = [&](int i) {
-        const unsigned char *vt = vtile(i % kWgStages);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < PT; ++kk)
-            wgmma_rs<T, D, 1>(o, pa[kk], sw128_desc_mn(vt + kk * 16 * 128, L::kSub));
-        wgmma_commit();
-    };
     for (int i = 0; i + 1 < count; ++i) {
         cp_async_wait_groups<0>();
         fence_async_shared();
@@ -208,55 +267,213 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         __syncthreads();
         if (i + 2 < count) load_kv(n_first + i + 2, (i + 2) % kWgStages);
         cp_async_commit_group();
-        issue_scores((i + 1) % kWgStages);
-        issue_output(i);
+        issue_scores<T, L, D>(s, qw, ktile((i + 1) % kWgStages));
+        issue_output<T, L, D>(o, pa, vtile(i % kWgStages));
         wgmma_wait<1>();  // the scores of tile i + 1
         fence_regs(s);
-        softmax_tile(n_first + i + 1, al0, al1);
+        rows.softmax(s, n_first + i + 1, al0, al1);
         wgmma_wait<0>();  // P·V of tile i: O and P may change
         fence_regs(o);
-#pragma unroll
-        for (int k = 0; k < D / 2; k += 4) {
-            o[k] *= al0;
-            o[k + 1] *= al0;
-            o[k + 2] *= al1;
-            o[k + 3] *= al1;
-        }
-        pack_p();
+        rescale<D>(o, al0, al1);
+        pack_p<T>(s, pa);
     }
-    issue_output(count - 1);
+    issue_output<T, L, D>(o, pa, vtile((count - 1) % kWgStages));
     wgmma_wait<0>();
     fence_regs(o);
     cp_async_wait_groups<0>();
+    rows.template store<D>(o, t0 + wrow + g, b, h);
+#endif
+}
 
-    // Normalize and store: lane rows g and g + 8 of its warp, dims 8j + 2t4 and + 1.
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    const float i0 = l0 > 0.f ? 1.0f / l0 : 0.f, i1 = l1 > 0.f ? 1.0f / l1 : 0.f;
-    T *ob = static_cast<T *>(a.out);
-    const int64_t ta = t0 + wrow + g, tb = ta + 8;
-#pragma unroll
-    for (int i = 0; i < D / 2; i += 4) {
-        const int col = (i / 4) * 8 + 2 * t4;
-        if (ta < a.q_len) {
-            T *p = ob + ((static_cast<int64_t>(b) * a.q_len + ta) * a.heads + h) * D + col;
-            *reinterpret_cast<typename Num<T>::T2 *>(p) =
-                Num<T>::from_f2(make_float2(o[i] * i0, o[i + 1] * i0));
+// ---- The warp-specialized version: a producer warp with the bulk-copy engine ----
+//
+// The tile loop of prefill_wgmma_kernel, with the copies taken off the consumers: a third
+// warpgroup (one thread of it works; it gives its registers up to the consumers with
+// setmaxnreg) copies Q once and K, V tile by tile through tensor maps straight into the
+// swizzled stages, each landing on its own barrier (`full_k`, `full_v`: the scores of tile
+// n + 1 wait only for K), and refills a stage once every consumer warp has arrived on its
+// `empty` barrier after the wait that covers its last wgmma. The consumers never meet at a
+// block barrier in the loop; with `pingpong`, two named barriers take turns between them so
+// that one warpgroup's products are issued while the other's softmax runs.
+//
+// Keys past hi in the last tile are not zero-filled by the copies (the cache past the written
+// length may hold anything, NaN included, and 0·NaN is NaN in P·V): the consumers zero those V
+// rows before the last product, the one tile where they can occur.
+constexpr int kWsAttnThreads = kWgThreads + 128;
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWsAttnThreads, 1)
+    prefill_wgmma_ws_kernel(const __grid_constant__ CUtensorMap qmap,
+                            const __grid_constant__ CUtensorMap kmap,
+                            const __grid_constant__ CUtensorMap vmap, AttnArgs a, int pingpong) {
+#if PARADEC_WGMMA_ARCH
+    using L = WgLayout<D>;
+    extern __shared__ __align__(128) unsigned char wsmem[];
+    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
+    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
+    unsigned char *qt = smem + L::qOff;
+    auto ktile = [&](int stage) { return smem + L::kOff + stage * L::kTile; };
+    auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
+    uint64_t *full_k = reinterpret_cast<uint64_t *>(smem + L::barOff);
+    uint64_t *full_v = full_k + kWgStages, *empty = full_v + kWgStages, *full_q = empty + kWgStages;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int mblk = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
+    const int64_t t0 = pb.t0, lo = pb.lo, hi = pb.hi;
+    const int n_first = static_cast<int>(lo / kWgBN), n_last = static_cast<int>(hi / kWgBN);
+    const int count = n_last - n_first + 1;
+    constexpr int kConsumerWarps = kWgThreads / 32;
+    if (tid == 0) {
+        for (int st = 0; st < kWgStages; ++st) {
+            barrier_init(full_k + st, 1);
+            barrier_init(full_v + st, 1);
+            barrier_init(empty + st, kConsumerWarps);
         }
-        if (tb < a.q_len) {
-            T *p = ob + ((static_cast<int64_t>(b) * a.q_len + tb) * a.heads + h) * D + col;
-            *reinterpret_cast<typename Num<T>::T2 *>(p) =
-                Num<T>::from_f2(make_float2(o[i + 2] * i1, o[i + 3] * i1));
-        }
+        barrier_init(full_q, 1);
+        fence_barrier_init();
     }
+    __syncthreads();
+
+    // A quarter of the SM (16384 registers) holds 2 consumer warps and 1 producer warp: 24 for
+    // the producer leaves 240 for the consumers.
+    if (warp >= kConsumerWarps) {
+        regs_dec<24>();
+        if (warp == kConsumerWarps && lane == 0) {
+            const int kvh = h / (a.heads / a.kv_heads);
+            expect_bytes(full_q, static_cast<uint32_t>(L::qSub * (D / 64)));
+            for (int sub = 0; sub < D / 64; ++sub)
+                tile_copy_3d(qt + sub * L::qSub, &qmap, sub * 64, h,
+                             static_cast<int>(static_cast<int64_t>(b) * a.q_len + t0), full_q);
+            for (int i = 0; i < count; ++i) {
+                const int st = i % kWgStages;
+                if (i >= kWgStages) barrier_wait(empty + st, ((i / kWgStages) & 1) ^ 1u);
+                const int row = static_cast<int>(static_cast<int64_t>(b) * a.capacity +
+                                                 static_cast<int64_t>(n_first + i) * kWgBN);
+                expect_bytes(full_k + st, static_cast<uint32_t>(L::kTile));
+                for (int sub = 0; sub < D / 64; ++sub)
+                    tile_copy_3d(ktile(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
+                expect_bytes(full_v + st, static_cast<uint32_t>(L::kTile));
+                for (int sub = 0; sub < D / 64; ++sub)
+                    tile_copy_3d(vtile(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
+            }
+        }
+        __syncwarp();
+        return;
+    }
+    regs_inc<240>();
+    const int g = lane >> 2, t4 = lane & 3, wg = warp >> 2;
+    const int wrow = wg * kWgRows + (warp & 3) * 16;  // the warp's first row in the tile
+    const int64_t p0 = pb.past + t0 + wrow + g;
+    WgRows<T> rows{a, a.mask ? a.mask + b * a.mask_stride : nullptr, p0, p0 + 8, pb.past + t0,
+                   pb.past + t0 + kWgBM - 1, lo, hi, a.scale * kLog2e};
+    rows.t4 = t4;
+    const unsigned char *qw = qt + wg * kWgRows * 128;  // this warpgroup's 64 rows of Q
+    // Ping-pong: warpgroup w issues its products after syncing on barrier 2 + w, then lets the
+    // other one go; the second starts by letting the first go. Each barrier sees as many
+    // arrivals as syncs: count + 1 turns per warpgroup.
+    auto my_turn = [&] {
+        if (pingpong) named_barrier_sync(2 + wg, kWgThreads);
+    };
+    auto your_turn = [&] {
+        if (pingpong) named_barrier_arrive(3 - wg, kWgThreads);
+    };
+    if (wg == 1) your_turn();
+    auto parity = [](int i) { return static_cast<uint32_t>((i / kWgStages) & 1); };
+
+    barrier_wait(full_q, 0);
+    barrier_wait(full_k, 0);
+    float s[kWgBN / 2];
+    my_turn();
+    issue_scores<T, L, D>(s, qw, ktile(0));
+    your_turn();
+    wgmma_wait<0>();
+    fence_regs(s);
+    float al0, al1;
+    rows.softmax(s, n_first, al0, al1);
+    uint32_t pa[kWgBN / 16][4];
+    pack_p<T>(s, pa);
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i + 1 < count; ++i) {
+        const int st = i % kWgStages, st1 = (i + 1) % kWgStages;
+        barrier_wait(full_k + st1, parity(i + 1));
+        barrier_wait(full_v + st, parity(i));
+        my_turn();
+        issue_scores<T, L, D>(s, qw, ktile(st1));
+        issue_output<T, L, D>(o, pa, vtile(st));
+        your_turn();
+        wgmma_wait<1>();  // the scores of tile i + 1
+        fence_regs(s);
+        rows.softmax(s, n_first + i + 1, al0, al1);
+        wgmma_wait<0>();  // P·V of tile i: O and P may change, the stage goes back
+        fence_regs(o);
+        if (lane == 0) barrier_arrive(empty + st);
+        rescale<D>(o, al0, al1);
+        pack_p<T>(s, pa);
+    }
+    const int st = (count - 1) % kWgStages;
+    barrier_wait(full_v + st, parity(count - 1));
+    const int tail = static_cast<int>(hi - static_cast<int64_t>(n_last) * kWgBN) + 1;  // keys ≤ hi
+    if (tail < kWgBN) {
+        // Zero V's rows past hi (whole 128-byte rows of every sub-tile: the swizzle permutes
+        // chunks within a row), between two barriers of the consumers.
+        named_barrier_sync(1, kWgThreads);
+        constexpr int kRowChunks = 8 * (D / 64);
+        for (int i = tid; i < (kWgBN - tail) * kRowChunks; i += kWgThreads) {
+            const int r = tail + i / kRowChunks, c = i % kRowChunks;
+            *reinterpret_cast<uint4 *>(vtile(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
+                make_uint4(0, 0, 0, 0);
+        }
+        fence_async_shared();
+        named_barrier_sync(1, kWgThreads);
+    }
+    my_turn();
+    issue_output<T, L, D>(o, pa, vtile(st));
+    if (wg == 0) your_turn();  // the second warpgroup's last turn; it passes on no more
+    wgmma_wait<0>();
+    fence_regs(o);
+    rows.template store<D>(o, t0 + wrow + g, b, h);
 #endif
 }
 
 template <typename T, int D>
+int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
+    constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+    CUtensorMap qmap, kmap, vmap;
+    const uint64_t kv_rows = static_cast<uint64_t>(a.batch) * static_cast<uint64_t>(a.capacity);
+    if (make_head_tile_map(&qmap, kBf16, a.q, static_cast<uint64_t>(a.batch) * a.q_len, a.heads, D,
+                           kWgBM) != cudaSuccess ||
+        make_head_tile_map(&kmap, kBf16, a.k, kv_rows, a.kv_heads, D, kWgBN) != cudaSuccess ||
+        make_head_tile_map(&vmap, kBf16, a.v, kv_rows, a.kv_heads, D, kWgBN) != cudaSuccess)
+        return -1;  // no tensor maps: the caller takes the other kernel
+    constexpr size_t smem = WgLayout<D>::bytes;
+    const cudaError_t attr = cudaFuncSetAttribute(prefill_wgmma_ws_kernel<T, D>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  static_cast<int>(smem));
+    if (attr != cudaSuccess) {
+        cudaGetLastError();
+        return static_cast<int>(attr);
+    }
+    static const int pingpong = env_is("PARADEC_ATTN_PINGPONG", "off") ? 0 : 1;
+    const dim3 grid(static_cast<unsigned>((a.q_len + kWgBM - 1) / kWgBM), a.heads, a.batch);
+    prefill_wgmma_ws_kernel<T, D><<<grid, kWsAttnThreads, smem, stream>>>(qmap, kmap, vmap, a, pingpong);
+    return launch_status();
+}
+
+template <typename T, int D>
 int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
+    static const bool plain = env_is("PARADEC_ATTN_PREFILL", "wgmma");
+    // The tile coordinates are 32-bit: rows of the cache and of the queries below 2^31.
+    const bool fits = static_cast<int64_t>(a.batch) * a.capacity < (int64_t{1} << 31) &&
+                      static_cast<int64_t>(a.batch) * a.q_len < (int64_t{1} << 31);
+    if (!plain && fits) {
+        const int r = launch_wgmma_ws_d<T, D>(a, stream);
+        if (r != -1) return r;
+    }
     constexpr size_t smem = WgLayout<D>::bytes;
     const cudaError_t attr = cudaFuncSetAttribute(
         prefill_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));

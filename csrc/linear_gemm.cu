@@ -675,20 +675,6 @@ constexpr int kWsCluster = 2;
 using WsTile = WgmmaTile<kWsTok>;
 constexpr size_t kWsSmem = WsTile::kSmem + 2 * WsTile::kStages * sizeof(uint64_t);
 
-// Moves this warpgroup's register allotment down (producer) or up (consumers) to N per thread.
-template <int N>
-__device__ __forceinline__ void regs_dec() {
-#if PARADEC_WGMMA_ARCH
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
-#endif
-}
-template <int N>
-__device__ __forceinline__ void regs_inc() {
-#if PARADEC_WGMMA_ARCH
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-#endif
-}
-
 // The producer thread of cluster rank `rank`: K steps 0 … ksteps − 1 into the ring, each into
 // stage kt % kStages once both blocks have released that stage's previous round.
 template <int B>

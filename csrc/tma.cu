@@ -47,4 +47,22 @@ cudaError_t make_swizzled_tile_map(CUtensorMap *map, bool bf16, const void *base
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+cudaError_t make_head_tile_map(CUtensorMap *map, bool bf16, const void *base, uint64_t rows,
+                               uint64_t heads, uint64_t head_dim, uint32_t box_rows) {
+    const EncodeTiled encode = encode_tiled();
+    if (!encode) return cudaErrorNotSupported;
+    if ((reinterpret_cast<uintptr_t>(base) & 15u) != 0 || (head_dim * 2) % 16 != 0 ||
+        head_dim < 64 || box_rows == 0 || box_rows > 256 || rows == 0 || heads == 0)
+        return cudaErrorInvalidValue;
+    const cuuint64_t dims[3] = {head_dim, heads, rows};
+    const cuuint64_t strides[2] = {head_dim * 2, heads * head_dim * 2};  // bytes
+    const cuuint32_t box[3] = {64, 1, box_rows};
+    const cuuint32_t steps[3] = {1, 1, 1};
+    const CUresult r = encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                              3, const_cast<void *>(base), dims, strides, box, steps,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 }  // namespace paradec

@@ -83,6 +83,26 @@ __device__ __forceinline__ void tile_copy_2d_multicast(void *dst, const CUtensor
 #endif
 }
 
+// Copies the 3-D tensor map's box at (c0, c1, c2), innermost first, into this block's shared
+// memory at dst, completing on bar (the box's full size in bytes, zero-filled past the tensor).
+__device__ __forceinline__ void tile_copy_3d(void *dst, const CUtensorMap *map, int c0, int c1,
+                                             int c2, uint64_t *bar) {
+#if PARADEC_WGMMA_ARCH
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_addr(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
+        : "memory");
+#endif
+}
+
+// One arrival on a barrier of this block (release at block scope).
+__device__ __forceinline__ void barrier_arrive(uint64_t *bar) {
+#if PARADEC_WGMMA_ARCH
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+#endif
+}
+
 // This block's rank in its cluster.
 __device__ __forceinline__ uint32_t cluster_rank() {
     uint32_t r = 0;
@@ -128,6 +148,11 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Arrives at named barrier `id` without waiting (the threads that sync on it count these).
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // A tensor map of a row-major 16-bit matrix [rows, cols] with `stride` elements between rows,
 // read in boxes of box_rows × box_cols (box_cols · 2 = 128 bytes) laid out in shared memory in
 // the 128-byte swizzle; rows past `rows` read as zeros. Encoded by the driver, whose entry point
@@ -137,5 +162,13 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
 cudaError_t make_swizzled_tile_map(CUtensorMap *map, bool bf16, const void *base, uint64_t rows,
                                    uint64_t cols, uint64_t stride, uint32_t box_rows,
                                    uint32_t box_cols);
+
+// A tensor map of 16-bit heads laid out [rows, heads, head_dim] (as a KV cache's [batch ·
+// capacity, kv_heads, head_dim] or the queries' [batch · q_len, heads, head_dim]), read in boxes
+// of box_rows rows × 1 head × 64 elements (128 bytes) laid out in shared memory in the 128-byte
+// swizzle — box coordinates (element, head, row); rows past `rows` read as zeros. Returns
+// cudaSuccess or, as make_swizzled_tile_map, the reason there is none.
+cudaError_t make_head_tile_map(CUtensorMap *map, bool bf16, const void *base, uint64_t rows,
+                               uint64_t heads, uint64_t head_dim, uint32_t box_rows);
 
 }  // namespace paradec

@@ -84,6 +84,20 @@ __device__ __forceinline__ void fence_async_shared() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
+// Moves this warpgroup's register allotment down (producer) or up (consumers) to N per thread.
+template <int N>
+__device__ __forceinline__ void regs_dec() {
+#if PARADEC_WGMMA_ARCH
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void regs_inc() {
+#if PARADEC_WGMMA_ARCH
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
 // Pins accumulators in place across a wait: the compiler may not move their reads above it.
 template <int R>
 __device__ __forceinline__ void fence_regs(float (&d)[R]) {

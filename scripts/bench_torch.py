@@ -206,8 +206,9 @@ def stream_bw(samples):
     return 2 * n / median(t)
 
 
-def attention_rows(b, quick):
-    """SDPA under each backend on gpu_bench's attention shapes."""
+def attention_rows(b, quick, only=None):
+    """SDPA under each backend on gpu_bench's attention shapes (--only attn_prefill or attn_decode
+    keeps one of the two)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backends = (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION))
     rows = []
@@ -223,6 +224,8 @@ def attention_rows(b, quick):
             return None
 
     ss = [2048, 8192] if quick else [512, 2048, 8192, 16384]
+    if only and only not in "attn_prefill":
+        ss = []
     for dt, dn in ((torch.bfloat16, "bf16"), (torch.float16, "f16")):
         for d in (64, 128, 256):
             for s in ss:
@@ -243,6 +246,8 @@ def attention_rows(b, quick):
                 del qs, ks, vs
                 torch.cuda.empty_cache()
     ls = [1024, 32768] if quick else [1024, 8192, 32768, 131072]
+    if only and only not in "attn_decode":
+        ls = []
     for kv in (32, 8):
         for batch in (1, 8, 32):
             for L in ls:
@@ -269,7 +274,7 @@ def attention_rows(b, quick):
 def main_attention(a):
     b = Bench(7 if a.quick else 15)
     print(f"# PyTorch {torch.__version__} on {b.name}")
-    rows = attention_rows(b, a.quick)
+    rows = attention_rows(b, a.quick, a.only)
     lines = ["kernel,dtype,shape,us_b2b,us_graph,flops,bytes,tflops,gbps,pct_read"]
     for k, dn, sh, ub, ug, fl, by in rows:
         best = min(ub, ug) * 1e-6

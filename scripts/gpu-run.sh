@@ -8,7 +8,8 @@
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
 #   optin:         the paths the defaults do not take, against the defaults: their tests and
 #                  sanitizer runs, then paradec-only timings side by side (the small-M ring loop,
-#                  the vendor dense GEMM, the CUDA-core quantized decode)
+#                  the vendor dense GEMM, the CUDA-core quantized decode, the prefill attention
+#                  kernels that Hopper's default does not take)
 #   knobs:         the switches that change a default, measured against it — dependent
 #                  launches off (PARADEC_PDL=off): tests and memcheck under them, then the
 #                  lean linears, the decoder layers and decode attention timed under each,
@@ -107,8 +108,11 @@ if [[ "$MODE" == optin ]]; then
     # The CUDA-core and decoded-tile quantized decodes where the fragment one would run.
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=tile "$D/bin/gpu" kv_quant:: attention::
-    # The mma.sync prefill attention where the warpgroup-MMA one would run (Hopper).
+    # The mma.sync prefill attention where the warpgroup-MMA one would run (Hopper), the
+    # warpgroup-MMA one without its producer warp, and the producer one without ping-pong.
     PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=mma "$D/bin/gpu" attention:: kv_quant:: decoder::
+    PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=wgmma "$D/bin/gpu" attention:: decoder::
+    PARADEC_FIXTURES="$F" PARADEC_ATTN_PINGPONG=off "$D/bin/gpu" attention:: decoder::
   } > "$RESULTS/optin_tests.log" 2>&1
   SUMMARY+=("other-path tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
   if command -v compute-sanitizer >/dev/null; then
@@ -122,6 +126,8 @@ if [[ "$MODE" == optin ]]; then
       PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=tile PARADEC_ATTN_PREFILL=mma \
         compute-sanitizer --tool memcheck --report-api-errors no "$D/bin/gpu" --test-threads=1 \
         kv_quant:: attention::
+      PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=wgmma compute-sanitizer \
+        --tool memcheck --report-api-errors no "$D/bin/gpu" --test-threads=1 attention::
     } > "$RESULTS/optin_sanitize.log" 2>&1
     SUMMARY+=("other-path sanitizer: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$RESULTS/optin_sanitize.log" | tr '\n' ' ')")
   fi
@@ -133,6 +139,8 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_KV_DECODE=tile "$D/bin/gpu_bench" --attention --quick --only attn_decode
     "$D/bin/gpu_bench" --attention --quick --only attn_prefill
     PARADEC_ATTN_PREFILL=mma "$D/bin/gpu_bench" --attention --quick --only attn_prefill
+    PARADEC_ATTN_PREFILL=wgmma "$D/bin/gpu_bench" --attention --quick --only attn_prefill
+    PARADEC_ATTN_PINGPONG=off "$D/bin/gpu_bench" --attention --quick --only attn_prefill
     "$D/bin/gpu_bench" --decoder --quick
     PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1
