@@ -56,11 +56,15 @@ constexpr float kLog2e = 1.4426950408889634f;
 // The tensor-core kernel over any q_len (attention_prefill.cu).
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream);
 
-// The warpgroup-MMA prefill kernel (attention_wgmma.cu): whether it takes a call — head dims
-// 64 and 128, a compute capability 9.0 device and a build with sm_90a code, unless
-// PARADEC_ATTN_PREFILL=mma — and its launch (launch_prefill calls it where it serves).
+// The warpgroup-MMA prefill kernels (attention_wgmma.cu): whether they take a call — head dims
+// 64, 128 and 256 (256: the warp-specialized kernel only), a compute capability 9.0 device and
+// a build with sm_90a code, unless PARADEC_ATTN_PREFILL=mma — and their launch
+// (launch_prefill calls it where it serves).
 bool prefill_wgmma_serves(const AttnArgs &a);
 int launch_prefill_wgmma(int dtype, const AttnArgs &a, cudaStream_t stream);
+// What launch_prefill_wgmma returns when it launched nothing and the mma.sync kernel should
+// take the call (no tensor maps for the warp-specialized kernel at d = 256); not a PARADEC_K_*.
+constexpr int kPrefillNotTaken = -1000;
 
 // Decode on tensor cores: chunks of 16 query rows of one KV head per block, a.splits splits of
 // split_len_of keys (attention_prefill.cu); partials as the decode kernel writes them.

@@ -480,7 +480,10 @@ int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t str
 
 int launch_prefill(int dtype, const AttnArgs &a, cudaStream_t stream) {
     if (a.q_len > 65535 * 16 * kWarps) return PARADEC_K_DIM_TOO_LARGE;
-    if (prefill_wgmma_serves(a)) return launch_prefill_wgmma(dtype, a, stream);
+    if (prefill_wgmma_serves(a)) {
+        const int r = launch_prefill_wgmma(dtype, a, stream);
+        if (r != kPrefillNotTaken) return r;
+    }
     return dispatch_dtype(dtype, [&](auto tag) { return launch_prefill_t<decltype(tag)>(a, stream); });
 }
 

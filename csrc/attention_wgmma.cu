@@ -35,33 +35,44 @@ namespace {
 constexpr int kWgRows = 64;                        // query rows per warpgroup
 constexpr int kWgGroups = 2;                       // warpgroups per block
 constexpr int kWgBM = kWgRows * kWgGroups;         // query rows per block
-constexpr int kWgBN = 128;                         // keys per tile
 constexpr int kWgThreads = 128 * kWgGroups;
-constexpr int kWgStages = 3;                       // K/V tiles in shared memory
 
-// Shared memory of head dim D, every tile in the 128-byte swizzle as D / 64 sub-tiles of 64
-// elements per row, each sub-tile on a 1024-byte boundary: Q (kWgBM rows), then kWgStages K
-// tiles and kWgStages V tiles (kWgBN rows each).
+// The tiles of head dim D: BN keys per K/V tile, `Stages` of each in shared memory — 128 keys
+// and three stages up to d = 128; 64 keys and two stages at d = 256, where O takes 128
+// registers a thread and Q 64 KB. Every tile lies in the 128-byte swizzle as D / 64 sub-tiles
+// of 64 elements per row, each on a 1024-byte boundary: Q (kWgBM rows), then the K tiles and
+// the V tiles, then the warp-specialized kernel's barriers.
 template <int D>
 struct WgLayout {
-    static constexpr size_t qSub = static_cast<size_t>(kWgBM) * 128;     // Q sub-tile: 64 dims
-    static constexpr size_t kSub = static_cast<size_t>(kWgBN) * 128;     // K/V sub-tile: 64 dims
+    static constexpr int BN = D > 128 ? 64 : 128;
+    static constexpr int Stages = D > 128 ? 2 : 3;
+    static constexpr size_t qSub = static_cast<size_t>(kWgBM) * 128;  // Q sub-tile: 64 dims
+    static constexpr size_t kSub = static_cast<size_t>(BN) * 128;     // K/V sub-tile: 64 dims
     static constexpr size_t kTile = kSub * (D / 64);
     static constexpr size_t qOff = 0;
     static constexpr size_t kOff = qOff + qSub * (D / 64);
-    static constexpr size_t vOff = kOff + kWgStages * kTile;
-    // The warp-specialized kernel's barriers: K full, V full and stage empty per stage, Q full.
-    static constexpr size_t barOff = vOff + kWgStages * kTile;
-    static constexpr size_t bytes = barOff + (3 * kWgStages + 1) * 8 + 1024;  // + alignment slack
+    static constexpr size_t vOff = kOff + Stages * kTile;
+    // Per stage: K full, V full, K empty, V empty; then Q full.
+    static constexpr size_t barOff = vOff + Stages * kTile;
+    static constexpr size_t bytes = barOff + (4 * Stages + 1) * 8 + 1024;  // + alignment slack
     static_assert(D % 64 == 0, "whole 64-element sub-tiles");
     static_assert(qSub % 1024 == 0 && kSub % 1024 == 0, "sub-tiles of whole swizzle periods");
     static_assert(bytes <= 227 * 1024, "fits one block's shared memory on sm_90");
 };
 
+// 2^x on the special-function unit alone (ex2.approx.ftz): results below 2^-126 flush to zero,
+// which a probability that small relative to its row's maximum (whose own term is 1) never
+// misses; exp2f adds a range fix-up of three instructions to every one.
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // The per-row state of a warpgroup's 64 query rows through the tile loop, for lane (g, t4) of
 // its warp: rows g and g + 8 (positions p0, p1), their running maxima (base 2) and sums. S
 // accumulators: rows g (s[4j], s[4j + 1]) and g + 8 (s[4j + 2], s[4j + 3]), keys 8j + 2t4, + 1.
-template <typename T>
+template <typename T, int BN>
 struct WgRows {
     const AttnArgs &a;
     const float *mrow;
@@ -69,28 +80,43 @@ struct WgRows {
     float sl2, m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     int t4;
 
-    // Softmax of tile n's scores in s: scale to log2 units, mask where the tile needs it, the
-    // rows' new maxima, exponentials in place, the sums. al0/al1: the factors that rescale what
-    // was accumulated before.
-    __device__ __forceinline__ void softmax(float (&s)[kWgBN / 2], int n, float &al0, float &al1) {
-        const int64_t j0 = static_cast<int64_t>(n) * kWgBN;
-        const bool need = mrow != nullptr || j0 + kWgBN - 1 > pmin ||
+    // The rows of block pb (sequence b) that lane `lane` of the warp whose first row in the
+    // block's tile is wrow holds.
+    __device__ __forceinline__ WgRows(const AttnArgs &args, const PrefillBlock<T> &pb, int b,
+                                      int wrow, int lane)
+        : a(args),
+          mrow(args.mask ? args.mask + b * args.mask_stride : nullptr),
+          p0(pb.past + pb.t0 + wrow + (lane >> 2)),
+          p1(p0 + 8),
+          pmin(pb.past + pb.t0),
+          pmax(pb.past + pb.t0 + kWgBM - 1),
+          lo(pb.lo),
+          hi(pb.hi),
+          sl2(args.scale * kLog2e),
+          t4(lane & 3) {}
+
+    // Softmax of tile n's scores in s: mask where the tile needs it (scaled to log2 units
+    // first there), the rows' new maxima, exponentials in place (the scale folded into their
+    // argument elsewhere), the sums. al0/al1: the factors that rescale what was accumulated
+    // before.
+    __device__ __forceinline__ void softmax(float (&s)[BN / 2], int n, float &al0, float &al1) {
+        const int64_t j0 = static_cast<int64_t>(n) * BN;
+        const bool need = mrow != nullptr || j0 + BN - 1 > pmin ||
                           (a.window > 0 && j0 <= pmax - a.window);
-#pragma unroll
-        for (int i = 0; i < kWgBN / 2; ++i) s[i] *= sl2;
         if (need) {
 #pragma unroll
-            for (int i = 0; i < kWgBN / 2; ++i) {
+            for (int i = 0; i < BN / 2; ++i) {
                 const int64_t j = j0 + (i / 4) * 8 + 2 * t4 + (i & 1);
                 const int64_t p = (i & 2) ? p1 : p0;
                 bool vis = j <= p && j <= hi && j >= lo;
                 if (a.window > 0) vis = vis && j > p - a.window;
-                s[i] = vis ? (mrow ? s[i] + mrow[j] * kLog2e : s[i]) : -INFINITY;
+                s[i] = vis ? (mrow ? s[i] * sl2 + mrow[j] * kLog2e : s[i] * sl2) : -INFINITY;
             }
         }
+        const float f = need ? 1.f : sl2;  // what turns s into log2 units
         float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < kWgBN / 2; i += 4) {
+        for (int i = 0; i < BN / 2; i += 4) {
             mx0 = fmaxf(mx0, fmaxf(s[i], s[i + 1]));
             mx1 = fmaxf(mx1, fmaxf(s[i + 2], s[i + 3]));
         }
@@ -99,14 +125,14 @@ struct WgRows {
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
         }
-        const float mu0 = softmax_rescale(m0, mx0, al0), mu1 = softmax_rescale(m1, mx1, al1);
+        const float mu0 = softmax_rescale(m0, mx0 * f, al0), mu1 = softmax_rescale(m1, mx1 * f, al1);
         float sum0 = 0.f, sum1 = 0.f;
 #pragma unroll
-        for (int i = 0; i < kWgBN / 2; i += 4) {
-            s[i] = exp2f(s[i] - mu0);
-            s[i + 1] = exp2f(s[i + 1] - mu0);
-            s[i + 2] = exp2f(s[i + 2] - mu1);
-            s[i + 3] = exp2f(s[i + 3] - mu1);
+        for (int i = 0; i < BN / 2; i += 4) {
+            s[i] = exp2_ftz(fmaf(s[i], f, -mu0));
+            s[i + 1] = exp2_ftz(fmaf(s[i + 1], f, -mu0));
+            s[i + 2] = exp2_ftz(fmaf(s[i + 2], f, -mu1));
+            s[i + 3] = exp2_ftz(fmaf(s[i + 3], f, -mu1));
             sum0 += s[i] + s[i + 1];
             sum1 += s[i + 2] + s[i + 3];
         }
@@ -145,10 +171,10 @@ struct WgRows {
 
 // P as A fragments from the exponentials in s: k step kk covers n8 chunks 2kk (a0, a1) and
 // 2kk + 1 (a2, a3).
-template <typename T>
-__device__ __forceinline__ void pack_p(const float (&s)[kWgBN / 2], uint32_t (&pa)[kWgBN / 16][4]) {
+template <typename T, int BN>
+__device__ __forceinline__ void pack_p(const float (&s)[BN / 2], uint32_t (&pa)[BN / 16][4]) {
 #pragma unroll
-    for (int kk = 0; kk < kWgBN / 16; ++kk) {
+    for (int kk = 0; kk < BN / 16; ++kk) {
         pa[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
         pa[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
         pa[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
@@ -156,27 +182,27 @@ __device__ __forceinline__ void pack_p(const float (&s)[kWgBN / 2], uint32_t (&p
     }
 }
 
-// S = Q·Kᵀ (64 rows × 128 keys per warpgroup; qw: the warpgroup's Q rows, kt: a K tile, both
-// in the swizzled sub-tiles of a layout L), issued and committed, not waited.
+// S = Q·Kᵀ (64 rows × L::BN keys per warpgroup; qw: the warpgroup's Q rows, kt: a K tile, both
+// in the swizzled sub-tiles of layout L), issued and committed, not waited.
 template <typename T, typename L, int D>
-__device__ __forceinline__ void issue_scores(float (&s)[kWgBN / 2], const unsigned char *qw,
+__device__ __forceinline__ void issue_scores(float (&s)[L::BN / 2], const unsigned char *qw,
                                              const unsigned char *kt) {
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-        wgmma_ss_n128<T>(s, sw128_desc(qw + (kk / 4) * L::qSub, (kk % 4) * 32),
-                         sw128_desc(kt + (kk / 4) * L::kSub, (kk % 4) * 32), kk > 0);
+        wgmma_ss<T, L::BN>(s, sw128_desc(qw + (kk / 4) * L::qSub, (kk % 4) * 32),
+                           sw128_desc(kt + (kk / 4) * L::kSub, (kk % 4) * 32), kk > 0);
     wgmma_commit();
 }
 
 // O += P·V (64 rows × D per warpgroup; vt: a V tile read MN-major, 16 keys a step), issued and
 // committed, not waited.
 template <typename T, typename L, int D>
-__device__ __forceinline__ void issue_output(float (&o)[D / 2], const uint32_t (&pa)[kWgBN / 16][4],
+__device__ __forceinline__ void issue_output(float (&o)[D / 2], const uint32_t (&pa)[L::BN / 16][4],
                                              const unsigned char *vt) {
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kWgBN / 16; ++kk)
+    for (int kk = 0; kk < L::BN / 16; ++kk)
         wgmma_rs<T, D, 1>(o, pa[kk], sw128_desc_mn(vt + kk * 16 * 128, L::kSub));
     wgmma_commit();
 }
@@ -196,6 +222,8 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a) {
 #if PARADEC_WGMMA_ARCH
     using L = WgLayout<D>;
+    constexpr int BN = L::BN, Stages = L::Stages;
+    static_assert(Stages == 3, "tile i + 2 loads while tiles i and i + 1 are read");
     constexpr int CH = D / kVec;    // 16-byte chunks of a row
     extern __shared__ __align__(128) unsigned char wsmem[];
     const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
@@ -205,7 +233,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int g = lane >> 2, t4 = lane & 3, wg = warp >> 2;
+    const int g = lane >> 2, wg = warp >> 2;
     const int mblk = gridDim.x - 1 - blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z;
     const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
@@ -218,9 +246,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     // K and V of tile n into `stage`; keys outside [lo, hi] zero-filled and not read.
     auto load_kv = [&](int n, int stage) {
         unsigned char *kt = ktile(stage), *vt = vtile(stage);
-        for (int i = tid; i < kWgBN * CH; i += kWgThreads) {
+        for (int i = tid; i < BN * CH; i += kWgThreads) {
             const int r = i / CH, c = i % CH;
-            const int64_t j = static_cast<int64_t>(n) * kWgBN + r;
+            const int64_t j = static_cast<int64_t>(n) * BN + r;
             const bool ok = j >= lo && j <= hi;
             const int64_t off = ok ? j * kv_dim + c * kVec : 0;
             const int at = (c / 8) * static_cast<int>(L::kSub) + sw128_offset(r, c % 8);
@@ -230,15 +258,12 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     };
 
     const int wrow = wg * kWgRows + (warp & 3) * 16;  // the warp's first row in the tile
-    const int64_t p0 = pb.past + t0 + wrow + g;
-    WgRows<T> rows{a, a.mask ? a.mask + b * a.mask_stride : nullptr, p0, p0 + 8, pb.past + t0,
-                   pb.past + t0 + kWgBM - 1, lo, hi, a.scale * kLog2e};
-    rows.t4 = t4;
+    WgRows<T, BN> rows(a, pb, b, wrow, lane);
     const unsigned char *qw = qt + wg * kWgRows * 128;  // this warpgroup's 64 rows of Q
 
-    // Tiles n_first + i, i < count, in stage i % kWgStages. Copy groups: Q with tile 0, then one
+    // Tiles n_first + i, i < count, in stage i % Stages. Copy groups: Q with tile 0, then one
     // per tile (empty past the last, so that the counting stays uniform).
-    const int n_first = static_cast<int>(lo / kWgBN), n_last = static_cast<int>(hi / kWgBN);
+    const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
     const int count = n_last - n_first + 1;
     load_kv(n_first, 0);
     cp_async_commit_group();
@@ -247,14 +272,14 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     cp_async_wait_groups<1>();
     fence_async_shared();
     __syncthreads();  // Q and tile 0 have landed for every thread, visible to wgmma
-    float s[kWgBN / 2];
+    float s[BN / 2];
     issue_scores<T, L, D>(s, qw, ktile(0));
     wgmma_wait<0>();
     fence_regs(s);
     float al0, al1;
     rows.softmax(s, n_first, al0, al1);
-    uint32_t pa[kWgBN / 16][4];
-    pack_p<T>(s, pa);
+    uint32_t pa[BN / 16][4];
+    pack_p<T, BN>(s, pa);
 
     float o[D / 2];
 #pragma unroll
@@ -265,19 +290,19 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         // Tile i + 1 has landed for every thread; every warpgroup is done with tile i − 1, whose
         // stage tile i + 2 loads into.
         __syncthreads();
-        if (i + 2 < count) load_kv(n_first + i + 2, (i + 2) % kWgStages);
+        if (i + 2 < count) load_kv(n_first + i + 2, (i + 2) % Stages);
         cp_async_commit_group();
-        issue_scores<T, L, D>(s, qw, ktile((i + 1) % kWgStages));
-        issue_output<T, L, D>(o, pa, vtile(i % kWgStages));
+        issue_scores<T, L, D>(s, qw, ktile((i + 1) % Stages));
+        issue_output<T, L, D>(o, pa, vtile(i % Stages));
         wgmma_wait<1>();  // the scores of tile i + 1
         fence_regs(s);
         rows.softmax(s, n_first + i + 1, al0, al1);
         wgmma_wait<0>();  // P·V of tile i: O and P may change
         fence_regs(o);
         rescale<D>(o, al0, al1);
-        pack_p<T>(s, pa);
+        pack_p<T, BN>(s, pa);
     }
-    issue_output<T, L, D>(o, pa, vtile((count - 1) % kWgStages));
+    issue_output<T, L, D>(o, pa, vtile((count - 1) % Stages));
     wgmma_wait<0>();
     fence_regs(o);
     cp_async_wait_groups<0>();
@@ -291,8 +316,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
 // warpgroup (one thread of it works; it gives its registers up to the consumers with
 // setmaxnreg) copies Q once and K, V tile by tile through tensor maps straight into the
 // swizzled stages, each landing on its own barrier (`full_k`, `full_v`: the scores of tile
-// n + 1 wait only for K), and refills a stage once every consumer warp has arrived on its
-// `empty` barrier after the wait that covers its last wgmma. The consumers never meet at a
+// n + 1 wait only for K), and refills a stage's K (V) once every consumer warp has arrived on
+// its `empty_k` (`empty_v`) barrier after the wait that covers the wgmmas reading it — K is
+// released a tile before V, so that with two stages (d = 256) K still lands a tile ahead. The consumers never meet at a
 // block barrier in the loop; with `pingpong`, two named barriers take turns between them so
 // that one warpgroup's products are issued while the other's softmax runs.
 //
@@ -308,6 +334,7 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
                             const __grid_constant__ CUtensorMap vmap, AttnArgs a, int pingpong) {
 #if PARADEC_WGMMA_ARCH
     using L = WgLayout<D>;
+    constexpr int BN = L::BN, Stages = L::Stages;
     extern __shared__ __align__(128) unsigned char wsmem[];
     const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
     unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
@@ -315,21 +342,23 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     auto ktile = [&](int stage) { return smem + L::kOff + stage * L::kTile; };
     auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
     uint64_t *full_k = reinterpret_cast<uint64_t *>(smem + L::barOff);
-    uint64_t *full_v = full_k + kWgStages, *empty = full_v + kWgStages, *full_q = empty + kWgStages;
+    uint64_t *full_v = full_k + Stages, *empty_k = full_v + Stages, *empty_v = empty_k + Stages;
+    uint64_t *full_q = empty_v + Stages;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int mblk = gridDim.x - 1 - blockIdx.x;
     const int h = blockIdx.y, b = blockIdx.z;
     const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
     const int64_t t0 = pb.t0, lo = pb.lo, hi = pb.hi;
-    const int n_first = static_cast<int>(lo / kWgBN), n_last = static_cast<int>(hi / kWgBN);
+    const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
     const int count = n_last - n_first + 1;
     constexpr int kConsumerWarps = kWgThreads / 32;
     if (tid == 0) {
-        for (int st = 0; st < kWgStages; ++st) {
+        for (int st = 0; st < Stages; ++st) {
             barrier_init(full_k + st, 1);
             barrier_init(full_v + st, 1);
-            barrier_init(empty + st, kConsumerWarps);
+            barrier_init(empty_k + st, kConsumerWarps);
+            barrier_init(empty_v + st, kConsumerWarps);
         }
         barrier_init(full_q, 1);
         fence_barrier_init();
@@ -347,13 +376,15 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
                 tile_copy_3d(qt + sub * L::qSub, &qmap, sub * 64, h,
                              static_cast<int>(static_cast<int64_t>(b) * a.q_len + t0), full_q);
             for (int i = 0; i < count; ++i) {
-                const int st = i % kWgStages;
-                if (i >= kWgStages) barrier_wait(empty + st, ((i / kWgStages) & 1) ^ 1u);
+                const int st = i % Stages;
+                const uint32_t released = ((i / Stages) & 1) ^ 1u;  // the previous round's parity
                 const int row = static_cast<int>(static_cast<int64_t>(b) * a.capacity +
-                                                 static_cast<int64_t>(n_first + i) * kWgBN);
+                                                 static_cast<int64_t>(n_first + i) * BN);
+                if (i >= Stages) barrier_wait(empty_k + st, released);
                 expect_bytes(full_k + st, static_cast<uint32_t>(L::kTile));
                 for (int sub = 0; sub < D / 64; ++sub)
                     tile_copy_3d(ktile(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
+                if (i >= Stages) barrier_wait(empty_v + st, released);
                 expect_bytes(full_v + st, static_cast<uint32_t>(L::kTile));
                 for (int sub = 0; sub < D / 64; ++sub)
                     tile_copy_3d(vtile(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
@@ -363,12 +394,9 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         return;
     }
     regs_inc<240>();
-    const int g = lane >> 2, t4 = lane & 3, wg = warp >> 2;
+    const int g = lane >> 2, wg = warp >> 2;
     const int wrow = wg * kWgRows + (warp & 3) * 16;  // the warp's first row in the tile
-    const int64_t p0 = pb.past + t0 + wrow + g;
-    WgRows<T> rows{a, a.mask ? a.mask + b * a.mask_stride : nullptr, p0, p0 + 8, pb.past + t0,
-                   pb.past + t0 + kWgBM - 1, lo, hi, a.scale * kLog2e};
-    rows.t4 = t4;
+    WgRows<T, BN> rows(a, pb, b, wrow, lane);
     const unsigned char *qw = qt + wg * kWgRows * 128;  // this warpgroup's 64 rows of Q
     // Ping-pong: warpgroup w issues its products after syncing on barrier 2 + w, then lets the
     // other one go; the second starts by letting the first go. Each barrier sees as many
@@ -380,50 +408,52 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         if (pingpong) named_barrier_arrive(3 - wg, kWgThreads);
     };
     if (wg == 1) your_turn();
-    auto parity = [](int i) { return static_cast<uint32_t>((i / kWgStages) & 1); };
+    auto parity = [](int i) { return static_cast<uint32_t>((i / Stages) & 1); };
 
     barrier_wait(full_q, 0);
     barrier_wait(full_k, 0);
-    float s[kWgBN / 2];
+    float s[BN / 2];
     my_turn();
     issue_scores<T, L, D>(s, qw, ktile(0));
     your_turn();
     wgmma_wait<0>();
     fence_regs(s);
+    if (lane == 0) barrier_arrive(empty_k);  // K of tile 0 is read
     float al0, al1;
     rows.softmax(s, n_first, al0, al1);
-    uint32_t pa[kWgBN / 16][4];
-    pack_p<T>(s, pa);
+    uint32_t pa[BN / 16][4];
+    pack_p<T, BN>(s, pa);
 
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     for (int i = 0; i + 1 < count; ++i) {
-        const int st = i % kWgStages, st1 = (i + 1) % kWgStages;
+        const int st = i % Stages, st1 = (i + 1) % Stages;
         barrier_wait(full_k + st1, parity(i + 1));
         barrier_wait(full_v + st, parity(i));
         my_turn();
         issue_scores<T, L, D>(s, qw, ktile(st1));
         issue_output<T, L, D>(o, pa, vtile(st));
         your_turn();
-        wgmma_wait<1>();  // the scores of tile i + 1
+        wgmma_wait<1>();  // the scores of tile i + 1: its K goes back
         fence_regs(s);
+        if (lane == 0) barrier_arrive(empty_k + st1);
         rows.softmax(s, n_first + i + 1, al0, al1);
-        wgmma_wait<0>();  // P·V of tile i: O and P may change, the stage goes back
+        wgmma_wait<0>();  // P·V of tile i: O and P may change, its V goes back
         fence_regs(o);
-        if (lane == 0) barrier_arrive(empty + st);
+        if (lane == 0) barrier_arrive(empty_v + st);
         rescale<D>(o, al0, al1);
-        pack_p<T>(s, pa);
+        pack_p<T, BN>(s, pa);
     }
-    const int st = (count - 1) % kWgStages;
+    const int st = (count - 1) % Stages;
     barrier_wait(full_v + st, parity(count - 1));
-    const int tail = static_cast<int>(hi - static_cast<int64_t>(n_last) * kWgBN) + 1;  // keys ≤ hi
-    if (tail < kWgBN) {
+    const int tail = static_cast<int>(hi - static_cast<int64_t>(n_last) * BN) + 1;  // keys ≤ hi
+    if (tail < BN) {
         // Zero V's rows past hi (whole 128-byte rows of every sub-tile: the swizzle permutes
         // chunks within a row), between two barriers of the consumers.
         named_barrier_sync(1, kWgThreads);
         constexpr int kRowChunks = 8 * (D / 64);
-        for (int i = tid; i < (kWgBN - tail) * kRowChunks; i += kWgThreads) {
+        for (int i = tid; i < (BN - tail) * kRowChunks; i += kWgThreads) {
             const int r = tail + i / kRowChunks, c = i % kRowChunks;
             *reinterpret_cast<uint4 *>(vtile(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
                 make_uint4(0, 0, 0, 0);
@@ -447,9 +477,9 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
     const uint64_t kv_rows = static_cast<uint64_t>(a.batch) * static_cast<uint64_t>(a.capacity);
     if (make_head_tile_map(&qmap, kBf16, a.q, static_cast<uint64_t>(a.batch) * a.q_len, a.heads, D,
                            kWgBM) != cudaSuccess ||
-        make_head_tile_map(&kmap, kBf16, a.k, kv_rows, a.kv_heads, D, kWgBN) != cudaSuccess ||
-        make_head_tile_map(&vmap, kBf16, a.v, kv_rows, a.kv_heads, D, kWgBN) != cudaSuccess)
-        return -1;  // no tensor maps: the caller takes the other kernel
+        make_head_tile_map(&kmap, kBf16, a.k, kv_rows, a.kv_heads, D, WgLayout<D>::BN) != cudaSuccess ||
+        make_head_tile_map(&vmap, kBf16, a.v, kv_rows, a.kv_heads, D, WgLayout<D>::BN) != cudaSuccess)
+        return kPrefillNotTaken;  // no tensor maps: the caller takes another kernel
     constexpr size_t smem = WgLayout<D>::bytes;
     const cudaError_t attr = cudaFuncSetAttribute(prefill_wgmma_ws_kernel<T, D>,
                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -465,15 +495,7 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
 }
 
 template <typename T, int D>
-int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
-    static const bool plain = env_is("PARADEC_ATTN_PREFILL", "wgmma");
-    // The tile coordinates are 32-bit: rows of the cache and of the queries below 2^31.
-    const bool fits = static_cast<int64_t>(a.batch) * a.capacity < (int64_t{1} << 31) &&
-                      static_cast<int64_t>(a.batch) * a.q_len < (int64_t{1} << 31);
-    if (!plain && fits) {
-        const int r = launch_wgmma_ws_d<T, D>(a, stream);
-        if (r != -1) return r;
-    }
+int launch_wgmma_plain_d(const AttnArgs &a, cudaStream_t stream) {
     constexpr size_t smem = WgLayout<D>::bytes;
     const cudaError_t attr = cudaFuncSetAttribute(
         prefill_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -486,17 +508,41 @@ int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
     return launch_status();
 }
 
+template <typename T, int D>
+int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
+    static const bool plain = env_is("PARADEC_ATTN_PREFILL", "wgmma");
+    // The tile coordinates are 32-bit: rows of the cache and of the queries below 2^31.
+    const bool fits = static_cast<int64_t>(a.batch) * a.capacity < (int64_t{1} << 31) &&
+                      static_cast<int64_t>(a.batch) * a.q_len < (int64_t{1} << 31);
+    if constexpr (D > 128) {
+        // d = 256: the warp-specialized kernel only, or the mma.sync one.
+        return plain || !fits ? kPrefillNotTaken : launch_wgmma_ws_d<T, D>(a, stream);
+    } else {
+        if (!plain && fits) {
+            const int r = launch_wgmma_ws_d<T, D>(a, stream);
+            if (r != kPrefillNotTaken) return r;
+        }
+        return launch_wgmma_plain_d<T, D>(a, stream);
+    }
+}
+
 }  // namespace
 
 bool prefill_wgmma_serves(const AttnArgs &a) {
     static const bool off = env_is("PARADEC_ATTN_PREFILL", "mma");
-    return !off && (a.head_dim == 64 || a.head_dim == 128) && wgmma_available();
+    static const bool plain = env_is("PARADEC_ATTN_PREFILL", "wgmma");
+    return !off && (a.head_dim == 64 || a.head_dim == 128 || (a.head_dim == 256 && !plain)) &&
+           wgmma_available();
 }
 
 int launch_prefill_wgmma(int dtype, const AttnArgs &a, cudaStream_t stream) {
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        return a.head_dim == 64 ? launch_wgmma_d<T, 64>(a, stream) : launch_wgmma_d<T, 128>(a, stream);
+        switch (a.head_dim) {
+            case 64: return launch_wgmma_d<T, 64>(a, stream);
+            case 128: return launch_wgmma_d<T, 128>(a, stream);
+            default: return launch_wgmma_d<T, 256>(a, stream);
+        }
     });
 }
 

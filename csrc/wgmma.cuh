@@ -183,8 +183,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 #endif
 }
 
-// d (64 × 128) = a (64 × 16, the descriptor's tile, K-major) · b (16 × 128, K-major), plus d
-// where `acc` is nonzero: both operands from shared memory.
+// d (64 × N) = a (64 × 16, the descriptor's tile, K-major) · b (16 × N, K-major), plus d where
+// `acc` is nonzero: both operands from shared memory.
 #define PARADEC_WGMMA_SS_N128(NAME, TY)                                                    \
     __device__ __forceinline__ void NAME(float(&d)[64], uint64_t a, uint64_t b, int acc) {      \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                               \
@@ -199,16 +199,35 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
                      : "l"(a), "l"(b), "r"(acc));            \
     }
 
+#define PARADEC_WGMMA_SS_N64(NAME, TY)                                                    \
+    __device__ __forceinline__ void NAME(float(&d)[32], uint64_t a, uint64_t b, int acc) {      \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                               \
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {"                \
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31 " \
+                     "}, %32, %33, p, 1, 1, 0, 0;\n}\n"                  \
+                     : PARADEC_ACC8(d, 0), PARADEC_ACC8(d, 8), PARADEC_ACC8(d, 16), PARADEC_ACC8(d, 24) \
+                     : "l"(a), "l"(b), "r"(acc));            \
+    }
+
 #if PARADEC_WGMMA_ARCH
+PARADEC_WGMMA_SS_N64(wgmma_ss_f16_n64, "f16")
+PARADEC_WGMMA_SS_N64(wgmma_ss_bf16_n64, "bf16")
 PARADEC_WGMMA_SS_N128(wgmma_ss_f16_n128, "f16")
 PARADEC_WGMMA_SS_N128(wgmma_ss_bf16_n128, "bf16")
 #endif
 
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t a, uint64_t b, bool acc) {
+// wgmma of T with both operands in shared memory, N = 64 or 128 (N / 2 accumulators).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t a, uint64_t b, bool acc) {
 #if PARADEC_WGMMA_ARCH
-    if constexpr (std::is_same<T, __half>::value) wgmma_ss_f16_n128(d, a, b, acc ? 1 : 0);
-    else wgmma_ss_bf16_n128(d, a, b, acc ? 1 : 0);
+    constexpr bool kHalf = std::is_same<T, __half>::value;
+    if constexpr (N == 64) {
+        if constexpr (kHalf) wgmma_ss_f16_n64(d, a, b, acc ? 1 : 0); else wgmma_ss_bf16_n64(d, a, b, acc ? 1 : 0);
+    } else {
+        static_assert(N == 128, "wgmma_ss: N is 64 or 128");
+        if constexpr (kHalf) wgmma_ss_f16_n128(d, a, b, acc ? 1 : 0); else wgmma_ss_bf16_n128(d, a, b, acc ? 1 : 0);
+    }
 #endif
 }
 

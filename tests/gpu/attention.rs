@@ -318,6 +318,7 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
         // Several key tiles of 128 (the warpgroup kernel's pipeline), padding, a window.
         add(1, 300, 2, 1, 128, vec![0], 0, Some(vec![4]));
         add(1, 260, 2, 2, 64, vec![140], 100, None);
+        add(1, 200, 2, 1, 256, vec![30], 0, Some(vec![3]));
         return v;
     }
     // Decode, q_len 1 … 16: head dims tuned and generic, MHA/GQA/MQA, lengths 1 … 8191.
@@ -360,6 +361,8 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
     add(2, 257, 2, 2, 128, vec![0, 31], 100, Some(vec![10, 0]));
     add(1, 1024, 2, 2, 128, vec![0], 0, None);
     add(1, 2047, 1, 1, 64, vec![1], 0, None);
+    add(1, 700, 2, 1, 256, vec![100], 0, Some(vec![5]));
+    add(2, 300, 2, 2, 256, vec![0, 70], 90, None);
     // One long sequence (CPU reference time grows as length²).
     v.push(AttnCase {
         batch: 1,
