@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "attention.cuh"
+#include "decode_splits.h"
 #include "mma.cuh"
 
 namespace paradec {
@@ -426,38 +427,18 @@ int sm_count() {
 // One or two query rows per KV head take the CUDA-core kernel; more (GQA/MQA groups, several
 // query tokens) the tensor-core kernel, 16 rows per block.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
-                       int64_t head_dim, int64_t max_past) {
+                       int64_t /*head_dim*/, int64_t max_past) {
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : kDecodeMmaRows;
     p.chunks = static_cast<int>((rows + p.rows - 1) / p.rows);
     const int64_t units = batch * kv_heads * p.chunks;
-    // Blocks in whole waves of the resident slots (blocks per SM: 3 on CUDA cores; on tensor
-    // cores 2, 1 past head dim 128), at least 128 keys per split: for a length of c·128 keys
-    // the fewest splits up to min(c, slots) whose last wave is at least 90% full (else the
-    // fullest). One pass over the split counts gives the answer for every c.
+    // decode_splits.h's rule (about one block per SM on tensor cores, two on CUDA cores).
     // PARADEC_ATTN_MAX_SPLITS=N (1 … 256) caps the count, PARADEC_ATTN_SPLITS=N fixes it
     // (benches compare the combine's cost against fewer, longer splits).
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kMaxSplits);
-    const int per_sm = p.rows != kDecodeMmaRows ? 3 : (head_dim <= 128 ? 2 : 1);
-    const int64_t slots = per_sm * static_cast<int64_t>(sm_count());
-    int64_t best_sp = 1;
-    double best = 0.0;
-    bool settled = false;
-    for (int64_t c = 1; c <= kMaxSplits; ++c) {
-        if (!settled && c <= slots) {
-            const int64_t blocks = units * c;
-            const double eff =
-                static_cast<double>(blocks) / (((blocks + slots - 1) / slots) * slots);
-            if (eff > best + 1e-9) {
-                best = eff;
-                best_sp = c;
-            }
-            settled = eff >= 0.9;
-        }
-        p.splits_by_cap[c] =
-            static_cast<unsigned char>((cap > 0 ? std::min<int64_t>(best_sp, cap) : best_sp) - 1);
-    }
+    native_split_table(units, sm_count(), p.rows == kDecodeMmaRows, cap > 0 ? cap : kMaxSplits,
+                       kMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     const int64_t max_kv = max_past + q_len;
     const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_kv + 127) / 128));

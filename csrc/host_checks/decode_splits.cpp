@@ -1,9 +1,11 @@
 // Host check of csrc/decode_splits.h (run by scripts/ci-cuda-check.sh): over unit counts, SM
 // counts and caps, every table entry is at least one split and at most the cap, never falls as
-// the length grows, and keeps its family's bounds — the fragment kernel at most ⌊2·SMs / units⌋
-// splits (or one) of at least 256 keys, the others at most ⌈8·SMs / units⌉ of at least 128 —
-// and reaches them where neither the other bound nor the cap is lower. Also the swept H100
-// cases (132 SMs) take the counts the sweep found best.
+// the length grows, and keeps its family's bounds — quantized caches: the fragment kernel at
+// most ⌊2·SMs / units⌋ splits (or one) of at least 256 keys, the others at most ⌈8·SMs / units⌉
+// of at least 128; native caches: the tensor-core kernel at most ⌊SMs / units⌋ of at least 128
+// keys, the CUDA-core one at most ⌊2·SMs / units⌋ of at least 256 — and reaches them where
+// neither the other bound nor the cap is lower. Also the swept H100 cases (132 SMs) take the
+// counts the sweep found best.
 #include <cstdio>
 
 #include "decode_splits.h"
@@ -20,9 +22,13 @@ int failures = 0;
         }                                         \
     } while (0)
 
-int splits_at(int64_t units, int64_t sms, bool frag, int64_t most, int64_t keys) {
+// The split count at `keys` keys of the quantized rule (native = false) or the native one.
+int splits_at(bool native, int64_t units, int64_t sms, bool fast_kernel, int64_t most, int64_t keys) {
     unsigned char t[257] = {};
-    paradec::quant_split_table(units, sms, frag, most, 256, t);
+    if (native)
+        paradec::native_split_table(units, sms, fast_kernel, most, 256, t);
+    else
+        paradec::quant_split_table(units, sms, fast_kernel, most, 256, t);
     const int64_t c = std::min<int64_t>(256, std::max<int64_t>(1, (keys + 127) / 128));
     return t[c] + 1;
 }
@@ -51,13 +57,42 @@ int main() {
                               static_cast<long long>(units), c);
                     }
                 }
-    // The sweep's best counts (H100, 132 SMs; units = batch × KV heads).
-    CHECK(splits_at(8, 132, true, 256, 32768) == 33, "b1 kv8 L32768");
-    CHECK(splits_at(32, 132, true, 256, 32768) == 8, "b1 kv32 L32768");
-    CHECK(splits_at(64, 132, true, 256, 32768) == 4, "b8 kv8 L32768");
-    CHECK(splits_at(256, 132, true, 256, 32768) == 1, "b8 kv32 L32768");
-    CHECK(splits_at(32, 132, true, 256, 1024) == 4, "b1 kv32 L1024");
-    CHECK(splits_at(256, 132, true, 256, 1024) == 1, "b8 kv32 L1024");
+    for (const bool tc : {false, true})
+        for (int64_t units : {1, 2, 7, 8, 32, 64, 100, 256, 1024, 65535})
+            for (int64_t sms : {1, 66, 132, 144})
+                for (int64_t most : {1, 3, 256}) {
+                    unsigned char t[257] = {};
+                    paradec::native_split_table(units, sms, tc, most, 256, t);
+                    const int64_t by_units = std::max<int64_t>(1, (tc ? 1 : 2) * sms / units);
+                    for (int c = 1; c <= 256; ++c) {
+                        const int64_t n = t[c] + 1;
+                        const int64_t by_len = tc ? c : std::max(1, c / 2);
+                        const int64_t want = std::min(std::min(by_units, by_len), most);
+                        CHECK(n == std::max<int64_t>(1, want),
+                              "native tc %d units %lld sms %lld most %lld c %d: %lld splits, want %lld",
+                              tc, static_cast<long long>(units), static_cast<long long>(sms),
+                              static_cast<long long>(most), c, static_cast<long long>(n),
+                              static_cast<long long>(want));
+                        CHECK(c == 1 || t[c] >= t[c - 1], "native tc %d units %lld: falls at c %d",
+                              tc, static_cast<long long>(units), c);
+                    }
+                }
+    // The sweep's best counts (H100, 132 SMs; units = batch × KV heads). Quantized caches, the
+    // fragment kernel:
+    CHECK(splits_at(false, 8, 132, true, 256, 32768) == 33, "q b1 kv8 L32768");
+    CHECK(splits_at(false, 32, 132, true, 256, 32768) == 8, "q b1 kv32 L32768");
+    CHECK(splits_at(false, 64, 132, true, 256, 32768) == 4, "q b8 kv8 L32768");
+    CHECK(splits_at(false, 256, 132, true, 256, 32768) == 1, "q b8 kv32 L32768");
+    CHECK(splits_at(false, 32, 132, true, 256, 1024) == 4, "q b1 kv32 L1024");
+    CHECK(splits_at(false, 256, 132, true, 256, 1024) == 1, "q b8 kv32 L1024");
+    // The fp16 cache: 8 KV heads (four rows each) on tensor cores, 32 on CUDA cores.
+    CHECK(splits_at(true, 8, 132, true, 256, 32768) == 16, "f16 b1 kv8 L32768");
+    CHECK(splits_at(true, 64, 132, true, 256, 32768) == 2, "f16 b8 kv8 L32768");
+    CHECK(splits_at(true, 8, 132, true, 256, 1024) == 8, "f16 b1 kv8 L1024");
+    CHECK(splits_at(true, 64, 132, true, 256, 1024) == 2, "f16 b8 kv8 L1024");
+    CHECK(splits_at(true, 32, 132, false, 256, 32768) == 8, "f16 b1 kv32 L32768");
+    CHECK(splits_at(true, 32, 132, false, 256, 1024) == 4, "f16 b1 kv32 L1024");
+    CHECK(splits_at(true, 256, 132, false, 256, 1024) == 1, "f16 b8 kv32 L1024");
     std::printf("decode_splits host check: %s (%d failures)\n", failures ? "FAILED" : "ok", failures);
     return failures ? 1 : 0;
 }
