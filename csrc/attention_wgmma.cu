@@ -69,6 +69,21 @@ __device__ __forceinline__ float exp2_ftz(float x) {
     return y;
 }
 
+// A block's shared memory in layout L: the dynamic window rounded up to the swizzle's
+// 1024-byte period, and its tiles and barriers.
+template <typename L>
+struct WgSmem {
+    unsigned char *base;
+    __device__ __forceinline__ explicit WgSmem(unsigned char *window) {
+        const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(window));
+        base = window + (((raw + 1023u) & ~1023u) - raw);
+    }
+    __device__ __forceinline__ unsigned char *q() const { return base + L::qOff; }
+    __device__ __forceinline__ unsigned char *k(int stage) const { return base + L::kOff + stage * L::kTile; }
+    __device__ __forceinline__ unsigned char *v(int stage) const { return base + L::vOff + stage * L::kTile; }
+    __device__ __forceinline__ uint64_t *bars() const { return reinterpret_cast<uint64_t *>(base + L::barOff); }
+};
+
 // The per-row state of a warpgroup's 64 query rows through the tile loop, for lane (g, t4) of
 // its warp: rows g and g + 8 (positions p0, p1), their running maxima (base 2) and sums. S
 // accumulators: rows g (s[4j], s[4j + 1]) and g + 8 (s[4j + 2], s[4j + 3]), keys 8j + 2t4, + 1.
@@ -226,11 +241,10 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     static_assert(Stages == 3, "tile i + 2 loads while tiles i and i + 1 are read");
     constexpr int CH = D / kVec;    // 16-byte chunks of a row
     extern __shared__ __align__(128) unsigned char wsmem[];
-    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
-    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
-    unsigned char *qt = smem + L::qOff;
-    auto ktile = [&](int stage) { return smem + L::kOff + stage * L::kTile; };
-    auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
+    const WgSmem<L> sm(wsmem);
+    unsigned char *qt = sm.q();
+    auto ktile = [&](int stage) { return sm.k(stage); };
+    auto vtile = [&](int stage) { return sm.v(stage); };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, wg = warp >> 2;
@@ -336,12 +350,11 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     using L = WgLayout<D>;
     constexpr int BN = L::BN, Stages = L::Stages;
     extern __shared__ __align__(128) unsigned char wsmem[];
-    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(wsmem));
-    unsigned char *smem = wsmem + (((raw + 1023u) & ~1023u) - raw);
-    unsigned char *qt = smem + L::qOff;
-    auto ktile = [&](int stage) { return smem + L::kOff + stage * L::kTile; };
-    auto vtile = [&](int stage) { return smem + L::vOff + stage * L::kTile; };
-    uint64_t *full_k = reinterpret_cast<uint64_t *>(smem + L::barOff);
+    const WgSmem<L> sm(wsmem);
+    unsigned char *qt = sm.q();
+    auto ktile = [&](int stage) { return sm.k(stage); };
+    auto vtile = [&](int stage) { return sm.v(stage); };
+    uint64_t *full_k = sm.bars();
     uint64_t *full_v = full_k + Stages, *empty_k = full_v + Stages, *empty_v = empty_k + Stages;
     uint64_t *full_q = empty_v + Stages;
 
