@@ -427,7 +427,7 @@ int sm_count() {
 // One or two query rows per KV head take the CUDA-core kernel; more (GQA/MQA groups, several
 // query tokens) the tensor-core kernel, 16 rows per block.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
-                       int64_t /*head_dim*/, int64_t max_past) {
+                       int64_t max_past) {
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : kDecodeMmaRows;
@@ -453,13 +453,7 @@ int launch_decode_lr(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream
     constexpr int G = kDecodeWarps * (32 / L);
     const size_t smem =
         std::max(sizeof(float) * G * R * (2 + a.head_dim), decode_ring_bytes<L>());
-    const cudaError_t attr = cudaFuncSetAttribute(
-        decode_kernel<T, L, R, NV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(decode_kernel<T, L, R, NV>, smem)) return st;
     const dim3 grid(p.splits, a.batch * a.kv_heads, p.chunks);
     decode_kernel<T, L, R, NV><<<grid, kDecodeWarps * 32, smem, stream>>>(a);
     return launch_status();
@@ -508,7 +502,7 @@ size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, 
         return 0;
     const DecodePlan p = plan_decode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
                                      static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
-                                     static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past));
+                                     static_cast<int64_t>(max_past));
     if (p.splits == 1) return 0;
     const size_t rows = batch * q_len * heads;
     return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
@@ -645,8 +639,8 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
         a.splits = 1;
         if (static_cast<int64_t>(q_len) > paradec::kDecodeMaxQ)
             return paradec::launch_prefill(dtype, a, stream);
-        const paradec::DecodePlan p = paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads,
-                                                           a.head_dim, a.max_past);
+        const paradec::DecodePlan p =
+            paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads, a.max_past);
         if (p.splits > 1) {
             const size_t need =
                 paradec::scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);

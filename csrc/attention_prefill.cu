@@ -285,12 +285,7 @@ template <typename T, int DP>
 int launch_dp(const AttnArgs &a, cudaStream_t stream) {
     constexpr size_t smem = prefill_smem<DP>();
     constexpr int BM = block_m<DP>();
-    const cudaError_t attr = cudaFuncSetAttribute(
-        prefill_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(prefill_kernel<T, DP>, smem)) return st;
     const dim3 grid(static_cast<unsigned>((a.q_len + BM - 1) / BM), a.heads, a.batch);
     prefill_kernel<T, DP><<<grid, kWarps * 32, smem, stream>>>(a);
     return launch_status();
@@ -432,12 +427,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_mma_kernel(AttnArgs a) {
 template <typename T, int DP>
 int launch_dec_dp(const AttnArgs &a, int chunks, cudaStream_t stream) {
     constexpr size_t smem = decode_mma_smem<DP>();
-    const cudaError_t attr = cudaFuncSetAttribute(
-        decode_mma_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(decode_mma_kernel<T, DP>, smem)) return st;
     const dim3 grid(a.splits, a.batch * a.kv_heads, chunks);
     decode_mma_kernel<T, DP><<<grid, kWarps * 32, smem, stream>>>(a);
     return launch_status();

@@ -959,13 +959,7 @@ template <typename T, int KF, int VF, int L, int R>
 int launch_q_lr(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     const size_t smem = q_smem_bytes(R, L, qa.a.head_dim);
     if (smem > 48 * 1024) {
-        const cudaError_t attr =
-            cudaFuncSetAttribute(qdecode_kernel<T, KF, VF, L, R>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-        if (attr != cudaSuccess) {
-            cudaGetLastError();
-            return static_cast<int>(attr);
-        }
+        if (const int st = allow_dynamic_smem(qdecode_kernel<T, KF, VF, L, R>, smem)) return st;
     }
     const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, p.chunks);
     qdecode_kernel<T, KF, VF, L, R><<<grid, kQWarps * 32, smem, stream>>>(qa);
@@ -985,12 +979,7 @@ int launch_q_l(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
 // rows a block) over the plan's splits, every (sequence, KV head) and its row chunks.
 int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, const QArgs &qa, const QPlan &p,
                 cudaStream_t stream) {
-    const cudaError_t attr = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(kernel, smem)) return st;
     const int all = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
     const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, (all + rows - 1) / rows);
     kernel<<<grid, kTcWarps * 32, smem, stream>>>(qa);

@@ -243,8 +243,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     extern __shared__ __align__(128) unsigned char wsmem[];
     const WgSmem<L> sm(wsmem);
     unsigned char *qt = sm.q();
-    auto ktile = [&](int stage) { return sm.k(stage); };
-    auto vtile = [&](int stage) { return sm.v(stage); };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, wg = warp >> 2;
@@ -259,7 +257,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         [&](int r, int c) { return qt + (c / 8) * L::qSub + sw128_offset(r, c % 8); }, tid, kWgThreads);
     // K and V of tile n into `stage`; keys outside [lo, hi] zero-filled and not read.
     auto load_kv = [&](int n, int stage) {
-        unsigned char *kt = ktile(stage), *vt = vtile(stage);
+        unsigned char *kt = sm.k(stage), *vt = sm.v(stage);
         for (int i = tid; i < BN * CH; i += kWgThreads) {
             const int r = i / CH, c = i % CH;
             const int64_t j = static_cast<int64_t>(n) * BN + r;
@@ -287,7 +285,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
     fence_async_shared();
     __syncthreads();  // Q and tile 0 have landed for every thread, visible to wgmma
     float s[BN / 2];
-    issue_scores<T, L, D>(s, qw, ktile(0));
+    issue_scores<T, L, D>(s, qw, sm.k(0));
     wgmma_wait<0>();
     fence_regs(s);
     float al0, al1;
@@ -306,8 +304,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         __syncthreads();
         if (i + 2 < count) load_kv(n_first + i + 2, (i + 2) % Stages);
         cp_async_commit_group();
-        issue_scores<T, L, D>(s, qw, ktile((i + 1) % Stages));
-        issue_output<T, L, D>(o, pa, vtile(i % Stages));
+        issue_scores<T, L, D>(s, qw, sm.k((i + 1) % Stages));
+        issue_output<T, L, D>(o, pa, sm.v(i % Stages));
         wgmma_wait<1>();  // the scores of tile i + 1
         fence_regs(s);
         rows.softmax(s, n_first + i + 1, al0, al1);
@@ -316,7 +314,7 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
         rescale<D>(o, al0, al1);
         pack_p<T, BN>(s, pa);
     }
-    issue_output<T, L, D>(o, pa, vtile((count - 1) % Stages));
+    issue_output<T, L, D>(o, pa, sm.v((count - 1) % Stages));
     wgmma_wait<0>();
     fence_regs(o);
     cp_async_wait_groups<0>();
@@ -352,8 +350,6 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     extern __shared__ __align__(128) unsigned char wsmem[];
     const WgSmem<L> sm(wsmem);
     unsigned char *qt = sm.q();
-    auto ktile = [&](int stage) { return sm.k(stage); };
-    auto vtile = [&](int stage) { return sm.v(stage); };
     uint64_t *full_k = sm.bars();
     uint64_t *full_v = full_k + Stages, *empty_k = full_v + Stages, *empty_v = empty_k + Stages;
     uint64_t *full_q = empty_v + Stages;
@@ -396,11 +392,11 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
                 if (i >= Stages) barrier_wait(empty_k + st, released);
                 expect_bytes(full_k + st, static_cast<uint32_t>(L::kTile));
                 for (int sub = 0; sub < D / 64; ++sub)
-                    tile_copy_3d(ktile(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
+                    tile_copy_3d(sm.k(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
                 if (i >= Stages) barrier_wait(empty_v + st, released);
                 expect_bytes(full_v + st, static_cast<uint32_t>(L::kTile));
                 for (int sub = 0; sub < D / 64; ++sub)
-                    tile_copy_3d(vtile(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
+                    tile_copy_3d(sm.v(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
             }
         }
         __syncwarp();
@@ -427,7 +423,7 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     barrier_wait(full_k, 0);
     float s[BN / 2];
     my_turn();
-    issue_scores<T, L, D>(s, qw, ktile(0));
+    issue_scores<T, L, D>(s, qw, sm.k(0));
     your_turn();
     wgmma_wait<0>();
     fence_regs(s);
@@ -445,8 +441,8 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         barrier_wait(full_k + st1, parity(i + 1));
         barrier_wait(full_v + st, parity(i));
         my_turn();
-        issue_scores<T, L, D>(s, qw, ktile(st1));
-        issue_output<T, L, D>(o, pa, vtile(st));
+        issue_scores<T, L, D>(s, qw, sm.k(st1));
+        issue_output<T, L, D>(o, pa, sm.v(st));
         your_turn();
         wgmma_wait<1>();  // the scores of tile i + 1: its K goes back
         fence_regs(s);
@@ -468,14 +464,14 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         constexpr int kRowChunks = 8 * (D / 64);
         for (int i = tid; i < (BN - tail) * kRowChunks; i += kWgThreads) {
             const int r = tail + i / kRowChunks, c = i % kRowChunks;
-            *reinterpret_cast<uint4 *>(vtile(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
+            *reinterpret_cast<uint4 *>(sm.v(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
                 make_uint4(0, 0, 0, 0);
         }
         fence_async_shared();
         named_barrier_sync(1, kWgThreads);
     }
     my_turn();
-    issue_output<T, L, D>(o, pa, vtile(st));
+    issue_output<T, L, D>(o, pa, sm.v(st));
     if (wg == 0) your_turn();  // the second warpgroup's last turn; it passes on no more
     wgmma_wait<0>();
     fence_regs(o);
@@ -494,13 +490,7 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
         make_head_tile_map(&vmap, kBf16, a.v, kv_rows, a.kv_heads, D, WgLayout<D>::BN) != cudaSuccess)
         return kPrefillNotTaken;  // no tensor maps: the caller takes another kernel
     constexpr size_t smem = WgLayout<D>::bytes;
-    const cudaError_t attr = cudaFuncSetAttribute(prefill_wgmma_ws_kernel<T, D>,
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(prefill_wgmma_ws_kernel<T, D>, smem)) return st;
     static const int pingpong = env_is("PARADEC_ATTN_PINGPONG", "off") ? 0 : 1;
     const dim3 grid(static_cast<unsigned>((a.q_len + kWgBM - 1) / kWgBM), a.heads, a.batch);
     prefill_wgmma_ws_kernel<T, D><<<grid, kWsAttnThreads, smem, stream>>>(qmap, kmap, vmap, a, pingpong);
@@ -510,41 +500,44 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
 template <typename T, int D>
 int launch_wgmma_plain_d(const AttnArgs &a, cudaStream_t stream) {
     constexpr size_t smem = WgLayout<D>::bytes;
-    const cudaError_t attr = cudaFuncSetAttribute(
-        prefill_wgmma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(prefill_wgmma_kernel<T, D>, smem)) return st;
     const dim3 grid(static_cast<unsigned>((a.q_len + kWgBM - 1) / kWgBM), a.heads, a.batch);
     prefill_wgmma_kernel<T, D><<<grid, kWgThreads, smem, stream>>>(a);
     return launch_status();
 }
 
+// Which prefill kernel PARADEC_ATTN_PREFILL (read once) asks for on Hopper: the
+// warp-specialized one (default), the same loop without the producer (`wgmma`), or mma.sync
+// (`mma`).
+enum class PrefillChoice { WarpSpecialized, Plain, MmaSync };
+PrefillChoice prefill_choice() {
+    static const PrefillChoice c = env_is("PARADEC_ATTN_PREFILL", "mma")     ? PrefillChoice::MmaSync
+                                   : env_is("PARADEC_ATTN_PREFILL", "wgmma") ? PrefillChoice::Plain
+                                                                             : PrefillChoice::WarpSpecialized;
+    return c;
+}
+
 template <typename T, int D>
 int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
-    static const bool plain = env_is("PARADEC_ATTN_PREFILL", "wgmma");
     // The tile coordinates are 32-bit: rows of the cache and of the queries below 2^31.
     const bool fits = static_cast<int64_t>(a.batch) * a.capacity < (int64_t{1} << 31) &&
                       static_cast<int64_t>(a.batch) * a.q_len < (int64_t{1} << 31);
-    if constexpr (D > 128) {
-        // d = 256: the warp-specialized kernel only, or the mma.sync one.
-        return plain || !fits ? kPrefillNotTaken : launch_wgmma_ws_d<T, D>(a, stream);
-    } else {
-        if (!plain && fits) {
-            const int r = launch_wgmma_ws_d<T, D>(a, stream);
-            if (r != kPrefillNotTaken) return r;
-        }
-        return launch_wgmma_plain_d<T, D>(a, stream);
+    if (prefill_choice() == PrefillChoice::WarpSpecialized && fits) {
+        const int r = launch_wgmma_ws_d<T, D>(a, stream);
+        if (r != kPrefillNotTaken) return r;
     }
+    // d = 256 has no producer-less version: the mma.sync kernel takes it.
+    if constexpr (D > 128) return kPrefillNotTaken;
+    else return launch_wgmma_plain_d<T, D>(a, stream);
 }
 
 }  // namespace
 
 bool prefill_wgmma_serves(const AttnArgs &a) {
-    static const bool off = env_is("PARADEC_ATTN_PREFILL", "mma");
-    static const bool plain = env_is("PARADEC_ATTN_PREFILL", "wgmma");
-    return !off && (a.head_dim == 64 || a.head_dim == 128 || (a.head_dim == 256 && !plain)) &&
+    const PrefillChoice c = prefill_choice();
+    return c != PrefillChoice::MmaSync &&
+           (a.head_dim == 64 || a.head_dim == 128 ||
+            (a.head_dim == 256 && c == PrefillChoice::WarpSpecialized)) &&
            wgmma_available();
 }
 

@@ -98,6 +98,17 @@ inline int env_int(const char *name, int lo, int hi) {
 
 inline bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Lets `kernel` take `bytes` of dynamic shared memory (past the 48 KiB default). Returns 0, or
+// the cudaError_t of a refusal (cleared).
+template <typename Kernel>
+inline int allow_dynamic_smem(Kernel kernel, size_t bytes) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(bytes));
+    if (e == cudaSuccess) return PARADEC_K_OK;
+    cudaGetLastError();
+    return static_cast<int>(e);
+}
+
 // The status of the launch just made (0, or the cudaError_t it raised; clears it).
 inline int launch_status() {
     cudaError_t e = cudaGetLastError();

@@ -820,13 +820,7 @@ bool wgmma_ws_on(int bits) {
 
 template <typename T, int BITS>
 int launch_wgmma_ws_t(const GemmArgs &a, const CUtensorMap &xmap, cudaStream_t stream) {
-    const cudaError_t attr = cudaFuncSetAttribute(gemm_wgmma_ws_kernel<T, BITS>,
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  static_cast<int>(kWsSmem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(gemm_wgmma_ws_kernel<T, BITS>, kWsSmem)) return st;
     const unsigned col_blocks = static_cast<unsigned>((a.n + kGN - 1) / kGN);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((col_blocks + kWsCluster - 1) / kWsCluster * kWsCluster,
@@ -852,13 +846,7 @@ int launch_wgmma_ws_t(const GemmArgs &a, const CUtensorMap &xmap, cudaStream_t s
 template <typename T, int BITS, int TOK>
 int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
     using S = WgmmaTile<TOK>;
-    const cudaError_t attr =
-        cudaFuncSetAttribute(gemm_wgmma_kernel<T, BITS, TOK>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kSmem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(gemm_wgmma_kernel<T, BITS, TOK>, S::kSmem)) return st;
     const dim3 grid(static_cast<unsigned>((a.n + kGN - 1) / kGN),
                     static_cast<unsigned>((a.m + TOK - 1) / TOK), static_cast<unsigned>(a.ksplit));
     gemm_wgmma_kernel<T, BITS, TOK><<<grid, kWThreads, S::kSmem, stream>>>(a);
@@ -885,12 +873,7 @@ int launch_wgmma_tok(const GemmArgs &a, int tok, cudaStream_t stream) {
 
 template <typename T, int BITS>
 int launch_t(const GemmArgs &a, cudaStream_t stream) {
-    const cudaError_t attr = cudaFuncSetAttribute(
-        gemm_kernel<T, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kGemmSmem));
-    if (attr != cudaSuccess) {
-        cudaGetLastError();
-        return static_cast<int>(attr);
-    }
+    if (const int st = allow_dynamic_smem(gemm_kernel<T, BITS>, kGemmSmem)) return st;
     const dim3 grid(static_cast<unsigned>((a.n + kGN - 1) / kGN),
                     static_cast<unsigned>((a.m + kGM - 1) / kGM));
     gemm_kernel<T, BITS><<<grid, kGThreads, kGemmSmem, stream>>>(a);

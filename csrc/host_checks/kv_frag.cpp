@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "check.h"
 #include "kv_frag.cuh"
 
 using namespace paradec::kvfrag;
@@ -17,15 +18,6 @@ using namespace paradec::kvfrag;
 namespace {
 
 std::mt19937 rng(7);
-int failures = 0;
-
-#define CHECK(cond, ...)                          \
-    do {                                          \
-        if (!(cond) && failures++ < 20) {         \
-            std::printf(__VA_ARGS__);             \
-            std::printf("\n");                    \
-        }                                         \
-    } while (0)
 
 float half_bits(uint16_t b) {
     __half_raw r;
@@ -156,6 +148,5 @@ int main() {
         check<PARADEC_KV_E5M2, 64>();
         check<PARADEC_KV_E5M2, 128>();
     }
-    std::printf("kv_frag host check: %s (%d failures)\n", failures ? "FAILED" : "ok", failures);
-    return failures ? 1 : 0;
+    return host_check::report("kv_frag");
 }
