@@ -7,8 +7,10 @@
 // GQA/MQA group, for every query token — sit in the same block, so each K/V element is read once
 // per chunk. With one or two such rows the CUDA-core kernel here runs: a key's head_dim features
 // spread over L lanes, one 16-byte vector each; each warp streams its chunks of keys through
-// its own ring of shared-memory stages (cp.async, several chunks ahead). With more rows (up to
-// 16 per chunk) the tensor-core decode kernel of attention_prefill.cu runs instead. Each lane
+// its own ring of shared-memory stages (cp.async, several chunks ahead). With more rows, head
+// dims 64 and 128 run on attention_quant.cu's fragment kernel (8 rows per chunk, as over a
+// quantized cache) and other head dims on the tensor-core decode kernel of attention_prefill.cu
+// (16 rows per chunk). Each lane
 // group or warp keeps an online softmax (max, sum, unnormalized output) in f32; the block
 // merges them in shared memory in a fixed order, and with several splits writes f32 partials
 // that a second kernel merges over the splits, again in a fixed order: the result does not
@@ -322,60 +324,25 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     merge_and_store<T>(a, sm_m, sm_l, sm_o, G, R, D, nrows, row0, b, kvh, split);
 }
 
-// Merges the splits' partials of every output row, in split order. One block per row: the
-// threads first find the row's max and weights over the splits, then each output feature sums
-// its splits (split groups of threads, merged in a fixed order).
+// Merges the splits' partials of every output row, in split order (merge_split_step). One block
+// per row; each thread takes output features dd, dd + 256, ….
 template <typename T>
 __global__ void __launch_bounds__(256) combine_kernel(AttnArgs a, int64_t rows_all) {
-    __shared__ float w[kMaxSplits];
-    __shared__ float red[8];
-    __shared__ float part[256];
     allow_dependents();  // a small launch: the next kernel may be scheduled beside it
     wait_for_previous_grid();  // launched as a dependent of the decode kernel: its partials
     const int64_t row = blockIdx.x;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int D = a.head_dim, S = a.splits;
-    float mv = -INFINITY;
-    for (int s = tid; s < S; s += 256) mv = fmaxf(mv, a.part_ml[2 * (s * rows_all + row)]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mv = fmaxf(mv, __shfl_xor_sync(0xffffffffu, mv, o));
-    if (lane == 0) red[warp] = mv;
-    __syncthreads();
-    float M = red[0];
-    for (int i = 1; i < 8; ++i) M = fmaxf(M, red[i]);
-    __syncthreads();
-    float sum = 0.f;
-    for (int s = tid; s < S; s += 256) {
-        const int64_t pr = s * rows_all + row;
-        const float ws = M == -INFINITY ? 0.f : exp2f(a.part_ml[2 * pr] - M);
-        w[s] = ws;
-        sum += a.part_ml[2 * pr + 1] * ws;
-    }
-    sum = warp_sum(sum);
-    if (lane == 0) red[warp] = sum;
-    __syncthreads();
-    float tot = 0.f;
-    for (int i = 0; i < 8; ++i) tot += red[i];
-    const float inv = tot > 0.f ? 1.0f / tot : 0.f;
-    // Thread (group sg, feature dd): splits sg, sg + SG, ...
-    const int SG = D >= 256 ? 1 : 256 / D;
-    const int sg = tid / D, dd = tid % D;
-    float O = 0.f;
-    if (sg < SG && tid < SG * D) {
-#pragma unroll 8
-        for (int s = sg; s < S; s += SG) O += a.part_o[(s * rows_all + row) * D + dd] * w[s];
-    }
-    part[tid] = O;
-    __syncthreads();
-    for (int d2 = tid; d2 < D; d2 += 256) {
-        float t = 0.f;
-        if (D >= 256) {
-            // One group: each thread sums every split of its features.
-            for (int s = 0; s < S; ++s) t += a.part_o[(s * rows_all + row) * D + d2] * w[s];
-        } else {
-            for (int g = 0; g < SG; ++g) t += part[g * D + d2];
-        }
-        static_cast<T *>(a.out)[row * D + d2] = Num<T>::from_f(t * inv);
+    const float *ml = a.part_ml + 2 * row;
+    float M = -INFINITY;
+    for (int s = 0; s < S; ++s) M = fmaxf(M, ml[2 * s * rows_all]);
+    for (int dd = threadIdx.x; dd < D; dd += blockDim.x) {
+        const float *o = a.part_o + row * D + dd;
+        float tot = 0.f, O = 0.f;
+#pragma unroll 4
+        for (int s = 0; s < S; ++s)
+            merge_split_step(ml[2 * s * rows_all], ml[2 * s * rows_all + 1], o[s * rows_all * D],
+                             M, tot, O);
+        static_cast<T *>(a.out)[row * D + dd] = Num<T>::from_f(merged_output(O, tot));
     }
 }
 
@@ -405,9 +372,15 @@ __global__ void __launch_bounds__(512) read_probe_kernel(const uint4 *src, int64
     }
 }
 
-// How a decode call is cut: rows per block, row chunks, splits of the KV length, and the splits
-// a launch for each shorter length would take (AttnArgs::splits_by_cap).
+// The decode kernels over a native cache: the CUDA-core decode_kernel, attention_prefill.cu's
+// decode_mma_kernel (16 query rows a block on tensor cores) and attention_quant.cu's fragment
+// kernel (8 query rows a block as the mma's n).
+enum class DecodeKernel { Simt, Mma, Frag };
+
+// How a decode call is cut: its kernel, rows per block, row chunks, splits of the KV length, and
+// the splits a launch for each shorter length would take (AttnArgs::splits_by_cap).
 struct DecodePlan {
+    DecodeKernel kernel;
     int rows;  // R
     int chunks;
     int splits;
@@ -424,21 +397,36 @@ int sm_count() {
     return n;
 }
 
-// One or two query rows per KV head take the CUDA-core kernel; more (GQA/MQA groups, several
-// query tokens) the tensor-core kernel, 16 rows per block.
+// One or two query rows per KV head (MHA decode) take the CUDA-core kernel: a tensor-core tile
+// of 8 or 16 rows would be mostly empty (H100, same run, batch 1, 32 KV heads: 11.2 µs at
+// L = 1024 against 12.7 on the fragment kernel; 185.7 against 180.8 at 32768). More rows (GQA/MQA
+// groups, several query tokens) take the fragment kernel at head dims 64 and 128 — unless
+// PARADEC_KV_DECODE=tile (the 16-row tensor-core kernel) or =simt forces another — and the
+// 16-row kernel at other head dims.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
-                       int64_t max_past) {
+                       int64_t head_dim, int64_t max_past) {
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
-    p.rows = rows <= 1 ? 1 : rows <= 2 ? 2 : kDecodeMmaRows;
+    const bool tc = tc_head_dim(head_dim);
+    if (rows <= 2 || (tc && decode_choice() == DecodeChoice::Simt)) {
+        p.kernel = DecodeKernel::Simt;
+        p.rows = rows <= 1 ? 1 : 2;
+    } else if (tc && decode_choice() == DecodeChoice::Frag) {
+        p.kernel = DecodeKernel::Frag;
+        p.rows = kFragRows;
+    } else {
+        p.kernel = DecodeKernel::Mma;
+        p.rows = kDecodeMmaRows;
+    }
     p.chunks = static_cast<int>((rows + p.rows - 1) / p.rows);
     const int64_t units = batch * kv_heads * p.chunks;
-    // decode_splits.h's rule (about one block per SM on tensor cores, two on CUDA cores).
-    // PARADEC_ATTN_MAX_SPLITS=N (1 … 256) caps the count, PARADEC_ATTN_SPLITS=N fixes it
-    // (benches compare the combine's cost against fewer, longer splits).
+    // decode_splits.h's rule for the kernel. PARADEC_ATTN_MAX_SPLITS=N (1 … 256) caps the
+    // count, PARADEC_ATTN_SPLITS=N fixes it (benches compare the combine's cost against fewer,
+    // longer splits).
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kMaxSplits);
-    native_split_table(units, sm_count(), p.rows == kDecodeMmaRows, cap > 0 ? cap : kMaxSplits,
-                       kMaxSplits, p.splits_by_cap);
+    const int most = cap > 0 ? cap : kMaxSplits;
+    split_table(p.kernel == DecodeKernel::Simt ? SplitRule::NativeCudaCore : SplitRule::TensorCore,
+                units, sm_count(), most, kMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     const int64_t max_kv = max_past + q_len;
     const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_kv + 127) / 128));
@@ -473,7 +461,9 @@ int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t strea
     std::memcpy(a.splits_by_cap, p.splits_by_cap, sizeof a.splits_by_cap);
     const int vecs = a.head_dim / kVec;
     int st;
-    if (p.rows == kDecodeMmaRows)
+    if (p.kernel == DecodeKernel::Frag)
+        st = launch_native_frag(dtype, a, stream);
+    else if (p.kernel == DecodeKernel::Mma)
         st = launch_decode_mma(dtype, a, p.chunks, stream);
     else if (vecs <= 1)
         st = launch_decode_l<T, 1>(a, p, stream);
@@ -502,7 +492,7 @@ size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, 
         return 0;
     const DecodePlan p = plan_decode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
                                      static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
-                                     static_cast<int64_t>(max_past));
+                                     static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past));
     if (p.splits == 1) return 0;
     const size_t rows = batch * q_len * heads;
     return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
@@ -639,8 +629,9 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
         a.splits = 1;
         if (static_cast<int64_t>(q_len) > paradec::kDecodeMaxQ)
             return paradec::launch_prefill(dtype, a, stream);
-        const paradec::DecodePlan p =
-            paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads, a.max_past);
+        if (batch * kv_heads > 65535) return PARADEC_K_DIM_TOO_LARGE;  // the decode grid's y
+        const paradec::DecodePlan p = paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads,
+                                                           a.head_dim, a.max_past);
         if (p.splits > 1) {
             const size_t need =
                 paradec::scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);

@@ -71,15 +71,78 @@ constexpr int kPrefillNotTaken = -1000;
 int launch_decode_mma(int dtype, const AttnArgs &a, int chunks, cudaStream_t stream);
 constexpr int kDecodeMmaRows = 16;
 
+// The head dims the tensor-core decode kernels serve.
+__host__ __device__ constexpr bool tc_head_dim(int64_t d) { return d == 64 || d == 128; }
+
+// Which decode kernel serves the tensor-core head dims: the fragment kernel (the default), or,
+// with PARADEC_KV_DECODE=tile / =simt (read once; tests and comparisons), the decoded-tile
+// kernel (at least two query rows per KV head) / the CUDA-core one.
+enum class DecodeChoice { Frag, Tile, Simt };
+inline DecodeChoice decode_choice() {
+    static const DecodeChoice c = env_is("PARADEC_KV_DECODE", "tile")   ? DecodeChoice::Tile
+                                  : env_is("PARADEC_KV_DECODE", "simt") ? DecodeChoice::Simt
+                                                                        : DecodeChoice::Frag;
+    return c;
+}
+
+// Decode over the contiguous native cache (a.k, a.v) on the fragment kernel
+// (attention_quant.cu): kFragRows query rows of one KV head per block, a.splits splits; partials
+// as the other decode kernels write them. Head dims 64 and 128.
+int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream);
+constexpr int kFragRows = 8;
+
 // Merges a.splits split-KV partials (a.part_o, a.part_ml) into a.out, in split order
 // (attention.cu; a.splits ≤ 256).
 int launch_combine(int dtype, const AttnArgs &a, cudaStream_t stream);
 
+// Merging softmax states (max m in base 2, sum l, output o) over the splits of a row, in split
+// order: one step per split (w = 2^(m − M) for the row's maximum M over every split, 0 where M
+// is −∞), then O·(1/tot). A split with no keys (m = −∞, l = o = 0) adds exact zeros, so that a
+// launch with more splits than keys need (a graph planned for a longer bound) merges to the
+// bits of the eager launch — one split included (merge_and_store finishes it the same way).
+__device__ __forceinline__ void merge_split_step(float m, float l, float o, float M, float &tot,
+                                                 float &O) {
+    const float w = M == -INFINITY ? 0.f : exp2f(m - M);
+    tot = fmaf(l, w, tot);
+    O = fmaf(o, w, O);
+}
+__device__ __forceinline__ float merged_output(float O, float tot) {
+    return O * (tot > 0.f ? 1.0f / tot : 0.f);
+}
+
+// Output row r of a decode block (one of its (query token, head) pairs from row0) as a row of
+// the call's output: (sequence · q_len + token) · heads + head.
+__device__ __forceinline__ int64_t decode_out_row(const AttnArgs &a, int row0, int r, int b,
+                                                  int kvh) {
+    const int group = a.heads / a.kv_heads;
+    const int row = row0 + r;
+    const int t = row / group, h = kvh * group + row % group;
+    return (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
+}
+
+// A decode block's merge of its `parts` partial softmax states for row r, dimension dd — row r
+// of part p has max sm_m[p·stride_rows + r] (base 2), sum sm_l[…] and output
+// sm_o[(p·stride_rows + r)·o_stride + dd] — in part order: the block's (M, S, O).
+__device__ __forceinline__ void merge_parts(const float *sm_m, const float *sm_l,
+                                            const float *sm_o, int parts, int stride_rows,
+                                            int o_stride, int r, int dd, float &M, float &S,
+                                            float &O) {
+    M = -INFINITY;
+    for (int p = 0; p < parts; ++p) M = fmaxf(M, sm_m[p * stride_rows + r]);
+    S = 0.f;
+    O = 0.f;
+    if (M != -INFINITY) {
+        for (int p = 0; p < parts; ++p) {
+            const float w = exp2f(sm_m[p * stride_rows + r] - M);
+            S += sm_l[p * stride_rows + r] * w;
+            O += sm_o[(p * stride_rows + r) * o_stride + dd] * w;
+        }
+    }
+}
+
 // The end of a decode block: merges the `parts` partial softmax states of each of its `nrows`
-// query rows — row r of part p has max sm_m[p·stride_rows + r] (base 2), sum sm_l[…] and
-// output sm_o[(p·stride_rows + r)·o_stride + d] — in part order, then writes the row's output
-// (one split) or its split partial (several). Rows are the block's (query token, head of the
-// KV head's group) pairs from row0.
+// query rows (merge_parts), then writes the row's output (one split) or its split partial
+// (several).
 template <typename T>
 __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *sm_m,
                                                 const float *sm_l, const float *sm_o, int parts,
@@ -89,26 +152,15 @@ __device__ __forceinline__ void merge_and_store(const AttnArgs &a, const float *
     // dependent) may be scheduled now.
     allow_dependents();
     const int D = a.head_dim;
-    const int group = a.heads / a.kv_heads;
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
     for (int idx = threadIdx.x; idx < nrows * D; idx += blockDim.x) {
         const int r = idx / D, dd = idx % D;
-        const int row = row0 + r;
-        const int t = row / group, h = kvh * group + row % group;
-        const int64_t grow = (static_cast<int64_t>(b) * a.q_len + t) * a.heads + h;
-        float M = -INFINITY;
-        for (int p = 0; p < parts; ++p) M = fmaxf(M, sm_m[p * stride_rows + r]);
-        float S = 0.f, O = 0.f;
-        if (M != -INFINITY) {
-            for (int p = 0; p < parts; ++p) {
-                const float w = exp2f(sm_m[p * stride_rows + r] - M);
-                S += sm_l[p * stride_rows + r] * w;
-                O += sm_o[(p * stride_rows + r) * o_stride + dd] * w;
-            }
-        }
+        const int64_t grow = decode_out_row(a, row0, r, b, kvh);
+        float M, S, O;
+        merge_parts(sm_m, sm_l, sm_o, parts, stride_rows, o_stride, r, dd, M, S, O);
         if (a.splits == 1) {
-            // O·(1/S), as the combine computes it: one split or many, the same rounding.
-            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(O * (S > 0.f ? 1.0f / S : 0.f));
+            // As the split merge finishes a row: one split or many, the same rounding.
+            static_cast<T *>(a.out)[grow * D + dd] = Num<T>::from_f(merged_output(O, S));
         } else {
             const int64_t pr = static_cast<int64_t>(split) * rows_all + grow;
             a.part_o[pr * D + dd] = O;

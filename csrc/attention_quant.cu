@@ -3,13 +3,14 @@
 // cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
 //
 // Three decode kernels (q_kernel picks; PARADEC_KV_DECODE=tile or =simt forces the others):
-// - qdecode_frag_kernel (head dims 64 and 128, FP8/Q8/Q4 codes, any number of query rows):
-//   the codes of 16-key stages stream through per-warp cp.async rings and go from ldmatrix
-//   straight into mma fragments (kv_frag.cuh), Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ on tensor cores with
-//   the query rows as the mma's n.
-// - qdecode_mma_kernel (the same head dims, a paged native cache with at least two query rows
-//   per KV head): each stage is decoded into K and V tiles of the compute dtype in shared
-//   memory and run through attention_mma.cuh's step.
+// - qdecode_frag_kernel (head dims 64 and 128, every cache mode, any number of query rows; also
+//   the contiguous native cache's decode, launched from attention.cu): the codes of 16-key
+//   stages stream through per-warp cp.async rings and go from ldmatrix straight into mma
+//   fragments (kv_frag.cuh), Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ on tensor cores with the query rows as
+//   the mma's n.
+// - qdecode_mma_kernel (the same head dims, at least two query rows per KV head, only where
+//   forced): each stage is decoded into K and V tiles of the compute dtype in shared memory and
+//   run through attention_mma.cuh's step.
 // - qdecode_kernel (the rest) on CUDA cores, split over the KV length like attention.cu's: one
 //   block per (split, sequence, KV head, chunk of R query rows); a key's head_dim features
 //   spread over L lanes, eight per lane, decoded from their codes in registers (FP8: a
@@ -396,9 +397,6 @@ __global__ void __launch_bounds__(kQWarps * 32) qdecode_kernel(QArgs qa) {
 // the store undoes.
 constexpr int kTcWarps = 4;
 
-// Head dims the tensor-core kernel takes (the CUDA-core kernel takes the rest).
-__host__ __device__ constexpr bool tc_head_dim(int64_t d) { return d == 64 || d == 128; }
-
 // Bytes of one key's codes of one head in a ring stage, and of its run scales.
 template <int F, int D>
 __host__ __device__ constexpr int tc_code_bytes() {
@@ -668,20 +666,31 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_mma_kernel(QArgs qa) {
 // scales, per run), Vᵀ's A fragments from ldmatrix.trans → Oᵀ += Vᵀ·Pᵀ. No decoded tile, no
 // shared-memory round trip of values. The warps' states merge as the other decode kernels'.
 
-// Stages of a warp's ring: about 13 KiB of codes and scales in flight per warp.
+// Warps of a fragment-kernel block, each streaming its own keys. H100, same run, 8 against 4
+// (with one block per SM against two, the same warps per SM): fewer, longer blocks — FP8
+// batch 1, 8 KV heads, L = 32768: 31.8 µs against 36.0; Q4 38.1 against 40.3; fp16 51.7
+// against 52.8.
+constexpr int kFragWarps = 8;
+
+// Stages of a warp's ring: about 13 KiB of codes, 3 to 6 stages (3 for the native cache's
+// 8 KiB stages: two in flight while one is read).
 template <int KF, int VF, int D>
 __host__ __device__ constexpr int frag_stages() {
-    return 13312 / tc_stage_bytes<KF, VF, D>() < 2   ? 2
+    return 13312 / tc_stage_bytes<KF, VF, D>() < 3   ? 3
            : 13312 / tc_stage_bytes<KF, VF, D>() > 6 ? 6
                                                        : 13312 / tc_stage_bytes<KF, VF, D>();
 }
+// The rings, then the query rows' staging area (both live at once: the first stages are queued
+// before Q is read); after the loop the merge area overlays them.
+template <int KF, int VF, int D>
+__host__ __device__ constexpr size_t frag_ring_bytes() {
+    return static_cast<size_t>(kFragWarps) * frag_stages<KF, VF, D>() * tc_stage_bytes<KF, VF, D>();
+}
 template <int KF, int VF, int D>
 __host__ __device__ constexpr size_t frag_smem_bytes() {
-    const size_t rings = static_cast<size_t>(kTcWarps) * frag_stages<KF, VF, D>() *
-                         tc_stage_bytes<KF, VF, D>();
-    const size_t merge = sizeof(float) * kTcWarps * kvfrag::kRows * (D + 2);
-    const size_t query = sizeof(float) * kvfrag::kRows * (D + 1);
-    return rings > merge ? (rings > query ? rings : query) : (merge > query ? merge : query);
+    const size_t staged = frag_ring_bytes<KF, VF, D>() + sizeof(float) * kvfrag::kRows * (D + 1);
+    const size_t merge = sizeof(float) * kFragWarps * kvfrag::kRows * (D + 2);
+    return staged > merge ? staged : merge;
 }
 
 // c of a Q8/Q4 format (codes are code − c times scale / c); 1 for the others.
@@ -691,8 +700,15 @@ __host__ __device__ constexpr float code_offset() {
 }
 
 template <typename T, int KF, int VF, int D>
-__global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
+__global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa) {
     using namespace kvfrag;
+    static_assert((KF == PARADEC_KV_NATIVE) == (VF == PARADEC_KV_NATIVE), "both sides native or neither");
+    // The mma's type: the cache's own over a native cache, f16 over decoded codes. bf16 keeps
+    // 8 bits of P: its rounding remainder goes through a second product (decode is bound by
+    // memory; the tensor cores have time).
+    constexpr bool kNative = KF == PARADEC_KV_NATIVE;
+    using MT = typename std::conditional<kNative, T, __half>::type;
+    constexpr bool kSplitP = std::is_same<MT, __nv_bfloat16>::value;
     constexpr int KT = D / 16;  // K's k steps, Vᵀ's m tiles
     constexpr int RUNS = D / kRun;
     constexpr int NS = frag_stages<KF, VF, D>();
@@ -713,18 +729,31 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
     const bool plain = a.mask == nullptr && a.window == 0;
     const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
 
+    // Each warp queues its first stages before anything else: the keys' latency then covers
+    // the query rows' reads and their staging.
+    unsigned char *ring = smem_raw + static_cast<size_t>(warp) * NS * STAGE;
+    auto issue = [&](int i) {
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kFragWarps * i) * kKeys;
+        if (base < k_end)
+            issue_stage<KF, VF, D, true>(qa, b, kvh, base, k_end, ring + (i % NS) * STAGE);
+        cp_async_commit_group();
+    };
+#pragma unroll
+    for (int i = 0; i < NS - 1; ++i) issue(i);
+
     // Q rows in f32 (rotated for a Hadamard K), then per row a power of two that brings its
     // largest |q| into [128, 256): f16 B operands keep their precision whatever the dtype's
-    // range; the scores take the factor back in f32.
-    float *sm_q = reinterpret_cast<float *>(smem_raw);  // [8][D]
-    float *sm_qf = sm_q + kRows * D;                    // [8]
+    // range; the scores take the factor back in f32. Over a native cache Q is already of the
+    // mma's type: factor 1.
+    float *sm_q = reinterpret_cast<float *>(smem_raw + frag_ring_bytes<KF, VF, D>());  // [8][D]
+    float *sm_qf = sm_q + kRows * D;                                                   // [8]
     stage_query_rows<T, KF>(a, db, kRows, D, 1.f, sm_q);
     if (threadIdx.x < kRows) {
         float mx = 0.f;
         for (int d = 0; d < D; ++d) mx = fmaxf(mx, fabsf(sm_q[threadIdx.x * D + d]));
         int ex = 0;
         frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-        sm_qf[threadIdx.x] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
+        sm_qf[threadIdx.x] = mx > 0.f && !kNative ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
     }
     __syncthreads();
     uint32_t qb[KT][2];  // B fragments: dims k_dim(kc, 2t4 …) of row g
@@ -733,9 +762,9 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
         const float *qr = sm_q + g * D;
 #pragma unroll
         for (int kc = 0; kc < KT; ++kc) {
-            qb[kc][0] = pack2<__half>(qr[k_dim<KF>(kc, 2 * t4)] * f, qr[k_dim<KF>(kc, 2 * t4 + 1)] * f);
+            qb[kc][0] = pack2<MT>(qr[k_dim<KF>(kc, 2 * t4)] * f, qr[k_dim<KF>(kc, 2 * t4 + 1)] * f);
             qb[kc][1] =
-                pack2<__half>(qr[k_dim<KF>(kc, 2 * t4 + 8)] * f, qr[k_dim<KF>(kc, 2 * t4 + 9)] * f);
+                pack2<MT>(qr[k_dim<KF>(kc, 2 * t4 + 8)] * f, qr[k_dim<KF>(kc, 2 * t4 + 9)] * f);
         }
     }
     // Score scale of the lane's rows 2t4 and 2t4 + 1, in log2 units: softmax scale, E4M3's K
@@ -743,20 +772,10 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
     const float sl2 = a.scale * kLog2e * (KF == PARADEC_KV_E4M3 ? qa.k.head_scale[kvh] : 1.f) /
                       code_offset<KF>();
     const float sl2_0 = sl2 / sm_qf[2 * t4], sl2_1 = sl2 / sm_qf[2 * t4 + 1];
-    __syncthreads();  // the staging area becomes the rings
 
     const int64_t pos0 = past + (row0 + 2 * t4) / group, pos1 = past + (row0 + 2 * t4 + 1) / group;
     const int64_t lo0 = a.window > 0 ? pos0 + 1 - a.window : 0;
     const int64_t lo1 = a.window > 0 ? pos1 + 1 - a.window : 0;
-    unsigned char *ring = smem_raw + static_cast<size_t>(warp) * NS * STAGE;
-    auto issue = [&](int i) {
-        const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kKeys;
-        if (base < k_end)
-            issue_stage<KF, VF, D, true>(qa, b, kvh, base, k_end, ring + (i % NS) * STAGE);
-        cp_async_commit_group();
-    };
-#pragma unroll
-    for (int i = 0; i < NS - 1; ++i) issue(i);
 
     // This lane's ldmatrix row addresses (key, chunk) within a stage's K and V codes.
     const int my_key = lane_key(lane);
@@ -765,7 +784,7 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
     for (int i = 0; i < KT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     for (int i = 0;; ++i) {
-        const int64_t base = k_begin + static_cast<int64_t>(warp + kTcWarps * i) * kKeys;
+        const int64_t base = k_begin + static_cast<int64_t>(warp + kFragWarps * i) * kKeys;
         if (base >= k_end) break;
         issue(i + NS - 1);
         cp_async_wait_groups<NS - 1>();
@@ -789,8 +808,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
             k_frags<KF>(kw + r * words_per_run(KF), fa);
             if constexpr (kKRuns) {
                 float c[4] = {0.f, 0.f, 0.f, 0.f};
-                mma_16816<__half>(c, fa[0], qb[2 * r][0], qb[2 * r][1]);
-                mma_16816<__half>(c, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
+                mma_16816<MT>(c, fa[0], qb[2 * r][0], qb[2 * r][1]);
+                mma_16816<MT>(c, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
                 const float sg = __half2float(kscale[g * RUNS + r]);
                 const float sg8 = __half2float(kscale[(g + 8) * RUNS + r]);
                 s[0] = fmaf(sg, c[0], s[0]);
@@ -798,8 +817,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
                 s[2] = fmaf(sg8, c[2], s[2]);
                 s[3] = fmaf(sg8, c[3], s[3]);
             } else {
-                mma_16816<__half>(s, fa[0], qb[2 * r][0], qb[2 * r][1]);
-                mma_16816<__half>(s, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
+                mma_16816<MT>(s, fa[0], qb[2 * r][0], qb[2 * r][1]);
+                mma_16816<MT>(s, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
             }
         }
         s[0] *= sl2_0;
@@ -852,10 +871,15 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
         for (int n = 0; n < VCH / 2; ++n)
             ldsm_x4_trans(*reinterpret_cast<uint32_t(*)[4]>(&vw[4 * n]),
                           vcodes + my_key * VCB + swizzle(lane_chunk(n, lane), my_key, VCH) * 16);
-        uint32_t pb0 = 0, pb1 = 0;
+        uint32_t pb0 = 0, pb1 = 0, pl0 = 0, pl1 = 0;
         if constexpr (!kVRuns) {
-            pb0 = movmatrix_trans(pack2<__half>(p[0], p[1]));
-            pb1 = movmatrix_trans(pack2<__half>(p[2], p[3]));
+            const uint32_t h01 = pack2<MT>(p[0], p[1]), h23 = pack2<MT>(p[2], p[3]);
+            pb0 = movmatrix_trans(h01);
+            pb1 = movmatrix_trans(h23);
+            if constexpr (kSplitP) {
+                pl0 = movmatrix_trans(pack2_lo<MT>(p[0], p[1], h01));
+                pl1 = movmatrix_trans(pack2_lo<MT>(p[2], p[3], h23));
+            }
         }
 #pragma unroll
         for (int r = 0; r < RUNS; ++r) {
@@ -867,8 +891,12 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
                 pb0 = movmatrix_trans(pack2<__half>(p[0] * sg, p[1] * sg));
                 pb1 = movmatrix_trans(pack2<__half>(p[2] * sg8, p[3] * sg8));
             }
-            mma_16816<__half>(o[2 * r], va[0], pb0, pb1);
-            mma_16816<__half>(o[2 * r + 1], va[1], pb0, pb1);
+            mma_16816<MT>(o[2 * r], va[0], pb0, pb1);
+            mma_16816<MT>(o[2 * r + 1], va[1], pb0, pb1);
+            if constexpr (kSplitP) {
+                mma_16816<MT>(o[2 * r], va[0], pl0, pl1);
+                mma_16816<MT>(o[2 * r + 1], va[1], pl0, pl1);
+            }
         }
         __syncwarp();  // the stage is refilled next
     }
@@ -880,8 +908,8 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
     }
     __syncthreads();  // the rings become the merge area
     float *sm_m = reinterpret_cast<float *>(smem_raw);
-    float *sm_l = sm_m + kTcWarps * kRows;
-    float *sm_o = sm_l + kTcWarps * kRows;  // [warp][row][D], natural dimension order
+    float *sm_l = sm_m + kFragWarps * kRows;
+    float *sm_o = sm_l + kFragWarps * kRows;  // [warp][row][D], natural dimension order
     const int ra = warp * kRows + 2 * t4;
     if (g == 0) {
         sm_m[ra] = m0;
@@ -902,10 +930,10 @@ __global__ void __launch_bounds__(kTcWarps * 32) qdecode_frag_kernel(QArgs qa) {
     }
     __syncthreads();
     if (kVRuns) {
-        rotate_runs(sm_o, kTcWarps * kRows * D / kRun);  // V back from the rotated basis
+        rotate_runs(sm_o, kFragWarps * kRows * D / kRun);  // V back from the rotated basis
         __syncthreads();
     }
-    merge_and_store<T>(a, sm_m, sm_l, sm_o, kTcWarps, kRows, D, nrows, row0, b, kvh, db.split);
+    merge_and_store<T>(a, sm_m, sm_l, sm_o, kFragWarps, kRows, D, nrows, row0, b, kvh, db.split);
 }
 
 int q_sm_count() {
@@ -939,8 +967,8 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     p.lanes = vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
     const int64_t units = batch * kv_heads * p.chunks;
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kQMaxSplits);  // as plan_decode
-    quant_split_table(units, q_sm_count(), frag, cap > 0 ? cap : kQMaxSplits, kQMaxSplits,
-                      p.splits_by_cap);
+    split_table(frag ? SplitRule::TensorCore : SplitRule::QuantCudaCore, units, q_sm_count(),
+                cap > 0 ? cap : kQMaxSplits, kQMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
     // a shorter batch leaves empty merges as exact zeros).
@@ -976,56 +1004,55 @@ int launch_q_l(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
 }
 
 // Launches a tensor-core decode kernel (`smem` bytes of dynamic shared memory, `rows` query
-// rows a block) over the plan's splits, every (sequence, KV head) and its row chunks.
-int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, const QArgs &qa, const QPlan &p,
+// rows a block) over the call's splits (qa.a.splits), every (sequence, KV head) and its row
+// chunks.
+int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, int warps, const QArgs &qa,
                 cudaStream_t stream) {
     if (const int st = allow_dynamic_smem(kernel, smem)) return st;
     const int all = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
-    const dim3 grid(p.splits, qa.a.batch * qa.a.kv_heads, (all + rows - 1) / rows);
-    kernel<<<grid, kTcWarps * 32, smem, stream>>>(qa);
+    const dim3 grid(qa.a.splits, qa.a.batch * qa.a.kv_heads, (all + rows - 1) / rows);
+    kernel<<<grid, warps * 32, smem, stream>>>(qa);
     return launch_status();
 }
 
 template <typename T, int KF, int VF, int D>
-int launch_tc_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+int launch_tc_d(const QArgs &qa, cudaStream_t stream) {
     return launch_q_tc(qdecode_mma_kernel<T, KF, VF, D>, tc_smem_bytes<KF, VF, D>(), kDecRows,
-                       qa, p, stream);
+                       kTcWarps, qa, stream);
 }
 
 template <typename T, int KF, int VF, int D>
-int launch_frag_d(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
+int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
     return launch_q_tc(qdecode_frag_kernel<T, KF, VF, D>, frag_smem_bytes<KF, VF, D>(),
-                       kvfrag::kRows, qa, p, stream);
+                       kvfrag::kRows, kFragWarps, qa, stream);
 }
 
-// Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores: FP8/Q8/Q4 codes
-// through the fragment kernel, whatever the number of query rows (H100, same run: 1.1–2.6×
-// the decoded-tile kernel and the CUDA-core one wherever measured); a paged native cache
-// through the decoded-tile kernel where there are at least two query rows per KV head (one row
-// gains nothing from its 16-row tile). The rest run on CUDA cores. PARADEC_KV_DECODE=tile
-// forces the decoded-tile kernel where it applies, =simt the CUDA-core one (tests and
-// comparisons).
+// Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
+// fragment kernel, every cache mode and any number of query rows (H100, same run: 1.1–2.6×
+// the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes). The
+// rest run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are
+// at least two query rows per KV head, =simt the CUDA-core one (tests and comparisons).
 enum class QKernel { Simt, Tile, Frag };
 
-QKernel q_kernel(const AttnArgs &a, int kf) {
-    static const bool simt = env_is("PARADEC_KV_DECODE", "simt");
-    static const bool tile = env_is("PARADEC_KV_DECODE", "tile");
-    if (simt || !tc_head_dim(a.head_dim)) return QKernel::Simt;
-    if (kf != PARADEC_KV_NATIVE && !tile) return QKernel::Frag;
-    return a.q_len * (a.heads / a.kv_heads) >= 2 ? QKernel::Tile : QKernel::Simt;
+QKernel q_kernel(const AttnArgs &a, int /*kf*/) {
+    if (!tc_head_dim(a.head_dim)) return QKernel::Simt;
+    switch (decode_choice()) {
+        case DecodeChoice::Simt: return QKernel::Simt;
+        case DecodeChoice::Tile:
+            return a.q_len * (a.heads / a.kv_heads) >= 2 ? QKernel::Tile : QKernel::Simt;
+        default: return QKernel::Frag;
+    }
 }
 
 template <typename T, int KF, int VF>
 int launch_q_f(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
     const QKernel kernel = q_kernel(qa.a, KF);
-    if constexpr (KF != PARADEC_KV_NATIVE) {
-        if (kernel == QKernel::Frag)
-            return qa.a.head_dim == 64 ? launch_frag_d<T, KF, VF, 64>(qa, p, stream)
-                                       : launch_frag_d<T, KF, VF, 128>(qa, p, stream);
-    }
+    if (kernel == QKernel::Frag)
+        return qa.a.head_dim == 64 ? launch_frag_d<T, KF, VF, 64>(qa, stream)
+                                   : launch_frag_d<T, KF, VF, 128>(qa, stream);
     if (kernel == QKernel::Tile)
-        return qa.a.head_dim == 64 ? launch_tc_d<T, KF, VF, 64>(qa, p, stream)
-                                   : launch_tc_d<T, KF, VF, 128>(qa, p, stream);
+        return qa.a.head_dim == 64 ? launch_tc_d<T, KF, VF, 64>(qa, stream)
+                                   : launch_tc_d<T, KF, VF, 128>(qa, stream);
     switch (p.lanes) {
         case 4: return launch_q_l<T, KF, VF, 4>(qa, p, stream);
         case 8: return launch_q_l<T, KF, VF, 8>(qa, p, stream);
@@ -1150,6 +1177,25 @@ int slot_map(const paradec_kv_block_table &bt, size_t capacity, SlotMap *out) {
 }
 
 }  // namespace
+
+int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream) {
+    static_assert(kFragRows == kvfrag::kRows, "attention.cu plans the fragment kernel's rows");
+    if (!tc_head_dim(a.head_dim)) return PARADEC_K_BAD_SHAPE;
+    const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * a.head_dim;
+    QArgs qa{};
+    qa.a = a;
+    const int64_t row = kv_row_bytes(PARADEC_KV_NATIVE, kv_dim);
+    qa.k = KvView{static_cast<const uint8_t *>(a.k), nullptr, nullptr, row, 0};
+    qa.v = KvView{static_cast<const uint8_t *>(a.v), nullptr, nullptr, row, 0};
+    qa.sm = SlotMap{nullptr, 0, 0, a.capacity};  // slot = b·capacity + j
+    return dispatch_dtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        return a.head_dim == 64
+                   ? launch_frag_d<T, PARADEC_KV_NATIVE, PARADEC_KV_NATIVE, 64>(qa, stream)
+                   : launch_frag_d<T, PARADEC_KV_NATIVE, PARADEC_KV_NATIVE, 128>(qa, stream);
+    });
+}
+
 }  // namespace paradec
 
 extern "C" size_t paradec_attention_quant_scratch_bytes(size_t batch, size_t q_len, size_t heads,

@@ -1,5 +1,5 @@
-// Decode attention over a quantized KV cache with the codes decoded straight into tensor-core
-// fragments: the bit and index arithmetic of attention_quant.cu's qdecode_frag_kernel, kept
+// Decode attention over a KV cache with the codes decoded straight into tensor-core fragments
+// (a native fp16/bf16 cache's values are their own fragments): the bit and index arithmetic of attention_quant.cu's qdecode_frag_kernel, kept
 // __host__ __device__ so that it can be checked on the host against plain loops.
 //
 // The products run transposed: Sᵀ = K·Qᵀ (A = 16 keys × 16 dims of K, B = 16 dims × 8 query
@@ -8,8 +8,9 @@
 // Both A operands come from ldmatrix over the raw codes of a stage of 16 keys (plain for K,
 // .trans for V), one 32-bit word per 8×8 b16 matrix and lane, which a few bit operations turn
 // into pairs of exact f16 values: Q4/Q8 codes minus c (the magic-exponent trick, then one
-// exact subtraction), FP8 values as they are. The mma always runs in f16 — every decoded value
-// is exact in f16 — whatever the call's dtype.
+// exact subtraction), FP8 values as they are. The mma runs in f16 — every decoded value is
+// exact in f16 — whatever the call's dtype; over a native cache it runs in the cache's dtype
+// and the words go to the mma untouched.
 //
 // The dimension order inside a fragment is free — Q·K is a sum over dimensions in any order,
 // and Oᵀ's dimensions are put back when the result is stored — so the order is the one the
@@ -32,11 +33,15 @@ constexpr int kKeys = 16;  // keys per stage: the m of Sᵀ, the k of Oᵀ
 constexpr int kRows = 8;   // query rows per warp: the n of both products
 
 // Code bytes of one key's head (D dims) and its 16-byte chunks (ldmatrix rows).
-__host__ __device__ constexpr int code_bytes(int f, int d) { return f == PARADEC_KV_Q4 ? d / 2 : d; }
+__host__ __device__ constexpr int code_bytes(int f, int d) {
+    return f == PARADEC_KV_Q4 ? d / 2 : f == PARADEC_KV_NATIVE ? 2 * d : d;
+}
 __host__ __device__ constexpr int chunks(int f, int d) { return code_bytes(f, d) / 16; }
-// ldmatrix words per lane and run of 32 dims: a Q4 run is one chunk, an 8-bit run two; each
-// chunk is read for keys 0–7 and 8–15.
-__host__ __device__ constexpr int words_per_run(int f) { return f == PARADEC_KV_Q4 ? 2 : 4; }
+// ldmatrix words per lane and run of 32 dims: a Q4 run is one chunk, an 8-bit run two, a
+// native one four; each chunk is read for keys 0–7 and 8–15.
+__host__ __device__ constexpr int words_per_run(int f) {
+    return f == PARADEC_KV_Q4 ? 2 : f == PARADEC_KV_NATIVE ? 8 : 4;
+}
 
 // Where chunk `c` of stage key `key` sits among the key's `cb` chunks: XOR-swizzled so that the
 // eight keys one ldmatrix matrix reads fall into eight different 16-byte bank groups.
@@ -160,7 +165,13 @@ __host__ __device__ inline void v8_pairs(uint32_t y, uint32_t (&p)[2]) {
 // keys at dims 2t4 + 8, + 9.
 template <int F>
 __host__ __device__ inline void k_frags(const uint32_t *w, uint32_t (&a)[2][4]) {
-    if constexpr (F == PARADEC_KV_Q4) {
+    if constexpr (F == PARADEC_KV_NATIVE) {
+        // Word 4c + j: chunk 2c + j / 2 (dims 8·(j / 2) … of step c), keys 8·(j % 2) + g.
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) a[c][j] = w[4 * c + j];
+    } else if constexpr (F == PARADEC_KV_Q4) {
         uint32_t p0[4], p1[4];
         q4_pairs(w[0], p0);  // key g
         q4_pairs(w[1], p1);  // key g + 8
@@ -189,7 +200,16 @@ __host__ __device__ inline void k_frags(const uint32_t *w, uint32_t (&a)[2][4]) 
 // a0 = dim row g, keys 2t4, 2t4 + 1; a1 = dim row g + 8, same keys; a2, a3 = keys + 8.
 template <int F>
 __host__ __device__ inline void v_frags(const uint32_t *y, uint32_t (&a)[2][4]) {
-    if constexpr (F == PARADEC_KV_Q4) {
+    if constexpr (F == PARADEC_KV_NATIVE) {
+        // Word 4t + j: dim g of chunk 2t + j / 2, keys 8·(j % 2) + 2t4, + 1.
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+            a[t][0] = y[4 * t];
+            a[t][1] = y[4 * t + 2];
+            a[t][2] = y[4 * t + 1];
+            a[t][3] = y[4 * t + 3];
+        }
+    } else if constexpr (F == PARADEC_KV_Q4) {
         uint32_t p0[4], p1[4];
         q4_pairs(y[0], p0);  // keys 0–7 of the stage
         q4_pairs(y[1], p1);  // keys 8–15
@@ -220,14 +240,16 @@ __host__ __device__ constexpr int k_dim(int kc, int p) {
     // lane quad t4 = (p % 8) / 2 holds bytes 4·t4 … + 3 of its chunk; e = p % 2, hi = p / 8
     return F == PARADEC_KV_Q4
                ? 32 * (kc / 2) + 2 * (4 * ((p % 8) / 2) + kc % 2 + 2 * (p % 2)) + p / 8
-               : 16 * kc + 4 * ((p % 8) / 2) + 2 * (p / 8) + p % 2;
+           : F == PARADEC_KV_NATIVE ? 16 * kc + p
+                                    : 16 * kc + 4 * ((p % 8) / 2) + 2 * (p / 8) + p % 2;
 }
 
 // The head dimension of row r (0–15) of Vᵀ's m tile mt.
 template <int F>
 __host__ __device__ constexpr int v_dim(int mt, int r) {
-    return F == PARADEC_KV_Q4 ? 32 * (mt / 2) + 4 * (r % 8) + 2 * (mt % 2) + r / 8
-                              : 16 * mt + 2 * (r % 8) + r / 8;
+    return F == PARADEC_KV_Q4        ? 32 * (mt / 2) + 4 * (r % 8) + 2 * (mt % 2) + r / 8
+           : F == PARADEC_KV_NATIVE ? 16 * mt + r
+                                    : 16 * mt + 2 * (r % 8) + r / 8;
 }
 
 }  // namespace kvfrag

@@ -8,7 +8,7 @@
 #   attn:          the attention table (gpu_bench --attention, bench_torch.py --attention), joined
 #   optin:         the paths the defaults do not take, against the defaults: their tests and
 #                  sanitizer runs, then paradec-only timings side by side (the small-M ring loop,
-#                  the vendor dense GEMM, the CUDA-core quantized decode, the prefill attention
+#                  the vendor dense GEMM, the CUDA-core and decoded-tile decodes, the prefill attention
 #                  kernels that Hopper's default does not take)
 #   knobs:         the switches that change a default, measured against it — dependent
 #                  launches off (PARADEC_PDL=off): tests and memcheck under them, then the
@@ -105,7 +105,8 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_FIXTURES="$F" "$D/bin/gpu" linear::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=small "$D/bin/gpu" decoder:: graph::
     PARADEC_FIXTURES="$F" PARADEC_LINEAR_PATH=vendor "$D/bin/gpu" decoder:: graph::
-    # The CUDA-core and decoded-tile quantized decodes where the fragment one would run.
+    # The CUDA-core and decoded-tile decodes (quantized and native caches) where the fragment
+    # one would run.
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=simt "$D/bin/gpu" kv_quant:: attention::
     PARADEC_FIXTURES="$F" PARADEC_KV_DECODE=tile "$D/bin/gpu" kv_quant:: attention::
     # The mma.sync prefill attention where the warpgroup-MMA one would run (Hopper), the

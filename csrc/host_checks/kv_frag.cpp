@@ -25,9 +25,15 @@ float half_bits(uint16_t b) {
     return __half2float(__half(r));
 }
 
-// The value a code stands for, before scales: Q4/Q8 code − c, FP8 its value.
+// The value a code stands for, before scales: Q4/Q8 code − c, FP8 its value, a native fp16
+// value itself.
 template <int F>
 float value(const uint8_t *row, int dim) {
+    if (F == PARADEC_KV_NATIVE) {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * dim, 2);
+        return half_bits(h);
+    }
     if (F == PARADEC_KV_Q4) {
         const uint8_t b = row[dim / 2];
         return static_cast<float>(dim % 2 ? b >> 4 : b & 15) - 8.f;
@@ -39,11 +45,13 @@ float value(const uint8_t *row, int dim) {
     return __half2float(__half(r));
 }
 
-// A random code byte (no NaN or infinity: the cache writer saturates).
+// A random code byte (no NaN or infinity: the cache writer saturates; a native fp16 high byte
+// never has the all-ones exponent).
 template <int F>
 uint8_t random_byte() {
     for (;;) {
         const uint8_t b = static_cast<uint8_t>(rng() & 255);
+        if (F == PARADEC_KV_NATIVE && ((b >> 2) & 31) == 31) continue;
         if (F == PARADEC_KV_E4M3 && (b & 0x7f) == 0x7f) continue;
         if (F == PARADEC_KV_E5M2 && ((b >> 2) & 31) == 31) continue;
         return b;
@@ -147,6 +155,8 @@ int main() {
         check<PARADEC_KV_E4M3, 128>();
         check<PARADEC_KV_E5M2, 64>();
         check<PARADEC_KV_E5M2, 128>();
+        check<PARADEC_KV_NATIVE, 64>();
+        check<PARADEC_KV_NATIVE, 128>();
     }
     return host_check::report("kv_frag");
 }

@@ -6,17 +6,24 @@
 //!
 //!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode|attn_decode_q4] [--csv FILE]
 //!               [--attn-ls 1024,8192] [--attn-batches 1,8] [--attn-kvs 32,8]
-//!               [--attn-modes f16,q4,fp8e4m3]
+//!               [--attn-modes f16,q4,fp8e4m3] [--attn-probe]
 //!
-//! The last four narrow the decode cases (KV lengths, batches, KV heads, cache modes: `f16` is
+//! The four lists narrow the decode cases (KV lengths, batches, KV heads, cache modes: `f16` is
 //! the contiguous fp16 cache, the others `QUANT_MODES`' names) — for sweeps such as
-//! `PARADEC_ATTN_SPLITS=N`, which fixes the decode's split count.
+//! `PARADEC_ATTN_SPLITS=N`, which fixes the decode's split count. `--attn-probe` also times the
+//! read-only reduction over each fp16 case's KV bytes: the floor a plain streaming kernel of
+//! that size reaches, launch and ramp included.
 
 use super::*;
 
 /// Bytes/s of a read-only XOR reduction over a 2 GiB buffer (the decode floor).
 pub fn measure_read_bw(b: &Bench) -> Result<f64> {
-    let n = 2usize << 30;
+    read_probe_bw(b, 2usize << 30)
+}
+
+/// Bytes/s of the read-only XOR reduction over `n` bytes (a multiple of 16): what a plain
+/// streaming kernel reaches at a decode case's own size, launch and ramp included.
+fn read_probe_bw(b: &Bench, n: usize) -> Result<f64> {
     let mut src = DeviceBuffer::alloc(0, n)?;
     src.memset(0x5A)?;
     let mut sink = DeviceBuffer::zeroed(0, 4096 * 4)?;
@@ -315,6 +322,7 @@ pub struct DecodeCases {
     kvs: Vec<usize>,
     /// None: every mode.
     modes: Option<Vec<String>>,
+    probe: bool,
 }
 
 impl DecodeCases {
@@ -369,6 +377,7 @@ impl DecodeCases {
                     Some(modes)
                 }
             },
+            probe: args.iter().any(|a| a == "--attn-probe"),
         })
     }
 
@@ -445,6 +454,16 @@ pub fn run_all(
                         t.graph_us,
                         kv_bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
                     );
+                    if cases.probe {
+                        let n = kv_bytes as usize;
+                        let bw = read_probe_bw(b, n)?;
+                        eprintln!(
+                            "  read probe over the same {:.1} MB: {:.2} µs, {:.0} GB/s",
+                            n as f64 / 1e6,
+                            n as f64 / bw * 1e6,
+                            bw / 1e9
+                        );
+                    }
                     rows.push(AttnRow {
                         kernel: "attn_decode",
                         dtype: "f16",
