@@ -1,13 +1,13 @@
-// Decode attention over a quantized KV cache (q_len ≤ 16), reading the codes directly, and
+// Decode attention over a quantized or paged KV cache (q_len ≤ 16), reading the codes directly, and
 // the dequantizing copy a prefill over such a cache uses. CUDA twins of
 // cpu::kv_quant::attention_quant and kv_quant::dequantize_row.
 //
 // Three decode kernels (q_kernel picks; PARADEC_KV_DECODE=tile or =simt forces the others):
-// - qdecode_frag_kernel (head dims 64 and 128, every cache mode, any number of query rows; also
-//   the contiguous native cache's decode, launched from attention.cu): the codes of 16-key
-//   stages stream through per-warp cp.async rings and go from ldmatrix straight into mma
-//   fragments (kv_frag.cuh), Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ on tensor cores with the query rows as
-//   the mma's n.
+// - qdecode_frag_kernel (head dims 64 and 128, every cache mode, any number of query rows but
+//   a native cache's one or two; also the contiguous native cache's decode, launched from
+//   attention.cu): the codes of 16-key stages stream through per-warp cp.async rings and go
+//   from ldmatrix straight into mma fragments (kv_frag.cuh), Sᵀ = K·Qᵀ and Oᵀ = Vᵀ·Pᵀ on
+//   tensor cores with the query rows as the mma's n.
 // - qdecode_mma_kernel (the same head dims, at least two query rows per KV head, only where
 //   forced): each stage is decoded into K and V tiles of the compute dtype in shared memory and
 //   run through attention_mma.cuh's step.
@@ -1029,18 +1029,20 @@ int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
 
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
 // fragment kernel, every cache mode and any number of query rows (H100, same run: 1.1–2.6×
-// the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes). The
-// rest run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are
-// at least two query rows per KV head, =simt the CUDA-core one (tests and comparisons).
+// the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes) —
+// except a native cache's one or two query rows per KV head (MHA decode), which stay on CUDA
+// cores as attention.cu's do (the fragment kernel's 8-row tile would be mostly empty). The rest
+// run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are at
+// least two query rows per KV head, =simt the CUDA-core one (tests and comparisons).
 enum class QKernel { Simt, Tile, Frag };
 
-QKernel q_kernel(const AttnArgs &a, int /*kf*/) {
+QKernel q_kernel(const AttnArgs &a, int kf) {
+    const int64_t rows = static_cast<int64_t>(a.q_len) * (a.heads / a.kv_heads);
     if (!tc_head_dim(a.head_dim)) return QKernel::Simt;
     switch (decode_choice()) {
         case DecodeChoice::Simt: return QKernel::Simt;
-        case DecodeChoice::Tile:
-            return a.q_len * (a.heads / a.kv_heads) >= 2 ? QKernel::Tile : QKernel::Simt;
-        default: return QKernel::Frag;
+        case DecodeChoice::Tile: return rows >= 2 ? QKernel::Tile : QKernel::Simt;
+        default: return kf == PARADEC_KV_NATIVE && rows <= 2 ? QKernel::Simt : QKernel::Frag;
     }
 }
 
