@@ -397,10 +397,9 @@ int sm_count() {
     return n;
 }
 
-// One or two query rows per KV head (MHA decode) take the CUDA-core kernel: a tensor-core tile
-// of 8 or 16 rows would be mostly empty (H100, same run, batch 1, 32 KV heads: 11.2 µs at
-// L = 1024 against 12.7 on the fragment kernel; 185.7 against 180.8 at 32768). More rows (GQA/MQA
-// groups, several query tokens) take the fragment kernel at head dims 64 and 128 — unless
+// One or two query rows per KV head (MHA decode) take the CUDA-core kernel
+// (native_decode_on_cuda_cores). More rows (GQA/MQA groups, several query tokens) take the
+// fragment kernel at head dims 64 and 128 — unless
 // PARADEC_KV_DECODE=tile (the 16-row tensor-core kernel) or =simt forces another — and the
 // 16-row kernel at other head dims.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
@@ -408,7 +407,7 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     const bool tc = tc_head_dim(head_dim);
-    if (rows <= 2 || (tc && decode_choice() == DecodeChoice::Simt)) {
+    if (native_decode_on_cuda_cores(rows) || (tc && decode_choice() == DecodeChoice::Simt)) {
         p.kernel = DecodeKernel::Simt;
         p.rows = rows <= 1 ? 1 : 2;
     } else if (tc && decode_choice() == DecodeChoice::Frag) {

@@ -749,11 +749,15 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     float *sm_qf = sm_q + kRows * D;                                                   // [8]
     stage_query_rows<T, KF>(a, db, kRows, D, 1.f, sm_q);
     if (threadIdx.x < kRows) {
-        float mx = 0.f;
-        for (int d = 0; d < D; ++d) mx = fmaxf(mx, fabsf(sm_q[threadIdx.x * D + d]));
-        int ex = 0;
-        frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-        sm_qf[threadIdx.x] = mx > 0.f && !kNative ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
+        float f = 1.f;
+        if constexpr (!kNative) {
+            float mx = 0.f;
+            for (int d = 0; d < D; ++d) mx = fmaxf(mx, fabsf(sm_q[threadIdx.x * D + d]));
+            int ex = 0;
+            frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
+            if (mx > 0.f) f = ldexpf(1.f, 8 - max(ex, -100));
+        }
+        sm_qf[threadIdx.x] = f;
     }
     __syncthreads();
     uint32_t qb[KT][2];  // B fragments: dims k_dim(kc, 2t4 …) of row g
@@ -1030,8 +1034,7 @@ int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
 // fragment kernel, every cache mode and any number of query rows (H100, same run: 1.1–2.6×
 // the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes) —
-// except a native cache's one or two query rows per KV head (MHA decode), which stay on CUDA
-// cores as attention.cu's do (the fragment kernel's 8-row tile would be mostly empty). The rest
+// except a native cache's one or two query rows per KV head (native_decode_on_cuda_cores). The rest
 // run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are at
 // least two query rows per KV head, =simt the CUDA-core one (tests and comparisons).
 enum class QKernel { Simt, Tile, Frag };
@@ -1042,7 +1045,9 @@ QKernel q_kernel(const AttnArgs &a, int kf) {
     switch (decode_choice()) {
         case DecodeChoice::Simt: return QKernel::Simt;
         case DecodeChoice::Tile: return rows >= 2 ? QKernel::Tile : QKernel::Simt;
-        default: return kf == PARADEC_KV_NATIVE && rows <= 2 ? QKernel::Simt : QKernel::Frag;
+        default:
+            return kf == PARADEC_KV_NATIVE && native_decode_on_cuda_cores(rows) ? QKernel::Simt
+                                                                               : QKernel::Frag;
     }
 }
 
