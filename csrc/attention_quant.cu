@@ -137,6 +137,26 @@ __device__ __forceinline__ void stage_query_rows(const AttnArgs &a, const Decode
     }
 }
 
+// Queues (cp.async) the block's `rows` query rows as they are in memory into raw ([rows][D] of
+// T; rows past db.nrows zero-filled), for the caller to commit: the rows then travel ahead of
+// the keys queued after them.
+template <typename T>
+__device__ __forceinline__ void queue_query_rows(const AttnArgs &a, const DecodeBlock &db,
+                                                 int rows, int D, T *raw) {
+    const int ch = D / kVec;
+    for (int i = threadIdx.x; i < rows * ch; i += blockDim.x) {
+        const int r = i / ch, c = i % ch;
+        const bool ok = r < db.nrows;
+        const T *src = static_cast<const T *>(a.q);
+        if (ok) {
+            const int row = db.row0 + r;
+            const int t = row / db.group, h = db.kvh * db.group + row % db.group;
+            src += ((static_cast<int64_t>(db.b) * a.q_len + t) * a.heads + h) * D + c * kVec;
+        }
+        cp_async16_zfill(raw + r * D + c * kVec, src, ok);
+    }
+}
+
 // A lane's eight codes of one key, as loaded: 16 bytes (native), 8 (FP8, Q8) or 4 (Q4).
 template <int F>
 struct Raw {
@@ -686,9 +706,15 @@ template <int KF, int VF, int D>
 __host__ __device__ constexpr size_t frag_ring_bytes() {
     return static_cast<size_t>(kFragWarps) * frag_stages<KF, VF, D>() * tc_stage_bytes<KF, VF, D>();
 }
+// Past the rings: the query rows in f32 ([8][D] and 8 factors), then as loaded ([8][D] of T).
+template <int D>
+__host__ __device__ constexpr size_t frag_query_bytes() {
+    return sizeof(float) * kvfrag::kRows * (D + 1);
+}
 template <int KF, int VF, int D>
 __host__ __device__ constexpr size_t frag_smem_bytes() {
-    const size_t staged = frag_ring_bytes<KF, VF, D>() + sizeof(float) * kvfrag::kRows * (D + 1);
+    const size_t staged =
+        frag_ring_bytes<KF, VF, D>() + frag_query_bytes<D>() + 2 * kvfrag::kRows * D;
     const size_t merge = sizeof(float) * kFragWarps * kvfrag::kRows * (D + 2);
     return staged > merge ? staged : merge;
 }
@@ -729,8 +755,14 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     const bool plain = a.mask == nullptr && a.window == 0;
     const float *mrow = a.mask ? a.mask + b * a.mask_stride : nullptr;
 
-    // Each warp queues its first stages before anything else: the keys' latency then covers
-    // the query rows' reads and their staging.
+    // The query rows go first, then each warp's first stages: the rows arrive ahead of the keys,
+    // and the keys' latency covers the rows' staging.
+    float *sm_q = reinterpret_cast<float *>(smem_raw + frag_ring_bytes<KF, VF, D>());  // [8][D]
+    float *sm_qf = sm_q + kRows * D;                                                   // [8]
+    T *sm_qraw = reinterpret_cast<T *>(smem_raw + frag_ring_bytes<KF, VF, D>() +
+                                       frag_query_bytes<D>());  // [8][D]
+    queue_query_rows<T>(a, db, kRows, D, sm_qraw);
+    cp_async_commit_group();
     unsigned char *ring = smem_raw + static_cast<size_t>(warp) * NS * STAGE;
     auto issue = [&](int i) {
         const int64_t base = k_begin + static_cast<int64_t>(warp + kFragWarps * i) * kKeys;
@@ -745,19 +777,28 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     // largest |q| into [128, 256): f16 B operands keep their precision whatever the dtype's
     // range; the scores take the factor back in f32. Over a native cache Q is already of the
     // mma's type: factor 1.
-    float *sm_q = reinterpret_cast<float *>(smem_raw + frag_ring_bytes<KF, VF, D>());  // [8][D]
-    float *sm_qf = sm_q + kRows * D;                                                   // [8]
-    stage_query_rows<T, KF>(a, db, kRows, D, 1.f, sm_q);
-    if (threadIdx.x < kRows) {
-        float f = 1.f;
-        if constexpr (!kNative) {
-            float mx = 0.f;
-            for (int d = 0; d < D; ++d) mx = fmaxf(mx, fabsf(sm_q[threadIdx.x * D + d]));
+    cp_async_wait_groups<NS - 1>();  // this thread's query pieces (the stages may still fly)
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kRows * D; idx += blockDim.x)
+        sm_q[idx] = Num<T>::to_f(sm_qraw[idx]);
+    __syncthreads();
+    if (kKRuns) {
+        rotate_runs(sm_q, kRows * D / kRun);
+        __syncthreads();
+    }
+    static_assert(kFragWarps >= kRows, "a warp per query row");
+    if (warp < kRows) {
+        float mx = 0.f;
+        if constexpr (kNative) mx = -1.f;  // factor 1: Q is already of the mma's type
+        if constexpr (!kNative)
+            for (int d = lane; d < D; d += 32) mx = fmaxf(mx, fabsf(sm_q[warp * D + d]));
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        if (lane == 0) {
             int ex = 0;
             frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-            if (mx > 0.f) f = ldexpf(1.f, 8 - max(ex, -100));
+            sm_qf[warp] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
         }
-        sm_qf[threadIdx.x] = f;
     }
     __syncthreads();
     uint32_t qb[KT][2];  // B fragments: dims k_dim(kc, 2t4 …) of row g
