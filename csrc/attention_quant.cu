@@ -727,6 +727,9 @@ __host__ __device__ constexpr float code_offset() {
 
 template <typename T, int KF, int VF, int D>
 __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa) {
+    // Where launched as a dependent (launch_frag_d), the kernel before may still be writing Q,
+    // K and V.
+    wait_for_previous_grid();
     using namespace kvfrag;
     static_assert((KF == PARADEC_KV_NATIVE) == (VF == PARADEC_KV_NATIVE), "both sides native or neither");
     // The mma's type: the cache's own over a native cache, f16 over decoded codes. bf16 keeps
@@ -1050,12 +1053,14 @@ int launch_q_l(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
 
 // Launches a tensor-core decode kernel (`smem` bytes of dynamic shared memory, `rows` query
 // rows a block) over the call's splits (qa.a.splits), every (sequence, KV head) and its row
-// chunks.
-int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, int warps, const QArgs &qa,
-                cudaStream_t stream) {
+// chunks; as a programmatic dependent where `dependent` (the kernel then waits for the previous
+// grid before it reads anything).
+int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, int warps, bool dependent,
+                const QArgs &qa, cudaStream_t stream) {
     if (const int st = allow_dynamic_smem(kernel, smem)) return st;
     const int all = qa.a.q_len * (qa.a.heads / qa.a.kv_heads);
     const dim3 grid(qa.a.splits, qa.a.batch * qa.a.kv_heads, (all + rows - 1) / rows);
+    if (dependent) return launch_dependent(kernel, grid, dim3(warps * 32), smem, stream, qa);
     kernel<<<grid, warps * 32, smem, stream>>>(qa);
     return launch_status();
 }
@@ -1063,13 +1068,25 @@ int launch_q_tc(void (*kernel)(QArgs), size_t smem, int rows, int warps, const Q
 template <typename T, int KF, int VF, int D>
 int launch_tc_d(const QArgs &qa, cudaStream_t stream) {
     return launch_q_tc(qdecode_mma_kernel<T, KF, VF, D>, tc_smem_bytes<KF, VF, D>(), kDecRows,
-                       kTcWarps, qa, stream);
+                       kTcWarps, false, qa, stream);
+}
+
+// The fragment kernel starts early, as a dependent of the kernel before (its launch and block
+// scheduling then overlap that kernel's end), only where a block takes more than half of an
+// sm_90 SM's 228 KiB of shared memory — the native cache's rings — so that one block runs per SM
+// whatever SMs the kernel before still holds. H100, same run, against plain launches: a native
+// cache, batch 1, 8 KV heads, L = 1024: 8.2 → 7.7 µs in a graph, no change at 32768; where two
+// blocks fit an SM (FP8, Q4) the early start placed two on some SMs: Q4, batch 1, L = 32768:
+// 35.9 → 52.9 µs.
+template <int KF, int VF, int D>
+constexpr bool frag_dependent_launch() {
+    return frag_smem_bytes<KF, VF, D>() > 114 * 1024;
 }
 
 template <typename T, int KF, int VF, int D>
 int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
     return launch_q_tc(qdecode_frag_kernel<T, KF, VF, D>, frag_smem_bytes<KF, VF, D>(),
-                       kvfrag::kRows, kFragWarps, qa, stream);
+                       kvfrag::kRows, kFragWarps, frag_dependent_launch<KF, VF, D>(), qa, stream);
 }
 
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
