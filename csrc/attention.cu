@@ -397,17 +397,18 @@ int sm_count() {
     return n;
 }
 
-// One or two query rows per KV head (MHA decode) take the CUDA-core kernel
-// (native_decode_on_cuda_cores). More rows (GQA/MQA groups, several query tokens) take the
-// fragment kernel at head dims 64 and 128 — unless
+// Head dims 64 and 128 take the fragment kernel — but for one or two query rows per KV head
+// at 64 (native_decode_on_cuda_cores), and unless
 // PARADEC_KV_DECODE=tile (the 16-row tensor-core kernel) or =simt forces another — and the
-// 16-row kernel at other head dims.
+// 16-row kernel at other head dims (one or two rows there: the CUDA-core kernel).
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
                        int64_t head_dim, int64_t max_past) {
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     const bool tc = tc_head_dim(head_dim);
-    if (native_decode_on_cuda_cores(rows) || (tc && decode_choice() == DecodeChoice::Simt)) {
+    if ((rows <= 2 && (!tc || native_decode_on_cuda_cores(rows, head_dim) ||
+                       decode_choice() == DecodeChoice::Tile)) ||
+        (tc && decode_choice() == DecodeChoice::Simt)) {
         p.kernel = DecodeKernel::Simt;
         p.rows = rows <= 1 ? 1 : 2;
     } else if (tc && decode_choice() == DecodeChoice::Frag) {

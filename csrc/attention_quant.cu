@@ -1092,7 +1092,8 @@ int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
 // fragment kernel, every cache mode and any number of query rows (H100, same run: 1.1–2.6×
 // the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes) —
-// except a native cache's one or two query rows per KV head (native_decode_on_cuda_cores). The rest
+// except a native cache's one or two query rows per KV head at head dim 64
+// (native_decode_on_cuda_cores). The rest
 // run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are at
 // least two query rows per KV head, =simt the CUDA-core one (tests and comparisons).
 enum class QKernel { Simt, Tile, Frag };
@@ -1104,8 +1105,9 @@ QKernel q_kernel(const AttnArgs &a, int kf) {
         case DecodeChoice::Simt: return QKernel::Simt;
         case DecodeChoice::Tile: return rows >= 2 ? QKernel::Tile : QKernel::Simt;
         default:
-            return kf == PARADEC_KV_NATIVE && native_decode_on_cuda_cores(rows) ? QKernel::Simt
-                                                                               : QKernel::Frag;
+            return kf == PARADEC_KV_NATIVE && native_decode_on_cuda_cores(rows, a.head_dim)
+                       ? QKernel::Simt
+                       : QKernel::Frag;
     }
 }
 
