@@ -397,10 +397,10 @@ int sm_count() {
     return n;
 }
 
-// Head dims 64 and 128 take the fragment kernel — but for one or two query rows per KV head
-// at 64 (native_decode_on_cuda_cores), and unless
-// PARADEC_KV_DECODE=tile (the 16-row tensor-core kernel) or =simt forces another — and the
-// 16-row kernel at other head dims (one or two rows there: the CUDA-core kernel).
+// Head dims 64 and 128 take the fragment kernel, except one or two query rows per KV head at
+// head dim 64 (native_decode_on_cuda_cores), which take the CUDA-core kernel; other head dims
+// take the 16-row tensor-core kernel, or the CUDA-core one for one or two rows.
+// PARADEC_KV_DECODE=tile or =simt forces the 16-row or the CUDA-core kernel at 64 and 128.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
                        int64_t head_dim, int64_t max_past) {
     DecodePlan p{};

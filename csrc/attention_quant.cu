@@ -791,16 +791,19 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     }
     static_assert(kFragWarps >= kRows, "a warp per query row");
     if (warp < kRows) {
-        float mx = 0.f;
-        if constexpr (kNative) mx = -1.f;  // factor 1: Q is already of the mma's type
-        if constexpr (!kNative)
+        if constexpr (kNative) {
+            if (lane == 0) sm_qf[warp] = 1.f;  // Q is already of the mma's type
+        } else {
+            float mx = 0.f;
             for (int d = lane; d < D; d += 32) mx = fmaxf(mx, fabsf(sm_q[warp * D + d]));
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        if (lane == 0) {
-            int ex = 0;
-            frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-            sm_qf[warp] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
+            for (int off = 16; off > 0; off >>= 1)
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+            if (lane == 0) {
+                int ex = 0;
+                frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
+                sm_qf[warp] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
+            }
         }
     }
     __syncthreads();
