@@ -406,14 +406,13 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     const bool tc = tc_head_dim(head_dim);
-    if ((rows <= 2 && (!tc || native_decode_on_cuda_cores(rows, head_dim) ||
-                       decode_choice() == DecodeChoice::Tile)) ||
-        (tc && decode_choice() == DecodeChoice::Simt)) {
-        p.kernel = DecodeKernel::Simt;
-        p.rows = rows <= 1 ? 1 : 2;
-    } else if (tc && decode_choice() == DecodeChoice::Frag) {
+    const DecodeChoice choice = decode_choice();
+    if (tc && choice == DecodeChoice::Frag && !native_decode_on_cuda_cores(rows, head_dim)) {
         p.kernel = DecodeKernel::Frag;
         p.rows = kFragRows;
+    } else if (rows <= 2 || (tc && choice == DecodeChoice::Simt)) {
+        p.kernel = DecodeKernel::Simt;
+        p.rows = rows <= 1 ? 1 : 2;
     } else {
         p.kernel = DecodeKernel::Mma;
         p.rows = kDecodeMmaRows;
