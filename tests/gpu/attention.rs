@@ -319,6 +319,9 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
         add(1, 300, 2, 1, 128, vec![0], 0, Some(vec![4]));
         add(1, 260, 2, 2, 64, vec![140], 100, None);
         add(1, 200, 2, 1, 256, vec![30], 0, Some(vec![3]));
+        // MHA decode at head dim 128 (the fragment kernel, one and two rows per KV head).
+        add(2, 1, 4, 4, 128, vec![700, 5], 0, Some(vec![0, 2]));
+        add(1, 2, 4, 4, 128, vec![300], 0, None);
         return v;
     }
     // Decode, q_len 1 … 16: head dims tuned and generic, MHA/GQA/MQA, lengths 1 … 8191.
@@ -346,6 +349,9 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
     add(2, 4, 8, 8, 64, vec![1500, 10], 256, None);
     add(2, 1, 8, 2, 128, vec![3000, 40], 0, Some(vec![0, 41]));
     add(1, 9, 16, 1, 64, vec![600], 100, Some(vec![2]));
+    // MHA decode at head dim 128 (the fragment kernel, one and two rows per KV head).
+    add(2, 1, 8, 8, 128, vec![4097, 37], 0, Some(vec![0, 3]));
+    add(1, 2, 4, 4, 128, vec![999], 50, None);
     // Tensor cores: prefill from empty, chunked prefill over a past, odd lengths.
     for &d in &[16usize, 32, 64, 80, 96, 128, 160, 192, 256, 40, 72] {
         let q_len = [17usize, 64, 100, 333][rng.below(4) as usize];
