@@ -126,8 +126,8 @@ constexpr size_t decode_ring_bytes() {
 
 // Each warp streams its chunks of TK keys (K and V rows of its KV head) through its own ring
 // of kStages shared-memory stages with cp.async, kStages − 1 chunks ahead of the one in use.
-// A key's features are spread over L lanes of NV 16-byte vectors each (NV = 2 for 4 query rows:
-// fewer lanes per key, fewer shuffles per dot product).
+// A key's features are spread over L lanes of NV 16-byte vectors each (NV = 2 past head dim
+// 128: fewer lanes per key, fewer shuffles per dot product).
 template <typename T, int L, int R, int NV>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(AttnArgs a) {
     constexpr int KW = 32 / L;            // keys per warp step
@@ -397,9 +397,8 @@ int sm_count() {
     return n;
 }
 
-// Head dims 64 and 128 take the fragment kernel, except one or two query rows per KV head at
-// head dim 64 (native_decode_on_cuda_cores), which take the CUDA-core kernel; other head dims
-// take the 16-row tensor-core kernel, or the CUDA-core one for one or two rows.
+// Head dims 64 and 128 take the fragment kernel (attention.cuh says why MHA too); other head
+// dims take the 16-row tensor-core kernel, or the CUDA-core one for one or two rows.
 // PARADEC_KV_DECODE=tile or =simt forces the 16-row or the CUDA-core kernel at 64 and 128.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
                        int64_t head_dim, int64_t max_past) {
@@ -407,7 +406,7 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     const int64_t rows = q_len * (heads / kv_heads);
     const bool tc = tc_head_dim(head_dim);
     const DecodeChoice choice = decode_choice();
-    if (tc && choice == DecodeChoice::Frag && !native_decode_on_cuda_cores(rows, head_dim)) {
+    if (tc && choice == DecodeChoice::Frag) {
         p.kernel = DecodeKernel::Frag;
         p.rows = kFragRows;
     } else if (rows <= 2 || (tc && choice == DecodeChoice::Simt)) {
@@ -425,7 +424,7 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kMaxSplits);
     const int most = cap > 0 ? cap : kMaxSplits;
     split_table(p.kernel == DecodeKernel::Simt ? SplitRule::NativeCudaCore : SplitRule::TensorCore,
-                units, sm_count(), most, kMaxSplits, p.splits_by_cap);
+                units, sm_count(), most, head_dim, kMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     const int64_t max_kv = max_past + q_len;
     const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_kv + 127) / 128));
@@ -446,11 +445,11 @@ int launch_decode_lr(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream
     return launch_status();
 }
 
-template <typename T, int L>
+template <typename T, int L, int NV = 1>
 int launch_decode_l(const AttnArgs &a, const DecodePlan &p, cudaStream_t stream) {
     switch (p.rows) {
-        case 1: return launch_decode_lr<T, L, 1, 1>(a, p, stream);
-        default: return launch_decode_lr<T, L, 2, 1>(a, p, stream);
+        case 1: return launch_decode_lr<T, L, 1, NV>(a, p, stream);
+        default: return launch_decode_lr<T, L, 2, NV>(a, p, stream);
     }
 }
 
@@ -474,8 +473,10 @@ int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t strea
         st = launch_decode_l<T, 8>(a, p, stream);
     else if (vecs <= 16)
         st = launch_decode_l<T, 16>(a, p, stream);
-    else
-        st = launch_decode_l<T, 32>(a, p, stream);
+    else  // Past head dim 128, two vectors a lane: two keys per warp step rather than one, and
+          // a shuffle fewer per dot product (H100, 16 KV heads of 256: batch 1 at L = 8192
+          // 50.6 µs against 58.9 at 8 splits, batch 32 at L = 8192 1668 against 1778 at 1).
+        st = launch_decode_l<T, 16, 2>(a, p, stream);
     if (st != PARADEC_K_OK || p.splits == 1) return st;
     const int64_t rows_all = static_cast<int64_t>(a.batch) * a.q_len * a.heads;
     return launch_dependent(combine_kernel<T>, dim3(static_cast<unsigned>(rows_all)), dim3(256),

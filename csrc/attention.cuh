@@ -85,18 +85,13 @@ inline DecodeChoice decode_choice() {
     return c;
 }
 
-// Whether a native cache's decode with `rows` query rows per KV head at head dim `head_dim`
-// stays on CUDA cores: one or two rows (MHA decode) at head dim 64, where a tensor-core tile of
-// 8 rows would carry one or two (measured before the fragment kernel queued Q first and started
-// early, at head dim 128: 11.2 µs against 12.7 at batch 1, 32 KV heads, L = 1024). At head dim
-// 128 the fragment kernel now takes MHA too: H100, same run, graph µs, 32 KV heads, CUDA-core /
-// fragment kernel: batch 1, L 1024 11.2 / 10.8, L 8192 51.5 / 50.3, L 32768 186.0 / 184.6;
-// batch 8, L 1024 48.9 / 48.9, L 32768 1434 / 1397; batch 32, L 8192 1500 / 1407. Head dim 64
-// was not timed. The contiguous cache's plan (attention.cu) and the paged one's
-// (attention_quant.cu) both ask.
-constexpr bool native_decode_on_cuda_cores(int64_t rows, int64_t head_dim) {
-    return rows <= 2 && head_dim != 128;
-}
+// Native-cache decode at head dims 64 and 128 takes the fragment kernel for every count of
+// query rows per KV head, MHA's one included, though its tile of 8 rows then carries one: the
+// kernel is bound by the cache's bytes, not its tensor cores. H100, same run, graph µs, MHA,
+// CUDA-core / fragment kernel — 32 KV heads of 128: batch 1, L 1024 11.2 / 10.8, L 32768
+// 186.0 / 184.6; batch 8, L 32768 1434 / 1397. 64 KV heads of 64 (each kernel with its own
+// split rule): batch 1, L 1024 11.47 / 10.91, L 32768 197.0 / 187.4; batch 8, L 1024
+// 59.4 / 49.9, L 8192 473.7 / 361.6, L 32768 1906 / 1455; batch 32 within 3%.
 
 // Decode over the contiguous native cache (a.k, a.v) on the fragment kernel
 // (attention_quant.cu): kFragRows query rows of one KV head per block, a.splits splits; partials

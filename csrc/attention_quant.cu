@@ -1019,7 +1019,7 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     const int64_t units = batch * kv_heads * p.chunks;
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kQMaxSplits);  // as plan_decode
     split_table(frag ? SplitRule::TensorCore : SplitRule::QuantCudaCore, units, q_sm_count(),
-                cap > 0 ? cap : kQMaxSplits, kQMaxSplits, p.splits_by_cap);
+                cap > 0 ? cap : kQMaxSplits, head_dim, kQMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
     // a shorter batch leaves empty merges as exact zeros).
@@ -1094,29 +1094,24 @@ int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
 
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
 // fragment kernel, every cache mode and any number of query rows (H100, same run: 1.1–2.6×
-// the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes) —
-// except a native cache's one or two query rows per KV head at head dim 64
-// (native_decode_on_cuda_cores). The rest
-// run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are at
+// the decoded-tile kernel and the CUDA-core one wherever measured over quantized codes; over
+// the native cache, MHA too: attention.cuh). The rest run on CUDA cores. PARADEC_KV_DECODE=tile forces the decoded-tile kernel where there are at
 // least two query rows per KV head, =simt the CUDA-core one (tests and comparisons).
 enum class QKernel { Simt, Tile, Frag };
 
-QKernel q_kernel(const AttnArgs &a, int kf) {
+QKernel q_kernel(const AttnArgs &a) {
     const int64_t rows = static_cast<int64_t>(a.q_len) * (a.heads / a.kv_heads);
     if (!tc_head_dim(a.head_dim)) return QKernel::Simt;
     switch (decode_choice()) {
         case DecodeChoice::Simt: return QKernel::Simt;
         case DecodeChoice::Tile: return rows >= 2 ? QKernel::Tile : QKernel::Simt;
-        default:
-            return kf == PARADEC_KV_NATIVE && native_decode_on_cuda_cores(rows, a.head_dim)
-                       ? QKernel::Simt
-                       : QKernel::Frag;
+        default: return QKernel::Frag;
     }
 }
 
 template <typename T, int KF, int VF>
 int launch_q_f(const QArgs &qa, const QPlan &p, cudaStream_t stream) {
-    const QKernel kernel = q_kernel(qa.a, KF);
+    const QKernel kernel = q_kernel(qa.a);
     if (kernel == QKernel::Frag)
         return qa.a.head_dim == 64 ? launch_frag_d<T, KF, VF, 64>(qa, stream)
                                    : launch_frag_d<T, KF, VF, 128>(qa, stream);
@@ -1325,7 +1320,7 @@ extern "C" int paradec_attention_quant(int dtype, const void *q,
         qa.v = paradec::view(v_pages, kv_dim);
         const int sst = paradec::slot_map(block_table, capacity, &qa.sm);
         if (sst != PARADEC_K_OK) return sst;
-        const bool frag = paradec::q_kernel(a, k_pages.format) == paradec::QKernel::Frag;
+        const bool frag = paradec::q_kernel(a) == paradec::QKernel::Frag;
         const paradec::QPlan p = paradec::plan_qdecode(a.batch, a.q_len, a.heads, a.kv_heads,
                                                        a.head_dim, a.max_past, frag);
         a.splits = p.splits;

@@ -27,18 +27,28 @@ inline void fill_split_table(int64_t by_units, int64_t keys128, int64_t most, in
 //    at 16 splits (8-warp fragment kernel), FP8 31.8 and Q4 38.1 at 16 against 48.3 and 75.2
 //    at 66; each block's warps stream their own keys, and more blocks only add partials and
 //    per-block setup.
-//  - NativeCudaCore — the native cache's CUDA-core kernel: min(⌊2·SMs / units⌋, ⌊c / 2⌋) —
-//    about two blocks per SM, at least 256 keys.
+//  - NativeCudaCore — the native cache's CUDA-core kernel (head dims other than 64 and 128, one
+//    or two query rows per KV head): about two blocks per SM, ⌊2·SMs / units⌋, where the units
+//    alone fill less than that; where they fill more, ⌈8·SMs / units⌉ — several waves, so that
+//    the last one is not a lone part-wave (a ragged 1.3 waves of long blocks cost 15–25%) — of
+//    at least 256 keys up to head dim 128 and 128 keys beyond (the same bytes a split or more).
+//    H100 sweeps (2026-12-06, MHA over 16 KV heads of 256 and 64 of 64; the table in
+//    docs/gpu-bench-attention-h200.md): batch 1 at L = 1024 12.0 µs at 8 splits against 16.3 at
+//    4; batch 32 (512 units) 188 µs at 4 splits against 224 at 1, 5.6 against 6.6 ms at 32k.
 //  - QuantCudaCore — the quantized caches' CUDA-core and decoded-tile kernels:
 //    min(⌈8·SMs / units⌉, c) — about eight blocks per SM, at least 128 keys.
 // `units` counts the blocks of (sequence, KV head, row chunk), `most` caps the count.
 enum class SplitRule { TensorCore, NativeCudaCore, QuantCudaCore };
 
-inline void split_table(SplitRule rule, int64_t units, int64_t sms, int64_t most, int n,
-                        unsigned char *table) {
+// `head_dim` matters to NativeCudaCore only.
+inline void split_table(SplitRule rule, int64_t units, int64_t sms, int64_t most, int64_t head_dim,
+                        int n, unsigned char *table) {
     switch (rule) {
         case SplitRule::TensorCore: fill_split_table(sms / units, 1, most, n, table); break;
-        case SplitRule::NativeCudaCore: fill_split_table(2 * sms / units, 2, most, n, table); break;
+        case SplitRule::NativeCudaCore:
+            fill_split_table(units <= 2 * sms ? 2 * sms / units : (8 * sms + units - 1) / units,
+                             head_dim > 128 ? 1 : 2, most, n, table);
+            break;
         case SplitRule::QuantCudaCore:
             fill_split_table((8 * sms + units - 1) / units, 1, most, n, table);
             break;

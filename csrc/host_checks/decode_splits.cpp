@@ -1,7 +1,8 @@
 // Host check of csrc/decode_splits.h (run by scripts/ci-cuda-check.sh): over unit counts, SM
 // counts and caps, every table entry is at least one split and at most the cap, never falls as
 // the length grows, and keeps its rule's bounds — TensorCore at most ⌊SMs / units⌋ splits (or
-// one) of at least 128 keys, NativeCudaCore at most ⌊2·SMs / units⌋ of at least 256,
+// one) of at least 128 keys, NativeCudaCore at most ⌊2·SMs / units⌋ (⌈8·SMs / units⌉ where
+// the units exceed 2·SMs) of at least 256 keys up to head dim 128 and 128 beyond,
 // QuantCudaCore at most ⌈8·SMs / units⌉ of at least 128 — and reaches them where neither the
 // other bound nor the cap is lower. Also the swept H100 cases (132 SMs) take the counts the
 // sweeps found best.
@@ -13,27 +14,31 @@ namespace {
 using paradec::SplitRule;
 
 // The split count at `keys` keys.
-int splits_at(SplitRule rule, int64_t units, int64_t sms, int64_t most, int64_t keys) {
+int splits_at(SplitRule rule, int64_t units, int64_t sms, int64_t most, int64_t keys,
+              int64_t head_dim = 128) {
     unsigned char t[257] = {};
-    paradec::split_table(rule, units, sms, most, 256, t);
+    paradec::split_table(rule, units, sms, most, head_dim, 256, t);
     const int64_t c = std::min<int64_t>(256, std::max<int64_t>(1, (keys + 127) / 128));
     return t[c] + 1;
 }
 
 // One rule's table against its bounds (blocks per SM, the fewest 128-key chunks a split takes)
 // over unit counts, SM counts and caps.
-void check_rule(SplitRule rule) {
+void check_rule(SplitRule rule, int64_t head_dim) {
     const int r = static_cast<int>(rule);
-    for (int64_t units : {1, 2, 7, 8, 32, 64, 100, 256, 1024, 65535})
+    for (int64_t units : {1, 2, 7, 8, 32, 64, 100, 256, 264, 265, 512, 1024, 65535})
         for (int64_t sms : {1, 66, 132, 144})
             for (int64_t most : {1, 3, 256}) {
                 unsigned char t[257] = {};
-                paradec::split_table(rule, units, sms, most, 256, t);
-                const int64_t by_units =
-                    rule == SplitRule::TensorCore       ? std::max<int64_t>(1, sms / units)
-                    : rule == SplitRule::NativeCudaCore ? std::max<int64_t>(1, 2 * sms / units)
+                paradec::split_table(rule, units, sms, most, head_dim, 256, t);
+                const int64_t native = units <= 2 * sms ? std::max<int64_t>(1, 2 * sms / units)
                                                         : (8 * sms + units - 1) / units;
-                const int keys128 = rule == SplitRule::NativeCudaCore ? 2 : 1;
+                const int64_t by_units = rule == SplitRule::TensorCore
+                                             ? std::max<int64_t>(1, sms / units)
+                                         : rule == SplitRule::NativeCudaCore
+                                             ? native
+                                             : (8 * sms + units - 1) / units;
+                const int keys128 = rule == SplitRule::NativeCudaCore && head_dim <= 128 ? 2 : 1;
                 for (int c = 1; c <= 256; ++c) {
                     const int64_t n = t[c] + 1;
                     const int64_t by_len = std::max(1, c / keys128);
@@ -54,7 +59,8 @@ void check_rule(SplitRule rule) {
 int main() {
     for (const SplitRule rule :
          {SplitRule::TensorCore, SplitRule::NativeCudaCore, SplitRule::QuantCudaCore})
-        check_rule(rule);
+        for (const int64_t head_dim : {64, 80, 128, 256})
+            check_rule(rule, head_dim);
     // The sweeps' best counts (H100, 132 SMs; units = batch × KV heads, one row chunk). The
     // fragment kernel, every cache mode:
     CHECK(splits_at(SplitRule::TensorCore, 8, 132, 256, 32768) == 16, "b1 kv8 L32768");
@@ -62,9 +68,18 @@ int main() {
     CHECK(splits_at(SplitRule::TensorCore, 256, 132, 256, 32768) == 1, "b8 kv32 L32768");
     CHECK(splits_at(SplitRule::TensorCore, 8, 132, 256, 1024) == 8, "b1 kv8 L1024");
     CHECK(splits_at(SplitRule::TensorCore, 64, 132, 256, 1024) == 2, "b8 kv8 L1024");
-    // The native cache's CUDA-core kernel (head dims other than 64 and 128, one or two rows):
+    // The native cache's CUDA-core kernel (head dims other than 64 and 128, one or two rows;
+    // the first three at head dim 128, as swept before the fragment kernel took it):
     CHECK(splits_at(SplitRule::NativeCudaCore, 32, 132, 256, 32768) == 8, "simt b1 kv32 L32768");
     CHECK(splits_at(SplitRule::NativeCudaCore, 32, 132, 256, 1024) == 4, "simt b1 kv32 L1024");
     CHECK(splits_at(SplitRule::NativeCudaCore, 256, 132, 256, 1024) == 1, "simt b8 kv32 L1024");
+    // 16 KV heads of 256 (GPT-J): batch 1 at 1024 + 1 keys 9 (8 and more won), batch 8 2,
+    // batch 32 3 (4 and more won; 1 lost by 15–25%).
+    CHECK(splits_at(SplitRule::NativeCudaCore, 16, 132, 256, 1025, 256) == 9, "simt b1 d256 L1025");
+    CHECK(splits_at(SplitRule::NativeCudaCore, 16, 132, 256, 32768, 256) == 16,
+          "simt b1 d256 L32768");
+    CHECK(splits_at(SplitRule::NativeCudaCore, 128, 132, 256, 1024, 256) == 2, "simt b8 d256 L1024");
+    CHECK(splits_at(SplitRule::NativeCudaCore, 512, 132, 256, 8192, 256) == 3,
+          "simt b32 d256 L8192");
     return host_check::report("decode_splits");
 }

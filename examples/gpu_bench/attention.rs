@@ -5,7 +5,7 @@
 //! q8, q6, q4), counting the bytes of its codes and scales as the KV bytes read.
 //!
 //!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode|attn_decode_q4] [--csv FILE]
-//!               [--attn-ls 1024,8192] [--attn-batches 1,8] [--attn-kvs 32,8]
+//!               [--attn-ls 1024,8192] [--attn-batches 1,8] [--attn-kvs 32,8] [--attn-dims 64,256]
 //!               [--attn-modes f16,q4,fp8e4m3] [--attn-probe]
 //!
 //! The four lists narrow the decode cases (KV lengths, batches, KV heads, cache modes: `f16` is
@@ -320,6 +320,9 @@ pub struct DecodeCases {
     ls: Vec<usize>,
     batches: Vec<usize>,
     kvs: Vec<usize>,
+    /// Head dims; 4096 / d query heads each (32 at 128). A KV-head count that does not divide
+    /// the query heads is skipped.
+    dims: Vec<usize>,
     /// None: every mode.
     modes: Option<Vec<String>>,
     probe: bool,
@@ -359,6 +362,7 @@ impl DecodeCases {
             ls: list("--attn-ls", ls)?,
             batches: list("--attn-batches", &[1, 8, 32])?,
             kvs: list("--attn-kvs", &[32, 8])?,
+            dims: list("--attn-dims", &[128])?,
             modes: match args.iter().position(|a| a == "--attn-modes") {
                 None => None,
                 Some(i) => {
@@ -428,17 +432,28 @@ pub fn run_all(
             }
         }
     }
-    // Decode: 32 query heads of 128, one new token over L cached ones.
+    // Decode: 4096 / d query heads of d (32 of 128), one new token over L cached ones.
     let any_quant = QUANT_MODES
         .iter()
         .any(|(n, _, _)| want(&format!("attn_decode_{n}")));
-    for &kv in &cases.kvs {
-        if !want("attn_decode") && !any_quant {
-            break;
+    for (&d, &kv) in cases
+        .dims
+        .iter()
+        .flat_map(|d| cases.kvs.iter().map(move |kv| (d, kv)))
+    {
+        let heads = 4096 / d;
+        if (!want("attn_decode") && !any_quant) || heads == 0 || kv > heads || heads % kv != 0 {
+            continue;
         }
+        // The shape's name: head dim 128 keeps the table's historical names.
+        let dim = if d == 128 {
+            String::new()
+        } else {
+            format!("_d{d}")
+        };
         for &batch in &cases.batches {
             for &l in &cases.ls {
-                let kv_bytes = 2.0 * (batch * l * kv * 128 * 2) as f64;
+                let kv_bytes = 2.0 * (batch * l * kv * d * 2) as f64;
                 if kv_bytes > 40e9 {
                     eprintln!(
                         "decode b{batch} L{l} kv{kv}: skipped ({:.0} GB of KV)",
@@ -447,9 +462,9 @@ pub fn run_all(
                     continue;
                 }
                 if want("attn_decode") && cases.has_mode("f16") {
-                    let t = time_attention(b, Dt::F16, batch, 1, 32, kv, 128, l - 1)?;
+                    let t = time_attention(b, Dt::F16, batch, 1, heads, kv, d, l - 1)?;
                     eprintln!(
-                        "decode b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
+                        "decode b{batch} L{l} kv{kv}{dim}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
                         t.b2b_us,
                         t.graph_us,
                         kv_bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
@@ -467,7 +482,7 @@ pub fn run_all(
                     rows.push(AttnRow {
                         kernel: "attn_decode",
                         dtype: "f16",
-                        shape: format!("b{batch}_L{l}_kv{kv}"),
+                        shape: format!("b{batch}_L{l}_kv{kv}{dim}"),
                         t,
                         flops: 0.0,
                         bytes: kv_bytes,
@@ -485,13 +500,12 @@ pub fn run_all(
                     if !want(kernel) || !cases.has_mode(name) {
                         continue;
                     }
-                    let bytes = (batch
-                        * l
-                        * (quant_row_bytes(kf, kv * 128) + quant_row_bytes(vf, kv * 128)))
-                        as f64;
-                    let t = time_attention_quant(b, kf, vf, batch, 32, kv, 128, l - 1)?;
+                    let bytes =
+                        (batch * l * (quant_row_bytes(kf, kv * d) + quant_row_bytes(vf, kv * d)))
+                            as f64;
+                    let t = time_attention_quant(b, kf, vf, batch, heads, kv, d, l - 1)?;
                     eprintln!(
-                        "decode {name} b{batch} L{l} kv{kv}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
+                        "decode {name} b{batch} L{l} kv{kv}{dim}: {:.2} µs b2b, {:.2} µs graph, {:.0} GB/s",
                         t.b2b_us,
                         t.graph_us,
                         bytes / (t.b2b_us.min(t.graph_us) * 1e-6) / 1e9
@@ -499,7 +513,7 @@ pub fn run_all(
                     rows.push(AttnRow {
                         kernel,
                         dtype: "f16",
-                        shape: format!("b{batch}_L{l}_kv{kv}"),
+                        shape: format!("b{batch}_L{l}_kv{kv}{dim}"),
                         t,
                         flops: 0.0,
                         bytes,

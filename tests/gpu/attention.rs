@@ -322,6 +322,9 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
         // MHA decode at head dim 128 (the fragment kernel, one and two rows per KV head).
         add(2, 1, 4, 4, 128, vec![700, 5], 0, Some(vec![0, 2]));
         add(1, 2, 4, 4, 128, vec![300], 0, None);
+        // More (sequence, KV head) units than two per SM: the CUDA-core kernel's several-waves
+        // split rule.
+        add(2, 1, 160, 160, 256, vec![600, 3], 0, None);
         return v;
     }
     // Decode, q_len 1 … 16: head dims tuned and generic, MHA/GQA/MQA, lengths 1 … 8191.
@@ -352,6 +355,10 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
     // MHA decode at head dim 128 (the fragment kernel, one and two rows per KV head).
     add(2, 1, 8, 8, 128, vec![4097, 37], 0, Some(vec![0, 3]));
     add(1, 2, 4, 4, 128, vec![999], 50, None);
+    // More (sequence, KV head) units than two per SM (CUDA cores at head dim 256, the fragment
+    // kernel at 64).
+    add(3, 1, 96, 96, 256, vec![1000, 1, 299], 0, Some(vec![0, 0, 7]));
+    add(4, 1, 80, 80, 64, vec![700, 2000, 5, 129], 0, None);
     // Tensor cores: prefill from empty, chunked prefill over a past, odd lengths.
     for &d in &[16usize, 32, 64, 80, 96, 128, 160, 192, 256, 40, 72] {
         let q_len = [17usize, 64, 100, 333][rng.below(4) as usize];
