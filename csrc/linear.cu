@@ -959,6 +959,79 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
     return launch_quant_small_group(dtype_of<T>(), g, stream);
 }
 
+// A sum's scratch: every term's gathered x, then the partials of every term's splits (one set),
+// then the column blocks' counters.
+size_t sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
+    size_t total = 0, splits = 0;
+    for (size_t i = 0; i < count; ++i) {
+        total += gather_bytes(terms[i].w, m);
+        splits += static_cast<size_t>(terms[i].split);
+    }
+    return total + round_up(splits * m * terms[0].w->np * 4, kAlign) + counter_bytes(terms[0].w);
+}
+
+template <typename T>
+int quant_linear_sum_t(size_t m, const paradec_qlinear_term *terms, size_t count, const void *bias,
+                       void *out, bool accumulate, bool lean, void *scratch,
+                       const paradec_zeroed_counters &zeroed, cudaStream_t stream) {
+    GroupPreps preps{};
+    SmallGroup g{};
+    char *sp = static_cast<char *>(scratch);
+    int splits = 0;
+    int64_t most = 0;  // the largest gather
+    for (size_t i = 0; i < count; ++i) splits += terms[i].split;
+    const paradec_qweight *w0 = terms[0].w;
+    size_t gathers = 0;
+    for (size_t i = 0; i < count; ++i) gathers += gather_bytes(terms[i].w, m);
+    float *part = reinterpret_cast<float *>(sp + gathers);
+    const size_t ncounters = small_col_blocks(w0->np);
+    unsigned *counters = kept_counters(zeroed, ncounters);
+    const bool zero_counters = counters == nullptr;
+    if (zero_counters)
+        counters = reinterpret_cast<unsigned *>(
+            reinterpret_cast<char *>(part) +
+            round_up(static_cast<size_t>(splits) * m * w0->np * 4, kAlign));
+    bool prep = zero_counters;
+    int first = 0;
+    for (size_t i = 0; i < count; ++i) {
+        const paradec_qweight *w = terms[i].w;
+        GroupPrep &p = preps.call[i];
+        p.x = terms[i].x;
+        p.row_src = w->row_src;
+        p.xg = w->row_src ? sp : nullptr;
+        p.k = static_cast<int64_t>(w->k);
+        p.kp = static_cast<int64_t>(w->kp);
+        p.counters = counters;
+        p.ncounters = i == 0 && zero_counters ? static_cast<int64_t>(ncounters) : 0;
+        prep = prep || w->row_src;
+        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
+        SmallArgs &a = g.call[i];
+        a.x = w->row_src ? static_cast<const void *>(sp) : terms[i].x;
+        a.ldx = static_cast<int64_t>(w->row_src ? w->kp : w->k);
+        set_small_weight(a, w, m, terms[i].split);
+        a.split = splits;  // the sum's: every term's blocks count toward one store
+        a.bias = bias;
+        a.out = out;
+        a.part = part;
+        a.counters = counters;
+        a.accumulate = accumulate;
+        g.first[i] = first;
+        first += terms[i].split;
+        sp += gather_bytes(w, m);
+    }
+    g.first[count] = first;
+    g.count = static_cast<int>(count);
+    g.lean = lean;
+    if (prep) {
+        group_prep_kernel<T><<<dim3(grid_for(std::max<int64_t>(most, 1), 256),
+                                    static_cast<unsigned>(count)),
+                               256, 0, stream>>>(preps, static_cast<int64_t>(m));
+        const int st = launch_status();
+        if (st != PARADEC_K_OK) return st;
+    }
+    return launch_quant_small_sum(dtype_of<T>(), g, stream);
+}
+
 int check_qweight(const paradec_qweight *w) {
     if (!w->words || !w->tiles || !w->sz) return PARADEC_K_NULL_POINTER;
     if (w->k == 0 || w->n == 0 || w->ntiles == 0 || w->groups == 0 || w->word_rows == 0)
@@ -1068,6 +1141,65 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
             const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
             return paradec::quant_linear_group_t<decltype(tag)>(m, norm, count, scratch, kept,
                                                                 stream);
+        });
+    });
+}
+
+extern "C" size_t paradec_quant_linear_sum_scratch(int dtype, size_t m,
+                                                   const paradec_qlinear_term *terms,
+                                                   size_t count) {
+    (void)dtype;
+    if (!terms || count == 0 || count > PARADEC_LINEAR_GROUP_MAX) return 0;
+    paradec_qlinear_term norm[PARADEC_LINEAR_GROUP_MAX];
+    for (size_t i = 0; i < count; ++i) {
+        if (!terms[i].w || terms[i].w->ntiles == 0 || terms[i].split < 1) return 0;
+        norm[i] = terms[i];
+        norm[i].split = paradec::effective_split(terms[i].w, terms[i].split);
+    }
+    return paradec::sum_bytes(norm, count, m);
+}
+
+extern "C" int paradec_quant_linear_sum(int dtype, size_t m, const paradec_qlinear_term *terms,
+                                        size_t count, const void *bias, void *out, int accumulate,
+                                        int path, void *scratch, size_t scratch_bytes,
+                                        const paradec_zeroed_counters *zeroed,
+                                        paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!terms || !out) return PARADEC_K_NULL_POINTER;
+        if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
+        if (path != PARADEC_PATH_AUTO && path != PARADEC_PATH_SMALL &&
+            path != PARADEC_PATH_SMALL_LEAN)
+            return PARADEC_K_BAD_ENUM;
+        if (count == 0 || m == 0) return PARADEC_K_ZERO_DIM;
+        if (count > PARADEC_LINEAR_GROUP_MAX || m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
+        paradec_qlinear_term norm[PARADEC_LINEAR_GROUP_MAX];
+        int64_t splits = 0;
+        for (size_t i = 0; i < count; ++i) {
+            const paradec_qlinear_term &t = terms[i];
+            if (!t.x || !t.w) return PARADEC_K_NULL_POINTER;
+            const int st = paradec::check_qweight(t.w);
+            if (st != PARADEC_K_OK) return st;
+            if (!paradec::small_path_applies(t.w, m)) return PARADEC_K_BAD_SHAPE;
+            // One output: every term's n (and so its padded width) is the first's.
+            if (t.w->n != terms[0].w->n || t.w->np != terms[0].w->np) return PARADEC_K_BAD_SHAPE;
+            if (t.split < 1 || t.split > 1024) return PARADEC_K_BAD_SHAPE;
+            // x (or x_g) is read in 16-byte vectors of 32-row tiles.
+            if (!t.w->row_src && (t.w->k % 32 != 0 || !paradec::aligned16(t.x)))
+                return PARADEC_K_BAD_SHAPE;
+            norm[i] = t;
+            // The splits the kernel really takes (no empty split).
+            norm[i].split = paradec::effective_split(t.w, t.split);
+            splits += norm[i].split;
+        }
+        if (splits > 4096) return PARADEC_K_BAD_SHAPE;
+        const size_t need = paradec::sum_bytes(norm, count, m);
+        if (!scratch || scratch_bytes < need) return PARADEC_K_BAD_SHAPE;
+        if (reinterpret_cast<uintptr_t>(scratch) & 255u) return PARADEC_K_BAD_SHAPE;
+        return paradec::dispatch_dtype(dtype, [&](auto tag) {
+            const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
+            return paradec::quant_linear_sum_t<decltype(tag)>(
+                m, norm, count, bias, out, accumulate != 0, path != PARADEC_PATH_SMALL, scratch,
+                kept, stream);
         });
     });
 }

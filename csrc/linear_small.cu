@@ -312,9 +312,10 @@ __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)
 
 // NT: n8 tiles of x rows (m ≤ 8·NT).
 // Column block bx (of 128 columns) and K split by of one call `a`: the body of the kernel and of
-// its grouped form.
+// its grouped and summed forms. `slot`: the row of the partials its sums go to (by, but for a
+// sum's terms, which share one set of partials).
 template <typename T, int NT>
-__device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) {
+__device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, int slot) {
     constexpr int S = stages<NT>();
     constexpr int U = tiles_per_stage<NT>();
     __shared__ uint4 ring[kWarps][S][U][1 + NT][32];
@@ -452,7 +453,7 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by) 
     copy_wait<0>();
     fold();
 
-    store_acc<T, NT>(a, acc, bx, by, c0, live);
+    store_acc<T, NT>(a, acc, bx, slot, c0, live);
 }
 
 
@@ -666,9 +667,10 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
 }
 
 // Column block bx and K split by of one call `a` on the lean loop: the body of the lean
-// kernel and of its grouped form.
+// kernel and of its grouped and summed forms (`slot` as in small_block).
 template <typename T, int NT, int P>
-__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs) {
+__device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs,
+                                           int slot) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int64_t c0 = static_cast<int64_t>(bx) * kSmallCols + warp * 32 + 4 * (lane >> 2);
@@ -678,12 +680,13 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     float acc[2][NT][4];
     zero_acc<NT>(acc);
     lean_range<T, NT, P>(a, c0, live, t0, count, xs, false, acc);
-    store_acc<T, NT>(a, acc, bx, by, c0, live);
+    store_acc<T, NT>(a, acc, bx, slot, c0, live);
 }
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
-    small_block<T, NT>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y));
+    const int by = static_cast<int>(blockIdx.y);
+    small_block<T, NT>(a, static_cast<int>(blockIdx.x), by, by);
 }
 
 // Several calls of one m in one launch: column blocks first[i] … first[i + 1] − 1 of the grid are
@@ -701,8 +704,29 @@ template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];  // a copy: registers, not parameter memory
-    if (static_cast<int>(blockIdx.y) >= a.split) return;
-    small_block<T, NT>(a, bx, static_cast<int>(blockIdx.y));
+    const int by = static_cast<int>(blockIdx.y);
+    if (by >= a.split) return;
+    small_block<T, NT>(a, bx, by, by);
+}
+
+// The terms of a sum, out (+)= Σ x_i · W_iᵀ + bias (SmallGroup's first[] counts K splits here):
+// grid row y, first[i] ≤ y < first[i + 1], is term i's split y − first[i]. Every term shares
+// the output, the bias, one set of partials (a row per split of every term) and the column
+// blocks' counters, and its `split` is the sum's total, so the last block of a column block to
+// finish sums every term's partials in (term, split) order: one store, as deterministic as a
+// single call's.
+__device__ __forceinline__ int sum_term(const SmallGroup &g, int &by) {
+    int i = 0;
+    while (i + 1 < g.count && static_cast<int>(blockIdx.y) >= g.first[i + 1]) ++i;
+    by = static_cast<int>(blockIdx.y) - g.first[i];
+    return i;
+}
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols) qmma_small_sum_kernel(SmallGroup g) {
+    int by;
+    const SmallArgs a = g.call[sum_term(g, by)];
+    small_block<T, NT>(a, static_cast<int>(blockIdx.x), by, static_cast<int>(blockIdx.y));
 }
 
 // The staged x of the lean kernels (dynamic shared memory).
@@ -710,16 +734,25 @@ extern __shared__ uint4 lean_xs[];
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_kernel(SmallArgs a) {
-    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
-                                  lean_xs);
+    const int by = static_cast<int>(blockIdx.y);
+    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), by, lean_xs, by);
 }
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];
-    if (static_cast<int>(blockIdx.y) >= a.split) return;
-    lean_block<T, NT, kLeanBatch>(a, bx, static_cast<int>(blockIdx.y), lean_xs);
+    const int by = static_cast<int>(blockIdx.y);
+    if (by >= a.split) return;
+    lean_block<T, NT, kLeanBatch>(a, bx, by, lean_xs, by);
+}
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_sum_kernel(SmallGroup g) {
+    int by;
+    const SmallArgs a = g.call[sum_term(g, by)];
+    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), by, lean_xs,
+                                  static_cast<int>(blockIdx.y));
 }
 
 // Largest m the lean loop takes, and the dynamic shared memory a lean or stream block may take
@@ -919,6 +952,42 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
             qmma_small_group_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(g);
         else
             qmma_small_group_kernel<T, 4><<<grid, kSmallCols, 0, stream>>>(g);
+        return launch_status();
+    });
+}
+
+int launch_quant_small_sum(int dtype, const SmallGroup &g, cudaStream_t stream) {
+    if (g.count < 1 || g.count > kSmallGroupMax) return PARADEC_K_BAD_SHAPE;
+    const int64_t m = g.call[0].m, np = g.call[0].np;
+    size_t lean_bytes = 0;
+    bool lean = g.lean;
+    SmallGroup lg = g;  // with the lean loop's slots of scales
+    for (int i = 0; i < g.count; ++i) {
+        const SmallArgs &a = g.call[i];
+        if (a.m != m || a.np != np || a.split != g.first[g.count] ||
+            g.first[i + 1] - g.first[i] < 1 || a.part == nullptr || a.counters == nullptr)
+            return PARADEC_K_BAD_SHAPE;
+        const size_t b = lean_x_bytes(a);
+        lean = lean && b > 0;
+        if (b > 0) lg.call[i] = with_lean_slots(a, b);
+        lean_bytes = std::max(lean_bytes, lean_smem_bytes(lg.call[i]));
+    }
+    const dim3 grid(static_cast<unsigned>(small_col_blocks(static_cast<size_t>(np))),
+                    static_cast<unsigned>(g.first[g.count]));
+    return dispatch_dtype(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        if (lean && m <= 8)
+            return launch_dependent(qmma_lean_sum_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
+                                    stream, lg);
+        if (lean)
+            return launch_dependent(qmma_lean_sum_kernel<T, 2>, grid, dim3(kSmallCols), lean_bytes,
+                                    stream, lg);
+        if (m <= 8)
+            qmma_small_sum_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(g);
+        else if (m <= 16)
+            qmma_small_sum_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(g);
+        else
+            qmma_small_sum_kernel<T, 4><<<grid, kSmallCols, 0, stream>>>(g);
         return launch_status();
     });
 }

@@ -50,7 +50,8 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
 // Most calls one grouped launch takes.
 constexpr int kSmallGroupMax = 8;
 
-// Calls of one m launched together: call i owns column blocks first[i] … first[i + 1] − 1.
+// Calls of one m launched together: call i owns column blocks first[i] … first[i + 1] − 1 (in a
+// sum: K splits, launch_quant_small_sum).
 struct SmallGroup {
     SmallArgs call[kSmallGroupMax];
     int first[kSmallGroupMax + 1];
@@ -60,6 +61,11 @@ struct SmallGroup {
 
 // Launches the grouped kernel (every call of the same m); a paradec status.
 int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream);
+
+// Launches a sum of calls into one output (linear_small.cu's sum kernels): first[i] … first[i +
+// 1] − 1 are term i's K splits, and every term's split is first[count], its part and counters
+// the shared ones; a paradec status.
+int launch_quant_small_sum(int dtype, const SmallGroup &g, cudaStream_t stream);
 
 // ---- The stream loop (m ≤ 16): one resident grid that shares the whole work out evenly ----
 //

@@ -119,6 +119,31 @@ int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *
                                size_t count, void *scratch, size_t scratch_bytes,
                                const paradec_zeroed_counters *zeroed, paradec_stream_t stream);
 
+/* One term of a summed quantized linear (paradec_quant_linear_sum). */
+typedef struct paradec_qlinear_term {
+    const void *x;              /* [m, k] of the sum's dtype; does not overlap the sum's out */
+    const paradec_qweight *w;   /* uniform 4-bit; n the same for every term */
+    int split;                  /* ≥ 1: this term's K split */
+} paradec_qlinear_term;
+
+/* Bytes of scratch paradec_quant_linear_sum needs. */
+size_t paradec_quant_linear_sum_scratch(int dtype, size_t m, const paradec_qlinear_term *terms,
+                                        size_t count);
+
+/* out[m, n] (+)= Σ_i x_i[m, k_i] · W_iᵀ + bias[n]: 1…8 uniform 4-bit weights of one n summed
+ * into one output by the SMALL path in one launch (plus one that gathers permuted x and, without
+ * kept counters, zeroes the split counters) — e.g. a parallel block's residual update
+ * x += attn · W_oᵀ + act · W_downᵀ. Every term's splits write f32 partials and the last block of
+ * each column block to finish sums them all in (term, split) order, then adds bias and, with
+ * `accumulate`, out: the result does not depend on timing. path: PARADEC_PATH_AUTO or
+ * PARADEC_PATH_SMALL_LEAN (the lean loop where every term's x fits it), PARADEC_PATH_SMALL (the
+ * ring loop). m ≤ 32; scratch holds paradec_quant_linear_sum_scratch(...) bytes, 256-byte
+ * aligned; `zeroed` (may be NULL): see paradec_zeroed_counters. */
+int paradec_quant_linear_sum(int dtype, size_t m, const paradec_qlinear_term *terms, size_t count,
+                             const void *bias, void *out, int accumulate, int path, void *scratch,
+                             size_t scratch_bytes, const paradec_zeroed_counters *zeroed,
+                             paradec_stream_t stream);
+
 /* Dense: out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias[n]; all of `dtype`. GEMV path for small m,
  * MMA otherwise; no scratch. */
 int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w, size_t n,

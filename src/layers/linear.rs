@@ -167,6 +167,48 @@ impl Linear {
         Ok(())
     }
 
+    /// `out += Σ x_i · W_iᵀ + bias + Σ B(A(x_i))·scale` for linears of one output width in one
+    /// launch of their products, where every weight is quantized, prepared on a device and
+    /// takes the small-M path (`ops::prepared_linear_sum`); `bias` replaces the linears' own
+    /// biases (the caller passes their sum). Ok(false): the launch does not apply and nothing
+    /// ran — the caller runs each `forward` with accumulation instead.
+    pub fn forward_sum(
+        s: &Stream,
+        ws: &mut Workspace,
+        terms: &[(&Linear, &Tensor)],
+        bias: Option<&Tensor>,
+        out: &mut Tensor,
+        active: &[u64],
+    ) -> Result<bool> {
+        let base: Option<Vec<(&Tensor, &crate::quant::PreparedQuant)>> = terms
+            .iter()
+            .map(|(l, x)| match &l.weight {
+                LinearWeight::Prepared(q) => Some((*x, &**q)),
+                _ => None,
+            })
+            .collect();
+        let Some(base) = base else {
+            return Ok(false);
+        };
+        let names = || {
+            terms
+                .iter()
+                .map(|(l, _)| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        if !ops::prepared_linear_sum(s, ws, &base, bias, out, true)
+            .map_err(|e| prefix_error(&names(), e))?
+        {
+            return Ok(false);
+        }
+        for (l, x) in terms {
+            l.apply_loras(s, ws, x, out, active)
+                .map_err(|e| prefix_error(&l.name, e))?;
+        }
+        Ok(true)
+    }
+
     fn apply_loras(
         &self,
         s: &Stream,

@@ -98,6 +98,9 @@ pub struct ParallelDecoder {
     /// The dtype the weights were placed in (`load_as`); on the CPU, as loaded (the CPU
     /// reference computes in f32 whatever the storage).
     dtype: DType,
+    /// On a device: the output and down projections' biases summed (f32, rounded once to the
+    /// compute dtype), or none where neither has one — the bias of their one summed launch.
+    residual_bias: Option<Tensor>,
 }
 
 impl ParallelDecoder {
@@ -202,7 +205,33 @@ impl ParallelDecoder {
             mlp,
             device: Device::Cpu,
             dtype: DType::F32,
+            residual_bias: None,
         })
+    }
+
+    /// The MLP's last projection (fc_out / down_proj).
+    fn mlp_out(&self) -> &Linear {
+        match &self.mlp {
+            Mlp::Plain { fc_out, .. } => fc_out,
+            Mlp::Gated { down, .. } => down,
+        }
+    }
+
+    /// The summed bias of the output and down projections on `device` in `dtype` (none on the
+    /// CPU, whose reference adds each where HF does, or where neither has a bias).
+    fn residual_bias_on(&self, device: Device, dtype: DType) -> Result<Option<Tensor>> {
+        if device == Device::Cpu {
+            return Ok(None);
+        }
+        let sum = match (self.o_proj.bias_values()?, self.mlp_out().bias_values()?) {
+            (None, None) => return Ok(None),
+            (Some(b), None) | (None, Some(b)) => b,
+            (Some(a), Some(b)) => a.iter().zip(&b).map(|(x, y)| x + y).collect(),
+        };
+        let n = sum.len();
+        Ok(Some(
+            Tensor::from_f32_as(&sum, &[n], dtype)?.to_device(device)?,
+        ))
     }
 
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
@@ -326,12 +355,14 @@ impl ParallelDecoder {
             .norms()
             .map(|n| n.placed(device, dtype))
             .collect::<Result<Vec<_>>>()?;
+        let residual_bias = self.residual_bias_on(device, dtype)?;
         for (slot, new) in self.linears_mut().into_iter().zip(linears) {
             *slot = new;
         }
         for (slot, new) in self.norms_mut().into_iter().zip(norms) {
             *slot = new;
         }
+        self.residual_bias = residual_bias;
         self.device = device;
         self.dtype = dtype;
         Ok(())
@@ -824,13 +855,13 @@ impl ParallelDecoder {
             ctx
         };
         // On a device (and when no branch output is asked for) the output projections
-        // accumulate straight into the residual: x += ctx·W_oᵀ, then x += act·W_downᵀ — no
-        // branch outputs, no separate adds. The CPU reference keeps HF's summation order.
+        // accumulate straight into the residual, x += [ctx | act]·[W_o ; W_down]ᵀ: one summed
+        // launch where both weights take the small-M path, else x += ctx·W_oᵀ then
+        // x += act·W_downᵀ — no branch outputs, no separate adds. The CPU reference keeps HF's
+        // summation order.
         let fused = self.device != Device::Cpu && !capture;
         let mut attn_out = None;
-        if fused {
-            self.o_proj.forward(s, ws, &ctx, hidden, true, ids)?;
-        } else {
+        if !fused {
             let mut o = ws.tensor(&[t, a.hidden])?;
             self.o_proj.forward(s, ws, &ctx, &mut o, false, ids)?;
             attn_out = Some(o);
@@ -854,7 +885,13 @@ impl ParallelDecoder {
             }
         };
         let Some(mut attn_out) = attn_out else {
-            return last.forward(s, ws, pre, hidden, true, ids).map(|_| None);
+            let terms = [(&self.o_proj, &ctx), (last, pre)];
+            let bias = self.residual_bias.as_ref();
+            if !Linear::forward_sum(s, ws, &terms, bias, hidden, ids)? {
+                self.o_proj.forward(s, ws, &ctx, hidden, true, ids)?;
+                last.forward(s, ws, pre, hidden, true, ids)?;
+            }
+            return Ok(None);
         };
         let mut mlp_out = ws.tensor(&[t, a.hidden])?;
         last.forward(s, ws, pre, &mut mlp_out, false, ids)?;

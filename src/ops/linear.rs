@@ -485,6 +485,155 @@ pub fn prepared_linear_group(
     Ok(())
 }
 
+/// Lean blocks resident per SM at m ≤ 8 (`lean_blocks_per_sm` in `csrc/linear_small.cu`).
+const LEAN_RESIDENT_M8: usize = 5;
+
+/// How a sum of linears of one N is cut ([`prepared_linear_sum`]): the loop (`true`: the lean
+/// loop where every term's x fits it, else the ring loop) and each term's K split; `None` where
+/// the sum does not apply (a term off the small-M path, rows past it, or a forced path outside
+/// it). The combined shape (K = Σ K_i) is planned as one linear would be, and its split's length
+/// in tiles cuts every term, so that each block streams about as much as in that one linear.
+/// Also `None` where the lean loop at m ≤ 8, meant to run one wave, would need more blocks than
+/// fit at once because long shares' x overflow their staging: Command-R's output and down
+/// projections at 8 rows (K 8192 + 22528, N 8192: 704 blocks for 660 places) took 237.0 µs a
+/// decoder step summed against 226.5 in two launches (H100, same run).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn sum_plan(
+    plan: LinearPlan,
+    m: usize,
+    ks: &[usize],
+    n: usize,
+    sms: usize,
+) -> Option<(bool, Vec<usize>)> {
+    let k: usize = ks.iter().sum();
+    let (lean, split) = match plan.path {
+        LinearPath::SmallLean => (true, plan.split),
+        LinearPath::Small => (false, plan.split),
+        LinearPath::SmallStream => (true, lean_split(m, k, n, sms)),
+        _ => return None,
+    };
+    let tiles: usize = ks.iter().map(|k| k.div_ceil(32)).sum();
+    let per_split = tiles.div_ceil(split.max(1)).max(1);
+    let splits: Vec<usize> = ks
+        .iter()
+        .map(|k| k.div_ceil(32).div_ceil(per_split).max(1))
+        .collect();
+    let blocks = n.div_ceil(128) * splits.iter().sum::<usize>();
+    if lean && m <= 8 && blocks > LEAN_RESIDENT_M8 * sms.max(1) {
+        return None;
+    }
+    Some((lean, splits))
+}
+
+/// `out (+)= Σ x_i · W_iᵀ + bias` for quantized linears of one N, in one launch (plus one that
+/// gathers permuted inputs) where every term takes the small-M path (uniform 4-bit, the same
+/// m ≤ 32): the terms' K splits are summed in a fixed order by the last block of each column
+/// block, then `bias` (not the weights' own biases) is added, and with `accumulate` the
+/// existing output — a parallel block's residual update, `x += attn · W_oᵀ + act · W_downᵀ`,
+/// without a second pass over x. Ok(false) where the launch does not apply: nothing ran, and
+/// the caller runs the terms one by one.
+pub fn prepared_linear_sum(
+    s: &Stream,
+    ws: &mut Workspace,
+    terms: &[(&Tensor, &PreparedQuant)],
+    bias: Option<&Tensor>,
+    out: &mut Tensor,
+    accumulate: bool,
+) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    {
+        try_sum(s, ws, terms, bias, out, accumulate)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (s, ws, terms, bias, out, accumulate);
+        Ok(false)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn try_sum(
+    s: &Stream,
+    ws: &mut Workspace,
+    terms: &[(&Tensor, &PreparedQuant)],
+    bias: Option<&Tensor>,
+    out: &mut Tensor,
+    accumulate: bool,
+) -> Result<bool> {
+    // PARADEC_LINEAR_SUM=off declines every sum (its callers then launch one term at a time),
+    // for comparisons.
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("PARADEC_LINEAR_SUM").is_ok_and(|v| v == "off")) {
+        return Ok(false);
+    }
+    let max = crate::cuda::ffi::paradec_linear_group_limits::PARADEC_LINEAR_GROUP_MAX as usize;
+    let (Stream::Cuda(cs), Some((x0, w0))) = (s, terms.first()) else {
+        return Ok(false);
+    };
+    let Device::Cuda(dev) = out.device() else {
+        return Ok(false);
+    };
+    let (m, dtype, n) = (x0.rows(), x0.dtype(), w0.n);
+    if terms.len() > max || out.dtype() != dtype || out.numel() != m * n {
+        return Ok(false);
+    }
+    for (x, w) in terms {
+        if x.rows() != m
+            || x.dtype() != dtype
+            || w.dtype != dtype
+            || w.n != n
+            || x.device() != out.device()
+            || w.device() != out.device()
+            || x.cols() != w.k
+            || !small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
+        {
+            return Ok(false);
+        }
+    }
+    let ks: Vec<usize> = terms.iter().map(|(_, w)| w.k).collect();
+    let k: usize = ks.iter().sum();
+    let plan = plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
+    let Some((lean, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
+        return Ok(false);
+    };
+    let kterms: Vec<crate::cuda::kernels::QuantLinearTerm<'_>> = terms
+        .iter()
+        .zip(&splits)
+        .map(|((x, w), &split)| crate::cuda::kernels::QuantLinearTerm {
+            x,
+            w: crate::cuda::kernels::QuantWeightArgs {
+                words: &w.words,
+                tiles: &w.tiles,
+                sz: &w.sz,
+                row_src: w.row_src.as_ref(),
+                k: w.k,
+                n: w.n,
+                np: w.np,
+                kp: w.kp,
+                ntiles: w.ntiles,
+                groups: w.groups,
+                word_rows: w.word_rows,
+                bits: w.bits,
+            },
+            split,
+        })
+        .collect();
+    let need = crate::cuda::kernels::quant_linear_sum_scratch(dtype, m, &kterms);
+    let mut scratch = ws.scratch(&[need.max(1)], crate::DType::U8)?;
+    crate::cuda::kernels::quant_linear_sum(
+        m,
+        &kterms,
+        bias,
+        out,
+        accumulate,
+        lean,
+        &mut scratch,
+        ws.zeroed_counters(),
+        cs,
+    )?;
+    Ok(true)
+}
+
 /// The grouped launch of [`prepared_linear_group`] when it applies (false: it does not).
 #[cfg(feature = "cuda")]
 fn try_group(
@@ -783,6 +932,60 @@ mod tests {
             select_linear(1, 32768, 1024, LinearFormat::Dense, 132, (9, 0)).split,
             1
         );
+    }
+
+    #[test]
+    fn sum_plan_cuts_every_term_by_the_combined_split() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        // GPT-J's output and down projections (K 4096 + 16384, N 4096) at one row on an H200.
+        // (Alone, the combined shape would take the stream loop; a sum takes the lean loop's
+        // one wave.)
+        let plan = select_linear(1, 20480, 4096, q4, H200.0, H200.1);
+        let split = match plan.path {
+            LinearPath::SmallStream => lean_split(1, 20480, 4096, H200.0),
+            LinearPath::SmallLean => plan.split,
+            p => panic!("{p:?}"),
+        };
+        let (lean, splits) = sum_plan(plan, 1, &[4096, 16384], 4096, H200.0).unwrap();
+        assert!(lean);
+        let per = 640usize.div_ceil(split);
+        assert_eq!(splits, vec![128usize.div_ceil(per), 512usize.div_ceil(per)]);
+        // About the combined split in all, each term at least one.
+        let total: usize = splits.iter().sum();
+        assert!(total >= split && total <= split + 1, "{total} vs {split}");
+        let (_, tiny) = sum_plan(plan, 1, &[32, 16384], 4096, H200.0).unwrap();
+        assert_eq!(tiny[0], 1);
+        // The ring loop past 16 rows; the stream loop's plan becomes the lean loop's split.
+        let ring = LinearPlan {
+            path: LinearPath::Small,
+            split: 7,
+        };
+        assert_eq!(
+            sum_plan(ring, 20, &[4096, 4096], 4096, 132),
+            Some((false, vec![4, 4]))
+        );
+        let stream = LinearPlan {
+            path: LinearPath::SmallStream,
+            split: 528,
+        };
+        let (lean, splits) = sum_plan(stream, 1, &[4544, 18176], 4544, 132).unwrap();
+        let want = lean_split(1, 4544 + 18176, 4544, 132);
+        assert!(
+            lean && splits.iter().sum::<usize>() <= want + 1,
+            "{splits:?} vs {want}"
+        );
+        // More lean blocks at 8 rows than fit at once (x of long shares overflows the
+        // staging): none. Command-R's output and down projections on an H100.
+        let plan = select_linear(8, 30720, 8192, q4, 132, (9, 0));
+        assert_eq!(sum_plan(plan, 8, &[8192, 22528], 8192, 132), None);
+        let plan = select_linear(1, 30720, 8192, q4, 132, (9, 0));
+        assert!(sum_plan(plan, 1, &[8192, 22528], 8192, 132).is_some());
+        // Off the small-M path: none.
+        let wgmma = LinearPlan {
+            path: LinearPath::Wgmma,
+            split: 1,
+        };
+        assert_eq!(sum_plan(wgmma, 64, &[4096, 16384], 4096, 132), None);
     }
 
     #[test]

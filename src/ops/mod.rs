@@ -124,8 +124,8 @@ pub use kv_quant::{
     attention_quant, paged_attention, paged_rotary_and_cache_write, rotary_and_cache_write_quant,
 };
 pub use linear::{
-    linear, parse_linear_override, prepared_linear, prepared_linear_group, quant_linear,
-    select_linear, set_linear_override, stream_grid, LinearFormat, LinearPlan,
+    linear, parse_linear_override, prepared_linear, prepared_linear_group, prepared_linear_sum,
+    quant_linear, select_linear, set_linear_override, stream_grid, LinearFormat, LinearPlan,
 };
 pub use norm::{norm, norm2};
 pub use rope::rotary_and_cache_write;

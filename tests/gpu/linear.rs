@@ -569,6 +569,146 @@ fn grouped_small_m_launch_equals_each_alone() {
     }
 }
 
+/// 4-bit linears of one N summed into one output in one launch (a parallel block's
+/// `x += attn · W_oᵀ + act · W_downᵀ`): against the CPU reference (each weight's product, the
+/// summed bias, the existing output once), on the lean and ring loops, with gathered inputs
+/// (act-order, EXL2's permutation) and several splits per term; the same bits twice; the op
+/// equal to two accumulating calls within rounding, declining past 32 rows without touching
+/// the output; the kept counters left zero.
+#[test]
+fn summed_small_m_launch_matches_cpu() {
+    let Some(cs) = gpu_stream("summed_small_m") else {
+        return;
+    };
+    let s = Stream::Cuda(cs);
+    let Stream::Cuda(cs) = &s else { unreachable!() };
+    let n = 72;
+    let mut rng = Rng::new(91);
+    let wv = rng.vec(n * 320, -1.0, 1.0);
+    let exl2 = exl2_weight(
+        &wv,
+        n,
+        320,
+        &Exl2Recipe {
+            parts: vec![(4, 128, 1.0)],
+            permute: true,
+        },
+        None,
+    )
+    .unwrap();
+    // Odd seeds: no bias of their own (the sum's bias is its own argument).
+    let weights = [
+        gptq(4, 128, true, false, n, 512, 611),
+        exl2,
+        gptq(4, 64, false, true, n, 96, 613),
+    ];
+    let ms: Vec<usize> = if small() { vec![1, 17] } else { vec![1, 3, 8, 16, 17, 32] };
+    for dt in DTYPES {
+        let pws: Vec<PreparedQuant> = weights
+            .iter()
+            .map(|w| PreparedQuant::new(w, Device::Cuda(0), dt).unwrap())
+            .collect();
+        let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+        let mut kept = paradec::cuda::DeviceBuffer::zeroed(0, 4096 * 4).unwrap();
+        let (bias_d, bias_r) = upload(&rng.vec(n, -0.5, 0.5), &[n], dt);
+        for &m in &ms {
+            let xs: Vec<(Tensor, Vec<f32>)> = weights
+                .iter()
+                .map(|w| {
+                    let k = w.in_features();
+                    upload(&rng.vec(m * k, -1.0, 1.0), &[m, k], dt)
+                })
+                .collect();
+            let (old_d, old_r) = upload(&rng.vec(m * n, -1.0, 1.0), &[m, n], dt);
+            let mut products = vec![0f32; m * n];
+            for (w, (_, xr)) in weights.iter().zip(&xs) {
+                w.forward(xr, m, &mut products, true).unwrap();
+            }
+            for (lean, splits) in [
+                (true, [1usize, 1, 1]),
+                (true, [3, 2, 1]),
+                (false, [1, 1, 1]),
+                (false, [4, 3, 2]),
+            ] {
+                for (accumulate, with_bias) in [(false, true), (true, false), (true, true)] {
+                    let terms: Vec<paradec::cuda::kernels::QuantLinearTerm<'_>> = pws
+                        .iter()
+                        .zip(&xs)
+                        .zip(splits)
+                        .map(|((p, (x, _)), split)| paradec::cuda::kernels::QuantLinearTerm {
+                            x,
+                            w: weight_args(p),
+                            split,
+                        })
+                        .collect();
+                    let need = paradec::cuda::kernels::quant_linear_sum_scratch(dt, m, &terms);
+                    let mut sc = Tensor::zeros(&[need], DType::U8, Device::Cuda(0)).unwrap();
+                    let mut run = |counters: Option<&mut paradec::cuda::DeviceBuffer>| {
+                        let mut out = if accumulate {
+                            old_d.try_clone().unwrap()
+                        } else {
+                            poisoned(&[m, n], dt)
+                        };
+                        paradec::cuda::kernels::quant_linear_sum(
+                            m,
+                            &terms,
+                            with_bias.then_some(&bias_d),
+                            &mut out,
+                            accumulate,
+                            lean,
+                            &mut sc,
+                            counters,
+                            cs,
+                        )
+                        .unwrap();
+                        download(&out)
+                    };
+                    let got = run(Some(&mut kept));
+                    let again = run(None);
+                    let what = format!("{dt} m={m} lean={lean} splits={splits:?} acc={accumulate} bias={with_bias}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&again), "{what}: two runs differ");
+                    let want: Vec<f32> = (0..m * n)
+                        .map(|i| {
+                            products[i]
+                                + if with_bias { bias_r[i % n] } else { 0.0 }
+                                + if accumulate { old_r[i] } else { 0.0 }
+                        })
+                        .collect();
+                    assert_close(&what, dt, &got, &want);
+                }
+            }
+            // The op: one launch, equal within rounding to accumulating one term at a time.
+            let terms: Vec<(&Tensor, &PreparedQuant)> =
+                xs.iter().zip(&pws).map(|((x, _), p)| (x, p)).collect();
+            let mut summed = old_d.try_clone().unwrap();
+            assert!(ops::prepared_linear_sum(&s, &mut ws, &terms, Some(&bias_d), &mut summed, true)
+                .unwrap());
+            let mut each = old_d.try_clone().unwrap();
+            for (x, p) in &terms {
+                ops::prepared_linear(&s, &mut ws, x, p, &mut each, true).unwrap();
+            }
+            let mut each = download(&each);
+            for (i, v) in each.iter_mut().enumerate() {
+                *v += bias_r[i % n];
+            }
+            assert_close(&format!("{dt} m={m} op"), dt, &download(&summed), &each);
+        }
+        // Past 32 rows the op declines and leaves the output alone.
+        let m = 33;
+        let xs: Vec<Tensor> = weights
+            .iter()
+            .map(|w| upload(&rng.vec(m * w.in_features(), -1.0, 1.0), &[m, w.in_features()], dt).0)
+            .collect();
+        let terms: Vec<(&Tensor, &PreparedQuant)> = xs.iter().zip(&pws).collect();
+        let (mut out, before) = upload(&rng.vec(m * n, -1.0, 1.0), &[m, n], dt);
+        assert!(!ops::prepared_linear_sum(&s, &mut ws, &terms, None, &mut out, true).unwrap());
+        assert_eq!(download(&out), before, "{dt}: a declined sum wrote its output");
+        let left = kept.to_host_bytes().unwrap();
+        assert!(left.iter().all(|&b| b == 0), "{dt}: the kept split counters were not left zero");
+    }
+}
+
 /// The split small-M path gives the same bits twice (the partials are summed in split order),
 /// and the same on its lean and ring loops; the stream loop gives the same bits twice.
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {

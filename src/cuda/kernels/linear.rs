@@ -348,6 +348,122 @@ pub fn quant_linear_group(
     check_status(status, "paradec_quant_linear_group")
 }
 
+/// One term of [`quant_linear_sum`]: `x · Wᵀ` with its K split.
+pub struct QuantLinearTerm<'a> {
+    /// `[m, K]`.
+    pub x: &'a Tensor,
+    /// The weight (uniform 4-bit; N as every other term's).
+    pub w: QuantWeightArgs<'a>,
+    /// K split (≥ 1).
+    pub split: usize,
+}
+
+fn term_ffi(
+    terms: &[QuantLinearTerm<'_>],
+    qs: &[ffi::paradec_qweight],
+) -> Vec<ffi::paradec_qlinear_term> {
+    terms
+        .iter()
+        .zip(qs)
+        .map(|(t, q)| ffi::paradec_qlinear_term {
+            x: dev_ptr(t.x),
+            w: q,
+            split: t.split.clamp(1, 1024) as i32,
+        })
+        .collect()
+}
+
+/// Bytes of scratch [`quant_linear_sum`] needs for these terms at m rows.
+pub fn quant_linear_sum_scratch(dtype: DType, m: usize, terms: &[QuantLinearTerm<'_>]) -> usize {
+    let qs: Vec<ffi::paradec_qweight> = terms.iter().map(|t| t.w.sizes()).collect();
+    let v = term_ffi(terms, &qs);
+    let code = dtype_code(dtype, "x").unwrap_or(0);
+    // SAFETY: a pure size computation over the sizes in `v` (its weights' pointers point into
+    // `qs`, alive here); nothing is dereferenced on the device.
+    unsafe { ffi::paradec_quant_linear_sum_scratch(code, m, v.as_ptr(), v.len()) }
+}
+
+/// `out[m, N] (+)= Σ x_i · W_iᵀ + bias` for quantized terms of one N (m ≤ 32, uniform 4-bit)
+/// in one launch (plus one that gathers permuted x or zeroes counters): every term's K splits
+/// are summed in a fixed order by the last block of each column block. `lean`: the lean loop
+/// where every term's x fits it, else the ring loop. `scratch` (U8) holds at least
+/// [`quant_linear_sum_scratch`] bytes; `counters` as for [`quant_linear_group`].
+#[allow(clippy::too_many_arguments)]
+pub fn quant_linear_sum(
+    m: usize,
+    terms: &[QuantLinearTerm<'_>],
+    bias: Option<&Tensor>,
+    out: &mut Tensor,
+    accumulate: bool,
+    lean: bool,
+    scratch: &mut Tensor,
+    counters: Option<&mut DeviceBuffer>,
+    stream: &CudaStream,
+) -> Result<()> {
+    let Some(first) = terms.first() else {
+        return Err(Error::bad_input("summed linear: no terms"));
+    };
+    let dtype = first.x.dtype();
+    let code = dtype_code(dtype, "linear x")?;
+    let n = first.w.n;
+    check_tensor(out, "linear out", Some(dtype), m * n, stream)?;
+    if let Some(b) = bias {
+        check_tensor(b, "linear bias", Some(dtype), n, stream)?;
+    }
+    let mut qs = Vec::with_capacity(terms.len());
+    for t in terms {
+        check_tensor(t.x, "linear x", Some(dtype), m * t.w.k, stream)?;
+        if t.w.n != n {
+            return Err(Error::bad_input(format!(
+                "summed linear: a term has {} outputs, the first {n}",
+                t.w.n
+            )));
+        }
+        qs.push(t.w.check(stream)?);
+    }
+    let need = quant_linear_sum_scratch(dtype, m, terms);
+    if scratch.size_bytes() < need {
+        return Err(Error::bad_input(format!(
+            "summed linear scratch: the kernels need {need} bytes, got {}",
+            scratch.size_bytes()
+        )));
+    }
+    check_tensor(scratch, "linear scratch", None, scratch.numel(), stream)?;
+    if m == 0 {
+        return Ok(());
+    }
+    let v = term_ffi(terms, &qs);
+    ensure_device(stream.device())?;
+    let kept = zeroed_counters_ffi(counters, stream);
+    let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
+    let path = if lean {
+        ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN
+    } else {
+        ffi::paradec_linear_path::PARADEC_PATH_SMALL
+    } as i32;
+    // SAFETY: every x, out, bias and weight array is a live device allocation of the checked
+    // size and dtype on the stream's device; `v` and `qs` (which it points into) live through
+    // the call, read on the host only; scratch holds at least `need` bytes; the kept counters
+    // (if any) are a live buffer of the stream's device, zero between calls.
+    let status = unsafe {
+        ffi::paradec_quant_linear_sum(
+            code,
+            m,
+            v.as_ptr(),
+            v.len(),
+            opt_ptr(bias),
+            dev_ptr_mut(out),
+            accumulate as i32,
+            path,
+            dev_ptr_mut(scratch),
+            scratch.size_bytes(),
+            kept_ptr,
+            stream.raw(),
+        )
+    };
+    check_status(status, "paradec_quant_linear_sum")
+}
+
 /// `out[m, n] (+)= x[m, k] · w[n, k]ᵀ + bias`, all of one dtype. Twin of `cpu::linear::linear`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear(

@@ -31,8 +31,9 @@ pub use kv_quant::{
     table_meta_bytes, DECODE_MAX_Q,
 };
 pub use linear::{
-    linear, quant_linear, quant_linear_group, quant_linear_group_scratch, scale_inplace,
-    vendor_gemm_available, wgmma_available, zeroed_counters_ffi, QuantLinearCall, QuantWeightArgs,
+    linear, quant_linear, quant_linear_group, quant_linear_group_scratch, quant_linear_sum,
+    quant_linear_sum_scratch, scale_inplace, vendor_gemm_available, wgmma_available,
+    zeroed_counters_ffi, QuantLinearCall, QuantLinearTerm, QuantWeightArgs,
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{
