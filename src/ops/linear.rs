@@ -634,6 +634,29 @@ fn try_sum(
     Ok(true)
 }
 
+/// Tiles a block of a grouped lean launch takes at one row (`group_lean_splits`).
+const GROUP_TILES_M1: usize = 64;
+
+/// The K splits of a grouped launch on the lean loop, whose calls of K `ks` would each take
+/// `own` alone: at one row, splits of about 64 tiles for every call — in a group the calls
+/// together fill the GPU, and each one's own split (a wave's worth of blocks for it alone: 16
+/// of 8 tiles for GPT-J's q, k and v) leaves many short blocks. H100, graph µs of one decoder
+/// step at batch 1, 1k keys, own splits / 64 tiles (docs/gpu-decoder.md): GPT-J GPTQ-4 79.2 /
+/// 75.8, Command-R 188.1 / 181.4, Falcon-7B 78.1 / 77.6 (EXL2-4 1–4% as well). At 8 rows no
+/// one length won everywhere (Falcon-7B 4% slower at 64 tiles, GPT-J 3% faster), so the
+/// calls keep their own splits there. `forced` (tiles) overrides both.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn group_lean_splits(m: usize, ks: &[usize], own: &[usize], forced: Option<usize>) -> Vec<usize> {
+    let tiles = match forced {
+        Some(t) => t,
+        None if m == 1 => GROUP_TILES_M1,
+        None => return own.to_vec(),
+    };
+    ks.iter()
+        .map(|k| k.div_ceil(32).div_ceil(tiles.max(1)).max(1))
+        .collect()
+}
+
 /// The grouped launch of [`prepared_linear_group`] when it applies (false: it does not).
 #[cfg(feature = "cuda")]
 fn try_group(
@@ -693,7 +716,21 @@ fn try_group(
     if plans.iter().any(|p| p.0.path != path) {
         return Ok(false);
     }
-    let splits: Vec<usize> = plans.iter().map(|p| p.0.split).collect();
+    // PARADEC_GROUP_TILES=T (for comparisons): every lean call's blocks take about T tiles.
+    static GROUP_TILES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *GROUP_TILES.get_or_init(|| {
+        std::env::var("PARADEC_GROUP_TILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&t| t > 0)
+    });
+    let splits = if path == LinearPath::SmallLean {
+        let ks: Vec<usize> = plans.iter().map(|p| p.2).collect();
+        let own: Vec<usize> = plans.iter().map(|p| p.0.split).collect();
+        group_lean_splits(m, &ks, &own, forced)
+    } else {
+        plans.iter().map(|p| p.0.split).collect()
+    };
     let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
         .iter_mut()
         .zip(splits)
@@ -932,6 +969,18 @@ mod tests {
             select_linear(1, 32768, 1024, LinearFormat::Dense, 132, (9, 0)).split,
             1
         );
+    }
+
+    #[test]
+    fn group_lean_splits_take_64_tiles_at_one_row() {
+        // GPT-J's q, k, v (K 4096) and fc_in (K 4096), each alone 16, 16, 16 and 4 splits.
+        let ks = [4096, 4096, 4096, 4096];
+        let own = [16, 16, 16, 4];
+        assert_eq!(group_lean_splits(1, &ks, &own, None), vec![2, 2, 2, 2]);
+        assert_eq!(group_lean_splits(8, &ks, &own, None), own.to_vec());
+        assert_eq!(group_lean_splits(8, &ks, &own, Some(32)), vec![4, 4, 4, 4]);
+        // Short K: one split; K not a whole number of blocks: rounded up.
+        assert_eq!(group_lean_splits(1, &[96, 4544], &[1, 9], None), vec![1, 3]);
     }
 
     #[test]

@@ -544,7 +544,8 @@ fn grouped_small_m_launch_equals_each_alone() {
                     }
                 }
             }
-            // The op: grouped where it applies, the same values as one call at a time.
+            // The op: grouped where it applies, the same values as one call at a time (at one
+            // row within rounding: there the group cuts every call's K in 64-tile splits).
             let mut outs: Vec<Tensor> = pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
             {
                 let mut calls: Vec<(&Tensor, &PreparedQuant, &mut Tensor)> = pws
@@ -558,7 +559,12 @@ fn grouped_small_m_launch_equals_each_alone() {
             for (i, (p, (_, xi))) in pws.iter().zip(&weights).enumerate() {
                 let mut want = poisoned(&[m, p.n], dt);
                 ops::prepared_linear(&s, &mut ws, &xs[*xi], p, &mut want, false).unwrap();
-                assert_eq!(download(&outs[i]), download(&want), "{dt} m={m} op call {i}");
+                let what = format!("{dt} m={m} op call {i}");
+                if m == 1 {
+                    assert_close(&what, dt, &download(&outs[i]), &download(&want));
+                } else {
+                    assert_eq!(download(&outs[i]), download(&want), "{what}");
+                }
             }
         }
         let left = kept.to_host_bytes().unwrap();
