@@ -431,20 +431,7 @@ fn prepared_cuda(
         )));
     }
     let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
-    let args = crate::cuda::kernels::QuantWeightArgs {
-        words: &w.words,
-        tiles: &w.tiles,
-        sz: &w.sz,
-        row_src: w.row_src.as_ref(),
-        k: w.k,
-        n: w.n,
-        np: w.np,
-        kp: w.kp,
-        ntiles: w.ntiles,
-        groups: w.groups,
-        word_rows: w.word_rows,
-        bits: w.bits,
-    };
+    let args = w.kernel_args();
     let need = args.scratch_bytes(x.dtype(), m, plan.path, plan.split);
     let mut scratch = if need > 0 {
         Some(ws.scratch(&[need], crate::DType::U8)?)
@@ -601,20 +588,7 @@ fn try_sum(
         .zip(&splits)
         .map(|((x, w), &split)| crate::cuda::kernels::QuantLinearTerm {
             x,
-            w: crate::cuda::kernels::QuantWeightArgs {
-                words: &w.words,
-                tiles: &w.tiles,
-                sz: &w.sz,
-                row_src: w.row_src.as_ref(),
-                k: w.k,
-                n: w.n,
-                np: w.np,
-                kp: w.kp,
-                ntiles: w.ntiles,
-                groups: w.groups,
-                word_rows: w.word_rows,
-                bits: w.bits,
-            },
+            w: w.kernel_args(),
             split,
         })
         .collect();
@@ -737,20 +711,7 @@ fn try_group(
         .map(
             |((x, w, out), split)| crate::cuda::kernels::QuantLinearCall {
                 x,
-                w: crate::cuda::kernels::QuantWeightArgs {
-                    words: &w.words,
-                    tiles: &w.tiles,
-                    sz: &w.sz,
-                    row_src: w.row_src.as_ref(),
-                    k: w.k,
-                    n: w.n,
-                    np: w.np,
-                    kp: w.kp,
-                    ntiles: w.ntiles,
-                    groups: w.groups,
-                    word_rows: w.word_rows,
-                    bits: w.bits,
-                },
+                w: w.kernel_args(),
                 bias: w.bias.as_ref(),
                 out,
                 accumulate: false,

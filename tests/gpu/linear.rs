@@ -416,20 +416,7 @@ fn wgmma_path_every_row_tile() {
 }
 
 fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_> {
-    paradec::cuda::kernels::QuantWeightArgs {
-        words: &p.words,
-        tiles: &p.tiles,
-        sz: &p.sz,
-        row_src: p.row_src.as_ref(),
-        k: p.k,
-        n: p.n,
-        np: p.np,
-        kp: p.kp,
-        ntiles: p.ntiles,
-        groups: p.groups,
-        word_rows: p.word_rows,
-        bits: p.bits,
-    }
+    p.kernel_args()
 }
 
 /// Several 4-bit linears of two inputs (as a block's q/k/v and MLP input projections over two
