@@ -431,7 +431,7 @@ fn prepared_cuda(
         )));
     }
     let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
-    let args = w.kernel_args();
+    let args = crate::cuda::kernels::QuantWeightArgs::of(w);
     let need = args.scratch_bytes(x.dtype(), m, plan.path, plan.split);
     let mut scratch = if need > 0 {
         Some(ws.scratch(&[need], crate::DType::U8)?)
@@ -588,7 +588,7 @@ fn try_sum(
         .zip(&splits)
         .map(|((x, w), &split)| crate::cuda::kernels::QuantLinearTerm {
             x,
-            w: w.kernel_args(),
+            w: crate::cuda::kernels::QuantWeightArgs::of(w),
             split,
         })
         .collect();
@@ -716,7 +716,7 @@ fn try_group(
         .map(
             |((x, w, out), split)| crate::cuda::kernels::QuantLinearCall {
                 x,
-                w: w.kernel_args(),
+                w: crate::cuda::kernels::QuantWeightArgs::of(w),
                 bias: w.bias.as_ref(),
                 out,
                 accumulate: false,

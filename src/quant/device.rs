@@ -322,28 +322,6 @@ fn i32_tensor(v: &[u32], shape: &[usize], device: Device) -> Result<Tensor> {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl PreparedQuant {
-    /// The kernels' view of the weight (`cuda::kernels::quant_linear` and its grouped and
-    /// summed forms).
-    pub fn kernel_args(&self) -> crate::cuda::kernels::QuantWeightArgs<'_> {
-        crate::cuda::kernels::QuantWeightArgs {
-            words: &self.words,
-            tiles: &self.tiles,
-            sz: &self.sz,
-            row_src: self.row_src.as_ref(),
-            k: self.k,
-            n: self.n,
-            np: self.np,
-            kp: self.kp,
-            ntiles: self.ntiles,
-            groups: self.groups,
-            word_rows: self.word_rows,
-            bits: self.bits,
-        }
-    }
-}
-
 impl PreparedQuant {
     /// Builds the layout and copies it to `device`; `dtype` is the activations' (f16 or bf16).
     /// Keeps a copy of `w` (see `shared` to keep the caller's instead).

@@ -416,7 +416,7 @@ fn wgmma_path_every_row_tile() {
 }
 
 fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_> {
-    p.kernel_args()
+    paradec::cuda::kernels::QuantWeightArgs::of(p)
 }
 
 /// Several 4-bit linears of two inputs (as a block's q/k/v and MLP input projections over two

@@ -9,6 +9,7 @@ use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
+use crate::quant::PreparedQuant;
 use crate::vocab::LinearPath;
 use crate::{DType, Error, Result, Tensor};
 
@@ -51,6 +52,26 @@ pub struct QuantWeightArgs<'a> {
     pub word_rows: usize,
     /// Width of every tile, 0 when mixed.
     pub bits: u32,
+}
+
+impl<'a> QuantWeightArgs<'a> {
+    /// The kernels' view of a weight prepared on a device.
+    pub fn of(w: &'a PreparedQuant) -> Self {
+        QuantWeightArgs {
+            words: &w.words,
+            tiles: &w.tiles,
+            sz: &w.sz,
+            row_src: w.row_src.as_ref(),
+            k: w.k,
+            n: w.n,
+            np: w.np,
+            kp: w.kp,
+            ntiles: w.ntiles,
+            groups: w.groups,
+            word_rows: w.word_rows,
+            bits: w.bits,
+        }
+    }
 }
 
 impl QuantWeightArgs<'_> {
