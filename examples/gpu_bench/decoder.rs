@@ -5,6 +5,7 @@
 //! (the layer's weight bytes + the K/V bytes the step reads) / the read bandwidth measured in
 //! the same run. Each step is timed launched eagerly (host work included) and replayed from a
 //! CUDA graph (`ParallelDecoder::capture_decode`; the host restages the step's tables).
+//! `--decoder-batches 2,4` times only those batches at 1k keys (no prefill).
 
 use super::linear::XorShift;
 use super::*;
@@ -451,8 +452,9 @@ fn prefill_row(
 }
 
 /// Times decode steps; prints a table.
-/// `only`: the layers whose name contains it (all when None).
-pub fn main_bench(quick: bool, only: Option<&str>) -> Result<()> {
+/// `only`: the layers whose name contains it (all when None); `batches`: only these batches,
+/// at 1k keys, and no prefill (all the default cases when None).
+pub fn main_bench(quick: bool, only: Option<&str>, batches: Option<&[usize]>) -> Result<()> {
     let stream = CudaStream::new(0)?;
     let read_bw = super::linear::measure_read_bw(&stream, 7)?;
     let s = Stream::Cuda(stream);
@@ -498,6 +500,9 @@ pub fn main_bench(quick: bool, only: Option<&str>) -> Result<()> {
                     cases.push((batch, 8192));
                 }
             }
+            if let Some(b) = batches {
+                cases = b.iter().map(|&b| (b, 1024)).collect();
+            }
             for (batch, len) in cases {
                 let dev = Device::Cuda(0);
                 let mut cache = KvCache::new(
@@ -538,7 +543,9 @@ pub fn main_bench(quick: bool, only: Option<&str>) -> Result<()> {
                     graph / floor_us
                 );
             }
-            prefill_row(&s, &arch, &layer, &fmt, shape.name)?;
+            if batches.is_none() {
+                prefill_row(&s, &arch, &layer, &fmt, shape.name)?;
+            }
         }
     }
     Ok(())

@@ -329,7 +329,28 @@ fn main() -> Result<()> {
     }
     if args.iter().any(|a| a == "--decoder") {
         // One decode step of whole layers (examples/gpu_bench/decoder.rs), its own table.
-        return decoder::main_bench(quick, only.as_deref());
+        let batches = match args.iter().position(|a| a == "--decoder-batches") {
+            None => None,
+            Some(i) => Some(
+                args.get(i + 1)
+                    .map(String::as_str)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|b| {
+                        b.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&n| n > 0)
+                            .ok_or_else(|| {
+                                Error::bad_input(format!(
+                                    "--decoder-batches: `{b}` is not a positive integer"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<usize>>>()?,
+            ),
+        };
+        return decoder::main_bench(quick, only.as_deref(), batches.as_deref());
     }
     if args.iter().any(|a| a == "--attention") {
         // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).
