@@ -112,6 +112,17 @@ __device__ __forceinline__ void rotate_runs(float *p, int runs) {
     }
 }
 
+// Row r (< db.nrows) of the block's query rows in Q: query token t = row / group of the
+// sequence, head kvh·group + row % group.
+template <typename T>
+__device__ __forceinline__ const T *query_row(const AttnArgs &a, const DecodeBlock &db, int r,
+                                              int D) {
+    const int row = db.row0 + r;
+    const int t = row / db.group, h = db.kvh * db.group + row % db.group;
+    return static_cast<const T *>(a.q) +
+           ((static_cast<int64_t>(db.b) * a.q_len + t) * a.heads + h) * D;
+}
+
 // The block's query rows (`rows` of them, rows past db.nrows zero; D = a.head_dim, passed so a
 // kernel with a fixed head dim folds it) times `scale` into shared memory as f32 [rows][D], then — for a K format with Hadamard runs — into the rotated basis
 // (q·(H·y/32) = (H·q/32)·y). The whole block takes part; the rows are ready on return.
@@ -120,15 +131,7 @@ __device__ __forceinline__ void stage_query_rows(const AttnArgs &a, const Decode
                                                  int rows, int D, float scale, float *sm_q) {
     for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
         const int r = idx / D, d = idx % D;
-        float x = 0.f;
-        if (r < db.nrows) {
-            const int row = db.row0 + r;
-            const int t = row / db.group, h = db.kvh * db.group + row % db.group;
-            x = Num<T>::to_f(static_cast<const T *>(
-                    a.q)[((static_cast<int64_t>(db.b) * a.q_len + t) * a.heads + h) * D + d]) *
-                scale;
-        }
-        sm_q[idx] = x;
+        sm_q[idx] = r < db.nrows ? Num<T>::to_f(query_row<T>(a, db, r, D)[d]) * scale : 0.f;
     }
     __syncthreads();
     if (kv_has_runs(KF)) {
@@ -147,12 +150,7 @@ __device__ __forceinline__ void queue_query_rows(const AttnArgs &a, const Decode
     for (int i = threadIdx.x; i < rows * ch; i += blockDim.x) {
         const int r = i / ch, c = i % ch;
         const bool ok = r < db.nrows;
-        const T *src = static_cast<const T *>(a.q);
-        if (ok) {
-            const int row = db.row0 + r;
-            const int t = row / db.group, h = db.kvh * db.group + row % db.group;
-            src += ((static_cast<int64_t>(db.b) * a.q_len + t) * a.heads + h) * D + c * kVec;
-        }
+        const T *src = ok ? query_row<T>(a, db, r, D) + c * kVec : static_cast<const T *>(a.q);
         cp_async16_zfill(raw + r * D + c * kVec, src, ok);
     }
 }

@@ -979,10 +979,12 @@ int quant_linear_sum_t(size_t m, const paradec_qlinear_term *terms, size_t count
     char *sp = static_cast<char *>(scratch);
     int splits = 0;
     int64_t most = 0;  // the largest gather
-    for (size_t i = 0; i < count; ++i) splits += terms[i].split;
-    const paradec_qweight *w0 = terms[0].w;
     size_t gathers = 0;
-    for (size_t i = 0; i < count; ++i) gathers += gather_bytes(terms[i].w, m);
+    for (size_t i = 0; i < count; ++i) {
+        splits += terms[i].split;
+        gathers += gather_bytes(terms[i].w, m);
+    }
+    const paradec_qweight *w0 = terms[0].w;
     float *part = reinterpret_cast<float *>(sp + gathers);
     const size_t ncounters = small_col_blocks(w0->np);
     unsigned *counters = kept_counters(zeroed, ncounters);

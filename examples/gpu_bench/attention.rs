@@ -331,27 +331,7 @@ pub struct DecodeCases {
 impl DecodeCases {
     pub fn parse(args: &[String], quick: bool) -> Result<Self> {
         let list = |flag: &str, default: &[usize]| -> Result<Vec<usize>> {
-            match args.iter().position(|a| a == flag) {
-                None => Ok(default.to_vec()),
-                Some(i) => {
-                    let v = args.get(i + 1).ok_or_else(|| {
-                        Error::bad_input(format!("{flag} needs a comma-separated list"))
-                    })?;
-                    v.split(',')
-                        .map(|x| {
-                            x.trim()
-                                .parse::<usize>()
-                                .ok()
-                                .filter(|&n| n > 0)
-                                .ok_or_else(|| {
-                                    Error::bad_input(format!(
-                                        "{flag}: `{x}` is not a positive integer"
-                                    ))
-                                })
-                        })
-                        .collect()
-                }
-            }
+            Ok(super::flag_list(args, flag)?.unwrap_or_else(|| default.to_vec()))
         };
         let ls: &[usize] = if quick {
             &[1024, 32768]

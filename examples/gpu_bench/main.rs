@@ -285,6 +285,26 @@ fn run_case(b: &Bench, k: Kernel, dt: Dt, rows: usize, cols: usize) -> Result<Ro
     }
 }
 
+/// The comma-separated positive integers after `flag` (None where the flag is absent).
+fn flag_list(args: &[String], flag: &str) -> Result<Option<Vec<usize>>> {
+    let Some(i) = args.iter().position(|a| a == flag) else {
+        return Ok(None);
+    };
+    let v = args
+        .get(i + 1)
+        .ok_or_else(|| Error::bad_input(format!("{flag} needs a comma-separated list")))?;
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Error::bad_input(format!("{flag}: `{x}` is not a positive integer")))
+        })
+        .collect::<Result<Vec<usize>>>()
+        .map(Some)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -329,27 +349,7 @@ fn main() -> Result<()> {
     }
     if args.iter().any(|a| a == "--decoder") {
         // One decode step of whole layers (examples/gpu_bench/decoder.rs), its own table.
-        let batches = match args.iter().position(|a| a == "--decoder-batches") {
-            None => None,
-            Some(i) => Some(
-                args.get(i + 1)
-                    .map(String::as_str)
-                    .unwrap_or("")
-                    .split(',')
-                    .map(|b| {
-                        b.trim()
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|&n| n > 0)
-                            .ok_or_else(|| {
-                                Error::bad_input(format!(
-                                    "--decoder-batches: `{b}` is not a positive integer"
-                                ))
-                            })
-                    })
-                    .collect::<Result<Vec<usize>>>()?,
-            ),
-        };
+        let batches = flag_list(&args, "--decoder-batches")?;
         return decoder::main_bench(quick, only.as_deref(), batches.as_deref());
     }
     if args.iter().any(|a| a == "--attention") {

@@ -155,10 +155,8 @@ impl Linear {
                     _ => None,
                 })
                 .collect();
-            ops::prepared_linear_group(s, ws, &mut base).map_err(|e| {
-                let names: Vec<&str> = calls.iter().map(|(l, _, _)| l.name.as_str()).collect();
-                prefix_error(&names.join(" + "), e)
-            })?;
+            ops::prepared_linear_group(s, ws, &mut base)
+                .map_err(|e| prefix_error(&joined_names(calls.iter().map(|c| c.0)), e))?;
         }
         for (l, x, out) in calls.iter_mut() {
             l.apply_loras(s, ws, x, out, active)
@@ -190,15 +188,8 @@ impl Linear {
         let Some(base) = base else {
             return Ok(false);
         };
-        let names = || {
-            terms
-                .iter()
-                .map(|(l, _)| l.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" + ")
-        };
         if !ops::prepared_linear_sum(s, ws, &base, bias, out, true)
-            .map_err(|e| prefix_error(&names(), e))?
+            .map_err(|e| prefix_error(&joined_names(terms.iter().map(|t| t.0)), e))?
         {
             return Ok(false);
         }
@@ -462,6 +453,14 @@ fn convert(t: &Tensor, device: Device, dtype: DType) -> Result<Tensor> {
 }
 
 /// Prefixes a bad-input message with the module name, so errors say which projection failed.
+/// The names of linears that ran in one launch, for its errors: "q_proj + k_proj + …".
+fn joined_names<'a>(linears: impl Iterator<Item = &'a Linear>) -> String {
+    linears
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
 pub(crate) fn prefix_error(name: &str, e: Error) -> Error {
     match e {
         Error::BadInput(m) => Error::BadInput(format!("{name}: {m}")),

@@ -527,85 +527,73 @@ pub fn prepared_linear_sum(
     out: &mut Tensor,
     accumulate: bool,
 ) -> Result<bool> {
-    #[cfg(feature = "cuda")]
-    {
-        try_sum(s, ws, terms, bias, out, accumulate)
-    }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (s, ws, terms, bias, out, accumulate);
         Ok(false)
     }
-}
-
-#[cfg(feature = "cuda")]
-fn try_sum(
-    s: &Stream,
-    ws: &mut Workspace,
-    terms: &[(&Tensor, &PreparedQuant)],
-    bias: Option<&Tensor>,
-    out: &mut Tensor,
-    accumulate: bool,
-) -> Result<bool> {
-    // PARADEC_LINEAR_SUM=off declines every sum (its callers then launch one term at a time),
-    // for comparisons.
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *OFF.get_or_init(|| std::env::var("PARADEC_LINEAR_SUM").is_ok_and(|v| v == "off")) {
-        return Ok(false);
-    }
-    let max = crate::cuda::ffi::paradec_linear_group_limits::PARADEC_LINEAR_GROUP_MAX as usize;
-    let (Stream::Cuda(cs), Some((x0, w0))) = (s, terms.first()) else {
-        return Ok(false);
-    };
-    let Device::Cuda(dev) = out.device() else {
-        return Ok(false);
-    };
-    let (m, dtype, n) = (x0.rows(), x0.dtype(), w0.n);
-    if terms.len() > max || out.dtype() != dtype || out.numel() != m * n {
-        return Ok(false);
-    }
-    for (x, w) in terms {
-        if x.rows() != m
-            || x.dtype() != dtype
-            || w.dtype != dtype
-            || w.n != n
-            || x.device() != out.device()
-            || w.device() != out.device()
-            || x.cols() != w.k
-            || !small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
-        {
+    #[cfg(feature = "cuda")]
+    {
+        // PARADEC_LINEAR_SUM=off declines every sum (its callers then launch one term at a time),
+        // for comparisons.
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *OFF.get_or_init(|| std::env::var("PARADEC_LINEAR_SUM").is_ok_and(|v| v == "off")) {
             return Ok(false);
         }
+        let max = crate::cuda::ffi::paradec_linear_group_limits::PARADEC_LINEAR_GROUP_MAX as usize;
+        let (Stream::Cuda(cs), Some((x0, w0))) = (s, terms.first()) else {
+            return Ok(false);
+        };
+        let Device::Cuda(dev) = out.device() else {
+            return Ok(false);
+        };
+        let (m, dtype, n) = (x0.rows(), x0.dtype(), w0.n);
+        if terms.len() > max || out.dtype() != dtype || out.numel() != m * n {
+            return Ok(false);
+        }
+        for (x, w) in terms {
+            if x.rows() != m
+                || x.dtype() != dtype
+                || w.dtype != dtype
+                || w.n != n
+                || x.device() != out.device()
+                || w.device() != out.device()
+                || x.cols() != w.k
+                || !small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
+            {
+                return Ok(false);
+            }
+        }
+        let ks: Vec<usize> = terms.iter().map(|(_, w)| w.k).collect();
+        let k: usize = ks.iter().sum();
+        let plan = plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
+        let Some((lean, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
+            return Ok(false);
+        };
+        let kterms: Vec<crate::cuda::kernels::QuantLinearTerm<'_>> = terms
+            .iter()
+            .zip(&splits)
+            .map(|((x, w), &split)| crate::cuda::kernels::QuantLinearTerm {
+                x,
+                w: crate::cuda::kernels::QuantWeightArgs::of(w),
+                split,
+            })
+            .collect();
+        let need = crate::cuda::kernels::quant_linear_sum_scratch(dtype, m, &kterms);
+        let mut scratch = ws.scratch(&[need.max(1)], crate::DType::U8)?;
+        crate::cuda::kernels::quant_linear_sum(
+            m,
+            &kterms,
+            bias,
+            out,
+            accumulate,
+            lean,
+            &mut scratch,
+            ws.zeroed_counters(),
+            cs,
+        )?;
+        Ok(true)
     }
-    let ks: Vec<usize> = terms.iter().map(|(_, w)| w.k).collect();
-    let k: usize = ks.iter().sum();
-    let plan = plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
-    let Some((lean, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
-        return Ok(false);
-    };
-    let kterms: Vec<crate::cuda::kernels::QuantLinearTerm<'_>> = terms
-        .iter()
-        .zip(&splits)
-        .map(|((x, w), &split)| crate::cuda::kernels::QuantLinearTerm {
-            x,
-            w: crate::cuda::kernels::QuantWeightArgs::of(w),
-            split,
-        })
-        .collect();
-    let need = crate::cuda::kernels::quant_linear_sum_scratch(dtype, m, &kterms);
-    let mut scratch = ws.scratch(&[need.max(1)], crate::DType::U8)?;
-    crate::cuda::kernels::quant_linear_sum(
-        m,
-        &kterms,
-        bias,
-        out,
-        accumulate,
-        lean,
-        &mut scratch,
-        ws.zeroed_counters(),
-        cs,
-    )?;
-    Ok(true)
 }
 
 /// Tiles a block of a grouped lean launch takes at one row, and at 2–8 rows
