@@ -649,6 +649,7 @@ void set_small_weight(SmallArgs &a, const paradec_qweight *w, size_t m, int spli
     a.tiles_per_split = static_cast<int>((w->ntiles + split - 1) / split);
     a.split = split;
     a.sz_slots = 0;
+    a.act = -1;
     // Tiles per group where every group could have as many (ntiles a multiple of groups).
     a.tiles_per_group = w->groups > 0 && w->ntiles % w->groups == 0
                             ? static_cast<int>(w->ntiles / w->groups)
@@ -936,6 +937,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
         a.part = part;
         a.counters = counters;
         a.accumulate = c.accumulate != 0;
+        a.act = c.act - 1;
         g.lean = (i == 0 || g.lean) && c.path != PARADEC_PATH_SMALL;
         g.first[i] = blocks;
         blocks += static_cast<int>(small_col_blocks(w->np));
@@ -1123,6 +1125,7 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
             if (c.path != PARADEC_PATH_AUTO && c.path != PARADEC_PATH_SMALL &&
                 c.path != PARADEC_PATH_SMALL_LEAN && c.path != PARADEC_PATH_SMALL_STREAM)
                 return PARADEC_K_BAD_ENUM;
+            if (c.act < 0 || c.act > PARADEC_RELU + 1) return PARADEC_K_BAD_ENUM;
             // x (or x_g) is read in 16-byte vectors of 32-row tiles.
             if (!c.w->row_src && (c.w->k % 32 != 0 || !paradec::aligned16(c.x)))
                 return PARADEC_K_BAD_SHAPE;

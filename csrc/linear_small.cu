@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "activation.cuh"
 #include "common.cuh"
 #include "dependent_launch.cuh"
 #include "linear_small.cuh"
@@ -245,10 +246,13 @@ __device__ __forceinline__ void zero_acc(float (&acc)[2][NT][4]) {
             for (int e = 0; e < 4; ++e) acc[h][nt][e] = 0.f;
 }
 
-// out[row, c] = v (+ bias[c]) (+ out[row, c]).
-template <typename T>
+// out[row, c] = act(v (+ bias[c])) (+ out[row, c]), with ACT the activation a.act names (the
+// grouped launches' calls may ask for one; ACT kernels are separate, so that every other
+// launch compiles as it would without).
+template <typename T, bool ACT>
 __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64_t c, float v) {
     if (a.bias) v += Num<T>::to_f(static_cast<const T *>(a.bias)[c]);
+    if (ACT && a.act >= 0) v = act_by_code(a.act, v);
     T *p = static_cast<T *>(a.out) + row * a.n + c;
     if (a.accumulate) v += Num<T>::to_f(*p);
     *p = Num<T>::from_f(v);
@@ -284,7 +288,7 @@ __device__ __forceinline__ void store_partials(const SmallArgs &a, const float (
 // c0 .. c0 + 3 as acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]. Unsplit, they
 // go to out; split, to the f32 partials, and the last block of the column block to finish sums
 // every split's partials in split order.
-template <typename T, int NT>
+template <typename T, int NT, bool ACT = false>
 __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)[2][NT][4], int bx,
                                           int by, int64_t c0, bool live) {
     if (!a.part) {
@@ -292,7 +296,7 @@ __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)
             const float v[4] = {s.x, s.y, s.z, s.w};
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                if (c0 + j < a.n) store_one<T>(a, r, c0 + j, v[j]);
+                if (c0 + j < a.n) store_one<T, ACT>(a, r, c0 + j, v[j]);
         });
         return;
     }
@@ -306,7 +310,7 @@ __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)
         if (c >= a.n) continue;
         float v = 0.f;
         for (int p = 0; p < a.split; ++p) v += __ldcg(a.part + (p * a.m + r) * a.np + c);
-        store_one<T>(a, r, c, v);
+        store_one<T, ACT>(a, r, c, v);
     }
 }
 
@@ -314,7 +318,7 @@ __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)
 // Column block bx (of 128 columns) and K split by of one call `a`: the body of the kernel and of
 // its grouped and summed forms. `slot`: the row of the partials its sums go to (by, but for a
 // sum's terms, which share one set of partials).
-template <typename T, int NT>
+template <typename T, int NT, bool ACT = false>
 __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, int slot) {
     constexpr int S = stages<NT>();
     constexpr int U = tiles_per_stage<NT>();
@@ -453,7 +457,7 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, 
     copy_wait<0>();
     fold();
 
-    store_acc<T, NT>(a, acc, bx, slot, c0, live);
+    store_acc<T, NT, ACT>(a, acc, bx, slot, c0, live);
 }
 
 
@@ -668,7 +672,7 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
 
 // Column block bx and K split by of one call `a` on the lean loop: the body of the lean
 // kernel and of its grouped and summed forms (`slot` as in small_block).
-template <typename T, int NT, int P>
+template <typename T, int NT, int P, bool ACT = false>
 __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs,
                                            int slot) {
     const int lane = threadIdx.x & 31;
@@ -680,7 +684,7 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     float acc[2][NT][4];
     zero_acc<NT>(acc);
     lean_range<T, NT, P>(a, c0, live, t0, count, xs, false, acc);
-    store_acc<T, NT>(a, acc, bx, slot, c0, live);
+    store_acc<T, NT, ACT>(a, acc, bx, slot, c0, live);
 }
 
 template <typename T, int NT>
@@ -700,13 +704,14 @@ __device__ __forceinline__ int group_call(const SmallGroup &g, int &bx) {
     return i;
 }
 
-template <typename T, int NT>
+// ACT: calls may apply an activation as they store (SmallArgs::act).
+template <typename T, int NT, bool ACT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];  // a copy: registers, not parameter memory
     const int by = static_cast<int>(blockIdx.y);
     if (by >= a.split) return;
-    small_block<T, NT>(a, bx, by, by);
+    small_block<T, NT, ACT>(a, bx, by, by);
 }
 
 // The terms of a sum, out (+)= Σ x_i · W_iᵀ + bias (SmallGroup's first[] counts K splits here):
@@ -738,13 +743,13 @@ __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_
     lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), by, lean_xs, by);
 }
 
-template <typename T, int NT>
+template <typename T, int NT, bool ACT>
 __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_group_kernel(SmallGroup g) {
     int bx;
     const SmallArgs a = g.call[group_call(g, bx)];
     const int by = static_cast<int>(blockIdx.y);
     if (by >= a.split) return;
-    lean_block<T, NT, kLeanBatch>(a, bx, by, lean_xs, by);
+    lean_block<T, NT, kLeanBatch, ACT>(a, bx, by, lean_xs, by);
 }
 
 template <typename T, int NT>
@@ -809,7 +814,7 @@ __device__ __forceinline__ int64_t stream_owner(int64_t u, int64_t units, int64_
 
 // A partial run of column block cb (whose first unit is u0) into this block's slot; the last of
 // the blocks sharing cb to finish sums their slots in block order into out.
-template <typename T, int NT>
+template <typename T, int NT, bool ACT>
 __device__ __forceinline__ void store_stream(const SmallArgs &a, const float (&acc)[2][NT][4],
                                              int cb, int64_t c0, bool live, float *slots,
                                              int64_t u0, int64_t units) {
@@ -841,12 +846,12 @@ __device__ __forceinline__ void store_stream(const SmallArgs &a, const float (&a
     }
 #pragma unroll
     for (int r = 0; r < 8 * NT; ++r)
-        if (r < a.m) store_one<T>(a, r, c, v[r]);
+        if (r < a.m) store_one<T, ACT>(a, r, c, v[r]);
 }
 
 // Block b walks units [b·U/G, (b + 1)·U/G): each column block's run on the lean loop, x staged
 // g.chunk tiles at a time. Four blocks of 128 threads per SM (the grid the caller plans).
-template <typename T, int NT>
+template <typename T, int NT, bool ACT>
 __global__ void __launch_bounds__(kSmallCols, 4) qmma_stream_kernel(StreamGroup g) {
     const int64_t units = g.ustart[g.count];
     const int64_t grid = gridDim.x, b = blockIdx.x;
@@ -874,12 +879,27 @@ __global__ void __launch_bounds__(kSmallCols, 4) qmma_stream_kernel(StreamGroup 
         if (count == a.ntiles) {
             SmallArgs whole = a;
             whole.part = nullptr;  // the whole column block: straight to out
-            store_acc<T, NT>(whole, acc, cb, 0, c0, live);
+            store_acc<T, NT, ACT>(whole, acc, cb, 0, c0, live);
         } else {
-            store_stream<T, NT>(a, acc, cb, c0, live, g.slots, u0, units);
+            store_stream<T, NT, ACT>(a, acc, cb, c0, live, g.slots, u0, units);
         }
         u += count;
     }
+}
+
+// Whether any of the calls applies an activation as it stores.
+bool any_act(const SmallArgs *calls, int count) {
+    for (int i = 0; i < count; ++i)
+        if (calls[i].act >= 0) return true;
+    return false;
+}
+
+// Calls f(std::true_type{}) where `act`, else f(std::false_type{}): the kernels with or without
+// the activation in their store.
+template <typename F>
+int dispatch_act(bool act, F &&f) {
+    if (act) return f(std::true_type{});
+    return f(std::false_type{});
 }
 
 }  // namespace
@@ -913,11 +933,15 @@ int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t 
     const size_t smem = xbytes + static_cast<size_t>(slots) * kSzVectors * 16;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (m <= 8)
-            return launch_dependent(qmma_stream_kernel<T, 1>, dim3(static_cast<unsigned>(grid)),
+        return dispatch_act(any_act(g.call, g.count), [&](auto act) {
+            constexpr bool A = decltype(act)::value;
+            if (m <= 8)
+                return launch_dependent(qmma_stream_kernel<T, 1, A>,
+                                        dim3(static_cast<unsigned>(grid)), dim3(kSmallCols), smem,
+                                        stream, sg);
+            return launch_dependent(qmma_stream_kernel<T, 2, A>, dim3(static_cast<unsigned>(grid)),
                                     dim3(kSmallCols), smem, stream, sg);
-        return launch_dependent(qmma_stream_kernel<T, 2>, dim3(static_cast<unsigned>(grid)),
-                                dim3(kSmallCols), smem, stream, sg);
+        });
     });
 }
 
@@ -940,19 +964,22 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     const dim3 grid(blocks, static_cast<unsigned>(splits));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean && m <= 8)
-            return launch_dependent(qmma_lean_group_kernel<T, 1>, grid, dim3(kSmallCols),
-                                    lean_bytes, stream, lg);
-        if (lean)
-            return launch_dependent(qmma_lean_group_kernel<T, 2>, grid, dim3(kSmallCols),
-                                    lean_bytes, stream, lg);
-        if (m <= 8)
-            qmma_small_group_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(g);
-        else if (m <= 16)
-            qmma_small_group_kernel<T, 2><<<grid, kSmallCols, 0, stream>>>(g);
-        else
-            qmma_small_group_kernel<T, 4><<<grid, kSmallCols, 0, stream>>>(g);
-        return launch_status();
+        return dispatch_act(any_act(g.call, g.count), [&](auto act) {
+            constexpr bool A = decltype(act)::value;
+            if (lean && m <= 8)
+                return launch_dependent(qmma_lean_group_kernel<T, 1, A>, grid, dim3(kSmallCols),
+                                        lean_bytes, stream, lg);
+            if (lean)
+                return launch_dependent(qmma_lean_group_kernel<T, 2, A>, grid, dim3(kSmallCols),
+                                        lean_bytes, stream, lg);
+            if (m <= 8)
+                qmma_small_group_kernel<T, 1, A><<<grid, kSmallCols, 0, stream>>>(g);
+            else if (m <= 16)
+                qmma_small_group_kernel<T, 2, A><<<grid, kSmallCols, 0, stream>>>(g);
+            else
+                qmma_small_group_kernel<T, 4, A><<<grid, kSmallCols, 0, stream>>>(g);
+            return launch_status();
+        });
     });
 }
 

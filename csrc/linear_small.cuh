@@ -33,6 +33,7 @@ struct SmallArgs {
     int sz_slots;  // lean and stream loops: groups of scales a block may stage (set at launch)
     int tiles_per_group;  // ntiles / groups where that divides (tile t likely in group
                           // t / tiles_per_group: a guess the kernels use only for speed), else 0
+    int act;  // −1, or a PARADEC_GELU_ERF … PARADEC_RELU code: out = act(x·Wᵀ + bias) (+ out)
 };
 
 // Whether the path takes this weight and m: uniform 4-bit tiles, m ≤ 32.

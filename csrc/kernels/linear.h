@@ -99,6 +99,9 @@ typedef struct paradec_qlinear_call {
                                    PARADEC_PATH_SMALL_STREAM: the group runs the stream loop when
                                    every call asks for it and m ≤ 16, else the lean loop unless
                                    a call asks for SMALL */
+    int act;                    /* 0: none; 1 + a PARADEC_GELU_ERF … PARADEC_RELU code: out =
+                                   act(x·Wᵀ + bias) (+ out with accumulate), in f32 before the
+                                   output is rounded — e.g. an MLP's first projection */
 } paradec_qlinear_call;
 
 /* Most calls of one group. */

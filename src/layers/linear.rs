@@ -7,6 +7,7 @@ use crate::layers::lora::LoraAdapter;
 use crate::ops;
 use crate::quant::{PreparedQuant, QuantConfig, QuantWeight};
 use crate::tensor::{DType, Device, Tensor};
+use crate::vocab::Activation;
 use crate::workspace::Workspace;
 use crate::{Error, Result, Stream, Weights};
 
@@ -128,25 +129,46 @@ impl Linear {
             .map_err(|e| prefix_error(&self.name, e))
     }
 
-    /// `out_i = x_i · W_iᵀ + b_i + Σ B(A(x_i))·scale` for several linears (no accumulation),
-    /// each result as `forward` gives it; on a device their quantized products launch together
-    /// where the kernels allow (`ops::prepared_linear_group`: one launch for a block's input
-    /// projections).
+    /// `out_i = act_i(x_i · W_iᵀ + b_i + Σ B(A(x_i))·scale)` for several linears (no
+    /// accumulation; `acts[i]` none or `acts` empty: no activation), each result as `forward`
+    /// then `ops::activate` give it; on a device their quantized products launch together where
+    /// the kernels allow (`ops::prepared_linear_group`: one launch for a block's input
+    /// projections), with the activation in that launch unless an active adapter must add its
+    /// update before it.
     pub fn forward_group(
         s: &Stream,
         ws: &mut Workspace,
         calls: &mut [(&Linear, &Tensor, &mut Tensor)],
+        acts: &[Option<Activation>],
         active: &[u64],
     ) -> Result<()> {
+        if !acts.is_empty() && acts.len() != calls.len() {
+            return Err(Error::bad_input(format!(
+                "{}: {} activations for {} calls",
+                joined_names(calls.iter().map(|c| c.0)),
+                acts.len(),
+                calls.len()
+            )));
+        }
+        let act_of = |i: usize| acts.get(i).copied().flatten();
         let prepared = calls
             .iter()
             .all(|(l, _, _)| matches!(l.weight, LinearWeight::Prepared(_)));
         if !prepared || calls.len() < 2 {
-            for (l, x, out) in calls.iter_mut() {
+            for (i, (l, x, out)) in calls.iter_mut().enumerate() {
                 l.forward(s, ws, x, out, false, active)?;
+                if let Some(act) = act_of(i) {
+                    ops::activate(s, act, out).map_err(|e| prefix_error(&l.name, e))?;
+                }
             }
             return Ok(());
         }
+        // An activation waits for the adapters of its call where any is active.
+        let in_launch: Vec<Option<Activation>> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, (l, _, _))| act_of(i).filter(|_| !l.has_active_lora(active)))
+            .collect();
         {
             let mut base: Vec<(&Tensor, &crate::quant::PreparedQuant, &mut Tensor)> = calls
                 .iter_mut()
@@ -155,14 +177,22 @@ impl Linear {
                     _ => None,
                 })
                 .collect();
-            ops::prepared_linear_group(s, ws, &mut base)
+            ops::prepared_linear_group(s, ws, &mut base, &in_launch)
                 .map_err(|e| prefix_error(&joined_names(calls.iter().map(|c| c.0)), e))?;
         }
-        for (l, x, out) in calls.iter_mut() {
+        for (i, (l, x, out)) in calls.iter_mut().enumerate() {
             l.apply_loras(s, ws, x, out, active)
                 .map_err(|e| prefix_error(&l.name, e))?;
+            if let (Some(act), None) = (act_of(i), in_launch[i]) {
+                ops::activate(s, act, out).map_err(|e| prefix_error(&l.name, e))?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether any adapter registered on this linear is among `active`.
+    fn has_active_lora(&self, active: &[u64]) -> bool {
+        self.loras.iter().any(|(id, _)| active.contains(id))
     }
 
     /// `out += Σ x_i · W_iᵀ + bias + Σ B(A(x_i))·scale` for linears of one output width in one

@@ -664,15 +664,24 @@ impl ParallelDecoder {
                 (QkvProj::Fused { qkv, .. }, Some(f)) => calls.push((qkv, &n_a, f)),
                 (QkvProj::Fused { .. }, None) => unreachable!("allocated above"),
             }
+            // A plain MLP's activation is applied as its first projection is stored.
+            let mut acts = vec![None; calls.len()];
             match (&self.mlp, gate_up.as_mut()) {
-                (Mlp::Plain { fc_in, .. }, _) => calls.push((fc_in, mlp_in, &mut pre_down)),
+                (Mlp::Plain { fc_in, .. }, _) => {
+                    calls.push((fc_in, mlp_in, &mut pre_down));
+                    acts.push(match a.mlp {
+                        MlpKind::Plain(act) => Some(act),
+                        MlpKind::Gated(_) => None,
+                    });
+                }
                 (Mlp::Gated { gate, up, .. }, Some((g, u))) => {
                     calls.push((gate, mlp_in, g));
                     calls.push((up, mlp_in, u));
                 }
                 (Mlp::Gated { .. }, None) => unreachable!("allocated above"),
             }
-            Linear::forward_group(s, ws, &mut calls, ids)?;
+            acts.resize(calls.len(), None);
+            Linear::forward_group(s, ws, &mut calls, &acts, ids)?;
         }
         if let (QkvProj::Fused { layout, .. }, Some(f)) = (&self.qkv, &fused_qkv) {
             ops::split_qkv(
@@ -869,10 +878,8 @@ impl ParallelDecoder {
 
         // MLP: its input projections ran with q, k, v above.
         let (last, pre) = match (&self.mlp, a.mlp) {
-            (Mlp::Plain { fc_out, .. }, MlpKind::Plain(act)) => {
-                ops::activate(s, act, &mut pre_down)?;
-                (fc_out, &pre_down)
-            }
+            // Activated by the grouped projections above.
+            (Mlp::Plain { fc_out, .. }, MlpKind::Plain(_)) => (fc_out, &pre_down),
             (Mlp::Gated { down, .. }, MlpKind::Gated(act)) => {
                 let (g, u) = gate_up.as_ref().expect("allocated for a gated MLP");
                 ops::act_mul(s, act, g, u, &mut pre_down)?;

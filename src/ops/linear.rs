@@ -4,7 +4,7 @@ use std::cell::Cell;
 
 use super::*;
 use crate::quant::PreparedQuant;
-use crate::vocab::LinearPath;
+use crate::vocab::{Activation, LinearPath};
 use crate::workspace::STREAM_MAX_BLOCKS;
 
 /// What a linear multiplies by, for kernel selection.
@@ -453,21 +453,34 @@ fn prepared_cuda(
     )
 }
 
-/// Several quantized linears on a device, `out_i = x_i · W_iᵀ + bias_i`, each result as
-/// [`prepared_linear`] gives it (no accumulation). Where every call takes the small-M path
-/// (uniform 4-bit, the same m ≤ 32) they run as one grouped launch (plus one that gathers
-/// permuted inputs); otherwise one after the other.
+/// Several quantized linears on a device, `out_i = act_i(x_i · W_iᵀ + bias_i)`, each result as
+/// [`prepared_linear`] gives it (no accumulation), followed by [`activate`] where `acts[i]` names
+/// an activation (`acts` empty: none). Where every call takes the small-M path (uniform 4-bit,
+/// the same m ≤ 32) they run as one grouped launch (plus one that gathers permuted inputs), the
+/// activations applied in f32 as the outputs are stored up to 16 rows (one rounding fewer than
+/// activating the stored output: results agree within it); otherwise one after the other.
 pub fn prepared_linear_group(
     s: &Stream,
     ws: &mut Workspace,
     calls: &mut [(&Tensor, &PreparedQuant, &mut Tensor)],
+    acts: &[Option<Activation>],
 ) -> Result<()> {
+    if !acts.is_empty() && acts.len() != calls.len() {
+        return Err(Error::bad_input(format!(
+            "grouped linear: {} activations for {} calls",
+            acts.len(),
+            calls.len()
+        )));
+    }
     #[cfg(feature = "cuda")]
-    if try_group(s, ws, calls)? {
+    if try_group(s, ws, calls, acts)? {
         return Ok(());
     }
-    for (x, w, out) in calls.iter_mut() {
+    for (i, (x, w, out)) in calls.iter_mut().enumerate() {
         prepared_linear(s, ws, x, w, out, false)?;
+        if let Some(act) = acts.get(i).copied().flatten() {
+            activate(s, act, out)?;
+        }
     }
     Ok(())
 }
@@ -630,6 +643,7 @@ fn try_group(
     s: &Stream,
     ws: &mut Workspace,
     calls: &mut [(&Tensor, &PreparedQuant, &mut Tensor)],
+    acts: &[Option<Activation>],
 ) -> Result<bool> {
     let max = crate::cuda::ffi::paradec_linear_group_limits::PARADEC_LINEAR_GROUP_MAX as usize;
     let (Stream::Cuda(cs), Some((x0, _, _))) = (s, calls.first()) else {
@@ -698,11 +712,17 @@ fn try_group(
     } else {
         plans.iter().map(|p| p.0.split).collect()
     };
+    // The activations go into the launch up to 16 rows (the lean and stream loops). Past them
+    // the ring loop's kernel with activations in its store holds more registers (142 against
+    // 126 at 32 rows) and made batch-32 decode steps 1–2% slower than an activation launch
+    // (H100, docs/gpu-decoder.md).
+    let acts_in_launch = m <= LEAN_MAX_M;
     let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
         .iter_mut()
         .zip(splits)
+        .enumerate()
         .map(
-            |((x, w, out), split)| crate::cuda::kernels::QuantLinearCall {
+            |(i, ((x, w, out), split))| crate::cuda::kernels::QuantLinearCall {
                 x,
                 w: crate::cuda::kernels::QuantWeightArgs::of(w),
                 bias: w.bias.as_ref(),
@@ -710,6 +730,7 @@ fn try_group(
                 accumulate: false,
                 split,
                 path,
+                act: acts.get(i).copied().flatten().filter(|_| acts_in_launch),
             },
         )
         .collect();
@@ -726,6 +747,14 @@ fn try_group(
         ws.zeroed_counters(),
         cs,
     )?;
+    drop(group);
+    if !acts_in_launch {
+        for ((_, _, out), act) in calls.iter_mut().zip(acts) {
+            if let Some(act) = act {
+                activate(s, *act, out)?;
+            }
+        }
+    }
     Ok(true)
 }
 

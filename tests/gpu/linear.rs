@@ -509,6 +509,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                             accumulate: false,
                             split,
                             path,
+                            act: None,
                         })
                         .collect();
                     let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
@@ -541,7 +542,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                     .zip(outs.iter_mut())
                     .map(|((p, (_, xi)), out)| (&xs[*xi], p, out))
                     .collect();
-                ops::prepared_linear_group(&s, &mut ws, &mut calls).unwrap();
+                ops::prepared_linear_group(&s, &mut ws, &mut calls, &[]).unwrap();
             }
             for (i, (p, (_, xi))) in pws.iter().zip(&weights).enumerate() {
                 let mut want = poisoned(&[m, p.n], dt);
@@ -560,6 +561,136 @@ fn grouped_small_m_launch_equals_each_alone() {
             "{dt}: the kept split counters were not left zero"
         );
     }
+}
+
+/// A grouped launch applies each call's activation to `x · Wᵀ + bias` as it stores it (an MLP's
+/// first projection): every activation, on the ring, lean and stream loops, split and unsplit,
+/// beside a call without one, against the CPU reference `act(x · Wᵀ + b)`; and the op gives the
+/// same, grouped or (a forced path off the small-M path) one call at a time.
+#[test]
+fn grouped_launch_applies_activations_as_it_stores() {
+    let Some(cs) = gpu_stream("grouped_activation") else {
+        return;
+    };
+    let s = Stream::Cuda(cs);
+    let Stream::Cuda(cs) = &s else { unreachable!() };
+    let acts = [
+        Activation::GeluErf,
+        Activation::GeluNew,
+        Activation::GeluFast,
+        Activation::Silu,
+        Activation::Relu,
+    ];
+    let k = 512;
+    // Call 0 (act-order, odd N, with a bias) takes the activation; call 1 none.
+    let weights = [
+        gptq(4, 128, true, false, 67, k, 611),
+        gptq(4, 64, false, true, 136, k, 612),
+    ];
+    let ms: Vec<usize> = if small() { vec![1, 17] } else { vec![1, 3, 8, 17, 32] };
+    let mut rng = Rng::new(78);
+    for dt in DTYPES {
+        let pws: Vec<PreparedQuant> = weights
+            .iter()
+            .map(|w| PreparedQuant::new(w, Device::Cuda(0), dt).unwrap())
+            .collect();
+        let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+        for &m in &ms {
+            let (xd, xr) = upload(&rng.vec(m * k, -2.0, 2.0), &[m, k], dt);
+            for (ai, &act) in acts.iter().enumerate() {
+                let want: Vec<Vec<f32>> = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        let mut y = vec![0.0; m * w.out_features()];
+                        w.forward(&xr, m, &mut y, false).unwrap();
+                        if i == 0 {
+                            cpu::activation::activate(act, &mut y);
+                        }
+                        y
+                    })
+                    .collect();
+                // Every loop for the first activation, the lean loop for the others.
+                let paths: &[(usize, LinearPath)] = if ai == 0 {
+                    &[
+                        (1, LinearPath::Small),
+                        (3, LinearPath::Small),
+                        (1, LinearPath::SmallLean),
+                        (3, LinearPath::SmallLean),
+                        (5, LinearPath::SmallStream),
+                    ]
+                } else {
+                    &[(3, LinearPath::SmallLean)]
+                };
+                for &(split, path) in paths {
+                    let mut outs: Vec<Tensor> =
+                        pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
+                    {
+                        let mut calls: Vec<paradec::cuda::kernels::QuantLinearCall<'_>> = pws
+                            .iter()
+                            .zip(outs.iter_mut())
+                            .enumerate()
+                            .map(|(i, (p, out))| paradec::cuda::kernels::QuantLinearCall {
+                                x: &xd,
+                                w: weight_args(p),
+                                bias: p.bias.as_ref(),
+                                out,
+                                accumulate: false,
+                                split,
+                                path,
+                                act: (i == 0).then_some(act),
+                            })
+                            .collect();
+                        let need =
+                            paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
+                        let mut sc =
+                            Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
+                        paradec::cuda::kernels::quant_linear_group(
+                            m,
+                            &mut calls,
+                            Some(&mut sc),
+                            None,
+                            cs,
+                        )
+                        .unwrap();
+                    }
+                    for (i, out) in outs.iter().enumerate() {
+                        let what = format!("{act:?} m={m} split={split} {path:?} call {i}");
+                        assert_close(&what, dt, &download(out), &want[i]);
+                    }
+                }
+                // The op, grouped (automatic path) and one call at a time (the GEMV forced).
+                for forced in [None, Some((LinearPath::Gemv, None))] {
+                    ops::set_linear_override(forced);
+                    let mut outs: Vec<Tensor> =
+                        pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
+                    {
+                        let mut calls: Vec<(&Tensor, &PreparedQuant, &mut Tensor)> = pws
+                            .iter()
+                            .zip(outs.iter_mut())
+                            .map(|(p, out)| (&xd, p, out))
+                            .collect();
+                        ops::prepared_linear_group(&s, &mut ws, &mut calls, &[Some(act), None])
+                            .unwrap();
+                    }
+                    ops::set_linear_override(None);
+                    for (i, out) in outs.iter().enumerate() {
+                        let what = format!("{act:?} m={m} op {forced:?} call {i}");
+                        assert_close(&what, dt, &download(out), &want[i]);
+                    }
+                }
+            }
+        }
+    }
+    // A count of activations other than the calls' is refused, naming both.
+    let dt = DTYPES[0];
+    let mut ws = Workspace::new(Device::Cuda(0), dt).unwrap();
+    let pw = PreparedQuant::new(&weights[0], Device::Cuda(0), dt).unwrap();
+    let (xd, _) = upload(&rng.vec(k, -1.0, 1.0), &[1, k], dt);
+    let mut out = poisoned(&[1, pw.n], dt);
+    let mut calls = vec![(&xd, &pw, &mut out)];
+    let e = ops::prepared_linear_group(&s, &mut ws, &mut calls, &[None, None]).unwrap_err();
+    assert!(e.to_string().contains("2 activations for 1 calls"), "{e}");
 }
 
 /// 4-bit linears of one N summed into one output in one launch (a parallel block's

@@ -8,7 +8,7 @@ use crate::cuda::stream::CudaStream;
 use crate::vocab::Activation;
 use crate::{Result, Tensor};
 
-fn act_code(act: Activation) -> i32 {
+pub(super) fn act_code(act: Activation) -> i32 {
     use ffi::paradec_activation as a;
     (match act {
         Activation::GeluErf => a::PARADEC_GELU_ERF,

@@ -10,7 +10,7 @@ use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
 use crate::quant::PreparedQuant;
-use crate::vocab::LinearPath;
+use crate::vocab::{Activation, LinearPath};
 use crate::{DType, Error, Result, Tensor};
 
 fn path_code(p: LinearPath) -> i32 {
@@ -270,6 +270,9 @@ pub struct QuantLinearCall<'a> {
     /// group takes the stream loop when every call asks for it, else the lean loop unless a
     /// call asks for `Small`.
     pub path: LinearPath,
+    /// An activation applied to `x · Wᵀ + bias` in f32 before the output is rounded (an MLP's
+    /// first projection), or none.
+    pub act: Option<Activation>,
 }
 
 fn group_ffi(
@@ -287,6 +290,7 @@ fn group_ffi(
             accumulate: c.accumulate as i32,
             split: c.split.max(1) as i32,
             path: path_code(c.path),
+            act: c.act.map_or(0, |a| 1 + super::activation::act_code(a)),
         })
         .collect()
 }
