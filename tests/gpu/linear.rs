@@ -512,16 +512,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                             act: None,
                         })
                         .collect();
-                    let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
-                    let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
-                    paradec::cuda::kernels::quant_linear_group(
-                        m,
-                        &mut calls,
-                        Some(&mut sc),
-                        (!lean).then_some(&mut kept),
-                        cs,
-                    )
-                    .unwrap();
+                    group_launch(dt, m, &mut calls, (!lean).then_some(&mut kept), cs);
                 }
                 for (i, out) in outs.iter().enumerate() {
                     let what = format!("{dt} m={m} split={split} {path:?} call {i}");
@@ -561,6 +552,19 @@ fn grouped_small_m_launch_equals_each_alone() {
             "{dt}: the kept split counters were not left zero"
         );
     }
+}
+
+/// One grouped launch of `calls` at m rows with its scratch (and kept split counters, if any).
+fn group_launch(
+    dt: DType,
+    m: usize,
+    calls: &mut [paradec::cuda::kernels::QuantLinearCall<'_>],
+    kept: Option<&mut DeviceBuffer>,
+    cs: &CudaStream,
+) {
+    let need = paradec::cuda::kernels::quant_linear_group_scratch(dt, m, calls);
+    let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
+    paradec::cuda::kernels::quant_linear_group(m, calls, Some(&mut sc), kept, cs).unwrap();
 }
 
 /// A grouped launch applies each call's activation to `x · Wᵀ + bias` as it stores it (an MLP's
@@ -641,18 +645,7 @@ fn grouped_launch_applies_activations_as_it_stores() {
                                 act: (i == 0).then_some(act),
                             })
                             .collect();
-                        let need =
-                            paradec::cuda::kernels::quant_linear_group_scratch(dt, m, &calls);
-                        let mut sc =
-                            Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
-                        paradec::cuda::kernels::quant_linear_group(
-                            m,
-                            &mut calls,
-                            Some(&mut sc),
-                            None,
-                            cs,
-                        )
-                        .unwrap();
+                        group_launch(dt, m, &mut calls, None, cs);
                     }
                     for (i, out) in outs.iter().enumerate() {
                         let what = format!("{act:?} m={m} split={split} {path:?} call {i}");
