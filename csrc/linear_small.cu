@@ -693,22 +693,24 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     small_block<T, NT>(a, static_cast<int>(blockIdx.x), by, by);
 }
 
-// Several calls of one m in one launch: column blocks first[i] … first[i + 1] − 1 of the grid are
-// call i's; a block past its call's split has nothing to do.
-// The call of a grouped launch this block serves (its index; bx: the block's column block
-// within that call).
-__device__ __forceinline__ int group_call(const SmallGroup &g, int &bx) {
+// The call of a grouped or summed launch that grid position `pos` (a block index along the
+// dimension first[] counts) belongs to: the i with first[i] ≤ pos < first[i + 1]; `rel` is
+// pos − first[i].
+__device__ __forceinline__ int call_at(const SmallGroup &g, int pos, int &rel) {
     int i = 0;
-    while (i + 1 < g.count && static_cast<int>(blockIdx.x) >= g.first[i + 1]) ++i;
-    bx = static_cast<int>(blockIdx.x) - g.first[i];
+    while (i + 1 < g.count && pos >= g.first[i + 1]) ++i;
+    rel = pos - g.first[i];
     return i;
 }
 
-// ACT: calls may apply an activation as they store (SmallArgs::act).
+// Several calls of one m in one launch: column blocks first[i] … first[i + 1] − 1 of the grid are
+// call i's; a block past its call's split has nothing to do. ACT: calls may apply an activation
+// as they store (SmallArgs::act).
 template <typename T, int NT, bool ACT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup g) {
     int bx;
-    const SmallArgs a = g.call[group_call(g, bx)];  // a copy: registers, not parameter memory
+    // A copy: registers, not parameter memory.
+    const SmallArgs a = g.call[call_at(g, static_cast<int>(blockIdx.x), bx)];
     const int by = static_cast<int>(blockIdx.y);
     if (by >= a.split) return;
     small_block<T, NT, ACT>(a, bx, by, by);
@@ -720,17 +722,10 @@ __global__ void __launch_bounds__(kSmallCols) qmma_small_group_kernel(SmallGroup
 // blocks' counters, and its `split` is the sum's total, so the last block of a column block to
 // finish sums every term's partials in (term, split) order: one store, as deterministic as a
 // single call's.
-__device__ __forceinline__ int sum_term(const SmallGroup &g, int &by) {
-    int i = 0;
-    while (i + 1 < g.count && static_cast<int>(blockIdx.y) >= g.first[i + 1]) ++i;
-    by = static_cast<int>(blockIdx.y) - g.first[i];
-    return i;
-}
-
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_sum_kernel(SmallGroup g) {
     int by;
-    const SmallArgs a = g.call[sum_term(g, by)];
+    const SmallArgs a = g.call[call_at(g, static_cast<int>(blockIdx.y), by)];
     small_block<T, NT>(a, static_cast<int>(blockIdx.x), by, static_cast<int>(blockIdx.y));
 }
 
@@ -746,7 +741,7 @@ __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_
 template <typename T, int NT, bool ACT>
 __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_group_kernel(SmallGroup g) {
     int bx;
-    const SmallArgs a = g.call[group_call(g, bx)];
+    const SmallArgs a = g.call[call_at(g, static_cast<int>(blockIdx.x), bx)];
     const int by = static_cast<int>(blockIdx.y);
     if (by >= a.split) return;
     lean_block<T, NT, kLeanBatch, ACT>(a, bx, by, lean_xs, by);
@@ -755,7 +750,7 @@ __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_sum_kernel(SmallGroup g) {
     int by;
-    const SmallArgs a = g.call[sum_term(g, by)];
+    const SmallArgs a = g.call[call_at(g, static_cast<int>(blockIdx.y), by)];
     lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), by, lean_xs,
                                   static_cast<int>(blockIdx.y));
 }

@@ -151,9 +151,7 @@ impl Linear {
             )));
         }
         let act_of = |i: usize| acts.get(i).copied().flatten();
-        let prepared = calls
-            .iter()
-            .all(|(l, _, _)| matches!(l.weight, LinearWeight::Prepared(_)));
+        let prepared = calls.iter().all(|(l, _, _)| l.prepared().is_some());
         if !prepared || calls.len() < 2 {
             for (i, (l, x, out)) in calls.iter_mut().enumerate() {
                 l.forward(s, ws, x, out, false, active)?;
@@ -170,12 +168,9 @@ impl Linear {
             .map(|(i, (l, _, _))| act_of(i).filter(|_| !l.has_active_lora(active)))
             .collect();
         {
-            let mut base: Vec<(&Tensor, &crate::quant::PreparedQuant, &mut Tensor)> = calls
+            let mut base: Vec<(&Tensor, &PreparedQuant, &mut Tensor)> = calls
                 .iter_mut()
-                .filter_map(|(l, x, out)| match &l.weight {
-                    LinearWeight::Prepared(q) => Some((&**x, &**q, &mut **out)),
-                    _ => None,
-                })
+                .filter_map(|(l, x, out)| Some((&**x, l.prepared()?, &mut **out)))
                 .collect();
             ops::prepared_linear_group(s, ws, &mut base, &in_launch)
                 .map_err(|e| prefix_error(&joined_names(calls.iter().map(|c| c.0)), e))?;
@@ -188,6 +183,14 @@ impl Linear {
             }
         }
         Ok(())
+    }
+
+    /// The weight prepared on a device for the kernels, if that is what this linear holds.
+    fn prepared(&self) -> Option<&PreparedQuant> {
+        match &self.weight {
+            LinearWeight::Prepared(q) => Some(q),
+            _ => None,
+        }
     }
 
     /// Whether any adapter registered on this linear is among `active`.
@@ -208,12 +211,9 @@ impl Linear {
         out: &mut Tensor,
         active: &[u64],
     ) -> Result<bool> {
-        let base: Option<Vec<(&Tensor, &crate::quant::PreparedQuant)>> = terms
+        let base: Option<Vec<(&Tensor, &PreparedQuant)>> = terms
             .iter()
-            .map(|(l, x)| match &l.weight {
-                LinearWeight::Prepared(q) => Some((*x, &**q)),
-                _ => None,
-            })
+            .map(|(l, x)| Some((*x, l.prepared()?)))
             .collect();
         let Some(base) = base else {
             return Ok(false);

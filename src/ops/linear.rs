@@ -472,13 +472,22 @@ pub fn prepared_linear_group(
             calls.len()
         )));
     }
+    // The activations go into the launch up to 16 rows (the lean and stream loops). Past them
+    // the ring loop's kernel with activations in its store holds more registers (142 against
+    // 126 at 32 rows) and made batch-32 decode steps 1–2% slower than an activation launch
+    // (H100, docs/gpu-decoder.md).
+    let rows = calls.first().map_or(0, |c| c.0.rows());
+    let in_launch: &[Option<Activation>] = if rows <= LEAN_MAX_M { acts } else { &[] };
     #[cfg(feature = "cuda")]
-    if try_group(s, ws, calls, acts)? {
-        return Ok(());
-    }
+    let grouped = try_group(s, ws, calls, in_launch)?;
+    #[cfg(not(feature = "cuda"))]
+    let grouped = false;
     for (i, (x, w, out)) in calls.iter_mut().enumerate() {
-        prepared_linear(s, ws, x, w, out, false)?;
-        if let Some(act) = acts.get(i).copied().flatten() {
+        if !grouped {
+            prepared_linear(s, ws, x, w, out, false)?;
+        }
+        let done = grouped && !in_launch.is_empty();
+        if let (Some(act), false) = (acts.get(i).copied().flatten(), done) {
             activate(s, act, out)?;
         }
     }
@@ -565,15 +574,7 @@ pub fn prepared_linear_sum(
             return Ok(false);
         }
         for (x, w) in terms {
-            if x.rows() != m
-                || x.dtype() != dtype
-                || w.dtype != dtype
-                || w.n != n
-                || x.device() != out.device()
-                || w.device() != out.device()
-                || x.cols() != w.k
-                || !small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
-            {
+            if x.dtype() != dtype || w.n != n || !small_launch_fits(x, w, m, out) {
                 return Ok(false);
             }
         }
@@ -637,7 +638,21 @@ fn group_lean_splits(m: usize, ks: &[usize], own: &[usize], forced: Option<usize
         .collect()
 }
 
-/// The grouped launch of [`prepared_linear_group`] when it applies (false: it does not).
+/// Whether x · Wᵀ into `out` can join a grouped or summed small-M launch of m rows: x of m rows
+/// and K columns, of the weight's dtype, x, the weight and `out` on one device, and the weight
+/// on the small-M path.
+#[cfg(feature = "cuda")]
+fn small_launch_fits(x: &Tensor, w: &PreparedQuant, m: usize, out: &Tensor) -> bool {
+    x.rows() == m
+        && x.dtype() == w.dtype
+        && w.device() == x.device()
+        && out.device() == x.device()
+        && x.cols() == w.k
+        && small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
+}
+
+/// The grouped launch of [`prepared_linear_group`] when it applies (false: it does not), with
+/// the activations of `acts` (empty: none) in its store.
 #[cfg(feature = "cuda")]
 fn try_group(
     s: &Stream,
@@ -659,14 +674,7 @@ fn try_group(
             Device::Cuda(d) => d,
             Device::Cpu => return Ok(false),
         };
-        if x.rows() != m
-            || x.dtype() != dtype
-            || w.dtype != dtype
-            || w.device() != x.device()
-            || out.device() != x.device()
-            || x.cols() != w.k
-            || !small_path_takes(LinearFormat::Quant { bits: w.bits }, m)
-        {
+        if x.dtype() != dtype || !small_launch_fits(x, w, m, out) {
             return Ok(false);
         }
         let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
@@ -712,11 +720,6 @@ fn try_group(
     } else {
         plans.iter().map(|p| p.0.split).collect()
     };
-    // The activations go into the launch up to 16 rows (the lean and stream loops). Past them
-    // the ring loop's kernel with activations in its store holds more registers (142 against
-    // 126 at 32 rows) and made batch-32 decode steps 1–2% slower than an activation launch
-    // (H100, docs/gpu-decoder.md).
-    let acts_in_launch = m <= LEAN_MAX_M;
     let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
         .iter_mut()
         .zip(splits)
@@ -730,7 +733,7 @@ fn try_group(
                 accumulate: false,
                 split,
                 path,
-                act: acts.get(i).copied().flatten().filter(|_| acts_in_launch),
+                act: acts.get(i).copied().flatten(),
             },
         )
         .collect();
@@ -747,14 +750,6 @@ fn try_group(
         ws.zeroed_counters(),
         cs,
     )?;
-    drop(group);
-    if !acts_in_launch {
-        for ((_, _, out), act) in calls.iter_mut().zip(acts) {
-            if let Some(act) = act {
-                activate(s, *act, out)?;
-            }
-        }
-    }
     Ok(true)
 }
 
