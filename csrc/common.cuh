@@ -73,6 +73,15 @@ __device__ __forceinline__ uint4 ld_ro(const void *p) {
     return __ldg(reinterpret_cast<const uint4 *>(p));
 }
 __device__ __forceinline__ uint4 ld(const void *p) { return *reinterpret_cast<const uint4 *>(p); }
+
+// A 16-byte load of streamed weights: read once, so kept out of L1.
+__device__ __forceinline__ uint4 ld_stream(const void *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
 __device__ __forceinline__ void st(void *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -1272,8 +1272,79 @@ __global__ void __launch_bounds__(256) read_kernel(const uint4 *p, size_t n, uin
     for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) atomicXor(out + blockIdx.x, acc);
 }
+
+// The small-M lean loop's weight reads alone, without its decoding or products (for telling
+// how much of a linear's time its access pattern costs): block (bx, by) of 128 threads reads
+// tiles by·tps … of column block bx, 16 bytes a lane per tile, two batches of 4 tiles in
+// flight, as qmma_lean_kernel does. ROWS: the prepared layout (tile t's word rows 4t … 4t + 3,
+// each np words, a lane's 4 columns from c0); else each column block's tiles lie contiguously
+// (2 KiB a tile), the layout a transform at load could give.
+template <bool ROWS>
+__global__ void __launch_bounds__(128, 5) tile_read_kernel(const uint32_t *w, int64_t np,
+                                                           int ntiles, int tps, uint32_t *out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 128 + warp * 32 + 4 * (lane >> 2);
+    const bool live = !ROWS || c0 < np;
+    const int t0 = static_cast<int>(blockIdx.y) * tps;
+    const int count = min(ntiles, t0 + tps) - t0;
+    const uint32_t *base;
+    int64_t step;
+    if (ROWS) {
+        base = w + (4 * static_cast<int64_t>(t0) + (lane & 3)) * np + (live ? c0 : 0);
+        step = 4 * np;
+    } else {
+        base = w + (static_cast<int64_t>(blockIdx.x) * ntiles + t0) * 512 + threadIdx.x * 4;
+        step = 512;
+    }
+    auto load = [&](int t) {
+        return live && t < count ? ld_stream(base + t * step) : make_uint4(0u, 0u, 0u, 0u);
+    };
+    uint32_t acc = 0;
+    uint4 a[4], b[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) a[j] = load(j);
+    for (int done = 0;;) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b[j] = load(done + 4 + j);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc ^= a[j].x ^ a[j].y ^ a[j].z ^ a[j].w;
+        done += 4;
+        if (done >= count) break;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) a[j] = load(done + 4 + j);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc ^= b[j].x ^ b[j].y ^ b[j].z ^ b[j].w;
+        done += 4;
+        if (done >= count) break;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) atomicXor(out + blockIdx.y * gridDim.x + blockIdx.x, acc);
+}
 }  // namespace
 }  // namespace paradec
+
+extern "C" int paradec_read_tiles(const void *words, size_t np, size_t ntiles,
+                                  size_t tiles_per_split, int rows_layout, void *out,
+                                  paradec_stream_t stream) {
+    return paradec::guarded([&]() -> int {
+        if (!words || !out) return PARADEC_K_NULL_POINTER;
+        if (np == 0 || ntiles == 0 || tiles_per_split == 0) return PARADEC_K_ZERO_DIM;
+        if (np % 128 != 0 || !paradec::aligned16(words)) return PARADEC_K_BAD_SHAPE;
+        if (np > (size_t{1} << 24) || ntiles > (size_t{1} << 20)) return PARADEC_K_DIM_TOO_LARGE;
+        const size_t splits = (ntiles + tiles_per_split - 1) / tiles_per_split;
+        if (splits > 65535) return PARADEC_K_DIM_TOO_LARGE;
+        const dim3 grid(static_cast<unsigned>(np / 128), static_cast<unsigned>(splits));
+        const auto *w = static_cast<const uint32_t *>(words);
+        auto *o = static_cast<uint32_t *>(out);
+        const auto n = static_cast<int64_t>(np);
+        const int t = static_cast<int>(ntiles), tps = static_cast<int>(tiles_per_split);
+        if (rows_layout)
+            paradec::tile_read_kernel<true><<<grid, 128, 0, stream>>>(w, n, t, tps, o);
+        else
+            paradec::tile_read_kernel<false><<<grid, 128, 0, stream>>>(w, n, t, tps, o);
+        return paradec::launch_status();
+    });
+}
 
 extern "C" int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
                                   paradec_stream_t stream) {

@@ -499,15 +499,6 @@ __device__ __forceinline__ uint4 lds128(unsigned addr) {
     return v;
 }
 
-// A 16-byte load of streamed weights: read once, so kept out of L1.
-__device__ __forceinline__ uint4 ld_stream(const void *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-    return v;
-}
-
 // The group of tile t.
 __device__ __forceinline__ int tile_group(const SmallArgs &a, int t) {
     return group_of_word(__ldg(a.tiles + 2 * static_cast<int64_t>(t) + 1));

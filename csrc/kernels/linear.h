@@ -158,6 +158,14 @@ int paradec_linear(int dtype, const void *x, size_t m, size_t k, const void *w, 
 int paradec_read_bytes(const void *p, size_t bytes, void *out, unsigned blocks,
                        paradec_stream_t stream);
 
+/* Reads a 4-bit weight's tiles as the small-M lean loop does, without decoding or products, and
+ * folds them into out[(np / 128) · splits] (u32, an XOR per block): the access-pattern probe of
+ * the GPU bench. `words` holds ntiles · 4 rows of np u32 (np a multiple of 128); a block reads
+ * `tiles_per_split` tiles of 128 columns. rows_layout 1: the prepared layout (a tile is 4 word
+ * rows of the whole width); 0: each 128-column block's tiles contiguous (2 KiB a tile). */
+int paradec_read_tiles(const void *words, size_t np, size_t ntiles, size_t tiles_per_split,
+                       int rows_layout, void *out, paradec_stream_t stream);
+
 /* Whether the vendor GEMM of PARADEC_PATH_VENDOR (cuBLASLt) is loaded (tried on the first
  * call): 1 or 0. */
 int paradec_vendor_gemm_available(void);

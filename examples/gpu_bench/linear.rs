@@ -124,6 +124,8 @@ pub struct LinRow {
 /// `--lin-shapes 4096x12288,…` (K×N) and `--lin-path auto,gemv,small,lean,mma,vendor` (each M timed on each
 /// listed path; `auto` is `select_linear`'s choice), `--lin-split 1,4,16` (each streaming-path
 /// case also timed with these K splits, for tuning). Unset: everything, automatic path.
+/// `--lin-read-pattern` adds a table of each shape's 4-bit weights read alone in the small-M
+/// lean loop's pattern (`read_pattern_table`).
 #[derive(Default)]
 pub struct LinOpts {
     pub fmts: Option<Vec<String>>,
@@ -131,6 +133,7 @@ pub struct LinOpts {
     pub shapes: Option<Vec<(usize, usize)>>,
     pub paths: Vec<Option<LinearPath>>,
     pub splits: Vec<Option<usize>>,
+    pub read_pattern: bool,
 }
 
 impl LinOpts {
@@ -189,6 +192,7 @@ impl LinOpts {
             None => vec![None],
         };
         Ok(LinOpts {
+            read_pattern: args.iter().any(|a| a == "--lin-read-pattern"),
             splits,
             fmts: get("--lin-fmt"),
             ms,
@@ -532,6 +536,9 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
     println!(
         "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|"
     );
+    if opts.read_pattern {
+        read_pattern_table(b, &shapes, read_bw)?;
+    }
     for fmt in Fmt::ALL {
         if let Some(f) = &opts.fmts {
             if !f.iter().any(|f| fmt.name().contains(f.as_str())) {
@@ -583,4 +590,64 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
         }
     }
     Ok(csv)
+}
+
+/// The 4-bit weights of each K×N read alone, as the small-M lean loop reads them (16 bytes a lane
+/// per tile of 32 rows × 128 columns, two batches of 4 tiles in flight, blocks of 32, 64 or all
+/// tiles of a column block) but with no decoding, products, staging or split sums: how close the
+/// access pattern itself gets to the read bandwidth, against which the linear's own time tells
+/// what its arithmetic and bookkeeping cost. Both the prepared layout (a tile is 4 word rows of
+/// the whole width) and one where each column block's tiles lie contiguously.
+fn read_pattern_table(b: &Bench, shapes: &[(usize, usize)], read_bw: f64) -> Result<()> {
+    println!(
+        "\n| weights read alone | K×N | tiles a block | blocks | layout | µs (b2b) | µs (graph) | GB/s | × floor |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for &(k, n) in shapes {
+        if k % 32 != 0 || n % 128 != 0 {
+            continue;
+        }
+        let bytes = k / 2 * n;
+        let ntiles = k / 32;
+        // Enough copies that a rotation through them overflows the L2 three times.
+        let sets = (3 * b.l2 / bytes + 1).max(1);
+        let mut words = DeviceBuffer::alloc(0, bytes * sets)?;
+        words.memset(0x5A)?;
+        let mut tps_all = vec![32, 64, ntiles];
+        tps_all.retain(|&t| t <= ntiles);
+        tps_all.dedup();
+        for tps in tps_all {
+            let blocks = n / 128 * ntiles.div_ceil(tps);
+            let sink = DeviceBuffer::zeroed(0, blocks * 4)?;
+            for rows in [true, false] {
+                let mut launch = |set: usize, st: &CudaStream| -> Result<()> {
+                    // SAFETY: `words` holds `sets` copies of ntiles·4 rows of n u32 (bytes each,
+                    // set < sets), `sink` one u32 per block.
+                    let code = unsafe {
+                        ffi::paradec_read_tiles(
+                            (words.as_ptr() as *const u8).add(set * bytes) as *const c_void,
+                            n,
+                            ntiles,
+                            tps,
+                            rows as i32,
+                            sink.as_ptr() as *mut c_void,
+                            st.raw(),
+                        )
+                    };
+                    status(code, "paradec_read_tiles")
+                };
+                let t = b.time(sets, &mut launch)?;
+                let best = t.b2b_us.min(t.graph_us);
+                let floor = bytes as f64 / read_bw * 1e6;
+                println!(
+                    "| 4-bit | {k}x{n} | {tps} | {blocks} | {} | {:.2} | {:.2} | {:.0} | {:.2} |",
+                    if rows { "rows" } else { "contiguous" },
+                    t.b2b_us,
+                    t.graph_us,
+                    bytes as f64 / (best * 1e-6) / 1e9,
+                    best / floor
+                );
+            }
+        }
+    }
+    Ok(())
 }
