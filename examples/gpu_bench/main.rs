@@ -7,7 +7,8 @@
 //!
 //! Usage: gpu_bench [--quick] [--csv FILE] [--only SUBSTRING]
 //! `--only linear` runs the linears (examples/gpu_bench/linear.rs) with their own table,
-//! narrowed by `--lin-fmt`, `--lin-ms`, `--lin-shapes` and `--lin-path` (see `LinOpts`);
+//! narrowed by `--lin-fmt`, `--lin-ms`, `--lin-shapes` and `--lin-path` (see `LinOpts`), and
+//! with `--lin-read-pattern` a table of the weights read alone in the lean loop's pattern;
 //! `--attention` the attention family (examples/gpu_bench/attention.rs: TFLOP/s and KV GB/s);
 //! `--decoder` one decode step of whole layers, `--model` a 32-layer model's decode tokens/s
 //! (examples/gpu_bench/decoder.rs).
