@@ -1283,39 +1283,34 @@ template <bool ROWS>
 __global__ void __launch_bounds__(128, 5) tile_read_kernel(const uint32_t *w, int64_t np,
                                                            int ntiles, int tps, uint32_t *out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 128 + warp * 32 + 4 * (lane >> 2);
-    const bool live = !ROWS || c0 < np;
     const int t0 = static_cast<int>(blockIdx.y) * tps;
     const int count = min(ntiles, t0 + tps) - t0;
-    const uint32_t *base;
-    int64_t step;
-    if (ROWS) {
-        base = w + (4 * static_cast<int64_t>(t0) + (lane & 3)) * np + (live ? c0 : 0);
-        step = 4 * np;
-    } else {
-        base = w + (static_cast<int64_t>(blockIdx.x) * ntiles + t0) * 512 + threadIdx.x * 4;
-        step = 512;
-    }
-    auto load = [&](int t) {
-        return live && t < count ? ld_stream(base + t * step) : make_uint4(0u, 0u, 0u, 0u);
-    };
+    // The launcher takes np a multiple of 128: every lane's columns are inside it.
+    const int64_t c0 = static_cast<int64_t>(blockIdx.x) * 128 + warp * 32 + 4 * (lane >> 2);
+    const uint32_t *const base =
+        ROWS ? w + (4 * static_cast<int64_t>(t0) + (lane & 3)) * np + c0
+             : w + (static_cast<int64_t>(blockIdx.x) * ntiles + t0) * 512 + threadIdx.x * 4;
+    const int64_t step = ROWS ? 4 * np : 512;
     uint32_t acc = 0;
+    auto load = [&](uint4 (&v)[4], int first) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            v[j] = first + j < count ? ld_stream(base + (first + j) * step)
+                                     : make_uint4(0u, 0u, 0u, 0u);
+    };
+    auto fold = [&](const uint4 (&v)[4]) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc ^= v[j].x ^ v[j].y ^ v[j].z ^ v[j].w;
+    };
     uint4 a[4], b[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) a[j] = load(j);
+    load(a, 0);
     for (int done = 0;;) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) b[j] = load(done + 4 + j);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc ^= a[j].x ^ a[j].y ^ a[j].z ^ a[j].w;
-        done += 4;
-        if (done >= count) break;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) a[j] = load(done + 4 + j);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc ^= b[j].x ^ b[j].y ^ b[j].z ^ b[j].w;
-        done += 4;
-        if (done >= count) break;
+        load(b, done + 4);
+        fold(a);
+        if ((done += 4) >= count) break;
+        load(a, done + 4);
+        fold(b);
+        if ((done += 4) >= count) break;
     }
     for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(0xffffffffu, acc, o);
     if (lane == 0) atomicXor(out + blockIdx.y * gridDim.x + blockIdx.x, acc);

@@ -533,12 +533,12 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
     let mut csv = String::from(
         "kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_read,floor_us,x_floor,path\n",
     );
-    println!(
-        "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|"
-    );
     if opts.read_pattern {
         read_pattern_table(b, &shapes, read_bw)?;
     }
+    println!(
+        "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
     for fmt in Fmt::ALL {
         if let Some(f) = &opts.fmts {
             if !f.iter().any(|f| fmt.name().contains(f.as_str())) {

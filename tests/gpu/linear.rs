@@ -501,16 +501,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                         .iter()
                         .zip(&weights)
                         .zip(outs.iter_mut())
-                        .map(|((p, (_, xi)), out)| paradec::cuda::kernels::QuantLinearCall {
-                            x: &xs[*xi],
-                            w: weight_args(p),
-                            bias: p.bias.as_ref(),
-                            out,
-                            accumulate: false,
-                            split,
-                            path,
-                            act: None,
-                        })
+                        .map(|((p, (_, xi)), out)| group_call(&xs[*xi], p, out, split, path, None))
                         .collect();
                     group_launch(dt, m, &mut calls, (!lean).then_some(&mut kept), cs);
                 }
@@ -551,6 +542,28 @@ fn grouped_small_m_launch_equals_each_alone() {
             left.iter().all(|&b| b == 0),
             "{dt}: the kept split counters were not left zero"
         );
+    }
+}
+
+/// A call of a grouped launch: x · Wᵀ + bias of the prepared weight into `out` (no
+/// accumulation), with this K split, path and activation.
+fn group_call<'a>(
+    x: &'a Tensor,
+    p: &'a PreparedQuant,
+    out: &'a mut Tensor,
+    split: usize,
+    path: LinearPath,
+    act: Option<Activation>,
+) -> paradec::cuda::kernels::QuantLinearCall<'a> {
+    paradec::cuda::kernels::QuantLinearCall {
+        x,
+        w: weight_args(p),
+        bias: p.bias.as_ref(),
+        out,
+        accumulate: false,
+        split,
+        path,
+        act,
     }
 }
 
@@ -634,15 +647,8 @@ fn grouped_launch_applies_activations_as_it_stores() {
                             .iter()
                             .zip(outs.iter_mut())
                             .enumerate()
-                            .map(|(i, (p, out))| paradec::cuda::kernels::QuantLinearCall {
-                                x: &xd,
-                                w: weight_args(p),
-                                bias: p.bias.as_ref(),
-                                out,
-                                accumulate: false,
-                                split,
-                                path,
-                                act: (i == 0).then_some(act),
+                            .map(|(i, (p, out))| {
+                                group_call(&xd, p, out, split, path, (i == 0).then_some(act))
                             })
                             .collect();
                         group_launch(dt, m, &mut calls, None, cs);
