@@ -186,15 +186,20 @@ inline int current_device_sms() {
 // block's partials.
 __device__ __forceinline__ bool last_to_arrive(unsigned *counter, unsigned blocks) {
     __shared__ int last;
-    __threadfence();
+    // The block barrier orders every thread's partials before thread 0's fence, whose release
+    // (cumulative) then publishes them before its arrival; the last block's fence acquires the
+    // others' before the barrier hands them to its threads.
     __syncthreads();
     if (threadIdx.x == 0) {
+        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
         const unsigned done = atomicAdd(counter, 1u);
         last = done == blocks - 1;
-        if (last) *counter = 0u;
+        if (last) {
+            *counter = 0u;
+            asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+        }
     }
     __syncthreads();
-    if (last) __threadfence();
     return last;
 }
 #endif
