@@ -258,6 +258,39 @@ __device__ __forceinline__ void store_one(const SmallArgs &a, int64_t row, int64
     *p = Num<T>::from_f(v);
 }
 
+// out[r, c] for every row r of column c (< n) from the f32 partials of a.split K splits,
+// summed in split order (then as store_one). Loads go out R rows × S splits at a time. With
+// 2 × 8 the last block of a column block pays one round trip to L2 per batch rather than about
+// one per split and row: the linears of 4096×12288 at 8 and 16 rows took 11–13% less time
+// (H100). The grouped and summed kernels, which carry a whole SmallArgs copy in registers, keep
+// 1 × 1: with 2 × 8 ptxas spilled 28–72 bytes in them and a decode step took 4–8% longer.
+template <typename T, bool ACT, int R, int S>
+__device__ __forceinline__ void sum_splits(const SmallArgs &a, int64_t c) {
+    const int64_t split_stride = a.m * a.np;
+    for (int64_t r0 = 0; r0 < a.m; r0 += R) {
+        float v[R];
+#pragma unroll
+        for (int j = 0; j < R; ++j) v[j] = 0.f;
+        for (int s0 = 0; s0 < a.split; s0 += S) {
+            float t[R][S];
+#pragma unroll
+            for (int j = 0; j < R; ++j)
+#pragma unroll
+                for (int s = 0; s < S; ++s)
+                    t[j][s] = r0 + j < a.m && s0 + s < a.split
+                                  ? __ldcg(a.part + (s0 + s) * split_stride + (r0 + j) * a.np + c)
+                                  : 0.f;  // v + 0 is v: the padding changes no bit
+#pragma unroll
+            for (int j = 0; j < R; ++j)
+#pragma unroll
+                for (int s = 0; s < S; ++s) v[j] += t[j][s];
+        }
+#pragma unroll
+        for (int j = 0; j < R; ++j)
+            if (r0 + j < a.m) store_one<T, ACT>(a, r0 + j, c, v[j]);
+    }
+}
+
 // Calls f(row, sums) for each x row whose sums lane (g, q) holds (rows nt·8 + 2q + e below m,
 // none where the lane's columns are not live): sums are its columns c0 .. c0 + 3.
 template <int NT, typename F>
@@ -288,7 +321,7 @@ __device__ __forceinline__ void store_partials(const SmallArgs &a, const float (
 // c0 .. c0 + 3 as acc[0][nt][e], acc[0][nt][2 + e], acc[1][nt][e], acc[1][nt][2 + e]. Unsplit, they
 // go to out; split, to the f32 partials, and the last block of the column block to finish sums
 // every split's partials in split order.
-template <typename T, int NT, bool ACT = false>
+template <typename T, int NT, bool ACT = false, bool WIDE_SUM = false>
 __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)[2][NT][4], int bx,
                                           int by, int64_t c0, bool live) {
     if (!a.part) {
@@ -303,22 +336,15 @@ __device__ __forceinline__ void store_acc(const SmallArgs &a, const float (&acc)
     store_partials<NT>(a, acc, a.part + by * a.m * a.np + c0, a.np, live);
     // The last block of this column block to get here sums every split's partials.
     if (!last_to_arrive(a.counters + bx, static_cast<unsigned>(a.split))) return;
-    const int64_t cb = static_cast<int64_t>(bx) * kSmallCols;
-    for (int64_t i = threadIdx.x; i < a.m * kSmallCols; i += kSmallCols) {
-        const int64_t r = i / kSmallCols;
-        const int64_t c = cb + i % kSmallCols;
-        if (c >= a.n) continue;
-        float v = 0.f;
-        for (int p = 0; p < a.split; ++p) v += __ldcg(a.part + (p * a.m + r) * a.np + c);
-        store_one<T, ACT>(a, r, c, v);
-    }
+    const int64_t c = static_cast<int64_t>(bx) * kSmallCols + threadIdx.x;
+    if (c < a.n) sum_splits<T, ACT, WIDE_SUM ? 2 : 1, WIDE_SUM ? 8 : 1>(a, c);
 }
 
 // NT: n8 tiles of x rows (m ≤ 8·NT).
 // Column block bx (of 128 columns) and K split by of one call `a`: the body of the kernel and of
 // its grouped and summed forms. `slot`: the row of the partials its sums go to (by, but for a
 // sum's terms, which share one set of partials).
-template <typename T, int NT, bool ACT = false>
+template <typename T, int NT, bool ACT = false, bool WIDE_SUM = false>
 __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, int slot) {
     constexpr int S = stages<NT>();
     constexpr int U = tiles_per_stage<NT>();
@@ -457,7 +483,7 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, 
     copy_wait<0>();
     fold();
 
-    store_acc<T, NT, ACT>(a, acc, bx, slot, c0, live);
+    store_acc<T, NT, ACT, WIDE_SUM>(a, acc, bx, slot, c0, live);
 }
 
 
@@ -663,7 +689,7 @@ __device__ __forceinline__ void lean_range(const SmallArgs &a, int64_t c0, bool 
 
 // Column block bx and K split by of one call `a` on the lean loop: the body of the lean
 // kernel and of its grouped and summed forms (`slot` as in small_block).
-template <typename T, int NT, int P, bool ACT = false>
+template <typename T, int NT, int P, bool ACT = false, bool WIDE_SUM = false>
 __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, uint4 *xs,
                                            int slot) {
     const int lane = threadIdx.x & 31;
@@ -675,13 +701,13 @@ __device__ __forceinline__ void lean_block(const SmallArgs &a, int bx, int by, u
     float acc[2][NT][4];
     zero_acc<NT>(acc);
     lean_range<T, NT, P>(a, c0, live, t0, count, xs, false, acc);
-    store_acc<T, NT, ACT>(a, acc, bx, slot, c0, live);
+    store_acc<T, NT, ACT, WIDE_SUM>(a, acc, bx, slot, c0, live);
 }
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols) qmma_small_kernel(SmallArgs a) {
     const int by = static_cast<int>(blockIdx.y);
-    small_block<T, NT>(a, static_cast<int>(blockIdx.x), by, by);
+    small_block<T, NT, false, true>(a, static_cast<int>(blockIdx.x), by, by);
 }
 
 // The call of a grouped or summed launch that grid position `pos` (a block index along the
@@ -726,7 +752,7 @@ extern __shared__ uint4 lean_xs[];
 template <typename T, int NT>
 __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_kernel(SmallArgs a) {
     const int by = static_cast<int>(blockIdx.y);
-    lean_block<T, NT, kLeanBatch>(a, static_cast<int>(blockIdx.x), by, lean_xs, by);
+    lean_block<T, NT, kLeanBatch, false, true>(a, static_cast<int>(blockIdx.x), by, lean_xs, by);
 }
 
 template <typename T, int NT, bool ACT>
