@@ -487,7 +487,7 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, 
 }
 
 
-// ---- The lean loop (m ≤ 16): x staged once in shared memory, weights in registers ----------
+// ---- The lean loop (m ≤ 32): x staged once in shared memory, weights in registers ----------
 //
 // The ring loop above spends about 230 instructions per tile and warp (SASS of sm_90a) on ring
 // bookkeeping, guarded copies, 64-bit address arithmetic and group lookups by shuffle, against
@@ -502,9 +502,11 @@ __device__ __forceinline__ void small_block(const SmallArgs &a, int bx, int by, 
 // its group word (a broadcast) and one of x per n8 tile, a pointer step and the tile's
 // arithmetic.
 
-// Blocks of the lean loop per SM the registers allow by n8 tiles of x rows: at most 102 and 128
-// registers a lane.
-__host__ __device__ constexpr int lean_blocks_per_sm(int nt) { return nt == 1 ? 5 : 4; }
+// Blocks of the lean loop per SM the registers allow by n8 tiles of x rows: at most 102, 128
+// and 168 registers a lane (at four n8 tiles, four blocks would spill 512–748 bytes a lane).
+__host__ __device__ constexpr int lean_blocks_per_sm(int nt) {
+    return nt == 1 ? 5 : nt == 2 ? 4 : 3;
+}
 
 // Tiles per register batch of the lean loop (two batches in flight).
 constexpr int kLeanBatch = 4;
@@ -772,10 +774,14 @@ __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_
                                   static_cast<int>(blockIdx.y));
 }
 
-// Largest m the lean loop takes, and the dynamic shared memory a lean or stream block may take
-// in all (a launch asking for more than 48 KiB with the static shared memory fails); beyond
-// either: the ring loop.
-constexpr int64_t kLeanMaxM = 16;
+// Largest m the lean loop takes alone and in grouped or summed launches, and the dynamic shared
+// memory a lean or stream block may take in all (a launch asking for more than 48 KiB with the
+// static shared memory fails); beyond either: the ring loop. The grouped and summed kernels
+// stop at 16 rows: at four n8 tiles they spilled 48–68 bytes a lane and the decoder steps at
+// batch 32 took 7–11% longer (H200), while one linear at 32 rows ran 8–11% faster than on the
+// ring.
+constexpr int64_t kLeanMaxM = 32;
+constexpr int64_t kLeanGroupMaxM = 16;
 constexpr size_t kLeanMaxSmem = 48 * 1024 - 256;
 
 // Bytes of staged x and tile group words the lean loop needs for call `a`, or 0 where it does
@@ -962,7 +968,7 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
     const int64_t m = g.call[0].m;
     int splits = 1;
     size_t lean_bytes = 0;
-    bool lean = g.lean;
+    bool lean = g.lean && m <= kLeanGroupMaxM;
     SmallGroup lg = g;  // with the lean loop's slots of scales
     for (int i = 0; i < g.count; ++i) {
         if (g.call[i].m != m) return PARADEC_K_BAD_SHAPE;
@@ -999,7 +1005,7 @@ int launch_quant_small_sum(int dtype, const SmallGroup &g, cudaStream_t stream) 
     if (g.count < 1 || g.count > kSmallGroupMax) return PARADEC_K_BAD_SHAPE;
     const int64_t m = g.call[0].m, np = g.call[0].np;
     size_t lean_bytes = 0;
-    bool lean = g.lean;
+    bool lean = g.lean && m <= kLeanGroupMaxM;
     SmallGroup lg = g;  // with the lean loop's slots of scales
     for (int i = 0; i < g.count; ++i) {
         const SmallArgs &a = g.call[i];
@@ -1042,8 +1048,11 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
         if (lean_bytes && a.m <= 8)
             return launch_dependent(qmma_lean_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
                                     stream, la);
-        if (lean_bytes)
+        if (lean_bytes && a.m <= 16)
             return launch_dependent(qmma_lean_kernel<T, 2>, grid, dim3(kSmallCols), lean_bytes,
+                                    stream, la);
+        if (lean_bytes)
+            return launch_dependent(qmma_lean_kernel<T, 4>, grid, dim3(kSmallCols), lean_bytes,
                                     stream, la);
         if (a.m <= 8)
             qmma_small_kernel<T, 1><<<grid, kSmallCols, 0, stream>>>(a);

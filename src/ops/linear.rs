@@ -43,7 +43,16 @@ fn small_path_takes(format: LinearFormat, m: usize) -> bool {
 /// The largest M the small-M path's lean loop takes (x staged in shared memory once, weights
 /// loaded straight to registers); beyond it, its ring loop. Measured on an H200, the lean loop
 /// is 10–20% faster than the ring at M = 1, 8 and 16 (docs/gpu-bench-linear-h200.md).
-pub(crate) const LEAN_MAX_M: usize = 16;
+pub(crate) const LEAN_MAX_M: usize = 32;
+
+/// The largest M the small-M path's stream loop takes (`kStreamMaxM`).
+const STREAM_MAX_M: usize = 16;
+
+/// The largest M at which grouped and summed launches take the lean loop (`kLeanGroupMaxM`);
+/// past it, the ring loop and its splits. At 32 rows their lean kernels spilled 48–68 bytes a
+/// thread and the decoder steps at batch 32 took 7–11% longer (H200, same run: GPT-J-6B GPTQ-4
+/// 325.9 → 349.5 µs, Command-R 519.0 → 575.9).
+pub(crate) const GROUP_LEAN_MAX_M: usize = 16;
 
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
 /// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
@@ -62,23 +71,23 @@ pub fn select_linear(
     cc: (u32, u32),
 ) -> LinearPlan {
     if small_path_takes(format, m) && cc.0 >= 8 {
-        if m <= LEAN_MAX_M && lean_tail_is_short(m, k, n, sms) {
+        if m <= STREAM_MAX_M && lean_tail_is_short(m, k, n, sms) {
             return LinearPlan {
                 path: LinearPath::SmallStream,
                 split: stream_grid(sms),
             };
         }
+        // The lean loop where its block's x fits the staging at its split, else the ring.
+        let split = lean_split(m, k, n, sms);
+        if m <= LEAN_MAX_M && lean_x_fits(m, k.div_ceil(32).div_ceil(split)) {
+            return LinearPlan {
+                path: LinearPath::SmallLean,
+                split,
+            };
+        }
         return LinearPlan {
-            path: if m <= LEAN_MAX_M {
-                LinearPath::SmallLean
-            } else {
-                LinearPath::Small
-            },
-            split: if m <= LEAN_MAX_M {
-                lean_split(m, k, n, sms)
-            } else {
-                small_split(m, k, n, sms)
-            },
+            path: LinearPath::Small,
+            split: small_split(m, k, n, sms),
         };
     }
     // Dense weights: the vendor GEMM (measured on an H200: as fast as the GEMV at one row,
@@ -159,22 +168,24 @@ fn lean_x_fits(m: usize, count: usize) -> bool {
     (m * stride + count.div_ceil(4)) * 16 <= LEAN_MAX_SMEM
 }
 
-/// K split of the lean loop (m ≤ 16). At m ≤ 8, where the column blocks alone would leave most
+/// K split of the lean loop (m ≤ 32). At m ≤ 8, where the column blocks alone would leave most
 /// of the GPU idle (4 or more splits to fill it), the splits that fill one wave of four blocks
 /// per SM, however long each block's share of K (as long as its x fits its staging): with the
 /// scales and group words staged once per block a long share costs nothing more per tile, and
 /// one wave beat two and a half of 32-tile blocks — 22528×8192 on an H100
 /// (docs/gpu-bench-linear-h200.md): 8 splits 41.6 / 46.0 µs at m = 1 / 8 against 45.5 / 57.1
-/// with 22. At 9–16 rows (x of long shares fills the staging; 15 splits took 78.6 µs against
-/// 74.7 with 22) and with wide N, the small path's rule.
+/// with 22. At 9–32 rows (x of long shares fills the staging; 15 splits took 78.6 µs against
+/// 74.7 with 22 at 16 rows) and with wide N, the small path's rule. Either way, more splits
+/// where a share's x would not fit (past 16 rows, a 32-tile share's does not).
 fn lean_split(m: usize, k: usize, n: usize, sms: usize) -> usize {
     let tiles = k.div_ceil(32);
     let fill = small_fill(n, sms);
-    if fill < 4 || m > 8 {
-        return small_split(m, k, n, sms);
-    }
     let most = (tiles / 8).clamp(1, 64);
-    let mut split = fill.clamp(1, most);
+    let mut split = if fill < 4 || m > 8 {
+        small_split(m, k, n, sms)
+    } else {
+        fill.clamp(1, most)
+    };
     while split < most && !lean_x_fits(m, tiles.div_ceil(split)) {
         split += 1;
     }
@@ -477,7 +488,7 @@ pub fn prepared_linear_group(
     // 126 at 32 rows) and made batch-32 decode steps 1–2% slower than an activation launch
     // (H100, docs/gpu-decoder.md).
     let rows = calls.first().map_or(0, |c| c.0.rows());
-    let in_launch: &[Option<Activation>] = if rows <= LEAN_MAX_M { acts } else { &[] };
+    let in_launch: &[Option<Activation>] = if rows <= GROUP_LEAN_MAX_M { acts } else { &[] };
     #[cfg(feature = "cuda")]
     let grouped = try_group(s, ws, calls, in_launch)?;
     #[cfg(not(feature = "cuda"))]
@@ -516,6 +527,7 @@ pub(crate) fn sum_plan(
 ) -> Option<(bool, Vec<usize>)> {
     let k: usize = ks.iter().sum();
     let (lean, split) = match plan.path {
+        LinearPath::SmallLean if m > GROUP_LEAN_MAX_M => (false, small_split(m, k, n, sms)),
         LinearPath::SmallLean => (true, plan.split),
         LinearPath::Small => (false, plan.split),
         LinearPath::SmallStream => (true, lean_split(m, k, n, sms)),
@@ -701,6 +713,16 @@ fn try_group(
             }
         }
     }
+    if m > GROUP_LEAN_MAX_M {
+        for (plan, dev, k, n) in plans.iter_mut() {
+            if plan.path == LinearPath::SmallLean {
+                *plan = LinearPlan {
+                    path: LinearPath::Small,
+                    split: small_split(m, *k, *n, device_props(*dev)?.0),
+                };
+            }
+        }
+    }
     let path = plans[0].0.path;
     if plans.iter().any(|p| p.0.path != path) {
         return Ok(false);
@@ -764,12 +786,8 @@ mod tests {
         let q4 = LinearFormat::Quant { bits: 4 };
         // Uniform 4-bit up to 32 rows: the tensor-core small-M path.
         for m in [1, 2, 3, 7, 8, 16, 17, 31, 32] {
-            // The lean loop up to 16 rows, the ring loop beyond.
-            let want = if m <= 16 {
-                LinearPath::SmallLean
-            } else {
-                LinearPath::Small
-            };
+            // The lean loop where its x fits (4096 columns of x: every m).
+            let want = LinearPath::SmallLean;
             let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
             assert_eq!(p.path, want, "m = {m}");
             // sm_80 (A100) has mma.sync too.
@@ -844,10 +862,11 @@ mod tests {
                 assert!(tiles_per_block >= 8 || p.split == 1, "{k}×{n}: {p:?}");
                 assert!(p.split <= 64);
             }
-            // More rows, no more split (the partials grow with m).
+            // More rows, no more split (the partials grow with m) than x's staging needs.
             let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
             let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
-            assert!(s32 <= s1, "{k}×{n}: {s32} > {s1}");
+            let staged = !lean_x_fits(32, k.div_ceil(32).div_ceil(s32 - 1));
+            assert!(s32 <= s1 || staged, "{k}×{n}: {s32} > {s1}");
             // A block's share of K stays near 32 tiles (the measured best), whatever the grid.
             let per_block = k.div_ceil(32).div_ceil(s1);
             assert!(
@@ -901,10 +920,10 @@ mod tests {
             let p = select_linear(m, 18176, 4544, q4, H200.0, H200.1);
             assert_eq!((p.path, p.split), (LinearPath::SmallStream, 528), "m = {m}");
         }
-        // Past 16 rows the ring loop, whatever the grid.
+        // Past 16 rows (no stream loop there) the lean loop, whatever the grid.
         assert_eq!(
             select_linear(17, 18176, 4544, q4, H200.0, H200.1).path,
-            LinearPath::Small
+            LinearPath::SmallLean
         );
         // Grids that fill their waves, or most of the last one, stay on the lean loop.
         for (k, n) in [
@@ -992,6 +1011,14 @@ mod tests {
             sum_plan(ring, 20, &[4096, 4096], 4096, 132),
             Some((false, vec![4, 4]))
         );
+        // Past 16 rows a sum takes the ring loop and its split, even where one linear of the
+        // combined shape takes the lean loop: GPT-J's at 32 rows.
+        let plan = select_linear(32, 20480, 4096, q4, H200.0, H200.1);
+        assert_eq!(plan.path, LinearPath::SmallLean);
+        let (lean, splits) = sum_plan(plan, 32, &[4096, 16384], 4096, H200.0).unwrap();
+        let per = 640usize.div_ceil(small_split(32, 20480, 4096, H200.0));
+        assert!(!lean);
+        assert_eq!(splits, vec![128usize.div_ceil(per), 512usize.div_ceil(per)]);
         let stream = LinearPlan {
             path: LinearPath::SmallStream,
             split: 528,
