@@ -55,13 +55,8 @@ const STREAM_MAX_M: usize = 16;
 pub(crate) const GROUP_LEAN_MAX_M: usize = 16;
 
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
-/// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
-/// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
-/// registers), on its lean loop up to 16 rows. Other small m streams the weights on CUDA cores (a
-/// bandwidth-bound GEMV); larger m, on sm_80 and later, runs on tensor cores (`Wgmma`: the
-/// warpgroup MMA where the launcher finds it, the mma.sync tiles elsewhere). Both streaming
-/// paths split K so that enough blocks run to keep many 16-byte loads in flight on every SM.
-/// Dense weights on sm_80 and later take the vendor GEMM.
+/// compute capability `cc`, where a device of compute capability 9.0 has the warpgroup-MMA
+/// kernel (a build with sm_90a code): [`select_linear_with`] with `wgmma` so.
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -70,6 +65,34 @@ pub fn select_linear(
     sms: usize,
     cc: (u32, u32),
 ) -> LinearPlan {
+    select_linear_with(m, k, n, format, sms, cc, cc == (9, 0))
+}
+
+/// Picks the kernel for one `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors
+/// of compute capability `cc`, `wgmma` telling whether the warpgroup-MMA kernel runs there.
+/// Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the tensor-core small-M path
+/// (weights streamed once, dequantized to exact integers in f16/bf16 registers), on its lean
+/// loop where x fits it — but past 16 rows, where the warpgroup-MMA kernel runs, that kernel
+/// (`small_m_on_wgmma`). Other small m streams the weights on CUDA cores (a bandwidth-bound
+/// GEMV); larger m, on sm_80 and later, runs on tensor cores (`Wgmma`: the warpgroup MMA where
+/// the launcher finds it, the mma.sync tiles elsewhere). Both streaming paths split K so that
+/// enough blocks run to keep many 16-byte loads in flight on every SM. Dense weights on sm_80
+/// and later take the vendor GEMM. Grouped and summed launches plan with `group_plan`.
+pub fn select_linear_with(
+    m: usize,
+    k: usize,
+    n: usize,
+    format: LinearFormat,
+    sms: usize,
+    cc: (u32, u32),
+    wgmma: bool,
+) -> LinearPlan {
+    if small_path_takes(format, m) && cc.0 >= 8 && wgmma && small_m_on_wgmma(m, k, n, sms) {
+        return LinearPlan {
+            path: LinearPath::Wgmma,
+            split: 1,
+        };
+    }
     if small_path_takes(format, m) && cc.0 >= 8 {
         if m <= STREAM_MAX_M && lean_tail_is_short(m, k, n, sms) {
             return LinearPlan {
@@ -206,6 +229,36 @@ fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
     blocks > slots && tail != 0 && tail * 4 < slots
 }
 
+/// Whether a uniform 4-bit linear at m ≤ 32 rows runs faster on the warpgroup-MMA kernel (its
+/// 64-row tile and K split) than on the small-M path: past 16 rows, where K is a whole number
+/// of its 64-row steps, except at 17–20 rows where N's column blocks of 128 outnumber the SMs.
+/// H100, one run, µs from a graph, lean loop / ring loop / wgmma (docs/gpu-bench-linear-h200.md):
+/// 4096×4096 at 32 rows 35.2 / 32.1 / 17.8, 8192×8192 52.7 / 58.2 / 38.1, 22528×8192 132.6 /
+/// 142.1 / 88.3, 8192×28672 135.7 / 146.4 / 112.6; at 17 rows wgmma's grid of 224 column blocks
+/// (two waves) loses at 8192×28672 (94.8 / 114.6 / 112.6) and 4096×28672 (54.9 / 63.8 / 58.2).
+fn small_m_on_wgmma(m: usize, k: usize, n: usize, sms: usize) -> bool {
+    let wide = n.div_ceil(128) > sms.max(1);
+    m > GROUP_LEAN_MAX_M && k.is_multiple_of(64) && !(m <= 20 && wide)
+}
+
+/// The plan of a call that joins a grouped or summed small-M launch, from its plan alone
+/// (`plan`, for m rows, K = k, N = n): past 16 rows the ring loop and its split, whatever the
+/// single call would take (the lean loop's grouped and summed kernels spill there, and a group
+/// of wgmma calls would be several launches: GPT-J-6B's input projections at 32 rows on the
+/// ring in one launch take about 80 µs on an H100 against about 94 for four wgmma calls).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn group_plan(plan: LinearPlan, m: usize, k: usize, n: usize, sms: usize) -> LinearPlan {
+    let small = matches!(plan.path, LinearPath::SmallLean | LinearPath::Wgmma);
+    if m > GROUP_LEAN_MAX_M && m <= SMALL_MAX_M && small {
+        LinearPlan {
+            path: LinearPath::Small,
+            split: small_split(m, k, n, sms),
+        }
+    } else {
+        plan
+    }
+}
+
 /// Blocks of the small-M path's stream loop on a device of `sms` multiprocessors: what is
 /// resident at once (its kernel is built for four blocks per SM).
 pub fn stream_grid(sms: usize) -> usize {
@@ -295,8 +348,33 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
                 },
             }
         }
-        None => select_linear(m, k, n, format, sms, cc),
+        None => select_linear_with(
+            m,
+            k,
+            n,
+            format,
+            sms,
+            cc,
+            crate::cuda::kernels::wgmma_available(),
+        ),
     })
+}
+
+/// The plan for a call joining a grouped or summed launch: the override if any, else
+/// [`group_plan`] of the single call's.
+#[cfg(feature = "cuda")]
+fn group_plan_for(
+    dev: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    format: LinearFormat,
+) -> Result<LinearPlan> {
+    let plan = plan_for(dev, m, k, n, format)?;
+    if OVERRIDE.with(Cell::get).or_else(env_override).is_some() {
+        return Ok(plan);
+    }
+    Ok(group_plan(plan, m, k, n, device_props(dev)?.0))
 }
 
 /// Checks a linear's input against K and its output against [m, N]; returns m.
@@ -592,7 +670,7 @@ pub fn prepared_linear_sum(
         }
         let ks: Vec<usize> = terms.iter().map(|(_, w)| w.k).collect();
         let k: usize = ks.iter().sum();
-        let plan = plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
+        let plan = group_plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
         let Some((lean, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
             return Ok(false);
         };
@@ -689,7 +767,7 @@ fn try_group(
         if x.dtype() != dtype || !small_launch_fits(x, w, m, out) {
             return Ok(false);
         }
-        let plan = plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
+        let plan = group_plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
         if !matches!(
             plan.path,
             LinearPath::Small | LinearPath::SmallLean | LinearPath::SmallStream
@@ -709,16 +787,6 @@ fn try_group(
                 *plan = LinearPlan {
                     path: LinearPath::SmallLean,
                     split: lean_split(m, *k, *n, device_props(*dev)?.0),
-                };
-            }
-        }
-    }
-    if m > GROUP_LEAN_MAX_M {
-        for (plan, dev, k, n) in plans.iter_mut() {
-            if plan.path == LinearPath::SmallLean {
-                *plan = LinearPlan {
-                    path: LinearPath::Small,
-                    split: small_split(m, *k, *n, device_props(*dev)?.0),
                 };
             }
         }
@@ -786,13 +854,36 @@ mod tests {
         let q4 = LinearFormat::Quant { bits: 4 };
         // Uniform 4-bit up to 32 rows: the tensor-core small-M path.
         for m in [1, 2, 3, 7, 8, 16, 17, 31, 32] {
-            // The lean loop where its x fits (4096 columns of x: every m).
-            let want = LinearPath::SmallLean;
+            // The lean loop where its x fits (4096 columns of x: every m), but past 16 rows
+            // the warpgroup MMA where it runs.
+            let want = if m <= 16 {
+                LinearPath::SmallLean
+            } else {
+                LinearPath::Wgmma
+            };
             let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
             assert_eq!(p.path, want, "m = {m}");
-            // sm_80 (A100) has mma.sync too.
-            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, want);
+            // Without the wgmma kernel (an sm_80 A100, or a build without sm_90a code), the
+            // lean loop at every m: mma.sync.
+            let lean = LinearPath::SmallLean;
+            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, lean);
+            let p = select_linear_with(m, 4096, 4096, q4, H200.0, H200.1, false);
+            assert_eq!(p.path, lean, "m = {m}");
         }
+        // At 17–20 rows, N wider than the SMs' column blocks stays on the lean loop; K that is
+        // not a whole number of 64-row steps too.
+        assert_eq!(
+            select_linear(20, 8192, 28672, q4, H200.0, H200.1).path,
+            LinearPath::SmallLean
+        );
+        assert_eq!(
+            select_linear(24, 8192, 28672, q4, H200.0, H200.1).path,
+            LinearPath::Wgmma
+        );
+        assert_eq!(
+            select_linear(32, 4128, 4096, q4, H200.0, H200.1).path,
+            LinearPath::SmallLean
+        );
         // Other widths and mixed widths stream on CUDA cores up to 8 rows.
         for fmt in [
             LinearFormat::Quant { bits: 3 },
@@ -849,7 +940,7 @@ mod tests {
             (4096, 32768),
         ] {
             for m in [1, 8, 16, 32] {
-                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
                 assert!(matches!(p.path, LinearPath::Small | LinearPath::SmallLean));
                 let blocks = n.div_ceil(128) * p.split;
                 let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
@@ -863,8 +954,8 @@ mod tests {
                 assert!(p.split <= 64);
             }
             // More rows, no more split (the partials grow with m) than x's staging needs.
-            let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
-            let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
+            let s1 = select_linear_with(1, k, n, q4, H200.0, H200.1, false).split;
+            let s32 = select_linear_with(32, k, n, q4, H200.0, H200.1, false).split;
             let staged = !lean_x_fits(32, k.div_ceil(32).div_ceil(s32 - 1));
             assert!(s32 <= s1 || staged, "{k}×{n}: {s32} > {s1}");
             // A block's share of K stays near 32 tiles (the measured best), whatever the grid.
@@ -901,7 +992,7 @@ mod tests {
             (8192, 28672),
         ] {
             for m in 1..=LEAN_MAX_M {
-                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
                 if p.path != LinearPath::SmallLean {
                     continue;
                 }
@@ -920,9 +1011,10 @@ mod tests {
             let p = select_linear(m, 18176, 4544, q4, H200.0, H200.1);
             assert_eq!((p.path, p.split), (LinearPath::SmallStream, 528), "m = {m}");
         }
-        // Past 16 rows (no stream loop there) the lean loop, whatever the grid.
+        // Past 16 rows (no stream loop there) the lean loop, whatever the grid, where the
+        // warpgroup MMA does not run.
         assert_eq!(
-            select_linear(17, 18176, 4544, q4, H200.0, H200.1).path,
+            select_linear_with(17, 18176, 4544, q4, H200.0, H200.1, false).path,
             LinearPath::SmallLean
         );
         // Grids that fill their waves, or most of the last one, stay on the lean loop.
@@ -1013,8 +1105,18 @@ mod tests {
         );
         // Past 16 rows a sum takes the ring loop and its split, even where one linear of the
         // combined shape takes the lean loop: GPT-J's at 32 rows.
-        let plan = select_linear(32, 20480, 4096, q4, H200.0, H200.1);
-        assert_eq!(plan.path, LinearPath::SmallLean);
+        for wgmma in [true, false] {
+            let one = select_linear_with(32, 20480, 4096, q4, H200.0, H200.1, wgmma);
+            let plan = group_plan(one, 32, 20480, 4096, H200.0);
+            assert_eq!(plan.path, LinearPath::Small, "{one:?}");
+        }
+        let plan = group_plan(
+            select_linear(32, 20480, 4096, q4, H200.0, H200.1),
+            32,
+            20480,
+            4096,
+            H200.0,
+        );
         let (lean, splits) = sum_plan(plan, 32, &[4096, 16384], 4096, H200.0).unwrap();
         let per = 640usize.div_ceil(small_split(32, 20480, 4096, H200.0));
         assert!(!lean);
@@ -1041,6 +1143,25 @@ mod tests {
             split: 1,
         };
         assert_eq!(sum_plan(wgmma, 64, &[4096, 16384], 4096, 132), None);
+    }
+
+    #[test]
+    fn grouped_and_summed_launches_take_the_ring_past_16_rows() {
+        let q4 = LinearFormat::Quant { bits: 4 };
+        let (k, n) = (4096, 12288);
+        for m in [1, 8, 16, 17, 24, 32, 33, 64] {
+            let one = select_linear(m, k, n, q4, H200.0, H200.1);
+            let grouped = group_plan(one, m, k, n, H200.0);
+            if (17..=32).contains(&m) {
+                let want = LinearPlan {
+                    path: LinearPath::Small,
+                    split: small_split(m, k, n, H200.0),
+                };
+                assert_eq!(grouped, want, "m = {m}: {one:?}");
+            } else {
+                assert_eq!(grouped, one, "m = {m}");
+            }
+        }
     }
 
     #[test]
