@@ -42,7 +42,8 @@ fn small_path_takes(format: LinearFormat, m: usize) -> bool {
 
 /// The largest M the small-M path's lean loop takes (x staged in shared memory once, weights
 /// loaded straight to registers); beyond it, its ring loop. Measured on an H200, the lean loop
-/// is 10–20% faster than the ring at M = 1, 8 and 16 (docs/gpu-bench-linear-h200.md).
+/// is 10–20% faster than the ring at M = 1, 8 and 16, and 8–13% at 32 for one linear
+/// (docs/gpu-bench-linear-h200.md).
 pub(crate) const LEAN_MAX_M: usize = 32;
 
 /// The largest M the small-M path's stream loop takes (`kStreamMaxM`).
@@ -87,13 +88,13 @@ pub fn select_linear_with(
     cc: (u32, u32),
     wgmma: bool,
 ) -> LinearPlan {
-    if small_path_takes(format, m) && cc.0 >= 8 && wgmma && small_m_on_wgmma(m, k, n, sms) {
-        return LinearPlan {
-            path: LinearPath::Wgmma,
-            split: 1,
-        };
-    }
     if small_path_takes(format, m) && cc.0 >= 8 {
+        if wgmma && small_m_on_wgmma(m, k, n, sms) {
+            return LinearPlan {
+                path: LinearPath::Wgmma,
+                split: 1,
+            };
+        }
         if m <= STREAM_MAX_M && lean_tail_is_short(m, k, n, sms) {
             return LinearPlan {
                 path: LinearPath::SmallStream,
@@ -238,7 +239,7 @@ fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
 /// (two waves) loses at 8192×28672 (94.8 / 114.6 / 112.6) and 4096×28672 (54.9 / 63.8 / 58.2).
 fn small_m_on_wgmma(m: usize, k: usize, n: usize, sms: usize) -> bool {
     let wide = n.div_ceil(128) > sms.max(1);
-    m > GROUP_LEAN_MAX_M && k.is_multiple_of(64) && !(m <= 20 && wide)
+    m > 16 && k.is_multiple_of(64) && !(m <= 20 && wide)
 }
 
 /// The plan of a call that joins a grouped or summed small-M launch, from its plan alone
@@ -605,7 +606,6 @@ pub(crate) fn sum_plan(
 ) -> Option<(bool, Vec<usize>)> {
     let k: usize = ks.iter().sum();
     let (lean, split) = match plan.path {
-        LinearPath::SmallLean if m > GROUP_LEAN_MAX_M => (false, small_split(m, k, n, sms)),
         LinearPath::SmallLean => (true, plan.split),
         LinearPath::Small => (false, plan.split),
         LinearPath::SmallStream => (true, lean_split(m, k, n, sms)),
