@@ -56,8 +56,14 @@ const STREAM_MAX_M: usize = 16;
 pub(crate) const GROUP_LEAN_MAX_M: usize = 16;
 
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
-/// compute capability `cc`, where a device of compute capability 9.0 has the warpgroup-MMA
-/// kernel (a build with sm_90a code): [`select_linear_with`] with `wgmma` so.
+/// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
+/// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
+/// registers), on its lean loop where a block's x fits its staging, else its ring loop. Other
+/// small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger m, on sm_80 and
+/// later, runs on tensor cores (`Wgmma`: the warpgroup MMA where the launcher finds it, the
+/// mma.sync tiles elsewhere). Both streaming paths split K so that enough blocks run to keep
+/// many 16-byte loads in flight on every SM. Dense weights on sm_80 and later take the vendor
+/// GEMM. Grouped and summed launches plan with `group_plan`.
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -66,35 +72,7 @@ pub fn select_linear(
     sms: usize,
     cc: (u32, u32),
 ) -> LinearPlan {
-    select_linear_with(m, k, n, format, sms, cc, cc == (9, 0))
-}
-
-/// Picks the kernel for one `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors
-/// of compute capability `cc`, `wgmma` telling whether the warpgroup-MMA kernel runs there.
-/// Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the tensor-core small-M path
-/// (weights streamed once, dequantized to exact integers in f16/bf16 registers), on its lean
-/// loop where x fits it — but past 16 rows, where the warpgroup-MMA kernel runs, that kernel
-/// (`small_m_on_wgmma`). Other small m streams the weights on CUDA cores (a bandwidth-bound
-/// GEMV); larger m, on sm_80 and later, runs on tensor cores (`Wgmma`: the warpgroup MMA where
-/// the launcher finds it, the mma.sync tiles elsewhere). Both streaming paths split K so that
-/// enough blocks run to keep many 16-byte loads in flight on every SM. Dense weights on sm_80
-/// and later take the vendor GEMM. Grouped and summed launches plan with `group_plan`.
-pub fn select_linear_with(
-    m: usize,
-    k: usize,
-    n: usize,
-    format: LinearFormat,
-    sms: usize,
-    cc: (u32, u32),
-    wgmma: bool,
-) -> LinearPlan {
     if small_path_takes(format, m) && cc.0 >= 8 {
-        if wgmma && small_m_on_wgmma(m, k, n, sms) {
-            return LinearPlan {
-                path: LinearPath::Wgmma,
-                split: 1,
-            };
-        }
         if m <= STREAM_MAX_M && lean_tail_is_short(m, k, n, sms) {
             return LinearPlan {
                 path: LinearPath::SmallStream,
@@ -230,30 +208,17 @@ fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
     blocks > slots && tail != 0 && tail * 4 < slots
 }
 
-/// Whether a uniform 4-bit linear at m ≤ 32 rows runs faster on the warpgroup-MMA kernel (its
-/// 64-row tile and K split) than on the small-M path: past 16 rows, where K is a whole number
-/// of its 64-row steps, except at 17–20 rows where N's column blocks of 128 outnumber the SMs.
-/// H100, one run, µs from a graph, lean loop / ring loop / wgmma (docs/gpu-bench-linear-h200.md):
-/// 4096×4096 at 32 rows 35.2 / 32.1 / 17.8, 8192×8192 52.7 / 58.2 / 38.1, 22528×8192 132.6 /
-/// 142.1 / 88.3, 8192×28672 135.7 / 146.4 / 112.6; at 17 rows wgmma's grid of 224 column blocks
-/// (two waves) loses at 8192×28672 (94.8 / 114.6 / 112.6) and 4096×28672 (54.9 / 63.8 / 58.2).
-fn small_m_on_wgmma(m: usize, k: usize, n: usize, sms: usize) -> bool {
-    let wide = n.div_ceil(128) > sms.max(1);
-    m > 16 && k.is_multiple_of(64) && !(m <= 20 && wide)
-}
-
-/// The plan of a call that joins a grouped or summed small-M launch, from its plan alone
-/// (`plan`, for m rows, K = k, N = n): past 16 rows the ring loop and its split, whatever the
-/// single call would take (the lean loop's grouped and summed kernels spill there, and a group
-/// of wgmma calls would be several launches: GPT-J-6B's input projections at 32 rows on the
-/// ring in one launch take about 80 µs on an H100 against about 94 for four wgmma calls).
+/// The plan of a call that joins a grouped or summed small-M launch, from its own plan: past 16
+/// rows the ring loop at the same split, whatever loop the single call takes (the lean loop's
+/// grouped and summed kernels spilled there: batch-32 decoder steps 7–11% slower on an H200).
+/// The ring and lean loops give the same bits at the same split, so a grouped call still
+/// equals the call alone.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn group_plan(plan: LinearPlan, m: usize, k: usize, n: usize, sms: usize) -> LinearPlan {
-    let small = matches!(plan.path, LinearPath::SmallLean | LinearPath::Wgmma);
-    if m > GROUP_LEAN_MAX_M && m <= SMALL_MAX_M && small {
+pub(crate) fn group_plan(plan: LinearPlan, m: usize) -> LinearPlan {
+    if m > GROUP_LEAN_MAX_M && plan.path == LinearPath::SmallLean {
         LinearPlan {
             path: LinearPath::Small,
-            split: small_split(m, k, n, sms),
+            split: plan.split,
         }
     } else {
         plan
@@ -349,15 +314,7 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
                 },
             }
         }
-        None => select_linear_with(
-            m,
-            k,
-            n,
-            format,
-            sms,
-            cc,
-            crate::cuda::kernels::wgmma_available(),
-        ),
+        None => select_linear(m, k, n, format, sms, cc),
     })
 }
 
@@ -375,7 +332,7 @@ fn group_plan_for(
     if OVERRIDE.with(Cell::get).or_else(env_override).is_some() {
         return Ok(plan);
     }
-    Ok(group_plan(plan, m, k, n, device_props(dev)?.0))
+    Ok(group_plan(plan, m))
 }
 
 /// Checks a linear's input against K and its output against [m, N]; returns m.
@@ -854,36 +811,13 @@ mod tests {
         let q4 = LinearFormat::Quant { bits: 4 };
         // Uniform 4-bit up to 32 rows: the tensor-core small-M path.
         for m in [1, 2, 3, 7, 8, 16, 17, 31, 32] {
-            // The lean loop where its x fits (4096 columns of x: every m), but past 16 rows
-            // the warpgroup MMA where it runs.
-            let want = if m <= 16 {
-                LinearPath::SmallLean
-            } else {
-                LinearPath::Wgmma
-            };
+            // The lean loop where its x fits (4096 columns of x: every m).
+            let want = LinearPath::SmallLean;
             let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
             assert_eq!(p.path, want, "m = {m}");
-            // Without the wgmma kernel (an sm_80 A100, or a build without sm_90a code), the
-            // lean loop at every m: mma.sync.
-            let lean = LinearPath::SmallLean;
-            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, lean);
-            let p = select_linear_with(m, 4096, 4096, q4, H200.0, H200.1, false);
-            assert_eq!(p.path, lean, "m = {m}");
+            // sm_80 (A100) has mma.sync too.
+            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, want);
         }
-        // At 17–20 rows, N wider than the SMs' column blocks stays on the lean loop; K that is
-        // not a whole number of 64-row steps too.
-        assert_eq!(
-            select_linear(20, 8192, 28672, q4, H200.0, H200.1).path,
-            LinearPath::SmallLean
-        );
-        assert_eq!(
-            select_linear(24, 8192, 28672, q4, H200.0, H200.1).path,
-            LinearPath::Wgmma
-        );
-        assert_eq!(
-            select_linear(32, 4128, 4096, q4, H200.0, H200.1).path,
-            LinearPath::SmallLean
-        );
         // Other widths and mixed widths stream on CUDA cores up to 8 rows.
         for fmt in [
             LinearFormat::Quant { bits: 3 },
@@ -940,7 +874,7 @@ mod tests {
             (4096, 32768),
         ] {
             for m in [1, 8, 16, 32] {
-                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
+                let p = select_linear(m, k, n, q4, H200.0, H200.1);
                 assert!(matches!(p.path, LinearPath::Small | LinearPath::SmallLean));
                 let blocks = n.div_ceil(128) * p.split;
                 let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
@@ -954,8 +888,8 @@ mod tests {
                 assert!(p.split <= 64);
             }
             // More rows, no more split (the partials grow with m) than x's staging needs.
-            let s1 = select_linear_with(1, k, n, q4, H200.0, H200.1, false).split;
-            let s32 = select_linear_with(32, k, n, q4, H200.0, H200.1, false).split;
+            let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
+            let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
             let staged = s32 > s1 && !lean_x_fits(32, k.div_ceil(32).div_ceil(s32 - 1));
             assert!(s32 <= s1 || staged, "{k}×{n}: {s32} > {s1}");
             // A block's share of K stays near 32 tiles (the measured best), whatever the grid.
@@ -992,7 +926,7 @@ mod tests {
             (8192, 28672),
         ] {
             for m in 1..=LEAN_MAX_M {
-                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
+                let p = select_linear(m, k, n, q4, H200.0, H200.1);
                 if p.path != LinearPath::SmallLean {
                     continue;
                 }
@@ -1011,10 +945,9 @@ mod tests {
             let p = select_linear(m, 18176, 4544, q4, H200.0, H200.1);
             assert_eq!((p.path, p.split), (LinearPath::SmallStream, 528), "m = {m}");
         }
-        // Past 16 rows (no stream loop there) the lean loop, whatever the grid, where the
-        // warpgroup MMA does not run.
+        // Past 16 rows (no stream loop there) the lean loop, whatever the grid.
         assert_eq!(
-            select_linear_with(17, 18176, 4544, q4, H200.0, H200.1, false).path,
+            select_linear(17, 18176, 4544, q4, H200.0, H200.1).path,
             LinearPath::SmallLean
         );
         // Grids that fill their waves, or most of the last one, stay on the lean loop.
@@ -1105,20 +1038,18 @@ mod tests {
         );
         // Past 16 rows a sum takes the ring loop and its split, even where one linear of the
         // combined shape takes the lean loop: GPT-J's at 32 rows.
-        for wgmma in [true, false] {
-            let one = select_linear_with(32, 20480, 4096, q4, H200.0, H200.1, wgmma);
-            let plan = group_plan(one, 32, 20480, 4096, H200.0);
-            assert_eq!(plan.path, LinearPath::Small, "{one:?}");
-        }
-        let plan = group_plan(
-            select_linear(32, 20480, 4096, q4, H200.0, H200.1),
-            32,
-            20480,
-            4096,
-            H200.0,
+        let one = select_linear(32, 20480, 4096, q4, H200.0, H200.1);
+        assert_eq!(one.path, LinearPath::SmallLean);
+        let plan = group_plan(one, 32);
+        assert_eq!(
+            plan,
+            LinearPlan {
+                path: LinearPath::Small,
+                split: one.split
+            }
         );
         let (lean, splits) = sum_plan(plan, 32, &[4096, 16384], 4096, H200.0).unwrap();
-        let per = 640usize.div_ceil(small_split(32, 20480, 4096, H200.0));
+        let per = 640usize.div_ceil(one.split);
         assert!(!lean);
         assert_eq!(splits, vec![128usize.div_ceil(per), 512usize.div_ceil(per)]);
         let stream = LinearPlan {
@@ -1151,13 +1082,15 @@ mod tests {
         let (k, n) = (4096, 12288);
         for m in [1, 8, 16, 17, 24, 32, 33, 64] {
             let one = select_linear(m, k, n, q4, H200.0, H200.1);
-            let grouped = group_plan(one, m, k, n, H200.0);
+            let grouped = group_plan(one, m);
             if (17..=32).contains(&m) {
+                // The ring at the single call's own split: the same bits as the call alone.
                 let want = LinearPlan {
                     path: LinearPath::Small,
-                    split: small_split(m, k, n, H200.0),
+                    split: one.split,
                 };
-                assert_eq!(grouped, want, "m = {m}: {one:?}");
+                assert_eq!(one.path, LinearPath::SmallLean, "m = {m}");
+                assert_eq!(grouped, want, "m = {m}");
             } else {
                 assert_eq!(grouped, one, "m = {m}");
             }
