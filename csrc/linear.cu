@@ -873,8 +873,26 @@ int group_stream_grid(const paradec_qlinear_call *calls, size_t count) {
     return static_cast<int>(std::min<int64_t>(grid, units));
 }
 
+// Whether every call of a group asks for the wgmma GEMM (quant_linear_group_wgmma_t).
+bool group_wgmma(const paradec_qlinear_call *calls, size_t count) {
+    for (size_t i = 0; i < count; ++i)
+        if (calls[i].path != PARADEC_PATH_WGMMA) return false;
+    return count > 0;
+}
+
+// A wgmma group call's scratch, laid out as the single call's: its gathered x, then its K
+// split's partials and tile counters.
+size_t wgmma_call_bytes(const paradec_qlinear_call &c, size_t m) {
+    return gather_bytes(c.w, m) + wgmma_split_bytes(c.w, m, c.split);
+}
+
 // A group's scratch: every call's, then the stream loop's slots.
 size_t group_bytes(const paradec_qlinear_call *calls, size_t count, size_t m) {
+    if (group_wgmma(calls, count)) {
+        size_t total = 0;
+        for (size_t i = 0; i < count; ++i) total += wgmma_call_bytes(calls[i], m);
+        return total;
+    }
     const bool stream_loop = group_streams(calls, count, m);
     size_t total = 0;
     for (size_t i = 0; i < count; ++i) total += group_call_bytes(calls[i], m, stream_loop);
@@ -961,6 +979,95 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
     return launch_quant_small_group(dtype_of<T>(), g, stream);
 }
 
+static_assert(kWgmmaGroupMax == PARADEC_LINEAR_GROUP_MAX && kSmallGroupMax == PARADEC_LINEAR_GROUP_MAX,
+              "a group's calls fit every launcher's table");
+
+// A group of calls on the wgmma GEMM, each result as quant_linear_t(…, PARADEC_PATH_WGMMA,
+// call.split, …) gives it: one launch that gathers permuted x and zeroes split counters for
+// every call, then one grid of every call's blocks (launch_gemm_wgmma_group: each call's own
+// tiles, K splits and split order). Where that kernel does not take the group — more than 64
+// rows, a width other than 4 bits, a call the wgmma GEMM does not serve (no sm_90a code or
+// device, unaligned x) — each call runs alone, one after the other, in its own scratch.
+template <typename T>
+int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size_t count,
+                               void *scratch, const paradec_zeroed_counters &zeroed,
+                               cudaStream_t stream) {
+    GemmArgs ga[kWgmmaGroupMax];
+    WgmmaSplit plan[kWgmmaGroupMax];
+    char *base[kWgmmaGroupMax];
+    char *sp = static_cast<char *>(scratch);
+    bool grouped = m <= 64;
+    size_t tiles = 0;  // split counters of every call that splits K
+    for (size_t i = 0; i < count; ++i) {
+        const paradec_qlinear_call &c = calls[i];
+        const paradec_qweight *w = c.w;
+        base[i] = sp;
+        sp += wgmma_call_bytes(c, m);
+        const bool gathered = w->row_src != nullptr;
+        ga[i] = GemmArgs{gathered ? static_cast<const void *>(base[i]) : c.x,
+                         static_cast<int64_t>(gathered ? w->kp : w->k),
+                         static_cast<int64_t>(w->kp),
+                         nullptr,
+                         w->words,
+                         reinterpret_cast<const uint2 *>(w->tiles),
+                         reinterpret_cast<const float2 *>(w->sz),
+                         c.bias,
+                         c.out,
+                         static_cast<int64_t>(m),
+                         static_cast<int64_t>(w->n),
+                         static_cast<int64_t>(w->np),
+                         c.accumulate != 0};
+        plan[i] = wgmma_split(w, m, c.split);
+        grouped = grouped && w->bits == 4 && plan[i].tok == 64 && wgmma_serves(ga[i], w->bits);
+        if (plan[i].ks > 1) tiles += plan[i].tiles;
+    }
+    if (!grouped) {
+        for (size_t i = 0; i < count; ++i) {
+            const paradec_qlinear_call &c = calls[i];
+            const int st = quant_linear_t<T>(c.x, m, c.w, c.bias, c.out, c.accumulate != 0,
+                                             PARADEC_PATH_WGMMA, c.split, base[i], zeroed, stream);
+            if (st != PARADEC_K_OK) return st;
+        }
+        return PARADEC_K_OK;
+    }
+    GroupPreps preps{};
+    bool prep = false;
+    int64_t most = 0;  // the largest gather
+    unsigned *kept = kept_counters(zeroed, tiles);
+    for (size_t i = 0; i < count; ++i) {
+        const paradec_qweight *w = calls[i].w;
+        GroupPrep &p = preps.call[i];
+        p.x = calls[i].x;
+        p.row_src = w->row_src;
+        p.xg = w->row_src ? base[i] : nullptr;
+        p.k = static_cast<int64_t>(w->k);
+        p.kp = static_cast<int64_t>(w->kp);
+        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
+        if (plan[i].ks > 1) {
+            ga[i].ksplit = plan[i].ks;
+            ga[i].part = reinterpret_cast<float *>(base[i] + gather_bytes(w, m));
+            if (kept) {
+                ga[i].counters = kept;
+                kept += plan[i].tiles;
+            } else {
+                ga[i].counters = reinterpret_cast<unsigned *>(
+                    reinterpret_cast<char *>(ga[i].part) + plan[i].part_bytes);
+                p.counters = ga[i].counters;
+                p.ncounters = static_cast<int64_t>(plan[i].tiles);
+            }
+        }
+        prep = prep || w->row_src || p.ncounters > 0;
+    }
+    if (prep) {
+        group_prep_kernel<T><<<dim3(grid_for(std::max<int64_t>(most, 1), 256),
+                                    static_cast<unsigned>(count)),
+                               256, 0, stream>>>(preps, static_cast<int64_t>(m));
+        const int st = launch_status();
+        if (st != PARADEC_K_OK) return st;
+    }
+    return launch_gemm_wgmma_group(dtype_of<T>(), ga, static_cast<int>(count), stream);
+}
+
 // A sum's scratch: every term's gathered x, then the partials of every term's splits (one set),
 // then the column blocks' counters.
 size_t sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
@@ -970,6 +1077,103 @@ size_t sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
         splits += static_cast<size_t>(terms[i].split);
     }
     return total + round_up(splits * m * terms[0].w->np * 4, kAlign) + counter_bytes(terms[0].w);
+}
+
+// A wgmma sum's scratch: every term's gathered x, then the f32 partials of every term's K
+// splits (each as its own launch splits at 64-row tiles), then one counter per tile. At least
+// what each term run alone on the wgmma path needs (the sum's fallback).
+size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
+    size_t total = 0;
+    int64_t slots = 0;
+    const int64_t mm = static_cast<int64_t>(m), np = static_cast<int64_t>(terms[0].w->np);
+    for (size_t i = 0; i < count; ++i) {
+        total += gather_bytes(terms[i].w, m);
+        slots += wgmma_ksplit(mm, static_cast<int64_t>(terms[i].w->kp), np, 64);
+    }
+    return total + round_up(static_cast<size_t>(slots) * m * static_cast<size_t>(np) * 4, kAlign) +
+           round_up(static_cast<size_t>(wgmma_tiles(mm, np, 64)) * sizeof(unsigned), kAlign);
+}
+
+// out (+)= Σ x_i · W_iᵀ + bias on the wgmma GEMM: one launch that gathers permuted x (and zeroes
+// the tile counters without kept ones), then one grid of every term's 64-row tiles and K splits
+// whose partials the last block of each tile sums in (term, split) order
+// (launch_gemm_wgmma_sum). Where that kernel does not take the terms (as
+// quant_linear_group_wgmma_t), each term runs alone on the wgmma path, accumulating into out
+// one after the other (the first adds bias): the same sum within rounding.
+template <typename T>
+int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t count,
+                             const void *bias, void *out, bool accumulate, void *scratch,
+                             const paradec_zeroed_counters &zeroed, cudaStream_t stream) {
+    GemmArgs ga[kWgmmaGroupMax];
+    char *sp = static_cast<char *>(scratch);
+    bool grouped = m <= 64;
+    int64_t slots = 0;
+    for (size_t i = 0; i < count; ++i) {
+        const paradec_qweight *w = terms[i].w;
+        const bool gathered = w->row_src != nullptr;
+        ga[i] = GemmArgs{gathered ? static_cast<const void *>(sp) : terms[i].x,
+                         static_cast<int64_t>(gathered ? w->kp : w->k),
+                         static_cast<int64_t>(w->kp),
+                         nullptr,
+                         w->words,
+                         reinterpret_cast<const uint2 *>(w->tiles),
+                         reinterpret_cast<const float2 *>(w->sz),
+                         bias,
+                         out,
+                         static_cast<int64_t>(m),
+                         static_cast<int64_t>(w->n),
+                         static_cast<int64_t>(w->np),
+                         accumulate};
+        sp += gather_bytes(w, m);
+        ga[i].ksplit = wgmma_ksplit(static_cast<int64_t>(m), static_cast<int64_t>(w->kp),
+                                    static_cast<int64_t>(w->np), 64);
+        slots += ga[i].ksplit;
+        grouped = grouped && w->bits == 4 && wgmma_serves(ga[i], w->bits);
+    }
+    if (!grouped) {
+        for (size_t i = 0; i < count; ++i) {
+            const int st = quant_linear_t<T>(terms[i].x, m, terms[i].w, i == 0 ? bias : nullptr,
+                                             out, i == 0 ? accumulate : true, PARADEC_PATH_WGMMA,
+                                             1, scratch, zeroed, stream);
+            if (st != PARADEC_K_OK) return st;
+        }
+        return PARADEC_K_OK;
+    }
+    const size_t np = terms[0].w->np;
+    float *part = reinterpret_cast<float *>(sp);
+    const size_t tiles = static_cast<size_t>(
+        wgmma_tiles(static_cast<int64_t>(m), static_cast<int64_t>(np), 64));
+    unsigned *counters = slots > 1 ? kept_counters(zeroed, tiles) : nullptr;
+    const bool zero_counters = slots > 1 && !counters;
+    if (zero_counters)
+        counters = reinterpret_cast<unsigned *>(
+            reinterpret_cast<char *>(part) +
+            round_up(static_cast<size_t>(slots) * m * np * 4, kAlign));
+    GroupPreps preps{};
+    bool prep = zero_counters;
+    int64_t most = 0;  // the largest gather
+    for (size_t i = 0; i < count; ++i) {
+        const paradec_qweight *w = terms[i].w;
+        GroupPrep &p = preps.call[i];
+        p.x = terms[i].x;
+        p.row_src = w->row_src;
+        p.xg = w->row_src ? const_cast<void *>(ga[i].a) : nullptr;
+        p.k = static_cast<int64_t>(w->k);
+        p.kp = static_cast<int64_t>(w->kp);
+        p.counters = counters;
+        p.ncounters = i == 0 && zero_counters ? static_cast<int64_t>(tiles) : 0;
+        prep = prep || w->row_src;
+        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
+    }
+    if (prep) {
+        group_prep_kernel<T><<<dim3(grid_for(std::max<int64_t>(most, 1), 256),
+                                    static_cast<unsigned>(count)),
+                               256, 0, stream>>>(preps, static_cast<int64_t>(m));
+        const int st = launch_status();
+        if (st != PARADEC_K_OK) return st;
+    }
+    return launch_gemm_wgmma_sum(dtype_of<T>(), ga, static_cast<int>(count), part, counters,
+                                 stream);
 }
 
 template <typename T>
@@ -1114,7 +1318,28 @@ extern "C" int paradec_quant_linear_group(int dtype, size_t m, const paradec_qli
         if (!calls) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
         if (count == 0 || m == 0) return PARADEC_K_ZERO_DIM;
-        if (count > PARADEC_LINEAR_GROUP_MAX || m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
+        if (count > PARADEC_LINEAR_GROUP_MAX) return PARADEC_K_BAD_SHAPE;
+        if (paradec::group_wgmma(calls, count)) {
+            // Every call on the wgmma GEMM: as paradec_quant_linear would take each.
+            if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
+            for (size_t i = 0; i < count; ++i) {
+                const paradec_qlinear_call &c = calls[i];
+                if (!c.x || !c.w || !c.out) return PARADEC_K_NULL_POINTER;
+                const int st = paradec::check_qweight(c.w);
+                if (st != PARADEC_K_OK) return st;
+                if (c.split < 1 || c.split > 1024) return PARADEC_K_BAD_SHAPE;
+                if (c.act != 0) return PARADEC_K_BAD_ENUM;  // no activation in its store
+            }
+            const size_t need = paradec::group_bytes(calls, count, m);
+            if (need > 0 && (!scratch || scratch_bytes < need)) return PARADEC_K_BAD_SHAPE;
+            if (need > 0 && (reinterpret_cast<uintptr_t>(scratch) & 255u)) return PARADEC_K_BAD_SHAPE;
+            return paradec::dispatch_dtype(dtype, [&](auto tag) {
+                const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
+                return paradec::quant_linear_group_wgmma_t<decltype(tag)>(m, calls, count,
+                                                                          scratch, kept, stream);
+            });
+        }
+        if (m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
         for (size_t i = 0; i < count; ++i) {
             const paradec_qlinear_call &c = calls[i];
             if (!c.x || !c.w || !c.out) return PARADEC_K_NULL_POINTER;
@@ -1161,7 +1386,8 @@ extern "C" size_t paradec_quant_linear_sum_scratch(int dtype, size_t m,
         norm[i] = terms[i];
         norm[i].split = paradec::effective_split(terms[i].w, terms[i].split);
     }
-    return paradec::sum_bytes(norm, count, m);
+    // Enough for either path (the wgmma one's splits are its own, not the terms').
+    return std::max(paradec::sum_bytes(norm, count, m), paradec::wgmma_sum_bytes(norm, count, m));
 }
 
 extern "C" int paradec_quant_linear_sum(int dtype, size_t m, const paradec_qlinear_term *terms,
@@ -1173,10 +1399,29 @@ extern "C" int paradec_quant_linear_sum(int dtype, size_t m, const paradec_qline
         if (!terms || !out) return PARADEC_K_NULL_POINTER;
         if (!paradec::valid_dtype(dtype)) return PARADEC_K_BAD_DTYPE;
         if (path != PARADEC_PATH_AUTO && path != PARADEC_PATH_SMALL &&
-            path != PARADEC_PATH_SMALL_LEAN)
+            path != PARADEC_PATH_SMALL_LEAN && path != PARADEC_PATH_WGMMA)
             return PARADEC_K_BAD_ENUM;
         if (count == 0 || m == 0) return PARADEC_K_ZERO_DIM;
-        if (count > PARADEC_LINEAR_GROUP_MAX || m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
+        if (count > PARADEC_LINEAR_GROUP_MAX) return PARADEC_K_BAD_SHAPE;
+        if (path == PARADEC_PATH_WGMMA) {
+            if (m > paradec::kMaxDim) return PARADEC_K_DIM_TOO_LARGE;
+            for (size_t i = 0; i < count; ++i) {
+                const paradec_qlinear_term &t = terms[i];
+                if (!t.x || !t.w) return PARADEC_K_NULL_POINTER;
+                const int st = paradec::check_qweight(t.w);
+                if (st != PARADEC_K_OK) return st;
+                if (t.w->n != terms[0].w->n || t.w->np != terms[0].w->np) return PARADEC_K_BAD_SHAPE;
+            }
+            const size_t need = paradec::wgmma_sum_bytes(terms, count, m);
+            if (!scratch || scratch_bytes < need) return PARADEC_K_BAD_SHAPE;
+            if (reinterpret_cast<uintptr_t>(scratch) & 255u) return PARADEC_K_BAD_SHAPE;
+            return paradec::dispatch_dtype(dtype, [&](auto tag) {
+                const paradec_zeroed_counters kept = zeroed ? *zeroed : paradec_zeroed_counters{};
+                return paradec::quant_linear_sum_wgmma_t<decltype(tag)>(
+                    m, terms, count, bias, out, accumulate != 0, scratch, kept, stream);
+            });
+        }
+        if (m > paradec::kSmallMaxM) return PARADEC_K_BAD_SHAPE;
         paradec_qlinear_term norm[PARADEC_LINEAR_GROUP_MAX];
         int64_t splits = 0;
         for (size_t i = 0; i < count; ++i) {
@@ -1241,6 +1486,14 @@ extern "C" int paradec_wgmma_available(void) {
     } catch (...) {
         return 0;
     }
+}
+
+extern "C" int paradec_wgmma_built(void) {
+#ifdef PARADEC_SM90A_IMAGE
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 extern "C" int paradec_scale_inplace(int dtype, void *x, size_t n, float factor,

@@ -482,13 +482,20 @@ __device__ __forceinline__ void issue_step(const unsigned char *st, float (&acc)
 // warp-specialized kernel split).
 constexpr int kSplitTok = 64;
 
+// The calls of one grouped launch of the wgmma GEMM (gemm_wgmma_group_kernel).
+struct WgmmaGroup {
+    GemmArgs call[kWgmmaGroupMax];
+    int first[kWgmmaGroupMax + 1];  // call c's first block; first[count]: the grid
+    int count;
+};
+
 // The block's results, acc of every consumer thread, added to out (+ bias, + the existing out
 // when accumulating) through shared memory at `smem` (free: every wgmma and copy is done), so
 // that each row of out is written with whole vectors. Called by the kWThreads consumer threads.
 template <typename T, int TOK>
 __device__ __forceinline__ void store_out(const GemmArgs &a, unsigned char *smem,
                                           const float (&acc)[TOK / 2], int64_t m0, int64_t n0,
-                                          int col, int t4) {
+                                          int col, int t4, int64_t z, unsigned tile) {
     const int tid = static_cast<int>(threadIdx.x);
     // acc → shared [TOK rows of x][128 columns] in f32 (row = token, so out is written by rows).
     float *se = reinterpret_cast<float *>(smem);
@@ -506,25 +513,25 @@ __device__ __forceinline__ void store_out(const GemmArgs &a, unsigned char *smem
     const bool vec = a.n % 4 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 7u) == 0;
     const int c4 = (tid & 31) * 4;
     const int64_t col0 = n0 + c4;
-    if constexpr (TOK == kSplitTok) if (a.ksplit > 1) {
-        // A split of K (the plain kernel only, every thread of the block here): its sums to the
-        // partials; the tile's last split to finish puts the sum of every split's, in split
-        // order, where its own were staged, and writes out below (each thread the rows and
-        // columns it staged, so no barrier between).
-        const int64_t z = blockIdx.z;
+    const int slots = a.zslots > 0 ? a.zslots : a.ksplit;
+    if constexpr (TOK == kSplitTok) if (slots > 1) {
+        // A split of K, or a term of a sum (the plain and grouped kernels only, every thread of
+        // the block here): its sums to its partial slot; the tile's last block to finish puts
+        // the sum of every slot's, in slot order, where its own were staged, and writes out
+        // below (each thread the rows and columns it staged, so no barrier between).
+        const int64_t zs = a.zbase + z;
         for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
             const int64_t row = m0 + r;
             if (row >= a.m || col0 >= a.np) continue;
-            *reinterpret_cast<float4 *>(a.part + (z * a.m + row) * a.np + col0) =
+            *reinterpret_cast<float4 *>(a.part + (zs * a.m + row) * a.np + col0) =
                 *reinterpret_cast<const float4 *>(se + r * kEStride + c4);
         }
-        const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
-        if (!last_to_arrive(a.counters + tile, static_cast<unsigned>(a.ksplit))) return;
+        if (!last_to_arrive(a.counters + tile, static_cast<unsigned>(slots))) return;
         for (int r = tid >> 5; r < TOK; r += kWThreads / 32) {
             const int64_t row = m0 + r;
             if (row >= a.m || col0 >= a.np) continue;
             float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-            for (int64_t zz = 0; zz < a.ksplit; ++zz) {
+            for (int64_t zz = 0; zz < slots; ++zz) {
                 const float4 p =
                     __ldcg(reinterpret_cast<const float4 *>(a.part + (zz * a.m + row) * a.np + col0));
                 s.x += p.x;
@@ -574,10 +581,11 @@ __device__ __forceinline__ void store_out(const GemmArgs &a, unsigned char *smem
     }
 }
 
+// One block of the wgmma GEMM: column block bx of gx (kGN columns each), row tile by (TOK rows
+// of x), K split bz; the plain kernel passes its block index, the grouped one a call's own.
 template <typename T, int BITS, int TOK>
-__global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
-    gemm_wgmma_kernel(GemmArgs a) {
-#if PARADEC_WGMMA_ARCH
+__device__ __forceinline__ void wgmma_block(const GemmArgs &a, unsigned bx, unsigned by,
+                                            unsigned bz, unsigned gx) {
     using S = WgmmaTile<TOK>;
     extern __shared__ __align__(128) unsigned char wsmem[];
     // The ring on a 1024-byte boundary of the shared window (the swizzle's period).
@@ -586,13 +594,13 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t4 = lane & 3;
     const int col = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // A rows: block columns col, col + 8
-    const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kGN;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * TOK;
+    const int64_t n0 = static_cast<int64_t>(bx) * kGN;
+    const int64_t m0 = static_cast<int64_t>(by) * TOK;
     // This split's K steps k0 … k0 + ksteps − 1 (none empty: wgmma_ksplit's count; other
     // tiles than kSplitTok's never split, and compile as before splits existed).
     const int64_t all = a.kdim / kGK;
     const int64_t per = TOK == kSplitTok ? (all + a.ksplit - 1) / a.ksplit : all;
-    const int64_t k0 = TOK == kSplitTok ? blockIdx.z * per : 0;
+    const int64_t k0 = TOK == kSplitTok ? static_cast<int64_t>(bz) * per : 0;
     const int64_t ksteps = min(per, all - k0);
 
     float acc[TOK / 2];
@@ -644,7 +652,33 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     cp_async_wait_groups<0>();
     __syncthreads();  // every wgmma and copy is done: the ring becomes the output staging
 
-    store_out<T, TOK>(a, smem, acc, m0, n0, col, t4);
+    store_out<T, TOK>(a, smem, acc, m0, n0, col, t4, bz, by * gx + bx);
+}
+
+template <typename T, int BITS, int TOK>
+__global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
+    gemm_wgmma_kernel(GemmArgs a) {
+#if PARADEC_WGMMA_ARCH
+    wgmma_block<T, BITS, TOK>(a, blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x);
+#endif
+}
+
+// Several calls of the wgmma GEMM at 64-row tiles in one 1-D grid: call c owns blocks
+// first[c] … first[c + 1] − 1, which it numbers as its own launch's grid (column blocks
+// fastest, then row tiles, then K splits), so each call runs exactly the blocks, splits and
+// sums it runs alone.
+template <typename T, int BITS>
+__global__ void __launch_bounds__(kWThreads, WgmmaTile<kSplitTok>::kBlocksPerSm)
+    gemm_wgmma_group_kernel(const __grid_constant__ WgmmaGroup g) {
+#if PARADEC_WGMMA_ARCH
+    const int b = static_cast<int>(blockIdx.x);
+    int c = 0;
+    while (c + 1 < g.count && b >= g.first[c + 1]) ++c;
+    const GemmArgs &a = g.call[c];
+    const unsigned gx = static_cast<unsigned>((a.n + kGN - 1) / kGN);
+    const unsigned gy = static_cast<unsigned>((a.m + kSplitTok - 1) / kSplitTok);
+    const unsigned local = static_cast<unsigned>(b - g.first[c]);
+    wgmma_block<T, BITS, kSplitTok>(a, local % gx, (local / gx) % gy, local / gx / gy, gx);
 #endif
 }
 
@@ -801,7 +835,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         }
         fence_regs(acc);
         named_barrier_sync(1, kWThreads);  // every consumer's wgmmas are done: the ring is free
-        store_out<T, kWsTok>(a, smem, acc, m0, n0, col, t4);
+        store_out<T, kWsTok>(a, smem, acc, m0, n0, col, t4, 0, 0);  // never splits K
     }
     // Neither block leaves while the other may still arrive on its barriers.
     cluster_sync();
@@ -850,6 +884,15 @@ int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((a.n + kGN - 1) / kGN),
                     static_cast<unsigned>((a.m + TOK - 1) / TOK), static_cast<unsigned>(a.ksplit));
     gemm_wgmma_kernel<T, BITS, TOK><<<grid, kWThreads, S::kSmem, stream>>>(a);
+    return launch_status();
+}
+
+template <typename T, int BITS>
+int launch_wgmma_group_t(const WgmmaGroup &g, cudaStream_t stream) {
+    using S = WgmmaTile<kSplitTok>;
+    if (const int st = allow_dynamic_smem(gemm_wgmma_group_kernel<T, BITS>, S::kSmem)) return st;
+    gemm_wgmma_group_kernel<T, BITS>
+        <<<static_cast<unsigned>(g.first[g.count]), kWThreads, S::kSmem, stream>>>(g);
     return launch_status();
 }
 
@@ -946,6 +989,45 @@ bool wgmma_available() {
 #else
     return false;
 #endif
+}
+
+int launch_gemm_wgmma_group(int dtype, const GemmArgs *calls, int count, cudaStream_t stream) {
+    if (count < 1 || count > kWgmmaGroupMax) return PARADEC_K_BAD_SHAPE;
+    WgmmaGroup g{};
+    int blocks = 0;
+    for (int c = 0; c < count; ++c) {
+        const GemmArgs &a = calls[c];
+        g.call[c] = a;
+        g.first[c] = blocks;
+        blocks += static_cast<int>(((a.n + kGN - 1) / kGN) * ((a.m + kSplitTok - 1) / kSplitTok) *
+                                   std::max(a.ksplit, 1));
+    }
+    g.first[count] = blocks;
+    g.count = count;
+    if (blocks == 0) return PARADEC_K_OK;
+    return dispatch_dtype(dtype, [&](auto tag) {
+        return launch_wgmma_group_t<decltype(tag), 4>(g, stream);
+    });
+}
+
+int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *part,
+                          unsigned *counters, cudaStream_t stream) {
+    if (count < 1 || count > kWgmmaGroupMax) return PARADEC_K_BAD_SHAPE;
+    GemmArgs terms[kWgmmaGroupMax];
+    int slots = 0;
+    for (int c = 0; c < count; ++c) {
+        terms[c] = calls[c];
+        terms[c].out = calls[0].out;
+        terms[c].bias = calls[0].bias;
+        terms[c].accumulate = calls[0].accumulate;
+        terms[c].part = part;
+        terms[c].counters = counters;
+        terms[c].ksplit = std::max(terms[c].ksplit, 1);
+        terms[c].zbase = slots;
+        slots += terms[c].ksplit;
+    }
+    for (int c = 0; c < count; ++c) terms[c].zslots = slots;
+    return launch_gemm_wgmma_group(dtype, terms, count, stream);
 }
 
 int launch_gemm_wgmma(int dtype, const GemmArgs &a, int bits, int tok, cudaStream_t stream) {

@@ -27,6 +27,11 @@ struct GemmArgs {
     float *part = nullptr;
     unsigned *counters = nullptr;
     int ksplit = 1;
+    // Terms of one sum (launch_gemm_wgmma_sum): this call's splits write partial slots zbase …
+    // zbase + ksplit − 1 of zslots, the counters count every slot's blocks, and a tile's last
+    // block of all sums the zslots slots in order. 0: the call's own ksplit slots.
+    int zbase = 0;
+    int zslots = 0;
 };
 
 // Whether the GEMM takes these arguments: 16-byte aligned A (and dense B) with rows of a
@@ -65,5 +70,24 @@ inline int64_t wgmma_tiles(int64_t m, int64_t np, int tok) {
 // Launches the wgmma GEMM (where wgmma_serves) with `tok` rows of x per block; a paradec
 // status.
 int launch_gemm_wgmma(int dtype, const GemmArgs &a, int bits, int tok, cudaStream_t stream);
+
+// Most calls of one grouped wgmma launch.
+constexpr int kWgmmaGroupMax = 8;
+
+// out (+)= Σ_i x_i · W_iᵀ + bias for `count` (1 … kWgmmaGroupMax) terms of one output on the
+// wgmma GEMM of 4-bit weights at 64-row tiles (each term where wgmma_serves, m ≤ 64; out, bias
+// and accumulate those of calls[0]), in one grid: every term's K splits (wgmma_ksplit's, as
+// alone) write f32 partials `part` [Σ splits, m, np], and the last block of each tile to
+// finish sums them in (term, split) order, then adds bias and the existing out — the same
+// result whatever the timing. `counters` (one per tile, zero on entry, left zero). A paradec
+// status.
+int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *part,
+                          unsigned *counters, cudaStream_t stream);
+
+// Launches `count` (1 … kWgmmaGroupMax) calls of the wgmma GEMM of 4-bit weights (each where
+// wgmma_serves, m ≤ 64: 64-row tiles, each call's K split wgmma_ksplit's) in one grid, each
+// call's blocks, splits and sums exactly those of its own launch: the same results to the bit.
+// Calls' outputs, partials and counters must not overlap. A paradec status.
+int launch_gemm_wgmma_group(int dtype, const GemmArgs *calls, int count, cudaStream_t stream);
 
 }  // namespace paradec

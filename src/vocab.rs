@@ -160,8 +160,8 @@ pub enum LinearPath {
     Small,
     /// `Small` on its lean loop (x staged once in shared memory, weights streamed in
     /// registers) where x fits it (M ≤ 32, grouped and summed launches M ≤ 16, and a short
-    /// enough share of K), else `Small`'s ring loop. `select_linear`'s choice up to 32 rows
-    /// where x fits.
+    /// enough share of K), else `Small`'s ring loop. `select_linear`'s choice up to 16 rows,
+    /// and at 17–32 where x fits and the warpgroup MMA does not run or loses.
     SmallLean,
     /// The lean loop's arithmetic on one resident grid (the plan's `split` is its blocks) that
     /// shares the call's work evenly — column blocks × tiles of K — instead of a grid of column
@@ -176,6 +176,8 @@ pub enum LinearPath {
     /// capability 9.0): the warpgroup MMA (wgmma), the weights decoded once per block into registers as
     /// the 64-row operand, x read from shared memory. Any M; where it does not apply (other
     /// mixed widths, dense weights, another chip) the launcher runs `Mma`. `select_linear`'s choice
-    /// for quantized weights above 8 rows where the small-M path does not apply.
+    /// for quantized weights above 8 rows where the small-M path does not apply, and for
+    /// uniform 4-bit weights at 17–32 rows where it runs (`select_linear_with`), grouped calls
+    /// included (one grid for all).
     Wgmma,
 }

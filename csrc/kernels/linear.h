@@ -98,7 +98,8 @@ typedef struct paradec_qlinear_call {
     int path;                   /* PARADEC_PATH_SMALL_LEAN (or AUTO), PARADEC_PATH_SMALL or
                                    PARADEC_PATH_SMALL_STREAM: the group runs the stream loop when
                                    every call asks for it and m ≤ 16, else the lean loop unless
-                                   a call asks for SMALL */
+                                   a call asks for SMALL; PARADEC_PATH_WGMMA for every call: the
+                                   wgmma GEMM (split as paradec_quant_linear's on that path) */
     int act;                    /* 0: none; 1 + a PARADEC_GELU_ERF … PARADEC_RELU code: out =
                                    act(x·Wᵀ + bias) (+ out with accumulate), in f32 before the
                                    output is rounded — e.g. an MLP's first projection */
@@ -117,7 +118,12 @@ size_t paradec_quant_linear_group_scratch(int dtype, size_t m, const paradec_qli
  * Every weight must be uniform 4-bit (PARADEC_K_BAD_SHAPE otherwise); 1…8 calls. scratch holds
  * paradec_quant_linear_group_scratch(...) bytes, 256-byte aligned. With `zeroed` counters
  * enough for every call's splits, no counter is zeroed and the first launch runs only where a
- * call gathers. */
+ * call gathers.
+ * Where every call's path is PARADEC_PATH_WGMMA (any m, any width, act 0 — PARADEC_K_BAD_ENUM
+ * otherwise), each result is paradec_quant_linear(…, PARADEC_PATH_WGMMA, call.split, …)'s to
+ * the bit: 4-bit weights at m ≤ 64 on a device the wgmma GEMM runs on take the same two
+ * launches (the second one grid of every call's 64-row tiles and K splits); anything else runs
+ * the calls one after the other. */
 int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
                                size_t count, void *scratch, size_t scratch_bytes,
                                const paradec_zeroed_counters *zeroed, paradec_stream_t stream);
@@ -129,7 +135,7 @@ typedef struct paradec_qlinear_term {
     int split;                  /* ≥ 1: this term's K split */
 } paradec_qlinear_term;
 
-/* Bytes of scratch paradec_quant_linear_sum needs. */
+/* Bytes of scratch paradec_quant_linear_sum needs (on any of its paths). */
 size_t paradec_quant_linear_sum_scratch(int dtype, size_t m, const paradec_qlinear_term *terms,
                                         size_t count);
 
@@ -140,7 +146,11 @@ size_t paradec_quant_linear_sum_scratch(int dtype, size_t m, const paradec_qline
  * each column block to finish sums them all in (term, split) order, then adds bias and, with
  * `accumulate`, out: the result does not depend on timing. path: PARADEC_PATH_AUTO or
  * PARADEC_PATH_SMALL_LEAN (the lean loop where every term's x fits it), PARADEC_PATH_SMALL (the
- * ring loop). m ≤ 32; scratch holds paradec_quant_linear_sum_scratch(...) bytes, 256-byte
+ * ring loop), m ≤ 32; or PARADEC_PATH_WGMMA (any m and uniform width; terms' split ignored):
+ * 4-bit weights at m ≤ 64 on a device the wgmma GEMM runs on take one grid of every term's
+ * 64-row tiles and K splits (as each term's own launch cuts them), summed the same way;
+ * anything else runs the terms one after the other on that path, accumulating (the same sum
+ * within rounding). scratch holds paradec_quant_linear_sum_scratch(...) bytes, 256-byte
  * aligned; `zeroed` (may be NULL): see paradec_zeroed_counters. */
 int paradec_quant_linear_sum(int dtype, size_t m, const paradec_qlinear_term *terms, size_t count,
                              const void *bias, void *out, int accumulate, int path, void *scratch,
@@ -173,6 +183,10 @@ int paradec_vendor_gemm_available(void);
 /* Whether PARADEC_PATH_WGMMA runs its wgmma kernel on the current device (a build with sm_90a
  * code and a device of compute capability 9.0), where the weights allow it: 1 or 0. */
 int paradec_wgmma_available(void);
+
+/* Whether this build holds the wgmma kernels' sm_90a code (they run on devices of compute
+ * capability 9.0): 1 or 0. */
+int paradec_wgmma_built(void);
 
 /* x *= factor over n elements. */
 int paradec_scale_inplace(int dtype, void *x, size_t n, float factor, paradec_stream_t stream);

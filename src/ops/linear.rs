@@ -56,14 +56,8 @@ const STREAM_MAX_M: usize = 16;
 pub(crate) const GROUP_LEAN_MAX_M: usize = 16;
 
 /// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
-/// compute capability `cc`. Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the
-/// tensor-core small-M path (weights streamed once, dequantized to exact integers in f16/bf16
-/// registers), on its lean loop where a block's x fits its staging, else its ring loop. Other
-/// small m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger m, on sm_80 and
-/// later, runs on tensor cores (`Wgmma`: the warpgroup MMA where the launcher finds it, the
-/// mma.sync tiles elsewhere). Both streaming paths split K so that enough blocks run to keep
-/// many 16-byte loads in flight on every SM. Dense weights on sm_80 and later take the vendor
-/// GEMM. Grouped and summed launches plan with `group_plan`.
+/// compute capability `cc`, where a device of compute capability 9.0 runs the warpgroup-MMA
+/// kernel (a build with sm_90a code): [`select_linear_with`] with `wgmma` so.
 pub fn select_linear(
     m: usize,
     k: usize,
@@ -72,6 +66,36 @@ pub fn select_linear(
     sms: usize,
     cc: (u32, u32),
 ) -> LinearPlan {
+    select_linear_with(m, k, n, format, sms, cc, cc == (9, 0))
+}
+
+/// Picks the kernel for `out[m, n] = x[m, k] · Wᵀ` on a device with `sms` multiprocessors of
+/// compute capability `cc`, `wgmma` telling whether the warpgroup-MMA kernel runs there.
+/// Uniform 4-bit weights at m ≤ 32 on sm_80 and later take the tensor-core small-M path
+/// (weights streamed once, dequantized to exact integers in f16/bf16 registers), on its lean
+/// loop where a block's x fits its staging, else its ring loop — but past 16 rows, where the
+/// warpgroup-MMA kernel runs, that kernel (`small_m_on_wgmma`; grouped launches of such calls
+/// run it too, one grid for all, so a call gives the same bits alone and grouped). Other small
+/// m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger m, on sm_80 and later,
+/// runs on tensor cores (`Wgmma`: the warpgroup MMA where the launcher finds it, the mma.sync
+/// tiles elsewhere). Both streaming paths split K so that enough blocks run to keep many
+/// 16-byte loads in flight on every SM. Dense weights on sm_80 and later take the vendor GEMM.
+/// Grouped and summed launches plan with `group_plan`.
+pub fn select_linear_with(
+    m: usize,
+    k: usize,
+    n: usize,
+    format: LinearFormat,
+    sms: usize,
+    cc: (u32, u32),
+    wgmma: bool,
+) -> LinearPlan {
+    if small_path_takes(format, m) && cc.0 >= 8 && wgmma && small_m_on_wgmma(m, k, n, sms) {
+        return LinearPlan {
+            path: LinearPath::Wgmma,
+            split: 1,
+        };
+    }
     if small_path_takes(format, m) && cc.0 >= 8 {
         if m <= STREAM_MAX_M && lean_tail_is_short(m, k, n, sms) {
             return LinearPlan {
@@ -208,11 +232,27 @@ fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
     blocks > slots && tail != 0 && tail * 4 < slots
 }
 
+/// The rows past which a uniform 4-bit call may take the warpgroup-MMA kernel.
+const WGMMA_MIN_M: usize = 16;
+
+/// Whether a uniform 4-bit linear at m ≤ 32 rows runs faster on the warpgroup-MMA kernel (its
+/// 64-row tile and K split) than on the small-M path: past 16 rows, where K is a whole number
+/// of its 64-row steps, except at 17–20 rows where N's column blocks of 128 outnumber the SMs.
+/// H100, one run, µs from a graph, lean loop / ring loop / wgmma (docs/gpu-bench-linear-h200.md):
+/// 4096×4096 at 32 rows 35.2 / 32.1 / 17.8, 8192×8192 52.7 / 58.2 / 38.1, 22528×8192 132.6 /
+/// 142.1 / 88.3, 8192×28672 135.7 / 146.4 / 112.6; at 17 rows wgmma's grid of 224 column blocks
+/// (two waves) loses at 8192×28672 (94.8 / 114.6 / 112.6) and 4096×28672 (54.9 / 63.8 / 58.2).
+fn small_m_on_wgmma(m: usize, k: usize, n: usize, sms: usize) -> bool {
+    let wide = n.div_ceil(128) > sms.max(1);
+    m > WGMMA_MIN_M && k.is_multiple_of(64) && !(m <= 20 && wide)
+}
+
 /// The plan of a call that joins a grouped or summed small-M launch, from its own plan: past 16
-/// rows the ring loop at the same split, whatever loop the single call takes (the lean loop's
-/// grouped and summed kernels spilled there: batch-32 decoder steps 7–11% slower on an H200).
-/// The ring and lean loops give the same bits at the same split, so a grouped call still
-/// equals the call alone.
+/// rows the ring loop at the same split where the single call takes the lean loop (the lean
+/// loop's grouped and summed kernels spilled there: batch-32 decoder steps 7–11% slower on an
+/// H200). The ring and lean loops give the same bits at the same split, so a grouped call still
+/// equals the call alone; a call on the warpgroup MMA keeps it (its grouped launch runs each
+/// call's own blocks).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn group_plan(plan: LinearPlan, m: usize) -> LinearPlan {
     if m > GROUP_LEAN_MAX_M && plan.path == LinearPath::SmallLean {
@@ -314,7 +354,17 @@ fn plan_for(dev: usize, m: usize, k: usize, n: usize, format: LinearFormat) -> R
                 },
             }
         }
-        None => select_linear(m, k, n, format, sms, cc),
+        // The warpgroup-MMA kernel runs on compute capability 9.0 where the build holds its
+        // sm_90a code.
+        None => select_linear_with(
+            m,
+            k,
+            n,
+            format,
+            sms,
+            cc,
+            cc == (9, 0) && crate::cuda::kernels::wgmma_built(),
+        ),
     })
 }
 
@@ -544,10 +594,11 @@ pub fn prepared_linear_group(
 /// Lean blocks resident per SM at m ≤ 8 (`lean_blocks_per_sm` in `csrc/linear_small.cu`).
 const LEAN_RESIDENT_M8: usize = 5;
 
-/// How a sum of linears of one N is cut ([`prepared_linear_sum`]): the loop (`true`: the lean
-/// loop where every term's x fits it, else the ring loop) and each term's K split; `None` where
-/// the sum does not apply (a term off the small-M path, rows past it, or a forced path outside
-/// it). The combined shape (K = Σ K_i) is planned as one linear would be, and its split's length
+/// How a sum of linears of one N is cut ([`prepared_linear_sum`]): the path (`SmallLean`: the
+/// lean loop where every term's x fits it, `Small`: the ring loop, `Wgmma`: the warpgroup MMA,
+/// each term split as alone) and each term's K split; `None` where the sum does not apply (a
+/// term off these paths, rows past 32, a term's K not a whole number of the warpgroup MMA's
+/// 64-row steps on it, or a forced path outside them). The combined shape (K = Σ K_i) is planned as one linear would be, and its split's length
 /// in tiles cuts every term, so that each block streams about as much as in that one linear.
 /// Also `None` where the lean loop at m ≤ 8, meant to run one wave, would need more blocks than
 /// fit at once because long shares' x overflow their staging: Command-R's output and down
@@ -560,12 +611,15 @@ pub(crate) fn sum_plan(
     ks: &[usize],
     n: usize,
     sms: usize,
-) -> Option<(bool, Vec<usize>)> {
+) -> Option<(LinearPath, Vec<usize>)> {
     let k: usize = ks.iter().sum();
     let (lean, split) = match plan.path {
         LinearPath::SmallLean => (true, plan.split),
         LinearPath::Small => (false, plan.split),
         LinearPath::SmallStream => (true, lean_split(m, k, n, sms)),
+        LinearPath::Wgmma if m <= SMALL_MAX_M && ks.iter().all(|k| k.is_multiple_of(64)) => {
+            return Some((LinearPath::Wgmma, vec![1; ks.len()]));
+        }
         _ => return None,
     };
     let tiles: usize = ks.iter().map(|k| k.div_ceil(32)).sum();
@@ -578,13 +632,18 @@ pub(crate) fn sum_plan(
     if lean && m <= 8 && blocks > LEAN_RESIDENT_M8 * sms.max(1) {
         return None;
     }
-    Some((lean, splits))
+    let path = match lean {
+        true => LinearPath::SmallLean,
+        false => LinearPath::Small,
+    };
+    Some((path, splits))
 }
 
 /// `out (+)= Σ x_i · W_iᵀ + bias` for quantized linears of one N, in one launch (plus one that
 /// gathers permuted inputs) where every term takes the small-M path (uniform 4-bit, the same
-/// m ≤ 32): the terms' K splits are summed in a fixed order by the last block of each column
-/// block, then `bias` (not the weights' own biases) is added, and with `accumulate` the
+/// m ≤ 32; at 17–32 rows on Hopper the warpgroup MMA, its K splits as each term's alone): the
+/// terms' K splits are summed in a fixed order by the last block of each column block (of
+/// each tile), then `bias` (not the weights' own biases) is added, and with `accumulate` the
 /// existing output — a parallel block's residual update, `x += attn · W_oᵀ + act · W_downᵀ`,
 /// without a second pass over x. Ok(false) where the launch does not apply: nothing ran, and
 /// the caller runs the terms one by one.
@@ -628,7 +687,7 @@ pub fn prepared_linear_sum(
         let ks: Vec<usize> = terms.iter().map(|(_, w)| w.k).collect();
         let k: usize = ks.iter().sum();
         let plan = group_plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
-        let Some((lean, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
+        let Some((path, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
             return Ok(false);
         };
         let kterms: Vec<crate::cuda::kernels::QuantLinearTerm<'_>> = terms
@@ -648,7 +707,7 @@ pub fn prepared_linear_sum(
             bias,
             out,
             accumulate,
-            lean,
+            path,
             &mut scratch,
             ws.zeroed_counters(),
             cs,
@@ -699,7 +758,9 @@ fn small_launch_fits(x: &Tensor, w: &PreparedQuant, m: usize, out: &Tensor) -> b
 }
 
 /// The grouped launch of [`prepared_linear_group`] when it applies (false: it does not), with
-/// the activations of `acts` (empty: none) in its store.
+/// the activations of `acts` (empty: none) in its store. Calls whose plan is the warpgroup MMA
+/// (17–32 rows on Hopper) go in one grouped launch of that kernel, the others in one of the
+/// small-M path's: each call's result is its single call's either way.
 #[cfg(feature = "cuda")]
 fn try_group(
     s: &Stream,
@@ -727,19 +788,91 @@ fn try_group(
         let plan = group_plan_for(dev, m, w.k, w.n, LinearFormat::Quant { bits: w.bits })?;
         if !matches!(
             plan.path,
-            LinearPath::Small | LinearPath::SmallLean | LinearPath::SmallStream
+            LinearPath::Small | LinearPath::SmallLean | LinearPath::SmallStream | LinearPath::Wgmma
         ) {
             return Ok(false);
         }
         plans.push((plan, dev, w.k, w.n));
     }
+    let on_wgmma: Vec<bool> = plans
+        .iter()
+        .map(|p| p.0.path == LinearPath::Wgmma)
+        .collect();
+    // The warpgroup MMA has no activation in its store.
+    if on_wgmma.contains(&true) && acts.iter().any(Option::is_some) {
+        return Ok(false);
+    }
+    let Some(small) = small_group_splits(m, &mut plans, &on_wgmma)? else {
+        return Ok(false);
+    };
+    let mut wgmma_calls = Vec::new();
+    let mut small_calls = Vec::new();
+    for (i, (x, w, out)) in calls.iter_mut().enumerate() {
+        let (path, split) = match on_wgmma[i] {
+            true => (LinearPath::Wgmma, plans[i].0.split),
+            false => (small.0, small.1[i]),
+        };
+        let call = crate::cuda::kernels::QuantLinearCall {
+            x,
+            w: crate::cuda::kernels::QuantWeightArgs::of(w),
+            bias: w.bias.as_ref(),
+            out,
+            accumulate: false,
+            split,
+            path,
+            act: acts.get(i).copied().flatten(),
+        };
+        match on_wgmma[i] {
+            true => wgmma_calls.push(call),
+            false => small_calls.push(call),
+        }
+    }
+    for mut group in [wgmma_calls, small_calls] {
+        if group.is_empty() {
+            continue;
+        }
+        let need = crate::cuda::kernels::quant_linear_group_scratch(dtype, m, &group);
+        let mut scratch = if need > 0 {
+            Some(ws.scratch(&[need], crate::DType::U8)?)
+        } else {
+            None
+        };
+        crate::cuda::kernels::quant_linear_group(
+            m,
+            &mut group,
+            scratch.as_mut(),
+            ws.zeroed_counters(),
+            cs,
+        )?;
+    }
+    Ok(true)
+}
+
+/// The small-M path's loop and every call's K split (by call index; the warpgroup-MMA calls,
+/// `on_wgmma`, are left out) for a grouped launch of the calls' `plans` (plan, device, K, N);
+/// `None` where their loops cannot share one launch.
+#[cfg(feature = "cuda")]
+fn small_group_splits(
+    m: usize,
+    plans: &mut [(LinearPlan, usize, usize, usize)],
+    on_wgmma: &[bool],
+) -> Result<Option<(LinearPath, Vec<usize>)>> {
+    let small: Vec<usize> = (0..plans.len()).filter(|&i| !on_wgmma[i]).collect();
+    let Some(&first) = small.first() else {
+        return Ok(Some((LinearPath::Small, vec![1; plans.len()])));
+    };
     // One loop for the whole group. Where the plans mix the lean and stream loops (each call's
     // own grid chose), the stream calls take the lean loop and its K split: the group's grid is
     // the sum of its calls'.
-    let lean_and_stream = plans.iter().any(|p| p.0.path == LinearPath::SmallLean)
-        && plans.iter().any(|p| p.0.path == LinearPath::SmallStream);
+    let lean_and_stream = small
+        .iter()
+        .any(|&i| plans[i].0.path == LinearPath::SmallLean)
+        && small
+            .iter()
+            .any(|&i| plans[i].0.path == LinearPath::SmallStream);
     if lean_and_stream {
-        for (plan, dev, k, n) in plans.iter_mut() {
+        for &i in &small {
+            let (plan, dev, k, n) = &mut plans[i];
             if plan.path == LinearPath::SmallStream {
                 *plan = LinearPlan {
                     path: LinearPath::SmallLean,
@@ -748,9 +881,9 @@ fn try_group(
             }
         }
     }
-    let path = plans[0].0.path;
-    if plans.iter().any(|p| p.0.path != path) {
-        return Ok(false);
+    let path = plans[first].0.path;
+    if small.iter().any(|&i| plans[i].0.path != path) {
+        return Ok(None);
     }
     // PARADEC_GROUP_TILES=T (for comparisons): every lean call's blocks take about T tiles.
     static GROUP_TILES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
@@ -760,44 +893,18 @@ fn try_group(
             .and_then(|v| v.parse().ok())
             .filter(|&t| t > 0)
     });
-    let splits = if path == LinearPath::SmallLean {
-        let ks: Vec<usize> = plans.iter().map(|p| p.2).collect();
-        let own: Vec<usize> = plans.iter().map(|p| p.0.split).collect();
+    let mut splits = vec![1; plans.len()];
+    let chosen = if path == LinearPath::SmallLean {
+        let ks: Vec<usize> = small.iter().map(|&i| plans[i].2).collect();
+        let own: Vec<usize> = small.iter().map(|&i| plans[i].0.split).collect();
         group_lean_splits(m, &ks, &own, forced)
     } else {
-        plans.iter().map(|p| p.0.split).collect()
+        small.iter().map(|&i| plans[i].0.split).collect()
     };
-    let mut group: Vec<crate::cuda::kernels::QuantLinearCall<'_>> = calls
-        .iter_mut()
-        .zip(splits)
-        .enumerate()
-        .map(
-            |(i, ((x, w, out), split))| crate::cuda::kernels::QuantLinearCall {
-                x,
-                w: crate::cuda::kernels::QuantWeightArgs::of(w),
-                bias: w.bias.as_ref(),
-                out,
-                accumulate: false,
-                split,
-                path,
-                act: acts.get(i).copied().flatten(),
-            },
-        )
-        .collect();
-    let need = crate::cuda::kernels::quant_linear_group_scratch(dtype, m, &group);
-    let mut scratch = if need > 0 {
-        Some(ws.scratch(&[need], crate::DType::U8)?)
-    } else {
-        None
-    };
-    crate::cuda::kernels::quant_linear_group(
-        m,
-        &mut group,
-        scratch.as_mut(),
-        ws.zeroed_counters(),
-        cs,
-    )?;
-    Ok(true)
+    for (&i, split) in small.iter().zip(chosen) {
+        splits[i] = split;
+    }
+    Ok(Some((path, splits)))
 }
 
 #[cfg(test)]
@@ -811,13 +918,36 @@ mod tests {
         let q4 = LinearFormat::Quant { bits: 4 };
         // Uniform 4-bit up to 32 rows: the tensor-core small-M path.
         for m in [1, 2, 3, 7, 8, 16, 17, 31, 32] {
-            // The lean loop where its x fits (4096 columns of x: every m).
-            let want = LinearPath::SmallLean;
+            // The lean loop where its x fits (4096 columns of x: every m), but past 16 rows
+            // the warpgroup MMA where it runs.
+            let want = if m <= 16 {
+                LinearPath::SmallLean
+            } else {
+                LinearPath::Wgmma
+            };
             let p = select_linear(m, 4096, 4096, q4, H200.0, H200.1);
             assert_eq!(p.path, want, "m = {m}");
-            // sm_80 (A100) has mma.sync too.
-            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, want);
+            // Without the wgmma kernel (an sm_80 A100, or a build without sm_90a code), the
+            // lean loop at every m: mma.sync.
+            let lean = LinearPath::SmallLean;
+            assert_eq!(select_linear(m, 4096, 4096, q4, 108, (8, 0)).path, lean);
+            let p = select_linear_with(m, 4096, 4096, q4, H200.0, H200.1, false);
+            assert_eq!(p.path, lean, "m = {m}");
         }
+        // At 17–20 rows, N wider than the SMs' column blocks stays on the lean loop; K that is
+        // not a whole number of 64-row steps too.
+        assert_eq!(
+            select_linear(20, 8192, 28672, q4, H200.0, H200.1).path,
+            LinearPath::SmallLean
+        );
+        assert_eq!(
+            select_linear(24, 8192, 28672, q4, H200.0, H200.1).path,
+            LinearPath::Wgmma
+        );
+        assert_eq!(
+            select_linear(32, 4128, 4096, q4, H200.0, H200.1).path,
+            LinearPath::SmallLean
+        );
         // Other widths and mixed widths stream on CUDA cores up to 8 rows.
         for fmt in [
             LinearFormat::Quant { bits: 3 },
@@ -874,7 +1004,7 @@ mod tests {
             (4096, 32768),
         ] {
             for m in [1, 8, 16, 32] {
-                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
                 assert!(matches!(p.path, LinearPath::Small | LinearPath::SmallLean));
                 let blocks = n.div_ceil(128) * p.split;
                 let tiles_per_block = k.div_ceil(32).div_ceil(p.split);
@@ -888,8 +1018,8 @@ mod tests {
                 assert!(p.split <= 64);
             }
             // More rows, no more split (the partials grow with m) than x's staging needs.
-            let s1 = select_linear(1, k, n, q4, H200.0, H200.1).split;
-            let s32 = select_linear(32, k, n, q4, H200.0, H200.1).split;
+            let s1 = select_linear_with(1, k, n, q4, H200.0, H200.1, false).split;
+            let s32 = select_linear_with(32, k, n, q4, H200.0, H200.1, false).split;
             let staged = s32 > s1 && !lean_x_fits(32, k.div_ceil(32).div_ceil(s32 - 1));
             assert!(s32 <= s1 || staged, "{k}×{n}: {s32} > {s1}");
             // A block's share of K stays near 32 tiles (the measured best), whatever the grid.
@@ -926,7 +1056,7 @@ mod tests {
             (8192, 28672),
         ] {
             for m in 1..=LEAN_MAX_M {
-                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
                 if p.path != LinearPath::SmallLean {
                     continue;
                 }
@@ -945,9 +1075,10 @@ mod tests {
             let p = select_linear(m, 18176, 4544, q4, H200.0, H200.1);
             assert_eq!((p.path, p.split), (LinearPath::SmallStream, 528), "m = {m}");
         }
-        // Past 16 rows (no stream loop there) the lean loop, whatever the grid.
+        // Past 16 rows (no stream loop there) the lean loop, whatever the grid, where the
+        // warpgroup MMA does not run.
         assert_eq!(
-            select_linear(17, 18176, 4544, q4, H200.0, H200.1).path,
+            select_linear_with(17, 18176, 4544, q4, H200.0, H200.1, false).path,
             LinearPath::SmallLean
         );
         // Grids that fill their waves, or most of the last one, stay on the lean loop.
@@ -959,7 +1090,7 @@ mod tests {
             (8192, 28672),
         ] {
             for m in [1, 8, 16] {
-                let p = select_linear(m, k, n, q4, H200.0, H200.1);
+                let p = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
                 assert_eq!(p.path, LinearPath::SmallLean, "{k}×{n} m = {m}");
             }
         }
@@ -1018,8 +1149,8 @@ mod tests {
             LinearPath::SmallLean => plan.split,
             p => panic!("{p:?}"),
         };
-        let (lean, splits) = sum_plan(plan, 1, &[4096, 16384], 4096, H200.0).unwrap();
-        assert!(lean);
+        let (path, splits) = sum_plan(plan, 1, &[4096, 16384], 4096, H200.0).unwrap();
+        assert_eq!(path, LinearPath::SmallLean);
         let per = 640usize.div_ceil(split);
         assert_eq!(splits, vec![128usize.div_ceil(per), 512usize.div_ceil(per)]);
         // About the combined split in all, each term at least one.
@@ -1034,11 +1165,11 @@ mod tests {
         };
         assert_eq!(
             sum_plan(ring, 20, &[4096, 4096], 4096, 132),
-            Some((false, vec![4, 4]))
+            Some((LinearPath::Small, vec![4, 4]))
         );
         // Past 16 rows a sum takes the ring loop and its split, even where one linear of the
         // combined shape takes the lean loop: GPT-J's at 32 rows.
-        let one = select_linear(32, 20480, 4096, q4, H200.0, H200.1);
+        let one = select_linear_with(32, 20480, 4096, q4, H200.0, H200.1, false);
         assert_eq!(one.path, LinearPath::SmallLean);
         let plan = group_plan(one, 32);
         assert_eq!(
@@ -1048,18 +1179,18 @@ mod tests {
                 split: one.split
             }
         );
-        let (lean, splits) = sum_plan(plan, 32, &[4096, 16384], 4096, H200.0).unwrap();
+        let (path, splits) = sum_plan(plan, 32, &[4096, 16384], 4096, H200.0).unwrap();
         let per = 640usize.div_ceil(one.split);
-        assert!(!lean);
+        assert_eq!(path, LinearPath::Small);
         assert_eq!(splits, vec![128usize.div_ceil(per), 512usize.div_ceil(per)]);
         let stream = LinearPlan {
             path: LinearPath::SmallStream,
             split: 528,
         };
-        let (lean, splits) = sum_plan(stream, 1, &[4544, 18176], 4544, 132).unwrap();
+        let (path, splits) = sum_plan(stream, 1, &[4544, 18176], 4544, 132).unwrap();
         let want = lean_split(1, 4544 + 18176, 4544, 132);
         assert!(
-            lean && splits.iter().sum::<usize>() <= want + 1,
+            path == LinearPath::SmallLean && splits.iter().sum::<usize>() <= want + 1,
             "{splits:?} vs {want}"
         );
         // More lean blocks at 8 rows than fit at once (x of long shares overflows the
@@ -1068,20 +1199,36 @@ mod tests {
         assert_eq!(sum_plan(plan, 8, &[8192, 22528], 8192, 132), None);
         let plan = select_linear(1, 30720, 8192, q4, 132, (9, 0));
         assert!(sum_plan(plan, 1, &[8192, 22528], 8192, 132).is_some());
-        // Off the small-M path: none.
+        // The warpgroup MMA up to 32 rows where every term's K is a whole number of its 64-row
+        // steps (each term split as alone); past 32 rows none.
         let wgmma = LinearPlan {
             path: LinearPath::Wgmma,
             split: 1,
         };
+        assert_eq!(
+            sum_plan(wgmma, 32, &[4096, 16384], 4096, 132),
+            Some((LinearPath::Wgmma, vec![1, 1]))
+        );
+        assert_eq!(sum_plan(wgmma, 32, &[4096, 4128], 4096, 132), None);
         assert_eq!(sum_plan(wgmma, 64, &[4096, 16384], 4096, 132), None);
     }
 
     #[test]
-    fn grouped_and_summed_launches_take_the_ring_past_16_rows() {
+    fn grouped_and_summed_launches_past_16_rows() {
         let q4 = LinearFormat::Quant { bits: 4 };
         let (k, n) = (4096, 12288);
-        for m in [1, 8, 16, 17, 24, 32, 33, 64] {
+        // A call on the warpgroup MMA keeps it (its grouped and summed launches run each
+        // call's own grid and splits).
+        for m in [17, 24, 32] {
             let one = select_linear(m, k, n, q4, H200.0, H200.1);
+            assert_eq!(one.path, LinearPath::Wgmma, "m = {m}");
+            assert_eq!(group_plan(one, m), one, "m = {m}");
+            let (path, _) = sum_plan(one, m, &[k / 2, k / 2], n, H200.0).unwrap();
+            assert_eq!(path, LinearPath::Wgmma, "m = {m}");
+        }
+        // Where it does not run, the lean loop's calls take the ring.
+        for m in [1, 8, 16, 17, 24, 32, 33, 64] {
+            let one = select_linear_with(m, k, n, q4, H200.0, H200.1, false);
             let grouped = group_plan(one, m);
             if (17..=32).contains(&m) {
                 // The ring at the single call's own split: the same bits as the call alone.

@@ -125,7 +125,8 @@ pub use kv_quant::{
 };
 pub use linear::{
     linear, parse_linear_override, prepared_linear, prepared_linear_group, prepared_linear_sum,
-    quant_linear, select_linear, set_linear_override, stream_grid, LinearFormat, LinearPlan,
+    quant_linear, select_linear, select_linear_with, set_linear_override, stream_grid,
+    LinearFormat, LinearPlan,
 };
 pub use norm::{norm, norm2};
 pub use rope::rotary_and_cache_write;

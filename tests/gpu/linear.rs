@@ -422,8 +422,8 @@ fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_>
 /// Several 4-bit linears of two inputs (as a block's q/k/v and MLP input projections over two
 /// norms) in one grouped launch: every output equal to the bit to the same weight run alone on
 /// the small-M path, with the same K split (on the stream loop, where the group shares its
-/// blocks across calls, equal within rounding); and the op that picks the grouped launch gives
-/// the same.
+/// blocks across calls, equal within rounding), or on the warpgroup-MMA path; and the op that
+/// picks the grouped launch (at 17–32 rows on Hopper the warpgroup MMA's) gives the same.
 #[test]
 fn grouped_small_m_launch_equals_each_alone() {
     let Some(cs) = gpu_stream("grouped_small_m") else {
@@ -477,6 +477,10 @@ fn grouped_small_m_launch_equals_each_alone() {
                 (3, LinearPath::SmallLean),
                 (3, LinearPath::SmallStream),
                 (7, LinearPath::SmallStream),
+                // The warpgroup-MMA GEMM (one grid for every call where it runs, else each
+                // call alone): its own rows per block, and 64 forced.
+                (1, LinearPath::Wgmma),
+                (64, LinearPath::Wgmma),
             ] {
                 let lean = path == LinearPath::SmallLean;
                 let stream = path == LinearPath::SmallStream;
@@ -694,8 +698,9 @@ fn grouped_launch_applies_activations_as_it_stores() {
 
 /// 4-bit linears of one N summed into one output in one launch (a parallel block's
 /// `x += attn · W_oᵀ + act · W_downᵀ`): against the CPU reference (each weight's product, the
-/// summed bias, the existing output once), on the lean and ring loops, with gathered inputs
-/// (act-order, EXL2's permutation) and several splits per term; the same bits twice; the op
+/// summed bias, the existing output once), on the lean and ring loops and the warpgroup MMA
+/// (one grid, or its terms one at a time where a K is not whole 64-row steps), with gathered
+/// inputs (act-order, EXL2's permutation) and several splits per term; the same bits twice; the op
 /// equal to two accumulating calls within rounding, declining past 32 rows without touching
 /// the output; the kept counters left zero.
 #[test]
@@ -743,21 +748,32 @@ fn summed_small_m_launch_matches_cpu() {
                 })
                 .collect();
             let (old_d, old_r) = upload(&rng.vec(m * n, -1.0, 1.0), &[m, n], dt);
+            // Σ of every term, and of the first two (K 512 and 320: whole 64-row steps, which
+            // the warpgroup MMA's one grid needs; with the third, K 96, its terms run one at a
+            // time).
             let mut products = vec![0f32; m * n];
-            for (w, (_, xr)) in weights.iter().zip(&xs) {
+            let mut first_two = vec![0f32; m * n];
+            for (i, (w, (_, xr))) in weights.iter().zip(&xs).enumerate() {
                 w.forward(xr, m, &mut products, true).unwrap();
+                if i < 2 {
+                    w.forward(xr, m, &mut first_two, true).unwrap();
+                }
             }
-            for (lean, splits) in [
-                (true, [1usize, 1, 1]),
-                (true, [3, 2, 1]),
-                (false, [1, 1, 1]),
-                (false, [4, 3, 2]),
+            for (path, splits, count) in [
+                (LinearPath::SmallLean, [1usize, 1, 1], 3),
+                (LinearPath::SmallLean, [3, 2, 1], 3),
+                (LinearPath::Small, [1, 1, 1], 3),
+                (LinearPath::Small, [4, 3, 2], 3),
+                (LinearPath::Wgmma, [1, 1, 1], 2),
+                (LinearPath::Wgmma, [1, 1, 1], 3),
             ] {
+                let products = if count == 2 { &first_two } else { &products };
                 for (accumulate, with_bias) in [(false, true), (true, false), (true, true)] {
                     let terms: Vec<paradec::cuda::kernels::QuantLinearTerm<'_>> = pws
                         .iter()
                         .zip(&xs)
                         .zip(splits)
+                        .take(count)
                         .map(|((p, (x, _)), split)| paradec::cuda::kernels::QuantLinearTerm {
                             x,
                             w: weight_args(p),
@@ -778,7 +794,7 @@ fn summed_small_m_launch_matches_cpu() {
                             with_bias.then_some(&bias_d),
                             &mut out,
                             accumulate,
-                            lean,
+                            path,
                             &mut sc,
                             counters,
                             cs,
@@ -788,7 +804,7 @@ fn summed_small_m_launch_matches_cpu() {
                     };
                     let got = run(Some(&mut kept));
                     let again = run(None);
-                    let what = format!("{dt} m={m} lean={lean} splits={splits:?} acc={accumulate} bias={with_bias}");
+                    let what = format!("{dt} m={m} {path:?} terms={count} splits={splits:?} acc={accumulate} bias={with_bias}");
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got), bits(&again), "{what}: two runs differ");
                     let want: Vec<f32> = (0..m * n)
@@ -801,21 +817,26 @@ fn summed_small_m_launch_matches_cpu() {
                     assert_close(&what, dt, &got, &want);
                 }
             }
-            // The op: one launch, equal within rounding to accumulating one term at a time.
-            let terms: Vec<(&Tensor, &PreparedQuant)> =
-                xs.iter().zip(&pws).map(|((x, _), p)| (x, p)).collect();
-            let mut summed = old_d.try_clone().unwrap();
-            assert!(ops::prepared_linear_sum(&s, &mut ws, &terms, Some(&bias_d), &mut summed, true)
-                .unwrap());
-            let mut each = old_d.try_clone().unwrap();
-            for (x, p) in &terms {
-                ops::prepared_linear(&s, &mut ws, x, p, &mut each, true).unwrap();
+            // The op: one launch, equal within rounding to accumulating one term at a time
+            // (the first two terms: at 17–32 rows on Hopper the warpgroup MMA's sum).
+            for count in [3, 2] {
+                let terms: Vec<(&Tensor, &PreparedQuant)> =
+                    xs.iter().zip(&pws).take(count).map(|((x, _), p)| (x, p)).collect();
+                let mut summed = old_d.try_clone().unwrap();
+                assert!(
+                    ops::prepared_linear_sum(&s, &mut ws, &terms, Some(&bias_d), &mut summed, true)
+                        .unwrap()
+                );
+                let mut each = old_d.try_clone().unwrap();
+                for (x, p) in &terms {
+                    ops::prepared_linear(&s, &mut ws, x, p, &mut each, true).unwrap();
+                }
+                let mut each = download(&each);
+                for (i, v) in each.iter_mut().enumerate() {
+                    *v += bias_r[i % n];
+                }
+                assert_close(&format!("{dt} m={m} op, {count} terms"), dt, &download(&summed), &each);
             }
-            let mut each = download(&each);
-            for (i, v) in each.iter_mut().enumerate() {
-                *v += bias_r[i % n];
-            }
-            assert_close(&format!("{dt} m={m} op"), dt, &download(&summed), &each);
         }
         // Past 32 rows the op declines and leaves the output alone.
         let m = 33;

@@ -268,7 +268,8 @@ pub struct QuantLinearCall<'a> {
     pub split: usize,
     /// The small-M path's loop: `Small` (the ring loop), `SmallLean` or `SmallStream`; the
     /// group takes the stream loop when every call asks for it, else the lean loop unless a
-    /// call asks for `Small`.
+    /// call asks for `Small`. `Wgmma` for every call: the warpgroup-MMA GEMM (`split` as
+    /// [`quant_linear`]'s on that path; no activation), one grid for all where it runs.
     pub path: LinearPath,
     /// An activation applied to `x · Wᵀ + bias` in f32 before the output is rounded (an MLP's
     /// first projection), or none.
@@ -306,7 +307,8 @@ pub fn quant_linear_group_scratch(dtype: DType, m: usize, calls: &[QuantLinearCa
 }
 
 /// Several quantized linears of the same m (≤ 32, uniform 4-bit weights) in two launches, each
-/// result as [`quant_linear`] on the small-M path gives it. `scratch` (U8) holds at least
+/// result as [`quant_linear`] on the small-M path gives it (on the warpgroup-MMA path where
+/// every call asks for it: any m and width, each result as that path's single call). `scratch` (U8) holds at least
 /// [`quant_linear_group_scratch`] bytes; with kept `counters` (see
 /// [`super::zeroed_counters_ffi`])
 /// the first launch runs only where a call gathers permuted x.
@@ -410,9 +412,11 @@ pub fn quant_linear_sum_scratch(dtype: DType, m: usize, terms: &[QuantLinearTerm
 
 /// `out[m, N] (+)= Σ x_i · W_iᵀ + bias` for quantized terms of one N (m ≤ 32, uniform 4-bit)
 /// in one launch (plus one that gathers permuted x or zeroes counters): every term's K splits
-/// are summed in a fixed order by the last block of each column block. `lean`: the lean loop
-/// where every term's x fits it, else the ring loop. `scratch` (U8) holds at least
-/// [`quant_linear_sum_scratch`] bytes; `counters` as for [`quant_linear_group`].
+/// are summed in a fixed order by the last block of each column block. `path`: `SmallLean`
+/// (the lean loop where every term's x fits it, else the ring loop), `Small` (the ring loop)
+/// or `Wgmma` (the warpgroup-MMA GEMM, each term's K split as alone, any m and width; the
+/// terms' `split` ignored). `scratch` (U8) holds at least [`quant_linear_sum_scratch`] bytes;
+/// `counters` as for [`quant_linear_group`].
 #[allow(clippy::too_many_arguments)]
 pub fn quant_linear_sum(
     m: usize,
@@ -420,7 +424,7 @@ pub fn quant_linear_sum(
     bias: Option<&Tensor>,
     out: &mut Tensor,
     accumulate: bool,
-    lean: bool,
+    path: LinearPath,
     scratch: &mut Tensor,
     counters: Option<&mut DeviceBuffer>,
     stream: &CudaStream,
@@ -461,10 +465,10 @@ pub fn quant_linear_sum(
     ensure_device(stream.device())?;
     let kept = zeroed_counters_ffi(counters, stream);
     let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
-    let path = if lean {
-        ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN
-    } else {
-        ffi::paradec_linear_path::PARADEC_PATH_SMALL
+    let path = match path {
+        LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
+        LinearPath::Wgmma => ffi::paradec_linear_path::PARADEC_PATH_WGMMA,
+        _ => ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN,
     } as i32;
     // SAFETY: every x, out, bias and weight array is a live device allocation of the checked
     // size and dtype on the stream's device; `v` and `qs` (which it points into) live through
@@ -569,6 +573,13 @@ pub fn vendor_gemm_available() -> bool {
 pub fn wgmma_available() -> bool {
     // SAFETY: takes no arguments; the launcher catches every C++ exception.
     unsafe { ffi::paradec_wgmma_available() != 0 }
+}
+
+/// Whether this build holds the wgmma kernels' sm_90a code: `LinearPath::Wgmma` runs them on
+/// devices of compute capability 9.0.
+pub fn wgmma_built() -> bool {
+    // SAFETY: takes no arguments and touches no device.
+    unsafe { ffi::paradec_wgmma_built() != 0 }
 }
 
 /// `x *= factor`. Twin of the CPU arm of `ops::scale_inplace`.
