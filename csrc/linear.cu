@@ -656,6 +656,26 @@ void set_small_weight(SmallArgs &a, const paradec_qweight *w, size_t m, int spli
                             : 0;
 }
 
+// The GEMMs' arguments for x · Wᵀ of a quantized weight: x itself, or its gathered copy at xg
+// where the weight permutes its rows.
+GemmArgs quant_gemm_args(const paradec_qweight *w, const void *x, const void *xg, size_t m,
+                         const void *bias, void *out, bool accumulate) {
+    const bool gathered = w->row_src != nullptr;
+    return GemmArgs{gathered ? xg : x,
+                    static_cast<int64_t>(gathered ? w->kp : w->k),
+                    static_cast<int64_t>(w->kp),
+                    nullptr,
+                    w->words,
+                    reinterpret_cast<const uint2 *>(w->tiles),
+                    reinterpret_cast<const float2 *>(w->sz),
+                    bias,
+                    out,
+                    static_cast<int64_t>(m),
+                    static_cast<int64_t>(w->n),
+                    static_cast<int64_t>(w->np),
+                    accumulate};
+}
+
 template <typename T>
 int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void *bias, void *out,
                    bool accumulate, int path, int split, void *scratch,
@@ -750,10 +770,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
             accumulate);
         return launch_status();
     }
-    GemmArgs ga{xa, ldx, static_cast<int64_t>(w->kp), nullptr, w->words,
-                reinterpret_cast<const uint2 *>(w->tiles), reinterpret_cast<const float2 *>(w->sz),
-                bias, out, static_cast<int64_t>(m), static_cast<int64_t>(w->n),
-                static_cast<int64_t>(w->np), accumulate};
+    GemmArgs ga = quant_gemm_args(w, x, xa, m, bias, out, accumulate);
     if (path == PARADEC_PATH_WGMMA && wgmma_serves(ga, w->bits)) {
         // Rows of x per block: the split argument when it is 64, 128 or 256 (tests and benches
         // run every tile on any shape), else wgmma_tokens' choice; K split where the tiles
@@ -1003,20 +1020,7 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
         const paradec_qweight *w = c.w;
         base[i] = sp;
         sp += wgmma_call_bytes(c, m);
-        const bool gathered = w->row_src != nullptr;
-        ga[i] = GemmArgs{gathered ? static_cast<const void *>(base[i]) : c.x,
-                         static_cast<int64_t>(gathered ? w->kp : w->k),
-                         static_cast<int64_t>(w->kp),
-                         nullptr,
-                         w->words,
-                         reinterpret_cast<const uint2 *>(w->tiles),
-                         reinterpret_cast<const float2 *>(w->sz),
-                         c.bias,
-                         c.out,
-                         static_cast<int64_t>(m),
-                         static_cast<int64_t>(w->n),
-                         static_cast<int64_t>(w->np),
-                         c.accumulate != 0};
+        ga[i] = quant_gemm_args(w, c.x, base[i], m, c.bias, c.out, c.accumulate != 0);
         plan[i] = wgmma_split(w, m, c.split);
         grouped = grouped && w->bits == 4 && plan[i].tok == 64 && wgmma_serves(ga[i], w->bits);
         if (plan[i].ks > 1) tiles += plan[i].tiles;
@@ -1110,20 +1114,7 @@ int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t
     int64_t slots = 0;
     for (size_t i = 0; i < count; ++i) {
         const paradec_qweight *w = terms[i].w;
-        const bool gathered = w->row_src != nullptr;
-        ga[i] = GemmArgs{gathered ? static_cast<const void *>(sp) : terms[i].x,
-                         static_cast<int64_t>(gathered ? w->kp : w->k),
-                         static_cast<int64_t>(w->kp),
-                         nullptr,
-                         w->words,
-                         reinterpret_cast<const uint2 *>(w->tiles),
-                         reinterpret_cast<const float2 *>(w->sz),
-                         bias,
-                         out,
-                         static_cast<int64_t>(m),
-                         static_cast<int64_t>(w->n),
-                         static_cast<int64_t>(w->np),
-                         accumulate};
+        ga[i] = quant_gemm_args(w, terms[i].x, sp, m, bias, out, accumulate);
         sp += gather_bytes(w, m);
         ga[i].ksplit = wgmma_ksplit(static_cast<int64_t>(m), static_cast<int64_t>(w->kp),
                                     static_cast<int64_t>(w->np), 64);
