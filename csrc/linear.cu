@@ -492,6 +492,16 @@ unsigned grid_for(int64_t work, int64_t per_block) {
     return static_cast<unsigned>(b);
 }
 
+// Launches group_prep_kernel for `count` calls whose largest gather is `most` elements (a
+// block row per call); a paradec status.
+template <typename T>
+int launch_group_prep(const GroupPreps &preps, size_t count, int64_t most, size_t m,
+                      cudaStream_t stream) {
+    group_prep_kernel<T><<<dim3(grid_for(most, 256), static_cast<unsigned>(count)), 256, 0,
+                           stream>>>(preps, static_cast<int64_t>(m));
+    return launch_status();
+}
+
 constexpr size_t kMaxDim = size_t{1} << 31;
 
 // The streaming GEMV up to 8 rows, the tensor-core tiles beyond: the choice where no other
@@ -982,9 +992,7 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
     g.first[count] = blocks;
     g.count = static_cast<int>(count);
     if (prep) {
-        group_prep_kernel<T><<<dim3(grid_for(most, 256), static_cast<unsigned>(count)), 256, 0,
-                               stream>>>(preps, static_cast<int64_t>(m));
-        const int st = launch_status();
+        const int st = launch_group_prep<T>(preps, count, most, m, stream);
         if (st != PARADEC_K_OK) return st;
     }
     if (stream_loop) {
@@ -1063,10 +1071,7 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
         prep = prep || w->row_src || p.ncounters > 0;
     }
     if (prep) {
-        group_prep_kernel<T><<<dim3(grid_for(std::max<int64_t>(most, 1), 256),
-                                    static_cast<unsigned>(count)),
-                               256, 0, stream>>>(preps, static_cast<int64_t>(m));
-        const int st = launch_status();
+        const int st = launch_group_prep<T>(preps, count, most, m, stream);
         if (st != PARADEC_K_OK) return st;
     }
     return launch_gemm_wgmma_group(dtype_of<T>(), ga, static_cast<int>(count), stream);
@@ -1157,10 +1162,7 @@ int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t
         if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
     }
     if (prep) {
-        group_prep_kernel<T><<<dim3(grid_for(std::max<int64_t>(most, 1), 256),
-                                    static_cast<unsigned>(count)),
-                               256, 0, stream>>>(preps, static_cast<int64_t>(m));
-        const int st = launch_status();
+        const int st = launch_group_prep<T>(preps, count, most, m, stream);
         if (st != PARADEC_K_OK) return st;
     }
     return launch_gemm_wgmma_sum(dtype_of<T>(), ga, static_cast<int>(count), part, counters,
@@ -1222,10 +1224,7 @@ int quant_linear_sum_t(size_t m, const paradec_qlinear_term *terms, size_t count
     g.count = static_cast<int>(count);
     g.lean = lean;
     if (prep) {
-        group_prep_kernel<T><<<dim3(grid_for(std::max<int64_t>(most, 1), 256),
-                                    static_cast<unsigned>(count)),
-                               256, 0, stream>>>(preps, static_cast<int64_t>(m));
-        const int st = launch_status();
+        const int st = launch_group_prep<T>(preps, count, most, m, stream);
         if (st != PARADEC_K_OK) return st;
     }
     return launch_quant_small_sum(dtype_of<T>(), g, stream);
