@@ -72,6 +72,20 @@ struct GroupPreps {
     GroupPrep call[kSmallGroupMax];
 };
 
+// A call's gather in the prep kernel: x into xg where the weight permutes its rows (none
+// otherwise), its counters left for the caller; `most` grows to the largest gather.
+inline GroupPrep gather_prep(const void *x, const paradec_qweight *w, void *xg, size_t m,
+                             int64_t &most) {
+    GroupPrep p{};
+    p.x = x;
+    p.row_src = w->row_src;
+    p.xg = w->row_src ? xg : nullptr;
+    p.k = static_cast<int64_t>(w->k);
+    p.kp = static_cast<int64_t>(w->kp);
+    if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
+    return p;
+}
+
 // Block row y serves call y.
 template <typename T>
 __global__ void __launch_bounds__(256) group_prep_kernel(GroupPreps g, int64_t m) {
@@ -964,15 +978,10 @@ int quant_linear_group_t(size_t m, const paradec_qlinear_call *calls, size_t cou
             kept += small_col_blocks(w->np);
         }
         GroupPrep &p = preps.call[i];
-        p.x = c.x;
-        p.row_src = w->row_src;
-        p.xg = w->row_src ? base : nullptr;
-        p.k = static_cast<int64_t>(w->k);
-        p.kp = static_cast<int64_t>(w->kp);
+        p = gather_prep(c.x, w, base, m, most);
         p.counters = counters;
         p.ncounters = split && !kept ? static_cast<int64_t>(small_col_blocks(w->np)) : 0;
         prep = prep || w->row_src || p.ncounters > 0;
-        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
         SmallArgs &a = g.call[i];
         a.x = w->row_src ? static_cast<const void *>(base) : c.x;
         a.ldx = static_cast<int64_t>(w->row_src ? w->kp : w->k);
@@ -1049,12 +1058,7 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
     for (size_t i = 0; i < count; ++i) {
         const paradec_qweight *w = calls[i].w;
         GroupPrep &p = preps.call[i];
-        p.x = calls[i].x;
-        p.row_src = w->row_src;
-        p.xg = w->row_src ? base[i] : nullptr;
-        p.k = static_cast<int64_t>(w->k);
-        p.kp = static_cast<int64_t>(w->kp);
-        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
+        p = gather_prep(calls[i].x, w, base[i], m, most);
         if (plan[i].ks > 1) {
             ga[i].ksplit = plan[i].ks;
             ga[i].part = reinterpret_cast<float *>(base[i] + gather_bytes(w, m));
@@ -1097,7 +1101,7 @@ size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m
     const int64_t mm = static_cast<int64_t>(m), np = static_cast<int64_t>(terms[0].w->np);
     for (size_t i = 0; i < count; ++i) {
         total += gather_bytes(terms[i].w, m);
-        slots += wgmma_ksplit(mm, static_cast<int64_t>(terms[i].w->kp), np, 64);
+        slots += wgmma_split(terms[i].w, m, 64).ks;
     }
     return total + round_up(static_cast<size_t>(slots) * m * static_cast<size_t>(np) * 4, kAlign) +
            round_up(static_cast<size_t>(wgmma_tiles(mm, np, 64)) * sizeof(unsigned), kAlign);
@@ -1121,8 +1125,7 @@ int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t
         const paradec_qweight *w = terms[i].w;
         ga[i] = quant_gemm_args(w, terms[i].x, sp, m, bias, out, accumulate);
         sp += gather_bytes(w, m);
-        ga[i].ksplit = wgmma_ksplit(static_cast<int64_t>(m), static_cast<int64_t>(w->kp),
-                                    static_cast<int64_t>(w->np), 64);
+        ga[i].ksplit = wgmma_split(w, m, 64).ks;  // as the term alone splits
         slots += ga[i].ksplit;
         grouped = grouped && w->bits == 4 && wgmma_serves(ga[i], w->bits);
     }
@@ -1151,15 +1154,10 @@ int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t
     for (size_t i = 0; i < count; ++i) {
         const paradec_qweight *w = terms[i].w;
         GroupPrep &p = preps.call[i];
-        p.x = terms[i].x;
-        p.row_src = w->row_src;
-        p.xg = w->row_src ? const_cast<void *>(ga[i].a) : nullptr;
-        p.k = static_cast<int64_t>(w->k);
-        p.kp = static_cast<int64_t>(w->kp);
+        p = gather_prep(terms[i].x, w, const_cast<void *>(ga[i].a), m, most);
         p.counters = counters;
         p.ncounters = i == 0 && zero_counters ? static_cast<int64_t>(tiles) : 0;
         prep = prep || w->row_src;
-        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
     }
     if (prep) {
         const int st = launch_group_prep<T>(preps, count, most, m, stream);
@@ -1197,15 +1195,10 @@ int quant_linear_sum_t(size_t m, const paradec_qlinear_term *terms, size_t count
     for (size_t i = 0; i < count; ++i) {
         const paradec_qweight *w = terms[i].w;
         GroupPrep &p = preps.call[i];
-        p.x = terms[i].x;
-        p.row_src = w->row_src;
-        p.xg = w->row_src ? sp : nullptr;
-        p.k = static_cast<int64_t>(w->k);
-        p.kp = static_cast<int64_t>(w->kp);
+        p = gather_prep(terms[i].x, w, sp, m, most);
         p.counters = counters;
         p.ncounters = i == 0 && zero_counters ? static_cast<int64_t>(ncounters) : 0;
         prep = prep || w->row_src;
-        if (w->row_src) most = std::max<int64_t>(most, static_cast<int64_t>(m * w->kp));
         SmallArgs &a = g.call[i];
         a.x = w->row_src ? static_cast<const void *>(sp) : terms[i].x;
         a.ldx = static_cast<int64_t>(w->row_src ? w->kp : w->k);

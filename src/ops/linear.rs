@@ -90,13 +90,13 @@ pub fn select_linear_with(
     cc: (u32, u32),
     wgmma: bool,
 ) -> LinearPlan {
-    if small_path_takes(format, m) && cc.0 >= 8 && wgmma && small_m_on_wgmma(m, k, n, sms) {
-        return LinearPlan {
-            path: LinearPath::Wgmma,
-            split: 1,
-        };
-    }
     if small_path_takes(format, m) && cc.0 >= 8 {
+        if wgmma && small_m_on_wgmma(m, k, n, sms) {
+            return LinearPlan {
+                path: LinearPath::Wgmma,
+                split: 1,
+            };
+        }
         if m <= STREAM_MAX_M && lean_tail_is_short(m, k, n, sms) {
             return LinearPlan {
                 path: LinearPath::SmallStream,
@@ -598,8 +598,9 @@ const LEAN_RESIDENT_M8: usize = 5;
 /// lean loop where every term's x fits it, `Small`: the ring loop, `Wgmma`: the warpgroup MMA,
 /// each term split as alone) and each term's K split; `None` where the sum does not apply (a
 /// term off these paths, rows past 32, a term's K not a whole number of the warpgroup MMA's
-/// 64-row steps on it, or a forced path outside them). The combined shape (K = Σ K_i) is planned as one linear would be, and its split's length
-/// in tiles cuts every term, so that each block streams about as much as in that one linear.
+/// 64-row steps on it, or a forced path outside them). The combined shape (K = Σ K_i) is
+/// planned as one linear would be, and its split's length in tiles cuts every term, so that
+/// each block streams about as much as in that one linear.
 /// Also `None` where the lean loop at m ≤ 8, meant to run one wave, would need more blocks than
 /// fit at once because long shares' x overflow their staging: Command-R's output and down
 /// projections at 8 rows (K 8192 + 22528, N 8192: 704 blocks for 660 places) took 237.0 µs a
@@ -613,10 +614,9 @@ pub(crate) fn sum_plan(
     sms: usize,
 ) -> Option<(LinearPath, Vec<usize>)> {
     let k: usize = ks.iter().sum();
-    let (lean, split) = match plan.path {
-        LinearPath::SmallLean => (true, plan.split),
-        LinearPath::Small => (false, plan.split),
-        LinearPath::SmallStream => (true, lean_split(m, k, n, sms)),
+    let (path, split) = match plan.path {
+        LinearPath::SmallLean | LinearPath::Small => (plan.path, plan.split),
+        LinearPath::SmallStream => (LinearPath::SmallLean, lean_split(m, k, n, sms)),
         LinearPath::Wgmma if m <= SMALL_MAX_M && ks.iter().all(|k| k.is_multiple_of(64)) => {
             return Some((LinearPath::Wgmma, vec![1; ks.len()]));
         }
@@ -629,13 +629,9 @@ pub(crate) fn sum_plan(
         .map(|k| k.div_ceil(32).div_ceil(per_split).max(1))
         .collect();
     let blocks = n.div_ceil(128) * splits.iter().sum::<usize>();
-    if lean && m <= 8 && blocks > LEAN_RESIDENT_M8 * sms.max(1) {
+    if path == LinearPath::SmallLean && m <= 8 && blocks > LEAN_RESIDENT_M8 * sms.max(1) {
         return None;
     }
-    let path = match lean {
-        true => LinearPath::SmallLean,
-        false => LinearPath::Small,
-    };
     Some((path, splits))
 }
 
@@ -808,11 +804,11 @@ fn try_group(
     let mut wgmma_calls = Vec::new();
     let mut small_calls = Vec::new();
     for (i, (x, w, out)) in calls.iter_mut().enumerate() {
-        let (path, split) = match on_wgmma[i] {
-            true => (LinearPath::Wgmma, plans[i].0.split),
-            false => (small.0, small.1[i]),
+        let (path, split, group) = match on_wgmma[i] {
+            true => (LinearPath::Wgmma, plans[i].0.split, &mut wgmma_calls),
+            false => (small.0, small.1[i], &mut small_calls),
         };
-        let call = crate::cuda::kernels::QuantLinearCall {
+        group.push(crate::cuda::kernels::QuantLinearCall {
             x,
             w: crate::cuda::kernels::QuantWeightArgs::of(w),
             bias: w.bias.as_ref(),
@@ -821,11 +817,7 @@ fn try_group(
             split,
             path,
             act: acts.get(i).copied().flatten(),
-        };
-        match on_wgmma[i] {
-            true => wgmma_calls.push(call),
-            false => small_calls.push(call),
-        }
+        });
     }
     for mut group in [wgmma_calls, small_calls] {
         if group.is_empty() {

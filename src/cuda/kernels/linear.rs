@@ -465,11 +465,6 @@ pub fn quant_linear_sum(
     ensure_device(stream.device())?;
     let kept = zeroed_counters_ffi(counters, stream);
     let kept_ptr = kept.as_ref().map_or(ptr::null(), |k| k as *const _);
-    let path = match path {
-        LinearPath::Small => ffi::paradec_linear_path::PARADEC_PATH_SMALL,
-        LinearPath::Wgmma => ffi::paradec_linear_path::PARADEC_PATH_WGMMA,
-        _ => ffi::paradec_linear_path::PARADEC_PATH_SMALL_LEAN,
-    } as i32;
     // SAFETY: every x, out, bias and weight array is a live device allocation of the checked
     // size and dtype on the stream's device; `v` and `qs` (which it points into) live through
     // the call, read on the host only; scratch holds at least `need` bytes; the kept counters
@@ -483,7 +478,7 @@ pub fn quant_linear_sum(
             opt_ptr(bias),
             dev_ptr_mut(out),
             accumulate as i32,
-            path,
+            path_code(path),
             dev_ptr_mut(scratch),
             scratch.size_bytes(),
             kept_ptr,
