@@ -993,12 +993,24 @@ bool wgmma_available() {
 
 int launch_gemm_wgmma_group(int dtype, const GemmArgs *calls, int count, cudaStream_t stream) {
     if (count < 1 || count > kWgmmaGroupMax) return PARADEC_K_BAD_SHAPE;
+    // The calls with the longest blocks (most K steps a block) first: blocks start in grid
+    // order, so the long ones start in the first wave and the short ones fill the slots they
+    // leave, instead of long blocks starting last and running alone at the end (a call's
+    // blocks and sums are its own whatever its place in the grid).
+    int order[kWgmmaGroupMax];
+    int64_t steps[kWgmmaGroupMax];
+    for (int c = 0; c < count; ++c) {
+        const int64_t ks = std::max(calls[c].ksplit, 1);
+        steps[c] = (calls[c].kdim / kGK + ks - 1) / ks;
+        order[c] = c;
+    }
+    std::stable_sort(order, order + count, [&](int x, int y) { return steps[x] > steps[y]; });
     WgmmaGroup g{};
     int blocks = 0;
-    for (int c = 0; c < count; ++c) {
-        const GemmArgs &a = calls[c];
-        g.call[c] = a;
-        g.first[c] = blocks;
+    for (int i = 0; i < count; ++i) {
+        const GemmArgs &a = calls[order[i]];
+        g.call[i] = a;
+        g.first[i] = blocks;
         blocks += static_cast<int>(((a.n + kGN - 1) / kGN) * ((a.m + kSplitTok - 1) / kSplitTok) *
                                    std::max(a.ksplit, 1));
     }

@@ -86,7 +86,8 @@ int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *pa
 
 // Launches `count` (1 … kWgmmaGroupMax) calls of the wgmma GEMM of 4-bit weights (each where
 // wgmma_serves, m ≤ 64: 64-row tiles, each call's K split wgmma_ksplit's) in one grid, each
-// call's blocks, splits and sums exactly those of its own launch: the same results to the bit.
+// call's blocks, splits and sums exactly those of its own launch: the same results to the bit
+// (the calls with the most K steps a block placed first in the grid, so their blocks start first).
 // Calls' outputs, partials and counters must not overlap. A paradec status.
 int launch_gemm_wgmma_group(int dtype, const GemmArgs *calls, int count, cudaStream_t stream);
 
