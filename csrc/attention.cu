@@ -387,16 +387,6 @@ struct DecodePlan {
     unsigned char splits_by_cap[kMaxSplits + 1];
 };
 
-int sm_count() {
-    int dev = 0, n = 132;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        n = 132;
-    }
-    return n;
-}
-
 // Head dims 64 and 128 take the fragment kernel (attention.cuh says why MHA too); other head
 // dims take the 16-row tensor-core kernel, or the CUDA-core one for one or two rows.
 // PARADEC_KV_DECODE=tile or =simt forces the 16-row or the CUDA-core kernel at 64 and 128.
@@ -408,7 +398,7 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     const DecodeChoice choice = decode_choice();
     if (tc && choice == DecodeChoice::Frag) {
         p.kernel = DecodeKernel::Frag;
-        p.rows = kFragRows;
+        p.rows = native_frag_rows(rows, batch * kv_heads, current_device_sms());
     } else if (rows <= 2 || (tc && choice == DecodeChoice::Simt)) {
         p.kernel = DecodeKernel::Simt;
         p.rows = rows <= 1 ? 1 : 2;
@@ -424,7 +414,7 @@ DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_h
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kMaxSplits);
     const int most = cap > 0 ? cap : kMaxSplits;
     split_table(p.kernel == DecodeKernel::Simt ? SplitRule::NativeCudaCore : SplitRule::TensorCore,
-                units, sm_count(), most, head_dim, kMaxSplits, p.splits_by_cap);
+                units, current_device_sms(), most, head_dim, kMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     const int64_t max_kv = max_past + q_len;
     const int64_t c = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, (max_kv + 127) / 128));
@@ -653,7 +643,7 @@ extern "C" int paradec_attn_read_probe(const void *src, size_t bytes, uint32_t *
         if (!src || !sink || !blocks) return PARADEC_K_NULL_POINTER;
         if (bytes == 0) return PARADEC_K_ZERO_DIM;
         if (bytes % 16 != 0 || !paradec::aligned16(src)) return PARADEC_K_BAD_SHAPE;
-        const unsigned g = static_cast<unsigned>(std::min(4096, 4 * paradec::sm_count()));
+        const unsigned g = static_cast<unsigned>(std::min(4096, 4 * paradec::current_device_sms()));
         *blocks = g;
         paradec::read_probe_kernel<<<g, 512, 0, stream>>>(static_cast<const uint4 *>(src),
                                                          static_cast<int64_t>(bytes / 16), sink);

@@ -704,16 +704,17 @@ template <int KF, int VF, int D>
 __host__ __device__ constexpr size_t frag_ring_bytes() {
     return static_cast<size_t>(kFragWarps) * frag_stages<KF, VF, D>() * tc_stage_bytes<KF, VF, D>();
 }
-// Past the rings: the query rows in f32 ([8][D] and 8 factors), then as loaded ([8][D] of T).
-template <int D>
+// Past the rings: the query rows in f32 ([R][D] and R factors), then as loaded ([R][D] of T),
+// R = 8·NT rows a block (NT n8 tiles of query rows per warp).
+template <int D, int NT>
 __host__ __device__ constexpr size_t frag_query_bytes() {
-    return sizeof(float) * kvfrag::kRows * (D + 1);
+    return sizeof(float) * kvfrag::kRows * NT * (D + 1);
 }
-template <int KF, int VF, int D>
+template <int KF, int VF, int D, int NT>
 __host__ __device__ constexpr size_t frag_smem_bytes() {
-    const size_t staged =
-        frag_ring_bytes<KF, VF, D>() + frag_query_bytes<D>() + 2 * kvfrag::kRows * D;
-    const size_t merge = sizeof(float) * kFragWarps * kvfrag::kRows * (D + 2);
+    const size_t staged = frag_ring_bytes<KF, VF, D>() + frag_query_bytes<D, NT>() +
+                          2 * kvfrag::kRows * NT * D;
+    const size_t merge = sizeof(float) * kFragWarps * kvfrag::kRows * NT * (D + 2);
     return staged > merge ? staged : merge;
 }
 
@@ -723,7 +724,10 @@ __host__ __device__ constexpr float code_offset() {
     return kv_has_runs(F) ? static_cast<float>(1 << (kv_bits(F) - 1)) : 1.f;
 }
 
-template <typename T, int KF, int VF, int D>
+// NT n8 tiles of query rows a warp: 8·NT rows a block. Each stage's K and V fragments are
+// loaded and decoded once and multiplied into every tile, so a query group of more than 8
+// rows (MQA) reads its keys once per 8·NT rows.
+template <typename T, int KF, int VF, int D, int NT>
 __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa) {
     // Where launched as a dependent (launch_frag_d), the kernel before may still be writing Q,
     // K and V.
@@ -736,7 +740,8 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     constexpr bool kNative = KF == PARADEC_KV_NATIVE;
     using MT = typename std::conditional<kNative, T, __half>::type;
     constexpr bool kSplitP = std::is_same<MT, __nv_bfloat16>::value;
-    constexpr int KT = D / 16;  // K's k steps, Vᵀ's m tiles
+    constexpr int R = kRows * NT;  // query rows a block
+    constexpr int KT = D / 16;     // K's k steps, Vᵀ's m tiles
     constexpr int RUNS = D / kRun;
     constexpr int NS = frag_stages<KF, VF, D>();
     constexpr int STAGE = tc_stage_bytes<KF, VF, D>();
@@ -749,7 +754,7 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
-    const DecodeBlock db = decode_block(a, kRows);
+    const DecodeBlock db = decode_block(a, R);
     const int group = db.group, b = db.b, kvh = db.kvh, row0 = db.row0, nrows = db.nrows;
     const int64_t past = db.past, k_begin = db.k_begin, k_end = db.k_end;
     const int64_t pos_min = past + db.t_first;
@@ -758,11 +763,11 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
 
     // The query rows go first, then each warp's first stages: the rows arrive ahead of the keys,
     // and the keys' latency covers the rows' staging.
-    float *sm_q = reinterpret_cast<float *>(smem_raw + frag_ring_bytes<KF, VF, D>());  // [8][D]
-    float *sm_qf = sm_q + kRows * D;                                                   // [8]
+    float *sm_q = reinterpret_cast<float *>(smem_raw + frag_ring_bytes<KF, VF, D>());  // [R][D]
+    float *sm_qf = sm_q + R * D;                                                       // [R]
     T *sm_qraw = reinterpret_cast<T *>(smem_raw + frag_ring_bytes<KF, VF, D>() +
-                                       frag_query_bytes<D>());  // [8][D]
-    queue_query_rows<T>(a, db, kRows, D, sm_qraw);
+                                       frag_query_bytes<D, NT>());  // [R][D]
+    queue_query_rows<T>(a, db, R, D, sm_qraw);
     cp_async_commit_group();
     unsigned char *ring = smem_raw + static_cast<size_t>(warp) * NS * STAGE;
     auto issue = [&](int i) {
@@ -780,58 +785,73 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
     // mma's type: factor 1.
     cp_async_wait_groups<NS - 1>();  // this thread's query pieces (the stages may still fly)
     __syncthreads();
-    for (int idx = threadIdx.x; idx < kRows * D; idx += blockDim.x)
+    for (int idx = threadIdx.x; idx < R * D; idx += blockDim.x)
         sm_q[idx] = Num<T>::to_f(sm_qraw[idx]);
     __syncthreads();
     if (kKRuns) {
-        rotate_runs(sm_q, kRows * D / kRun);
+        rotate_runs(sm_q, R * D / kRun);
         __syncthreads();
     }
-    static_assert(kFragWarps >= kRows, "a warp per query row");
-    if (warp < kRows) {
+    for (int r = warp; r < R; r += kFragWarps) {  // a warp per query row
         if constexpr (kNative) {
-            if (lane == 0) sm_qf[warp] = 1.f;  // Q is already of the mma's type
+            if (lane == 0) sm_qf[r] = 1.f;  // Q is already of the mma's type
         } else {
             float mx = 0.f;
-            for (int d = lane; d < D; d += 32) mx = fmaxf(mx, fabsf(sm_q[warp * D + d]));
+            for (int d = lane; d < D; d += 32) mx = fmaxf(mx, fabsf(sm_q[r * D + d]));
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1)
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
             if (lane == 0) {
                 int ex = 0;
                 frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-                sm_qf[warp] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
+                sm_qf[r] = mx > 0.f ? ldexpf(1.f, 8 - max(ex, -100)) : 1.f;
             }
         }
     }
     __syncthreads();
-    uint32_t qb[KT][2];  // B fragments: dims k_dim(kc, 2t4 …) of row g
-    {
-        const float f = sm_qf[g];
-        const float *qr = sm_q + g * D;
+    uint32_t qb[NT][KT][2];  // B fragments of tile n: dims k_dim(kc, 2t4 …) of row 8n + g
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+        const float f = sm_qf[kRows * n + g];
+        const float *qr = sm_q + (kRows * n + g) * D;
 #pragma unroll
         for (int kc = 0; kc < KT; ++kc) {
-            qb[kc][0] = pack2<MT>(qr[k_dim<KF>(kc, 2 * t4)] * f, qr[k_dim<KF>(kc, 2 * t4 + 1)] * f);
-            qb[kc][1] =
+            qb[n][kc][0] =
+                pack2<MT>(qr[k_dim<KF>(kc, 2 * t4)] * f, qr[k_dim<KF>(kc, 2 * t4 + 1)] * f);
+            qb[n][kc][1] =
                 pack2<MT>(qr[k_dim<KF>(kc, 2 * t4 + 8)] * f, qr[k_dim<KF>(kc, 2 * t4 + 9)] * f);
         }
     }
-    // Score scale of the lane's rows 2t4 and 2t4 + 1, in log2 units: softmax scale, E4M3's K
-    // head scale, 1/c of a Q8/Q4 K, and the row's factor taken back.
+    // Score scale of the lane's rows 8n + 2t4 and 8n + 2t4 + 1 of each tile n, in log2 units:
+    // softmax scale, E4M3's K head scale, 1/c of a Q8/Q4 K, and the row's factor taken back.
     const float sl2 = a.scale * kLog2e * (KF == PARADEC_KV_E4M3 ? qa.k.head_scale[kvh] : 1.f) /
                       code_offset<KF>();
-    const float sl2_0 = sl2 / sm_qf[2 * t4], sl2_1 = sl2 / sm_qf[2 * t4 + 1];
-
-    const int64_t pos0 = past + (row0 + 2 * t4) / group, pos1 = past + (row0 + 2 * t4 + 1) / group;
-    const int64_t lo0 = a.window > 0 ? pos0 + 1 - a.window : 0;
-    const int64_t lo1 = a.window > 0 ? pos1 + 1 - a.window : 0;
+    float sl2_0[NT], sl2_1[NT];
+    int64_t pos0[NT], pos1[NT], lo0[NT], lo1[NT];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+        const int r0 = kRows * n + 2 * t4;
+        sl2_0[n] = sl2 / sm_qf[r0];
+        sl2_1[n] = sl2 / sm_qf[r0 + 1];
+        pos0[n] = past + (row0 + r0) / group;
+        pos1[n] = past + (row0 + r0 + 1) / group;
+        lo0[n] = a.window > 0 ? pos0[n] + 1 - a.window : 0;
+        lo1[n] = a.window > 0 ? pos1[n] + 1 - a.window : 0;
+    }
 
     // This lane's ldmatrix row addresses (key, chunk) within a stage's K and V codes.
     const int my_key = lane_key(lane);
-    float o[KT][4];  // Oᵀ: tile mt's dims v_dim(mt, g), (…, g + 8) × rows 2t4, 2t4 + 1
+    float o[NT][KT][4];  // Oᵀ of tile n: tile mt's dims v_dim(mt, g), (…, g + 8) × rows 2t4, 2t4 + 1
 #pragma unroll
-    for (int i = 0; i < KT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int i = 0; i < KT; ++i) o[n][i][0] = o[n][i][1] = o[n][i][2] = o[n][i][3] = 0.f;
+    float m0[NT], m1[NT], l0[NT], l1[NT];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+        m0[n] = m1[n] = -INFINITY;
+        l0[n] = l1[n] = 0.f;
+    }
     for (int i = 0;; ++i) {
         const int64_t base = k_begin + static_cast<int64_t>(warp + kFragWarps * i) * kKeys;
         if (base >= k_end) break;
@@ -844,155 +864,167 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
         const __half *vscale =
             reinterpret_cast<const __half *>(stage_p + kKeys * (KCB + VCB + KSB));
 
-        // Sᵀ = K·Qᵀ: c0 = (key g, row 2t4), c1 = (g, 2t4 + 1), c2, c3 = key g + 8.
+        // Sᵀ = K·Qᵀ: c0 = (key g, row 2t4), c1 = (g, 2t4 + 1), c2, c3 = key g + 8 (of tile n).
         uint32_t kw[2 * KCH];
 #pragma unroll
-        for (int n = 0; n < KCH / 2; ++n)
-            ldsm_x4(*reinterpret_cast<uint32_t(*)[4]>(&kw[4 * n]),
-                    kcodes + my_key * KCB + swizzle(lane_chunk(n, lane), my_key, KCH) * 16);
-        float s[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int c = 0; c < KCH / 2; ++c)
+            ldsm_x4(*reinterpret_cast<uint32_t(*)[4]>(&kw[4 * c]),
+                    kcodes + my_key * KCB + swizzle(lane_chunk(c, lane), my_key, KCH) * 16);
+        float s[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
         for (int r = 0; r < RUNS; ++r) {
             uint32_t fa[2][4];
             k_frags<KF>(kw + r * words_per_run(KF), fa);
-            if constexpr (kKRuns) {
-                float c[4] = {0.f, 0.f, 0.f, 0.f};
-                mma_16816<MT>(c, fa[0], qb[2 * r][0], qb[2 * r][1]);
-                mma_16816<MT>(c, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
-                const float sg = __half2float(kscale[g * RUNS + r]);
-                const float sg8 = __half2float(kscale[(g + 8) * RUNS + r]);
-                s[0] = fmaf(sg, c[0], s[0]);
-                s[1] = fmaf(sg, c[1], s[1]);
-                s[2] = fmaf(sg8, c[2], s[2]);
-                s[3] = fmaf(sg8, c[3], s[3]);
-            } else {
-                mma_16816<MT>(s, fa[0], qb[2 * r][0], qb[2 * r][1]);
-                mma_16816<MT>(s, fa[1], qb[2 * r + 1][0], qb[2 * r + 1][1]);
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                if constexpr (kKRuns) {
+                    float c[4] = {0.f, 0.f, 0.f, 0.f};
+                    mma_16816<MT>(c, fa[0], qb[n][2 * r][0], qb[n][2 * r][1]);
+                    mma_16816<MT>(c, fa[1], qb[n][2 * r + 1][0], qb[n][2 * r + 1][1]);
+                    const float sg = __half2float(kscale[g * RUNS + r]);
+                    const float sg8 = __half2float(kscale[(g + 8) * RUNS + r]);
+                    s[n][0] = fmaf(sg, c[0], s[n][0]);
+                    s[n][1] = fmaf(sg, c[1], s[n][1]);
+                    s[n][2] = fmaf(sg8, c[2], s[n][2]);
+                    s[n][3] = fmaf(sg8, c[3], s[n][3]);
+                } else {
+                    mma_16816<MT>(s[n], fa[0], qb[n][2 * r][0], qb[n][2 * r][1]);
+                    mma_16816<MT>(s[n], fa[1], qb[n][2 * r + 1][0], qb[n][2 * r + 1][1]);
+                }
             }
         }
-        s[0] *= sl2_0;
-        s[1] *= sl2_1;
-        s[2] *= sl2_0;
-        s[3] *= sl2_1;
         const bool full = plain && base + kKeys <= k_end && base + kKeys - 1 <= pos_min;
-        if (!full) {
+        float p[NT][4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int64_t j = base + g + 8 * (e >> 1);
-                const int64_t p = (e & 1) ? pos1 : pos0;
-                const int64_t lo = (e & 1) ? lo1 : lo0;
-                const bool vis = j < k_end && j <= p && j >= lo;
-                s[e] = vis ? (mrow ? s[e] + mrow[j] * kLog2e : s[e]) : -INFINITY;
+        for (int n = 0; n < NT; ++n) {
+            s[n][0] *= sl2_0[n];
+            s[n][1] *= sl2_1[n];
+            s[n][2] *= sl2_0[n];
+            s[n][3] *= sl2_1[n];
+            if (!full) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int64_t j = base + g + 8 * (e >> 1);
+                    const int64_t pos = (e & 1) ? pos1[n] : pos0[n];
+                    const int64_t lo = (e & 1) ? lo1[n] : lo0[n];
+                    const bool vis = j < k_end && j <= pos && j >= lo;
+                    s[n][e] = vis ? (mrow ? s[n][e] + mrow[j] * kLog2e : s[n][e]) : -INFINITY;
+                }
+            }
+            // Online softmax of rows 2t4 (…0) and 2t4 + 1 (…1) over the lanes sharing t4.
+            float mx0 = fmaxf(s[n][0], s[n][2]), mx1 = fmaxf(s[n][1], s[n][3]);
+#pragma unroll
+            for (int off = 4; off < 32; off <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+            }
+            float al0, al1;
+            const float mu0 = softmax_rescale(m0[n], mx0, al0);
+            const float mu1 = softmax_rescale(m1[n], mx1, al1);
+            p[n][0] = exp2f(s[n][0] - mu0);
+            p[n][1] = exp2f(s[n][1] - mu1);
+            p[n][2] = exp2f(s[n][2] - mu0);
+            p[n][3] = exp2f(s[n][3] - mu1);
+            l0[n] = fmaf(l0[n], al0, p[n][0] + p[n][2]);
+            l1[n] = fmaf(l1[n], al1, p[n][1] + p[n][3]);
+            // Past the first stages a row's maximum rarely moves: rescale only when one did.
+            if (__any_sync(0xffffffffu, al0 != 1.f || al1 != 1.f)) {
+#pragma unroll
+                for (int mt = 0; mt < KT; ++mt) {
+                    o[n][mt][0] *= al0;
+                    o[n][mt][1] *= al1;
+                    o[n][mt][2] *= al0;
+                    o[n][mt][3] *= al1;
+                }
             }
         }
-        // Online softmax of rows 2t4 (…0) and 2t4 + 1 (…1) over the lanes sharing t4.
-        float mx0 = fmaxf(s[0], s[2]), mx1 = fmaxf(s[1], s[3]);
-#pragma unroll
-        for (int off = 4; off < 32; off <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-        }
-        float al0, al1;
-        const float mu0 = softmax_rescale(m0, mx0, al0), mu1 = softmax_rescale(m1, mx1, al1);
-        float p[4];
-        p[0] = exp2f(s[0] - mu0);
-        p[1] = exp2f(s[1] - mu1);
-        p[2] = exp2f(s[2] - mu0);
-        p[3] = exp2f(s[3] - mu1);
-        l0 = fmaf(l0, al0, p[0] + p[2]);
-        l1 = fmaf(l1, al1, p[1] + p[3]);
-        // Past the first stages a row's maximum rarely moves: rescale only when one did.
-        if (__any_sync(0xffffffffu, al0 != 1.f || al1 != 1.f)) {
-#pragma unroll
-            for (int mt = 0; mt < KT; ++mt) {
-                o[mt][0] *= al0;
-                o[mt][1] *= al1;
-                o[mt][2] *= al0;
-                o[mt][3] *= al1;
-            }
-        }
-
+        
         // Oᵀ += Vᵀ·Pᵀ. P (key g / g + 8 × rows 2t4, 2t4 + 1) packed is the row fragment of an
         // 8×8 matrix per key half; movmatrix turns it into Pᵀ's B fragments (keys 2t4, 2t4 + 1
         // of row g).
         uint32_t vw[2 * VCH];
 #pragma unroll
-        for (int n = 0; n < VCH / 2; ++n)
-            ldsm_x4_trans(*reinterpret_cast<uint32_t(*)[4]>(&vw[4 * n]),
-                          vcodes + my_key * VCB + swizzle(lane_chunk(n, lane), my_key, VCH) * 16);
-        uint32_t pb0 = 0, pb1 = 0, pl0 = 0, pl1 = 0;
-        if constexpr (!kVRuns) {
-            const uint32_t h01 = pack2<MT>(p[0], p[1]), h23 = pack2<MT>(p[2], p[3]);
-            pb0 = movmatrix_trans(h01);
-            pb1 = movmatrix_trans(h23);
-            if constexpr (kSplitP) {
-                pl0 = movmatrix_trans(pack2_lo<MT>(p[0], p[1], h01));
-                pl1 = movmatrix_trans(pack2_lo<MT>(p[2], p[3], h23));
+        for (int c = 0; c < VCH / 2; ++c)
+            ldsm_x4_trans(*reinterpret_cast<uint32_t(*)[4]>(&vw[4 * c]),
+                          vcodes + my_key * VCB + swizzle(lane_chunk(c, lane), my_key, VCH) * 16);
+        uint32_t pb0[NT], pb1[NT], pl0[NT], pl1[NT];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            pb0[n] = pb1[n] = pl0[n] = pl1[n] = 0;
+            if constexpr (!kVRuns) {
+                const uint32_t h01 = pack2<MT>(p[n][0], p[n][1]), h23 = pack2<MT>(p[n][2], p[n][3]);
+                pb0[n] = movmatrix_trans(h01);
+                pb1[n] = movmatrix_trans(h23);
+                if constexpr (kSplitP) {
+                    pl0[n] = movmatrix_trans(pack2_lo<MT>(p[n][0], p[n][1], h01));
+                    pl1[n] = movmatrix_trans(pack2_lo<MT>(p[n][2], p[n][3], h23));
+                }
             }
         }
 #pragma unroll
         for (int r = 0; r < RUNS; ++r) {
             uint32_t va[2][4];
             v_frags<VF>(vw + r * words_per_run(VF), va);
-            if constexpr (kVRuns) {
-                const float sg = __half2float(vscale[g * RUNS + r]);
-                const float sg8 = __half2float(vscale[(g + 8) * RUNS + r]);
-                pb0 = movmatrix_trans(pack2<__half>(p[0] * sg, p[1] * sg));
-                pb1 = movmatrix_trans(pack2<__half>(p[2] * sg8, p[3] * sg8));
-            }
-            mma_16816<MT>(o[2 * r], va[0], pb0, pb1);
-            mma_16816<MT>(o[2 * r + 1], va[1], pb0, pb1);
-            if constexpr (kSplitP) {
-                mma_16816<MT>(o[2 * r], va[0], pl0, pl1);
-                mma_16816<MT>(o[2 * r + 1], va[1], pl0, pl1);
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                if constexpr (kVRuns) {
+                    const float sg = __half2float(vscale[g * RUNS + r]);
+                    const float sg8 = __half2float(vscale[(g + 8) * RUNS + r]);
+                    pb0[n] = movmatrix_trans(pack2<__half>(p[n][0] * sg, p[n][1] * sg));
+                    pb1[n] = movmatrix_trans(pack2<__half>(p[n][2] * sg8, p[n][3] * sg8));
+                }
+                mma_16816<MT>(o[n][2 * r], va[0], pb0[n], pb1[n]);
+                mma_16816<MT>(o[n][2 * r + 1], va[1], pb0[n], pb1[n]);
+                if constexpr (kSplitP) {
+                    mma_16816<MT>(o[n][2 * r], va[0], pl0[n], pl1[n]);
+                    mma_16816<MT>(o[n][2 * r + 1], va[1], pl0[n], pl1[n]);
+                }
             }
         }
         __syncwarp();  // the stage is refilled next
     }
     cp_async_wait_groups<0>();
 #pragma unroll
-    for (int off = 4; off < 32; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) {
+            l0[n] += __shfl_xor_sync(0xffffffffu, l0[n], off);
+            l1[n] += __shfl_xor_sync(0xffffffffu, l1[n], off);
+        }
     }
     __syncthreads();  // the rings become the merge area
     float *sm_m = reinterpret_cast<float *>(smem_raw);
-    float *sm_l = sm_m + kFragWarps * kRows;
-    float *sm_o = sm_l + kFragWarps * kRows;  // [warp][row][D], natural dimension order
-    const int ra = warp * kRows + 2 * t4;
-    if (g == 0) {
-        sm_m[ra] = m0;
-        sm_m[ra + 1] = m1;
-        sm_l[ra] = l0;
-        sm_l[ra + 1] = l1;
-    }
+    float *sm_l = sm_m + kFragWarps * R;
+    float *sm_o = sm_l + kFragWarps * R;  // [warp][row][D], natural dimension order
     // V's constant factor: E4M3's head scale, 1/c of a Q8/Q4 V.
     const float vconst =
         (VF == PARADEC_KV_E4M3 ? qa.v.head_scale[kvh] : 1.f) / code_offset<VF>();
 #pragma unroll
-    for (int mt = 0; mt < KT; ++mt) {
-        const int d0 = v_dim<VF>(mt, g), d1 = v_dim<VF>(mt, g + 8);
-        sm_o[ra * D + d0] = o[mt][0] * vconst;
-        sm_o[(ra + 1) * D + d0] = o[mt][1] * vconst;
-        sm_o[ra * D + d1] = o[mt][2] * vconst;
-        sm_o[(ra + 1) * D + d1] = o[mt][3] * vconst;
+    for (int n = 0; n < NT; ++n) {
+        const int ra = warp * R + kRows * n + 2 * t4;
+        if (g == 0) {
+            sm_m[ra] = m0[n];
+            sm_m[ra + 1] = m1[n];
+            sm_l[ra] = l0[n];
+            sm_l[ra + 1] = l1[n];
+        }
+#pragma unroll
+        for (int mt = 0; mt < KT; ++mt) {
+            const int d0 = v_dim<VF>(mt, g), d1 = v_dim<VF>(mt, g + 8);
+            sm_o[ra * D + d0] = o[n][mt][0] * vconst;
+            sm_o[(ra + 1) * D + d0] = o[n][mt][1] * vconst;
+            sm_o[ra * D + d1] = o[n][mt][2] * vconst;
+            sm_o[(ra + 1) * D + d1] = o[n][mt][3] * vconst;
+        }
     }
     __syncthreads();
     if (kVRuns) {
-        rotate_runs(sm_o, kFragWarps * kRows * D / kRun);  // V back from the rotated basis
+        rotate_runs(sm_o, kFragWarps * R * D / kRun);  // V back from the rotated basis
         __syncthreads();
     }
-    merge_and_store<T>(a, sm_m, sm_l, sm_o, kFragWarps, kRows, D, nrows, row0, b, kvh, db.split);
-}
-
-int q_sm_count() {
-    int dev = 0, n = 132;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        n = 132;
-    }
-    return n;
+    merge_and_store<T>(a, sm_m, sm_l, sm_o, kFragWarps, R, D, nrows, row0, b, kvh, db.split);
 }
 
 // How a call is cut: rows per block, lanes per key, row chunks, the grid's splits, and the
@@ -1016,7 +1048,7 @@ QPlan plan_qdecode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads
     p.lanes = vecs <= 4 ? 4 : vecs <= 8 ? 8 : vecs <= 16 ? 16 : 32;
     const int64_t units = batch * kv_heads * p.chunks;
     static const int cap = env_int("PARADEC_ATTN_MAX_SPLITS", 1, kQMaxSplits);  // as plan_decode
-    split_table(frag ? SplitRule::TensorCore : SplitRule::QuantCudaCore, units, q_sm_count(),
+    split_table(frag ? SplitRule::TensorCore : SplitRule::QuantCudaCore, units, current_device_sms(),
                 cap > 0 ? cap : kQMaxSplits, head_dim, kQMaxSplits, p.splits_by_cap);
     fix_splits(p.splits_by_cap);
     // The grid: the split count of the planned bound, which no shorter batch exceeds (a split
@@ -1079,15 +1111,17 @@ int launch_tc_d(const QArgs &qa, cudaStream_t stream) {
 // cache, batch 1, 8 KV heads, L = 1024: 8.2 → 7.7 µs in a graph, no change at 32768; where two
 // blocks fit an SM (FP8, Q4) the early start placed two on some SMs: Q4, batch 1, L = 32768:
 // 35.9 → 52.9 µs.
-template <int KF, int VF, int D>
+template <int KF, int VF, int D, int NT>
 constexpr bool frag_dependent_launch() {
-    return frag_smem_bytes<KF, VF, D>() > 114 * 1024;
+    return frag_smem_bytes<KF, VF, D, NT>() > 114 * 1024;
 }
 
-template <typename T, int KF, int VF, int D>
+// The fragment kernel at 8·NT query rows a block.
+template <typename T, int KF, int VF, int D, int NT = 1>
 int launch_frag_d(const QArgs &qa, cudaStream_t stream) {
-    return launch_q_tc(qdecode_frag_kernel<T, KF, VF, D>, frag_smem_bytes<KF, VF, D>(),
-                       kvfrag::kRows, kFragWarps, frag_dependent_launch<KF, VF, D>(), qa, stream);
+    return launch_q_tc(qdecode_frag_kernel<T, KF, VF, D, NT>, frag_smem_bytes<KF, VF, D, NT>(),
+                       kvfrag::kRows * NT, kFragWarps, frag_dependent_launch<KF, VF, D, NT>(), qa,
+                       stream);
 }
 
 // Which decode kernel a call takes. Head dims 64 and 128 run on tensor cores through the
@@ -1242,8 +1276,10 @@ int slot_map(const paradec_kv_block_table &bt, size_t capacity, SlotMap *out) {
 }  // namespace
 
 int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream) {
-    static_assert(kFragRows == kvfrag::kRows, "attention.cu plans the fragment kernel's rows");
     if (!tc_head_dim(a.head_dim)) return PARADEC_K_BAD_SHAPE;
+    const int rows = native_frag_rows(static_cast<int64_t>(a.q_len) * (a.heads / a.kv_heads),
+                                      static_cast<int64_t>(a.batch) * a.kv_heads,
+                                      current_device_sms());
     const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * a.head_dim;
     QArgs qa{};
     qa.a = a;
@@ -1253,9 +1289,13 @@ int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream) {
     qa.sm = SlotMap{nullptr, 0, 0, a.capacity};  // slot = b·capacity + j
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        return a.head_dim == 64
-                   ? launch_frag_d<T, PARADEC_KV_NATIVE, PARADEC_KV_NATIVE, 64>(qa, stream)
-                   : launch_frag_d<T, PARADEC_KV_NATIVE, PARADEC_KV_NATIVE, 128>(qa, stream);
+        constexpr int N = PARADEC_KV_NATIVE;
+        static_assert(kFragRows == kvfrag::kRows, "attention.cu plans the fragment kernel's rows");
+        if (rows == 2 * kFragRows)
+            return a.head_dim == 64 ? launch_frag_d<T, N, N, 64, 2>(qa, stream)
+                                    : launch_frag_d<T, N, N, 128, 2>(qa, stream);
+        return a.head_dim == 64 ? launch_frag_d<T, N, N, 64>(qa, stream)
+                                : launch_frag_d<T, N, N, 128>(qa, stream);
     });
 }
 

@@ -325,6 +325,11 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
         // More (sequence, KV head) units than two per SM: the CUDA-core kernel's several-waves
         // split rule.
         add(2, 1, 160, 160, 256, vec![600, 3], 0, None);
+        // More than 8 query rows per KV head (MQA): the fragment kernel's 8-row blocks at so
+        // few (sequence, KV head) pairs; its 16-row blocks (the last one part empty) under
+        // PARADEC_FRAG_ROWS=16.
+        add(2, 1, 20, 1, 64, vec![300, 5], 0, Some(vec![0, 2]));
+        add(1, 1, 12, 1, 128, vec![200], 0, None);
         return v;
     }
     // Decode, q_len 1 … 16: head dims tuned and generic, MHA/GQA/MQA, lengths 1 … 8191.
@@ -352,6 +357,14 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
     add(2, 4, 8, 8, 64, vec![1500, 10], 256, None);
     add(2, 1, 8, 2, 128, vec![3000, 40], 0, Some(vec![0, 41]));
     add(1, 9, 16, 1, 64, vec![600], 100, Some(vec![2]));
+    // MQA at Falcon-7B's 71 query heads, and 12 rows of 128 with a window (8-row blocks at so
+    // few pairs; 16-row blocks, the last part empty, under PARADEC_FRAG_ROWS=16) …
+    add(3, 1, 71, 1, 64, vec![1000, 37, 4096], 0, Some(vec![0, 5, 0]));
+    add(2, 1, 12, 1, 128, vec![2000, 130], 300, None);
+    // … and more than 8 rows per KV head over enough (sequence, KV head) pairs that 16-row
+    // blocks still fill an H100's or H200's SMs: 16-row blocks by default.
+    add(4, 1, 480, 40, 64, vec![300, 5, 77, 1000], 0, Some(vec![0, 3, 0, 9]));
+    add(3, 2, 360, 60, 128, vec![500, 0, 129], 0, None);
     // MHA decode at head dim 128 (the fragment kernel, one and two rows per KV head).
     add(2, 1, 8, 8, 128, vec![4097, 37], 0, Some(vec![0, 3]));
     add(1, 2, 4, 4, 128, vec![999], 50, None);
