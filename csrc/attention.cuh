@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "decode_splits.h"
 #include "dependent_launch.cuh"
 #include "mma.cuh"
 
@@ -98,19 +99,15 @@ inline DecodeChoice decode_choice() {
 // partials as the other decode kernels write them. Head dims 64 and 128.
 int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream);
 constexpr int kFragRows = 8;
-// Query rows a block of the native cache's fragment kernel takes, from the query rows of a KV
-// head (q_len · heads / kv_heads) and the (sequence, KV head) pairs: 2·kFragRows where a KV head
-// has more rows than kFragRows (MQA, wide GQA, several query tokens) and the 16-row blocks
-// still number at least one per SM — every warp then multiplies each stage's keys into two n8
-// tiles of rows, so the keys are read once per 16 rows instead of 8 — else kFragRows, whose
-// twice as many blocks spread a smaller batch over more SMs. H100, Falcon-7B's 71 query heads
-// over one KV head, 1k keys, batch 32: the decode kernel 30.2 → 26.0 µs; batches 1 and 8 keep 8.
-// PARADEC_FRAG_ROWS=8 or =16 forces one (tests and comparisons; 16 only where rows > 8).
+// Query rows a block of the native cache's fragment kernel takes: decode_splits.h's
+// frag_rows_for (16 where a KV head has more than 8 rows and the 16-row blocks still fill the
+// SMs, else kFragRows). H100, Falcon-7B's 71 query heads over one KV head, 1k keys, batch 32:
+// the decode kernel 30.2 → 26.0 µs; batches 1 and 8 keep 8. PARADEC_FRAG_ROWS=8 or =16 forces
+// one (tests and comparisons; 16 only where rows > 8).
 inline int native_frag_rows(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t sms) {
+    static_assert(kFragRows == 8, "frag_rows_for picks 8 or 16");
     static const int forced = env_int("PARADEC_FRAG_ROWS", 8, 16);
-    if (rows_per_kv_head <= kFragRows || forced == kFragRows) return kFragRows;
-    const int64_t blocks16 = seq_kv_pairs * ((rows_per_kv_head + 2 * kFragRows - 1) / (2 * kFragRows));
-    return forced == 2 * kFragRows || blocks16 >= sms ? 2 * kFragRows : kFragRows;
+    return frag_rows_for(rows_per_kv_head, seq_kv_pairs, sms, forced);
 }
 
 // Merges a.splits split-KV partials (a.part_o, a.part_ml) into a.out, in split order

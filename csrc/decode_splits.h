@@ -55,4 +55,16 @@ inline void split_table(SplitRule rule, int64_t units, int64_t sms, int64_t most
     }
 }
 
+// Query rows a block of the native cache's fragment decode kernel takes (8 or 16), from the
+// query rows of a KV head (q_len · heads / kv_heads), the (sequence, KV head) pairs and the SM
+// count: 16 where a KV head has more than 8 rows and the 16-row blocks still number at least one
+// per SM (each stage's keys then feed two n8 tiles of rows, read once per 16 rows instead of 8),
+// else 8, whose twice as many blocks spread a smaller batch wider. `forced` (8 or 16; 0: the
+// rule) fixes it, 16 only where a KV head has more than 8 rows.
+inline int frag_rows_for(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t sms, int forced) {
+    if (rows_per_kv_head <= 8 || forced == 8) return 8;
+    const int64_t blocks16 = seq_kv_pairs * ((rows_per_kv_head + 15) / 16);
+    return forced == 16 || blocks16 >= sms ? 16 : 8;
+}
+
 }  // namespace paradec

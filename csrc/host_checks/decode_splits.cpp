@@ -5,7 +5,7 @@
 // the units exceed 2·SMs) of at least 256 keys up to head dim 128 and 128 beyond,
 // QuantCudaCore at most ⌈8·SMs / units⌉ of at least 128 — and reaches them where neither the
 // other bound nor the cap is lower. Also the swept H100 cases (132 SMs) take the counts the
-// sweeps found best.
+// sweeps found best. And the fragment kernel's rows a block (frag_rows_for).
 #include "check.h"
 #include "decode_splits.h"
 
@@ -81,5 +81,25 @@ int main() {
     CHECK(splits_at(SplitRule::NativeCudaCore, 128, 132, 256, 1024, 256) == 2, "simt b8 d256 L1024");
     CHECK(splits_at(SplitRule::NativeCudaCore, 512, 132, 256, 8192, 256) == 3,
           "simt b32 d256 L8192");
+    // The fragment kernel's rows a block over the native cache (frag_rows_for), 132 SMs:
+    // Falcon-7B (71 rows over one KV head) at batch 1, 8 and 32 — 16 rows only at 32, where
+    // 160 blocks still fill the SMs; Command-R (8 rows) never; a forced count; 9 rows.
+    CHECK(paradec::frag_rows_for(71, 1, 132, 0) == 8, "falcon b1");
+    CHECK(paradec::frag_rows_for(71, 8, 132, 0) == 8, "falcon b8");
+    CHECK(paradec::frag_rows_for(71, 26, 132, 0) == 8, "falcon b26: 130 blocks of 16");
+    CHECK(paradec::frag_rows_for(71, 27, 132, 0) == 16, "falcon b27: 135 blocks of 16");
+    CHECK(paradec::frag_rows_for(71, 32, 132, 0) == 16, "falcon b32");
+    CHECK(paradec::frag_rows_for(8, 32 * 8, 132, 0) == 8, "command-r b32: 8 rows a KV head");
+    CHECK(paradec::frag_rows_for(1, 4096, 132, 16) == 8, "forced 16, one row a KV head");
+    CHECK(paradec::frag_rows_for(9, 1, 132, 16) == 16, "forced 16");
+    CHECK(paradec::frag_rows_for(71, 32, 132, 8) == 8, "forced 8");
+    CHECK(paradec::frag_rows_for(9, 132, 132, 0) == 16, "9 rows, a block of 16 per SM");
+    for (int64_t rows = 1; rows <= 200; ++rows)
+        for (int64_t pairs : {1, 7, 64, 131, 132, 1000})
+            for (int forced : {0, 8, 16}) {
+                const int r = paradec::frag_rows_for(rows, pairs, 132, forced);
+                CHECK(r == 8 || r == 16, "rows %lld: %d", static_cast<long long>(rows), r);
+                CHECK(rows > 8 || r == 8, "rows %lld ≤ 8 took 16", static_cast<long long>(rows));
+            }
     return host_check::report("decode_splits");
 }
