@@ -11,7 +11,8 @@
 #                  the vendor dense GEMM, the CUDA-core and decoded-tile decodes, the prefill attention
 #                  kernels that Hopper's default does not take)
 #   knobs:         the switches that change a default, measured against it — dependent
-#                  launches off (PARADEC_PDL=off): tests and memcheck under them, then the
+#                  launches off (PARADEC_PDL=off), the fragment decode's 8 or 16 query rows a
+#                  block (PARADEC_FRAG_ROWS=8 / =16): tests and memcheck under them, then the
 #                  lean linears, the decoder layers and decode attention timed under each,
 #                  side by side
 #   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
@@ -150,11 +151,11 @@ fi
 
 if [[ "$MODE" == knobs ]]; then
   F="$D/fixtures"
-  KNOBS=("PARADEC_PDL=off")
+  KNOBS=("PARADEC_PDL=off" "PARADEC_FRAG_ROWS=8" "PARADEC_FRAG_ROWS=16")
   {
     for k in "${KNOBS[@]}"; do
       echo "==== tests with $k"
-      env $k PARADEC_FIXTURES="$F" "$D/bin/gpu" linear:: decoder:: graph::
+      env $k PARADEC_FIXTURES="$F" "$D/bin/gpu" linear:: attention:: decoder:: graph::
     done
   } > "$RESULTS/knobs_tests.log" 2>&1
   SUMMARY+=("knob tests: $(grep -E '^test result' "$RESULTS/knobs_tests.log" | tr '\n' ' ')")
@@ -162,7 +163,7 @@ if [[ "$MODE" == knobs ]]; then
     for k in "${KNOBS[@]}"; do
       env $k PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck \
         --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped \
-        decoder::
+        attention::attention_matches decoder::
     done > "$RESULTS/knobs_sanitize.log" 2>&1
     SUMMARY+=("knob memcheck: $(grep -E 'ERROR SUMMARY' "$RESULTS/knobs_sanitize.log" | tr '\n' ' ')")
   fi
