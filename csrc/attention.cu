@@ -450,7 +450,7 @@ int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t strea
     const int vecs = a.head_dim / kVec;
     int st;
     if (p.kernel == DecodeKernel::Frag)
-        st = launch_native_frag(dtype, a, stream);
+        st = launch_native_frag(dtype, a, p.rows, stream);
     else if (p.kernel == DecodeKernel::Mma)
         st = launch_decode_mma(dtype, a, p.chunks, stream);
     else if (vecs <= 1)

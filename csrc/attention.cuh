@@ -95,9 +95,10 @@ inline DecodeChoice decode_choice() {
 // 59.4 / 49.9, L 8192 473.7 / 361.6, L 32768 1906 / 1455; batch 32 within 3%.
 
 // Decode over the contiguous native cache (a.k, a.v) on the fragment kernel
-// (attention_quant.cu): native_frag_rows query rows of one KV head per block, a.splits splits;
-// partials as the other decode kernels write them. Head dims 64 and 128.
-int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream);
+// (attention_quant.cu): `rows` (kFragRows or 2·kFragRows, the plan's native_frag_rows) query
+// rows of one KV head per block, a.splits splits; partials as the other decode kernels write
+// them. Head dims 64 and 128.
+int launch_native_frag(int dtype, const AttnArgs &a, int rows, cudaStream_t stream);
 constexpr int kFragRows = 8;
 // Query rows a block of the native cache's fragment kernel takes: decode_splits.h's
 // frag_rows_for (16 where a KV head has more than 8 rows and the 16-row blocks still fill the

@@ -1275,11 +1275,9 @@ int slot_map(const paradec_kv_block_table &bt, size_t capacity, SlotMap *out) {
 
 }  // namespace
 
-int launch_native_frag(int dtype, const AttnArgs &a, cudaStream_t stream) {
-    if (!tc_head_dim(a.head_dim)) return PARADEC_K_BAD_SHAPE;
-    const int rows = native_frag_rows(static_cast<int64_t>(a.q_len) * (a.heads / a.kv_heads),
-                                      static_cast<int64_t>(a.batch) * a.kv_heads,
-                                      current_device_sms());
+int launch_native_frag(int dtype, const AttnArgs &a, int rows, cudaStream_t stream) {
+    if (!tc_head_dim(a.head_dim) || (rows != kFragRows && rows != 2 * kFragRows))
+        return PARADEC_K_BAD_SHAPE;
     const int64_t kv_dim = static_cast<int64_t>(a.kv_heads) * a.head_dim;
     QArgs qa{};
     qa.a = a;
