@@ -921,17 +921,54 @@ bool group_wgmma(const paradec_qlinear_call *calls, size_t count) {
     return count > 0;
 }
 
+// The K splits of a one-grid wgmma launch's weights at m rows (wgmma_group_splits) where one
+// grid may take them — m ≤ 64, at most kWgmmaGroupMax 4-bit weights; else 1 each (the calls
+// then run alone at their own). `weight(i)` gives call i's weight.
+template <typename F>
+void one_grid_splits(size_t count, size_t m, bool summed, F weight, int *ks) {
+    int64_t kdim[kWgmmaGroupMax], np[kWgmmaGroupMax];
+    bool planned = m <= 64 && count <= static_cast<size_t>(kWgmmaGroupMax);
+    for (size_t i = 0; planned && i < count; ++i) {
+        const paradec_qweight *w = weight(i);
+        kdim[i] = static_cast<int64_t>(w->kp);
+        np[i] = static_cast<int64_t>(w->np);
+        planned = w->bits == 4;
+    }
+    if (planned) {
+        wgmma_group_splits(static_cast<int64_t>(m), kdim, np, static_cast<int>(count), summed, ks);
+        return;
+    }
+    for (size_t i = 0; i < count; ++i) ks[i] = 1;
+}
+
+// A group's calls' K splits in one grid (one_grid_splits).
+void group_call_splits(const paradec_qlinear_call *calls, size_t count, size_t m, int *ks) {
+    one_grid_splits(count, m, false, [&](size_t i) { return calls[i].w; }, ks);
+}
+
 // A wgmma group call's scratch, laid out as the single call's: its gathered x, then its K
-// split's partials and tile counters.
-size_t wgmma_call_bytes(const paradec_qlinear_call &c, size_t m) {
-    return gather_bytes(c.w, m) + wgmma_split_bytes(c.w, m, c.split);
+// split's partials and tile counters — room for the split it takes alone and for the group's
+// `planned` one.
+size_t wgmma_call_bytes(const paradec_qlinear_call &c, size_t m, int planned) {
+    const WgmmaSplit own = wgmma_split(c.w, m, c.split);
+    const size_t most = static_cast<size_t>(std::max(own.ks, planned));
+    size_t split_bytes = 0;
+    if (wgmma_available() && c.w->bits != 0 && most > 1)
+        split_bytes = round_up(most * m * c.w->np * 4, kAlign) +
+                      round_up(static_cast<size_t>(wgmma_tiles(static_cast<int64_t>(m),
+                                                               static_cast<int64_t>(c.w->np), 64)) *
+                                   sizeof(unsigned),
+                               kAlign);
+    return gather_bytes(c.w, m) + split_bytes;
 }
 
 // A group's scratch: every call's, then the stream loop's slots.
 size_t group_bytes(const paradec_qlinear_call *calls, size_t count, size_t m) {
     if (group_wgmma(calls, count)) {
+        int ks[kWgmmaGroupMax];
+        group_call_splits(calls, count, m, ks);
         size_t total = 0;
-        for (size_t i = 0; i < count; ++i) total += wgmma_call_bytes(calls[i], m);
+        for (size_t i = 0; i < count; ++i) total += wgmma_call_bytes(calls[i], m, ks[i]);
         return total;
     }
     const bool stream_loop = group_streams(calls, count, m);
@@ -1017,9 +1054,10 @@ static_assert(kWgmmaGroupMax == PARADEC_LINEAR_GROUP_MAX && kSmallGroupMax == PA
               "a group's calls fit every launcher's table");
 
 // A group of calls on the wgmma GEMM, each result as quant_linear_t(…, PARADEC_PATH_WGMMA,
-// call.split, …) gives it: one launch that gathers permuted x and zeroes split counters for
-// every call, then one grid of every call's blocks (launch_gemm_wgmma_group: each call's own
-// tiles, K splits and split order). Where that kernel does not take the group — more than 64
+// call.split, …) gives it within rounding: one launch that gathers permuted x and zeroes split
+// counters for every call, then one grid of every call's blocks (launch_gemm_wgmma_group: each
+// call's own tiles, and the K splits group_call_splits plans for the grid, summed in split
+// order — deterministic, and the call alone's bits where the plan keeps its own split). Where that kernel does not take the group — more than 64
 // rows, a width other than 4 bits, a call the wgmma GEMM does not serve (no sm_90a code or
 // device, unaligned x) — each call runs alone, one after the other, in its own scratch.
 template <typename T>
@@ -1027,20 +1065,24 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
                                void *scratch, const paradec_zeroed_counters &zeroed,
                                cudaStream_t stream) {
     GemmArgs ga[kWgmmaGroupMax];
-    WgmmaSplit plan[kWgmmaGroupMax];
+    int ks[kWgmmaGroupMax];  // each call's K split in the one grid
+    size_t call_tiles[kWgmmaGroupMax];
     char *base[kWgmmaGroupMax];
     char *sp = static_cast<char *>(scratch);
     bool grouped = m <= 64;
     size_t tiles = 0;  // split counters of every call that splits K
+    group_call_splits(calls, count, m, ks);
     for (size_t i = 0; i < count; ++i) {
         const paradec_qlinear_call &c = calls[i];
         const paradec_qweight *w = c.w;
         base[i] = sp;
-        sp += wgmma_call_bytes(c, m);
+        sp += wgmma_call_bytes(c, m, ks[i]);
         ga[i] = quant_gemm_args(w, c.x, base[i], m, c.bias, c.out, c.accumulate != 0);
-        plan[i] = wgmma_split(w, m, c.split);
-        grouped = grouped && w->bits == 4 && plan[i].tok == 64 && wgmma_serves(ga[i], w->bits);
-        if (plan[i].ks > 1) tiles += plan[i].tiles;
+        grouped = grouped && w->bits == 4 && wgmma_split(w, m, c.split).tok == 64 &&
+                  wgmma_serves(ga[i], w->bits);
+        call_tiles[i] = static_cast<size_t>(
+            wgmma_tiles(static_cast<int64_t>(m), static_cast<int64_t>(w->np), 64));
+        if (ks[i] > 1) tiles += call_tiles[i];
     }
     if (!grouped) {
         for (size_t i = 0; i < count; ++i) {
@@ -1059,17 +1101,20 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
         const paradec_qweight *w = calls[i].w;
         GroupPrep &p = preps.call[i];
         p = gather_prep(calls[i].x, w, base[i], m, most);
-        if (plan[i].ks > 1) {
-            ga[i].ksplit = plan[i].ks;
+        if (ks[i] > 1) {
+            ga[i].ksplit = ks[i];
             ga[i].part = reinterpret_cast<float *>(base[i] + gather_bytes(w, m));
             if (kept) {
                 ga[i].counters = kept;
-                kept += plan[i].tiles;
+                kept += call_tiles[i];
             } else {
+                // After room for the larger of the call's own and planned partials.
+                const size_t most = static_cast<size_t>(
+                    std::max(ks[i], wgmma_split(w, m, calls[i].split).ks));
                 ga[i].counters = reinterpret_cast<unsigned *>(
-                    reinterpret_cast<char *>(ga[i].part) + plan[i].part_bytes);
+                    reinterpret_cast<char *>(ga[i].part) + round_up(most * m * w->np * 4, kAlign));
                 p.counters = ga[i].counters;
-                p.ncounters = static_cast<int64_t>(plan[i].tiles);
+                p.ncounters = static_cast<int64_t>(call_tiles[i]);
             }
         }
         prep = prep || w->row_src || p.ncounters > 0;
@@ -1092,18 +1137,28 @@ size_t sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
     return total + round_up(splits * m * terms[0].w->np * 4, kAlign) + counter_bytes(terms[0].w);
 }
 
+// A sum's terms' K splits in one grid (one_grid_splits).
+void sum_term_splits(const paradec_qlinear_term *terms, size_t count, size_t m, int *ks) {
+    one_grid_splits(count, m, true, [&](size_t i) { return terms[i].w; }, ks);
+}
+
 // A wgmma sum's scratch: every term's gathered x, then the f32 partials of every term's K
-// splits (each as its own launch splits at 64-row tiles), then one counter per tile. At least
-// what each term run alone on the wgmma path needs (the sum's fallback).
+// splits (the more of the planned ones, sum_term_splits, and those the terms take alone at
+// 64-row tiles), then one counter per tile. At least what each term run alone on the wgmma
+// path needs (the sum's fallback).
 size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
     size_t total = 0;
-    int64_t slots = 0;
+    int64_t own = 0, planned = 0;
     const int64_t mm = static_cast<int64_t>(m), np = static_cast<int64_t>(terms[0].w->np);
+    int ks[kWgmmaGroupMax];
+    sum_term_splits(terms, count, m, ks);
     for (size_t i = 0; i < count; ++i) {
         total += gather_bytes(terms[i].w, m);
-        slots += wgmma_split(terms[i].w, m, 64).ks;
+        own += wgmma_split(terms[i].w, m, 64).ks;
+        planned += ks[i];
     }
-    return total + round_up(static_cast<size_t>(slots) * m * static_cast<size_t>(np) * 4, kAlign) +
+    const size_t slots = static_cast<size_t>(std::max(own, planned));
+    return total + round_up(slots * m * static_cast<size_t>(np) * 4, kAlign) +
            round_up(static_cast<size_t>(wgmma_tiles(mm, np, 64)) * sizeof(unsigned), kAlign);
 }
 
@@ -1121,11 +1176,13 @@ int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t
     char *sp = static_cast<char *>(scratch);
     bool grouped = m <= 64;
     int64_t slots = 0;
+    int ks[kWgmmaGroupMax];
+    sum_term_splits(terms, count, m, ks);
     for (size_t i = 0; i < count; ++i) {
         const paradec_qweight *w = terms[i].w;
         ga[i] = quant_gemm_args(w, terms[i].x, sp, m, bias, out, accumulate);
         sp += gather_bytes(w, m);
-        ga[i].ksplit = wgmma_split(w, m, 64).ks;  // as the term alone splits
+        ga[i].ksplit = ks[i];
         slots += ga[i].ksplit;
         grouped = grouped && w->bits == 4 && wgmma_serves(ga[i], w->bits);
     }

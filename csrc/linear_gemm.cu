@@ -17,6 +17,7 @@
 #include "mma.cuh"
 #include "tma.cuh"
 #include "wgmma.cuh"
+#include "wgmma_group_plan.h"
 
 namespace paradec {
 namespace {
@@ -976,6 +977,55 @@ int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok) {
     }
     split = std::min(split, cap);
     return split <= 1 ? 1 : static_cast<int>(nonempty_splits(steps, split));
+}
+
+void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int count, bool summed,
+                        int *ks) {
+    static const bool own_only = env_is("PARADEC_WGMMA_GROUP_PLAN", "own");
+    // `two`: the plan over two slots an SM, each at a lone block's speed (the first model,
+    // kept for comparing).
+    static const bool two_slots = env_is("PARADEC_WGMMA_GROUP_PLAN", "two");
+    GroupCallShape shape[kWgmmaGroupMax];
+    const int n = std::clamp(count, 0, kWgmmaGroupMax);
+    for (int i = 0; i < n; ++i) {
+        const int64_t steps = kdim[i] / kGK;
+        shape[i] = {steps, wgmma_tiles(m, np[i], kSplitTok), wgmma_ksplit(m, kdim[i], np[i], kSplitTok),
+                    group_split_cap(m, steps)};
+        ks[i] = shape[i].own;
+    }
+    if (own_only || wgmma_ksplit_forced() != 0 || m < 1 || n < 1) return;
+    // The plan costs tens of µs on the host: an eager decode step asks for the same few plans
+    // every layer, so each thread keeps the last ones it made.
+    struct Memo {
+        int64_t m, sms;
+        int count;
+        bool summed;
+        int64_t kdim[kWgmmaGroupMax], np[kWgmmaGroupMax];
+        int ks[kWgmmaGroupMax];
+    };
+    thread_local Memo memo[8];
+    thread_local int memo_used = 0, memo_next = 0;
+    const int64_t sms = current_device_sms();
+    for (int e = 0; e < memo_used; ++e) {
+        const Memo &h = memo[e];
+        bool same = h.m == m && h.sms == sms && h.count == n && h.summed == summed;
+        for (int i = 0; same && i < n; ++i) same = h.kdim[i] == kdim[i] && h.np[i] == np[i];
+        if (same) {
+            std::copy(h.ks, h.ks + n, ks);
+            return;
+        }
+    }
+    plan_group_splits(shape, n, (two_slots ? 2 : 1) * std::max<int64_t>(sms, 1), summed, ks);
+    Memo &h = memo[memo_next];
+    h.m = m;
+    h.sms = sms;
+    h.count = n;
+    h.summed = summed;
+    std::copy(kdim, kdim + n, h.kdim);
+    std::copy(np, np + n, h.np);
+    std::copy(ks, ks + n, h.ks);
+    memo_next = (memo_next + 1) % 8;
+    memo_used = std::min(memo_used + 1, 8);
 }
 
 bool wgmma_serves(const GemmArgs &a, int bits) {

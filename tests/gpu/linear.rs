@@ -419,11 +419,12 @@ fn weight_args(p: &PreparedQuant) -> paradec::cuda::kernels::QuantWeightArgs<'_>
     paradec::cuda::kernels::QuantWeightArgs::of(p)
 }
 
-/// Several 4-bit linears of two inputs (as a block's q/k/v and MLP input projections over two
+/// Several 4-bit linears of three inputs (as a block's q/k/v and MLP input projections over two
 /// norms) in one grouped launch: every output equal to the bit to the same weight run alone on
 /// the small-M path, with the same K split (on the stream loop, where the group shares its
-/// blocks across calls, equal within rounding), or on the warpgroup-MMA path; and the op that
-/// picks the grouped launch (at 17–32 rows on Hopper the warpgroup MMA's) gives the same.
+/// blocks across calls, equal within rounding), or on the warpgroup-MMA path (its one grid plans
+/// the calls' K splits together: within rounding, the same bits twice); and
+/// the op that picks the grouped launch gives the same.
 #[test]
 fn grouped_small_m_launch_equals_each_alone() {
     let Some(cs) = gpu_stream("grouped_small_m") else {
@@ -452,8 +453,11 @@ fn grouped_small_m_launch_equals_each_alone() {
         (exl2, 0),
         (gptq(4, 64, true, true, 9, 320, 604), 1),
         (gptq(4, -1, false, false, 40, 320, 605), 1),
+        // K 4096: at 17–32 rows the warpgroup MMA's one grid splits it more than it splits
+        // alone (its 64 K steps would run on after the short calls' blocks).
+        (gptq(4, 128, false, false, 40, 4096, 606), 2),
     ];
-    let ks = [512usize, 320];
+    let ks = [512usize, 320, 4096];
     let ms: Vec<usize> = if small() { vec![1, 17] } else { vec![1, 3, 8, 17, 32] };
     for dt in DTYPES {
         let pws: Vec<PreparedQuant> = weights
@@ -498,28 +502,40 @@ fn grouped_small_m_launch_equals_each_alone() {
                     .unwrap();
                     alone.push(download(&out));
                 }
-                // Together.
-                let mut outs: Vec<Tensor> = pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
-                {
+                // Together (the kept counters where the loop counts there).
+                let together = |kept: Option<&mut paradec::cuda::DeviceBuffer>| {
+                    let mut outs: Vec<Tensor> =
+                        pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
                     let mut calls: Vec<paradec::cuda::kernels::QuantLinearCall<'_>> = pws
                         .iter()
                         .zip(&weights)
                         .zip(outs.iter_mut())
                         .map(|((p, (_, xi)), out)| group_call(&xs[*xi], p, out, split, path, None))
                         .collect();
-                    group_launch(dt, m, &mut calls, (!lean).then_some(&mut kept), cs);
-                }
+                    group_launch(dt, m, &mut calls, kept, cs);
+                    drop(calls);
+                    outs.iter().map(download).collect::<Vec<_>>()
+                };
+                let outs = together((!lean).then_some(&mut kept));
+                // The warpgroup MMA's one grid plans its own K splits for the calls together
+                // (equal within rounding to each alone, the same bits every time).
+                let wgmma_grid = path == LinearPath::Wgmma;
+                let again = if wgmma_grid { together(Some(&mut kept)) } else { Vec::new() };
                 for (i, out) in outs.iter().enumerate() {
                     let what = format!("{dt} m={m} split={split} {path:?} call {i}");
-                    if stream && m <= 16 {
-                        assert_close(&what, dt, &download(out), &alone[i]);
+                    if (stream && m <= 16) || wgmma_grid {
+                        assert_close(&what, dt, out, &alone[i]);
                     } else {
-                        assert_eq!(download(out), alone[i], "{what}");
+                        assert_eq!(*out, alone[i], "{what}");
+                    }
+                    if wgmma_grid {
+                        assert_eq!(*out, again[i], "{what}: two grouped runs differ");
                     }
                 }
             }
-            // The op: grouped where it applies, the same values as one call at a time (up to 8
-            // rows within rounding: there the group cuts every call's K in its own splits).
+            // The op: grouped where it applies, the same values as one call at a time (within
+            // rounding up to 8 rows, where the group cuts every call's K in its own splits, and
+            // past 16, where the warpgroup MMA's grid plans the calls' splits together).
             let mut outs: Vec<Tensor> = pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
             {
                 let mut calls: Vec<(&Tensor, &PreparedQuant, &mut Tensor)> = pws
@@ -534,7 +550,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                 let mut want = poisoned(&[m, p.n], dt);
                 ops::prepared_linear(&s, &mut ws, &xs[*xi], p, &mut want, false).unwrap();
                 let what = format!("{dt} m={m} op call {i}");
-                if m <= 8 {
+                if m <= 8 || m > 16 {
                     assert_close(&what, dt, &download(&outs[i]), &download(&want));
                 } else {
                     assert_eq!(download(&outs[i]), download(&want), "{what}");
@@ -728,6 +744,8 @@ fn summed_small_m_launch_matches_cpu() {
     let weights = [
         gptq(4, 128, true, false, n, 512, 611),
         exl2,
+        // K 4096: the warpgroup MMA's one grid splits it more than it splits alone.
+        gptq(4, 128, false, false, n, 4096, 615),
         gptq(4, 64, false, true, n, 96, 613),
     ];
     let ms: Vec<usize> = if small() { vec![1, 17] } else { vec![1, 3, 8, 16, 17, 32] };
@@ -748,26 +766,25 @@ fn summed_small_m_launch_matches_cpu() {
                 })
                 .collect();
             let (old_d, old_r) = upload(&rng.vec(m * n, -1.0, 1.0), &[m, n], dt);
-            // Σ of every term, and of the first two (K 512 and 320: whole 64-row steps, which
-            // the warpgroup MMA's one grid needs; with the third, K 96, its terms run one at a
-            // time).
-            let mut products = vec![0f32; m * n];
-            let mut first_two = vec![0f32; m * n];
-            for (i, (w, (_, xr))) in weights.iter().zip(&xs).enumerate() {
-                w.forward(xr, m, &mut products, true).unwrap();
-                if i < 2 {
-                    w.forward(xr, m, &mut first_two, true).unwrap();
-                }
+            // Σ of the first c terms (prefix[c]). K 512, 320 and 4096 are whole 64-row steps,
+            // which the warpgroup MMA's one grid needs; with the fourth, K 96, its terms run
+            // one at a time.
+            let mut prefix = vec![vec![0f32; m * n]];
+            for (w, (_, xr)) in weights.iter().zip(&xs) {
+                let mut next = prefix.last().unwrap().clone();
+                w.forward(xr, m, &mut next, true).unwrap();
+                prefix.push(next);
             }
             for (path, splits, count) in [
-                (LinearPath::SmallLean, [1usize, 1, 1], 3),
-                (LinearPath::SmallLean, [3, 2, 1], 3),
-                (LinearPath::Small, [1, 1, 1], 3),
-                (LinearPath::Small, [4, 3, 2], 3),
-                (LinearPath::Wgmma, [1, 1, 1], 2),
-                (LinearPath::Wgmma, [1, 1, 1], 3),
+                (LinearPath::SmallLean, [1usize, 1, 1, 1], 4),
+                (LinearPath::SmallLean, [3, 2, 5, 1], 4),
+                (LinearPath::Small, [1, 1, 1, 1], 4),
+                (LinearPath::Small, [4, 3, 6, 2], 4),
+                (LinearPath::Wgmma, [1, 1, 1, 1], 2),
+                (LinearPath::Wgmma, [1, 1, 1, 1], 3),
+                (LinearPath::Wgmma, [1, 1, 1, 1], 4),
             ] {
-                let products = if count == 2 { &first_two } else { &products };
+                let products = &prefix[count];
                 for (accumulate, with_bias) in [(false, true), (true, false), (true, true)] {
                     let terms: Vec<paradec::cuda::kernels::QuantLinearTerm<'_>> = pws
                         .iter()
@@ -818,8 +835,8 @@ fn summed_small_m_launch_matches_cpu() {
                 }
             }
             // The op: one launch, equal within rounding to accumulating one term at a time
-            // (the first two terms: at 17–32 rows on Hopper the warpgroup MMA's sum).
-            for count in [3, 2] {
+            // (the first two or three terms: at 17–32 rows on Hopper the warpgroup MMA's sum).
+            for count in [4, 3, 2] {
                 let terms: Vec<(&Tensor, &PreparedQuant)> =
                     xs.iter().zip(&pws).take(count).map(|((x, _), p)| (x, p)).collect();
                 let mut summed = old_d.try_clone().unwrap();
