@@ -75,7 +75,8 @@ pub fn select_linear(
 /// (weights streamed once, dequantized to exact integers in f16/bf16 registers), on its lean
 /// loop where a block's x fits its staging, else its ring loop — but past 16 rows, where the
 /// warpgroup-MMA kernel runs, that kernel (`small_m_on_wgmma`; grouped launches of such calls
-/// run it too, one grid for all, so a call gives the same bits alone and grouped). Other small
+/// run it too, one grid for all, whose K splits are planned for the calls together, so a call
+/// grouped equals the call alone within rounding). Other small
 /// m streams the weights on CUDA cores (a bandwidth-bound GEMV); larger m, on sm_80 and later,
 /// runs on tensor cores (`Wgmma`: the warpgroup MMA where the launcher finds it, the mma.sync
 /// tiles elsewhere). Both streaming paths split K so that enough blocks run to keep many
@@ -252,7 +253,7 @@ fn small_m_on_wgmma(m: usize, k: usize, n: usize, sms: usize) -> bool {
 /// loop's grouped and summed kernels spilled there: batch-32 decoder steps 7–11% slower on an
 /// H200). The ring and lean loops give the same bits at the same split, so a grouped call still
 /// equals the call alone; a call on the warpgroup MMA keeps it (its grouped launch runs each
-/// call's own blocks).
+/// call's own tiles, at K splits planned for the grid: within rounding of the call alone).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn group_plan(plan: LinearPlan, m: usize) -> LinearPlan {
     if m > GROUP_LEAN_MAX_M && plan.path == LinearPath::SmallLean {

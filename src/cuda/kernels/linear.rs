@@ -308,7 +308,8 @@ pub fn quant_linear_group_scratch(dtype: DType, m: usize, calls: &[QuantLinearCa
 
 /// Several quantized linears of the same m (≤ 32, uniform 4-bit weights) in two launches, each
 /// result as [`quant_linear`] on the small-M path gives it (on the warpgroup-MMA path where
-/// every call asks for it: any m and width, each result as that path's single call). `scratch` (U8) holds at least
+/// every call asks for it: any m and width, each result as that path's single call within
+/// rounding — one grid plans the calls' K splits together). `scratch` (U8) holds at least
 /// [`quant_linear_group_scratch`] bytes; with kept `counters` (see
 /// [`super::zeroed_counters_ffi`])
 /// the first launch runs only where a call gathers permuted x.
