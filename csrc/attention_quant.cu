@@ -940,7 +940,7 @@ __global__ void __launch_bounds__(kFragWarps * 32) qdecode_frag_kernel(QArgs qa)
                 }
             }
         }
-        
+
         // Oᵀ += Vᵀ·Pᵀ. P (key g / g + 8 × rows 2t4, 2t4 + 1) packed is the row fragment of an
         // 8×8 matrix per key half; movmatrix turns it into Pᵀ's B fragments (keys 2t4, 2t4 + 1
         // of row g).

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "paradec_kernels.h"
+#include "split_count.h"
 
 namespace paradec {
 
@@ -122,13 +123,6 @@ inline int allow_dynamic_smem(Kernel kernel, size_t bytes) {
 inline int launch_status() {
     cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? PARADEC_K_OK : static_cast<int>(e);
-}
-
-// The splits a kernel really runs when `items` (K tiles, K steps) are cut into ⌈items / split⌉
-// per split: no split is left empty.
-inline int64_t nonempty_splits(int64_t items, int64_t split) {
-    const int64_t per = (items + split - 1) / split;
-    return (items + per - 1) / per;
 }
 
 inline bool valid_dtype(int dtype) { return dtype == PARADEC_F16 || dtype == PARADEC_BF16; }

@@ -946,20 +946,28 @@ void group_call_splits(const paradec_qlinear_call *calls, size_t count, size_t m
     one_grid_splits(count, m, false, [&](size_t i) { return calls[i].w; }, ks);
 }
 
-// A wgmma group call's scratch, laid out as the single call's: its gathered x, then its K
-// split's partials and tile counters — room for the split it takes alone and for the group's
-// `planned` one.
-size_t wgmma_call_bytes(const paradec_qlinear_call &c, size_t m, int planned) {
-    const WgmmaSplit own = wgmma_split(c.w, m, c.split);
-    const size_t most = static_cast<size_t>(std::max(own.ks, planned));
-    size_t split_bytes = 0;
-    if (wgmma_available() && c.w->bits != 0 && most > 1)
-        split_bytes = round_up(most * m * c.w->np * 4, kAlign) +
-                      round_up(static_cast<size_t>(wgmma_tiles(static_cast<int64_t>(m),
-                                                               static_cast<int64_t>(c.w->np), 64)) *
-                                   sizeof(unsigned),
-                               kAlign);
-    return gather_bytes(c.w, m) + split_bytes;
+// A wgmma group call's scratch, laid out as the single call's: its gathered x, then room for
+// the f32 partials of the larger of the split it takes alone and the group's `planned` one,
+// then the tile counters.
+struct WgmmaCallScratch {
+    WgmmaSplit own;     // the call alone
+    size_t tiles;       // its 64-row tiles in the one grid (one counter each)
+    size_t part_bytes;  // rounded to kAlign; 0 where neither split cuts K
+    size_t bytes;       // all of it
+};
+
+WgmmaCallScratch wgmma_call_scratch(const paradec_qlinear_call &c, size_t m, int planned) {
+    WgmmaCallScratch s{};
+    s.own = wgmma_split(c.w, m, c.split);
+    s.tiles = static_cast<size_t>(
+        wgmma_tiles(static_cast<int64_t>(m), static_cast<int64_t>(c.w->np), 64));
+    const size_t most = static_cast<size_t>(std::max(s.own.ks, planned));
+    s.bytes = gather_bytes(c.w, m);
+    if (wgmma_available() && c.w->bits != 0 && most > 1) {
+        s.part_bytes = round_up(most * m * c.w->np * 4, kAlign);
+        s.bytes += s.part_bytes + round_up(s.tiles * sizeof(unsigned), kAlign);
+    }
+    return s;
 }
 
 // A group's scratch: every call's, then the stream loop's slots.
@@ -968,7 +976,7 @@ size_t group_bytes(const paradec_qlinear_call *calls, size_t count, size_t m) {
         int ks[kWgmmaGroupMax];
         group_call_splits(calls, count, m, ks);
         size_t total = 0;
-        for (size_t i = 0; i < count; ++i) total += wgmma_call_bytes(calls[i], m, ks[i]);
+        for (size_t i = 0; i < count; ++i) total += wgmma_call_scratch(calls[i], m, ks[i]).bytes;
         return total;
     }
     const bool stream_loop = group_streams(calls, count, m);
@@ -1057,16 +1065,17 @@ static_assert(kWgmmaGroupMax == PARADEC_LINEAR_GROUP_MAX && kSmallGroupMax == PA
 // call.split, …) gives it within rounding: one launch that gathers permuted x and zeroes split
 // counters for every call, then one grid of every call's blocks (launch_gemm_wgmma_group: each
 // call's own tiles, and the K splits group_call_splits plans for the grid, summed in split
-// order — deterministic, and the call alone's bits where the plan keeps its own split). Where that kernel does not take the group — more than 64
-// rows, a width other than 4 bits, a call the wgmma GEMM does not serve (no sm_90a code or
-// device, unaligned x) — each call runs alone, one after the other, in its own scratch.
+// order — deterministic, and the call alone's bits where the plan keeps its own split). Where
+// that kernel does not take the group — more than 64 rows, a width other than 4 bits, a call
+// the wgmma GEMM does not serve (no sm_90a code or device, unaligned x) — each call runs alone,
+// one after the other, in its own scratch.
 template <typename T>
 int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size_t count,
                                void *scratch, const paradec_zeroed_counters &zeroed,
                                cudaStream_t stream) {
     GemmArgs ga[kWgmmaGroupMax];
     int ks[kWgmmaGroupMax];  // each call's K split in the one grid
-    size_t call_tiles[kWgmmaGroupMax];
+    WgmmaCallScratch cs[kWgmmaGroupMax];
     char *base[kWgmmaGroupMax];
     char *sp = static_cast<char *>(scratch);
     bool grouped = m <= 64;
@@ -1075,14 +1084,12 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
     for (size_t i = 0; i < count; ++i) {
         const paradec_qlinear_call &c = calls[i];
         const paradec_qweight *w = c.w;
+        cs[i] = wgmma_call_scratch(c, m, ks[i]);
         base[i] = sp;
-        sp += wgmma_call_bytes(c, m, ks[i]);
+        sp += cs[i].bytes;
         ga[i] = quant_gemm_args(w, c.x, base[i], m, c.bias, c.out, c.accumulate != 0);
-        grouped = grouped && w->bits == 4 && wgmma_split(w, m, c.split).tok == 64 &&
-                  wgmma_serves(ga[i], w->bits);
-        call_tiles[i] = static_cast<size_t>(
-            wgmma_tiles(static_cast<int64_t>(m), static_cast<int64_t>(w->np), 64));
-        if (ks[i] > 1) tiles += call_tiles[i];
+        grouped = grouped && w->bits == 4 && cs[i].own.tok == 64 && wgmma_serves(ga[i], w->bits);
+        if (ks[i] > 1) tiles += cs[i].tiles;
     }
     if (!grouped) {
         for (size_t i = 0; i < count; ++i) {
@@ -1106,15 +1113,12 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
             ga[i].part = reinterpret_cast<float *>(base[i] + gather_bytes(w, m));
             if (kept) {
                 ga[i].counters = kept;
-                kept += call_tiles[i];
+                kept += cs[i].tiles;
             } else {
-                // After room for the larger of the call's own and planned partials.
-                const size_t most = static_cast<size_t>(
-                    std::max(ks[i], wgmma_split(w, m, calls[i].split).ks));
                 ga[i].counters = reinterpret_cast<unsigned *>(
-                    reinterpret_cast<char *>(ga[i].part) + round_up(most * m * w->np * 4, kAlign));
+                    reinterpret_cast<char *>(ga[i].part) + cs[i].part_bytes);
                 p.counters = ga[i].counters;
-                p.ncounters = static_cast<int64_t>(call_tiles[i]);
+                p.ncounters = static_cast<int64_t>(cs[i].tiles);
             }
         }
         prep = prep || w->row_src || p.ncounters > 0;

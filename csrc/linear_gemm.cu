@@ -989,8 +989,8 @@ void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int c
     const int n = std::clamp(count, 0, kWgmmaGroupMax);
     for (int i = 0; i < n; ++i) {
         const int64_t steps = kdim[i] / kGK;
-        shape[i] = {steps, wgmma_tiles(m, np[i], kSplitTok), wgmma_ksplit(m, kdim[i], np[i], kSplitTok),
-                    group_split_cap(m, steps)};
+        shape[i] = {steps, wgmma_tiles(m, np[i], kSplitTok),
+                    wgmma_ksplit(m, kdim[i], np[i], kSplitTok), group_split_cap(m, steps)};
         ks[i] = shape[i].own;
     }
     if (own_only || wgmma_ksplit_forced() != 0 || m < 1 || n < 1) return;

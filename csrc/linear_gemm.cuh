@@ -76,10 +76,10 @@ constexpr int kWgmmaGroupMax = 8;
 
 // out (+)= Σ_i x_i · W_iᵀ + bias for `count` (1 … kWgmmaGroupMax) terms of one output on the
 // wgmma GEMM of 4-bit weights at 64-row tiles (each term where wgmma_serves, m ≤ 64; out, bias
-// and accumulate those of calls[0]), in one grid: every term's K splits (its `ksplit`: a sum takes
-// wgmma_group_splits') write f32 partials `part` [Σ splits, m, np], and the last block of each tile to
-// finish sums them in (term, split) order, then adds bias and the existing out — the same
-// result whatever the timing. `counters` (one per tile, zero on entry, left zero). A paradec
+// and accumulate those of calls[0]), in one grid: every term's K splits (its `ksplit`: a sum
+// takes wgmma_group_splits') write f32 partials `part` [Σ splits, m, np], and the last block of
+// each tile to finish sums them in (term, split) order, then adds bias and the existing out —
+// the same result whatever the timing. `counters` (one per tile, zero on entry, left zero). A paradec
 // status.
 int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *part,
                           unsigned *counters, cudaStream_t stream);
@@ -94,10 +94,10 @@ void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int c
                         int *ks);
 
 // Launches `count` (1 … kWgmmaGroupMax) calls of the wgmma GEMM of 4-bit weights (each where
-// wgmma_serves, m ≤ 64: 64-row tiles) in one grid, each
-// call's blocks, splits and sums exactly those of its own launch at the split it carries
-// (`ksplit`: a group takes wgmma_group_splits') — the calls with the most K steps a block placed
-// first in the grid, so their blocks start first.
+// wgmma_serves, m ≤ 64: 64-row tiles) in one grid, each call's blocks, splits and sums exactly
+// those of its own launch at the split it carries (`ksplit`: a group takes
+// wgmma_group_splits') — the calls with the most K steps a block placed first in the grid, so
+// their blocks start first.
 // Calls' outputs, partials and counters must not overlap. A paradec status.
 int launch_gemm_wgmma_group(int dtype, const GemmArgs *calls, int count, cudaStream_t stream);
 

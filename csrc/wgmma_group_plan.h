@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <map>
 
+#include "split_count.h"
+
 namespace paradec {
 
 // One call (or term) of the grid as the plan sees it.
@@ -45,12 +47,6 @@ constexpr int64_t kPlanSumPerSplit = 1;
 inline int group_split_cap(int64_t m, int64_t steps) {
     return static_cast<int>(
         std::max<int64_t>(1, std::min<int64_t>({steps / 2, 8, 2048 / std::max<int64_t>(m, 1)})));
-}
-
-// Splits a cut of `steps` into ⌈steps / split⌉ a split really makes (none empty).
-inline int64_t plan_nonempty(int64_t steps, int64_t split) {
-    const int64_t per = (steps + split - 1) / split;
-    return (steps + per - 1) / per;
 }
 
 // K steps a block of a call at `split` runs.
@@ -101,7 +97,7 @@ inline void plan_group_splits(const GroupCallShape *c, int count, int64_t slots,
     for (int i = 0; i < count; ++i) {
         const int cap = std::max(c[i].cap, 1);
         ks[i] = static_cast<int>(
-            plan_nonempty(std::max<int64_t>(c[i].steps, 1), std::clamp(c[i].own, 1, cap)));
+            nonempty_splits(std::max<int64_t>(c[i].steps, 1), std::clamp(c[i].own, 1, cap)));
     }
     int64_t best = group_makespan(c, ks, count, slots, summed);
     for (int round = 0; round < 8 * count; ++round) {
@@ -109,7 +105,7 @@ inline void plan_group_splits(const GroupCallShape *c, int count, int64_t slots,
         int64_t t_best = best;
         for (int i = 0; i < count; ++i)
             for (int k = 1; k <= std::max(c[i].cap, 1); ++k) {
-                if (plan_nonempty(std::max<int64_t>(c[i].steps, 1), k) != k || k == ks[i])
+                if (nonempty_splits(std::max<int64_t>(c[i].steps, 1), k) != k || k == ks[i])
                     continue;  // a count that would leave a split empty, or the current one
                 const int was = ks[i];
                 ks[i] = k;

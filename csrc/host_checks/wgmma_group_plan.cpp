@@ -78,11 +78,11 @@ void check_random() {
         for (int i = 0; i < count; ++i) {
             CHECK(ks[i] >= 1 && ks[i] <= c[i].cap, "trial %d call %d: split %d outside 1..%d", trial,
                   i, ks[i], c[i].cap);
-            CHECK(paradec::plan_nonempty(c[i].steps, ks[i]) == ks[i],
+            CHECK(paradec::nonempty_splits(c[i].steps, ks[i]) == ks[i],
                   "trial %d call %d: split %d of %lld steps leaves one empty", trial, i, ks[i],
                   static_cast<long long>(c[i].steps));
             CHECK(ks[i] == again[i], "trial %d: two plans differ", trial);
-            own[i] = static_cast<int>(paradec::plan_nonempty(c[i].steps, c[i].own));
+            own[i] = static_cast<int>(paradec::nonempty_splits(c[i].steps, c[i].own));
         }
         CHECK(paradec::group_makespan(c, ks, count, slots, summed) <=
                   paradec::group_makespan(c, own, count, slots, summed),
