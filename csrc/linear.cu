@@ -580,7 +580,7 @@ size_t gather_bytes(const paradec_qweight *w, size_t m) {
 
 // Rows of x per block the wgmma GEMM takes at m rows for the call's split argument.
 int wgmma_rows_for(size_t m, int asked) {
-    return asked == 64 || asked == 128 || asked == 256 ? asked
+    return asked == 32 || asked == 64 || asked == 128 || asked == 256 ? asked
                                                         : wgmma_tokens(static_cast<int64_t>(m));
 }
 
@@ -796,7 +796,7 @@ int quant_linear_t(const void *x, size_t m, const paradec_qweight *w, const void
     }
     GemmArgs ga = quant_gemm_args(w, x, xa, m, bias, out, accumulate);
     if (path == PARADEC_PATH_WGMMA && wgmma_serves(ga, w->bits)) {
-        // Rows of x per block: the split argument when it is 64, 128 or 256 (tests and benches
+        // Rows of x per block: the split argument when it is 32, 64, 128 or 256 (tests and benches
         // run every tile on any shape), else wgmma_tokens' choice; K split where the tiles
         // leave SMs idle, its partials and counters after the gathered x in the scratch.
         const WgmmaSplit p = wgmma_split(w, m, split);
@@ -946,12 +946,19 @@ void group_call_splits(const paradec_qlinear_call *calls, size_t count, size_t m
     one_grid_splits(count, m, false, [&](size_t i) { return calls[i].w; }, ks);
 }
 
+// Tiles of a weight's output in one grid of the grouped or summed wgmma launch at m rows
+// (wgmma_small_tok's rows a tile).
+size_t one_grid_tiles(const paradec_qweight *w, size_t m) {
+    const int64_t mm = static_cast<int64_t>(m);
+    return static_cast<size_t>(wgmma_tiles(mm, static_cast<int64_t>(w->np), wgmma_small_tok(mm)));
+}
+
 // A wgmma group call's scratch, laid out as the single call's: its gathered x, then room for
 // the f32 partials of the larger of the split it takes alone and the group's `planned` one,
-// then the tile counters.
+// then the tile counters (of the one grid's tiles or the call alone's, the more).
 struct WgmmaCallScratch {
     WgmmaSplit own;     // the call alone
-    size_t tiles;       // its 64-row tiles in the one grid (one counter each)
+    size_t tiles;       // its tiles in the one grid (one counter each)
     size_t part_bytes;  // rounded to kAlign; 0 where neither split cuts K
     size_t bytes;       // all of it
 };
@@ -959,13 +966,12 @@ struct WgmmaCallScratch {
 WgmmaCallScratch wgmma_call_scratch(const paradec_qlinear_call &c, size_t m, int planned) {
     WgmmaCallScratch s{};
     s.own = wgmma_split(c.w, m, c.split);
-    s.tiles = static_cast<size_t>(
-        wgmma_tiles(static_cast<int64_t>(m), static_cast<int64_t>(c.w->np), 64));
+    s.tiles = one_grid_tiles(c.w, m);
     const size_t most = static_cast<size_t>(std::max(s.own.ks, planned));
     s.bytes = gather_bytes(c.w, m);
     if (wgmma_available() && c.w->bits != 0 && most > 1) {
         s.part_bytes = round_up(most * m * c.w->np * 4, kAlign);
-        s.bytes += s.part_bytes + round_up(s.tiles * sizeof(unsigned), kAlign);
+        s.bytes += s.part_bytes + round_up(std::max(s.tiles, s.own.tiles) * sizeof(unsigned), kAlign);
     }
     return s;
 }
@@ -1088,7 +1094,9 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
         base[i] = sp;
         sp += cs[i].bytes;
         ga[i] = quant_gemm_args(w, c.x, base[i], m, c.bias, c.out, c.accumulate != 0);
-        grouped = grouped && w->bits == 4 && cs[i].own.tok == 64 && wgmma_serves(ga[i], w->bits);
+        grouped = grouped && w->bits == 4 &&
+                  cs[i].own.tok == wgmma_small_tok(static_cast<int64_t>(m)) &&
+                  wgmma_serves(ga[i], w->bits);
         if (ks[i] > 1) tiles += cs[i].tiles;
     }
     if (!grouped) {
@@ -1148,7 +1156,7 @@ void sum_term_splits(const paradec_qlinear_term *terms, size_t count, size_t m, 
 
 // A wgmma sum's scratch: every term's gathered x, then the f32 partials of every term's K
 // splits (the more of the planned ones, sum_term_splits, and those the terms take alone at
-// 64-row tiles), then one counter per tile. At least what each term run alone on the wgmma
+// wgmma_small_tok's tiles), then one counter per tile. At least what each term run alone on the wgmma
 // path needs (the sum's fallback).
 size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
     size_t total = 0;
@@ -1158,16 +1166,17 @@ size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m
     sum_term_splits(terms, count, m, ks);
     for (size_t i = 0; i < count; ++i) {
         total += gather_bytes(terms[i].w, m);
-        own += wgmma_split(terms[i].w, m, 64).ks;
+        own += wgmma_split(terms[i].w, m, wgmma_small_tok(mm)).ks;
         planned += ks[i];
     }
     const size_t slots = static_cast<size_t>(std::max(own, planned));
     return total + round_up(slots * m * static_cast<size_t>(np) * 4, kAlign) +
-           round_up(static_cast<size_t>(wgmma_tiles(mm, np, 64)) * sizeof(unsigned), kAlign);
+           round_up(one_grid_tiles(terms[0].w, m) * sizeof(unsigned), kAlign);
 }
 
 // out (+)= Σ x_i · W_iᵀ + bias on the wgmma GEMM: one launch that gathers permuted x (and zeroes
-// the tile counters without kept ones), then one grid of every term's 64-row tiles and K splits
+// the tile counters without kept ones), then one grid of every term's 32- or 64-row tiles
+// (wgmma_small_tok) and K splits
 // whose partials the last block of each tile sums in (term, split) order
 // (launch_gemm_wgmma_sum). Where that kernel does not take the terms (as
 // quant_linear_group_wgmma_t), each term runs alone on the wgmma path, accumulating into out
@@ -1201,8 +1210,7 @@ int quant_linear_sum_wgmma_t(size_t m, const paradec_qlinear_term *terms, size_t
     }
     const size_t np = terms[0].w->np;
     float *part = reinterpret_cast<float *>(sp);
-    const size_t tiles = static_cast<size_t>(
-        wgmma_tiles(static_cast<int64_t>(m), static_cast<int64_t>(np), 64));
+    const size_t tiles = one_grid_tiles(terms[0].w, m);
     unsigned *counters = slots > 1 ? kept_counters(zeroed, tiles) : nullptr;
     const bool zero_counters = slots > 1 && !counters;
     if (zero_counters)

@@ -303,7 +303,8 @@ struct WgmmaTile {
     static constexpr int kStageBytes = kXBytes + 2 * kSubBytes;
     static constexpr int kStages = TOK == 256 ? 5 : 4;
     static constexpr int kAhead = kStages - 2;  // K steps loaded ahead of the one computed
-    static constexpr int kBlocksPerSm = TOK == 256 ? 1 : 2;
+    // 32 rows: 80 registers (ptxas, sm_90a, 4-bit) and 49 KiB, so three blocks share an SM.
+    static constexpr int kBlocksPerSm = TOK == 256 ? 1 : TOK == 32 ? 3 : 2;
     static constexpr size_t kSmem = size_t{kStages} * kStageBytes + 1024;  // + alignment slack
     static_assert(kStageBytes % 1024 == 0, "stages keep x tiles on 1024-byte boundaries");
     static_assert(kAhead >= 1 && kAhead <= kStages - 2,
@@ -478,9 +479,10 @@ __device__ __forceinline__ void issue_step(const unsigned char *st, float (&acc)
     wgmma_commit();
 }
 
-// Only 64-row tiles split K (wgmma_ksplit): measured on an H100, a split at 128 rows was slower
-// or within 3% everywhere, and 256-row tiles fill the GPU with one block per SM (nor does the
-// warp-specialized kernel split).
+// Only tiles of up to 64 rows split K (wgmma_ksplit): measured on an H100, a split at 128 rows
+// was slower or within 3% everywhere, and 256-row tiles fill the GPU with one block per SM (nor
+// does the warp-specialized kernel split). The grouped and summed launches take 64-row tiles,
+// or 32-row ones at m ≤ 32 (wgmma_small_tok).
 constexpr int kSplitTok = 64;
 
 // The calls of one grouped launch of the wgmma GEMM (gemm_wgmma_group_kernel).
@@ -515,7 +517,7 @@ __device__ __forceinline__ void store_out(const GemmArgs &a, unsigned char *smem
     const int c4 = (tid & 31) * 4;
     const int64_t col0 = n0 + c4;
     const int slots = a.zslots > 0 ? a.zslots : a.ksplit;
-    if constexpr (TOK == kSplitTok) if (slots > 1) {
+    if constexpr (TOK <= kSplitTok) if (slots > 1) {
         // A split of K, or a term of a sum (the plain and grouped kernels only, every thread of
         // the block here): its sums to its partial slot; the tile's last block to finish puts
         // the sum of every slot's, in slot order, where its own were staged, and writes out
@@ -597,11 +599,11 @@ __device__ __forceinline__ void wgmma_block(const GemmArgs &a, unsigned bx, unsi
     const int col = (warp >> 2) * 64 + (warp & 3) * 16 + g;  // A rows: block columns col, col + 8
     const int64_t n0 = static_cast<int64_t>(bx) * kGN;
     const int64_t m0 = static_cast<int64_t>(by) * TOK;
-    // This split's K steps k0 … k0 + ksteps − 1 (none empty: wgmma_ksplit's count; other
-    // tiles than kSplitTok's never split, and compile as before splits existed).
+    // This split's K steps k0 … k0 + ksteps − 1 (none empty: wgmma_ksplit's count; tiles of
+    // more than kSplitTok rows never split, and compile as before splits existed).
     const int64_t all = a.kdim / kGK;
-    const int64_t per = TOK == kSplitTok ? (all + a.ksplit - 1) / a.ksplit : all;
-    const int64_t k0 = TOK == kSplitTok ? static_cast<int64_t>(bz) * per : 0;
+    const int64_t per = TOK <= kSplitTok ? (all + a.ksplit - 1) / a.ksplit : all;
+    const int64_t k0 = TOK <= kSplitTok ? static_cast<int64_t>(bz) * per : 0;
     const int64_t ksteps = min(per, all - k0);
 
     float acc[TOK / 2];
@@ -664,12 +666,12 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
 #endif
 }
 
-// Several calls of the wgmma GEMM at 64-row tiles in one 1-D grid: call c owns blocks
-// first[c] … first[c + 1] − 1, which it numbers as its own launch's grid (column blocks
+// Several calls of the wgmma GEMM at TOK-row tiles (32 or 64) in one 1-D grid: call c owns
+// blocks first[c] … first[c + 1] − 1, which it numbers as its own launch's grid (column blocks
 // fastest, then row tiles, then K splits), so each call runs exactly the blocks, splits and
-// sums it runs alone.
-template <typename T, int BITS>
-__global__ void __launch_bounds__(kWThreads, WgmmaTile<kSplitTok>::kBlocksPerSm)
+// sums it runs alone at the split it carries.
+template <typename T, int BITS, int TOK>
+__global__ void __launch_bounds__(kWThreads, WgmmaTile<TOK>::kBlocksPerSm)
     gemm_wgmma_group_kernel(const __grid_constant__ WgmmaGroup g) {
 #if PARADEC_WGMMA_ARCH
     const int b = static_cast<int>(blockIdx.x);
@@ -677,9 +679,9 @@ __global__ void __launch_bounds__(kWThreads, WgmmaTile<kSplitTok>::kBlocksPerSm)
     while (c + 1 < g.count && b >= g.first[c + 1]) ++c;
     const GemmArgs &a = g.call[c];
     const unsigned gx = static_cast<unsigned>((a.n + kGN - 1) / kGN);
-    const unsigned gy = static_cast<unsigned>((a.m + kSplitTok - 1) / kSplitTok);
+    const unsigned gy = static_cast<unsigned>((a.m + TOK - 1) / TOK);
     const unsigned local = static_cast<unsigned>(b - g.first[c]);
-    wgmma_block<T, BITS, kSplitTok>(a, local % gx, (local / gx) % gy, local / gx / gy, gx);
+    wgmma_block<T, BITS, TOK>(a, local % gx, (local / gx) % gy, local / gx / gy, gx);
 #endif
 }
 
@@ -888,11 +890,12 @@ int launch_wgmma_t(const GemmArgs &a, cudaStream_t stream) {
     return launch_status();
 }
 
-template <typename T, int BITS>
+template <typename T, int BITS, int TOK>
 int launch_wgmma_group_t(const WgmmaGroup &g, cudaStream_t stream) {
-    using S = WgmmaTile<kSplitTok>;
-    if (const int st = allow_dynamic_smem(gemm_wgmma_group_kernel<T, BITS>, S::kSmem)) return st;
-    gemm_wgmma_group_kernel<T, BITS>
+    using S = WgmmaTile<TOK>;
+    if (const int st = allow_dynamic_smem(gemm_wgmma_group_kernel<T, BITS, TOK>, S::kSmem))
+        return st;
+    gemm_wgmma_group_kernel<T, BITS, TOK>
         <<<static_cast<unsigned>(g.first[g.count]), kWThreads, S::kSmem, stream>>>(g);
     return launch_status();
 }
@@ -909,6 +912,7 @@ int launch_wgmma_tok(const GemmArgs &a, int tok, cudaStream_t stream) {
     // Otherwise (no tensor map, or a cluster launch the device declined: the launch reports it
     // without running anything) the plain kernel.
     switch (tok) {
+        case 32: return launch_wgmma_t<T, BITS, 32>(a, stream);
         case 64: return launch_wgmma_t<T, BITS, 64>(a, stream);
         case 128: return launch_wgmma_t<T, BITS, 128>(a, stream);
         default: return launch_wgmma_t<T, BITS, 256>(a, stream);
@@ -951,7 +955,13 @@ int launch_gemm(int dtype, const GemmArgs &a, int bits, cudaStream_t stream) {
     return dispatch_dtype(dtype, [&](auto tag) { return launch_bits<decltype(tag)>(a, bits, stream); });
 }
 
-int wgmma_tokens(int64_t m) { return m <= 64 ? 64 : m <= 512 ? 128 : 256; }
+// PARADEC_WGMMA_TOK32=off keeps 64-row tiles at m ≤ 32 (read once).
+int wgmma_small_tok(int64_t m) {
+    static const bool off = env_is("PARADEC_WGMMA_TOK32", "off");
+    return m <= 32 && !off ? 32 : 64;
+}
+
+int wgmma_tokens(int64_t m) { return m <= 64 ? wgmma_small_tok(m) : m <= 512 ? 128 : 256; }
 
 // PARADEC_WGMMA_KSPLIT=N (1 … 16) forces N splits where the caps allow (benches compare
 // counts); 0 when unset.
@@ -961,7 +971,7 @@ int wgmma_ksplit_forced() {
 }
 
 int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok) {
-    if (tok != kSplitTok || m < 1) return 1;
+    if (tok > kSplitTok || m < 1) return 1;
     const int64_t steps = kdim / kGK;
     const int64_t sms = current_device_sms();
     const int64_t tiles = std::max<int64_t>(wgmma_tiles(m, np, tok), 1);
@@ -981,6 +991,7 @@ int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok) {
 
 void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int count, bool summed,
                         int *ks) {
+    const int tok = wgmma_small_tok(m);
     static const bool own_only = env_is("PARADEC_WGMMA_GROUP_PLAN", "own");
     // `two`: the plan over two slots an SM, each at a lone block's speed (the first model,
     // kept for comparing).
@@ -989,8 +1000,8 @@ void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int c
     const int n = std::clamp(count, 0, kWgmmaGroupMax);
     for (int i = 0; i < n; ++i) {
         const int64_t steps = kdim[i] / kGK;
-        shape[i] = {steps, wgmma_tiles(m, np[i], kSplitTok),
-                    wgmma_ksplit(m, kdim[i], np[i], kSplitTok), group_split_cap(m, steps)};
+        shape[i] = {steps, wgmma_tiles(m, np[i], tok), wgmma_ksplit(m, kdim[i], np[i], tok),
+                    group_split_cap(m, steps)};
         ks[i] = shape[i].own;
     }
     if (own_only || wgmma_ksplit_forced() != 0 || m < 1 || n < 1) return;
@@ -1057,18 +1068,20 @@ int launch_gemm_wgmma_group(int dtype, const GemmArgs *calls, int count, cudaStr
     std::stable_sort(order, order + count, [&](int x, int y) { return steps[x] > steps[y]; });
     WgmmaGroup g{};
     int blocks = 0;
+    const int tok = wgmma_small_tok(calls[0].m);  // every call has the group's m
     for (int i = 0; i < count; ++i) {
         const GemmArgs &a = calls[order[i]];
         g.call[i] = a;
         g.first[i] = blocks;
-        blocks += static_cast<int>(((a.n + kGN - 1) / kGN) * ((a.m + kSplitTok - 1) / kSplitTok) *
+        blocks += static_cast<int>(((a.n + kGN - 1) / kGN) * ((a.m + tok - 1) / tok) *
                                    std::max(a.ksplit, 1));
     }
     g.first[count] = blocks;
     g.count = count;
     if (blocks == 0) return PARADEC_K_OK;
     return dispatch_dtype(dtype, [&](auto tag) {
-        return launch_wgmma_group_t<decltype(tag), 4>(g, stream);
+        return tok == 32 ? launch_wgmma_group_t<decltype(tag), 4, 32>(g, stream)
+                         : launch_wgmma_group_t<decltype(tag), 4, 64>(g, stream);
     });
 }
 

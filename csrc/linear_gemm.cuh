@@ -51,13 +51,19 @@ bool wgmma_serves(const GemmArgs &a, int bits);
 // compute capability 9.0.
 bool wgmma_available();
 
-// Rows of x per block of the wgmma GEMM for m rows: 64 up to 64 rows, 128 up to 512, 256
-// beyond — the fastest tile at every point measured on an H100 (GPTQ-4, EXL2-4 and GPTQ-8 at
-// 4096×12288 and 8192×28672, m = 33 … 2048; 128 and 256 tie at 512 rows of the larger shape).
+// Rows of x per block of the wgmma GEMM for m rows: 32 up to 32 rows (wgmma_small_tok), 64 up
+// to 64, 128 up to 512, 256 beyond — from 33 rows the fastest tile at every point measured on
+// an H100 (GPTQ-4, EXL2-4 and GPTQ-8 at 4096×12288 and 8192×28672, m = 33 … 2048; 128 and 256
+// tie at 512 rows of the larger shape).
 int wgmma_tokens(int64_t m);
 
+// The tile of the grouped and summed launches at m ≤ 64 rows: 32 rows up to 32 (three blocks
+// an SM where 64-row tiles fit two, half the wgmma work for padding rows), else 64.
+// PARADEC_WGMMA_TOK32=off keeps 64 (read once).
+int wgmma_small_tok(int64_t m);
+
 // Ways the wgmma GEMM splits K at m rows of x, `tok` per block, for kdim × np weights on the
-// current device: 64-row tiles only, where the grid's tiles are fewer than the SMs, about three
+// current device: tiles of 32 or 64 rows only, where the grid's tiles are fewer than the SMs, about three
 // blocks per SM and at most 4 splits; each split at least 2 K steps and m · ksplit ≤ 2048 (the
 // workspace's plan for partials). PARADEC_WGMMA_KSPLIT=N forces N (≤ 16) within those caps.
 int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok);
@@ -75,17 +81,18 @@ int launch_gemm_wgmma(int dtype, const GemmArgs &a, int bits, int tok, cudaStrea
 constexpr int kWgmmaGroupMax = 8;
 
 // out (+)= Σ_i x_i · W_iᵀ + bias for `count` (1 … kWgmmaGroupMax) terms of one output on the
-// wgmma GEMM of 4-bit weights at 64-row tiles (each term where wgmma_serves, m ≤ 64; out, bias
-// and accumulate those of calls[0]), in one grid: every term's K splits (its `ksplit`: a sum
-// takes wgmma_group_splits') write f32 partials `part` [Σ splits, m, np], and the last block of
-// each tile to finish sums them in (term, split) order, then adds bias and the existing out —
-// the same result whatever the timing. `counters` (one per tile, zero on entry, left zero). A paradec
+// wgmma GEMM of 4-bit weights at wgmma_small_tok's tiles (each term where wgmma_serves,
+// m ≤ 64; out, bias and accumulate those of calls[0]), in one grid: every term's K splits (its
+// `ksplit`: a sum takes wgmma_group_splits') write f32 partials `part` [Σ splits, m, np], and
+// the last block of each tile to finish sums them in (term, split) order, then adds bias and
+// the existing out — the same result whatever the timing. `counters` (one per tile, zero on
+// entry, left zero). A paradec
 // status.
 int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *part,
                           unsigned *counters, cudaStream_t stream);
 
 // The K split of each of `count` (≤ kWgmmaGroupMax) calls of kdim[i] × np[i] weights at m rows
-// (≤ 64) in one grid of the wgmma GEMM's 64-row tiles (launch_gemm_wgmma_group, or _sum where
+// (≤ 64) in one grid of the wgmma GEMM's tiles (wgmma_small_tok; launch_gemm_wgmma_group, or _sum where
 // `summed`): plan_group_splits (wgmma_group_plan.h) over the SMs, starting from each call's own
 // wgmma_ksplit — each call's own split where PARADEC_WGMMA_KSPLIT forces a count or
 // PARADEC_WGMMA_GROUP_PLAN=own (=two: the plan over two slots an SM). None empty; at most 8,
@@ -94,8 +101,8 @@ void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int c
                         int *ks);
 
 // Launches `count` (1 … kWgmmaGroupMax) calls of the wgmma GEMM of 4-bit weights (each where
-// wgmma_serves, m ≤ 64: 64-row tiles) in one grid, each call's blocks, splits and sums exactly
-// those of its own launch at the split it carries (`ksplit`: a group takes
+// wgmma_serves, m ≤ 64: wgmma_small_tok's tiles) in one grid, each call's blocks, splits and
+// sums exactly those of its own launch at the split it carries (`ksplit`: a group takes
 // wgmma_group_splits') — the calls with the most K steps a block placed first in the grid, so
 // their blocks start first.
 // Calls' outputs, partials and counters must not overlap. A paradec status.

@@ -111,6 +111,16 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
 
 // d (64 × N) += a (64 × 16, registers) · b (16 × N, the descriptor's tile, K-major), f32
 // accumulation; one function per N and input type.
+#define PARADEC_WGMMA_RS_N32(NAME, TY)                                                    \
+    template <int TB> __device__ __forceinline__ void NAME(float(&d)[16], const uint32_t(&a)[4], uint64_t b) {      \
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"                               \
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32." TY "." TY " {"                \
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15 " \
+                     "}, {%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"                  \
+                     : PARADEC_ACC8(d, 0), PARADEC_ACC8(d, 8) \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));            \
+    }
+
 #define PARADEC_WGMMA_RS_N64(NAME, TY)                                                    \
     template <int TB> __device__ __forceinline__ void NAME(float(&d)[32], const uint32_t(&a)[4], uint64_t b) {      \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                               \
@@ -158,26 +168,30 @@ __device__ __forceinline__ void fence_regs(float (&d)[R]) {
 
 
 #if PARADEC_WGMMA_ARCH
+PARADEC_WGMMA_RS_N32(wgmma_f16_n32, "f16")
 PARADEC_WGMMA_RS_N64(wgmma_f16_n64, "f16")
 PARADEC_WGMMA_RS_N128(wgmma_f16_n128, "f16")
 PARADEC_WGMMA_RS_N256(wgmma_f16_n256, "f16")
+PARADEC_WGMMA_RS_N32(wgmma_bf16_n32, "bf16")
 PARADEC_WGMMA_RS_N64(wgmma_bf16_n64, "bf16")
 PARADEC_WGMMA_RS_N128(wgmma_bf16_n128, "bf16")
 PARADEC_WGMMA_RS_N256(wgmma_bf16_n256, "bf16")
 #endif
 
-// wgmma of T (__half or __nv_bfloat16) with N = 64, 128 or 256 (N / 2 accumulators). TB = 1
+// wgmma of T (__half or __nv_bfloat16) with N = 32, 64, 128 or 256 (N / 2 accumulators). TB = 1
 // reads B MN-major (sw128_desc_mn's layout) instead of K-major.
 template <typename T, int N, int TB = 0>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b) {
 #if PARADEC_WGMMA_ARCH
     constexpr bool kHalf = std::is_same<T, __half>::value;
-    if constexpr (N == 64) {
+    if constexpr (N == 32) {
+        if constexpr (kHalf) wgmma_f16_n32<TB>(d, a, b); else wgmma_bf16_n32<TB>(d, a, b);
+    } else if constexpr (N == 64) {
         if constexpr (kHalf) wgmma_f16_n64<TB>(d, a, b); else wgmma_bf16_n64<TB>(d, a, b);
     } else if constexpr (N == 128) {
         if constexpr (kHalf) wgmma_f16_n128<TB>(d, a, b); else wgmma_bf16_n128<TB>(d, a, b);
     } else {
-        static_assert(N == 256, "wgmma_rs: N is 64, 128 or 256");
+        static_assert(N == 256, "wgmma_rs: N is 32, 64, 128 or 256");
         if constexpr (kHalf) wgmma_f16_n256<TB>(d, a, b); else wgmma_bf16_n256<TB>(d, a, b);
     }
 #endif

@@ -13,7 +13,8 @@
 #   knobs:         the switches that change a default, measured against it — dependent
 #                  launches off (PARADEC_PDL=off), the fragment decode's 8 or 16 query rows a
 #                  block (PARADEC_FRAG_ROWS=8 / =16), each call's own K split in the warpgroup
-#                  MMA's one grid (PARADEC_WGMMA_GROUP_PLAN=own): tests and memcheck under them, then the
+#                  MMA's one grid (PARADEC_WGMMA_GROUP_PLAN=own), its 64-row tiles up to 32 rows
+#                  (PARADEC_WGMMA_TOK32=off): tests and memcheck under them, then the
 #                  lean linears, the decoder layers and decode attention timed under each,
 #                  side by side
 #   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
@@ -153,7 +154,7 @@ fi
 if [[ "$MODE" == knobs ]]; then
   F="$D/fixtures"
   KNOBS=("PARADEC_PDL=off" "PARADEC_FRAG_ROWS=8" "PARADEC_FRAG_ROWS=16"
-    "PARADEC_WGMMA_GROUP_PLAN=own")
+    "PARADEC_WGMMA_GROUP_PLAN=own" "PARADEC_WGMMA_TOK32=off")
   {
     for k in "${KNOBS[@]}"; do
       echo "==== tests with $k"

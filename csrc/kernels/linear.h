@@ -76,7 +76,7 @@ typedef struct paradec_zeroed_counters {
 
 /* out[m, n] (+)= x[m, k] · Wᵀ + bias[n] (bias may be NULL); x, bias, out of `dtype`.
  * `path` picks the kernel (see paradec_linear_path); `split` (≥ 1) splits K across blocks on
- * the GEMV and SMALL paths (ignored by MMA); on WGMMA, 64, 128 or 256 sets the rows of x per
+ * the GEMV and SMALL paths (ignored by MMA); on WGMMA, 32, 64, 128 or 256 sets the rows of x per
  * block (any other value: the launcher's choice), and the launcher splits K itself where the
  * grid's tiles leave multiprocessors idle (partials summed in split order). scratch holds at least
  * paradec_quant_linear_scratch(...) bytes, 256-byte aligned (NULL allowed when that is 0).

@@ -25,8 +25,8 @@ pub enum LinearFormat {
 pub struct LinearPlan {
     /// The kernel path.
     pub path: LinearPath,
-    /// Ways K is split (quantized GEMV and small-M paths; 1 otherwise). On `Wgmma`, 64, 128 or
-    /// 256 forces the rows of x per block (tests and benches run every tile so); any other
+    /// Ways K is split (quantized GEMV and small-M paths; 1 otherwise). On `Wgmma`, 32, 64, 128
+    /// or 256 forces the rows of x per block (tests and benches run every tile so); any other
     /// value leaves them to the launcher.
     pub split: usize,
 }
