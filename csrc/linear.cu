@@ -1156,8 +1156,8 @@ void sum_term_splits(const paradec_qlinear_term *terms, size_t count, size_t m, 
 
 // A wgmma sum's scratch: every term's gathered x, then the f32 partials of every term's K
 // splits (the more of the planned ones, sum_term_splits, and those the terms take alone at
-// wgmma_small_tok's tiles), then one counter per tile. At least what each term run alone on the wgmma
-// path needs (the sum's fallback).
+// wgmma_small_tok's tiles), then one counter per tile. At least what each term run alone on
+// the wgmma path needs (the sum's fallback).
 size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m) {
     size_t total = 0;
     int64_t own = 0, planned = 0;
@@ -1176,9 +1176,8 @@ size_t wgmma_sum_bytes(const paradec_qlinear_term *terms, size_t count, size_t m
 
 // out (+)= Σ x_i · W_iᵀ + bias on the wgmma GEMM: one launch that gathers permuted x (and zeroes
 // the tile counters without kept ones), then one grid of every term's 32- or 64-row tiles
-// (wgmma_small_tok) and K splits
-// whose partials the last block of each tile sums in (term, split) order
-// (launch_gemm_wgmma_sum). Where that kernel does not take the terms (as
+// (wgmma_small_tok) and K splits whose partials the last block of each tile sums in (term,
+// split) order (launch_gemm_wgmma_sum). Where that kernel does not take the terms (as
 // quant_linear_group_wgmma_t), each term runs alone on the wgmma path, accumulating into out
 // one after the other (the first adds bias): the same sum within rounding.
 template <typename T>

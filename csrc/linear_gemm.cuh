@@ -63,8 +63,8 @@ int wgmma_tokens(int64_t m);
 int wgmma_small_tok(int64_t m);
 
 // Ways the wgmma GEMM splits K at m rows of x, `tok` per block, for kdim × np weights on the
-// current device: tiles of 32 or 64 rows only, where the grid's tiles are fewer than the SMs, about three
-// blocks per SM and at most 4 splits; each split at least 2 K steps and m · ksplit ≤ 2048 (the
+// current device: tiles of 32 or 64 rows only, where the grid's tiles are fewer than the SMs,
+// about three blocks per SM and at most 4 splits; each split at least 2 K steps and m · ksplit ≤ 2048 (the
 // workspace's plan for partials). PARADEC_WGMMA_KSPLIT=N forces N (≤ 16) within those caps.
 int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok);
 
@@ -86,14 +86,13 @@ constexpr int kWgmmaGroupMax = 8;
 // `ksplit`: a sum takes wgmma_group_splits') write f32 partials `part` [Σ splits, m, np], and
 // the last block of each tile to finish sums them in (term, split) order, then adds bias and
 // the existing out — the same result whatever the timing. `counters` (one per tile, zero on
-// entry, left zero). A paradec
-// status.
+// entry, left zero). A paradec status.
 int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *part,
                           unsigned *counters, cudaStream_t stream);
 
 // The K split of each of `count` (≤ kWgmmaGroupMax) calls of kdim[i] × np[i] weights at m rows
-// (≤ 64) in one grid of the wgmma GEMM's tiles (wgmma_small_tok; launch_gemm_wgmma_group, or _sum where
-// `summed`): plan_group_splits (wgmma_group_plan.h) over the SMs, starting from each call's own
+// (≤ 64) in one grid of the wgmma GEMM's tiles (wgmma_small_tok; launch_gemm_wgmma_group, or
+// _sum where `summed`): plan_group_splits (wgmma_group_plan.h) over the SMs, starting from each call's own
 // wgmma_ksplit — each call's own split where PARADEC_WGMMA_KSPLIT forces a count or
 // PARADEC_WGMMA_GROUP_PLAN=own (=two: the plan over two slots an SM). None empty; at most 8,
 // and m · split ≤ 2048.

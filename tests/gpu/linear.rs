@@ -309,11 +309,11 @@ fn lean_loop_groups_of_unequal_rows() {
 }
 
 /// The wgmma GEMM (weights of one width, on Hopper) with each of its row tiles (32, 64, 128 and
-/// 256 rows of x per block, and the launcher's choice) at M from 1 to 700: GPTQ-4 with and without
-/// act-order, classic and v2 zeros, groups of 32 and 128, N that fills no whole column block;
-/// GPTQ-8; EXL2 of each width (2, 3, 4, 5, 6, 8) with and without its permutation; bias and
-/// accumulate; K split over 2–4 blocks at 32 and 64 rows where the tiles leave SMs idle (every weight
-/// here but the 128-row K), the same bits twice. K is a whole number of 64-row steps (the
+/// 256 rows of x per block, and the launcher's choice) at M from 1 to 700: GPTQ-4 with and
+/// without act-order, classic and v2 zeros, groups of 32 and 128, N that fills no whole column
+/// block; GPTQ-8; EXL2 of each width (2, 3, 4, 5, 6, 8) with and without its permutation; bias
+/// and accumulate; K split over 2–4 blocks at 32 and 64 rows where the tiles leave SMs idle
+/// (every weight here but the 128-row K), the same bits twice. K is a whole number of 64-row steps (the
 /// kernel's condition; others run the mma.sync tiles, tested above).
 #[test]
 fn wgmma_path_every_row_tile() {
@@ -483,7 +483,7 @@ fn grouped_small_m_launch_equals_each_alone() {
                 (3, LinearPath::SmallStream),
                 (7, LinearPath::SmallStream),
                 // The warpgroup-MMA GEMM (one grid for every call where it runs, else each
-                // call alone): its own rows per block, and 64 forced.
+                // call alone): its own rows per block, and 32 and 64 forced.
                 (1, LinearPath::Wgmma),
                 (32, LinearPath::Wgmma),
                 (64, LinearPath::Wgmma),
