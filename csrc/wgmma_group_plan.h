@@ -32,7 +32,7 @@ namespace paradec {
 // One call (or term) of the grid as the plan sees it.
 struct GroupCallShape {
     int64_t steps;  // K steps of 64 rows
-    int64_t tiles;  // its 64-row tiles (column blocks × row tiles): blocks per split
+    int64_t tiles;  // its tiles (column blocks × row tiles): blocks per split
     int own;        // the split it takes alone
     int cap;        // the most splits it may take (at least 1)
 };

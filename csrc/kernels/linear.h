@@ -122,9 +122,9 @@ size_t paradec_quant_linear_group_scratch(int dtype, size_t m, const paradec_qli
  * Where every call's path is PARADEC_PATH_WGMMA (any m, any width, act 0 — PARADEC_K_BAD_ENUM
  * otherwise), each result is paradec_quant_linear(…, PARADEC_PATH_WGMMA, call.split, …)'s:
  * 4-bit weights at m ≤ 64 on a device the wgmma GEMM runs on take the same two launches (the
- * second one grid of every call's 64-row tiles, at K splits planned for the calls together:
- * within rounding of the call alone, the same bits every run); anything else runs the calls
- * one after the other (to the bit). */
+ * second one grid of every call's tiles of 32 rows of x up to 32 rows, 64 beyond, at K splits
+ * planned for the calls together: within rounding of the call alone, the same bits every run);
+ * anything else runs the calls one after the other (to the bit). */
 int paradec_quant_linear_group(int dtype, size_t m, const paradec_qlinear_call *calls,
                                size_t count, void *scratch, size_t scratch_bytes,
                                const paradec_zeroed_counters *zeroed, paradec_stream_t stream);
@@ -149,7 +149,8 @@ size_t paradec_quant_linear_sum_scratch(int dtype, size_t m, const paradec_qline
  * PARADEC_PATH_SMALL_LEAN (the lean loop where every term's x fits it), PARADEC_PATH_SMALL (the
  * ring loop), m ≤ 32; or PARADEC_PATH_WGMMA (any m and uniform width; terms' split ignored):
  * 4-bit weights at m ≤ 64 on a device the wgmma GEMM runs on take one grid of every term's
- * 64-row tiles and K splits (planned for the terms together), summed the same way;
+ * tiles (32 rows of x up to 32 rows, 64 beyond) and K splits (planned for the terms together),
+ * summed the same way;
  * anything else runs the terms one after the other on that path, accumulating (the same sum
  * within rounding). scratch holds paradec_quant_linear_sum_scratch(...) bytes, 256-byte
  * aligned; `zeroed` (may be NULL): see paradec_zeroed_counters. */

@@ -237,9 +237,10 @@ fn lean_tail_is_short(m: usize, k: usize, n: usize, sms: usize) -> bool {
 const WGMMA_MIN_M: usize = 16;
 
 /// Whether a uniform 4-bit linear at m ≤ 32 rows runs faster on the warpgroup-MMA kernel (its
-/// 64-row tile and K split) than on the small-M path: past 16 rows, where K is a whole number
+/// 32-row tile and K split) than on the small-M path: past 16 rows, where K is a whole number
 /// of its 64-row steps, except at 17–20 rows where N's column blocks of 128 outnumber the SMs.
-/// H100, one run, µs from a graph, lean loop / ring loop / wgmma (docs/gpu-bench-linear-h200.md):
+/// H100, one run, µs from a graph, lean loop / ring loop / wgmma at its 64-row tile, before the
+/// 32-row one (docs/gpu-bench-linear-h200.md; the 32-row tile is 9–17% faster at 17–32 rows):
 /// 4096×4096 at 32 rows 35.2 / 32.1 / 17.8, 8192×8192 52.7 / 58.2 / 38.1, 22528×8192 132.6 /
 /// 142.1 / 88.3, 8192×28672 135.7 / 146.4 / 112.6; at 17 rows wgmma's grid of 224 column blocks
 /// (two waves) loses at 8192×28672 (94.8 / 114.6 / 112.6) and 4096×28672 (54.9 / 63.8 / 58.2).
