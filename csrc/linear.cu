@@ -1086,6 +1086,7 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
     char *sp = static_cast<char *>(scratch);
     bool grouped = m <= 64;
     size_t tiles = 0;  // split counters of every call that splits K
+    const int tok = wgmma_small_tok(static_cast<int64_t>(m));  // the one grid's tile
     group_call_splits(calls, count, m, ks);
     for (size_t i = 0; i < count; ++i) {
         const paradec_qlinear_call &c = calls[i];
@@ -1094,9 +1095,7 @@ int quant_linear_group_wgmma_t(size_t m, const paradec_qlinear_call *calls, size
         base[i] = sp;
         sp += cs[i].bytes;
         ga[i] = quant_gemm_args(w, c.x, base[i], m, c.bias, c.out, c.accumulate != 0);
-        grouped = grouped && w->bits == 4 &&
-                  cs[i].own.tok == wgmma_small_tok(static_cast<int64_t>(m)) &&
-                  wgmma_serves(ga[i], w->bits);
+        grouped = grouped && w->bits == 4 && cs[i].own.tok == tok && wgmma_serves(ga[i], w->bits);
         if (ks[i] > 1) tiles += cs[i].tiles;
     }
     if (!grouped) {

@@ -64,8 +64,9 @@ int wgmma_small_tok(int64_t m);
 
 // Ways the wgmma GEMM splits K at m rows of x, `tok` per block, for kdim × np weights on the
 // current device: tiles of 32 or 64 rows only, where the grid's tiles are fewer than the SMs,
-// about three blocks per SM and at most 4 splits; each split at least 2 K steps and m · ksplit ≤ 2048 (the
-// workspace's plan for partials). PARADEC_WGMMA_KSPLIT=N forces N (≤ 16) within those caps.
+// about three blocks per SM and at most 4 splits; each split at least 2 K steps and
+// m · ksplit ≤ 2048 (the workspace's plan for partials). PARADEC_WGMMA_KSPLIT=N forces N (≤ 16)
+// within those caps.
 int wgmma_ksplit(int64_t m, int64_t kdim, int64_t np, int tok);
 
 // Tiles of the wgmma GEMM's grid (one split counter each).
@@ -92,8 +93,8 @@ int launch_gemm_wgmma_sum(int dtype, const GemmArgs *calls, int count, float *pa
 
 // The K split of each of `count` (≤ kWgmmaGroupMax) calls of kdim[i] × np[i] weights at m rows
 // (≤ 64) in one grid of the wgmma GEMM's tiles (wgmma_small_tok; launch_gemm_wgmma_group, or
-// _sum where `summed`): plan_group_splits (wgmma_group_plan.h) over the SMs, starting from each call's own
-// wgmma_ksplit — each call's own split where PARADEC_WGMMA_KSPLIT forces a count or
+// _sum where `summed`): plan_group_splits (wgmma_group_plan.h) over the SMs, starting from each
+// call's own wgmma_ksplit — each call's own split where PARADEC_WGMMA_KSPLIT forces a count or
 // PARADEC_WGMMA_GROUP_PLAN=own (=two: the plan over two slots an SM). None empty; at most 8,
 // and m · split ≤ 2048.
 void wgmma_group_splits(int64_t m, const int64_t *kdim, const int64_t *np, int count, bool summed,
