@@ -1,6 +1,6 @@
 //! Rotary position embedding applied in place, and its fusion with the KV-cache write.
 
-use crate::vocab::{CacheSlots, RopeStyle, RotaryArgs};
+use crate::vocab::{CacheSlots, QkvLayout, RopeStyle, RotaryArgs};
 
 /// Rotates the first `rot_dim` features of every head of `tokens` rows laid out as
 /// [tokens, heads, head_dim]; token t is at position `positions[t]`.
@@ -78,6 +78,31 @@ pub fn rotary_and_cache_write(
         apply_rotary(k, tokens, kv_heads, head_dim, positions, r);
     }
     write_kv(k, v, kv_heads * head_dim, slots, cache_k, cache_v);
+}
+
+/// `cpu::qkv::split_qkv` of `fused` [tokens, (heads + 2·kv_heads)·head_dim] in `layout` into q,
+/// k and v, then [`rotary_and_cache_write`]: the CPU twin of the CUDA launch that does both.
+#[allow(clippy::too_many_arguments)]
+pub fn split_rotary_and_cache_write(
+    fused: &[f32],
+    layout: QkvLayout,
+    q: &mut [f32],
+    k: &mut [f32],
+    v: &mut [f32],
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    cache_k: &mut [f32],
+    cache_v: &mut [f32],
+) {
+    let tokens = slots.batch * slots.q_len;
+    crate::cpu::qkv::split_qkv(layout, fused, tokens, heads, kv_heads, head_dim, q, k, v);
+    rotary_and_cache_write(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v,
+    );
 }
 
 #[cfg(test)]

@@ -683,10 +683,22 @@ impl ParallelDecoder {
             acts.resize(calls.len(), None);
             Linear::forward_group(s, ws, &mut calls, &acts, ids)?;
         }
+        // On a device, a decode step's fused projection is split by the rotary + cache write's
+        // launch (one launch fewer) where nothing sits between them (no per-head norm) and the
+        // native cache (or none) takes the write.
+        let split_in_rope = self.device != Device::Cpu
+            && t <= 32
+            && self.q_norm.is_none()
+            && !cache
+                .as_deref()
+                .is_some_and(|c| c.mode().is_quantized() || c.is_paged())
+            && split_rope_enabled();
         if let (QkvProj::Fused { layout, .. }, Some(f)) = (&self.qkv, &fused_qkv) {
-            ops::split_qkv(
-                s, *layout, f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
-            )?;
+            if !split_in_rope {
+                ops::split_qkv(
+                    s, *layout, f, a.heads, a.kv_heads, a.head_dim, &mut q, &mut k, &mut v,
+                )?;
+            }
         }
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             ops::head_norm(
@@ -817,21 +829,42 @@ impl ParallelDecoder {
                 capacity,
                 past_len,
             };
-            ops::rotary_and_cache_write(
-                s,
-                ws,
-                &mut q,
-                &mut k,
-                &v,
-                a.heads,
-                a.kv_heads,
-                a.head_dim,
-                positions,
-                rot_args.as_ref(),
-                &at,
-                ck,
-                cv,
-            )?;
+            match (&self.qkv, &fused_qkv) {
+                (QkvProj::Fused { layout, .. }, Some(f)) if split_in_rope => {
+                    ops::split_rotary_and_cache_write(
+                        s,
+                        ws,
+                        *layout,
+                        f,
+                        &mut q,
+                        &mut k,
+                        &mut v,
+                        a.heads,
+                        a.kv_heads,
+                        a.head_dim,
+                        positions,
+                        rot_args.as_ref(),
+                        &at,
+                        ck,
+                        cv,
+                    )?;
+                }
+                _ => ops::rotary_and_cache_write(
+                    s,
+                    ws,
+                    &mut q,
+                    &mut k,
+                    &v,
+                    a.heads,
+                    a.kv_heads,
+                    a.head_dim,
+                    positions,
+                    rot_args.as_ref(),
+                    &at,
+                    ck,
+                    cv,
+                )?,
+            }
             let shape = AttnShape {
                 batch: p.batch,
                 q_len: p.q_len,
@@ -934,4 +967,12 @@ impl ParallelDecoder {
             hidden_states: hidden.try_clone()?.reshape(&[t, a.hidden])?,
         }))
     }
+}
+
+/// Whether a decode step on a device may split a fused q/k/v projection inside the rotary +
+/// cache write's launch: yes unless `PARADEC_SPLIT_ROPE=off` (read once), which keeps the split
+/// a launch of its own.
+fn split_rope_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PARADEC_SPLIT_ROPE").map_or(true, |v| v != "off"))
 }

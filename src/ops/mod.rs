@@ -129,7 +129,7 @@ pub use linear::{
     LinearFormat, LinearPlan,
 };
 pub use norm::{norm, norm2};
-pub use rope::rotary_and_cache_write;
+pub use rope::{rotary_and_cache_write, split_rotary_and_cache_write};
 
 #[cfg(test)]
 mod tests {

@@ -22,18 +22,8 @@ pub fn rotary_and_cache_write(
 ) -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     let _ = &ws; // device scratch only
-    numel(
-        "cache k",
-        cache_k,
-        at.batch * at.capacity * kv_heads * head_dim,
-    )?;
-    numel(
-        "cache v",
-        cache_v,
-        at.batch * at.capacity * kv_heads * head_dim,
-    )?;
-    check_new_tokens(
-        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, true,
+    check_contiguous(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, cache_k, cache_v,
     )?;
     match same_device(&[
         ("q", q),
@@ -61,37 +51,158 @@ pub fn rotary_and_cache_write(
         }
         Device::Cuda(_) => on_cuda!(s => {
             use crate::cuda::kernels;
-            // The forward's staged tables, when these are they; else this call's own upload.
-            let staged = ws.staged().and_then(|st| {
-                let (positions, past_len) = st.positions_and_past(positions, at.past_len)?;
-                let inv_freq = match rotary {
-                    Some(r) => st.freqs(r.inv_freq)?,
-                    None => std::ptr::null(),
-                };
-                Some(kernels::RopeTables { positions, past_len, inv_freq })
-            });
-            if let Some(tables) = staged {
-                // SAFETY: the workspace staged exactly these host slices into its step region,
-                // queued on this forward's stream before any of its ops, and keeps the region
-                // alive and unchanged until the next stage, which waits for this forward.
-                return unsafe {
-                    kernels::rotary_and_cache_write_staged(
-                        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, tables,
-                        cache_k, cache_v, s,
-                    )
-                };
+            match device_tables(ws, positions, rotary, at)? {
+                DeviceTables::Staged(tables) => {
+                    // SAFETY: the workspace staged exactly these host slices into its step
+                    // region, queued on this forward's stream before any of its ops, and keeps
+                    // the region alive and unchanged until the next stage, which waits for this
+                    // forward.
+                    unsafe {
+                        kernels::rotary_and_cache_write_staged(
+                            q, k, v, heads, kv_heads, head_dim, positions, rotary, at, tables,
+                            cache_k, cache_v, s,
+                        )
+                    }
+                }
+                DeviceTables::Upload(mut meta) => kernels::rotary_and_cache_write(
+                    q, k, v, heads, kv_heads, head_dim, positions, rotary, at, &mut meta,
+                    cache_k, cache_v, s,
+                ),
             }
-            let rot_dim = rotary.map_or(0, |r| r.rot_dim);
-            let mut meta = ws.scratch(
-                &[kernels::rope_meta_bytes(at.batch * at.q_len, at.batch, rot_dim)],
-                crate::tensor::DType::U8,
-            )?;
-            kernels::rotary_and_cache_write(
-                q, k, v, heads, kv_heads, head_dim, positions, rotary, at, &mut meta, cache_k,
-                cache_v, s,
-            )
         }),
     }
+}
+
+/// Where a CUDA rotary + cache write reads its positions, past lengths and frequencies: the
+/// forward's staged step tables when these are they, else this call's own upload into scratch.
+#[cfg(feature = "cuda")]
+enum DeviceTables {
+    Staged(crate::cuda::kernels::RopeTables),
+    Upload(Tensor),
+}
+
+#[cfg(feature = "cuda")]
+fn device_tables(
+    ws: &mut Workspace,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    at: &CacheSlots<'_>,
+) -> Result<DeviceTables> {
+    use crate::cuda::kernels;
+    let staged = ws.staged().and_then(|st| {
+        let (positions, past_len) = st.positions_and_past(positions, at.past_len)?;
+        let inv_freq = match rotary {
+            Some(r) => st.freqs(r.inv_freq)?,
+            None => std::ptr::null(),
+        };
+        Some(kernels::RopeTables {
+            positions,
+            past_len,
+            inv_freq,
+        })
+    });
+    if let Some(tables) = staged {
+        return Ok(DeviceTables::Staged(tables));
+    }
+    let rot_dim = rotary.map_or(0, |r| r.rot_dim);
+    Ok(DeviceTables::Upload(ws.scratch(
+        &[kernels::rope_meta_bytes(
+            at.batch * at.q_len,
+            at.batch,
+            rot_dim,
+        )],
+        crate::tensor::DType::U8,
+    )?))
+}
+
+/// [`super::split_qkv`] of `fused` [tokens, (heads + 2·kv_heads)·D] in `layout` into q, k and
+/// v, then [`rotary_and_cache_write`] — on CUDA one launch (the same values to the bit), on the
+/// CPU the two ops.
+#[allow(clippy::too_many_arguments)]
+pub fn split_rotary_and_cache_write(
+    s: &Stream,
+    ws: &mut Workspace,
+    layout: QkvLayout,
+    fused: &Tensor,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &mut Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    at: &CacheSlots<'_>,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+) -> Result<()> {
+    if fused.device() == Device::Cpu {
+        super::split_qkv(s, layout, fused, heads, kv_heads, head_dim, q, k, v)?;
+        return rotary_and_cache_write(
+            s, ws, q, k, v, heads, kv_heads, head_dim, positions, rotary, at, cache_k, cache_v,
+        );
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (&ws, &layout);
+    check_contiguous(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, cache_k, cache_v,
+    )?;
+    if layout == QkvLayout::FusedPerHead && heads != kv_heads {
+        return Err(Error::bad_input(
+            "fused per-head qkv needs as many kv heads as heads",
+        ));
+    }
+    same_device(&[
+        ("fused qkv", fused),
+        ("q", q),
+        ("k", k),
+        ("v", v),
+        ("cache k", cache_k),
+        ("cache v", cache_v),
+    ])?;
+    on_cuda!(s => {
+        use crate::cuda::kernels;
+        match device_tables(ws, positions, rotary, at)? {
+            DeviceTables::Staged(tables) => {
+                // SAFETY: as in rotary_and_cache_write: the workspace's staged step tables hold
+                // exactly these host slices, queued before this forward's ops, alive until the
+                // next stage.
+                unsafe {
+                    kernels::split_rotary_and_cache_write_staged(
+                        fused, layout, q, k, v, heads, kv_heads, head_dim, positions, rotary, at,
+                        tables, cache_k, cache_v, s,
+                    )
+                }
+            }
+            DeviceTables::Upload(mut meta) => kernels::split_rotary_and_cache_write(
+                fused, layout, q, k, v, heads, kv_heads, head_dim, positions, rotary, at,
+                &mut meta, cache_k, cache_v, s,
+            ),
+        }
+    })
+}
+
+/// Checks a rotary + write into a contiguous cache: the caches' sizes, then the new tokens.
+#[allow(clippy::too_many_arguments)]
+fn check_contiguous(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    at: &CacheSlots<'_>,
+    cache_k: &Tensor,
+    cache_v: &Tensor,
+) -> Result<()> {
+    let cache_n = at.batch * at.capacity * kv_heads * head_dim;
+    numel("cache k", cache_k, cache_n)?;
+    numel("cache v", cache_v, cache_n)?;
+    check_new_tokens(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, at, true,
+    )
 }
 
 /// Checks the new tokens of a rotary + cache write (contiguous or quantized cache): q, k and v

@@ -301,3 +301,200 @@ fn rotary_rejects_bad_arguments() {
     run(h, Some(&rot), &slots).unwrap();
     stream_sync(&s);
 }
+
+/// Whether a and b (values of `dtype`) are equal, both NaN, or one rounding of the dtype apart.
+fn within_one_ulp(dtype: DType, a: f32, b: f32) -> bool {
+    if a == b || (a.is_nan() && b.is_nan()) {
+        return true;
+    }
+    let m = a.abs().max(b.abs());
+    let bits = if dtype == DType::F16 { 10 } else { 7 };
+    let ulp = 2f32.powi(m.log2().floor() as i32 - bits);
+    (a - b).abs() <= ulp
+}
+
+/// The split of a fused q/k/v projection inside the rotary + cache write's launch
+/// (`split_rotary_and_cache_write`) against `split_qkv` then `rotary_and_cache_write` on the
+/// GPU (within one rounding, element by element: q, k, v and both caches, unwritten slots left
+/// alone) and against the CPU twin: every layout (per head, queries first, per KV group), both
+/// styles and none, odd head dims and partial rotary, several batches and query lengths.
+#[test]
+fn split_rotary_cache_write_matches_split_then_rotary() {
+    let Some(s) = gpu("split_rotary_cache_write_matches_split_then_rotary") else {
+        return;
+    };
+    let mut rng = Rng::new(23);
+    // (layout, heads, kv_heads, head_dim, rot_dim)
+    let sets = [
+        (QkvLayout::FusedPerHead, 3, 3, 40, 16),
+        (QkvLayout::FusedQueriesFirst, 5, 1, 72, 24),
+        (QkvLayout::FusedGrouped, 6, 2, 64, 64),
+        (QkvLayout::FusedPerHead, 4, 4, 64, 64),
+    ];
+    let bq: &[(usize, usize)] = if small() { &[(2, 3)] } else { &[(1, 1), (3, 1), (2, 5)] };
+    let mut n = 0;
+    for &(layout, heads, kv_heads, d, rot) in &sets {
+        for style in [Some(RopeStyle::Interleaved), Some(RopeStyle::Half), None] {
+            for &(batch, q_len) in bq {
+                for dtype in DTYPES {
+                    let tag = format!("{layout:?} {style:?} {dtype} b{batch}×{q_len} h{heads}/{kv_heads} d{d} rot{rot}");
+                    let tokens = batch * q_len;
+                    let width = (heads + 2 * kv_heads) * d;
+                    let kv_dim = kv_heads * d;
+                    let capacity = q_len + 3 + rng.below(4) as usize;
+                    let (fused, fv) =
+                        upload(&rng.vec(tokens * width, -2.0, 2.0), &[tokens, width], dtype);
+                    let positions: Vec<i64> = (0..tokens).map(|_| rng.below(4096) as i64).collect();
+                    let past: Vec<usize> = (0..batch)
+                        .map(|_| rng.below((capacity - q_len + 1) as u64) as usize)
+                        .collect();
+                    let inv_freq: Vec<f32> = (0..rot / 2)
+                        .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / rot as f32))
+                        .collect();
+                    let rotary = style.map(|style| RotaryArgs {
+                        style,
+                        rot_dim: rot,
+                        inv_freq: &inv_freq,
+                        attn_factor: 1.0,
+                    });
+                    let slots = CacheSlots {
+                        batch,
+                        q_len,
+                        capacity,
+                        past_len: &past,
+                    };
+                    let rd = style.map_or(0, |_| rot);
+                    let meta = || {
+                        Tensor::zeros(
+                            &[kernels::rope_meta_bytes(tokens, batch, rd)],
+                            DType::U8,
+                            Device::Cuda(0),
+                        )
+                        .unwrap()
+                    };
+                    let qshape = [tokens, heads * d];
+                    let kshape = [tokens, kv_dim];
+                    let cshape = [batch, capacity, kv_dim];
+                    let outs = || {
+                        (
+                            poisoned(&qshape, dtype),
+                            poisoned(&kshape, dtype),
+                            poisoned(&kshape, dtype),
+                            poisoned(&cshape, dtype),
+                            poisoned(&cshape, dtype),
+                        )
+                    };
+
+                    // One launch.
+                    let (mut q1, mut k1, mut v1, mut ck1, mut cv1) = outs();
+                    kernels::split_rotary_and_cache_write(
+                        &fused, layout, &mut q1, &mut k1, &mut v1, heads, kv_heads, d,
+                        &positions, rotary.as_ref(), &slots, &mut meta(), &mut ck1, &mut cv1, &s,
+                    )
+                    .unwrap();
+                    // The split, then the rotary + cache write.
+                    let (mut q2, mut k2, mut v2, mut ck2, mut cv2) = outs();
+                    kernels::split_qkv(
+                        layout, &fused, tokens, heads, kv_heads, d, &mut q2, &mut k2, &mut v2, &s,
+                    )
+                    .unwrap();
+                    kernels::rotary_and_cache_write(
+                        &mut q2, &mut k2, &v2, heads, kv_heads, d, &positions, rotary.as_ref(),
+                        &slots, &mut meta(), &mut ck2, &mut cv2, &s,
+                    )
+                    .unwrap();
+                    stream_sync(&s);
+                    for (what, a, b) in [
+                        ("q", &q1, &q2),
+                        ("k", &k1, &k2),
+                        ("v", &v1, &v2),
+                        ("cache k", &ck1, &ck2),
+                        ("cache v", &cv1, &cv2),
+                    ] {
+                        let (a, b) = (download(a), download(b));
+                        if let Some(i) = (0..a.len()).find(|&i| !within_one_ulp(dtype, a[i], b[i])) {
+                            panic!("{tag} {what}[{i}]: one launch {} against two {}", a[i], b[i]);
+                        }
+                    }
+
+                    // The CPU twin.
+                    let (mut qr, mut kr, mut vr) = (
+                        vec![0.0; tokens * heads * d],
+                        vec![0.0; tokens * kv_dim],
+                        vec![0.0; tokens * kv_dim],
+                    );
+                    let cache_n = batch * capacity * kv_dim;
+                    let (mut ckr, mut cvr) = (vec![f32::NAN; cache_n], vec![f32::NAN; cache_n]);
+                    cpu::rope::split_rotary_and_cache_write(
+                        &fv, layout, &mut qr, &mut kr, &mut vr, heads, kv_heads, d, &positions,
+                        rotary.as_ref(), &slots, &mut ckr, &mut cvr,
+                    );
+                    assert_close(&format!("{tag} q"), dtype, &download(&q1), &qr);
+                    assert_close(&format!("{tag} k"), dtype, &download(&k1), &kr);
+                    assert_eq!(download(&v1), vr, "{tag}: v is a copy");
+                    assert_close_masked(&format!("{tag} cache k"), dtype, &download(&ck1), &ckr);
+                    assert_close_masked(&format!("{tag} cache v"), dtype, &download(&cv1), &cvr);
+                    n += 1;
+                }
+            }
+        }
+    }
+    eprintln!("split_rotary_cache_write_matches_split_then_rotary: {n} cases");
+}
+
+/// What the split launcher refuses, by its status: an unknown layout, a per-head layout with
+/// fewer KV heads than heads, no KV heads; without a fused input it is the in-place launcher
+/// (here nothing to rotate or write).
+#[test]
+fn split_rotary_rejects_bad_arguments() {
+    let Some(s) = gpu("split_rotary_rejects_bad_arguments") else {
+        return;
+    };
+    use ffi::paradec_kstatus as st;
+    let (t, h, kvh, d) = (2usize, 2usize, 1usize, 8usize);
+    let fused = upload(&vec![0.5; t * (h + 2 * kvh) * d], &[t * (h + 2 * kvh) * d], DType::F16).0;
+    let mut q = poisoned(&[t * h * d], DType::F16);
+    let mut k = poisoned(&[t * kvh * d], DType::F16);
+    let mut v = poisoned(&[t * kvh * d], DType::F16);
+    let (fp, qp, kp, vp) = (dptr(&fused), dptr_mut(&mut q), dptr_mut(&mut k), dptr_mut(&mut v));
+    let call = |fused: *const c_void, layout: i32, kv_heads: usize| {
+        // SAFETY: live device buffers sized for the accepted shapes (nothing with a cache or
+        // rotary); refused calls launch nothing.
+        unsafe {
+            ffi::paradec_split_rotary_cache_write(
+                dtype_code(DType::F16),
+                fused,
+                layout,
+                qp,
+                kp,
+                vp,
+                1,
+                t,
+                h,
+                kv_heads,
+                d,
+                ptr::null(),
+                0,
+                0,
+                ptr::null(),
+                1.0,
+                ptr::null(),
+                0,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                s.raw(),
+            )
+        }
+    };
+    let qf = ffi::paradec_qkv_layout::PARADEC_QKV_QUERIES_FIRST as i32;
+    let per_head = ffi::paradec_qkv_layout::PARADEC_QKV_PER_HEAD as i32;
+    assert_eq!(call(fp, 7, kvh), st::PARADEC_K_BAD_ENUM);
+    assert_eq!(call(fp, per_head, kvh), st::PARADEC_K_BAD_SHAPE);
+    assert_eq!(call(fp, qf, 0), st::PARADEC_K_ZERO_DIM);
+    assert_eq!(call(ptr::null(), qf, kvh), st::PARADEC_K_OK);
+    stream_sync(&s);
+    assert!(download(&v).iter().all(|x| x.is_nan()), "in place: v untouched");
+    assert_eq!(call(fp, qf, kvh), st::PARADEC_K_OK);
+    stream_sync(&s);
+    assert_eq!(download(&v), vec![0.5; t * kvh * d], "v split out");
+}

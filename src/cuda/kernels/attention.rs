@@ -21,22 +21,18 @@ fn prod(what: &str, dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| overflow(what))
 }
 
-/// Splits a fused QKV projection output [tokens, (heads + 2·kv_heads)·head_dim] into q, k and v
-/// following `layout`. Twin of the CPU arm of `ops::split_qkv`.
-#[allow(clippy::too_many_arguments)]
-pub fn split_qkv(
+/// Checks a fused QKV projection output of `tokens` tokens, [tokens, (heads + 2·kv_heads)·
+/// head_dim], and returns its layout's kernel code.
+pub(super) fn fused_qkv_layout(
     layout: QkvLayout,
     fused: &Tensor,
     tokens: usize,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    q: &mut Tensor,
-    k: &mut Tensor,
-    v: &mut Tensor,
     stream: &CudaStream,
-) -> Result<()> {
-    let code_layout = match layout {
+) -> Result<i32> {
+    let code = match layout {
         QkvLayout::Separate => {
             return Err(Error::bad_input(
                 "split_qkv on separate projections (nothing to split)",
@@ -55,8 +51,7 @@ pub fn split_qkv(
         .checked_add(2 * kv_heads)
         .and_then(|w| w.checked_mul(head_dim))
         .ok_or_else(|| overflow("split_qkv"))?;
-    let dtype = fused.dtype();
-    let code = dtype_code(dtype, "fused qkv")?;
+    dtype_code(fused.dtype(), "fused qkv")?;
     check_tensor(
         fused,
         "fused qkv",
@@ -64,6 +59,28 @@ pub fn split_qkv(
         prod("split_qkv", &[tokens, width])?,
         stream,
     )?;
+    Ok(code)
+}
+
+/// Splits a fused QKV projection output [tokens, (heads + 2·kv_heads)·head_dim] into q, k and v
+/// following `layout`. Twin of the CPU arm of `ops::split_qkv`.
+#[allow(clippy::too_many_arguments)]
+pub fn split_qkv(
+    layout: QkvLayout,
+    fused: &Tensor,
+    tokens: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let code_layout = fused_qkv_layout(layout, fused, tokens, heads, kv_heads, head_dim, stream)?;
+    let dtype = fused.dtype();
+    let code = dtype_code(dtype, "fused qkv")?;
+    let width = (heads + 2 * kv_heads) * head_dim;
     check_tensor(
         q,
         "q",

@@ -37,7 +37,8 @@ pub use linear::{
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub use rope::{
-    rope_meta_bytes, rotary_and_cache_write, rotary_and_cache_write_staged, RopeTables,
+    rope_meta_bytes, rotary_and_cache_write, rotary_and_cache_write_staged,
+    split_rotary_and_cache_write, split_rotary_and_cache_write_staged, RopeTables,
 };
 
 use crate::tensor::Storage;

@@ -1,13 +1,15 @@
 //! Rotary embedding fused with the KV-cache write (csrc/rope.cu).
 
+use std::ffi::c_void;
 use std::ptr;
 
+use super::attention::fused_qkv_layout;
 use super::{check_tensor, dev_ptr, dev_ptr_mut, dtype_code, upload_bytes};
 use crate::cuda::device::ensure_device;
 use crate::cuda::error::check_status;
 use crate::cuda::ffi;
 use crate::cuda::stream::CudaStream;
-use crate::vocab::{CacheSlots, RopeStyle, RotaryArgs};
+use crate::vocab::{CacheSlots, QkvLayout, RopeStyle, RotaryArgs};
 use crate::{DType, Error, Result, Tensor};
 
 /// Bytes of the device table one call uploads: positions (i64, one per token), past lengths
@@ -218,9 +220,10 @@ fn check_call(
 #[allow(clippy::too_many_arguments)]
 unsafe fn launch(
     c: &RopeCall,
+    fused: Option<(&Tensor, i32)>,
     q: &mut Tensor,
     k: &mut Tensor,
-    v: &Tensor,
+    v: *mut c_void,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -231,32 +234,33 @@ unsafe fn launch(
     stream: &CudaStream,
 ) -> Result<()> {
     ensure_device(stream.device())?;
+    let (positions, inv_freq) = if c.rot_dim > 0 {
+        (tables.positions, tables.inv_freq)
+    } else {
+        (ptr::null(), ptr::null())
+    };
+    let (src, layout) = fused.map_or((ptr::null(), 0), |(t, l)| (dev_ptr(t), l));
     // SAFETY: every tensor is a live device allocation of the checked size and dtype on the
-    // stream's device, alive until the kernel has run (freeing waits); the tables as the
-    // function's contract says.
+    // stream's device, alive until the kernel has run (freeing waits); v is such a tensor's,
+    // written only with a fused source (whose callers hold v mutably, fused another tensor);
+    // the tables as the function's contract says.
     let status = unsafe {
-        ffi::paradec_rotary_cache_write(
+        ffi::paradec_split_rotary_cache_write(
             c.code,
+            src,
+            layout,
             dev_ptr_mut(q),
             dev_ptr_mut(k),
-            dev_ptr(v),
+            v,
             slots.batch,
             slots.q_len,
             heads,
             kv_heads,
             head_dim,
-            if c.rot_dim > 0 {
-                tables.positions
-            } else {
-                ptr::null()
-            },
+            positions,
             c.style,
             c.rot_dim,
-            if c.rot_dim > 0 {
-                tables.inv_freq
-            } else {
-                ptr::null()
-            },
+            inv_freq,
             c.attn_factor,
             tables.past_len,
             slots.capacity,
@@ -265,7 +269,40 @@ unsafe fn launch(
             stream.raw(),
         )
     };
-    check_status(status, "paradec_rotary_cache_write")
+    check_status(status, "paradec_split_rotary_cache_write")
+}
+
+/// Uploads a checked call's positions, past lengths and frequencies into `meta` (exactly
+/// `rope_meta_bytes(tokens, batch, rot_dim)` bytes) on `stream` and returns their device
+/// addresses; None when the call has nothing to do.
+fn upload_tables(
+    c: &RopeCall,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    meta: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<Option<RopeTables>> {
+    let (tokens, rot_dim) = (c.tokens, c.rot_dim);
+    let bytes = rope_table(positions, slots.past_len, rotary, tokens, rot_dim);
+    check_tensor(
+        meta,
+        "rotary meta (scratch)",
+        Some(DType::U8),
+        bytes.len(),
+        stream,
+    )?;
+    if tokens == 0 || c.kv_n == 0 {
+        return Ok(None);
+    }
+    upload_bytes(meta, "rotary meta (scratch)", &bytes, stream)?;
+    let base = dev_ptr(meta) as *const u8;
+    // Byte offsets inside the uploaded table (the kernel reads scalars: 8-byte aligned).
+    Ok(Some(RopeTables {
+        positions: base as *const i64,
+        past_len: base.wrapping_add(8 * tokens) as *const i64,
+        inv_freq: base.wrapping_add(8 * (tokens + slots.batch)) as *const f32,
+    }))
 }
 
 /// Rotates q and k (at `positions`, one per token of [batch, q_len]) and writes k and v into
@@ -295,30 +332,26 @@ pub fn rotary_and_cache_write(
     let c = check_call(
         q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
     )?;
-    let (tokens, rot_dim) = (c.tokens, c.rot_dim);
-    let bytes = rope_table(positions, slots.past_len, rotary, tokens, rot_dim);
-    check_tensor(
-        meta,
-        "rotary meta (scratch)",
-        Some(DType::U8),
-        bytes.len(),
-        stream,
-    )?;
-    if tokens == 0 || c.kv_n == 0 {
+    let Some(tables) = upload_tables(&c, positions, rotary, slots, meta, stream)? else {
         return Ok(());
-    }
-    upload_bytes(meta, "rotary meta (scratch)", &bytes, stream)?;
-    let base = dev_ptr(meta) as *const u8;
-    // Byte offsets inside the uploaded table (the kernel reads scalars: 8-byte aligned).
-    let tables = RopeTables {
-        positions: base as *const i64,
-        past_len: base.wrapping_add(8 * tokens) as *const i64,
-        inv_freq: base.wrapping_add(8 * (tokens + slots.batch)) as *const f32,
     };
-    // SAFETY: the tables were queued on the stream just above, in a live device tensor.
+    // SAFETY: the tables were queued on the stream just above, in a live device tensor; v is
+    // only read.
     unsafe {
         launch(
-            &c, q, k, v, heads, kv_heads, head_dim, slots, tables, cache_k, cache_v, stream,
+            &c,
+            None,
+            q,
+            k,
+            dev_ptr(v).cast_mut(),
+            heads,
+            kv_heads,
+            head_dim,
+            slots,
+            tables,
+            cache_k,
+            cache_v,
+            stream,
         )
     }
 }
@@ -354,10 +387,147 @@ pub unsafe fn rotary_and_cache_write_staged(
         return Ok(());
     }
     tables.check(c.rot_dim)?;
-    // SAFETY: the function's contract.
+    // SAFETY: the function's contract; v is only read.
     unsafe {
         launch(
-            &c, q, k, v, heads, kv_heads, head_dim, slots, tables, cache_k, cache_v, stream,
+            &c,
+            None,
+            q,
+            k,
+            dev_ptr(v).cast_mut(),
+            heads,
+            kv_heads,
+            head_dim,
+            slots,
+            tables,
+            cache_k,
+            cache_v,
+            stream,
+        )
+    }
+}
+
+/// Checks a split call's fused projection (its layout, size, device and q's dtype) and returns
+/// it with its layout's kernel code.
+#[allow(clippy::too_many_arguments)]
+fn fused_source<'a>(
+    fused: &'a Tensor,
+    layout: QkvLayout,
+    c: &RopeCall,
+    q: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    stream: &CudaStream,
+) -> Result<(&'a Tensor, i32)> {
+    let code = fused_qkv_layout(layout, fused, c.tokens, heads, kv_heads, head_dim, stream)?;
+    if fused.dtype() != q.dtype() {
+        return Err(Error::bad_input(format!(
+            "fused qkv: dtype {}, q {}",
+            fused.dtype(),
+            q.dtype()
+        )));
+    }
+    Ok((fused, code))
+}
+
+/// `split_qkv` then [`rotary_and_cache_write`] in one launch: `fused` [tokens, (heads +
+/// 2·kv_heads)·head_dim] in `layout` is split into q, k and v (outputs), q and k rotated, k and
+/// v written into the cache — the same values to the bit. Twin of
+/// `cpu::rope::split_rotary_and_cache_write`; the other arguments as [`rotary_and_cache_write`].
+#[allow(clippy::too_many_arguments)]
+pub fn split_rotary_and_cache_write(
+    fused: &Tensor,
+    layout: QkvLayout,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &mut Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    meta: &mut Tensor,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let c = check_call(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
+    )?;
+    let src = fused_source(fused, layout, &c, q, heads, kv_heads, head_dim, stream)?;
+    let Some(tables) = upload_tables(&c, positions, rotary, slots, meta, stream)? else {
+        return Ok(());
+    };
+    // SAFETY: the tables were queued on the stream just above, in a live device tensor; v is
+    // held mutably, fused (read) is another tensor than q, k and v (the borrows say so).
+    unsafe {
+        launch(
+            &c,
+            Some(src),
+            q,
+            k,
+            dev_ptr_mut(v),
+            heads,
+            kv_heads,
+            head_dim,
+            slots,
+            tables,
+            cache_k,
+            cache_v,
+            stream,
+        )
+    }
+}
+
+/// As [`split_rotary_and_cache_write`], over tables already on the device (see
+/// [`rotary_and_cache_write_staged`]).
+///
+/// # Safety
+/// As [`rotary_and_cache_write_staged`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn split_rotary_and_cache_write_staged(
+    fused: &Tensor,
+    layout: QkvLayout,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &mut Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    tables: RopeTables,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let c = check_call(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
+    )?;
+    let src = fused_source(fused, layout, &c, q, heads, kv_heads, head_dim, stream)?;
+    if c.tokens == 0 || c.kv_n == 0 {
+        return Ok(());
+    }
+    tables.check(c.rot_dim)?;
+    // SAFETY: the function's contract; v is held mutably, fused is another tensor.
+    unsafe {
+        launch(
+            &c,
+            Some(src),
+            q,
+            k,
+            dev_ptr_mut(v),
+            heads,
+            kv_heads,
+            head_dim,
+            slots,
+            tables,
+            cache_k,
+            cache_v,
+            stream,
         )
     }
 }
