@@ -238,16 +238,21 @@ const WGMMA_MIN_M: usize = 16;
 
 /// Whether a uniform 4-bit linear at m ≤ 32 rows runs faster on the warpgroup-MMA kernel (its
 /// 32-row tile and K split) than on the small-M path: past 16 rows, where K is a whole number
-/// of its 64-row steps, except at 17–20 rows where N's column blocks of 128 outnumber the SMs.
+/// of its 64-row steps, except at 17–20 rows where N's column blocks of 128 outnumber the SMs
+/// and K is long (8192 and more: the lean loop's blocks then each take a long share of K).
 /// H100, one run, µs from a graph, lean loop / ring loop / wgmma at its 64-row tile, before the
-/// 32-row one (docs/gpu-bench-linear-h200.md; the 32-row tile is 9–17% faster at 17–32 rows):
-/// 4096×4096 at 32 rows 35.2 / 32.1 / 17.8, 8192×8192 52.7 / 58.2 / 38.1, 22528×8192 132.6 /
-/// 142.1 / 88.3, 8192×28672 135.7 / 146.4 / 112.6; at 17 rows wgmma's grid of 224 column blocks
-/// (two waves) loses at 8192×28672 (94.8 / 114.6 / 112.6) and 4096×28672 (54.9 / 63.8 / 58.2).
+/// 32-row one (docs/gpu-bench-linear-h200.md): 4096×4096 at 32 rows 35.2 / 32.1 / 17.8,
+/// 8192×8192 52.7 / 58.2 / 38.1, 22528×8192 132.6 / 142.1 / 88.3, 8192×28672 135.7 / 146.4 /
+/// 112.6. On the 32-row tile (H100, one run, lean / wgmma): 8192×28672 at 17 rows 94.6 / 100.8
+/// and at 20 rows 100.0 / 101.0 (the lean loop kept), 4096×28672 at 17 rows 55.7 / 53.8 and at
+/// 20 rows 58.7 / 52.6 (wgmma).
 fn small_m_on_wgmma(m: usize, k: usize, n: usize, sms: usize) -> bool {
-    let wide = n.div_ceil(128) > sms.max(1);
-    m > WGMMA_MIN_M && k.is_multiple_of(64) && !(m <= 20 && wide)
+    let wide_and_long = n.div_ceil(128) > sms.max(1) && k >= WIDE_LEAN_MIN_K;
+    m > WGMMA_MIN_M && k.is_multiple_of(64) && !(m <= 20 && wide_and_long)
 }
+
+/// The K from which a wide linear at 17–20 rows stays on the lean loop (`small_m_on_wgmma`).
+const WIDE_LEAN_MIN_K: usize = 8192;
 
 /// The plan of a call that joins a grouped or summed small-M launch, from its own plan: past 16
 /// rows the ring loop at the same split where the single call takes the lean loop (the lean
@@ -928,12 +933,16 @@ mod tests {
             let p = select_linear_with(m, 4096, 4096, q4, H200.0, H200.1, false);
             assert_eq!(p.path, lean, "m = {m}");
         }
-        // At 17–20 rows, N wider than the SMs' column blocks stays on the lean loop; K that is
-        // not a whole number of 64-row steps too.
+        // At 17–20 rows, N wider than the SMs' column blocks stays on the lean loop where K is
+        // long; K that is not a whole number of 64-row steps too.
         assert_eq!(
             select_linear(20, 8192, 28672, q4, H200.0, H200.1).path,
             LinearPath::SmallLean
         );
+        for m in [17, 20] {
+            let p = select_linear(m, 4096, 28672, q4, H200.0, H200.1);
+            assert_eq!(p.path, LinearPath::Wgmma, "m = {m}");
+        }
         assert_eq!(
             select_linear(24, 8192, 28672, q4, H200.0, H200.1).path,
             LinearPath::Wgmma
