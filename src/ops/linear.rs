@@ -323,17 +323,27 @@ fn env_override() -> Option<(LinearPath, Option<usize>)> {
 /// A device's SM count and compute capability (cached per ordinal).
 #[cfg(feature = "cuda")]
 fn device_props(dev: usize) -> Result<(usize, (u32, u32))> {
-    /// Per device ordinal: SM count and compute capability.
-    type Props = Vec<(usize, usize, (u32, u32))>;
-    static PROPS: std::sync::Mutex<Props> = std::sync::Mutex::new(Vec::new());
-    let mut g = PROPS.lock().unwrap_or_else(|e| e.into_inner());
+    device_facts(dev).map(|(sms, cc, _)| (sms, cc))
+}
+
+/// SM count, compute capability and shared memory per SM (a block's opt-in limit plus the 1 KiB
+/// the runtime keeps per block) of device `dev`, queried once.
+#[cfg(feature = "cuda")]
+fn device_facts(dev: usize) -> Result<(usize, (u32, u32), usize)> {
+    type Facts = Vec<(usize, (usize, (u32, u32), usize))>;
+    static FACTS: std::sync::Mutex<Facts> = std::sync::Mutex::new(Vec::new());
+    let mut g = FACTS.lock().unwrap_or_else(|e| e.into_inner());
     Ok(match g.iter().find(|p| p.0 == dev) {
-        Some(p) => (p.1, p.2),
+        Some(p) => p.1,
         None => {
             let p = crate::cuda::properties(dev)?;
-            let e = (dev, p.multiprocessors as usize, p.compute_capability);
-            g.push(e);
-            (e.1, e.2)
+            let e = (
+                p.multiprocessors as usize,
+                p.compute_capability,
+                p.shared_memory_per_block_optin + BLOCK_SMEM_RESERVED,
+            );
+            g.push((dev, e));
+            e
         }
     })
 }
@@ -601,6 +611,82 @@ pub fn prepared_linear_group(
 /// Lean blocks resident per SM at m ≤ 8 (`lean_blocks_per_sm` in `csrc/linear_small.cu`).
 const LEAN_RESIDENT_M8: usize = 5;
 
+/// Shared memory the runtime keeps beside each block's own.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const BLOCK_SMEM_RESERVED: usize = 1024;
+
+/// Bytes of one group's staged scales in a lean block (`kSzVectors` 16-byte vectors).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const SZ_GROUP_BYTES: usize = 1024;
+
+/// Dynamic shared memory of a lean block of `count` tiles at m rows, of a weight of `groups`
+/// groups whose tiles change group every `tpg` tiles (0: not known): its x and tile group
+/// words, then the scales of the groups its range spans where they fit — the launcher's
+/// `lean_smem_bytes` with `lean_sz_slots`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn lean_block_smem(m: usize, count: usize, tpg: usize, groups: usize) -> usize {
+    let stride = 4 * count + if count % 2 == 1 { 0 } else { 4 };
+    let x = (m * stride + count.div_ceil(4)) * 16;
+    let room = LEAN_MAX_SMEM.saturating_sub(x) / SZ_GROUP_BYTES;
+    let spanned = if tpg > 0 {
+        count.min(count.saturating_sub(1).div_ceil(tpg) + 1)
+    } else {
+        count
+    };
+    x + room.min(spanned.min(groups)) * SZ_GROUP_BYTES
+}
+
+/// A term of a sum as the lean loop's staging sees it: tiles of K, tiles per group (0: not
+/// known) and groups.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct StagedTerm {
+    pub tiles: usize,
+    pub tiles_per_group: usize,
+    pub groups: usize,
+}
+
+/// The K splits of a summed launch on the lean loop at m ≤ 8 (`splits`, from [`sum_plan`]),
+/// shortened where its blocks' staging would keep fewer than `LEAN_RESIDENT_M8` of them on an
+/// SM of `smem_per_sm` bytes: long shares of x at 8 rows and the scales of small groups
+/// overflow it. Falcon-7B's output and down projections at 8 rows (groups of 64, 36 column
+/// blocks) took 48 tiles a block, 48.8 KB of staging each (4 blocks an SM, so 540 blocks ran
+/// in two waves) and their scales did not fit the staging after all: 56 µs, 3.5× the bytes'
+/// time (H100, Nsight Compute). Shares shorten one tile at a time while the grid still fits
+/// one wave of `LEAN_RESIDENT_M8` blocks per SM; where none fits, the splits stay.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn fit_lean_staging(
+    m: usize,
+    splits: &[usize],
+    terms: &[StagedTerm],
+    col_blocks: usize,
+    sms: usize,
+    smem_per_sm: usize,
+) -> Vec<usize> {
+    let budget = (smem_per_sm / LEAN_RESIDENT_M8).saturating_sub(BLOCK_SMEM_RESERVED);
+    let fits = |sp: &[usize]| {
+        terms.iter().zip(sp).all(|(t, &s)| {
+            lean_block_smem(m, t.tiles.div_ceil(s.max(1)), t.tiles_per_group, t.groups) <= budget
+        })
+    };
+    if m > 8 || fits(splits) {
+        return splits.to_vec();
+    }
+    let tiles: usize = terms.iter().map(|t| t.tiles).sum();
+    let mut per = tiles.div_ceil(splits.iter().sum::<usize>().max(1));
+    while per > 8 {
+        per -= 1;
+        let sp: Vec<usize> = terms.iter().map(|t| t.tiles.div_ceil(per).max(1)).collect();
+        if col_blocks * sp.iter().sum::<usize>() > LEAN_RESIDENT_M8 * sms.max(1) {
+            break;
+        }
+        if fits(&sp) {
+            return sp;
+        }
+    }
+    splits.to_vec()
+}
+
 /// How a sum of linears of one N is cut ([`prepared_linear_sum`]): the path (`SmallLean`: the
 /// lean loop where every term's x fits it, `Small`: the ring loop, `Wgmma`: the warpgroup MMA,
 /// each term split as alone) and each term's K split; `None` where the sum does not apply (a
@@ -690,8 +776,26 @@ pub fn prepared_linear_sum(
         let ks: Vec<usize> = terms.iter().map(|(_, w)| w.k).collect();
         let k: usize = ks.iter().sum();
         let plan = group_plan_for(dev, m, k, n, LinearFormat::Quant { bits: 4 })?;
-        let Some((path, splits)) = sum_plan(plan, m, &ks, n, device_props(dev)?.0) else {
+        let (sms, _, smem_per_sm) = device_facts(dev)?;
+        let Some((path, splits)) = sum_plan(plan, m, &ks, n, sms) else {
             return Ok(false);
+        };
+        let splits = if path == LinearPath::SmallLean {
+            let staged: Vec<StagedTerm> = terms
+                .iter()
+                .map(|(_, w)| StagedTerm {
+                    tiles: w.ntiles,
+                    tiles_per_group: if w.groups > 0 && w.ntiles % w.groups == 0 {
+                        w.ntiles / w.groups
+                    } else {
+                        0
+                    },
+                    groups: w.groups,
+                })
+                .collect();
+            fit_lean_staging(m, &splits, &staged, n.div_ceil(128), sms, smem_per_sm)
+        } else {
+            splits
         };
         let kterms: Vec<crate::cuda::kernels::QuantLinearTerm<'_>> = terms
             .iter()
@@ -1138,6 +1242,52 @@ mod tests {
         assert_eq!(group_lean_splits(9, &ks, &own, Some(64)), vec![2, 2, 2, 2]);
         // Short K: one split; K not a whole number of blocks: rounded up.
         assert_eq!(group_lean_splits(1, &[96, 4544], &[1, 9], None), vec![1, 3]);
+    }
+
+    #[test]
+    fn lean_staging_keeps_five_blocks_an_sm_at_eight_rows() {
+        // An H100: 132 SMs, 228 KiB of shared memory each.
+        let (sms, smem) = (132, 228 * 1024);
+        let term = |k: usize, group: usize| StagedTerm {
+            tiles: k / 32,
+            tiles_per_group: group / 32,
+            groups: k / group,
+        };
+        // The launcher's staging: x of 8 rows, the group words, the scales of the groups a
+        // share spans (Falcon-7B's 48-tile shares of groups of 64: 24 of them do not fit
+        // beside x, so the slots that do go unused).
+        assert_eq!(lean_block_smem(8, 48, 2, 284), 25_280 + 23 * 1024);
+        assert_eq!(lean_block_smem(8, 41, 2, 284), 21_168 + 21 * 1024);
+        assert_eq!(lean_block_smem(1, 48, 4, 284), (196 + 12) * 16 + 13 * 1024);
+        // Falcon-7B's output and down projections at 8 rows (36 column blocks): the plan's
+        // [3, 12] splits need 48.8 KB a block; shorter shares fit five blocks an SM in one wave.
+        let falcon = [term(4544, 64), term(18176, 64)];
+        let sp = fit_lean_staging(8, &[3, 12], &falcon, 36, sms, smem);
+        assert_eq!(sp, vec![4, 14]);
+        let budget = smem / LEAN_RESIDENT_M8 - BLOCK_SMEM_RESERVED;
+        for (t, s) in falcon.iter().zip(&sp) {
+            assert!(lean_block_smem(8, t.tiles.div_ceil(*s), 2, t.groups) <= budget);
+        }
+        assert!(36 * sp.iter().sum::<usize>() <= LEAN_RESIDENT_M8 * sms);
+        // At one row, and GPT-J-6B's groups of 128 at 8 rows, the staging already fits: kept.
+        assert_eq!(
+            fit_lean_staging(1, &[3, 12], &falcon, 36, sms, smem),
+            vec![3, 12]
+        );
+        let gptj = [term(4096, 128), term(16384, 128)];
+        assert_eq!(
+            fit_lean_staging(8, &[4, 13], &gptj, 32, sms, smem),
+            vec![4, 13]
+        );
+        // Past 8 rows (other kernels), untouched; where no split fits one wave, kept.
+        assert_eq!(
+            fit_lean_staging(9, &[3, 12], &falcon, 36, sms, smem),
+            vec![3, 12]
+        );
+        assert_eq!(
+            fit_lean_staging(8, &[3, 12], &falcon, 36, 100, smem),
+            vec![3, 12]
+        );
     }
 
     #[test]
