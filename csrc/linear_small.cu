@@ -798,12 +798,21 @@ size_t lean_x_bytes(const SmallArgs &a) {
 // Groups of scales a block whose range is up to `count` tiles may stage after x_bytes of x: as
 // many as such a range spans (where groups are alike, ⌈(count − 1) / tiles per group⌉ + 1; at
 // most one per tile), where they fit. Shared memory kept small keeps 5 blocks per SM at m ≤ 8.
-int lean_sz_slots(const SmallArgs &a, size_t x_bytes, int count) {
+// `aligned`: every range starts at a multiple of count (the lean loop's K splits), so where
+// count is a whole number of groups a range spans exactly count / tiles per group; there,
+// slots that cannot hold a range's groups serve no block, and none are reserved (their shared
+// memory would only keep blocks off the SM: Falcon-7B's summed projections at 8 rows reserved
+// 23 of the 24 they needed, and ran four blocks an SM in two waves instead of five in one).
+int lean_sz_slots(const SmallArgs &a, size_t x_bytes, int count, bool aligned) {
     const size_t room = x_bytes < kLeanMaxSmem ? (kLeanMaxSmem - x_bytes) / (kSzVectors * 16) : 0;
     const int tpg = a.tiles_per_group;
     const int spanned = tpg > 0 ? std::min(count, (count - 1 + tpg - 1) / tpg + 1) : count;
-    return static_cast<int>(std::min<size_t>(
-        room, static_cast<size_t>(std::min(spanned, std::max(a.groups, 0)))));
+    if (!aligned)
+        return static_cast<int>(std::min<size_t>(
+            room, static_cast<size_t>(std::min(spanned, std::max(a.groups, 0)))));
+    const int need = tpg > 0 && count % tpg == 0 ? count / tpg : spanned;
+    const size_t want = static_cast<size_t>(std::min(need, std::max(a.groups, 0)));
+    return room >= want ? static_cast<int>(want) : 0;
 }
 
 // Bytes of dynamic shared memory of a lean block for call `a` (x, then its slots of scales).
@@ -814,7 +823,7 @@ size_t lean_smem_bytes(const SmallArgs &a) {
 // Call `a` with its slots of scales for the lean loop set (x_bytes: lean_x_bytes(a) > 0).
 SmallArgs with_lean_slots(const SmallArgs &a, size_t x_bytes) {
     SmallArgs b = a;
-    b.sz_slots = lean_sz_slots(a, x_bytes, a.tiles_per_split);
+    b.sz_slots = lean_sz_slots(a, x_bytes, a.tiles_per_split, true);
     return b;
 }
 
@@ -945,7 +954,7 @@ int launch_quant_stream(int dtype, const StreamGroup &g, int grid, cudaStream_t 
     StreamGroup sg = g;
     int slots = 0;
     for (int i = 0; i < g.count; ++i) {
-        sg.call[i].sz_slots = lean_sz_slots(g.call[i], xbytes, g.chunk);
+        sg.call[i].sz_slots = lean_sz_slots(g.call[i], xbytes, g.chunk, false);
         slots = max(slots, sg.call[i].sz_slots);
     }
     const size_t smem = xbytes + static_cast<size_t>(slots) * kSzVectors * 16;

@@ -619,21 +619,29 @@ const BLOCK_SMEM_RESERVED: usize = 1024;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const SZ_GROUP_BYTES: usize = 1024;
 
-/// Dynamic shared memory of a lean block of `count` tiles at m rows, of a weight of `groups`
-/// groups whose tiles change group every `tpg` tiles (0: not known): its x and tile group
-/// words, then the scales of the groups its range spans where they fit — the launcher's
+/// Dynamic shared memory of a lean block of `count` tiles at m rows (its range starting at a
+/// multiple of count), of a weight of `groups` groups whose tiles change group every `tpg`
+/// tiles (0: not known), and whether the scales of every group the range spans are staged: its
+/// x and tile group words, then those scales where they fit beside them — the launcher's
 /// `lean_smem_bytes` with `lean_sz_slots`.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn lean_block_smem(m: usize, count: usize, tpg: usize, groups: usize) -> usize {
+fn lean_block_smem(m: usize, count: usize, tpg: usize, groups: usize) -> (usize, bool) {
     let stride = 4 * count + if count % 2 == 1 { 0 } else { 4 };
     let x = (m * stride + count.div_ceil(4)) * 16;
     let room = LEAN_MAX_SMEM.saturating_sub(x) / SZ_GROUP_BYTES;
-    let spanned = if tpg > 0 {
+    let need = if tpg > 0 && count.is_multiple_of(tpg) {
+        count / tpg
+    } else if tpg > 0 {
         count.min(count.saturating_sub(1).div_ceil(tpg) + 1)
     } else {
         count
-    };
-    x + room.min(spanned.min(groups)) * SZ_GROUP_BYTES
+    }
+    .min(groups);
+    if room >= need {
+        (x + need * SZ_GROUP_BYTES, true)
+    } else {
+        (x, false)
+    }
 }
 
 /// A term of a sum as the lean loop's staging sees it: tiles of K, tiles per group (0: not
@@ -647,13 +655,14 @@ pub(crate) struct StagedTerm {
 }
 
 /// The K splits of a summed launch on the lean loop at m ≤ 8 (`splits`, from [`sum_plan`]),
-/// shortened where its blocks' staging would keep fewer than `LEAN_RESIDENT_M8` of them on an
-/// SM of `smem_per_sm` bytes: long shares of x at 8 rows and the scales of small groups
-/// overflow it. Falcon-7B's output and down projections at 8 rows (groups of 64, 36 column
-/// blocks) took 48 tiles a block, 48.8 KB of staging each (4 blocks an SM, so 540 blocks ran
-/// in two waves) and their scales did not fit the staging after all: 56 µs, 3.5× the bytes'
-/// time (H100, Nsight Compute). Shares shorten one tile at a time while the grid still fits
-/// one wave of `LEAN_RESIDENT_M8` blocks per SM; where none fits, the splits stay.
+/// shortened where its blocks would not stage x and all their groups' scales within what
+/// `LEAN_RESIDENT_M8` of them may take on an SM of `smem_per_sm` bytes: long shares of x at 8
+/// rows and the scales of small groups overflow it. Falcon-7B's output and down projections at
+/// 8 rows (groups of 64, 36 column blocks) took 48 tiles a block, whose 24 groups' scales did
+/// not fit beside x, and 48.8 KB of staging each (4 blocks an SM, so 540 blocks ran in two
+/// waves): 56 µs, 3.5× the bytes' time (H100, Nsight Compute). Shares shorten one tile at a
+/// time while the grid still fits one wave of `LEAN_RESIDENT_M8` blocks per SM; where none
+/// fits, the splits stay (and the launcher stages x alone where the scales do not fit).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn fit_lean_staging(
     m: usize,
@@ -666,7 +675,9 @@ pub(crate) fn fit_lean_staging(
     let budget = (smem_per_sm / LEAN_RESIDENT_M8).saturating_sub(BLOCK_SMEM_RESERVED);
     let fits = |sp: &[usize]| {
         terms.iter().zip(sp).all(|(t, &s)| {
-            lean_block_smem(m, t.tiles.div_ceil(s.max(1)), t.tiles_per_group, t.groups) <= budget
+            let count = t.tiles.div_ceil(s.max(1));
+            let (bytes, staged) = lean_block_smem(m, count, t.tiles_per_group, t.groups);
+            staged && bytes <= budget
         })
     };
     if m > 8 || fits(splits) {
@@ -1254,11 +1265,15 @@ mod tests {
             groups: k / group,
         };
         // The launcher's staging: x of 8 rows, the group words, the scales of the groups a
-        // share spans (Falcon-7B's 48-tile shares of groups of 64: 24 of them do not fit
-        // beside x, so the slots that do go unused).
-        assert_eq!(lean_block_smem(8, 48, 2, 284), 25_280 + 23 * 1024);
-        assert_eq!(lean_block_smem(8, 41, 2, 284), 21_168 + 21 * 1024);
-        assert_eq!(lean_block_smem(1, 48, 4, 284), (196 + 12) * 16 + 13 * 1024);
+        // share spans where they all fit (Falcon-7B's 48-tile shares of groups of 64: 24 of
+        // them do not fit beside x, so none are staged).
+        assert_eq!(lean_block_smem(8, 48, 2, 284), (25_280, false));
+        assert_eq!(lean_block_smem(8, 41, 2, 284), (21_168 + 21 * 1024, true));
+        assert_eq!(lean_block_smem(8, 36, 2, 71), (19_088 + 18 * 1024, true));
+        assert_eq!(
+            lean_block_smem(1, 48, 4, 284),
+            ((196 + 12) * 16 + 12 * 1024, true)
+        );
         // Falcon-7B's output and down projections at 8 rows (36 column blocks): the plan's
         // [3, 12] splits need 48.8 KB a block; shorter shares fit five blocks an SM in one wave.
         let falcon = [term(4544, 64), term(18176, 64)];
@@ -1266,7 +1281,8 @@ mod tests {
         assert_eq!(sp, vec![4, 14]);
         let budget = smem / LEAN_RESIDENT_M8 - BLOCK_SMEM_RESERVED;
         for (t, s) in falcon.iter().zip(&sp) {
-            assert!(lean_block_smem(8, t.tiles.div_ceil(*s), 2, t.groups) <= budget);
+            let (bytes, staged) = lean_block_smem(8, t.tiles.div_ceil(*s), 2, t.groups);
+            assert!(staged && bytes <= budget);
         }
         assert!(36 * sp.iter().sum::<usize>() <= LEAN_RESIDENT_M8 * sms);
         // At one row, and GPT-J-6B's groups of 128 at 8 rows, the staging already fits: kept.
