@@ -661,8 +661,11 @@ pub(crate) struct StagedTerm {
 /// 8 rows (groups of 64, 36 column blocks) took 48 tiles a block, whose 24 groups' scales did
 /// not fit beside x, and 48.8 KB of staging each (4 blocks an SM, so 540 blocks ran in two
 /// waves): 56 µs, 3.5× the bytes' time (H100, Nsight Compute). Shares shorten one tile at a
-/// time while the grid still fits one wave of `LEAN_RESIDENT_M8` blocks per SM; where none
-/// fits, the splits stay (and the launcher stages x alone where the scales do not fit).
+/// time while the grid still fits one wave of `LEAN_RESIDENT_M8` blocks per SM. Where none
+/// fits, `None`: the sum is declined and its terms run one at a time, each on its own plan —
+/// Command-R's output and down projections (K 8192 + 22528, N 8192) at 3–6 rows, whose long
+/// shares could stage x only, took 2–12% longer a decoder step summed than in two launches
+/// (H100, same run: batch 4 224.5 against 198.5 µs, batch 6 233.6 against 209.2).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn fit_lean_staging(
     m: usize,
@@ -671,7 +674,7 @@ pub(crate) fn fit_lean_staging(
     col_blocks: usize,
     sms: usize,
     smem_per_sm: usize,
-) -> Vec<usize> {
+) -> Option<Vec<usize>> {
     let budget = (smem_per_sm / LEAN_RESIDENT_M8).saturating_sub(BLOCK_SMEM_RESERVED);
     let fits = |sp: &[usize]| {
         terms.iter().zip(sp).all(|(t, &s)| {
@@ -681,7 +684,7 @@ pub(crate) fn fit_lean_staging(
         })
     };
     if m > 8 || fits(splits) {
-        return splits.to_vec();
+        return Some(splits.to_vec());
     }
     let tiles: usize = terms.iter().map(|t| t.tiles).sum();
     let mut per = tiles.div_ceil(splits.iter().sum::<usize>().max(1));
@@ -692,10 +695,10 @@ pub(crate) fn fit_lean_staging(
             break;
         }
         if fits(&sp) {
-            return sp;
+            return Some(sp);
         }
     }
-    splits.to_vec()
+    None
 }
 
 /// How a sum of linears of one N is cut ([`prepared_linear_sum`]): the path (`SmallLean`: the
@@ -804,7 +807,10 @@ pub fn prepared_linear_sum(
                     groups: w.groups,
                 })
                 .collect();
-            fit_lean_staging(m, &splits, &staged, n.div_ceil(128), sms, smem_per_sm)
+            match fit_lean_staging(m, &splits, &staged, n.div_ceil(128), sms, smem_per_sm) {
+                Some(fitted) => fitted,
+                None => return Ok(false),
+            }
         } else {
             splits
         };
@@ -1277,7 +1283,7 @@ mod tests {
         // Falcon-7B's output and down projections at 8 rows (36 column blocks): the plan's
         // [3, 12] splits need 48.8 KB a block; shorter shares fit five blocks an SM in one wave.
         let falcon = [term(4544, 64), term(18176, 64)];
-        let sp = fit_lean_staging(8, &[3, 12], &falcon, 36, sms, smem);
+        let sp = fit_lean_staging(8, &[3, 12], &falcon, 36, sms, smem).unwrap();
         assert_eq!(sp, vec![4, 14]);
         let budget = smem / LEAN_RESIDENT_M8 - BLOCK_SMEM_RESERVED;
         for (t, s) in falcon.iter().zip(&sp) {
@@ -1286,24 +1292,27 @@ mod tests {
         }
         assert!(36 * sp.iter().sum::<usize>() <= LEAN_RESIDENT_M8 * sms);
         // At one row, and GPT-J-6B's groups of 128 at 8 rows, the staging already fits: kept.
-        assert_eq!(
-            fit_lean_staging(1, &[3, 12], &falcon, 36, sms, smem),
-            vec![3, 12]
-        );
+        let keep = Some(vec![3, 12]);
+        assert_eq!(fit_lean_staging(1, &[3, 12], &falcon, 36, sms, smem), keep);
         let gptj = [term(4096, 128), term(16384, 128)];
+        let fitted = fit_lean_staging(8, &[4, 13], &gptj, 32, sms, smem);
+        assert_eq!(fitted, Some(vec![4, 13]));
+        // Past 8 rows (other kernels), untouched.
+        assert_eq!(fit_lean_staging(9, &[3, 12], &falcon, 36, sms, smem), keep);
+        // Where no split stages every scale within one wave: none (the sum is declined) —
+        // fewer SMs, or Command-R's output and down projections at 3 and 4 rows (64 column
+        // blocks), but not at 2.
+        assert_eq!(fit_lean_staging(8, &[3, 12], &falcon, 36, 100, smem), None);
+        let command_r = [term(8192, 128), term(22528, 128)];
         assert_eq!(
-            fit_lean_staging(8, &[4, 13], &gptj, 32, sms, smem),
-            vec![4, 13]
-        );
-        // Past 8 rows (other kernels), untouched; where no split fits one wave, kept.
-        assert_eq!(
-            fit_lean_staging(9, &[3, 12], &falcon, 36, sms, smem),
-            vec![3, 12]
+            fit_lean_staging(3, &[3, 6], &command_r, 64, sms, smem),
+            None
         );
         assert_eq!(
-            fit_lean_staging(8, &[3, 12], &falcon, 36, 100, smem),
-            vec![3, 12]
+            fit_lean_staging(4, &[3, 6], &command_r, 64, sms, smem),
+            None
         );
+        assert!(fit_lean_staging(2, &[3, 6], &command_r, 64, sms, smem).is_some());
     }
 
     #[test]
