@@ -683,15 +683,17 @@ impl ParallelDecoder {
             acts.resize(calls.len(), None);
             Linear::forward_group(s, ws, &mut calls, &acts, ids)?;
         }
+        // A quantized or paged cache takes its writes (and serves attention) page by page.
+        let in_pages = cache
+            .as_deref()
+            .is_some_and(|c| c.mode().is_quantized() || c.is_paged());
         // On a device, a decode step's fused projection is split by the rotary + cache write's
         // launch (one launch fewer) where nothing sits between them (no per-head norm) and the
         // native cache (or none) takes the write.
         let split_in_rope = self.device != Device::Cpu
             && t <= 32
             && self.q_norm.is_none()
-            && !cache
-                .as_deref()
-                .is_some_and(|c| c.mode().is_quantized() || c.is_paged())
+            && !in_pages
             && split_rope_enabled();
         if let (QkvProj::Fused { layout, .. }, Some(f)) = (&self.qkv, &fused_qkv) {
             if !split_in_rope {
@@ -772,9 +774,6 @@ impl ParallelDecoder {
             attn_factor: f.attn_factor,
         });
         let mut cache = cache;
-        let in_pages = cache
-            .as_deref()
-            .is_some_and(|c| c.mode().is_quantized() || c.is_paged());
         let ctx = if in_pages {
             let c = cache
                 .as_deref_mut()

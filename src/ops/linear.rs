@@ -191,8 +191,14 @@ const LEAN_MAX_SMEM: usize = 48 * 1024 - 256;
 /// launcher's `lean_x_bytes`: 16-byte vectors, rows of 4 per tile plus 4 where `count` is even,
 /// then one per 4 tiles).
 fn lean_x_fits(m: usize, count: usize) -> bool {
+    lean_x_bytes(m, count) <= LEAN_MAX_SMEM
+}
+
+/// Bytes of a lean block's staged x rows and tile group words for `count` tiles at m rows (the
+/// launcher's `lean_x_bytes`).
+fn lean_x_bytes(m: usize, count: usize) -> usize {
     let stride = 4 * count + if count % 2 == 1 { 0 } else { 4 };
-    (m * stride + count.div_ceil(4)) * 16 <= LEAN_MAX_SMEM
+    (m * stride + count.div_ceil(4)) * 16
 }
 
 /// K split of the lean loop (m ≤ 32). At m ≤ 8, where the column blocks alone would leave most
@@ -626,8 +632,7 @@ const SZ_GROUP_BYTES: usize = 1024;
 /// `lean_smem_bytes` with `lean_sz_slots`.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn lean_block_smem(m: usize, count: usize, tpg: usize, groups: usize) -> (usize, bool) {
-    let stride = 4 * count + if count % 2 == 1 { 0 } else { 4 };
-    let x = (m * stride + count.div_ceil(4)) * 16;
+    let x = lean_x_bytes(m, count);
     let room = LEAN_MAX_SMEM.saturating_sub(x) / SZ_GROUP_BYTES;
     let need = if tpg > 0 && count.is_multiple_of(tpg) {
         count / tpg
@@ -652,6 +657,20 @@ pub(crate) struct StagedTerm {
     pub tiles: usize,
     pub tiles_per_group: usize,
     pub groups: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl StagedTerm {
+    /// A prepared weight's: tiles per group where every group could hold as many (the
+    /// launcher's `tiles_per_group`, set where the groups divide the tiles).
+    fn of(w: &PreparedQuant) -> Self {
+        let whole = w.groups > 0 && w.ntiles.is_multiple_of(w.groups);
+        StagedTerm {
+            tiles: w.ntiles,
+            tiles_per_group: if whole { w.ntiles / w.groups } else { 0 },
+            groups: w.groups,
+        }
+    }
 }
 
 /// The K splits of a summed launch on the lean loop at m ≤ 8 (`splits`, from [`sum_plan`]),
@@ -795,18 +814,7 @@ pub fn prepared_linear_sum(
             return Ok(false);
         };
         let splits = if path == LinearPath::SmallLean {
-            let staged: Vec<StagedTerm> = terms
-                .iter()
-                .map(|(_, w)| StagedTerm {
-                    tiles: w.ntiles,
-                    tiles_per_group: if w.groups > 0 && w.ntiles % w.groups == 0 {
-                        w.ntiles / w.groups
-                    } else {
-                        0
-                    },
-                    groups: w.groups,
-                })
-                .collect();
+            let staged: Vec<StagedTerm> = terms.iter().map(|(_, w)| StagedTerm::of(w)).collect();
             match fit_lean_staging(m, &splits, &staged, n.div_ceil(128), sms, smem_per_sm) {
                 Some(fitted) => fitted,
                 None => return Ok(false),

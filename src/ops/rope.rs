@@ -49,45 +49,44 @@ pub fn rotary_and_cache_write(
             })????;
             Ok(())
         }
-        Device::Cuda(_) => on_cuda!(s => {
-            use crate::cuda::kernels;
-            match device_tables(ws, positions, rotary, at)? {
-                DeviceTables::Staged(tables) => {
-                    // SAFETY: the workspace staged exactly these host slices into its step
-                    // region, queued on this forward's stream before any of its ops, and keeps
-                    // the region alive and unchanged until the next stage, which waits for this
-                    // forward.
-                    unsafe {
-                        kernels::rotary_and_cache_write_staged(
-                            q, k, v, heads, kv_heads, head_dim, positions, rotary, at, tables,
-                            cache_k, cache_v, s,
-                        )
-                    }
-                }
-                DeviceTables::Upload(mut meta) => kernels::rotary_and_cache_write(
-                    q, k, v, heads, kv_heads, head_dim, positions, rotary, at, &mut meta,
-                    cache_k, cache_v, s,
-                ),
-            }
-        }),
+        Device::Cuda(_) => on_cuda!(s => device_rope(
+            s, ws, Values::Read(v), q, k, heads, kv_heads, head_dim, positions, rotary, at,
+            cache_k, cache_v,
+        )),
     }
 }
 
-/// Where a CUDA rotary + cache write reads its positions, past lengths and frequencies: the
-/// forward's staged step tables when these are they, else this call's own upload into scratch.
+/// What a rotary + cache write does with v: reads it (the in-place op), or splits it with q and
+/// k out of a fused projection into the caller's v.
 #[cfg(feature = "cuda")]
-enum DeviceTables {
-    Staged(crate::cuda::kernels::RopeTables),
-    Upload(Tensor),
+enum Values<'a> {
+    Read(&'a Tensor),
+    Split {
+        fused: &'a Tensor,
+        layout: QkvLayout,
+        v: &'a mut Tensor,
+    },
 }
 
+/// Both rotary ops on a device: one launch, reading the forward's staged step tables when
+/// these are they, else this call's own upload into scratch from `ws`.
 #[cfg(feature = "cuda")]
-fn device_tables(
+#[allow(clippy::too_many_arguments)]
+fn device_rope(
+    s: &crate::cuda::CudaStream,
     ws: &mut Workspace,
+    values: Values<'_>,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
     positions: &[i64],
     rotary: Option<&RotaryArgs<'_>>,
     at: &CacheSlots<'_>,
-) -> Result<DeviceTables> {
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+) -> Result<()> {
     use crate::cuda::kernels;
     let staged = ws.staged().and_then(|st| {
         let (positions, past_len) = st.positions_and_past(positions, at.past_len)?;
@@ -101,18 +100,34 @@ fn device_tables(
             inv_freq,
         })
     });
-    if let Some(tables) = staged {
-        return Ok(DeviceTables::Staged(tables));
+    let mut scratch = match staged {
+        Some(_) => None,
+        None => {
+            let rot_dim = rotary.map_or(0, |r| r.rot_dim);
+            let bytes = kernels::rope_meta_bytes(at.batch * at.q_len, at.batch, rot_dim);
+            Some(ws.scratch(&[bytes], crate::tensor::DType::U8)?)
+        }
+    };
+    let meta = match (staged, scratch.as_mut()) {
+        (Some(tables), _) => kernels::RopeMeta::Staged(tables),
+        (None, Some(m)) => kernels::RopeMeta::Upload(m),
+        (None, None) => unreachable!("scratch is taken where nothing is staged"),
+    };
+    let (fused, v) = match values {
+        Values::Read(v) => (None, v),
+        Values::Split { fused, layout, v } => (Some((fused, layout)), &*v),
+    };
+    // SAFETY: staged tables hold exactly these host slices, staged by the workspace into its
+    // step region, queued on this forward's stream before any of its ops, and kept alive and
+    // unchanged until the next stage, which waits for this forward. With a fused source v is
+    // the caller's mutable borrow (`Values::Split`) and fused another tensor (the borrows say
+    // so); without, v is only read.
+    unsafe {
+        kernels::rope_call(
+            fused, q, k, v, heads, kv_heads, head_dim, positions, rotary, at, meta, cache_k,
+            cache_v, s,
+        )
     }
-    let rot_dim = rotary.map_or(0, |r| r.rot_dim);
-    Ok(DeviceTables::Upload(ws.scratch(
-        &[kernels::rope_meta_bytes(
-            at.batch * at.q_len,
-            at.batch,
-            rot_dim,
-        )],
-        crate::tensor::DType::U8,
-    )?))
 }
 
 /// [`super::split_qkv`] of `fused` [tokens, (heads + 2·kv_heads)·D] in `layout` into q, k and
@@ -160,26 +175,21 @@ pub fn split_rotary_and_cache_write(
         ("cache k", cache_k),
         ("cache v", cache_v),
     ])?;
-    on_cuda!(s => {
-        use crate::cuda::kernels;
-        match device_tables(ws, positions, rotary, at)? {
-            DeviceTables::Staged(tables) => {
-                // SAFETY: as in rotary_and_cache_write: the workspace's staged step tables hold
-                // exactly these host slices, queued before this forward's ops, alive until the
-                // next stage.
-                unsafe {
-                    kernels::split_rotary_and_cache_write_staged(
-                        fused, layout, q, k, v, heads, kv_heads, head_dim, positions, rotary, at,
-                        tables, cache_k, cache_v, s,
-                    )
-                }
-            }
-            DeviceTables::Upload(mut meta) => kernels::split_rotary_and_cache_write(
-                fused, layout, q, k, v, heads, kv_heads, head_dim, positions, rotary, at,
-                &mut meta, cache_k, cache_v, s,
-            ),
-        }
-    })
+    on_cuda!(s => device_rope(
+        s,
+        ws,
+        Values::Split { fused, layout, v },
+        q,
+        k,
+        heads,
+        kv_heads,
+        head_dim,
+        positions,
+        rotary,
+        at,
+        cache_k,
+        cache_v,
+    ))
 }
 
 /// Checks a rotary + write into a contiguous cache: the caches' sizes, then the new tokens.

@@ -21,8 +21,16 @@ fn prod(what: &str, dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| overflow(what))
 }
 
+/// A checked fused QKV projection output: its layout's and dtype's kernel codes and its width,
+/// (heads + 2·kv_heads)·head_dim.
+pub(super) struct FusedQkv {
+    pub layout: i32,
+    pub dtype: i32,
+    pub width: usize,
+}
+
 /// Checks a fused QKV projection output of `tokens` tokens, [tokens, (heads + 2·kv_heads)·
-/// head_dim], and returns its layout's kernel code.
+/// head_dim].
 pub(super) fn fused_qkv_layout(
     layout: QkvLayout,
     fused: &Tensor,
@@ -31,7 +39,7 @@ pub(super) fn fused_qkv_layout(
     kv_heads: usize,
     head_dim: usize,
     stream: &CudaStream,
-) -> Result<i32> {
+) -> Result<FusedQkv> {
     let code = match layout {
         QkvLayout::Separate => {
             return Err(Error::bad_input(
@@ -51,7 +59,7 @@ pub(super) fn fused_qkv_layout(
         .checked_add(2 * kv_heads)
         .and_then(|w| w.checked_mul(head_dim))
         .ok_or_else(|| overflow("split_qkv"))?;
-    dtype_code(fused.dtype(), "fused qkv")?;
+    let dtype = dtype_code(fused.dtype(), "fused qkv")?;
     check_tensor(
         fused,
         "fused qkv",
@@ -59,7 +67,11 @@ pub(super) fn fused_qkv_layout(
         prod("split_qkv", &[tokens, width])?,
         stream,
     )?;
-    Ok(code)
+    Ok(FusedQkv {
+        layout: code,
+        dtype,
+        width,
+    })
 }
 
 /// Splits a fused QKV projection output [tokens, (heads + 2·kv_heads)·head_dim] into q, k and v
@@ -77,10 +89,8 @@ pub fn split_qkv(
     v: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let code_layout = fused_qkv_layout(layout, fused, tokens, heads, kv_heads, head_dim, stream)?;
+    let f = fused_qkv_layout(layout, fused, tokens, heads, kv_heads, head_dim, stream)?;
     let dtype = fused.dtype();
-    let code = dtype_code(dtype, "fused qkv")?;
-    let width = (heads + 2 * kv_heads) * head_dim;
     check_tensor(
         q,
         "q",
@@ -91,7 +101,7 @@ pub fn split_qkv(
     let kv_n = prod("k", &[tokens, kv_heads, head_dim])?;
     check_tensor(k, "k", Some(dtype), kv_n, stream)?;
     check_tensor(v, "v", Some(dtype), kv_n, stream)?;
-    if tokens == 0 || width == 0 {
+    if tokens == 0 || f.width == 0 {
         return Ok(());
     }
     ensure_device(stream.device())?;
@@ -99,8 +109,8 @@ pub fn split_qkv(
     // they outlive the kernel (freeing device memory waits for queued work).
     let status = unsafe {
         ffi::paradec_split_qkv(
-            code,
-            code_layout,
+            f.dtype,
+            f.layout,
             dev_ptr(fused),
             tokens,
             heads,

@@ -36,9 +36,10 @@ pub use linear::{
     zeroed_counters_ffi, QuantLinearCall, QuantLinearTerm, QuantWeightArgs,
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
+pub(crate) use rope::{rope_call, RopeMeta};
 pub use rope::{
     rope_meta_bytes, rotary_and_cache_write, rotary_and_cache_write_staged,
-    split_rotary_and_cache_write, split_rotary_and_cache_write_staged, RopeTables,
+    split_rotary_and_cache_write, RopeTables,
 };
 
 use crate::tensor::Storage;

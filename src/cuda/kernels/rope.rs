@@ -305,6 +305,86 @@ fn upload_tables(
     }))
 }
 
+/// Where a rotary + cache write reads its positions, past lengths and frequencies: an upload
+/// into `meta`, a U8 device tensor of exactly `rope_meta_bytes(tokens, batch, rot_dim)` bytes
+/// (rot_dim 0 without rotary) queued on the stream before the kernel, or tables already on the
+/// device (the workspace's staged step).
+pub(crate) enum RopeMeta<'a> {
+    /// Uploaded here into this scratch.
+    Upload(&'a mut Tensor),
+    /// Staged before the call (see [`rotary_and_cache_write_staged`]'s safety contract).
+    Staged(RopeTables),
+}
+
+/// Every contiguous-cache rotary launcher: the call's checks (with `fused`, the fused
+/// projection's too), then its tables (uploaded, or the staged ones checked), then the launch.
+/// Nothing runs for a call without tokens or KV features.
+///
+/// # Safety
+/// Staged tables as [`rotary_and_cache_write_staged`] says. With `fused`, v is written (the
+/// split's output): the caller holds it mutably and `fused` is another tensor than q, k and v;
+/// without, v is only read.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn rope_call(
+    fused: Option<(&Tensor, QkvLayout)>,
+    q: &mut Tensor,
+    k: &mut Tensor,
+    v: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    positions: &[i64],
+    rotary: Option<&RotaryArgs<'_>>,
+    slots: &CacheSlots<'_>,
+    meta: RopeMeta<'_>,
+    cache_k: &mut Tensor,
+    cache_v: &mut Tensor,
+    stream: &CudaStream,
+) -> Result<()> {
+    let c = check_call(
+        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
+    )?;
+    let src = match fused {
+        Some((f, layout)) => Some(fused_source(
+            f, layout, &c, q, heads, kv_heads, head_dim, stream,
+        )?),
+        None => None,
+    };
+    let tables = match meta {
+        RopeMeta::Upload(m) => match upload_tables(&c, positions, rotary, slots, m, stream)? {
+            Some(t) => t,
+            None => return Ok(()),
+        },
+        RopeMeta::Staged(t) => {
+            if c.tokens == 0 || c.kv_n == 0 {
+                return Ok(());
+            }
+            t.check(c.rot_dim)?;
+            t
+        }
+    };
+    // SAFETY: the tables are uploaded just above on the stream or staged per the caller's
+    // contract; v is written only with a fused source, as the contract allows (a device
+    // address: the kernel writes device memory, no Rust value).
+    unsafe {
+        launch(
+            &c,
+            src,
+            q,
+            k,
+            dev_ptr(v).cast_mut(),
+            heads,
+            kv_heads,
+            head_dim,
+            slots,
+            tables,
+            cache_k,
+            cache_v,
+            stream,
+        )
+    }
+}
+
 /// Rotates q and k (at `positions`, one per token of [batch, q_len]) and writes k and v into
 /// the cache at each sequence's next slots. Twin of `cpu::rope::rotary_and_cache_write`, with
 /// the same host arguments; q is [batch, q_len, heads, head_dim], k and v
@@ -329,26 +409,20 @@ pub fn rotary_and_cache_write(
     cache_v: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let c = check_call(
-        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
-    )?;
-    let Some(tables) = upload_tables(&c, positions, rotary, slots, meta, stream)? else {
-        return Ok(());
-    };
-    // SAFETY: the tables were queued on the stream just above, in a live device tensor; v is
-    // only read.
+    // SAFETY: uploaded tables; no fused source, so v is only read.
     unsafe {
-        launch(
-            &c,
+        rope_call(
             None,
             q,
             k,
-            dev_ptr(v).cast_mut(),
+            v,
             heads,
             kv_heads,
             head_dim,
+            positions,
+            rotary,
             slots,
-            tables,
+            RopeMeta::Upload(meta),
             cache_k,
             cache_v,
             stream,
@@ -380,26 +454,20 @@ pub unsafe fn rotary_and_cache_write_staged(
     cache_v: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let c = check_call(
-        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
-    )?;
-    if c.tokens == 0 || c.kv_n == 0 {
-        return Ok(());
-    }
-    tables.check(c.rot_dim)?;
-    // SAFETY: the function's contract; v is only read.
+    // SAFETY: the function's contract; no fused source, so v is only read.
     unsafe {
-        launch(
-            &c,
+        rope_call(
             None,
             q,
             k,
-            dev_ptr(v).cast_mut(),
+            v,
             heads,
             kv_heads,
             head_dim,
+            positions,
+            rotary,
             slots,
-            tables,
+            RopeMeta::Staged(tables),
             cache_k,
             cache_v,
             stream,
@@ -420,7 +488,7 @@ fn fused_source<'a>(
     head_dim: usize,
     stream: &CudaStream,
 ) -> Result<(&'a Tensor, i32)> {
-    let code = fused_qkv_layout(layout, fused, c.tokens, heads, kv_heads, head_dim, stream)?;
+    let f = fused_qkv_layout(layout, fused, c.tokens, heads, kv_heads, head_dim, stream)?;
     if fused.dtype() != q.dtype() {
         return Err(Error::bad_input(format!(
             "fused qkv: dtype {}, q {}",
@@ -428,7 +496,7 @@ fn fused_source<'a>(
             q.dtype()
         )));
     }
-    Ok((fused, code))
+    Ok((fused, f.layout))
 }
 
 /// `split_qkv` then [`rotary_and_cache_write`] in one launch: `fused` [tokens, (heads +
@@ -453,78 +521,21 @@ pub fn split_rotary_and_cache_write(
     cache_v: &mut Tensor,
     stream: &CudaStream,
 ) -> Result<()> {
-    let c = check_call(
-        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
-    )?;
-    let src = fused_source(fused, layout, &c, q, heads, kv_heads, head_dim, stream)?;
-    let Some(tables) = upload_tables(&c, positions, rotary, slots, meta, stream)? else {
-        return Ok(());
-    };
-    // SAFETY: the tables were queued on the stream just above, in a live device tensor; v is
-    // held mutably, fused (read) is another tensor than q, k and v (the borrows say so).
+    // SAFETY: uploaded tables; v is held mutably and fused is another tensor (the borrows say
+    // so).
     unsafe {
-        launch(
-            &c,
-            Some(src),
+        rope_call(
+            Some((fused, layout)),
             q,
             k,
-            dev_ptr_mut(v),
+            v,
             heads,
             kv_heads,
             head_dim,
+            positions,
+            rotary,
             slots,
-            tables,
-            cache_k,
-            cache_v,
-            stream,
-        )
-    }
-}
-
-/// As [`split_rotary_and_cache_write`], over tables already on the device (see
-/// [`rotary_and_cache_write_staged`]).
-///
-/// # Safety
-/// As [`rotary_and_cache_write_staged`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn split_rotary_and_cache_write_staged(
-    fused: &Tensor,
-    layout: QkvLayout,
-    q: &mut Tensor,
-    k: &mut Tensor,
-    v: &mut Tensor,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    positions: &[i64],
-    rotary: Option<&RotaryArgs<'_>>,
-    slots: &CacheSlots<'_>,
-    tables: RopeTables,
-    cache_k: &mut Tensor,
-    cache_v: &mut Tensor,
-    stream: &CudaStream,
-) -> Result<()> {
-    let c = check_call(
-        q, k, v, heads, kv_heads, head_dim, positions, rotary, slots, cache_k, cache_v, stream,
-    )?;
-    let src = fused_source(fused, layout, &c, q, heads, kv_heads, head_dim, stream)?;
-    if c.tokens == 0 || c.kv_n == 0 {
-        return Ok(());
-    }
-    tables.check(c.rot_dim)?;
-    // SAFETY: the function's contract; v is held mutably, fused is another tensor.
-    unsafe {
-        launch(
-            &c,
-            Some(src),
-            q,
-            k,
-            dev_ptr_mut(v),
-            heads,
-            kv_heads,
-            head_dim,
-            slots,
-            tables,
+            RopeMeta::Upload(meta),
             cache_k,
             cache_v,
             stream,
