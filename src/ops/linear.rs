@@ -848,27 +848,25 @@ pub fn prepared_linear_sum(
     }
 }
 
-/// Tiles a block of a grouped lean launch takes at one row, and at 2–8 rows
-/// (`group_lean_splits`).
-const GROUP_TILES_M1: usize = 64;
-const GROUP_TILES_M8: usize = 32;
+/// Tiles a block of a grouped lean launch takes at 1–8 rows (`group_lean_splits`).
+const GROUP_TILES: usize = 64;
 
 /// The K splits of a grouped launch on the lean loop, whose calls of K `ks` would each take
-/// `own` alone: blocks of about 64 tiles for every call at one row, 32 at 2–8 rows — in a
-/// group the calls together fill the GPU, and each one's own split (a wave's worth of blocks
-/// for it alone: 16 of 8 tiles for GPT-J's q, k and v) leaves many short blocks. H100, graph µs
-/// of one decoder step at 1k keys, own splits / the rule's (docs/gpu-decoder.md): batch 1
-/// (64 tiles) GPT-J GPTQ-4 79.2 / 75.8, Command-R 188.1 / 181.4, Falcon-7B 78.1 / 77.6; batch 8
-/// (32 tiles; 64 was 4% slower for Falcon-7B there) 138.0 / 135.7, 226.8 / 219.5, 112.2 /
-/// 112.5; EXL2-4 alike. Rows 2–7 were not timed: they run the same kernel as 8 with less x to
-/// stage. Past 8 rows (another kernel, not swept) the calls keep their own splits. `forced`
-/// (tiles) overrides the rule.
+/// `own` alone: blocks of about 64 tiles for every call at 1–8 rows — in a group the calls
+/// together fill the GPU, and each one's own split (a wave's worth of blocks for it alone: 16
+/// of 8 tiles for GPT-J's q, k and v) leaves many short blocks. H100, graph µs of one decoder
+/// step at 1k keys (docs/gpu-decoder.md), batch 1, own splits / 64 tiles: GPT-J GPTQ-4 79.2 /
+/// 75.8, Command-R 188.1 / 181.4, Falcon-7B 78.1 / 77.6. At 2–8 rows (swept over 13–64 tiles,
+/// best of two rounds, once the summed launches' staging was sized for five blocks an SM),
+/// 32 / 64 tiles: GPT-J 87.9 / 85.8 (2 rows), 103.5 / 101.5 (4), 133.3 / 133.3 (8); Command-R
+/// 188.6 / 184.2, 200.4 / 194.7, 220.7 / 216.8; Falcon-7B 83.1 / 80.0, 88.4 / 84.4, 101.5 /
+/// 100.0; EXL2-4 alike. Past 8 rows (another kernel, not swept) the calls keep their own
+/// splits. `forced` (tiles) overrides the rule.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn group_lean_splits(m: usize, ks: &[usize], own: &[usize], forced: Option<usize>) -> Vec<usize> {
     let tiles = match forced {
         Some(t) => t,
-        None if m == 1 => GROUP_TILES_M1,
-        None if m <= 8 => GROUP_TILES_M8,
+        None if m <= 8 => GROUP_TILES,
         None => return own.to_vec(),
     };
     ks.iter()
@@ -1257,12 +1255,13 @@ mod tests {
     }
 
     #[test]
-    fn group_lean_splits_take_64_tiles_at_one_row_32_up_to_8() {
+    fn group_lean_splits_take_64_tiles_up_to_8_rows() {
         // GPT-J's q, k, v (K 4096) and fc_in (K 4096), each alone 16, 16, 16 and 4 splits.
         let ks = [4096, 4096, 4096, 4096];
         let own = [16, 16, 16, 4];
         assert_eq!(group_lean_splits(1, &ks, &own, None), vec![2, 2, 2, 2]);
-        assert_eq!(group_lean_splits(8, &ks, &own, None), vec![4, 4, 4, 4]);
+        assert_eq!(group_lean_splits(8, &ks, &own, None), vec![2, 2, 2, 2]);
+        assert_eq!(group_lean_splits(9, &ks, &own, Some(32)), vec![4, 4, 4, 4]);
         assert_eq!(group_lean_splits(9, &ks, &own, None), own.to_vec());
         assert_eq!(group_lean_splits(9, &ks, &own, Some(64)), vec![2, 2, 2, 2]);
         // Short K: one split; K not a whole number of blocks: rounded up.
