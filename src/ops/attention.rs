@@ -90,11 +90,7 @@ pub fn split_qkv(
     numel("q", q, t * heads * head_dim)?;
     numel("k", k, t * kv_heads * head_dim)?;
     numel("v", v, t * kv_heads * head_dim)?;
-    if layout == QkvLayout::FusedPerHead && heads != kv_heads {
-        return Err(Error::bad_input(
-            "fused per-head qkv needs as many kv heads as heads",
-        ));
-    }
+    check_per_head(layout, heads, kv_heads)?;
     let d = head_dim;
     match fused.device() {
         Device::Cpu => {
@@ -122,6 +118,16 @@ pub fn split_qkv(
             ))
         }
     }
+}
+
+/// A per-head fused q/k/v projection ([q_h | k_h | v_h] per head) needs one KV head per head.
+pub(super) fn check_per_head(layout: QkvLayout, heads: usize, kv_heads: usize) -> Result<()> {
+    if layout == QkvLayout::FusedPerHead && heads != kv_heads {
+        return Err(Error::bad_input(
+            "fused per-head qkv needs as many kv heads as heads",
+        ));
+    }
+    Ok(())
 }
 
 /// Attention of q [batch, q_len, heads·D] over the cache; writes [batch, q_len, heads·D].

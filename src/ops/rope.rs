@@ -100,18 +100,15 @@ fn device_rope(
             inv_freq,
         })
     });
-    let mut scratch = match staged {
-        Some(_) => None,
+    let mut scratch;
+    let meta = match staged {
+        Some(tables) => kernels::RopeMeta::Staged(tables),
         None => {
             let rot_dim = rotary.map_or(0, |r| r.rot_dim);
             let bytes = kernels::rope_meta_bytes(at.batch * at.q_len, at.batch, rot_dim);
-            Some(ws.scratch(&[bytes], crate::tensor::DType::U8)?)
+            scratch = ws.scratch(&[bytes], crate::tensor::DType::U8)?;
+            kernels::RopeMeta::Upload(&mut scratch)
         }
-    };
-    let meta = match (staged, scratch.as_mut()) {
-        (Some(tables), _) => kernels::RopeMeta::Staged(tables),
-        (None, Some(m)) => kernels::RopeMeta::Upload(m),
-        (None, None) => unreachable!("scratch is taken where nothing is staged"),
     };
     let (fused, v) = match values {
         Values::Read(v) => (None, v),
@@ -162,11 +159,7 @@ pub fn split_rotary_and_cache_write(
     check_contiguous(
         q, k, v, heads, kv_heads, head_dim, positions, rotary, at, cache_k, cache_v,
     )?;
-    if layout == QkvLayout::FusedPerHead && heads != kv_heads {
-        return Err(Error::bad_input(
-            "fused per-head qkv needs as many kv heads as heads",
-        ));
-    }
+    super::attention::check_per_head(layout, heads, kv_heads)?;
     same_device(&[
         ("fused qkv", fused),
         ("q", q),
