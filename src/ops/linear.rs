@@ -854,14 +854,11 @@ const GROUP_TILES: usize = 64;
 /// The K splits of a grouped launch on the lean loop, whose calls of K `ks` would each take
 /// `own` alone: blocks of about 64 tiles for every call at 1–8 rows — in a group the calls
 /// together fill the GPU, and each one's own split (a wave's worth of blocks for it alone: 16
-/// of 8 tiles for GPT-J's q, k and v) leaves many short blocks. H100, graph µs of one decoder
-/// step at 1k keys (docs/gpu-decoder.md), batch 1, own splits / 64 tiles: GPT-J GPTQ-4 79.2 /
-/// 75.8, Command-R 188.1 / 181.4, Falcon-7B 78.1 / 77.6. At 2–8 rows (swept over 13–64 tiles,
-/// best of two rounds, once the summed launches' staging was sized for five blocks an SM),
-/// 32 / 64 tiles: GPT-J 87.9 / 85.8 (2 rows), 103.5 / 101.5 (4), 133.3 / 133.3 (8); Command-R
-/// 188.6 / 184.2, 200.4 / 194.7, 220.7 / 216.8; Falcon-7B 83.1 / 80.0, 88.4 / 84.4, 101.5 /
-/// 100.0; EXL2-4 alike. Past 8 rows (another kernel, not swept) the calls keep their own
-/// splits. `forced` (tiles) overrides the rule.
+/// of 8 tiles for GPT-J's q, k and v) leaves many short blocks. From H100 sweeps of the decoder
+/// step over 13–64 tiles (docs/gpu-decoder.md, "The grouped input projections at 64 tiles a
+/// block up to 8 rows"): 64 is the best or within 0.6% of it at every batch of 1–8 rows.
+/// Past 8 rows (another kernel, not swept) the calls keep their own splits. `forced` (tiles)
+/// overrides the rule.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn group_lean_splits(m: usize, ks: &[usize], own: &[usize], forced: Option<usize>) -> Vec<usize> {
     let tiles = match forced {

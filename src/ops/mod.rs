@@ -197,6 +197,45 @@ mod tests {
     }
 
     #[test]
+    fn split_qkv_per_head_needs_one_kv_head_per_head() {
+        // 2 heads over 1 kv head cannot be [q_h | k_h | v_h] per head: the sizes alone fit.
+        let (mut q, mut k, mut v) = (
+            t(&[0.0; 2], &[1, 2]),
+            t(&[0.0; 1], &[1, 1]),
+            t(&[0.0; 1], &[1, 1]),
+        );
+        let fused = t(&[10., 11., 20., 30.], &[1, 4]);
+        let e = split_qkv(
+            &Stream::Host,
+            QkvLayout::FusedPerHead,
+            &fused,
+            2,
+            1,
+            1,
+            &mut q,
+            &mut k,
+            &mut v,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("per-head"), "{e}");
+        assert_eq!(q.as_f32().unwrap(), &[0.0, 0.0], "q untouched");
+        // The same sizes in the queries-first layout split.
+        split_qkv(
+            &Stream::Host,
+            QkvLayout::FusedQueriesFirst,
+            &fused,
+            2,
+            1,
+            1,
+            &mut q,
+            &mut k,
+            &mut v,
+        )
+        .unwrap();
+        assert_eq!(q.as_f32().unwrap(), &[10.0, 11.0]);
+    }
+
+    #[test]
     fn head_norm_per_head_and_shared_by_hand() {
         // Two heads of [1, 3] (mean 2, var 1 → normalized [-1, 1] with eps 0).
         let s = Stream::Host;
