@@ -52,9 +52,9 @@ struct WgLayout {
     static constexpr size_t qOff = 0;
     static constexpr size_t kOff = qOff + qSub * (D / 64);
     static constexpr size_t vOff = kOff + Stages * kTile;
-    // Per stage: K full, V full, K empty, V empty; then Q full.
+    // Per stage: K full, V full, K empty, V empty; then Q full, Q empty.
     static constexpr size_t barOff = vOff + Stages * kTile;
-    static constexpr size_t bytes = barOff + (4 * Stages + 1) * 8 + 1024;  // + alignment slack
+    static constexpr size_t bytes = barOff + (4 * Stages + 2) * 8 + 1024;  // + alignment slack
     static_assert(D % 64 == 0, "whole 64-element sub-tiles");
     static_assert(qSub % 1024 == 0 && kSub % 1024 == 0, "sub-tiles of whole swizzle periods");
     static_assert(bytes <= 227 * 1024, "fits one block's shared memory on sm_90");
@@ -92,7 +92,8 @@ template <typename T, int BN>
 struct WgRows {
     const AttnArgs &a;
     const float *mrow;
-    int64_t last0, last1, first0, first1, pmin, pmax;
+    // Positions in 32 bits: launch_wgmma_d takes no call whose keys reach 2^30.
+    int last0, last1, first0, first1, pmin, pmax;
     float sl2, m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
     int t4;
 
@@ -102,21 +103,21 @@ struct WgRows {
                                       int wrow, int lane)
         : a(args),
           mrow(args.mask ? args.mask + b * args.mask_stride : nullptr),
-          pmin(pb.past + pb.t0),
-          pmax(pb.past + pb.t0 + kWgBM - 1),
+          pmin(static_cast<int>(pb.past + pb.t0)),
+          pmax(static_cast<int>(pb.past + pb.t0 + kWgBM - 1)),
           sl2(args.scale * kLog2e),
           t4(lane & 3) {
         const int64_t p0 = pb.past + pb.t0 + wrow + (lane >> 2), p1 = p0 + 8;
-        last0 = min(p0, pb.hi) - 2 * t4;
-        last1 = min(p1, pb.hi) - 2 * t4;
-        first0 = (args.window > 0 ? max(pb.lo, p0 - args.window + 1) : pb.lo) - 2 * t4;
-        first1 = (args.window > 0 ? max(pb.lo, p1 - args.window + 1) : pb.lo) - 2 * t4;
+        last0 = static_cast<int>(min(p0, pb.hi) - 2 * t4);
+        last1 = static_cast<int>(min(p1, pb.hi) - 2 * t4);
+        first0 = static_cast<int>((args.window > 0 ? max(pb.lo, p0 - args.window + 1) : pb.lo) - 2 * t4);
+        first1 = static_cast<int>((args.window > 0 ? max(pb.lo, p1 - args.window + 1) : pb.lo) - 2 * t4);
     }
 
-    // Key offset x − j0 within a tile, clamped into [-1, BN] so that the compares per score
-    // stay 32-bit against compile-time offsets.
-    __device__ __forceinline__ static int tile_offset(int64_t x, int64_t j0) {
-        return static_cast<int>(max(int64_t{-1}, min(x - j0, int64_t{BN})));
+    // Key offset x − j0 within a tile, clamped into [-1, BN] (the compares per score then hold
+    // compile-time offsets).
+    __device__ __forceinline__ static int tile_offset(int x, int j0) {
+        return max(-1, min(x - j0, BN));
     }
 
     // Softmax of tile n's scores in s: mask where the tile needs it, the rows' new maxima,
@@ -127,7 +128,7 @@ struct WgRows {
     // causal, d = 64, 512 tokens: 64-bit compares per score had taken a masked tile's softmax
     // to about three times an unmasked one's instructions).
     __device__ __forceinline__ void softmax(float (&s)[BN / 2], int n, float &al0, float &al1) {
-        const int64_t j0 = static_cast<int64_t>(n) * BN;
+        const int j0 = n * BN;
         const bool need = mrow != nullptr || j0 + BN - 1 > pmin ||
                           (a.window > 0 && j0 <= pmax - a.window);
         if (need) {
@@ -348,18 +349,39 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
 //
 // The tile loop of prefill_wgmma_kernel, with the copies taken off the consumers: a third
 // warpgroup (one thread of it works; it gives its registers up to the consumers with
-// setmaxnreg) copies Q once and K, V tile by tile through tensor maps straight into the
-// swizzled stages, each landing on its own barrier (`full_k`, `full_v`: the scores of tile
-// n + 1 wait only for K), and refills a stage's K (V) once every consumer warp has arrived on
-// its `empty_k` (`empty_v`) barrier after the wait that covers the wgmmas reading it — K is
-// released a tile before V, so that with two stages (d = 256) K still lands a tile ahead. The consumers never meet at a
-// block barrier in the loop; with `pingpong`, two named barriers take turns between them so
-// that one warpgroup's products are issued while the other's softmax runs.
+// setmaxnreg) copies Q and K, V tile by tile through tensor maps straight into the swizzled
+// stages, each landing on its own barrier (`full_k`, `full_v`: the scores of tile n + 1 wait
+// only for K), and refills a stage's K (V) once every consumer warp has arrived on its
+// `empty_k` (`empty_v`) barrier after the wait that covers the wgmmas reading it — K is
+// released a tile before V, so that with two stages (d = 256) K still lands a tile ahead. The
+// consumers never meet at a block barrier in the loop; with `pingpong`, two named barriers
+// take turns between them so that one warpgroup's products are issued while the other's
+// softmax runs.
+//
+// Persistent: a block runs one work item (128 query tokens of one head and sequence) after
+// another, items w = blockIdx.x, + gridDim.x, … in the order of `prefill_item` (the latest
+// query tiles, which see the most keys, first), the K/V ring running on across items. The
+// consumers release Q (`empty_q`) once an item's last scores are done, so the producer copies
+// the next item's Q and first K/V tiles while they finish the item's last product and store
+// its rows: a short item's fixed costs (the copies' latency, the block's start) overlap the
+// work of the one before. With a grid of one item per block it runs as one block per item.
 //
 // Keys past hi in the last tile are not zero-filled by the copies (the cache past the written
 // length may hold anything, NaN included, and 0·NaN is NaN in P·V): the consumers zero those V
 // rows before the last product, the one tile where they can occur.
 constexpr int kWsAttnThreads = kWgThreads + 128;
+
+// Work item w of a prefill over `nblk` query tiles a (sequence, head): the query tile (latest
+// first over every head and sequence), the head and the sequence.
+struct PrefillItem {
+    int mblk, h, b;
+    __device__ __forceinline__ PrefillItem(const AttnArgs &a, int nblk, int w) {
+        const int hb = a.heads * a.batch;
+        mblk = nblk - 1 - w / hb;
+        h = (w % hb) % a.heads;
+        b = (w % hb) / a.heads;
+    }
+};
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kWsAttnThreads, 1)
@@ -374,15 +396,11 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     unsigned char *qt = sm.q();
     uint64_t *full_k = sm.bars();
     uint64_t *full_v = full_k + Stages, *empty_k = full_v + Stages, *empty_v = empty_k + Stages;
-    uint64_t *full_q = empty_v + Stages;
+    uint64_t *full_q = empty_v + Stages, *empty_q = full_q + 1;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int mblk = gridDim.x - 1 - blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const PrefillBlock<T> pb(a, D, kWgBM, mblk, h, b);
-    const int64_t t0 = pb.t0, lo = pb.lo, hi = pb.hi;
-    const int n_first = static_cast<int>(lo / BN), n_last = static_cast<int>(hi / BN);
-    const int count = n_last - n_first + 1;
+    const int nblk = (a.q_len + kWgBM - 1) / kWgBM;
+    const int items = nblk * a.heads * a.batch;
     constexpr int kConsumerWarps = kWgThreads / 32;
     if (tid == 0) {
         for (int st = 0; st < Stages; ++st) {
@@ -392,33 +410,48 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
             barrier_init(empty_v + st, kConsumerWarps);
         }
         barrier_init(full_q, 1);
+        barrier_init(empty_q, kConsumerWarps);
         fence_barrier_init();
     }
     __syncthreads();
+    // Phases: K/V tile number `it` of the block (over all its items) uses stage it % Stages in
+    // round it / Stages; item number k of the block fills Q in phase k.
+    auto parity = [](int it) { return static_cast<uint32_t>((it / Stages) & 1); };
 
     // A quarter of the SM (16384 registers) holds 2 consumer warps and 1 producer warp: 24 for
     // the producer leaves 240 for the consumers.
     if (warp >= kConsumerWarps) {
         regs_dec<24>();
         if (warp == kConsumerWarps && lane == 0) {
-            const int kvh = h / (a.heads / a.kv_heads);
-            expect_bytes(full_q, static_cast<uint32_t>(L::qSub * (D / 64)));
-            for (int sub = 0; sub < D / 64; ++sub)
-                tile_copy_3d(qt + sub * L::qSub, &qmap, sub * 64, h,
-                             static_cast<int>(static_cast<int64_t>(b) * a.q_len + t0), full_q);
-            for (int i = 0; i < count; ++i) {
-                const int st = i % Stages;
-                const uint32_t released = ((i / Stages) & 1) ^ 1u;  // the previous round's parity
-                const int row = static_cast<int>(static_cast<int64_t>(b) * a.capacity +
-                                                 static_cast<int64_t>(n_first + i) * BN);
-                if (i >= Stages) barrier_wait(empty_k + st, released);
-                expect_bytes(full_k + st, static_cast<uint32_t>(L::kTile));
-                for (int sub = 0; sub < D / 64; ++sub)
-                    tile_copy_3d(sm.k(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
-                if (i >= Stages) barrier_wait(empty_v + st, released);
-                expect_bytes(full_v + st, static_cast<uint32_t>(L::kTile));
-                for (int sub = 0; sub < D / 64; ++sub)
-                    tile_copy_3d(sm.v(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
+            int it = 0, k = 0;
+            for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
+                const PrefillItem wi(a, nblk, w);
+                const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
+                const int n_first = static_cast<int>(pb.lo / BN);
+                const int count = static_cast<int>(pb.hi / BN) - n_first + 1;
+                const int kvh = wi.h / (a.heads / a.kv_heads);
+                for (int i = 0; i < count; ++i, ++it) {
+                    const int st = it % Stages;
+                    const uint32_t released = parity(it) ^ 1u;  // the previous round's
+                    const int row = static_cast<int>(static_cast<int64_t>(wi.b) * a.capacity +
+                                                     static_cast<int64_t>(n_first + i) * BN);
+                    if (it >= Stages) barrier_wait(empty_k + st, released);
+                    expect_bytes(full_k + st, static_cast<uint32_t>(L::kTile));
+                    for (int sub = 0; sub < D / 64; ++sub)
+                        tile_copy_3d(sm.k(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
+                    if (i == 0) {  // Q once the item before has done with it
+                        if (k > 0) barrier_wait(empty_q, static_cast<uint32_t>((k - 1) & 1));
+                        expect_bytes(full_q, static_cast<uint32_t>(L::qSub * (D / 64)));
+                        for (int sub = 0; sub < D / 64; ++sub)
+                            tile_copy_3d(qt + sub * L::qSub, &qmap, sub * 64, wi.h,
+                                         static_cast<int>(static_cast<int64_t>(wi.b) * a.q_len + pb.t0),
+                                         full_q);
+                    }
+                    if (it >= Stages) barrier_wait(empty_v + st, released);
+                    expect_bytes(full_v + st, static_cast<uint32_t>(L::kTile));
+                    for (int sub = 0; sub < D / 64; ++sub)
+                        tile_copy_3d(sm.v(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
+                }
             }
         }
         __syncwarp();
@@ -427,11 +460,11 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     regs_inc<240>();
     const int g = lane >> 2, wg = warp >> 2;
     const int wrow = wg * kWgRows + (warp & 3) * 16;  // the warp's first row in the tile
-    WgRows<T, BN> rows(a, pb, b, wrow, lane);
     const unsigned char *qw = qt + wg * kWgRows * 128;  // this warpgroup's 64 rows of Q
     // Ping-pong: warpgroup w issues its products after syncing on barrier 2 + w, then lets the
     // other one go; the second starts by letting the first go. Each barrier sees as many
-    // arrivals as syncs: count + 1 turns per warpgroup.
+    // arrivals as syncs: count + 1 turns per warpgroup and item, the second warpgroup passing
+    // on no more after its last.
     auto my_turn = [&] {
         if (pingpong) named_barrier_sync(2 + wg, kWgThreads);
     };
@@ -439,65 +472,77 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         if (pingpong) named_barrier_arrive(3 - wg, kWgThreads);
     };
     if (wg == 1) your_turn();
-    auto parity = [](int i) { return static_cast<uint32_t>((i / Stages) & 1); };
 
-    barrier_wait(full_q, 0);
-    barrier_wait(full_k, 0);
-    float s[BN / 2];
-    my_turn();
-    issue_scores<T, L, D>(s, qw, sm.k(0));
-    your_turn();
-    wgmma_wait<0>();
-    fence_regs(s);
-    if (lane == 0) barrier_arrive(empty_k);  // K of tile 0 is read
-    float al0, al1;
-    rows.softmax(s, n_first, al0, al1);
-    uint32_t pa[BN / 16][4];
-    pack_p<T, BN>(s, pa);
+    int it = 0, k = 0;
+#pragma unroll 1
+    for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
+        const PrefillItem wi(a, nblk, w);
+        const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
+        const int n_first = static_cast<int>(pb.lo / BN), n_last = static_cast<int>(pb.hi / BN);
+        const int count = n_last - n_first + 1;
+        WgRows<T, BN> rows(a, pb, wi.b, wrow, lane);
 
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    for (int i = 0; i + 1 < count; ++i) {
-        const int st = i % Stages, st1 = (i + 1) % Stages;
-        barrier_wait(full_k + st1, parity(i + 1));
-        barrier_wait(full_v + st, parity(i));
+        barrier_wait(full_q, static_cast<uint32_t>(k & 1));
+        barrier_wait(full_k + it % Stages, parity(it));
+        float s[BN / 2];
         my_turn();
-        issue_scores<T, L, D>(s, qw, sm.k(st1));
-        issue_output<T, L, D>(o, pa, sm.v(st));
+        issue_scores<T, L, D>(s, qw, sm.k(it % Stages));
         your_turn();
-        wgmma_wait<1>();  // the scores of tile i + 1: its K goes back
+        wgmma_wait<0>();
         fence_regs(s);
-        if (lane == 0) barrier_arrive(empty_k + st1);
-        rows.softmax(s, n_first + i + 1, al0, al1);
-        wgmma_wait<0>();  // P·V of tile i: O and P may change, its V goes back
-        fence_regs(o);
-        if (lane == 0) barrier_arrive(empty_v + st);
-        rescale<D>(o, al0, al1);
+        if (lane == 0) barrier_arrive(empty_k + it % Stages);  // K of the item's tile 0 is read
+        float al0, al1;
+        rows.softmax(s, n_first, al0, al1);
+        uint32_t pa[BN / 16][4];
         pack_p<T, BN>(s, pa);
-    }
-    const int st = (count - 1) % Stages;
-    barrier_wait(full_v + st, parity(count - 1));
-    const int tail = static_cast<int>(hi - static_cast<int64_t>(n_last) * BN) + 1;  // keys ≤ hi
-    if (tail < BN) {
-        // Zero V's rows past hi (whole 128-byte rows of every sub-tile: the swizzle permutes
-        // chunks within a row), between two barriers of the consumers.
-        named_barrier_sync(1, kWgThreads);
-        constexpr int kRowChunks = 8 * (D / 64);
-        for (int i = tid; i < (BN - tail) * kRowChunks; i += kWgThreads) {
-            const int r = tail + i / kRowChunks, c = i % kRowChunks;
-            *reinterpret_cast<uint4 *>(sm.v(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
-                make_uint4(0, 0, 0, 0);
+
+        float o[D / 2];
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+        for (int i = 0; i + 1 < count; ++i) {
+            const int st = (it + i) % Stages, st1 = (it + i + 1) % Stages;
+            barrier_wait(full_k + st1, parity(it + i + 1));
+            barrier_wait(full_v + st, parity(it + i));
+            my_turn();
+            issue_scores<T, L, D>(s, qw, sm.k(st1));
+            issue_output<T, L, D>(o, pa, sm.v(st));
+            your_turn();
+            wgmma_wait<1>();  // the scores of tile i + 1: its K goes back
+            fence_regs(s);
+            if (lane == 0) barrier_arrive(empty_k + st1);
+            rows.softmax(s, n_first + i + 1, al0, al1);
+            wgmma_wait<0>();  // P·V of tile i: O and P may change, its V goes back
+            fence_regs(o);
+            if (lane == 0) barrier_arrive(empty_v + st);
+            rescale<D>(o, al0, al1);
+            pack_p<T, BN>(s, pa);
         }
-        fence_async_shared();
-        named_barrier_sync(1, kWgThreads);
+        if (lane == 0) barrier_arrive(empty_q);  // every score of the item is done
+        const int st = (it + count - 1) % Stages;
+        barrier_wait(full_v + st, parity(it + count - 1));
+        const int tail = static_cast<int>(pb.hi - static_cast<int64_t>(n_last) * BN) + 1;  // keys ≤ hi
+        if (tail < BN) {
+            // Zero V's rows past hi (whole 128-byte rows of every sub-tile: the swizzle permutes
+            // chunks within a row), between two barriers of the consumers.
+            named_barrier_sync(1, kWgThreads);
+            constexpr int kRowChunks = 8 * (D / 64);
+            for (int i = tid; i < (BN - tail) * kRowChunks; i += kWgThreads) {
+                const int r = tail + i / kRowChunks, c = i % kRowChunks;
+                *reinterpret_cast<uint4 *>(sm.v(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
+                    make_uint4(0, 0, 0, 0);
+            }
+            fence_async_shared();
+            named_barrier_sync(1, kWgThreads);
+        }
+        my_turn();
+        issue_output<T, L, D>(o, pa, sm.v(st));
+        if (wg == 0 || w + static_cast<int>(gridDim.x) < items) your_turn();
+        wgmma_wait<0>();
+        fence_regs(o);
+        if (lane == 0) barrier_arrive(empty_v + st);  // the item's last V is read
+        rows.template store<D>(o, pb.t0 + wrow + g, wi.b, wi.h);
+        it += count;
     }
-    my_turn();
-    issue_output<T, L, D>(o, pa, sm.v(st));
-    if (wg == 0) your_turn();  // the second warpgroup's last turn; it passes on no more
-    wgmma_wait<0>();
-    fence_regs(o);
-    rows.template store<D>(o, t0 + wrow + g, b, h);
 #endif
 }
 
@@ -514,7 +559,13 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
     constexpr size_t smem = WgLayout<D>::bytes;
     if (const int st = allow_dynamic_smem(prefill_wgmma_ws_kernel<T, D>, smem)) return st;
     static const int pingpong = env_is("PARADEC_ATTN_PINGPONG", "off") ? 0 : 1;
-    const dim3 grid(static_cast<unsigned>((a.q_len + kWgBM - 1) / kWgBM), a.heads, a.batch);
+    // One block per SM, each running items until none is left; PARADEC_ATTN_PERSIST=off: one
+    // block per item.
+    static const bool persist = !env_is("PARADEC_ATTN_PERSIST", "off");
+    const int64_t items = static_cast<int64_t>((a.q_len + kWgBM - 1) / kWgBM) * a.heads * a.batch;
+    if (items <= 0 || items > INT32_MAX / 2) return kPrefillNotTaken;  // int item numbers
+    const int64_t blocks = persist ? std::min<int64_t>(items, current_device_sms()) : items;
+    const dim3 grid(static_cast<unsigned>(blocks));
     prefill_wgmma_ws_kernel<T, D><<<grid, kWsAttnThreads, smem, stream>>>(qmap, kmap, vmap, a, pingpong);
     return launch_status();
 }
@@ -541,6 +592,11 @@ PrefillChoice prefill_choice() {
 
 template <typename T, int D>
 int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
+    // WgRows keeps positions in 32 bits: every key below 2^30 (wgmma_positions_fit), else the
+    // mma.sync kernel takes the call.
+    const bool positions_fit = a.capacity < (int64_t{1} << 30) && a.max_past >= 0 &&
+                               a.max_past + a.q_len < (int64_t{1} << 30);
+    if (!positions_fit) return kPrefillNotTaken;
     // The tile coordinates are 32-bit: rows of the cache and of the queries below 2^31.
     const bool fits = static_cast<int64_t>(a.batch) * a.capacity < (int64_t{1} << 31) &&
                       static_cast<int64_t>(a.batch) * a.q_len < (int64_t{1} << 31);
