@@ -26,6 +26,7 @@
 #include "attention_mma.cuh"
 #include "linear_gemm.cuh"
 #include "mma.cuh"
+#include "prefill_plan.h"
 #include "tma.cuh"
 #include "wgmma.cuh"
 
@@ -107,17 +108,13 @@ struct WgRows {
           pmax(static_cast<int>(pb.past + pb.t0 + kWgBM - 1)),
           sl2(args.scale * kLog2e),
           t4(lane & 3) {
-        const int64_t p0 = pb.past + pb.t0 + wrow + (lane >> 2), p1 = p0 + 8;
-        last0 = static_cast<int>(min(p0, pb.hi) - 2 * t4);
-        last1 = static_cast<int>(min(p1, pb.hi) - 2 * t4);
-        first0 = static_cast<int>((args.window > 0 ? max(pb.lo, p0 - args.window + 1) : pb.lo) - 2 * t4);
-        first1 = static_cast<int>((args.window > 0 ? max(pb.lo, p1 - args.window + 1) : pb.lo) - 2 * t4);
-    }
-
-    // Key offset x − j0 within a tile, clamped into [-1, BN] (the compares per score then hold
-    // compile-time offsets).
-    __device__ __forceinline__ static int tile_offset(int x, int j0) {
-        return max(-1, min(x - j0, BN));
+        const int64_t p0 = pb.past + pb.t0 + wrow + (lane >> 2);
+        const PrefillRowKeys r0 = prefill_row_keys(p0, pb.hi, pb.lo, args.window, t4);
+        const PrefillRowKeys r1 = prefill_row_keys(p0 + 8, pb.hi, pb.lo, args.window, t4);
+        last0 = static_cast<int>(r0.last);
+        last1 = static_cast<int>(r1.last);
+        first0 = static_cast<int>(r0.first);
+        first1 = static_cast<int>(r1.first);
     }
 
     // Softmax of tile n's scores in s: mask where the tile needs it, the rows' new maxima,
@@ -132,8 +129,8 @@ struct WgRows {
         const bool need = mrow != nullptr || j0 + BN - 1 > pmin ||
                           (a.window > 0 && j0 <= pmax - a.window);
         if (need) {
-            const int hi0 = tile_offset(last0, j0), hi1 = tile_offset(last1, j0);
-            const int lo0 = tile_offset(first0, j0), lo1 = tile_offset(first1, j0);
+            const int hi0 = prefill_tile_offset(last0, j0, BN), hi1 = prefill_tile_offset(last1, j0, BN);
+            const int lo0 = prefill_tile_offset(first0, j0, BN), lo1 = prefill_tile_offset(first1, j0, BN);
             if (mrow) {
                 const float *mk = mrow + j0 + 2 * t4;
 #pragma unroll
@@ -359,8 +356,8 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
 // softmax runs.
 //
 // Persistent: a block runs one work item (128 query tokens of one head and sequence) after
-// another, items w = blockIdx.x, + gridDim.x, … in the order of `prefill_item` (the latest
-// query tiles, which see the most keys, first), the K/V ring running on across items. The
+// another, items w = blockIdx.x, + gridDim.x, … in prefill_item's order (the latest query
+// tiles, which see the most keys, first), the K/V ring running on across items. The
 // consumers release Q (`empty_q`) once an item's last scores are done, so the producer copies
 // the next item's Q and first K/V tiles while they finish the item's last product and store
 // its rows: a short item's fixed costs (the copies' latency, the block's start) overlap the
@@ -370,18 +367,6 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
 // length may hold anything, NaN included, and 0·NaN is NaN in P·V): the consumers zero those V
 // rows before the last product, the one tile where they can occur.
 constexpr int kWsAttnThreads = kWgThreads + 128;
-
-// Work item w of a prefill over `nblk` query tiles a (sequence, head): the query tile (latest
-// first over every head and sequence), the head and the sequence.
-struct PrefillItem {
-    int mblk, h, b;
-    __device__ __forceinline__ PrefillItem(const AttnArgs &a, int nblk, int w) {
-        const int hb = a.heads * a.batch;
-        mblk = nblk - 1 - w / hb;
-        h = (w % hb) % a.heads;
-        b = (w % hb) / a.heads;
-    }
-};
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kWsAttnThreads, 1)
@@ -425,7 +410,7 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         if (warp == kConsumerWarps && lane == 0) {
             int it = 0, k = 0;
             for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
-                const PrefillItem wi(a, nblk, w);
+                const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch);
                 const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
                 const int n_first = static_cast<int>(pb.lo / BN);
                 const int count = static_cast<int>(pb.hi / BN) - n_first + 1;
@@ -476,7 +461,7 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     int it = 0, k = 0;
 #pragma unroll 1
     for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
-        const PrefillItem wi(a, nblk, w);
+        const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch);
         const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
         const int n_first = static_cast<int>(pb.lo / BN), n_last = static_cast<int>(pb.hi / BN);
         const int count = n_last - n_first + 1;
