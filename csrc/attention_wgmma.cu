@@ -399,28 +399,41 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         fence_barrier_init();
     }
     __syncthreads();
-    // Phases: K/V tile number `it` of the block (over all its items) uses stage it % Stages in
-    // round it / Stages; item number k of the block fills Q in phase k.
-    auto parity = [](int it) { return static_cast<uint32_t>((it / Stages) & 1); };
+    // The K/V ring runs on across a block's items: a stage and the parity of its round, advanced
+    // tile by tile; item number k of the block fills Q in phase k.
+    struct RingPos {
+        int st = 0;
+        uint32_t ph = 0;
+        __device__ __forceinline__ void next() {
+            if (++st == Stages) {
+                st = 0;
+                ph ^= 1u;
+            }
+        }
+    };
 
     // A quarter of the SM (16384 registers) holds 2 consumer warps and 1 producer warp: 24 for
-    // the producer leaves 240 for the consumers.
+    // the producer leaves 240 for the consumers. The registers come from the block's own pool
+    // (168 a thread at launch): what the producer gives up is exactly what the consumers take,
+    // so the producer cannot keep more (32 would leave the consumers' setmaxnreg.inc waiting
+    // forever), and its item loop spills a few bytes a thread.
     if (warp >= kConsumerWarps) {
         regs_dec<24>();
         if (warp == kConsumerWarps && lane == 0) {
-            int it = 0, k = 0;
+            RingPos pos;
+            bool refill = false;  // past the first round: wait for a stage's release
+            int k = 0;
             for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
                 const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch);
                 const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
                 const int n_first = static_cast<int>(pb.lo / BN);
                 const int count = static_cast<int>(pb.hi / BN) - n_first + 1;
                 const int kvh = wi.h / (a.heads / a.kv_heads);
-                for (int i = 0; i < count; ++i, ++it) {
-                    const int st = it % Stages;
-                    const uint32_t released = parity(it) ^ 1u;  // the previous round's
-                    const int row = static_cast<int>(static_cast<int64_t>(wi.b) * a.capacity +
-                                                     static_cast<int64_t>(n_first + i) * BN);
-                    if (it >= Stages) barrier_wait(empty_k + st, released);
+                int row = static_cast<int>(static_cast<int64_t>(wi.b) * a.capacity +
+                                           static_cast<int64_t>(n_first) * BN);
+                for (int i = 0; i < count; ++i, row += BN) {
+                    const int st = pos.st;
+                    if (refill) barrier_wait(empty_k + st, pos.ph ^ 1u);  // the previous round's
                     expect_bytes(full_k + st, static_cast<uint32_t>(L::kTile));
                     for (int sub = 0; sub < D / 64; ++sub)
                         tile_copy_3d(sm.k(st) + sub * L::kSub, &kmap, sub * 64, kvh, row, full_k + st);
@@ -432,10 +445,12 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
                                          static_cast<int>(static_cast<int64_t>(wi.b) * a.q_len + pb.t0),
                                          full_q);
                     }
-                    if (it >= Stages) barrier_wait(empty_v + st, released);
+                    if (refill) barrier_wait(empty_v + st, pos.ph ^ 1u);
                     expect_bytes(full_v + st, static_cast<uint32_t>(L::kTile));
                     for (int sub = 0; sub < D / 64; ++sub)
                         tile_copy_3d(sm.v(st) + sub * L::kSub, &vmap, sub * 64, kvh, row, full_v + st);
+                    pos.next();
+                    refill = refill || pos.st == 0;
                 }
             }
         }
@@ -458,7 +473,8 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     };
     if (wg == 1) your_turn();
 
-    int it = 0, k = 0;
+    RingPos cur;  // the stage of the item's current tile
+    int k = 0;
 #pragma unroll 1
     for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
         const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch);
@@ -468,14 +484,14 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
         WgRows<T, BN> rows(a, pb, wi.b, wrow, lane);
 
         barrier_wait(full_q, static_cast<uint32_t>(k & 1));
-        barrier_wait(full_k + it % Stages, parity(it));
+        barrier_wait(full_k + cur.st, cur.ph);
         float s[BN / 2];
         my_turn();
-        issue_scores<T, L, D>(s, qw, sm.k(it % Stages));
+        issue_scores<T, L, D>(s, qw, sm.k(cur.st));
         your_turn();
         wgmma_wait<0>();
         fence_regs(s);
-        if (lane == 0) barrier_arrive(empty_k + it % Stages);  // K of the item's tile 0 is read
+        if (lane == 0) barrier_arrive(empty_k + cur.st);  // K of the item's tile 0 is read
         float al0, al1;
         rows.softmax(s, n_first, al0, al1);
         uint32_t pa[BN / 16][4];
@@ -485,26 +501,28 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
         for (int i = 0; i + 1 < count; ++i) {
-            const int st = (it + i) % Stages, st1 = (it + i + 1) % Stages;
-            barrier_wait(full_k + st1, parity(it + i + 1));
-            barrier_wait(full_v + st, parity(it + i));
+            RingPos nxt = cur;
+            nxt.next();
+            barrier_wait(full_k + nxt.st, nxt.ph);
+            barrier_wait(full_v + cur.st, cur.ph);
             my_turn();
-            issue_scores<T, L, D>(s, qw, sm.k(st1));
-            issue_output<T, L, D>(o, pa, sm.v(st));
+            issue_scores<T, L, D>(s, qw, sm.k(nxt.st));
+            issue_output<T, L, D>(o, pa, sm.v(cur.st));
             your_turn();
             wgmma_wait<1>();  // the scores of tile i + 1: its K goes back
             fence_regs(s);
-            if (lane == 0) barrier_arrive(empty_k + st1);
+            if (lane == 0) barrier_arrive(empty_k + nxt.st);
             rows.softmax(s, n_first + i + 1, al0, al1);
             wgmma_wait<0>();  // P·V of tile i: O and P may change, its V goes back
             fence_regs(o);
-            if (lane == 0) barrier_arrive(empty_v + st);
+            if (lane == 0) barrier_arrive(empty_v + cur.st);
             rescale<D>(o, al0, al1);
             pack_p<T, BN>(s, pa);
+            cur = nxt;
         }
         if (lane == 0) barrier_arrive(empty_q);  // every score of the item is done
-        const int st = (it + count - 1) % Stages;
-        barrier_wait(full_v + st, parity(it + count - 1));
+        barrier_wait(full_v + cur.st, cur.ph);
+        unsigned char *vt = sm.v(cur.st);
         const int tail = static_cast<int>(pb.hi - static_cast<int64_t>(n_last) * BN) + 1;  // keys ≤ hi
         if (tail < BN) {
             // Zero V's rows past hi (whole 128-byte rows of every sub-tile: the swizzle permutes
@@ -513,20 +531,20 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
             constexpr int kRowChunks = 8 * (D / 64);
             for (int i = tid; i < (BN - tail) * kRowChunks; i += kWgThreads) {
                 const int r = tail + i / kRowChunks, c = i % kRowChunks;
-                *reinterpret_cast<uint4 *>(sm.v(st) + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
+                *reinterpret_cast<uint4 *>(vt + (c / 8) * L::kSub + r * 128 + (c % 8) * 16) =
                     make_uint4(0, 0, 0, 0);
             }
             fence_async_shared();
             named_barrier_sync(1, kWgThreads);
         }
         my_turn();
-        issue_output<T, L, D>(o, pa, sm.v(st));
+        issue_output<T, L, D>(o, pa, vt);
         if (wg == 0 || w + static_cast<int>(gridDim.x) < items) your_turn();
         wgmma_wait<0>();
         fence_regs(o);
-        if (lane == 0) barrier_arrive(empty_v + st);  // the item's last V is read
+        if (lane == 0) barrier_arrive(empty_v + cur.st);  // the item's last V is read
+        cur.next();  // the next item's first tile
         rows.template store<D>(o, pb.t0 + wrow + g, wi.b, wi.h);
-        it += count;
     }
 #endif
 }
