@@ -4,13 +4,8 @@
 // (csrc/host_checks/qkv_layout.cpp).
 #pragma once
 
+#include "host_device.h"
 #include "kernels/attention.h"
-
-#if defined(__CUDACC__)
-#define PARADEC_HOST_DEVICE __host__ __device__
-#else
-#define PARADEC_HOST_DEVICE
-#endif
 
 namespace paradec {
 
