@@ -356,8 +356,9 @@ __global__ void __launch_bounds__(kWgThreads, 1) prefill_wgmma_kernel(AttnArgs a
 // softmax runs.
 //
 // Persistent: a block runs one work item (128 query tokens of one head and sequence) after
-// another, items w = blockIdx.x, + gridDim.x, … in prefill_item's order (the latest query
-// tiles, which see the most keys, first), the K/V ring running on across items. The
+// another, items w = blockIdx.x, + gridDim.x, … in prefill_item's order (groups of `group`
+// (sequence, head) pairs whose keys stay in L2, the latest query tiles of a group, which see
+// the most keys, first), the K/V ring running on across items. The
 // consumers release Q (`empty_q`) once an item's last scores are done, so the producer copies
 // the next item's Q and first K/V tiles while they finish the item's last product and store
 // its rows: a short item's fixed costs (the copies' latency, the block's start) overlap the
@@ -372,7 +373,8 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kWsAttnThreads, 1)
     prefill_wgmma_ws_kernel(const __grid_constant__ CUtensorMap qmap,
                             const __grid_constant__ CUtensorMap kmap,
-                            const __grid_constant__ CUtensorMap vmap, AttnArgs a, int pingpong) {
+                            const __grid_constant__ CUtensorMap vmap, AttnArgs a, int pingpong,
+                            int group) {
 #if PARADEC_WGMMA_ARCH
     using L = WgLayout<D>;
     constexpr int BN = L::BN, Stages = L::Stages;
@@ -424,7 +426,7 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
             bool refill = false;  // past the first round: wait for a stage's release
             int k = 0;
             for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
-                const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch);
+                const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch, group);
                 const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
                 const int n_first = static_cast<int>(pb.lo / BN);
                 const int count = static_cast<int>(pb.hi / BN) - n_first + 1;
@@ -477,7 +479,7 @@ __global__ void __launch_bounds__(kWsAttnThreads, 1)
     int k = 0;
 #pragma unroll 1
     for (int w = blockIdx.x; w < items; w += gridDim.x, ++k) {
-        const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch);
+        const PrefillItem wi = prefill_item(w, nblk, a.heads, a.batch, group);
         const PrefillBlock<T> pb(a, D, kWgBM, wi.mblk, wi.h, wi.b);
         const int n_first = static_cast<int>(pb.lo / BN), n_last = static_cast<int>(pb.hi / BN);
         const int count = n_last - n_first + 1;
@@ -569,7 +571,14 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
     if (items <= 0 || items > INT32_MAX / 2) return kPrefillNotTaken;  // int item numbers
     const int64_t blocks = persist ? std::min<int64_t>(items, current_device_sms()) : items;
     const dim3 grid(static_cast<unsigned>(blocks));
-    prefill_wgmma_ws_kernel<T, D><<<grid, kWsAttnThreads, smem, stream>>>(qmap, kmap, vmap, a, pingpong);
+    // Items in groups of (sequence, head) pairs whose keys and values fit an L2 budget
+    // (PARADEC_ATTN_GROUP_MIB, default 16 MiB of the 50 MiB on H100 and H200).
+    static const int budget_mib = env_int("PARADEC_ATTN_GROUP_MIB", 1, 1 << 20);
+    const int64_t kv_bytes = (a.max_past + a.q_len) * D * 2 * static_cast<int64_t>(sizeof(T));
+    const int group = prefill_group((budget_mib > 0 ? budget_mib : 16) * (int64_t{1} << 20), kv_bytes,
+                                    a.heads / a.kv_heads, a.heads * a.batch);
+    prefill_wgmma_ws_kernel<T, D>
+        <<<grid, kWsAttnThreads, smem, stream>>>(qmap, kmap, vmap, a, pingpong, group);
     return launch_status();
 }
 

@@ -3,7 +3,7 @@
 // the warpgroup prefill tests — key j0 + 2·t4 + c of tile j0 for each compile-time offset c —
 // is seen by the 32-bit bounds exactly where the per-key rule holds (j ≤ p, j ≤ hi, j ≥ lo and
 // j > p − window); and the persistent blocks' items cover every (query tile, head, sequence)
-// once, latest query tiles first.
+// once, in groups of pairs, latest query tiles first inside each group.
 #include <algorithm>
 #include <vector>
 
@@ -43,24 +43,32 @@ void check_block(int64_t past, int64_t q_len, int64_t t0, int64_t window, int bn
     }
 }
 
-void check_items(int nblk, int heads, int batch) {
+void check_items(int nblk, int heads, int batch, int group) {
     const int items = nblk * heads * batch;
     std::vector<int> seen(static_cast<size_t>(items), 0);
     int prev_mblk = nblk;
     for (int w = 0; w < items; ++w) {
-        const paradec::PrefillItem it = paradec::prefill_item(w, nblk, heads, batch);
+        const paradec::PrefillItem it = paradec::prefill_item(w, nblk, heads, batch, group);
+        if (w % (group * nblk) == 0) prev_mblk = nblk;  // a new group starts at the latest tiles
+        const int pair = it.b * heads + it.h;
+        CHECK(pair / group == w / (group * nblk),
+              "nblk %d heads %d batch %d group %d: item %d outside its group", nblk, heads, batch,
+              group, w);
         const bool inside = it.mblk >= 0 && it.mblk < nblk && it.h >= 0 && it.h < heads &&
                             it.b >= 0 && it.b < batch;
-        CHECK(inside, "nblk %d heads %d batch %d: item %d out of range", nblk, heads, batch, w);
+        CHECK(inside, "nblk %d heads %d batch %d group %d: item %d out of range", nblk, heads,
+              batch, group, w);
         if (!inside) continue;
         ++seen[(static_cast<size_t>(it.b) * heads + it.h) * nblk + it.mblk];
-        CHECK(it.mblk <= prev_mblk, "nblk %d heads %d batch %d: item %d takes a later query tile",
-              nblk, heads, batch, w);
+        CHECK(it.mblk <= prev_mblk,
+              "nblk %d heads %d batch %d group %d: item %d takes a later query tile", nblk, heads,
+              batch, group, w);
         prev_mblk = it.mblk;
     }
     for (int i = 0; i < items; ++i)
-        CHECK(seen[i] == 1, "nblk %d heads %d batch %d: (tile, head, sequence) %d taken %d times",
-              nblk, heads, batch, i, seen[i]);
+        CHECK(seen[i] == 1,
+              "nblk %d heads %d batch %d group %d: (tile, head, sequence) %d taken %d times", nblk,
+              heads, batch, group, i, seen[i]);
 }
 
 }  // namespace
@@ -73,6 +81,13 @@ int main() {
                     for (int64_t t0 = 0; t0 < q_len; t0 += 128) check_block(past, q_len, t0, window, bn);
     for (int nblk : {1, 2, 4, 16})
         for (int heads : {1, 8, 32, 71})
-            for (int batch : {1, 3, 32}) check_items(nblk, heads, batch);
+            for (int batch : {1, 3, 32})
+                for (int group : {1, 2, 5, 8, 64, 1 << 20})
+                    check_items(nblk, heads, batch, std::min(group, heads * batch));
+    // The group's size: within the budget, at least one pair, at most all.
+    CHECK(paradec::prefill_group(24 << 20, 4 << 20, 1, 64) == 6, "4 MiB pairs in 24 MiB");
+    CHECK(paradec::prefill_group(24 << 20, 4 << 20, 4, 64) == 24, "a KV head shared by 4");
+    CHECK(paradec::prefill_group(24 << 20, 64 << 20, 1, 64) == 1, "a pair past the budget");
+    CHECK(paradec::prefill_group(24 << 20, 128 << 10, 1, 64) == 64, "every pair fits");
     return host_check::report("prefill_plan");
 }
