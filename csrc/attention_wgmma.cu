@@ -564,9 +564,12 @@ int launch_wgmma_ws_d(const AttnArgs &a, cudaStream_t stream) {
     constexpr size_t smem = WgLayout<D>::bytes;
     if (const int st = allow_dynamic_smem(prefill_wgmma_ws_kernel<T, D>, smem)) return st;
     static const int pingpong = env_is("PARADEC_ATTN_PINGPONG", "off") ? 0 : 1;
-    // One block per SM, each running items until none is left; PARADEC_ATTN_PERSIST=off: one
-    // block per item.
-    static const bool persist = !env_is("PARADEC_ATTN_PERSIST", "off");
+    // One block per SM, each running items until none is left, or one block per item
+    // (prefill_persists; PARADEC_ATTN_PERSIST=on|off forces either).
+    static const int forced = env_is("PARADEC_ATTN_PERSIST", "on")    ? 1
+                              : env_is("PARADEC_ATTN_PERSIST", "off") ? 0
+                                                                      : -1;
+    const bool persist = forced >= 0 ? forced == 1 : prefill_persists(D, a.max_past + a.q_len);
     const int64_t items = static_cast<int64_t>((a.q_len + kWgBM - 1) / kWgBM) * a.heads * a.batch;
     if (items <= 0 || items > INT32_MAX / 2) return kPrefillNotTaken;  // int item numbers
     const int64_t blocks = persist ? std::min<int64_t>(items, current_device_sms()) : items;

@@ -89,5 +89,9 @@ int main() {
     CHECK(paradec::prefill_group(24 << 20, 4 << 20, 4, 64) == 24, "a KV head shared by 4");
     CHECK(paradec::prefill_group(24 << 20, 64 << 20, 1, 64) == 1, "a pair past the budget");
     CHECK(paradec::prefill_group(24 << 20, 128 << 10, 1, 64) == 64, "every pair fits");
+    // Persistence: short items only, the bounds as measured.
+    CHECK(paradec::prefill_persists(64, 2048) && !paradec::prefill_persists(64, 2049), "d64 to 2048");
+    CHECK(paradec::prefill_persists(128, 512) && !paradec::prefill_persists(128, 513), "d128 to 512");
+    CHECK(!paradec::prefill_persists(256, 1), "d256 never");
     return host_check::report("prefill_plan");
 }

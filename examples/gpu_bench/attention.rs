@@ -6,9 +6,10 @@
 //!
 //!     gpu_bench --attention [--quick] [--only attn_prefill|attn_decode|attn_decode_q4] [--csv FILE]
 //!               [--attn-ls 1024,8192] [--attn-batches 1,8] [--attn-kvs 32,8] [--attn-dims 64,256]
-//!               [--attn-modes f16,q4,fp8e4m3] [--attn-probe]
+//!               [--attn-modes f16,q4,fp8e4m3] [--attn-probe] [--attn-ss 1024,4096]
 //!
-//! The four lists narrow the decode cases (KV lengths, batches, KV heads, cache modes: `f16` is
+//! `--attn-ss` picks the prefill's sequence lengths (each a divisor of 16384). The other four
+//! lists narrow the decode cases (KV lengths, batches, KV heads, cache modes: `f16` is
 //! the contiguous fp16 cache, the others `QUANT_MODES`' names) — for sweeps such as
 //! `PARADEC_ATTN_SPLITS=N`, which fixes the decode's split count. `--attn-probe` also times the
 //! read-only reduction over each fp16 case's KV bytes: the floor a plain streaming kernel of
@@ -326,6 +327,8 @@ pub struct DecodeCases {
     /// None: every mode.
     modes: Option<Vec<String>>,
     probe: bool,
+    /// Prefill sequence lengths (`--attn-ss`); 16384 / s sequences each.
+    prefill_ss: Vec<usize>,
 }
 
 impl DecodeCases {
@@ -362,6 +365,22 @@ impl DecodeCases {
                 }
             },
             probe: args.iter().any(|a| a == "--attn-probe"),
+            prefill_ss: {
+                let ss = list(
+                    "--attn-ss",
+                    if quick {
+                        &[2048, 8192]
+                    } else {
+                        &[512, 2048, 8192, 16384]
+                    },
+                )?;
+                if let Some(s) = ss.iter().find(|&&s| s == 0 || 16384 % s != 0) {
+                    return Err(Error::bad_input(format!(
+                        "--attn-ss: {s} does not divide 16384 tokens"
+                    )));
+                }
+                ss
+            },
         })
     }
 
@@ -381,11 +400,7 @@ pub fn run_all(
     let mut rows = Vec::new();
     let want = |k: &str| only.is_none_or(|o| k.contains(o));
     // Prefill: 16k tokens per call (batch = 16384 / s), heads·d = 2048, causal, MHA.
-    let ss: &[usize] = if quick {
-        &[2048, 8192]
-    } else {
-        &[512, 2048, 8192, 16384]
-    };
+    let ss = &cases.prefill_ss;
     for dt in [Dt::Bf16, Dt::F16] {
         if !want("attn_prefill") {
             break;
