@@ -64,10 +64,10 @@ PARADEC_HOST_DEVICE inline int prefill_group(int64_t budget, int64_t kv_bytes, i
 // Whether the warp-specialized prefill runs one persistent block per SM rather than a block
 // per item. Persistence overlaps an item's prologue and epilogue with the next item's copies,
 // which pays on short items and cost 10–40% on long ones (H100, the prefill bench: d = 64 gains
-// to 2,048 keys, d = 128 at 512, d = 256 nowhere; docs/gpu-bench-attention-h200.md).
+// to 4,096 keys, d = 128 to 1,024, d = 256 nowhere; docs/gpu-bench-attention-h200.md).
 // `keys`: the most keys a sequence of the call attends to (past plus queries).
 inline bool prefill_persists(int head_dim, int64_t keys) {
-    const int64_t most = head_dim <= 64 ? 2048 : head_dim <= 128 ? 512 : 0;
+    const int64_t most = head_dim <= 64 ? 4096 : head_dim <= 128 ? 1024 : 0;
     return keys <= most;
 }
 

@@ -117,6 +117,9 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=mma "$D/bin/gpu" attention:: kv_quant:: decoder::
     PARADEC_FIXTURES="$F" PARADEC_ATTN_PREFILL=wgmma "$D/bin/gpu" attention:: decoder::
     PARADEC_FIXTURES="$F" PARADEC_ATTN_PINGPONG=off "$D/bin/gpu" attention:: decoder::
+    # Persistent prefill blocks everywhere, then nowhere, instead of where items are short.
+    PARADEC_FIXTURES="$F" PARADEC_ATTN_PERSIST=on "$D/bin/gpu" attention:: decoder::
+    PARADEC_FIXTURES="$F" PARADEC_ATTN_PERSIST=off "$D/bin/gpu" attention:: decoder::
   } > "$RESULTS/optin_tests.log" 2>&1
   SUMMARY+=("other-path tests: $(grep -E '^test result' "$RESULTS/optin_tests.log" | tr '\n' ' ')")
   if command -v compute-sanitizer >/dev/null; then
@@ -145,6 +148,8 @@ if [[ "$MODE" == optin ]]; then
     PARADEC_ATTN_PREFILL=mma "$D/bin/gpu_bench" --attention --quick --only attn_prefill
     PARADEC_ATTN_PREFILL=wgmma "$D/bin/gpu_bench" --attention --quick --only attn_prefill
     PARADEC_ATTN_PINGPONG=off "$D/bin/gpu_bench" --attention --quick --only attn_prefill
+    PARADEC_ATTN_PERSIST=on "$D/bin/gpu_bench" --attention --only attn_prefill --attn-ss 512,2048,8192
+    PARADEC_ATTN_PERSIST=off "$D/bin/gpu_bench" --attention --only attn_prefill --attn-ss 512,2048,8192
     "$D/bin/gpu_bench" --decoder --quick
     PARADEC_LINEAR_PATH=small "$D/bin/gpu_bench" --decoder --quick
   } > "$RESULTS/optin_bench.log" 2>&1

@@ -90,8 +90,8 @@ int main() {
     CHECK(paradec::prefill_group(24 << 20, 64 << 20, 1, 64) == 1, "a pair past the budget");
     CHECK(paradec::prefill_group(24 << 20, 128 << 10, 1, 64) == 64, "every pair fits");
     // Persistence: short items only, the bounds as measured.
-    CHECK(paradec::prefill_persists(64, 2048) && !paradec::prefill_persists(64, 2049), "d64 to 2048");
-    CHECK(paradec::prefill_persists(128, 512) && !paradec::prefill_persists(128, 513), "d128 to 512");
+    CHECK(paradec::prefill_persists(64, 4096) && !paradec::prefill_persists(64, 4097), "d64 to 4096");
+    CHECK(paradec::prefill_persists(128, 1024) && !paradec::prefill_persists(128, 1025), "d128 to 1024");
     CHECK(!paradec::prefill_persists(256, 1), "d256 never");
     return host_check::report("prefill_plan");
 }
