@@ -391,12 +391,7 @@ impl DecodeCases {
     }
 }
 
-pub fn run_all(
-    b: &Bench,
-    quick: bool,
-    only: Option<&str>,
-    cases: &DecodeCases,
-) -> Result<Vec<AttnRow>> {
+pub fn run_all(b: &Bench, only: Option<&str>, cases: &DecodeCases) -> Result<Vec<AttnRow>> {
     let mut rows = Vec::new();
     let want = |k: &str| only.is_none_or(|o| k.contains(o));
     // Prefill: 16k tokens per call (batch = 16384 / s), heads·d = 2048, causal, MHA.
@@ -523,7 +518,6 @@ pub fn run_all(
 /// Runs the attention table; prints markdown and writes the CSV.
 pub fn main_bench(
     b: &Bench,
-    quick: bool,
     only: Option<&str>,
     csv: Option<String>,
     device: &str,
@@ -534,7 +528,7 @@ pub fn main_bench(
         "# read-only bandwidth (2 GiB XOR reduction): {:.0} GB/s",
         read_bw / 1e9
     );
-    let rows = run_all(b, quick, only, cases)?;
+    let rows = run_all(b, only, cases)?;
     let mut out =
         String::from("kernel,dtype,shape,us_b2b,us_graph,flops,bytes,tflops,gbps,pct_read\n");
     println!("\n| kernel | dtype | shape | µs (b2b) | µs (graph) | TFLOP/s | KV GB/s | % of read BW |\n|---|---|---|---|---|---|---|---|");
