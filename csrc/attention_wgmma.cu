@@ -131,6 +131,8 @@ struct WgRows {
         if (need) {
             const int hi0 = prefill_tile_offset(last0, j0, BN), hi1 = prefill_tile_offset(last1, j0, BN);
             const int lo0 = prefill_tile_offset(first0, j0, BN), lo1 = prefill_tile_offset(first1, j0, BN);
+            // Two loops, with and without an additive mask, so that neither carries the other's
+            // work per score.
             if (mrow) {
                 const float *mk = mrow + j0 + 2 * t4;
 #pragma unroll
@@ -607,11 +609,8 @@ PrefillChoice prefill_choice() {
 
 template <typename T, int D>
 int launch_wgmma_d(const AttnArgs &a, cudaStream_t stream) {
-    // WgRows keeps positions in 32 bits: every key below 2^30 (wgmma_positions_fit), else the
-    // mma.sync kernel takes the call.
-    const bool positions_fit = a.capacity < (int64_t{1} << 30) && a.max_past >= 0 &&
-                               a.max_past + a.q_len < (int64_t{1} << 30);
-    if (!positions_fit) return kPrefillNotTaken;
+    // WgRows keeps positions in 32 bits, else the mma.sync kernel takes the call.
+    if (!prefill_positions_fit(a.capacity, a.max_past, a.q_len)) return kPrefillNotTaken;
     // The tile coordinates are 32-bit: rows of the cache and of the queries below 2^31.
     const bool fits = static_cast<int64_t>(a.batch) * a.capacity < (int64_t{1} << 31) &&
                       static_cast<int64_t>(a.batch) * a.q_len < (int64_t{1} << 31);

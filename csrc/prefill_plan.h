@@ -61,6 +61,13 @@ PARADEC_HOST_DEVICE inline int prefill_group(int64_t budget, int64_t kv_bytes, i
     return static_cast<int>(g < pairs ? g : pairs);
 }
 
+// Whether the warpgroup prefill's 32-bit positions (WgRows) hold a call: every cache slot and
+// key below 2^30. Calls past it take the mma.sync kernel.
+inline bool prefill_positions_fit(int64_t capacity, int64_t max_past, int64_t q_len) {
+    constexpr int64_t kLimit = int64_t{1} << 30;
+    return capacity < kLimit && max_past >= 0 && max_past + q_len < kLimit;
+}
+
 // Whether the warp-specialized prefill runs one persistent block per SM rather than a block
 // per item. Persistence overlaps an item's prologue and epilogue with the next item's copies,
 // which pays on short items and cost 10–40% on long ones (H100, the prefill bench: d = 64 gains

@@ -89,6 +89,11 @@ int main() {
     CHECK(paradec::prefill_group(24 << 20, 4 << 20, 4, 64) == 24, "a KV head shared by 4");
     CHECK(paradec::prefill_group(24 << 20, 64 << 20, 1, 64) == 1, "a pair past the budget");
     CHECK(paradec::prefill_group(24 << 20, 128 << 10, 1, 64) == 64, "every pair fits");
+    // 32-bit positions: every slot and key below 2^30.
+    CHECK(paradec::prefill_positions_fit((1 << 30) - 1, (1 << 30) - 2, 1), "keys to 2^30 - 1");
+    CHECK(!paradec::prefill_positions_fit(1 << 30, 0, 1) &&
+              !paradec::prefill_positions_fit((1 << 30) - 1, (1 << 30) - 1, 1),
+          "a slot or a key at 2^30");
     // Persistence: short items only, the bounds as measured.
     CHECK(paradec::prefill_persists(64, 4096) && !paradec::prefill_persists(64, 4097), "d64 to 4096");
     CHECK(paradec::prefill_persists(128, 1024) && !paradec::prefill_persists(128, 1025), "d128 to 1024");

@@ -315,9 +315,10 @@ fn time_attention_quant(
     b.time(sets, &mut launch)
 }
 
-/// The decode cases to run: KV lengths, batches, KV-head counts and cache modes (`--attn-ls`,
-/// `--attn-batches`, `--attn-kvs`, `--attn-modes`; comma-separated lists).
-pub struct DecodeCases {
+/// The cases to run: the prefill's sequence lengths (`--attn-ss`) and the decode's KV lengths,
+/// batches, KV-head counts and cache modes (`--attn-ls`, `--attn-batches`, `--attn-kvs`,
+/// `--attn-modes`; comma-separated lists).
+pub struct AttnCases {
     ls: Vec<usize>,
     batches: Vec<usize>,
     kvs: Vec<usize>,
@@ -331,7 +332,7 @@ pub struct DecodeCases {
     prefill_ss: Vec<usize>,
 }
 
-impl DecodeCases {
+impl AttnCases {
     pub fn parse(args: &[String], quick: bool) -> Result<Self> {
         let list = |flag: &str, default: &[usize]| -> Result<Vec<usize>> {
             Ok(super::flag_list(args, flag)?.unwrap_or_else(|| default.to_vec()))
@@ -391,7 +392,7 @@ impl DecodeCases {
     }
 }
 
-pub fn run_all(b: &Bench, only: Option<&str>, cases: &DecodeCases) -> Result<Vec<AttnRow>> {
+pub fn run_all(b: &Bench, only: Option<&str>, cases: &AttnCases) -> Result<Vec<AttnRow>> {
     let mut rows = Vec::new();
     let want = |k: &str| only.is_none_or(|o| k.contains(o));
     // Prefill: 16k tokens per call (batch = 16384 / s), heads·d = 2048, causal, MHA.
@@ -521,7 +522,7 @@ pub fn main_bench(
     only: Option<&str>,
     csv: Option<String>,
     device: &str,
-    cases: &DecodeCases,
+    cases: &AttnCases,
 ) -> Result<()> {
     let read_bw = measure_read_bw(b)?;
     println!(

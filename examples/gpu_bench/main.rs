@@ -355,7 +355,7 @@ fn main() -> Result<()> {
     }
     if args.iter().any(|a| a == "--attention") {
         // The attention family has its own table (TFLOP/s, KV GB/s against a read floor).
-        let cases = attention::DecodeCases::parse(&args, quick)?;
+        let cases = attention::AttnCases::parse(&args, quick)?;
         return attention::main_bench(&b, only.as_deref(), csv, &props.name, &cases);
     }
     // Linears have their own shapes, table and floor (the read bandwidth of this run).
