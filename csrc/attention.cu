@@ -390,15 +390,16 @@ struct DecodePlan {
 // Head dims 64 and 128 take the fragment kernel (attention.cuh says why MHA too); other head
 // dims take the 16-row tensor-core kernel, or the CUDA-core one for one or two rows.
 // PARADEC_KV_DECODE=tile or =simt forces the 16-row or the CUDA-core kernel at 64 and 128.
+// `capacity` (the cache's slots a sequence) picks the fragment kernel's rows a block.
 DecodePlan plan_decode(int64_t batch, int64_t q_len, int64_t heads, int64_t kv_heads,
-                       int64_t head_dim, int64_t max_past) {
+                       int64_t head_dim, int64_t max_past, int64_t capacity) {
     DecodePlan p{};
     const int64_t rows = q_len * (heads / kv_heads);
     const bool tc = tc_head_dim(head_dim);
     const DecodeChoice choice = decode_choice();
     if (tc && choice == DecodeChoice::Frag) {
         p.kernel = DecodeKernel::Frag;
-        p.rows = native_frag_rows(rows, batch * kv_heads, current_device_sms());
+        p.rows = native_frag_rows(rows, batch * kv_heads, current_device_sms(), capacity);
     } else if (rows <= 2 || (tc && choice == DecodeChoice::Simt)) {
         p.kernel = DecodeKernel::Simt;
         p.rows = rows <= 1 ? 1 : 2;
@@ -475,17 +476,27 @@ int launch_decode(int dtype, AttnArgs a, const DecodePlan &p, cudaStream_t strea
 
 constexpr int64_t kDecodeMaxQ = 16;
 
+// The split-KV partials of plan p.
+size_t plan_scratch_bytes(const DecodePlan &p, size_t batch, size_t q_len, size_t heads,
+                          size_t head_dim) {
+    if (p.splits == 1) return 0;
+    const size_t rows = batch * q_len * heads;
+    return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
+}
+
+// The partials of the largest plan for any capacity: the capacity picks 8 or 16 rows a block
+// (native_frag_rows), and 16-row blocks, half as many row chunks, take as many splits or more.
 size_t scratch_bytes(size_t batch, size_t q_len, size_t heads, size_t kv_heads, size_t head_dim,
                      size_t max_past) {
     if (q_len == 0 || q_len > static_cast<size_t>(kDecodeMaxQ) || kv_heads == 0 ||
         heads % kv_heads != 0 || batch == 0)
         return 0;
+    const int64_t most_capacity = int64_t{1} << 40;  // paradec_attention's bound
     const DecodePlan p = plan_decode(static_cast<int64_t>(batch), static_cast<int64_t>(q_len),
                                      static_cast<int64_t>(heads), static_cast<int64_t>(kv_heads),
-                                     static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past));
-    if (p.splits == 1) return 0;
-    const size_t rows = batch * q_len * heads;
-    return sizeof(float) * static_cast<size_t>(p.splits) * rows * (head_dim + 2);
+                                     static_cast<int64_t>(head_dim), static_cast<int64_t>(max_past),
+                                     most_capacity);
+    return plan_scratch_bytes(p, batch, q_len, heads, head_dim);
 }
 
 }  // namespace
@@ -620,11 +631,10 @@ extern "C" int paradec_attention(int dtype, const void *q, const void *cache_k,
         if (static_cast<int64_t>(q_len) > paradec::kDecodeMaxQ)
             return paradec::launch_prefill(dtype, a, stream);
         if (batch * kv_heads > 65535) return PARADEC_K_DIM_TOO_LARGE;  // the decode grid's y
-        const paradec::DecodePlan p = paradec::plan_decode(a.batch, a.q_len, a.heads, a.kv_heads,
-                                                           a.head_dim, a.max_past);
+        const paradec::DecodePlan p = paradec::plan_decode(
+            a.batch, a.q_len, a.heads, a.kv_heads, a.head_dim, a.max_past, a.capacity);
         if (p.splits > 1) {
-            const size_t need =
-                paradec::scratch_bytes(batch, q_len, heads, kv_heads, head_dim, max_past);
+            const size_t need = paradec::plan_scratch_bytes(p, batch, q_len, heads, head_dim);
             if (!scratch) return PARADEC_K_NULL_POINTER;
             if (scratch_bytes < need || !paradec::aligned16(scratch)) return PARADEC_K_BAD_SHAPE;
             const size_t rows = batch * q_len * heads;

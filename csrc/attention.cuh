@@ -102,13 +102,14 @@ int launch_native_frag(int dtype, const AttnArgs &a, int rows, cudaStream_t stre
 constexpr int kFragRows = 8;
 // Query rows a block of the native cache's fragment kernel takes: decode_splits.h's
 // frag_rows_for (16 where a KV head has more than 8 rows and the 16-row blocks still fill the
-// SMs, else kFragRows). H100, Falcon-7B's 71 query heads over one KV head, 1k keys, batch 32:
-// the decode kernel 30.2 → 26.0 µs; batches 1 and 8 keep 8. PARADEC_FRAG_ROWS=8 or =16 forces
-// one (tests and comparisons; 16 only where rows > 8).
-inline int native_frag_rows(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t sms) {
+// SMs or an 8-row split of the capacity would be long, else kFragRows). H100, Falcon-7B's 71
+// query heads over one KV head, 1k keys, batch 32: the decode kernel 30.2 → 26.0 µs.
+// PARADEC_FRAG_ROWS=8 or =16 forces one (tests and comparisons; 16 only where rows > 8).
+inline int native_frag_rows(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t sms,
+                            int64_t capacity) {
     static_assert(kFragRows == 8, "frag_rows_for picks 8 or 16");
     static const int forced = env_int("PARADEC_FRAG_ROWS", 8, 16);
-    return frag_rows_for(rows_per_kv_head, seq_kv_pairs, sms, forced);
+    return frag_rows_for(rows_per_kv_head, seq_kv_pairs, sms, capacity, forced);
 }
 
 // Merges a.splits split-KV partials (a.part_o, a.part_ml) into a.out, in split order

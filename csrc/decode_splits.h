@@ -8,15 +8,19 @@
 
 namespace paradec {
 
-// Fills table[c] (c = 1 … n) with splits − 1 for a longest sequence of c·128 keys: min(by_units,
-// ⌊c / keys128⌋, most) splits, at least one — by_units from the SM count, keys128 the fewest
-// 128-key chunks a split takes. Every count never falls as c grows: a graph captured for c
-// replays shorter sequences with the table's counts inside its grid.
+// split_count: the splits for a longest sequence of c·128 keys, min(by_units, ⌊c / keys128⌋,
+// most), at least one — by_units from the SM count, keys128 the fewest 128-key chunks a split
+// takes. fill_split_table fills table[c] (c = 1 … n) with split_count − 1. Every count never
+// falls as c grows: a graph captured for c replays shorter sequences with the table's counts
+// inside its grid.
+inline int64_t split_count(int64_t by_units, int64_t keys128, int64_t most, int64_t c) {
+    return std::max<int64_t>(1, std::min(std::min(by_units, c / keys128), most));
+}
+
 inline void fill_split_table(int64_t by_units, int64_t keys128, int64_t most, int n,
                              unsigned char *table) {
     for (int64_t c = 1; c <= n; ++c)
-        table[c] = static_cast<unsigned char>(
-            std::max<int64_t>(1, std::min(std::min(by_units, c / keys128), most)) - 1);
+        table[c] = static_cast<unsigned char>(split_count(by_units, keys128, most, c) - 1);
 }
 
 // The rules, by kernel family.
@@ -56,15 +60,31 @@ inline void split_table(SplitRule rule, int64_t units, int64_t sms, int64_t most
 }
 
 // Query rows a block of the native cache's fragment decode kernel takes (8 or 16), from the
-// query rows of a KV head (q_len · heads / kv_heads), the (sequence, KV head) pairs and the SM
-// count: 16 where a KV head has more than 8 rows and the 16-row blocks still number at least one
-// per SM (each stage's keys then feed two n8 tiles of rows, read once per 16 rows instead of 8),
-// else 8, whose twice as many blocks spread a smaller batch wider. `forced` (8 or 16; 0: the
-// rule) fixes it, 16 only where a KV head has more than 8 rows.
-inline int frag_rows_for(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t sms, int forced) {
+// query rows of a KV head (q_len · heads / kv_heads), the (sequence, KV head) pairs, the SM
+// count and the cache's capacity (slots a sequence may hold). 16 where a KV head has more than 8
+// rows and either
+//  - the 16-row blocks still number at least one per SM (each stage's keys then feed two n8
+//    tiles of rows, read once per 16 rows instead of 8), or
+//  - an 8-row block's split of the whole capacity would hold at least kFragLongSplit keys: long
+//    passes over the keys pay for the 16-row blocks' twice as many splits (H100, 64 query heads
+//    over one KV head, batch 8: 32k keys 100.3 → 70.5 µs, 8k 29.6 → 23.5; Falcon-7B's step at
+//    batch 8 and 8k keys 141.8 → 118.4), where short ones do not (batch 1, 8k keys: 512 keys a
+//    split, 10.2 → 13.5).
+// else 8, whose twice as many blocks spread a smaller batch wider. The capacity, not the longest
+// sequence: the choice changes the splits and so the rounding, and a decode graph planned for
+// its bound must replay its eager steps' bits. `forced` (8 or 16; 0: the rule) fixes it, 16
+// only where a KV head has more than 8 rows.
+constexpr int64_t kFragLongSplit = 4096;
+inline int frag_rows_for(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t sms,
+                         int64_t capacity, int forced) {
     if (rows_per_kv_head <= 8 || forced == 8) return 8;
+    if (forced == 16) return 16;
     const int64_t blocks16 = seq_kv_pairs * ((rows_per_kv_head + 15) / 16);
-    return forced == 16 || blocks16 >= sms ? 16 : 8;
+    if (blocks16 >= sms) return 16;
+    // The TensorCore rule's split count for 8-row blocks at the capacity (chunks of 128 keys).
+    const int64_t units8 = seq_kv_pairs * ((rows_per_kv_head + 7) / 8);
+    const int64_t splits8 = split_count(sms / units8, 1, sms, (capacity + 127) / 128);
+    return capacity / splits8 >= kFragLongSplit ? 16 : 8;
 }
 
 }  // namespace paradec

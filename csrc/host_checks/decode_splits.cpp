@@ -81,25 +81,50 @@ int main() {
     CHECK(splits_at(SplitRule::NativeCudaCore, 128, 132, 256, 1024, 256) == 2, "simt b8 d256 L1024");
     CHECK(splits_at(SplitRule::NativeCudaCore, 512, 132, 256, 8192, 256) == 3,
           "simt b32 d256 L8192");
-    // The fragment kernel's rows a block over the native cache (frag_rows_for), 132 SMs:
-    // Falcon-7B (71 rows over one KV head) at batch 1, 8 and 32 — 16 rows only at 32, where
-    // 160 blocks still fill the SMs; Command-R (8 rows) never; a forced count; 9 rows.
-    CHECK(paradec::frag_rows_for(71, 1, 132, 0) == 8, "falcon b1");
-    CHECK(paradec::frag_rows_for(71, 8, 132, 0) == 8, "falcon b8");
-    CHECK(paradec::frag_rows_for(71, 26, 132, 0) == 8, "falcon b26: 130 blocks of 16");
-    CHECK(paradec::frag_rows_for(71, 27, 132, 0) == 16, "falcon b27: 135 blocks of 16");
-    CHECK(paradec::frag_rows_for(71, 32, 132, 0) == 16, "falcon b32");
-    CHECK(paradec::frag_rows_for(8, 32 * 8, 132, 0) == 8, "command-r b32: 8 rows a KV head");
-    CHECK(paradec::frag_rows_for(1, 4096, 132, 16) == 8, "forced 16, one row a KV head");
-    CHECK(paradec::frag_rows_for(9, 1, 132, 16) == 16, "forced 16");
-    CHECK(paradec::frag_rows_for(71, 32, 132, 8) == 8, "forced 8");
-    CHECK(paradec::frag_rows_for(9, 132, 132, 0) == 16, "9 rows, a block of 16 per SM");
+    // The fragment kernel's rows a block over the native cache (frag_rows_for), 132 SMs, a
+    // capacity of 2,048 slots: Falcon-7B (71 rows over one KV head) at batch 1, 8 and 32 — 16
+    // rows only at 32, where 160 blocks still fill the SMs; Command-R (8 rows) never; a forced
+    // count; 9 rows.
+    using paradec::frag_rows_for;
+    CHECK(frag_rows_for(71, 1, 132, 2048, 0) == 8, "falcon b1");
+    CHECK(frag_rows_for(71, 8, 132, 2048, 0) == 8, "falcon b8");
+    CHECK(frag_rows_for(71, 26, 132, 2048, 0) == 8, "falcon b26: 130 blocks of 16");
+    CHECK(frag_rows_for(71, 27, 132, 2048, 0) == 16, "falcon b27: 135 blocks of 16");
+    CHECK(frag_rows_for(71, 32, 132, 2048, 0) == 16, "falcon b32");
+    CHECK(frag_rows_for(8, 32 * 8, 132, 1 << 20, 0) == 8, "command-r b32: 8 rows a KV head");
+    CHECK(frag_rows_for(1, 4096, 132, 2048, 16) == 8, "forced 16, one row a KV head");
+    CHECK(frag_rows_for(9, 1, 132, 2048, 16) == 16, "forced 16");
+    CHECK(frag_rows_for(71, 32, 132, 2048, 8) == 8, "forced 8");
+    CHECK(frag_rows_for(71, 8, 132, 1 << 20, 8) == 8, "forced 8 over a long capacity");
+    CHECK(frag_rows_for(9, 132, 132, 2048, 0) == 16, "9 rows, a block of 16 per SM");
+    // Long capacities: 16 rows where an 8-row block's split of the capacity holds ≥ 4,096
+    // keys (the H100 measurements the rule came from, docs/gpu-decoder.md).
+    CHECK(frag_rows_for(64, 1, 132, 131072, 0) == 16, "mqa b1 131k: 8,192 keys a split");
+    CHECK(frag_rows_for(64, 1, 132, 32768, 0) == 8, "mqa b1 32k: 2,048 keys a split");
+    CHECK(frag_rows_for(64, 8, 132, 8192, 0) == 16, "mqa b8 8k: 4,096 keys a split");
+    CHECK(frag_rows_for(64, 8, 132, 8191, 0) == 8, "mqa b8 8191: under 4,096 a split");
+    CHECK(frag_rows_for(64, 8, 132, 1024, 0) == 8, "mqa b8 1k: 512 keys a split");
+    CHECK(frag_rows_for(16, 2, 132, 32768, 0) == 8, "gqa 16 rows b1 32k: 993 keys a split");
+    CHECK(frag_rows_for(16, 16, 132, 32768, 0) == 16, "gqa 16 rows b8 32k: 8,192 keys");
+    CHECK(frag_rows_for(71, 8, 132, 8192, 0) == 16, "falcon b8 8k: one split of 8,192");
+    CHECK(frag_rows_for(71, 1, 132, 32768, 0) == 8, "falcon b1 32k: 2,340 keys a split");
+    CHECK(frag_rows_for(8, 1, 132, int64_t{1} << 40, 0) == 8, "8 rows never take 16");
     for (int64_t rows = 1; rows <= 200; ++rows)
         for (int64_t pairs : {1, 7, 64, 131, 132, 1000})
-            for (int forced : {0, 8, 16}) {
-                const int r = paradec::frag_rows_for(rows, pairs, 132, forced);
-                CHECK(r == 8 || r == 16, "rows %lld: %d", static_cast<long long>(rows), r);
-                CHECK(rows > 8 || r == 8, "rows %lld ≤ 8 took 16", static_cast<long long>(rows));
-            }
+            for (int64_t capacity :
+                 {int64_t{1}, int64_t{127}, int64_t{4096}, int64_t{100000}, int64_t{1} << 40})
+                for (int forced : {0, 8, 16}) {
+                    const int r = frag_rows_for(rows, pairs, 132, capacity, forced);
+                    CHECK(r == 8 || r == 16, "rows %lld: %d", static_cast<long long>(rows), r);
+                    CHECK(rows > 8 || r == 8, "rows %lld ≤ 8 took 16",
+                          static_cast<long long>(rows));
+                    // Never 8 at a capacity where a smaller one took 16 (the scratch query
+                    // plans for the largest capacity's rows).
+                    CHECK(r == 16 || forced == 8 ||
+                              frag_rows_for(rows, pairs, 132, int64_t{1} << 40, 0) == 16 ||
+                              rows <= 8,
+                          "rows %lld pairs %lld: the largest capacity took 8",
+                          static_cast<long long>(rows), static_cast<long long>(pairs));
+                }
     return host_check::report("decode_splits");
 }

@@ -365,6 +365,10 @@ fn attention_cases(rng: &mut Rng) -> Vec<AttnCase> {
     // blocks still fill an H100's or H200's SMs: 16-row blocks by default.
     add(4, 1, 480, 40, 64, vec![300, 5, 77, 1000], 0, Some(vec![0, 3, 0, 9]));
     add(3, 2, 360, 60, 128, vec![500, 0, 129], 0, None);
+    // … and over a capacity long enough that an 8-row block's split would hold 4,096 keys or
+    // more (6 sequences of 64 rows over one KV head, 8,192 slots): 16-row blocks by default,
+    // each sequence on its own split count.
+    add(6, 1, 64, 1, 64, vec![8191, 5, 300, 4000, 8000, 17], 0, None);
     // MHA decode at head dim 128 (the fragment kernel, one and two rows per KV head).
     add(2, 1, 8, 8, 128, vec![4097, 37], 0, Some(vec![0, 3]));
     add(1, 2, 4, 4, 128, vec![999], 50, None);
