@@ -45,26 +45,48 @@ inline bool dependent_launch_on() {
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
-// dependent_launch_on(); a paradec status (0, or the launch's cudaError_t, cleared).
+// dependent_launch_on(), in clusters of (1, cluster_y, 1) blocks where cluster_y > 1 (sm_90; the
+// caller checks the device, and sets cudaFuncAttributeNonPortableClusterSizeAllowed past 8); a
+// paradec status (0, or the launch's cudaError_t, cleared).
 template <typename... Params, typename... Args>
-int launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                     cudaStream_t stream, Args &&...args) {
+int launch_dependent_in_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t stream, unsigned cluster_y, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (dependent_launch_on()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        ++n;
+    }
+    if (cluster_y > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = 1;
+        attr[n].val.clusterDim.y = cluster_y;
+        attr[n].val.clusterDim.z = 1;
+        ++n;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = dependent_launch_on() ? 1 : 0;
+    cfg.numAttrs = n;
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     if (e != cudaSuccess) {
         cudaGetLastError();
         return static_cast<int>(e);
     }
     return PARADEC_K_OK;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
+// dependent_launch_on(); a paradec status (0, or the launch's cudaError_t, cleared).
+template <typename... Params, typename... Args>
+int launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                     cudaStream_t stream, Args &&...args) {
+    return launch_dependent_in_clusters(kernel, grid, block, smem, stream, 1u,
+                                        std::forward<Args>(args)...);
 }
 
 }  // namespace paradec

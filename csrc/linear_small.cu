@@ -35,9 +35,11 @@
 // column block to finish (an atomic counter, zero before the launch and left zero) sums them in
 // split order, so the result does not depend on timing and no second kernel runs.
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "activation.cuh"
+#include "cluster.cuh"
 #include "common.cuh"
 #include "dependent_launch.cuh"
 #include "linear_small.cuh"
@@ -279,7 +281,7 @@ __device__ __forceinline__ void sum_splits(const SmallArgs &a, int64_t c) {
                 for (int s = 0; s < S; ++s)
                     t[j][s] = r0 + j < a.m && s0 + s < a.split
                                   ? __ldcg(a.part + (s0 + s) * split_stride + (r0 + j) * a.np + c)
-                                  : 0.f;  // v + 0 is v: the padding changes no bit
+                                  : -0.f;  // v + (−0) is v, −0 too: the padding changes no bit
 #pragma unroll
             for (int j = 0; j < R; ++j)
 #pragma unroll
@@ -774,6 +776,91 @@ __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_
                                   static_cast<int>(blockIdx.y));
 }
 
+// ---- K splits summed inside a cluster (sm_90) -----------------------------------------------
+// The K splits of one column block as one cluster of (1, gridDim.y) blocks: each block leaves
+// its f32 partial sums in its own shared memory and, after a cluster barrier, sums a share of
+// the column block's (row, column) outputs over the first `sums` blocks' shared memory in block
+// order — the additions of sum_splits in its order (the same bits as the global path), without
+// the partials' round trips through L2, the fence and the counter at the end of every block.
+// PARADEC_SPLIT_SUM=cluster takes it (sm_90, 2 … kClusterMaxSplit splits).
+constexpr int kClusterMaxSplit = 16;
+
+// Column block bx, K split by of call `a` (its products where `computes`), in a cluster whose
+// block of rank y is grid row y: the first `sums` ranks' partials summed into out.
+template <typename T, int NT, bool ACT>
+__device__ __forceinline__ void lean_block_cluster(const SmallArgs &a, int bx, int by,
+                                                   bool computes, int sums) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int64_t cb = static_cast<int64_t>(bx) * kSmallCols;  // the block's first column
+    const int64_t c0 = cb + warp * 32 + 4 * (lane >> 2);
+    const bool live = c0 < a.np;
+    float *const red = reinterpret_cast<float *>(lean_xs);  // [m, kSmallCols], over the staged x
+    if (computes) {
+        const int t0 = by * a.tiles_per_split;
+        const int count = min(a.ntiles, t0 + a.tiles_per_split) - t0;  // ≥ 1: no empty split
+        float acc[2][NT][4];
+        zero_acc<NT>(acc);
+        lean_range<T, NT, kLeanBatch>(a, c0, live, t0, count, lean_xs, false, acc);
+        __syncthreads();  // every warp done with the staged x that the partials overwrite
+        store_partials<NT>(a, acc, red + (c0 - cb), kSmallCols, live);
+    } else {
+        wait_for_previous_grid();  // it stores (and may read) out below
+    }
+    cluster_sync();  // every block's partials in its shared memory
+    const int ranks = static_cast<int>(gridDim.y);
+    const int rank = static_cast<int>(blockIdx.y);
+    const int elems = static_cast<int>(a.m) * kSmallCols;
+    const int hi = (rank + 1) * elems / ranks;
+    const unsigned base = static_cast<unsigned>(__cvta_generic_to_shared(red));
+    for (int e = rank * elems / ranks + static_cast<int>(threadIdx.x); e < hi; e += kSmallCols) {
+        const int r = e / kSmallCols;
+        const int64_t c = cb + (e - r * kSmallCols);
+        if (c >= a.n) continue;
+        float v = 0.f;
+        for (int j0 = 0; j0 < sums; j0 += 8) {  // 8 loads in flight at a time
+            float t[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                t[j] = j0 + j < sums ? ld_cluster_f32(base + 4u * static_cast<unsigned>(e),
+                                                      static_cast<unsigned>(j0 + j))
+                                     : -0.f;  // v + (−0) is v, −0 too: no bit changes
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v += t[j];
+        }
+        store_one<T, ACT>(a, r, c, v);
+    }
+    cluster_sync();  // no block leaves while another still reads its shared memory
+}
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT))
+    qmma_lean_cluster_kernel(SmallArgs a) {
+    lean_block_cluster<T, NT, false>(a, static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y),
+                                     true, a.split);
+}
+
+// The grouped form: the cluster spans the grid's rows (the calls' most splits); a block past
+// its call's split computes nothing and helps sum.
+template <typename T, int NT, bool ACT>
+__global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT))
+    qmma_lean_group_cluster_kernel(SmallGroup g) {
+    int bx;
+    const SmallArgs a = g.call[call_at(g, static_cast<int>(blockIdx.x), bx)];
+    const int by = static_cast<int>(blockIdx.y);
+    lean_block_cluster<T, NT, ACT>(a, bx, by, by < a.split, a.split);
+}
+
+// The summed form: every term's splits in one cluster, summed in (term, split) order.
+template <typename T, int NT>
+__global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT))
+    qmma_lean_sum_cluster_kernel(SmallGroup g) {
+    int by;
+    const SmallArgs a = g.call[call_at(g, static_cast<int>(blockIdx.y), by)];
+    lean_block_cluster<T, NT, false>(a, static_cast<int>(blockIdx.x), by, true,
+                                     static_cast<int>(gridDim.y));
+}
+
 // Largest m the lean loop takes alone and in grouped or summed launches, and the dynamic shared
 // memory a lean or stream block may take in all (a launch asking for more than 48 KiB with the
 // static shared memory fails); beyond either: the ring loop. The grouped and summed kernels
@@ -929,6 +1016,43 @@ int dispatch_act(bool act, F &&f) {
     return f(std::false_type{});
 }
 
+// paradec_set_split_sum's mode (0: the environment's).
+std::atomic<int> split_sum_mode{0};
+
+// Whether a lean launch of `splits` grid rows sums its K splits inside clusters
+// (lean_block_cluster): the mode, or PARADEC_SPLIT_SUM=cluster (read once); sm_90 or later;
+// 2 … 16 rows.
+bool cluster_sum_serves(int splits) {
+    static const bool env_on = env_is("PARADEC_SPLIT_SUM", "cluster");
+    const int mode = split_sum_mode.load(std::memory_order_relaxed);
+    const bool on = mode == 0 ? env_on : mode == 2;
+    return on && splits >= 2 && splits <= kClusterMaxSplit && current_device_cc() >= 90;
+}
+
+// Dynamic shared memory of a cluster-summed lean block: the lean loop's, or the partials of
+// its m rows where those take more.
+size_t cluster_sum_smem(size_t lean_bytes, int64_t m) {
+    return std::max(lean_bytes, static_cast<size_t>(m) * kSmallCols * sizeof(float));
+}
+
+// A lean kernel launched in clusters of the grid's rows (grid.y blocks; past 8 a cluster size
+// the kernel must be allowed first). A refusal (a device that cannot hold such a cluster) is
+// returned, cleared, and the caller launches the global sum instead: nothing ran.
+template <typename Kernel, typename Args>
+int launch_lean_clusters(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream,
+                         const Args &args) {
+    if (grid.y > 8) {
+        const cudaError_t e =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            return static_cast<int>(e);
+        }
+    }
+    return launch_dependent_in_clusters(kernel, grid, dim3(kSmallCols), smem, stream, grid.y,
+                                        args);
+}
+
 }  // namespace
 
 int stream_chunk_tiles(size_t m) {
@@ -993,6 +1117,15 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
         using T = decltype(tag);
         return dispatch_act(any_act(g.call, g.count), [&](auto act) {
             constexpr bool A = decltype(act)::value;
+            if (lean && cluster_sum_serves(splits)) {
+                const size_t smem = cluster_sum_smem(lean_bytes, m);
+                const int st =
+                    m <= 8 ? launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 1, A>, grid,
+                                                  smem, stream, lg)
+                           : launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 2, A>, grid,
+                                                  smem, stream, lg);
+                if (st == PARADEC_K_OK) return st;  // else the global sum (launch_lean_clusters)
+            }
             if (lean && m <= 8)
                 return launch_dependent(qmma_lean_group_kernel<T, 1, A>, grid, dim3(kSmallCols),
                                         lean_bytes, stream, lg);
@@ -1030,6 +1163,15 @@ int launch_quant_small_sum(int dtype, const SmallGroup &g, cudaStream_t stream) 
                     static_cast<unsigned>(g.first[g.count]));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
+        if (lean && cluster_sum_serves(g.first[g.count])) {
+            const size_t smem = cluster_sum_smem(lean_bytes, m);
+            const int st =
+                m <= 8 ? launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 1>, grid, smem,
+                                              stream, lg)
+                       : launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 2>, grid, smem,
+                                              stream, lg);
+            if (st == PARADEC_K_OK) return st;  // else the global sum (see launch_lean_clusters)
+        }
         if (lean && m <= 8)
             return launch_dependent(qmma_lean_sum_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
                                     stream, lg);
@@ -1054,6 +1196,14 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
     const size_t lean_bytes = x_bytes ? lean_smem_bytes(la) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
+        if (lean_bytes && cluster_sum_serves(a.split)) {
+            const size_t smem = cluster_sum_smem(lean_bytes, a.m);
+            const auto kernel = a.m <= 8    ? qmma_lean_cluster_kernel<T, 1>
+                                : a.m <= 16 ? qmma_lean_cluster_kernel<T, 2>
+                                            : qmma_lean_cluster_kernel<T, 4>;
+            const int st = launch_lean_clusters(kernel, grid, smem, stream, la);
+            if (st == PARADEC_K_OK) return st;  // else the global sum (see launch_lean_clusters)
+        }
         if (lean_bytes && a.m <= 8)
             return launch_dependent(qmma_lean_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
                                     stream, la);
@@ -1074,3 +1224,8 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
 }
 
 }  // namespace paradec
+
+extern "C" int paradec_set_split_sum(int mode) {
+    if (mode < 0 || mode > 2) return -1;
+    return paradec::split_sum_mode.exchange(mode);
+}

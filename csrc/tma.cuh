@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "cluster.cuh"
 #include "wgmma.cuh"
 
 namespace paradec {
@@ -120,14 +121,6 @@ __device__ __forceinline__ void barrier_arrive_cluster(uint64_t *bar, uint32_t r
     uint32_t remote;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(bar)), "r"(rank));
     asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-#endif
-}
-
-// Every thread of every block of the cluster arrives and waits (release / acquire).
-__device__ __forceinline__ void cluster_sync() {
-#if PARADEC_WGMMA_ARCH
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
-                     : "memory");
 #endif
 }
 

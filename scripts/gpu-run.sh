@@ -14,7 +14,8 @@
 #                  launches off (PARADEC_PDL=off), the fragment decode's 8 or 16 query rows a
 #                  block (PARADEC_FRAG_ROWS=8 / =16), each call's own K split in the warpgroup
 #                  MMA's one grid (PARADEC_WGMMA_GROUP_PLAN=own), its 64-row tiles up to 32 rows
-#                  (PARADEC_WGMMA_TOK32=off): tests and memcheck under them, then the
+#                  (PARADEC_WGMMA_TOK32=off), the lean loop's K splits summed inside
+#                  clusters (PARADEC_SPLIT_SUM=cluster): tests and memcheck under them, then the
 #                  lean linears, the decoder layers and decode attention timed under each,
 #                  side by side
 #   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
@@ -159,7 +160,7 @@ fi
 if [[ "$MODE" == knobs ]]; then
   F="$D/fixtures"
   KNOBS=("PARADEC_PDL=off" "PARADEC_FRAG_ROWS=8" "PARADEC_FRAG_ROWS=16"
-    "PARADEC_WGMMA_GROUP_PLAN=own" "PARADEC_WGMMA_TOK32=off")
+    "PARADEC_WGMMA_GROUP_PLAN=own" "PARADEC_WGMMA_TOK32=off" "PARADEC_SPLIT_SUM=cluster")
   {
     for k in "${KNOBS[@]}"; do
       echo "==== tests with $k"
@@ -171,7 +172,7 @@ if [[ "$MODE" == knobs ]]; then
     for k in "${KNOBS[@]}"; do
       env $k PARADEC_GPU_SMALL=1 PARADEC_FIXTURES="$F" compute-sanitizer --tool memcheck \
         --report-api-errors no "$D/bin/gpu" --test-threads=1 linear::small_m linear::grouped \
-        linear::summed attention::attention_matches decoder::
+        linear::summed linear::cluster_split_sum attention::attention_matches decoder::
     done > "$RESULTS/knobs_sanitize.log" 2>&1
     SUMMARY+=("knob memcheck: $(grep -E 'ERROR SUMMARY' "$RESULTS/knobs_sanitize.log" | tr '\n' ' ')")
   fi

@@ -872,6 +872,145 @@ fn summed_small_m_launch_matches_cpu() {
     }
 }
 
+/// Restores `set_split_sum`'s setting when dropped (a failed assertion included).
+struct SplitSumGuard(paradec::cuda::kernels::SplitSum);
+
+impl Drop for SplitSumGuard {
+    fn drop(&mut self) {
+        paradec::cuda::kernels::set_split_sum(self.0);
+    }
+}
+
+/// The lean loop's K splits summed inside a thread-block cluster (compute capability 9.0 and
+/// later; elsewhere both runs take the global path) give the same bits as through global
+/// memory: one call at 2 … 16 splits, odd N, rows 1 … 31, with and without accumulation (also
+/// against the CPU reference); a grouped launch whose calls split K 13, 8 and 10 ways (blocks
+/// past a call's split compute nothing and help sum); summed launches of 7 and 16 splits in all.
+/// The setting is process-wide: other tests running meanwhile see the same bits either way.
+#[test]
+fn cluster_split_sum_equals_global() {
+    use paradec::cuda::kernels::{set_split_sum, SplitSum};
+    let Some(cs) = gpu_stream("cluster_split_sum") else {
+        return;
+    };
+    let cs = &cs;
+    let _restore = SplitSumGuard(set_split_sum(SplitSum::Env));
+    let path = LinearPath::SmallLean;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // One call: K 4096 (128 tiles, act-order), N 200.
+    let w = gptq(4, 128, true, false, 200, 4096, 622);
+    // A grouped launch: K 4096, 512 and 320 (128, 16 and 10 tiles) at split 13.
+    let group_w = [
+        gptq(4, 128, false, false, 136, 4096, 623),
+        gptq(4, 128, true, true, 67, 512, 624),
+        gptq(4, 64, false, false, 9, 320, 626),
+    ];
+    // Summed launches over N 136 of the same three K.
+    let sum_w = [
+        gptq(4, 128, false, false, 136, 4096, 627),
+        gptq(4, 128, true, false, 136, 512, 629),
+        gptq(4, 64, false, true, 136, 320, 631),
+    ];
+    let prepare = |ws: &[QuantWeight], dt| -> Vec<PreparedQuant> {
+        ws.iter().map(|w| PreparedQuant::new(w, Device::Cuda(0), dt).unwrap()).collect()
+    };
+    // Random m-row inputs for each weight.
+    let inputs = |rng: &mut Rng, ws: &[QuantWeight], m: usize, dt| -> Vec<Tensor> {
+        ws.iter()
+            .map(|w| upload(&rng.vec(m * w.in_features(), -1.0, 1.0), &[m, w.in_features()], dt).0)
+            .collect()
+    };
+    let ms: Vec<usize> = if small() { vec![1, 13] } else { vec![1, 3, 8, 13, 16, 31] };
+    let mut rng = Rng::new(93);
+    for dt in DTYPES {
+        let pw = PreparedQuant::new(&w, Device::Cuda(0), dt).unwrap();
+        let a = weight_args(&pw);
+        for &m in &ms {
+            let (x, xr) = upload(&rng.vec(m * 4096, -1.0, 1.0), &[m, 4096], dt);
+            let (old, old_r) = upload(&rng.vec(m * 200, -1.0, 1.0), &[m, 200], dt);
+            for split in [2usize, 3, 5, 8, 11, 16] {
+                for accumulate in [false, true] {
+                    let mut want = if accumulate { old_r.clone() } else { vec![0.0; m * 200] };
+                    w.forward(&xr, m, &mut want, accumulate).unwrap();
+                    let run = |mode| {
+                        set_split_sum(mode);
+                        let need = a.scratch_bytes(dt, m, path, split);
+                        let mut sc =
+                            Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
+                        let mut out =
+                            if accumulate { old.try_clone().unwrap() } else { poisoned(&[m, 200], dt) };
+                        paradec::cuda::kernels::quant_linear(
+                            &x, m, &a, pw.bias.as_ref(), &mut out, accumulate, path, split,
+                            Some(&mut sc), None, cs,
+                        )
+                        .unwrap();
+                        download(&out)
+                    };
+                    let global = run(SplitSum::Global);
+                    let cluster = run(SplitSum::Cluster);
+                    let what = format!("{dt} m={m} split={split} acc={accumulate}");
+                    assert_eq!(bits(&cluster), bits(&global), "{what}: cluster ≠ global");
+                    assert_close(&what, dt, &cluster, &want);
+                }
+            }
+        }
+        let pws = prepare(&group_w, dt);
+        for &m in &[1usize, 5, 16] {
+            let xs = inputs(&mut rng, &group_w, m, dt);
+            let run = |mode| {
+                set_split_sum(mode);
+                let mut outs: Vec<Tensor> = pws.iter().map(|p| poisoned(&[m, p.n], dt)).collect();
+                let mut calls: Vec<paradec::cuda::kernels::QuantLinearCall<'_>> = pws
+                    .iter()
+                    .zip(&xs)
+                    .zip(outs.iter_mut())
+                    .map(|((p, x), out)| group_call(x, p, out, 13, path, None))
+                    .collect();
+                group_launch(dt, m, &mut calls, None, cs);
+                drop(calls);
+                outs.iter().map(|o| bits(&download(o))).collect::<Vec<_>>()
+            };
+            let global = run(SplitSum::Global);
+            assert_eq!(run(SplitSum::Cluster), global, "{dt} m={m}: grouped, cluster ≠ global");
+        }
+        // Summed launches: splits (2, 2, 3) and (11, 3, 2), 7 and 16 in all.
+        let tws = prepare(&sum_w, dt);
+        for &m in &[1usize, 7, 16] {
+            let xs = inputs(&mut rng, &sum_w, m, dt);
+            let (old, _) = upload(&rng.vec(m * 136, -1.0, 1.0), &[m, 136], dt);
+            for splits in [[2usize, 2, 3], [11, 3, 2]] {
+                let terms: Vec<paradec::cuda::kernels::QuantLinearTerm<'_>> = tws
+                    .iter()
+                    .zip(&xs)
+                    .zip(splits)
+                    .map(|((p, x), split)| paradec::cuda::kernels::QuantLinearTerm {
+                        x,
+                        w: weight_args(p),
+                        split,
+                    })
+                    .collect();
+                let need = paradec::cuda::kernels::quant_linear_sum_scratch(dt, m, &terms);
+                let mut sc = Tensor::zeros(&[need.max(1)], DType::U8, Device::Cuda(0)).unwrap();
+                let mut run = |mode| {
+                    set_split_sum(mode);
+                    let mut out = old.try_clone().unwrap();
+                    paradec::cuda::kernels::quant_linear_sum(
+                        m, &terms, None, &mut out, true, path, &mut sc, None, cs,
+                    )
+                    .unwrap();
+                    bits(&download(&out))
+                };
+                let global = run(SplitSum::Global);
+                assert_eq!(
+                    run(SplitSum::Cluster),
+                    global,
+                    "{dt} m={m} splits={splits:?}: summed, cluster ≠ global"
+                );
+            }
+        }
+    }
+}
+
 /// The split small-M path gives the same bits twice (the partials are summed in split order),
 /// and the same on its lean and ring loops; the stream loop gives the same bits twice.
 fn check_deterministic(what: &str, w: &QuantWeight, pw: &PreparedQuant, dt: DType) {

@@ -571,6 +571,35 @@ pub fn wgmma_available() -> bool {
     unsafe { ffi::paradec_wgmma_available() != 0 }
 }
 
+/// How the small-M path's lean loop sums its K splits (`set_split_sum`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitSum {
+    /// As the environment's `PARADEC_SPLIT_SUM` says (`cluster`, else `Global`).
+    Env,
+    /// Every split leaves f32 partials in the scratch; the last block of a column block to
+    /// finish sums them.
+    Global,
+    /// The splits of a column block run as one thread-block cluster and sum through shared
+    /// memory (compute capability 9.0 and later, 2 … 16 splits; elsewhere `Global`).
+    Cluster,
+}
+
+/// Sets how the lean loop sums its K splits, for the whole process (a test and bench hook:
+/// both ways give the same bits); returns the previous setting.
+pub fn set_split_sum(mode: SplitSum) -> SplitSum {
+    let code = match mode {
+        SplitSum::Env => 0,
+        SplitSum::Global => 1,
+        SplitSum::Cluster => 2,
+    };
+    // SAFETY: takes an integer the function range-checks; it touches no device.
+    match unsafe { ffi::paradec_set_split_sum(code) } {
+        1 => SplitSum::Global,
+        2 => SplitSum::Cluster,
+        _ => SplitSum::Env,
+    }
+}
+
 /// Whether this build holds the wgmma kernels' sm_90a code: `LinearPath::Wgmma` runs them on
 /// devices of compute capability 9.0.
 pub fn wgmma_built() -> bool {

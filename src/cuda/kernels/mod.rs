@@ -32,8 +32,8 @@ pub use kv_quant::{
 };
 pub use linear::{
     linear, quant_linear, quant_linear_group, quant_linear_group_scratch, quant_linear_sum,
-    quant_linear_sum_scratch, scale_inplace, vendor_gemm_available, wgmma_available, wgmma_built,
-    zeroed_counters_ffi, QuantLinearCall, QuantLinearTerm, QuantWeightArgs,
+    quant_linear_sum_scratch, scale_inplace, set_split_sum, vendor_gemm_available, wgmma_available,
+    wgmma_built, zeroed_counters_ffi, QuantLinearCall, QuantLinearTerm, QuantWeightArgs, SplitSum,
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub(crate) use rope::{rope_call, RopeMeta};
