@@ -44,11 +44,19 @@ inline void fill_split_table(int64_t by_units, int64_t keys128, int64_t most, in
 // `units` counts the blocks of (sequence, KV head, row chunk), `most` caps the count.
 enum class SplitRule { TensorCore, NativeCudaCore, QuantCudaCore };
 
+// The TensorCore rule's count for `units` blocks and a longest sequence of c·128 keys.
+inline int64_t tensor_core_splits(int64_t units, int64_t sms, int64_t most, int64_t c) {
+    return split_count(sms / units, 1, most, c);
+}
+
 // `head_dim` matters to NativeCudaCore only.
 inline void split_table(SplitRule rule, int64_t units, int64_t sms, int64_t most, int64_t head_dim,
                         int n, unsigned char *table) {
     switch (rule) {
-        case SplitRule::TensorCore: fill_split_table(sms / units, 1, most, n, table); break;
+        case SplitRule::TensorCore:
+            for (int64_t c = 1; c <= n; ++c)
+                table[c] = static_cast<unsigned char>(tensor_core_splits(units, sms, most, c) - 1);
+            break;
         case SplitRule::NativeCudaCore:
             fill_split_table(units <= 2 * sms ? 2 * sms / units : (8 * sms + units - 1) / units,
                              head_dim > 128 ? 1 : 2, most, n, table);
@@ -83,7 +91,7 @@ inline int frag_rows_for(int64_t rows_per_kv_head, int64_t seq_kv_pairs, int64_t
     if (blocks16 >= sms) return 16;
     // The TensorCore rule's split count for 8-row blocks at the capacity (chunks of 128 keys).
     const int64_t units8 = seq_kv_pairs * ((rows_per_kv_head + 7) / 8);
-    const int64_t splits8 = split_count(sms / units8, 1, sms, (capacity + 127) / 128);
+    const int64_t splits8 = tensor_core_splits(units8, sms, sms, (capacity + 127) / 128);
     return capacity / splits8 >= kFragLongSplit ? 16 : 8;
 }
 
