@@ -44,21 +44,19 @@ inline bool dependent_launch_on() {
     return !off && current_device_cc() >= 90;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
-// dependent_launch_on(), in clusters of (1, cluster_y, 1) blocks where cluster_y > 1 (sm_90; the
-// caller checks the device, and sets cudaFuncAttributeNonPortableClusterSizeAllowed past 8); a
-// paradec status (0, or the launch's cudaError_t, cleared).
-template <typename... Params, typename... Args>
-int launch_dependent_in_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                                 cudaStream_t stream, unsigned cluster_y, Args &&...args) {
-    cudaLaunchConfig_t cfg = {};
+// The configuration of a <<<grid, block, smem, stream>>> launch: a programmatic dependent launch
+// where `dependent`, in clusters of (1, cluster_y, 1) blocks where cluster_y > 1; cfg points at
+// attr, which the caller keeps alive beside it.
+inline void fill_launch_config(cudaLaunchConfig_t &cfg, cudaLaunchAttribute (&attr)[2], dim3 grid,
+                               dim3 block, size_t smem, cudaStream_t stream, bool dependent,
+                               unsigned cluster_y) {
+    cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
     unsigned n = 0;
-    if (dependent_launch_on()) {
+    if (dependent) {
         attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attr[n].val.programmaticStreamSerializationAllowed = 1;
         ++n;
@@ -72,6 +70,18 @@ int launch_dependent_in_clusters(void (*kernel)(Params...), dim3 grid, dim3 bloc
     }
     cfg.attrs = attr;
     cfg.numAttrs = n;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
+// dependent_launch_on(), in clusters of (1, cluster_y, 1) blocks where cluster_y > 1 (sm_90; the
+// caller checks the device, and sets cudaFuncAttributeNonPortableClusterSizeAllowed past 8); a
+// paradec status (0, or the launch's cudaError_t, cleared).
+template <typename... Params, typename... Args>
+int launch_dependent_in_clusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 cudaStream_t stream, unsigned cluster_y, Args &&...args) {
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute attr[2];
+    fill_launch_config(cfg, attr, grid, block, smem, stream, dependent_launch_on(), cluster_y);
     const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     if (e != cudaSuccess) {
         cudaGetLastError();

@@ -36,6 +36,9 @@
 // split order, so the result does not depend on timing and no second kernel runs.
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "activation.cuh"
@@ -782,7 +785,7 @@ __global__ void __launch_bounds__(kSmallCols, lean_blocks_per_sm(NT)) qmma_lean_
 // the column block's (row, column) outputs over the first `sums` blocks' shared memory in block
 // order — the additions of sum_splits in its order (the same bits as the global path), without
 // the partials' round trips through L2, the fence and the counter at the end of every block.
-// PARADEC_SPLIT_SUM=cluster takes it (sm_90, 2 … kClusterMaxSplit splits).
+// split_sum_way says when (sm_90, 2 … kClusterMaxSplit splits).
 constexpr int kClusterMaxSplit = 16;
 
 // Column block bx, K split by of call `a` (its products where `computes`), in a cluster whose
@@ -1019,14 +1022,31 @@ int dispatch_act(bool act, F &&f) {
 // paradec_set_split_sum's mode (0: the environment's).
 std::atomic<int> split_sum_mode{0};
 
-// Whether a lean launch of `splits` grid rows sums its K splits inside clusters
-// (lean_block_cluster): the mode, or PARADEC_SPLIT_SUM=cluster (read once); sm_90 or later;
-// 2 … 16 rows.
-bool cluster_sum_serves(int splits) {
-    static const bool env_on = env_is("PARADEC_SPLIT_SUM", "cluster");
-    const int mode = split_sum_mode.load(std::memory_order_relaxed);
-    const bool on = mode == 0 ? env_on : mode == 2;
-    return on && splits >= 2 && splits <= kClusterMaxSplit && current_device_cc() >= 90;
+// How a lean launch sums its K splits: the global sum; clusters always; or clusters only where
+// every cluster of the grid is resident at once. Clusters lost up to 60% on an H100 where a
+// launch had more clusters than the device holds at once — likely because a cluster's blocks
+// keep their SM slots until the whole cluster has summed (docs/gpu-bench-linear-h200.md).
+enum class SplitSumWay { Global, Cluster, Resident };
+
+// The default (mode 4, "auto"): resident clusters from this many rows, the global sum below.
+// On an H100 resident clusters took 2–6% off every family's 8-row decode step, but lost up to
+// 16% of Falcon-7B's 1-row step, whose clusters all fit (docs/gpu-bench-linear-h200.md).
+constexpr int64_t kClusterMinRows = 8;
+
+// The way for a lean launch of `rows` rows in `splits` grid rows: the mode, or
+// PARADEC_SPLIT_SUM=global / cluster / resident / auto (read once; unset is auto); clusters
+// need sm_90 or later and 2 … 16 splits.
+SplitSumWay split_sum_way(int splits, int64_t rows) {
+    static const int env_mode = env_is("PARADEC_SPLIT_SUM", "global")     ? 1
+                                : env_is("PARADEC_SPLIT_SUM", "cluster")  ? 2
+                                : env_is("PARADEC_SPLIT_SUM", "resident") ? 3
+                                                                          : 4;
+    const int set = split_sum_mode.load(std::memory_order_relaxed);
+    const int mode = set == 0 ? env_mode : set;
+    if (mode == 1 || (mode == 4 && rows < kClusterMinRows) || splits < 2 ||
+        splits > kClusterMaxSplit || current_device_cc() < 90)
+        return SplitSumWay::Global;
+    return mode == 2 ? SplitSumWay::Cluster : SplitSumWay::Resident;
 }
 
 // Dynamic shared memory of a cluster-summed lean block: the lean loop's, or the partials of
@@ -1035,12 +1055,49 @@ size_t cluster_sum_smem(size_t lean_bytes, int64_t m) {
     return std::max(lean_bytes, static_cast<size_t>(m) * kSmallCols * sizeof(float));
 }
 
+// How many clusters of (1, cluster_y) blocks of `kernel` with `smem` bytes the current device
+// holds at once (cudaOccupancyMaxActiveClusters), remembered per kernel, size and device: the
+// query walks the device's layout, and a decode step asks for the same launches every token.
+// 0 where the query fails (then no cluster launch is tried).
+int resident_clusters(const void *kernel, const cudaLaunchConfig_t &cfg, unsigned cluster_y) {
+    using Key = std::tuple<const void *, size_t, unsigned, int>;
+    static std::mutex mu;
+    static std::map<Key, int> known;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    const Key key{kernel, cfg.dynamicSmemBytes, cluster_y, dev};
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        const auto it = known.find(key);
+        if (it != known.end()) return it->second;
+    }
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        n = 0;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    known.emplace(key, n);
+    return n;
+}
+
 // A lean kernel launched in clusters of the grid's rows (grid.y blocks; past 8 a cluster size
-// the kernel must be allowed first). A refusal (a device that cannot hold such a cluster) is
-// returned, cleared, and the caller launches the global sum instead: nothing ran.
+// the kernel must be allowed first). Where `way` is Resident and the device cannot hold all the
+// grid's clusters at once, nothing is launched and kNotTaken returned; a refusal (a device that
+// cannot hold such a cluster) is returned, cleared. Either way the caller launches the global
+// sum instead: nothing ran.
+constexpr int kNotTaken = -1;
+
+// Lean launches this host thread summed inside clusters (paradec_cluster_sum_launches): a test
+// sees whether a mode took clusters at all, whatever other threads launch meanwhile.
+thread_local uint64_t cluster_sum_launches = 0;
+
 template <typename Kernel, typename Args>
-int launch_lean_clusters(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream,
-                         const Args &args) {
+int launch_lean_clusters(Kernel kernel, SplitSumWay way, dim3 grid, size_t smem,
+                         cudaStream_t stream, const Args &args) {
     if (grid.y > 8) {
         const cudaError_t e =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
@@ -1049,8 +1106,18 @@ int launch_lean_clusters(Kernel kernel, dim3 grid, size_t smem, cudaStream_t str
             return static_cast<int>(e);
         }
     }
-    return launch_dependent_in_clusters(kernel, grid, dim3(kSmallCols), smem, stream, grid.y,
-                                        args);
+    if (way == SplitSumWay::Resident) {
+        cudaLaunchConfig_t cfg;
+        cudaLaunchAttribute attr[2];
+        fill_launch_config(cfg, attr, grid, dim3(kSmallCols), smem, stream, false, grid.y);
+        if (resident_clusters(reinterpret_cast<const void *>(kernel), cfg, grid.y) <
+            static_cast<int>(grid.x))
+            return kNotTaken;
+    }
+    const int st = launch_dependent_in_clusters(kernel, grid, dim3(kSmallCols), smem, stream,
+                                                grid.y, args);
+    if (st == PARADEC_K_OK) ++cluster_sum_launches;
+    return st;
 }
 
 }  // namespace
@@ -1117,13 +1184,14 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
         using T = decltype(tag);
         return dispatch_act(any_act(g.call, g.count), [&](auto act) {
             constexpr bool A = decltype(act)::value;
-            if (lean && cluster_sum_serves(splits)) {
+            const SplitSumWay way = split_sum_way(splits, m);
+            if (lean && way != SplitSumWay::Global) {
                 const size_t smem = cluster_sum_smem(lean_bytes, m);
                 const int st =
-                    m <= 8 ? launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 1, A>, grid,
-                                                  smem, stream, lg)
-                           : launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 2, A>, grid,
-                                                  smem, stream, lg);
+                    m <= 8 ? launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 1, A>, way,
+                                                  grid, smem, stream, lg)
+                           : launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 2, A>, way,
+                                                  grid, smem, stream, lg);
                 if (st == PARADEC_K_OK) return st;  // else the global sum (launch_lean_clusters)
             }
             if (lean && m <= 8)
@@ -1163,12 +1231,13 @@ int launch_quant_small_sum(int dtype, const SmallGroup &g, cudaStream_t stream) 
                     static_cast<unsigned>(g.first[g.count]));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean && cluster_sum_serves(g.first[g.count])) {
+        const SplitSumWay way = split_sum_way(g.first[g.count], m);
+        if (lean && way != SplitSumWay::Global) {
             const size_t smem = cluster_sum_smem(lean_bytes, m);
             const int st =
-                m <= 8 ? launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 1>, grid, smem,
+                m <= 8 ? launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 1>, way, grid, smem,
                                               stream, lg)
-                       : launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 2>, grid, smem,
+                       : launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 2>, way, grid, smem,
                                               stream, lg);
             if (st == PARADEC_K_OK) return st;  // else the global sum (see launch_lean_clusters)
         }
@@ -1196,12 +1265,13 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
     const size_t lean_bytes = x_bytes ? lean_smem_bytes(la) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        if (lean_bytes && cluster_sum_serves(a.split)) {
+        const SplitSumWay way = split_sum_way(a.split, a.m);
+        if (lean_bytes && way != SplitSumWay::Global) {
             const size_t smem = cluster_sum_smem(lean_bytes, a.m);
             const auto kernel = a.m <= 8    ? qmma_lean_cluster_kernel<T, 1>
                                 : a.m <= 16 ? qmma_lean_cluster_kernel<T, 2>
                                             : qmma_lean_cluster_kernel<T, 4>;
-            const int st = launch_lean_clusters(kernel, grid, smem, stream, la);
+            const int st = launch_lean_clusters(kernel, way, grid, smem, stream, la);
             if (st == PARADEC_K_OK) return st;  // else the global sum (see launch_lean_clusters)
         }
         if (lean_bytes && a.m <= 8)
@@ -1226,6 +1296,8 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
 }  // namespace paradec
 
 extern "C" int paradec_set_split_sum(int mode) {
-    if (mode < 0 || mode > 2) return -1;
+    if (mode < 0 || mode > 4) return -1;
     return paradec::split_sum_mode.exchange(mode);
 }
+
+extern "C" uint64_t paradec_cluster_sum_launches(void) { return paradec::cluster_sum_launches; }

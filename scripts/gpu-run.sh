@@ -14,8 +14,10 @@
 #                  launches off (PARADEC_PDL=off), the fragment decode's 8 or 16 query rows a
 #                  block (PARADEC_FRAG_ROWS=8 / =16), each call's own K split in the warpgroup
 #                  MMA's one grid (PARADEC_WGMMA_GROUP_PLAN=own), its 64-row tiles up to 32 rows
-#                  (PARADEC_WGMMA_TOK32=off), the lean loop's K splits summed inside
-#                  clusters (PARADEC_SPLIT_SUM=cluster): tests and memcheck under them, then the
+#                  (PARADEC_WGMMA_TOK32=off), the lean loop's K splits summed through
+#                  global memory or inside clusters (PARADEC_SPLIT_SUM=global, =cluster, or
+#                  =resident: only where every cluster of a launch fits at once; the default
+#                  is resident from 8 rows): tests and memcheck under them, then the
 #                  lean linears, the decoder layers and decode attention timed under each,
 #                  side by side
 #   wgmma:         the warpgroup-MMA GEMM of quantized weights (sm_90a): the linear and decoder
@@ -160,7 +162,8 @@ fi
 if [[ "$MODE" == knobs ]]; then
   F="$D/fixtures"
   KNOBS=("PARADEC_PDL=off" "PARADEC_FRAG_ROWS=8" "PARADEC_FRAG_ROWS=16"
-    "PARADEC_WGMMA_GROUP_PLAN=own" "PARADEC_WGMMA_TOK32=off" "PARADEC_SPLIT_SUM=cluster")
+    "PARADEC_WGMMA_GROUP_PLAN=own" "PARADEC_WGMMA_TOK32=off" "PARADEC_SPLIT_SUM=global"
+    "PARADEC_SPLIT_SUM=cluster" "PARADEC_SPLIT_SUM=resident")
   {
     for k in "${KNOBS[@]}"; do
       echo "==== tests with $k"

@@ -187,12 +187,19 @@ int paradec_vendor_gemm_available(void);
 int paradec_wgmma_available(void);
 
 /* How the small-M path's lean loop sums its K splits, for the whole process (a test and bench
- * hook): 0 — as the environment's PARADEC_SPLIT_SUM says (=cluster, else global); 1 — global:
- * every split leaves f32 partials in the scratch and the last block of a column block to finish
- * sums them; 2 — cluster: the splits of a column block run as one thread-block cluster and sum
- * through shared memory (sm_90 and later, 2 … 16 splits; elsewhere global). Both give the same
- * bits. Returns the previous mode, or -1 for an unknown one (then nothing changes). */
+ * hook): 0 — as the environment's PARADEC_SPLIT_SUM says (=global, =cluster, =resident or
+ * =auto; unset is auto); 1 — global: every split leaves f32 partials in the scratch and the
+ * last block of a column block to finish sums them; 2 — cluster: the splits of a column block
+ * run as one thread-block cluster and sum through shared memory (sm_90 and later, 2 … 16
+ * splits; elsewhere global); 3 — resident: clusters only where the device holds all of a
+ * launch's clusters at once, else global; 4 — auto, the default: resident for 8 rows or more,
+ * global below. All give the same bits. Returns the previous mode, or -1 for an unknown one
+ * (then nothing changes). */
 int paradec_set_split_sum(int mode);
+
+/* How many lean launches the calling host thread has summed inside clusters so far (a test
+ * hook: whether a split-sum mode took clusters). */
+uint64_t paradec_cluster_sum_launches(void);
 
 /* Whether this build holds the wgmma kernels' sm_90a code (they run on devices of compute
  * capability 9.0): 1 or 0. */

@@ -882,17 +882,20 @@ impl Drop for SplitSumGuard {
 }
 
 /// The lean loop's K splits summed inside a thread-block cluster (compute capability 9.0 and
-/// later; elsewhere both runs take the global path) give the same bits as through global
-/// memory: one call at 2 … 16 splits, odd N, rows 1 … 31, with and without accumulation (also
+/// later; elsewhere every mode takes the global path) give the same bits as through global
+/// memory, in every `SplitSum` mode, and each mode takes clusters where it should (one call,
+/// counted on this thread): one call at 2 … 16 splits, odd N, rows 1 … 31, with and without accumulation (also
 /// against the CPU reference); a grouped launch whose calls split K 13, 8 and 10 ways (blocks
 /// past a call's split compute nothing and help sum); summed launches of 7 and 16 splits in all.
 /// The setting is process-wide: other tests running meanwhile see the same bits either way.
 #[test]
 fn cluster_split_sum_equals_global() {
-    use paradec::cuda::kernels::{set_split_sum, SplitSum};
+    use paradec::cuda::kernels::{cluster_sum_launches, set_split_sum, SplitSum};
     let Some(cs) = gpu_stream("cluster_split_sum") else {
         return;
     };
+    // Clusters need compute capability 9.0; elsewhere every mode is the global sum.
+    let hopper = paradec::cuda::properties(0).unwrap().compute_capability.0 >= 9;
     let cs = &cs;
     let _restore = SplitSumGuard(set_split_sum(SplitSum::Env));
     let path = LinearPath::SmallLean;
@@ -946,10 +949,26 @@ fn cluster_split_sum_equals_global() {
                         .unwrap();
                         download(&out)
                     };
-                    let global = run(SplitSum::Global);
-                    let cluster = run(SplitSum::Cluster);
+                    // The output, and whether the launch summed inside clusters.
+                    let run_counted = |mode| {
+                        let before = cluster_sum_launches();
+                        let out = run(mode);
+                        (out, cluster_sum_launches() > before)
+                    };
                     let what = format!("{dt} m={m} split={split} acc={accumulate}");
+                    let (global, in_clusters) = run_counted(SplitSum::Global);
+                    assert!(!in_clusters, "{what}: global took clusters");
+                    let (cluster, in_clusters) = run_counted(SplitSum::Cluster);
                     assert_eq!(bits(&cluster), bits(&global), "{what}: cluster ≠ global");
+                    assert_eq!(in_clusters, hopper, "{what}: cluster took clusters");
+                    // Resident: these two clusters fit at once, so clusters again (through the
+                    // occupancy query); auto, the default, the same from 8 rows.
+                    let (resident, in_clusters) = run_counted(SplitSum::Resident);
+                    assert_eq!(bits(&resident), bits(&global), "{what}: resident");
+                    assert_eq!(in_clusters, hopper, "{what}: resident took clusters");
+                    let (auto, in_clusters) = run_counted(SplitSum::Auto);
+                    assert_eq!(bits(&auto), bits(&global), "{what}: auto");
+                    assert_eq!(in_clusters, hopper && m >= 8, "{what}: auto took clusters");
                     assert_close(&what, dt, &cluster, &want);
                 }
             }
@@ -972,6 +991,8 @@ fn cluster_split_sum_equals_global() {
             };
             let global = run(SplitSum::Global);
             assert_eq!(run(SplitSum::Cluster), global, "{dt} m={m}: grouped, cluster ≠ global");
+            assert_eq!(run(SplitSum::Resident), global, "{dt} m={m}: grouped, resident");
+            assert_eq!(run(SplitSum::Auto), global, "{dt} m={m}: grouped, auto");
         }
         // Summed launches: splits (2, 2, 3) and (11, 3, 2), 7 and 16 in all.
         let tws = prepare(&sum_w, dt);
@@ -1006,6 +1027,12 @@ fn cluster_split_sum_equals_global() {
                     global,
                     "{dt} m={m} splits={splits:?}: summed, cluster ≠ global"
                 );
+                assert_eq!(
+                    run(SplitSum::Resident),
+                    global,
+                    "{dt} m={m} splits={splits:?}: summed, resident"
+                );
+                assert_eq!(run(SplitSum::Auto), global, "{dt} m={m} splits={splits:?}: summed, auto");
             }
         }
     }

@@ -574,7 +574,8 @@ pub fn wgmma_available() -> bool {
 /// How the small-M path's lean loop sums its K splits (`set_split_sum`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SplitSum {
-    /// As the environment's `PARADEC_SPLIT_SUM` says (`cluster`, else `Global`).
+    /// As the environment's `PARADEC_SPLIT_SUM` says (`global`, `cluster`, `resident`, `auto`;
+    /// unset is `Auto`).
     Env,
     /// Every split leaves f32 partials in the scratch; the last block of a column block to
     /// finish sums them.
@@ -582,22 +583,38 @@ pub enum SplitSum {
     /// The splits of a column block run as one thread-block cluster and sum through shared
     /// memory (compute capability 9.0 and later, 2 … 16 splits; elsewhere `Global`).
     Cluster,
+    /// `Cluster` where the device holds every cluster of the launch at once, else `Global`.
+    Resident,
+    /// The default: `Resident` for 8 rows or more, `Global` below (measured on an H100:
+    /// docs/gpu-bench-linear-h200.md).
+    Auto,
 }
 
 /// Sets how the lean loop sums its K splits, for the whole process (a test and bench hook:
-/// both ways give the same bits); returns the previous setting.
+/// every way gives the same bits); returns the previous setting.
 pub fn set_split_sum(mode: SplitSum) -> SplitSum {
     let code = match mode {
         SplitSum::Env => 0,
         SplitSum::Global => 1,
         SplitSum::Cluster => 2,
+        SplitSum::Resident => 3,
+        SplitSum::Auto => 4,
     };
     // SAFETY: takes an integer the function range-checks; it touches no device.
     match unsafe { ffi::paradec_set_split_sum(code) } {
         1 => SplitSum::Global,
         2 => SplitSum::Cluster,
+        3 => SplitSum::Resident,
+        4 => SplitSum::Auto,
         _ => SplitSum::Env,
     }
+}
+
+/// How many lean launches the calling thread has summed inside clusters so far (a test hook:
+/// whether a `SplitSum` mode took clusters).
+pub fn cluster_sum_launches() -> u64 {
+    // SAFETY: reads a thread-local counter; no arguments, no device.
+    unsafe { ffi::paradec_cluster_sum_launches() }
 }
 
 /// Whether this build holds the wgmma kernels' sm_90a code: `LinearPath::Wgmma` runs them on

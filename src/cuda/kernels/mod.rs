@@ -31,9 +31,10 @@ pub use kv_quant::{
     table_meta_bytes, DECODE_MAX_Q,
 };
 pub use linear::{
-    linear, quant_linear, quant_linear_group, quant_linear_group_scratch, quant_linear_sum,
-    quant_linear_sum_scratch, scale_inplace, set_split_sum, vendor_gemm_available, wgmma_available,
-    wgmma_built, zeroed_counters_ffi, QuantLinearCall, QuantLinearTerm, QuantWeightArgs, SplitSum,
+    cluster_sum_launches, linear, quant_linear, quant_linear_group, quant_linear_group_scratch,
+    quant_linear_sum, quant_linear_sum_scratch, scale_inplace, set_split_sum,
+    vendor_gemm_available, wgmma_available, wgmma_built, zeroed_counters_ffi, QuantLinearCall,
+    QuantLinearTerm, QuantWeightArgs, SplitSum,
 };
 pub use norm::{add_norm, add_norm2, norm, norm2};
 pub(crate) use rope::{rope_call, RopeMeta};
