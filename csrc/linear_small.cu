@@ -1030,7 +1030,7 @@ enum class SplitSumWay { Global, Cluster, Resident };
 
 // The default (mode 4, "auto"): resident clusters from this many rows, the global sum below.
 // On an H100 resident clusters took 2–6% off every family's 8-row decode step, but lost up to
-// 16% of Falcon-7B's 1-row step, whose clusters all fit (docs/gpu-bench-linear-h200.md).
+// 18% of Falcon-7B's 1-row step, whose clusters all fit (docs/gpu-bench-linear-h200.md).
 constexpr int64_t kClusterMinRows = 8;
 
 // The way for a lean launch of `rows` rows in `splits` grid rows: the mode, or
