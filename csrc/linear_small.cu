@@ -1049,75 +1049,71 @@ SplitSumWay split_sum_way(int splits, int64_t rows) {
     return mode == 2 ? SplitSumWay::Cluster : SplitSumWay::Resident;
 }
 
-// Dynamic shared memory of a cluster-summed lean block: the lean loop's, or the partials of
-// its m rows where those take more.
-size_t cluster_sum_smem(size_t lean_bytes, int64_t m) {
-    return std::max(lean_bytes, static_cast<size_t>(m) * kSmallCols * sizeof(float));
-}
-
-// How many clusters of (1, cluster_y) blocks of `kernel` with `smem` bytes the current device
-// holds at once (cudaOccupancyMaxActiveClusters), remembered per kernel, size and device: the
-// query walks the device's layout, and a decode step asks for the same launches every token.
-// 0 where the query fails (then no cluster launch is tried).
-int resident_clusters(const void *kernel, const cudaLaunchConfig_t &cfg, unsigned cluster_y) {
+// Whether and how many clusters of (1, cluster_y) blocks of `kernel` with `smem` bytes the
+// current device takes, asked once per kernel, size and device (a decode step launches the same
+// every token): the kernel allowed clusters past 8 blocks where cluster_y needs it (-1 where
+// refused: no cluster launch then), and cudaOccupancyMaxActiveClusters — the clusters it holds
+// at once, 0 where the query fails.
+int cluster_room(const void *kernel, size_t smem, unsigned cluster_y) {
     using Key = std::tuple<const void *, size_t, unsigned, int>;
     static std::mutex mu;
     static std::map<Key, int> known;
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) {
         cudaGetLastError();
-        return 0;
+        return -1;
     }
-    const Key key{kernel, cfg.dynamicSmemBytes, cluster_y, dev};
+    const Key key{kernel, smem, cluster_y, dev};
     {
         std::lock_guard<std::mutex> lock(mu);
         const auto it = known.find(key);
         if (it != known.end()) return it->second;
     }
     int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    if (cluster_y > 8 &&
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+            cudaSuccess) {
         cudaGetLastError();
-        n = 0;
+        n = -1;
+    } else {
+        cudaLaunchConfig_t cfg;
+        cudaLaunchAttribute attr[2];
+        fill_launch_config(cfg, attr, dim3(1, cluster_y), dim3(kSmallCols), smem, nullptr, false,
+                           cluster_y);
+        if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+            cudaGetLastError();
+            n = 0;
+        }
     }
     std::lock_guard<std::mutex> lock(mu);
     known.emplace(key, n);
     return n;
 }
 
-// A lean kernel launched in clusters of the grid's rows (grid.y blocks; past 8 a cluster size
-// the kernel must be allowed first). Where `way` is Resident and the device cannot hold all the
-// grid's clusters at once, nothing is launched and kNotTaken returned; a refusal (a device that
-// cannot hold such a cluster) is returned, cleared. Either way the caller launches the global
-// sum instead: nothing ran.
-constexpr int kNotTaken = -1;
-
 // Lean launches this host thread summed inside clusters (paradec_cluster_sum_launches): a test
 // sees whether a mode took clusters at all, whatever other threads launch meanwhile.
 thread_local uint64_t cluster_sum_launches = 0;
 
+// Launches a lean kernel of `rows` rows summing its K splits inside clusters of the grid's rows
+// (grid.y blocks), where split_sum_way says so and the device takes them (all of the grid's
+// clusters at once, for Resident); its shared memory the lean loop's `lean_bytes` or the
+// partials, where larger. Whether it ran: where not, nothing ran (a launch refused is cleared)
+// and the caller launches the global sum.
 template <typename Kernel, typename Args>
-int launch_lean_clusters(Kernel kernel, SplitSumWay way, dim3 grid, size_t smem,
-                         cudaStream_t stream, const Args &args) {
-    if (grid.y > 8) {
-        const cudaError_t e =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-        if (e != cudaSuccess) {
-            cudaGetLastError();
-            return static_cast<int>(e);
-        }
-    }
-    if (way == SplitSumWay::Resident) {
-        cudaLaunchConfig_t cfg;
-        cudaLaunchAttribute attr[2];
-        fill_launch_config(cfg, attr, grid, dim3(kSmallCols), smem, stream, false, grid.y);
-        if (resident_clusters(reinterpret_cast<const void *>(kernel), cfg, grid.y) <
-            static_cast<int>(grid.x))
-            return kNotTaken;
-    }
-    const int st = launch_dependent_in_clusters(kernel, grid, dim3(kSmallCols), smem, stream,
-                                                grid.y, args);
-    if (st == PARADEC_K_OK) ++cluster_sum_launches;
-    return st;
+bool launched_in_clusters(Kernel kernel, int64_t rows, dim3 grid, size_t lean_bytes,
+                          cudaStream_t stream, const Args &args) {
+    const SplitSumWay way = split_sum_way(static_cast<int>(grid.y), rows);
+    if (way == SplitSumWay::Global) return false;
+    const size_t smem =
+        std::max(lean_bytes, static_cast<size_t>(rows) * kSmallCols * sizeof(float));
+    const int room = cluster_room(reinterpret_cast<const void *>(kernel), smem, grid.y);
+    if (room < 0 || (way == SplitSumWay::Resident && room < static_cast<int>(grid.x)))
+        return false;
+    if (launch_dependent_in_clusters(kernel, grid, dim3(kSmallCols), smem, stream, grid.y,
+                                     args) != PARADEC_K_OK)
+        return false;
+    ++cluster_sum_launches;
+    return true;
 }
 
 }  // namespace
@@ -1184,16 +1180,10 @@ int launch_quant_small_group(int dtype, const SmallGroup &g, cudaStream_t stream
         using T = decltype(tag);
         return dispatch_act(any_act(g.call, g.count), [&](auto act) {
             constexpr bool A = decltype(act)::value;
-            const SplitSumWay way = split_sum_way(splits, m);
-            if (lean && way != SplitSumWay::Global) {
-                const size_t smem = cluster_sum_smem(lean_bytes, m);
-                const int st =
-                    m <= 8 ? launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 1, A>, way,
-                                                  grid, smem, stream, lg)
-                           : launch_lean_clusters(qmma_lean_group_cluster_kernel<T, 2, A>, way,
-                                                  grid, smem, stream, lg);
-                if (st == PARADEC_K_OK) return st;  // else the global sum (launch_lean_clusters)
-            }
+            if (lean && launched_in_clusters(m <= 8 ? qmma_lean_group_cluster_kernel<T, 1, A>
+                                                    : qmma_lean_group_cluster_kernel<T, 2, A>,
+                                             m, grid, lean_bytes, stream, lg))
+                return static_cast<int>(PARADEC_K_OK);
             if (lean && m <= 8)
                 return launch_dependent(qmma_lean_group_kernel<T, 1, A>, grid, dim3(kSmallCols),
                                         lean_bytes, stream, lg);
@@ -1231,16 +1221,10 @@ int launch_quant_small_sum(int dtype, const SmallGroup &g, cudaStream_t stream) 
                     static_cast<unsigned>(g.first[g.count]));
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        const SplitSumWay way = split_sum_way(g.first[g.count], m);
-        if (lean && way != SplitSumWay::Global) {
-            const size_t smem = cluster_sum_smem(lean_bytes, m);
-            const int st =
-                m <= 8 ? launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 1>, way, grid, smem,
-                                              stream, lg)
-                       : launch_lean_clusters(qmma_lean_sum_cluster_kernel<T, 2>, way, grid, smem,
-                                              stream, lg);
-            if (st == PARADEC_K_OK) return st;  // else the global sum (see launch_lean_clusters)
-        }
+        if (lean && launched_in_clusters(m <= 8 ? qmma_lean_sum_cluster_kernel<T, 1>
+                                                : qmma_lean_sum_cluster_kernel<T, 2>,
+                                         m, grid, lean_bytes, stream, lg))
+            return static_cast<int>(PARADEC_K_OK);
         if (lean && m <= 8)
             return launch_dependent(qmma_lean_sum_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
                                     stream, lg);
@@ -1265,15 +1249,11 @@ int launch_quant_small(int dtype, const SmallArgs &a, bool lean, cudaStream_t st
     const size_t lean_bytes = x_bytes ? lean_smem_bytes(la) : 0;
     return dispatch_dtype(dtype, [&](auto tag) {
         using T = decltype(tag);
-        const SplitSumWay way = split_sum_way(a.split, a.m);
-        if (lean_bytes && way != SplitSumWay::Global) {
-            const size_t smem = cluster_sum_smem(lean_bytes, a.m);
-            const auto kernel = a.m <= 8    ? qmma_lean_cluster_kernel<T, 1>
-                                : a.m <= 16 ? qmma_lean_cluster_kernel<T, 2>
-                                            : qmma_lean_cluster_kernel<T, 4>;
-            const int st = launch_lean_clusters(kernel, way, grid, smem, stream, la);
-            if (st == PARADEC_K_OK) return st;  // else the global sum (see launch_lean_clusters)
-        }
+        if (lean_bytes && launched_in_clusters(a.m <= 8    ? qmma_lean_cluster_kernel<T, 1>
+                                               : a.m <= 16 ? qmma_lean_cluster_kernel<T, 2>
+                                                           : qmma_lean_cluster_kernel<T, 4>,
+                                               a.m, grid, lean_bytes, stream, la))
+            return static_cast<int>(PARADEC_K_OK);
         if (lean_bytes && a.m <= 8)
             return launch_dependent(qmma_lean_kernel<T, 1>, grid, dim3(kSmallCols), lean_bytes,
                                     stream, la);

@@ -118,9 +118,9 @@ __device__ __forceinline__ uint32_t cluster_rank() {
 // thread has done reading, which needs no wider ordering).
 __device__ __forceinline__ void barrier_arrive_cluster(uint64_t *bar, uint32_t rank) {
 #if PARADEC_WGMMA_ARCH
-    uint32_t remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_addr(bar)), "r"(rank));
-    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(
+                     cluster_map(smem_addr(bar), rank))
+                 : "memory");
 #endif
 }
 
