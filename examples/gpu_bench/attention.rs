@@ -48,7 +48,7 @@ fn read_probe_bw(b: &Bench, n: usize) -> Result<f64> {
 
 /// Fills a device buffer with a random pattern of `dt` values: 64 MiB from the host, then
 /// device-to-device doubling (fast for buffers of tens of GB).
-fn fill_big(buf: &mut DeviceBuffer, dt: Dt, lo: f32, hi: f32, seed: u64) -> Result<()> {
+pub(super) fn fill_big(buf: &mut DeviceBuffer, dt: Dt, lo: f32, hi: f32, seed: u64) -> Result<()> {
     let chunk = buf.len().min(64 << 20);
     let mut p = Pool::new(chunk, 1)?;
     p.fill_float(dt, lo, hi, seed)?;

@@ -3,7 +3,8 @@
 //! GPT-J-6B-, Command-R-08-2024- and Falcon-7B-shaped layers with random GPTQ-4 g128 and EXL2
 //! uniform 4-bit g128 weights, at several cached lengths and batches 1, 8 and 32. The floor is
 //! (the layer's weight bytes + the K/V bytes the step reads) / the read bandwidth measured in
-//! the same run. Each step is timed launched eagerly (host work included) and replayed from a
+//! the same run; the checkpoint floor counts the weights' bytes in their checkpoint's format
+//! instead of the device layout's (`checkpoint_bytes`). Each step is timed launched eagerly (host work included) and replayed from a
 //! CUDA graph (`ParallelDecoder::capture_decode`; the host restages the step's tables).
 //! `--decoder-batches 2,4` times only those batches at 1k keys (no prefill).
 
@@ -15,14 +16,14 @@ use paradec::{
 };
 use std::time::Instant;
 
-struct Shape {
-    name: &'static str,
+pub(super) struct Shape {
+    pub(super) name: &'static str,
     config: &'static str,
     /// Rows per quantization group (128, or 64 where 128 does not divide the widths).
-    group: usize,
+    pub(super) group: usize,
 }
 
-const SHAPES: &[Shape] = &[
+pub(super) const SHAPES: &[Shape] = &[
     Shape {
         name: "gptj-6b",
         group: 128,
@@ -45,6 +46,47 @@ const SHAPES: &[Shape] = &[
             "max_position_embeddings":65536,"layer_norm_epsilon":1e-5}"#,
     },
 ];
+
+/// The bytes `layer`'s 4-bit projections take in their checkpoint's own format: the codes
+/// plus, per group and column, GPTQ's f16 scale and packed 4-bit zero (2.5 bytes) or EXL2's
+/// packed 4-bit scale code (0.5 bytes; its per-group f16 maxima and row order are negligible).
+/// The device layout keeps an f32 (scale, −zero·scale) pair per group and column instead
+/// (8 bytes), which `weight_bytes` counts: at 4 bits the pairs add 12.5% to the codes' bytes at
+/// groups of 128 (GPTQ's own scales and zeros 3.9%, EXL2's 0.8%) and 25% at groups of 64. The
+/// norms are counted as `weight_bytes` counts them.
+pub(super) fn checkpoint_bytes(layer: &ParallelDecoder, exl2: bool, group: usize) -> usize {
+    let linears = layer.linears();
+    let device: usize = linears.iter().map(|l| l.weight_bytes()).sum();
+    let checkpoint: usize = linears
+        .iter()
+        .map(|l| {
+            let (k, n) = (l.in_features, l.out_features);
+            let group_cols = k.div_ceil(group) * n;
+            k * n / 2
+                + if exl2 {
+                    group_cols / 2
+                } else {
+                    group_cols * 5 / 2
+                }
+        })
+        .sum();
+    layer.weight_bytes() - device + checkpoint
+}
+
+/// A bench layer's architecture with 4-bit weights (EXL2 or GPTQ, the shape's group size), and
+/// the format's name for the tables.
+pub(super) fn shape_arch(shape: &Shape, exl2: bool) -> Result<(ArchParams, String)> {
+    let fmt = format!("{}-4 g{}", if exl2 { "exl2" } else { "gptq" }, shape.group);
+    let mut cfg: serde_json::Value = serde_json::from_str(shape.config)
+        .map_err(|e| Error::bad_input(format!("{}: {e}", shape.name)))?;
+    cfg["quantization_config"] = if exl2 {
+        serde_json::json!({"quant_method": "exl2", "bits": 4.0})
+    } else {
+        serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": shape.group,
+            "desc_act": false, "sym": true})
+    };
+    Ok((ArchParams::from_json(&cfg)?, fmt))
+}
 
 /// Random packed tensors of one projection [n_out, k_in] in GPTQ-4 g128 or EXL2-4 g128 form.
 fn packed(
@@ -134,7 +176,7 @@ fn packed(
 }
 
 /// A one-layer model's tensors for `arch` with random packed projections.
-fn layer_weights(arch: &ArchParams, exl2: bool, gs: usize) -> Result<Weights> {
+pub(super) fn layer_weights(arch: &ArchParams, exl2: bool, gs: usize) -> Result<Weights> {
     weights_of(&layer_tensors(arch, exl2, gs))
 }
 
@@ -229,7 +271,7 @@ pub fn model_bench(quick: bool) -> Result<()> {
         read_bw / 1e9
     );
     println!(
-        "| weights | KV length | eager ms / token | graph ms / token | graph tokens/s | floor ms | graph × floor | load + prepare s |"
+        "| weights | KV length | eager ms / token | graph ms / token | graph tokens/s | floor ms | graph × floor | checkpoint floor ms | graph × checkpoint floor | load + prepare s |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let gptj = SHAPES[0].config.replace("\"n_layer\":1", "\"n_layer\":32");
@@ -302,6 +344,12 @@ pub fn model_bench(quick: bool) -> Result<()> {
         drop(weights);
         // Every weight is read once per token except the embedding (one row).
         let wbytes = model.weight_bytes() - v * h * 2;
+        let ckpt_bytes = wbytes
+            - model
+                .layers()
+                .iter()
+                .map(|l| l.weight_bytes() - checkpoint_bytes(l, exl2, 128))
+                .sum::<usize>();
         for &len in if quick {
             &[1024][..]
         } else {
@@ -348,11 +396,13 @@ pub fn model_bench(quick: bool) -> Result<()> {
             drop(g);
             let kv = 2 * (len + steps) * arch.kv_heads * arch.head_dim * 2 * arch.num_layers;
             let floor_ms = (wbytes + kv) as f64 / read_bw * 1e3;
+            let ckpt_ms = (ckpt_bytes + kv) as f64 / read_bw * 1e3;
             println!(
-                "| {} | {len} | {eager:.3} | {graph:.3} | {:.0} | {floor_ms:.3} | {:.2} | {load_s:.1} |",
+                "| {} | {len} | {eager:.3} | {graph:.3} | {:.0} | {floor_ms:.3} | {:.2} | {ckpt_ms:.3} | {:.2} | {load_s:.1} |",
                 if exl2 { "exl2-4 g128" } else { "gptq-4 g128" },
                 1e3 / graph,
-                graph / floor_ms
+                graph / floor_ms,
+                graph / ckpt_ms
             );
         }
     }
@@ -360,7 +410,7 @@ pub fn model_bench(quick: bool) -> Result<()> {
 }
 
 /// Median µs of `reps` calls of `f` queued back to back on `cs`, over `samples` samples.
-fn time_us(
+pub(super) fn time_us(
     cs: &CudaStream,
     samples: usize,
     reps: usize,
@@ -468,24 +518,15 @@ pub fn main_bench(quick: bool, only: Option<&str>, batches: Option<&[usize]>) ->
         read_bw / 1e9
     );
     println!(
-        "| layer | weights | batch | KV length | eager µs | graph µs | floor µs | graph × floor | prepare ms |"
+        "| layer | weights | batch | KV length | eager µs | graph µs | floor µs | graph × floor | checkpoint floor µs | graph × checkpoint floor | prepare ms |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for shape in SHAPES {
         if only.is_some_and(|o| !shape.name.contains(o)) {
             continue;
         }
         for exl2 in [false, true] {
-            let fmt = format!("{}-4 g{}", if exl2 { "exl2" } else { "gptq" }, shape.group);
-            let mut cfg: serde_json::Value = serde_json::from_str(shape.config)
-                .map_err(|e| Error::bad_input(format!("{}: {e}", shape.name)))?;
-            cfg["quantization_config"] = if exl2 {
-                serde_json::json!({"quant_method": "exl2", "bits": 4.0})
-            } else {
-                serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": shape.group,
-                    "desc_act": false, "sym": true})
-            };
-            let arch = ArchParams::from_json(&cfg)?;
+            let (arch, fmt) = shape_arch(shape, exl2)?;
             let weights = layer_weights(&arch, exl2, shape.group)?;
             let key = format!("{}.0", arch.names.layer_prefix);
             let mut layer = ParallelDecoder::new(&arch, &weights, &key, 0, 0, 0)?;
@@ -493,6 +534,7 @@ pub fn main_bench(quick: bool, only: Option<&str>, batches: Option<&[usize]>) ->
             layer.load_as(Device::Cuda(0), DType::F16)?;
             let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
             let wbytes = layer.weight_bytes();
+            let ckpt_bytes = checkpoint_bytes(&layer, exl2, shape.group);
             let mut cases: Vec<(usize, usize)> = lens.iter().map(|&l| (1, l)).collect();
             for batch in [8, 32] {
                 cases.push((batch, 1024));
@@ -537,10 +579,12 @@ pub fn main_bench(quick: bool, only: Option<&str>, batches: Option<&[usize]>) ->
                 drop(g);
                 let kv_bytes = batch * 2 * len * arch.kv_heads * arch.head_dim * 2;
                 let floor_us = (wbytes + kv_bytes) as f64 / read_bw * 1e6;
+                let ckpt_us = (ckpt_bytes + kv_bytes) as f64 / read_bw * 1e6;
                 println!(
-                    "| {} | {fmt} | {batch} | {len} | {eager:.1} | {graph:.1} | {floor_us:.1} | {:.2} | {prepare_ms:.0} |",
+                    "| {} | {fmt} | {batch} | {len} | {eager:.1} | {graph:.1} | {floor_us:.1} | {:.2} | {ckpt_us:.1} | {:.2} | {prepare_ms:.0} |",
                     shape.name,
-                    graph / floor_us
+                    graph / floor_us,
+                    graph / ckpt_us
                 );
             }
             if batches.is_none() {

@@ -11,7 +11,8 @@
 //! with `--lin-read-pattern` a table of the weights read alone in the lean loop's pattern;
 //! `--attention` the attention family (examples/gpu_bench/attention.rs: TFLOP/s and KV GB/s);
 //! `--decoder` one decode step of whole layers, `--model` a 32-layer model's decode tokens/s
-//! (examples/gpu_bench/decoder.rs).
+//! (examples/gpu_bench/decoder.rs), `--decoder-parts` a step against its linears and attention
+//! timed alone (examples/gpu_bench/decoder_parts.rs).
 //! Prints a table; with --csv, also writes it as CSV (for scripts/bench_join.py).
 
 use std::ffi::c_void;
@@ -24,6 +25,7 @@ use paradec::{Error, Result};
 mod activation;
 mod attention;
 mod decoder;
+mod decoder_parts;
 mod embedding;
 mod linear;
 mod norm;
@@ -347,6 +349,11 @@ fn main() -> Result<()> {
     if args.iter().any(|a| a == "--model") {
         // Whole-model decode tokens/s (examples/gpu_bench/decoder.rs).
         return decoder::model_bench(quick);
+    }
+    if args.iter().any(|a| a == "--decoder-parts") {
+        // A decode step against its linears and attention (examples/gpu_bench/decoder_parts.rs).
+        let batches = flag_list(&args, "--decoder-batches")?;
+        return decoder_parts::parts_bench(quick, only.as_deref(), batches.as_deref());
     }
     if args.iter().any(|a| a == "--decoder") {
         // One decode step of whole layers (examples/gpu_bench/decoder.rs), its own table.
