@@ -1,7 +1,8 @@
 //! Linears: GPTQ-4 g128 act-order, GPTQ-8 g128, EXL2 uniform 3/4/6-bit g128 and an all-widths
 //! mix, dense f16; the weights' random codes are generated here on the host (never carried) in
 //! paradec's device layout. The floor of a case is its bytes (packed weights, scales, x, out) /
-//! the read bandwidth measured in the same run (`measure_read_bw`).
+//! the read bandwidth measured in the same run (`measure_read_bw`); the checkpoint floor counts
+//! the scales and row order in their checkpoint's form instead (`Fmt::checkpoint_scale_bytes`).
 
 use super::*;
 use paradec::vocab::LinearPath;
@@ -97,6 +98,25 @@ impl Fmt {
     fn permuted(self) -> bool {
         !matches!(self, Fmt::Gptq8 | Fmt::Dense)
     }
+    /// The bytes a checkpoint's scales and zeros of `groups` groups × `n` columns take (the
+    /// device layout holds an f32 pair, 8 bytes, per group and column): GPTQ an f16 scale and a
+    /// zero of the weights' width packed, EXL2 a 4-bit scale code and an f16 maximum per group.
+    fn checkpoint_scale_bytes(self, groups: usize, n: usize) -> usize {
+        match self {
+            Fmt::Gptq4Act => groups * n * (16 + 4) / 8,
+            Fmt::Gptq8 => groups * n * (16 + 8) / 8,
+            Fmt::Exl2(_) | Fmt::Exl2Mix => groups * n / 2 + groups * 2,
+            Fmt::Dense => 0,
+        }
+    }
+    /// A checkpoint's row order of the bytes the device layout's i32 row sources take: GPTQ's
+    /// i32 `g_idx`, EXL2's i16 permutation.
+    fn checkpoint_perm_bytes(self, device_bytes: usize) -> usize {
+        match self {
+            Fmt::Exl2(_) | Fmt::Exl2Mix => device_bytes / 2,
+            _ => device_bytes,
+        }
+    }
 }
 
 pub struct XorShift(pub u64);
@@ -115,6 +135,8 @@ pub struct LinRow {
     pub n: usize,
     pub m: usize,
     pub bytes: usize,
+    /// The bytes with the weights in their checkpoint's own form (`checkpoint_scale_bytes`).
+    pub ckpt_bytes: usize,
     pub t: Timing,
     pub path: &'static str,
     pub split: usize,
@@ -315,6 +337,7 @@ pub fn run(
                     n,
                     m,
                     bytes: wbytes + m * (k + n) * 2,
+                    ckpt_bytes: wbytes + m * (k + n) * 2,
                     t,
                     path: path_label(lp),
                     split: 1,
@@ -497,6 +520,12 @@ pub fn run(
             n,
             m,
             bytes: per_set + m * (k + n) * 2 + perm.as_ref().map_or(0, Vec::len),
+            ckpt_bytes: wbytes
+                + fmt.checkpoint_scale_bytes(groups, n)
+                + m * (k + n) * 2
+                + perm
+                    .as_ref()
+                    .map_or(0, |p| fmt.checkpoint_perm_bytes(p.len())),
             t,
             // The wgmma launcher runs the mma.sync tiles where the widths mix.
             path: if plan.path == LinearPath::Wgmma && uniform == 0 {
@@ -531,13 +560,13 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
         .clone()
         .unwrap_or_else(|| vec![1usize, 2, 4, 8, 16, 32, 64, 128, 512, 2048]);
     let mut csv = String::from(
-        "kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_read,floor_us,x_floor,path\n",
+        "kernel,dtype,shape,us_b2b,us_graph,bytes,gbps,pct_read,floor_us,x_floor,path,ckpt_floor_us,x_ckpt_floor\n",
     );
     if opts.read_pattern {
         read_pattern_table(b, &shapes, read_bw)?;
     }
     println!(
-        "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n| linear | K×N | M | path | µs (b2b) | µs (graph) | GB/s | floor µs | × floor | checkpoint floor µs | × checkpoint floor | TFLOPS |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for fmt in Fmt::ALL {
         if let Some(f) = &opts.fmts {
@@ -550,6 +579,7 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
                 let best = r.t.b2b_us.min(r.t.graph_us);
                 let gbps = r.bytes as f64 / (best * 1e-6) / 1e9;
                 let floor = r.bytes as f64 / read_bw * 1e6;
+                let ckpt_floor = r.ckpt_bytes as f64 / read_bw * 1e6;
                 let tflops = 2.0 * (r.m * r.k * r.n) as f64 / (best * 1e-6) / 1e12;
                 // The path, with its K split where it has one.
                 let path = if r.split > 1 {
@@ -558,7 +588,7 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
                     r.path.to_string()
                 };
                 println!(
-                    "| {} | {}x{} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
+                    "| {} | {}x{} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
                     r.fmt,
                     r.k,
                     r.n,
@@ -569,10 +599,12 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
                     gbps,
                     floor,
                     best / floor,
+                    ckpt_floor,
+                    best / ckpt_floor,
                     tflops
                 );
                 csv.push_str(&format!(
-                    "linear_{},f16,{}x{}x{},{:.3},{:.3},{},{:.1},{:.1},{:.3},{:.3},{}\n",
+                    "linear_{},f16,{}x{}x{},{:.3},{:.3},{},{:.1},{:.1},{:.3},{:.3},{},{:.3},{:.3}\n",
                     r.fmt,
                     r.m,
                     r.k,
@@ -584,7 +616,9 @@ pub fn run_all(b: &Bench, quick: bool, read_bw: f64, opts: &LinOpts) -> Result<S
                     100.0 * gbps * 1e9 / read_bw,
                     floor,
                     best / floor,
-                    r.path
+                    r.path,
+                    ckpt_floor,
+                    best / ckpt_floor
                 ));
             }
         }
