@@ -23,7 +23,7 @@ pub(super) struct Shape {
     pub(super) group: usize,
 }
 
-pub(super) const SHAPES: &[Shape] = &[
+const SHAPES: &[Shape] = &[
     Shape {
         name: "gptj-6b",
         group: 128,
@@ -75,7 +75,7 @@ pub(super) fn checkpoint_bytes(layer: &ParallelDecoder, exl2: bool, group: usize
 
 /// A bench layer's architecture with 4-bit weights (EXL2 or GPTQ, the shape's group size), and
 /// the format's name for the tables.
-pub(super) fn shape_arch(shape: &Shape, exl2: bool) -> Result<(ArchParams, String)> {
+fn shape_arch(shape: &Shape, exl2: bool) -> Result<(ArchParams, String)> {
     let fmt = format!("{}-4 g{}", if exl2 { "exl2" } else { "gptq" }, shape.group);
     let mut cfg: serde_json::Value = serde_json::from_str(shape.config)
         .map_err(|e| Error::bad_input(format!("{}: {e}", shape.name)))?;
@@ -86,6 +86,72 @@ pub(super) fn shape_arch(shape: &Shape, exl2: bool) -> Result<(ArchParams, Strin
             "desc_act": false, "sym": true})
     };
     Ok((ArchParams::from_json(&cfg)?, fmt))
+}
+
+/// A decode step's state on the device: an f16 cache of `len + 1` positions with `len` written
+/// (batch sequences, one layer) and a hidden state of `batch` rows (`seed` varies its values).
+pub(super) fn step_state(
+    arch: &ArchParams,
+    batch: usize,
+    len: usize,
+    seed: usize,
+) -> Result<(KvCache, Tensor)> {
+    let dev = Device::Cuda(0);
+    let mut cache = KvCache::new(
+        1,
+        batch,
+        len + 1,
+        arch.kv_heads,
+        arch.head_dim,
+        DType::F16,
+        dev,
+    )?;
+    cache.record_written(0, &vec![0; batch], len)?;
+    let x: Vec<f32> = (0..batch * arch.hidden)
+        .map(|j| (((j * 37 + seed) % 101) as f32 - 50.0) * 1e-3)
+        .collect();
+    let hidden = Tensor::from_f32_as(&x, &[batch, arch.hidden], DType::F16)?.to_device(dev)?;
+    Ok((cache, hidden))
+}
+
+/// One bench layer's inputs: its shape and format, its architecture with the format's name for
+/// the tables, random weights and the layer's key in them.
+pub(super) struct BenchLayer {
+    pub(super) shape: &'static Shape,
+    pub(super) exl2: bool,
+    pub(super) arch: ArchParams,
+    pub(super) fmt: String,
+    pub(super) weights: Weights,
+    pub(super) key: String,
+}
+
+impl BenchLayer {
+    /// The layer, in host memory.
+    pub(super) fn decoder(&self) -> Result<ParallelDecoder> {
+        ParallelDecoder::new(&self.arch, &self.weights, &self.key, 0, 0, 0)
+    }
+}
+
+/// Both formats (GPTQ, then EXL2) of every shape whose name contains `only` (all when None),
+/// each built as it is reached.
+pub(super) fn bench_layers(only: Option<&str>) -> impl Iterator<Item = Result<BenchLayer>> + '_ {
+    SHAPES
+        .iter()
+        .filter(move |s| only.is_none_or(|o| s.name.contains(o)))
+        .flat_map(|shape| [false, true].map(|exl2| (shape, exl2)))
+        .map(|(shape, exl2)| {
+            let (arch, fmt) = shape_arch(shape, exl2)?;
+            let weights = layer_weights(&arch, exl2, shape.group)?;
+            let key = format!("{}.0", arch.names.layer_prefix);
+            Ok(BenchLayer {
+                shape,
+                exl2,
+                arch,
+                fmt,
+                weights,
+                key,
+            })
+        })
 }
 
 /// Random packed tensors of one projection [n_out, k_in] in GPTQ-4 g128 or EXL2-4 g128 form.
@@ -176,7 +242,7 @@ fn packed(
 }
 
 /// A one-layer model's tensors for `arch` with random packed projections.
-pub(super) fn layer_weights(arch: &ArchParams, exl2: bool, gs: usize) -> Result<Weights> {
+fn layer_weights(arch: &ArchParams, exl2: bool, gs: usize) -> Result<Weights> {
     weights_of(&layer_tensors(arch, exl2, gs))
 }
 
@@ -521,75 +587,55 @@ pub fn main_bench(quick: bool, only: Option<&str>, batches: Option<&[usize]>) ->
         "| layer | weights | batch | KV length | eager µs | graph µs | floor µs | graph × floor | checkpoint floor µs | graph × checkpoint floor | prepare ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for shape in SHAPES {
-        if only.is_some_and(|o| !shape.name.contains(o)) {
-            continue;
+    for bl in bench_layers(only) {
+        let bl = bl?;
+        let (shape, exl2, arch, fmt) = (bl.shape, bl.exl2, &bl.arch, &bl.fmt);
+        let mut layer = bl.decoder()?;
+        let t0 = Instant::now();
+        layer.load_as(Device::Cuda(0), DType::F16)?;
+        let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let wbytes = layer.weight_bytes();
+        let ckpt_bytes = checkpoint_bytes(&layer, exl2, shape.group);
+        let mut cases: Vec<(usize, usize)> = lens.iter().map(|&l| (1, l)).collect();
+        for batch in [8, 32] {
+            cases.push((batch, 1024));
+            if !quick {
+                cases.push((batch, 8192));
+            }
         }
-        for exl2 in [false, true] {
-            let (arch, fmt) = shape_arch(shape, exl2)?;
-            let weights = layer_weights(&arch, exl2, shape.group)?;
-            let key = format!("{}.0", arch.names.layer_prefix);
-            let mut layer = ParallelDecoder::new(&arch, &weights, &key, 0, 0, 0)?;
-            let t0 = Instant::now();
-            layer.load_as(Device::Cuda(0), DType::F16)?;
-            let prepare_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let wbytes = layer.weight_bytes();
-            let ckpt_bytes = checkpoint_bytes(&layer, exl2, shape.group);
-            let mut cases: Vec<(usize, usize)> = lens.iter().map(|&l| (1, l)).collect();
-            for batch in [8, 32] {
-                cases.push((batch, 1024));
-                if !quick {
-                    cases.push((batch, 8192));
-                }
+        if let Some(b) = batches {
+            cases = b.iter().map(|&b| (b, 1024)).collect();
+        }
+        for (batch, len) in cases {
+            let dev = Device::Cuda(0);
+            let (mut cache, mut hidden) = step_state(arch, batch, len, 0)?;
+            let ws = || Workspace::for_model(arch, batch, len + 1, dev, DType::F16);
+            let p = AttnParams::with_past(batch, 1, vec![len; batch]);
+            let Stream::Cuda(cs) = &s else { unreachable!() };
+            let samples = if quick { 5 } else { 9 };
+            let mut w = ws()?;
+            let eager = time_us(cs, samples, 20, &mut || {
+                layer.forward(&s, &mut hidden, Some(&mut cache), &p, &[], &mut w)
+            })?;
+            if w.overflow_bytes() > 0 {
+                println!("(workspace plan too small by {} bytes)", w.overflow_bytes());
             }
-            if let Some(b) = batches {
-                cases = b.iter().map(|&b| (b, 1024)).collect();
-            }
-            for (batch, len) in cases {
-                let dev = Device::Cuda(0);
-                let mut cache = KvCache::new(
-                    1,
-                    batch,
-                    len + 1,
-                    arch.kv_heads,
-                    arch.head_dim,
-                    DType::F16,
-                    dev,
-                )?;
-                cache.record_written(0, &vec![0; batch], len)?;
-                let ws = || Workspace::for_model(&arch, batch, len + 1, dev, DType::F16);
-                let x: Vec<f32> = (0..batch * arch.hidden)
-                    .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
-                    .collect();
-                let mut hidden =
-                    Tensor::from_f32_as(&x, &[batch, arch.hidden], DType::F16)?.to_device(dev)?;
-                let p = AttnParams::with_past(batch, 1, vec![len; batch]);
-                let Stream::Cuda(cs) = &s else { unreachable!() };
-                let samples = if quick { 5 } else { 9 };
-                let mut w = ws()?;
-                let eager = time_us(cs, samples, 20, &mut || {
-                    layer.forward(&s, &mut hidden, Some(&mut cache), &p, &[], &mut w)
-                })?;
-                if w.overflow_bytes() > 0 {
-                    println!("(workspace plan too small by {} bytes)", w.overflow_bytes());
-                }
-                let mut g =
-                    layer.capture_decode(&s, &mut hidden, &mut cache, ws()?, batch, 1, false)?;
-                let graph = time_us(cs, samples, 20, &mut || g.step(&p))?;
-                drop(g);
-                let kv_bytes = batch * 2 * len * arch.kv_heads * arch.head_dim * 2;
-                let floor_us = (wbytes + kv_bytes) as f64 / read_bw * 1e6;
-                let ckpt_us = (ckpt_bytes + kv_bytes) as f64 / read_bw * 1e6;
-                println!(
+            let mut g =
+                layer.capture_decode(&s, &mut hidden, &mut cache, ws()?, batch, 1, false)?;
+            let graph = time_us(cs, samples, 20, &mut || g.step(&p))?;
+            drop(g);
+            let kv_bytes = batch * 2 * len * arch.kv_heads * arch.head_dim * 2;
+            let floor_us = (wbytes + kv_bytes) as f64 / read_bw * 1e6;
+            let ckpt_us = (ckpt_bytes + kv_bytes) as f64 / read_bw * 1e6;
+            println!(
                     "| {} | {fmt} | {batch} | {len} | {eager:.1} | {graph:.1} | {floor_us:.1} | {:.2} | {ckpt_us:.1} | {:.2} | {prepare_ms:.0} |",
                     shape.name,
                     graph / floor_us,
                     graph / ckpt_us
                 );
-            }
-            if batches.is_none() {
-                prefill_row(&s, &arch, &layer, &fmt, shape.name)?;
-            }
+        }
+        if batches.is_none() {
+            prefill_row(&s, arch, &layer, fmt, shape.name)?;
         }
     }
     Ok(())

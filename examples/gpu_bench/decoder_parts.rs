@@ -11,14 +11,12 @@ use std::ffi::c_void;
 use std::ptr;
 
 use super::attention::fill_big;
-use super::decoder::{checkpoint_bytes, layer_weights, shape_arch, time_us, SHAPES};
+use super::decoder::{bench_layers, checkpoint_bytes, step_state, time_us};
 use super::*;
 use paradec::arch::MlpKind;
 use paradec::layers::linear::Linear;
 use paradec::vocab::Activation;
-use paradec::{
-    ArchParams, AttnParams, DType, Device, KvCache, ParallelDecoder, Stream, Tensor, Workspace,
-};
+use paradec::{ArchParams, AttnParams, DType, Device, ParallelDecoder, Stream, Tensor, Workspace};
 
 /// Layers (and caches) each measurement rotates through: GPT-J-6B's output and down
 /// projections alone are 42 MB, near an H100's 50 MiB L2; four copies put three others' bytes
@@ -234,68 +232,57 @@ pub fn parts_bench(quick: bool, only: Option<&str>, batches: Option<&[usize]>) -
         "| layer | weights | batch | KV length | step µs | input projections µs | output + down µs | attention µs | the three in one graph µs | step − the three µs | weights' floor µs | checkpoint weights' floor µs | K/V floor µs | the three × their floor | the three × checkpoint floor |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for shape in SHAPES {
-        if only.is_some_and(|o| !shape.name.contains(o)) {
-            continue;
+    for bl in bench_layers(only) {
+        let bl = bl?;
+        let (shape, exl2, arch, fmt) = (bl.shape, bl.exl2, &bl.arch, &bl.fmt);
+        let mut layers = Vec::with_capacity(COPIES);
+        for _ in 0..COPIES {
+            let mut layer = bl.decoder()?;
+            layer.load_as(Device::Cuda(0), DType::F16)?;
+            layers.push(layer);
         }
-        for exl2 in [false, true] {
-            let (arch, fmt) = shape_arch(shape, exl2)?;
-            let weights = layer_weights(&arch, exl2, shape.group)?;
-            let key = format!("{}.0", arch.names.layer_prefix);
-            let mut layers = Vec::with_capacity(COPIES);
-            for _ in 0..COPIES {
-                let mut layer = ParallelDecoder::new(&arch, &weights, &key, 0, 0, 0)?;
-                layer.load_as(Device::Cuda(0), DType::F16)?;
-                layers.push(layer);
-            }
-            let wbytes = layers[0].weight_bytes();
-            let ckpt_bytes = checkpoint_bytes(&layers[0], exl2, shape.group);
-            for &batch in batches {
-                for &len in lens {
-                    let case = Case {
-                        arch: &arch,
-                        batch,
-                        len,
-                    };
-                    let step = step_us(&s, &case, &layers, samples)?;
-                    let roles: Vec<Roles> = layers
+        let wbytes = layers[0].weight_bytes();
+        let ckpt_bytes = checkpoint_bytes(&layers[0], exl2, shape.group);
+        for &batch in batches {
+            for &len in lens {
+                let case = Case { arch, batch, len };
+                let step = step_us(&s, &case, &layers, samples)?;
+                let roles: Vec<Roles> = layers
+                    .iter()
+                    .map(|l| Roles::of(l, arch.mlp))
+                    .collect::<Result<_>>()?;
+                let mut ios: Vec<PartsIo> = roles
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| case.io(r, i))
+                    .collect::<Result<_>>()?;
+                let mut capture = |part: &dyn Fn(&Roles, &mut PartsIo) -> Result<()>| {
+                    let graphs = roles
                         .iter()
-                        .map(|l| Roles::of(l, arch.mlp))
-                        .collect::<Result<_>>()?;
-                    let mut ios: Vec<PartsIo> = roles
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| case.io(r, i))
-                        .collect::<Result<_>>()?;
-                    let mut capture = |part: &dyn Fn(&Roles, &mut PartsIo) -> Result<()>| {
-                        let graphs = roles
-                            .iter()
-                            .zip(ios.iter_mut())
-                            .map(|(r, io)| CudaGraph::capture(cs, |_| part(r, io)))
-                            .collect::<Result<Vec<_>>>()?;
-                        rotated_us(cs, &graphs, samples)
-                    };
-                    let input = capture(&|r, io| case.inputs(&s, r, io))?;
-                    let out_down = capture(&|r, io| case.output_down(&s, r, io))?;
-                    let attention = capture(&|_, io| case.attention(cs, io))?;
-                    let three = capture(&|r, io| {
-                        case.inputs(&s, r, io)?;
-                        case.attention(cs, io)?;
-                        case.output_down(&s, r, io)
-                    })?;
-                    let w_floor = wbytes as f64 / read_bw * 1e6;
-                    let ckpt_floor = ckpt_bytes as f64 / read_bw * 1e6;
-                    let kv_floor = (batch * 2 * len * arch.kv_heads * arch.head_dim * 2) as f64
-                        / read_bw
-                        * 1e6;
-                    println!(
+                        .zip(ios.iter_mut())
+                        .map(|(r, io)| CudaGraph::capture(cs, |_| part(r, io)))
+                        .collect::<Result<Vec<_>>>()?;
+                    rotated_us(cs, &graphs, samples)
+                };
+                let input = capture(&|r, io| case.inputs(&s, r, io))?;
+                let out_down = capture(&|r, io| case.output_down(&s, r, io))?;
+                let attention = capture(&|_, io| case.attention(cs, io))?;
+                let three = capture(&|r, io| {
+                    case.inputs(&s, r, io)?;
+                    case.attention(cs, io)?;
+                    case.output_down(&s, r, io)
+                })?;
+                let w_floor = wbytes as f64 / read_bw * 1e6;
+                let ckpt_floor = ckpt_bytes as f64 / read_bw * 1e6;
+                let kv_floor =
+                    (batch * 2 * len * arch.kv_heads * arch.head_dim * 2) as f64 / read_bw * 1e6;
+                println!(
                         "| {} | {fmt} | {batch} | {len} | {step:.1} | {input:.1} | {out_down:.1} | {attention:.1} | {three:.1} | {:.1} | {w_floor:.1} | {ckpt_floor:.1} | {kv_floor:.1} | {:.2} | {:.2} |",
                         shape.name,
                         step - three,
                         three / (w_floor + kv_floor),
                         three / (ckpt_floor + kv_floor)
                     );
-                }
             }
         }
     }
@@ -309,21 +296,9 @@ fn step_us(s: &Stream, case: &Case, layers: &[ParallelDecoder], samples: usize) 
     let mut caches = Vec::with_capacity(layers.len());
     let mut hiddens = Vec::with_capacity(layers.len());
     for i in 0..layers.len() {
-        let mut cache = KvCache::new(
-            1,
-            batch,
-            len + 1,
-            arch.kv_heads,
-            arch.head_dim,
-            DType::F16,
-            dev,
-        )?;
-        cache.record_written(0, &vec![0; batch], len)?;
+        let (cache, hidden) = step_state(arch, batch, len, i)?;
         caches.push(cache);
-        let x: Vec<f32> = (0..batch * arch.hidden)
-            .map(|j| (((j * 37 + i) % 101) as f32 - 50.0) * 1e-3)
-            .collect();
-        hiddens.push(Tensor::from_f32_as(&x, &[batch, arch.hidden], DType::F16)?.to_device(dev)?);
+        hiddens.push(hidden);
     }
     let mut graphs = Vec::with_capacity(layers.len());
     for ((layer, hidden), cache) in layers.iter().zip(hiddens.iter_mut()).zip(caches.iter_mut()) {
