@@ -8,7 +8,7 @@
 //! CUDA graph (`ParallelDecoder::capture_decode`; the host restages the step's tables).
 //! `--decoder-batches 2,4` times only those batches at 1k keys (no prefill).
 
-use super::linear::XorShift;
+use super::linear::{Fmt, XorShift};
 use super::*;
 use paradec::{
     ArchParams, AttnParams, DType, Device, KvCache, ParallelDecoder, Stream, Tensor, Weights,
@@ -49,7 +49,7 @@ const SHAPES: &[Shape] = &[
 
 /// The bytes `layer`'s 4-bit projections take in their checkpoint's own format: the codes
 /// plus, per group and column, GPTQ's f16 scale and packed 4-bit zero (2.5 bytes) or EXL2's
-/// packed 4-bit scale code (0.5 bytes; its per-group f16 maxima and row order are negligible).
+/// packed 4-bit scale code (0.5 bytes) and per-group f16 maximum (`Fmt::checkpoint_scale_bytes`).
 /// The device layout keeps an f32 (scale, −zero·scale) pair per group and column instead
 /// (8 bytes), which `weight_bytes` counts: at 4 bits the pairs add 12.5% to the codes' bytes at
 /// groups of 128 (GPTQ's own scales and zeros 3.9%, EXL2's 0.8%) and 25% at groups of 64. The
@@ -61,13 +61,8 @@ pub(super) fn checkpoint_bytes(layer: &ParallelDecoder, exl2: bool, group: usize
         .iter()
         .map(|l| {
             let (k, n) = (l.in_features, l.out_features);
-            let group_cols = k.div_ceil(group) * n;
-            k * n / 2
-                + if exl2 {
-                    group_cols / 2
-                } else {
-                    group_cols * 5 / 2
-                }
+            let fmt = if exl2 { Fmt::Exl2(4) } else { Fmt::Gptq4Act };
+            k * n / 2 + fmt.checkpoint_scale_bytes(k.div_ceil(group), n)
         })
         .sum();
     layer.weight_bytes() - device + checkpoint

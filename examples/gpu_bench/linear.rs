@@ -101,7 +101,7 @@ impl Fmt {
     /// The bytes a checkpoint's scales and zeros of `groups` groups × `n` columns take (the
     /// device layout holds an f32 pair, 8 bytes, per group and column): GPTQ an f16 scale and a
     /// zero of the weights' width packed, EXL2 a 4-bit scale code and an f16 maximum per group.
-    fn checkpoint_scale_bytes(self, groups: usize, n: usize) -> usize {
+    pub(super) fn checkpoint_scale_bytes(self, groups: usize, n: usize) -> usize {
         match self {
             Fmt::Gptq4Act => groups * n * (16 + 4) / 8,
             Fmt::Gptq8 => groups * n * (16 + 8) / 8,
